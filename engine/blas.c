@@ -1,0 +1,1 @@
+/* engine/blas.c - not yet written. */

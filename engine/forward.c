@@ -1,0 +1,1 @@
+/* engine/forward.c - not yet written. */

@@ -1,0 +1,1 @@
+/* engine/kernels.c - not yet written. */

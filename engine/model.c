@@ -1,0 +1,1 @@
+/* engine/model.c - not yet written. */

@@ -1,0 +1,59 @@
+/* engine/model.h - a Mamba-1 model in the engine's layout: f32 weights, row-major [out, in].
+ *
+ * Loaded from a Hugging Face model directory (config.json + model.safetensors, maybe sharded),
+ * or made with random weights for benchmarks. Tensors are looked up by their full HF name
+ * and checked for shape and dtype; a missing, extra or mis-shaped tensor is YM_EFORMAT with a
+ * message naming it and both shapes. F32 tensors that are 4-byte aligned are used in place
+ * from the mapping (borrowed); F16/BF16 (and unaligned F32) are converted into owned memory.
+ * A loaded model is immutable and shared read-only by every thread; refcounted. */
+#ifndef YM_ENGINE_MODEL_H
+#define YM_ENGINE_MODEL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/config.h"
+#include "engine/err.h"
+
+typedef struct ym_layer {      /* names relative to backbone.layers.%d. */
+    const float *norm;        /* norm.weight                 [d_model]                      */
+    const float *in_proj;     /* mixer.in_proj.weight        [2*d_inner, d_model]           */
+    const float *in_proj_b;   /* mixer.in_proj.bias          [2*d_inner]  (use_bias) or NULL */
+    const float *conv_w;      /* mixer.conv1d.weight         [d_inner, 1, d_conv]           */
+    const float *conv_b;      /* mixer.conv1d.bias           [d_inner] (use_conv_bias) or NULL */
+    const float *x_proj;      /* mixer.x_proj.weight         [dt_rank + 2*d_state, d_inner] */
+    const float *dt_proj_w;   /* mixer.dt_proj.weight        [d_inner, dt_rank]             */
+    const float *dt_proj_b;   /* mixer.dt_proj.bias          [d_inner]                      */
+    const float *A;           /* -exp(mixer.A_log), at load  [d_inner, d_state]             */
+    const float *D;           /* mixer.D                     [d_inner]                      */
+    const float *out_proj;    /* mixer.out_proj.weight       [d_model, d_inner]             */
+    const float *out_proj_b;  /* mixer.out_proj.bias         [d_model] (use_bias) or NULL   */
+} ym_layer;
+
+typedef struct ym_model {
+    ym_config cfg;           /* cfg.n_vocab = rows of the embedding */
+    ym_layer *layers;        /* owned, [n_layer] */
+    const float *embed;      /* backbone.embeddings.weight | backbone.embedding.weight [n_vocab, d_model] */
+    const float *norm_f;     /* backbone.norm_f.weight   [d_model] */
+    const float *lm_head;    /* lm_head.weight [n_vocab, d_model], == embed when tied */
+    size_t n_params;         /* parameters actually loaded (tied head counted once) */
+    size_t weight_bytes;     /* bytes of f32 weights the forward reads */
+    size_t file_bytes;       /* bytes of the checkpoint's tensors on disk */
+    void **owned;            /* owned buffers (converted tensors), freed with the model */
+    int n_owned;
+    int cap_owned;
+    void *st;                /* owned ym_st_set_t * (the mapping), or NULL */
+    atomic_int refcount;
+} ym_model_t;
+
+/* Load a model directory. New reference in *out (ym_model_unref). */
+ym_err ym_model_load(const char *dir, ym_model_t **out, ym_diag *diag);
+/* A model with the given config and deterministic random weights (for benchmarks and tests):
+ * weights ~ U(-a, a) with a = 1/sqrt(fan_in), A_log = log(1..d_state) as Mamba's init, D = 1,
+ * dt bias as Mamba's init. New reference in *out. */
+ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out, ym_diag *diag);
+ym_model_t *ym_model_ref(ym_model_t *m);  /* returns m; NULL-safe */
+void ym_model_unref(ym_model_t *m);       /* NULL-safe; frees at zero */
+
+#endif

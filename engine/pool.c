@@ -1,0 +1,1 @@
+/* engine/pool.c - not yet written. */

@@ -1,0 +1,1 @@
+/* engine/safetensors.c - not yet written. */

@@ -1,0 +1,1 @@
+/* engine/sampling.c - not yet written. */

@@ -1,0 +1,1 @@
+/* engine/state.c - not yet written. */

@@ -1,0 +1,40 @@
+/* engine/state.h - one sequence's recurrent state: conv window and SSM state of every layer.
+ *
+ * conv: [n_layer][d_inner][d_conv-1] last inputs of the causal conv (oldest first);
+ * ssm:  [n_layer][d_inner][d_state].  Fixed size, independent of sequence length.
+ * A state is owned by one sequence at a time and touched only by the thread running it. */
+#ifndef YM_ENGINE_STATE_H
+#define YM_ENGINE_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/config.h"
+#include "engine/err.h"
+
+typedef struct ym_state {
+    int n_layer, d_inner, d_conv, d_state; /* copied from the config at creation */
+    int64_t n_tokens;                      /* tokens consumed since the last reset */
+    float *conv;                           /* owned, [n_layer, d_inner, d_conv-1] */
+    float *ssm;                            /* owned, [n_layer, d_inner, d_state]  */
+} ym_state_t;
+
+/* New zeroed state for a model of this config. New object in *out (ym_state_free). */
+ym_err ym_state_new(const ym_config *cfg, ym_state_t **out);
+void ym_state_free(ym_state_t *s); /* NULL-safe */
+void ym_state_reset(ym_state_t *s);
+/* Copy src into dst; both must come from the same config (else YM_EINVAL). */
+ym_err ym_state_copy(ym_state_t *dst, const ym_state_t *src);
+float *ym_state_conv(ym_state_t *s, int layer); /* [d_inner, d_conv-1] of that layer */
+float *ym_state_ssm(ym_state_t *s, int layer);  /* [d_inner, d_state]  of that layer */
+
+/* Serialized form: a 48-byte header (magic "YMST", version, dims, n_tokens, payload checksum)
+ * then conv and ssm as little-endian f32. */
+size_t ym_state_serialized_size(const ym_state_t *s);
+/* Write into buf[0..cap). *n_written = ym_state_serialized_size(s). cap too small -> YM_EINVAL. */
+ym_err ym_state_serialize(const ym_state_t *s, void *buf, size_t cap, size_t *n_written);
+/* Read into s (dims must match s's): bad magic, version, dims, size or checksum -> YM_EFORMAT,
+ * and s is left unchanged. */
+ym_err ym_state_deserialize(ym_state_t *s, const void *buf, size_t len, ym_diag *diag);
+
+#endif

@@ -1,0 +1,1 @@
+/* engine/textout.c - not yet written. */

@@ -1,0 +1,1 @@
+/* engine/tokenizer.c - not yet written. */

@@ -1,0 +1,23 @@
+/* tests/unit/main.c - runs every module's Check suite in one SRunner.
+ * YM_SUITE=name runs one suite only (Check's CK_RUN_SUITE works too). */
+#include <stdlib.h>
+
+#include "testutil.h"
+
+int main(void)
+{
+    SRunner *sr = srunner_create(err_suite());
+    srunner_add_suite(sr, tokenizer_suite());
+    srunner_add_suite(sr, safetensors_suite());
+    srunner_add_suite(sr, config_suite());
+    srunner_add_suite(sr, model_suite());
+    srunner_add_suite(sr, state_suite());
+    srunner_add_suite(sr, forward_suite());
+    srunner_add_suite(sr, sampling_suite());
+    srunner_add_suite(sr, textout_suite());
+    srunner_add_suite(sr, conformance_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
