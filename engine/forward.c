@@ -1,1 +1,405 @@
-/* engine/forward.c - not yet written. */
+/* engine/forward.c - the Mamba-1 forward over a ragged batch. Hot path; engine thread only.
+ *
+ * Work split (every thread runs the whole layer loop, meeting at barriers):
+ *   - each thread owns a slice of the d_inner channels [c0, c1): its rows of in_proj (x and
+ *     z halves), the conv and scan of those channels for every sequence, and its rows of
+ *     dt_proj. A channel's state lives with the thread that owns the channel, so the scan
+ *     needs no communication;
+ *   - x_proj (which sums over all channels) is split by its output rows after a barrier;
+ *   - out_proj is split by output rows (d_model) and accumulates into the residual stream;
+ *   - rmsnorm is cheap and every thread computes it for all rows into its own buffer, which
+ *     saves a barrier per layer;
+ *   - lm_head is split by vocabulary rows.
+ * Every projection is one sgemm over all rows of the batch (sgemv for a single row, which
+ * OpenBLAS 0.3.21 runs 2-4x faster than sgemm with M=1; MACHINE.md). OpenBLAS itself runs
+ * single-threaded: this pool owns the cores (STYLE.md §5). Nothing here allocates. */
+#include "engine/forward.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/blas.h"
+#include "engine/kernels.h"
+#include "engine/pool.h"
+
+#define ALIGN_CH 16 /* channel slices start on a 64-byte boundary */
+
+struct ym_ctx {
+    ym_model_t *model; /* owned reference */
+    ym_pool_t *pool;   /* owned */
+    int n_rows_max;
+    int n_threads;
+    /* scratch, [n_rows_max, ...] row-major */
+    float *h;   /* residual stream [R, d_model] */
+    float *hn;  /* per-thread normed input [n_threads][R, d_model] */
+    float *x;   /* conv input/output [R, d_inner] */
+    float *z;   /* gate [R, d_inner] */
+    float *dbc; /* x_proj output [R, dt_rank + 2*d_state] */
+    float *dt;  /* [R, d_inner] */
+    float *y;   /* scan output [R, d_inner] */
+    int *out_rows; /* [R] rows whose logits are wanted */
+    /* per-thread slices */
+    int *ch0, *ch1;   /* d_inner channels */
+    int *md0, *md1;   /* d_model rows of out_proj */
+    int *p0, *p1;     /* x_proj output rows */
+    int *v0, *v1;     /* vocab rows */
+    /* the run in progress */
+    const ym_batch *batch;
+    float *logits;
+    int n_rows;
+    int n_out;
+};
+
+static void split(int n, int nth, int align, int *lo, int *hi)
+{
+    /* Contiguous slices of near-equal size, each starting on a multiple of align. */
+    int units = (n + align - 1) / align;
+    for (int i = 0; i < nth; i++) {
+        int u0 = (int)((long)units * i / nth), u1 = (int)((long)units * (i + 1) / nth);
+        lo[i] = u0 * align < n ? u0 * align : n;
+        hi[i] = u1 * align < n ? u1 * align : n;
+    }
+}
+
+static float *falloc(size_t n)
+{
+    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+    return aligned_alloc(64, bytes > 0 ? bytes : 64);
+}
+
+ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **out)
+{
+    *out = NULL;
+    if (model == NULL || n_rows_max < 1)
+        return YM_EINVAL;
+    if (n_threads <= 0)
+        n_threads = ym_n_cores();
+    ym_ctx_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return YM_ENOMEM;
+    const ym_config *cfg = &model->cfg;
+    size_t R = (size_t)n_rows_max, P = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
+    ym_err err = YM_ENOMEM;
+    c->model = ym_model_ref(model);
+    c->n_rows_max = n_rows_max;
+    c->n_threads = n_threads;
+    ym_blas_single_thread();
+    if ((err = ym_pool_new(n_threads, &c->pool)) != YM_OK)
+        goto fail;
+    err = YM_ENOMEM;
+    c->h = falloc(R * cfg->d_model);
+    c->hn = falloc(R * cfg->d_model * (size_t)n_threads);
+    c->x = falloc(R * cfg->d_inner);
+    c->z = falloc(R * cfg->d_inner);
+    c->dbc = falloc(R * P);
+    c->dt = falloc(R * cfg->d_inner);
+    c->y = falloc(R * cfg->d_inner);
+    c->out_rows = calloc(R, sizeof(int));
+    int *slices = calloc((size_t)n_threads * 8, sizeof(int));
+    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->out_rows ||
+        !slices) {
+        free(slices);
+        goto fail;
+    }
+    c->ch0 = slices;
+    c->ch1 = slices + n_threads;
+    c->md0 = slices + 2 * n_threads;
+    c->md1 = slices + 3 * n_threads;
+    c->p0 = slices + 4 * n_threads;
+    c->p1 = slices + 5 * n_threads;
+    c->v0 = slices + 6 * n_threads;
+    c->v1 = slices + 7 * n_threads;
+    split(cfg->d_inner, n_threads, ALIGN_CH, c->ch0, c->ch1);
+    split(cfg->d_model, n_threads, ALIGN_CH, c->md0, c->md1);
+    split((int)P, n_threads, 8, c->p0, c->p1);
+    split(cfg->n_vocab, n_threads, ALIGN_CH, c->v0, c->v1);
+    *out = c;
+    return YM_OK;
+fail:
+    ym_ctx_free(c);
+    return err;
+}
+
+void ym_ctx_free(ym_ctx_t *c)
+{
+    if (c == NULL)
+        return;
+    ym_pool_free(c->pool);
+    free(c->h);
+    free(c->hn);
+    free(c->x);
+    free(c->z);
+    free(c->dbc);
+    free(c->dt);
+    free(c->y);
+    free(c->out_rows);
+    free(c->ch0);
+    ym_model_unref(c->model);
+    free(c);
+}
+
+int ym_ctx_n_rows_max(const ym_ctx_t *c)
+{
+    return c->n_rows_max;
+}
+
+int ym_ctx_n_threads(const ym_ctx_t *c)
+{
+    return c->n_threads;
+}
+
+/* C[M, N] = A[M, K] . W[N, K]^T + beta * C.  A single row goes through sgemv. */
+static void matmul(float *C, int ldc, const float *A, int lda, const float *W, int ldw, int M,
+                   int N, int K, float beta)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (M == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, ldw, A, 1, beta, C, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, W, ldw, beta,
+                    C, ldc);
+}
+
+static void add_bias(float *C, int ldc, int M, const float *b, int n0, int n1)
+{
+    for (int r = 0; r < M; r++)
+        for (int j = n0; j < n1; j++)
+            C[(size_t)r * ldc + j] += b[j];
+}
+
+static void norm_rows(float *out, const float *h, const float *w, int d, float eps,
+                      const int *rows, int n_rows)
+{
+    for (int i = 0; i < n_rows; i++) {
+        int r = rows != NULL ? rows[i] : i;
+        ym_rmsnorm_f32(out + (size_t)i * d, h + (size_t)r * d, w, d, eps);
+    }
+}
+
+static void forward_task(void *arg, int ith, int nth)
+{
+    ym_ctx_t *c = arg;
+    const ym_model_t *m = c->model;
+    const ym_config *cfg = &m->cfg;
+    const ym_batch *b = c->batch;
+    const int R = c->n_rows, dm = cfg->d_model, di = cfg->d_inner, N = cfg->d_state;
+    const int K = cfg->d_conv, dtr = cfg->dt_rank, P = dtr + 2 * N;
+    const int c0 = c->ch0[ith], c1 = c->ch1[ith], nc = c1 - c0;
+    const int m0 = c->md0[ith], m1 = c->md1[ith];
+    const int p0 = c->p0[ith], p1 = c->p1[ith];
+    float *hn = c->hn + (size_t)ith * c->n_rows_max * dm;
+
+    /* h[r] = embed[token[r]], rows split over threads. */
+    for (int r = ith; r < R; r += nth)
+        memcpy(c->h + (size_t)r * dm, m->embed + (size_t)b->tokens[r] * dm, sizeof(float) * dm);
+    ym_pool_barrier(c->pool);
+
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        /* hn = rmsnorm(h) * norm.weight  (every thread, all rows: no barrier needed) */
+        norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
+        /* [x, z] = in_proj(hn), this thread's channels */
+        matmul(c->x + c0, di, hn, dm, L->in_proj + (size_t)c0 * dm, dm, R, nc, dm, 0.0f);
+        matmul(c->z + c0, di, hn, dm, L->in_proj + (size_t)(di + c0) * dm, dm, R, nc, dm, 0.0f);
+        if (L->in_proj_b != NULL) {
+            add_bias(c->x, di, R, L->in_proj_b, c0, c1);
+            add_bias(c->z, di, R, L->in_proj_b + di, c0, c1);
+        }
+        /* x = silu(causal_conv(x)), per sequence segment, state of this thread's channels */
+        for (int sq = 0; sq < b->n_seq; sq++) {
+            int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+            ym_conv_silu_f32(c->x + (size_t)r0 * di, di, r1 - r0,
+                             ym_state_conv(b->states[sq], l), L->conv_w, L->conv_b, K, c0, c1);
+        }
+        ym_pool_barrier(c->pool);
+        /* [dt_lo, B, C] = x_proj(x), split by output rows */
+        matmul(c->dbc + p0, P, c->x, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f);
+        ym_pool_barrier(c->pool);
+        /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
+        matmul(c->dt + c0, di, c->dbc, P, L->dt_proj_w + (size_t)c0 * dtr, dtr, R, nc, dtr, 0.0f);
+        ym_softplus_bias_f32(c->dt, di, R, L->dt_proj_b, c0, c1);
+        /* the selective scan and y = (C.s + D x) * silu(z), per segment */
+        for (int sq = 0; sq < b->n_seq; sq++) {
+            int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+            size_t o = (size_t)r0 * di;
+            ym_scan_f32(c->y + o, ym_state_ssm(b->states[sq], l), L->A, L->D, c->x + o,
+                        c->dt + o, c->z + o, c->dbc + (size_t)r0 * P + dtr, P, r1 - r0, di, N,
+                        c0, c1);
+        }
+        ym_pool_barrier(c->pool);
+        /* h = h + out_proj(y), split by output rows */
+        matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di, 1.0f);
+        if (L->out_proj_b != NULL)
+            add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+        ym_pool_barrier(c->pool);
+    }
+    if (c->n_out == 0)
+        return;
+    /* logits = lm_head(rmsnorm(h) * norm_f), rows wanted only, split by vocab rows */
+    norm_rows(hn, c->h, m->norm_f, dm, cfg->norm_eps, c->out_rows, c->n_out);
+    int v0 = c->v0[ith], v1 = c->v1[ith], nv = cfg->n_vocab;
+    matmul(c->logits + v0, nv, hn, dm, m->lm_head + (size_t)v0 * dm, dm, c->n_out, v1 - v0, dm,
+           0.0f);
+}
+
+static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max, ym_diag *diag)
+{
+    if (b->n_seq < 1 || b->seq_start == NULL || b->tokens == NULL || b->states == NULL)
+        return ym_diag_set(diag, YM_EINVAL, "empty batch");
+    if (b->seq_start[0] != 0)
+        return ym_diag_set(diag, YM_EINVAL, "batch rows must start at 0");
+    for (int i = 0; i < b->n_seq; i++) {
+        if (b->seq_start[i + 1] <= b->seq_start[i])
+            return ym_diag_set(diag, YM_EINVAL, "sequence %d of the batch has no rows", i);
+        const ym_state_t *s = b->states[i];
+        if (s == NULL || s->n_layer != m->cfg.n_layer || s->d_inner != m->cfg.d_inner ||
+            s->d_conv != m->cfg.d_conv || s->d_state != m->cfg.d_state)
+            return ym_diag_set(diag, YM_EINVAL, "state of sequence %d does not fit the model", i);
+    }
+    int R = b->seq_start[b->n_seq];
+    if (R > n_rows_max)
+        return ym_diag_set(diag, YM_EINVAL, "batch of %d rows, context holds %d", R, n_rows_max);
+    for (int r = 0; r < R; r++)
+        if (b->tokens[r] < 0 || b->tokens[r] >= m->cfg.n_vocab)
+            return ym_diag_set(diag, YM_EINVAL, "token id %d out of range [0, %d)", b->tokens[r],
+                               m->cfg.n_vocab);
+    return YM_OK;
+}
+
+ym_err ym_forward(ym_ctx_t *c, const ym_batch *b, float *logits, ym_diag *diag)
+{
+    ym_err err = check_batch(c->model, b, c->n_rows_max, diag);
+    if (err != YM_OK)
+        return err;
+    int R = b->seq_start[b->n_seq];
+    c->batch = b;
+    c->logits = logits;
+    c->n_rows = R;
+    c->n_out = 0;
+    if (b->logits == YM_LOGITS_ALL) {
+        for (int r = 0; r < R; r++)
+            c->out_rows[c->n_out++] = r;
+    } else if (b->logits == YM_LOGITS_LAST) {
+        for (int i = 0; i < b->n_seq; i++)
+            c->out_rows[c->n_out++] = b->seq_start[i + 1] - 1;
+    }
+    ym_pool_run(c->pool, forward_task, c);
+    for (int i = 0; i < b->n_seq; i++)
+        b->states[i]->n_tokens += b->seq_start[i + 1] - b->seq_start[i];
+    c->batch = NULL;
+    return YM_OK;
+}
+
+/* ---- reference -------------------------------------------------------------------------
+ * One token at a time, plain loops, libm, accumulation in double: obviously DESIGN.md §3. */
+
+static double dsilu(double v)
+{
+    return v / (1.0 + exp(-v));
+}
+
+static void ref_token(const ym_model_t *m, ym_state_t *st, int32_t tok, float *logits)
+{
+    const ym_config *cfg = &m->cfg;
+    int dm = cfg->d_model, di = cfg->d_inner, N = cfg->d_state, K = cfg->d_conv;
+    int dtr = cfg->dt_rank, P = dtr + 2 * N;
+    double *h = calloc((size_t)dm, sizeof(double)), *hn = calloc((size_t)dm, sizeof(double));
+    double *xz = calloc(2 * (size_t)di, sizeof(double)), *dbc = calloc((size_t)P, sizeof(double));
+    double *y = calloc((size_t)di, sizeof(double));
+    YM_ASSERT(h && hn && xz && dbc && y);
+    for (int i = 0; i < dm; i++)
+        h[i] = m->embed[(size_t)tok * dm + i];
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        double ss = 0;
+        for (int i = 0; i < dm; i++)
+            ss += h[i] * h[i];
+        double rs = 1.0 / sqrt(ss / dm + cfg->norm_eps);
+        for (int i = 0; i < dm; i++)
+            hn[i] = h[i] * rs * L->norm[i];
+        for (int o = 0; o < 2 * di; o++) {
+            double acc = L->in_proj_b != NULL ? L->in_proj_b[o] : 0.0;
+            for (int i = 0; i < dm; i++)
+                acc += (double)L->in_proj[(size_t)o * dm + i] * hn[i];
+            xz[o] = acc;
+        }
+        float *cs = ym_state_conv(st, l), *ssm = ym_state_ssm(st, l);
+        for (int d = 0; d < di; d++) {
+            double acc = L->conv_b != NULL ? L->conv_b[d] : 0.0;
+            for (int k = 0; k < K - 1; k++)
+                acc += (double)L->conv_w[(size_t)d * K + k] * cs[(size_t)d * (K - 1) + k];
+            acc += (double)L->conv_w[(size_t)d * K + K - 1] * xz[d];
+            for (int k = 0; k + 1 < K - 1; k++)
+                cs[(size_t)d * (K - 1) + k] = cs[(size_t)d * (K - 1) + k + 1];
+            if (K > 1)
+                cs[(size_t)d * (K - 1) + K - 2] = (float)xz[d];
+            xz[d] = dsilu(acc);
+        }
+        for (int p = 0; p < P; p++) {
+            double acc = 0;
+            for (int d = 0; d < di; d++)
+                acc += (double)L->x_proj[(size_t)p * di + d] * xz[d];
+            dbc[p] = acc;
+        }
+        for (int d = 0; d < di; d++) {
+            double dt = L->dt_proj_b[d];
+            for (int r = 0; r < dtr; r++)
+                dt += (double)L->dt_proj_w[(size_t)d * dtr + r] * dbc[r];
+            dt = dt > 20.0 ? dt : log1p(exp(dt));
+            double acc = 0;
+            for (int n = 0; n < N; n++) {
+                size_t i = (size_t)d * N + n;
+                double s = exp(dt * L->A[i]) * ssm[i] + dt * dbc[dtr + n] * xz[d];
+                ssm[i] = (float)s;
+                acc += dbc[dtr + N + n] * s;
+            }
+            y[d] = (acc + L->D[d] * xz[d]) * dsilu(xz[di + d]);
+        }
+        for (int o = 0; o < dm; o++) {
+            double acc = L->out_proj_b != NULL ? L->out_proj_b[o] : 0.0;
+            for (int d = 0; d < di; d++)
+                acc += (double)L->out_proj[(size_t)o * di + d] * y[d];
+            h[o] += acc;
+        }
+    }
+    if (logits != NULL) {
+        double ss = 0;
+        for (int i = 0; i < dm; i++)
+            ss += h[i] * h[i];
+        double rs = 1.0 / sqrt(ss / dm + cfg->norm_eps);
+        for (int i = 0; i < dm; i++)
+            hn[i] = h[i] * rs * m->norm_f[i];
+        for (int v = 0; v < cfg->n_vocab; v++) {
+            double acc = 0;
+            for (int i = 0; i < dm; i++)
+                acc += (double)m->lm_head[(size_t)v * dm + i] * hn[i];
+            logits[v] = (float)acc;
+        }
+    }
+    st->n_tokens++;
+    free(h);
+    free(hn);
+    free(xz);
+    free(dbc);
+    free(y);
+}
+
+ym_err ym_forward_ref(const ym_model_t *m, const ym_batch *b, float *logits)
+{
+    ym_err err = check_batch(m, b, b->seq_start[b->n_seq] > 0 ? b->seq_start[b->n_seq] : 1, NULL);
+    if (err != YM_OK)
+        return err;
+    int out = 0;
+    for (int i = 0; i < b->n_seq; i++) {
+        for (int r = b->seq_start[i]; r < b->seq_start[i + 1]; r++) {
+            int want = b->logits == YM_LOGITS_ALL ||
+                       (b->logits == YM_LOGITS_LAST && r == b->seq_start[i + 1] - 1);
+            ref_token(m, b->states[i], b->tokens[r],
+                      want ? logits + (size_t)(out++) * m->cfg.n_vocab : NULL);
+        }
+    }
+    return YM_OK;
+}

@@ -1,1 +1,199 @@
-/* engine/state.c - not yet written. */
+/* engine/state.c - recurrent state objects: create, reset, copy, serialize.
+ *
+ * A state is plain memory owned by one sequence; whoever runs that sequence (the engine
+ * thread) is the only one to touch it. Serialization is for the state cache (sessions,
+ * prefix checkpoints, export between replicas): a fixed header that names the dimensions and
+ * carries a checksum, so a state cannot be loaded into the wrong model or loaded half-written. */
+#include "engine/state.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define STATE_MAGIC 0x54534d59u /* "YMST" little-endian */
+#define STATE_VERSION 1u
+#define STATE_HEADER 48
+
+static size_t conv_floats(const ym_state_t *s)
+{
+    return (size_t)s->n_layer * s->d_inner * (size_t)(s->d_conv - 1);
+}
+
+static size_t ssm_floats(const ym_state_t *s)
+{
+    return (size_t)s->n_layer * s->d_inner * (size_t)s->d_state;
+}
+
+ym_err ym_state_new(const ym_config *cfg, ym_state_t **out)
+{
+    *out = NULL;
+    if (cfg->n_layer < 1 || cfg->d_inner < 1 || cfg->d_conv < 1 || cfg->d_state < 1)
+        return YM_EINVAL;
+    ym_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return YM_ENOMEM;
+    s->n_layer = cfg->n_layer;
+    s->d_inner = cfg->d_inner;
+    s->d_conv = cfg->d_conv;
+    s->d_state = cfg->d_state;
+    size_t nc = conv_floats(s), ns = ssm_floats(s);
+    s->conv = nc > 0 ? aligned_alloc(64, ((nc * sizeof(float)) + 63) & ~(size_t)63) : NULL;
+    s->ssm = aligned_alloc(64, ((ns * sizeof(float)) + 63) & ~(size_t)63);
+    if ((nc > 0 && s->conv == NULL) || s->ssm == NULL) {
+        ym_state_free(s);
+        return YM_ENOMEM;
+    }
+    ym_state_reset(s);
+    *out = s;
+    return YM_OK;
+}
+
+void ym_state_free(ym_state_t *s)
+{
+    if (s == NULL)
+        return;
+    free(s->conv);
+    free(s->ssm);
+    free(s);
+}
+
+void ym_state_reset(ym_state_t *s)
+{
+    if (s->conv != NULL)
+        memset(s->conv, 0, conv_floats(s) * sizeof(float));
+    memset(s->ssm, 0, ssm_floats(s) * sizeof(float));
+    s->n_tokens = 0;
+}
+
+static int same_dims(const ym_state_t *a, const ym_state_t *b)
+{
+    return a->n_layer == b->n_layer && a->d_inner == b->d_inner && a->d_conv == b->d_conv &&
+           a->d_state == b->d_state;
+}
+
+ym_err ym_state_copy(ym_state_t *dst, const ym_state_t *src)
+{
+    if (!same_dims(dst, src))
+        return YM_EINVAL;
+    if (dst == src)
+        return YM_OK;
+    if (src->conv != NULL)
+        memcpy(dst->conv, src->conv, conv_floats(src) * sizeof(float));
+    memcpy(dst->ssm, src->ssm, ssm_floats(src) * sizeof(float));
+    dst->n_tokens = src->n_tokens;
+    return YM_OK;
+}
+
+float *ym_state_conv(ym_state_t *s, int layer)
+{
+    return s->conv + (size_t)layer * s->d_inner * (size_t)(s->d_conv - 1);
+}
+
+float *ym_state_ssm(ym_state_t *s, int layer)
+{
+    return s->ssm + (size_t)layer * s->d_inner * (size_t)s->d_state;
+}
+
+size_t ym_state_serialized_size(const ym_state_t *s)
+{
+    return STATE_HEADER + (conv_floats(s) + ssm_floats(s)) * sizeof(float);
+}
+
+/* FNV-1a, 64-bit: a guard against truncation and bit rot, not against an adversary. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Header: magic, version, n_layer, d_inner, d_conv, d_state (u32 each), n_tokens (i64),
+ * payload bytes (u64), checksum of the payload (u64). All little-endian. The payload is the
+ * raw float arrays: this engine only runs on little-endian hosts (checked at build). */
+ym_err ym_state_serialize(const ym_state_t *s, void *buf, size_t cap, size_t *n_written)
+{
+    size_t need = ym_state_serialized_size(s);
+    *n_written = 0;
+    if (cap < need)
+        return YM_EINVAL;
+    unsigned char *p = buf;
+    size_t cb = conv_floats(s) * sizeof(float), sb = ssm_floats(s) * sizeof(float);
+    if (cb > 0)
+        memcpy(p + STATE_HEADER, s->conv, cb);
+    memcpy(p + STATE_HEADER + cb, s->ssm, sb);
+    uint64_t sum = fnv1a(0xcbf29ce484222325ull, p + STATE_HEADER, cb + sb);
+    put32(p + 0, STATE_MAGIC);
+    put32(p + 4, STATE_VERSION);
+    put32(p + 8, (uint32_t)s->n_layer);
+    put32(p + 12, (uint32_t)s->d_inner);
+    put32(p + 16, (uint32_t)s->d_conv);
+    put32(p + 20, (uint32_t)s->d_state);
+    put64(p + 24, (uint64_t)s->n_tokens);
+    put64(p + 32, (uint64_t)(cb + sb));
+    put64(p + 40, sum);
+    *n_written = need;
+    return YM_OK;
+}
+
+ym_err ym_state_deserialize(ym_state_t *s, const void *buf, size_t len, ym_diag *diag)
+{
+    const unsigned char *p = buf;
+    if (len < STATE_HEADER)
+        return ym_diag_set(diag, YM_EFORMAT, "state: %zu bytes, shorter than the header", len);
+    if (get32(p) != STATE_MAGIC)
+        return ym_diag_set(diag, YM_EFORMAT, "state: bad magic");
+    if (get32(p + 4) != STATE_VERSION)
+        return ym_diag_set(diag, YM_EFORMAT, "state: version %u, want %u", get32(p + 4),
+                           STATE_VERSION);
+    uint32_t nl = get32(p + 8), di = get32(p + 12), dc = get32(p + 16), ds = get32(p + 20);
+    if (nl != (uint32_t)s->n_layer || di != (uint32_t)s->d_inner || dc != (uint32_t)s->d_conv ||
+        ds != (uint32_t)s->d_state)
+        return ym_diag_set(diag, YM_EFORMAT,
+                           "state: dims n_layer=%u d_inner=%u d_conv=%u d_state=%u, model has "
+                           "%d %d %d %d",
+                           nl, di, dc, ds, s->n_layer, s->d_inner, s->d_conv, s->d_state);
+    size_t cb = conv_floats(s) * sizeof(float), sb = ssm_floats(s) * sizeof(float);
+    if (get64(p + 32) != cb + sb || len != STATE_HEADER + cb + sb)
+        return ym_diag_set(diag, YM_EFORMAT, "state: payload of %zu bytes, want %zu",
+                           len - STATE_HEADER, cb + sb);
+    int64_t n_tokens = (int64_t)get64(p + 24);
+    if (n_tokens < 0)
+        return ym_diag_set(diag, YM_EFORMAT, "state: negative token count");
+    if (fnv1a(0xcbf29ce484222325ull, p + STATE_HEADER, cb + sb) != get64(p + 40))
+        return ym_diag_set(diag, YM_EFORMAT, "state: checksum mismatch");
+    if (cb > 0)
+        memcpy(s->conv, p + STATE_HEADER, cb);
+    memcpy(s->ssm, p + STATE_HEADER + cb, sb);
+    s->n_tokens = n_tokens;
+    return YM_OK;
+}
