@@ -1,7 +1,242 @@
-/* tests/unit/test_forward.c - placeholder until the module's tests land. */
+/* tests/unit/test_forward.c - the fast forward against the plain double-precision reference,
+ * and the invariants the server relies on: batched == alone, prefill == token-by-token decode,
+ * any thread count and either kernel set give the same result. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/forward.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "engine/state.h"
 #include "testutil.h"
+
+static ym_config tiny_config(int d_model, int n_layer, int d_state, int d_conv, int dt_rank,
+                             int n_vocab, int bias)
+{
+    ym_config c;
+    memset(&c, 0, sizeof(c));
+    c.d_model = d_model;
+    c.n_layer = n_layer;
+    c.d_inner = 2 * d_model;
+    c.d_state = d_state;
+    c.d_conv = d_conv;
+    c.dt_rank = dt_rank;
+    c.n_vocab = n_vocab;
+    c.use_bias = bias;
+    c.use_conv_bias = 1;
+    c.tie_embeddings = 1;
+    c.norm_eps = 1e-5f;
+    c.bos_id = c.eos_id = c.pad_id = -1;
+    return c;
+}
+
+static ym_model_t *tiny_model(const ym_config *c, uint64_t seed)
+{
+    ym_model_t *m = NULL;
+    ym_diag d = {0};
+    ck_assert_msg(ym_model_new_random(c, seed, &m, &d) == YM_OK, "%s", d.msg);
+    return m;
+}
+
+static ym_state_t **states_new(const ym_config *c, int n)
+{
+    ym_state_t **s = calloc((size_t)n, sizeof(*s));
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(ym_state_new(c, &s[i]), YM_OK);
+    return s;
+}
+
+static void states_free(ym_state_t **s, int n)
+{
+    for (int i = 0; i < n; i++)
+        ym_state_free(s[i]);
+    free(s);
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= m))
+            m = d; /* NaN propagates as a failure */
+    }
+    return m;
+}
+
+/* Tokens of a ragged batch of three sequences with lengths 7, 1, 12. */
+static const int32_t TOKS[20] = {3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 38, 4, 6, 26, 4, 33, 8};
+static const int STARTS[4] = {0, 7, 8, 20};
+
+static void check_fast_vs_ref(const ym_config *cfg, int n_threads, float tol)
+{
+    ym_model_t *m = tiny_model(cfg, 42);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 32, n_threads, &ctx), YM_OK);
+    ym_state_t **sf = states_new(cfg, 3), **sr = states_new(cfg, 3);
+    size_t V = (size_t)cfg->n_vocab;
+    float *lf = calloc(20 * V, sizeof(float)), *lr = calloc(20 * V, sizeof(float));
+    ym_batch b = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = sf,
+                  .logits = YM_LOGITS_ALL};
+    ym_diag d = {0};
+    /* Twice: the second call runs from the states the first one left. */
+    for (int round = 0; round < 2; round++) {
+        b.states = sf;
+        ck_assert_msg(ym_forward(ctx, &b, lf, &d) == YM_OK, "%s", d.msg);
+        b.states = sr;
+        ck_assert_int_eq(ym_forward_ref(m, &b, lr), YM_OK);
+        float diff = max_abs_diff(lf, lr, 20 * V);
+        printf("forward d_model=%d N=%d K=%d threads=%d isa=%s round %d: max |fast - ref| = %.3g\n",
+               cfg->d_model, cfg->d_state, cfg->d_conv, n_threads, ym_kernels_isa(), round, diff);
+        ck_assert_msg(diff < tol, "max diff %g >= %g", diff, tol);
+    }
+    ck_assert_int_eq(sf[0]->n_tokens, 14);
+    ck_assert_int_eq(sf[1]->n_tokens, 2);
+    free(lf);
+    free(lr);
+    states_free(sf, 3);
+    states_free(sr, 3);
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+}
+
+/* float32 against double over a few layers of O(1) activations: errors of a few 1e-6
+ * relative per operation; 2e-4 absolute on logits of magnitude ~1 leaves a wide margin
+ * while any real mistake (a wrong index, a missing term) is off by 1e-2 or more. */
+START_TEST(test_forward_matches_reference_odd_shapes)
+{
+    ym_config c = tiny_config(40, 3, 16, 4, 3, 41, 0);
+    check_fast_vs_ref(&c, 2, 2e-4f);
+    c = tiny_config(24, 2, 5, 3, 2, 50, 1); /* N not a multiple of 16, bias, K=3 */
+    check_fast_vs_ref(&c, 2, 2e-4f);
+    c = tiny_config(36, 2, 20, 5, 4, 45, 0); /* N=20 (masked tail), K=5 */
+    c.use_conv_bias = 0;
+    check_fast_vs_ref(&c, 3, 2e-4f);
+    c = tiny_config(20, 2, 16, 1, 2, 40, 0); /* K=1: no conv state at all */
+    check_fast_vs_ref(&c, 1, 2e-4f);
+}
+END_TEST
+
+START_TEST(test_forward_portable_kernels_match_reference)
+{
+    ym_kernels_force_portable(1);
+    ym_config c = tiny_config(40, 3, 16, 4, 3, 41, 1);
+    check_fast_vs_ref(&c, 2, 2e-4f);
+    c = tiny_config(24, 2, 5, 3, 2, 50, 0);
+    check_fast_vs_ref(&c, 1, 2e-4f);
+    ym_kernels_force_portable(0);
+}
+END_TEST
+
+/* Each sequence alone equals the same sequence inside a ragged batch, and a prefill chunk
+ * equals feeding the same tokens one decode step at a time. */
+START_TEST(test_forward_batched_equals_alone_and_decode_equals_prefill)
+{
+    ym_config cfg = tiny_config(48, 2, 16, 4, 3, 60, 0);
+    ym_model_t *m = tiny_model(&cfg, 7);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 32, 2, &ctx), YM_OK);
+    size_t V = (size_t)cfg.n_vocab;
+    ym_state_t **sb = states_new(&cfg, 3);
+    float *lb = calloc(3 * V, sizeof(float));
+    ym_batch b = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = sb,
+                  .logits = YM_LOGITS_LAST};
+    ck_assert_int_eq(ym_forward(ctx, &b, lb, NULL), YM_OK);
+    float worst = 0;
+    for (int i = 0; i < 3; i++) {
+        /* alone, as one prefill chunk */
+        ym_state_t **sa = states_new(&cfg, 1);
+        float *la = calloc(V, sizeof(float));
+        int st[2] = {0, STARTS[i + 1] - STARTS[i]};
+        ym_batch a = {.n_seq = 1, .tokens = TOKS + STARTS[i], .seq_start = st, .states = sa,
+                      .logits = YM_LOGITS_LAST};
+        ck_assert_int_eq(ym_forward(ctx, &a, la, NULL), YM_OK);
+        float d1 = max_abs_diff(la, lb + i * V, V);
+        /* alone, one token per step */
+        ym_state_t **sd = states_new(&cfg, 1);
+        float *ld = calloc(V, sizeof(float));
+        int one[2] = {0, 1};
+        for (int r = STARTS[i]; r < STARTS[i + 1]; r++) {
+            ym_batch dstep = {.n_seq = 1, .tokens = TOKS + r, .seq_start = one, .states = sd,
+                              .logits = YM_LOGITS_LAST};
+            ck_assert_int_eq(ym_forward(ctx, &dstep, ld, NULL), YM_OK);
+        }
+        float d2 = max_abs_diff(ld, lb + i * V, V);
+        /* the states agree too */
+        size_t ns = (size_t)cfg.n_layer * cfg.d_inner * cfg.d_state;
+        float d3 = max_abs_diff(sd[0]->ssm, sb[i]->ssm, ns);
+        if (d1 > worst)
+            worst = d1;
+        if (d2 > worst)
+            worst = d2;
+        if (d3 > worst)
+            worst = d3;
+        free(la);
+        free(ld);
+        states_free(sa, 1);
+        states_free(sd, 1);
+    }
+    printf("batched vs alone vs token-by-token: max diff %.3g\n", worst);
+    ck_assert_msg(worst < 1e-4f, "max diff %g", worst);
+    free(lb);
+    states_free(sb, 3);
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+}
+END_TEST
+
+START_TEST(test_forward_rejects_bad_batches_without_touching_state)
+{
+    ym_config cfg = tiny_config(16, 1, 4, 4, 1, 20, 0);
+    ym_model_t *m = tiny_model(&cfg, 1);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 4, 2, &ctx), YM_OK);
+    ym_state_t **s = states_new(&cfg, 1);
+    float logits[20];
+    ym_diag d = {0};
+    int32_t bad[2] = {3, 20};
+    int st[2] = {0, 2};
+    ym_batch b = {.n_seq = 1, .tokens = bad, .seq_start = st, .states = s,
+                  .logits = YM_LOGITS_LAST};
+    ck_assert_int_eq(ym_forward(ctx, &b, logits, &d), YM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(d.msg, "out of range"));
+    ck_assert_int_eq(s[0]->n_tokens, 0);
+    int32_t many[5] = {1, 2, 3, 4, 5};
+    int st5[2] = {0, 5};
+    b.tokens = many;
+    b.seq_start = st5;
+    ck_assert_int_eq(ym_forward(ctx, &b, logits, &d), YM_EINVAL); /* 5 rows > 4 */
+    int empty[3] = {0, 1, 1};
+    ym_state_t *two[2] = {s[0], s[0]};
+    b.n_seq = 2;
+    b.seq_start = empty;
+    b.states = two;
+    ck_assert_int_eq(ym_forward(ctx, &b, logits, &d), YM_EINVAL);
+    ym_config other = tiny_config(16, 2, 4, 4, 1, 20, 0);
+    ym_state_t **wrong = states_new(&other, 1);
+    b.n_seq = 1;
+    b.seq_start = st;
+    b.tokens = many;
+    b.states = wrong;
+    ck_assert_int_eq(ym_forward(ctx, &b, logits, &d), YM_EINVAL);
+    states_free(wrong, 1);
+    states_free(s, 1);
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+}
+END_TEST
 
 Suite *forward_suite(void)
 {
-    return suite_create("forward");
+    Suite *s = suite_create("forward");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_forward_matches_reference_odd_shapes);
+    tcase_add_test(tc, test_forward_portable_kernels_match_reference);
+    tcase_add_test(tc, test_forward_batched_equals_alone_and_decode_equals_prefill);
+    tcase_add_test(tc, test_forward_rejects_bad_batches_without_touching_state);
+    suite_add_tcase(s, tc);
+    return s;
 }

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs the Debian 12 packages yunmin needs to build and test, when they are missing.
+# Usage: scripts/deps.sh [build|test]   (test adds the sanitizer, fuzzing and Python tools)
+set -eu
+need="meson ninja-build pkg-config gcc libopenblas-dev libjansson-dev libutf8proc-dev check"
+if [ "${1:-build}" = test ]; then
+  need="$need clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-pytest"
+fi
+missing=""
+for p in $need; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing" >&2
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
