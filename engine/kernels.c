@@ -200,6 +200,71 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
         }
     }
 }
+
+/* One block of NB weight rows against MB input rows, all K: NB*MB vector accumulators. */
+#define GEMM_BLOCK(MB, NB)                                                                         \
+    T512 static inline void gemm_blk_##MB##x##NB(float *C, int ldc, const float *A, int lda,      \
+                                                 const float *W, int ldw, int K, float beta)      \
+    {                                                                                              \
+        __m512 acc[MB][NB];                                                                        \
+        for (int i = 0; i < MB; i++)                                                               \
+            for (int j = 0; j < NB; j++)                                                           \
+                acc[i][j] = _mm512_setzero_ps();                                                   \
+        for (int k = 0; k < K; k += 16) {                                                          \
+            __mmask16 msk = tail_mask(K - k);                                                      \
+            __m512 w[NB];                                                                          \
+            for (int j = 0; j < NB; j++)                                                           \
+                w[j] = _mm512_maskz_loadu_ps(msk, W + (size_t)j * ldw + k);                        \
+            for (int i = 0; i < MB; i++) {                                                         \
+                __m512 a = _mm512_maskz_loadu_ps(msk, A + (size_t)i * lda + k);                    \
+                for (int j = 0; j < NB; j++)                                                       \
+                    acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                               \
+            }                                                                                      \
+        }                                                                                          \
+        for (int i = 0; i < MB; i++)                                                               \
+            for (int j = 0; j < NB; j++) {                                                         \
+                float *c = C + (size_t)i * ldc + j;                                                \
+                float v = _mm512_reduce_add_ps(acc[i][j]);                                         \
+                *c = beta == 0.0f ? v : beta * *c + v;                                             \
+            }                                                                                      \
+    }
+GEMM_BLOCK(1, 4)
+GEMM_BLOCK(2, 4)
+GEMM_BLOCK(3, 4)
+GEMM_BLOCK(4, 4)
+GEMM_BLOCK(5, 4)
+GEMM_BLOCK(6, 4)
+GEMM_BLOCK(1, 1)
+GEMM_BLOCK(2, 1)
+GEMM_BLOCK(3, 1)
+GEMM_BLOCK(4, 1)
+GEMM_BLOCK(5, 1)
+GEMM_BLOCK(6, 1)
+
+T512 static void gemm_nt_small_avx512(float *C, int ldc, const float *A, int lda, const float *W,
+                                      int ldw, int M, int N, int K, float beta)
+{
+    typedef void (*blk_fn)(float *, int, const float *, int, const float *, int, int, float);
+    static const blk_fn b4[7] = {0, gemm_blk_1x4, gemm_blk_2x4, gemm_blk_3x4,
+                                 gemm_blk_4x4, gemm_blk_5x4, gemm_blk_6x4};
+    static const blk_fn b1[7] = {0, gemm_blk_1x1, gemm_blk_2x1, gemm_blk_3x1,
+                                 gemm_blk_4x1, gemm_blk_5x1, gemm_blk_6x1};
+    /* Weight rows outermost: each block of 4 rows comes from memory once and stays in L1
+     * while every group of up to 6 input rows passes over it. */
+    int n = 0;
+    for (; n + 4 <= N; n += 4)
+        for (int m = 0; m < M; m += 6) {
+            int mb = M - m < 6 ? M - m : 6;
+            b4[mb](C + (size_t)m * ldc + n, ldc, A + (size_t)m * lda, lda, W + (size_t)n * ldw,
+                   ldw, K, beta);
+        }
+    for (; n < N; n++)
+        for (int m = 0; m < M; m += 6) {
+            int mb = M - m < 6 ? M - m : 6;
+            b1[mb](C + (size_t)m * ldc + n, ldc, A + (size_t)m * lda, lda, W + (size_t)n * ldw,
+                   ldw, K, beta);
+        }
+}
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -271,4 +336,16 @@ void ym_scan_f32(float *y, float *s, const float *A, const float *D, const float
     }
 #endif
     scan_portable(y, s, A, D, x, dt, z, bc, ldbc, T, ld, N, c0, c1);
+}
+
+int ym_gemm_nt_small_f32(float *C, int ldc, const float *A, int lda, const float *W, int ldw,
+                         int M, int N, int K, float beta)
+{
+#if HAVE_X86
+    if (use_avx512()) {
+        gemm_nt_small_avx512(C, ldc, A, lda, W, ldw, M, N, K, beta);
+        return 1;
+    }
+#endif
+    return 0;
 }

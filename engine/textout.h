@@ -22,7 +22,7 @@ typedef struct ym_textout ym_textout_t;
 ym_err ym_textout_new(const ym_tok_t *tok, const char *const *stops, int n_stops,
                       ym_textout_t **out);
 void ym_textout_free(ym_textout_t *to); /* NULL-safe */
-/* Feed one token. *text/*len: the newly certain text (borrowed, valid until the next call;
+/* Feed one token. *text and *len: the newly certain text (borrowed, valid until the next call;
  * may be empty). Returns 1 when a stop string matched (then stop feeding), else 0. */
 int ym_textout_push(ym_textout_t *to, int32_t id, const char **text, size_t *len);
 /* End of generation: everything held back (incomplete UTF-8 becomes U+FFFD, as HF decode
