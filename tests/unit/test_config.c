@@ -1,7 +1,347 @@
-/* tests/unit/test_config.c - placeholder until the module's tests land. */
+/* tests/unit/test_config.c - config.json in transformers' and state-spaces' forms. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/config.h"
 #include "testutil.h"
+
+static ym_err parse(const char *json, ym_config *c, ym_diag *diag)
+{
+    memset(diag, 0, sizeof(*diag));
+    return ym_config_parse(json, strlen(json), c, diag);
+}
+
+static ym_config parse_ok(const char *json)
+{
+    ym_config c;
+    ym_diag diag;
+    ym_err err = parse(json, &c, &diag);
+    ck_assert_msg(err == YM_OK, "%s: %s", json, diag.msg);
+    return c;
+}
+
+/* Every field but the form flag. */
+static void assert_same_model(const ym_config *a, const ym_config *b)
+{
+    ck_assert_int_eq(a->d_model, b->d_model);
+    ck_assert_int_eq(a->n_layer, b->n_layer);
+    ck_assert_int_eq(a->d_inner, b->d_inner);
+    ck_assert_int_eq(a->d_state, b->d_state);
+    ck_assert_int_eq(a->d_conv, b->d_conv);
+    ck_assert_int_eq(a->dt_rank, b->dt_rank);
+    ck_assert_int_eq(a->n_vocab, b->n_vocab);
+    ck_assert_int_eq(a->use_bias, b->use_bias);
+    ck_assert_int_eq(a->use_conv_bias, b->use_conv_bias);
+    ck_assert_int_eq(a->tie_embeddings, b->tie_embeddings);
+    ck_assert(a->norm_eps == b->norm_eps);
+    ck_assert_int_eq(a->residual_in_fp32, b->residual_in_fp32);
+    ck_assert_int_eq(a->bos_id, b->bos_id);
+    ck_assert_int_eq(a->eos_id, b->eos_id);
+    ck_assert_int_eq(a->pad_id, b->pad_id);
+}
+
+/* The shape of mamba-130m as each library saves it (state-spaces pads 50277 to 50280). */
+static const char *hf_130m =
+    "{\"architectures\":[\"MambaForCausalLM\"],\"model_type\":\"mamba\",\"hidden_size\":768,"
+    "\"num_hidden_layers\":24,\"vocab_size\":50280,\"state_size\":16,\"expand\":2,"
+    "\"intermediate_size\":1536,\"conv_kernel\":4,\"time_step_rank\":48,\"use_bias\":false,"
+    "\"use_conv_bias\":true,\"layer_norm_epsilon\":1e-05,\"tie_word_embeddings\":true,"
+    "\"residual_in_fp32\":true,\"hidden_act\":\"silu\",\"initializer_range\":0.1,"
+    "\"time_step_init_scheme\":\"random\",\"time_step_max\":0.1,\"time_step_min\":0.001,"
+    "\"torch_dtype\":\"float32\",\"dtype\":\"float32\",\"transformers_version\":\"4.39.0\","
+    "\"use_cache\":true,\"rescale_prenorm_residual\":false,\"use_mambapy\":false}";
+static const char *ss_130m =
+    "{\"d_model\":768,\"n_layer\":24,\"vocab_size\":50277,\"ssm_cfg\":{},\"rms_norm\":true,"
+    "\"residual_in_fp32\":true,\"fused_add_norm\":true,\"pad_vocab_size_multiple\":8}";
+
+START_TEST(test_config_both_forms_give_the_same_model)
+{
+    ym_config a = parse_ok(hf_130m), b = parse_ok(ss_130m);
+    assert_same_model(&a, &b);
+    ck_assert(!a.state_spaces);
+    ck_assert(b.state_spaces);
+    ck_assert_int_eq(a.d_inner, 2 * a.d_model);
+
+    /* Non-default values through both key sets. */
+    ym_config c = parse_ok("{\"hidden_size\":40,\"num_hidden_layers\":3,\"vocab_size\":100,"
+                           "\"state_size\":8,\"expand\":3,\"conv_kernel\":2,\"time_step_rank\":5,"
+                           "\"use_bias\":true,\"use_conv_bias\":false,\"layer_norm_epsilon\":1e-6,"
+                           "\"tie_word_embeddings\":false,\"residual_in_fp32\":false}");
+    ym_config d = parse_ok("{\"d_model\":40,\"n_layer\":3,\"vocab_size\":100,"
+                           "\"pad_vocab_size_multiple\":4,\"ssm_cfg\":{\"d_state\":8,\"expand\":3,"
+                           "\"d_conv\":2,\"dt_rank\":5,\"bias\":true,\"conv_bias\":false,"
+                           "\"layer\":\"Mamba1\",\"dt_min\":0.001},\"norm_epsilon\":1e-6,"
+                           "\"tie_embeddings\":false,\"residual_in_fp32\":false}");
+    assert_same_model(&c, &d);
+    ck_assert_int_eq(c.d_inner, 3 * 40);
+}
+END_TEST
+
+START_TEST(test_config_transformers_keys_win_when_both_forms_are_present)
+{
+    /* Converted "-hf" checkpoints keep the state-spaces keys beside transformers' own; the
+     * transformers model reads only its keys. Here the two sets disagree on purpose. */
+    ym_config a = parse_ok("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10,"
+                           "\"state_size\":8,\"d_model\":32,\"n_layer\":5,\"d_inner\":64,"
+                           "\"ssm_cfg\":{},\"rms_norm\":true,\"fused_add_norm\":true,"
+                           "\"pad_vocab_size_multiple\":8}");
+    ym_config b = parse_ok("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10,"
+                           "\"state_size\":8}");
+    assert_same_model(&a, &b);
+    ck_assert(!a.state_spaces);
+}
+END_TEST
+
+START_TEST(test_config_defaults_are_the_writers_defaults)
+{
+    /* Omitted keys read as transformers' MambaConfig.__init__ defaults ... */
+    ym_config a = parse_ok("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10}");
+    ym_config b = parse_ok("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10,"
+                           "\"state_size\":16,\"expand\":2,\"conv_kernel\":4,"
+                           "\"time_step_rank\":\"auto\",\"use_bias\":false,\"use_conv_bias\":true,"
+                           "\"layer_norm_epsilon\":1e-5,\"tie_word_embeddings\":true,"
+                           "\"residual_in_fp32\":true}");
+    assert_same_model(&a, &b);
+    ck_assert_int_eq(a.bos_id, -1);
+    ck_assert_int_eq(a.eos_id, -1);
+    ck_assert_int_eq(a.pad_id, -1);
+    /* ... and as mamba_ssm's MambaConfig / Mamba mixer defaults. */
+    ym_config c = parse_ok("{\"d_model\":64,\"n_layer\":2,\"vocab_size\":10}");
+    ym_config d = parse_ok("{\"d_model\":64,\"n_layer\":2,\"vocab_size\":10,"
+                           "\"pad_vocab_size_multiple\":8,\"rms_norm\":true,"
+                           "\"tie_embeddings\":true,\"ssm_cfg\":{\"d_state\":16,\"d_conv\":4,"
+                           "\"expand\":2,\"dt_rank\":\"auto\",\"bias\":false,"
+                           "\"conv_bias\":true}}");
+    assert_same_model(&c, &d);
+    ck_assert_int_eq(c.n_vocab, 16); /* 10 rounded up to the multiple of 8 */
+    ck_assert_int_eq(parse_ok("{\"d_model\":64,\"n_layer\":2,\"vocab_size\":10,"
+                              "\"pad_vocab_size_multiple\":1}")
+                         .n_vocab,
+                     10);
+}
+END_TEST
+
+START_TEST(test_config_auto_dt_rank_is_ceil_of_d_model_over_16)
+{
+    const int sizes[] = { 1, 15, 16, 17, 100, 768, 2560 };
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        char a[256], b[256], c[256];
+        int want = (int)ceil(sizes[i] / 16.0);
+        snprintf(a, sizeof(a),
+                 "{\"hidden_size\":%d,\"num_hidden_layers\":1,\"vocab_size\":8,"
+                 "\"time_step_rank\":\"auto\"}",
+                 sizes[i]);
+        snprintf(b, sizeof(b), "{\"d_model\":%d,\"n_layer\":1,\"vocab_size\":8}", sizes[i]);
+        snprintf(c, sizeof(c),
+                 "{\"hidden_size\":%d,\"num_hidden_layers\":1,\"vocab_size\":8,"
+                 "\"time_step_rank\":%d}",
+                 sizes[i], want);
+        ck_assert_int_eq(parse_ok(a).dt_rank, want);
+        ck_assert_int_eq(parse_ok(b).dt_rank, want);
+        ck_assert_int_eq(parse_ok(c).dt_rank, want);
+    }
+}
+END_TEST
+
+START_TEST(test_config_intermediate_size_wins_over_expand)
+{
+    ym_config a = parse_ok("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10,"
+                           "\"expand\":2,\"intermediate_size\":100}");
+    ck_assert_int_eq(a.d_inner, 100);
+    ym_config b = parse_ok("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10,"
+                           "\"expand\":3}");
+    ck_assert_int_eq(b.d_inner, 3 * 64);
+}
+END_TEST
+
+START_TEST(test_config_token_ids)
+{
+    ym_config a = parse_ok("{\"hidden_size\":8,\"num_hidden_layers\":1,\"vocab_size\":10,"
+                           "\"bos_token_id\":0,\"eos_token_id\":[2,3],\"pad_token_id\":null}");
+    ck_assert_int_eq(a.bos_id, 0);
+    ck_assert_int_eq(a.eos_id, 2);
+    ck_assert_int_eq(a.pad_id, -1);
+}
+END_TEST
+
+static void expect_bad(const char *json, const char *key)
+{
+    ym_config c;
+    ym_diag diag;
+    c.d_model = 123;
+    ym_err err = parse(json, &c, &diag);
+    ck_assert_msg(err == YM_EFORMAT, "%s: got %d", json, err);
+    ck_assert_msg(strstr(diag.msg, key) != NULL, "%s: message '%s' lacks '%s'", json, diag.msg,
+                  key);
+    ck_assert_int_eq(c.d_model, 0); /* cleared on failure */
+}
+
+#define HF "\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":10"
+#define SS "\"d_model\":64,\"n_layer\":2,\"vocab_size\":10"
+
+START_TEST(test_config_rejects_missing_and_mistyped_keys_naming_them)
+{
+    expect_bad("{\"num_hidden_layers\":2,\"vocab_size\":10}", "hidden_size");
+    expect_bad("{\"hidden_size\":64,\"vocab_size\":10}", "num_hidden_layers");
+    expect_bad("{\"hidden_size\":64,\"num_hidden_layers\":2}", "vocab_size");
+    expect_bad("{\"d_model\":64,\"vocab_size\":10}", "n_layer");
+    expect_bad("{\"d_model\":64,\"n_layer\":2}", "vocab_size");
+    expect_bad("{\"ssm_cfg\":{},\"n_layer\":2,\"vocab_size\":10}", "d_model");
+    expect_bad("{\"n_layer\":2,\"vocab_size\":10}", "hidden_size");
+    static const struct {
+        const char *extra, *key;
+    } hf[] = {
+        { "\"state_size\":16.5", "state_size" },
+        { "\"state_size\":\"16\"", "state_size" },
+        { "\"state_size\":0", "state_size" },
+        { "\"state_size\":1025", "state_size" },
+        { "\"conv_kernel\":65", "conv_kernel" },
+        { "\"conv_kernel\":null", "conv_kernel" },
+        { "\"expand\":0", "expand" },
+        { "\"expand\":2.5", "expand" },
+        { "\"intermediate_size\":0", "intermediate_size" },
+        { "\"intermediate_size\":300000", "intermediate_size" },
+        { "\"time_step_rank\":\"big\"", "time_step_rank" },
+        { "\"time_step_rank\":0", "time_step_rank" },
+        { "\"time_step_rank\":-3", "time_step_rank" },
+        { "\"time_step_rank\":true", "time_step_rank" },
+        { "\"use_bias\":1", "use_bias" },
+        { "\"use_conv_bias\":\"true\"", "use_conv_bias" },
+        { "\"tie_word_embeddings\":null", "tie_word_embeddings" },
+        { "\"residual_in_fp32\":0", "residual_in_fp32" },
+        { "\"layer_norm_epsilon\":\"1e-5\"", "layer_norm_epsilon" },
+        { "\"layer_norm_epsilon\":0", "layer_norm_epsilon" },
+        { "\"layer_norm_epsilon\":-1e-5", "layer_norm_epsilon" },
+        { "\"layer_norm_epsilon\":2", "layer_norm_epsilon" },
+        { "\"eos_token_id\":\"0\"", "eos_token_id" },
+        { "\"bos_token_id\":-1", "bos_token_id" },
+        { "\"pad_token_id\":[\"x\"]", "pad_token_id" },
+        { "\"hidden_act\":\"gelu\"", "hidden_act" },
+        { "\"model_type\":\"falcon_mamba\"", "model_type" },
+        { "\"model_type\":7", "model_type" },
+        { "\"rms_norm\":\"yes\"", "rms_norm" },
+    };
+    char buf[512];
+    for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++) {
+        snprintf(buf, sizeof(buf), "{" HF ",%s}", hf[i].extra);
+        expect_bad(buf, hf[i].key);
+    }
+    /* Sizes out of range, both forms. */
+    expect_bad("{\"hidden_size\":0,\"num_hidden_layers\":2,\"vocab_size\":10}", "hidden_size");
+    expect_bad("{\"hidden_size\":65537,\"num_hidden_layers\":2,\"vocab_size\":10}",
+               "hidden_size");
+    expect_bad("{\"hidden_size\":-64,\"num_hidden_layers\":2,\"vocab_size\":10}", "hidden_size");
+    expect_bad("{\"hidden_size\":64,\"num_hidden_layers\":1025,\"vocab_size\":10}",
+               "num_hidden_layers");
+    expect_bad("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":0}", "vocab_size");
+    expect_bad("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":4194305}",
+               "vocab_size");
+    expect_bad("{\"hidden_size\":64,\"num_hidden_layers\":2,\"vocab_size\":1e3}", "vocab_size");
+    expect_bad("{\"d_model\":65536,\"n_layer\":2,\"vocab_size\":10,\"ssm_cfg\":{\"expand\":8}}",
+               "ssm_cfg.expand");
+    expect_bad("{\"hidden_size\":65536,\"num_hidden_layers\":2,\"vocab_size\":10,\"expand\":8}",
+               "intermediate_size");
+    expect_bad("{\"d_model\":64,\"n_layer\":2,\"vocab_size\":4194300,"
+               "\"pad_vocab_size_multiple\":1000}",
+               "vocab_size");
+    static const struct {
+        const char *extra, *key;
+    } ss[] = {
+        { "\"ssm_cfg\":[]", "ssm_cfg" },
+        { "\"ssm_cfg\":{\"d_state\":\"16\"}", "ssm_cfg.d_state" },
+        { "\"ssm_cfg\":{\"d_conv\":0}", "ssm_cfg.d_conv" },
+        { "\"ssm_cfg\":{\"expand\":-2}", "ssm_cfg.expand" },
+        { "\"ssm_cfg\":{\"dt_rank\":\"x\"}", "ssm_cfg.dt_rank" },
+        { "\"ssm_cfg\":{\"bias\":0}", "ssm_cfg.bias" },
+        { "\"ssm_cfg\":{\"conv_bias\":null}", "ssm_cfg.conv_bias" },
+        { "\"ssm_cfg\":{\"layer\":\"Mamba3\"}", "ssm_cfg.layer" },
+        { "\"pad_vocab_size_multiple\":0", "pad_vocab_size_multiple" },
+        { "\"tie_embeddings\":\"no\"", "tie_embeddings" },
+        { "\"fused_add_norm\":1", "fused_add_norm" },
+        { "\"norm_epsilon\":\"x\"", "norm_epsilon" },
+        { "\"d_intermediate\":128", "d_intermediate" },
+        { "\"attn_layer_idx\":[1]", "attn_layer_idx" },
+    };
+    for (size_t i = 0; i < sizeof(ss) / sizeof(ss[0]); i++) {
+        snprintf(buf, sizeof(buf), "{" SS ",%s}", ss[i].extra);
+        expect_bad(buf, ss[i].key);
+    }
+    /* Zero-valued hybrid keys as mamba_ssm writes them are fine. */
+    parse_ok("{" SS ",\"d_intermediate\":0,\"attn_layer_idx\":[],\"attn_cfg\":{}}");
+    expect_bad("", "JSON");
+    expect_bad("{\"hidden_size\":", "JSON");
+    expect_bad("[1]", "JSON");
+    expect_bad("{" HF "," HF "}", "hidden_size"); /* duplicate keys */
+}
+END_TEST
+
+START_TEST(test_config_rejects_mamba2_and_layernorm)
+{
+    expect_bad("{\"model_type\":\"mamba2\",\"hidden_size\":64,\"num_hidden_layers\":2,"
+               "\"vocab_size\":10,\"num_heads\":2,\"head_dim\":64,\"n_groups\":1}",
+               "Mamba-2");
+    expect_bad("{" HF ",\"n_groups\":8}", "Mamba-2");
+    expect_bad("{" HF ",\"head_dim\":64}", "Mamba-2");
+    expect_bad("{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"d_state\":128}}", "Mamba-2");
+    expect_bad("{" SS ",\"rms_norm\":false}", "rms_norm");
+    expect_bad("{" HF ",\"rms_norm\":false}", "rms_norm");
+}
+END_TEST
+
+START_TEST(test_config_load_reads_a_file)
+{
+    char path[] = "/tmp/ym-config-test-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, ss_130m, strlen(ss_130m)), (ssize_t)strlen(ss_130m));
+    close(fd);
+    ym_config c;
+    ym_diag diag = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_config_load(path, &c, &diag), YM_OK);
+    ym_config want = parse_ok(ss_130m);
+    assert_same_model(&c, &want);
+    unlink(path);
+    ck_assert_int_eq(ym_config_load(path, &c, &diag), YM_ENOENT);
+    ck_assert_ptr_nonnull(strstr(diag.msg, path));
+}
+END_TEST
+
+START_TEST(test_config_sizes_follow_the_dimensions)
+{
+    ym_config c = parse_ok(hf_130m);
+    /* state: conv window (d_conv - 1) and ssm (d_state) floats per channel and layer. */
+    ck_assert_uint_eq(ym_config_state_bytes(&c),
+                      (size_t)c.n_layer * (size_t)c.d_inner * (size_t)(c.d_conv - 1 + c.d_state) *
+                          sizeof(float));
+    /* Untying adds exactly one more [n_vocab, d_model] table; biases add their vectors. */
+    ym_config u = c;
+    u.tie_embeddings = false;
+    ck_assert_uint_eq(ym_config_n_params(&u) - ym_config_n_params(&c),
+                      (size_t)c.n_vocab * (size_t)c.d_model);
+    ym_config b = c;
+    b.use_bias = true;
+    ck_assert_uint_eq(ym_config_n_params(&b) - ym_config_n_params(&c),
+                      (size_t)c.n_layer * (size_t)(2 * c.d_inner + c.d_model));
+}
+END_TEST
 
 Suite *config_suite(void)
 {
-    return suite_create("config");
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_config_both_forms_give_the_same_model);
+    tcase_add_test(tc, test_config_transformers_keys_win_when_both_forms_are_present);
+    tcase_add_test(tc, test_config_defaults_are_the_writers_defaults);
+    tcase_add_test(tc, test_config_auto_dt_rank_is_ceil_of_d_model_over_16);
+    tcase_add_test(tc, test_config_intermediate_size_wins_over_expand);
+    tcase_add_test(tc, test_config_token_ids);
+    tcase_add_test(tc, test_config_rejects_missing_and_mistyped_keys_naming_them);
+    tcase_add_test(tc, test_config_rejects_mamba2_and_layernorm);
+    tcase_add_test(tc, test_config_load_reads_a_file);
+    tcase_add_test(tc, test_config_sizes_follow_the_dimensions);
+    suite_add_tcase(s, tc);
+    return s;
 }
