@@ -1,0 +1,513 @@
+#!/usr/bin/python3
+"""tests/cli/test_cli.py - the `yunmin` CLI: error handling, exit codes and JSON outputs.
+
+Usage: test_cli.py YUNMIN_EXE FIXTURE_DIR      (meson runs it as the `cli` test)
+
+Standard library only. What it checks:
+  - usage errors: exactly one line "yunmin: ..." on stderr and exit 2; runtime errors
+    (missing model directory or file) the same with exit 1; --help on stdout with exit 0;
+  - tokenize / detokenize on a directory that holds only the GPT-NeoX tokenizer.json, against
+    the Hugging Face ids in gpt-neox/cases.json;
+  - logits / generate / inspect / perplexity on a tiny random Mamba written here (config.json +
+    model.safetensors, built with struct): JSON shapes, inspect's counts against the file we
+    wrote, greedy generate against argmax over `logits`, stop strings, seeds, and the
+    perplexity protocol recomputed here from `logits` (log_softmax in double);
+  - with tests/fixtures/conformance/<model>/ present (a real checkpoint), the same shape and
+    consistency checks on it; skipped when absent.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import unittest
+
+YUNMIN = None
+FIXTURES = None
+TIMEOUT = 300
+
+
+def run(args, env=None, input_bytes=None):
+    """Run yunmin; returns (rc, stdout bytes, stderr str)."""
+    full_env = dict(os.environ)
+    full_env.pop("YUNMIN_MODEL", None)
+    if env:
+        full_env.update(env)
+    p = subprocess.run([YUNMIN] + list(args), capture_output=True, env=full_env,
+                       input=input_bytes, timeout=TIMEOUT)
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
+def write_tiny_mamba(path, seed=0, d=16, n_layer=2, n_state=4, k=4, rank=1, vocab=50280):
+    """A random Mamba-1 checkpoint in HF format. Returns (config, tensor element count,
+    tensor bytes)."""
+    rng = random.Random(seed)
+    di = 2 * d
+    cfg = {
+        "architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": d,
+        "num_hidden_layers": n_layer, "expand": 2, "intermediate_size": di,
+        "state_size": n_state, "conv_kernel": k, "time_step_rank": rank, "vocab_size": vocab,
+        "use_bias": False, "use_conv_bias": True, "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+    }
+    tensors = []
+
+    def add(name, shape, values):
+        tensors.append((name, shape, values))
+
+    def uni(shape, a):
+        n = 1
+        for s in shape:
+            n *= s
+        return [rng.uniform(-a, a) for _ in range(n)]
+
+    add("backbone.embeddings.weight", [vocab, d], uni([vocab, d], 1.0))
+    for layer in range(n_layer):
+        p = "backbone.layers.%d." % layer
+        add(p + "norm.weight", [d], [1.0 + rng.uniform(-0.1, 0.1) for _ in range(d)])
+        add(p + "mixer.in_proj.weight", [2 * di, d], uni([2 * di, d], 1 / math.sqrt(d)))
+        add(p + "mixer.conv1d.weight", [di, 1, k], uni([di, 1, k], 0.5))
+        add(p + "mixer.conv1d.bias", [di], uni([di], 0.1))
+        add(p + "mixer.x_proj.weight", [rank + 2 * n_state, di],
+            uni([rank + 2 * n_state, di], 1 / math.sqrt(di)))
+        add(p + "mixer.dt_proj.weight", [di, rank], uni([di, rank], 1.0))
+        add(p + "mixer.dt_proj.bias", [di], uni([di], 0.5))
+        add(p + "mixer.A_log", [di, n_state], [math.log(n + 1) for _ in range(di)
+                                                for n in range(n_state)])
+        add(p + "mixer.D", [di], [1.0] * di)
+        add(p + "mixer.out_proj.weight", [d, di], uni([d, di], 1 / math.sqrt(di)))
+    add("backbone.norm_f.weight", [d], [1.0] * d)
+
+    header, blobs, off, count = {}, [], 0, 0
+    for name, shape, values in tensors:
+        b = struct.pack("<%df" % len(values), *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+        count += len(values)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(os.path.join(path, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return cfg, count, off
+
+
+def log_softmax_at(row, target):
+    m = max(row)
+    return row[target] - m - math.log(sum(math.exp(v - m) for v in row))
+
+
+class CliTestBase(unittest.TestCase):
+    def assert_one_line_error(self, rc_want, args, env=None, mention=None):
+        rc, out, err = run(args, env=env)
+        self.assertEqual(rc, rc_want, "%s: exit %d, stderr %r" % (args, rc, err))
+        self.assertTrue(err.startswith("yunmin: "), "%s: stderr %r" % (args, err))
+        self.assertEqual(err.count("\n"), 1, "%s: stderr is not one line: %r" % (args, err))
+        self.assertTrue(err.endswith("\n"))
+        self.assertEqual(out, b"", "%s: stdout %r" % (args, out))
+        if mention is not None:
+            self.assertIn(mention, err)
+        return err
+
+    def json_out(self, args, env=None):
+        rc, out, err = run(args, env=env)
+        self.assertEqual(rc, 0, "%s: exit %d, stderr %r" % (args, rc, err))
+        return json.loads(out.decode("utf-8"))
+
+
+class TestUsage(CliTestBase):
+    """Usage errors: one line, exit 2. None of these needs a model."""
+
+    def test_no_command(self):
+        self.assert_one_line_error(2, [])
+
+    def test_unknown_command(self):
+        self.assert_one_line_error(2, ["frobnicate"], mention="frobnicate")
+
+    def test_unknown_top_level_flag(self):
+        self.assert_one_line_error(2, ["--frobnicate"])
+
+    def test_help(self):
+        rc, out, err = run(["--help"])
+        self.assertEqual((rc, err), (0, ""))
+        self.assertIn(b"usage: yunmin", out)
+        for cmd in ["generate", "logits", "tokenize", "detokenize", "inspect", "perplexity"]:
+            self.assertIn(cmd.encode(), out)
+            rc, out2, err = run([cmd, "--help"])
+            self.assertEqual((rc, err), (0, ""), cmd)
+            self.assertIn(b"usage: yunmin " + cmd.encode(), out2)
+
+    def test_unknown_flags(self):
+        for args in (["generate", "--bogus"], ["generate", "-x", "-p", "hi"],
+                     ["tokenize", "--bogus", "1"], ["detokenize", "--idz", "1"],
+                     ["logits", "--ids", "1", "--nope"], ["inspect", "--verbose"],
+                     ["perplexity", "--window", "3"]):
+            self.assert_one_line_error(2, args)
+
+    def test_missing_flag_values(self):
+        for args, opt in ((["generate", "-p"], "-p"), (["generate", "--prompt"], "--prompt"),
+                          (["generate", "-p", "hi", "--top-p"], "--top-p"),
+                          (["tokenize", "--text"], "--text"), (["logits", "--ids"], "--ids"),
+                          (["perplexity", "--file", "x", "--ctx"], "--ctx")):
+            self.assert_one_line_error(2, args, mention=opt)
+
+    def test_missing_required_flags(self):
+        self.assert_one_line_error(2, ["generate"], mention="--prompt")
+        self.assert_one_line_error(2, ["generate", "-p", ""], mention="empty")
+        self.assert_one_line_error(2, ["logits"], mention="--ids")
+        self.assert_one_line_error(2, ["detokenize"], mention="--ids")
+        self.assert_one_line_error(2, ["tokenize"])
+        self.assert_one_line_error(2, ["tokenize", "--text", "a", "--file", "b"])
+        self.assert_one_line_error(2, ["perplexity"], mention="--file")
+
+    def test_extra_positional_arguments(self):
+        self.assert_one_line_error(2, ["generate", "-p", "hi", "extra"], mention="extra")
+        self.assert_one_line_error(2, ["inspect", "a", "b"])
+
+    def test_bad_numbers(self):
+        for args, mention in (
+                (["-n", "abc"], "--max-tokens"), (["-n", "1.5"], "--max-tokens"),
+                (["-n", "-1"], "--max-tokens"), (["--temperature", "warm"], "--temperature"),
+                (["--temperature", "-0.5"], "temperature"), (["--temperature", "nan"], None),
+                (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"),
+                (["--top-k", "-2"], "--top-k"), (["--top-k", "3x"], "--top-k"),
+                (["--min-p", "2"], "min_p"), (["--repetition-penalty", "0"], "repetition"),
+                (["--presence-penalty", "3"], "presence"), (["--frequency-penalty", "-9"],
+                                                            "frequency"),
+                (["--seed", "-1"], "--seed"), (["--seed", "12a"], "--seed"),
+                (["--threads", "many"], "--threads")):
+            self.assert_one_line_error(2, ["generate", "-p", "hi"] + args, mention=mention)
+        self.assert_one_line_error(2, ["perplexity", "--file", "x", "--ctx", "1"], mention="--ctx")
+        self.assert_one_line_error(2, ["perplexity", "--file", "x", "--tail-fraction", "0"],
+                                   mention="--tail-fraction")
+        self.assert_one_line_error(2, ["perplexity", "--file", "x", "--tail-fraction", "1.5"])
+
+    def test_missing_model_directory_is_a_runtime_error(self):
+        for args in (["tokenize", "--model", "/nonexistent/yunmin", "--text", "hi"],
+                     ["detokenize", "--model", "/nonexistent/yunmin", "--ids", "1"],
+                     ["logits", "--model", "/nonexistent/yunmin", "--ids", "1"],
+                     ["generate", "--model", "/nonexistent/yunmin", "-p", "hi"],
+                     ["inspect", "/nonexistent/yunmin"],
+                     ["inspect", "--model", "/nonexistent/yunmin", "--json"]):
+            self.assert_one_line_error(1, args, mention="/nonexistent/yunmin")
+        self.assert_one_line_error(1, ["tokenize", "--text", "hi"],
+                                   env={"YUNMIN_MODEL": "/nonexistent/from-env"},
+                                   mention="/nonexistent/from-env")
+
+
+class TestTokenizerOnly(CliTestBase):
+    """tokenize / detokenize need only DIR/tokenizer.json."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="yunmin-cli-")
+        shutil.copy(os.path.join(FIXTURES, "gpt-neox", "tokenizer.json"), cls.tmp)
+        with open(os.path.join(FIXTURES, "gpt-neox", "cases.json"), encoding="utf-8") as f:
+            cls.cases = json.load(f)["cases"]
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def test_tokenize_matches_hugging_face(self):
+        for case in self.cases:
+            got = self.json_out(["tokenize", "--model", self.tmp, "--text", case["text"]])
+            self.assertEqual(list(got.keys()), ["ids"])
+            self.assertEqual(got["ids"], case["ids"], case["text"])
+
+    def test_tokenize_file_equals_text(self):
+        text = "Hello world\n\nfrom  a   file: ½ 🦙"
+        path = os.path.join(self.tmp, "input.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        a = self.json_out(["tokenize", "--model", self.tmp, "--file", path])
+        b = self.json_out(["tokenize", "--model", self.tmp, "--text", text])
+        self.assertEqual(a, b)
+        self.assertGreater(len(a["ids"]), 5)
+
+    def test_model_from_environment(self):
+        got = self.json_out(["tokenize", "--text", "Hello world"], env={"YUNMIN_MODEL": self.tmp})
+        self.assertEqual(got["ids"], [12092, 1533])
+
+    def test_detokenize_round_trips_cases(self):
+        for case in self.cases:
+            if not case["ids"]:
+                continue
+            ids = ",".join(str(i) for i in case["ids"])
+            got = self.json_out(["detokenize", "--model", self.tmp, "--ids", ids])
+            self.assertEqual(got, {"text": case["text"]})
+
+    def test_detokenize_escapes_json(self):
+        rc, out, err = run(["detokenize", "--model", self.tmp, "--ids", "3,187,186,0"])
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn(b"\n\t", out)  # control characters are escaped
+        self.assertEqual(out.count(b"\n"), 1)
+        self.assertEqual(json.loads(out), {"text": '"\n\t<|endoftext|>'})
+        got = self.json_out(["detokenize", "--model", self.tmp, "--ids", "[12092, 13, 1533]"])
+        self.assertEqual(got["text"], "Hello, world")
+
+    def test_detokenize_bad_ids(self):
+        for ids in ("1,x", "1,,2", "", "-1", "50277", "99999999999999999999", "1 2", "[1,2"):
+            self.assert_one_line_error(2, ["detokenize", "--model", self.tmp, "--ids", ids])
+
+    def test_missing_input_file(self):
+        self.assert_one_line_error(1, ["tokenize", "--model", self.tmp, "--file",
+                                       "/nonexistent/input.txt"], mention="/nonexistent/input.txt")
+
+    def test_directory_without_tokenizer(self):
+        empty = tempfile.mkdtemp(prefix="yunmin-cli-empty-")
+        try:
+            self.assert_one_line_error(1, ["tokenize", "--model", empty, "--text", "hi"],
+                                       mention="tokenizer.json")
+        finally:
+            shutil.rmtree(empty)
+
+    def test_model_commands_need_a_model(self):
+        # Only a tokenizer here: the commands that run the model fail at run time.
+        self.assert_one_line_error(1, ["logits", "--model", self.tmp, "--ids", "1,2"])
+        self.assert_one_line_error(1, ["inspect", self.tmp])
+        self.assert_one_line_error(1, ["generate", "--model", self.tmp, "-p", "hi"])
+
+
+class ModelChecks(CliTestBase):
+    """Checks that need a model directory: subclasses set cls.dir and cls.tokenizer_vocab."""
+
+    dir = None
+
+    def logits(self, ids):
+        got = self.json_out(["logits", "--model", self.dir, "--ids", ",".join(map(str, ids))])
+        self.assertEqual(list(got.keys()), ["logits"])
+        return got["logits"]
+
+    def tokenize(self, text):
+        return self.json_out(["tokenize", "--model", self.dir, "--text", text])["ids"]
+
+    def inspect(self):
+        return self.json_out(["inspect", self.dir, "--json"])
+
+    def test_logits_shape_and_causality(self):
+        n_vocab = self.inspect()["n_vocab"]
+        ids = self.tokenize("The quick brown fox jumps")
+        rows = self.logits(ids)
+        self.assertEqual(len(rows), len(ids))
+        for row in rows:
+            self.assertEqual(len(row), n_vocab)
+            self.assertTrue(all(isinstance(v, float) for v in row[:100]))
+        # A prefix's logits do not depend on what follows.
+        prefix = self.logits(ids[:2])
+        worst = max(abs(a - b) for r in range(2) for a, b in zip(prefix[r], rows[r]))
+        self.assertLess(worst, 1e-4, "prefix logits differ by %g" % worst)
+
+    def test_logits_rejects_ids_outside_the_model(self):
+        n_vocab = self.inspect()["n_vocab"]
+        self.assert_one_line_error(2, ["logits", "--model", self.dir, "--ids", "1,%d" % n_vocab],
+                                   mention=str(n_vocab))
+
+    def greedy_reference(self, prompt_ids, n):
+        """Greedy continuation from `logits` (full recompute each step): ids, up to EOS."""
+        info = self.inspect()
+        n_real = min(info["n_vocab"], info["tokenizer_n_vocab"])
+        eos = info["eos_id"]
+        ids = list(prompt_ids)
+        out = []
+        for _ in range(n):
+            row = self.logits(ids)[-1][:n_real]
+            best = max(range(n_real), key=lambda i: (row[i], -i))
+            if best == eos:
+                break
+            out.append(best)
+            ids.append(best)
+        return out
+
+    def test_greedy_generate_equals_argmax_of_logits(self):
+        prompt = "Once upon a time"
+        want_ids = self.greedy_reference(self.tokenize(prompt), 6)
+        rc, out, err = run(["generate", "--model", self.dir, "-p", prompt, "-n", "6",
+                            "--temperature", "0"])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(err.count("\n"), 1, err)  # the summary line
+        self.assertIn("generated", err)
+        if want_ids:
+            want = self.json_out(["detokenize", "--model", self.dir, "--ids",
+                                  ",".join(map(str, want_ids))])["text"]
+        else:
+            want = ""
+        self.assertEqual(out.decode("utf-8"), want)
+        # --echo puts the prompt first.
+        rc, out2, err = run(["generate", "--model", self.dir, "-p", prompt, "-n", "6",
+                             "--temperature", "0", "--echo"])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out2, prompt.encode() + out)
+
+    def test_stop_string_cuts_the_output(self):
+        args = ["generate", "--model", self.dir, "-p", "It was", "-n", "24", "--temperature", "0"]
+        rc, full, err = run(args)
+        self.assertEqual(rc, 0, err)
+        text = full.decode("utf-8")
+        if len(text) < 6:
+            self.skipTest("the model ended too early to place a stop string")
+        stop = text[3:6]
+        rc, cut, err = run(args + ["--stop", stop])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(cut.decode("utf-8"), text[:text.index(stop)])
+        self.assertIn("stop", err)
+        # A stop that never appears changes nothing.
+        rc, same, err = run(args + ["--stop", "\x01never\x02"])
+        self.assertEqual((rc, same), (0, full))
+
+    def test_seeded_sampling_is_reproducible(self):
+        args = ["generate", "--model", self.dir, "-p", "Hello", "-n", "16", "--temperature", "1.0"]
+        a = run(args + ["--seed", "7"])
+        b = run(args + ["--seed", "7"])
+        self.assertEqual(a[0], 0, a[2])
+        self.assertEqual(a[1], b[1])
+        outs = {run(args + ["--seed", str(s)])[1] for s in range(8, 12)}
+        self.assertGreater(len(outs | {a[1]}), 1, "different seeds all gave the same text")
+
+    def test_inspect_text_and_json(self):
+        info = self.inspect()
+        for key in ("config", "n_params", "weight_bytes", "file_bytes", "state_bytes", "n_vocab",
+                    "tokenizer_n_vocab", "eos_id"):
+            self.assertIn(key, info)
+        cfg = info["config"]
+        for key in ("d_model", "n_layer", "d_inner", "d_state", "d_conv", "dt_rank", "n_vocab",
+                    "use_bias", "use_conv_bias", "tie_embeddings", "norm_eps",
+                    "residual_in_fp32", "bos_id", "eos_id", "pad_id", "state_spaces"):
+            self.assertIn(key, cfg)
+        self.assertEqual(info["state_bytes"], 4 * cfg["n_layer"] * cfg["d_inner"] *
+                         (cfg["d_conv"] - 1 + cfg["d_state"]))
+        rc, out, err = run(["inspect", "--model", self.dir])
+        self.assertEqual((rc, err), (0, ""))
+        self.assertIn(b"parameters", out)
+        self.assertIn(str(info["n_params"]).encode(), out)
+
+    def perplexity_reference(self, text_bytes, ctx, tail=None):
+        """The protocol of tools/cmd_perplexity.c / evaluate.py, computed from `logits`."""
+        if tail is not None:
+            off = math.floor(len(text_bytes) * (1 - tail))
+            while 0 < off < len(text_bytes) and (text_bytes[off] & 0xC0) == 0x80:
+                off -= 1
+            text_bytes = text_bytes[off:]
+        path = os.path.join(self.scratch, "ref.txt")
+        with open(path, "wb") as f:
+            f.write(text_bytes)
+        ids = self.json_out(["tokenize", "--model", self.dir, "--file", path])["ids"]
+        windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx)]
+        windows = [w for w in windows if len(w) >= 2]
+        nll, n = 0.0, 0
+        for w in windows:
+            rows = self.logits(w)
+            for j in range(1, len(w)):
+                nll -= log_softmax_at(rows[j - 1], w[j])
+                n += 1
+        return {"tokens": n, "nll": nll / n, "ppl": math.exp(nll / n), "windows": len(windows)}
+
+    def test_perplexity_follows_the_protocol(self):
+        self.scratch = tempfile.mkdtemp(prefix="yunmin-cli-ppl-")
+        try:
+            text = ("ROMEO: But soft, what light through yonder window breaks? "
+                    "Ärger über Größe — ½ 🦙 It is the east.")
+            data = text.encode("utf-8")
+            path = os.path.join(self.scratch, "text.txt")
+            with open(path, "wb") as f:
+                f.write(data)
+            # A tail fraction whose cut lands inside a multi-byte character.
+            tail = next(f / 100 for f in range(5, 60)
+                        if data[math.floor(len(data) * (1 - f / 100))] & 0xC0 == 0x80)
+            for ctx, tail in ((7, None), (5, tail), (1000, None)):
+                args = ["perplexity", "--model", self.dir, "--file", path, "--ctx", str(ctx)]
+                if tail is not None:
+                    args += ["--tail-fraction", str(tail)]
+                got = self.json_out(args)
+                want = self.perplexity_reference(data, ctx, tail)
+                self.assertEqual(sorted(got.keys()), ["nll", "ppl", "tokens", "windows"])
+                self.assertEqual(got["tokens"], want["tokens"], (ctx, tail))
+                self.assertEqual(got["windows"], want["windows"], (ctx, tail))
+                self.assertAlmostEqual(got["nll"], want["nll"], delta=1e-5 * want["nll"])
+                self.assertAlmostEqual(got["ppl"], math.exp(got["nll"]),
+                                       delta=1e-9 * got["ppl"])
+            self.assert_one_line_error(1, ["perplexity", "--model", self.dir, "--file",
+                                           "/nonexistent/text.txt"])
+        finally:
+            shutil.rmtree(self.scratch)
+
+
+class TestTinyModel(ModelChecks):
+    """A random tiny Mamba with the GPT-NeoX tokenizer, written by this test."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-cli-model-")
+        shutil.copy(os.path.join(FIXTURES, "gpt-neox", "tokenizer.json"), cls.dir)
+        cls.cfg, cls.n_tensor_elems, cls.n_tensor_bytes = write_tiny_mamba(cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def test_inspect_counts_match_the_checkpoint(self):
+        info = self.inspect()
+        self.assertEqual(info["n_params"], self.n_tensor_elems)
+        self.assertEqual(info["file_bytes"], self.n_tensor_bytes)
+        self.assertEqual(info["n_vocab"], self.cfg["vocab_size"])
+        self.assertEqual(info["tokenizer_n_vocab"], 50277)
+        self.assertEqual(info["eos_id"], 0)
+        cfg = info["config"]
+        self.assertEqual((cfg["d_model"], cfg["n_layer"], cfg["d_inner"], cfg["d_state"],
+                          cfg["d_conv"], cfg["dt_rank"]),
+                         (16, 2, 32, 4, 4, 1))
+
+    def test_corrupt_checkpoint_is_a_runtime_error(self):
+        bad = tempfile.mkdtemp(prefix="yunmin-cli-bad-")
+        try:
+            shutil.copy(os.path.join(self.dir, "config.json"), bad)
+            shutil.copy(os.path.join(self.dir, "tokenizer.json"), bad)
+            with open(os.path.join(bad, "model.safetensors"), "wb") as f:
+                f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+            self.assert_one_line_error(1, ["logits", "--model", bad, "--ids", "1"])
+            self.assert_one_line_error(1, ["inspect", bad])
+        finally:
+            shutil.rmtree(bad)
+
+
+def conformance_dirs():
+    root = os.path.join(FIXTURES, "conformance") if FIXTURES else None
+    if not root or not os.path.isdir(root):
+        return []
+    found = []
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if all(os.path.exists(os.path.join(d, f)) for f in ("config.json", "tokenizer.json")) \
+                and any(f.startswith("model.safetensors") for f in os.listdir(d)):
+            found.append(d)
+    return found
+
+
+def load_tests(loader, standard_tests, pattern):
+    suite = unittest.TestSuite()
+    for cls in (TestUsage, TestTokenizerOnly, TestTinyModel):
+        suite.addTests(loader.loadTestsFromTestCase(cls))
+    dirs = conformance_dirs()
+    if not dirs:
+        print("cli: no model under tests/fixtures/conformance/: real-checkpoint checks skipped",
+              file=sys.stderr)
+    for d in dirs:
+        cls = type("TestConformance_" + os.path.basename(d).replace("-", "_"), (ModelChecks,),
+                   {"dir": d})
+        suite.addTests(loader.loadTestsFromTestCase(cls))
+    return suite
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit("usage: test_cli.py YUNMIN_EXE FIXTURE_DIR [unittest args]")
+    YUNMIN = os.path.abspath(sys.argv[1])
+    FIXTURES = os.path.abspath(sys.argv[2])
+    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)

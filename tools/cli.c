@@ -1,0 +1,252 @@
+/* tools/cli.c - helpers shared by the `yunmin` subcommands: errors, number and id parsing,
+ * files, loading the model and tokenizer. CLI thread only; may print, never exits. */
+#include "tools/cli.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#ifndef YM_DEFAULT_MODEL
+#define YM_DEFAULT_MODEL "models/shakespeare-mamba"
+#endif
+
+int cli_error(int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* One line, whatever the message held (a diag may quote user input). */
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    fflush(stdout);
+    fprintf(stderr, "yunmin: %s\n", msg);
+    return code;
+}
+
+int cli_bad_option(const char *cmd, char **argv, int c)
+{
+    extern int optind, optopt;
+    /* After a failure getopt has moved past the offending element (for a short option in
+     * a cluster like -xn, argv[optind - 1] still holds it; optopt names the letter). */
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':') {
+        if (optopt != 0 && optopt < 128 && strncmp(arg, "--", 2) != 0)
+            return cli_error(CLI_USAGE, "%s: option -%c needs a value", cmd, optopt);
+        return cli_error(CLI_USAGE, "%s: option %s needs a value", cmd, arg);
+    }
+    if (optopt != 0 && optopt < 128 && strncmp(arg, "--", 2) != 0)
+        return cli_error(CLI_USAGE, "%s: unknown option -%c (see yunmin %s --help)", cmd, optopt,
+                         cmd);
+    return cli_error(CLI_USAGE, "%s: unknown option %s (see yunmin %s --help)", cmd, arg, cmd);
+}
+
+int cli_extra_arg(const char *cmd, const char *arg)
+{
+    return cli_error(CLI_USAGE, "%s: unexpected argument '%s' (see yunmin %s --help)", cmd, arg,
+                     cmd);
+}
+
+const char *cli_model_dir(const char *flag)
+{
+    if (flag != NULL)
+        return flag;
+    const char *env = getenv("YUNMIN_MODEL");
+    if (env != NULL && env[0] != '\0')
+        return env;
+    return YM_DEFAULT_MODEL;
+}
+
+int cli_parse_long(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || errno == ERANGE)
+        return cli_error(CLI_USAGE, "invalid value '%s' for %s: not an integer", s, opt);
+    if (v < lo || v > hi)
+        return cli_error(CLI_USAGE, "invalid value '%s' for %s: must be in [%ld, %ld]", s, opt,
+                         lo, hi);
+    *out = v;
+    return 0;
+}
+
+int cli_parse_u64(const char *opt, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    while (*s == ' ')
+        s++;
+    if (*s == '-' || *s == '\0')
+        return cli_error(CLI_USAGE, "invalid value '%s' for %s: not a non-negative integer", s,
+                         opt);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0' || errno == ERANGE)
+        return cli_error(CLI_USAGE, "invalid value '%s' for %s: not a non-negative integer", s,
+                         opt);
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int cli_parse_double(const char *opt, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v))
+        return cli_error(CLI_USAGE, "invalid value '%s' for %s: not a number", s, opt);
+    *out = v;
+    return 0;
+}
+
+int cli_parse_ids(const char *opt, const char *s, int n_vocab, ym_ids *ids)
+{
+    const char *p = s;
+    *ids = (ym_ids){0};
+    while (*p == ' ')
+        p++;
+    int bracket = *p == '[';
+    if (bracket)
+        p++;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        if (bracket && *p == ']' && ids->n == 0)
+            break; /* "[]" - caught as empty below */
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno == ERANGE) {
+            ym_ids_deinit(ids);
+            return cli_error(CLI_USAGE, "%s: '%s' is not a comma-separated list of token ids",
+                             opt, s);
+        }
+        if (v < 0 || v >= n_vocab) {
+            ym_ids_deinit(ids);
+            return cli_error(CLI_USAGE, "%s: token id %ld out of range [0, %d)", opt, v, n_vocab);
+        }
+        if (ym_ids_push(ids, (int32_t)v) != YM_OK) {
+            ym_ids_deinit(ids);
+            return cli_error(CLI_FAIL, "out of memory");
+        }
+        p = end;
+        while (*p == ' ')
+            p++;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        break;
+    }
+    if (bracket) {
+        if (*p != ']') {
+            ym_ids_deinit(ids);
+            return cli_error(CLI_USAGE, "%s: '%s' is not a comma-separated list of token ids",
+                             opt, s);
+        }
+        p++;
+        while (*p == ' ')
+            p++;
+    }
+    if (*p != '\0') {
+        ym_ids_deinit(ids);
+        return cli_error(CLI_USAGE, "%s: '%s' is not a comma-separated list of token ids", opt,
+                         s);
+    }
+    if (ids->n == 0)
+        return cli_error(CLI_USAGE, "%s: no token ids given", opt);
+    return 0;
+}
+
+int cli_read_file(const char *path, char **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return cli_error(CLI_FAIL, "cannot open %s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (buf == NULL) {
+            fclose(f);
+            return cli_error(CLI_FAIL, "out of memory reading %s", path);
+        }
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1)
+            break;
+        cap *= 2;
+        char *nb = realloc(buf, cap);
+        if (nb == NULL)
+            free(buf);
+        buf = nb;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return cli_error(CLI_FAIL, "cannot read %s", path);
+    }
+    buf[n] = '\0';
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+static int check_dir(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return cli_error(CLI_FAIL, "model directory %s: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return cli_error(CLI_FAIL, "model directory %s: not a directory", dir);
+    return 0;
+}
+
+int cli_load_tokenizer(const char *dir, ym_tok_t **out)
+{
+    char path[PATH_MAX];
+    ym_diag diag = {0};
+    *out = NULL;
+    if (check_dir(dir) != 0)
+        return CLI_FAIL;
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    ym_err err = ym_tok_load(path, out, &diag);
+    if (err != YM_OK)
+        return cli_error(CLI_FAIL, "%s: %s", path, diag.msg[0] ? diag.msg : ym_strerror(err));
+    return 0;
+}
+
+int cli_load_model(const char *dir, ym_model_t **out)
+{
+    ym_diag diag = {0};
+    *out = NULL;
+    if (check_dir(dir) != 0)
+        return CLI_FAIL;
+    ym_err err = ym_model_load(dir, out, &diag);
+    if (err != YM_OK)
+        return cli_error(CLI_FAIL, "model %s: %s", dir, diag.msg[0] ? diag.msg : ym_strerror(err));
+    return 0;
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_print_double(FILE *f, double v)
+{
+    if (isfinite(v))
+        fprintf(f, "%.17g", v);
+    else
+        fputs("null", f);
+}

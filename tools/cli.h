@@ -1,0 +1,63 @@
+/* tools/cli.h - the `yunmin` CLI: one function per subcommand, and the helpers they share.
+ *
+ * Each ym_cmd_* takes the subcommand's own argv (argv[0] is the subcommand's name), parses it
+ * with getopt_long and returns the process exit status: 0 on success, CLI_FAIL (1) for a
+ * runtime error, CLI_USAGE (2) for a usage error. Errors are one line on stderr,
+ * "yunmin: <message>"; results go to stdout. Single-threaded (the engine's pool aside). */
+#ifndef YM_TOOLS_CLI_H
+#define YM_TOOLS_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+
+int ym_cmd_generate(int argc, char **argv);
+int ym_cmd_logits(int argc, char **argv);
+int ym_cmd_tokenize(int argc, char **argv);
+int ym_cmd_detokenize(int argc, char **argv);
+int ym_cmd_inspect(int argc, char **argv);
+int ym_cmd_perplexity(int argc, char **argv);
+int ym_cmd_bench(int argc, char **argv); /* tools/bench.c (tools/bench_stub.c until then) */
+
+/* Print "yunmin: <message>" as one line on stderr; returns code (CLI_FAIL or CLI_USAGE). */
+int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The usage error for getopt_long's return value c ('?' unknown option, ':' missing value),
+ * naming the option as the user wrote it. Call right after getopt_long returned c.
+ * Returns CLI_USAGE. */
+int cli_bad_option(const char *cmd, char **argv, int c);
+/* A positional argument nobody asked for. Returns CLI_USAGE. */
+int cli_extra_arg(const char *cmd, const char *arg);
+
+/* The model directory: flag if given, else $YUNMIN_MODEL, else the embedded default
+ * (YM_DEFAULT_MODEL, set at build time). Borrowed. */
+const char *cli_model_dir(const char *flag);
+
+/* Strict number parsing: the whole string, within range. Return 0 on success, else print the
+ * usage error naming opt ("--max-tokens") and return CLI_USAGE. */
+int cli_parse_long(const char *opt, const char *s, long lo, long hi, long *out);
+int cli_parse_u64(const char *opt, const char *s, uint64_t *out);
+int cli_parse_double(const char *opt, const char *s, double *out);
+/* "1,2,3" (spaces and one pair of surrounding brackets allowed; at least one id), each in
+ * [0, n_vocab). Prints the usage error and returns CLI_USAGE on failure; on success fills
+ * *ids (ym_ids_deinit) and returns 0. */
+int cli_parse_ids(const char *opt, const char *s, int n_vocab, ym_ids *ids);
+
+/* Whole file into a new NUL-terminated buffer (free). Prints the error and returns CLI_FAIL
+ * on failure, else 0. */
+int cli_read_file(const char *path, char **data, size_t *len);
+
+/* Load DIR/tokenizer.json, or the model in DIR; print the error (exit 1: a missing directory
+ * or file, a malformed one) and return CLI_FAIL, else 0. New references in *out. */
+int cli_load_tokenizer(const char *dir, ym_tok_t **out);
+int cli_load_model(const char *dir, ym_model_t **out);
+
+double cli_now(void); /* monotonic seconds */
+/* Write a JSON double as %.17g, or null when it is not finite (JSON has no NaN). */
+void cli_print_double(FILE *f, double v);
+
+#endif
