@@ -22,7 +22,7 @@ int ym_cmd_tokenize(int argc, char **argv);
 int ym_cmd_detokenize(int argc, char **argv);
 int ym_cmd_inspect(int argc, char **argv);
 int ym_cmd_perplexity(int argc, char **argv);
-int ym_cmd_bench(int argc, char **argv); /* tools/bench.c (tools/bench_stub.c until then) */
+int ym_cmd_bench(int argc, char **argv); /* tools/bench.c */
 
 /* Print "yunmin: <message>" as one line on stderr; returns code (CLI_FAIL or CLI_USAGE). */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,0 +1,386 @@
+/* tools/bench.c - `yunmin bench`: engine speed against this machine's own floors.
+ *
+ * Everything is measured in one run, because absolute times drift on shared machines:
+ *   - memory read bandwidth (all cores, a 1 GiB array) -> the batch-1 decode floor
+ *     weight_bytes / bandwidth;
+ *   - the OpenBLAS sgemm rate at a prefill-like shape, run the way the engine runs it (each
+ *     core its own slice, single-threaded BLAS) and with OpenBLAS's own threads; the better
+ *     of the two is the peak;
+ *   - prefill of a 512-token prompt, and decode at batch 1, 4, 16, 64.
+ * Without --model the model is synthetic with mamba-130m's shapes (random weights made in
+ * process). Runs on the CLI's thread; nothing else is running. */
+#include <cblas.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/blas.h"
+#include "engine/forward.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "engine/pool.h"
+#include "engine/state.h"
+#include "tools/cli.h"
+
+
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- memory bandwidth ---- */
+typedef struct {
+    const float *a;
+    size_t n;
+    double sums[64];
+} bw_job;
+
+static void bw_task(void *arg, int ith, int nth)
+{
+    bw_job *j = arg;
+    size_t lo = j->n * (size_t)ith / (size_t)nth, hi = j->n * (size_t)(ith + 1) / (size_t)nth;
+    float acc[16] = {0};
+    for (size_t i = lo; i + 16 <= hi; i += 16)
+        for (int k = 0; k < 16; k++)
+            acc[k] += j->a[i + k];
+    double s = 0;
+    for (int k = 0; k < 16; k++)
+        s += acc[k];
+    j->sums[ith] = s;
+}
+
+static double measure_bandwidth(ym_pool_t *pool)
+{
+    size_t n = (size_t)1 << 28; /* 1 GiB of floats */
+    float *a = malloc(n * sizeof(float));
+    if (a == NULL)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        a[i] = (float)(i & 7);
+    bw_job j = {.a = a, .n = n};
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now();
+        ym_pool_run(pool, bw_task, &j);
+        double gbs = (double)n * sizeof(float) / (now() - t0) / 1e9;
+        if (gbs > best)
+            best = gbs;
+    }
+    free(a);
+    return best;
+}
+
+/* ---- sgemm peak ---- */
+typedef struct {
+    int M, N, K;
+    const float *A, *B;
+    float *C;
+} gemm_job;
+
+static void gemm_task(void *arg, int ith, int nth)
+{
+    gemm_job *g = arg;
+    int n0 = (int)((long)g->N * ith / nth), n1 = (int)((long)g->N * (ith + 1) / nth);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->M, n1 - n0, g->K, 1.0f, g->A, g->K,
+                g->B + (size_t)n0 * g->K, g->K, 0.0f, g->C + n0, g->N);
+}
+
+static double measure_sgemm(ym_pool_t *pool, int n_threads, double *engine_way, double *blas_way)
+{
+    int M = 512, N = 3072, K = 768;
+    float *A = malloc(sizeof(float) * (size_t)M * K), *B = malloc(sizeof(float) * (size_t)N * K);
+    float *C = malloc(sizeof(float) * (size_t)M * N);
+    if (!A || !B || !C) {
+        free(A);
+        free(B);
+        free(C);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        A[i] = (float)((i * 7) % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        B[i] = (float)((i * 5) % 11) * 0.01f;
+    double flop = 2.0 * M * N * K;
+    gemm_job g = {M, N, K, A, B, C};
+    double best_e = 0, best_b = 0;
+    openblas_set_num_threads(1);
+    for (int rep = 0; rep < 6; rep++) {
+        double t0 = now();
+        ym_pool_run(pool, gemm_task, &g);
+        double r = flop / (now() - t0) / 1e9;
+        if (r > best_e && rep > 0)
+            best_e = r;
+    }
+    openblas_set_num_threads(n_threads);
+    for (int rep = 0; rep < 6; rep++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C,
+                    N);
+        double r = flop / (now() - t0) / 1e9;
+        if (r > best_b && rep > 0)
+            best_b = r;
+    }
+    openblas_set_num_threads(1);
+    free(A);
+    free(B);
+    free(C);
+    *engine_way = best_e;
+    *blas_way = best_b;
+    return best_e > best_b ? best_e : best_b;
+}
+
+/* FLOPs of the projections for one token (multiply-add = 2), plus lm_head when counted. */
+static double token_flops(const ym_config *c, int with_head)
+{
+    double dm = c->d_model, di = c->d_inner, P = c->dt_rank + 2.0 * c->d_state;
+    double per_layer = 2.0 * (dm * 2 * di + di * P + c->dt_rank * di + di * dm);
+    return per_layer * c->n_layer + (with_head ? 2.0 * dm * c->n_vocab : 0.0);
+}
+
+static uint32_t rng_state = 12345;
+static int32_t rand_token(int n_vocab)
+{
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (int32_t)((rng_state >> 8) % (uint32_t)n_vocab);
+}
+
+static double bench_prefill(ym_ctx_t *ctx, const ym_model_t *m, int n_prompt, int reps)
+{
+    ym_state_t *s = NULL;
+    if (ym_state_new(&m->cfg, &s) != YM_OK)
+        return 0;
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)n_prompt);
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+    for (int i = 0; i < n_prompt; i++)
+        toks[i] = rand_token(m->cfg.n_vocab);
+    int st[2] = {0, n_prompt};
+    ym_state_t *ss[1] = {s};
+    ym_batch b = {.n_seq = 1, .tokens = toks, .seq_start = st, .states = ss,
+                  .logits = YM_LOGITS_LAST};
+    double best = 1e30;
+    for (int r = 0; r < reps + 1; r++) {
+        ym_state_reset(s);
+        double t0 = now();
+        ym_forward(ctx, &b, logits, NULL);
+        double t = now() - t0;
+        if (r > 0 && t < best)
+            best = t;
+    }
+    free(toks);
+    free(logits);
+    ym_state_free(s);
+    return n_prompt / best;
+}
+
+static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int steps)
+{
+    ym_state_t **s = calloc((size_t)batch, sizeof(*s));
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)batch);
+    int *st = malloc(sizeof(int) * (size_t)(batch + 1));
+    float *logits = malloc(sizeof(float) * (size_t)batch * m->cfg.n_vocab);
+    for (int i = 0; i < batch; i++)
+        ym_state_new(&m->cfg, &s[i]);
+    for (int i = 0; i <= batch; i++)
+        st[i] = i;
+    ym_batch b = {.n_seq = batch, .tokens = toks, .seq_start = st, .states = s,
+                  .logits = YM_LOGITS_LAST};
+    double t0 = 0;
+    for (int k = 0; k < steps + 2; k++) {
+        if (k == 2)
+            t0 = now(); /* two warm-up steps */
+        for (int i = 0; i < batch; i++)
+            toks[i] = rand_token(m->cfg.n_vocab);
+        ym_forward(ctx, &b, logits, NULL);
+    }
+    double t = now() - t0;
+    for (int i = 0; i < batch; i++)
+        ym_state_free(s[i]);
+    free(s);
+    free(toks);
+    free(st);
+    free(logits);
+    return (double)batch * steps / t;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
+               "                    [--batches 1,4,16,64]\n"
+               "Without --model: a synthetic model with mamba-130m's shapes (random weights).\n");
+}
+
+int ym_cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"json", no_argument, 0, 'j'},
+        {"threads", required_argument, 0, 't'}, {"prompt", required_argument, 0, 'p'},
+        {"steps", required_argument, 0, 's'},  {"batches", required_argument, 0, 'b'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *model_dir = NULL, *batches = "1,4,16,64";
+    int json = 0, n_threads = 0, n_prompt = 512, steps = 32;
+    optind = 1;
+    opterr = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (o) {
+        case 'm': model_dir = optarg; break;
+        case 'j': json = 1; break;
+        case 'b': batches = optarg; break;
+        case 't':
+        case 'p':
+        case 's': {
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) || v > 1000000) {
+                fprintf(stderr, "yunmin: bench: bad value '%s' for --%s\n", optarg,
+                        o == 't' ? "threads" : o == 'p' ? "prompt" : "steps");
+                return 2;
+            }
+            if (o == 't')
+                n_threads = (int)v;
+            else if (o == 'p')
+                n_prompt = (int)v;
+            else
+                steps = (int)v;
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        default:
+            fprintf(stderr, "yunmin: bench: unknown or incomplete option '%s'\n",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "yunmin: bench: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    int bs[16], n_bs = 0;
+    for (const char *p = batches; *p != '\0' && n_bs < 16;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 4096 || (*end != ',' && *end != '\0')) {
+            fprintf(stderr, "yunmin: bench: bad --batches '%s'\n", batches);
+            return 2;
+        }
+        bs[n_bs++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (n_threads == 0)
+        n_threads = ym_n_cores();
+
+    ym_model_t *m = NULL;
+    ym_diag diag = {0};
+    ym_err err;
+    const char *model_name;
+    if (model_dir != NULL) {
+        err = ym_model_load(model_dir, &m, &diag);
+        model_name = model_dir;
+    } else {
+        ym_config c;
+        memset(&c, 0, sizeof(c));
+        c.d_model = 768;
+        c.n_layer = 24;
+        c.d_inner = 1536;
+        c.d_state = 16;
+        c.d_conv = 4;
+        c.dt_rank = 48;
+        c.n_vocab = 50280;
+        c.use_conv_bias = 1;
+        c.tie_embeddings = 1;
+        c.norm_eps = 1e-5f;
+        c.bos_id = c.eos_id = c.pad_id = -1;
+        err = ym_model_new_random(&c, 1, &m, &diag);
+        model_name = "synthetic mamba-130m shapes";
+    }
+    if (err != YM_OK) {
+        fprintf(stderr, "yunmin: bench: %s\n", diag.msg[0] ? diag.msg : ym_strerror(err));
+        return 1;
+    }
+    int max_b = n_prompt;
+    for (int i = 0; i < n_bs; i++)
+        if (bs[i] > max_b)
+            max_b = bs[i];
+    ym_ctx_t *ctx = NULL;
+    if (ym_ctx_new(m, max_b, n_threads, &ctx) != YM_OK) {
+        fprintf(stderr, "yunmin: bench: out of memory\n");
+        ym_model_unref(m);
+        return 1;
+    }
+    ym_pool_t *pool = NULL;
+    ym_pool_new(n_threads, &pool);
+    if (!json)
+        fprintf(stderr, "bench: %s, %d threads, BLAS core %s, kernels %s\n", model_name,
+                n_threads, ym_blas_core(), ym_kernels_isa());
+    double bw = measure_bandwidth(pool);
+    double gemm_engine = 0, gemm_blas = 0;
+    double sgemm = measure_sgemm(pool, n_threads, &gemm_engine, &gemm_blas);
+    ym_pool_free(pool);
+    double prefill = bench_prefill(ctx, m, n_prompt, 3);
+    double dec[16];
+    for (int i = 0; i < n_bs; i++)
+        dec[i] = bench_decode(ctx, m, bs[i], bs[i] >= 16 ? steps / 2 + 1 : steps);
+
+    double floor_tok_s = bw * 1e9 / (double)m->weight_bytes;
+    double dec1 = 0, dec16 = 0;
+    for (int i = 0; i < n_bs; i++) {
+        if (bs[i] == 1)
+            dec1 = dec[i];
+        if (bs[i] == 16)
+            dec16 = dec[i];
+    }
+    double prefill_gflops = prefill * token_flops(&m->cfg, 0) / 1e9;
+    json_t *o_json = json_object();
+    json_t *dj = json_object();
+    for (int i = 0; i < n_bs; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "%d", bs[i]);
+        json_object_set_new(dj, key, json_real(dec[i]));
+    }
+    json_object_set_new(o_json, "model", json_string(model_name));
+    json_object_set_new(o_json, "threads", json_integer(n_threads));
+    json_object_set_new(o_json, "blas_core", json_string(ym_blas_core()));
+    json_object_set_new(o_json, "kernels", json_string(ym_kernels_isa()));
+    json_object_set_new(o_json, "weight_bytes", json_integer((json_int_t)m->weight_bytes));
+    json_object_set_new(o_json, "bandwidth_gb_s", json_real(bw));
+    json_object_set_new(o_json, "sgemm_gflop_s", json_real(sgemm));
+    json_object_set_new(o_json, "sgemm_gflop_s_engine_split", json_real(gemm_engine));
+    json_object_set_new(o_json, "sgemm_gflop_s_openblas_threads", json_real(gemm_blas));
+    json_object_set_new(o_json, "prefill_tokens", json_integer(n_prompt));
+    json_object_set_new(o_json, "prefill_tok_s", json_real(prefill));
+    json_object_set_new(o_json, "prefill_gflop_s", json_real(prefill_gflops));
+    json_object_set_new(o_json, "decode_tok_s", dj);
+    json_object_set_new(o_json, "decode_floor_tok_s", json_real(floor_tok_s));
+    json_object_set_new(o_json, "decode_floor_fraction",
+                        json_real(dec1 > 0 ? dec1 / floor_tok_s : 0));
+    json_object_set_new(o_json, "prefill_peak_fraction", json_real(prefill_gflops / sgemm));
+    json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
+    if (json) {
+        char *s = json_dumps(o_json, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+        printf("%s\n", s);
+        free(s);
+    } else {
+        printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
+               bw, floor_tok_s, (double)m->weight_bytes / 1e6);
+        printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
+               sgemm, gemm_engine, gemm_blas);
+        printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,
+               prefill, prefill_gflops, 100.0 * prefill_gflops / sgemm);
+        for (int i = 0; i < n_bs; i++)
+            printf("decode batch %-3d        %8.1f tok/s%s\n", bs[i], dec[i],
+                   bs[i] == 1 ? "" : "");
+        if (dec1 > 0)
+            printf("decode batch 1 = %.0f%% of the bandwidth floor; batch 16 = %.1fx batch 1\n",
+                   100.0 * dec1 / floor_tok_s, dec16 / dec1);
+    }
+    json_decref(o_json);
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+    return 0;
+}
