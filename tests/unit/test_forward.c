@@ -119,6 +119,38 @@ START_TEST(test_forward_matches_reference_odd_shapes)
 }
 END_TEST
 
+/* More rows than the small-batch kernel takes: the projections go through OpenBLAS sgemm. */
+START_TEST(test_forward_long_prefill_through_sgemm_matches_reference)
+{
+    ym_config cfg = tiny_config(40, 2, 16, 4, 3, 41, 1);
+    ym_model_t *m = tiny_model(&cfg, 9);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 80, 2, &ctx), YM_OK);
+    enum { R = 73 };
+    int32_t toks[R];
+    for (int i = 0; i < R; i++)
+        toks[i] = (int32_t)((i * 17 + 3) % cfg.n_vocab);
+    int st[3] = {0, 64, R};
+    ym_state_t **sf = states_new(&cfg, 2), **sr = states_new(&cfg, 2);
+    size_t V = (size_t)cfg.n_vocab;
+    float *lf = calloc(R * V, sizeof(float)), *lr = calloc(R * V, sizeof(float));
+    ym_batch b = {.n_seq = 2, .tokens = toks, .seq_start = st, .states = sf,
+                  .logits = YM_LOGITS_ALL};
+    ck_assert_int_eq(ym_forward(ctx, &b, lf, NULL), YM_OK);
+    b.states = sr;
+    ck_assert_int_eq(ym_forward_ref(m, &b, lr), YM_OK);
+    float diff = max_abs_diff(lf, lr, R * V);
+    printf("forward 73-row prefill (sgemm path): max |fast - ref| = %.3g\n", diff);
+    ck_assert_msg(diff < 2e-4f, "max diff %g", diff);
+    free(lf);
+    free(lr);
+    states_free(sf, 2);
+    states_free(sr, 2);
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+}
+END_TEST
+
 START_TEST(test_forward_portable_kernels_match_reference)
 {
     ym_kernels_force_portable(1);
@@ -234,6 +266,7 @@ Suite *forward_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_forward_matches_reference_odd_shapes);
+    tcase_add_test(tc, test_forward_long_prefill_through_sgemm_matches_reference);
     tcase_add_test(tc, test_forward_portable_kernels_match_reference);
     tcase_add_test(tc, test_forward_batched_equals_alone_and_decode_equals_prefill);
     tcase_add_test(tc, test_forward_rejects_bad_batches_without_touching_state);
