@@ -357,9 +357,16 @@ static int select_top_p(cand *c, int n, double target)
 
 #define LANES 16
 
+/* An AVX2/FMA copy next to the baseline one, chosen when the program loads (GCC's ifunc
+ * target clones): the default build targets plain x86-64. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define VEC_CLONES
+#endif
+
 /* Largest value of x[0, n); NaN is ignored; -inf when there is none. */
-__attribute__((target_clones("arch=x86-64-v3", "default"))) static float vec_max(const float *x,
-                                                                                  int n)
+VEC_CLONES static float vec_max(const float *x, int n)
 {
     uint32_t mv[LANES] = {0};
     int i = 0;
@@ -419,8 +426,8 @@ static inline float exp_nonpos(float x)
 
 /* prob[i] = exp((x[i] - m) * inv_t), zeroed below floor; blk[b] = sum of block b (double).
  * Returns the total. */
-__attribute__((target_clones("arch=x86-64-v3", "default"))) static double vec_exp_sum(float *prob, double *blk, const float *x, int n, float m, float inv_t,
-                          float floor_p)
+VEC_CLONES static double vec_exp_sum(float *prob, double *blk, const float *x, int n, float m,
+                                     float inv_t, float floor_p)
 {
     /* v and floor_p are >= 0 (never NaN), so comparing their bits compares the values. */
     uint32_t fb;
