@@ -28,7 +28,7 @@
 /* Up to this many rows our own kernel beats OpenBLAS's sgemm, which packs the whole weight
  * matrix on every call (measured in docs/BENCHMARKS.md). */
 #ifndef GEMM_SMALL_M
-#define GEMM_SMALL_M 48
+#define GEMM_SMALL_M 6
 #endif
 
 struct ym_ctx {

@@ -201,6 +201,9 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
     }
 }
 
+#ifndef GEMM_PREFETCH
+#define GEMM_PREFETCH 512 /* bytes ahead in each weight row */
+#endif
 /* One block of NB weight rows against MB input rows, all K: NB*MB vector accumulators. */
 #define GEMM_BLOCK(MB, NB)                                                                         \
     T512 static inline void gemm_blk_##MB##x##NB(float *C, int ldc, const float *A, int lda,      \
@@ -213,8 +216,10 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
         for (int k = 0; k < K; k += 16) {                                                          \
             __mmask16 msk = tail_mask(K - k);                                                      \
             __m512 w[NB];                                                                          \
-            for (int j = 0; j < NB; j++)                                                           \
+            for (int j = 0; j < NB; j++) {                                                         \
+                _mm_prefetch((const char *)(W + (size_t)j * ldw + k) + GEMM_PREFETCH, _MM_HINT_T0); \
                 w[j] = _mm512_maskz_loadu_ps(msk, W + (size_t)j * ldw + k);                        \
+            }                                                                                      \
             for (int i = 0; i < MB; i++) {                                                         \
                 __m512 a = _mm512_maskz_loadu_ps(msk, A + (size_t)i * lda + k);                    \
                 for (int j = 0; j < NB; j++)                                                       \
