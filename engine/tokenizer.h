@@ -31,7 +31,8 @@ ym_err ym_tok_parse(const char *json, size_t len, ym_tok_t **out, ym_diag *diag)
 void ym_tok_free(ym_tok_t *tok); /* NULL-safe */
 
 /* Encode UTF-8 text (need not be NUL-terminated; invalid UTF-8 is handled as HF does when it
- * reads the bytes lossily: each invalid byte becomes U+FFFD). Appends to *ids. */
+ * reads the bytes lossily: each invalid byte becomes U+FFFD). Appends to *ids. No BOS/EOS is
+ * added (HF's add_special_tokens=False; for GPT-NeoX the same ids as True). */
 ym_err ym_tok_encode(const ym_tok_t *tok, const char *text, size_t len, ym_ids *ids);
 
 /* Decode ids to UTF-8 text as HF's decode(skip_special_tokens=False) does. *text is a new
