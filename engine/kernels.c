@@ -89,6 +89,11 @@ static void scan_portable(float *y, float *s, const float *A, const float *D, co
 #if HAVE_X86
 #define T512 __attribute__((target("avx512f,avx512dq,fma")))
 
+static inline __mmask16 tail_mask(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
 /* exp(x) = 2^k * p(r), x = k*ln2 + r, |r| <= ln2/2; p is Taylor to degree 7 (error < 1e-8
  * relative on that interval). Inputs are clamped to the range where f32 exp is finite. */
 T512 static inline __m512 exp512(__m512 x)
@@ -113,16 +118,49 @@ T512 static inline __m512 exp512(__m512 x)
     return _mm512_scalef_ps(p, k);
 }
 
+/* log1p(e) for e in [0, 1], without forming 1 + e (which would round small e away):
+ * log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3; the odd series to s^17 is exact to 5e-10. */
+T512 static inline __m512 log1p01_512(__m512 e)
+{
+    __m512 sv = _mm512_div_ps(e, _mm512_add_ps(_mm512_set1_ps(2.0f), e));
+    __m512 s2 = _mm512_mul_ps(sv, sv);
+    __m512 p = _mm512_set1_ps(2.0f / 17.0f);
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 15.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 13.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 11.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 9.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 7.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 5.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 3.0f));
+    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f));
+    return _mm512_mul_ps(p, sv);
+}
+
+/* softplus(v) = max(v, 0) + log(1 + exp(-|v|)); PyTorch returns v itself above 20. */
+T512 static void softplus_rows_avx512(float *dt, int ld, int T, const float *bias, int c0, int c1)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    for (int t = 0; t < T; t++) {
+        float *row = dt + (size_t)t * ld;
+        for (int d = c0; d < c1; d += 16) {
+            __mmask16 msk = tail_mask(c1 - d);
+            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(msk, row + d),
+                                     _mm512_maskz_loadu_ps(msk, bias + d));
+            __m512 a = _mm512_abs_ps(v);
+            __m512 lp = log1p01_512(exp512(_mm512_sub_ps(zero, a)));
+            __m512 sp = _mm512_add_ps(_mm512_max_ps(v, zero), lp);
+            __mmask16 lin = _mm512_cmp_ps_mask(v, _mm512_set1_ps(20.0f), _CMP_GT_OQ);
+            _mm512_mask_storeu_ps(row + d, msk, _mm512_mask_blend_ps(lin, sp, v));
+        }
+    }
+}
+
 T512 static inline __m512 silu512(__m512 v)
 {
     __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
-static inline __mmask16 tail_mask(int n)
-{
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-}
 
 T512 static void rmsnorm_avx512(float *out, const float *x, const float *w, int n, float eps)
 {
@@ -321,6 +359,12 @@ void ym_conv_silu_f32(float *x, int ld, int T, float *cstate, const float *w, co
 
 void ym_softplus_bias_f32(float *dt, int ld, int T, const float *bias, int c0, int c1)
 {
+#if HAVE_X86
+    if (use_avx512()) {
+        softplus_rows_avx512(dt, ld, T, bias, c0, c1);
+        return;
+    }
+#endif
     for (int t = 0; t < T; t++) {
         float *row = dt + (size_t)t * ld;
         for (int d = c0; d < c1; d++) {

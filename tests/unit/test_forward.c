@@ -260,6 +260,27 @@ START_TEST(test_forward_rejects_bad_batches_without_touching_state)
 }
 END_TEST
 
+/* The vectorized softplus (exp + log1p polynomials) against libm in double over the range
+ * dt_proj produces, including the far left tail where 1 + exp(x) would round to 1. */
+START_TEST(test_softplus_kernel_accurate_over_the_range)
+{
+    enum { N = 100001 };
+    static float v[N], bias[N], orig[N];
+    for (int i = 0; i < N; i++)
+        orig[i] = v[i] = -40.0f + 80.0f * (float)i / (N - 1);
+    ym_softplus_bias_f32(v, N, 1, bias, 0, N);
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        double x = orig[i], ref = x > 20 ? x : log1p(exp(x));
+        double rel = fabs(v[i] - ref) / ref;
+        if (!(rel <= worst))
+            worst = rel;
+    }
+    printf("softplus (%s): max relative error %.3g\n", ym_kernels_isa(), worst);
+    ck_assert_msg(worst < 1e-6, "softplus relative error %g", worst);
+}
+END_TEST
+
 Suite *forward_suite(void)
 {
     Suite *s = suite_create("forward");
@@ -270,6 +291,7 @@ Suite *forward_suite(void)
     tcase_add_test(tc, test_forward_portable_kernels_match_reference);
     tcase_add_test(tc, test_forward_batched_equals_alone_and_decode_equals_prefill);
     tcase_add_test(tc, test_forward_rejects_bad_batches_without_touching_state);
+    tcase_add_test(tc, test_softplus_kernel_accurate_over_the_range);
     suite_add_tcase(s, tc);
     return s;
 }
