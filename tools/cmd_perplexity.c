@@ -1,8 +1,10 @@
 /* tools/cmd_perplexity.c - `yunmin perplexity`: the perplexity of a text file.
  *
  * The protocol matches tools/train/evaluate.py exactly, so the two can be compared:
- *   1. with --tail-fraction F, keep only the text from byte floor(len * (1 - F)), moved back
- *      to the start of a UTF-8 character, to the end (the held-out split);
+ *   1. with --tail-fraction F, keep only the last characters of the text: the first
+ *      floor(n_chars * (1 - F)) characters (Unicode code points, computed in integers with F in
+ *      millionths) are skipped; for F = 0.1 that is the toolkit's held-out split, the last
+ *      n - (n * 9) // 10 characters (tools/train/yunmin_train/data.py);
  *   2. tokenize it; cut the ids into consecutive non-overlapping windows of --ctx tokens
  *      (a last partial window counts if it has >= 2 tokens);
  *   3. run each window from a fresh state; score every token but the first of its window:
@@ -117,14 +119,19 @@ int ym_cmd_perplexity(int argc, char **argv)
     if ((rc = cli_load_tokenizer(dir, &tok)) != 0 || (rc = cli_load_model(dir, &model)) != 0)
         goto out;
 
-    /* 1. The held-out tail, starting on a character boundary. */
+    /* 1. The held-out tail, counted in characters as the toolkit counts them. */
     size_t off = 0;
     if (has_tail) {
-        off = (size_t)floor((double)len * (1.0 - tail));
-        if (off > len)
-            off = len;
-        while (off > 0 && off < len && ((unsigned char)data[off] & 0xC0) == 0x80)
-            off--;
+        size_t n_chars = 0;
+        for (size_t i = 0; i < len; i++)
+            n_chars += ((unsigned char)data[i] & 0xC0) != 0x80;
+        unsigned long long keep_ppm = 1000000ull - (unsigned long long)llround(tail * 1e6);
+        size_t skip = (size_t)((unsigned long long)n_chars * keep_ppm / 1000000ull), seen = 0;
+        while (off < len && seen < skip + 1) {
+            if (((unsigned char)data[off] & 0xC0) != 0x80 && ++seen == skip + 1)
+                break;
+            off++;
+        }
     }
     /* 2. Tokens and windows. */
     if ((err = ym_tok_encode(tok, data + off, len - off, &ids)) != YM_OK) {

@@ -391,10 +391,10 @@ class ModelChecks(CliTestBase):
     def perplexity_reference(self, text_bytes, ctx, tail=None):
         """The protocol of tools/cmd_perplexity.c / evaluate.py, computed from `logits`."""
         if tail is not None:
-            off = math.floor(len(text_bytes) * (1 - tail))
-            while 0 < off < len(text_bytes) and (text_bytes[off] & 0xC0) == 0x80:
-                off -= 1
-            text_bytes = text_bytes[off:]
+            # The toolkit's held-out rule, in characters (yunmin_train.data.split_text).
+            text = text_bytes.decode("utf-8")
+            skip = len(text) * (1000000 - round(tail * 1e6)) // 1000000
+            text_bytes = text[skip:].encode("utf-8")
         path = os.path.join(self.scratch, "ref.txt")
         with open(path, "wb") as f:
             f.write(text_bytes)
@@ -418,7 +418,8 @@ class ModelChecks(CliTestBase):
             path = os.path.join(self.scratch, "text.txt")
             with open(path, "wb") as f:
                 f.write(data)
-            # A tail fraction whose cut lands inside a multi-byte character.
+            # A tail fraction whose cut by bytes would land inside a multi-byte character,
+            # so counting characters (as the toolkit does) matters.
             tail = next(f / 100 for f in range(5, 60)
                         if data[math.floor(len(data) * (1 - f / 100))] & 0xC0 == 0x80)
             for ctx, tail in ((7, None), (5, tail), (1000, None)):
