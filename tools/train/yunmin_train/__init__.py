@@ -1,0 +1,15 @@
+"""yunmin_train: the Python/PyTorch side of yunmin.
+
+Modules
+  safetensors_io  pure-Python safetensors reader/writer (no `safetensors` package needed)
+  tokenizer       pure-Python byte-level BPE reading Hugging Face tokenizer.json
+  model           Mamba-1 reference model in plain PyTorch, HF MambaForCausalLM names/layout
+  data            text split (last 10 % of characters held out), token cache, batches
+  train           training CLI (python -m yunmin_train.train --help)
+  evaluate        perplexity CLI, the protocol `yunmin perplexity` also uses
+  generate        sampling CLI (samples.txt of the default model)
+
+Everything runs on torch 1.13 (CPU) and torch 2.x (CUDA); nothing here imports transformers.
+"""
+
+__all__ = ["safetensors_io", "tokenizer", "model", "data", "train", "evaluate", "generate"]
