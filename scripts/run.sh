@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh build
 [ -d build/meson-info ] || meson setup build --buildtype=release -Dtests=false >/dev/null
 ninja -C build tools/yunmin >/dev/null
-if [ "$#" -eq 0 ]; then set -- -p "ROMEO:" -n 200; fi
+if [ "$#" -eq 0 ]; then set -- -p "ROMEO:" -n 200 --echo; fi
 exec ./build/tools/yunmin generate "$@"
