@@ -34,7 +34,7 @@ unit_asan() {
 }
 python_toolkit() {
   if [ -d tools/train/tests ]; then
-    /usr/bin/python3 -m pytest -q tools/train/tests
+    YUNMIN_BIN=build-test/tools/yunmin /usr/bin/python3 -m pytest -q tools/train/tests
   else
     echo "no toolkit tests"; return 0
   fi
