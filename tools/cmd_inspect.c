@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "engine/blas.h"
 #include "engine/config.h"
 #include "tools/cli.h"
 
@@ -88,6 +89,7 @@ int ym_cmd_inspect(int argc, char **argv)
     SET_INT(o, "file_bytes", model->file_bytes);
     SET_INT(o, "state_bytes", ym_config_state_bytes(cfg));
     SET_INT(o, "n_vocab", cfg->n_vocab);
+    json_object_set_new(o, "blas_core", json_string(ym_blas_core()));
     if (tok != NULL) {
         SET_INT(o, "tokenizer_n_vocab", ym_tok_n_vocab(tok));
         SET_INT(o, "eos_id", ym_tok_eos_id(tok));
@@ -137,6 +139,7 @@ int ym_cmd_inspect(int argc, char **argv)
             printf("tokenizer         none (%s)\n", diag.msg[0] ? diag.msg : ym_strerror(tok_err));
             printf("eos id            %d (config)\n", cfg->eos_id);
         }
+        printf("blas core         %s (the OpenBLAS kernel this process runs)\n", ym_blas_core());
     }
     if (fflush(stdout) != 0)
         rc = cli_error(CLI_FAIL, "inspect: cannot write the output");

@@ -465,6 +465,30 @@ class TestTinyModel(ModelChecks):
                           cfg["d_conv"], cfg["dt_rank"]),
                          (16, 2, 32, 4, 4, 1))
 
+    def test_blas_kernel_is_chosen_from_cpu_features_and_never_overrides_the_user(self):
+        # What this CPU deserves, read independently from /proc/cpuinfo's flags.
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+        avx512 = all(x in flags for x in ("avx512f", "avx512dq", "avx512cd", "avx512bw",
+                                           "avx512vl"))
+        if avx512:
+            want = "Cooperlake" if "avx512_bf16" in flags else "SkylakeX"
+        elif "avx2" in flags and "fma" in flags:
+            want = "Haswell"
+        else:
+            self.skipTest("CPU without AVX2: OpenBLAS's own choice stands")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+        env.pop("YUNMIN_NO_REEXEC", None)
+        p = subprocess.run([YUNMIN, "inspect", "--json", self.dir], capture_output=True,
+                           env=env, timeout=TIMEOUT)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["blas_core"].lower(), want.lower())
+        # A value the user set is kept, even a weaker one.
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+        p = subprocess.run([YUNMIN, "inspect", "--json", self.dir], capture_output=True,
+                           env=env, timeout=TIMEOUT)
+        self.assertEqual(json.loads(p.stdout)["blas_core"].lower(), "haswell")
+
     def test_corrupt_checkpoint_is_a_runtime_error(self):
         bad = tempfile.mkdtemp(prefix="yunmin-cli-bad-")
         try:
