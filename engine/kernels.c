@@ -180,17 +180,6 @@ T512 static void rmsnorm_avx512(float *out, const float *x, const float *w, int 
     }
 }
 
-T512 static void silu_rows_avx512(float *x, int ld, int T, int c0, int c1)
-{
-    for (int t = 0; t < T; t++) {
-        float *row = x + (size_t)t * ld;
-        for (int d = c0; d < c1; d += 16) {
-            __mmask16 m = tail_mask(c1 - d);
-            __m512 v = _mm512_maskz_loadu_ps(m, row + d);
-            _mm512_mask_storeu_ps(row + d, m, silu512(v));
-        }
-    }
-}
 
 T512 static void scan_avx512(float *y, float *s, const float *A, const float *D, const float *x,
                              const float *dt, const float *z, const float *bc, int ldbc, int T,
@@ -310,6 +299,46 @@ T512 static void gemm_nt_small_avx512(float *C, int ldc, const float *A, int lda
 }
 #endif
 
+
+/* Causal conv + silu for one block of up to 16 channels, all T rows, vectorized across the
+ * channels (rows are contiguous in d). In place, so rows are visited last to first: row t
+ * reads inputs t-K+1..t, which a descending walk has not overwritten yet. The new state (the
+ * last K-1 inputs) is taken before the walk and stored after it.                           */
+T512 static void conv_block_avx512(float *x, int ld, int T, float *cstate, const float *w,
+                                   const float *b, int K, int d, int nd)
+{
+    enum { KMAX = 16 };
+    __mmask16 msk = tail_mask(nd);
+    const int km1 = K - 1;
+    __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i widx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K));
+    __m512i sidx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(km1 > 0 ? km1 : 1));
+    __m512 wk[KMAX], st[KMAX], nst[KMAX];
+    for (int k = 0; k < KMAX; k++)
+        wk[k] = st[k] = nst[k] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++)
+        wk[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), msk, widx, w + (size_t)d * K + k, 4);
+    for (int k = 0; k < km1; k++)
+        st[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), msk, sidx,
+                                         cstate + (size_t)d * km1 + k, 4);
+    __m512 bias = b != NULL ? _mm512_maskz_loadu_ps(msk, b + d) : _mm512_setzero_ps();
+    for (int j = 0; j < km1; j++) {
+        int t = T - km1 + j; /* input index of the new state's entry j */
+        nst[j] = t >= 0 ? _mm512_maskz_loadu_ps(msk, x + (size_t)t * ld + d) : st[km1 + t];
+    }
+    for (int t = T - 1; t >= 0; t--) {
+        __m512 acc = bias;
+        for (int k = 0; k < K; k++) {
+            int i = t - km1 + k;
+            __m512 v = i >= 0 ? _mm512_maskz_loadu_ps(msk, x + (size_t)i * ld + d) : st[km1 + i];
+            acc = _mm512_fmadd_ps(wk[k], v, acc);
+        }
+        _mm512_mask_storeu_ps(x + (size_t)t * ld + d, msk, silu512(acc));
+    }
+    for (int j = 0; j < km1; j++)
+        _mm512_mask_i32scatter_ps(cstate + (size_t)d * km1 + j, msk, sidx, nst[j], 4);
+}
+
 /* ---- dispatch ------------------------------------------------------------------------- */
 
 void ym_rmsnorm_f32(float *out, const float *x, const float *w, int n, float eps)
@@ -326,8 +355,14 @@ void ym_rmsnorm_f32(float *out, const float *x, const float *w, int n, float eps
 void ym_conv_silu_f32(float *x, int ld, int T, float *cstate, const float *w, const float *b,
                       int K, int c0, int c1)
 {
-    /* The convolution itself is a few multiply-adds per channel and row: plain loops, with
-     * the state window rolled in place. Then silu, vectorized. */
+#if HAVE_X86
+    if (use_avx512() && K <= 16) {
+        for (int d = c0; d < c1; d += 16)
+            conv_block_avx512(x, ld, T, cstate, w, b, K, d, c1 - d < 16 ? c1 - d : 16);
+        return;
+    }
+#endif
+    /* Portable: per channel, the state window rolled in place, then silu. */
     int km1 = K - 1;
     for (int d = c0; d < c1; d++) {
         float *st = cstate + (size_t)d * km1;
@@ -343,18 +378,9 @@ void ym_conv_silu_f32(float *x, int ld, int T, float *cstate, const float *w, co
                 st[k] = st[k + 1];
             if (km1 > 0)
                 st[km1 - 1] = in;
-            *xp = acc;
+            *xp = silu(acc);
         }
     }
-#if HAVE_X86
-    if (use_avx512()) {
-        silu_rows_avx512(x, ld, T, c0, c1);
-        return;
-    }
-#endif
-    for (int t = 0; t < T; t++)
-        for (int d = c0; d < c1; d++)
-            x[(size_t)t * ld + d] = silu(x[(size_t)t * ld + d]);
 }
 
 void ym_softplus_bias_f32(float *dt, int ld, int T, const float *bias, int c0, int c1)
