@@ -11,8 +11,10 @@
  *     saves a barrier per layer;
  *   - lm_head is split by vocabulary rows.
  * Every projection is one sgemm over all rows of the batch (sgemv for a single row, which
- * OpenBLAS 0.3.21 runs 2-4x faster than sgemm with M=1; MACHINE.md). OpenBLAS itself runs
- * single-threaded: this pool owns the cores (STYLE.md §5). Nothing here allocates. */
+ * OpenBLAS 0.3.21 runs 2-4x faster than sgemm with M=1; MACHINE.md), or, in a context made for
+ * more than one row, our packed-panel kernel (engine/gemm.c) up to GEMM_PACKED_M rows.
+ * OpenBLAS itself runs single-threaded: this pool owns the cores (STYLE.md §5). Nothing here
+ * allocates except ym_ctx_new. */
 #include "engine/forward.h"
 
 #include <cblas.h>
@@ -21,6 +23,7 @@
 #include <string.h>
 
 #include "engine/blas.h"
+#include "engine/gemm.h"
 #include "engine/kernels.h"
 #include "engine/pool.h"
 
@@ -30,12 +33,30 @@
 #ifndef GEMM_SMALL_M
 #define GEMM_SMALL_M 6
 #endif
+/* Up to this many rows the packed-panel kernel beats sgemm (2.5x at 16 rows, 1.25x at 96;
+ * docs/BENCHMARKS.md); above it sgemm's own packing is amortized. */
+#ifndef GEMM_PACKED_M
+#define GEMM_PACKED_M 96
+#endif
+
+/* The packed copies of one layer's projections (engine/gemm.h). */
+typedef struct ctx_packed_layer {
+    ym_packed in_x;  /* in_proj rows [0, d_inner)         */
+    ym_packed in_z;  /* in_proj rows [d_inner, 2*d_inner) */
+    ym_packed x_proj;
+    ym_packed dt_proj;
+    ym_packed out_proj;
+} ctx_packed_layer;
 
 struct ym_ctx {
     ym_model_t *model; /* owned reference */
     ym_pool_t *pool;   /* owned */
     int n_rows_max;
     int n_threads;
+    /* Owned packed weights, or NULL (single-row contexts, CPUs without AVX-512). They double
+     * the weight memory (mamba-130m: +516 MB), paid only by contexts for batches. */
+    ctx_packed_layer *pk; /* [n_layer] */
+    ym_packed pk_head;    /* lm_head */
     /* scratch, [n_rows_max, ...] row-major */
     float *h;   /* residual stream [R, d_model] */
     float *hn;  /* per-thread normed input [n_threads][R, d_model] */
@@ -72,6 +93,30 @@ static float *falloc(size_t n)
 {
     size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
     return aligned_alloc(64, bytes > 0 ? bytes : 64);
+}
+
+/* Packs every projection once (engine/gemm.h); on failure the caller frees what was made. */
+static ym_err pack_weights(ym_ctx_t *c)
+{
+    const ym_model_t *m = c->model;
+    const ym_config *cfg = &m->cfg;
+    const int dm = cfg->d_model, di = cfg->d_inner, dtr = cfg->dt_rank;
+    const int P = dtr + 2 * cfg->d_state;
+    c->pk = calloc((size_t)cfg->n_layer, sizeof(*c->pk));
+    if (c->pk == NULL)
+        return YM_ENOMEM;
+    ym_err err;
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        ctx_packed_layer *p = &c->pk[l];
+        if ((err = ym_pack_init(&p->in_x, L->in_proj, dm, di, dm)) != YM_OK ||
+            (err = ym_pack_init(&p->in_z, L->in_proj + (size_t)di * dm, dm, di, dm)) != YM_OK ||
+            (err = ym_pack_init(&p->x_proj, L->x_proj, di, P, di)) != YM_OK ||
+            (err = ym_pack_init(&p->dt_proj, L->dt_proj_w, dtr, di, dtr)) != YM_OK ||
+            (err = ym_pack_init(&p->out_proj, L->out_proj, di, dm, di)) != YM_OK)
+            return err;
+    }
+    return ym_pack_init(&c->pk_head, m->lm_head, dm, cfg->n_vocab, dm);
 }
 
 ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **out)
@@ -118,8 +163,11 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     c->v1 = slices + 7 * n_threads;
     split(cfg->d_inner, n_threads, ALIGN_CH, c->ch0, c->ch1);
     split(cfg->d_model, n_threads, ALIGN_CH, c->md0, c->md1);
-    split((int)P, n_threads, 8, c->p0, c->p1);
+    /* x_proj's slices are 16-aligned when packed (the packed kernel starts on a panel). */
+    split((int)P, n_threads, n_rows_max > 1 ? ALIGN_CH : 8, c->p0, c->p1);
     split(cfg->n_vocab, n_threads, ALIGN_CH, c->v0, c->v1);
+    if (n_rows_max > 1 && ym_gemm_packed_available() && (err = pack_weights(c)) != YM_OK)
+        goto fail;
     *out = c;
     return YM_OK;
 fail:
@@ -131,6 +179,17 @@ void ym_ctx_free(ym_ctx_t *c)
 {
     if (c == NULL)
         return;
+    if (c->pk != NULL) {
+        for (int l = 0; l < c->model->cfg.n_layer; l++) {
+            ym_pack_deinit(&c->pk[l].in_x);
+            ym_pack_deinit(&c->pk[l].in_z);
+            ym_pack_deinit(&c->pk[l].x_proj);
+            ym_pack_deinit(&c->pk[l].dt_proj);
+            ym_pack_deinit(&c->pk[l].out_proj);
+        }
+        free(c->pk);
+    }
+    ym_pack_deinit(&c->pk_head);
     ym_pool_free(c->pool);
     free(c->h);
     free(c->hn);
@@ -155,11 +214,17 @@ int ym_ctx_n_threads(const ym_ctx_t *c)
     return c->n_threads;
 }
 
-/* C[M, N] = A[M, K] . W[N, K]^T + beta * C.  A single row goes through sgemv. */
+/* C[M, N] = A[M, K] . W[N, K]^T + beta * C, where W is rows [n0, n0 + N) of the weight that
+ * pk holds packed (NULL: not packed). Hot path. Up to GEMM_PACKED_M rows go through the packed
+ * kernel (single rows too: it streamed the 50280x768 lm_head at 41 GB/s against sgemv's 25 on
+ * one core, docs/BENCHMARKS.md); otherwise a single row goes through sgemv. */
 static void matmul(float *C, int ldc, const float *A, int lda, const float *W, int ldw, int M,
-                   int N, int K, float beta)
+                   int N, int K, float beta, const ym_packed *pk, int n0)
 {
     if (M <= 0 || N <= 0)
+        return;
+    if (pk != NULL && M <= GEMM_PACKED_M &&
+        ym_gemm_packed(C, ldc, A, lda, pk, n0, n0 + N, M, beta))
         return;
     if (M == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, ldw, A, 1, beta, C, 1);
@@ -209,8 +274,11 @@ static void forward_task(void *arg, int ith, int nth)
         /* hn = rmsnorm(h) * norm.weight  (every thread, all rows: no barrier needed) */
         norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
         /* [x, z] = in_proj(hn), this thread's channels */
-        matmul(c->x + c0, di, hn, dm, L->in_proj + (size_t)c0 * dm, dm, R, nc, dm, 0.0f);
-        matmul(c->z + c0, di, hn, dm, L->in_proj + (size_t)(di + c0) * dm, dm, R, nc, dm, 0.0f);
+        const ctx_packed_layer *PK = c->pk != NULL ? &c->pk[l] : NULL;
+        matmul(c->x + c0, di, hn, dm, L->in_proj + (size_t)c0 * dm, dm, R, nc, dm, 0.0f,
+               PK ? &PK->in_x : NULL, c0);
+        matmul(c->z + c0, di, hn, dm, L->in_proj + (size_t)(di + c0) * dm, dm, R, nc, dm, 0.0f,
+               PK ? &PK->in_z : NULL, c0);
         if (L->in_proj_b != NULL) {
             add_bias(c->x, di, R, L->in_proj_b, c0, c1);
             add_bias(c->z, di, R, L->in_proj_b + di, c0, c1);
@@ -223,10 +291,12 @@ static void forward_task(void *arg, int ith, int nth)
         }
         ym_pool_barrier(c->pool);
         /* [dt_lo, B, C] = x_proj(x), split by output rows */
-        matmul(c->dbc + p0, P, c->x, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f);
+        matmul(c->dbc + p0, P, c->x, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f,
+               PK ? &PK->x_proj : NULL, p0);
         ym_pool_barrier(c->pool);
         /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
-        matmul(c->dt + c0, di, c->dbc, P, L->dt_proj_w + (size_t)c0 * dtr, dtr, R, nc, dtr, 0.0f);
+        matmul(c->dt + c0, di, c->dbc, P, L->dt_proj_w + (size_t)c0 * dtr, dtr, R, nc, dtr, 0.0f,
+               PK ? &PK->dt_proj : NULL, c0);
         ym_softplus_bias_f32(c->dt, di, R, L->dt_proj_b, c0, c1);
         /* the selective scan and y = (C.s + D x) * silu(z), per segment */
         for (int sq = 0; sq < b->n_seq; sq++) {
@@ -238,7 +308,8 @@ static void forward_task(void *arg, int ith, int nth)
         }
         ym_pool_barrier(c->pool);
         /* h = h + out_proj(y), split by output rows */
-        matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di, 1.0f);
+        matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di, 1.0f,
+               PK ? &PK->out_proj : NULL, m0);
         if (L->out_proj_b != NULL)
             add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
         ym_pool_barrier(c->pool);
@@ -249,7 +320,7 @@ static void forward_task(void *arg, int ith, int nth)
     norm_rows(hn, c->h, m->norm_f, dm, cfg->norm_eps, c->out_rows, c->n_out);
     int v0 = c->v0[ith], v1 = c->v1[ith], nv = cfg->n_vocab;
     matmul(c->logits + v0, nv, hn, dm, m->lm_head + (size_t)v0 * dm, dm, c->n_out, v1 - v0, dm,
-           0.0f);
+           0.0f, c->pk != NULL ? &c->pk_head : NULL, v0);
 }
 
 static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max, ym_diag *diag)

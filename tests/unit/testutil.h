@@ -17,5 +17,6 @@ Suite *forward_suite(void);
 Suite *sampling_suite(void);
 Suite *textout_suite(void);
 Suite *conformance_suite(void);
+Suite *gemm_suite(void);
 
 #endif
