@@ -28,11 +28,6 @@
 #include "engine/pool.h"
 
 #define ALIGN_CH 16 /* channel slices start on a 64-byte boundary */
-/* Up to this many rows our own kernel beats OpenBLAS's sgemm, which packs the whole weight
- * matrix on every call (measured in docs/BENCHMARKS.md). */
-#ifndef GEMM_SMALL_M
-#define GEMM_SMALL_M 6
-#endif
 /* Up to this many rows the packed-panel kernel beats sgemm (2.5x at 16 rows, 1.25x at 96;
  * docs/BENCHMARKS.md); above it sgemm's own packing is amortized. */
 #ifndef GEMM_PACKED_M
@@ -228,8 +223,6 @@ static void matmul(float *C, int ldc, const float *A, int lda, const float *W, i
         return;
     if (M == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, ldw, A, 1, beta, C, 1);
-    else if (M <= GEMM_SMALL_M && ym_gemm_nt_small_f32(C, ldc, A, lda, W, ldw, M, N, K, beta))
-        return;
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, W, ldw, beta,
                     C, ldc);

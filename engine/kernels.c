@@ -161,7 +161,6 @@ T512 static inline __m512 silu512(__m512 v)
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
-
 T512 static void rmsnorm_avx512(float *out, const float *x, const float *w, int n, float eps)
 {
     __m512 acc = _mm512_setzero_ps();
@@ -179,7 +178,6 @@ T512 static void rmsnorm_avx512(float *out, const float *x, const float *w, int 
         _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(v, rv), wv));
     }
 }
-
 
 T512 static void scan_avx512(float *y, float *s, const float *A, const float *D, const float *x,
                              const float *dt, const float *z, const float *bc, int ldbc, int T,
@@ -228,78 +226,6 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
     }
 }
 
-#ifndef GEMM_PREFETCH
-#define GEMM_PREFETCH 512 /* bytes ahead in each weight row */
-#endif
-/* One block of NB weight rows against MB input rows, all K: NB*MB vector accumulators. */
-#define GEMM_BLOCK(MB, NB)                                                                         \
-    T512 static inline void gemm_blk_##MB##x##NB(float *C, int ldc, const float *A, int lda,      \
-                                                 const float *W, int ldw, int K, float beta)      \
-    {                                                                                              \
-        __m512 acc[MB][NB];                                                                        \
-        for (int i = 0; i < MB; i++)                                                               \
-            for (int j = 0; j < NB; j++)                                                           \
-                acc[i][j] = _mm512_setzero_ps();                                                   \
-        for (int k = 0; k < K; k += 16) {                                                          \
-            __mmask16 msk = tail_mask(K - k);                                                      \
-            __m512 w[NB];                                                                          \
-            for (int j = 0; j < NB; j++) {                                                         \
-                _mm_prefetch((const char *)(W + (size_t)j * ldw + k) + GEMM_PREFETCH, _MM_HINT_T0); \
-                w[j] = _mm512_maskz_loadu_ps(msk, W + (size_t)j * ldw + k);                        \
-            }                                                                                      \
-            for (int i = 0; i < MB; i++) {                                                         \
-                __m512 a = _mm512_maskz_loadu_ps(msk, A + (size_t)i * lda + k);                    \
-                for (int j = 0; j < NB; j++)                                                       \
-                    acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                               \
-            }                                                                                      \
-        }                                                                                          \
-        for (int i = 0; i < MB; i++)                                                               \
-            for (int j = 0; j < NB; j++) {                                                         \
-                float *c = C + (size_t)i * ldc + j;                                                \
-                float v = _mm512_reduce_add_ps(acc[i][j]);                                         \
-                *c = beta == 0.0f ? v : beta * *c + v;                                             \
-            }                                                                                      \
-    }
-GEMM_BLOCK(1, 4)
-GEMM_BLOCK(2, 4)
-GEMM_BLOCK(3, 4)
-GEMM_BLOCK(4, 4)
-GEMM_BLOCK(5, 4)
-GEMM_BLOCK(6, 4)
-GEMM_BLOCK(1, 1)
-GEMM_BLOCK(2, 1)
-GEMM_BLOCK(3, 1)
-GEMM_BLOCK(4, 1)
-GEMM_BLOCK(5, 1)
-GEMM_BLOCK(6, 1)
-
-T512 static void gemm_nt_small_avx512(float *C, int ldc, const float *A, int lda, const float *W,
-                                      int ldw, int M, int N, int K, float beta)
-{
-    typedef void (*blk_fn)(float *, int, const float *, int, const float *, int, int, float);
-    static const blk_fn b4[7] = {0, gemm_blk_1x4, gemm_blk_2x4, gemm_blk_3x4,
-                                 gemm_blk_4x4, gemm_blk_5x4, gemm_blk_6x4};
-    static const blk_fn b1[7] = {0, gemm_blk_1x1, gemm_blk_2x1, gemm_blk_3x1,
-                                 gemm_blk_4x1, gemm_blk_5x1, gemm_blk_6x1};
-    /* Weight rows outermost: each block of 4 rows comes from memory once and stays in L1
-     * while every group of up to 6 input rows passes over it. */
-    int n = 0;
-    for (; n + 4 <= N; n += 4)
-        for (int m = 0; m < M; m += 6) {
-            int mb = M - m < 6 ? M - m : 6;
-            b4[mb](C + (size_t)m * ldc + n, ldc, A + (size_t)m * lda, lda, W + (size_t)n * ldw,
-                   ldw, K, beta);
-        }
-    for (; n < N; n++)
-        for (int m = 0; m < M; m += 6) {
-            int mb = M - m < 6 ? M - m : 6;
-            b1[mb](C + (size_t)m * ldc + n, ldc, A + (size_t)m * lda, lda, W + (size_t)n * ldw,
-                   ldw, K, beta);
-        }
-}
-#endif
-
-
 /* Causal conv + silu for one block of up to 16 channels, all T rows, vectorized across the
  * channels (rows are contiguous in d). In place, so rows are visited last to first: row t
  * reads inputs t-K+1..t, which a descending walk has not overwritten yet. The new state (the
@@ -338,6 +264,7 @@ T512 static void conv_block_avx512(float *x, int ld, int T, float *cstate, const
     for (int j = 0; j < km1; j++)
         _mm512_mask_i32scatter_ps(cstate + (size_t)d * km1 + j, msk, sidx, nst[j], 4);
 }
+#endif
 
 /* ---- dispatch ------------------------------------------------------------------------- */
 
@@ -411,16 +338,4 @@ void ym_scan_f32(float *y, float *s, const float *A, const float *D, const float
     }
 #endif
     scan_portable(y, s, A, D, x, dt, z, bc, ldbc, T, ld, N, c0, c1);
-}
-
-int ym_gemm_nt_small_f32(float *C, int ldc, const float *A, int lda, const float *W, int ldw,
-                         int M, int N, int K, float beta)
-{
-#if HAVE_X86
-    if (use_avx512()) {
-        gemm_nt_small_avx512(C, ldc, A, lda, W, ldw, M, N, K, beta);
-        return 1;
-    }
-#endif
-    return 0;
 }

@@ -30,11 +30,4 @@ void ym_scan_f32(float *y, float *s, const float *A, const float *D, const float
                  const float *dt, const float *z, const float *bc, int ldbc, int T, int ld,
                  int N, int c0, int c1);
 
-/* C[M, N] = A[M, K] . W[N, K]^T + beta * C, for the small M of batched decode, where
- * OpenBLAS spends most of its time packing the weight matrix it then reads once. Reads each
- * weight row once from memory and keeps A in cache. AVX-512 only: returns 0 when the CPU
- * lacks it (or portable kernels are forced), and the caller uses BLAS instead.             */
-int ym_gemm_nt_small_f32(float *C, int ldc, const float *A, int lda, const float *W, int ldw,
-                         int M, int N, int K, float beta);
-
 #endif
