@@ -32,7 +32,9 @@ ym_err ym_pack_init(ym_packed *pk, const float *W, int ldw, int N, int K)
      * VM first-touching 516 MB of 4 KB pages took 1.5 s, with huge pages 0.05 s, and the
      * kernel's streams walk fewer TLB entries. n * 4 is a multiple of 64 bytes. */
     const size_t huge = (size_t)2 << 20;
-    float *p = aligned_alloc(n * sizeof(float) >= huge ? huge : 64, n * sizeof(float));
+    size_t bytes = n * sizeof(float), align = bytes >= huge ? huge : 64;
+    /* C11 aligned_alloc wants the size to be a multiple of the alignment. */
+    float *p = aligned_alloc(align, (bytes + align - 1) / align * align);
     if (p == NULL)
         return YM_ENOMEM;
 #ifdef MADV_HUGEPAGE
