@@ -1,0 +1,581 @@
+/* server/api.c - the routes of DESIGN.md §6 that exist so far, and the OpenAI response shapes.
+ *
+ * Loop thread only. Each handler validates (request.c), answers at once or creates a generation
+ * job and submits it to the scheduler; ym_api_on_output turns a job's new output into SSE
+ * events (streaming) or accumulates it for one JSON body (non-streaming). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/log.h"
+#include "server/server.h"
+
+/* --- JSON helpers --- */
+
+/* Replace each byte that does not start a valid UTF-8 sequence by U+FFFD. */
+static char *sanitize_utf8(const char *s, size_t len, size_t *out_len)
+{
+    char *o = malloc(len * 3 + 1);
+    if (o == NULL)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = n > 0 && i + (size_t)n <= len && c != 0xC0 && c != 0xC1 && c < 0xF5;
+        for (int k = 1; ok && k < n; k++)
+            ok = ((unsigned char)s[i + (size_t)k] >> 6) == 2;
+        if (ok && n == 3) {
+            unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)s[i + 1] & 0x3Fu) << 6);
+            ok = cp >= 0x800 && !(cp >= 0xD800 && cp < 0xE000);
+        } else if (ok && n == 4) {
+            unsigned cp = ((c & 0x07u) << 18) | (((unsigned char)s[i + 1] & 0x3Fu) << 12);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (ok) {
+            memcpy(o + j, s + i, (size_t)n);
+            j += (size_t)n;
+            i += (size_t)n;
+        } else {
+            memcpy(o + j, "\xEF\xBF\xBD", 3);
+            j += 3;
+            i++;
+        }
+    }
+    o[j] = '\0';
+    *out_len = j;
+    return o;
+}
+
+json_t *ym_json_text(const char *s, size_t len)
+{
+    json_t *v = json_stringn(s, len);
+    if (v != NULL)
+        return v;
+    size_t n;
+    char *clean = sanitize_utf8(s, len, &n);
+    if (clean == NULL)
+        return NULL;
+    v = json_stringn(clean, n);
+    free(clean);
+    return v;
+}
+
+static json_t *logprob_value(float lp)
+{
+    return json_real(isfinite(lp) ? (double)lp : -9999.0); /* OpenAI's stand-in for -inf */
+}
+
+static json_t *token_string(const ym_tok_t *tok, int32_t id)
+{
+    size_t n = 0;
+    const char *b = ym_tok_token_bytes(tok, id, &n);
+    return b ? ym_json_text(b, n) : json_string("");
+}
+
+/* OpenAI's legacy logprobs object for n tokens starting at toks. */
+static json_t *logprobs_json(ym_hreq *r, const ym_gen_tok *toks, const ym_logprob *tops, int n,
+                             int n_top, size_t offset_base)
+{
+    const ym_tok_t *tok = r->srv->tok;
+    json_t *tokens = json_array(), *lps = json_array(), *top = json_array(), *off = json_array();
+    for (int i = 0; i < n; i++) {
+        json_array_append_new(tokens, token_string(tok, toks[i].id));
+        json_array_append_new(lps, logprob_value(toks[i].logprob));
+        json_array_append_new(off, json_integer((json_int_t)(offset_base + toks[i].text_start)));
+        json_t *alt = json_object();
+        /* The sampled token is always listed (OpenAI: up to logprobs + 1 entries). */
+        for (int k = 0; k < n_top && k < r->logprobs; k++) {
+            const ym_logprob *t = &tops[(size_t)i * (size_t)n_top + (size_t)k];
+            json_t *key = token_string(tok, t->id);
+            json_object_set_new(alt, json_string_value(key), logprob_value(t->logprob));
+            json_decref(key);
+        }
+        json_t *key = token_string(tok, toks[i].id);
+        if (json_object_get(alt, json_string_value(key)) == NULL)
+            json_object_set_new(alt, json_string_value(key), logprob_value(toks[i].logprob));
+        json_decref(key);
+        json_array_append_new(top, alt);
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs",
+                     top, "text_offset", off);
+}
+
+static json_t *usage_json(int n_prompt, int n_gen)
+{
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", n_prompt, "completion_tokens",
+                     n_gen, "total_tokens", n_prompt + n_gen, "prompt_tokens_details",
+                     "cached_tokens", 0);
+}
+
+static json_t *completion_object(ym_hreq *r, json_t *choices)
+{
+    return json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", r->id, "object", "text_completion", "created",
+                     (json_int_t)time(NULL), "model", r->srv->model_name, "choices", choices);
+}
+
+static json_t *choice(json_t *text, json_t *logprobs, const char *finish)
+{
+    return json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text, "logprobs",
+                     logprobs ? logprobs : json_null(), "finish_reason",
+                     finish ? json_string(finish) : json_null());
+}
+
+/* --- streaming output --- */
+
+static void sse_event(ym_hreq *r, json_t *obj)
+{
+    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (s == NULL || ym_buf_put(&r->sse, "data: ", 6) || ym_buf_put(&r->sse, s, strlen(s)) ||
+        ym_buf_put(&r->sse, "\n\n", 2)) {
+        ym_log(YM_LOG_ERROR, r->id, "out of memory for a stream event; ending the stream");
+        r->sse_error = 1;
+    }
+    free(s);
+}
+
+void ym_api_ping(ym_hreq *r)
+{
+    if (ym_buf_put(&r->sse, ": ping\n\n", 8) != 0)
+        r->sse_error = 1;
+}
+
+static const char *public_finish(ym_finish f)
+{
+    return f == YM_FINISH_STOP ? "stop" : f == YM_FINISH_LENGTH ? "length" : NULL;
+}
+
+static void stream_output(ym_hreq *r)
+{
+    ym_gen_delta *d = &r->delta;
+    int finished = d->finish != YM_FINISH_NONE;
+    const char *fin = finished ? public_finish(d->finish) : NULL;
+    if (d->text_len > 0 || d->n_toks > 0 || (finished && fin != NULL)) {
+        json_t *lp = NULL;
+        if (r->logprobs >= 0 && d->n_toks > 0)
+            lp = logprobs_json(r, d->toks, d->tops, d->n_toks, d->n_top, r->echo_len);
+        json_t *obj = completion_object(
+            r, json_pack("[o]", choice(ym_json_text(d->text, d->text_len), lp, fin)));
+        if (r->include_usage)
+            json_object_set_new(obj, "usage", json_null());
+        sse_event(r, obj);
+    }
+    if (!finished)
+        return;
+    if (d->finish == YM_FINISH_ERROR) {
+        sse_event(r, json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message",
+                               "the engine failed while generating; see the server log", "type",
+                               "server_error", "param", "code"));
+    } else if (d->finish == YM_FINISH_CANCELLED) {
+        r->sse_error = 1; /* the client is gone or the server is stopping: just end */
+        return;
+    }
+    if (r->include_usage) {
+        json_t *obj = completion_object(r, json_array());
+        json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen));
+        sse_event(r, obj);
+    }
+    if (ym_buf_put(&r->sse, "data: [DONE]\n\n", 14) != 0)
+        r->sse_error = 1;
+    r->sse_done = 1;
+}
+
+/* --- non-streaming output --- */
+
+static void collect_output(ym_hreq *r)
+{
+    ym_gen_delta *d = &r->delta;
+    if (ym_buf_put(&r->full_text, d->text ? d->text : "", d->text_len) != 0)
+        goto oom;
+    if (r->logprobs >= 0 && d->n_toks > 0) {
+        if (r->n_all + d->n_toks > r->cap_all) {
+            int cap = (r->cap_all ? r->cap_all : 64);
+            while (cap < r->n_all + d->n_toks)
+                cap *= 2;
+            ym_gen_tok *t = realloc(r->all_toks, (size_t)cap * sizeof(*t));
+            if (t == NULL)
+                goto oom;
+            r->all_toks = t;
+            if (d->n_top > 0) {
+                ym_logprob *p =
+                    realloc(r->all_tops, (size_t)cap * (size_t)d->n_top * sizeof(*p));
+                if (p == NULL)
+                    goto oom;
+                r->all_tops = p;
+            }
+            r->cap_all = cap;
+        }
+        memcpy(r->all_toks + r->n_all, d->toks, (size_t)d->n_toks * sizeof(ym_gen_tok));
+        if (d->n_top > 0)
+            memcpy(r->all_tops + (size_t)r->n_all * (size_t)d->n_top, d->tops,
+                   (size_t)d->n_toks * (size_t)d->n_top * sizeof(ym_logprob));
+        r->n_all += d->n_toks;
+    }
+    if (d->finish == YM_FINISH_NONE)
+        return;
+    if (d->finish == YM_FINISH_CANCELLED) {
+        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled",
+                              "the request was cancelled (server stopping or client gone)");
+        return;
+    }
+    if (d->finish == YM_FINISH_ERROR) {
+        ym_hreq_respond_error(r, YM_EIO, 500, NULL, NULL,
+                              "the engine failed while generating; see the server log");
+        return;
+    }
+    json_t *text;
+    if (r->echo) {
+        ym_buf all = {0};
+        if (ym_buf_put(&all, r->echo_text, r->echo_len) ||
+            ym_buf_put(&all, r->full_text.p ? r->full_text.p : "", r->full_text.len)) {
+            ym_buf_deinit(&all);
+            goto oom;
+        }
+        text = ym_json_text(all.p, all.len);
+        ym_buf_deinit(&all);
+    } else {
+        text = ym_json_text(r->full_text.p ? r->full_text.p : "", r->full_text.len);
+    }
+    json_t *lp = r->logprobs >= 0
+                     ? logprobs_json(r, r->all_toks, r->all_tops, r->n_all, d->n_top, r->echo_len)
+                     : NULL;
+    json_t *obj = completion_object(r, json_pack("[o]", choice(text, lp, public_finish(d->finish))));
+    json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen));
+    ym_hreq_respond_json(r, 200, obj);
+    return;
+oom:
+    ym_gen_cancel(r->gen);
+    ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+}
+
+void ym_api_on_output(ym_hreq *r)
+{
+    if (r->gen == NULL || r->finish != YM_FINISH_NONE)
+        return;
+    ym_gen_take(r->gen, &r->delta);
+    r->n_prompt = r->delta.n_prompt;
+    r->n_gen = r->delta.n_gen;
+    if (r->delta.finish != YM_FINISH_NONE)
+        r->finish = r->delta.finish;
+    if (r->streaming)
+        stream_output(r);
+    else
+        collect_output(r);
+    if (r->finish != YM_FINISH_NONE)
+        ym_hreq_untrack(r);
+}
+
+/* --- routes --- */
+
+static const struct route {
+    const char *path;
+    const char *method;
+    int prefix; /* path is a prefix ending in '/' */
+} routes[] = {
+    {"/v1/completions", "POST", 0}, {"/v1/models", "GET", 0},   {"/v1/models/", "GET", 1},
+    {"/v1/tokenize", "POST", 0},    {"/v1/detokenize", "POST", 0}, {"/healthz", "GET", 0},
+    {"/readyz", "GET", 0},          {"/metrics", "GET", 0},
+};
+
+int ym_api_route(const char *method, const char *url, const char **label, const char **allow)
+{
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        const struct route *rt = &routes[i];
+        int match = rt->prefix ? strncmp(url, rt->path, strlen(rt->path)) == 0 &&
+                                     url[strlen(rt->path)] != '\0'
+                               : strcmp(url, rt->path) == 0;
+        if (!match)
+            continue;
+        *label = rt->prefix ? "/v1/models/{id}" : rt->path;
+        if (strcmp(method, rt->method) == 0 ||
+            (strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0))
+            return 0;
+        *allow = rt->method;
+        return 405;
+    }
+    *label = "other";
+    return 404;
+}
+
+static int check_model(ym_hreq *r, const char *model)
+{
+    if (model == NULL || strcmp(model, r->srv->model_name) == 0)
+        return 0;
+    ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
+                          "the model '%s' does not exist (this server serves '%s')", model,
+                          r->srv->model_name);
+    return -1;
+}
+
+static int check_ready(ym_hreq *r)
+{
+    ym_server_t *srv = r->srv;
+    if (srv->draining) {
+        ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
+        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining",
+                              "the server is shutting down; retry on another replica");
+        return -1;
+    }
+    if (srv->sched == NULL) {
+        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
+        return -1;
+    }
+    return 0;
+}
+
+static void handle_completion(ym_hreq *r)
+{
+    ym_server_t *srv = r->srv;
+    if (check_ready(r) != 0)
+        return;
+    ym_req_limits lim = {
+        .max_tokens_cap = (int64_t)srv->conf.max_tokens_cap,
+        .default_max_tokens = (int64_t)srv->conf.default_max_tokens,
+        .max_prompt_tokens = (int64_t)srv->conf.max_prompt_tokens,
+    };
+    ym_creq q;
+    json_t *root = NULL;
+    ym_diag diag = {0};
+    ym_ids ids = {0};
+    ym_err err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, &diag);
+    if (err != YM_OK) {
+        ym_hreq_respond_error(r, err, 0, diag.param, err == YM_EINVAL ? "invalid_request" : NULL,
+                              "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
+        return;
+    }
+    if (check_model(r, q.model) != 0)
+        goto out;
+    if (q.echo && q.logprobs >= 0) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "echo", "invalid_request",
+                              "echo together with logprobs is not supported");
+        goto out;
+    }
+    int n_vocab = srv->model->cfg.n_vocab;
+    if (q.prompt_ids != NULL) {
+        for (size_t i = 0; i < q.n_prompt_ids; i++) {
+            if (q.prompt_ids[i] >= n_vocab) {
+                ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
+                                      "prompt[%zu] = %d is not a token id (vocabulary size %d)",
+                                      i, q.prompt_ids[i], n_vocab);
+                goto out;
+            }
+        }
+        ids.v = q.prompt_ids;
+        ids.n = q.n_prompt_ids;
+        q.prompt_ids = NULL; /* moved */
+    } else if ((err = ym_tok_encode(srv->tok, q.prompt, q.prompt_len, &ids)) != YM_OK) {
+        ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize the prompt: %s",
+                              ym_strerror(err));
+        goto out;
+    }
+    if (ids.n == 0) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
+                              "the prompt has no tokens");
+        goto out;
+    }
+    if (ids.n > srv->conf.max_prompt_tokens) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "prompt_too_long",
+                              "the prompt has %zu tokens; this server allows at most %llu", ids.n,
+                              (unsigned long long)srv->conf.max_prompt_tokens);
+        goto out;
+    }
+    if (q.echo) {
+        if (q.prompt != NULL) {
+            r->echo_text = malloc(q.prompt_len + 1);
+            if (r->echo_text)
+                memcpy(r->echo_text, q.prompt, q.prompt_len);
+            r->echo_len = q.prompt_len;
+        } else {
+            ym_tok_decode(srv->tok, ids.v, ids.n, &r->echo_text, &r->echo_len);
+        }
+        if (r->echo_text == NULL) {
+            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            goto out;
+        }
+    }
+    ym_gen_params p = {
+        .prompt = ids.v,
+        .n_prompt = ids.n,
+        .sampling = q.sampling,
+        .max_tokens = q.max_tokens,
+        .stops = q.stops,
+        .n_stops = q.n_stops,
+        .ignore_eos = q.ignore_eos,
+        .t_arrival = r->t_start,
+        .id = r->id,
+    };
+    size_t n_prompt = ids.n;
+    ids.v = NULL; /* ym_gen_new takes the array */
+    ym_gen *g = NULL;
+    if ((err = ym_gen_new(&p, &g)) != YM_OK) {
+        ym_hreq_respond_error(r, err, 503, NULL, NULL, "out of memory");
+        goto out;
+    }
+    ym_gen_set_owner(g, r);
+    if ((err = ym_sched_submit(srv->sched, g)) != YM_OK) {
+        ym_gen_unref(g);
+        ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
+        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "queue_full",
+                              "the server is busy (%llu requests waiting); retry shortly",
+                              (unsigned long long)srv->conf.max_queue);
+        goto out;
+    }
+    ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
+    r->gen = g;
+    r->n_prompt = (int)n_prompt;
+    r->streaming = q.stream;
+    r->include_usage = q.include_usage;
+    r->echo = q.echo;
+    r->logprobs = q.logprobs;
+    ym_hreq_track(r);
+    if (r->streaming) {
+        if (r->echo) {
+            json_t *obj = completion_object(
+                r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
+            if (r->include_usage)
+                json_object_set_new(obj, "usage", json_null());
+            sse_event(r, obj);
+        }
+        ym_hreq_start_stream(r);
+    } else {
+        /* Wait for the job; on_out_ready queues the response and resumes us. */
+        MHD_suspend_connection(r->conn);
+        r->suspended = 1;
+    }
+out:
+    ym_ids_deinit(&ids);
+    ym_creq_deinit(&q);
+    json_decref(root);
+}
+
+static json_t *model_object(ym_server_t *srv)
+{
+    return json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model_name, "object", "model", "created",
+                     (json_int_t)srv->created, "owned_by", "yunmin");
+}
+
+static void handle_models(ym_hreq *r, const char *url)
+{
+    ym_server_t *srv = r->srv;
+    if (srv->tok == NULL) {
+        check_ready(r);
+        return;
+    }
+    if (strcmp(url, "/v1/models") == 0) {
+        ym_hreq_respond_json(r, 200, json_pack("{s:s,s:[o]}", "object", "list", "data",
+                                               model_object(srv)));
+        return;
+    }
+    const char *id = url + strlen("/v1/models/");
+    if (strcmp(id, srv->model_name) == 0)
+        ym_hreq_respond_json(r, 200, model_object(srv));
+    else
+        ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
+                              "the model '%s' does not exist", id);
+}
+
+static void handle_tokenize(ym_hreq *r)
+{
+    ym_server_t *srv = r->srv;
+    if (srv->tok == NULL) {
+        check_ready(r);
+        return;
+    }
+    const char *text = NULL, *model = NULL;
+    size_t len = 0;
+    json_t *root = NULL;
+    ym_diag diag = {0};
+    ym_err err = ym_tokreq_parse(r->body.p, r->body.len, &text, &len, &model, &root, &diag);
+    if (err != YM_OK) {
+        ym_hreq_respond_error(r, err, 0, diag.param, "invalid_request", "%s", diag.msg);
+        return;
+    }
+    ym_ids ids = {0};
+    if (check_model(r, model) == 0) {
+        if ((err = ym_tok_encode(srv->tok, text, len, &ids)) != YM_OK) {
+            ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize: %s",
+                                  ym_strerror(err));
+        } else {
+            json_t *arr = json_array();
+            for (size_t i = 0; i < ids.n; i++)
+                json_array_append_new(arr, json_integer(ids.v[i]));
+            ym_hreq_respond_json(r, 200, json_pack("{s:o,s:I}", "tokens", arr, "count",
+                                                   (json_int_t)ids.n));
+        }
+    }
+    ym_ids_deinit(&ids);
+    json_decref(root);
+}
+
+static void handle_detokenize(ym_hreq *r)
+{
+    ym_server_t *srv = r->srv;
+    if (srv->tok == NULL) {
+        check_ready(r);
+        return;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    const char *model = NULL;
+    json_t *root = NULL;
+    ym_diag diag = {0};
+    ym_err err = ym_detokreq_parse(r->body.p, r->body.len, &ids, &n, &model, &root, &diag);
+    if (err != YM_OK) {
+        ym_hreq_respond_error(r, err, 0, diag.param, "invalid_request", "%s", diag.msg);
+        return;
+    }
+    if (check_model(r, model) == 0) {
+        int nv = ym_tok_n_vocab(srv->tok);
+        size_t bad = n;
+        for (size_t i = 0; i < n && bad == n; i++)
+            if (ids[i] >= nv)
+                bad = i;
+        char *text = NULL;
+        size_t len = 0;
+        if (bad < n) {
+            ym_hreq_respond_error(r, YM_EINVAL, 400, "tokens", "invalid_request",
+                                  "tokens[%zu] = %d is not a token id (vocabulary size %d)", bad,
+                                  ids[bad], nv);
+        } else if ((err = ym_tok_decode(srv->tok, ids, n, &text, &len)) != YM_OK) {
+            ym_hreq_respond_error(r, err, 0, "tokens", NULL, "cannot decode: %s",
+                                  ym_strerror(err));
+        } else {
+            ym_hreq_respond_json(r, 200, json_pack("{s:o}", "prompt", ym_json_text(text, len)));
+            free(text);
+        }
+    }
+    free(ids);
+    json_decref(root);
+}
+
+void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
+{
+    ym_server_t *srv = r->srv;
+    if (strcmp(url, "/healthz") == 0) {
+        ym_hreq_respond_json(r, 200, json_pack("{s:s}", "status", "ok"));
+    } else if (strcmp(url, "/readyz") == 0) {
+        const char *st = srv->draining ? "draining" : srv->ready ? "ready" : "loading";
+        ym_hreq_respond_json(r, srv->ready && !srv->draining ? 200 : 503,
+                             json_pack("{s:s}", "status", st));
+    } else if (strcmp(url, "/metrics") == 0) {
+        char *text = NULL;
+        size_t len = 0;
+        if (ym_metrics_render(srv->metrics, &text, &len) != 0)
+            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        else
+            ym_hreq_respond_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    } else if (strcmp(url, "/v1/completions") == 0) {
+        handle_completion(r);
+    } else if (strncmp(url, "/v1/models", 10) == 0) {
+        handle_models(r, url);
+    } else if (strcmp(url, "/v1/tokenize") == 0) {
+        handle_tokenize(r);
+    } else if (strcmp(url, "/v1/detokenize") == 0) {
+        handle_detokenize(r);
+    } else {
+        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method, url);
+    }
+}

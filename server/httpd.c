@@ -1,0 +1,524 @@
+/* server/httpd.c - libmicrohttpd inside the libuv loop (DESIGN.md §2, STYLE.md §5).
+ *
+ * MHD runs in epoll mode without threads of its own: its epoll fd is watched by a uv_poll and
+ * its timeout by a uv_timer, and every callback below runs on the loop thread. A request's
+ * life: the access callback collects the body (413 past max_body_bytes, checked on
+ * Content-Length before reading a byte), then api.c handles it. A generation suspends its
+ * connection while it waits: a non-streaming one until the job finishes (the response is then
+ * queued on the suspended connection and it is resumed), a stream whenever the SSE reader has
+ * nothing to send. on_out_ready resumes connections whose jobs produced output.
+ *
+ * A suspended connection is invisible to MHD, so it would not notice a client leaving; the
+ * sweep timer peeks at each suspended socket (recv MSG_PEEK) and cancels the job of a client
+ * that hung up. The same timer sends ': ping' to streams still waiting for their first token. */
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "engine/log.h"
+
+#define SWEEP_MS 200
+
+int ym_buf_put(ym_buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (p == NULL)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+void ym_buf_deinit(ym_buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+void ym_hreq_track(ym_hreq *r)
+{
+    ym_server_t *srv = r->srv;
+    r->prev = NULL;
+    r->next = srv->gens;
+    if (srv->gens)
+        srv->gens->prev = r;
+    srv->gens = r;
+    srv->n_gens++;
+}
+
+void ym_hreq_untrack(ym_hreq *r)
+{
+    ym_server_t *srv = r->srv;
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (srv->gens == r)
+        srv->gens = r->next;
+    else
+        return; /* not tracked */
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    srv->n_gens--;
+}
+
+static void add_common_headers(ym_hreq *r, struct MHD_Response *resp)
+{
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+}
+
+static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
+{
+    if (resp == NULL) {
+        ym_log(YM_LOG_ERROR, r->id, "out of memory for a response");
+        return;
+    }
+    add_common_headers(r, resp);
+    if (status == 503)
+        MHD_add_response_header(resp, "Retry-After", "1");
+    if (MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES) {
+        r->status = status;
+        r->responded = 1;
+    }
+    MHD_destroy_response(resp);
+}
+
+void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(text);
+        return;
+    }
+    MHD_add_response_header(resp, "Content-Type", type);
+    queue(r, status, resp);
+}
+
+void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (s == NULL) {
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                  "\"server_error\",\"param\":null,\"code\":null}}";
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            sizeof(oom) - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        if (resp) {
+            MHD_add_response_header(resp, "Content-Type", "application/json");
+            queue(r, 503, resp);
+        }
+        return;
+    }
+    size_t n = strlen(s);
+    s[n] = '\n'; /* replaces the NUL: a body ending in a newline reads well in curl */
+    ym_hreq_respond_text(r, status, "application/json", s, n + 1);
+}
+
+static const char *error_type(int status)
+{
+    switch (status) {
+    case 401:
+        return "authentication_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 429:
+        return "rate_limit_error";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param,
+                           const char *code, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (status == 0)
+        status = ym_err_http_status(err);
+    json_t *e = json_pack("{s:o,s:s,s:o,s:o}", "message", ym_json_text(msg, strlen(msg)), "type",
+                          error_type(status),
+                          "param", param && param[0] ? json_string(param) : json_null(), "code",
+                          code ? json_string(code) : json_null());
+    ym_log(status >= 500 ? YM_LOG_WARN : YM_LOG_INFO, r->id, "%d %s", status, msg);
+    ym_hreq_respond_json(r, status, json_pack("{s:o}", "error", e));
+}
+
+/* --- streaming --- */
+
+static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    ym_hreq *r = cls;
+    if (r->sse_pos == r->sse.len && !r->sse_done && !r->sse_error)
+        ym_api_on_output(r); /* anything new since the last wake-up */
+    if (r->sse_error)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t avail = r->sse.len - r->sse_pos;
+    if (avail > 0) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, r->sse.p + r->sse_pos, n);
+        r->sse_pos += n;
+        if (r->sse_pos == r->sse.len) {
+            r->sse.len = r->sse_pos = 0; /* keep the allocation */
+        }
+        r->t_last_write = ym_now();
+        return (ssize_t)n;
+    }
+    if (r->sse_done)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    /* Nothing yet: sleep until on_out_ready or the sweep resumes us (MHD docs: returning 0
+     * without suspending would spin). */
+    MHD_suspend_connection(r->conn);
+    r->suspended = 1;
+    return 0;
+}
+
+void ym_hreq_start_stream(ym_hreq *r)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, on_stream_read, r, NULL);
+    if (resp == NULL) {
+        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        return;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: do not buffer SSE */
+    r->t_last_write = ym_now();
+    queue(r, 200, resp);
+}
+
+static void resume(ym_hreq *r)
+{
+    if (r->suspended) {
+        r->suspended = 0;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+/* --- MHD callbacks --- */
+
+static int valid_request_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return n >= 1 && n <= 40;
+}
+
+static void new_id(char *dst, size_t cap, const char *prefix)
+{
+    static uint64_t counter;
+    static uint64_t salt;
+    if (salt == 0) {
+        uv_random(NULL, NULL, &salt, sizeof(salt), 0, NULL);
+        salt |= 1;
+    }
+    counter++;
+    uint64_t x = (counter * 0x9E3779B97F4A7C15ull) ^ salt;
+    snprintf(dst, cap, "%s%016llx%08llx", prefix, (unsigned long long)x,
+             (unsigned long long)(counter & 0xffffffffu));
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **req_cls)
+{
+    ym_server_t *srv = cls;
+    ym_hreq *r = *req_cls;
+    if (r == NULL) {
+        if ((r = calloc(1, sizeof(*r))) == NULL)
+            return MHD_NO;
+        r->srv = srv;
+        r->conn = conn;
+        r->t_start = ym_now();
+        r->finish = YM_FINISH_NONE;
+        const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+        if (given != NULL && valid_request_id(given))
+            snprintf(r->id, sizeof(r->id), "%s", given);
+        else
+            new_id(r->id, sizeof(r->id), "req-");
+        *req_cls = r;
+        srv->n_http++;
+        ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
+
+        const char *allow = NULL;
+        int rc = ym_api_route(method, url, &r->route, &allow);
+        if (rc == 404) {
+            ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
+                                  url);
+        } else if (rc == 405) {
+            ym_hreq_respond_error(r, YM_EINVAL, 405, NULL, "method_not_allowed",
+                                  "%s is not allowed on %s (allowed: %s)", method, url, allow);
+            /* MHD adds no Allow header by itself; the error body names the methods. */
+        } else {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl != NULL && strtoull(cl, NULL, 10) > srv->conf.max_body_bytes) {
+                r->body_too_big = 1;
+                ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+                                      "the request body is %s bytes; the limit is %llu", cl,
+                                      (unsigned long long)srv->conf.max_body_bytes);
+            }
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        if (!r->responded) {
+            if (r->body.len + *upload_data_size > r->srv->conf.max_body_bytes) {
+                r->body_too_big = 1;
+                ym_buf_deinit(&r->body);
+                ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+                                      "the request body exceeds the limit of %llu bytes",
+                                      (unsigned long long)srv->conf.max_body_bytes);
+            } else if (ym_buf_put(&r->body, upload_data, *upload_data_size) != 0) {
+                ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            }
+        }
+        *upload_data_size = 0; /* consumed (or discarded after an error) */
+        return MHD_YES;
+    }
+    if (r->responded)
+        return MHD_YES;
+    if (r->gen != NULL) { /* resumed before its answer was ready: wait again */
+        MHD_suspend_connection(conn);
+        r->suspended = 1;
+        return MHD_YES;
+    }
+    if (r->body.p == NULL)
+        ym_buf_put(&r->body, "", 0);
+    ym_api_dispatch(r, method, url);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    ym_server_t *srv = cls;
+    ym_hreq *r = *req_cls;
+    if (r == NULL)
+        return;
+    *req_cls = NULL;
+    double ms = (ym_now() - r->t_start) * 1e3;
+    int status = r->status;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->gen != NULL &&
+        r->finish == YM_FINISH_NONE)
+        status = 499; /* nginx's "client closed request" */
+    if (r->route != NULL)
+        ym_metrics_request(srv->metrics, r->route, status);
+    if (r->gen != NULL) {
+        if (r->finish == YM_FINISH_NONE)
+            ym_gen_cancel(r->gen);
+        ym_log(YM_LOG_INFO, r->id,
+               "%s %d %.1f ms prompt_tokens=%d completion_tokens=%d finish=%s%s", r->route, status,
+               ms, r->n_prompt, r->n_gen, ym_finish_name(r->finish),
+               toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+        ym_gen_set_owner(r->gen, NULL);
+        ym_gen_unref(r->gen);
+        ym_hreq_untrack(r);
+    } else if (r->route != NULL && strcmp(r->route, "/healthz") != 0 &&
+               strcmp(r->route, "/readyz") != 0 && strcmp(r->route, "/metrics") != 0) {
+        ym_log(YM_LOG_DEBUG, r->id, "%s %d %.1f ms", r->route, status, ms);
+    }
+    ym_buf_deinit(&r->body);
+    ym_buf_deinit(&r->full_text);
+    ym_buf_deinit(&r->sse);
+    ym_gen_delta_deinit(&r->delta);
+    free(r->all_toks);
+    free(r->all_tops);
+    free(r->echo_text);
+    free(r);
+    srv->n_http--;
+    ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
+}
+
+/* --- the loop side --- */
+
+static void on_mhd_timer(uv_timer_t *t)
+{
+    ym_httpd_kick(t->data);
+}
+
+void ym_httpd_kick(ym_server_t *srv)
+{
+    if (srv->mhd == NULL)
+        return;
+    MHD_run(srv->mhd);
+    MHD_UNSIGNED_LONG_LONG to = 0;
+    if (MHD_get_timeout(srv->mhd, &to) == MHD_YES)
+        uv_timer_start(&srv->mhd_timer, on_mhd_timer, to, 0);
+    else
+        uv_timer_stop(&srv->mhd_timer);
+}
+
+static void on_mhd_fd(uv_poll_t *p, int status, int events)
+{
+    ym_httpd_kick(p->data);
+}
+
+/* The engine produced output: hand it to the connections. */
+static void on_out_ready(uv_async_t *a)
+{
+    ym_server_t *srv = a->data;
+    if (srv->sched == NULL)
+        return;
+    ym_gen *g = ym_sched_take_ready(srv->sched);
+    while (g != NULL) {
+        ym_gen *next = ym_gen_next_ready(g);
+        ym_hreq *r = ym_gen_owner(g);
+        if (r != NULL) {
+            ym_api_on_output(r);
+            /* A stream wakes to send its events; a plain request only once its response is
+             * queued (MHD may not be given a response for a running connection). */
+            if (r->streaming || r->responded)
+                resume(r);
+        }
+        ym_gen_unref(g);
+        g = next;
+    }
+    ym_httpd_kick(srv);
+}
+
+static int peer_closed(ym_hreq *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return 0;
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    ym_server_t *srv = t->data;
+    double now = ym_now();
+    double ping = (double)srv->conf.stream_ping_ms * 1e-3;
+    int kicked = 0;
+    for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
+        if (r->suspended && !r->client_gone && r->finish == YM_FINISH_NONE && peer_closed(r)) {
+            r->client_gone = 1;
+            ym_gen_cancel(r->gen);
+            ym_log(YM_LOG_INFO, r->id, "client went away; cancelling");
+            continue;
+        }
+        if (r->streaming && !r->delta.started && r->finish == YM_FINISH_NONE &&
+            now - r->t_last_write >= ping) {
+            ym_api_ping(r);
+            r->t_last_write = now;
+            resume(r);
+            kicked = 1;
+        }
+    }
+    if (kicked)
+        ym_httpd_kick(srv);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    ym_log(YM_LOG_DEBUG, NULL, "http: %s", msg);
+}
+
+int ym_httpd_start(ym_server_t *srv, ym_diag *diag)
+{
+    const ym_conf *c = &srv->conf;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    const char *host = strcmp(c->host, "localhost") == 0 ? "127.0.0.1" : c->host;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)c->port);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)c->port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        ym_diag_param(diag, YM_EINVAL, "host", "host %s is not an IPv4 or IPv6 address",
+                      c->host);
+        return -1;
+    }
+    srv->mhd = MHD_start_daemon(
+        flags, (uint16_t)c->port, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        srv, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)c->connection_timeout_s, MHD_OPTION_END);
+    if (srv->mhd == NULL) {
+        ym_diag_set(diag, YM_EIO, "cannot listen on %s port %llu (in use, or not permitted)",
+                    c->host, (unsigned long long)c->port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = di ? di->port : (int)c->port;
+    di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (di == NULL) {
+        ym_diag_set(diag, YM_EIO, "libmicrohttpd has no epoll fd");
+        MHD_stop_daemon(srv->mhd);
+        srv->mhd = NULL;
+        return -1;
+    }
+    uv_poll_init(srv->loop, &srv->mhd_poll, di->epoll_fd);
+    srv->mhd_poll.data = srv;
+    uv_poll_start(&srv->mhd_poll, UV_READABLE, on_mhd_fd);
+    uv_timer_init(srv->loop, &srv->mhd_timer);
+    srv->mhd_timer.data = srv;
+    uv_timer_init(srv->loop, &srv->sweep_timer);
+    srv->sweep_timer.data = srv;
+    uv_timer_start(&srv->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_async_init(srv->loop, &srv->ready_async, on_out_ready);
+    srv->ready_async.data = srv;
+    ym_httpd_kick(srv);
+    return 0;
+}
+
+void ym_httpd_stop(ym_server_t *srv)
+{
+    if (srv->mhd == NULL)
+        return;
+    /* MHD requires every suspended connection resumed before it stops. */
+    for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
+        if (r->streaming)
+            r->sse_error = r->finish == YM_FINISH_NONE;
+        resume(r);
+    }
+    MHD_run(srv->mhd);
+    uv_poll_stop(&srv->mhd_poll);
+    MHD_stop_daemon(srv->mhd);
+    srv->mhd = NULL;
+    uv_close((uv_handle_t *)&srv->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&srv->mhd_timer, NULL);
+    uv_close((uv_handle_t *)&srv->sweep_timer, NULL);
+    uv_close((uv_handle_t *)&srv->ready_async, NULL);
+}

@@ -1,0 +1,254 @@
+/* server/main.c - yunmind: settings, start-up, signals, drain and exit.
+ *
+ * Start-up order: settings -> the HTTP listener (so /healthz and /readyz answer at once) ->
+ * model and tokenizer loaded on the libuv pool -> the engine thread -> ready. SIGTERM/SIGINT
+ * drain: /readyz turns 503 and new work is refused while running requests finish (up to
+ * drain_timeout_s, then they are cancelled); the process then exits 0. SIGHUP re-reads the
+ * settings and applies the reloadable ones. Loop thread throughout. */
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/blas.h"
+#include "engine/log.h"
+#include "engine/pool.h"
+#include "server/server.h"
+
+#define DRAIN_POLL_MS 100
+
+static void apply_logging(const ym_conf *c)
+{
+    ym_log_set_plain(strcmp(c->log_format, "plain") == 0);
+    ym_log_level lv = YM_LOG_INFO;
+    if (strcmp(c->log_level, "debug") == 0)
+        lv = YM_LOG_DEBUG;
+    else if (strcmp(c->log_level, "warn") == 0)
+        lv = YM_LOG_WARN;
+    else if (strcmp(c->log_level, "error") == 0)
+        lv = YM_LOG_ERROR;
+    ym_log_set_level(lv);
+}
+
+static void wake_loop(void *arg) /* engine thread */
+{
+    ym_server_t *srv = arg;
+    uv_async_send(&srv->ready_async);
+}
+
+static void load_work(uv_work_t *w) /* libuv pool */
+{
+    ym_server_t *srv = w->data;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/tokenizer.json", srv->conf.model);
+    srv->load_err = ym_tok_load(path, &srv->tok, &srv->load_diag);
+    if (srv->load_err == YM_OK)
+        srv->load_err = ym_model_load(srv->conf.model, &srv->model, &srv->load_diag);
+}
+
+static void shutdown_now(ym_server_t *srv);
+
+static void after_load(uv_work_t *w, int status)
+{
+    ym_server_t *srv = w->data;
+    if (srv->stopping)
+        return;
+    if (srv->load_err != YM_OK) {
+        ym_log(YM_LOG_ERROR, NULL, "cannot load the model from %s: %s", srv->conf.model,
+               srv->load_diag.msg[0] ? srv->load_diag.msg : ym_strerror(srv->load_err));
+        srv->exit_code = 1;
+        shutdown_now(srv);
+        return;
+    }
+    ym_sched_opts o = {
+        .max_running = (int)srv->conf.max_running,
+        .max_batch_tokens = (int)srv->conf.max_batch_tokens,
+        .prefill_chunk = (int)srv->conf.prefill_chunk,
+        .max_queue = (int)srv->conf.max_queue,
+        .n_threads = (int)srv->conf.threads,
+    };
+    ym_diag diag = {0};
+    ym_err err = ym_sched_new(srv->model, srv->tok, &o, srv->metrics, wake_loop, srv, &srv->sched,
+                              &diag);
+    if (err != YM_OK) {
+        ym_log(YM_LOG_ERROR, NULL, "cannot start the engine: %s",
+               diag.msg[0] ? diag.msg : ym_strerror(err));
+        srv->exit_code = 1;
+        shutdown_now(srv);
+        return;
+    }
+    srv->created = (int64_t)time(NULL);
+    srv->ready = !srv->draining;
+    ym_metrics_set(srv->metrics, YM_G_READY, srv->ready);
+    const ym_config *c = &srv->model->cfg;
+    ym_log(YM_LOG_INFO, NULL,
+           "model %s loaded from %s: %d layers, d_model %d, vocab %d; engine threads %d, "
+           "max_running %d, max_batch_tokens %d, blas core %s",
+           srv->model_name, srv->conf.model, c->n_layer, c->d_model, c->n_vocab,
+           srv->conf.threads ? (int)srv->conf.threads : ym_n_cores(), o.max_running,
+           o.max_batch_tokens, ym_blas_core());
+}
+
+static void on_closed(uv_handle_t *h)
+{
+}
+
+static void shutdown_now(ym_server_t *srv)
+{
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    srv->ready = 0;
+    /* The engine first: it cancels what is left and publishes it; then the connections. */
+    for (ym_hreq *r = srv->gens; r != NULL; r = r->next)
+        ym_gen_cancel(r->gen);
+    ym_sched_t *sched = srv->sched;
+    if (sched != NULL) {
+        ym_sched_free(sched); /* joins; unrefs what was still on the ready list */
+        srv->sched = NULL;
+    }
+    ym_httpd_stop(srv);
+    uv_close((uv_handle_t *)&srv->sig_term, on_closed);
+    uv_close((uv_handle_t *)&srv->sig_int, on_closed);
+    uv_close((uv_handle_t *)&srv->sig_hup, on_closed);
+}
+
+static uv_timer_t drain_timer;
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    ym_server_t *srv = t->data;
+    double waited = ym_now() - srv->drain_start;
+    if (srv->n_gens == 0) {
+        ym_log(YM_LOG_INFO, NULL, "drained in %.2f s; exiting", waited);
+    } else if (waited >= (double)srv->conf.drain_timeout_s) {
+        ym_log(YM_LOG_WARN, NULL, "drain timeout: cancelling %d running requests", srv->n_gens);
+    } else {
+        return;
+    }
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, on_closed);
+    shutdown_now(srv);
+}
+
+static void on_term(uv_signal_t *s, int signum)
+{
+    ym_server_t *srv = s->data;
+    if (srv->draining) {
+        if (signum == SIGINT) { /* a second Ctrl-C: stop now */
+            ym_log(YM_LOG_WARN, NULL, "second interrupt: stopping without waiting");
+            srv->drain_start = -1e9;
+        }
+        return;
+    }
+    srv->draining = 1;
+    srv->ready = 0;
+    srv->drain_start = ym_now();
+    ym_metrics_set(srv->metrics, YM_G_READY, 0);
+    ym_log(YM_LOG_INFO, NULL, "%s: draining (%d requests running, up to %llu s)",
+           signum == SIGTERM ? "SIGTERM" : "SIGINT", srv->n_gens,
+           (unsigned long long)srv->conf.drain_timeout_s);
+    uv_timer_init(srv->loop, &drain_timer);
+    drain_timer.data = srv;
+    uv_timer_start(&drain_timer, on_drain_tick, 0, DRAIN_POLL_MS);
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+    ym_server_t *srv = s->data;
+    ym_conf next;
+    int action = 0;
+    ym_diag diag = {0};
+    if (ym_conf_load(&next, srv->argc, srv->argv, NULL, &action, &diag) != YM_OK) {
+        ym_log(YM_LOG_ERROR, NULL, "SIGHUP: settings not reloaded: %s", diag.msg);
+        return;
+    }
+    int n = ym_conf_apply_reload(&srv->conf, &next);
+    ym_conf_deinit(&next);
+    apply_logging(&srv->conf);
+    if (srv->sched != NULL)
+        ym_sched_set_limits(srv->sched, (int)srv->conf.prefill_chunk, (int)srv->conf.max_queue);
+    ym_log(YM_LOG_INFO, NULL, "SIGHUP: settings reloaded (%d changed)", n);
+}
+
+int main(int argc, char **argv)
+{
+    ym_blas_reexec(argv); /* the right OpenBLAS kernel for this CPU (engine/blas.h) */
+    ym_blas_single_thread();
+    signal(SIGPIPE, SIG_IGN);
+
+    static ym_server_t srv;
+    int action = 0;
+    ym_diag diag = {0};
+    if (ym_conf_load(&srv.conf, argc, argv, NULL, &action, &diag) != YM_OK) {
+        fprintf(stderr, "yunmind: %s\n", diag.msg);
+        return 2;
+    }
+    if (action == 1) {
+        ym_conf_usage(stdout);
+        ym_conf_deinit(&srv.conf);
+        return 0;
+    }
+    if (action == 2) {
+        printf("yunmind %s\n", YM_VERSION);
+        ym_conf_deinit(&srv.conf);
+        return 0;
+    }
+    if (action == 3) {
+        char *s = ym_conf_dump(&srv.conf);
+        printf("%s\n", s ? s : "{}");
+        free(s);
+        ym_conf_deinit(&srv.conf);
+        return 0;
+    }
+    apply_logging(&srv.conf);
+    srv.argc = argc;
+    srv.argv = argv;
+    if (srv.conf.served_model_name[0] != '\0') {
+        snprintf(srv.model_name, sizeof(srv.model_name), "%s", srv.conf.served_model_name);
+    } else {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s", srv.conf.model);
+        size_t n = strlen(tmp);
+        while (n > 1 && tmp[n - 1] == '/')
+            tmp[--n] = '\0';
+        snprintf(srv.model_name, sizeof(srv.model_name), "%s", basename(tmp));
+    }
+    if ((srv.metrics = ym_metrics_new()) == NULL) {
+        fprintf(stderr, "yunmind: out of memory\n");
+        return 1;
+    }
+    srv.loop = uv_default_loop();
+    if (ym_httpd_start(&srv, &diag) != 0) {
+        fprintf(stderr, "yunmind: %s\n", diag.msg);
+        ym_metrics_free(srv.metrics);
+        ym_conf_deinit(&srv.conf);
+        return 1;
+    }
+    ym_log(YM_LOG_INFO, NULL, "listening on http://%s:%d (model %s loading from %s)%s",
+           srv.conf.host, srv.port, srv.model_name, srv.conf.model,
+           srv.conf.config ? "" : "; no config file, built-in defaults");
+    printf("yunmind: listening on http://%s:%d\n", srv.conf.host, srv.port);
+    fflush(stdout);
+
+    uv_signal_init(srv.loop, &srv.sig_term);
+    uv_signal_init(srv.loop, &srv.sig_int);
+    uv_signal_init(srv.loop, &srv.sig_hup);
+    srv.sig_term.data = srv.sig_int.data = srv.sig_hup.data = &srv;
+    uv_signal_start(&srv.sig_term, on_term, SIGTERM);
+    uv_signal_start(&srv.sig_int, on_term, SIGINT);
+    uv_signal_start(&srv.sig_hup, on_hup, SIGHUP);
+    srv.load_work.data = &srv;
+    uv_queue_work(srv.loop, &srv.load_work, load_work, after_load);
+
+    uv_run(srv.loop, UV_RUN_DEFAULT);
+    uv_loop_close(srv.loop);
+    ym_model_unref(srv.model);
+    ym_tok_free(srv.tok);
+    ym_metrics_free(srv.metrics);
+    ym_conf_deinit(&srv.conf);
+    return srv.exit_code;
+}

@@ -1,0 +1,226 @@
+/* server/metrics.c - the numbers behind /metrics.
+ *
+ * One mutex guards everything: recording is a handful of additions, far below the cost of the
+ * engine step that produces it, and rendering (a scrape every few seconds) copies under it.
+ * Request counts are kept per (route, status) in a small open list; routes are fixed labels,
+ * so the list stays bounded. */
+#include "server/metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BUCKETS 20
+#define MAX_REQ_KEYS 128
+
+typedef struct hist_def {
+    const char *name;
+    const char *help;
+    int n;
+    double le[MAX_BUCKETS];
+} hist_def;
+
+static const hist_def hdefs[YM_M_N_HISTS] = {
+    [YM_H_TTFT] = {"yunmin_time_to_first_token_seconds",
+                   "Time from request arrival to its first generated token.", 16,
+                   {0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10,
+                    30}},
+    [YM_H_ITL] = {"yunmin_inter_token_latency_seconds",
+                  "Time between two consecutive tokens of one sequence.", 15,
+                  {0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2,
+                   0.5, 1, 2.5}},
+    [YM_H_E2E] = {"yunmin_request_duration_seconds",
+                  "Time from request arrival to its last generated token.", 12,
+                  {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}},
+    [YM_H_STEP] = {"yunmin_engine_step_seconds", "Wall time of one engine step (one forward).",
+                   14,
+                   {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+                    0.5, 1}},
+    [YM_H_BATCH_ROWS] = {"yunmin_batch_rows", "Rows (tokens) per engine step.", 11,
+                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}},
+    [YM_H_BATCH_SEQS] = {"yunmin_batch_sequences", "Sequences per engine step.", 9,
+                         {1, 2, 4, 8, 16, 32, 64, 128, 256}},
+};
+
+static const struct {
+    const char *name, *help;
+} cdefs[YM_M_N_COUNTERS] = {
+    [YM_M_PROMPT_TOKENS] = {"yunmin_prompt_tokens_total", "Prompt tokens of admitted requests."},
+    [YM_M_GEN_TOKENS] = {"yunmin_generation_tokens_total", "Generated tokens."},
+    [YM_M_PREFILL_TOKENS] = {"yunmin_prefill_tokens_total", "Prompt tokens run through the model."},
+    [YM_M_CANCELLED] = {"yunmin_requests_cancelled_total",
+                        "Requests cancelled before they finished (client gone, drain timeout)."},
+    [YM_M_REJECTED_BUSY] = {"yunmin_requests_rejected_busy_total",
+                            "Requests refused with 503 because the queue was full or draining."},
+    [YM_M_STEPS] = {"yunmin_engine_steps_total", "Engine steps run."},
+}, gdefs[YM_M_N_GAUGES] = {
+    [YM_G_QUEUE] = {"yunmin_queue_depth", "Requests waiting for a running slot."},
+    [YM_G_RUNNING] = {"yunmin_running_sequences", "Sequences in the running batch."},
+    [YM_G_CONNECTIONS] = {"yunmin_http_requests_in_flight", "HTTP requests being served."},
+    [YM_G_READY] = {"yunmin_ready", "1 when the server accepts work (model loaded, not draining)."},
+};
+
+typedef struct hist {
+    uint64_t bucket[MAX_BUCKETS]; /* non-cumulative; +Inf is count - sum(bucket) */
+    uint64_t count;
+    double sum;
+} hist;
+
+typedef struct req_key {
+    char route[48];
+    int status;
+    uint64_t n;
+} req_key;
+
+typedef struct nums {
+    uint64_t counter[YM_M_N_COUNTERS];
+    int64_t gauge[YM_M_N_GAUGES];
+    hist h[YM_M_N_HISTS];
+    req_key req[MAX_REQ_KEYS];
+    int n_req;
+} nums;
+
+struct ym_metrics {
+    pthread_mutex_t lock;
+    nums v; /* guarded by lock */
+};
+
+ym_metrics_t *ym_metrics_new(void)
+{
+    ym_metrics_t *m = calloc(1, sizeof(*m));
+    if (m != NULL)
+        pthread_mutex_init(&m->lock, NULL);
+    return m;
+}
+
+void ym_metrics_free(ym_metrics_t *m)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+void ym_metrics_add(ym_metrics_t *m, ym_counter c, uint64_t v)
+{
+    pthread_mutex_lock(&m->lock);
+    m->v.counter[c] += v;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void ym_metrics_set(ym_metrics_t *m, ym_gauge g, int64_t v)
+{
+    pthread_mutex_lock(&m->lock);
+    m->v.gauge[g] = v;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void ym_metrics_observe(ym_metrics_t *m, ym_hist h, double v)
+{
+    const hist_def *d = &hdefs[h];
+    int b = 0;
+    while (b < d->n && v > d->le[b])
+        b++;
+    pthread_mutex_lock(&m->lock);
+    if (b < d->n)
+        m->v.h[h].bucket[b]++;
+    m->v.h[h].count++;
+    m->v.h[h].sum += v;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void ym_metrics_request(ym_metrics_t *m, const char *route, int status)
+{
+    pthread_mutex_lock(&m->lock);
+    int i;
+    for (i = 0; i < m->v.n_req; i++)
+        if (m->v.req[i].status == status && strcmp(m->v.req[i].route, route) == 0)
+            break;
+    if (i == m->v.n_req && m->v.n_req < MAX_REQ_KEYS) {
+        snprintf(m->v.req[i].route, sizeof(m->v.req[i].route), "%s", route);
+        m->v.req[i].status = status;
+        m->v.n_req++;
+    }
+    if (i < m->v.n_req)
+        m->v.req[i].n++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sbuf;
+
+__attribute__((format(printf, 2, 3))) static void put(sbuf *b, const char *fmt, ...)
+{
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *p = realloc(b->p, cap);
+        if (p == NULL) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+int ym_metrics_render(ym_metrics_t *m, char **out, size_t *len)
+{
+    nums snap;
+    pthread_mutex_lock(&m->lock);
+    snap = m->v;
+    pthread_mutex_unlock(&m->lock);
+
+    sbuf b = {.cap = 8192};
+    if ((b.p = malloc(b.cap)) == NULL)
+        return -1;
+    b.p[0] = '\0';
+    put(&b, "# HELP yunmin_http_requests_total HTTP requests answered, by route and status.\n"
+            "# TYPE yunmin_http_requests_total counter\n");
+    for (int i = 0; i < snap.n_req; i++)
+        put(&b, "yunmin_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n", snap.req[i].route,
+            snap.req[i].status, (unsigned long long)snap.req[i].n);
+    for (int c = 0; c < YM_M_N_COUNTERS; c++)
+        put(&b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cdefs[c].name, cdefs[c].help,
+            cdefs[c].name, cdefs[c].name, (unsigned long long)snap.counter[c]);
+    for (int g = 0; g < YM_M_N_GAUGES; g++)
+        put(&b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", gdefs[g].name, gdefs[g].help,
+            gdefs[g].name, gdefs[g].name, (long long)snap.gauge[g]);
+    for (int h = 0; h < YM_M_N_HISTS; h++) {
+        const hist_def *d = &hdefs[h];
+        put(&b, "# HELP %s %s\n# TYPE %s histogram\n", d->name, d->help, d->name);
+        uint64_t cum = 0;
+        for (int k = 0; k < d->n; k++) {
+            cum += snap.h[h].bucket[k];
+            put(&b, "%s_bucket{le=\"%g\"} %llu\n", d->name, d->le[k], (unsigned long long)cum);
+        }
+        put(&b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9g\n%s_count %llu\n", d->name,
+            (unsigned long long)snap.h[h].count, d->name, snap.h[h].sum, d->name,
+            (unsigned long long)snap.h[h].count);
+    }
+    if (b.oom) {
+        free(b.p);
+        return -1;
+    }
+    *out = b.p;
+    *len = b.len;
+    return 0;
+}

@@ -1,0 +1,50 @@
+/* server/metrics.h - counters, gauges and histograms for /metrics (Prometheus text format).
+ *
+ * Any thread may record (a mutex guards the numbers; recording is a few adds); the loop thread
+ * renders. Histograms have fixed buckets chosen for token latencies and step times. */
+#ifndef YM_SERVER_METRICS_H
+#define YM_SERVER_METRICS_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    YM_M_PROMPT_TOKENS,    /* prompt tokens of admitted requests */
+    YM_M_GEN_TOKENS,       /* generated tokens */
+    YM_M_PREFILL_TOKENS,   /* prompt tokens run through the model */
+    YM_M_CANCELLED,        /* requests cancelled (client gone, drain timeout) */
+    YM_M_REJECTED_BUSY,    /* 503 because the queue was full */
+    YM_M_STEPS,            /* engine steps */
+    YM_M_N_COUNTERS
+} ym_counter;
+
+typedef enum {
+    YM_G_QUEUE,            /* requests waiting for a running slot */
+    YM_G_RUNNING,          /* sequences in the running batch */
+    YM_G_CONNECTIONS,      /* open HTTP requests being served */
+    YM_G_READY,            /* 1 when /readyz says ready */
+    YM_M_N_GAUGES
+} ym_gauge;
+
+typedef enum {
+    YM_H_TTFT,             /* seconds from arrival to the first generated token */
+    YM_H_ITL,              /* seconds between two tokens of one sequence */
+    YM_H_E2E,              /* seconds from arrival to the end of the request */
+    YM_H_STEP,             /* seconds per engine step */
+    YM_H_BATCH_ROWS,       /* rows per engine step */
+    YM_H_BATCH_SEQS,       /* sequences per engine step */
+    YM_M_N_HISTS
+} ym_hist;
+
+typedef struct ym_metrics ym_metrics_t;
+
+ym_metrics_t *ym_metrics_new(void); /* new object or NULL (ym_metrics_free) */
+void ym_metrics_free(ym_metrics_t *m); /* NULL-safe */
+void ym_metrics_add(ym_metrics_t *m, ym_counter c, uint64_t v);
+void ym_metrics_set(ym_metrics_t *m, ym_gauge g, int64_t v);
+void ym_metrics_observe(ym_metrics_t *m, ym_hist h, double v);
+/* One finished HTTP request: route is a fixed label ("/v1/completions", "other"). */
+void ym_metrics_request(ym_metrics_t *m, const char *route, int status);
+/* The text exposition. New string in *out (free()), length in *len. 0 or -1 on no memory. */
+int ym_metrics_render(ym_metrics_t *m, char **out, size_t *len);
+
+#endif

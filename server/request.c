@@ -1,0 +1,343 @@
+/* server/request.c - the /v1 request bodies: JSON text -> validated C structs.
+ *
+ * Field rules follow OpenAI's legacy completions API where it has the field (types, ranges,
+ * null meaning "default"), vLLM's where it extends it (top_k, min_p, repetition_penalty,
+ * ignore_eos). Unknown fields are ignored, as OpenAI-compatible servers do; fields we know but
+ * do not support (n > 1, best_of > 1, suffix, logit_bias) are refused so that a client never
+ * gets an answer to a different question than it asked. Every error names its field. */
+#include "server/request.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static json_t *get(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_null(v) ? NULL : v;
+}
+
+static ym_err get_number(json_t *o, const char *key, double lo, double hi, int lo_open, float *dst,
+                         ym_diag *diag)
+{
+    json_t *v = get(o, key);
+    if (v == NULL)
+        return YM_OK;
+    if (!json_is_number(v))
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be a number", key);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x > hi || (lo_open ? x <= lo : x < lo))
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be in %s%g, %g]", key,
+                             lo_open ? "(" : "[", lo, hi);
+    *dst = (float)x;
+    return YM_OK;
+}
+
+static ym_err get_bool(json_t *o, const char *key, int *dst, ym_diag *diag)
+{
+    json_t *v = get(o, key);
+    if (v == NULL)
+        return YM_OK;
+    if (!json_is_boolean(v))
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be true or false", key);
+    *dst = json_is_true(v);
+    return YM_OK;
+}
+
+static ym_err get_int(json_t *o, const char *key, int64_t lo, int64_t hi, int64_t *dst,
+                      ym_diag *diag)
+{
+    json_t *v = get(o, key);
+    if (v == NULL)
+        return YM_OK;
+    if (!json_is_integer(v))
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be an integer", key);
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be in [%lld, %lld]", key,
+                             (long long)lo, (long long)hi);
+    *dst = x;
+    return YM_OK;
+}
+
+static ym_err get_string(json_t *o, const char *key, const char **dst, ym_diag *diag)
+{
+    json_t *v = get(o, key);
+    if (v == NULL)
+        return YM_OK;
+    if (!json_is_string(v))
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be a string", key);
+    *dst = json_string_value(v);
+    return YM_OK;
+}
+
+static json_t *load_object(const char *body, size_t len, ym_diag *diag, ym_err *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+    if (root == NULL) {
+        *err = ym_diag_set(diag, YM_EINVAL,
+                           "the body is not valid JSON: %s (line %d, column %d)", jerr.text,
+                           jerr.line, jerr.column);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        *err = ym_diag_set(diag, YM_EINVAL, "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* A JSON array of token ids -> new int32 array. Ids are range-checked against the vocabulary
+ * later (the parser does not know the model); here only the int32 range. */
+static ym_err parse_ids(json_t *arr, const char *param, int64_t max_n, int32_t **ids, size_t *n,
+                        ym_diag *diag)
+{
+    size_t len = json_array_size(arr);
+    if (len == 0)
+        return ym_diag_param(diag, YM_EINVAL, param, "%s must not be empty", param);
+    if ((int64_t)len > max_n)
+        return ym_diag_param(diag, YM_EINVAL, param,
+                             "%s has %zu tokens, more than the limit of %lld", param, len,
+                             (long long)max_n);
+    int32_t *v = malloc(len * sizeof(*v));
+    if (v == NULL)
+        return YM_ENOMEM;
+    for (size_t i = 0; i < len; i++) {
+        json_t *e = json_array_get(arr, i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+            json_integer_value(e) > INT32_MAX) {
+            free(v);
+            return ym_diag_param(diag, YM_EINVAL, param,
+                                 "%s[%zu] must be a non-negative integer token id", param, i);
+        }
+        v[i] = (int32_t)json_integer_value(e);
+    }
+    *ids = v;
+    *n = len;
+    return YM_OK;
+}
+
+static ym_err parse_prompt(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
+{
+    json_t *p = get(root, "prompt");
+    if (p == NULL)
+        return ym_diag_param(diag, YM_EINVAL, "prompt", "prompt is required");
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+        p = json_array_get(p, 0); /* a batch of one prompt */
+    if (json_is_string(p)) {
+        if (json_string_length(p) == 0)
+            return ym_diag_param(diag, YM_EINVAL, "prompt", "prompt must not be empty");
+        r->prompt = json_string_value(p);
+        r->prompt_len = json_string_length(p);
+        return YM_OK;
+    }
+    if (json_is_array(p)) {
+        json_t *first = json_array_get(p, 0);
+        if (json_is_string(first) || json_is_array(first))
+            return ym_diag_param(diag, YM_EINVAL, "prompt",
+                                 "a list of several prompts is not supported: send one request "
+                                 "per prompt");
+        return parse_ids(p, "prompt", lim->max_prompt_tokens, &r->prompt_ids, &r->n_prompt_ids,
+                         diag);
+    }
+    return ym_diag_param(diag, YM_EINVAL, "prompt",
+                         "prompt must be a string or an array of token ids");
+}
+
+static ym_err parse_stop(json_t *root, ym_creq *r, ym_diag *diag)
+{
+    json_t *s = get(root, "stop");
+    if (s == NULL)
+        return YM_OK;
+    json_t *one[1] = {s};
+    json_t **items = one;
+    size_t n = 1;
+    if (json_is_array(s)) {
+        n = json_array_size(s);
+        if (n > YM_MAX_STOPS)
+            return ym_diag_param(diag, YM_EINVAL, "stop", "stop has %zu strings; at most %d", n,
+                                 YM_MAX_STOPS);
+        items = NULL;
+    } else if (!json_is_string(s)) {
+        return ym_diag_param(diag, YM_EINVAL, "stop", "stop must be a string or a list of strings");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = items ? items[i] : json_array_get(s, i);
+        if (!json_is_string(e))
+            return ym_diag_param(diag, YM_EINVAL, "stop", "stop[%zu] must be a string", i);
+        size_t len = json_string_length(e);
+        if (len > YM_MAX_STOP_BYTES)
+            return ym_diag_param(diag, YM_EINVAL, "stop", "stop strings are limited to %d bytes",
+                                 YM_MAX_STOP_BYTES);
+        if (strlen(json_string_value(e)) != len)
+            return ym_diag_param(diag, YM_EINVAL, "stop", "stop strings must not contain NUL");
+        if (len > 0)
+            r->stops[r->n_stops++] = json_string_value(e);
+    }
+    return YM_OK;
+}
+
+static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
+{
+    ym_err err;
+    if ((err = get_string(root, "model", &r->model, diag)) != YM_OK ||
+        (err = parse_prompt(root, lim, r, diag)) != YM_OK)
+        return err;
+
+    json_t *v;
+    if ((v = json_object_get(root, "max_tokens")) != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v))
+            return ym_diag_param(diag, YM_EINVAL, "max_tokens", "max_tokens must be an integer");
+        json_int_t x = json_integer_value(v);
+        if (x < 0)
+            return ym_diag_param(diag, YM_EINVAL, "max_tokens", "max_tokens must be >= 0");
+        if (x > lim->max_tokens_cap)
+            return ym_diag_param(diag, YM_EINVAL, "max_tokens",
+                                 "max_tokens is %lld; this server allows at most %lld",
+                                 (long long)x, (long long)lim->max_tokens_cap);
+        r->max_tokens = x;
+    }
+
+    ym_sampling *s = &r->sampling;
+    int64_t top_k = 0, n = 1, best_of = 1, logprobs = -1;
+    if ((err = get_number(root, "temperature", 0, 2, 0, &s->temperature, diag)) != YM_OK ||
+        (err = get_number(root, "top_p", 0, 1, 1, &s->top_p, diag)) != YM_OK ||
+        (err = get_number(root, "min_p", 0, 1, 0, &s->min_p, diag)) != YM_OK ||
+        (err = get_number(root, "presence_penalty", -2, 2, 0, &s->presence_penalty, diag)) ||
+        (err = get_number(root, "frequency_penalty", -2, 2, 0, &s->frequency_penalty, diag)) ||
+        (err = get_number(root, "repetition_penalty", 0, 100, 1, &s->repetition_penalty, diag)) ||
+        (err = get_int(root, "top_k", -1, INT32_MAX, &top_k, diag)) != YM_OK ||
+        (err = get_int(root, "n", 1, INT32_MAX, &n, diag)) != YM_OK ||
+        (err = get_int(root, "best_of", 1, INT32_MAX, &best_of, diag)) != YM_OK ||
+        (err = get_int(root, "logprobs", 0, YM_MAX_LOGPROBS, &logprobs, diag)) != YM_OK ||
+        (err = get_bool(root, "stream", &r->stream, diag)) != YM_OK ||
+        (err = get_bool(root, "echo", &r->echo, diag)) != YM_OK ||
+        (err = get_bool(root, "ignore_eos", &r->ignore_eos, diag)) != YM_OK ||
+        (err = get_string(root, "user", &r->user, diag)) != YM_OK ||
+        (err = parse_stop(root, r, diag)) != YM_OK)
+        return err;
+    s->top_k = (int)top_k;
+    r->logprobs = (int)logprobs;
+    s->n_logprobs = logprobs > 0 ? (int)logprobs : 0;
+    if (n != 1)
+        return ym_diag_param(diag, YM_EINVAL, "n", "n > 1 is not supported; send n requests");
+    if (best_of != 1)
+        return ym_diag_param(diag, YM_EINVAL, "best_of", "best_of > 1 is not supported");
+
+    if ((v = get(root, "seed")) != NULL) {
+        if (!json_is_integer(v))
+            return ym_diag_param(diag, YM_EINVAL, "seed", "seed must be an integer");
+        s->seed = (uint64_t)json_integer_value(v);
+        s->has_seed = 1;
+    }
+    if ((v = get(root, "stream_options")) != NULL) {
+        if (!json_is_object(v))
+            return ym_diag_param(diag, YM_EINVAL, "stream_options",
+                                 "stream_options must be an object");
+        if (!r->stream)
+            return ym_diag_param(diag, YM_EINVAL, "stream_options",
+                                 "stream_options is only allowed when stream is true");
+        if ((err = get_bool(v, "include_usage", &r->include_usage, diag)) != YM_OK) {
+            snprintf(diag->param, sizeof(diag->param), "stream_options.include_usage");
+            return err;
+        }
+    }
+    if ((v = get(root, "suffix")) != NULL && !(json_is_string(v) && json_string_length(v) == 0))
+        return ym_diag_param(diag, YM_EINVAL, "suffix", "suffix is not supported");
+    if ((v = get(root, "logit_bias")) != NULL && !(json_is_object(v) && json_object_size(v) == 0))
+        return ym_diag_param(diag, YM_EINVAL, "logit_bias", "logit_bias is not supported");
+    if (get(root, "adapters") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "adapters", "adapters are not supported yet");
+    if (get(root, "session_id") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "session_id", "sessions are not supported yet");
+    return ym_sampling_validate(s, diag);
+}
+
+ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
+                     json_t **root, ym_diag *diag)
+{
+    memset(out, 0, sizeof(*out));
+    out->sampling = ym_sampling_default();
+    out->max_tokens = lim->default_max_tokens;
+    out->logprobs = -1;
+    *root = NULL;
+    ym_err err = YM_OK;
+    json_t *doc = load_object(body, len, diag, &err);
+    if (doc == NULL)
+        return err;
+    if ((err = parse_completion(doc, lim, out, diag)) != YM_OK) {
+        ym_creq_deinit(out);
+        json_decref(doc);
+        return err;
+    }
+    *root = doc;
+    return YM_OK;
+}
+
+void ym_creq_deinit(ym_creq *r)
+{
+    if (r == NULL)
+        return;
+    free(r->prompt_ids);
+    r->prompt_ids = NULL;
+    r->n_prompt_ids = 0;
+}
+
+ym_err ym_tokreq_parse(const char *body, size_t len, const char **text, size_t *text_len,
+                       const char **model, json_t **root, ym_diag *diag)
+{
+    ym_err err = YM_OK;
+    *root = NULL;
+    *model = NULL;
+    json_t *doc = load_object(body, len, diag, &err);
+    if (doc == NULL)
+        return err;
+    json_t *p = get(doc, "prompt");
+    if ((err = get_string(doc, "model", model, diag)) != YM_OK)
+        goto fail;
+    if (p == NULL || !json_is_string(p)) {
+        err = ym_diag_param(diag, YM_EINVAL, "prompt", "prompt must be a string");
+        goto fail;
+    }
+    *text = json_string_value(p);
+    *text_len = json_string_length(p);
+    *root = doc;
+    return YM_OK;
+fail:
+    json_decref(doc);
+    return err;
+}
+
+ym_err ym_detokreq_parse(const char *body, size_t len, int32_t **ids, size_t *n,
+                         const char **model, json_t **root, ym_diag *diag)
+{
+    ym_err err = YM_OK;
+    *root = NULL;
+    *model = NULL;
+    *ids = NULL;
+    *n = 0;
+    json_t *doc = load_object(body, len, diag, &err);
+    if (doc == NULL)
+        return err;
+    json_t *t = get(doc, "tokens");
+    if ((err = get_string(doc, "model", model, diag)) != YM_OK)
+        goto fail;
+    if (t == NULL || !json_is_array(t)) {
+        err = ym_diag_param(diag, YM_EINVAL, "tokens", "tokens must be an array of token ids");
+        goto fail;
+    }
+    if (json_array_size(t) == 0) {
+        *root = doc;
+        return YM_OK;
+    }
+    if ((err = parse_ids(t, "tokens", 1 << 24, ids, n, diag)) != YM_OK)
+        goto fail;
+    *root = doc;
+    return YM_OK;
+fail:
+    json_decref(doc);
+    return err;
+}

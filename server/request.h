@@ -1,0 +1,56 @@
+/* server/request.h - parsing and validating the JSON bodies of the /v1 routes.
+ *
+ * Pure functions of the body bytes and the limits: no sockets, no engine, so the unit tests
+ * and the fuzz target call them directly. Strings in the results are borrowed from the parsed
+ * document (*root), which the caller keeps until it is done with the result and then releases
+ * with json_decref(). Errors: YM_EINVAL (400) with diag->param naming the field, ym_diag.msg a
+ * sentence for the client. Loop thread (or any thread: no shared state). */
+#ifndef YM_SERVER_REQUEST_H
+#define YM_SERVER_REQUEST_H
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/err.h"
+#include "engine/sampling.h"
+
+#define YM_MAX_STOPS 16
+#define YM_MAX_STOP_BYTES 256
+
+typedef struct ym_req_limits {
+    int64_t max_tokens_cap;     /* max_tokens above this -> 400 */
+    int64_t default_max_tokens; /* when max_tokens is absent or null */
+    int64_t max_prompt_tokens;  /* token-id prompts longer than this -> 400 */
+} ym_req_limits;
+
+typedef struct ym_creq {
+    const char *model;          /* borrowed; NULL = the base model */
+    const char *prompt;         /* borrowed; text prompt, or NULL when prompt_ids is used */
+    size_t prompt_len;          /* bytes of prompt (it may hold NUL bytes) */
+    int32_t *prompt_ids;        /* owned (free()), token-id prompt, range-checked later */
+    size_t n_prompt_ids;
+    ym_sampling sampling;
+    int64_t max_tokens;
+    const char *stops[YM_MAX_STOPS]; /* borrowed */
+    int n_stops;
+    int stream;
+    int include_usage;          /* stream_options.include_usage */
+    int echo;
+    int ignore_eos;             /* vLLM's extension: keep going past end-of-text */
+    int logprobs;               /* -1 = none, else alternatives per token [0, YM_MAX_LOGPROBS] */
+    const char *user;           /* borrowed; for logs */
+} ym_creq;
+
+/* POST /v1/completions. On success *root holds the document (new reference). */
+ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
+                     json_t **root, ym_diag *diag);
+void ym_creq_deinit(ym_creq *r); /* frees prompt_ids; NULL-safe */
+
+/* POST /v1/tokenize: {"prompt": "text", "model"?} -> borrowed text in *text, its length in *text_len. */
+ym_err ym_tokreq_parse(const char *body, size_t len, const char **text, size_t *text_len,
+                       const char **model, json_t **root, ym_diag *diag);
+/* POST /v1/detokenize: {"tokens": [ids], "model"?} -> new array in *ids (free()). */
+ym_err ym_detokreq_parse(const char *body, size_t len, int32_t **ids, size_t *n,
+                         const char **model, json_t **root, ym_diag *diag);
+
+#endif

@@ -1,0 +1,703 @@
+/* server/sched.c - the engine thread and its continuous-batching scheduler.
+ *
+ * Owns: the submit queue (mutex + condvar), the running set, one ym_ctx (model scratch and the
+ * engine's worker pool), the logits buffer, and each running job's state, sampler and
+ * detokenizer. Runs: admit -> build a ragged batch -> ym_forward -> sample -> publish, one step
+ * after another while anything is queued or running; sleeps on the condvar otherwise.
+ * Must not: touch libuv or libmicrohttpd (only the wake callback, which is uv_async_send), or
+ * allocate per token (per-job objects are made once at admission; output buffers grow
+ * geometrically).
+ *
+ * Step policy (vLLM's chunked prefill, simplified): every decoding sequence gets its one row
+ * first, so streams keep their pace; the rows left (max_batch_tokens minus decodes) go to
+ * prefilling sequences in arrival order, at most prefill_chunk tokens each. A long prompt thus
+ * takes several steps, interleaved with everyone else's decoding. Logits are computed for every
+ * sequence of the step (YM_LOGITS_LAST) and used only by those that sample. */
+#include "server/sched.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/forward.h"
+#include "engine/log.h"
+#include "engine/state.h"
+#include "engine/textout.h"
+
+double ym_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+const char *ym_finish_name(ym_finish f)
+{
+    switch (f) {
+    case YM_FINISH_STOP:
+        return "stop";
+    case YM_FINISH_LENGTH:
+        return "length";
+    case YM_FINISH_CANCELLED:
+        return "cancelled";
+    case YM_FINISH_ERROR:
+        return "error";
+    default:
+        return "none";
+    }
+}
+
+struct ym_gen {
+    atomic_int refs;
+    atomic_int cancelled;
+    char id[64];
+    /* Inputs: written before submit, read-only afterwards. */
+    int32_t *prompt; /* owned */
+    int n_prompt;
+    ym_sampling sampling;
+    int64_t max_tokens;
+    char **stops; /* owned */
+    int n_stops;
+    int ignore_eos;
+    double t_arrival;
+    void *owner; /* loop thread only */
+
+    /* Output: engine appends, loop takes; guarded by lock. */
+    pthread_mutex_t lock;
+    char *text;
+    size_t text_len, text_cap, text_total;
+    ym_gen_tok *toks;
+    ym_logprob *tops;
+    int n_toks, toks_cap;
+    int n_gen;
+    int started;
+    ym_finish finish;
+
+    /* Ready list: guarded by the scheduler's ready lock. */
+    ym_gen *ready_next;
+    int on_ready;
+
+    /* Engine thread only, while running. */
+    ym_state_t *state;
+    ym_sampler_t *sampler;
+    ym_textout_t *tout;
+    int n_prefilled;
+    int32_t next_token;
+    double t_last;
+    ym_gen *queue_next;
+};
+
+static void gen_destroy(ym_gen *g)
+{
+    free(g->prompt);
+    for (int i = 0; i < g->n_stops; i++)
+        free(g->stops[i]);
+    free(g->stops);
+    free(g->text);
+    free(g->toks);
+    free(g->tops);
+    ym_state_free(g->state);
+    ym_sampler_free(g->sampler);
+    ym_textout_free(g->tout);
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+ym_err ym_gen_new(const ym_gen_params *p, ym_gen **out)
+{
+    ym_gen *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        free(p->prompt);
+        return YM_ENOMEM;
+    }
+    atomic_init(&g->refs, 1);
+    atomic_init(&g->cancelled, 0);
+    pthread_mutex_init(&g->lock, NULL);
+    g->prompt = p->prompt;
+    g->n_prompt = (int)p->n_prompt;
+    g->sampling = p->sampling;
+    g->max_tokens = p->max_tokens;
+    g->ignore_eos = p->ignore_eos;
+    g->t_arrival = p->t_arrival;
+    snprintf(g->id, sizeof(g->id), "%s", p->id ? p->id : "");
+    if (p->n_stops > 0) {
+        if ((g->stops = calloc((size_t)p->n_stops, sizeof(char *))) == NULL)
+            goto oom;
+        for (int i = 0; i < p->n_stops; i++) {
+            if ((g->stops[i] = strdup(p->stops[i])) == NULL)
+                goto oom;
+            g->n_stops = i + 1;
+        }
+    }
+    *out = g;
+    return YM_OK;
+oom:
+    gen_destroy(g);
+    return YM_ENOMEM;
+}
+
+ym_gen *ym_gen_ref(ym_gen *g)
+{
+    atomic_fetch_add(&g->refs, 1);
+    return g;
+}
+
+void ym_gen_unref(ym_gen *g)
+{
+    if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1)
+        gen_destroy(g);
+}
+
+void ym_gen_cancel(ym_gen *g)
+{
+    atomic_store(&g->cancelled, 1);
+}
+
+void ym_gen_set_owner(ym_gen *g, void *owner)
+{
+    g->owner = owner;
+}
+
+void *ym_gen_owner(const ym_gen *g)
+{
+    return g->owner;
+}
+
+const char *ym_gen_id(const ym_gen *g)
+{
+    return g->id;
+}
+
+ym_gen *ym_gen_next_ready(const ym_gen *g)
+{
+    return g->ready_next;
+}
+
+void ym_gen_delta_deinit(ym_gen_delta *d)
+{
+    if (d == NULL)
+        return;
+    free(d->text);
+    free(d->toks);
+    free(d->tops);
+    memset(d, 0, sizeof(*d));
+}
+
+static int grow(void **p, size_t elem, size_t need, size_t *cap)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (q == NULL)
+        return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+void ym_gen_take(ym_gen *g, ym_gen_delta *d)
+{
+    pthread_mutex_lock(&g->lock);
+    int n_top = g->sampling.n_logprobs;
+    size_t tcap = (size_t)d->toks_cap, tcap2 = (size_t)d->toks_cap;
+    int ok = grow((void **)&d->text, 1, g->text_len, &d->text_cap) == 0 &&
+             grow((void **)&d->toks, sizeof(ym_gen_tok), (size_t)g->n_toks, &tcap) == 0 &&
+             (n_top == 0 || grow((void **)&d->tops, sizeof(ym_logprob) * (size_t)n_top,
+                                 (size_t)g->n_toks, &tcap2) == 0);
+    if (ok) {
+        d->toks_cap = (int)tcap;
+        memcpy(d->text, g->text, g->text_len);
+        d->text_len = g->text_len;
+        memcpy(d->toks, g->toks, (size_t)g->n_toks * sizeof(ym_gen_tok));
+        if (n_top > 0)
+            memcpy(d->tops, g->tops, (size_t)g->n_toks * (size_t)n_top * sizeof(ym_logprob));
+        d->n_toks = g->n_toks;
+        d->n_top = n_top;
+        g->text_len = 0;
+        g->n_toks = 0;
+    } else {
+        /* Out of memory: leave the output where it is for the next take. */
+        d->text_len = 0;
+        d->n_toks = 0;
+    }
+    d->text_total = g->text_total - g->text_len;
+    d->n_prompt = g->n_prompt;
+    d->n_gen = g->n_gen;
+    d->started = g->started;
+    d->finish = g->text_len == 0 && g->n_toks == 0 ? g->finish : YM_FINISH_NONE;
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* --- the scheduler --- */
+
+struct ym_sched {
+    ym_model_t *model; /* ref */
+    const ym_tok_t *tok;
+    ym_metrics_t *metrics;
+    void (*wake)(void *);
+    void *wake_arg;
+    ym_sched_opts o;
+    int n_vocab, n_real, eos;
+
+    pthread_t thread;
+    pthread_mutex_t lock; /* queue, counts, stop, limits */
+    pthread_cond_t cond;
+    ym_gen *q_head, *q_tail;
+    int n_queued;
+    int n_running_pub; /* n_running as seen by other threads */
+    int stop;
+
+    pthread_mutex_t ready_lock;
+    ym_gen *ready_head, *ready_tail;
+
+    /* Engine thread only. */
+    ym_ctx_t *ctx;
+    ym_gen **running; /* [max_running] */
+    int n_running;
+    float *logits;    /* [max_running, n_vocab] */
+    int32_t *tokens;  /* [max_batch_tokens] */
+    int *seq_start;   /* [max_running + 1] */
+    ym_state_t **states;
+    ym_gen **in_batch;
+    int *samples;     /* per batch sequence: 1 if it samples after this step */
+};
+
+static void publish(ym_sched_t *s, ym_gen *g)
+{
+    pthread_mutex_lock(&s->ready_lock);
+    if (!g->on_ready) {
+        g->on_ready = 1;
+        g->ready_next = NULL;
+        ym_gen_ref(g);
+        if (s->ready_tail)
+            s->ready_tail->ready_next = g;
+        else
+            s->ready_head = g;
+        s->ready_tail = g;
+    }
+    pthread_mutex_unlock(&s->ready_lock);
+}
+
+ym_gen *ym_sched_take_ready(ym_sched_t *s)
+{
+    pthread_mutex_lock(&s->ready_lock);
+    ym_gen *head = s->ready_head;
+    s->ready_head = s->ready_tail = NULL;
+    for (ym_gen *g = head; g != NULL; g = g->ready_next)
+        g->on_ready = 0;
+    pthread_mutex_unlock(&s->ready_lock);
+    return head;
+}
+
+/* Mark a job finished; its output and usage are final. Engine thread. */
+static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
+{
+    pthread_mutex_lock(&g->lock);
+    g->finish = why;
+    pthread_mutex_unlock(&g->lock);
+    if (why == YM_FINISH_CANCELLED)
+        ym_metrics_add(s->metrics, YM_M_CANCELLED, 1);
+    if (g->started)
+        ym_metrics_observe(s->metrics, YM_H_E2E, ym_now() - g->t_arrival);
+    ym_state_free(g->state);
+    g->state = NULL;
+    ym_sampler_free(g->sampler);
+    g->sampler = NULL;
+    ym_textout_free(g->tout);
+    g->tout = NULL;
+    publish(s, g);
+}
+
+/* Append one token and its released text. Engine thread. 0 or -1 on no memory. */
+static int append(ym_gen *g, const ym_sample *smp, const char *text, size_t len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&g->lock);
+    size_t cap = (size_t)g->toks_cap, cap2 = (size_t)g->toks_cap;
+    int n_top = g->sampling.n_logprobs;
+    if (grow((void **)&g->text, 1, g->text_len + len, &g->text_cap) != 0 ||
+        grow((void **)&g->toks, sizeof(ym_gen_tok), (size_t)g->n_toks + 1, &cap) != 0 ||
+        (n_top > 0 && grow((void **)&g->tops, sizeof(ym_logprob) * (size_t)n_top,
+                           (size_t)g->n_toks + 1, &cap2) != 0)) {
+        rc = -1;
+        goto out;
+    }
+    g->toks_cap = (int)cap;
+    g->toks[g->n_toks] = (ym_gen_tok){smp->id, smp->logprob, g->text_total};
+    if (n_top > 0)
+        memcpy(g->tops + (size_t)g->n_toks * (size_t)n_top, smp->top,
+               (size_t)n_top * sizeof(ym_logprob));
+    g->n_toks++;
+    memcpy(g->text + g->text_len, text, len);
+    g->text_len += len;
+    g->text_total += len;
+    g->started = 1;
+out:
+    pthread_mutex_unlock(&g->lock);
+    return rc;
+}
+
+/* Text released without a token (the held-back tail at the end). */
+static void append_text(ym_gen *g, const char *text, size_t len)
+{
+    if (len == 0)
+        return;
+    pthread_mutex_lock(&g->lock);
+    if (grow((void **)&g->text, 1, g->text_len + len, &g->text_cap) == 0) {
+        memcpy(g->text + g->text_len, text, len);
+        g->text_len += len;
+        g->text_total += len;
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+static ym_err admit(ym_sched_t *s, ym_gen *g)
+{
+    ym_err err;
+    if ((err = ym_state_new(&s->model->cfg, &g->state)) != YM_OK ||
+        (err = ym_sampler_new(&g->sampling, s->n_vocab, &g->sampler)) != YM_OK ||
+        (err = ym_textout_new(s->tok, (const char *const *)g->stops, g->n_stops, &g->tout)))
+        return err;
+    ym_sampler_add_prompt(g->sampler, g->prompt, (size_t)g->n_prompt);
+    g->n_prefilled = 0;
+    return YM_OK;
+}
+
+/* Sample the next token of g from its logits row and decide whether it goes on. */
+static void sample(ym_sched_t *s, ym_gen *g, float *row, double now)
+{
+    for (int i = s->n_real; i < s->n_vocab; i++)
+        row[i] = -INFINITY;
+    ym_sample smp;
+    int32_t id = ym_sampler_sample(g->sampler, row, &smp);
+    if (!g->started)
+        ym_metrics_observe(s->metrics, YM_H_TTFT, now - g->t_arrival);
+    else
+        ym_metrics_observe(s->metrics, YM_H_ITL, now - g->t_last);
+    g->t_last = now;
+    ym_metrics_add(s->metrics, YM_M_GEN_TOKENS, 1);
+    pthread_mutex_lock(&g->lock);
+    g->n_gen++;
+    pthread_mutex_unlock(&g->lock);
+    const char *piece = "";
+    size_t len = 0;
+    int stop = 0;
+    if (id == s->eos && !g->ignore_eos) {
+        pthread_mutex_lock(&g->lock);
+        g->started = 1;
+        pthread_mutex_unlock(&g->lock);
+        stop = 1;
+    } else {
+        stop = ym_textout_push(g->tout, id, &piece, &len);
+    }
+    if (!(id == s->eos && !g->ignore_eos) && append(g, &smp, piece, len) != 0) {
+        ym_log(YM_LOG_ERROR, g->id, "out of memory for the output");
+        finish(s, g, YM_FINISH_ERROR);
+        return;
+    }
+    if (stop || g->n_gen >= g->max_tokens) {
+        if (!stop || ym_textout_stop(g->tout) == NULL) {
+            /* Not a stop string: release what the detokenizer held back. */
+            ym_textout_finish(g->tout, &piece, &len);
+            append_text(g, piece, len);
+        }
+        finish(s, g, stop ? YM_FINISH_STOP : YM_FINISH_LENGTH);
+        return;
+    }
+    g->next_token = id;
+    publish(s, g);
+}
+
+/* Remove running[i] (order kept: prefill fairness is by arrival). */
+static void drop_running(ym_sched_t *s, int i)
+{
+    ym_gen *g = s->running[i];
+    memmove(s->running + i, s->running + i + 1, (size_t)(s->n_running - i - 1) * sizeof(ym_gen *));
+    s->n_running--;
+    ym_gen_unref(g);
+}
+
+static void step(ym_sched_t *s, int prefill_chunk)
+{
+    /* Cancelled and finished jobs leave first. */
+    for (int i = 0; i < s->n_running;) {
+        ym_gen *g = s->running[i];
+        if (atomic_load(&g->cancelled) && g->finish == YM_FINISH_NONE)
+            finish(s, g, YM_FINISH_CANCELLED);
+        if (g->finish != YM_FINISH_NONE)
+            drop_running(s, i);
+        else
+            i++;
+    }
+    if (s->n_running == 0)
+        return;
+
+    /* Decode rows first, then prefill chunks in arrival order. */
+    int n_seq = 0, rows = 0, budget = s->o.max_batch_tokens;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < s->n_running; i++) {
+            ym_gen *g = s->running[i];
+            int prefilling = g->n_prefilled < g->n_prompt;
+            if (pass == 0 && !prefilling) {
+                s->tokens[rows] = g->next_token;
+                s->seq_start[n_seq] = rows;
+                rows += 1;
+                s->samples[n_seq] = 1;
+            } else if (pass == 1 && prefilling && rows < budget) {
+                int n = g->n_prompt - g->n_prefilled;
+                if (n > prefill_chunk)
+                    n = prefill_chunk;
+                if (n > budget - rows)
+                    n = budget - rows;
+                memcpy(s->tokens + rows, g->prompt + g->n_prefilled, (size_t)n * sizeof(int32_t));
+                s->seq_start[n_seq] = rows;
+                rows += n;
+                s->samples[n_seq] = g->n_prefilled + n == g->n_prompt;
+            } else {
+                continue;
+            }
+            s->states[n_seq] = g->state;
+            s->in_batch[n_seq] = g;
+            n_seq++;
+        }
+    }
+    s->seq_start[n_seq] = rows;
+    ym_batch batch = {
+        .n_seq = n_seq,
+        .tokens = s->tokens,
+        .seq_start = s->seq_start,
+        .states = s->states,
+        .logits = YM_LOGITS_LAST,
+    };
+    double t0 = ym_now();
+    ym_diag diag = {0};
+    ym_err err = ym_forward(s->ctx, &batch, s->logits, &diag);
+    double now = ym_now();
+    ym_metrics_add(s->metrics, YM_M_STEPS, 1);
+    ym_metrics_observe(s->metrics, YM_H_STEP, now - t0);
+    ym_metrics_observe(s->metrics, YM_H_BATCH_ROWS, rows);
+    ym_metrics_observe(s->metrics, YM_H_BATCH_SEQS, n_seq);
+    if (err != YM_OK) {
+        ym_log(YM_LOG_ERROR, NULL, "engine step failed: %s",
+               diag.msg[0] ? diag.msg : ym_strerror(err));
+        for (int k = 0; k < n_seq; k++)
+            finish(s, s->in_batch[k], YM_FINISH_ERROR);
+        return;
+    }
+    int prefill_rows = 0;
+    for (int k = 0; k < n_seq; k++) {
+        ym_gen *g = s->in_batch[k];
+        int n = s->seq_start[k + 1] - s->seq_start[k];
+        if (g->n_prefilled < g->n_prompt) {
+            g->n_prefilled += n;
+            prefill_rows += n;
+        }
+        if (s->samples[k])
+            sample(s, g, s->logits + (size_t)k * (size_t)s->n_vocab, now);
+    }
+    if (prefill_rows > 0)
+        ym_metrics_add(s->metrics, YM_M_PREFILL_TOKENS, (uint64_t)prefill_rows);
+}
+
+static void *engine_main(void *arg)
+{
+    ym_sched_t *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->stop && s->q_head == NULL && s->n_running == 0)
+            pthread_cond_wait(&s->cond, &s->lock);
+        int stopping = s->stop;
+        int prefill_chunk = s->o.prefill_chunk;
+        /* Admission: queued jobs take free running slots, oldest first. */
+        ym_gen *admitted = NULL, **tail = &admitted;
+        while (!stopping && s->q_head != NULL && s->n_running < s->o.max_running) {
+            ym_gen *g = s->q_head;
+            s->q_head = g->queue_next;
+            if (s->q_head == NULL)
+                s->q_tail = NULL;
+            s->n_queued--;
+            g->queue_next = NULL;
+            s->running[s->n_running++] = g;
+            *tail = g;
+            tail = &g->queue_next;
+        }
+        ym_gen *cancel_q = NULL;
+        if (stopping) {
+            cancel_q = s->q_head; /* everything still queued is cancelled below */
+            s->q_head = s->q_tail = NULL;
+            s->n_queued = 0;
+        }
+        s->n_running_pub = s->n_running;
+        ym_metrics_set(s->metrics, YM_G_QUEUE, s->n_queued);
+        ym_metrics_set(s->metrics, YM_G_RUNNING, s->n_running);
+        pthread_mutex_unlock(&s->lock);
+
+        for (ym_gen *g = admitted; g != NULL; g = g->queue_next) {
+            ym_err err = admit(s, g);
+            if (g->max_tokens == 0 && err == YM_OK) {
+                finish(s, g, YM_FINISH_LENGTH);
+            } else if (err != YM_OK) {
+                ym_log(YM_LOG_ERROR, g->id, "cannot start the sequence: %s", ym_strerror(err));
+                finish(s, g, YM_FINISH_ERROR);
+            }
+        }
+        if (stopping) {
+            while (cancel_q != NULL) {
+                ym_gen *g = cancel_q;
+                cancel_q = g->queue_next;
+                finish(s, g, YM_FINISH_CANCELLED);
+                ym_gen_unref(g);
+            }
+            for (int i = 0; i < s->n_running; i++)
+                if (s->running[i]->finish == YM_FINISH_NONE)
+                    finish(s, s->running[i], YM_FINISH_CANCELLED);
+            while (s->n_running > 0)
+                drop_running(s, s->n_running - 1);
+            s->wake(s->wake_arg);
+            break;
+        }
+        step(s, prefill_chunk);
+        pthread_mutex_lock(&s->lock);
+        s->n_running_pub = s->n_running;
+        pthread_mutex_unlock(&s->lock);
+        s->wake(s->wake_arg);
+    }
+    return NULL;
+}
+
+ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts *o,
+                    ym_metrics_t *metrics, void (*wake)(void *), void *wake_arg,
+                    ym_sched_t **out, ym_diag *diag)
+{
+    if (o->max_running < 1 || o->max_batch_tokens < o->max_running || o->prefill_chunk < 1)
+        return ym_diag_set(diag, YM_EINVAL, "scheduler limits out of range");
+    ym_sched_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return YM_ENOMEM;
+    s->model = ym_model_ref(model);
+    s->tok = tok;
+    s->metrics = metrics;
+    s->wake = wake;
+    s->wake_arg = wake_arg;
+    s->o = *o;
+    s->n_vocab = model->cfg.n_vocab;
+    s->n_real = ym_tok_n_vocab(tok) < s->n_vocab ? ym_tok_n_vocab(tok) : s->n_vocab;
+    s->eos = ym_tok_eos_id(tok);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_mutex_init(&s->ready_lock, NULL);
+    size_t mr = (size_t)o->max_running;
+    ym_err err;
+    if ((err = ym_ctx_new(model, o->max_batch_tokens, o->n_threads, &s->ctx)) != YM_OK) {
+        ym_diag_set(diag, err, "cannot set up the engine: %s", ym_strerror(err));
+        goto fail;
+    }
+    s->running = calloc(mr, sizeof(ym_gen *));
+    s->logits = malloc(mr * (size_t)s->n_vocab * sizeof(float));
+    s->tokens = malloc((size_t)o->max_batch_tokens * sizeof(int32_t));
+    s->seq_start = malloc((mr + 1) * sizeof(int));
+    s->states = malloc(mr * sizeof(ym_state_t *));
+    s->in_batch = malloc(mr * sizeof(ym_gen *));
+    s->samples = malloc(mr * sizeof(int));
+    if (!s->running || !s->logits || !s->tokens || !s->seq_start || !s->states ||
+        !s->in_batch || !s->samples) {
+        err = ym_diag_set(diag, YM_ENOMEM, "out of memory for the scheduler");
+        goto fail;
+    }
+    if (pthread_create(&s->thread, NULL, engine_main, s) != 0) {
+        err = ym_diag_set(diag, YM_ENOMEM, "cannot start the engine thread");
+        goto fail;
+    }
+    *out = s;
+    return YM_OK;
+fail:
+    ym_ctx_free(s->ctx);
+    free(s->running);
+    free(s->logits);
+    free(s->tokens);
+    free(s->seq_start);
+    free(s->states);
+    free(s->in_batch);
+    free(s->samples);
+    ym_model_unref(s->model);
+    free(s);
+    return err;
+}
+
+void ym_sched_free(ym_sched_t *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stop = 1;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    ym_gen *g = ym_sched_take_ready(s);
+    while (g != NULL) {
+        ym_gen *next = g->ready_next;
+        ym_gen_unref(g);
+        g = next;
+    }
+    ym_ctx_free(s->ctx);
+    free(s->running);
+    free(s->logits);
+    free(s->tokens);
+    free(s->seq_start);
+    free(s->states);
+    free(s->in_batch);
+    free(s->samples);
+    ym_model_unref(s->model);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->ready_lock);
+    free(s);
+}
+
+ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g)
+{
+    pthread_mutex_lock(&s->lock);
+    /* A job waits in the queue only when every running slot is taken. */
+    int waiting = s->n_queued + s->n_running_pub - s->o.max_running;
+    if (s->stop || (waiting >= 0 && s->n_queued >= s->o.max_queue)) {
+        pthread_mutex_unlock(&s->lock);
+        return YM_EBUSY;
+    }
+    ym_gen_ref(g);
+    g->queue_next = NULL;
+    if (s->q_tail)
+        s->q_tail->queue_next = g;
+    else
+        s->q_head = g;
+    s->q_tail = g;
+    s->n_queued++;
+    ym_metrics_set(s->metrics, YM_G_QUEUE, s->n_queued);
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    return YM_OK;
+}
+
+void ym_sched_set_limits(ym_sched_t *s, int prefill_chunk, int max_queue)
+{
+    pthread_mutex_lock(&s->lock);
+    if (prefill_chunk >= 1)
+        s->o.prefill_chunk = prefill_chunk;
+    if (max_queue >= 0)
+        s->o.max_queue = max_queue;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int ym_sched_n_active(ym_sched_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = s->n_queued + s->n_running_pub;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}

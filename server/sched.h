@@ -1,0 +1,111 @@
+/* server/sched.h - the engine thread: a continuous-batching scheduler over generation jobs.
+ *
+ * The loop thread creates a ym_gen (prompt ids, sampling, limits), submits it, and later
+ * takes its output with ym_gen_take(). The engine thread admits queued jobs between steps,
+ * builds one ragged batch per step (one row per decoding sequence, then prefill chunks of at
+ * most prefill_chunk tokens while the step has rows left), runs the model, samples, appends
+ * text to each job's output and puts the job on the ready list; the wake callback (uv_async_send
+ * in the server) tells the loop. Finished and cancelled jobs leave the batch at once.
+ *
+ * Threads: ym_sched_* and ym_gen_* may be called from any thread unless noted; the engine
+ * thread alone runs the model. Ownership: a ym_gen is refcounted (loop, engine, ready list). */
+#ifndef YM_SERVER_SCHED_H
+#define YM_SERVER_SCHED_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/err.h"
+#include "engine/model.h"
+#include "engine/sampling.h"
+#include "engine/tokenizer.h"
+#include "server/metrics.h"
+
+typedef enum {
+    YM_FINISH_NONE = 0,
+    YM_FINISH_STOP,      /* end-of-text token or a stop string */
+    YM_FINISH_LENGTH,    /* max_tokens reached */
+    YM_FINISH_CANCELLED, /* client gone, or the server stopping */
+    YM_FINISH_ERROR,     /* the engine failed (message in the log) */
+} ym_finish;
+
+const char *ym_finish_name(ym_finish f); /* "stop", "length", ... */
+
+typedef struct ym_gen_params {
+    int32_t *prompt;        /* taken over by ym_gen_new (free()d with the job) */
+    size_t n_prompt;        /* >= 1 */
+    ym_sampling sampling;
+    int64_t max_tokens;     /* >= 0 */
+    const char *const *stops; /* copied */
+    int n_stops;
+    int ignore_eos;
+    double t_arrival;       /* ym_now() when the request arrived */
+    const char *id;         /* request id for logs; copied */
+} ym_gen_params;
+
+/* One generated token, as the loop sees it. */
+typedef struct ym_gen_tok {
+    int32_t id;
+    float logprob;          /* raw log-probability (see sampling.h) */
+    size_t text_start;      /* bytes of output text released before this token */
+} ym_gen_tok;
+
+/* The loop thread's copy of a job's new output (buffers owned by the struct, reused). */
+typedef struct ym_gen_delta {
+    char *text;             /* text released since the last take; not NUL-terminated */
+    size_t text_len, text_cap;
+    ym_gen_tok *toks;       /* tokens since the last take */
+    ym_logprob *tops;       /* [n_toks * n_top] alternatives, when logprobs were asked */
+    int n_toks, toks_cap, n_top;
+    size_t text_total;      /* bytes of text released so far, this take included */
+    int n_prompt, n_gen;    /* usage so far */
+    int started;            /* a first token exists */
+    ym_finish finish;       /* != NONE once the job is over (then nothing more comes) */
+} ym_gen_delta;
+void ym_gen_delta_deinit(ym_gen_delta *d); /* NULL-safe */
+
+typedef struct ym_gen ym_gen;
+
+/* New job with one reference (the caller's). */
+ym_err ym_gen_new(const ym_gen_params *p, ym_gen **out);
+ym_gen *ym_gen_ref(ym_gen *g);
+void ym_gen_unref(ym_gen *g); /* NULL-safe; frees on the last reference */
+/* Ask the engine to drop the job (any thread; takes effect at the next step). */
+void ym_gen_cancel(ym_gen *g);
+/* Move the output produced since the last call into d (d's old contents are replaced). */
+void ym_gen_take(ym_gen *g, ym_gen_delta *d);
+/* The loop thread's back pointer (the HTTP request); the engine never reads it. */
+void ym_gen_set_owner(ym_gen *g, void *owner);
+void *ym_gen_owner(const ym_gen *g);
+const char *ym_gen_id(const ym_gen *g);
+
+typedef struct ym_sched_opts {
+    int max_running;
+    int max_batch_tokens;
+    int prefill_chunk;
+    int max_queue;
+    int n_threads;          /* engine threads, 0 = one per core */
+} ym_sched_opts;
+
+typedef struct ym_sched ym_sched_t;
+
+/* Start the engine thread. Borrows tok and metrics (must outlive the scheduler), holds a ref
+ * on model. wake(arg) is called from the engine thread when the ready list gains jobs. */
+ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts *o,
+                    ym_metrics_t *metrics, void (*wake)(void *), void *wake_arg,
+                    ym_sched_t **out, ym_diag *diag);
+/* Stop: cancel every job (each appears on the ready list finished), join the thread, free. */
+void ym_sched_free(ym_sched_t *s); /* NULL-safe */
+/* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait. */
+ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g);
+/* New limits for prefill_chunk and max_queue (a reload); the others are fixed at start. */
+void ym_sched_set_limits(ym_sched_t *s, int prefill_chunk, int max_queue);
+/* Detach the ready list: jobs linked by ym_gen_next_ready(), each holding one reference that
+ * the caller drops with ym_gen_unref() after handling it. */
+ym_gen *ym_sched_take_ready(ym_sched_t *s);
+ym_gen *ym_gen_next_ready(const ym_gen *g);
+/* Jobs queued or running. */
+int ym_sched_n_active(ym_sched_t *s);
+
+double ym_now(void); /* monotonic seconds */
+
+#endif

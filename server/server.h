@@ -1,0 +1,120 @@
+/* server/server.h - yunmind's process-wide object and the pieces the HTTP files share.
+ *
+ * One ym_server per process. The loop thread owns it (libuv handles, the MHD daemon, the
+ * request list); the engine thread reaches only srv->sched and srv->metrics, which are
+ * thread-safe. Internal to server/: route handlers (api.c) and the MHD/libuv glue (httpd.c). */
+#ifndef YM_SERVER_SERVER_H
+#define YM_SERVER_SERVER_H
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+#include "server/conf.h"
+#include "server/metrics.h"
+#include "server/request.h"
+#include "server/sched.h"
+
+typedef struct ym_buf {
+    char *p;
+    size_t len, cap;
+} ym_buf;
+int ym_buf_put(ym_buf *b, const char *s, size_t n); /* 0 or -1 (no memory) */
+void ym_buf_deinit(ym_buf *b);
+
+typedef struct ym_server ym_server_t;
+
+/* One HTTP request, from MHD's first access callback to its completed callback. */
+typedef struct ym_hreq {
+    ym_server_t *srv;             /* borrowed */
+    struct MHD_Connection *conn;  /* borrowed from MHD */
+    char id[48];                  /* request id (logs, X-Request-Id, completion id) */
+    const char *route;            /* metrics label, static */
+    double t_start;
+    int status;                   /* status queued, 0 before */
+    ym_buf body;                  /* request body */
+    int body_too_big;
+    int responded;                /* a response is queued */
+
+    /* Generation (POST /v1/completions). */
+    ym_gen *gen;                  /* ref, or NULL */
+    int streaming;
+    int include_usage, echo, logprobs;
+    char *echo_text;              /* owned: the prompt text for echo */
+    size_t echo_len;
+    ym_gen_delta delta;
+    ym_buf full_text;             /* non-streaming: all text so far */
+    ym_gen_tok *all_toks;         /* non-streaming with logprobs: all tokens */
+    ym_logprob *all_tops;
+    int n_all, cap_all;
+    ym_buf sse;                   /* streaming: bytes formatted, not yet taken by MHD */
+    size_t sse_pos;
+    int sse_done;                 /* "[DONE]" is in sse: end after it */
+    int sse_error;                /* end the stream abruptly */
+    int suspended;
+    int client_gone;
+    ym_finish finish;
+    int n_prompt, n_gen;
+    double t_last_write;
+    struct ym_hreq *prev, *next;  /* srv->gens list while gen != NULL */
+} ym_hreq;
+
+struct ym_server {
+    ym_conf conf;                 /* owned */
+    char **argv;                  /* borrowed, for reloads */
+    int argc;
+    uv_loop_t *loop;
+    struct MHD_Daemon *mhd;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer;
+    uv_timer_t sweep_timer;
+    uv_async_t ready_async;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_work_t load_work;
+    int port;                     /* bound port */
+
+    ym_metrics_t *metrics;        /* owned */
+    ym_model_t *model;            /* ref, NULL while loading */
+    ym_tok_t *tok;                /* owned */
+    ym_sched_t *sched;            /* owned */
+    char model_name[256];
+    ym_err load_err;
+    ym_diag load_diag;
+    int64_t created;              /* unix time the model was loaded */
+
+    int ready;                    /* model loaded and not draining */
+    int draining;
+    double drain_start;
+    int exit_code;
+    int stopping;
+    ym_hreq *gens;                /* requests with a generation */
+    int n_gens;
+    int n_http;                   /* requests between first callback and completion */
+};
+
+/* httpd.c */
+int ym_httpd_start(ym_server_t *srv, ym_diag *diag); /* MHD in the loop; 0 or -1 */
+void ym_httpd_kick(ym_server_t *srv);                /* MHD_run + re-arm the timeout */
+void ym_httpd_stop(ym_server_t *srv);
+void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body); /* takes body */
+void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param,
+                           const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
+/* Start streaming: queue the SSE response (reader pulls from r->sse). */
+void ym_hreq_start_stream(ym_hreq *r);
+void ym_hreq_track(ym_hreq *r);   /* join srv->gens */
+void ym_hreq_untrack(ym_hreq *r);
+
+/* api.c */
+void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);
+/* Route label for metrics and whether the route exists: 0 ok, 404, or 405 (allow filled). */
+int ym_api_route(const char *method, const char *url, const char **label, const char **allow);
+void ym_api_on_output(ym_hreq *r); /* new output of r->gen (loop thread) */
+void ym_api_ping(ym_hreq *r);      /* a ': ping' line for a waiting stream */
+json_t *ym_json_text(const char *s, size_t len); /* string, invalid UTF-8 replaced */
+
+#endif
