@@ -287,18 +287,32 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
-        if (!r->responded) {
-            if (r->body.len + *upload_data_size > r->srv->conf.max_body_bytes) {
-                r->body_too_big = 1;
-                ym_buf_deinit(&r->body);
-                ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
-                                      "the request body exceeds the limit of %llu bytes",
-                                      (unsigned long long)srv->conf.max_body_bytes);
-            } else if (ym_buf_put(&r->body, upload_data, *upload_data_size) != 0) {
-                ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
-            }
+        size_t n = *upload_data_size;
+        *upload_data_size = 0; /* consumed, or discarded after an error */
+        if (r->responded)
+            return MHD_YES;
+        if (r->body_too_big || r->body.len + n > r->srv->conf.max_body_bytes) {
+            /* MHD cannot answer in the middle of an upload: discard up to twice the limit and
+             * answer 413 at its end; a client that keeps sending is disconnected. */
+            if (!r->body_too_big)
+                r->discarded = r->body.len;
+            r->body_too_big = 1;
+            ym_buf_deinit(&r->body);
+            r->discarded += n;
+            return r->discarded > 2 * r->srv->conf.max_body_bytes ? MHD_NO : MHD_YES;
         }
-        *upload_data_size = 0; /* consumed (or discarded after an error) */
+        if (ym_buf_put(&r->body, upload_data, n) != 0)
+            r->oom = 1;
+        return MHD_YES;
+    }
+    if (!r->responded && r->body_too_big) {
+        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+                              "the request body exceeds the limit of %llu bytes",
+                              (unsigned long long)srv->conf.max_body_bytes);
+        return MHD_YES;
+    }
+    if (!r->responded && r->oom) {
+        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory for the body");
         return MHD_YES;
     }
     if (r->responded)

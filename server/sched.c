@@ -566,6 +566,7 @@ static void *engine_main(void *arg)
         step(s, prefill_chunk);
         pthread_mutex_lock(&s->lock);
         s->n_running_pub = s->n_running;
+        ym_metrics_set(s->metrics, YM_G_RUNNING, s->n_running);
         pthread_mutex_unlock(&s->lock);
         s->wake(s->wake_arg);
     }

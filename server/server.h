@@ -37,6 +37,8 @@ typedef struct ym_hreq {
     int status;                   /* status queued, 0 before */
     ym_buf body;                  /* request body */
     int body_too_big;
+    size_t discarded;             /* body bytes dropped after body_too_big */
+    int oom;                      /* the body could not be stored */
     int responded;                /* a response is queued */
 
     /* Generation (POST /v1/completions). */

@@ -1,0 +1,625 @@
+#!/usr/bin/python3
+"""tests/integration/test_server.py - a real yunmind on 127.0.0.1 with real HTTP clients.
+
+Usage: test_server.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `server` test)
+
+Each test class starts its own daemon (port 0, the port read from its stdout line), talks to
+it with `requests` and raw sockets, and stops it with SIGTERM, checking the exit status. The
+references are independent of the server: `yunmin generate` (same engine, no server, one-shot
+prefill, token-by-token decode) for texts, `yunmin tokenize` for ids. Bounded: every request
+has a timeout, every daemon is killed at the end whatever happens.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import requests
+
+YUNMIND = None
+YUNMIN = None
+ROOT = None
+MODEL = None
+T = 60  # seconds: the bound on any single request
+
+
+class Daemon:
+    """yunmind on 127.0.0.1:0 with the given extra flags."""
+
+    def __init__(self, *flags, env=None):
+        full_env = dict(os.environ)
+        for k in list(full_env):
+            if k.startswith("YUNMIN_"):
+                del full_env[k]
+        full_env.update(env or {})
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [YUNMIND, "--model", MODEL, "--port", "0", "--threads", "1"] + list(flags),
+            stdout=subprocess.PIPE, stderr=self.stderr, env=full_env)
+        line = self.proc.stdout.readline().decode()
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError("yunmind did not start: %r %s" % (line, self.log()))
+        self.port = int(m.group(1))
+        self.url = "http://127.0.0.1:%d" % self.port
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if requests.get(self.url + "/readyz", timeout=T).status_code == 200:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("yunmind never became ready: " + self.log())
+
+    def log(self):
+        self.stderr.seek(0)
+        return self.stderr.read().decode("utf-8", "replace")
+
+    def post(self, path, body, **kw):
+        return requests.post(self.url + path, json=body, timeout=T, **kw)
+
+    def metric(self, name):
+        text = requests.get(self.url + "/metrics", timeout=T).text
+        m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
+        return float(m.group(1)) if m else None
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def generate(prompt, n, *extra):
+    """The reference text: `yunmin generate` on the same model."""
+    p = subprocess.run([YUNMIN, "generate", "--model", MODEL, "-p", prompt, "-n", str(n),
+                        "--threads", "1"] + list(extra), capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.decode("utf-8")
+
+
+def stream(daemon, body, raw_events=None):
+    """POST a streaming completion; returns (text, chunks, usage). raw_events gets every
+    line of the SSE body."""
+    body = dict(body, stream=True)
+    r = requests.post(daemon.url + "/v1/completions", json=body, stream=True, timeout=T)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    text, chunks, usage, done = "", [], None, False
+    for line in r.iter_lines(decode_unicode=False):
+        line = line.decode("utf-8")
+        if raw_events is not None:
+            raw_events.append(line)
+        if not line.startswith("data: "):
+            continue
+        assert not done, "event after [DONE]"
+        data = line[6:]
+        if data == "[DONE]":
+            done = True
+            continue
+        obj = json.loads(data)
+        chunks.append(obj)
+        if obj["choices"]:
+            text += obj["choices"][0]["text"]
+        elif obj.get("usage"):
+            usage = obj["usage"]
+    assert done, "stream ended without [DONE]"
+    return text, chunks, usage
+
+
+def read_text(rel):
+    with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+        return f.read()
+
+
+PROMPTS = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\nBefore we proceed",
+           "KING RICHARD III:\nNow is the winter", "To be, or not", "MENENIUS:\nWhat work",
+           "Second Servingman:\nWhy", "LADY CAPULET:\nMarry"]
+
+
+class Completions(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon("--stream-ping-ms", "100")
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        if rc != 0:
+            print(cls.d.log(), file=sys.stderr)
+        assert rc == 0, "yunmind exit status %r after SIGTERM" % rc
+
+    def test_health_ready_models(self):
+        self.assertEqual(requests.get(self.d.url + "/healthz", timeout=T).json(), {"status": "ok"})
+        self.assertEqual(requests.get(self.d.url + "/readyz", timeout=T).status_code, 200)
+        m = requests.get(self.d.url + "/v1/models", timeout=T).json()
+        self.assertEqual(m["object"], "list")
+        self.assertEqual([x["id"] for x in m["data"]], ["shakespeare-mamba"])
+        one = requests.get(self.d.url + "/v1/models/shakespeare-mamba", timeout=T)
+        self.assertEqual(one.status_code, 200)
+        self.assertEqual(one.json()["id"], "shakespeare-mamba")
+        self.assertEqual(requests.get(self.d.url + "/v1/models/nope", timeout=T).status_code, 404)
+
+    def test_greedy_equals_cli(self):
+        for prompt in PROMPTS[:3]:
+            want = generate(prompt, 40, "--temperature", "0")
+            r = self.d.post("/v1/completions", {"model": "shakespeare-mamba", "prompt": prompt,
+                                                "max_tokens": 40, "temperature": 0})
+            self.assertEqual(r.status_code, 200, r.text)
+            obj = r.json()
+            self.assertEqual(obj["object"], "text_completion")
+            self.assertEqual(obj["model"], "shakespeare-mamba")
+            self.assertEqual(len(obj["choices"]), 1)
+            ch = obj["choices"][0]
+            self.assertEqual(ch["index"], 0)
+            self.assertEqual(ch["text"], want)
+            self.assertIn(ch["finish_reason"], ("stop", "length"))
+            u = obj["usage"]
+            self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+            self.assertEqual(u["prompt_tokens_details"], {"cached_tokens": 0})
+            self.assertEqual(r.headers.get("X-Request-Id"), obj["id"])
+
+    def test_seeded_sampling_equals_cli(self):
+        want = generate("ROMEO:", 60, "--temperature", "0.9", "--top-p", "0.95", "--top-k", "40",
+                        "--seed", "1234")
+        body = {"prompt": "ROMEO:", "max_tokens": 60, "temperature": 0.9, "top_p": 0.95,
+                "top_k": 40, "seed": 1234}
+        self.assertEqual(self.d.post("/v1/completions", body).json()["choices"][0]["text"], want)
+        self.assertEqual(stream(self.d, body)[0], want)
+
+    def test_stream_equals_plain(self):
+        body = {"prompt": "JULIET:", "max_tokens": 50, "temperature": 0,
+                "stream_options": {"include_usage": True}}
+        plain = self.d.post("/v1/completions", {"prompt": "JULIET:", "max_tokens": 50,
+                                                "temperature": 0}).json()
+        text, chunks, usage = stream(self.d, body)
+        self.assertEqual(text, plain["choices"][0]["text"])
+        self.assertEqual(usage, plain["usage"])
+        ids = {c["id"] for c in chunks}
+        self.assertEqual(len(ids), 1)
+        for c in chunks:
+            self.assertEqual(c["object"], "text_completion")
+            self.assertIn("usage", c)  # null in every chunk but the last (include_usage)
+        self.assertEqual(chunks[-1]["choices"], [])
+        last = [c for c in chunks if c["choices"]][-1]
+        self.assertEqual(last["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"])
+        for c in chunks[:-1]:
+            if c is not last:
+                self.assertIsNone(c["choices"][0]["finish_reason"])
+
+    def test_stream_without_usage(self):
+        text, chunks, usage = stream(self.d, {"prompt": "ROMEO:", "max_tokens": 5})
+        self.assertIsNone(usage)
+        for c in chunks:
+            self.assertNotIn("usage", c)
+            self.assertEqual(len(c["choices"]), 1)
+
+    def test_token_id_prompt_and_tokenize(self):
+        tok = self.d.post("/v1/tokenize", {"prompt": "ROMEO:\nWhat"}).json()
+        p = subprocess.run([YUNMIN, "tokenize", "--model", MODEL, "--text", "ROMEO:\nWhat"],
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        want_ids = json.loads(p.stdout)["ids"]
+        self.assertEqual(tok["tokens"], want_ids)
+        self.assertEqual(tok["count"], len(want_ids))
+        back = self.d.post("/v1/detokenize", {"tokens": tok["tokens"]}).json()
+        self.assertEqual(back["prompt"], "ROMEO:\nWhat")
+        a = self.d.post("/v1/completions", {"prompt": tok["tokens"], "max_tokens": 20,
+                                            "temperature": 0}).json()
+        b = self.d.post("/v1/completions", {"prompt": "ROMEO:\nWhat", "max_tokens": 20,
+                                            "temperature": 0}).json()
+        self.assertEqual(a["choices"][0]["text"], b["choices"][0]["text"])
+        self.assertEqual(a["usage"], b["usage"])
+
+    def test_stop_strings(self):
+        full = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 60,
+                                               "temperature": 0}).json()["choices"][0]["text"]
+        # Cut at a piece of the greedy text: the answer is the text before it, finish "stop".
+        cut = full[len(full) // 2:len(full) // 2 + 3]
+        self.assertTrue(cut)
+        want = full[:full.index(cut)]
+        for s in (cut, [cut, "zzzz-never"]):
+            r = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 60,
+                                                "temperature": 0, "stop": s}).json()
+            self.assertEqual(r["choices"][0]["text"], want)
+            self.assertEqual(r["choices"][0]["finish_reason"], "stop")
+            self.assertEqual(stream(self.d, {"prompt": "ROMEO:", "max_tokens": 60,
+                                             "temperature": 0, "stop": s})[0], want)
+
+    def test_logprobs(self):
+        r = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0,
+                                            "logprobs": 3}).json()
+        lp = r["choices"][0]["logprobs"]
+        n = r["usage"]["completion_tokens"]
+        self.assertEqual(len(lp["tokens"]), n)
+        self.assertEqual(len(lp["token_logprobs"]), n)
+        self.assertEqual(len(lp["top_logprobs"]), n)
+        self.assertEqual(len(lp["text_offset"]), n)
+        for i in range(n):
+            top = lp["top_logprobs"][i]
+            self.assertLessEqual(len(top), 4)
+            # Greedy: the chosen token is the most likely one.
+            self.assertAlmostEqual(max(top.values()), lp["token_logprobs"][i], places=5)
+            self.assertLessEqual(lp["token_logprobs"][i], 0.0)
+        self.assertEqual("".join(lp["tokens"]), r["choices"][0]["text"])
+        text, chunks, _ = stream(self.d, {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0,
+                                          "logprobs": 3})
+        toks = sum((c["choices"][0]["logprobs"]["tokens"] for c in chunks
+                    if c["choices"] and c["choices"][0]["logprobs"]), [])
+        self.assertEqual(toks, lp["tokens"])
+
+    def test_echo_and_zero_tokens(self):
+        r = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0,
+                                            "echo": True}).json()
+        plain = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 5,
+                                                "temperature": 0}).json()
+        self.assertEqual(r["choices"][0]["text"], "ROMEO:" + plain["choices"][0]["text"])
+        z = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 0}).json()
+        self.assertEqual(z["choices"][0]["text"], "")
+        self.assertEqual(z["usage"]["completion_tokens"], 0)
+        self.assertEqual(z["choices"][0]["finish_reason"], "length")
+
+    def test_default_max_tokens_is_16(self):
+        r = self.d.post("/v1/completions", {"prompt": "ROMEO:", "temperature": 0,
+                                            "ignore_eos": True}).json()
+        self.assertEqual(r["usage"]["completion_tokens"], 16)
+
+    def test_batched_equals_alone(self):
+        alone = {}
+        for p in PROMPTS:
+            alone[p] = self.d.post("/v1/completions", {"prompt": p, "max_tokens": 48,
+                                                       "temperature": 0}).json()
+        got = {}
+
+        def worker(p, use_stream):
+            body = {"prompt": p, "max_tokens": 48, "temperature": 0}
+            if use_stream:
+                got[p] = stream(self.d, body)[0]
+            else:
+                got[p] = self.d.post("/v1/completions", body).json()["choices"][0]["text"]
+
+        for rnd in range(2):
+            got.clear()
+            ths = [threading.Thread(target=worker, args=(p, (i + rnd) % 2 == 0))
+                   for i, p in enumerate(PROMPTS)]
+            for t in ths:
+                t.start()
+            for t in ths:
+                t.join(T)
+            for p in PROMPTS:
+                self.assertEqual(got.get(p), alone[p]["choices"][0]["text"], p)
+
+    def test_errors(self):
+        cases = [
+            (b"{not json", 400, None),
+            (b"[1,2]", 400, None),
+            (json.dumps({"max_tokens": 5}), 400, "prompt"),
+            (json.dumps({"prompt": ""}), 400, "prompt"),
+            (json.dumps({"prompt": 5}), 400, "prompt"),
+            (json.dumps({"prompt": ["a", "b"]}), 400, "prompt"),
+            (json.dumps({"prompt": [1, -2]}), 400, "prompt"),
+            (json.dumps({"prompt": [10 ** 7]}), 400, "prompt"),
+            (json.dumps({"prompt": "x", "temperature": 5}), 400, "temperature"),
+            (json.dumps({"prompt": "x", "temperature": "hot"}), 400, "temperature"),
+            (json.dumps({"prompt": "x", "top_p": 0}), 400, "top_p"),
+            (json.dumps({"prompt": "x", "top_k": -5}), 400, "top_k"),
+            (json.dumps({"prompt": "x", "min_p": 2}), 400, "min_p"),
+            (json.dumps({"prompt": "x", "presence_penalty": 3}), 400, "presence_penalty"),
+            (json.dumps({"prompt": "x", "frequency_penalty": -3}), 400, "frequency_penalty"),
+            (json.dumps({"prompt": "x", "repetition_penalty": 0}), 400, "repetition_penalty"),
+            (json.dumps({"prompt": "x", "max_tokens": -1}), 400, "max_tokens"),
+            (json.dumps({"prompt": "x", "max_tokens": 10 ** 9}), 400, "max_tokens"),
+            (json.dumps({"prompt": "x", "max_tokens": 1.5}), 400, "max_tokens"),
+            (json.dumps({"prompt": "x", "n": 2}), 400, "n"),
+            (json.dumps({"prompt": "x", "best_of": 3}), 400, "best_of"),
+            (json.dumps({"prompt": "x", "stream": "yes"}), 400, "stream"),
+            (json.dumps({"prompt": "x", "stream_options": {"include_usage": True}}), 400,
+             "stream_options"),
+            (json.dumps({"prompt": "x", "stop": 7}), 400, "stop"),
+            (json.dumps({"prompt": "x", "stop": ["a"] * 17}), 400, "stop"),
+            (json.dumps({"prompt": "x", "logprobs": 21}), 400, "logprobs"),
+            (json.dumps({"prompt": "x", "seed": "s"}), 400, "seed"),
+            (json.dumps({"prompt": "x", "logit_bias": {"5": 1}}), 400, "logit_bias"),
+            (json.dumps({"prompt": "x", "suffix": "y"}), 400, "suffix"),
+            (json.dumps({"prompt": "x", "echo": True, "logprobs": 1}), 400, "echo"),
+            (json.dumps({"prompt": "x", "model": "gpt-4"}), 404, "model"),
+        ]
+        for body, status, param in cases:
+            r = requests.post(self.d.url + "/v1/completions", data=body, timeout=T,
+                              headers={"Content-Type": "application/json"})
+            self.assertEqual(r.status_code, status, (body, r.text))
+            err = r.json()["error"]
+            self.assertEqual(set(err), {"message", "type", "param", "code"})
+            self.assertTrue(err["message"])
+            self.assertEqual(err["param"], param, (body, err))
+        r = requests.get(self.d.url + "/v1/completions", timeout=T)
+        self.assertEqual(r.status_code, 405)
+        self.assertIn("POST", r.json()["error"]["message"])
+        r = requests.post(self.d.url + "/v1/nothing", data=b"{}", timeout=T)
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(r.json()["error"]["type"], "not_found_error")
+        r = self.d.post("/v1/detokenize", {"tokens": [1, 99999999]})
+        self.assertEqual(r.status_code, 400)
+        self.assertEqual(r.json()["error"]["param"], "tokens")
+        r = self.d.post("/v1/tokenize", {"prompt": 5})
+        self.assertEqual(r.json()["error"]["param"], "prompt")
+
+    def test_oversize_body(self):
+        big = json.dumps({"prompt": "x" * (5 << 20)})
+        r = requests.post(self.d.url + "/v1/completions", data=big, timeout=T)
+        self.assertEqual(r.status_code, 413)
+        self.assertEqual(r.json()["error"]["code"], "body_too_large")
+        # Without Content-Length (chunked upload): refused once past the limit.
+        def gen():
+            for _ in range(6):
+                yield b"x" * (1 << 20)
+        try:
+            r = requests.post(self.d.url + "/v1/completions", data=gen(), timeout=T)
+            self.assertEqual(r.status_code, 413)
+        except requests.exceptions.ConnectionError:
+            pass  # the server may close before the client finishes sending: also a refusal
+        self.assertEqual(requests.get(self.d.url + "/healthz", timeout=T).status_code, 200)
+
+    def test_bad_requests_do_not_disturb_streams(self):
+        bodies = [{"prompt": p, "max_tokens": 64, "temperature": 0, "ignore_eos": True}
+                  for p in PROMPTS[:4]]
+        want = [self.d.post("/v1/completions", b).json()["choices"][0]["text"] for b in bodies]
+        got = [None] * len(bodies)
+
+        def worker(i):
+            got[i] = stream(self.d, bodies[i])[0]
+
+        ths = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
+        for t in ths:
+            t.start()
+        junk = [b"{", b"\x00\xff", b'{"prompt": "x", "temperature": 9}', b"[]" * 1000,
+                b'{"prompt": [1, 2, "x"]}', b'{"prompt": "x", "n": 5}']
+        for k in range(30):
+            r = requests.post(self.d.url + "/v1/completions", data=junk[k % len(junk)], timeout=T)
+            self.assertIn(r.status_code, (400, 413))
+            # A raw malformed HTTP request too.
+            with socket.create_connection(("127.0.0.1", self.d.port), timeout=T) as s:
+                s.sendall(b"BLAH / HTTP/9.9\r\nContent-Length: -5\r\n\r\n")
+                s.recv(1024)
+        for t in ths:
+            t.join(T)
+        self.assertEqual(got, want)
+
+    def test_cancel_on_disconnect(self):
+        before = self.d.metric("yunmin_requests_cancelled_total")
+        body = {"prompt": "ROMEO:", "max_tokens": 100000 // 20, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        r = requests.post(self.d.url + "/v1/completions", json=body, stream=True, timeout=T)
+        it = r.iter_lines()
+        for _ in range(3):
+            next(it)
+        r.close()  # the client goes away mid-stream
+        # And a plain request whose client gives up while it runs.
+        with socket.create_connection(("127.0.0.1", self.d.port), timeout=T) as s:
+            payload = json.dumps(dict(body, stream=False)).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload),
+                                                                              payload))
+            time.sleep(0.3)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if (self.d.metric("yunmin_requests_cancelled_total") >= before + 2 and
+                    self.d.metric("yunmin_running_sequences") == 0):
+                break
+            time.sleep(0.1)
+        self.assertGreaterEqual(self.d.metric("yunmin_requests_cancelled_total"), before + 2)
+        self.assertEqual(self.d.metric("yunmin_running_sequences"), 0)
+
+    def test_metrics(self):
+        self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 4})
+        text = requests.get(self.d.url + "/metrics", timeout=T).text
+        for name in ("yunmin_http_requests_total{route=\"/v1/completions\",status=\"200\"}",
+                     "yunmin_prompt_tokens_total", "yunmin_generation_tokens_total",
+                     "yunmin_time_to_first_token_seconds_bucket",
+                     "yunmin_inter_token_latency_seconds_bucket", "yunmin_queue_depth",
+                     "yunmin_running_sequences", "yunmin_batch_rows_bucket",
+                     "yunmin_engine_step_seconds_bucket"):
+            self.assertIn(name, text)
+        # Histogram buckets are cumulative and end at the count.
+        for h in ("yunmin_time_to_first_token_seconds", "yunmin_batch_rows"):
+            vals = [float(v) for v in re.findall(r"^%s_bucket\{[^}]*\} (\S+)$" % h, text, re.M)]
+            self.assertEqual(vals, sorted(vals))
+            count = float(re.search(r"^%s_count (\S+)$" % h, text, re.M).group(1))
+            self.assertEqual(vals[-1], count)
+            self.assertGreater(count, 0)
+
+    def test_ping_during_long_prefill(self):
+        # ~6000 prompt tokens in chunks of prefill_chunk (128) tokens: many steps before the
+        # first token; with stream_ping_ms=100 the stream must carry ': ping' lines first.
+        prompt = read_text("data/tinyshakespeare.txt")[:24000]
+        events = []
+        text, chunks, _ = stream(self.d, {"prompt": prompt, "max_tokens": 3}, raw_events=events)
+        first_data = next(i for i, e in enumerate(events) if e.startswith("data: "))
+        pings = [e for e in events[:first_data] if e.startswith(": ping")]
+        n_prompt = len(self.d.post("/v1/tokenize", {"prompt": prompt}).json()["tokens"])
+        step_s = None
+        if not pings:
+            # Only acceptable if the prefill really took less than one ping interval.
+            t0 = time.time()
+            self.d.post("/v1/completions", {"prompt": prompt, "max_tokens": 1})
+            step_s = time.time() - t0
+        self.assertTrue(pings or step_s < 0.1, (n_prompt, step_s))
+
+    def test_long_prompt_chunked_equals_cli(self):
+        prompt = read_text("data/tinyshakespeare.txt")[5000:9000]
+        want = generate(prompt, 30, "--temperature", "0")
+        r = self.d.post("/v1/completions", {"prompt": prompt, "max_tokens": 30,
+                                            "temperature": 0}).json()
+        self.assertGreater(r["usage"]["prompt_tokens"], 128)  # more than one prefill chunk
+        self.assertEqual(r["choices"][0]["text"], want)
+
+
+class Limits(unittest.TestCase):
+    def test_queue_full_gives_503(self):
+        d = Daemon("--max-running", "1", "--max-queue", "1")
+        try:
+            body = {"prompt": "ROMEO:", "max_tokens": 400, "ignore_eos": True, "temperature": 0}
+            results = []
+
+            def worker():
+                results.append(requests.post(d.url + "/v1/completions", json=body, timeout=T))
+
+            ths = [threading.Thread(target=worker) for _ in range(4)]
+            for t in ths:
+                t.start()
+                time.sleep(0.05)
+            for t in ths:
+                t.join(T)
+            codes = sorted(r.status_code for r in results)
+            self.assertIn(200, codes)
+            self.assertIn(503, codes)
+            busy = [r for r in results if r.status_code == 503][0]
+            self.assertEqual(busy.headers.get("Retry-After"), "1")
+            self.assertEqual(busy.json()["error"]["code"], "queue_full")
+            self.assertGreaterEqual(d.metric("yunmin_requests_rejected_busy_total"), 1)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_limits_from_config_file_and_env(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"max_tokens_cap": 10, "default_max_tokens": 5, "max_body_bytes": 1000}, f)
+        try:
+            d = Daemon("--config", f.name, env={"YUNMIN_MAX_PROMPT_TOKENS": "5"})
+            try:
+                r = d.post("/v1/completions", {"prompt": "x", "max_tokens": 11})
+                self.assertEqual((r.status_code, r.json()["error"]["param"]), (400, "max_tokens"))
+                r = d.post("/v1/completions", {"prompt": "a b c d e f g h i j k"})
+                self.assertEqual((r.status_code, r.json()["error"]["code"]),
+                                 (400, "prompt_too_long"))
+                r = d.post("/v1/completions", {"prompt": "y" * 2000})
+                self.assertEqual(r.status_code, 413)
+                # SIGHUP re-reads the file: the cap changes without a restart.
+                with open(f.name, "w") as g:
+                    json.dump({"max_tokens_cap": 20, "default_max_tokens": 5,
+                               "max_body_bytes": 1000}, g)
+                d.proc.send_signal(signal.SIGHUP)
+                deadline = time.time() + 10
+                while time.time() < deadline:
+                    r = d.post("/v1/completions", {"prompt": "x", "max_tokens": 15})
+                    if r.status_code == 200:
+                        break
+                    time.sleep(0.1)
+                self.assertEqual(r.status_code, 200)
+            finally:
+                self.assertEqual(d.stop(), 0)
+        finally:
+            os.unlink(f.name)
+
+
+class Lifecycle(unittest.TestCase):
+    def test_drain_on_sigterm_completes_streams(self):
+        d = Daemon("--drain-timeout-s", "60")
+        try:
+            body = {"prompt": "ROMEO:", "max_tokens": 300, "temperature": 0, "ignore_eos": True}
+            want = d.post("/v1/completions", body).json()["choices"][0]["text"]
+            got = {}
+
+            def worker():
+                got["text"] = stream(d, body)[0]
+
+            t = threading.Thread(target=worker)
+            t.start()
+            time.sleep(0.2)
+            d.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            if d.proc.poll() is None:
+                # While draining: not ready, new work refused, the stream goes on.
+                try:
+                    r = requests.get(d.url + "/readyz", timeout=T)
+                    self.assertEqual(r.status_code, 503)
+                    r = d.post("/v1/completions", {"prompt": "x"})
+                    self.assertEqual(r.status_code, 503)
+                    self.assertEqual(r.json()["error"]["code"], "draining")
+                except requests.exceptions.ConnectionError:
+                    pass  # already drained and gone: the stream check below still holds
+            t.join(T)
+            self.assertEqual(got.get("text"), want)
+            self.assertEqual(d.proc.wait(30), 0)
+        finally:
+            d.kill()
+
+    def test_drain_timeout_cancels(self):
+        d = Daemon("--drain-timeout-s", "0")
+        try:
+            body = {"prompt": "ROMEO:", "max_tokens": 100000, "ignore_eos": True, "stream": True}
+            r = requests.post(d.url + "/v1/completions", json=body, stream=True, timeout=T)
+            next(r.iter_lines())
+            d.proc.send_signal(signal.SIGTERM)
+            self.assertEqual(d.proc.wait(30), 0)
+        finally:
+            d.kill()
+
+    def test_cli_options(self):
+        p = subprocess.run([YUNMIND, "--help"], capture_output=True, timeout=30)
+        self.assertEqual(p.returncode, 0)
+        out = p.stdout.decode()
+        for opt in ("--model", "--host", "--port", "--config", "YUNMIN_MODEL", "YUNMIN_HOST",
+                    "YUNMIN_PORT", "--max-queue", "--drain-timeout-s"):
+            self.assertIn(opt, out)
+        for args, msg in ((["--port", "70000"], "port"), (["--bogus"], "--bogus"),
+                          (["--max-running", "10", "--max-batch-tokens", "5"], "max_running"),
+                          (["--log-level", "loud"], "log_level"), (["extra"], "extra"),
+                          (["--config", "/nonexistent.json"], "nonexistent")):
+            p = subprocess.run([YUNMIND] + args, capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 2, args)
+            err = p.stderr.decode().strip()
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertIn(msg, err)
+        p = subprocess.run([YUNMIND, "--model", "/nonexistent-model", "--port", "0"],
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("/nonexistent-model", p.stderr.decode())
+
+    def test_shipped_config_is_the_defaults(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("YUNMIN_")}
+        a = subprocess.run([YUNMIND, "--print-config"], capture_output=True, timeout=30, env=env)
+        b = subprocess.run([YUNMIND, "--print-config", "--config",
+                            os.path.join(ROOT, "conf", "yunmind.json")], capture_output=True,
+                           timeout=30, env=env)
+        self.assertEqual(a.returncode, 0)
+        self.assertEqual(b.returncode, 0, b.stderr)
+        self.assertEqual(json.loads(a.stdout), json.loads(b.stdout))
+        env["YUNMIN_PORT"] = "9999"
+        c = subprocess.run([YUNMIND, "--print-config"], capture_output=True, timeout=30, env=env)
+        self.assertEqual(json.loads(c.stdout)["port"], 9999)
+        d = subprocess.run([YUNMIND, "--print-config", "--port", "7"], capture_output=True,
+                           timeout=30, env=env)
+        self.assertEqual(json.loads(d.stdout)["port"], 7)
+
+    def test_port_in_use(self):
+        d = Daemon()
+        try:
+            p = subprocess.run([YUNMIND, "--model", MODEL, "--port", str(d.port)],
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn(str(d.port), p.stderr.decode())
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+
+if __name__ == "__main__":
+    YUNMIND, YUNMIN, ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
+    MODEL = os.path.join(ROOT, "models", "shakespeare-mamba")
+    del sys.argv[1:4]
+    unittest.main(verbosity=2)
