@@ -213,10 +213,12 @@ void ym_gen_take(ym_gen *g, ym_gen_delta *d)
                                  (size_t)g->n_toks, &tcap2) == 0);
     if (ok) {
         d->toks_cap = (int)tcap;
-        memcpy(d->text, g->text, g->text_len);
+        if (g->text_len > 0)
+            memcpy(d->text, g->text, g->text_len);
         d->text_len = g->text_len;
-        memcpy(d->toks, g->toks, (size_t)g->n_toks * sizeof(ym_gen_tok));
-        if (n_top > 0)
+        if (g->n_toks > 0)
+            memcpy(d->toks, g->toks, (size_t)g->n_toks * sizeof(ym_gen_tok));
+        if (n_top > 0 && g->n_toks > 0)
             memcpy(d->tops, g->tops, (size_t)g->n_toks * (size_t)n_top * sizeof(ym_logprob));
         d->n_toks = g->n_toks;
         d->n_top = n_top;
@@ -335,7 +337,8 @@ static int append(ym_gen *g, const ym_sample *smp, const char *text, size_t len)
         memcpy(g->tops + (size_t)g->n_toks * (size_t)n_top, smp->top,
                (size_t)n_top * sizeof(ym_logprob));
     g->n_toks++;
-    memcpy(g->text + g->text_len, text, len);
+    if (len > 0)
+        memcpy(g->text + g->text_len, text, len);
     g->text_len += len;
     g->text_total += len;
     g->started = 1;

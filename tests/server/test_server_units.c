@@ -1,0 +1,593 @@
+/* tests/server/test_server_units.c - Check suites for the server's parts that need no socket:
+ * settings (server/conf.c), request bodies (server/request.c), metrics (server/metrics.c) and
+ * the scheduler (server/sched.c) driven directly on the default model.
+ * The scheduler's expected outputs come from the engine itself run without the scheduler
+ * (one sequence, whole-prompt prefill, token-by-token decode), an independent path. */
+#include <check.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/forward.h"
+#include "engine/state.h"
+#include "server/conf.h"
+#include "server/metrics.h"
+#include "server/request.h"
+#include "server/sched.h"
+
+/* ---------- settings ---------- */
+
+static ym_err conf_from(const char *json, ym_conf *c, ym_diag *d)
+{
+    return ym_conf_parse_json(c, json, strlen(json), d);
+}
+
+START_TEST(test_conf_defaults_and_file_values)
+{
+    ym_conf c;
+    ym_diag d = {0};
+    ck_assert_int_eq(conf_from("{}", &c, &d), YM_OK);
+    ck_assert_uint_eq(c.port, 8080);
+    ck_assert_str_eq(c.host, "127.0.0.1");
+    ck_assert_uint_eq(c.default_max_tokens, 16);
+    ym_conf_deinit(&c);
+    ck_assert_int_eq(conf_from("{\"port\": 0, \"host\": \"::1\", \"log_level\": \"warn\"}", &c, &d),
+                     YM_OK);
+    ck_assert_uint_eq(c.port, 0);
+    ck_assert_str_eq(c.host, "::1");
+    ck_assert_str_eq(c.log_level, "warn");
+    ym_conf_deinit(&c);
+}
+END_TEST
+
+START_TEST(test_conf_rejects_bad_files)
+{
+    static const struct {
+        const char *json;
+        const char *param; /* "" when the problem is not one setting */
+    } bad[] = {
+        {"", ""},
+        {"[]", ""},
+        {"{\"port\": 1, \"port\": 2}", ""},
+        {"{\"prot\": 1}", "prot"},
+        {"{\"config\": \"x\"}", "config"},
+        {"{\"port\": \"80\"}", "port"},
+        {"{\"port\": 65536}", "port"},
+        {"{\"port\": -1}", "port"},
+        {"{\"port\": 1.5}", "port"},
+        {"{\"max_running\": 0}", "max_running"},
+        {"{\"max_running\": 300, \"max_batch_tokens\": 200}", "max_running"},
+        {"{\"default_max_tokens\": 10, \"max_tokens_cap\": 5}", "default_max_tokens"},
+        {"{\"log_level\": \"loud\"}", "log_level"},
+        {"{\"log_format\": 1}", "log_format"},
+        {"{\"host\": \"\"}", "host"},
+        {"{\"model\": \"a\\u0000b\"}", ""}, /* jansson refuses NUL in strings */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ym_conf c;
+        ym_diag d = {0};
+        ck_assert_msg(conf_from(bad[i].json, &c, &d) == YM_EINVAL, "accepted %s", bad[i].json);
+        ck_assert_msg(d.msg[0] != '\0', "no message for %s", bad[i].json);
+        ck_assert_msg(strcmp(d.param, bad[i].param) == 0, "%s: param '%s'", bad[i].json, d.param);
+        ck_assert_ptr_null(c.host); /* left empty */
+    }
+}
+END_TEST
+
+START_TEST(test_conf_precedence_env_over_file_flags_over_env)
+{
+    char path[] = "/tmp/yunmin-conf-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *json = "{\"port\": 1111, \"max_queue\": 7, \"threads\": 3}";
+    ck_assert_int_eq(write(fd, json, strlen(json)), (int)strlen(json));
+    close(fd);
+    char *env[] = {"YUNMIN_PORT=2222", "YUNMIN_MAX_QUEUE=9", "UNRELATED=1", NULL};
+    char *argv[] = {"yunmind", "--config", path, "--port", "3333", NULL};
+    ym_conf c;
+    ym_diag d = {0};
+    int action = -1;
+    ck_assert_int_eq(ym_conf_load(&c, 5, argv, env, &action, &d), YM_OK);
+    ck_assert_int_eq(action, 0);
+    ck_assert_uint_eq(c.port, 3333);     /* flag */
+    ck_assert_uint_eq(c.max_queue, 9);   /* env over file */
+    ck_assert_uint_eq(c.threads, 3);     /* file */
+    ck_assert_str_eq(c.config, path);
+
+    /* A reload applies what may change live and keeps the rest. */
+    ym_conf next;
+    char *env2[] = {"YUNMIN_PORT=4444", "YUNMIN_MAX_QUEUE=11", NULL};
+    char *argv2[] = {"yunmind", "--config", path, NULL};
+    ck_assert_int_eq(ym_conf_load(&next, 3, argv2, env2, &action, &d), YM_OK);
+    ck_assert_int_eq(ym_conf_apply_reload(&c, &next), 1);
+    ck_assert_uint_eq(c.max_queue, 11);
+    ck_assert_uint_eq(c.port, 3333);
+    ym_conf_deinit(&next);
+    ym_conf_deinit(&c);
+    unlink(path);
+
+    char *bad_env[] = {"YUNMIN_PORT=eighty", NULL};
+    char *argv3[] = {"yunmind", NULL};
+    ck_assert_int_eq(ym_conf_load(&c, 1, argv3, bad_env, &action, &d), YM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(d.msg, "YUNMIN_PORT"));
+    char *argv4[] = {"yunmind", "--port", NULL};
+    ck_assert_int_eq(ym_conf_load(&c, 2, argv4, env2, &action, &d), YM_EINVAL);
+    char *argv5[] = {"yunmind", "--help", NULL};
+    ck_assert_int_eq(ym_conf_load(&c, 2, argv5, env2, &action, &d), YM_OK);
+    ck_assert_int_eq(action, 1);
+    ym_conf_deinit(&c);
+}
+END_TEST
+
+/* ---------- request bodies ---------- */
+
+static const ym_req_limits LIM = {.max_tokens_cap = 1000, .default_max_tokens = 16,
+                                  .max_prompt_tokens = 50};
+
+START_TEST(test_creq_full_request)
+{
+    const char *body = "{\"model\": \"m\", \"prompt\": \"hi\", \"max_tokens\": 7,"
+                       " \"temperature\": 0.5, \"top_p\": 0.9, \"top_k\": 40, \"min_p\": 0.05,"
+                       " \"presence_penalty\": 0.1, \"frequency_penalty\": -0.2,"
+                       " \"repetition_penalty\": 1.1, \"seed\": -3, \"stop\": [\"a\", \"\", \"bc\"],"
+                       " \"stream\": true, \"stream_options\": {\"include_usage\": true},"
+                       " \"logprobs\": 2, \"user\": \"u\", \"unknown_field\": [1, 2]}";
+    ym_creq q;
+    json_t *root;
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_creq_parse(body, strlen(body), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_str_eq(q.model, "m");
+    ck_assert_uint_eq(q.prompt_len, 2);
+    ck_assert_int_eq(q.max_tokens, 7);
+    ck_assert_float_eq(q.sampling.temperature, 0.5f);
+    ck_assert_int_eq(q.sampling.top_k, 40);
+    ck_assert_int_eq(q.sampling.has_seed, 1);
+    ck_assert_uint_eq(q.sampling.seed, (uint64_t)-3);
+    ck_assert_int_eq(q.n_stops, 2); /* the empty one is dropped */
+    ck_assert_str_eq(q.stops[1], "bc");
+    ck_assert_int_eq(q.stream, 1);
+    ck_assert_int_eq(q.include_usage, 1);
+    ck_assert_int_eq(q.logprobs, 2);
+    ck_assert_int_eq(q.sampling.n_logprobs, 2);
+    ym_creq_deinit(&q);
+    json_decref(root);
+}
+END_TEST
+
+START_TEST(test_creq_prompt_forms_and_defaults)
+{
+    ym_creq q;
+    json_t *root;
+    ym_diag d = {0};
+    const char *ids = "{\"prompt\": [[5, 6, 7]], \"max_tokens\": null, \"temperature\": null}";
+    ck_assert_int_eq(ym_creq_parse(ids, strlen(ids), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_uint_eq(q.n_prompt_ids, 3);
+    ck_assert_int_eq(q.prompt_ids[2], 7);
+    ck_assert_int_eq(q.max_tokens, 16);
+    ck_assert_float_eq(q.sampling.temperature, 1.0f); /* OpenAI's default */
+    ck_assert_int_eq(q.logprobs, -1);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    const char *nul = "{\"prompt\": [\"a\\u0000b\"], \"stop\": \"x\"}";
+    ck_assert_int_eq(ym_creq_parse(nul, strlen(nul), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_uint_eq(q.prompt_len, 3);
+    ck_assert_int_eq(q.n_stops, 1);
+    ym_creq_deinit(&q);
+    json_decref(root);
+}
+END_TEST
+
+START_TEST(test_creq_rejects_each_bad_field)
+{
+    static const struct {
+        const char *json, *param;
+    } bad[] = {
+        {"{", ""},
+        {"\"x\"", ""},
+        {"{}", "prompt"},
+        {"{\"prompt\": null}", "prompt"},
+        {"{\"prompt\": \"\"}", "prompt"},
+        {"{\"prompt\": []}", "prompt"},
+        {"{\"prompt\": [1, \"a\"]}", "prompt"},
+        {"{\"prompt\": [1.5]}", "prompt"},
+        {"{\"prompt\": [-1]}", "prompt"},
+        {"{\"prompt\": [4294967296]}", "prompt"},
+        {"{\"prompt\": [\"a\", \"b\"]}", "prompt"},
+        {"{\"prompt\": {}}", "prompt"},
+        {"{\"prompt\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,"
+         "28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51]}",
+         "prompt"},
+        {"{\"prompt\": \"x\", \"model\": 5}", "model"},
+        {"{\"prompt\": \"x\", \"max_tokens\": 1001}", "max_tokens"},
+        {"{\"prompt\": \"x\", \"max_tokens\": \"5\"}", "max_tokens"},
+        {"{\"prompt\": \"x\", \"temperature\": 2.5}", "temperature"},
+        {"{\"prompt\": \"x\", \"temperature\": -0.1}", "temperature"},
+        {"{\"prompt\": \"x\", \"top_p\": 0}", "top_p"},
+        {"{\"prompt\": \"x\", \"top_p\": 1.01}", "top_p"},
+        {"{\"prompt\": \"x\", \"top_k\": -2}", "top_k"},
+        {"{\"prompt\": \"x\", \"top_k\": 1.5}", "top_k"},
+        {"{\"prompt\": \"x\", \"min_p\": -1}", "min_p"},
+        {"{\"prompt\": \"x\", \"presence_penalty\": 2.1}", "presence_penalty"},
+        {"{\"prompt\": \"x\", \"frequency_penalty\": true}", "frequency_penalty"},
+        {"{\"prompt\": \"x\", \"repetition_penalty\": 0}", "repetition_penalty"},
+        {"{\"prompt\": \"x\", \"n\": 2}", "n"},
+        {"{\"prompt\": \"x\", \"n\": 0}", "n"},
+        {"{\"prompt\": \"x\", \"best_of\": 2}", "best_of"},
+        {"{\"prompt\": \"x\", \"logprobs\": 21}", "logprobs"},
+        {"{\"prompt\": \"x\", \"logprobs\": true}", "logprobs"},
+        {"{\"prompt\": \"x\", \"seed\": 1.5}", "seed"},
+        {"{\"prompt\": \"x\", \"stream\": 1}", "stream"},
+        {"{\"prompt\": \"x\", \"echo\": \"yes\"}", "echo"},
+        {"{\"prompt\": \"x\", \"stream_options\": {}}", "stream_options"},
+        {"{\"prompt\": \"x\", \"stream\": true, \"stream_options\": 1}", "stream_options"},
+        {"{\"prompt\": \"x\", \"stream\": true, \"stream_options\": {\"include_usage\": 1}}",
+         "stream_options.include_usage"},
+        {"{\"prompt\": \"x\", \"stop\": 1}", "stop"},
+        {"{\"prompt\": \"x\", \"stop\": [1]}", "stop"},
+        {"{\"prompt\": \"x\", \"stop\": [\"a\\u0000\"]}", "stop"},
+        {"{\"prompt\": \"x\", \"stop\": [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\","
+         "\"10\",\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]}",
+         "stop"},
+        {"{\"prompt\": \"x\", \"suffix\": \"s\"}", "suffix"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": 2}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"user\": 1}", "user"},
+        {"{\"prompt\": \"x\", \"ignore_eos\": 0}", "ignore_eos"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ym_creq q;
+        json_t *root = (json_t *)1;
+        ym_diag d = {0};
+        ym_err e = ym_creq_parse(bad[i].json, strlen(bad[i].json), &LIM, &q, &root, &d);
+        ck_assert_msg(e == YM_EINVAL, "accepted %s", bad[i].json);
+        ck_assert_msg(strcmp(d.param, bad[i].param) == 0, "%s: param '%s' (%s)", bad[i].json,
+                      d.param, d.msg);
+        ck_assert_msg(d.msg[0] != '\0', "%s: no message", bad[i].json);
+        ck_assert_ptr_null(root);
+        ck_assert_ptr_null(q.prompt_ids);
+    }
+}
+END_TEST
+
+START_TEST(test_tokenize_bodies)
+{
+    const char *text = NULL, *model = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL;
+    json_t *root;
+    ym_diag d = {0};
+    const char *ok = "{\"prompt\": \"abc\", \"model\": \"m\"}";
+    ck_assert_int_eq(ym_tokreq_parse(ok, strlen(ok), &text, &len, &model, &root, &d), YM_OK);
+    ck_assert_uint_eq(len, 3);
+    ck_assert_str_eq(model, "m");
+    json_decref(root);
+    const char *bad = "{\"text\": \"abc\"}";
+    ck_assert_int_eq(ym_tokreq_parse(bad, strlen(bad), &text, &len, &model, &root, &d), YM_EINVAL);
+    ck_assert_str_eq(d.param, "prompt");
+    const char *toks = "{\"tokens\": [1, 2]}";
+    ck_assert_int_eq(ym_detokreq_parse(toks, strlen(toks), &ids, &n, &model, &root, &d), YM_OK);
+    ck_assert_uint_eq(n, 2);
+    free(ids);
+    json_decref(root);
+    const char *empty = "{\"tokens\": []}";
+    ck_assert_int_eq(ym_detokreq_parse(empty, strlen(empty), &ids, &n, &model, &root, &d), YM_OK);
+    ck_assert_uint_eq(n, 0);
+    json_decref(root);
+    const char *badt = "{\"tokens\": [1, -1]}";
+    ck_assert_int_eq(ym_detokreq_parse(badt, strlen(badt), &ids, &n, &model, &root, &d),
+                     YM_EINVAL);
+    ck_assert_str_eq(d.param, "tokens");
+    ck_assert_ptr_null(ids);
+}
+END_TEST
+
+/* ---------- metrics ---------- */
+
+START_TEST(test_metrics_text_format)
+{
+    ym_metrics_t *m = ym_metrics_new();
+    ym_metrics_add(m, YM_M_GEN_TOKENS, 5);
+    ym_metrics_set(m, YM_G_QUEUE, 3);
+    ym_metrics_observe(m, YM_H_TTFT, 0.003);
+    ym_metrics_observe(m, YM_H_TTFT, 0.5);
+    ym_metrics_observe(m, YM_H_TTFT, 1000);
+    ym_metrics_request(m, "/v1/completions", 200);
+    ym_metrics_request(m, "/v1/completions", 200);
+    ym_metrics_request(m, "/v1/completions", 400);
+    char *t;
+    size_t len;
+    ck_assert_int_eq(ym_metrics_render(m, &t, &len), 0);
+    ck_assert_uint_eq(strlen(t), len);
+    ck_assert_ptr_nonnull(strstr(t, "\nyunmin_generation_tokens_total 5\n"));
+    ck_assert_ptr_nonnull(strstr(t, "\nyunmin_queue_depth 3\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "yunmin_http_requests_total{route=\"/v1/completions\",status=\"200\"} 2\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "yunmin_http_requests_total{route=\"/v1/completions\",status=\"400\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(t, "yunmin_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(t, "yunmin_time_to_first_token_seconds_bucket{le=\"0.5\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(t, "yunmin_time_to_first_token_seconds_bucket{le=\"30\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(t, "yunmin_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3\n"));
+    ck_assert_ptr_nonnull(strstr(t, "yunmin_time_to_first_token_seconds_count 3\n"));
+    /* Every line is a comment or "name{labels} value". */
+    for (char *line = strtok(t, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#')
+            continue;
+        char *sp = strrchr(line, ' ');
+        ck_assert_ptr_nonnull(sp);
+        char *end;
+        strtod(sp + 1, &end);
+        ck_assert_msg(*end == '\0', "bad value in %s", line);
+    }
+    free(t);
+    ym_metrics_free(m);
+}
+END_TEST
+
+/* ---------- scheduler ---------- */
+
+typedef struct waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int wakes;
+} waiter;
+
+static void on_wake(void *arg)
+{
+    waiter *w = arg;
+    pthread_mutex_lock(&w->lock);
+    w->wakes++;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+typedef struct fixture {
+    ym_model_t *model;
+    ym_tok_t *tok;
+    ym_metrics_t *metrics;
+    waiter w;
+} fixture;
+
+static void fixture_init(fixture *f)
+{
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_model_load(YM_MODEL_DIR, &f->model, &d), YM_OK);
+    ck_assert_int_eq(ym_tok_load(YM_MODEL_DIR "/tokenizer.json", &f->tok, &d), YM_OK);
+    f->metrics = ym_metrics_new();
+    pthread_mutex_init(&f->w.lock, NULL);
+    pthread_cond_init(&f->w.cond, NULL);
+}
+
+static void fixture_deinit(fixture *f)
+{
+    ym_model_unref(f->model);
+    ym_tok_free(f->tok);
+    ym_metrics_free(f->metrics);
+}
+
+/* Greedy ids of a prompt by the engine alone: whole-prompt prefill, then one token a step. */
+static int reference_greedy(fixture *f, const int32_t *prompt, int n_prompt, int n_gen,
+                            int32_t *out)
+{
+    ym_ctx_t *ctx;
+    ym_state_t *st;
+    ck_assert_int_eq(ym_ctx_new(f->model, n_prompt, 1, &ctx), YM_OK);
+    ck_assert_int_eq(ym_state_new(&f->model->cfg, &st), YM_OK);
+    int nv = f->model->cfg.n_vocab, n_real = ym_tok_n_vocab(f->tok);
+    float *logits = malloc((size_t)nv * sizeof(float));
+    int seq_start[2] = {0, n_prompt};
+    ym_state_t *states[1] = {st};
+    ym_batch b = {.n_seq = 1, .tokens = prompt, .seq_start = seq_start, .states = states,
+                  .logits = YM_LOGITS_LAST};
+    ck_assert_int_eq(ym_forward(ctx, &b, logits, NULL), YM_OK);
+    int n = 0;
+    for (; n < n_gen; n++) {
+        int best = 0;
+        for (int i = 1; i < n_real && i < nv; i++)
+            if (logits[i] > logits[best])
+                best = i;
+        out[n] = best;
+        if (best == ym_tok_eos_id(f->tok)) {
+            n++;
+            break;
+        }
+        seq_start[1] = 1;
+        int32_t id = best;
+        b.tokens = &id;
+        ck_assert_int_eq(ym_forward(ctx, &b, logits, NULL), YM_OK);
+    }
+    free(logits);
+    ym_state_free(st);
+    ym_ctx_free(ctx);
+    return n;
+}
+
+static ym_gen *make_gen(fixture *f, const char *text, int max_tokens, int greedy, int logprobs)
+{
+    ym_ids ids = {0};
+    ck_assert_int_eq(ym_tok_encode(f->tok, text, strlen(text), &ids), YM_OK);
+    ym_gen_params p = {
+        .prompt = ids.v,
+        .n_prompt = ids.n,
+        .sampling = ym_sampling_default(),
+        .max_tokens = max_tokens,
+        .ignore_eos = 0,
+        .id = "test",
+    };
+    if (greedy)
+        p.sampling.temperature = 0;
+    p.sampling.n_logprobs = logprobs;
+    ym_gen *g;
+    ck_assert_int_eq(ym_gen_new(&p, &g), YM_OK);
+    return g;
+}
+
+/* Drain a job's output until it finishes; returns the finish reason, the ids in *ids. */
+static ym_finish wait_job(fixture *f, ym_sched_t *s, ym_gen *g, int32_t *ids, int *n_ids,
+                          int max_ids)
+{
+    ym_gen_delta d = {0};
+    *n_ids = 0;
+    for (int spins = 0; spins < 200000; spins++) {
+        ym_gen_take(g, &d);
+        for (int i = 0; i < d.n_toks && *n_ids < max_ids; i++)
+            ids[(*n_ids)++] = d.toks[i].id;
+        if (d.finish != YM_FINISH_NONE) {
+            ym_finish fin = d.finish;
+            ym_gen_delta_deinit(&d);
+            /* Drop the ready-list references as the loop would. */
+            for (ym_gen *r = ym_sched_take_ready(s), *next; r != NULL; r = next) {
+                next = ym_gen_next_ready(r);
+                ym_gen_unref(r);
+            }
+            return fin;
+        }
+        usleep(200);
+    }
+    ym_gen_delta_deinit(&d);
+    ck_abort_msg("job never finished");
+    return YM_FINISH_NONE;
+}
+
+START_TEST(test_sched_batched_greedy_equals_engine_alone)
+{
+    fixture f = {0};
+    fixture_init(&f);
+    static const char *prompts[] = {"ROMEO:", "JULIET:\nO Romeo, Romeo", "First Citizen:\nWe",
+                                    "KING HENRY:\nOnce more unto the breach, dear friends",
+                                    "To be", "MENENIUS:"};
+    enum { NP = 6, NG = 24 };
+    ym_sched_opts o = {.max_running = 4, .max_batch_tokens = 8, .prefill_chunk = 3,
+                       .max_queue = 16, .n_threads = 1};
+    ym_sched_t *s;
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, on_wake, &f.w, &s, NULL), YM_OK);
+    ym_gen *g[NP];
+    for (int i = 0; i < NP; i++) {
+        g[i] = make_gen(&f, prompts[i], NG, 1, 0);
+        ck_assert_int_eq(ym_sched_submit(s, g[i]), YM_OK);
+    }
+    for (int i = 0; i < NP; i++) {
+        int32_t got[NG], want[NG];
+        int n_got, n_want;
+        ym_ids ids = {0};
+        ym_tok_encode(f.tok, prompts[i], strlen(prompts[i]), &ids);
+        n_want = reference_greedy(&f, ids.v, (int)ids.n, NG, want);
+        ym_ids_deinit(&ids);
+        ym_finish fin = wait_job(&f, s, g[i], got, &n_got, NG);
+        ck_assert(fin == YM_FINISH_LENGTH || fin == YM_FINISH_STOP);
+        /* An end-of-text token ends the job without appearing in its output. */
+        if (fin == YM_FINISH_STOP)
+            n_want--;
+        ck_assert_int_eq(n_got, n_want);
+        for (int k = 0; k < n_got; k++)
+            ck_assert_msg(got[k] == want[k], "prompt %d token %d: %d != %d", i, k, got[k],
+                          want[k]);
+        ym_gen_unref(g[i]);
+    }
+    ck_assert_int_eq(ym_sched_n_active(s), 0);
+    ym_sched_free(s);
+    fixture_deinit(&f);
+}
+END_TEST
+
+START_TEST(test_sched_queue_limit_and_cancel)
+{
+    fixture f = {0};
+    fixture_init(&f);
+    ym_sched_opts o = {.max_running = 1, .max_batch_tokens = 4, .prefill_chunk = 4,
+                       .max_queue = 1, .n_threads = 1};
+    ym_sched_t *s;
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, on_wake, &f.w, &s, NULL), YM_OK);
+    ym_gen *a = make_gen(&f, "ROMEO:", 1 << 20, 0, 0);
+    ym_gen *b = make_gen(&f, "JULIET:", 1 << 20, 0, 0);
+    ym_gen *c = make_gen(&f, "NURSE:", 4, 0, 0);
+    ck_assert_int_eq(ym_sched_submit(s, a), YM_OK);
+    /* Wait until a runs, so b is the one waiting. */
+    for (int i = 0; i < 10000 && ym_sched_n_active(s) != 1; i++)
+        usleep(100);
+    usleep(20000);
+    ck_assert_int_eq(ym_sched_submit(s, b), YM_OK);
+    ck_assert_int_eq(ym_sched_submit(s, c), YM_EBUSY);
+    int32_t ids[8];
+    int n;
+    ym_gen_cancel(a);
+    ck_assert_int_eq(wait_job(&f, s, a, ids, &n, 8), YM_FINISH_CANCELLED);
+    ym_gen_cancel(b);
+    ck_assert_int_eq(wait_job(&f, s, b, ids, &n, 8), YM_FINISH_CANCELLED);
+    for (int i = 0; i < 10000 && ym_sched_n_active(s) != 0; i++)
+        usleep(100);
+    ck_assert_int_eq(ym_sched_n_active(s), 0);
+    /* Room again. */
+    ck_assert_int_eq(ym_sched_submit(s, c), YM_OK);
+    ck_assert(wait_job(&f, s, c, ids, &n, 8) != YM_FINISH_CANCELLED);
+    ck_assert_int_le(n, 4);
+    ym_gen_unref(a);
+    ym_gen_unref(b);
+    ym_gen_unref(c);
+    ym_sched_free(s);
+    fixture_deinit(&f);
+}
+END_TEST
+
+START_TEST(test_sched_stop_cancels_running_and_queued)
+{
+    fixture f = {0};
+    fixture_init(&f);
+    ym_sched_opts o = {.max_running = 1, .max_batch_tokens = 4, .prefill_chunk = 4,
+                       .max_queue = 4, .n_threads = 1};
+    ym_sched_t *s;
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, on_wake, &f.w, &s, NULL), YM_OK);
+    ym_gen *g[3];
+    for (int i = 0; i < 3; i++) {
+        g[i] = make_gen(&f, "ROMEO:", 1 << 20, 0, 3);
+        ck_assert_int_eq(ym_sched_submit(s, g[i]), YM_OK);
+    }
+    usleep(20000);
+    ym_sched_free(s); /* must not hang; every job ends cancelled */
+    for (int i = 0; i < 3; i++) {
+        ym_gen_delta d = {0};
+        ym_gen_take(g[i], &d);
+        ck_assert_int_eq(d.finish, YM_FINISH_CANCELLED);
+        ym_gen_delta_deinit(&d);
+        ym_gen_unref(g[i]);
+    }
+    fixture_deinit(&f);
+}
+END_TEST
+
+static Suite *server_suite(void)
+{
+    Suite *s = suite_create("server");
+    TCase *tc = tcase_create("conf");
+    tcase_add_test(tc, test_conf_defaults_and_file_values);
+    tcase_add_test(tc, test_conf_rejects_bad_files);
+    tcase_add_test(tc, test_conf_precedence_env_over_file_flags_over_env);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("request");
+    tcase_add_test(tc, test_creq_full_request);
+    tcase_add_test(tc, test_creq_prompt_forms_and_defaults);
+    tcase_add_test(tc, test_creq_rejects_each_bad_field);
+    tcase_add_test(tc, test_tokenize_bodies);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("metrics");
+    tcase_add_test(tc, test_metrics_text_format);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sched");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_sched_batched_greedy_equals_engine_alone);
+    tcase_add_test(tc, test_sched_queue_limit_and_cancel);
+    tcase_add_test(tc, test_sched_stop_cancels_running_and_queued);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(server_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
