@@ -10,7 +10,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -75,6 +77,23 @@ static void *worker_main(void *p)
     }
 }
 
+/* A container's CPU limit (cgroup v2 cpu.max "QUOTA PERIOD", or "max"), rounded up; 0 when
+ * there is none. More threads than the quota only queue behind each other at every barrier. */
+static int cgroup_cpu_limit(void)
+{
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f == NULL)
+        return 0;
+    char quota[32] = "";
+    long period = 0;
+    int n = fscanf(f, "%31s %ld", quota, &period);
+    fclose(f);
+    if (n != 2 || period <= 0 || strcmp(quota, "max") == 0)
+        return 0;
+    long q = strtol(quota, NULL, 10);
+    return q > 0 ? (int)((q + period - 1) / period) : 0;
+}
+
 int ym_n_cores(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -84,6 +103,9 @@ int ym_n_cores(void)
         if (c > 0 && (n <= 0 || c < n))
             n = c;
     }
+    int limit = cgroup_cpu_limit();
+    if (limit > 0 && (n <= 0 || limit < n))
+        n = limit;
     return n > 0 ? (int)n : 1;
 }
 

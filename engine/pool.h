@@ -17,6 +17,6 @@ int ym_pool_n_threads(const ym_pool_t *pool);
 void ym_pool_run(ym_pool_t *pool, ym_pool_fn fn, void *arg);
 /* Inside fn: wait until every thread of the current run has reached this point. */
 void ym_pool_barrier(ym_pool_t *pool);
-int ym_n_cores(void); /* online cores, >= 1 */
+int ym_n_cores(void); /* usable cores: online, in our affinity mask, within a cgroup CPU limit; >= 1 */
 
 #endif

@@ -1,10 +1,13 @@
 #!/bin/sh
-# Builds yunmin (release) and generates text with the embedded default model.
-# Extra arguments go to `yunmin generate` (e.g. -p "JULIET:" -n 200).
+# Builds yunmin (release) and starts the yunmind daemon on the embedded default model,
+# listening on http://127.0.0.1:8080 (Ctrl-C drains and stops it). Extra arguments go to
+# yunmind (see `build/server/yunmind --help`), e.g. --port 9000 --threads 1.
+# Try it from another terminal:
+#   curl -s localhost:8080/v1/completions -H 'Content-Type: application/json' \
+#        -d '{"prompt": "ROMEO:", "max_tokens": 60}'
 set -eu
 cd "$(dirname "$0")/.."
 scripts/deps.sh build
 [ -d build/meson-info ] || meson setup build --buildtype=release -Dtests=false >/dev/null
-ninja -C build tools/yunmin >/dev/null
-if [ "$#" -eq 0 ]; then set -- -p "ROMEO:" -n 200 --echo; fi
-exec ./build/tools/yunmin generate "$@"
+ninja -C build tools/yunmin server/yunmind >/dev/null
+exec ./build/server/yunmind "$@"

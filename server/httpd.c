@@ -256,17 +256,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->conn = conn;
         r->t_start = ym_now();
         r->finish = YM_FINISH_NONE;
+        const char *allow = NULL;
+        int rc = ym_api_route(method, url, &r->route, &allow);
         const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
         if (given != NULL && valid_request_id(given))
             snprintf(r->id, sizeof(r->id), "%s", given);
         else
-            new_id(r->id, sizeof(r->id), "req-");
+            new_id(r->id, sizeof(r->id),
+                   strcmp(r->route, "/v1/completions") == 0 ? "cmpl-" : "req-");
         *req_cls = r;
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 
-        const char *allow = NULL;
-        int rc = ym_api_route(method, url, &r->route, &allow);
         if (rc == 404) {
             ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
                                   url);
