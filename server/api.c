@@ -326,6 +326,136 @@ static int check_ready(ym_hreq *r)
     return 0;
 }
 
+/* Prompts longer than this are tokenized on the libuv pool so the loop keeps serving. */
+#define TOKENIZE_INLINE_BYTES (32 * 1024)
+
+typedef struct ym_tok_job {
+    uv_work_t work;
+    ym_hreq *r;    /* holds a reference */
+    ym_creq q;     /* owned (with root) */
+    json_t *root;  /* owned */
+    ym_ids ids;    /* owned, the result */
+    ym_err err;
+} ym_tok_job;
+
+/* Second half of a completion: the prompt is ids now. Takes ids->v over. */
+static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids)
+{
+    ym_server_t *srv = r->srv;
+    ym_err err;
+    if (ids->n == 0) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
+                              "the prompt has no tokens");
+        return;
+    }
+    if (ids->n > srv->conf.max_prompt_tokens) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "prompt_too_long",
+                              "the prompt has %zu tokens; this server allows at most %llu", ids->n,
+                              (unsigned long long)srv->conf.max_prompt_tokens);
+        return;
+    }
+    if (q->echo) {
+        if (q->prompt != NULL) {
+            r->echo_text = malloc(q->prompt_len + 1);
+            if (r->echo_text)
+                memcpy(r->echo_text, q->prompt, q->prompt_len);
+            r->echo_len = q->prompt_len;
+        } else {
+            ym_tok_decode(srv->tok, ids->v, ids->n, &r->echo_text, &r->echo_len);
+        }
+        if (r->echo_text == NULL) {
+            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            return;
+        }
+    }
+    ym_gen_params p = {
+        .prompt = ids->v,
+        .n_prompt = ids->n,
+        .sampling = q->sampling,
+        .max_tokens = q->max_tokens,
+        .stops = q->stops,
+        .n_stops = q->n_stops,
+        .ignore_eos = q->ignore_eos,
+        .t_arrival = r->t_start,
+        .id = r->id,
+    };
+    size_t n_prompt = ids->n;
+    ids->v = NULL; /* ym_gen_new takes the array */
+    ids->n = ids->cap = 0;
+    ym_gen *g = NULL;
+    if ((err = ym_gen_new(&p, &g)) != YM_OK) {
+        ym_hreq_respond_error(r, err, 503, NULL, NULL, "out of memory");
+        return;
+    }
+    ym_gen_set_owner(g, r);
+    if (srv->draining || srv->sched == NULL || (err = ym_sched_submit(srv->sched, g)) != YM_OK) {
+        ym_gen_unref(g);
+        ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
+        if (srv->draining || srv->sched == NULL)
+            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining",
+                                  "the server is shutting down; retry on another replica");
+        else
+            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "queue_full",
+                                  "the server is busy (%llu requests waiting); retry shortly",
+                                  (unsigned long long)srv->conf.max_queue);
+        return;
+    }
+    ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
+    r->gen = g;
+    r->n_prompt = (int)n_prompt;
+    r->streaming = q->stream;
+    r->include_usage = q->include_usage;
+    r->echo = q->echo;
+    r->logprobs = q->logprobs;
+    ym_hreq_track(r);
+    if (r->streaming) {
+        if (r->echo) {
+            json_t *obj = completion_object(
+                r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
+            if (r->include_usage)
+                json_object_set_new(obj, "usage", json_null());
+            sse_event(r, obj);
+        }
+        ym_hreq_start_stream(r);
+    } else {
+        /* Wait for the job; on_out_ready queues the response and resumes us. */
+        ym_hreq_suspend(r);
+    }
+}
+
+static void tok_work(uv_work_t *w) /* libuv pool: the tokenizer is read-only, shared safely */
+{
+    ym_tok_job *job = w->data;
+    job->err = ym_tok_encode(job->r->srv->tok, job->q.prompt, job->q.prompt_len, &job->ids);
+}
+
+static void tok_after(uv_work_t *w, int status) /* loop thread */
+{
+    ym_tok_job *job = w->data;
+    ym_hreq *r = job->r;
+    r->tok_job = NULL;
+    if (!r->conn_done) {
+        if (r->client_gone)
+            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled", "the client went away");
+        else if (status != 0 || job->err != YM_OK)
+            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, 0, "prompt", NULL,
+                                  "cannot tokenize the prompt: %s",
+                                  ym_strerror(job->err ? job->err : YM_EIO));
+        else
+            submit_job(r, &job->q, &job->ids);
+        if (r->responded || r->streaming)
+            ym_hreq_resume(r);
+        if (r->gen == NULL)
+            ym_hreq_untrack(r);
+        ym_httpd_kick(r->srv);
+    }
+    ym_ids_deinit(&job->ids);
+    ym_creq_deinit(&job->q);
+    json_decref(job->root);
+    free(job);
+    ym_hreq_unref(r);
+}
+
 static void handle_completion(ym_hreq *r)
 {
     ym_server_t *srv = r->srv;
@@ -364,87 +494,32 @@ static void handle_completion(ym_hreq *r)
             }
         }
         ids.v = q.prompt_ids;
-        ids.n = q.n_prompt_ids;
+        ids.n = ids.cap = q.n_prompt_ids;
         q.prompt_ids = NULL; /* moved */
+    } else if (q.prompt_len > TOKENIZE_INLINE_BYTES) {
+        ym_tok_job *job = calloc(1, sizeof(*job));
+        if (job == NULL) {
+            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            goto out;
+        }
+        job->r = r;
+        job->q = q; /* the strings stay valid: root moves along */
+        job->root = root;
+        job->work.data = job;
+        memset(&q, 0, sizeof(q));
+        root = NULL;
+        r->refs++;
+        r->tok_job = job;
+        ym_hreq_track(r); /* drain waits for it; a stop resumes it */
+        ym_hreq_suspend(r);
+        uv_queue_work(srv->loop, &job->work, tok_work, tok_after);
+        goto out;
     } else if ((err = ym_tok_encode(srv->tok, q.prompt, q.prompt_len, &ids)) != YM_OK) {
         ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize the prompt: %s",
                               ym_strerror(err));
         goto out;
     }
-    if (ids.n == 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
-                              "the prompt has no tokens");
-        goto out;
-    }
-    if (ids.n > srv->conf.max_prompt_tokens) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "prompt_too_long",
-                              "the prompt has %zu tokens; this server allows at most %llu", ids.n,
-                              (unsigned long long)srv->conf.max_prompt_tokens);
-        goto out;
-    }
-    if (q.echo) {
-        if (q.prompt != NULL) {
-            r->echo_text = malloc(q.prompt_len + 1);
-            if (r->echo_text)
-                memcpy(r->echo_text, q.prompt, q.prompt_len);
-            r->echo_len = q.prompt_len;
-        } else {
-            ym_tok_decode(srv->tok, ids.v, ids.n, &r->echo_text, &r->echo_len);
-        }
-        if (r->echo_text == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
-            goto out;
-        }
-    }
-    ym_gen_params p = {
-        .prompt = ids.v,
-        .n_prompt = ids.n,
-        .sampling = q.sampling,
-        .max_tokens = q.max_tokens,
-        .stops = q.stops,
-        .n_stops = q.n_stops,
-        .ignore_eos = q.ignore_eos,
-        .t_arrival = r->t_start,
-        .id = r->id,
-    };
-    size_t n_prompt = ids.n;
-    ids.v = NULL; /* ym_gen_new takes the array */
-    ym_gen *g = NULL;
-    if ((err = ym_gen_new(&p, &g)) != YM_OK) {
-        ym_hreq_respond_error(r, err, 503, NULL, NULL, "out of memory");
-        goto out;
-    }
-    ym_gen_set_owner(g, r);
-    if ((err = ym_sched_submit(srv->sched, g)) != YM_OK) {
-        ym_gen_unref(g);
-        ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "queue_full",
-                              "the server is busy (%llu requests waiting); retry shortly",
-                              (unsigned long long)srv->conf.max_queue);
-        goto out;
-    }
-    ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
-    r->gen = g;
-    r->n_prompt = (int)n_prompt;
-    r->streaming = q.stream;
-    r->include_usage = q.include_usage;
-    r->echo = q.echo;
-    r->logprobs = q.logprobs;
-    ym_hreq_track(r);
-    if (r->streaming) {
-        if (r->echo) {
-            json_t *obj = completion_object(
-                r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
-            if (r->include_usage)
-                json_object_set_new(obj, "usage", json_null());
-            sse_event(r, obj);
-        }
-        ym_hreq_start_stream(r);
-    } else {
-        /* Wait for the job; on_out_ready queues the response and resumes us. */
-        MHD_suspend_connection(r->conn);
-        r->suspended = 1;
-    }
+    submit_job(r, &q, &ids);
 out:
     ym_ids_deinit(&ids);
     ym_creq_deinit(&q);

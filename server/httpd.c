@@ -52,6 +52,9 @@ void ym_buf_deinit(ym_buf *b)
 void ym_hreq_track(ym_hreq *r)
 {
     ym_server_t *srv = r->srv;
+    if (r->tracked)
+        return;
+    r->tracked = 1;
     r->prev = NULL;
     r->next = srv->gens;
     if (srv->gens)
@@ -63,12 +66,13 @@ void ym_hreq_track(ym_hreq *r)
 void ym_hreq_untrack(ym_hreq *r)
 {
     ym_server_t *srv = r->srv;
+    if (!r->tracked)
+        return;
+    r->tracked = 0;
     if (r->prev)
         r->prev->next = r->next;
-    else if (srv->gens == r)
-        srv->gens = r->next;
     else
-        return; /* not tracked */
+        srv->gens = r->next;
     if (r->next)
         r->next->prev = r->prev;
     r->prev = r->next = NULL;
@@ -206,12 +210,33 @@ void ym_hreq_start_stream(ym_hreq *r)
     queue(r, 200, resp);
 }
 
-static void resume(ym_hreq *r)
+void ym_hreq_resume(ym_hreq *r)
 {
-    if (r->suspended) {
+    if (r->suspended && !r->conn_done) {
         r->suspended = 0;
         MHD_resume_connection(r->conn);
     }
+}
+
+void ym_hreq_suspend(ym_hreq *r)
+{
+    if (!r->suspended) {
+        MHD_suspend_connection(r->conn);
+        r->suspended = 1;
+    }
+}
+
+static void hreq_free(ym_hreq *r)
+{
+    ym_hreq_untrack(r);
+    r->conn_done = 1;
+    ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
+}
+
+void ym_hreq_unref(ym_hreq *r)
+{
+    if (--r->refs == 0)
+        hreq_free(r);
 }
 
 /* --- MHD callbacks --- */
@@ -254,6 +279,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_NO;
         r->srv = srv;
         r->conn = conn;
+        r->refs = 1;
         r->t_start = ym_now();
         r->finish = YM_FINISH_NONE;
         const char *allow = NULL;
@@ -318,9 +344,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (r->responded)
         return MHD_YES;
-    if (r->gen != NULL) { /* resumed before its answer was ready: wait again */
-        MHD_suspend_connection(conn);
-        r->suspended = 1;
+    if (r->gen != NULL || r->tok_job != NULL) {
+        /* Resumed before its answer was ready: wait again, unless the server is stopping. */
+        if (srv->stopping)
+            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining", "the server is stopping");
+        else
+            ym_hreq_suspend(r);
         return MHD_YES;
     }
     if (r->body.p == NULL)
@@ -353,19 +382,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
         ym_gen_set_owner(r->gen, NULL);
         ym_gen_unref(r->gen);
-        ym_hreq_untrack(r);
+        r->gen = NULL;
     } else if (r->route != NULL && strcmp(r->route, "/healthz") != 0 &&
                strcmp(r->route, "/readyz") != 0 && strcmp(r->route, "/metrics") != 0) {
         ym_log(YM_LOG_DEBUG, r->id, "%s %d %.1f ms", r->route, status, ms);
     }
-    ym_buf_deinit(&r->body);
-    ym_buf_deinit(&r->full_text);
-    ym_buf_deinit(&r->sse);
-    ym_gen_delta_deinit(&r->delta);
-    free(r->all_toks);
-    free(r->all_tops);
-    free(r->echo_text);
-    free(r);
+    ym_hreq_untrack(r);
+    r->conn_done = 1;
+    ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
     srv->n_http--;
     ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 }
@@ -409,7 +433,7 @@ static void on_out_ready(uv_async_t *a)
             /* A stream wakes to send its events; a plain request only once its response is
              * queued (MHD may not be given a response for a running connection). */
             if (r->streaming || r->responded)
-                resume(r);
+                ym_hreq_resume(r);
         }
         ym_gen_unref(g);
         g = next;
@@ -437,7 +461,8 @@ static void on_sweep(uv_timer_t *t)
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
         if (r->suspended && !r->client_gone && r->finish == YM_FINISH_NONE && peer_closed(r)) {
             r->client_gone = 1;
-            ym_gen_cancel(r->gen);
+            if (r->gen != NULL)
+                ym_gen_cancel(r->gen);
             ym_log(YM_LOG_INFO, r->id, "client went away; cancelling");
             continue;
         }
@@ -445,7 +470,7 @@ static void on_sweep(uv_timer_t *t)
             now - r->t_last_write >= ping) {
             ym_api_ping(r);
             r->t_last_write = now;
-            resume(r);
+            ym_hreq_resume(r);
             kicked = 1;
         }
     }
@@ -526,7 +551,7 @@ void ym_httpd_stop(ym_server_t *srv)
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
         if (r->streaming)
             r->sse_error = r->finish == YM_FINISH_NONE;
-        resume(r);
+        ym_hreq_resume(r);
     }
     MHD_run(srv->mhd);
     uv_poll_stop(&srv->mhd_poll);

@@ -61,7 +61,11 @@ typedef struct ym_hreq {
     ym_finish finish;
     int n_prompt, n_gen;
     double t_last_write;
-    struct ym_hreq *prev, *next;  /* srv->gens list while gen != NULL */
+    struct ym_hreq *prev, *next;  /* srv->gens list while a job or tokenization runs */
+    int tracked;
+    int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
+    int conn_done;                /* the completed callback ran: the connection is gone */
+    struct ym_tok_job *tok_job;   /* tokenization running on the libuv pool, or NULL */
 } ym_hreq;
 
 struct ym_server {
@@ -108,8 +112,11 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param
 void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
 /* Start streaming: queue the SSE response (reader pulls from r->sse). */
 void ym_hreq_start_stream(ym_hreq *r);
-void ym_hreq_track(ym_hreq *r);   /* join srv->gens */
-void ym_hreq_untrack(ym_hreq *r);
+void ym_hreq_track(ym_hreq *r);   /* join srv->gens (idempotent) */
+void ym_hreq_untrack(ym_hreq *r); /* leave it (idempotent) */
+void ym_hreq_resume(ym_hreq *r);  /* resume the connection if suspended */
+void ym_hreq_suspend(ym_hreq *r);
+void ym_hreq_unref(ym_hreq *r);   /* frees on the last reference */
 
 /* api.c */
 void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);

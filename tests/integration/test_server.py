@@ -461,6 +461,22 @@ class Completions(unittest.TestCase):
             step_s = time.time() - t0
         self.assertTrue(pings or step_s < 0.1, (n_prompt, step_s))
 
+    def test_huge_prompt_tokenized_off_the_loop(self):
+        # More than 32 KiB of text is tokenized on the libuv pool; the answer is the same.
+        prompt = "NORTHUMBERLAND:\n" + " Northumberland" * 2300
+        self.assertGreater(len(prompt), 32 * 1024)
+        want = generate(prompt, 8, "--temperature", "0")
+        plain = self.d.post("/v1/completions", {"prompt": prompt, "max_tokens": 8,
+                                                "temperature": 0}).json()
+        self.assertEqual(plain["choices"][0]["text"], want)
+        self.assertEqual(plain["usage"]["prompt_tokens"], 2300 + len(
+            self.d.post("/v1/tokenize", {"prompt": "NORTHUMBERLAND:\n"}).json()["tokens"]))
+        self.assertEqual(stream(self.d, {"prompt": prompt, "max_tokens": 8,
+                                         "temperature": 0})[0], want)
+        r = self.d.post("/v1/completions", {"prompt": "x" * 40000, "max_tokens": 1,
+                                            "model": "other"})
+        self.assertEqual(r.status_code, 404)
+
     def test_long_prompt_chunked_equals_cli(self):
         prompt = read_text("data/tinyshakespeare.txt")[5000:9000]
         want = generate(prompt, 30, "--temperature", "0")
