@@ -228,9 +228,14 @@ void ym_hreq_suspend(ym_hreq *r)
 
 static void hreq_free(ym_hreq *r)
 {
-    ym_hreq_untrack(r);
-    r->conn_done = 1;
-    ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
+    ym_buf_deinit(&r->body);
+    ym_buf_deinit(&r->full_text);
+    ym_buf_deinit(&r->sse);
+    ym_gen_delta_deinit(&r->delta);
+    free(r->all_toks);
+    free(r->all_tops);
+    free(r->echo_text);
+    free(r);
 }
 
 void ym_hreq_unref(ym_hreq *r)
