@@ -7,12 +7,15 @@
  * milliseconds). Only the engine thread calls ym_pool_run. */
 #include "engine/pool.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -42,7 +45,23 @@ struct ym_pool {
     /* barrier */
     atomic_int bar_count;
     atomic_uint bar_gen;
+    atomic_int bar_sleepers; /* threads asleep on bar_gen */
+    atomic_int run_sleeping; /* the engine thread is asleep on n_done */
 };
+
+/* Sleeping, not yielding, once a wait has spun long enough: when another process holds a
+ * core, the partner we wait for is runnable but has no CPU; a sleeping waiter frees its core
+ * and the scheduler's idle balancing moves the partner there at once, where sched_yield()
+ * keeps the core busy with us. Spinning first keeps the common case free of system calls. */
+static void futex_wait(void *addr, unsigned val)
+{
+    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void futex_wake_all(void *addr)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
 
 typedef struct {
     ym_pool_t *pool;
@@ -73,7 +92,9 @@ static void *worker_main(void *p)
             return NULL;
         seen = gen;
         pool->fn(pool->arg, wa.ith, pool->n_threads);
-        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
+        atomic_fetch_add(&pool->n_done, 1);
+        if (atomic_load(&pool->run_sleeping))
+            futex_wake_all(&pool->n_done);
     }
 }
 
@@ -178,12 +199,16 @@ void ym_pool_run(ym_pool_t *pool, ym_pool_fn fn, void *arg)
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
     fn(arg, 0, pool->n_threads);
-    int spins = 0;
-    while (atomic_load_explicit(&pool->n_done, memory_order_acquire) < pool->n_threads - 1) {
-        if (++spins < SPIN_BARRIER)
+    int spins = 0, done;
+    while ((done = atomic_load(&pool->n_done)) < pool->n_threads - 1) {
+        if (++spins < SPIN_BARRIER) {
             cpu_relax();
-        else
-            sched_yield();
+            continue;
+        }
+        atomic_store(&pool->run_sleeping, 1);
+        if (atomic_load(&pool->n_done) == done)
+            futex_wait(&pool->n_done, (unsigned)done);
+        atomic_store(&pool->run_sleeping, 0);
     }
 }
 
@@ -196,14 +221,21 @@ void ym_pool_barrier(ym_pool_t *pool)
     unsigned gen = atomic_load_explicit(&pool->bar_gen, memory_order_acquire);
     if (atomic_fetch_add_explicit(&pool->bar_count, 1, memory_order_acq_rel) == n - 1) {
         atomic_store_explicit(&pool->bar_count, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&pool->bar_gen, 1, memory_order_release);
+        atomic_fetch_add(&pool->bar_gen, 1);
+        if (atomic_load(&pool->bar_sleepers) > 0)
+            futex_wake_all(&pool->bar_gen);
         return;
     }
     int spins = 0;
     while (atomic_load_explicit(&pool->bar_gen, memory_order_acquire) == gen) {
-        if (++spins < SPIN_BARRIER)
+        if (++spins < SPIN_BARRIER) {
             cpu_relax();
-        else
-            sched_yield();
+            continue;
+        }
+        /* seq_cst: either the releaser sees us counted, or we see its new generation. */
+        atomic_fetch_add(&pool->bar_sleepers, 1);
+        if (atomic_load(&pool->bar_gen) == gen)
+            futex_wait(&pool->bar_gen, gen);
+        atomic_fetch_sub(&pool->bar_sleepers, 1);
     }
 }
