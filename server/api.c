@@ -368,6 +368,12 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids)
             return;
         }
     }
+    if (ym_tenant_acquire(srv, r, r->max_concurrent) != 0) {
+        ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "concurrency_limit",
+                              "tenant %s already has %llu requests running; retry when one ends",
+                              r->tenant, (unsigned long long)r->max_concurrent);
+        return;
+    }
     ym_gen_params p = {
         .prompt = ids->v,
         .n_prompt = ids->n,

@@ -83,6 +83,9 @@ static const ym_conf_def defs[] = {
       "least severe log lines written"),
     S("log_format", "YUNMIN_LOG_FORMAT", log_format, "json", "json|plain", 1,
       "json: one object per line on stderr; plain: readable lines"),
+    S("tenants_file", "YUNMIN_TENANTS_FILE", tenants_file, "", NULL, 1,
+      "API keys (hashed) and tenant limits; \"\" = open mode, every request is tenant "
+      "\"default\""),
 };
 #define N_DEFS ((int)(sizeof(defs) / sizeof(defs[0])))
 
@@ -274,13 +277,13 @@ static void flag_name(const ym_conf_def *d, char *buf, size_t cap)
             *p = '-';
 }
 
-enum { OPT_HELP = 1000, OPT_VERSION, OPT_PRINT };
+enum { OPT_HELP = 1000, OPT_VERSION, OPT_PRINT, OPT_NEW_KEY, OPT_HASH_KEY };
 
 ym_err ym_conf_load(ym_conf *conf, int argc, char **argv, char **envp, int *action,
                     ym_diag *diag)
 {
     static char names[N_DEFS][48];
-    struct option opts[N_DEFS + 4];
+    struct option opts[N_DEFS + 6];
     if (envp == NULL)
         envp = environ;
     *action = 0;
@@ -291,7 +294,9 @@ ym_err ym_conf_load(ym_conf *conf, int argc, char **argv, char **envp, int *acti
     opts[N_DEFS] = (struct option){"help", no_argument, NULL, OPT_HELP};
     opts[N_DEFS + 1] = (struct option){"version", no_argument, NULL, OPT_VERSION};
     opts[N_DEFS + 2] = (struct option){"print-config", no_argument, NULL, OPT_PRINT};
-    opts[N_DEFS + 3] = (struct option){NULL, 0, NULL, 0};
+    opts[N_DEFS + 3] = (struct option){"new-key", no_argument, NULL, OPT_NEW_KEY};
+    opts[N_DEFS + 4] = (struct option){"hash-key", no_argument, NULL, OPT_HASH_KEY};
+    opts[N_DEFS + 5] = (struct option){NULL, 0, NULL, 0};
 
     /* Pass 1: flags into a list (applied last), and find the config file. */
     const char *flag_val[N_DEFS] = {0};
@@ -310,6 +315,10 @@ ym_err ym_conf_load(ym_conf *conf, int argc, char **argv, char **envp, int *acti
             *action = 2;
         } else if (c == OPT_PRINT) {
             *action = 3;
+        } else if (c == OPT_NEW_KEY) {
+            *action = 4;
+        } else if (c == OPT_HASH_KEY) {
+            *action = 5;
         } else if (c == ':') {
             err = ym_diag_set(diag, YM_EINVAL, "option %s needs a value", argv[optind - 1]);
             goto fail;
@@ -323,7 +332,7 @@ ym_err ym_conf_load(ym_conf *conf, int argc, char **argv, char **envp, int *acti
         err = ym_diag_set(diag, YM_EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
         goto fail;
     }
-    if (*action == 1 || *action == 2)
+    if (*action == 1 || *action == 2 || *action == 4 || *action == 5)
         return YM_OK;
 
     const char *file = flag_val[0] ? flag_val[0] : env_get(envp, "YUNMIN_CONFIG");
@@ -418,11 +427,13 @@ void ym_conf_usage(FILE *f)
                 d->env ? d->env : "-", def, d->reload ? ", reloaded on SIGHUP" : "");
     }
     fprintf(f, "  --print-config\n      print the effective settings as JSON and exit\n"
+               "  --new-key\n      print a new random API key and its hash (for tenants_file)\n"
+               "  --hash-key\n      read an API key on stdin and print its hash\n"
                "  --version\n      print the version and exit\n"
                "  -h, --help\n      this text\n\n"
                "Signals: SIGTERM/SIGINT drain (readyz turns 503, running requests finish within\n"
-               "drain_timeout_s, exit 0); SIGHUP re-reads the config file and environment and\n"
-               "applies the settings marked 'reloaded on SIGHUP'.\n");
+               "drain_timeout_s, exit 0); SIGHUP re-reads the config file, the environment and\n"
+               "the tenants file and applies the settings marked 'reloaded on SIGHUP'.\n");
 }
 
 char *ym_conf_dump(const ym_conf *conf)

@@ -32,11 +32,12 @@ typedef struct ym_conf {
     uint64_t drain_timeout_s;
     char *log_level;          /* owned; debug|info|warn|error */
     char *log_format;         /* owned; json|plain */
+    char *tenants_file;       /* owned; "" = open mode (tenant "default", no keys) */
 } ym_conf;
 
 /* Fill *conf from defaults, file, environment (envp-style array, NULL = environ) and argv.
- * --help / --version / --print-config are reported in *action (0 none, 1 help, 2 version,
- * 3 print-config) and still leave a valid *conf. On failure a one-line message is in diag
+ * --help / --version / --print-config / --new-key / --hash-key are reported in *action (0 none,
+ * 1 help, 2 version, 3 print-config, 4 new-key, 5 hash-key) and still leave a valid *conf. On failure a one-line message is in diag
  * and *conf is left empty ({0}). */
 ym_err ym_conf_load(ym_conf *conf, int argc, char **argv, char **envp, int *action,
                     ym_diag *diag);

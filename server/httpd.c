@@ -91,8 +91,10 @@ static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
         return;
     }
     add_common_headers(r, resp);
-    if (status == 503)
+    if (status == 503 || status == 429)
         MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 401)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES) {
         r->status = status;
         r->responded = 1;
@@ -244,6 +246,44 @@ void ym_hreq_unref(ym_hreq *r)
         hreq_free(r);
 }
 
+static uint64_t *tenant_load(ym_server_t *srv, const char *name)
+{
+    for (int i = 0; i < srv->n_load; i++)
+        if (strcmp(srv->load[i].name, name) == 0)
+            return &srv->load[i].n;
+    if (srv->n_load == srv->cap_load) {
+        int cap = srv->cap_load ? srv->cap_load * 2 : 16;
+        void *p = realloc(srv->load, (size_t)cap * sizeof(*srv->load));
+        if (p == NULL)
+            return NULL;
+        srv->load = p;
+        srv->cap_load = cap;
+    }
+    snprintf(srv->load[srv->n_load].name, sizeof(srv->load[0].name), "%s", name);
+    srv->load[srv->n_load].n = 0;
+    return &srv->load[srv->n_load++].n;
+}
+
+int ym_tenant_acquire(ym_server_t *srv, ym_hreq *r, uint64_t limit)
+{
+    uint64_t *n = tenant_load(srv, r->tenant);
+    if (n == NULL || (limit > 0 && *n >= limit))
+        return -1;
+    (*n)++;
+    r->counted = 1;
+    return 0;
+}
+
+void ym_tenant_release(ym_server_t *srv, ym_hreq *r)
+{
+    if (!r->counted)
+        return;
+    r->counted = 0;
+    uint64_t *n = tenant_load(srv, r->tenant);
+    if (n != NULL && *n > 0)
+        (*n)--;
+}
+
 /* --- MHD callbacks --- */
 
 static int valid_request_id(const char *s)
@@ -299,7 +339,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 
-        if (rc == 404) {
+        const ym_tenant *tenant = NULL;
+        if (rc == 0 && strncmp(url, "/v1/", 4) == 0) {
+            tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
+                                                       conn, MHD_HEADER_KIND, "Authorization"));
+            if (tenant != NULL) {
+                snprintf(r->tenant, sizeof(r->tenant), "%s", tenant->name);
+                r->max_concurrent = tenant->max_concurrent;
+            }
+        }
+        if (rc == 0 && strncmp(url, "/v1/", 4) == 0 && tenant == NULL) {
+            ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",
+                                  "missing or unknown API key: send Authorization: Bearer KEY");
+        } else if (rc == 404) {
             ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
                                   url);
         } else if (rc == 405) {
@@ -393,6 +445,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         ym_log(YM_LOG_DEBUG, r->id, "%s %d %.1f ms", r->route, status, ms);
     }
     ym_hreq_untrack(r);
+    ym_tenant_release(srv, r);
     r->conn_done = 1;
     ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
     srv->n_http--;

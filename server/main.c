@@ -156,6 +156,25 @@ static void on_term(uv_signal_t *s, int signum)
     uv_timer_start(&drain_timer, on_drain_tick, 0, DRAIN_POLL_MS);
 }
 
+/* The tenants table for the current settings: the file's, or open mode. */
+static ym_err load_tenants(const ym_conf *c, ym_tenants_t **out, ym_diag *diag)
+{
+    if (c->tenants_file == NULL || c->tenants_file[0] == '\0')
+        return ym_tenants_open(out);
+    return ym_tenants_load(c->tenants_file, out, diag);
+}
+
+static void log_tenants(const ym_server_t *srv)
+{
+    if (ym_tenants_is_open(srv->tenants))
+        ym_log(YM_LOG_WARN, NULL,
+               "no tenants file: open mode, every request is tenant \"default\" and needs no "
+               "API key");
+    else
+        ym_log(YM_LOG_INFO, NULL, "%d tenants from %s; /v1 requests need an API key",
+               ym_tenants_count(srv->tenants), srv->conf.tenants_file);
+}
+
 static void on_hup(uv_signal_t *s, int signum)
 {
     ym_server_t *srv = s->data;
@@ -166,8 +185,17 @@ static void on_hup(uv_signal_t *s, int signum)
         ym_log(YM_LOG_ERROR, NULL, "SIGHUP: settings not reloaded: %s", diag.msg);
         return;
     }
+    ym_tenants_t *tenants = NULL;
+    if (load_tenants(&next, &tenants, &diag) != YM_OK) {
+        ym_log(YM_LOG_ERROR, NULL, "SIGHUP: settings not reloaded: %s", diag.msg);
+        ym_conf_deinit(&next);
+        return;
+    }
     int n = ym_conf_apply_reload(&srv->conf, &next);
     ym_conf_deinit(&next);
+    ym_tenants_free(srv->tenants);
+    srv->tenants = tenants;
+    log_tenants(srv);
     apply_logging(&srv->conf);
     if (srv->sched != NULL)
         ym_sched_set_limits(srv->sched, (int)srv->conf.prefill_chunk, (int)srv->conf.max_queue);
@@ -197,6 +225,33 @@ int main(int argc, char **argv)
         ym_conf_deinit(&srv.conf);
         return 0;
     }
+    if (action == 4 || action == 5) {
+        ym_conf_deinit(&srv.conf);
+        if (ym_tenants_init() != 0) {
+            fprintf(stderr, "yunmind: cannot initialise libsodium\n");
+            return 1;
+        }
+        char key[4096 + 2], hash[72];
+        if (action == 4) {
+            ym_tenants_new_key(key);
+        } else if (fgets(key, sizeof(key), stdin) == NULL) {
+            fprintf(stderr, "yunmind: --hash-key reads the key on stdin\n");
+            return 2;
+        }
+        size_t n = strlen(key);
+        while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r' || key[n - 1] == ' '))
+            key[--n] = '\0';
+        if (n == 0 || n > 4096) {
+            fprintf(stderr, "yunmind: the key must be 1-4096 characters\n");
+            return 2;
+        }
+        ym_tenants_hash_key(key, n, hash);
+        if (action == 4)
+            printf("{\"key\": \"%s\", \"hash\": \"%s\"}\n", key, hash);
+        else
+            printf("%s\n", hash);
+        return 0;
+    }
     if (action == 3) {
         char *s = ym_conf_dump(&srv.conf);
         printf("%s\n", s ? s : "{}");
@@ -205,6 +260,15 @@ int main(int argc, char **argv)
         return 0;
     }
     apply_logging(&srv.conf);
+    if (ym_tenants_init() != 0) {
+        fprintf(stderr, "yunmind: cannot initialise libsodium\n");
+        return 1;
+    }
+    if (load_tenants(&srv.conf, &srv.tenants, &diag) != YM_OK) {
+        fprintf(stderr, "yunmind: %s\n", diag.msg);
+        ym_conf_deinit(&srv.conf);
+        return 2;
+    }
     srv.argc = argc;
     srv.argv = argv;
     if (srv.conf.served_model_name[0] != '\0') {
@@ -225,12 +289,14 @@ int main(int argc, char **argv)
     if (ym_httpd_start(&srv, &diag) != 0) {
         fprintf(stderr, "yunmind: %s\n", diag.msg);
         ym_metrics_free(srv.metrics);
+        ym_tenants_free(srv.tenants);
         ym_conf_deinit(&srv.conf);
         return 1;
     }
     ym_log(YM_LOG_INFO, NULL, "listening on http://%s:%d (model %s loading from %s)%s",
            srv.conf.host, srv.port, srv.model_name, srv.conf.model,
            srv.conf.config ? "" : "; no config file, built-in defaults");
+    log_tenants(&srv);
     printf("yunmind: listening on http://%s:%d\n", srv.conf.host, srv.port);
     fflush(stdout);
 
@@ -249,6 +315,8 @@ int main(int argc, char **argv)
     ym_model_unref(srv.model);
     ym_tok_free(srv.tok);
     ym_metrics_free(srv.metrics);
+    ym_tenants_free(srv.tenants);
+    free(srv.load);
     ym_conf_deinit(&srv.conf);
     return srv.exit_code;
 }

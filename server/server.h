@@ -17,6 +17,7 @@
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/sched.h"
+#include "server/tenants.h"
 
 typedef struct ym_buf {
     char *p;
@@ -65,6 +66,9 @@ typedef struct ym_hreq {
     int tracked;
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
     int conn_done;                /* the completed callback ran: the connection is gone */
+    char tenant[YM_TENANT_NAME_MAX + 1]; /* who asked ("" before authentication) */
+    int counted;                  /* holds one of the tenant's concurrent-request slots */
+    uint64_t max_concurrent;      /* the tenant's limit when it authenticated; 0 = none */
     struct ym_tok_job *tok_job;   /* tokenization running on the libuv pool, or NULL */
 } ym_hreq;
 
@@ -96,6 +100,12 @@ struct ym_server {
     double drain_start;
     int exit_code;
     int stopping;
+    ym_tenants_t *tenants;        /* owned; replaced on SIGHUP */
+    struct ym_tenant_load {       /* requests in flight per tenant, kept across reloads */
+        char name[YM_TENANT_NAME_MAX + 1];
+        uint64_t n;
+    } *load;
+    int n_load, cap_load;
     ym_hreq *gens;                /* requests with a generation */
     int n_gens;
     int n_http;                   /* requests between first callback and completion */
@@ -117,6 +127,11 @@ void ym_hreq_untrack(ym_hreq *r); /* leave it (idempotent) */
 void ym_hreq_resume(ym_hreq *r);  /* resume the connection if suspended */
 void ym_hreq_suspend(ym_hreq *r);
 void ym_hreq_unref(ym_hreq *r);   /* frees on the last reference */
+
+/* Per-tenant concurrency (loop thread): take a slot (0, or -1 at the tenant's limit) / give
+ * it back. */
+int ym_tenant_acquire(ym_server_t *srv, ym_hreq *r, uint64_t limit);
+void ym_tenant_release(ym_server_t *srv, ym_hreq *r);
 
 /* api.c */
 void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);

@@ -543,6 +543,124 @@ class Limits(unittest.TestCase):
             os.unlink(f.name)
 
 
+def new_key():
+    p = subprocess.run([YUNMIND, "--new-key"], capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+class Tenants(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.a, cls.b, cls.c = new_key(), new_key(), new_key()
+        cls.file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        cls.write_tenants([("alpha", cls.a, 1), ("beta", cls.b, 0)])
+        cls.d = Daemon("--tenants-file", cls.file.name)
+
+    @classmethod
+    def write_tenants(cls, entries):
+        with open(cls.file.name, "w") as f:
+            json.dump({"tenants": [{"name": n, "keys": [k["hash"]], "max_concurrent": m}
+                                   for n, k, m in entries]}, f)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+        finally:
+            os.unlink(cls.file.name)
+
+    def get(self, path, key=None):
+        h = {"Authorization": "Bearer " + key["key"]} if key else {}
+        return requests.get(self.d.url + path, headers=h, timeout=T)
+
+    def post(self, path, body, key=None, raw_auth=None):
+        h = {"Authorization": raw_auth or "Bearer " + key["key"]} if (key or raw_auth) else {}
+        return requests.post(self.d.url + path, json=body, headers=h, timeout=T)
+
+    def test_keys_are_required_on_v1_only(self):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            self.assertEqual(self.get(path).status_code, 200, path)
+        r = self.get("/v1/models")
+        self.assertEqual(r.status_code, 401)
+        self.assertEqual(r.headers.get("WWW-Authenticate"), "Bearer")
+        self.assertEqual(r.json()["error"]["type"], "authentication_error")
+        for auth in ("Bearer nope", "Basic " + self.a["key"], "Bearer", self.a["key"],
+                     "Bearer " + self.a["hash"], "Bearer " + self.a["key"] + "x"):
+            r = self.post("/v1/completions", {"prompt": "x", "max_tokens": 1}, raw_auth=auth)
+            self.assertEqual(r.status_code, 401, auth)
+        self.assertEqual(self.get("/v1/models", self.a).status_code, 200)
+        r = self.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3}, self.b)
+        self.assertEqual(r.status_code, 200, r.text)
+        r = self.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3},
+                      raw_auth="bearer  " + self.b["key"] + " ")
+        self.assertEqual(r.status_code, 200, r.text)
+
+    def test_concurrency_limit_per_tenant(self):
+        body = {"prompt": "ROMEO:", "max_tokens": 8000, "ignore_eos": True, "stream": True}
+        first = requests.post(self.d.url + "/v1/completions", json=body, stream=True, timeout=T,
+                              headers={"Authorization": "Bearer " + self.a["key"]})
+        self.assertEqual(first.status_code, 200)
+        self.assertTrue(next(first.iter_lines()).startswith(b"data: {"))
+        try:
+            r = self.post("/v1/completions", {"prompt": "x", "max_tokens": 1}, self.a)
+            self.assertEqual(r.status_code, 429)
+            self.assertEqual(r.json()["error"]["code"], "concurrency_limit")
+            self.assertEqual(r.headers.get("Retry-After"), "1")
+            # Another tenant is not affected.
+            r = self.post("/v1/completions", {"prompt": "x", "max_tokens": 1}, self.b)
+            self.assertEqual(r.status_code, 200)
+        finally:
+            first.close()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            r = self.post("/v1/completions", {"prompt": "x", "max_tokens": 1}, self.a)
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        self.assertEqual(r.status_code, 200)
+
+    def test_sighup_reloads_keys(self):
+        self.write_tenants([("alpha", self.a, 1), ("gamma", self.c, 0)])
+        self.d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and self.get("/v1/models", self.c).status_code != 200:
+            time.sleep(0.1)
+        self.assertEqual(self.get("/v1/models", self.c).status_code, 200)
+        self.assertEqual(self.get("/v1/models", self.b).status_code, 401)
+        # A broken file changes nothing.
+        with open(self.file.name, "w") as f:
+            f.write("{broken")
+        self.d.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        self.assertEqual(self.get("/v1/models", self.c).status_code, 200)
+        self.write_tenants([("alpha", self.a, 1), ("beta", self.b, 0)])
+        self.d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and self.get("/v1/models", self.b).status_code != 200:
+            time.sleep(0.1)
+
+    def test_key_tools_and_bad_files(self):
+        p = subprocess.run([YUNMIND, "--hash-key"], input=self.a["key"].encode() + b"\n",
+                           capture_output=True, timeout=30)
+        self.assertEqual(p.stdout.decode().strip(), self.a["hash"])
+        self.assertNotEqual(new_key()["key"], new_key()["key"])
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump({"tenants": [{"name": "x", "keys": [self.a["key"]]}]}, f)
+            f.flush()
+            p = subprocess.run([YUNMIND, "--tenants-file", f.name, "--port", "0"],
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("sha256", p.stderr.decode())
+        d = Daemon()
+        try:
+            self.assertIn("open mode", d.log())
+            r = requests.get(d.url + "/v1/models", timeout=T)
+            self.assertEqual(r.status_code, 200)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+
 class Lifecycle(unittest.TestCase):
     def test_drain_on_sigterm_completes_streams(self):
         d = Daemon("--drain-timeout-s", "60")
@@ -578,9 +696,10 @@ class Lifecycle(unittest.TestCase):
     def test_drain_timeout_cancels(self):
         d = Daemon("--drain-timeout-s", "0")
         try:
-            body = {"prompt": "ROMEO:", "max_tokens": 100000, "ignore_eos": True, "stream": True}
+            body = {"prompt": "ROMEO:", "max_tokens": 8000, "ignore_eos": True, "stream": True}
             r = requests.post(d.url + "/v1/completions", json=body, stream=True, timeout=T)
-            next(r.iter_lines())
+            self.assertEqual(r.status_code, 200)
+            self.assertTrue(next(r.iter_lines()).startswith(b"data: {"))
             d.proc.send_signal(signal.SIGTERM)
             self.assertEqual(d.proc.wait(30), 0)
         finally:

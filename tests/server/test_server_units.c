@@ -17,6 +17,7 @@
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/sched.h"
+#include "server/tenants.h"
 
 /* ---------- settings ---------- */
 
@@ -326,6 +327,88 @@ START_TEST(test_metrics_text_format)
 }
 END_TEST
 
+/* ---------- tenants ---------- */
+
+/* Hashes are made by the code under test only after checking it against the SHA-256 test
+ * vector of FIPS 180-2 ("abc"), so the file lines below are independent of it. */
+START_TEST(test_tenants_hash_matches_sha256_vector)
+{
+    ck_assert_int_eq(ym_tenants_init(), 0);
+    char h[72];
+    ym_tenants_hash_key("abc", 3, h);
+    ck_assert_str_eq(h, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    char k1[48], k2[48];
+    ym_tenants_new_key(k1);
+    ym_tenants_new_key(k2);
+    ck_assert_uint_eq(strlen(k1), 46);
+    ck_assert_str_ne(k1, k2);
+}
+END_TEST
+
+#define HASH_ABC "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define HASH_EMPTY "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+START_TEST(test_tenants_auth)
+{
+    ck_assert_int_eq(ym_tenants_init(), 0);
+    const char *json = "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"],"
+                       " \"max_concurrent\": 3}, {\"name\": \"b-2.x_\", \"keys\": [\"" HASH_EMPTY
+                       "\"]}]}";
+    ym_tenants_t *t;
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_tenants_parse(json, strlen(json), &t, &d), YM_OK);
+    ck_assert_int_eq(ym_tenants_is_open(t), 0);
+    const ym_tenant *a = ym_tenants_auth(t, "Bearer abc");
+    ck_assert_ptr_nonnull(a);
+    ck_assert_str_eq(a->name, "a");
+    ck_assert_uint_eq(a->max_concurrent, 3);
+    ck_assert_ptr_eq(ym_tenants_auth(t, "bearer   abc  "), a);
+    ck_assert_ptr_null(ym_tenants_auth(t, NULL));
+    ck_assert_ptr_null(ym_tenants_auth(t, "Bearer "));  /* the empty key is never accepted */
+    ck_assert_ptr_null(ym_tenants_auth(t, "Bearer abcd"));
+    ck_assert_ptr_null(ym_tenants_auth(t, "Basic abc"));
+    ck_assert_ptr_null(ym_tenants_auth(t, "abc"));
+    ym_tenants_free(t);
+    ck_assert_int_eq(ym_tenants_open(&t), YM_OK);
+    ck_assert_str_eq(ym_tenants_auth(t, NULL)->name, "default");
+    ym_tenants_free(t);
+}
+END_TEST
+
+START_TEST(test_tenants_rejects_bad_files)
+{
+    static const char *bad[] = {
+        "",
+        "[]",
+        "{}",
+        "{\"tenants\": []}",
+        "{\"tenants\": [1]}",
+        "{\"tenants\": [{\"keys\": [\"" HASH_ABC "\"]}]}",
+        "{\"tenants\": [{\"name\": \"../x\", \"keys\": [\"" HASH_ABC "\"]}]}",
+        "{\"tenants\": [{\"name\": \"..\", \"keys\": [\"" HASH_ABC "\"]}]}",
+        "{\"tenants\": [{\"name\": \"\", \"keys\": [\"" HASH_ABC "\"]}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": []}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"abc\"]}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"sha256:zz\"]}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"], \"max_concurrent\": -1}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"], \"color\": 1}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"]},"
+        " {\"name\": \"a\", \"keys\": [\"" HASH_EMPTY "\"]}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"]},"
+        " {\"name\": \"b\", \"keys\": [\"" HASH_ABC "\"]}]}",
+        "{\"tenants\": [], \"extra\": 1}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ym_tenants_t *t = (ym_tenants_t *)1;
+        ym_diag d = {0};
+        ck_assert_msg(ym_tenants_parse(bad[i], strlen(bad[i]), &t, &d) == YM_EINVAL,
+                      "accepted %s", bad[i]);
+        ck_assert_ptr_null(t);
+        ck_assert_msg(d.msg[0] != '\0', "no message for %s", bad[i]);
+    }
+}
+END_TEST
+
 /* ---------- scheduler ---------- */
 
 typedef struct waiter {
@@ -573,6 +656,11 @@ static Suite *server_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("metrics");
     tcase_add_test(tc, test_metrics_text_format);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("tenants");
+    tcase_add_test(tc, test_tenants_hash_matches_sha256_vector);
+    tcase_add_test(tc, test_tenants_auth);
+    tcase_add_test(tc, test_tenants_rejects_bad_files);
     suite_add_tcase(s, tc);
     tc = tcase_create("sched");
     tcase_set_timeout(tc, 300);
