@@ -15,6 +15,7 @@
 #include "engine/state.h"
 #include "server/conf.h"
 #include "server/metrics.h"
+#include "server/multipart.h"
 #include "server/request.h"
 #include "server/sched.h"
 #include "server/tenants.h"
@@ -409,6 +410,162 @@ START_TEST(test_tenants_rejects_bad_files)
 }
 END_TEST
 
+/* ---------- multipart ---------- */
+
+typedef struct mp_seen {
+    char names[8][64];
+    char data[8][256];
+    size_t len[8];
+    int n, ended;
+    int refuse_name; /* part_begin refuses a part with this index */
+} mp_seen;
+
+static int mp_begin(void *arg, const char *name, ym_diag *diag)
+{
+    mp_seen *s = arg;
+    if (s->n == s->refuse_name) {
+        ym_diag_set(diag, YM_EINVAL, "refused %s", name);
+        return -1;
+    }
+    snprintf(s->names[s->n], sizeof(s->names[0]), "%s", name);
+    s->len[s->n] = 0;
+    return 0;
+}
+
+static int mp_data(void *arg, const char *d, size_t n, ym_diag *diag)
+{
+    mp_seen *s = arg;
+    ck_assert_uint_le(s->len[s->n] + n, sizeof(s->data[0]));
+    memcpy(s->data[s->n] + s->len[s->n], d, n);
+    s->len[s->n] += n;
+    return 0;
+}
+
+static int mp_end(void *arg, ym_diag *diag)
+{
+    mp_seen *s = arg;
+    s->n++;
+    s->ended++;
+    return 0;
+}
+
+static const ym_mp_cb MP_CB = {mp_begin, mp_data, mp_end};
+
+/* Parse body fed in pieces of `step` bytes (0 = all at once). */
+static ym_err mp_parse(const char *ctype, const char *body, size_t len, size_t step, mp_seen *s,
+                       ym_diag *d)
+{
+    memset(s, 0, sizeof(*s));
+    s->refuse_name = -1;
+    ym_mp_t *mp;
+    ym_err e = ym_mp_new(ctype, &MP_CB, s, &mp, d);
+    if (e != YM_OK)
+        return e;
+    for (size_t off = 0; off < len && e == YM_OK;) {
+        size_t n = step == 0 || off + step > len ? len - off : step;
+        e = ym_mp_feed(mp, body + off, n, d);
+        off += n;
+    }
+    if (e == YM_OK)
+        e = ym_mp_finish(mp, d);
+    ym_mp_free(mp);
+    return e;
+}
+
+START_TEST(test_multipart_parts_any_split)
+{
+    /* Built here from the RFC 2046 grammar: preamble, three parts (one empty, one holding
+     * CRLF, "--" and a near-delimiter), transport padding, epilogue. */
+    static const char body[] =
+        "preamble to ignore\r\n"
+        "--XyZ\r\n"
+        "Content-Disposition: form-data; name=\"adapter_config.json\"\r\n"
+        "Content-Type: application/json\r\n\r\n"
+        "{\"r\": 8}\r\n"
+        "--XyZ  \r\n"
+        "content-disposition: form-data; name=\"lora/adapter_model.safetensors\"; "
+        "filename=\"x.bin\"\r\n\r\n"
+        "a\r\nb--XyZ\r\n-XyZ\r\n--XY\r\n"
+        "--XyZ\r\n"
+        "Content-Disposition: form-data; filename=\"empty.txt\"\r\n\r\n"
+        "\r\n--XyZ--\r\nepilogue";
+    static const char *names[] = {"adapter_config.json", "lora/adapter_model.safetensors",
+                                  "empty.txt"};
+    static const char *datas[] = {"{\"r\": 8}", "a\r\nb--XyZ\r\n-XyZ\r\n--XY", ""};
+    size_t len = sizeof(body) - 1;
+    for (size_t step = 0; step <= len; step += (step < 12 ? 1 : 7)) {
+        mp_seen s;
+        ym_diag d = {0};
+        ck_assert_msg(mp_parse("multipart/form-data; boundary=XyZ", body, len, step, &s, &d) ==
+                          YM_OK,
+                      "step %zu: %s", step, d.msg);
+        ck_assert_int_eq(s.n, 3);
+        for (int i = 0; i < 3; i++) {
+            ck_assert_str_eq(s.names[i], names[i]);
+            ck_assert_uint_eq(s.len[i], strlen(datas[i]));
+            ck_assert_msg(memcmp(s.data[i], datas[i], s.len[i]) == 0, "step %zu part %d", step,
+                          i);
+        }
+    }
+    mp_seen s;
+    ym_diag d = {0};
+    ck_assert_int_eq(mp_parse("multipart/form-data; boundary=\"XyZ\"", body, len, 3, &s, &d),
+                     YM_OK);
+}
+END_TEST
+
+START_TEST(test_multipart_rejects_malformed)
+{
+    static const struct {
+        const char *ctype, *body;
+    } bad[] = {
+        {"application/json", "{}"},
+        {"multipart/form-data", "--x\r\n"},
+        {"multipart/form-data; boundary=", "--\r\n"},
+        {"multipart/form-data; boundary=b", ""},
+        {"multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; "
+                                            "name=\"a\"\r\n\r\nno end"},
+        {"multipart/form-data; boundary=b", "--b\r\nX-No-Disposition: 1\r\n\r\nd\r\n--b--"},
+        {"multipart/form-data; boundary=b", "--b\r\nContent-Disposition: attachment; "
+                                            "name=\"a\"\r\n\r\nd\r\n--b--"},
+        {"multipart/form-data; boundary=b", "--b\r\nno colon here\r\n\r\nd\r\n--b--"},
+        {"multipart/form-data; boundary=b", "--bX\r\n"},
+        {"multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; "
+                                            "name=\"unterminated\r\n\r\nd\r\n--b--"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        mp_seen s;
+        ym_diag d = {0};
+        ck_assert_msg(mp_parse(bad[i].ctype, bad[i].body, strlen(bad[i].body), 0, &s, &d) ==
+                          YM_EINVAL,
+                      "accepted case %zu", i);
+        ck_assert_msg(d.msg[0] != '\0', "case %zu: no message", i);
+    }
+    /* Oversized headers. */
+    char big[20000];
+    int n = snprintf(big, sizeof(big), "--b\r\nContent-Disposition: form-data; name=a\r\nX: ");
+    memset(big + n, 'x', sizeof(big) - (size_t)n - 1);
+    big[sizeof(big) - 1] = '\0';
+    mp_seen s;
+    ym_diag d = {0};
+    ck_assert_int_eq(mp_parse("multipart/form-data; boundary=b", big, strlen(big), 1000, &s, &d),
+                     YM_EINVAL);
+    /* A refused part stops the parse with the callback's message. */
+    static const char two[] = "--b\r\nContent-Disposition: form-data; name=ok\r\n\r\n1\r\n"
+                              "--b\r\nContent-Disposition: form-data; name=\"../etc\"\r\n\r\n2"
+                              "\r\n--b--";
+    memset(&s, 0, sizeof(s));
+    s.refuse_name = 1;
+    ym_mp_t *mp;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(ym_mp_new("multipart/form-data; boundary=b", &MP_CB, &s, &mp, &d), YM_OK);
+    ck_assert_int_eq(ym_mp_feed(mp, two, sizeof(two) - 1, &d), YM_EINVAL);
+    ck_assert_str_eq(d.msg, "refused ../etc");
+    ck_assert_int_eq(ym_mp_feed(mp, "x", 1, &d), YM_EINVAL);
+    ym_mp_free(mp);
+}
+END_TEST
+
 /* ---------- scheduler ---------- */
 
 typedef struct waiter {
@@ -661,6 +818,10 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_tenants_hash_matches_sha256_vector);
     tcase_add_test(tc, test_tenants_auth);
     tcase_add_test(tc, test_tenants_rejects_bad_files);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("multipart");
+    tcase_add_test(tc, test_multipart_parts_any_split);
+    tcase_add_test(tc, test_multipart_rejects_malformed);
     suite_add_tcase(s, tc);
     tc = tcase_create("sched");
     tcase_set_timeout(tc, 300);
