@@ -303,8 +303,36 @@ static ym_err regex_compile(regex_t *re, const char *py, int pattern_rule, const
                             ym_diag *diag)
 {
     size_t n = strlen(py);
-    if (n > 1024)
-        return ym_diag_set(diag, YM_EFORMAT, "%s: regular expression longer than 1024", what);
+    /* glibc's regcomp copies a repeated subexpression once per repetition: stacked or large
+     * repetitions cost memory exponentially, so (far above what module names need) refuse
+     * long expressions, more than 16 quantifiers, a quantifier right after another (Python
+     * refuses "multiple repeat" too, bar its lazy "?") and {m,n} bounds over 16. */
+    if (n > 256)
+        return ym_diag_set(diag, YM_EFORMAT, "%s: regular expression longer than 256", what);
+    int n_quant = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (py[i] == '\\' && i + 1 < n) {
+            i++;
+            continue;
+        }
+        int q = py[i] == '*' || py[i] == '+' || py[i] == '{' ||
+                (py[i] == '?' && !(i > 0 && py[i - 1] == '('));
+        if (!q)
+            continue;
+        if (py[i] == '{')
+            for (size_t j = i + 1; j < n && py[j] != '}'; j++)
+                if (py[j] >= '0' && py[j] <= '9' && (atoi(py + j) > 16))
+                    return ym_diag_set(diag, YM_EFORMAT, "%s: repetition bound over 16", what);
+        if (++n_quant > 16)
+            return ym_diag_set(diag, YM_EFORMAT, "%s: more than 16 repetitions", what);
+        size_t k = i + 1;
+        if (py[i] == '{')
+            while (k < n && py[k - 1] != '}')
+                k++;
+        if (k < n && (py[k] == '*' || py[k] == '+' || py[k] == '{'))
+            return ym_diag_set(diag, YM_EFORMAT, "%s: multiple repeat in a regular expression",
+                               what);
+    }
     char *s = malloc(n * 12 + 32), *o = s;
     if (s == NULL)
         return YM_ENOMEM;
@@ -485,6 +513,17 @@ ym_err ym_peft_config_resolve(const ym_peft_config *c, int n_layer, ym_peft_modu
     if (c->type == YM_PEFT_IA3 && (err = check_targets(&fm, "feedforward_modules", n_layer,
                                                        diag)) != YM_OK)
         goto done;
+    /* PEFT: as lists, feedforward_modules must be a subset of target_modules */
+    for (int i = 0; c->type == YM_PEFT_IA3 && !tm.has_re && !fm.has_re && i < c->n_ff; i++) {
+        int in = 0;
+        for (int j = 0; j < c->n_targets; j++)
+            in |= strcmp(c->ff[i], c->targets[j]) == 0;
+        if (!in) {
+            err = ym_diag_set(diag, YM_EFORMAT, "adapter_config.json: feedforward_modules entry "
+                              "\"%.64s\" is not in target_modules", c->ff[i]);
+            goto done;
+        }
+    }
     for (int i = 0; i < c->n_layers; i++)
         if (c->layers[i] >= n_layer) {
             err = ym_diag_set(diag, YM_EFORMAT, "adapter_config.json: layers_to_transform names "
@@ -502,15 +541,7 @@ ym_err ym_peft_config_resolve(const ym_peft_config *c, int n_layer, ym_peft_modu
                      ym_proj_name((ym_proj)p));
             ym_peft_module *o = &out[(size_t)l * YM_PROJ_N + p];
             int ff = c->type == YM_PEFT_IA3 && m_match(&fm, name);
-            if (!m_match(&tm, name)) {
-                if (ff) {
-                    err = ym_diag_set(diag, YM_EFORMAT, "adapter_config.json: %s is in "
-                                      "feedforward_modules but not in target_modules", name);
-                    goto done;
-                }
-                continue;
-            }
-            if (!layer_ok)
+            if (!m_match(&tm, name) || !layer_ok)
                 continue;
             o->targeted = true;
             o->ff = ff;

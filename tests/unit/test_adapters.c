@@ -585,6 +585,48 @@ START_TEST(test_adapters_forward_refuses_adapter_of_another_model)
 }
 END_TEST
 
+START_TEST(test_adapters_config_resolution_follows_peft_rules)
+{
+    /* regex target (Python syntax), first-match rank_pattern, int layers_to_transform */
+    const char *cfg =
+        "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": "
+        "\"(?:backbone\\\\.)?layers\\\\.\\\\d+\\\\.mixer\\\\.(in|out)_proj\", "
+        "\"rank_pattern\": {\"layers\\\\.[02]\\\\..*\": 8, \"in_proj\": 2}, "
+        "\"alpha_pattern\": {\"out_proj\": 3.5}, \"layers_to_transform\": [0, 1], "
+        "\"layers_pattern\": [\"layers\"]}";
+    ym_peft_config pc;
+    ym_diag d = {0};
+    ck_assert_msg(ym_peft_config_parse(cfg, strlen(cfg), &pc, &d) == YM_OK, "%s", d.msg);
+    ym_peft_module mods[3 * YM_PROJ_N];
+    ck_assert_msg(ym_peft_config_resolve(&pc, 3, mods, &d) == YM_OK, "%s", d.msg);
+    /* layer 0: "layers.[02]..*" wins over "in_proj" (file order); layer 1: in_proj -> 2 */
+    ck_assert(mods[0 * YM_PROJ_N + YM_PROJ_IN].targeted && mods[0 * YM_PROJ_N + YM_PROJ_IN].r == 8);
+    ck_assert(mods[0 * YM_PROJ_N + YM_PROJ_OUT].r == 8);
+    ck_assert(mods[1 * YM_PROJ_N + YM_PROJ_IN].r == 2 && mods[1 * YM_PROJ_N + YM_PROJ_OUT].r == 4);
+    ck_assert(mods[1 * YM_PROJ_N + YM_PROJ_OUT].alpha == 3.5 &&
+              mods[1 * YM_PROJ_N + YM_PROJ_IN].alpha == 8);
+    ck_assert(!mods[0 * YM_PROJ_N + YM_PROJ_X].targeted && !mods[0 * YM_PROJ_N + YM_PROJ_DT].targeted);
+    ck_assert(!mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted); /* layers_to_transform */
+    ym_peft_config_deinit(&pc);
+    /* list targets use PEFT's suffix rule: "mixer.x_proj" matches, "_proj" does not */
+    const char *ia3 = "{\"peft_type\": \"IA3\", \"target_modules\": [\"mixer.x_proj\", "
+                      "\"layers.2.mixer.out_proj\"], \"feedforward_modules\": \".*out_proj\"}";
+    ck_assert_msg(ym_peft_config_parse(ia3, strlen(ia3), &pc, &d) == YM_OK, "%s", d.msg);
+    ck_assert_msg(ym_peft_config_resolve(&pc, 3, mods, &d) == YM_OK, "%s", d.msg);
+    for (int l = 0; l < 3; l++) {
+        ck_assert(mods[l * YM_PROJ_N + YM_PROJ_X].targeted && !mods[l * YM_PROJ_N + YM_PROJ_X].ff);
+        ck_assert_int_eq(mods[l * YM_PROJ_N + YM_PROJ_OUT].targeted, l == 2);
+    }
+    ck_assert(mods[2 * YM_PROJ_N + YM_PROJ_OUT].ff);
+    ym_peft_config_deinit(&pc);
+    const char *bad = "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": [\"_proj\"]}";
+    ck_assert_int_eq(ym_peft_config_parse(bad, strlen(bad), &pc, &d), YM_OK);
+    ck_assert_int_eq(ym_peft_config_resolve(&pc, 3, mods, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "unknown target module \"_proj\"") != NULL, "%s", d.msg);
+    ym_peft_config_deinit(&pc);
+}
+END_TEST
+
 Suite *adapters_suite(void)
 {
     Suite *s = suite_create("adapters");
@@ -599,6 +641,7 @@ Suite *adapters_suite(void)
     tcase_add_test(tc, test_adapters_refuse_lying_safetensors_and_missing_files);
     tcase_add_test(tc, test_adapters_refuse_bad_sets);
     tcase_add_test(tc, test_adapters_forward_refuses_adapter_of_another_model);
+    tcase_add_test(tc, test_adapters_config_resolution_follows_peft_rules);
     suite_add_tcase(s, tc);
     return s;
 }
