@@ -693,6 +693,59 @@ ym_err ym_adapter_load(const char *dir, ym_model_t *model, const ym_adapter_limi
     return load_leaf(dir, model, &L, out, diag);
 }
 
+ym_err ym_adapter_new_random_lora(ym_model_t *model, int r, unsigned mask, uint64_t seed,
+                                  ym_adapter_t **out, ym_diag *diag)
+{
+    *out = NULL;
+    if (model == NULL || r < 1 || r > 4096 || (mask & ((1u << YM_PROJ_N) - 1)) == 0)
+        return ym_diag_set(diag, YM_EINVAL, "random adapter: bad rank or projections");
+    const ym_config *cfg = &model->cfg;
+    ym_adapter_t *a;
+    ym_err err = adapter_new(model, "lora", &a);
+    if (err != YM_OK)
+        return ym_diag_set(diag, err, "out of memory");
+    a->pieces = calloc((size_t)cfg->n_layer * YM_PROJ_N, sizeof(piece));
+    if (a->pieces == NULL)
+        goto oom;
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (int l = 0; l < cfg->n_layer; l++)
+        for (int pj = 0; pj < YM_PROJ_N; pj++) {
+            if (!(mask & (1u << pj)))
+                continue;
+            size_t ni = (size_t)ym_proj_n_in(cfg, (ym_proj)pj);
+            size_t no = (size_t)ym_proj_n_out(cfg, (ym_proj)pj);
+            piece *p = &a->pieces[a->n_pieces++];
+            p->layer = l;
+            p->proj = (ym_proj)pj;
+            p->type = YM_PEFT_LORA;
+            p->r = r;
+            p->scale = 1.0f; /* lora_alpha = r */
+            p->A = malloc(sizeof(float) * ni * (size_t)r);
+            p->B = malloc(sizeof(float) * no * (size_t)r);
+            if (p->A == NULL || p->B == NULL)
+                goto oom;
+            float sa = 1.0f / sqrtf((float)ni), sb = 0.1f / sqrtf((float)r);
+            for (size_t i = 0; i < ni * (size_t)r; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+                p->A[i] = sa * (2.0f * (float)(x >> 40) / 16777216.0f - 1.0f);
+            }
+            for (size_t i = 0; i < no * (size_t)r; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                p->B[i] = sb * (2.0f * (float)(x >> 40) / 16777216.0f - 1.0f);
+            }
+            a->n_params += (ni + no) * (size_t)r;
+        }
+    if ((err = compile(a, diag)) != YM_OK) {
+        adapter_destroy(a);
+        return err;
+    }
+    *out = a;
+    return YM_OK;
+oom:
+    adapter_destroy(a);
+    return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+}
+
 void ym_adapter_info_get(const ym_adapter_t *a, ym_adapter_info *out)
 {
     memset(out, 0, sizeof(*out));

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/adapt.h"
 #include "engine/err.h"
@@ -112,6 +113,12 @@ ym_err ym_adapter_load(const char *dir, ym_model_t *model, const ym_adapter_limi
  * ones). Parts must be compiled for the same model; n >= 1. Takes its own references to the
  * parts; the caller keeps its own. New reference in *out. */
 ym_err ym_adapter_compose(ym_adapter_t *const *parts, int n, ym_adapter_t **out, ym_diag *diag);
+
+/* A LoRA adapter with random weights (for benchmarks and tests): rank r on the projections
+ * of the mask (bit 1 << ym_proj) in every layer, A ~ U(-1/sqrt(n_in), 1/sqrt(n_in)),
+ * B ~ U(-0.1, 0.1)/sqrt(r), lora_alpha = r. Deterministic in seed. New reference in *out. */
+ym_err ym_adapter_new_random_lora(ym_model_t *model, int r, unsigned mask, uint64_t seed,
+                                  ym_adapter_t **out, ym_diag *diag);
 
 ym_adapter_t *ym_adapter_ref(ym_adapter_t *a); /* returns a; NULL-safe; atomic */
 void ym_adapter_unref(ym_adapter_t *a);        /* NULL-safe; frees at zero; atomic */

@@ -55,40 +55,97 @@ int ym_adapt_fits(const ym_adapt *a, const ym_config *cfg)
            a->d_state == cfg->d_state && a->dt_rank == cfg->dt_rank;
 }
 
-/* u[j] = sum_k At[k*r + j0 + j] * x[k] for j < NJ; the j loop is what vectorizes. */
+/* u[j] = sum_{k0 <= k < k1} At[k*r + j0 + j] * x[k] for j < NJ; the j loop is what
+ * vectorizes. Four partial sums over k break the chain of dependent FMAs (the loop is latency
+ * bound else). */
 #define LORA_U(NJ)                                                                                 \
     do {                                                                                           \
-        for (int k = 0; k < n_in; k++) {                                                           \
+        float u1[16] = {0}, u2[16] = {0}, u3[16] = {0};                                            \
+        int k = k0;                                                                                \
+        for (; k + 4 <= k1; k += 4) {                                                              \
             const float *a = At + (size_t)k * r + j0;                                              \
-            float xv = xr[k];                                                                      \
+            for (int j = 0; j < (NJ); j++) {                                                       \
+                u[j] += a[j] * xr[k];                                                              \
+                u1[j] += a[r + j] * xr[k + 1];                                                     \
+                u2[j] += a[2 * r + j] * xr[k + 2];                                                 \
+                u3[j] += a[3 * r + j] * xr[k + 3];                                                 \
+            }                                                                                      \
+        }                                                                                          \
+        for (; k < k1; k++)                                                                        \
             for (int j = 0; j < (NJ); j++)                                                         \
-                u[j] += a[j] * xv;                                                                 \
+                u[j] += At[(size_t)k * r + j0 + j] * xr[k];                                        \
+        for (int j = 0; j < (NJ); j++)                                                             \
+            u[j] += (u1[j] + u2[j]) + u3[j];                                                       \
+    } while (0)
+
+/* y[n] += sum_j u[j] * Bt[j0 + j, n]: one pass over the row's columns, the ranks unrolled. */
+#define LORA_Y(NJ)                                                                                 \
+    do {                                                                                           \
+        const float *b = Bt + (size_t)j0 * ldb;                                                    \
+        for (int n = n0; n < n1; n++) {                                                            \
+            float acc = yr[n];                                                                     \
+            for (int j = 0; j < (NJ); j++)                                                         \
+                acc += u[j] * b[(size_t)j * ldb + n];                                              \
+            yr[n] = acc;                                                                           \
         }                                                                                          \
     } while (0)
+
+/* Dispatch on the chunk's width: 16 and 8 (the common ranks) get fixed-width loops. */
+#define BY_WIDTH(M)                                                                                \
+    do {                                                                                           \
+        if (nj == 16)                                                                              \
+            M(16);                                                                                 \
+        else if (nj == 8)                                                                          \
+            M(8);                                                                                  \
+        else                                                                                       \
+            M(nj);                                                                                 \
+    } while (0)
+
+static inline __attribute__((always_inline)) void
+down_body(float *uo, int ldu, const float *x, int ldx, int T, const float *At, int r, int k0,
+          int k1)
+{
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * ldx;
+        for (int j0 = 0; j0 < r; j0 += 16) {
+            int nj = r - j0 < 16 ? r - j0 : 16;
+            float u[16] = {0};
+            BY_WIDTH(LORA_U);
+            for (int j = 0; j < nj; j++)
+                uo[(size_t)t * ldu + j0 + j] = u[j];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+up_body(float *y, int ldy, const float *ui, int ldu, int T, const float *Bt, int r, int ldb,
+        int n0, int n1)
+{
+    for (int t = 0; t < T; t++) {
+        float *yr = y + (size_t)t * ldy;
+        for (int j0 = 0; j0 < r; j0 += 16) {
+            int nj = r - j0 < 16 ? r - j0 : 16;
+            float u[16];
+            for (int j = 0; j < nj; j++)
+                u[j] = ui[(size_t)t * ldu + j0 + j];
+            BY_WIDTH(LORA_Y);
+        }
+    }
+}
 
 static inline __attribute__((always_inline)) void
 lora_body(float *y, int ldy, const float *x, int ldx, int T, const float *At, int r, int n_in,
           const float *Bt, int ldb, int n0, int n1)
 {
+    const int k0 = 0, k1 = n_in;
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * ldx;
         float *yr = y + (size_t)t * ldy;
         for (int j0 = 0; j0 < r; j0 += 16) {
             int nj = r - j0 < 16 ? r - j0 : 16;
             float u[16] = {0};
-            if (nj == 16)
-                LORA_U(16);
-            else if (nj == 8)
-                LORA_U(8);
-            else
-                LORA_U(nj);
-            /* y[n] += sum_j u[j] * Bt[j0 + j, n], one axpy per rank over this row's columns */
-            for (int j = 0; j < nj; j++) {
-                const float *b = Bt + (size_t)(j0 + j) * ldb;
-                float uj = u[j];
-                for (int n = n0; n < n1; n++)
-                    yr[n] += uj * b[n];
-            }
+            BY_WIDTH(LORA_U);
+            BY_WIDTH(LORA_Y);
         }
     }
 }
@@ -109,6 +166,18 @@ T512 static void lora_avx512(float *y, int ldy, const float *x, int ldx, int T, 
                              int r, int n_in, const float *Bt, int ldb, int n0, int n1)
 {
     lora_body(y, ldy, x, ldx, T, At, r, n_in, Bt, ldb, n0, n1);
+}
+
+T512 static void down_avx512(float *u, int ldu, const float *x, int ldx, int T, const float *At,
+                             int r, int k0, int k1)
+{
+    down_body(u, ldu, x, ldx, T, At, r, k0, k1);
+}
+
+T512 static void up_avx512(float *y, int ldy, const float *u, int ldu, int T, const float *Bt,
+                           int r, int ldb, int n0, int n1)
+{
+    up_body(y, ldy, u, ldu, T, Bt, r, ldb, n0, n1);
 }
 
 static int have_avx512(void)
@@ -135,6 +204,34 @@ void ym_lora_rows_f32(float *y, int ldy, const float *x, int ldx, int T, const f
     }
 #endif
     lora_body(y, ldy, x, ldx, T, At, r, n_in, Bt, ldb, n0, n1);
+}
+
+void ym_lora_down_f32(float *u, int ldu, const float *x, int ldx, int T, const float *At, int r,
+                      int k0, int k1)
+{
+    if (T <= 0 || r <= 0)
+        return;
+#if defined(__x86_64__)
+    if (have_avx512()) {
+        down_avx512(u, ldu, x, ldx, T, At, r, k0, k1);
+        return;
+    }
+#endif
+    down_body(u, ldu, x, ldx, T, At, r, k0, k1);
+}
+
+void ym_lora_up_f32(float *y, int ldy, const float *u, int ldu, int T, const float *Bt, int r,
+                    int ldb, int n0, int n1)
+{
+    if (T <= 0 || r <= 0 || n1 <= n0)
+        return;
+#if defined(__x86_64__)
+    if (have_avx512()) {
+        up_avx512(y, ldy, u, ldu, T, Bt, r, ldb, n0, n1);
+        return;
+    }
+#endif
+    up_body(y, ldy, u, ldu, T, Bt, r, ldb, n0, n1);
 }
 
 void ym_scale_rows_f32(float *y, int ldy, int T, const float *g, int n0, int n1)

@@ -56,6 +56,13 @@ int ym_adapt_fits(const ym_adapt *a, const ym_config *cfg);
  *   y[t, n] += sum_j Bt[j*ldb + n] * (sum_k At[k*r + j] * x[t*ldx + k])      k < n_in, j < r */
 void ym_lora_rows_f32(float *y, int ldy, const float *x, int ldx, int T, const float *At, int r,
                       int n_in, const float *Bt, int ldb, int n0, int n1);
+/* The same in two halves, for a product whose input is split over threads:
+ *   u[t*ldu + j]  = sum_{k0 <= k < k1} At[k*r + j] * x[t*ldx + k]        (j < r)
+ *   y[t*ldy + n] += sum_j Bt[j*ldb + n] * u[t*ldu + j]                     (n in [n0, n1))   */
+void ym_lora_down_f32(float *u, int ldu, const float *x, int ldx, int T, const float *At, int r,
+                      int k0, int k1);
+void ym_lora_up_f32(float *y, int ldy, const float *u, int ldu, int T, const float *Bt, int r,
+                    int ldb, int n0, int n1);
 /* y[t*ldy + n] *= g[n]   for t < T, n in [n0, n1)                                           */
 void ym_scale_rows_f32(float *y, int ldy, int T, const float *g, int n0, int n1);
 /* dst[t*ld + n] = g[n] * src[t*ld + n]   for t < T, n in [n0, n1)                            */

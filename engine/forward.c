@@ -31,6 +31,10 @@
 #include "engine/pool.h"
 
 #define ALIGN_CH 16 /* channel slices start on a 64-byte boundary */
+/* Adapters: LoRA ranks up to this split their down-projection (x . At) over the threads that
+ * own the input (x_proj, dt_proj, out_proj), so no thread reads all of At; larger ranks have
+ * every thread compute the whole product for its columns. */
+#define UP_MAX 64
 /* Up to this many rows the packed-panel kernel beats sgemm (2.5x at 16 rows, 1.25x at 96;
  * docs/BENCHMARKS.md); above it sgemm's own packing is amortized. */
 #ifndef GEMM_PACKED_M
@@ -65,6 +69,7 @@ struct ym_ctx {
     float *y;   /* scan output [R, d_inner] */
     float *xs;  /* adapters: x_proj input with IA³ input scaling [R, d_inner] */
     float *ob;  /* adapters: out_proj output before IA³ output scaling [R, d_model] */
+    float *up;  /* adapters: per-thread partial LoRA down-products [n_threads][3][R][UP_MAX] */
     int *out_rows; /* [R] rows whose logits are wanted */
     /* per-thread slices */
     int *ch0, *ch1;   /* d_inner channels */
@@ -148,9 +153,10 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     c->y = falloc(R * cfg->d_inner);
     c->xs = falloc(R * cfg->d_inner);
     c->ob = falloc(R * cfg->d_model);
+    c->up = falloc(R * (size_t)n_threads * 3 * UP_MAX);
     c->out_rows = calloc(R, sizeof(int));
     int *slices = calloc((size_t)n_threads * 8, sizeof(int));
-    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->ob ||
+    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->ob || !c->up ||
         !c->out_rows || !slices) {
         free(slices);
         goto fail;
@@ -202,6 +208,7 @@ void ym_ctx_free(ym_ctx_t *c)
     free(c->y);
     free(c->xs);
     free(c->ob);
+    free(c->up);
     free(c->out_rows);
     free(c->ch0);
     ym_model_unref(c->model);
@@ -274,6 +281,53 @@ static int any_scale(const ym_batch *b, int l, ym_proj p, int out)
     return 0;
 }
 
+/* Partial down-products for projection p (slot mod: 0 x_proj, 1 dt_proj, 2 out_proj) over
+ * this thread's inputs [k0, k1) (an empty range writes zeros), before the layer's barrier. */
+static void lora_partial(ym_ctx_t *c, int ith, int l, ym_proj p, int mod, const float *x,
+                         int ldx, int k0, int k1)
+{
+    const ym_batch *b = c->batch;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, p);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (a == NULL || a->r == 0 || a->r > UP_MAX)
+            continue;
+        float *u = c->up + (((size_t)ith * 3 + mod) * c->n_rows_max + r0) * UP_MAX;
+        ym_lora_down_f32(u, UP_MAX, x + (size_t)r0 * ldx, ldx, T, a->At, a->r, k0,
+                         k1 > k0 ? k1 : k0);
+    }
+}
+
+/* After the barrier: y[rows, n0:n1] += Bt^T u, u = the sum of every thread's partial (in
+ * thread order, so every thread gets the same bits); ranks over UP_MAX take the whole product
+ * from x [.., n_in]. ldb = the projection's n_out. */
+static void lora_finish(ym_ctx_t *c, int l, ym_proj p, int mod, float *y, int ldy, int ldb,
+                        const float *x, int ldx, int n_in, int sq, int n0, int n1)
+{
+    const ym_batch *b = c->batch;
+    const ym_adapt_proj *a = aproj(b, sq, l, p);
+    int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+    if (a == NULL || a->r == 0)
+        return;
+    if (a->r > UP_MAX) {
+        ym_lora_rows_f32(y + (size_t)r0 * ldy, ldy, x + (size_t)r0 * ldx, ldx, r1 - r0, a->At,
+                         a->r, n_in, a->Bt, ldb, n0, n1);
+        return;
+    }
+    for (int r = r0; r < r1; r++) {
+        float u[UP_MAX];
+        const float *u0 = c->up + ((size_t)mod * c->n_rows_max + r) * UP_MAX;
+        for (int j = 0; j < a->r; j++)
+            u[j] = u0[j];
+        for (int th = 1; th < c->n_threads; th++) {
+            const float *ut = c->up + (((size_t)th * 3 + mod) * c->n_rows_max + r) * UP_MAX;
+            for (int j = 0; j < a->r; j++)
+                u[j] += ut[j];
+        }
+        ym_lora_up_f32(y + (size_t)r * ldy, ldy, u, UP_MAX, 1, a->Bt, a->r, ldb, n0, n1);
+    }
+}
+
 /* in_proj input: hn = g_in ⊙ hn (hn is this thread's own copy, all rows and columns). */
 static void hook_in_input(const ym_batch *b, int l, float *hn, int dm)
 {
@@ -326,7 +380,7 @@ static void hook_x_input(ym_ctx_t *c, int l, int c0, int c1)
 
 /* x_proj output columns [p0, p1) (input xin, all channels), then dt_proj's IA³ input
  * scaling of the dt_lo columns among them (dt_lo is read by dt_proj only). */
-static void hook_x_output(ym_ctx_t *c, int l, const float *xin, int p0, int p1)
+static void hook_x_output(ym_ctx_t *c, int ith, int l, const float *xin, int p0, int p1)
 {
     const ym_batch *b = c->batch;
     const ym_config *cfg = &c->model->cfg;
@@ -336,15 +390,14 @@ static void hook_x_output(ym_ctx_t *c, int l, const float *xin, int p0, int p1)
         const ym_adapt_proj *d = aproj(b, sq, l, YM_PROJ_DT);
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         float *o = c->dbc + (size_t)r0 * P;
-        if (a != NULL) {
-            ym_lora_rows_f32(o, P, xin + (size_t)r0 * di, di, T, a->At, a->r, di, a->Bt, P, p0,
-                             p1);
-            if (a->g_out != NULL)
-                ym_scale_rows_f32(o, P, T, a->g_out, p0, p1);
-        }
+        lora_finish(c, l, YM_PROJ_X, 0, c->dbc, P, P, xin, di, di, sq, p0, p1);
+        if (a != NULL && a->g_out != NULL)
+            ym_scale_rows_f32(o, P, T, a->g_out, p0, p1);
         if (d != NULL && d->g_in != NULL && p0 < dtr)
             ym_scale_rows_f32(o, P, T, d->g_in, p0, p1 < dtr ? p1 : dtr);
     }
+    /* dt_proj's input dt_lo: this thread's columns of it are final now */
+    lora_partial(c, ith, l, YM_PROJ_DT, 1, c->dbc, P, p0 < dtr ? p0 : dtr, p1 < dtr ? p1 : dtr);
 }
 
 /* dt = softplus(dt_proj(dt_lo) + LoRA) with IA³ output scaling, channels [c0, c1): the bias
@@ -359,9 +412,8 @@ static void hook_dt_output(ym_ctx_t *c, int l, const float *bias, int c0, int c1
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         float *dt = c->dt + (size_t)r0 * di;
         const float *bs = bias;
+        lora_finish(c, l, YM_PROJ_DT, 1, c->dt, di, di, c->dbc, P, dtr, sq, c0, c1);
         if (a != NULL) {
-            ym_lora_rows_f32(dt, di, c->dbc + (size_t)r0 * P, P, T, a->At, a->r, dtr, a->Bt, di,
-                             c0, c1);
             if (a->g_out != NULL) {
                 ym_scale_rows_f32(dt, di, T, a->g_out, c0, c1);
                 bs = a->b_out;
@@ -372,7 +424,7 @@ static void hook_dt_output(ym_ctx_t *c, int l, const float *bias, int c0, int c1
 }
 
 /* out_proj input: y = g_in ⊙ y, channels [c0, c1) (y is read by out_proj only). */
-static void hook_out_input(ym_ctx_t *c, int l, int c0, int c1)
+static void hook_out_input(ym_ctx_t *c, int ith, int l, int c0, int c1)
 {
     const ym_batch *b = c->batch;
     const int di = c->model->cfg.d_inner;
@@ -382,6 +434,7 @@ static void hook_out_input(ym_ctx_t *c, int l, int c0, int c1)
         if (a != NULL && a->g_in != NULL)
             ym_scale_rows_f32(c->y + (size_t)r0 * di, di, T, a->g_in, c0, c1);
     }
+    lora_partial(c, ith, l, YM_PROJ_OUT, 2, c->y, di, c0, c1);
 }
 
 /* out_proj LoRA (and IA³ output scaling when o is the separate output buffer), rows d_model
@@ -395,8 +448,7 @@ static void hook_out_output(ym_ctx_t *c, int l, float *o, int scale, int m0, int
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         if (a == NULL)
             continue;
-        ym_lora_rows_f32(o + (size_t)r0 * dm, dm, c->y + (size_t)r0 * di, di, T, a->At, a->r, di,
-                         a->Bt, dm, m0, m1);
+        lora_finish(c, l, YM_PROJ_OUT, 2, o, dm, dm, c->y, di, di, sq, m0, m1);
         if (scale && a->g_out != NULL)
             ym_scale_rows_f32(o + (size_t)r0 * dm, dm, T, a->g_out, m0, m1);
     }
@@ -450,12 +502,14 @@ static void forward_task(void *arg, int ith, int nth)
             hook_x_input(c, l, c0, c1);
             xin = c->xs;
         }
+        if (ad)
+            lora_partial(c, ith, l, YM_PROJ_X, 0, xin, di, c0, c1);
         ym_pool_barrier(c->pool);
         /* [dt_lo, B, C] = x_proj(x), split by output rows */
         matmul(c->dbc + p0, P, xin, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f,
                PK ? &PK->x_proj : NULL, p0);
         if (ad)
-            hook_x_output(c, l, xin, p0, p1);
+            hook_x_output(c, ith, l, xin, p0, p1);
         ym_pool_barrier(c->pool);
         /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
         matmul(c->dt + c0, di, c->dbc, P, L->dt_proj_w + (size_t)c0 * dtr, dtr, R, nc, dtr, 0.0f,
@@ -473,7 +527,7 @@ static void forward_task(void *arg, int ith, int nth)
                         c0, c1);
         }
         if (ad)
-            hook_out_input(c, l, c0, c1);
+            hook_out_input(c, ith, l, c0, c1);
         ym_pool_barrier(c->pool);
         /* h = h + out_proj(y), split by output rows; with an IA³ output scale in the batch,
          * out_proj's output goes through c->ob so that the scale does not touch h */

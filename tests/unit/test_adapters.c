@@ -627,6 +627,91 @@ START_TEST(test_adapters_config_resolution_follows_peft_rules)
 }
 END_TEST
 
+/* Any rank, any split: a random LoRA applied unmerged equals the double-precision reference
+ * forward of a copy of the model with the adapter merged into its weights. Ranks 80 (above
+ * the forward's split-product limit of 64: whole products per thread) and 24 (not a multiple
+ * of the kernels' 8/16 lanes), 1 to 3 threads, decode and prefill. */
+START_TEST(test_adapters_random_lora_any_rank_equals_merged_weights)
+{
+    const int ranks[2] = {80, 24};
+    for (int ri = 0; ri < 2; ri++) {
+        ym_config cfg;
+        memset(&cfg, 0, sizeof(cfg));
+        cfg.d_model = 32;
+        cfg.n_layer = 2;
+        cfg.d_inner = 64;
+        cfg.d_state = 8;
+        cfg.d_conv = 4;
+        cfg.dt_rank = 4;
+        cfg.n_vocab = 50;
+        cfg.use_bias = 1;
+        cfg.use_conv_bias = 1;
+        cfg.tie_embeddings = 1;
+        cfg.norm_eps = 1e-5f;
+        cfg.bos_id = cfg.eos_id = cfg.pad_id = -1;
+        ym_model_t *m = NULL, *merged = NULL;
+        ym_diag d = {0};
+        ck_assert_int_eq(ym_model_new_random(&cfg, 7, &m, &d), YM_OK);
+        ck_assert_int_eq(ym_model_new_random(&cfg, 7, &merged, &d), YM_OK);
+        ym_adapter_t *a = NULL;
+        ck_assert_msg(ym_adapter_new_random_lora(m, ranks[ri], (1u << YM_PROJ_N) - 1, 3, &a,
+                                                 &d) == YM_OK, "%s", d.msg);
+        const ym_adapt *ad = ym_adapter_applied(a);
+        /* W += Bt^T At^T (the scale is inside Bt); the random model owns its weights */
+        for (int l = 0; l < cfg.n_layer; l++) {
+            ym_layer *L = &merged->layers[l];
+            float *W[YM_PROJ_N] = {(float *)L->in_proj, (float *)L->x_proj,
+                                   (float *)L->dt_proj_w, (float *)L->out_proj};
+            for (int p = 0; p < YM_PROJ_N; p++) {
+                const ym_adapt_proj *P = &ad->proj[l * YM_PROJ_N + p];
+                int ni = ym_proj_n_in(&cfg, (ym_proj)p), no = ym_proj_n_out(&cfg, (ym_proj)p);
+                ck_assert_int_eq(P->r, ranks[ri]);
+                for (int o = 0; o < no; o++)
+                    for (int i = 0; i < ni; i++) {
+                        double acc = 0;
+                        for (int j = 0; j < P->r; j++)
+                            acc += (double)P->Bt[(size_t)j * no + o] * P->At[(size_t)i * P->r + j];
+                        W[p][(size_t)o * ni + i] += (float)acc;
+                    }
+            }
+        }
+        enum { T = 7 };
+        int32_t toks[T] = {3, 14, 15, 9, 26, 5, 35};
+        float want[T * 50], got[T * 50];
+        ym_state_t *s = NULL;
+        ck_assert_int_eq(ym_state_new(&cfg, &s), YM_OK);
+        int st[2] = {0, T};
+        ym_batch b = {.n_seq = 1, .tokens = toks, .seq_start = st, .states = &s,
+                      .logits = YM_LOGITS_ALL};
+        ck_assert_int_eq(ym_forward_ref(merged, &b, want), YM_OK);
+        double scale = 0, worst = 0;
+        for (int i = 0; i < T * 50; i++)
+            scale = fmax(scale, fabs(want[i]));
+        for (int nth = 1; nth <= 3; nth++) {
+            ym_ctx_t *ctx = NULL;
+            ck_assert_int_eq(ym_ctx_new(m, T, nth, &ctx), YM_OK);
+            run_seq(ctx, m, ad, toks, T, 0, got);
+            worst = fmax(worst, max_diff_f32(got, want, T * 50));
+            run_seq(ctx, m, ad, toks, T, 1, got);
+            worst = fmax(worst, max_diff_f32(got, want, T * 50));
+            if (nth == 3) /* the adapter matters: the base model is far off */
+                run_seq(ctx, m, NULL, toks, T, 0, got);
+            ym_ctx_free(ctx);
+        }
+        double base_diff = max_diff_f32(got, want, T * 50);
+        ck_assert_msg(base_diff > 1e-2 * fmax(1.0, scale), "r=%d: adapter too weak (%g)",
+                      ranks[ri], base_diff);
+        printf("adapters random LoRA r=%d vs merged weights: max|diff| %.2e (scale %.2f, "
+               "base model off by %.2f)\n", ranks[ri], worst, scale, base_diff);
+        ck_assert_msg(worst <= 2e-5 * fmax(1.0, scale), "r=%d: off by %g", ranks[ri], worst);
+        ym_state_free(s);
+        ym_adapter_unref(a);
+        ym_model_unref(m);
+        ym_model_unref(merged);
+    }
+}
+END_TEST
+
 Suite *adapters_suite(void)
 {
     Suite *s = suite_create("adapters");
@@ -642,6 +727,7 @@ Suite *adapters_suite(void)
     tcase_add_test(tc, test_adapters_refuse_bad_sets);
     tcase_add_test(tc, test_adapters_forward_refuses_adapter_of_another_model);
     tcase_add_test(tc, test_adapters_config_resolution_follows_peft_rules);
+    tcase_add_test(tc, test_adapters_random_lora_any_rank_equals_merged_weights);
     suite_add_tcase(s, tc);
     return s;
 }
