@@ -13,6 +13,9 @@
  * Every projection is one sgemm over all rows of the batch (sgemv for a single row, which
  * OpenBLAS 0.3.21 runs 2-4x faster than sgemm with M=1; MACHINE.md), or, in a context made for
  * more than one row, our packed-panel kernel (engine/gemm.c) up to GEMM_PACKED_M rows.
+ * Adapters (engine/adapt.h) are applied unmerged by the hooks marked "adapters": the base
+ * product runs for all rows, then each sequence's rows get their LoRA product and IA³ scaling
+ * on the same columns the thread owns; a batch without adapters takes none of these paths.
  * OpenBLAS itself runs single-threaded: this pool owns the cores (STYLE.md §5). Nothing here
  * allocates except ym_ctx_new. */
 #include "engine/forward.h"
@@ -28,6 +31,10 @@
 #include "engine/pool.h"
 
 #define ALIGN_CH 16 /* channel slices start on a 64-byte boundary */
+/* Adapters: LoRA ranks up to this split their down-projection (x . At) over the threads that
+ * own the input (x_proj, dt_proj, out_proj), so no thread reads all of At; larger ranks have
+ * every thread compute the whole product for its columns. */
+#define UP_MAX 64
 /* Up to this many rows the packed-panel kernel beats sgemm (2.5x at 16 rows, 1.25x at 96;
  * docs/BENCHMARKS.md); above it sgemm's own packing is amortized. */
 #ifndef GEMM_PACKED_M
@@ -60,6 +67,9 @@ struct ym_ctx {
     float *dbc; /* x_proj output [R, dt_rank + 2*d_state] */
     float *dt;  /* [R, d_inner] */
     float *y;   /* scan output [R, d_inner] */
+    float *xs;  /* adapters: x_proj input with IA³ input scaling [R, d_inner] */
+    float *ob;  /* adapters: out_proj output before IA³ output scaling [R, d_model] */
+    float *up;  /* adapters: per-thread partial LoRA down-products [n_threads][3][R][UP_MAX] */
     int *out_rows; /* [R] rows whose logits are wanted */
     /* per-thread slices */
     int *ch0, *ch1;   /* d_inner channels */
@@ -141,10 +151,13 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     c->dbc = falloc(R * P);
     c->dt = falloc(R * cfg->d_inner);
     c->y = falloc(R * cfg->d_inner);
+    c->xs = falloc(R * cfg->d_inner);
+    c->ob = falloc(R * cfg->d_model);
+    c->up = falloc(R * (size_t)n_threads * 3 * UP_MAX);
     c->out_rows = calloc(R, sizeof(int));
     int *slices = calloc((size_t)n_threads * 8, sizeof(int));
-    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->out_rows ||
-        !slices) {
+    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->ob || !c->up ||
+        !c->out_rows || !slices) {
         free(slices);
         goto fail;
     }
@@ -193,6 +206,9 @@ void ym_ctx_free(ym_ctx_t *c)
     free(c->dbc);
     free(c->dt);
     free(c->y);
+    free(c->xs);
+    free(c->ob);
+    free(c->up);
     free(c->out_rows);
     free(c->ch0);
     ym_model_unref(c->model);
@@ -244,6 +260,200 @@ static void norm_rows(float *out, const float *h, const float *w, int d, float e
     }
 }
 
+
+/* ---- adapters (engine/adapt.h): hooks of forward_task, each on this thread's columns ----- */
+
+/* Projection p of layer l for sequence sq, or NULL when the sequence runs the base model. */
+static inline const ym_adapt_proj *aproj(const ym_batch *b, int sq, int l, ym_proj p)
+{
+    const ym_adapt *a = b->adapters != NULL ? b->adapters[sq] : NULL;
+    return a != NULL ? &a->proj[(size_t)l * YM_PROJ_N + p] : NULL;
+}
+
+/* 1 when some sequence has an IA³ input (g_out == 0) or output (1) scale on p of layer l. */
+static int any_scale(const ym_batch *b, int l, ym_proj p, int out)
+{
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, p);
+        if (a != NULL && (out ? a->g_out : a->g_in) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+/* Partial down-products for projection p (slot mod: 0 x_proj, 1 dt_proj, 2 out_proj) over
+ * this thread's inputs [k0, k1) (an empty range writes zeros), before the layer's barrier. */
+static void lora_partial(ym_ctx_t *c, int ith, int l, ym_proj p, int mod, const float *x,
+                         int ldx, int k0, int k1)
+{
+    const ym_batch *b = c->batch;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, p);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (a == NULL || a->r == 0 || a->r > UP_MAX)
+            continue;
+        float *u = c->up + (((size_t)ith * 3 + mod) * c->n_rows_max + r0) * UP_MAX;
+        ym_lora_down_f32(u, UP_MAX, x + (size_t)r0 * ldx, ldx, T, a->At, a->r, k0,
+                         k1 > k0 ? k1 : k0);
+    }
+}
+
+/* After the barrier: y[rows, n0:n1] += Bt^T u, u = the sum of every thread's partial (in
+ * thread order, so every thread gets the same bits); ranks over UP_MAX take the whole product
+ * from x [.., n_in]. ldb = the projection's n_out. */
+static void lora_finish(ym_ctx_t *c, int l, ym_proj p, int mod, float *y, int ldy, int ldb,
+                        const float *x, int ldx, int n_in, int sq, int n0, int n1)
+{
+    const ym_batch *b = c->batch;
+    const ym_adapt_proj *a = aproj(b, sq, l, p);
+    int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+    if (a == NULL || a->r == 0)
+        return;
+    if (a->r > UP_MAX) {
+        ym_lora_rows_f32(y + (size_t)r0 * ldy, ldy, x + (size_t)r0 * ldx, ldx, r1 - r0, a->At,
+                         a->r, n_in, a->Bt, ldb, n0, n1);
+        return;
+    }
+    for (int r = r0; r < r1; r++) {
+        float u[UP_MAX];
+        const float *u0 = c->up + ((size_t)mod * c->n_rows_max + r) * UP_MAX;
+        for (int j = 0; j < a->r; j++)
+            u[j] = u0[j];
+        for (int th = 1; th < c->n_threads; th++) {
+            const float *ut = c->up + (((size_t)th * 3 + mod) * c->n_rows_max + r) * UP_MAX;
+            for (int j = 0; j < a->r; j++)
+                u[j] += ut[j];
+        }
+        ym_lora_up_f32(y + (size_t)r * ldy, ldy, u, UP_MAX, 1, a->Bt, a->r, ldb, n0, n1);
+    }
+}
+
+/* in_proj input: hn = g_in ⊙ hn (hn is this thread's own copy, all rows and columns). */
+static void hook_in_input(const ym_batch *b, int l, float *hn, int dm)
+{
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_IN);
+        int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+        if (a != NULL && a->g_in != NULL)
+            ym_scale_rows_f32(hn + (size_t)r0 * dm, dm, r1 - r0, a->g_in, 0, dm);
+    }
+}
+
+/* in_proj output, channels [c0, c1) of the x half (outputs c) and z half (outputs di + c). */
+static void hook_in_output(ym_ctx_t *c, int l, const float *hn, int c0, int c1)
+{
+    const ym_batch *b = c->batch;
+    const int dm = c->model->cfg.d_model, di = c->model->cfg.d_inner;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_IN);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (a == NULL)
+            continue;
+        float *x = c->x + (size_t)r0 * di, *z = c->z + (size_t)r0 * di;
+        const float *in = hn + (size_t)r0 * dm;
+        ym_lora_rows_f32(x, di, in, dm, T, a->At, a->r, dm, a->Bt, 2 * di, c0, c1);
+        if (a->r > 0)
+            ym_lora_rows_f32(z, di, in, dm, T, a->At, a->r, dm, a->Bt + di, 2 * di, c0, c1);
+        if (a->g_out != NULL) {
+            ym_scale_rows_f32(x, di, T, a->g_out, c0, c1);
+            ym_scale_rows_f32(z, di, T, a->g_out + di, c0, c1);
+        }
+    }
+}
+
+/* x_proj input with IA³ input scaling: xs = g_in ⊙ x (or x), channels [c0, c1). */
+static void hook_x_input(ym_ctx_t *c, int l, int c0, int c1)
+{
+    const ym_batch *b = c->batch;
+    const int di = c->model->cfg.d_inner;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_X);
+        for (int r = b->seq_start[sq]; r < b->seq_start[sq + 1]; r++) {
+            size_t o = (size_t)r * di;
+            if (a != NULL && a->g_in != NULL)
+                ym_scale_copy_rows_f32(c->xs + o, c->x + o, di, 1, a->g_in, c0, c1);
+            else
+                memcpy(c->xs + o + c0, c->x + o + c0, sizeof(float) * (size_t)(c1 - c0));
+        }
+    }
+}
+
+/* x_proj output columns [p0, p1) (input xin, all channels), then dt_proj's IA³ input
+ * scaling of the dt_lo columns among them (dt_lo is read by dt_proj only). */
+static void hook_x_output(ym_ctx_t *c, int ith, int l, const float *xin, int p0, int p1)
+{
+    const ym_batch *b = c->batch;
+    const ym_config *cfg = &c->model->cfg;
+    const int di = cfg->d_inner, dtr = cfg->dt_rank, P = dtr + 2 * cfg->d_state;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_X);
+        const ym_adapt_proj *d = aproj(b, sq, l, YM_PROJ_DT);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        float *o = c->dbc + (size_t)r0 * P;
+        lora_finish(c, l, YM_PROJ_X, 0, c->dbc, P, P, xin, di, di, sq, p0, p1);
+        if (a != NULL && a->g_out != NULL)
+            ym_scale_rows_f32(o, P, T, a->g_out, p0, p1);
+        if (d != NULL && d->g_in != NULL && p0 < dtr)
+            ym_scale_rows_f32(o, P, T, d->g_in, p0, p1 < dtr ? p1 : dtr);
+    }
+    /* dt_proj's input dt_lo: this thread's columns of it are final now */
+    lora_partial(c, ith, l, YM_PROJ_DT, 1, c->dbc, P, p0 < dtr ? p0 : dtr, p1 < dtr ? p1 : dtr);
+}
+
+/* dt = softplus(dt_proj(dt_lo) + LoRA) with IA³ output scaling, channels [c0, c1): the bias
+ * is scaled with the output (PEFT), so such rows take g_out ⊙ bias (ym_adapt_proj.b_out). */
+static void hook_dt_output(ym_ctx_t *c, int l, const float *bias, int c0, int c1)
+{
+    const ym_batch *b = c->batch;
+    const ym_config *cfg = &c->model->cfg;
+    const int di = cfg->d_inner, dtr = cfg->dt_rank, P = dtr + 2 * cfg->d_state;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_DT);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        float *dt = c->dt + (size_t)r0 * di;
+        const float *bs = bias;
+        lora_finish(c, l, YM_PROJ_DT, 1, c->dt, di, di, c->dbc, P, dtr, sq, c0, c1);
+        if (a != NULL) {
+            if (a->g_out != NULL) {
+                ym_scale_rows_f32(dt, di, T, a->g_out, c0, c1);
+                bs = a->b_out;
+            }
+        }
+        ym_softplus_bias_f32(dt, di, T, bs, c0, c1);
+    }
+}
+
+/* out_proj input: y = g_in ⊙ y, channels [c0, c1) (y is read by out_proj only). */
+static void hook_out_input(ym_ctx_t *c, int ith, int l, int c0, int c1)
+{
+    const ym_batch *b = c->batch;
+    const int di = c->model->cfg.d_inner;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_OUT);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (a != NULL && a->g_in != NULL)
+            ym_scale_rows_f32(c->y + (size_t)r0 * di, di, T, a->g_in, c0, c1);
+    }
+    lora_partial(c, ith, l, YM_PROJ_OUT, 2, c->y, di, c0, c1);
+}
+
+/* out_proj LoRA (and IA³ output scaling when o is the separate output buffer), rows d_model
+ * [m0, m1). o is c->h (no output scaling in this layer) or c->ob. */
+static void hook_out_output(ym_ctx_t *c, int l, float *o, int scale, int m0, int m1)
+{
+    const ym_batch *b = c->batch;
+    const int dm = c->model->cfg.d_model, di = c->model->cfg.d_inner;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_OUT);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (a == NULL)
+            continue;
+        lora_finish(c, l, YM_PROJ_OUT, 2, o, dm, dm, c->y, di, di, sq, m0, m1);
+        if (scale && a->g_out != NULL)
+            ym_scale_rows_f32(o + (size_t)r0 * dm, dm, T, a->g_out, m0, m1);
+    }
+}
+
 static void forward_task(void *arg, int ith, int nth)
 {
     ym_ctx_t *c = arg;
@@ -256,6 +466,7 @@ static void forward_task(void *arg, int ith, int nth)
     const int m0 = c->md0[ith], m1 = c->md1[ith];
     const int p0 = c->p0[ith], p1 = c->p1[ith];
     float *hn = c->hn + (size_t)ith * c->n_rows_max * dm;
+    const int ad = b->adapters != NULL; /* adapters: take the hooks */
 
     /* h[r] = embed[token[r]], rows split over threads. */
     for (int r = ith; r < R; r += nth)
@@ -266,6 +477,8 @@ static void forward_task(void *arg, int ith, int nth)
         const ym_layer *L = &m->layers[l];
         /* hn = rmsnorm(h) * norm.weight  (every thread, all rows: no barrier needed) */
         norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
+        if (ad)
+            hook_in_input(b, l, hn, dm);
         /* [x, z] = in_proj(hn), this thread's channels */
         const ctx_packed_layer *PK = c->pk != NULL ? &c->pk[l] : NULL;
         matmul(c->x + c0, di, hn, dm, L->in_proj + (size_t)c0 * dm, dm, R, nc, dm, 0.0f,
@@ -276,21 +489,35 @@ static void forward_task(void *arg, int ith, int nth)
             add_bias(c->x, di, R, L->in_proj_b, c0, c1);
             add_bias(c->z, di, R, L->in_proj_b + di, c0, c1);
         }
+        if (ad)
+            hook_in_output(c, l, hn, c0, c1);
         /* x = silu(causal_conv(x)), per sequence segment, state of this thread's channels */
         for (int sq = 0; sq < b->n_seq; sq++) {
             int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
             ym_conv_silu_f32(c->x + (size_t)r0 * di, di, r1 - r0,
                              ym_state_conv(b->states[sq], l), L->conv_w, L->conv_b, K, c0, c1);
         }
+        const float *xin = c->x;
+        if (ad && any_scale(b, l, YM_PROJ_X, 0)) {
+            hook_x_input(c, l, c0, c1);
+            xin = c->xs;
+        }
+        if (ad)
+            lora_partial(c, ith, l, YM_PROJ_X, 0, xin, di, c0, c1);
         ym_pool_barrier(c->pool);
         /* [dt_lo, B, C] = x_proj(x), split by output rows */
-        matmul(c->dbc + p0, P, c->x, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f,
+        matmul(c->dbc + p0, P, xin, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f,
                PK ? &PK->x_proj : NULL, p0);
+        if (ad)
+            hook_x_output(c, ith, l, xin, p0, p1);
         ym_pool_barrier(c->pool);
         /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
         matmul(c->dt + c0, di, c->dbc, P, L->dt_proj_w + (size_t)c0 * dtr, dtr, R, nc, dtr, 0.0f,
                PK ? &PK->dt_proj : NULL, c0);
-        ym_softplus_bias_f32(c->dt, di, R, L->dt_proj_b, c0, c1);
+        if (ad)
+            hook_dt_output(c, l, L->dt_proj_b, c0, c1);
+        else
+            ym_softplus_bias_f32(c->dt, di, R, L->dt_proj_b, c0, c1);
         /* the selective scan and y = (C.s + D x) * silu(z), per segment */
         for (int sq = 0; sq < b->n_seq; sq++) {
             int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
@@ -299,12 +526,28 @@ static void forward_task(void *arg, int ith, int nth)
                         c->dt + o, c->z + o, c->dbc + (size_t)r0 * P + dtr, P, r1 - r0, di, N,
                         c0, c1);
         }
+        if (ad)
+            hook_out_input(c, ith, l, c0, c1);
         ym_pool_barrier(c->pool);
-        /* h = h + out_proj(y), split by output rows */
-        matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di, 1.0f,
-               PK ? &PK->out_proj : NULL, m0);
-        if (L->out_proj_b != NULL)
-            add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+        /* h = h + out_proj(y), split by output rows; with an IA³ output scale in the batch,
+         * out_proj's output goes through c->ob so that the scale does not touch h */
+        if (ad && any_scale(b, l, YM_PROJ_OUT, 1)) {
+            matmul(c->ob + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di,
+                   0.0f, PK ? &PK->out_proj : NULL, m0);
+            if (L->out_proj_b != NULL)
+                add_bias(c->ob, dm, R, L->out_proj_b, m0, m1);
+            hook_out_output(c, l, c->ob, 1, m0, m1);
+            for (int r = 0; r < R; r++)
+                for (int j = m0; j < m1; j++)
+                    c->h[(size_t)r * dm + j] += c->ob[(size_t)r * dm + j];
+        } else {
+            matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di,
+                   1.0f, PK ? &PK->out_proj : NULL, m0);
+            if (L->out_proj_b != NULL)
+                add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+            if (ad)
+                hook_out_output(c, l, c->h, 0, m0, m1);
+        }
         ym_pool_barrier(c->pool);
     }
     if (c->n_out == 0)
@@ -329,6 +572,20 @@ static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max
         if (s == NULL || s->n_layer != m->cfg.n_layer || s->d_inner != m->cfg.d_inner ||
             s->d_conv != m->cfg.d_conv || s->d_state != m->cfg.d_state)
             return ym_diag_set(diag, YM_EINVAL, "state of sequence %d does not fit the model", i);
+    }
+    for (int i = 0; b->adapters != NULL && i < b->n_seq; i++) {
+        const ym_adapt *a = b->adapters[i];
+        if (a == NULL)
+            continue;
+        if (!ym_adapt_fits(a, &m->cfg))
+            return ym_diag_set(diag, YM_EINVAL, "adapter of sequence %d was compiled for another "
+                               "model shape", i);
+        for (int l = 0; l < m->cfg.n_layer; l++) { /* dt_proj's bias is fused into softplus */
+            const ym_adapt_proj *d = &a->proj[(size_t)l * YM_PROJ_N + YM_PROJ_DT];
+            if (d->g_out != NULL && d->b_out == NULL)
+                return ym_diag_set(diag, YM_EINVAL, "adapter of sequence %d: dt_proj output "
+                                   "scale without its scaled bias (layer %d)", i, l);
+        }
     }
     int R = b->seq_start[b->n_seq];
     if (R > n_rows_max)
@@ -460,6 +717,9 @@ static void ref_token(const ym_model_t *m, ym_state_t *st, int32_t tok, float *l
 
 ym_err ym_forward_ref(const ym_model_t *m, const ym_batch *b, float *logits)
 {
+    for (int i = 0; b->adapters != NULL && i < b->n_seq; i++)
+        if (b->adapters[i] != NULL)
+            return YM_EINVAL;
     ym_err err = check_batch(m, b, b->seq_start[b->n_seq] > 0 ? b->seq_start[b->n_seq] : 1, NULL);
     if (err != YM_OK)
         return err;

@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "engine/adapt.h"
 #include "engine/err.h"
 #include "engine/model.h"
 #include "engine/state.h"
@@ -25,6 +26,9 @@ typedef struct ym_batch {
     const int *seq_start;        /* [n_seq + 1]; rows of sequence i are [seq_start[i], seq_start[i+1]) */
     ym_state_t *const *states;   /* [n_seq], borrowed, updated in place */
     ym_logits_mode logits;
+    /* Optional: the adapter each sequence runs with, applied unmerged (engine/adapt.h); NULL,
+     * or a NULL entry, is the base model. [n_seq], borrowed for the duration of the call. */
+    const ym_adapt *const *adapters;
 } ym_batch;
 
 typedef struct ym_ctx ym_ctx_t;
@@ -37,12 +41,12 @@ int ym_ctx_n_rows_max(const ym_ctx_t *ctx);
 int ym_ctx_n_threads(const ym_ctx_t *ctx);
 
 /* Run the batch. logits: [n_out, n_vocab] where n_out = n_seq (LAST), n_rows (ALL) or 0 (NONE).
- * Token ids outside [0, n_vocab), more rows than n_rows_max, empty segments -> YM_EINVAL with
- * nothing changed. Blocking; runs on the calling thread plus the context's workers. */
+ * Token ids outside [0, n_vocab), more rows than n_rows_max, empty segments, an adapter compiled
+ * for another model shape -> YM_EINVAL with nothing changed. Blocking; runs on the calling thread plus the context's workers. */
 ym_err ym_forward(ym_ctx_t *ctx, const ym_batch *batch, float *logits, ym_diag *diag);
 
 /* The plain single-threaded reference: same semantics, one token at a time, no BLAS.
- * For tests. */
+ * For tests. Base model only: a batch with adapters -> YM_EINVAL. */
 ym_err ym_forward_ref(const ym_model_t *model, const ym_batch *batch, float *logits);
 
 #endif

@@ -8,7 +8,10 @@
  *     of the two is the peak;
  *   - prefill of a 512-token prompt, and decode at batch 1, 4, 16, 64.
  * Without --model the model is synthetic with mamba-130m's shapes (random weights made in
- * process). Runs on the CLI's thread; nothing else is running. */
+ * process). With --adapters N, only the adapter comparison runs: decode of a 16-row batch
+ * (--batches' first value) with every row on the base model, against the same batch with
+ * the rows spread over N random LoRA adapters (rank --rank, all four projections), measured
+ * alternately in one run. Runs on the CLI's thread; nothing else is running. */
 #include <cblas.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -18,6 +21,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "adapters/adapter.h"
 #include "engine/blas.h"
 #include "engine/forward.h"
 #include "engine/kernels.h"
@@ -182,7 +186,8 @@ static double bench_prefill(ym_ctx_t *ctx, const ym_model_t *m, int n_prompt, in
     return n_prompt / best;
 }
 
-static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int steps)
+static double bench_decode_adapted(ym_ctx_t *ctx, const ym_model_t *m, int batch, int steps,
+                                   const ym_adapt *const *adapters)
 {
     ym_state_t **s = calloc((size_t)batch, sizeof(*s));
     int32_t *toks = malloc(sizeof(int32_t) * (size_t)batch);
@@ -193,7 +198,7 @@ static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int st
     for (int i = 0; i <= batch; i++)
         st[i] = i;
     ym_batch b = {.n_seq = batch, .tokens = toks, .seq_start = st, .states = s,
-                  .logits = YM_LOGITS_LAST};
+                  .logits = YM_LOGITS_LAST, .adapters = adapters};
     double t0 = 0;
     for (int k = 0; k < steps + 2; k++) {
         if (k == 2)
@@ -212,11 +217,88 @@ static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int st
     return (double)batch * steps / t;
 }
 
+static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int steps)
+{
+    return bench_decode_adapted(ctx, m, batch, steps, NULL);
+}
+
+/* Decode of `batch` rows on the base model vs spread over n_adapters random LoRA adapters of
+ * rank r (issue 5's target: >= 80 % of the base throughput at 16 rows and 16 adapters). Both
+ * measured alternately, 3 rounds, best of each. Returns 0 or 1 (error printed). */
+static int bench_adapters(ym_model_t *m, int n_threads, int batch, int n_adapters, int r,
+                          int steps, int json, const char *model_name)
+{
+    ym_adapter_t **ads = calloc((size_t)n_adapters, sizeof(*ads));
+    const ym_adapt **rows = calloc((size_t)batch, sizeof(*rows));
+    ym_ctx_t *ctx = NULL;
+    ym_diag diag = {0};
+    int rc = 1;
+    if (ads == NULL || rows == NULL || ym_ctx_new(m, batch, n_threads, &ctx) != YM_OK) {
+        fprintf(stderr, "yunmin: bench: out of memory\n");
+        goto out;
+    }
+    for (int i = 0; i < n_adapters; i++)
+        if (ym_adapter_new_random_lora(m, r, (1u << YM_PROJ_N) - 1, (uint64_t)i + 1, &ads[i],
+                                       &diag) != YM_OK) {
+            fprintf(stderr, "yunmin: bench: %s\n", diag.msg);
+            goto out;
+        }
+    for (int i = 0; i < batch; i++)
+        rows[i] = ym_adapter_applied(ads[i % n_adapters]);
+    if (!json)
+        fprintf(stderr, "bench: %s, %d threads, decode batch %d: base vs %d LoRA adapters r=%d "
+                "(all four projections)\n", model_name, n_threads, batch, n_adapters, r);
+    /* Shared machines drift: pair each adapted run with the base run just before it and
+     * report the median of the pairs' ratios (and the best of each, for reference). */
+    enum { ROUNDS = 7 };
+    double base = 0, adapted = 0, ratio[ROUNDS];
+    for (int round = 0; round < ROUNDS; round++) {
+        double b0 = bench_decode_adapted(ctx, m, batch, steps, NULL);
+        double a0 = bench_decode_adapted(ctx, m, batch, steps, rows);
+        base = b0 > base ? b0 : base;
+        adapted = a0 > adapted ? a0 : adapted;
+        ratio[round] = b0 > 0 ? a0 / b0 : 0;
+    }
+    for (int i = 1; i < ROUNDS; i++) /* insertion sort: seven values */
+        for (int j = i; j > 0 && ratio[j] < ratio[j - 1]; j--) {
+            double t = ratio[j];
+            ratio[j] = ratio[j - 1];
+            ratio[j - 1] = t;
+        }
+    double median = ratio[ROUNDS / 2];
+    ym_adapter_info info;
+    ym_adapter_info_get(ads[0], &info);
+    if (json) {
+        printf("{\"model\": \"%s\", \"threads\": %d, \"batch\": %d, \"adapters\": %d, "
+               "\"rank\": %d, \"adapter_params\": %zu, \"base_tok_s\": %.2f, "
+               "\"adapters_tok_s\": %.2f, \"ratio_median\": %.4f, \"ratio_min\": %.4f, "
+               "\"ratio_max\": %.4f}\n", model_name, n_threads, batch, n_adapters, r,
+               info.n_params, base, adapted, median, ratio[0], ratio[ROUNDS - 1]);
+    } else {
+        printf("decode batch %d, base model       %8.1f tok/s (best of %d)\n", batch, base,
+               ROUNDS);
+        printf("decode batch %d, %d adapters r=%-3d %8.1f tok/s (best of %d; %.1f M parameters "
+               "each)\n", batch, n_adapters, r, adapted, ROUNDS, (double)info.n_params / 1e6);
+        printf("adapters / base, median of %d paired runs: %.0f%% (range %.0f%%-%.0f%%)\n",
+               ROUNDS, 100.0 * median, 100.0 * ratio[0], 100.0 * ratio[ROUNDS - 1]);
+    }
+    rc = 0;
+out:
+    for (int i = 0; ads != NULL && i < n_adapters; i++)
+        ym_adapter_unref(ads[i]);
+    free(ads);
+    free(rows);
+    ym_ctx_free(ctx);
+    return rc;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
-               "                    [--batches 1,4,16,64]\n"
-               "Without --model: a synthetic model with mamba-130m's shapes (random weights).\n");
+               "                    [--batches 1,4,16,64] [--adapters N [--rank R]]\n"
+               "Without --model: a synthetic model with mamba-130m's shapes (random weights).\n"
+               "--adapters N: only decode of a batch of --batches' first value (default 16)\n"
+               "rows, base model vs rows spread over N random LoRA adapters of rank R (8).\n");
 }
 
 int ym_cmd_bench(int argc, char **argv)
@@ -225,9 +307,10 @@ int ym_cmd_bench(int argc, char **argv)
         {"model", required_argument, 0, 'm'},  {"json", no_argument, 0, 'j'},
         {"threads", required_argument, 0, 't'}, {"prompt", required_argument, 0, 'p'},
         {"steps", required_argument, 0, 's'},  {"batches", required_argument, 0, 'b'},
+        {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'r'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *model_dir = NULL, *batches = "1,4,16,64";
-    int json = 0, n_threads = 0, n_prompt = 512, steps = 32;
+    const char *model_dir = NULL, *batches = NULL;
+    int json = 0, n_threads = 0, n_prompt = 512, steps = 32, n_adapters = 0, rank = 8;
     optind = 1;
     opterr = 0;
     int o;
@@ -239,17 +322,25 @@ int ym_cmd_bench(int argc, char **argv)
         case 'b': batches = optarg; break;
         case 't':
         case 'p':
+        case 'a':
+        case 'r':
         case 's': {
             long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) || v > 1000000) {
+            if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) ||
+                v > (o == 'a' || o == 'r' ? 4096 : 1000000)) {
                 fprintf(stderr, "yunmin: bench: bad value '%s' for --%s\n", optarg,
-                        o == 't' ? "threads" : o == 'p' ? "prompt" : "steps");
+                        o == 't' ? "threads" : o == 'p' ? "prompt" : o == 'a' ? "adapters"
+                                                      : o == 'r' ? "rank" : "steps");
                 return 2;
             }
             if (o == 't')
                 n_threads = (int)v;
             else if (o == 'p')
                 n_prompt = (int)v;
+            else if (o == 'a')
+                n_adapters = (int)v;
+            else if (o == 'r')
+                rank = (int)v;
             else
                 steps = (int)v;
             break;
@@ -265,6 +356,8 @@ int ym_cmd_bench(int argc, char **argv)
         fprintf(stderr, "yunmin: bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    if (batches == NULL)
+        batches = n_adapters > 0 ? "16" : "1,4,16,64";
     int bs[16], n_bs = 0;
     for (const char *p = batches; *p != '\0' && n_bs < 16;) {
         char *end;
@@ -306,6 +399,11 @@ int ym_cmd_bench(int argc, char **argv)
     if (err != YM_OK) {
         fprintf(stderr, "yunmin: bench: %s\n", diag.msg[0] ? diag.msg : ym_strerror(err));
         return 1;
+    }
+    if (n_adapters > 0) {
+        int rc = bench_adapters(m, n_threads, bs[0], n_adapters, rank, steps, json, model_name);
+        ym_model_unref(m);
+        return rc;
     }
     int max_b = n_prompt;
     for (int i = 0; i < n_bs; i++)

@@ -236,6 +236,32 @@ int cli_load_model(const char *dir, ym_model_t **out)
     return 0;
 }
 
+int cli_load_adapters(ym_model_t *model, const char *const *dirs, int n, ym_adapter_t **out)
+{
+    ym_adapter_t *parts[CLI_MAX_ADAPTERS] = {0};
+    ym_diag diag = {0};
+    int rc = 0;
+    *out = NULL;
+    if (n <= 0)
+        return 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        ym_err err = ym_adapter_load(dirs[i], model, NULL, &parts[i], &diag);
+        if (err != YM_OK)
+            rc = diag.msg[0] ? cli_error(CLI_FAIL, "adapter: %s", diag.msg)
+                             : cli_error(CLI_FAIL, "adapter %s: %s", dirs[i], ym_strerror(err));
+    }
+    if (rc == 0 && n == 1) {
+        *out = ym_adapter_ref(parts[0]);
+    } else if (rc == 0) {
+        ym_err err = ym_adapter_compose(parts, n, out, &diag);
+        if (err != YM_OK)
+            rc = cli_error(CLI_FAIL, "adapters: %s", diag.msg[0] ? diag.msg : ym_strerror(err));
+    }
+    for (int i = 0; i < n; i++)
+        ym_adapter_unref(parts[i]);
+    return rc;
+}
+
 double cli_now(void)
 {
     struct timespec ts;

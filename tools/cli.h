@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "adapters/adapter.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 
@@ -55,6 +56,13 @@ int cli_read_file(const char *path, char **data, size_t *len);
  * or file, a malformed one) and return CLI_FAIL, else 0. New references in *out. */
 int cli_load_tokenizer(const char *dir, ym_tok_t **out);
 int cli_load_model(const char *dir, ym_model_t **out);
+
+/* --adapter DIR options, repeatable: at most CLI_MAX_ADAPTERS, all composed in order. */
+#define CLI_MAX_ADAPTERS 16
+/* Load dirs[0..n) against model (a PEFT adapter or an adapter set each) and compose them when
+ * n > 1; n == 0 leaves *out NULL. Prints the error naming the directory and returns CLI_FAIL,
+ * else 0. New reference in *out (ym_adapter_unref). */
+int cli_load_adapters(ym_model_t *model, const char *const *dirs, int n, ym_adapter_t **out);
 
 double cli_now(void); /* monotonic seconds */
 /* Write a JSON double as %.17g, or null when it is not finite (JSON has no NaN). */

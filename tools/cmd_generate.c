@@ -3,7 +3,8 @@
  * The prompt is prefilled as one chunk (one ym_forward, YM_LOGITS_LAST), then tokens are
  * decoded one at a time: sample, stream the certain text (ym_textout: whole UTF-8 characters,
  * stop strings held back and never printed), forward the token. Stops at EOS (not printed),
- * a stop string, or --max-tokens. A one-line summary goes to stderr at the end. */
+ * a stop string, or --max-tokens. A one-line summary goes to stderr at the end. With
+ * --adapter (repeatable), the adapters are composed and applied unmerged. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +35,8 @@ static void usage(FILE *f)
             "  --seed S                    reproducible sampling\n"
             "  --stop STR                  stop before this text (repeatable, up to %d)\n"
             "  --threads N                 engine threads (default: one per core)\n"
+            "  --adapter DIR               PEFT LoRA/IA3 adapter or adapter set (repeatable:\n"
+            "                              composed, LoRA deltas add, IA3 scales multiply)\n"
             "  --echo                      print the prompt before the generated text\n"
             "Text goes to stdout as it is produced; a summary line goes to stderr.\n",
             MAX_STOPS);
@@ -51,6 +54,7 @@ enum {
     OPT_STOP,
     OPT_THREADS,
     OPT_ECHO,
+    OPT_ADAPTER,
 };
 
 static int write_out(const char *s, size_t n)
@@ -87,12 +91,15 @@ int ym_cmd_generate(int argc, char **argv)
         {"stop", required_argument, NULL, OPT_STOP},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"echo", no_argument, NULL, OPT_ECHO},
+        {"adapter", required_argument, NULL, OPT_ADAPTER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *model_arg = NULL, *prompt = NULL;
     const char *stops[MAX_STOPS];
     int n_stops = 0, echo = 0;
+    const char *adapter_dirs[CLI_MAX_ADAPTERS];
+    int n_adapters = 0;
     long max_tokens = 128, n_threads = 0, top_k = 0;
     ym_sampling sp = ym_sampling_default();
     sp.temperature = 0.8f;
@@ -147,6 +154,12 @@ int ym_cmd_generate(int argc, char **argv)
         case OPT_ECHO:
             echo = 1;
             break;
+        case OPT_ADAPTER:
+            if (n_adapters == CLI_MAX_ADAPTERS)
+                return cli_error(CLI_USAGE, "generate: at most %d --adapter options",
+                                 CLI_MAX_ADAPTERS);
+            adapter_dirs[n_adapters++] = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -175,11 +188,14 @@ int ym_cmd_generate(int argc, char **argv)
     ym_textout_t *tout = NULL;
     float *logits = NULL;
     ym_ids ids = {0};
+    ym_adapter_t *adapter = NULL;
     ym_err err = YM_OK;
     int rc;
     if ((rc = cli_load_tokenizer(dir, &tok)) != 0)
         goto out;
     if ((rc = cli_load_model(dir, &model)) != 0)
+        goto out;
+    if ((rc = cli_load_adapters(model, adapter_dirs, n_adapters, &adapter)) != 0)
         goto out;
     const int nv = model->cfg.n_vocab;
     /* Embedding rows past the tokenizer's vocabulary are padding (50280 rows for 50277
@@ -216,12 +232,14 @@ int ym_cmd_generate(int argc, char **argv)
     /* Prefill: the whole prompt in one call. */
     int seq_start[2] = {0, n_prompt};
     ym_state_t *states[1] = {state};
+    const ym_adapt *adapts[1] = {ym_adapter_applied(adapter)};
     ym_batch batch = {
         .n_seq = 1,
         .tokens = ids.v,
         .seq_start = seq_start,
         .states = states,
         .logits = YM_LOGITS_LAST,
+        .adapters = adapter != NULL ? adapts : NULL,
     };
     double t0 = cli_now();
     if ((err = ym_forward(ctx, &batch, logits, &diag)) != YM_OK) {
@@ -288,6 +306,7 @@ out:
     ym_state_free(state);
     ym_ctx_free(ctx);
     ym_ids_deinit(&ids);
+    ym_adapter_unref(adapter);
     ym_model_unref(model);
     ym_tok_free(tok);
     return rc;

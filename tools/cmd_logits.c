@@ -1,7 +1,8 @@
 /* tools/cmd_logits.c - `yunmin logits`: the logits of every position of a token sequence,
  * {"logits": [[...], ...]} on stdout, one row per position, each float as %.9g (enough digits
  * to round-trip a float32). One ym_forward call with YM_LOGITS_ALL on a fresh state: what
- * the conformance tests compare against the PyTorch reference. */
+ * the conformance tests compare against the PyTorch reference. With --adapter (repeatable),
+ * the adapters are composed and applied unmerged, as the server applies them. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,9 +14,10 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: yunmin logits [--model DIR] --ids 1,2,3 [--threads N]\n"
+    fprintf(f, "usage: yunmin logits [--model DIR] --ids 1,2,3 [--adapter DIR]... [--threads N]\n"
                "Prints {\"logits\": [[...], ...]}: one row of n_vocab floats per position,\n"
-               "from a fresh state.\n");
+               "from a fresh state. --adapter: a PEFT LoRA/IA3 directory or an adapter set;\n"
+               "several are composed (LoRA deltas add, IA3 scales multiply).\n");
 }
 
 int ym_cmd_logits(int argc, char **argv)
@@ -24,15 +26,18 @@ int ym_cmd_logits(int argc, char **argv)
         {"model", required_argument, NULL, 'm'},
         {"ids", required_argument, NULL, 'i'},
         {"threads", required_argument, NULL, 't'},
+        {"adapter", required_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *model_arg = NULL, *ids_arg = NULL;
     long n_threads = 0;
+    const char *adapter_dirs[CLI_MAX_ADAPTERS];
+    int n_adapters = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:i:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:i:t:a:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model_arg = optarg;
@@ -43,6 +48,12 @@ int ym_cmd_logits(int argc, char **argv)
         case 't':
             if (cli_parse_long("--threads", optarg, 0, 1024, &n_threads) != 0)
                 return CLI_USAGE;
+            break;
+        case 'a':
+            if (n_adapters == CLI_MAX_ADAPTERS)
+                return cli_error(CLI_USAGE, "logits: at most %d --adapter options",
+                                 CLI_MAX_ADAPTERS);
+            adapter_dirs[n_adapters++] = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -61,9 +72,12 @@ int ym_cmd_logits(int argc, char **argv)
     ym_state_t *state = NULL;
     float *logits = NULL;
     ym_ids ids = {0};
+    ym_adapter_t *adapter = NULL;
     int rc = cli_load_model(cli_model_dir(model_arg), &model);
     if (rc != 0)
         return rc;
+    if ((rc = cli_load_adapters(model, adapter_dirs, n_adapters, &adapter)) != 0)
+        goto out;
     const int nv = model->cfg.n_vocab;
     if ((rc = cli_parse_ids("--ids", ids_arg, nv, &ids)) != 0)
         goto out;
@@ -82,12 +96,14 @@ int ym_cmd_logits(int argc, char **argv)
     }
     int seq_start[2] = {0, n};
     ym_state_t *states[1] = {state};
+    const ym_adapt *adapts[1] = {ym_adapter_applied(adapter)};
     ym_batch batch = {
         .n_seq = 1,
         .tokens = ids.v,
         .seq_start = seq_start,
         .states = states,
         .logits = YM_LOGITS_ALL,
+        .adapters = adapter != NULL ? adapts : NULL,
     };
     ym_diag diag = {0};
     if ((err = ym_forward(ctx, &batch, logits, &diag)) != YM_OK) {
@@ -116,6 +132,7 @@ out:
     ym_state_free(state);
     ym_ctx_free(ctx);
     ym_ids_deinit(&ids);
+    ym_adapter_unref(adapter);
     ym_model_unref(model);
     return rc;
 }

@@ -13,7 +13,10 @@ Standard library only. What it checks:
     wrote, greedy generate against argmax over `logits`, stop strings, seeds, and the
     perplexity protocol recomputed here from `logits` (log_softmax in double);
   - with tests/fixtures/conformance/<model>/ present (a real checkpoint), the same shape and
-    consistency checks on it; skipped when absent.
+    consistency checks on it; skipped when absent;
+  - --adapter on logits / generate with the PEFT fixtures (tests/fixtures/peft/): one adapter, a
+    composition of several and an adapter set against the float64 references there, greedy
+    generate against argmax over `logits --adapter`, and the errors for bad adapters.
 """
 
 import json
@@ -502,6 +505,103 @@ class TestTinyModel(ModelChecks):
             shutil.rmtree(bad)
 
 
+def read_safetensors(path):
+    """name -> (dtype, shape, flat list of values) for I32 / F64 tensors (enough for fixtures)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, end = e["data_offsets"]
+        raw = data[8 + n + b:8 + n + end]
+        fmt = {"I32": "i", "F64": "d", "F32": "f"}[e["dtype"]]
+        out[name] = (e["dtype"], e["shape"], list(struct.unpack("<%d%s" % (len(raw) // struct.calcsize(fmt), fmt), raw)))
+    return out
+
+
+class TestAdapters(CliTestBase):
+    """--adapter on the PEFT fixtures (tests/fixtures/peft/, made with peft 0.21)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peft = os.path.join(FIXTURES, "peft")
+        with open(os.path.join(cls.peft, "manifest.json")) as f:
+            cls.cases = {c["name"]: c for c in json.load(f)["cases"]}
+
+    def case_args(self, name):
+        c = self.cases[name]
+        model = os.path.normpath(os.path.join(self.peft, c["base"]))
+        if "set" in c:
+            ads = ["--adapter", os.path.join(self.peft, c["set"])]
+        else:
+            ads = sum((["--adapter", os.path.join(self.peft, a)] for a in c["adapters"]), [])
+        ref = read_safetensors(os.path.join(self.peft, c["logits"]))
+        return c, model, ads, ref["ids"][2], ref["logits"][2]
+
+    def check_case(self, name):
+        c, model, ads, ids, want = self.case_args(name)
+        rows = self.json_out(["logits", "--model", model, "--ids", ",".join(map(str, ids))] +
+                             ads)["logits"]
+        V = len(rows[0])
+        self.assertEqual(len(rows), len(ids))
+        worst = max(abs(rows[t][v] - want[t * V + v]) for t in range(len(ids)) for v in range(V))
+        self.assertLess(worst, c["atol_tight"], "%s: logits off by %g" % (name, worst))
+        return model, ads, ids, rows
+
+    def test_one_adapter_matches_the_peft_reference(self):
+        self.check_case("lora-all4-m40")
+        self.check_case("ia3-ff-m40")
+
+    def test_several_adapters_compose(self):
+        self.check_case("compose-m40")
+
+    def test_adapter_set_directory(self):
+        self.check_case("hybrid-m40")
+
+    def test_greedy_generate_with_adapter_follows_its_logits(self):
+        model, ads, _, _ = self.check_case("lora-all4-m40")
+        rc, out, err = run(["generate", "--model", model, "-p", "First Citizen:", "-n", "6",
+                            "--temperature", "0"] + ads)
+        self.assertEqual(rc, 0, err)
+        rc2, base_out, _ = run(["generate", "--model", model, "-p", "First Citizen:", "-n", "6",
+                                "--temperature", "0"])
+        self.assertEqual(rc2, 0)
+        self.assertNotEqual(out, base_out, "the adapter changed nothing")
+        prompt = self.json_out(["tokenize", "--model", model, "--text", "First Citizen:"])
+        ids = prompt["ids"] if isinstance(prompt, dict) else prompt
+        gen = []
+        for _ in range(6):
+            rows = self.json_out(["logits", "--model", model, "--ids",
+                                  ",".join(map(str, ids + gen))] + ads)["logits"]
+            last = rows[-1][:4099]
+            gen.append(max(range(len(last)), key=lambda i: (last[i], -i)))
+        text = self.json_out(["detokenize", "--model", model, "--ids", ",".join(map(str, gen))])
+        text = text["text"] if isinstance(text, dict) else text
+        self.assertEqual(out.decode("utf-8"), text)
+
+    def test_bad_adapters_are_one_line_runtime_errors(self):
+        model = os.path.normpath(os.path.join(self.peft, self.cases["lora-all4-m40"]["base"]))
+        self.assert_one_line_error(1, ["logits", "--model", model, "--ids", "1",
+                                       "--adapter", "/nonexistent/adapter"], mention="adapter")
+        # an adapter made for another base model: the shapes disagree
+        self.assert_one_line_error(1, ["logits", "--model", model, "--ids", "1", "--adapter",
+                                       os.path.join(self.peft, "rslora-regex-m37")],
+                                   mention="the base model wants")
+        bad = tempfile.mkdtemp(prefix="yunmin-cli-adapter-")
+        try:
+            with open(os.path.join(bad, "adapter_config.json"), "w") as f:
+                json.dump({"peft_type": "PREFIX_TUNING"}, f)
+            self.assert_one_line_error(1, ["generate", "--model", model, "-p", "a",
+                                           "--adapter", bad], mention="peft_type")
+        finally:
+            shutil.rmtree(bad)
+        self.assert_one_line_error(2, ["logits", "--model", model, "--ids", "1", "--adapter"],
+                                   mention="--adapter")
+
+
 def conformance_dirs():
     root = os.path.join(FIXTURES, "conformance") if FIXTURES else None
     if not root or not os.path.isdir(root):
@@ -519,6 +619,8 @@ def load_tests(loader, standard_tests, pattern):
     suite = unittest.TestSuite()
     for cls in (TestUsage, TestTokenizerOnly, TestTinyModel):
         suite.addTests(loader.loadTestsFromTestCase(cls))
+    if FIXTURES and os.path.exists(os.path.join(FIXTURES, "peft", "manifest.json")):
+        suite.addTests(loader.loadTestsFromTestCase(TestAdapters))
     dirs = conformance_dirs()
     if not dirs:
         print("cli: no model under tests/fixtures/conformance/: real-checkpoint checks skipped",

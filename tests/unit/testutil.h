@@ -18,5 +18,6 @@ Suite *sampling_suite(void);
 Suite *textout_suite(void);
 Suite *conformance_suite(void);
 Suite *gemm_suite(void);
+Suite *adapters_suite(void);
 
 #endif
