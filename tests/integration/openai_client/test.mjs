@@ -1,0 +1,220 @@
+// The official `openai` npm client, used exactly as an application would, against a running
+// yunmind: the same calls must work against api.openai.com and against us.
+//
+//   node test.mjs http://127.0.0.1:PORT [MODEL_ID]
+//
+// MODEL_ID is the id the server is expected to serve; without it, the first id that
+// /v1/models lists is used. Every check runs; each prints "ok" or "FAIL" with what was
+// expected and what came back, and the exit code is 1 when any failed (2 on bad usage).
+import OpenAI from 'openai';
+
+const base = process.argv[2];
+const expectModel = process.argv[3];
+if (!base || !/^https?:\/\//.test(base)) {
+    console.error('usage: node test.mjs http://127.0.0.1:PORT [MODEL_ID]');
+    process.exit(2);
+}
+
+// No retries: a 5xx or a dropped connection must show up as a failure, not be papered over.
+const client = new OpenAI({
+    baseURL: base.replace(/\/+$/, '') + '/v1',
+    apiKey: 'unused',
+    maxRetries: 0,
+    timeout: 120 * 1000,
+});
+
+const PROMPT = 'ROMEO:';
+const MAX_TOKENS = 20;
+let failures = 0;
+
+class CheckError extends Error {}
+
+function check(cond, what) {
+    if (!cond)
+        throw new CheckError(what);
+}
+
+function show(v) {
+    return JSON.stringify(v);
+}
+
+async function test(name, fn) {
+    try {
+        await fn();
+        console.log(`ok    ${name}`);
+    } catch (e) {
+        failures++;
+        const why = e instanceof CheckError ? e.message
+                                            : `unexpected ${e?.constructor?.name}: ${e?.message}`;
+        console.log(`FAIL  ${name}: ${why}`);
+    }
+}
+
+function isCount(n) {
+    return Number.isInteger(n) && n >= 0;
+}
+
+function checkUsage(u, where) {
+    check(u && typeof u === 'object', `${where}: usage missing (got ${show(u)})`);
+    check(isCount(u.prompt_tokens) && u.prompt_tokens > 0,
+          `${where}: usage.prompt_tokens = ${show(u.prompt_tokens)}, want a positive integer`);
+    check(isCount(u.completion_tokens) && u.completion_tokens >= 1 &&
+              u.completion_tokens <= MAX_TOKENS,
+          `${where}: usage.completion_tokens = ${show(u.completion_tokens)}, want 1..${MAX_TOKENS}`);
+    check(u.total_tokens === u.prompt_tokens + u.completion_tokens,
+          `${where}: usage.total_tokens = ${u.total_tokens}, want prompt_tokens + ` +
+              `completion_tokens = ${u.prompt_tokens + u.completion_tokens}`);
+}
+
+let model = expectModel;
+let reference = null; // the non-streaming completion the other checks compare with
+
+await test('models.list() returns the served model', async () => {
+    const page = await client.models.list();
+    const ids = [];
+    for await (const m of page) {
+        check(m.object === 'model', `model entry has object ${show(m.object)}, want "model"`);
+        ids.push(m.id);
+    }
+    check(ids.length > 0, 'the list is empty');
+    if (model === undefined)
+        model = ids[0];
+    check(ids.includes(model), `served id ${show(model)} not among ${show(ids)}`);
+});
+if (model === undefined) {
+    console.log('FAIL  no model id to test with; stopping');
+    process.exit(1);
+}
+
+const request = {model, prompt: PROMPT, max_tokens: MAX_TOKENS, temperature: 0};
+
+await test('completions.create, non-streaming', async () => {
+    const c = await client.completions.create(request);
+    check(c.object === 'text_completion', `object = ${show(c.object)}, want "text_completion"`);
+    check(typeof c.id === 'string' && c.id.length > 0, `id = ${show(c.id)}`);
+    check(c.model === model, `model = ${show(c.model)}, want ${show(model)}`);
+    check(Number.isInteger(c.created) && c.created > 0, `created = ${show(c.created)}`);
+    check(Array.isArray(c.choices) && c.choices.length === 1,
+          `want exactly one choice, got ${show(c.choices)}`);
+    const ch = c.choices[0];
+    check(ch.index === 0, `choices[0].index = ${show(ch.index)}`);
+    check(typeof ch.text === 'string' && ch.text.length > 0, `text = ${show(ch.text)}`);
+    check(ch.finish_reason === 'stop' || ch.finish_reason === 'length',
+          `finish_reason = ${show(ch.finish_reason)}, want "stop" or "length"`);
+    checkUsage(c.usage, 'non-streaming');
+    if (ch.finish_reason === 'length')
+        check(c.usage.completion_tokens === MAX_TOKENS,
+              `finish_reason "length" with completion_tokens ${c.usage.completion_tokens}, ` +
+                  `want max_tokens = ${MAX_TOKENS}`);
+    reference = c;
+});
+
+await test('completions.create, streaming with include_usage', async () => {
+    check(reference !== null, 'needs the non-streaming result, which failed');
+    const stream = await client.completions.create(
+        {...request, stream: true, stream_options: {include_usage: true}});
+    let text = '', nText = 0, finish = null, usage = null, afterUsage = 0;
+    for await (const chunk of stream) {
+        check(chunk.object === 'text_completion',
+              `chunk object = ${show(chunk.object)}, want "text_completion"`);
+        if (usage !== null)
+            afterUsage++;
+        if (chunk.choices.length === 0) {
+            check(usage === null, 'more than one usage chunk');
+            usage = chunk.usage;
+            continue;
+        }
+        check(chunk.choices.length === 1, `chunk with ${chunk.choices.length} choices`);
+        check(finish === null, 'a text chunk after the one carrying finish_reason');
+        const ch = chunk.choices[0];
+        check(typeof ch.text === 'string', `chunk text = ${show(ch.text)}`);
+        // With include_usage, OpenAI sends "usage": null on every chunk but the last.
+        check(chunk.usage === null || chunk.usage === undefined,
+              `a text chunk carries usage ${show(chunk.usage)}`);
+        text += ch.text;
+        nText++;
+        finish = ch.finish_reason ?? null;
+    }
+    check(nText > 0, 'no text chunks');
+    check(text === reference.choices[0].text,
+          `streamed text ${show(text)} differs from the non-streaming ${show(
+              reference.choices[0].text)}`);
+    check(finish === reference.choices[0].finish_reason,
+          `last finish_reason ${show(finish)}, non-streaming ${show(
+              reference.choices[0].finish_reason)}`);
+    check(usage !== null, 'no usage chunk (choices: []) at the end');
+    check(afterUsage === 0, `${afterUsage} chunks after the usage chunk`);
+    checkUsage(usage, 'streaming');
+    for (const k of ['prompt_tokens', 'completion_tokens', 'total_tokens'])
+        check(usage[k] === reference.usage[k],
+              `streamed usage.${k} = ${usage[k]}, non-streaming ${reference.usage[k]}`);
+});
+
+await test('completions.create with logprobs: 2', async () => {
+    check(reference !== null, 'needs the non-streaming result, which failed');
+    const c = await client.completions.create({...request, logprobs: 2});
+    const ch = c.choices?.[0];
+    check(ch && ch.text === reference.choices[0].text,
+          `text ${show(ch?.text)} differs from the run without logprobs ${show(
+              reference.choices[0].text)}`);
+    const lp = ch.logprobs;
+    check(lp && typeof lp === 'object', `logprobs = ${show(lp)}, want an object`);
+    for (const k of ['tokens', 'token_logprobs', 'top_logprobs', 'text_offset'])
+        check(Array.isArray(lp[k]), `logprobs.${k} = ${show(lp[k])}, want an array`);
+    const n = lp.tokens.length;
+    check(n >= 1, 'logprobs.tokens is empty');
+    // A stop on the end-of-text token counts as a completion token but has no text.
+    check(n === c.usage.completion_tokens ||
+              (ch.finish_reason === 'stop' && n === c.usage.completion_tokens - 1),
+          `${n} tokens listed, usage.completion_tokens = ${c.usage.completion_tokens}`);
+    for (const k of ['token_logprobs', 'top_logprobs', 'text_offset'])
+        check(lp[k].length === n, `logprobs.${k} has ${lp[k].length} entries, tokens has ${n}`);
+    for (let i = 0; i < n; i++) {
+        const t = lp.tokens[i], p = lp.token_logprobs[i], top = lp.top_logprobs[i];
+        check(typeof t === 'string', `tokens[${i}] = ${show(t)}`);
+        check(typeof p === 'number' && Number.isFinite(p) && p <= 1e-6,
+              `token_logprobs[${i}] = ${show(p)}, want a finite number <= 0`);
+        check(top && typeof top === 'object', `top_logprobs[${i}] = ${show(top)}`);
+        const alts = Object.entries(top);
+        check(alts.length >= 1 && alts.length <= 3,
+              `top_logprobs[${i}] has ${alts.length} entries, want 1..3 (logprobs + the sampled)`);
+        check(t in top, `top_logprobs[${i}] lacks the sampled token ${show(t)}`);
+        // Greedy decoding picks the most likely token.
+        const best = Math.max(...alts.map(([, v]) => v));
+        check(p >= best - 1e-4,
+              `temperature 0 sampled ${show(t)} (logprob ${p}) but ${show(top)} has ${best}`);
+        check(Number.isInteger(lp.text_offset[i]) &&
+                  (i === 0 || lp.text_offset[i] >= lp.text_offset[i - 1]),
+              `text_offset[${i}] = ${show(lp.text_offset[i])}`);
+    }
+});
+
+async function expectError(name, params, Cls, status, param) {
+    await test(name, async () => {
+        let err = null;
+        try {
+            await client.completions.create(params);
+        } catch (e) {
+            err = e;
+        }
+        check(err !== null, 'the request succeeded');
+        check(err instanceof Cls,
+              `raised ${err?.constructor?.name} (status ${err?.status}), want ${Cls.name}`);
+        check(err.status === status, `status ${err.status}, want ${status}`);
+        if (param !== undefined)
+            check(err.param === param,
+                  `error.param = ${show(err.param)} (message ${show(err.message)}), want ` +
+                      show(param));
+    });
+}
+
+await expectError('temperature: 5 raises BadRequestError naming temperature',
+                  {...request, temperature: 5}, OpenAI.BadRequestError, 400, 'temperature');
+await expectError('an unknown model raises NotFoundError',
+                  {...request, model: 'no-such-model-here'}, OpenAI.NotFoundError, 404);
+
+if (failures > 0) {
+    console.log(`${failures} check(s) failed against ${base}`);
+    process.exit(1);
+}
+console.log(`all checks passed against ${base} (model ${model})`);
