@@ -113,7 +113,8 @@ static json_t *usage_json(int n_prompt, int n_gen)
 static json_t *completion_object(ym_hreq *r, json_t *choices)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", r->id, "object", "text_completion", "created",
-                     (json_int_t)time(NULL), "model", r->srv->model_name, "choices", choices);
+                     (json_int_t)time(NULL), "model", r->model[0] ? r->model : r->srv->model_name,
+                     "choices", choices);
 }
 
 static json_t *choice(json_t *text, json_t *logprobs, const char *finish)
@@ -272,13 +273,30 @@ void ym_api_on_output(ym_hreq *r)
 
 static const struct route {
     const char *path;
-    const char *method;
-    int prefix; /* path is a prefix ending in '/' */
+    const char *methods; /* comma-separated */
+    int prefix;          /* path is a prefix ending in '/' */
+    const char *label;
 } routes[] = {
-    {"/v1/completions", "POST", 0}, {"/v1/models", "GET", 0},   {"/v1/models/", "GET", 1},
-    {"/v1/tokenize", "POST", 0},    {"/v1/detokenize", "POST", 0}, {"/healthz", "GET", 0},
-    {"/readyz", "GET", 0},          {"/metrics", "GET", 0},
+    {"/v1/completions", "POST", 0, "/v1/completions"},
+    {"/v1/models", "GET", 0, "/v1/models"},
+    {"/v1/models/", "GET", 1, "/v1/models/{id}"},
+    {"/v1/adapters", "GET", 0, "/v1/adapters"},
+    {"/v1/adapters/", "GET, PUT, DELETE", 1, "/v1/adapters/{name}"},
+    {"/v1/tokenize", "POST", 0, "/v1/tokenize"},
+    {"/v1/detokenize", "POST", 0, "/v1/detokenize"},
+    {"/healthz", "GET", 0, "/healthz"},
+    {"/readyz", "GET", 0, "/readyz"},
+    {"/metrics", "GET", 0, "/metrics"},
 };
+
+static int method_in(const char *method, const char *list)
+{
+    size_t n = strlen(method);
+    for (const char *p = list; (p = strstr(p, method)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
 
 int ym_api_route(const char *method, const char *url, const char **label, const char **allow)
 {
@@ -289,11 +307,11 @@ int ym_api_route(const char *method, const char *url, const char **label, const 
                                : strcmp(url, rt->path) == 0;
         if (!match)
             continue;
-        *label = rt->prefix ? "/v1/models/{id}" : rt->path;
-        if (strcmp(method, rt->method) == 0 ||
-            (strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0))
+        *label = rt->label;
+        if (method_in(method, rt->methods) ||
+            (strcmp(method, "HEAD") == 0 && method_in("GET", rt->methods)))
             return 0;
-        *allow = rt->method;
+        *allow = rt->methods;
         return 405;
     }
     *label = "other";
@@ -334,25 +352,27 @@ typedef struct ym_tok_job {
     ym_hreq *r;    /* holds a reference */
     ym_creq q;     /* owned (with root) */
     json_t *root;  /* owned */
+    ym_adapter_t *adapter; /* owned reference or NULL */
     ym_ids ids;    /* owned, the result */
     ym_err err;
 } ym_tok_job;
 
 /* Second half of a completion: the prompt is ids now. Takes ids->v over. */
-static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids)
+static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter)
 {
     ym_server_t *srv = r->srv;
     ym_err err;
+    ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
     if (ids->n == 0) {
         ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
                               "the prompt has no tokens");
-        return;
+        goto fail;
     }
     if (ids->n > srv->conf.max_prompt_tokens) {
         ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "prompt_too_long",
                               "the prompt has %zu tokens; this server allows at most %llu", ids->n,
                               (unsigned long long)srv->conf.max_prompt_tokens);
-        return;
+        goto fail;
     }
     if (q->echo) {
         if (q->prompt != NULL) {
@@ -365,26 +385,24 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids)
         }
         if (r->echo_text == NULL) {
             ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
-            return;
+            goto fail;
         }
     }
     if (ym_tenant_acquire(srv, r, r->max_concurrent) != 0) {
         ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "concurrency_limit",
                               "tenant %s already has %llu requests running; retry when one ends",
                               r->tenant, (unsigned long long)r->max_concurrent);
-        return;
+        goto fail;
     }
-    ym_gen_params p = {
-        .prompt = ids->v,
-        .n_prompt = ids->n,
-        .sampling = q->sampling,
-        .max_tokens = q->max_tokens,
-        .stops = q->stops,
-        .n_stops = q->n_stops,
-        .ignore_eos = q->ignore_eos,
-        .t_arrival = r->t_start,
-        .id = r->id,
-    };
+    p.prompt = ids->v;
+    p.n_prompt = ids->n;
+    p.sampling = q->sampling;
+    p.max_tokens = q->max_tokens;
+    p.stops = q->stops;
+    p.n_stops = q->n_stops;
+    p.ignore_eos = q->ignore_eos;
+    p.t_arrival = r->t_start;
+    p.id = r->id;
     size_t n_prompt = ids->n;
     ids->v = NULL; /* ym_gen_new takes the array */
     ids->n = ids->cap = 0;
@@ -427,6 +445,9 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids)
         /* Wait for the job; on_out_ready queues the response and resumes us. */
         ym_hreq_suspend(r);
     }
+    return;
+fail:
+    ym_adapter_unref(adapter);
 }
 
 static void tok_work(uv_work_t *w) /* libuv pool: the tokenizer is read-only, shared safely */
@@ -448,13 +469,15 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
                                   "cannot tokenize the prompt: %s",
                                   ym_strerror(job->err ? job->err : YM_EIO));
         else
-            submit_job(r, &job->q, &job->ids);
+            submit_job(r, &job->q, &job->ids, job->adapter);
+        job->adapter = NULL; /* submit_job took it */
         if (r->responded || r->streaming)
             ym_hreq_resume(r);
         if (r->gen == NULL)
             ym_hreq_untrack(r);
         ym_httpd_kick(r->srv);
     }
+    ym_adapter_unref(job->adapter);
     ym_ids_deinit(&job->ids);
     ym_creq_deinit(&job->q);
     json_decref(job->root);
@@ -476,14 +499,17 @@ static void handle_completion(ym_hreq *r)
     json_t *root = NULL;
     ym_diag diag = {0};
     ym_ids ids = {0};
+    ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     ym_err err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, &diag);
     if (err != YM_OK) {
         ym_hreq_respond_error(r, err, 0, diag.param, err == YM_EINVAL ? "invalid_request" : NULL,
                               "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
         return;
     }
-    if (check_model(r, q.model) != 0)
+    if (ym_api_resolve_adapters(r, q.model, q.adapters, &adapter) != 0)
         goto out;
+    if (q.model != NULL)
+        snprintf(r->model, sizeof(r->model), "%s", q.model);
     if (q.echo && q.logprobs >= 0) {
         ym_hreq_respond_error(r, YM_EINVAL, 400, "echo", "invalid_request",
                               "echo together with logprobs is not supported");
@@ -509,6 +535,8 @@ static void handle_completion(ym_hreq *r)
             goto out;
         }
         job->r = r;
+        job->adapter = adapter;
+        adapter = NULL;
         job->q = q; /* the strings stay valid: root moves along */
         job->root = root;
         job->work.data = job;
@@ -525,8 +553,10 @@ static void handle_completion(ym_hreq *r)
                               ym_strerror(err));
         goto out;
     }
-    submit_job(r, &q, &ids);
+    submit_job(r, &q, &ids, adapter);
+    adapter = NULL;
 out:
+    ym_adapter_unref(adapter);
     ym_ids_deinit(&ids);
     ym_creq_deinit(&q);
     json_decref(root);
@@ -546,13 +576,23 @@ static void handle_models(ym_hreq *r, const char *url)
         return;
     }
     if (strcmp(url, "/v1/models") == 0) {
-        ym_hreq_respond_json(r, 200, json_pack("{s:s,s:[o]}", "object", "list", "data",
-                                               model_object(srv)));
+        json_t *data = ym_api_adapter_models(r);
+        json_array_insert_new(data, 0, model_object(srv));
+        ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
         return;
     }
     const char *id = url + strlen("/v1/models/");
+    json_t *adapters = ym_api_adapter_models(r);
+    json_t *found = NULL;
+    for (size_t i = 0; i < json_array_size(adapters) && found == NULL; i++)
+        if (strcmp(json_string_value(json_object_get(json_array_get(adapters, i), "id")), id) ==
+            0)
+            found = json_incref(json_array_get(adapters, i));
+    json_decref(adapters);
     if (strcmp(id, srv->model_name) == 0)
         ym_hreq_respond_json(r, 200, model_object(srv));
+    else if (found != NULL)
+        ym_hreq_respond_json(r, 200, found);
     else
         ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
                               "the model '%s' does not exist", id);
@@ -652,6 +692,8 @@ void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
         handle_completion(r);
     } else if (strncmp(url, "/v1/models", 10) == 0) {
         handle_models(r, url);
+    } else if (strncmp(url, "/v1/adapters", 12) == 0) {
+        ym_api_adapters(r, method, url);
     } else if (strcmp(url, "/v1/tokenize") == 0) {
         handle_tokenize(r);
     } else if (strcmp(url, "/v1/detokenize") == 0) {

@@ -86,6 +86,13 @@ static const ym_conf_def defs[] = {
     S("tenants_file", "YUNMIN_TENANTS_FILE", tenants_file, "", NULL, 1,
       "API keys (hashed) and tenant limits; \"\" = open mode, every request is tenant "
       "\"default\""),
+    S("adapter_dir", "YUNMIN_ADAPTER_DIR", adapter_dir, "", NULL, 0,
+      "where uploaded adapters are stored (<dir>/<tenant>/<name>); \"\" = uploads disabled"),
+    U("max_upload_bytes", "YUNMIN_MAX_UPLOAD_BYTES", max_upload_bytes, 256u << 20, 1024,
+      1ull << 40, 1, "largest adapter upload (413 beyond); a tenant's max_adapter_bytes also "
+      "applies"),
+    U("max_adapter_rank", "YUNMIN_MAX_ADAPTER_RANK", max_adapter_rank, 256, 1, 65536, 1,
+      "largest LoRA rank an adapter may have (422 beyond)"),
 };
 #define N_DEFS ((int)(sizeof(defs) / sizeof(defs[0])))
 

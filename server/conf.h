@@ -33,6 +33,9 @@ typedef struct ym_conf {
     char *log_level;          /* owned; debug|info|warn|error */
     char *log_format;         /* owned; json|plain */
     char *tenants_file;       /* owned; "" = open mode (tenant "default", no keys) */
+    char *adapter_dir;        /* owned; "" = adapter uploads disabled */
+    uint64_t max_upload_bytes;
+    uint64_t max_adapter_rank;
 } ym_conf;
 
 /* Fill *conf from defaults, file, environment (envp-style array, NULL = environ) and argv.

@@ -358,6 +358,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             ym_hreq_respond_error(r, YM_EINVAL, 405, NULL, "method_not_allowed",
                                   "%s is not allowed on %s (allowed: %s)", method, url, allow);
             /* MHD adds no Allow header by itself; the error body names the methods. */
+        } else if (strcmp(method, "PUT") == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0) {
+            ym_upload_begin(r, url); /* streams the body itself, with its own limits */
         } else {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -375,6 +377,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *upload_data_size = 0; /* consumed, or discarded after an error */
         if (r->responded)
             return MHD_YES;
+        if (r->upload != NULL) {
+            ym_upload_data(r, upload_data, n);
+            return MHD_YES;
+        }
         if (r->body_too_big || r->body.len + n > r->srv->conf.max_body_bytes) {
             /* MHD cannot answer in the middle of an upload: discard up to twice the limit and
              * answer 413 at its end; a client that keeps sending is disconnected. */
@@ -401,7 +407,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (r->responded)
         return MHD_YES;
-    if (r->gen != NULL || r->tok_job != NULL) {
+    if (r->upload != NULL && !r->suspended && !r->responded) {
+        ym_upload_end(r); /* answers at once, or suspends until the pool has validated it */
+        return MHD_YES;
+    }
+    if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */
         if (srv->stopping)
             ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining", "the server is stopping");
@@ -446,6 +456,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     }
     ym_hreq_untrack(r);
     ym_tenant_release(srv, r);
+    ym_upload_abort(r);
     r->conn_done = 1;
     ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
     srv->n_http--;

@@ -81,6 +81,7 @@ static void after_load(uv_work_t *w, int status)
         return;
     }
     srv->created = (int64_t)time(NULL);
+    ym_adapters_start(srv);
     srv->ready = !srv->draining;
     ym_metrics_set(srv->metrics, YM_G_READY, srv->ready);
     const ym_config *c = &srv->model->cfg;
@@ -111,6 +112,8 @@ static void shutdown_now(ym_server_t *srv)
         srv->sched = NULL;
     }
     ym_httpd_stop(srv);
+    if (srv->model != NULL)
+        ym_adapters_stop(srv);
     uv_close((uv_handle_t *)&srv->sig_term, on_closed);
     uv_close((uv_handle_t *)&srv->sig_int, on_closed);
     uv_close((uv_handle_t *)&srv->sig_hup, on_closed);
@@ -312,6 +315,9 @@ int main(int argc, char **argv)
 
     uv_run(srv.loop, UV_RUN_DEFAULT);
     uv_loop_close(srv.loop);
+    ym_registry_deinit(&srv.registry);
+    free(srv.watches);
+    free(srv.watch_names);
     ym_model_unref(srv.model);
     ym_tok_free(srv.tok);
     ym_metrics_free(srv.metrics);

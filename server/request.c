@@ -249,8 +249,16 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
         return ym_diag_param(diag, YM_EINVAL, "suffix", "suffix is not supported");
     if ((v = get(root, "logit_bias")) != NULL && !(json_is_object(v) && json_object_size(v) == 0))
         return ym_diag_param(diag, YM_EINVAL, "logit_bias", "logit_bias is not supported");
-    if (get(root, "adapters") != NULL)
-        return ym_diag_param(diag, YM_EINVAL, "adapters", "adapters are not supported yet");
+    if ((v = get(root, "adapters")) != NULL) {
+        if (!json_is_array(v) || json_array_size(v) > 16)
+            return ym_diag_param(diag, YM_EINVAL, "adapters",
+                                 "adapters must be a list of at most 16 adapter names");
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (!json_is_string(json_array_get(v, i)))
+                return ym_diag_param(diag, YM_EINVAL, "adapters", "adapters[%zu] must be a string",
+                                     i);
+        r->adapters = json_array_size(v) > 0 ? v : NULL;
+    }
     if (get(root, "session_id") != NULL)
         return ym_diag_param(diag, YM_EINVAL, "session_id", "sessions are not supported yet");
     return ym_sampling_validate(s, diag);

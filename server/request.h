@@ -39,6 +39,7 @@ typedef struct ym_creq {
     int ignore_eos;             /* vLLM's extension: keep going past end-of-text */
     int logprobs;               /* -1 = none, else alternatives per token [0, YM_MAX_LOGPROBS] */
     const char *user;           /* borrowed; for logs */
+    json_t *adapters;           /* borrowed; array of adapter names to compose, or NULL */
 } ym_creq;
 
 /* POST /v1/completions. On success *root holds the document (new reference). */

@@ -64,6 +64,7 @@ struct ym_gen {
     int n_stops;
     int ignore_eos;
     double t_arrival;
+    ym_adapter_t *adapter; /* owned reference, or NULL: the version this job started with */
     void *owner; /* loop thread only */
 
     /* Output: engine appends, loop takes; guarded by lock. */
@@ -103,6 +104,7 @@ static void gen_destroy(ym_gen *g)
     ym_state_free(g->state);
     ym_sampler_free(g->sampler);
     ym_textout_free(g->tout);
+    ym_adapter_unref(g->adapter);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -112,8 +114,10 @@ ym_err ym_gen_new(const ym_gen_params *p, ym_gen **out)
     ym_gen *g = calloc(1, sizeof(*g));
     if (g == NULL) {
         free(p->prompt);
+        ym_adapter_unref(p->adapter);
         return YM_ENOMEM;
     }
+    g->adapter = p->adapter;
     atomic_init(&g->refs, 1);
     atomic_init(&g->cancelled, 0);
     pthread_mutex_init(&g->lock, NULL);
@@ -267,6 +271,7 @@ struct ym_sched {
     int32_t *tokens;  /* [max_batch_tokens] */
     int *seq_start;   /* [max_running + 1] */
     ym_state_t **states;
+    const ym_adapt **adapts; /* [max_running] */
     ym_gen **in_batch;
     int *samples;     /* per batch sequence: 1 if it samples after this step */
 };
@@ -443,7 +448,7 @@ static void step(ym_sched_t *s, int prefill_chunk)
         return;
 
     /* Decode rows first, then prefill chunks in arrival order. */
-    int n_seq = 0, rows = 0, budget = s->o.max_batch_tokens;
+    int n_seq = 0, rows = 0, budget = s->o.max_batch_tokens, any_adapter = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < s->n_running; i++) {
             ym_gen *g = s->running[i];
@@ -467,6 +472,8 @@ static void step(ym_sched_t *s, int prefill_chunk)
                 continue;
             }
             s->states[n_seq] = g->state;
+            s->adapts[n_seq] = g->adapter ? ym_adapter_applied(g->adapter) : NULL;
+            any_adapter |= g->adapter != NULL;
             s->in_batch[n_seq] = g;
             n_seq++;
         }
@@ -478,6 +485,7 @@ static void step(ym_sched_t *s, int prefill_chunk)
         .seq_start = s->seq_start,
         .states = s->states,
         .logits = YM_LOGITS_LAST,
+        .adapters = any_adapter ? s->adapts : NULL,
     };
     double t0 = ym_now();
     ym_diag diag = {0};
@@ -608,9 +616,10 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
     s->tokens = malloc((size_t)o->max_batch_tokens * sizeof(int32_t));
     s->seq_start = malloc((mr + 1) * sizeof(int));
     s->states = malloc(mr * sizeof(ym_state_t *));
+    s->adapts = malloc(mr * sizeof(const ym_adapt *));
     s->in_batch = malloc(mr * sizeof(ym_gen *));
     s->samples = malloc(mr * sizeof(int));
-    if (!s->running || !s->logits || !s->tokens || !s->seq_start || !s->states ||
+    if (!s->running || !s->logits || !s->tokens || !s->seq_start || !s->states || !s->adapts ||
         !s->in_batch || !s->samples) {
         err = ym_diag_set(diag, YM_ENOMEM, "out of memory for the scheduler");
         goto fail;
@@ -628,6 +637,7 @@ fail:
     free(s->tokens);
     free(s->seq_start);
     free(s->states);
+    free(s->adapts);
     free(s->in_batch);
     free(s->samples);
     ym_model_unref(s->model);
@@ -656,6 +666,7 @@ void ym_sched_free(ym_sched_t *s)
     free(s->tokens);
     free(s->seq_start);
     free(s->states);
+    free(s->adapts);
     free(s->in_batch);
     free(s->samples);
     ym_model_unref(s->model);

@@ -17,6 +17,7 @@
 #include "engine/err.h"
 #include "engine/model.h"
 #include "engine/sampling.h"
+#include "adapters/adapter.h"
 #include "engine/tokenizer.h"
 #include "server/metrics.h"
 
@@ -40,6 +41,7 @@ typedef struct ym_gen_params {
     int ignore_eos;
     double t_arrival;       /* ym_now() when the request arrived */
     const char *id;         /* request id for logs; copied */
+    ym_adapter_t *adapter;  /* taken over by ym_gen_new (one reference), or NULL = base */
 } ym_gen_params;
 
 /* One generated token, as the loop sees it. */

@@ -17,6 +17,7 @@
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/sched.h"
+#include "server/registry.h"
 #include "server/tenants.h"
 
 typedef struct ym_buf {
@@ -67,9 +68,11 @@ typedef struct ym_hreq {
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
     int conn_done;                /* the completed callback ran: the connection is gone */
     char tenant[YM_TENANT_NAME_MAX + 1]; /* who asked ("" before authentication) */
+    char model[256];              /* the model id a completion answers as */
     int counted;                  /* holds one of the tenant's concurrent-request slots */
     uint64_t max_concurrent;      /* the tenant's limit when it authenticated; 0 = none */
     struct ym_tok_job *tok_job;   /* tokenization running on the libuv pool, or NULL */
+    struct ym_upload *upload;     /* PUT /v1/adapters/{name} in progress, or NULL */
 } ym_hreq;
 
 struct ym_server {
@@ -106,6 +109,12 @@ struct ym_server {
         uint64_t n;
     } *load;
     int n_load, cap_load;
+    ym_registry registry;         /* adapters of every tenant */
+    uv_fs_event_t **watches;      /* owned [n_watches]: adapter_dir and each tenant dir */
+    char (*watch_names)[YM_TENANT_NAME_MAX + 1];
+    int n_watches, cap_watches;
+    uv_timer_t rescan_timer;
+    int rescan_running, rescan_again;
     ym_hreq *gens;                /* requests with a generation */
     int n_gens;
     int n_http;                   /* requests between first callback and completion */
@@ -132,6 +141,20 @@ void ym_hreq_unref(ym_hreq *r);   /* frees on the last reference */
  * it back. */
 int ym_tenant_acquire(ym_server_t *srv, ym_hreq *r, uint64_t limit);
 void ym_tenant_release(ym_server_t *srv, ym_hreq *r);
+
+/* adapters_api.c */
+int ym_upload_begin(ym_hreq *r, const char *url); /* 0 ok, -1 answered with an error */
+void ym_upload_data(ym_hreq *r, const char *data, size_t len);
+void ym_upload_end(ym_hreq *r);
+void ym_upload_abort(ym_hreq *r); /* the connection ended first */
+void ym_api_adapters(ym_hreq *r, const char *method, const char *url);
+/* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters
+ * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). */
+int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out);
+json_t *ym_api_adapter_models(ym_hreq *r); /* the tenant's adapters as /v1/models entries */
+/* Start-up and replicas sharing the volume: load what the store holds / watch it. */
+void ym_adapters_start(ym_server_t *srv);
+void ym_adapters_stop(ym_server_t *srv);
 
 /* api.c */
 void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);

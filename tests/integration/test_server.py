@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -659,6 +660,296 @@ class Tenants(unittest.TestCase):
             self.assertEqual(r.status_code, 200)
         finally:
             self.assertEqual(d.stop(), 0)
+
+
+def upload(d, name, adir, key=None, extra=None, drop=None):
+    """PUT an adapter directory as multipart, one part per file (part name = relative path)."""
+    files = []
+    for root, _, names in os.walk(adir):
+        for n in sorted(names):
+            path = os.path.join(root, n)
+            rel = os.path.relpath(path, adir)
+            if drop and rel in drop:
+                continue
+            with open(path, "rb") as f:
+                files.append((rel, (n, f.read(), "application/octet-stream")))
+    for rel, data in (extra or {}).items():
+        files.append((rel, (os.path.basename(rel), data, "application/octet-stream")))
+    h = {"Authorization": "Bearer " + key["key"]} if key else {}
+    return requests.put(d.url + "/v1/adapters/" + name, files=files, headers=h, timeout=T)
+
+
+def store_listing(adir):
+    """Every file under an adapter store, except uploads in progress."""
+    out = []
+    for root, dirs, names in os.walk(adir):
+        for n in names + [x for x in dirs if os.path.islink(os.path.join(root, x))]:
+            rel = os.path.relpath(os.path.join(root, n), adir)
+            if "/.tmp/" not in "/" + rel:
+                out.append(rel)
+    return sorted(out)
+
+
+class Adapters(unittest.TestCase):
+    """Uploads, management, hot swap and replicas on the m40 conformance model, with the PEFT
+    adapters of tests/fixtures/peft (made by the peft library). Texts are checked against
+    `yunmin generate --adapter`, which loads the same directory without the server."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = os.path.join(ROOT, "tests", "fixtures", "conformance", "m40-bias-k3-f32")
+        cls.peft = os.path.join(ROOT, "tests", "fixtures", "peft")
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-adapters-")
+        cls.d = Daemon("--model", cls.model, "--adapter-dir", cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+        finally:
+            subprocess.run(["rm", "-rf", cls.dir])
+
+    def cli_text(self, adapter, prompt="ROMEO:", n=12):
+        p = subprocess.run([YUNMIN, "generate", "--model", self.model, "--adapter",
+                            os.path.join(self.peft, adapter), "-p", prompt, "-n", str(n),
+                            "--temperature", "0", "--threads", "1"], capture_output=True,
+                           timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout.decode()
+
+    def complete(self, model, prompt="ROMEO:", n=12, d=None, **kw):
+        body = dict({"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0}, **kw)
+        return (d or self.d).post("/v1/completions", body)
+
+    def test_upload_describe_serve_delete(self):
+        r = upload(self.d, "up1", os.path.join(self.peft, "lora-all4-m40"))
+        self.assertEqual(r.status_code, 201, r.text)
+        info = r.json()
+        self.assertEqual((info["id"], info["object"], info["type"]), ("up1", "adapter", "lora"))
+        self.assertEqual(info["targets"], ["in_proj", "x_proj", "dt_proj", "out_proj"])
+        self.assertEqual(info["rank"], 4)
+        self.assertGreater(info["trainable_params"], 0)
+        self.assertGreater(info["bytes"], 0)
+        self.assertEqual(self.d.post("/v1/completions", {}).status_code, 400)
+        got = requests.get(self.d.url + "/v1/adapters/up1", timeout=T).json()
+        self.assertEqual(got, info)
+        ids = [m["id"] for m in requests.get(self.d.url + "/v1/models", timeout=T).json()["data"]]
+        self.assertIn("up1", ids)
+        r = self.complete("up1")
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["model"], "up1")
+        self.assertEqual(r.json()["choices"][0]["text"], self.cli_text("lora-all4-m40"))
+        self.assertNotEqual(r.json()["choices"][0]["text"],
+                            self.complete(None).json()["choices"][0]["text"])
+        # Also by the adapters list, and streamed.
+        r = self.complete(None, adapters=["up1"])
+        self.assertEqual(r.json()["choices"][0]["text"], self.cli_text("lora-all4-m40"))
+        self.assertEqual(stream(self.d, {"model": "up1", "prompt": "ROMEO:", "max_tokens": 12,
+                                         "temperature": 0})[0], self.cli_text("lora-all4-m40"))
+        r = requests.delete(self.d.url + "/v1/adapters/up1", timeout=T)
+        self.assertEqual(r.status_code, 200)
+        self.assertTrue(r.json()["deleted"])
+        self.assertEqual(requests.get(self.d.url + "/v1/adapters/up1", timeout=T).status_code, 404)
+        self.assertEqual(self.complete("up1").status_code, 404)
+        self.assertEqual(requests.delete(self.d.url + "/v1/adapters/up1", timeout=T).status_code,
+                         404)
+        self.assertNotIn("up1", store_listing(os.path.join(self.dir, "default")))
+
+    def test_every_kind_and_composition(self):
+        for name in ("ia3-ff-m40", "ia3-out-m40", "hybrid-m40"):
+            r = upload(self.d, name, os.path.join(self.peft, name))
+            self.assertEqual(r.status_code, 201, (name, r.text))
+            self.assertEqual(self.complete(name).json()["choices"][0]["text"],
+                             self.cli_text(name), name)
+        r = upload(self.d, "l4", os.path.join(self.peft, "lora-all4-m40"))
+        self.assertEqual(r.status_code, 201)
+        p = subprocess.run([YUNMIN, "generate", "--model", self.model, "--adapter",
+                            os.path.join(self.peft, "lora-all4-m40"), "--adapter",
+                            os.path.join(self.peft, "ia3-out-m40"), "-p", "ROMEO:", "-n", "12",
+                            "--temperature", "0", "--threads", "1"], capture_output=True,
+                           timeout=120)
+        r = self.complete("l4", adapters=["ia3-out-m40"])
+        self.assertEqual(r.json()["choices"][0]["text"], p.stdout.decode())
+        r = self.complete(None, adapters=["l4", "nope"])
+        self.assertEqual((r.status_code, r.json()["error"]["param"]), (404, "adapters"))
+
+    def test_bad_uploads_change_nothing(self):
+        good = os.path.join(self.peft, "lora-all4-m40")
+        self.assertEqual(upload(self.d, "keep", good).status_code, 201)
+        want = self.complete("keep").json()["choices"][0]["text"]
+        before = store_listing(self.dir)
+        with open(os.path.join(good, "adapter_model.safetensors"), "rb") as f:
+            st = f.read()
+        with open(os.path.join(good, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        hlen = struct.unpack("<Q", st[:8])[0]
+        nan = bytearray(st)
+        nan[8 + hlen:8 + hlen + 4] = struct.pack("<f", float("nan"))
+        cases = [
+            ("keep", {"drop": ["adapter_model.safetensors"]}, 422),
+            ("keep", {"drop": ["adapter_config.json"]}, 400),
+            ("keep", {"extra": {"../evil.json": b"{}"}}, 400),
+            ("keep", {"extra": {"notes.txt": b"hi"}}, 400),
+            ("keep", {"extra": {"/abs/adapter_config.json": b"{}"}}, 400),
+            ("keep", {"drop": ["adapter_model.safetensors"],
+                      "extra": {"adapter_model.safetensors": st[:len(st) // 2]}}, 422),
+            ("keep", {"drop": ["adapter_model.safetensors"],
+                      "extra": {"adapter_model.safetensors": bytes(nan)}}, 422),
+            ("keep", {"drop": ["adapter_config.json"],
+                      "extra": {"adapter_config.json": json.dumps(dict(cfg, peft_type="PREFIX_TUNING")).encode()}}, 422),
+            ("keep", {"drop": ["adapter_config.json"],
+                      "extra": {"adapter_config.json": json.dumps(dict(cfg, target_modules=["conv1d"])).encode()}}, 422),
+            ("keep", {"drop": ["adapter_config.json"],
+                      "extra": {"adapter_config.json": json.dumps(dict(cfg, r=8)).encode()}}, 422),
+            ("bad/name", {}, 400),
+            (".hidden", {}, 400),
+            ("m40-bias-k3-f32", {}, 409),
+        ]
+        for name, kw, status in cases:
+            r = upload(self.d, name, good, **kw)
+            self.assertEqual(r.status_code, status, (name, kw.keys(), r.text))
+            self.assertTrue(r.json()["error"]["message"])
+            self.assertNotIn(self.dir, r.text)
+        # An adapter made for another model (shape mismatch).
+        r = upload(self.d, "keep", os.path.join(self.peft, "lora-pattern-m72"))
+        self.assertEqual(r.status_code, 422, r.text)
+        self.assertIn("model", r.json()["error"]["message"])
+        self.assertNotIn(self.dir, r.text)  # server paths do not leak to clients
+        # Not multipart at all, and a truncated multipart body.
+        r = requests.put(self.d.url + "/v1/adapters/keep", data=b"{}", timeout=T,
+                         headers={"Content-Type": "application/json"})
+        self.assertEqual(r.status_code, 400)
+        r = requests.put(self.d.url + "/v1/adapters/keep", data=b"--b\r\nContent-Disposition: "
+                         b"form-data; name=adapter_config.json\r\n\r\n{}", timeout=T,
+                         headers={"Content-Type": "multipart/form-data; boundary=b"})
+        self.assertEqual(r.status_code, 400)
+        # A client that goes away in the middle of an upload.
+        with socket.create_connection(("127.0.0.1", self.d.port), timeout=T) as s:
+            s.sendall(b"PUT /v1/adapters/keep HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                      b"--b\r\nContent-Disposition: form-data; name=adapter_config.json\r\n\r\n"
+                      b"{\"peft_type\":")
+            time.sleep(0.3)
+        time.sleep(0.3)
+        self.assertEqual(store_listing(self.dir), before)
+        self.assertEqual(self.complete("keep").json()["choices"][0]["text"], want)
+        leftovers = os.listdir(os.path.join(self.dir, "default", ".tmp"))
+        self.assertEqual([x for x in leftovers if x.startswith("up-")], [])
+
+    def test_hot_swap_under_load(self):
+        a = os.path.join(self.peft, "lora-all4-m40")
+        b = os.path.join(self.peft, "ia3-out-m40")
+        self.assertIn(upload(self.d, "swap", a).status_code, (200, 201))
+        texts = {self.cli_text("lora-all4-m40", n=24), self.cli_text("ia3-out-m40", n=24)}
+        self.assertEqual(len(texts), 2)
+        stop = threading.Event()
+        results, failures = [], []
+
+        def client(streaming):
+            while not stop.is_set():
+                body = {"model": "swap", "prompt": "ROMEO:", "max_tokens": 24, "temperature": 0}
+                try:
+                    if streaming:
+                        results.append(stream(self.d, body)[0])
+                    else:
+                        r = self.d.post("/v1/completions", body)
+                        if r.status_code != 200:
+                            failures.append(r.text)
+                        else:
+                            results.append(r.json()["choices"][0]["text"])
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    failures.append(repr(e))
+
+        ths = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(3)]
+        for t in ths:
+            t.start()
+        versions = []
+        for i in range(20):
+            r = upload(self.d, "swap", b if i % 2 == 0 else a)
+            self.assertEqual(r.status_code, 200, r.text)
+            versions.append(r.json()["version"])
+            time.sleep(0.05)
+        stop.set()
+        for t in ths:
+            t.join(T)
+        self.assertEqual(failures, [])
+        self.assertGreater(len(results), 20)
+        self.assertTrue(set(results) <= texts, set(results) - texts)
+        self.assertEqual(versions, sorted(versions))
+        self.assertEqual(len(set(versions)), 20)
+
+    def test_restart_and_replica_pick_up_the_store(self):
+        self.assertIn(upload(self.d, "shared", os.path.join(self.peft, "ia3-ff-m40")).status_code,
+                      (200, 201))
+        want = self.cli_text("ia3-ff-m40")
+        other = Daemon("--model", self.model, "--adapter-dir", self.dir)
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline and self.complete("shared", d=other).status_code != 200:
+                time.sleep(0.05)
+            self.assertEqual(self.complete("shared", d=other).json()["choices"][0]["text"], want)
+            # An upload to one replica is served by the other (watched directory).
+            t0 = time.time()
+            self.assertIn(upload(self.d, "shared", os.path.join(self.peft, "lora-all4-m40"))
+                          .status_code, (200, 201))
+            want2 = self.cli_text("lora-all4-m40")
+            while time.time() - t0 < 10:
+                if self.complete("shared", d=other).json()["choices"][0]["text"] == want2:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(self.complete("shared", d=other).json()["choices"][0]["text"], want2)
+            # A delete too.
+            requests.delete(self.d.url + "/v1/adapters/shared", timeout=T)
+            deadline = time.time() + 10
+            while time.time() < deadline and self.complete("shared", d=other).status_code != 404:
+                time.sleep(0.05)
+            self.assertEqual(self.complete("shared", d=other).status_code, 404)
+        finally:
+            self.assertEqual(other.stop(), 0)
+
+
+class AdapterTenants(unittest.TestCase):
+    def test_tenants_see_only_their_adapters(self):
+        a, b = new_key(), new_key()
+        adir = tempfile.mkdtemp(prefix="yunmin-adapters-")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"tenants": [{"name": "ta", "keys": [a["hash"]], "max_adapters": 1},
+                                   {"name": "tb", "keys": [b["hash"]],
+                                    "max_adapter_bytes": 1000}]}, f)
+        model = os.path.join(ROOT, "tests", "fixtures", "conformance", "m40-bias-k3-f32")
+        peft = os.path.join(ROOT, "tests", "fixtures", "peft")
+        d = Daemon("--model", model, "--adapter-dir", adir, "--tenants-file", f.name)
+        try:
+            ha = {"Authorization": "Bearer " + a["key"]}
+            hb = {"Authorization": "Bearer " + b["key"]}
+            self.assertEqual(upload(d, "mine", os.path.join(peft, "ia3-out-m40"), key=a)
+                             .status_code, 201)
+            self.assertTrue(os.path.islink(os.path.join(adir, "ta", "mine")))
+            # Another tenant: 404, exactly as for a name that does not exist.
+            for method in ("get", "delete"):
+                r = getattr(requests, method)(d.url + "/v1/adapters/mine", headers=hb, timeout=T)
+                self.assertEqual(r.status_code, 404)
+            self.assertEqual(requests.get(d.url + "/v1/adapters", headers=hb, timeout=T)
+                             .json()["data"], [])
+            r = requests.post(d.url + "/v1/completions", headers=hb, timeout=T,
+                              json={"model": "mine", "prompt": "x", "max_tokens": 1})
+            self.assertEqual(r.status_code, 404)
+            r = requests.post(d.url + "/v1/completions", headers=ha, timeout=T,
+                              json={"model": "mine", "prompt": "x", "max_tokens": 1})
+            self.assertEqual(r.status_code, 200)
+            # Limits: ta may hold one adapter; tb may store 1000 bytes.
+            r = upload(d, "second", os.path.join(peft, "ia3-out-m40"), key=a)
+            self.assertEqual((r.status_code, r.json()["error"]["code"]), (429, "adapter_limit"))
+            self.assertEqual(upload(d, "mine", os.path.join(peft, "ia3-ff-m40"), key=a)
+                             .status_code, 200)  # replacing is not a new adapter
+            r = upload(d, "big", os.path.join(peft, "lora-all4-m40"), key=b)
+            self.assertEqual(r.status_code, 413, r.text)
+            self.assertFalse(os.path.exists(os.path.join(adir, "tb", "big")))
+            self.assertEqual(upload(d, "x", os.path.join(peft, "ia3-out-m40")).status_code, 401)
+        finally:
+            self.assertEqual(d.stop(), 0)
+            os.unlink(f.name)
+            subprocess.run(["rm", "-rf", adir])
 
 
 class Lifecycle(unittest.TestCase):
