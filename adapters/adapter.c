@@ -358,9 +358,10 @@ static ym_err tensor_f32(const ym_st_tensor *t, float **out, ym_diag *diag)
     }
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(buf[i])) {
+            const char *what = isnan(buf[i]) ? "NaN" : "infinite";
             free(buf);
             return ym_diag_set(diag, YM_EFORMAT, "tensor %s: element %lld is %s", t->name,
-                               (long long)i, isnan(buf[i]) ? "NaN" : "infinite");
+                               (long long)i, what);
         }
     *out = buf;
     return YM_OK;
