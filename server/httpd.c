@@ -495,7 +495,7 @@ static void on_out_ready(uv_async_t *a)
         return;
     ym_gen *g = ym_sched_take_ready(srv->sched);
     while (g != NULL) {
-        ym_gen *next = ym_gen_next_ready(g);
+        ym_gen *next = ym_sched_ready_next(srv->sched, g);
         ym_hreq *r = ym_gen_owner(g);
         if (r != NULL) {
             ym_api_on_output(r);

@@ -176,11 +176,6 @@ const char *ym_gen_id(const ym_gen *g)
     return g->id;
 }
 
-ym_gen *ym_gen_next_ready(const ym_gen *g)
-{
-    return g->ready_next;
-}
-
 void ym_gen_delta_deinit(ym_gen_delta *d)
 {
     if (d == NULL)
@@ -292,15 +287,26 @@ static void publish(ym_sched_t *s, ym_gen *g)
     pthread_mutex_unlock(&s->ready_lock);
 }
 
+/* The detached list keeps on_ready set: publish() leaves a job alone (its ready_next too)
+ * until ym_sched_ready_next() has read its link, so a job published again while the loop walks
+ * the old list cannot splice the lists together. */
 ym_gen *ym_sched_take_ready(ym_sched_t *s)
 {
     pthread_mutex_lock(&s->ready_lock);
     ym_gen *head = s->ready_head;
     s->ready_head = s->ready_tail = NULL;
-    for (ym_gen *g = head; g != NULL; g = g->ready_next)
-        g->on_ready = 0;
     pthread_mutex_unlock(&s->ready_lock);
     return head;
+}
+
+ym_gen *ym_sched_ready_next(ym_sched_t *s, ym_gen *g)
+{
+    pthread_mutex_lock(&s->ready_lock);
+    ym_gen *next = g->ready_next;
+    g->ready_next = NULL;
+    g->on_ready = 0;
+    pthread_mutex_unlock(&s->ready_lock);
+    return next;
 }
 
 /* Mark a job finished; its output and usage are final. Engine thread. */
@@ -656,7 +662,7 @@ void ym_sched_free(ym_sched_t *s)
     pthread_join(s->thread, NULL);
     ym_gen *g = ym_sched_take_ready(s);
     while (g != NULL) {
-        ym_gen *next = g->ready_next;
+        ym_gen *next = ym_sched_ready_next(s, g);
         ym_gen_unref(g);
         g = next;
     }

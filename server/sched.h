@@ -101,10 +101,11 @@ void ym_sched_free(ym_sched_t *s); /* NULL-safe */
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g);
 /* New limits for prefill_chunk and max_queue (a reload); the others are fixed at start. */
 void ym_sched_set_limits(ym_sched_t *s, int prefill_chunk, int max_queue);
-/* Detach the ready list: jobs linked by ym_gen_next_ready(), each holding one reference that
- * the caller drops with ym_gen_unref() after handling it. */
+/* Detach the ready list. Walk it with ym_sched_ready_next(), called for each job BEFORE its
+ * output is taken (it unlinks the job, so the engine may publish it again); each job holds
+ * one reference that the caller drops with ym_gen_unref() after handling it. */
 ym_gen *ym_sched_take_ready(ym_sched_t *s);
-ym_gen *ym_gen_next_ready(const ym_gen *g);
+ym_gen *ym_sched_ready_next(ym_sched_t *s, ym_gen *g);
 /* Jobs queued or running. */
 int ym_sched_n_active(ym_sched_t *s);
 

@@ -679,7 +679,7 @@ static ym_finish wait_job(fixture *f, ym_sched_t *s, ym_gen *g, int32_t *ids, in
             ym_gen_delta_deinit(&d);
             /* Drop the ready-list references as the loop would. */
             for (ym_gen *r = ym_sched_take_ready(s), *next; r != NULL; r = next) {
-                next = ym_gen_next_ready(r);
+                next = ym_sched_ready_next(s, r);
                 ym_gen_unref(r);
             }
             return fin;
