@@ -633,6 +633,11 @@ void ym_adapters_start(ym_server_t *srv)
     rescan(srv, 1);
 }
 
+void ym_adapters_rescan(ym_server_t *srv)
+{
+    rescan(srv, 0);
+}
+
 void ym_adapters_stop(ym_server_t *srv)
 {
     uv_timer_stop(&srv->rescan_timer);

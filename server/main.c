@@ -200,8 +200,10 @@ static void on_hup(uv_signal_t *s, int signum)
     srv->tenants = tenants;
     log_tenants(srv);
     apply_logging(&srv->conf);
-    if (srv->sched != NULL)
+    if (srv->sched != NULL) {
         ym_sched_set_limits(srv->sched, (int)srv->conf.prefill_chunk, (int)srv->conf.max_queue);
+        ym_adapters_rescan(srv);
+    }
     ym_log(YM_LOG_INFO, NULL, "SIGHUP: settings reloaded (%d changed)", n);
 }
 

@@ -155,6 +155,7 @@ json_t *ym_api_adapter_models(ym_hreq *r); /* the tenant's adapters as /v1/model
 /* Start-up and replicas sharing the volume: load what the store holds / watch it. */
 void ym_adapters_start(ym_server_t *srv);
 void ym_adapters_stop(ym_server_t *srv);
+void ym_adapters_rescan(ym_server_t *srv); /* SIGHUP */
 
 /* api.c */
 void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);
