@@ -1,7 +1,8 @@
 #!/bin/bash
-# Runs every test of yunmin: unit and conformance tests (Check), CLI tests, the same suites
-# under AddressSanitizer + UndefinedBehaviorSanitizer, the Python toolkit's tests, and a short
-# run of every fuzz target. Installs missing Debian packages first.
+# Runs every test of yunmin: unit and conformance tests (Check), CLI tests, the daemon over
+# real HTTP (Python requests, and the official openai npm client), the same suites under
+# AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the Python toolkit's tests,
+# and a short run of every fuzz target. Installs missing Debian packages first.
 # FUZZ_SECONDS (default 10) sets the fuzz time per target.
 set -u
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ unit_asan() {
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --print-errorlogs --num-processes 1 --timeout-multiplier 4
 }
+openai_client() { tests/integration/openai_client/run.sh build-test; }
 python_toolkit() {
   if [ -d tools/train/tests ]; then
     YUNMIN_BIN=build-test/tools/yunmin /usr/bin/python3 -m pytest -q tools/train/tests
@@ -45,7 +47,7 @@ fuzz_smoke() {
     tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-10}"
 }
 
-stage build build_release && stage unit unit_release
+stage build build_release && stage unit unit_release && stage openai-client openai_client
 stage build-asan build_asan && stage unit-asan unit_asan
 stage python-toolkit python_toolkit
 stage fuzz-smoke fuzz_smoke
