@@ -712,6 +712,64 @@ START_TEST(test_adapters_random_lora_any_rank_equals_merged_weights)
 }
 END_TEST
 
+START_TEST(test_adapters_compose_nests_and_refuses_mismatched_parts)
+{
+    ym_model_t *m = load_model(M40);
+    ym_model_t *m37 = load_model(YM_FIXTURE_DIR "/conformance/m37-odd-n5-k2-f32");
+    ym_adapter_t *x = load_adapter(PEFT_DIR "/lora-all4-m40", m);
+    ym_adapter_t *y = load_adapter(PEFT_DIR "/ia3-ff-m40", m);
+    ym_adapter_t *z = load_adapter(PEFT_DIR "/lora-x-m40", m);
+    ym_adapter_t *o = load_adapter(PEFT_DIR "/rslora-regex-m37", m37);
+    ym_adapter_t *xy = NULL, *nested = NULL, *flat = NULL, *bad = NULL;
+    ym_diag d = {0};
+    ym_adapter_t *p2[2] = {x, y}, *p3[3] = {x, y, z};
+    ck_assert_int_eq(ym_adapter_compose(p2, 2, &xy, &d), YM_OK);
+    ym_adapter_t *pn[2] = {xy, z};
+    ck_assert_int_eq(ym_adapter_compose(pn, 2, &nested, &d), YM_OK);
+    ck_assert_int_eq(ym_adapter_compose(p3, 3, &flat, &d), YM_OK);
+    ym_adapter_info in, fl;
+    ym_adapter_info_get(nested, &in);
+    ym_adapter_info_get(flat, &fl);
+    ck_assert_int_eq(in.n_parts, 3);
+    ck_assert_int_eq(fl.n_parts, 3);
+    ck_assert_uint_eq(in.n_params, fl.n_params);
+    ck_assert_int_eq(in.r_max, 4 + 2); /* in_proj: r 4 + r 2 */
+    const ym_adapt *A = ym_adapter_applied(nested), *B = ym_adapter_applied(flat);
+    for (int k = 0; k < A->n_layer * YM_PROJ_N; k++) {
+        ym_proj pj = (ym_proj)(k % YM_PROJ_N);
+        size_t ni = (size_t)ym_proj_n_in(&m->cfg, pj), no = (size_t)ym_proj_n_out(&m->cfg, pj);
+        ck_assert_int_eq(A->proj[k].r, B->proj[k].r);
+        if (A->proj[k].r > 0) {
+            ck_assert(memcmp(A->proj[k].At, B->proj[k].At, sizeof(float) * ni * A->proj[k].r) == 0);
+            ck_assert(memcmp(A->proj[k].Bt, B->proj[k].Bt, sizeof(float) * no * A->proj[k].r) == 0);
+        }
+        ck_assert_int_eq(A->proj[k].g_in == NULL, B->proj[k].g_in == NULL);
+        if (A->proj[k].g_in != NULL)
+            ck_assert(memcmp(A->proj[k].g_in, B->proj[k].g_in, sizeof(float) * ni) == 0);
+    }
+    /* parts for different models, no parts, a NULL part */
+    ym_adapter_t *mixed[2] = {x, o}, *withnull[2] = {x, NULL};
+    ck_assert_int_eq(ym_adapter_compose(mixed, 2, &bad, &d), YM_EINVAL);
+    ck_assert_msg(strstr(d.msg, "another model") != NULL, "%s", d.msg);
+    ck_assert_ptr_null(bad);
+    ck_assert_int_eq(ym_adapter_compose(p2, 0, &bad, &d), YM_EINVAL);
+    ck_assert_int_eq(ym_adapter_compose(withnull, 2, &bad, &d), YM_EINVAL);
+    ck_assert_ptr_null(bad);
+    ym_adapter_unref(NULL);
+    ck_assert_ptr_null(ym_adapter_ref(NULL));
+    ck_assert_ptr_null(ym_adapter_applied(NULL));
+    ym_adapter_unref(nested);
+    ym_adapter_unref(flat);
+    ym_adapter_unref(xy);
+    ym_adapter_unref(o);
+    ym_adapter_unref(z);
+    ym_adapter_unref(y);
+    ym_adapter_unref(x);
+    ym_model_unref(m37);
+    ym_model_unref(m);
+}
+END_TEST
+
 Suite *adapters_suite(void)
 {
     Suite *s = suite_create("adapters");
@@ -728,6 +786,7 @@ Suite *adapters_suite(void)
     tcase_add_test(tc, test_adapters_forward_refuses_adapter_of_another_model);
     tcase_add_test(tc, test_adapters_config_resolution_follows_peft_rules);
     tcase_add_test(tc, test_adapters_random_lora_any_rank_equals_merged_weights);
+    tcase_add_test(tc, test_adapters_compose_nests_and_refuses_mismatched_parts);
     suite_add_tcase(s, tc);
     return s;
 }
