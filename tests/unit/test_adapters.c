@@ -587,13 +587,12 @@ END_TEST
 
 START_TEST(test_adapters_config_resolution_follows_peft_rules)
 {
-    /* regex target (Python syntax), first-match rank_pattern, int layers_to_transform */
+    /* regex target (Python syntax), first-match rank_pattern, alpha_pattern */
     const char *cfg =
         "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": "
         "\"(?:backbone\\\\.)?layers\\\\.\\\\d+\\\\.mixer\\\\.(in|out)_proj\", "
         "\"rank_pattern\": {\"layers\\\\.[02]\\\\..*\": 8, \"in_proj\": 2}, "
-        "\"alpha_pattern\": {\"out_proj\": 3.5}, \"layers_to_transform\": [0, 1], "
-        "\"layers_pattern\": [\"layers\"]}";
+        "\"alpha_pattern\": {\"out_proj\": 3.5}, \"layers_pattern\": [\"layers\"]}";
     ym_peft_config pc;
     ym_diag d = {0};
     ck_assert_msg(ym_peft_config_parse(cfg, strlen(cfg), &pc, &d) == YM_OK, "%s", d.msg);
@@ -606,7 +605,21 @@ START_TEST(test_adapters_config_resolution_follows_peft_rules)
     ck_assert(mods[1 * YM_PROJ_N + YM_PROJ_OUT].alpha == 3.5 &&
               mods[1 * YM_PROJ_N + YM_PROJ_IN].alpha == 8);
     ck_assert(!mods[0 * YM_PROJ_N + YM_PROJ_X].targeted && !mods[0 * YM_PROJ_N + YM_PROJ_DT].targeted);
-    ck_assert(!mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted); /* layers_to_transform */
+    ck_assert(mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted && mods[2 * YM_PROJ_N + YM_PROJ_IN].r == 8);
+    ym_peft_config_deinit(&pc);
+    /* layers_to_transform: suffix matches only; a full name is taken as is; not with a regex */
+    const char *lt = "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": [\"in_proj\", "
+                     "\"backbone.layers.2.mixer.x_proj\"], \"layers_to_transform\": [0, 1]}";
+    ck_assert_msg(ym_peft_config_parse(lt, strlen(lt), &pc, &d) == YM_OK, "%s", d.msg);
+    ck_assert_msg(ym_peft_config_resolve(&pc, 3, mods, &d) == YM_OK, "%s", d.msg);
+    ck_assert(mods[1 * YM_PROJ_N + YM_PROJ_IN].targeted && !mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted);
+    ck_assert(mods[2 * YM_PROJ_N + YM_PROJ_X].targeted && !mods[0 * YM_PROJ_N + YM_PROJ_X].targeted);
+    ym_peft_config_deinit(&pc);
+    const char *ltre = "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": \".*in_proj\", "
+                       "\"layers_to_transform\": 0}";
+    ck_assert_int_eq(ym_peft_config_parse(ltre, strlen(ltre), &pc, &d), YM_OK);
+    ck_assert_int_eq(ym_peft_config_resolve(&pc, 3, mods, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "layers_to_transform") != NULL, "%s", d.msg);
     ym_peft_config_deinit(&pc);
     /* list targets use PEFT's suffix rule: "mixer.x_proj" matches, "_proj" does not */
     const char *ia3 = "{\"peft_type\": \"IA3\", \"target_modules\": [\"mixer.x_proj\", "
