@@ -5,10 +5,11 @@
  * safetensors parser (sizes, offsets and dtypes are checked there), converted to f32, checked
  * for NaN/Inf and matched one by one against what adapter_config.json targets: every expected
  * tensor must be present with the shape the base model implies, and nothing else may be.
- * An adapter set or a composition holds references to its parts. Every ym_adapter_t then
- * compiles its leaves, in order, into one ym_adapt: per layer and projection, the lora_A of
+ * Every ym_adapter_t is compiled into one ym_adapt: per layer and projection, the lora_A of
  * every LoRA transposed side by side (At [n_in, sum r]), scale * lora_B transposed
- * (Bt [sum r, n_out]) and the products of the IA³ vectors - one arena, 64-byte aligned.
+ * (Bt [sum r, n_out]) and the products of the IA³ vectors - one arena, 64-byte aligned. A leaf
+ * then frees the tensors it read and keeps only that; an adapter set or a composition holds
+ * references to its parts and is compiled from their compiled forms, in order.
  * Thread: loading runs on any thread (the server's worker pool); a finished ym_adapter_t is
  * immutable, shared read-only by every thread, freed by the last ym_adapter_unref (atomic).
  * Must not: keep the safetensors mapping open (a replaced file must not change a live
@@ -47,8 +48,9 @@ struct ym_adapter {
     atomic_int refcount;
     ym_model_t *model;     /* owned reference */
     const char *kind;      /* static */
-    piece *pieces;         /* owned [n_pieces]; leaves only */
+    piece *pieces;         /* owned [n_pieces]; a leaf's tensors until compiled, then NULL */
     int n_pieces;
+    int n_leaves;          /* PEFT adapters it is made of */
     ym_adapter_t **parts;  /* owned references [n_parts]; sets and compositions only */
     int n_parts;
     size_t n_params;
@@ -61,16 +63,23 @@ struct ym_adapter {
     unsigned targets;
 };
 
-static void adapter_destroy(ym_adapter_t *a)
+static void free_pieces(ym_adapter_t *a)
 {
-    if (a == NULL)
-        return;
     for (int i = 0; i < a->n_pieces; i++) {
         free(a->pieces[i].A);
         free(a->pieces[i].B);
         free(a->pieces[i].g);
     }
     free(a->pieces);
+    a->pieces = NULL;
+    a->n_pieces = 0;
+}
+
+static void adapter_destroy(ym_adapter_t *a)
+{
+    if (a == NULL)
+        return;
+    free_pieces(a);
     for (int i = 0; i < a->n_parts; i++)
         ym_adapter_unref(a->parts[i]);
     free(a->parts);
@@ -100,19 +109,6 @@ const ym_adapt *ym_adapter_applied(const ym_adapter_t *a)
 
 /* ---- compile ------------------------------------------------------------------------------ */
 
-/* The leaves of a, in order, appended to list (NULL: count only). */
-static int collect(const ym_adapter_t *a, const ym_adapter_t **list, int n)
-{
-    if (a->n_parts == 0) {
-        if (list != NULL)
-            list[n] = a;
-        return n + 1;
-    }
-    for (int i = 0; i < a->n_parts; i++)
-        n = collect(a->parts[i], list, n);
-    return n;
-}
-
 static const float *module_bias(const ym_model_t *m, int l, ym_proj p)
 {
     const ym_layer *L = &m->layers[l];
@@ -128,38 +124,45 @@ static const float *module_bias(const ym_model_t *m, int l, ym_proj p)
     }
 }
 
+#define PAD16(n) (((size_t)(n) + 15) / 16 * 16) /* every array starts 64-byte aligned */
+
+/* Builds a->applied: a leaf from its pieces (then freed: the compiled form is all it keeps),
+ * a set or composition from its parts' compiled forms, in order (ranks side by side, scales
+ * multiplied; the scale of each LoRA is already inside its Bt). */
 static ym_err compile(ym_adapter_t *a, ym_diag *diag)
 {
     const ym_config *cfg = &a->model->cfg;
     const int n_mod = cfg->n_layer * YM_PROJ_N;
-    int n_leaves = collect(a, NULL, 0);
-    const ym_adapter_t **leaves = calloc((size_t)n_leaves, sizeof(*leaves));
-    int *rank = calloc((size_t)n_mod, sizeof(int));
+    int *rank = calloc((size_t)n_mod, sizeof(int)), *fill = calloc((size_t)n_mod, sizeof(int));
     unsigned char *gin = calloc((size_t)n_mod, 1), *gout = calloc((size_t)n_mod, 1);
     ym_err err = YM_ENOMEM;
-    if (leaves == NULL || rank == NULL || gin == NULL || gout == NULL)
+    if (rank == NULL || fill == NULL || gin == NULL || gout == NULL)
         goto done;
-    collect(a, leaves, 0);
     /* sizes: per module, total rank and which scales exist */
-    for (int i = 0; i < n_leaves; i++)
-        for (int k = 0; k < leaves[i]->n_pieces; k++) {
-            const piece *p = &leaves[i]->pieces[k];
-            int m = p->layer * YM_PROJ_N + p->proj;
-            if (p->type == YM_PEFT_LORA)
-                rank[m] += p->r;
-            else if (p->ff)
-                gin[m] = 1;
-            else
-                gout[m] = 1;
+    for (int k = 0; k < a->n_pieces; k++) {
+        const piece *p = &a->pieces[k];
+        int m = p->layer * YM_PROJ_N + p->proj;
+        if (p->type == YM_PEFT_LORA)
+            rank[m] += p->r;
+        else if (p->ff)
+            gin[m] = 1;
+        else
+            gout[m] = 1;
+    }
+    for (int i = 0; i < a->n_parts; i++)
+        for (int m = 0; m < n_mod; m++) {
+            const ym_adapt_proj *q = &a->parts[i]->proj[m];
+            rank[m] += q->r;
+            gin[m] |= q->g_in != NULL;
+            gout[m] |= q->g_out != NULL;
         }
     size_t total = 0;
     for (int m = 0; m < n_mod; m++) {
         ym_proj pj = (ym_proj)(m % YM_PROJ_N);
         size_t ni = (size_t)ym_proj_n_in(cfg, pj), no = (size_t)ym_proj_n_out(cfg, pj);
-        /* each array rounded up to 16 floats so that every one starts 64-byte aligned */
-        total += ((size_t)rank[m] * ni + 15) / 16 * 16 + ((size_t)rank[m] * no + 15) / 16 * 16;
-        total += gin[m] ? (ni + 15) / 16 * 16 : 0;
-        total += gout[m] ? 2 * ((no + 15) / 16 * 16) : 0;
+        total += PAD16((size_t)rank[m] * ni) + PAD16((size_t)rank[m] * no);
+        total += gin[m] ? PAD16(ni) : 0;
+        total += gout[m] ? 2 * PAD16(no) : 0; /* g_out and b_out */
     }
     a->proj = calloc((size_t)n_mod, sizeof(ym_adapt_proj));
     a->arena = aligned_alloc(64, (total > 0 ? total : 16) * sizeof(float));
@@ -167,34 +170,23 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
         goto done;
     a->arena_floats = total;
     float *next = a->arena;
-    float **at = calloc((size_t)n_mod, sizeof(float *)), **bt = calloc((size_t)n_mod,
-                                                                          sizeof(float *));
-    int *fill = calloc((size_t)n_mod, sizeof(int));
-    if (at == NULL || bt == NULL || fill == NULL) {
-        free(at);
-        free(bt);
-        free(fill);
-        goto done;
-    }
     for (int m = 0; m < n_mod; m++) {
         ym_proj pj = (ym_proj)(m % YM_PROJ_N);
         size_t ni = (size_t)ym_proj_n_in(cfg, pj), no = (size_t)ym_proj_n_out(cfg, pj);
         ym_adapt_proj *P = &a->proj[m];
         P->r = rank[m];
         if (rank[m] > 0) {
-            at[m] = next;
-            next += ((size_t)rank[m] * ni + 15) / 16 * 16;
-            bt[m] = next;
-            next += ((size_t)rank[m] * no + 15) / 16 * 16;
-            P->At = at[m];
-            P->Bt = bt[m];
+            P->At = next;
+            next += PAD16((size_t)rank[m] * ni);
+            P->Bt = next;
+            next += PAD16((size_t)rank[m] * no);
             a->targets |= 1u << pj;
             if (rank[m] > a->r_max)
                 a->r_max = rank[m];
         }
         if (gin[m]) {
             float *g = next;
-            next += (ni + 15) / 16 * 16;
+            next += PAD16(ni);
             for (size_t i = 0; i < ni; i++)
                 g[i] = 1.0f;
             P->g_in = g;
@@ -202,35 +194,55 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
         }
         if (gout[m]) {
             float *g = next;
-            next += (no + 15) / 16 * 16;
+            next += PAD16(no);
             for (size_t i = 0; i < no; i++)
                 g[i] = 1.0f;
             P->g_out = g;
             a->targets |= 1u << pj;
         }
     }
-    /* fill in leaf order: ranks side by side, scales multiplied */
-    for (int i = 0; i < n_leaves; i++)
-        for (int k = 0; k < leaves[i]->n_pieces; k++) {
-            const piece *p = &leaves[i]->pieces[k];
-            int m = p->layer * YM_PROJ_N + p->proj;
-            size_t ni = (size_t)ym_proj_n_in(cfg, p->proj), no = (size_t)ym_proj_n_out(cfg, p->proj);
-            ym_adapt_proj *P = &a->proj[m];
-            if (p->type == YM_PEFT_LORA) {
-                int R = rank[m], j0 = fill[m];
-                for (int j = 0; j < p->r; j++) {
-                    for (size_t x = 0; x < ni; x++)              /* At[x, j0 + j] = A[j, x] */
-                        at[m][x * R + j0 + j] = p->A[(size_t)j * ni + x];
-                    for (size_t o = 0; o < no; o++)              /* Bt[j0 + j, o] = s B[o, j] */
-                        bt[m][(size_t)(j0 + j) * no + o] = p->scale * p->B[o * p->r + j];
-                }
-                fill[m] += p->r;
-            } else {
-                float *g = (float *)(p->ff ? P->g_in : P->g_out);
-                size_t n = p->ff ? ni : no;
-                for (size_t x = 0; x < n; x++)
-                    g[x] *= p->g[x];
+    /* a leaf's pieces */
+    for (int k = 0; k < a->n_pieces; k++) {
+        const piece *p = &a->pieces[k];
+        int m = p->layer * YM_PROJ_N + p->proj;
+        size_t ni = (size_t)ym_proj_n_in(cfg, p->proj), no = (size_t)ym_proj_n_out(cfg, p->proj);
+        ym_adapt_proj *P = &a->proj[m];
+        if (p->type == YM_PEFT_LORA) {
+            int R = rank[m], j0 = fill[m];
+            float *At = (float *)P->At, *Bt = (float *)P->Bt;
+            for (int j = 0; j < p->r; j++) {
+                for (size_t x = 0; x < ni; x++)              /* At[x, j0 + j] = A[j, x] */
+                    At[x * R + j0 + j] = p->A[(size_t)j * ni + x];
+                for (size_t o = 0; o < no; o++)              /* Bt[j0 + j, o] = s B[o, j] */
+                    Bt[(size_t)(j0 + j) * no + o] = p->scale * p->B[o * p->r + j];
             }
+            fill[m] += p->r;
+        } else {
+            float *g = (float *)(p->ff ? P->g_in : P->g_out);
+            size_t n = p->ff ? ni : no;
+            for (size_t x = 0; x < n; x++)
+                g[x] *= p->g[x];
+        }
+    }
+    /* the parts' compiled forms */
+    for (int i = 0; i < a->n_parts; i++)
+        for (int m = 0; m < n_mod; m++) {
+            const ym_adapt_proj *q = &a->parts[i]->proj[m];
+            ym_proj pj = (ym_proj)(m % YM_PROJ_N);
+            size_t ni = (size_t)ym_proj_n_in(cfg, pj), no = (size_t)ym_proj_n_out(cfg, pj);
+            ym_adapt_proj *P = &a->proj[m];
+            if (q->r > 0) {
+                int R = rank[m], j0 = fill[m];
+                float *At = (float *)P->At, *Bt = (float *)P->Bt;
+                for (size_t x = 0; x < ni; x++)
+                    memcpy(At + x * R + j0, q->At + x * q->r, sizeof(float) * (size_t)q->r);
+                memcpy(Bt + (size_t)j0 * no, q->Bt, sizeof(float) * (size_t)q->r * no);
+                fill[m] += q->r;
+            }
+            for (size_t x = 0; q->g_in != NULL && x < ni; x++)
+                ((float *)P->g_in)[x] *= q->g_in[x];
+            for (size_t x = 0; q->g_out != NULL && x < no; x++)
+                ((float *)P->g_out)[x] *= q->g_out[x];
         }
     /* g_out ⊙ bias, for the forward's fused bias + softplus of dt_proj (and any biased module) */
     for (int m = 0; m < n_mod; m++) {
@@ -240,28 +252,29 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
         if (P->g_out != NULL && bias != NULL) {
             size_t no = (size_t)ym_proj_n_out(cfg, pj);
             float *b = next;
-            next += (no + 15) / 16 * 16;
+            next += PAD16(no);
             for (size_t o = 0; o < no; o++)
                 b[o] = P->g_out[o] * bias[o];
             P->b_out = b;
         }
     }
     YM_ASSERT(next <= a->arena + (total > 0 ? total : 16));
-    free(at);
-    free(bt);
-    free(fill);
     a->applied.n_layer = cfg->n_layer;
     a->applied.d_model = cfg->d_model;
     a->applied.d_inner = cfg->d_inner;
     a->applied.d_state = cfg->d_state;
     a->applied.dt_rank = cfg->dt_rank;
     a->applied.proj = a->proj;
+    a->n_leaves = a->n_parts == 0 ? 1 : 0;
+    for (int i = 0; i < a->n_parts; i++)
+        a->n_leaves += a->parts[i]->n_leaves;
+    free_pieces(a);
     err = YM_OK;
 done:
     if (err != YM_OK)
         ym_diag_set(diag, err, "out of memory compiling the adapter");
-    free(leaves);
     free(rank);
+    free(fill);
     free(gin);
     free(gout);
     return err;
@@ -753,7 +766,7 @@ void ym_adapter_info_get(const ym_adapter_t *a, ym_adapter_info *out)
     if (a == NULL)
         return;
     out->kind = a->kind;
-    out->n_parts = collect(a, NULL, 0);
+    out->n_parts = a->n_leaves;
     out->r_max = a->r_max;
     out->targets = a->targets;
     out->n_params = a->n_params;

@@ -6,7 +6,8 @@
  * named k when k == t or k ends with "." t; a target_modules string is a regular expression
  * matched against the whole name; rank_pattern / alpha_pattern keys are regular expressions
  * matched as (.*\.)?(key)$ from the start of the name, the first key in file order winning;
- * layers_to_transform keeps only the listed layers. Module names are those of
+ * layers_to_transform keeps only the listed layers, for list entries matched by suffix (a
+ * full name is taken as is; with a regex target PEFT refuses layers_to_transform). Module names are those of
  * MambaForCausalLM: backbone.layers.{l}.mixer.{in_proj,x_proj,dt_proj,out_proj}.
  * Python regular expressions are run by POSIX extended ones after a small translation (\d,
  * \w, \s, (?:, lazy quantifiers); a construct without an equivalent is refused, never guessed.
@@ -524,6 +525,12 @@ ym_err ym_peft_config_resolve(const ym_peft_config *c, int n_layer, ym_peft_modu
             goto done;
         }
     }
+    /* PEFT (LoraConfig / IA3Config) refuses layers_to_transform with a regex target */
+    if (tm.has_re && c->layers != NULL) {
+        err = ym_diag_set(diag, YM_EFORMAT, "adapter_config.json: layers_to_transform cannot be "
+                          "used when target_modules is a regular expression");
+        goto done;
+    }
     for (int i = 0; i < c->n_layers; i++)
         if (c->layers[i] >= n_layer) {
             err = ym_diag_set(diag, YM_EFORMAT, "adapter_config.json: layers_to_transform names "
@@ -541,7 +548,11 @@ ym_err ym_peft_config_resolve(const ym_peft_config *c, int n_layer, ym_peft_modu
                      ym_proj_name((ym_proj)p));
             ym_peft_module *o = &out[(size_t)l * YM_PROJ_N + p];
             int ff = c->type == YM_PEFT_IA3 && m_match(&fm, name);
-            if (!m_match(&tm, name) || !layer_ok)
+            /* as PEFT: a list entry naming the module in full bypasses layers_to_transform */
+            int exact = 0;
+            for (int i = 0; !tm.has_re && i < c->n_targets; i++)
+                exact |= strcmp(c->targets[i], name) == 0;
+            if (!m_match(&tm, name) || (!layer_ok && !exact))
                 continue;
             o->targeted = true;
             o->ff = ff;

@@ -587,13 +587,12 @@ END_TEST
 
 START_TEST(test_adapters_config_resolution_follows_peft_rules)
 {
-    /* regex target (Python syntax), first-match rank_pattern, int layers_to_transform */
+    /* regex target (Python syntax), first-match rank_pattern, alpha_pattern */
     const char *cfg =
         "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": "
         "\"(?:backbone\\\\.)?layers\\\\.\\\\d+\\\\.mixer\\\\.(in|out)_proj\", "
         "\"rank_pattern\": {\"layers\\\\.[02]\\\\..*\": 8, \"in_proj\": 2}, "
-        "\"alpha_pattern\": {\"out_proj\": 3.5}, \"layers_to_transform\": [0, 1], "
-        "\"layers_pattern\": [\"layers\"]}";
+        "\"alpha_pattern\": {\"out_proj\": 3.5}, \"layers_pattern\": [\"layers\"]}";
     ym_peft_config pc;
     ym_diag d = {0};
     ck_assert_msg(ym_peft_config_parse(cfg, strlen(cfg), &pc, &d) == YM_OK, "%s", d.msg);
@@ -606,7 +605,21 @@ START_TEST(test_adapters_config_resolution_follows_peft_rules)
     ck_assert(mods[1 * YM_PROJ_N + YM_PROJ_OUT].alpha == 3.5 &&
               mods[1 * YM_PROJ_N + YM_PROJ_IN].alpha == 8);
     ck_assert(!mods[0 * YM_PROJ_N + YM_PROJ_X].targeted && !mods[0 * YM_PROJ_N + YM_PROJ_DT].targeted);
-    ck_assert(!mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted); /* layers_to_transform */
+    ck_assert(mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted && mods[2 * YM_PROJ_N + YM_PROJ_IN].r == 8);
+    ym_peft_config_deinit(&pc);
+    /* layers_to_transform: suffix matches only; a full name is taken as is; not with a regex */
+    const char *lt = "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": [\"in_proj\", "
+                     "\"backbone.layers.2.mixer.x_proj\"], \"layers_to_transform\": [0, 1]}";
+    ck_assert_msg(ym_peft_config_parse(lt, strlen(lt), &pc, &d) == YM_OK, "%s", d.msg);
+    ck_assert_msg(ym_peft_config_resolve(&pc, 3, mods, &d) == YM_OK, "%s", d.msg);
+    ck_assert(mods[1 * YM_PROJ_N + YM_PROJ_IN].targeted && !mods[2 * YM_PROJ_N + YM_PROJ_IN].targeted);
+    ck_assert(mods[2 * YM_PROJ_N + YM_PROJ_X].targeted && !mods[0 * YM_PROJ_N + YM_PROJ_X].targeted);
+    ym_peft_config_deinit(&pc);
+    const char *ltre = "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": \".*in_proj\", "
+                       "\"layers_to_transform\": 0}";
+    ck_assert_int_eq(ym_peft_config_parse(ltre, strlen(ltre), &pc, &d), YM_OK);
+    ck_assert_int_eq(ym_peft_config_resolve(&pc, 3, mods, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "layers_to_transform") != NULL, "%s", d.msg);
     ym_peft_config_deinit(&pc);
     /* list targets use PEFT's suffix rule: "mixer.x_proj" matches, "_proj" does not */
     const char *ia3 = "{\"peft_type\": \"IA3\", \"target_modules\": [\"mixer.x_proj\", "
@@ -712,6 +725,64 @@ START_TEST(test_adapters_random_lora_any_rank_equals_merged_weights)
 }
 END_TEST
 
+START_TEST(test_adapters_compose_nests_and_refuses_mismatched_parts)
+{
+    ym_model_t *m = load_model(M40);
+    ym_model_t *m37 = load_model(YM_FIXTURE_DIR "/conformance/m37-odd-n5-k2-f32");
+    ym_adapter_t *x = load_adapter(PEFT_DIR "/lora-all4-m40", m);
+    ym_adapter_t *y = load_adapter(PEFT_DIR "/ia3-ff-m40", m);
+    ym_adapter_t *z = load_adapter(PEFT_DIR "/lora-x-m40", m);
+    ym_adapter_t *o = load_adapter(PEFT_DIR "/rslora-regex-m37", m37);
+    ym_adapter_t *xy = NULL, *nested = NULL, *flat = NULL, *bad = NULL;
+    ym_diag d = {0};
+    ym_adapter_t *p2[2] = {x, y}, *p3[3] = {x, y, z};
+    ck_assert_int_eq(ym_adapter_compose(p2, 2, &xy, &d), YM_OK);
+    ym_adapter_t *pn[2] = {xy, z};
+    ck_assert_int_eq(ym_adapter_compose(pn, 2, &nested, &d), YM_OK);
+    ck_assert_int_eq(ym_adapter_compose(p3, 3, &flat, &d), YM_OK);
+    ym_adapter_info in, fl;
+    ym_adapter_info_get(nested, &in);
+    ym_adapter_info_get(flat, &fl);
+    ck_assert_int_eq(in.n_parts, 3);
+    ck_assert_int_eq(fl.n_parts, 3);
+    ck_assert_uint_eq(in.n_params, fl.n_params);
+    ck_assert_int_eq(in.r_max, 4 + 2); /* in_proj: r 4 + r 2 */
+    const ym_adapt *A = ym_adapter_applied(nested), *B = ym_adapter_applied(flat);
+    for (int k = 0; k < A->n_layer * YM_PROJ_N; k++) {
+        ym_proj pj = (ym_proj)(k % YM_PROJ_N);
+        size_t ni = (size_t)ym_proj_n_in(&m->cfg, pj), no = (size_t)ym_proj_n_out(&m->cfg, pj);
+        ck_assert_int_eq(A->proj[k].r, B->proj[k].r);
+        if (A->proj[k].r > 0) {
+            ck_assert(memcmp(A->proj[k].At, B->proj[k].At, sizeof(float) * ni * A->proj[k].r) == 0);
+            ck_assert(memcmp(A->proj[k].Bt, B->proj[k].Bt, sizeof(float) * no * A->proj[k].r) == 0);
+        }
+        ck_assert_int_eq(A->proj[k].g_in == NULL, B->proj[k].g_in == NULL);
+        if (A->proj[k].g_in != NULL)
+            ck_assert(memcmp(A->proj[k].g_in, B->proj[k].g_in, sizeof(float) * ni) == 0);
+    }
+    /* parts for different models, no parts, a NULL part */
+    ym_adapter_t *mixed[2] = {x, o}, *withnull[2] = {x, NULL};
+    ck_assert_int_eq(ym_adapter_compose(mixed, 2, &bad, &d), YM_EINVAL);
+    ck_assert_msg(strstr(d.msg, "another model") != NULL, "%s", d.msg);
+    ck_assert_ptr_null(bad);
+    ck_assert_int_eq(ym_adapter_compose(p2, 0, &bad, &d), YM_EINVAL);
+    ck_assert_int_eq(ym_adapter_compose(withnull, 2, &bad, &d), YM_EINVAL);
+    ck_assert_ptr_null(bad);
+    ym_adapter_unref(NULL);
+    ck_assert_ptr_null(ym_adapter_ref(NULL));
+    ck_assert_ptr_null(ym_adapter_applied(NULL));
+    ym_adapter_unref(nested);
+    ym_adapter_unref(flat);
+    ym_adapter_unref(xy);
+    ym_adapter_unref(o);
+    ym_adapter_unref(z);
+    ym_adapter_unref(y);
+    ym_adapter_unref(x);
+    ym_model_unref(m37);
+    ym_model_unref(m);
+}
+END_TEST
+
 Suite *adapters_suite(void)
 {
     Suite *s = suite_create("adapters");
@@ -728,6 +799,7 @@ Suite *adapters_suite(void)
     tcase_add_test(tc, test_adapters_forward_refuses_adapter_of_another_model);
     tcase_add_test(tc, test_adapters_config_resolution_follows_peft_rules);
     tcase_add_test(tc, test_adapters_random_lora_any_rank_equals_merged_weights);
+    tcase_add_test(tc, test_adapters_compose_nests_and_refuses_mismatched_parts);
     suite_add_tcase(s, tc);
     return s;
 }
