@@ -60,7 +60,8 @@ function checkUsage(u, where) {
           `${where}: usage.prompt_tokens = ${show(u.prompt_tokens)}, want a positive integer`);
     check(isCount(u.completion_tokens) && u.completion_tokens >= 1 &&
               u.completion_tokens <= MAX_TOKENS,
-          `${where}: usage.completion_tokens = ${show(u.completion_tokens)}, want 1..${MAX_TOKENS}`);
+          `${where}: usage.completion_tokens = ${show(u.completion_tokens)}, ` +
+              `want 1..${MAX_TOKENS}`);
     check(u.total_tokens === u.prompt_tokens + u.completion_tokens,
           `${where}: usage.total_tokens = ${u.total_tokens}, want prompt_tokens + ` +
               `completion_tokens = ${u.prompt_tokens + u.completion_tokens}`);
