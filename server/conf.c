@@ -60,7 +60,7 @@ static const ym_conf_def defs[] = {
     U("max_batch_tokens", "YUNMIN_MAX_BATCH_TOKENS", max_batch_tokens, 256, 1, 65536, 0,
       "rows per engine step: one per decoding sequence plus prefill chunks"),
     U("prefill_chunk", "YUNMIN_PREFILL_CHUNK", prefill_chunk, 128, 1, 65536, 1,
-      "prompt tokens one sequence prefills per step (long prompts go in chunks)"),
+      "prompt tokens per engine step, all prefilling sequences together (long prompts go in chunks)"),
     U("max_queue", "YUNMIN_MAX_QUEUE", max_queue, 256, 0, 1000000, 1,
       "requests waiting for a running slot before new ones get 503"),
     U("max_tokens_cap", "YUNMIN_MAX_TOKENS_CAP", max_tokens_cap, 8192, 1, 1u << 24, 1,

@@ -9,8 +9,8 @@
  * geometrically).
  *
  * Step policy (vLLM's chunked prefill, simplified): every decoding sequence gets its one row
- * first, so streams keep their pace; the rows left (max_batch_tokens minus decodes) go to
- * prefilling sequences in arrival order, at most prefill_chunk tokens each. A long prompt thus
+ * first, so streams keep their pace; then prefilling sequences in arrival order share at most
+ * prefill_chunk prompt rows per step (and the rows left under max_batch_tokens). A long prompt thus
  * takes several steps, interleaved with everyone else's decoding. Logits are computed for every
  * sequence of the step (YM_LOGITS_LAST) and used only by those that sample. */
 #include "server/sched.h"
@@ -454,7 +454,7 @@ static void step(ym_sched_t *s, int prefill_chunk)
         return;
 
     /* Decode rows first, then prefill chunks in arrival order. */
-    int n_seq = 0, rows = 0, budget = s->o.max_batch_tokens, any_adapter = 0;
+    int n_seq = 0, rows = 0, budget = s->o.max_batch_tokens, any_adapter = 0, prefill_rows = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < s->n_running; i++) {
             ym_gen *g = s->running[i];
@@ -464,12 +464,15 @@ static void step(ym_sched_t *s, int prefill_chunk)
                 s->seq_start[n_seq] = rows;
                 rows += 1;
                 s->samples[n_seq] = 1;
-            } else if (pass == 1 && prefilling && rows < budget) {
+            } else if (pass == 1 && prefilling && rows < budget && prefill_rows < prefill_chunk) {
+                /* prefill_chunk bounds the prompt rows of the whole step, so a burst of new
+                 * requests cannot stretch the running streams' step (their inter-token time). */
                 int n = g->n_prompt - g->n_prefilled;
-                if (n > prefill_chunk)
-                    n = prefill_chunk;
+                if (n > prefill_chunk - prefill_rows)
+                    n = prefill_chunk - prefill_rows;
                 if (n > budget - rows)
                     n = budget - rows;
+                prefill_rows += n;
                 memcpy(s->tokens + rows, g->prompt + g->n_prefilled, (size_t)n * sizeof(int32_t));
                 s->seq_start[n_seq] = rows;
                 rows += n;
@@ -508,19 +511,19 @@ static void step(ym_sched_t *s, int prefill_chunk)
             finish(s, s->in_batch[k], YM_FINISH_ERROR);
         return;
     }
-    int prefill_rows = 0;
+    int prefilled = 0;
     for (int k = 0; k < n_seq; k++) {
         ym_gen *g = s->in_batch[k];
         int n = s->seq_start[k + 1] - s->seq_start[k];
         if (g->n_prefilled < g->n_prompt) {
             g->n_prefilled += n;
-            prefill_rows += n;
+            prefilled += n;
         }
         if (s->samples[k])
             sample(s, g, s->logits + (size_t)k * (size_t)s->n_vocab, now);
     }
-    if (prefill_rows > 0)
-        ym_metrics_add(s->metrics, YM_M_PREFILL_TOKENS, (uint64_t)prefill_rows);
+    if (prefilled > 0)
+        ym_metrics_add(s->metrics, YM_M_PREFILL_TOKENS, (uint64_t)prefilled);
 }
 
 static void *engine_main(void *arg)
