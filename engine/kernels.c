@@ -85,6 +85,37 @@ static void scan_portable(float *y, float *s, const float *A, const float *D, co
     }
 }
 
+static void scan_masked_portable(float *y, float *s, const ym_scan_plan *pl, const float *D,
+                                 const float *x, const float *dt, const float *z,
+                                 const float *bc, int ldbc, int T, int ld, int N, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const ym_scan_block *B = &pl->blocks[b];
+        const int w = B->w, d0 = B->d0;
+        float *sb = s + B->off;
+        const float *Ab = pl->A + B->off;
+        for (int t = 0; t < T; t++) {
+            const float *Bt = bc + (size_t)t * ldbc, *Ct = Bt + N;
+            size_t row = (size_t)t * ld + d0;
+            float acc[YM_SCAN_BLOCK] = {0};
+            for (int u = 0; u < B->n_u; u++) {
+                int n = B->n_idx[u];
+                unsigned live = B->lanes[u];
+                float *su = sb + (size_t)u * w;
+                const float *Au = Ab + (size_t)u * w;
+                for (int j = 0; j < w; j++) {
+                    float dtd = dt[row + j];
+                    float v = expf(dtd * Au[j]) * su[j] + dtd * x[row + j] * Bt[n];
+                    su[j] = (live >> j) & 1 ? v : 0.0f;
+                    acc[j] += Ct[n] * su[j];
+                }
+            }
+            for (int j = 0; j < w; j++)
+                y[row + j] = (acc[j] + D[d0 + j] * x[row + j]) * silu(z[row + j]);
+        }
+    }
+}
+
 /* ---- AVX-512 -------------------------------------------------------------------------- */
 #if HAVE_X86
 #define T512 __attribute__((target("avx512f,avx512dq,fma")))
@@ -226,6 +257,45 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
     }
 }
 
+/* The masked scan, one block of up to 16 channels per vector: per live entry of the block,
+ * one exp and two FMAs for all its channels; lanes where the entry is dead are forced to 0,
+ * which keeps s[d,n] at 0 as DESIGN.md §4 requires. Blocks outer, rows inner: a block's state
+ * (n_u vectors) stays in L1 across a prefill chunk. Hot path.                              */
+T512 static void scan_masked_avx512(float *y, float *s, const ym_scan_plan *pl, const float *D,
+                                    const float *x, const float *dt, const float *z,
+                                    const float *bc, int ldbc, int T, int ld, int N, int b0,
+                                    int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const ym_scan_block *B = &pl->blocks[b];
+        const int w = B->w, d0 = B->d0, n_u = B->n_u;
+        const __mmask16 wm = tail_mask(w);
+        float *sb = s + B->off;
+        const float *Ab = pl->A + B->off;
+        const __m512 Dv = _mm512_maskz_loadu_ps(wm, D + d0);
+        for (int t = 0; t < T; t++) {
+            const float *Bt = bc + (size_t)t * ldbc, *Ct = Bt + N;
+            size_t row = (size_t)t * ld + d0;
+            __m512 dtv = _mm512_maskz_loadu_ps(wm, dt + row);
+            __m512 xv = _mm512_maskz_loadu_ps(wm, x + row);
+            __m512 dtx = _mm512_mul_ps(dtv, xv);
+            __m512 acc = _mm512_mul_ps(Dv, xv);
+            for (int u = 0; u < n_u; u++) {
+                int n = B->n_idx[u];
+                float *su = sb + (size_t)u * w;
+                __m512 dA = exp512(_mm512_mul_ps(dtv, _mm512_maskz_loadu_ps(wm, Ab + (size_t)u * w)));
+                __m512 sv = _mm512_fmadd_ps(dA, _mm512_maskz_loadu_ps(wm, su),
+                                            _mm512_mul_ps(dtx, _mm512_set1_ps(Bt[n])));
+                sv = _mm512_maskz_mov_ps((__mmask16)B->lanes[u], sv);
+                _mm512_mask_storeu_ps(su, wm, sv);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(Ct[n]), sv, acc);
+            }
+            __m512 zv = _mm512_maskz_loadu_ps(wm, z + row);
+            _mm512_mask_storeu_ps(y + row, wm, _mm512_mul_ps(acc, silu512(zv)));
+        }
+    }
+}
+
 /* Causal conv + silu for one block of up to 16 channels, all T rows, vectorized across the
  * channels (rows are contiguous in d). In place, so rows are visited last to first: row t
  * reads inputs t-K+1..t, which a descending walk has not overwritten yet. The new state (the
@@ -338,4 +408,17 @@ void ym_scan_f32(float *y, float *s, const float *A, const float *D, const float
     }
 #endif
     scan_portable(y, s, A, D, x, dt, z, bc, ldbc, T, ld, N, c0, c1);
+}
+
+void ym_scan_masked_f32(float *y, float *s, const ym_scan_plan *plan, const float *D,
+                        const float *x, const float *dt, const float *z, const float *bc,
+                        int ldbc, int T, int ld, int N, int b0, int b1)
+{
+#if HAVE_X86
+    if (use_avx512()) {
+        scan_masked_avx512(y, s, plan, D, x, dt, z, bc, ldbc, T, ld, N, b0, b1);
+        return;
+    }
+#endif
+    scan_masked_portable(y, s, plan, D, x, dt, z, bc, ldbc, T, ld, N, b0, b1);
 }

@@ -6,6 +6,8 @@
 #ifndef YM_ENGINE_KERNELS_H
 #define YM_ENGINE_KERNELS_H
 
+#include "engine/model.h"
+
 void ym_kernels_force_portable(int on);
 const char *ym_kernels_isa(void); /* "avx512" or "portable" */
 
@@ -29,5 +31,16 @@ void ym_softplus_bias_f32(float *dt, int ld, int T, const float *bias, int c0, i
 void ym_scan_f32(float *y, float *s, const float *A, const float *D, const float *x,
                  const float *dt, const float *z, const float *bc, int ldbc, int T, int ld,
                  int N, int c0, int c1);
+
+/* The masked scan over the blocks [b0, b1) of a sparse layer's plan (engine/model.h), T
+ * consecutive rows of one sequence. For each block, each entry n live in it, and each channel
+ * d of the block (lane j):
+ *   s[d,n] = live(d,n) ? exp(dt[t,d]*A[d,n])*s[d,n] + dt[t,d]*B[t,n]*x[t,d] : 0
+ *   y[t,d] = (sum over the block's entries of C[t,n]*s[d,n] + D[d]*x[t,d]) * silu(z[t,d])
+ * s: the layer's state in the plan's blocked layout; D [d_inner]; x, dt, z, y [T, ld];
+ * B = bc + t*ldbc, C = bc + t*ldbc + N. Vectorized over the channels of a block.            */
+void ym_scan_masked_f32(float *y, float *s, const ym_scan_plan *plan, const float *D,
+                        const float *x, const float *dt, const float *z, const float *bc,
+                        int ldbc, int T, int ld, int N, int b0, int b1);
 
 #endif

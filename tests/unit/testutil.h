@@ -18,5 +18,7 @@ Suite *sampling_suite(void);
 Suite *textout_suite(void);
 Suite *conformance_suite(void);
 Suite *gemm_suite(void);
+Suite *sparsity_suite(void);
+Suite *sparse_suite(void);
 
 #endif
