@@ -56,6 +56,17 @@ int cli_read_file(const char *path, char **data, size_t *len);
 int cli_load_tokenizer(const char *dir, ym_tok_t **out);
 int cli_load_model(const char *dir, ym_model_t **out);
 
+/* When path is not NULL: load the sparsity profile at path (engine/sparsity.h) and replace
+ * *model (a dense model, reference taken over) with the served sparse model. Prints the error
+ * (exit 1: missing or malformed file, profile for another shape) and returns CLI_FAIL, else 0.
+ * The profile is found only through the flag, never beside the model. */
+int cli_apply_sparsity(const char *path, ym_model_t **model);
+
+/* The model spec naming the synthetic model with mamba-130m's shapes and random weights (for
+ * benchmarks and calibration experiments; no tokenizer): --model synthetic:mamba-130m. */
+#define CLI_SYNTHETIC_130M "synthetic:mamba-130m"
+int cli_is_synthetic(const char *dir);
+
 double cli_now(void); /* monotonic seconds */
 /* Write a JSON double as %.17g, or null when it is not finite (JSON has no NaN). */
 void cli_print_double(FILE *f, double v);

@@ -34,6 +34,7 @@ static void usage(FILE *f)
             "  --seed S                    reproducible sampling\n"
             "  --stop STR                  stop before this text (repeatable, up to %d)\n"
             "  --threads N                 engine threads (default: one per core)\n"
+            "  --sparsity FILE             serve under this sparsity profile\n"
             "  --echo                      print the prompt before the generated text\n"
             "Text goes to stdout as it is produced; a summary line goes to stderr.\n",
             MAX_STOPS);
@@ -51,6 +52,7 @@ enum {
     OPT_STOP,
     OPT_THREADS,
     OPT_ECHO,
+    OPT_SPARSITY,
 };
 
 static int write_out(const char *s, size_t n)
@@ -87,10 +89,11 @@ int ym_cmd_generate(int argc, char **argv)
         {"stop", required_argument, NULL, OPT_STOP},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"echo", no_argument, NULL, OPT_ECHO},
+        {"sparsity", required_argument, NULL, OPT_SPARSITY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *prompt = NULL;
+    const char *model_arg = NULL, *prompt = NULL, *sparsity = NULL;
     const char *stops[MAX_STOPS];
     int n_stops = 0, echo = 0;
     long max_tokens = 128, n_threads = 0, top_k = 0;
@@ -147,6 +150,9 @@ int ym_cmd_generate(int argc, char **argv)
         case OPT_ECHO:
             echo = 1;
             break;
+        case OPT_SPARSITY:
+            sparsity = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -180,6 +186,8 @@ int ym_cmd_generate(int argc, char **argv)
     if ((rc = cli_load_tokenizer(dir, &tok)) != 0)
         goto out;
     if ((rc = cli_load_model(dir, &model)) != 0)
+        goto out;
+    if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)
         goto out;
     const int nv = model->cfg.n_vocab;
     /* Embedding rows past the tokenizer's vocabulary are padding (50280 rows for 50277

@@ -13,9 +13,10 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: yunmin logits [--model DIR] --ids 1,2,3 [--threads N]\n"
+    fprintf(f, "usage: yunmin logits [--model DIR] --ids 1,2,3 [--threads N] [--sparsity FILE]\n"
                "Prints {\"logits\": [[...], ...]}: one row of n_vocab floats per position,\n"
-               "from a fresh state.\n");
+               "from a fresh state. --sparsity serves the model under a sparsity profile\n"
+               "(yunmin.sparsity.safetensors; only used when given).\n");
 }
 
 int ym_cmd_logits(int argc, char **argv)
@@ -24,15 +25,16 @@ int ym_cmd_logits(int argc, char **argv)
         {"model", required_argument, NULL, 'm'},
         {"ids", required_argument, NULL, 'i'},
         {"threads", required_argument, NULL, 't'},
+        {"sparsity", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *ids_arg = NULL;
+    const char *model_arg = NULL, *ids_arg = NULL, *sparsity = NULL;
     long n_threads = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:i:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:i:t:s:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model_arg = optarg;
@@ -43,6 +45,9 @@ int ym_cmd_logits(int argc, char **argv)
         case 't':
             if (cli_parse_long("--threads", optarg, 0, 1024, &n_threads) != 0)
                 return CLI_USAGE;
+            break;
+        case 's':
+            sparsity = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -64,6 +69,8 @@ int ym_cmd_logits(int argc, char **argv)
     int rc = cli_load_model(cli_model_dir(model_arg), &model);
     if (rc != 0)
         return rc;
+    if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)
+        goto out;
     const int nv = model->cfg.n_vocab;
     if ((rc = cli_parse_ids("--ids", ids_arg, nv, &ids)) != 0)
         goto out;

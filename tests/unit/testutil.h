@@ -20,5 +20,6 @@ Suite *conformance_suite(void);
 Suite *gemm_suite(void);
 Suite *sparsity_suite(void);
 Suite *sparse_suite(void);
+Suite *order_suite(void);
 
 #endif
