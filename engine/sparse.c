@@ -245,3 +245,20 @@ void ym_model_state_energy(const ym_model_t *m, int l, const float *ssm, double 
         }
     }
 }
+
+void ym_model_state_entries(const ym_model_t *m, int l, const float *ssm, float *out)
+{
+    const ym_layer *L = &m->layers[l];
+    const int N = m->cfg.d_state;
+    if (L->scan == NULL) {
+        memcpy(out, ssm, sizeof(float) * (size_t)L->d_inner * N);
+        return;
+    }
+    memset(out, 0, sizeof(float) * (size_t)L->d_inner * N);
+    for (int b = 0; b < L->scan->n_blocks; b++) {
+        const ym_scan_block *B = &L->scan->blocks[b];
+        for (int u = 0; u < B->n_u; u++)
+            for (int j = 0; j < B->w; j++)
+                out[(size_t)(B->d0 + j) * N + B->n_idx[u]] = ssm[B->off + (int64_t)u * B->w + j];
+    }
+}

@@ -33,6 +33,10 @@ int ym_model_is_sparse(const ym_model_t *m);
  * and sparse models. */
 void ym_model_state_energy(const ym_model_t *m, int l, const float *ssm, double *e);
 
+/* out[p, n] = s[p, n] for every served channel p of layer l and entry n (out
+ * [L->d_inner, d_state]; dead entries of a sparse layer read 0), from ssm as above. */
+void ym_model_state_entries(const ym_model_t *m, int l, const float *ssm, float *out);
+
 /* The reference semantics of a profile, for tests: the plain reference forward
  * (ym_forward_ref) of the dense model with x[d] := 0 after conv+silu for dropped channels and
  * s[d, n] held at 0 for dropped entries. sp NULL: the dense reference. dense must be dense. */

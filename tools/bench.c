@@ -458,16 +458,21 @@ int ym_cmd_bench(int argc, char **argv)
                 printf("decode batch %-3d: dense %.1f tok/s, sparse %.1f tok/s (x%.3f)\n", bs[i],
                        dec_d[i], dec[i], dec_d[i] > 0 ? dec[i] / dec_d[i] : 0);
         }
-        printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
-               bw, floor_tok_s, (double)m->weight_bytes / 1e6);
-        printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
-               sgemm, gemm_engine, gemm_blas);
-        printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,
-               prefill, prefill_gflops, 100.0 * prefill_gflops / sgemm);
+        if (floors) {
+            printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
+                   bw, floor_tok_s, (double)m->weight_bytes / 1e6);
+            printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
+                   sgemm, gemm_engine, gemm_blas);
+            printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,
+                   prefill, prefill_gflops, 100.0 * prefill_gflops / sgemm);
+        } else {
+            printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s\n", n_prompt, prefill,
+                   prefill_gflops);
+        }
         for (int i = 0; i < n_bs; i++)
             printf("decode batch %-3d        %8.1f tok/s%s\n", bs[i], dec[i],
                    bs[i] == 1 ? "" : "");
-        if (dec1 > 0)
+        if (dec1 > 0 && floor_tok_s > 0)
             printf("decode batch 1 = %.0f%% of the bandwidth floor; batch 16 = %.1fx batch 1\n",
                    100.0 * dec1 / floor_tok_s, dec16 / dec1);
     }

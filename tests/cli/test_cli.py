@@ -623,6 +623,109 @@ class TestSparsity(CliTestBase):
         self.assertEqual(b["channel_live_fraction"], 1.0)
 
 
+class TestCalibrate(CliTestBase):
+    """`yunmin calibrate` on the tiny random model: the profile it writes loads, its order is a
+    permutation that puts kept channels first, the reported derived path is no worse than the
+    identity one, baseline masks drop the requested fractions, and a seeded random baseline
+    is reproducible."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-cli-calib-")
+        shutil.copy(os.path.join(FIXTURES, "gpt-neox", "tokenizer.json"), cls.dir)
+        write_tiny_mamba(cls.dir, seed=4)
+        cls.text = os.path.join(cls.dir, "calib.txt")
+        with open(cls.text, "w") as f:
+            f.write("The quick brown fox jumps over the lazy dog. " * 20)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def calibrate(self, out, *extra):
+        return self.json_out(["calibrate", "--model", self.dir, "--text", self.text, "--out",
+                              out, "--tokens", "40", "--json"] + list(extra))
+
+    def read_profile(self, path):
+        with open(path, "rb") as f:
+            data = f.read()
+        n = struct.unpack("<Q", data[:8])[0]
+        hdr = json.loads(data[8:8 + n])
+        body = data[8 + n:]
+        out = {}
+        for name, t in hdr.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            fmt = "<%d%s" % ((b - a) // 4, "i" if t["dtype"] == "I32" else "f")
+            out[name] = struct.unpack(fmt, body[a:b])
+        return hdr["__metadata__"], out
+
+    def test_correlation_order_with_baseline_masks(self):
+        out = os.path.join(self.dir, "mag.safetensors")
+        r = self.calibrate(out, "--baseline", "magnitude", "--channel-sparsity", "0.25",
+                           "--state-sparsity", "0.5", "--two-opt")
+        self.assertEqual(r["method"], "magnitude")
+        self.assertEqual(r["order"], "correlation-nn+2opt")
+        self.assertLessEqual(r["path_cost"]["derived"], r["path_cost"]["identity"] + 1e-9)
+        meta, t = self.read_profile(out)
+        self.assertEqual((meta["format"], meta["version"], meta["method"]),
+                         ("yunmin-sparsity", "1", "magnitude"))
+        for l in range(2):
+            ch = t["layers.%d.channel_logits" % l]
+            st = t["layers.%d.state_logits" % l]
+            order = t["layers.%d.scan_order" % l]
+            self.assertEqual(sorted(order), list(range(32)))
+            kept = [d for d in range(32) if ch[d] > 0]
+            self.assertEqual(len(kept), 24)                      # 25 % of 32 dropped
+            self.assertEqual(sorted(order[:24]), kept)           # kept channels first
+            live = sum(st[d * 4 + n] > 0 for d in kept for n in range(4))
+            self.assertEqual(live, 48)                           # half of 24 * 4
+            self.assertEqual(r["layers"][l]["channels_kept"], 24)
+        info = self.json_out(["inspect", self.dir, "--json", "--sparsity", out])
+        self.assertAlmostEqual(info["sparsity"]["channel_live_fraction"], 0.75)
+        self.assertAlmostEqual(info["sparsity"]["state_live_fraction"], 96 / 256)
+
+    def test_masks_from_a_profile_and_seeded_random_baseline(self):
+        a = os.path.join(self.dir, "ra.safetensors")
+        b = os.path.join(self.dir, "rb.safetensors")
+        self.calibrate(a, "--baseline", "random", "--channel-sparsity", "0.5", "--seed", "9")
+        self.calibrate(b, "--baseline", "random", "--channel-sparsity", "0.5", "--seed", "9")
+        self.assertEqual(self.read_profile(a)[1], self.read_profile(b)[1])
+        c = os.path.join(self.dir, "rc.safetensors")
+        r = self.calibrate(c, "--sparsity", a, "--order", "identity")
+        self.assertEqual(r["method"], "random")
+        ta, tc = self.read_profile(a)[1], self.read_profile(c)[1]
+        for l in range(2):
+            self.assertEqual(ta["layers.%d.channel_logits" % l],
+                             tc["layers.%d.channel_logits" % l])
+            self.assertEqual(tc["layers.%d.scan_order" % l], tuple(range(32)))
+        # The order only reparametrizes: logits under a and c agree.
+        la = self.json_out(["logits", "--model", self.dir, "--ids", "3,9,27", "--sparsity", a])
+        lc = self.json_out(["logits", "--model", self.dir, "--ids", "3,9,27", "--sparsity", c])
+        worst = max(abs(x - y) for r1, r2 in zip(la["logits"], lc["logits"])
+                    for x, y in zip(r1, r2))
+        self.assertLess(worst, 1e-4)
+
+    def test_usage_errors(self):
+        out = os.path.join(self.dir, "x.safetensors")
+        base = ["calibrate", "--model", self.dir, "--text", self.text]
+        self.assert_one_line_error(2, base, mention="--out")
+        self.assert_one_line_error(2, ["calibrate", "--model", self.dir, "--out", out],
+                                   mention="--text")
+        self.assert_one_line_error(2, base + ["--out", out, "--baseline", "top"],
+                                   mention="magnitude")
+        self.assert_one_line_error(2, base + ["--out", out, "--channel-sparsity", "0.5"],
+                                   mention="--baseline")
+        self.assert_one_line_error(2, base + ["--out", out, "--baseline", "random",
+                                              "--channel-sparsity", "1.5"], mention="[0, 1]")
+        self.assert_one_line_error(2, ["calibrate", "--model", "synthetic:mamba-130m",
+                                       "--text", self.text, "--out", out],
+                                   mention="--tokenizer")
+        self.assert_one_line_error(1, base + ["--out", out, "--sparsity",
+                                              os.path.join(self.dir, "none")], mention="none")
+
+
 def conformance_dirs():
     root = os.path.join(FIXTURES, "conformance") if FIXTURES else None
     if not root or not os.path.isdir(root):
@@ -638,7 +741,8 @@ def conformance_dirs():
 
 def load_tests(loader, standard_tests, pattern):
     suite = unittest.TestSuite()
-    for cls in (TestUsage, TestTokenizerOnly, TestTinyModel, TestSparsity):
+    for cls in (TestUsage, TestTokenizerOnly, TestTinyModel, TestSparsity,
+                TestCalibrate):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     dirs = conformance_dirs()
     if not dirs:
