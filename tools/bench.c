@@ -228,6 +228,52 @@ static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int st
     return (double)batch * steps / t;
 }
 
+/* The scan alone, one thread, one token at a time through every layer (the kernel the model
+ * runs: dense, or masked over its blocks), on a state that evolves as in decode. Inputs are
+ * fixed plausible values (dt in [0.01, 0.1], x and z O(1), B and C O(1)). Microseconds per
+ * token, best of 3 runs of 256 tokens. */
+static double bench_scan(const ym_model_t *m)
+{
+    const ym_config *c = &m->cfg;
+    const int di = c->d_inner, N = c->d_state;
+    float *x = malloc(sizeof(float) * di), *dt = malloc(sizeof(float) * di);
+    float *z = malloc(sizeof(float) * di), *y = malloc(sizeof(float) * di);
+    float *bc = malloc(sizeof(float) * 2 * (size_t)N);
+    ym_state_t *s = NULL;
+    if (!x || !dt || !z || !y || !bc || ym_state_new(c, &s) != YM_OK) {
+        free(x), free(dt), free(z), free(y), free(bc);
+        return 0;
+    }
+    for (int d = 0; d < di; d++) {
+        dt[d] = 0.01f + 0.09f * (float)((d * 37) % 101) / 100.0f;
+        x[d] = (float)((d * 53) % 17) / 8.0f - 1.0f;
+        z[d] = (float)((d * 29) % 13) / 6.0f - 1.0f;
+    }
+    for (int n = 0; n < 2 * N; n++)
+        bc[n] = (float)((n * 7) % 11) / 5.0f - 1.0f;
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now();
+        for (int t = 0; t < 256; t++)
+            for (int l = 0; l < c->n_layer; l++) {
+                const ym_layer *L = &m->layers[l];
+                if (L->d_inner == 0)
+                    continue;
+                if (L->scan != NULL)
+                    ym_scan_masked_f32(y, ym_state_ssm(s, l), L->scan, L->D, x, dt, z, bc, 2 * N,
+                                       1, di, N, 0, L->scan->n_blocks);
+                else
+                    ym_scan_f32(y, ym_state_ssm(s, l), L->A, L->D, x, dt, z, bc, 2 * N, 1, di,
+                                N, 0, L->d_inner);
+            }
+        double us = (now() - t0) * 1e6 / 256;
+        best = us < best ? us : best;
+    }
+    ym_state_free(s);
+    free(x), free(dt), free(z), free(y), free(bc);
+    return best;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
@@ -359,6 +405,7 @@ int ym_cmd_bench(int argc, char **argv)
         }
     }
 
+    double scan_us = bench_scan(m), scan_us_d = dm_dense != NULL ? bench_scan(dm_dense) : 0;
     double floor_tok_s = floors ? bw * 1e9 / (double)m->weight_bytes : 0;
     double dec1 = 0, dec16 = 0;
     for (int i = 0; i < n_bs; i++) {
@@ -409,6 +456,7 @@ int ym_cmd_bench(int argc, char **argv)
     json_object_set_new(o_json, "flops_per_token_projections", json_real(token_flops(m, 0)));
     json_object_set_new(o_json, "flops_per_token_head", json_real(token_flops(m, 1) - token_flops(m, 0)));
     json_object_set_new(o_json, "flops_per_token_scan", json_real(scan_flops(m)));
+    json_object_set_new(o_json, "scan_us_per_token", json_real(scan_us));
     if (dm_dense != NULL) {
         json_t *dd = json_object(), *ddj = json_object(), *sp = json_object();
         json_object_set_new(dd, "weight_bytes", json_integer((json_int_t)dm_dense->weight_bytes));
@@ -422,6 +470,7 @@ int ym_cmd_bench(int argc, char **argv)
         json_object_set_new(dd, "decode_tok_s", ddj);
         json_object_set_new(dd, "flops_per_token_projections", json_real(token_flops(dm_dense, 0)));
         json_object_set_new(dd, "flops_per_token_scan", json_real(scan_flops(dm_dense)));
+        json_object_set_new(dd, "scan_us_per_token", json_real(scan_us_d));
         json_object_set_new(o_json, "dense", dd);
         json_object_set_new(o_json, "decode_speedup", sp);
         json_object_set_new(o_json, "prefill_speedup",
@@ -457,6 +506,10 @@ int ym_cmd_bench(int argc, char **argv)
             for (int i = 0; i < n_bs; i++)
                 printf("decode batch %-3d: dense %.1f tok/s, sparse %.1f tok/s (x%.3f)\n", bs[i],
                        dec_d[i], dec[i], dec_d[i] > 0 ? dec[i] / dec_d[i] : 0);
+            printf("scan alone (1 thread): dense %.1f us/token, sparse %.1f us/token (%.3f of "
+                   "dense; lanes %.3f, live %.3f of dense)\n",
+                   scan_us_d, scan_us, scan_us_d > 0 ? scan_us / scan_us_d : 0,
+                   (double)m->n_scan_lanes / all_st, (double)m->n_states_live / all_st);
         }
         if (floors) {
             printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
