@@ -1,7 +1,8 @@
 /* engine/kernels.h - the element-wise and scan kernels of the Mamba forward (internal).
  *
- * Each kernel has an AVX-512 version and a portable one, chosen once at run time from the
- * CPU's features; ym_kernels_force_portable(1) selects the portable ones (tests compare both).
+ * Each kernel has an AVX-512 version and a portable one (the masked scan an AVX2 one too),
+ * chosen at run time from the CPU's features; ym_kernels_force_portable(1) selects the
+ * portable ones (tests compare them all).
  * Layouts are row-major; "ld" is the row stride in floats; channels [c0, c1) of each row. */
 #ifndef YM_ENGINE_KERNELS_H
 #define YM_ENGINE_KERNELS_H
@@ -9,7 +10,10 @@
 #include "engine/model.h"
 
 void ym_kernels_force_portable(int on);
-const char *ym_kernels_isa(void); /* "avx512" or "portable" */
+/* Tests: behave as on a CPU with AVX2 but no AVX-512 (the masked scan's AVX2 version; the
+ * other kernels then run portable). */
+void ym_kernels_force_avx2(int on);
+const char *ym_kernels_isa(void); /* "avx512", "avx2" or "portable" */
 
 /* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]                                  [n] */
 void ym_rmsnorm_f32(float *out, const float *x, const float *w, int n, float eps);
