@@ -8,7 +8,13 @@
 # rounds each): prefill of $PROMPT tokens, decode at batch 1 and 16, and the scan kernel alone.
 # Ratios are within one process; absolute figures drift on a shared machine.
 #
-# usage: bench/sparse.sh [OUT_DIR]          (YUNMIN=path/to/yunmin, MODELS="dir ...")
+# Orders: identity, correlation (the seed's: a path over the state-energy correlation) and mask
+# (a path over the state masks' similarity, for comparison).
+#
+# usage: bench/sparse.sh [OUT_DIR]
+#   env: YUNMIN=path/to/yunmin MODELS="dir ..." CS="0 0.3 0.5 0.7" SS="0 0.5"
+#        ORDERS="identity correlation mask" TOKENS=256 PROMPT=512 ROUNDS=2 STEPS=32
+#        REPORT_ONLY=1 (only print the table of OUT_DIR)
 # Prints a markdown table; the raw JSON of every run stays in OUT_DIR.
 set -eu
 cd "$(dirname "$0")/.."
@@ -18,6 +24,11 @@ MODELS=${MODELS:-"models/shakespeare-mamba synthetic:mamba-130m"}
 TEXT=${TEXT:-data/tinyshakespeare.txt}
 TOKENS=${TOKENS:-256}
 PROMPT=${PROMPT:-512}
+CS=${CS:-"0 0.3 0.5 0.7"}
+SS=${SS:-"0 0.5"}
+ORDERS=${ORDERS:-"identity correlation mask"}
+ROUNDS=${ROUNDS:-2}
+STEPS=${STEPS:-32}
 mkdir -p "$OUT"
 # The environment may carry OpenBLAS settings meant for another CPU (docs/BENCHMARKS.md).
 run() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$YUNMIN" "$@"; }
@@ -25,15 +36,16 @@ run() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$YUNMIN" "$@"; }
   tag=$(basename "${model#synthetic:}")
   tokargs=()
   case "$model" in synthetic:*) tokargs=(--tokenizer models/shakespeare-mamba) ;; esac
-  for cs in 0 0.3 0.5 0.7; do
-    for ss in 0 0.5; do
-      for order in identity correlation; do
+  for cs in $CS; do
+    for ss in $SS; do
+      for order in $ORDERS; do
         name="$tag-c$cs-s$ss-$order"
         run calibrate --model "$model" "${tokargs[@]}" --text "$TEXT" --tokens "$TOKENS" \
           --baseline magnitude --channel-sparsity "$cs" --state-sparsity "$ss" \
           --order "$order" --two-opt --json --out "$OUT/$name.safetensors" >"$OUT/$name.calib.json"
         run bench --model "$model" --sparsity "$OUT/$name.safetensors" --json --no-floors \
-          --batches 1,16 --prompt "$PROMPT" >"$OUT/$name.bench.json"
+          --batches 1,16 --prompt "$PROMPT" --rounds "$ROUNDS" --steps "$STEPS" \
+          >"$OUT/$name.bench.json"
         echo "done $name" >&2
       done
     done
@@ -46,7 +58,7 @@ print("| model | ch sp | st sp | order | block fill | proj MFLOP/tok (dense -> s
       "| scan MFLOP/tok | ideal byte ratio | decode b1 x | b1 / ideal | decode b16 x | prefill x "
       "| scan time / dense |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-pat = re.compile(r"^(.*)-c([0-9.]+)-s([0-9.]+)-(identity|correlation)$")
+pat = re.compile(r"^(.*)-c([0-9.]+)-s([0-9.]+)-(identity|correlation|mask)$")
 rows = []
 for p in glob.glob(os.path.join(out, "*.bench.json")):
     m = pat.match(os.path.basename(p)[:-len(".bench.json")])

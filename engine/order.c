@@ -46,6 +46,20 @@ ym_err ym_order_abs_corr(const double *X, int n, int T, double *R)
     return YM_OK;
 }
 
+void ym_order_mask_similarity(const uint8_t *live, int n, int N, double *R)
+{
+    for (int i = 0; i < n; i++)
+        for (int j = i; j < n; j++) {
+            int both = 0, any = 0;
+            for (int q = 0; q < N; q++) {
+                int a = live[(size_t)i * N + q] != 0, b = live[(size_t)j * N + q] != 0;
+                both += a & b;
+                any += a | b;
+            }
+            R[(size_t)i * n + j] = R[(size_t)j * n + i] = any > 0 ? (double)both / any : 1.0;
+        }
+}
+
 double ym_order_path_cost(const double *R, int n, const int32_t *perm, int m)
 {
     double c = 0;

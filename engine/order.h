@@ -14,6 +14,11 @@
  * Returns YM_ENOMEM or YM_OK. Blocking (one BLAS product, O(n^2 T)). */
 ym_err ym_order_abs_corr(const double *X, int n, int T, double *R);
 
+/* R[i, j] = Jaccard similarity of the live sets of items i and j: |a & b| / |a | b| (1 when
+ * both are empty); live [n, N] of 0/1. For the mask-similarity order, the comparison that
+ * shows what block fill an order can reach under a given state mask. */
+void ym_order_mask_similarity(const uint8_t *live, int n, int N, double *R);
+
 /* The cost of visiting perm[0..m) in that order: -sum_k R[perm[k], perm[k+1]]  (R [n, n]). */
 double ym_order_path_cost(const double *R, int n, const int32_t *perm, int m);
 

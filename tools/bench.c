@@ -277,10 +277,11 @@ static double bench_scan(const ym_model_t *m)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
-               "                    [--batches 1,4,16,64] [--sparsity FILE] [--no-floors]\n"
+               "                    [--batches 1,4,16,64] [--sparsity FILE] [--rounds N] [--no-floors]\n"
                "Without --model: a synthetic model with mamba-130m's shapes (random weights).\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
-               "with the dense one in this process, and report the speed-ups.\n"
+               "with the dense one in this process (best of --rounds rounds each, default 2),\n"
+               "and report the speed-ups.\n"
                "--no-floors: skip the bandwidth and sgemm measurements.\n");
 }
 
@@ -291,9 +292,10 @@ int ym_cmd_bench(int argc, char **argv)
         {"threads", required_argument, 0, 't'}, {"prompt", required_argument, 0, 'p'},
         {"steps", required_argument, 0, 's'},  {"batches", required_argument, 0, 'b'},
         {"sparsity", required_argument, 0, 'S'}, {"no-floors", no_argument, 0, 'F'},
+        {"rounds", required_argument, 0, 'r'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *model_dir = NULL, *batches = "1,4,16,64", *sparsity = NULL;
-    int json = 0, n_threads = 0, n_prompt = 512, steps = 32, floors = 1;
+    int json = 0, n_threads = 0, n_prompt = 512, steps = 32, floors = 1, rounds = 2;
     optind = 1;
     opterr = 0;
     int o;
@@ -305,16 +307,19 @@ int ym_cmd_bench(int argc, char **argv)
         case 'b': batches = optarg; break;
         case 'S': sparsity = optarg; break;
         case 'F': floors = 0; break;
+        case 'r':
         case 't':
         case 'p':
         case 's': {
             long v = strtol(optarg, &end, 10);
             if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) || v > 1000000) {
                 fprintf(stderr, "yunmin: bench: bad value '%s' for --%s\n", optarg,
-                        o == 't' ? "threads" : o == 'p' ? "prompt" : "steps");
+                        o == 't' ? "threads" : o == 'p' ? "prompt" : o == 'r' ? "rounds" : "steps");
                 return 2;
             }
-            if (o == 't')
+            if (o == 'r')
+                rounds = (int)v;
+            else if (o == 't')
                 n_threads = (int)v;
             else if (o == 'p')
                 n_prompt = (int)v;
@@ -387,7 +392,7 @@ int ym_cmd_bench(int argc, char **argv)
     double prefill = 0, dec[16] = {0}, prefill_d = 0, dec_d[16] = {0};
     /* Sparse and dense alternate, best of the rounds each: drift on a shared machine hits
      * both alike. */
-    for (int round = 0; round < (ctx_dense != NULL ? 2 : 1); round++) {
+    for (int round = 0; round < (ctx_dense != NULL ? rounds : 1); round++) {
         if (ctx_dense != NULL) {
             double v = bench_prefill(ctx_dense, dm_dense, n_prompt, 3);
             prefill_d = v > prefill_d ? v : prefill_d;

@@ -34,7 +34,8 @@ static void usage(FILE *f)
             "  --baseline magnitude|random  write baseline masks instead (from the dense run)\n"
             "  --channel-sparsity F      baseline: fraction of channels dropped per layer (0)\n"
             "  --state-sparsity F        baseline: fraction of kept state entries dropped (0)\n"
-            "  --order correlation|identity  the order written (correlation)\n"
+            "  --order correlation|identity|mask  the order written (correlation; mask: a path\n"
+            "                            over the state masks' similarity, for comparison)\n"
             "  --two-opt                 improve the nearest-neighbour path with 2-opt\n"
             "  --starts K                start channels tried for the path (8; 0 = all)\n"
             "  --seed S                  random order and random baseline seed (1)\n"
@@ -89,9 +90,9 @@ static int cmp_score(const void *a, const void *b)
 
 typedef struct layer_report {
     int n_kept;
-    double cost[3];  /* identity, random, derived */
-    double fill[3];
-    int64_t lanes[3];
+    double cost[4];  /* identity, random, derived (correlation), mask similarity */
+    double fill[4];
+    int64_t lanes[4];
     int64_t live;
 } layer_report;
 
@@ -164,9 +165,10 @@ int ym_cmd_calibrate(int argc, char **argv)
     if (ch_sp < 0 || ch_sp > 1 || st_sp < 0 || st_sp > 1)
         return cli_error(CLI_USAGE, "calibrate: sparsity fractions must be in [0, 1]");
     int identity_order = strcmp(order_arg, "identity") == 0;
-    if (!identity_order && strcmp(order_arg, "correlation") != 0)
-        return cli_error(CLI_USAGE, "calibrate: --order must be correlation or identity, not "
-                                    "'%s'",
+    int mask_order = strcmp(order_arg, "mask") == 0;
+    if (!identity_order && !mask_order && strcmp(order_arg, "correlation") != 0)
+        return cli_error(CLI_USAGE, "calibrate: --order must be correlation, identity or mask, "
+                                    "not '%s'",
                          order_arg);
 
     const char *dir = cli_model_dir(model_arg);
@@ -183,7 +185,8 @@ int ym_cmd_calibrate(int argc, char **argv)
     ym_ids ids = {0};
     float *E = NULL, *ent = NULL;
     double *absS = NULL, *X = NULL, *R = NULL, *score = NULL;
-    int32_t *perm = NULL, *idx = NULL, *kept = NULL;
+    int32_t *perm = NULL, *idx = NULL, *kept = NULL, *perm_c = NULL, *perm_m = NULL;
+    double *RM = NULL;
     uint8_t *live = NULL;
     layer_report *rep = NULL;
     ym_diag diag = {0};
@@ -275,9 +278,13 @@ int ym_cmd_calibrate(int argc, char **argv)
     perm = malloc(sizeof(int32_t) * (size_t)di);
     X = malloc(sizeof(double) * (size_t)di * T);
     R = malloc(sizeof(double) * (size_t)di * di);
+    RM = malloc(sizeof(double) * (size_t)di * di);
+    perm_c = malloc(sizeof(int32_t) * (size_t)di);
+    perm_m = malloc(sizeof(int32_t) * (size_t)di);
     live = malloc((size_t)di * N);
     rep = calloc((size_t)nl, sizeof(*rep));
-    if (!score || !idx || !kept || !perm || !X || !R || !live || !rep) {
+    if (!score || !idx || !kept || !perm || !X || !R || !RM || !perm_c || !perm_m || !live ||
+        !rep) {
         rc = cli_error(CLI_FAIL, "calibrate: out of memory");
         goto done;
     }
@@ -345,31 +352,35 @@ int ym_cmd_calibrate(int argc, char **argv)
             rc = cli_error(CLI_FAIL, "calibrate: out of memory");
             goto done;
         }
+        /* The mask-similarity path: a comparison (what fill an order can reach under this
+         * state mask), not the seed's order. */
+        ym_order_mask_similarity(live, nk, N, RM);
         layer_report *r = &rep[l];
         r->n_kept = nk;
-        for (int which = 0; which < 3; which++) {
+        int starts = n_starts == 0 ? nk : (int)n_starts;
+        for (int which = 0; which < 4; which++) {
+            int32_t *p = which == 2 ? perm_c : which == 3 ? perm_m : perm;
             for (int k = 0; k < nk; k++)
-                perm[k] = k;
+                p[k] = k;
             if (which == 1)
-                shuffle(perm, nk, &order_rng);
-            if (which == 2 &&
-                ym_order_derive(R, nk, n_starts == 0 ? nk : (int)n_starts, two_opt, perm) !=
-                    YM_OK) {
+                shuffle(p, nk, &order_rng);
+            if ((which == 2 && ym_order_derive(R, nk, starts, two_opt, p) != YM_OK) ||
+                (which == 3 && ym_order_derive(RM, nk, starts, two_opt, p) != YM_OK)) {
                 rc = cli_error(CLI_FAIL, "calibrate: out of memory");
                 goto done;
             }
-            r->cost[which] = ym_order_path_cost(R, nk, perm, nk);
-            r->fill[which] = ym_order_block_fill(live, N, perm, nk, YM_SCAN_BLOCK,
+            r->cost[which] = ym_order_path_cost(R, nk, p, nk);
+            r->fill[which] = ym_order_block_fill(live, N, p, nk, YM_SCAN_BLOCK,
                                                  &r->lanes[which], &r->live);
         }
-        /* perm holds the derived path over kept channels. */
         int k = 0;
         if (identity_order) {
             for (int d = 0; d < di; d++)
                 O->scan_order[d] = d;
         } else {
+            const int32_t *p = mask_order ? perm_m : perm_c;
             for (; k < nk; k++)
-                O->scan_order[k] = kept[perm[k]];
+                O->scan_order[k] = kept[p[k]];
             for (int d = 0; d < di; d++)
                 if (!(O->channel_logits[d] > 0))
                     O->scan_order[k++] = d;
@@ -383,6 +394,7 @@ int ym_cmd_calibrate(int argc, char **argv)
     snprintf(tok_s, sizeof(tok_s), "%d", T);
     snprintf(seed_s, sizeof(seed_s), "%llu", (unsigned long long)seed);
     const char *order_name = identity_order ? "identity"
+                             : mask_order   ? (two_opt ? "mask-nn+2opt" : "mask-nn")
                              : two_opt      ? "correlation-nn+2opt"
                                             : "correlation-nn";
     ym_st_meta extra[4] = {
@@ -397,11 +409,11 @@ int ym_cmd_calibrate(int argc, char **argv)
     }
 
     /* ---- report ---- */
-    static const char *const names[3] = {"identity", "random", "derived"};
-    double tot_cost[3] = {0}, tot_lanes[3] = {0}, tot_live = 0;
+    static const char *const names[4] = {"identity", "random", "derived", "mask"};
+    double tot_cost[4] = {0}, tot_lanes[4] = {0}, tot_live = 0;
     int64_t tot_kept = 0;
     for (int l = 0; l < nl; l++) {
-        for (int w = 0; w < 3; w++) {
+        for (int w = 0; w < 4; w++) {
             tot_cost[w] += rep[l].cost[w];
             tot_lanes[w] += (double)rep[l].lanes[w];
         }
@@ -421,7 +433,7 @@ int ym_cmd_calibrate(int argc, char **argv)
         json_object_set_new(o, "states_live", json_integer((json_int_t)tot_live));
         for (int l = 0; l < nl; l++) {
             json_t *e = json_object(), *jc = json_object(), *jf = json_object();
-            for (int w = 0; w < 3; w++) {
+            for (int w = 0; w < 4; w++) {
                 json_object_set_new(jc, names[w], json_real(rep[l].cost[w]));
                 json_object_set_new(jf, names[w], json_real(rep[l].fill[w]));
             }
@@ -431,7 +443,7 @@ int ym_cmd_calibrate(int argc, char **argv)
             json_array_append_new(jl, e);
         }
         json_t *jc = json_object(), *jf = json_object();
-        for (int w = 0; w < 3; w++) {
+        for (int w = 0; w < 4; w++) {
             json_object_set_new(jc, names[w], json_real(tot_cost[w]));
             json_object_set_new(jf, names[w], json_real(tot_lanes[w] > 0 ? tot_live / tot_lanes[w] : 1.0));
         }
@@ -449,17 +461,19 @@ int ym_cmd_calibrate(int argc, char **argv)
         printf("path cost = -sum |corr| of neighbours (lower is better); block fill = live "
                "entries / lanes computed (blocks of %d)\n",
                YM_SCAN_BLOCK);
-        printf("%-6s %5s  %10s %10s %10s  %7s %7s %7s\n", "layer", "kept", "cost:id", "random",
-               "derived", "fill:id", "random", "derived");
+        printf("(\"mask\": a path over the state masks' Jaccard similarity, for comparison)\n");
+        printf("%-6s %5s  %10s %10s %10s %10s  %7s %7s %7s %7s\n", "layer", "kept", "cost:id",
+               "random", "derived", "mask", "fill:id", "random", "derived", "mask");
         for (int l = 0; l < nl; l++)
-            printf("%-6d %5d  %10.2f %10.2f %10.2f  %7.3f %7.3f %7.3f\n", l, rep[l].n_kept,
-                   rep[l].cost[0], rep[l].cost[1], rep[l].cost[2], rep[l].fill[0],
-                   rep[l].fill[1], rep[l].fill[2]);
-        printf("%-6s %5lld  %10.2f %10.2f %10.2f  %7.3f %7.3f %7.3f\n", "total",
-               (long long)tot_kept, tot_cost[0], tot_cost[1], tot_cost[2],
-               tot_lanes[0] > 0 ? tot_live / tot_lanes[0] : 1.0,
-               tot_lanes[1] > 0 ? tot_live / tot_lanes[1] : 1.0,
-               tot_lanes[2] > 0 ? tot_live / tot_lanes[2] : 1.0);
+            printf("%-6d %5d  %10.2f %10.2f %10.2f %10.2f  %7.3f %7.3f %7.3f %7.3f\n", l,
+                   rep[l].n_kept, rep[l].cost[0], rep[l].cost[1], rep[l].cost[2], rep[l].cost[3],
+                   rep[l].fill[0], rep[l].fill[1], rep[l].fill[2], rep[l].fill[3]);
+        double f[4];
+        for (int w = 0; w < 4; w++)
+            f[w] = tot_lanes[w] > 0 ? tot_live / tot_lanes[w] : 1.0;
+        printf("%-6s %5lld  %10.2f %10.2f %10.2f %10.2f  %7.3f %7.3f %7.3f %7.3f\n", "total",
+               (long long)tot_kept, tot_cost[0], tot_cost[1], tot_cost[2], tot_cost[3], f[0], f[1],
+               f[2], f[3]);
     }
     if (fflush(stdout) != 0)
         rc = cli_error(CLI_FAIL, "calibrate: cannot write the output");
@@ -469,6 +483,9 @@ done:
     free(absS);
     free(X);
     free(R);
+    free(RM);
+    free(perm_c);
+    free(perm_m);
     free(score);
     free(perm);
     free(idx);

@@ -682,6 +682,11 @@ class TestCalibrate(CliTestBase):
             live = sum(st[d * 4 + n] > 0 for d in kept for n in range(4))
             self.assertEqual(live, 48)                           # half of 24 * 4
             self.assertEqual(r["layers"][l]["channels_kept"], 24)
+        m = os.path.join(self.dir, "mask-order.safetensors")
+        r2 = self.calibrate(m, "--sparsity", out, "--order", "mask")
+        self.assertEqual(r2["order"], "mask-nn")
+        self.assertEqual(set(r2["block_fill"]), {"identity", "random", "derived", "mask"})
+        self.assertEqual(sorted(self.read_profile(m)[1]["layers.0.scan_order"]), list(range(32)))
         info = self.json_out(["inspect", self.dir, "--json", "--sparsity", out])
         self.assertAlmostEqual(info["sparsity"]["channel_live_fraction"], 0.75)
         self.assertAlmostEqual(info["sparsity"]["state_live_fraction"], 96 / 256)

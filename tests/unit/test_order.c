@@ -198,6 +198,31 @@ START_TEST(test_order_block_fill_identity_vs_grouped)
 }
 END_TEST
 
+START_TEST(test_order_mask_similarity_groups_equal_masks)
+{
+    /* Rows: {0,1}, {2,3}, {0,1}, {0}, {} -> Jaccard by counting. */
+    enum { n = 5, N = 4 };
+    const uint8_t live[n * N] = {1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
+    double R[n * n];
+    ym_order_mask_similarity(live, n, N, R);
+    ck_assert(R[0 * n + 2] == 1.0 && R[0 * n + 1] == 0.0 && R[0 * n + 3] == 0.5);
+    ck_assert(R[3 * n + 4] == 0.0 && R[4 * n + 4] == 1.0 && R[1 * n + 3] == 0.0);
+    /* On the alternating mask of the fill test, the mask-similarity path groups the two kinds:
+     * fill 1 where identity had 1/2. */
+    enum { m = 8, M = 4 };
+    uint8_t lv[m * M];
+    for (int d = 0; d < m; d++)
+        for (int q = 0; q < M; q++)
+            lv[d * M + q] = (d % 2 == 0) ? q < 2 : q >= 2;
+    double S[m * m];
+    ym_order_mask_similarity(lv, m, M, S);
+    int32_t p[m];
+    ck_assert_int_eq(ym_order_derive(S, m, m, 1, p), YM_OK);
+    ck_assert(is_permutation(p, m));
+    ck_assert(ym_order_block_fill(lv, M, p, m, 4, NULL, NULL) == 1.0);
+}
+END_TEST
+
 Suite *order_suite(void)
 {
     Suite *s = suite_create("order");
@@ -206,6 +231,7 @@ Suite *order_suite(void)
     tcase_add_test(tc, test_order_heuristics_are_permutations_no_better_than_optimum);
     tcase_add_test(tc, test_order_nn_follows_a_planted_chain);
     tcase_add_test(tc, test_order_block_fill_identity_vs_grouped);
+    tcase_add_test(tc, test_order_mask_similarity_groups_equal_masks);
     suite_add_tcase(s, tc);
     return s;
 }
