@@ -29,6 +29,7 @@
 #include "engine/gemm.h"
 #include "engine/kernels.h"
 #include "engine/pool.h"
+#include "engine/sparse.h"
 
 #define ALIGN_CH 16 /* channel slices start on a 64-byte boundary */
 /* Adapters: LoRA ranks up to this split their down-projection (x . At) over the threads that
@@ -72,7 +73,7 @@ struct ym_ctx {
     float *up;  /* adapters: per-thread partial LoRA down-products [n_threads][3][R][UP_MAX] */
     int *out_rows; /* [R] rows whose logits are wanted */
     /* per-thread slices */
-    int *ch0, *ch1;   /* d_inner channels */
+    int *ch0, *ch1;   /* [n_layer][n_threads] served channels of each layer (own d_inner) */
     int *md0, *md1;   /* d_model rows of out_proj */
     int *p0, *p1;     /* x_proj output rows */
     int *v0, *v1;     /* vocab rows */
@@ -105,7 +106,7 @@ static ym_err pack_weights(ym_ctx_t *c)
 {
     const ym_model_t *m = c->model;
     const ym_config *cfg = &m->cfg;
-    const int dm = cfg->d_model, di = cfg->d_inner, dtr = cfg->dt_rank;
+    const int dm = cfg->d_model, dtr = cfg->dt_rank;
     const int P = dtr + 2 * cfg->d_state;
     c->pk = calloc((size_t)cfg->n_layer, sizeof(*c->pk));
     if (c->pk == NULL)
@@ -114,6 +115,9 @@ static ym_err pack_weights(ym_ctx_t *c)
     for (int l = 0; l < cfg->n_layer; l++) {
         const ym_layer *L = &m->layers[l];
         ctx_packed_layer *p = &c->pk[l];
+        const int di = L->d_inner; /* this layer's own (served) channel count */
+        if (di == 0)
+            continue; /* every channel dropped: the layer runs no projection */
         if ((err = ym_pack_init(&p->in_x, L->in_proj, dm, di, dm)) != YM_OK ||
             (err = ym_pack_init(&p->in_z, L->in_proj + (size_t)di * dm, dm, di, dm)) != YM_OK ||
             (err = ym_pack_init(&p->x_proj, L->x_proj, di, P, di)) != YM_OK ||
@@ -155,21 +159,27 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     c->ob = falloc(R * cfg->d_model);
     c->up = falloc(R * (size_t)n_threads * 3 * UP_MAX);
     c->out_rows = calloc(R, sizeof(int));
-    int *slices = calloc((size_t)n_threads * 8, sizeof(int));
-    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->ob || !c->up ||
-        !c->out_rows || !slices) {
+    int *slices = calloc((size_t)n_threads * 6, sizeof(int));
+    int *ch = calloc((size_t)n_threads * 2 * (size_t)cfg->n_layer, sizeof(int));
+    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->ob ||
+        !c->up || !c->out_rows || !slices || !ch) {
         free(slices);
+        free(ch);
         goto fail;
     }
-    c->ch0 = slices;
-    c->ch1 = slices + n_threads;
-    c->md0 = slices + 2 * n_threads;
-    c->md1 = slices + 3 * n_threads;
-    c->p0 = slices + 4 * n_threads;
-    c->p1 = slices + 5 * n_threads;
-    c->v0 = slices + 6 * n_threads;
-    c->v1 = slices + 7 * n_threads;
-    split(cfg->d_inner, n_threads, ALIGN_CH, c->ch0, c->ch1);
+    c->md0 = slices;
+    c->md1 = slices + n_threads;
+    c->p0 = slices + 2 * n_threads;
+    c->p1 = slices + 3 * n_threads;
+    c->v0 = slices + 4 * n_threads;
+    c->v1 = slices + 5 * n_threads;
+    c->ch0 = ch;
+    c->ch1 = ch + (size_t)n_threads * cfg->n_layer;
+    /* Channel slices per layer (a sparse layer has its own d_inner), 16-aligned: a slice
+     * holds whole scan blocks (YM_SCAN_BLOCK == ALIGN_CH). */
+    for (int l = 0; l < cfg->n_layer; l++)
+        split(model->layers[l].d_inner, n_threads, ALIGN_CH, c->ch0 + (size_t)l * n_threads,
+              c->ch1 + (size_t)l * n_threads);
     split(cfg->d_model, n_threads, ALIGN_CH, c->md0, c->md1);
     /* x_proj's slices are 16-aligned when packed (the packed kernel starts on a panel). */
     split((int)P, n_threads, n_rows_max > 1 ? ALIGN_CH : 8, c->p0, c->p1);
@@ -211,6 +221,7 @@ void ym_ctx_free(ym_ctx_t *c)
     free(c->up);
     free(c->out_rows);
     free(c->ch0);
+    free(c->md0);
     ym_model_unref(c->model);
     free(c);
 }
@@ -460,9 +471,9 @@ static void forward_task(void *arg, int ith, int nth)
     const ym_model_t *m = c->model;
     const ym_config *cfg = &m->cfg;
     const ym_batch *b = c->batch;
+    /* di: the scratch rows' stride; each layer serves L->d_inner <= di channels. */
     const int R = c->n_rows, dm = cfg->d_model, di = cfg->d_inner, N = cfg->d_state;
     const int K = cfg->d_conv, dtr = cfg->dt_rank, P = dtr + 2 * N;
-    const int c0 = c->ch0[ith], c1 = c->ch1[ith], nc = c1 - c0;
     const int m0 = c->md0[ith], m1 = c->md1[ith];
     const int p0 = c->p0[ith], p1 = c->p1[ith];
     float *hn = c->hn + (size_t)ith * c->n_rows_max * dm;
@@ -475,6 +486,19 @@ static void forward_task(void *arg, int ith, int nth)
 
     for (int l = 0; l < cfg->n_layer; l++) {
         const ym_layer *L = &m->layers[l];
+        const int nk = L->d_inner; /* channels this layer serves (all of them when dense) */
+        const int c0 = c->ch0[(size_t)l * nth + ith], c1 = c->ch1[(size_t)l * nth + ith];
+        const int nc = c1 - c0;
+        if (nk == 0) {
+            /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
+             * thread its rows; the barrier makes h whole before the next layer's norm). Every
+             * thread takes this branch for the layer, so the barriers stay paired. */
+            if (L->out_proj_b != NULL) {
+                add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+                ym_pool_barrier(c->pool);
+            }
+            continue;
+        }
         /* hn = rmsnorm(h) * norm.weight  (every thread, all rows: no barrier needed) */
         norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
         if (ad)
@@ -483,11 +507,11 @@ static void forward_task(void *arg, int ith, int nth)
         const ctx_packed_layer *PK = c->pk != NULL ? &c->pk[l] : NULL;
         matmul(c->x + c0, di, hn, dm, L->in_proj + (size_t)c0 * dm, dm, R, nc, dm, 0.0f,
                PK ? &PK->in_x : NULL, c0);
-        matmul(c->z + c0, di, hn, dm, L->in_proj + (size_t)(di + c0) * dm, dm, R, nc, dm, 0.0f,
+        matmul(c->z + c0, di, hn, dm, L->in_proj + (size_t)(nk + c0) * dm, dm, R, nc, dm, 0.0f,
                PK ? &PK->in_z : NULL, c0);
         if (L->in_proj_b != NULL) {
             add_bias(c->x, di, R, L->in_proj_b, c0, c1);
-            add_bias(c->z, di, R, L->in_proj_b + di, c0, c1);
+            add_bias(c->z, di, R, L->in_proj_b + nk, c0, c1);
         }
         if (ad)
             hook_in_output(c, l, hn, c0, c1);
@@ -506,7 +530,7 @@ static void forward_task(void *arg, int ith, int nth)
             lora_partial(c, ith, l, YM_PROJ_X, 0, xin, di, c0, c1);
         ym_pool_barrier(c->pool);
         /* [dt_lo, B, C] = x_proj(x), split by output rows */
-        matmul(c->dbc + p0, P, xin, di, L->x_proj + (size_t)p0 * di, di, R, p1 - p0, di, 0.0f,
+        matmul(c->dbc + p0, P, xin, di, L->x_proj + (size_t)p0 * nk, nk, R, p1 - p0, nk, 0.0f,
                PK ? &PK->x_proj : NULL, p0);
         if (ad)
             hook_x_output(c, ith, l, xin, p0, p1);
@@ -522,9 +546,15 @@ static void forward_task(void *arg, int ith, int nth)
         for (int sq = 0; sq < b->n_seq; sq++) {
             int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
             size_t o = (size_t)r0 * di;
-            ym_scan_f32(c->y + o, ym_state_ssm(b->states[sq], l), L->A, L->D, c->x + o,
-                        c->dt + o, c->z + o, c->dbc + (size_t)r0 * P + dtr, P, r1 - r0, di, N,
-                        c0, c1);
+            if (L->scan != NULL) /* sparse: live entries only, blocks of this slice */
+                ym_scan_masked_f32(c->y + o, ym_state_ssm(b->states[sq], l), L->scan, L->D,
+                                   c->x + o, c->dt + o, c->z + o, c->dbc + (size_t)r0 * P + dtr,
+                                   P, r1 - r0, di, N, c0 / YM_SCAN_BLOCK,
+                                   (c1 + YM_SCAN_BLOCK - 1) / YM_SCAN_BLOCK);
+            else
+                ym_scan_f32(c->y + o, ym_state_ssm(b->states[sq], l), L->A, L->D, c->x + o,
+                            c->dt + o, c->z + o, c->dbc + (size_t)r0 * P + dtr, P, r1 - r0, di,
+                            N, c0, c1);
         }
         if (ad)
             hook_out_input(c, ith, l, c0, c1);
@@ -532,7 +562,7 @@ static void forward_task(void *arg, int ith, int nth)
         /* h = h + out_proj(y), split by output rows; with an IA³ output scale in the batch,
          * out_proj's output goes through c->ob so that the scale does not touch h */
         if (ad && any_scale(b, l, YM_PROJ_OUT, 1)) {
-            matmul(c->ob + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di,
+            matmul(c->ob + m0, dm, c->y, di, L->out_proj + (size_t)m0 * nk, nk, R, m1 - m0, nk,
                    0.0f, PK ? &PK->out_proj : NULL, m0);
             if (L->out_proj_b != NULL)
                 add_bias(c->ob, dm, R, L->out_proj_b, m0, m1);
@@ -541,7 +571,7 @@ static void forward_task(void *arg, int ith, int nth)
                 for (int j = m0; j < m1; j++)
                     c->h[(size_t)r * dm + j] += c->ob[(size_t)r * dm + j];
         } else {
-            matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * di, di, R, m1 - m0, di,
+            matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * nk, nk, R, m1 - m0, nk,
                    1.0f, PK ? &PK->out_proj : NULL, m0);
             if (L->out_proj_b != NULL)
                 add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
@@ -580,6 +610,11 @@ static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max
         if (!ym_adapt_fits(a, &m->cfg))
             return ym_diag_set(diag, YM_EINVAL, "adapter of sequence %d was compiled for another "
                                "model shape", i);
+        /* Adapters are compiled for the dense layout; permuting and pruning them for a
+         * sparsity profile's served layout is not done yet. */
+        if (ym_model_is_sparse(m))
+            return ym_diag_set(diag, YM_EINVAL, "adapters on a sparse model are not supported "
+                               "yet");
         for (int l = 0; l < m->cfg.n_layer; l++) { /* dt_proj's bias is fused into softplus */
             const ym_adapt_proj *d = &a->proj[(size_t)l * YM_PROJ_N + YM_PROJ_DT];
             if (d->g_out != NULL && d->b_out == NULL)
@@ -629,7 +664,9 @@ static double dsilu(double v)
     return v / (1.0 + exp(-v));
 }
 
-static void ref_token(const ym_model_t *m, ym_state_t *st, int32_t tok, float *logits)
+/* sp: the profile's masks applied with the meaning DESIGN.md §4 gives them, or NULL. */
+static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st, int32_t tok,
+                      float *logits)
 {
     const ym_config *cfg = &m->cfg;
     int dm = cfg->d_model, di = cfg->d_inner, N = cfg->d_state, K = cfg->d_conv;
@@ -665,6 +702,8 @@ static void ref_token(const ym_model_t *m, ym_state_t *st, int32_t tok, float *l
             if (K > 1)
                 cs[(size_t)d * (K - 1) + K - 2] = (float)xz[d];
             xz[d] = dsilu(acc);
+            if (sp != NULL && !(sp->layers[l].channel_logits[d] > 0.0f))
+                xz[d] = 0.0; /* a dropped channel: x[d] := 0 right after conv + silu */
         }
         for (int p = 0; p < P; p++) {
             double acc = 0;
@@ -681,6 +720,8 @@ static void ref_token(const ym_model_t *m, ym_state_t *st, int32_t tok, float *l
             for (int n = 0; n < N; n++) {
                 size_t i = (size_t)d * N + n;
                 double s = exp(dt * L->A[i]) * ssm[i] + dt * dbc[dtr + n] * xz[d];
+                if (sp != NULL && !ym_sparsity_state_kept(sp, l, d, n))
+                    s = 0.0; /* a dropped entry: s[d, n] stays 0 */
                 ssm[i] = (float)s;
                 acc += dbc[dtr + N + n] * s;
             }
@@ -720,6 +761,19 @@ ym_err ym_forward_ref(const ym_model_t *m, const ym_batch *b, float *logits)
     for (int i = 0; b->adapters != NULL && i < b->n_seq; i++)
         if (b->adapters[i] != NULL)
             return YM_EINVAL;
+    return ym_forward_ref_masked(m, NULL, b, logits);
+}
+
+ym_err ym_forward_ref_masked(const ym_model_t *m, const ym_sparsity *sp, const ym_batch *b,
+                             float *logits)
+{
+    for (int i = 0; b->adapters != NULL && i < b->n_seq; i++)
+        if (b->adapters[i] != NULL)
+            return YM_EINVAL;
+    if (ym_model_is_sparse(m))
+        return YM_EINVAL; /* the reference reads the dense layout */
+    if (sp != NULL && ym_sparsity_check(sp, &m->cfg, NULL) != YM_OK)
+        return YM_EINVAL;
     ym_err err = check_batch(m, b, b->seq_start[b->n_seq] > 0 ? b->seq_start[b->n_seq] : 1, NULL);
     if (err != YM_OK)
         return err;
@@ -728,7 +782,7 @@ ym_err ym_forward_ref(const ym_model_t *m, const ym_batch *b, float *logits)
         for (int r = b->seq_start[i]; r < b->seq_start[i + 1]; r++) {
             int want = b->logits == YM_LOGITS_ALL ||
                        (b->logits == YM_LOGITS_LAST && r == b->seq_start[i + 1] - 1);
-            ref_token(m, b->states[i], b->tokens[r],
+            ref_token(m, sp, b->states[i], b->tokens[r],
                       want ? logits + (size_t)(out++) * m->cfg.n_vocab : NULL);
         }
     }

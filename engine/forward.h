@@ -46,7 +46,8 @@ int ym_ctx_n_threads(const ym_ctx_t *ctx);
 ym_err ym_forward(ym_ctx_t *ctx, const ym_batch *batch, float *logits, ym_diag *diag);
 
 /* The plain single-threaded reference: same semantics, one token at a time, no BLAS.
- * For tests. Base model only: a batch with adapters -> YM_EINVAL. */
+ * For tests. Dense models and base rows only: a served sparse model or a batch with adapters
+ * -> YM_EINVAL; the reference of a sparsity profile is ym_forward_ref_masked (engine/sparse.h). */
 ym_err ym_forward_ref(const ym_model_t *model, const ym_batch *batch, float *logits);
 
 #endif

@@ -16,29 +16,47 @@
 #define HAVE_X86 0
 #endif
 
-static int force_portable;
-static int isa_checked, isa_avx512;
+static int force_portable, force_avx2;
+static int isa_checked, isa_avx512, isa_avx2;
 
 void ym_kernels_force_portable(int on)
 {
     force_portable = on;
 }
 
-static int use_avx512(void)
+void ym_kernels_force_avx2(int on)
+{
+    force_avx2 = on;
+}
+
+static void check_isa(void)
 {
     if (!isa_checked) {
 #if HAVE_X86
         __builtin_cpu_init();
         isa_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+        isa_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
         isa_checked = 1;
     }
-    return isa_avx512 && !force_portable;
+}
+
+static int use_avx512(void)
+{
+    check_isa();
+    return isa_avx512 && !force_portable && !force_avx2;
+}
+
+/* Only the masked scan has an AVX2 version (the dense kernels fall back to portable). */
+static int use_avx2(void)
+{
+    check_isa();
+    return isa_avx2 && !force_portable;
 }
 
 const char *ym_kernels_isa(void)
 {
-    return use_avx512() ? "avx512" : "portable";
+    return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "portable";
 }
 
 static inline float silu(float v)
@@ -81,6 +99,37 @@ static void scan_portable(float *y, float *s, const float *A, const float *D, co
                 acc += C[n] * sd[n];
             }
             y[i] = (acc + D[d] * xd) * silu(z[i]);
+        }
+    }
+}
+
+static void scan_masked_portable(float *y, float *s, const ym_scan_plan *pl, const float *D,
+                                 const float *x, const float *dt, const float *z,
+                                 const float *bc, int ldbc, int T, int ld, int N, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const ym_scan_block *B = &pl->blocks[b];
+        const int w = B->w, d0 = B->d0;
+        float *sb = s + B->off;
+        const float *Ab = pl->A + B->off;
+        for (int t = 0; t < T; t++) {
+            const float *Bt = bc + (size_t)t * ldbc, *Ct = Bt + N;
+            size_t row = (size_t)t * ld + d0;
+            float acc[YM_SCAN_BLOCK] = {0};
+            for (int u = 0; u < B->n_u; u++) {
+                int n = B->n_idx[u];
+                unsigned live = B->lanes[u];
+                float *su = sb + (size_t)u * w;
+                const float *Au = Ab + (size_t)u * w;
+                for (int j = 0; j < w; j++) {
+                    float dtd = dt[row + j];
+                    float v = expf(dtd * Au[j]) * su[j] + dtd * x[row + j] * Bt[n];
+                    su[j] = (live >> j) & 1 ? v : 0.0f;
+                    acc[j] += Ct[n] * su[j];
+                }
+            }
+            for (int j = 0; j < w; j++)
+                y[row + j] = (acc[j] + D[d0 + j] * x[row + j]) * silu(z[row + j]);
         }
     }
 }
@@ -226,6 +275,45 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
     }
 }
 
+/* The masked scan, one block of up to 16 channels per vector: per live entry of the block,
+ * one exp and two FMAs for all its channels; lanes where the entry is dead are forced to 0,
+ * which keeps s[d,n] at 0 as DESIGN.md §4 requires. Blocks outer, rows inner: a block's state
+ * (n_u vectors) stays in L1 across a prefill chunk. Hot path.                              */
+T512 static void scan_masked_avx512(float *y, float *s, const ym_scan_plan *pl, const float *D,
+                                    const float *x, const float *dt, const float *z,
+                                    const float *bc, int ldbc, int T, int ld, int N, int b0,
+                                    int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const ym_scan_block *B = &pl->blocks[b];
+        const int w = B->w, d0 = B->d0, n_u = B->n_u;
+        const __mmask16 wm = tail_mask(w);
+        float *sb = s + B->off;
+        const float *Ab = pl->A + B->off;
+        const __m512 Dv = _mm512_maskz_loadu_ps(wm, D + d0);
+        for (int t = 0; t < T; t++) {
+            const float *Bt = bc + (size_t)t * ldbc, *Ct = Bt + N;
+            size_t row = (size_t)t * ld + d0;
+            __m512 dtv = _mm512_maskz_loadu_ps(wm, dt + row);
+            __m512 xv = _mm512_maskz_loadu_ps(wm, x + row);
+            __m512 dtx = _mm512_mul_ps(dtv, xv);
+            __m512 acc = _mm512_mul_ps(Dv, xv);
+            for (int u = 0; u < n_u; u++) {
+                int n = B->n_idx[u];
+                float *su = sb + (size_t)u * w;
+                __m512 dA = exp512(_mm512_mul_ps(dtv, _mm512_maskz_loadu_ps(wm, Ab + (size_t)u * w)));
+                __m512 sv = _mm512_fmadd_ps(dA, _mm512_maskz_loadu_ps(wm, su),
+                                            _mm512_mul_ps(dtx, _mm512_set1_ps(Bt[n])));
+                sv = _mm512_maskz_mov_ps((__mmask16)B->lanes[u], sv);
+                _mm512_mask_storeu_ps(su, wm, sv);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(Ct[n]), sv, acc);
+            }
+            __m512 zv = _mm512_maskz_loadu_ps(wm, z + row);
+            _mm512_mask_storeu_ps(y + row, wm, _mm512_mul_ps(acc, silu512(zv)));
+        }
+    }
+}
+
 /* Causal conv + silu for one block of up to 16 channels, all T rows, vectorized across the
  * channels (rows are contiguous in d). In place, so rows are visited last to first: row t
  * reads inputs t-K+1..t, which a descending walk has not overwritten yet. The new state (the
@@ -263,6 +351,95 @@ T512 static void conv_block_avx512(float *x, int ld, int T, float *cstate, const
     }
     for (int j = 0; j < km1; j++)
         _mm512_mask_i32scatter_ps(cstate + (size_t)d * km1 + j, msk, sidx, nst[j], 4);
+}
+#endif
+
+/* ---- AVX2 (the masked scan only) ------------------------------------------------------ */
+#if HAVE_X86
+#define T256 __attribute__((target("avx2,fma")))
+
+/* exp as exp512 above: 2^k * p(r); 2^k built in the exponent bits, so x is clamped to where k
+ * stays in the normal range [-126, 127]. */
+T256 static inline __m256 exp256(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)),
+                                  23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* All-ones in lane j where bit j of bits (8 bits) is set. */
+T256 static inline __m256i bits_mask(unsigned bits)
+{
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), bit), bit);
+}
+
+/* The masked scan on 8-wide vectors: a block of 16 channels is two halves. Same arithmetic as
+ * scan_masked_avx512. Hot path on CPUs without AVX-512. */
+T256 static void scan_masked_avx2(float *y, float *s, const ym_scan_plan *pl, const float *D,
+                                  const float *x, const float *dt, const float *z,
+                                  const float *bc, int ldbc, int T, int ld, int N, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const ym_scan_block *B = &pl->blocks[b];
+        const int w = B->w, d0 = B->d0, n_u = B->n_u, nh = (w + 7) / 8;
+        const unsigned wbits = (1u << w) - 1u;
+        float *sb = s + B->off;
+        const float *Ab = pl->A + B->off;
+        __m256i wm[2];
+        __m256 Dv[2];
+        for (int h = 0; h < nh; h++) {
+            wm[h] = bits_mask((wbits >> (8 * h)) & 0xffu);
+            Dv[h] = _mm256_maskload_ps(D + d0 + 8 * h, wm[h]);
+        }
+        for (int t = 0; t < T; t++) {
+            const float *Bt = bc + (size_t)t * ldbc, *Ct = Bt + N;
+            size_t row = (size_t)t * ld + d0;
+            __m256 dtv[2], xv[2], dtx[2], acc[2];
+            for (int h = 0; h < nh; h++) {
+                dtv[h] = _mm256_maskload_ps(dt + row + 8 * h, wm[h]);
+                xv[h] = _mm256_maskload_ps(x + row + 8 * h, wm[h]);
+                dtx[h] = _mm256_mul_ps(dtv[h], xv[h]);
+                acc[h] = _mm256_mul_ps(Dv[h], xv[h]);
+            }
+            for (int u = 0; u < n_u; u++) {
+                int n = B->n_idx[u];
+                __m256 Bn = _mm256_set1_ps(Bt[n]), Cn = _mm256_set1_ps(Ct[n]);
+                for (int h = 0; h < nh; h++) {
+                    float *su = sb + (size_t)u * w + 8 * h;
+                    __m256 a = _mm256_maskload_ps(Ab + (size_t)u * w + 8 * h, wm[h]);
+                    __m256 sv = _mm256_fmadd_ps(exp256(_mm256_mul_ps(dtv[h], a)),
+                                                _mm256_maskload_ps(su, wm[h]),
+                                                _mm256_mul_ps(dtx[h], Bn));
+                    __m256i lm = bits_mask(((unsigned)B->lanes[u] >> (8 * h)) & 0xffu);
+                    sv = _mm256_and_ps(sv, _mm256_castsi256_ps(lm));
+                    _mm256_maskstore_ps(su, wm[h], sv);
+                    acc[h] = _mm256_fmadd_ps(Cn, sv, acc[h]);
+                }
+            }
+            for (int h = 0; h < nh; h++) {
+                __m256 zv = _mm256_maskload_ps(z + row + 8 * h, wm[h]);
+                __m256 sz = _mm256_div_ps(zv, _mm256_add_ps(_mm256_set1_ps(1.0f),
+                                                            exp256(_mm256_sub_ps(
+                                                                _mm256_setzero_ps(), zv))));
+                _mm256_maskstore_ps(y + row + 8 * h, wm[h], _mm256_mul_ps(acc[h], sz));
+            }
+        }
+    }
 }
 #endif
 
@@ -338,4 +515,21 @@ void ym_scan_f32(float *y, float *s, const float *A, const float *D, const float
     }
 #endif
     scan_portable(y, s, A, D, x, dt, z, bc, ldbc, T, ld, N, c0, c1);
+}
+
+void ym_scan_masked_f32(float *y, float *s, const ym_scan_plan *plan, const float *D,
+                        const float *x, const float *dt, const float *z, const float *bc,
+                        int ldbc, int T, int ld, int N, int b0, int b1)
+{
+#if HAVE_X86
+    if (use_avx512()) {
+        scan_masked_avx512(y, s, plan, D, x, dt, z, bc, ldbc, T, ld, N, b0, b1);
+        return;
+    }
+    if (use_avx2()) {
+        scan_masked_avx2(y, s, plan, D, x, dt, z, bc, ldbc, T, ld, N, b0, b1);
+        return;
+    }
+#endif
+    scan_masked_portable(y, s, plan, D, x, dt, z, bc, ldbc, T, ld, N, b0, b1);
 }

@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 
 #include "engine/config_int.h"
+#include "engine/model_int.h"
 #include "engine/safetensors.h"
 
 #define ALIGN_BYTES 64 /* converted buffers: a cache line, enough for any SIMD load */
@@ -33,6 +34,7 @@ static void model_destroy(ym_model_t *m)
     free(m->owned);
     free(m->layers);
     ym_st_set_free(m->st);
+    ym_model_unref(m->base);
     free(m);
 }
 
@@ -51,6 +53,12 @@ void ym_model_unref(ym_model_t *m)
 }
 
 /* A new 64-byte aligned buffer of n floats, kept on m->owned. */
+static float *owned_alloc(ym_model_t *m, size_t n);
+float *ym__model_alloc(ym_model_t *m, size_t n)
+{
+    return owned_alloc(m, n);
+}
+
 static float *owned_alloc(ym_model_t *m, size_t n)
 {
     if (m->n_owned == m->cap_owned) {
@@ -171,6 +179,7 @@ static ym_err bind_layer(binder *b, int l, ym_layer *L)
 #define TRYB(x)                                                                                    \
     if ((err = (x)) != YM_OK)                                                                      \
         return err;
+    L->d_inner = c->d_inner;
     TRYB(BIND(b, NAME("norm.weight"), true, &L->norm, dm));
     TRYB(BIND(b, NAME("mixer.in_proj.weight"), true, &L->in_proj, 2 * di, dm));
     TRYB(BIND(b, NAME("mixer.in_proj.bias"), c->use_bias, &L->in_proj_b, 2 * di));
@@ -291,6 +300,14 @@ static size_t weight_bytes(const ym_config *c, size_t n_params)
     return (n_params - (c->tie_embeddings ? 0 : embed)) * sizeof(float);
 }
 
+static void dense_counts(ym_model_t *m)
+{
+    const ym_config *c = &m->cfg;
+    m->n_channels_kept = (int64_t)c->n_layer * c->d_inner;
+    m->n_states_live = m->n_channels_kept * c->d_state;
+    m->n_scan_lanes = m->n_states_live;
+}
+
 ym_err ym_model_load(const char *dir, ym_model_t **out, ym_diag *diag)
 {
     ym_model_t *m;
@@ -314,6 +331,7 @@ ym_err ym_model_load(const char *dir, ym_model_t **out, ym_diag *diag)
     if ((err = bind_model(m, diag)) != YM_OK)
         goto fail;
     m->weight_bytes = weight_bytes(&m->cfg, m->n_params);
+    dense_counts(m);
     atomic_init(&m->refcount, 1);
     free(path);
     *out = m;
@@ -404,6 +422,7 @@ ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out
     for (int l = 0; l < c->n_layer; l++) {
         ym_layer *L = &m->layers[l];
         float *t;
+        L->d_inner = c->d_inner;
         fill_const(t = TAKE(dm), dm, 1.0f);
         L->norm = t;
         fill_uniform(&g, t = TAKE(2 * di * dm), 2 * di * dm, bound_dm);
@@ -465,6 +484,7 @@ ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out
 #undef PAD
     m->n_params = ym_config_n_params(c);
     m->weight_bytes = weight_bytes(c, m->n_params);
+    dense_counts(m);
     m->file_bytes = 0;
     atomic_init(&m->refcount, 1);
     *out = m;

@@ -16,7 +16,33 @@
 #include "engine/config.h"
 #include "engine/err.h"
 
-typedef struct ym_layer {      /* names relative to backbone.layers.%d. */
+/* The masked scan of a served sparse layer (engine/sparse.h, DESIGN.md §4). Served channels
+ * are cut into blocks of YM_SCAN_BLOCK consecutive channels; a block computes, for each state
+ * entry n live in at least one of its channels, one SIMD lane per channel (a lane mask keeps
+ * the entries that are dead for a channel at 0). The layer's SSM state is stored blocked:
+ * block b's entries at s[off_b + u*w_b + j] for its u-th live entry and channel d0_b + j. */
+#define YM_SCAN_BLOCK 16
+typedef struct ym_scan_block {
+    int d0;                /* first served channel of the block */
+    int w;                 /* channels in the block, 1..YM_SCAN_BLOCK */
+    int n_u;               /* state entries live in at least one channel of the block */
+    int64_t off;           /* where the block's state and A start, in floats; [n_u, w] */
+    const int32_t *n_idx;  /* [n_u] which state entry (n), ascending */
+    const uint16_t *lanes; /* [n_u] bit j set: entry live for channel d0 + j */
+} ym_scan_block;
+
+typedef struct ym_scan_plan {
+    int n_blocks;
+    const ym_scan_block *blocks; /* [n_blocks], block b starts at channel b*YM_SCAN_BLOCK */
+    const float *A;              /* A in the blocked layout (dead lanes 0) */
+    int64_t n_lanes;             /* sum over blocks of w * n_u: lanes computed per token */
+    int64_t n_live;              /* live entries of the layer */
+} ym_scan_plan;
+
+typedef struct ym_layer {      /* names relative to backbone.layers.%d. Shapes in the served
+                                  layout: d_inner is this layer's own channel count */
+    int d_inner;              /* channels served: cfg.d_inner, or the kept ones (sparse)     */
+    const ym_scan_plan *scan; /* masked scan plan (sparse model), or NULL: dense scan        */
     const float *norm;        /* norm.weight                 [d_model]                      */
     const float *in_proj;     /* mixer.in_proj.weight        [2*d_inner, d_model]           */
     const float *in_proj_b;   /* mixer.in_proj.bias          [2*d_inner]  (use_bias) or NULL */
@@ -44,6 +70,11 @@ typedef struct ym_model {
     int n_owned;
     int cap_owned;
     void *st;                /* owned ym_st_set_t * (the mapping), or NULL */
+    struct ym_model *base;   /* owned reference: the dense model a served sparse model borrows
+                                its unpruned tensors (embedding, norms, head) from, or NULL */
+    int64_t n_channels_kept; /* sparse: kept channels over all layers (else n_layer*d_inner) */
+    int64_t n_states_live;   /* sparse: live state entries over all layers */
+    int64_t n_scan_lanes;    /* sparse: lanes the masked scan computes per token */
     atomic_int refcount;
 } ym_model_t;
 

@@ -11,7 +11,9 @@
  * process). With --adapters N, only the adapter comparison runs: decode of a 16-row batch
  * (--batches' first value) with every row on the base model, against the same batch with
  * the rows spread over N random LoRA adapters (rank --rank, all four projections), measured
- * alternately in one run. Runs on the CLI's thread; nothing else is running. */
+ * alternately in one run. With --sparsity the served sparse model is measured too, in the same process,
+ * alternating with the dense one (best of two rounds each), so the speed-up is a ratio of two
+ * figures taken under the same conditions. Runs on the CLI's thread; nothing else is running. */
 #include <cblas.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -27,6 +29,7 @@
 #include "engine/kernels.h"
 #include "engine/model.h"
 #include "engine/pool.h"
+#include "engine/sparse.h"
 #include "engine/state.h"
 #include "tools/cli.h"
 
@@ -143,12 +146,25 @@ static double measure_sgemm(ym_pool_t *pool, int n_threads, double *engine_way, 
     return best_e > best_b ? best_e : best_b;
 }
 
-/* FLOPs of the projections for one token (multiply-add = 2), plus lm_head when counted. */
-static double token_flops(const ym_config *c, int with_head)
+/* FLOPs of the projections for one token (multiply-add = 2), plus lm_head when counted.
+ * Each layer's own d_inner: a sparse layer counts its kept channels only. */
+static double token_flops(const ym_model_t *m, int with_head)
 {
-    double dm = c->d_model, di = c->d_inner, P = c->dt_rank + 2.0 * c->d_state;
-    double per_layer = 2.0 * (dm * 2 * di + di * P + c->dt_rank * di + di * dm);
-    return per_layer * c->n_layer + (with_head ? 2.0 * dm * c->n_vocab : 0.0);
+    const ym_config *c = &m->cfg;
+    double dm = c->d_model, P = c->dt_rank + 2.0 * c->d_state, f = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        double di = m->layers[l].d_inner;
+        f += 2.0 * (dm * 2 * di + di * P + c->dt_rank * di + di * dm);
+    }
+    return f + (with_head ? 2.0 * dm * c->n_vocab : 0.0);
+}
+
+/* FLOPs of the scan for one token: per state entry computed, dt*A, exp, the multiply-add into
+ * s, dt*x*B and the multiply-add into y: 6 (exp counted as 1). Lanes the masked scan computes
+ * for dead entries of a block count too: they are work done. */
+static double scan_flops(const ym_model_t *m)
+{
+    return 6.0 * (double)m->n_scan_lanes;
 }
 
 static uint32_t rng_state = 12345;
@@ -292,11 +308,62 @@ out:
     return rc;
 }
 
+/* The scan alone, one thread, one token at a time through every layer (the kernel the model
+ * runs: dense, or masked over its blocks), on a state that evolves as in decode. Inputs are
+ * fixed plausible values (dt in [0.01, 0.1], x and z O(1), B and C O(1)). Microseconds per
+ * token, best of 3 runs of 256 tokens. */
+static double bench_scan(const ym_model_t *m)
+{
+    const ym_config *c = &m->cfg;
+    const int di = c->d_inner, N = c->d_state;
+    float *x = malloc(sizeof(float) * di), *dt = malloc(sizeof(float) * di);
+    float *z = malloc(sizeof(float) * di), *y = malloc(sizeof(float) * di);
+    float *bc = malloc(sizeof(float) * 2 * (size_t)N);
+    ym_state_t *s = NULL;
+    if (!x || !dt || !z || !y || !bc || ym_state_new(c, &s) != YM_OK) {
+        free(x), free(dt), free(z), free(y), free(bc);
+        return 0;
+    }
+    for (int d = 0; d < di; d++) {
+        dt[d] = 0.01f + 0.09f * (float)((d * 37) % 101) / 100.0f;
+        x[d] = (float)((d * 53) % 17) / 8.0f - 1.0f;
+        z[d] = (float)((d * 29) % 13) / 6.0f - 1.0f;
+    }
+    for (int n = 0; n < 2 * N; n++)
+        bc[n] = (float)((n * 7) % 11) / 5.0f - 1.0f;
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now();
+        for (int t = 0; t < 256; t++)
+            for (int l = 0; l < c->n_layer; l++) {
+                const ym_layer *L = &m->layers[l];
+                if (L->d_inner == 0)
+                    continue;
+                if (L->scan != NULL)
+                    ym_scan_masked_f32(y, ym_state_ssm(s, l), L->scan, L->D, x, dt, z, bc, 2 * N,
+                                       1, di, N, 0, L->scan->n_blocks);
+                else
+                    ym_scan_f32(y, ym_state_ssm(s, l), L->A, L->D, x, dt, z, bc, 2 * N, 1, di,
+                                N, 0, L->d_inner);
+            }
+        double us = (now() - t0) * 1e6 / 256;
+        best = us < best ? us : best;
+    }
+    ym_state_free(s);
+    free(x), free(dt), free(z), free(y), free(bc);
+    return best;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
-               "                    [--batches 1,4,16,64] [--adapters N [--rank R]]\n"
+               "                    [--batches 1,4,16,64] [--sparsity FILE] [--rounds N] [--no-floors]\n"
+               "                    [--adapters N [--rank R]]\n"
                "Without --model: a synthetic model with mamba-130m's shapes (random weights).\n"
+               "--sparsity: also measure the model served under that profile, alternating\n"
+               "with the dense one in this process (best of --rounds rounds each, default 2),\n"
+               "and report the speed-ups.\n"
+               "--no-floors: skip the bandwidth and sgemm measurements.\n"
                "--adapters N: only decode of a batch of --batches' first value (default 16)\n"
                "rows, base model vs rows spread over N random LoRA adapters of rank R (8).\n");
 }
@@ -307,10 +374,13 @@ int ym_cmd_bench(int argc, char **argv)
         {"model", required_argument, 0, 'm'},  {"json", no_argument, 0, 'j'},
         {"threads", required_argument, 0, 't'}, {"prompt", required_argument, 0, 'p'},
         {"steps", required_argument, 0, 's'},  {"batches", required_argument, 0, 'b'},
-        {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'r'},
+        {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'k'},
+        {"sparsity", required_argument, 0, 'S'}, {"no-floors", no_argument, 0, 'F'},
+        {"rounds", required_argument, 0, 'r'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *model_dir = NULL, *batches = NULL;
+    const char *model_dir = NULL, *batches = NULL, *sparsity = NULL;
     int json = 0, n_threads = 0, n_prompt = 512, steps = 32, n_adapters = 0, rank = 8;
+    int floors = 1, rounds = 2;
     optind = 1;
     opterr = 0;
     int o;
@@ -320,26 +390,31 @@ int ym_cmd_bench(int argc, char **argv)
         case 'm': model_dir = optarg; break;
         case 'j': json = 1; break;
         case 'b': batches = optarg; break;
+        case 'S': sparsity = optarg; break;
+        case 'F': floors = 0; break;
+        case 'r':
         case 't':
         case 'p':
         case 'a':
-        case 'r':
+        case 'k':
         case 's': {
             long v = strtol(optarg, &end, 10);
             if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) ||
-                v > (o == 'a' || o == 'r' ? 4096 : 1000000)) {
+                v > (o == 'a' || o == 'k' ? 4096 : 1000000)) {
                 fprintf(stderr, "yunmin: bench: bad value '%s' for --%s\n", optarg,
                         o == 't' ? "threads" : o == 'p' ? "prompt" : o == 'a' ? "adapters"
-                                                      : o == 'r' ? "rank" : "steps");
+                        : o == 'k' ? "rank" : o == 'r' ? "rounds" : "steps");
                 return 2;
             }
-            if (o == 't')
+            if (o == 'r')
+                rounds = (int)v;
+            else if (o == 't')
                 n_threads = (int)v;
             else if (o == 'p')
                 n_prompt = (int)v;
             else if (o == 'a')
                 n_adapters = (int)v;
-            else if (o == 'r')
+            else if (o == 'k')
                 rank = (int)v;
             else
                 steps = (int)v;
@@ -354,6 +429,11 @@ int ym_cmd_bench(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "yunmin: bench: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (n_adapters > 0 && sparsity != NULL) {
+        fprintf(stderr, "yunmin: bench: --adapters and --sparsity together are not supported "
+                        "yet\n");
         return 2;
     }
     if (batches == NULL)
@@ -372,33 +452,17 @@ int ym_cmd_bench(int argc, char **argv)
     if (n_threads == 0)
         n_threads = ym_n_cores();
 
-    ym_model_t *m = NULL;
-    ym_diag diag = {0};
-    ym_err err;
-    const char *model_name;
-    if (model_dir != NULL) {
-        err = ym_model_load(model_dir, &m, &diag);
-        model_name = model_dir;
-    } else {
-        ym_config c;
-        memset(&c, 0, sizeof(c));
-        c.d_model = 768;
-        c.n_layer = 24;
-        c.d_inner = 1536;
-        c.d_state = 16;
-        c.d_conv = 4;
-        c.dt_rank = 48;
-        c.n_vocab = 50280;
-        c.use_conv_bias = 1;
-        c.tie_embeddings = 1;
-        c.norm_eps = 1e-5f;
-        c.bos_id = c.eos_id = c.pad_id = -1;
-        err = ym_model_new_random(&c, 1, &m, &diag);
-        model_name = "synthetic mamba-130m shapes";
-    }
-    if (err != YM_OK) {
-        fprintf(stderr, "yunmin: bench: %s\n", diag.msg[0] ? diag.msg : ym_strerror(err));
+    ym_model_t *m = NULL, *dm_dense = NULL;
+    const char *model_name = model_dir != NULL ? model_dir : "synthetic mamba-130m shapes";
+    if (cli_load_model(model_dir != NULL ? model_dir : CLI_SYNTHETIC_130M, &m) != 0)
         return 1;
+    if (sparsity != NULL) {
+        dm_dense = ym_model_ref(m);
+        if (cli_apply_sparsity(sparsity, &m) != 0) {
+            ym_model_unref(m);
+            ym_model_unref(dm_dense);
+            return 1;
+        }
     }
     if (n_adapters > 0) {
         int rc = bench_adapters(m, n_threads, bs[0], n_adapters, rank, steps, json, model_name);
@@ -409,27 +473,50 @@ int ym_cmd_bench(int argc, char **argv)
     for (int i = 0; i < n_bs; i++)
         if (bs[i] > max_b)
             max_b = bs[i];
-    ym_ctx_t *ctx = NULL;
-    if (ym_ctx_new(m, max_b, n_threads, &ctx) != YM_OK) {
+    ym_ctx_t *ctx = NULL, *ctx_dense = NULL;
+    if (ym_ctx_new(m, max_b, n_threads, &ctx) != YM_OK ||
+        (dm_dense != NULL && ym_ctx_new(dm_dense, max_b, n_threads, &ctx_dense) != YM_OK)) {
         fprintf(stderr, "yunmin: bench: out of memory\n");
+        ym_ctx_free(ctx);
         ym_model_unref(m);
+        ym_model_unref(dm_dense);
         return 1;
     }
     ym_pool_t *pool = NULL;
     ym_pool_new(n_threads, &pool);
     if (!json)
-        fprintf(stderr, "bench: %s, %d threads, BLAS core %s, kernels %s\n", model_name,
-                n_threads, ym_blas_core(), ym_kernels_isa());
-    double bw = measure_bandwidth(pool);
-    double gemm_engine = 0, gemm_blas = 0;
-    double sgemm = measure_sgemm(pool, n_threads, &gemm_engine, &gemm_blas);
+        fprintf(stderr, "bench: %s%s%s, %d threads, BLAS core %s, kernels %s\n", model_name,
+                sparsity ? " under " : "", sparsity ? sparsity : "", n_threads, ym_blas_core(),
+                ym_kernels_isa());
+    double bw = 0, gemm_engine = 0, gemm_blas = 0, sgemm = 0;
+    if (floors) {
+        bw = measure_bandwidth(pool);
+        sgemm = measure_sgemm(pool, n_threads, &gemm_engine, &gemm_blas);
+    }
     ym_pool_free(pool);
-    double prefill = bench_prefill(ctx, m, n_prompt, 3);
-    double dec[16];
-    for (int i = 0; i < n_bs; i++)
-        dec[i] = bench_decode(ctx, m, bs[i], bs[i] >= 16 ? steps / 2 + 1 : steps);
+    double prefill = 0, dec[16] = {0}, prefill_d = 0, dec_d[16] = {0};
+    /* Sparse and dense alternate, best of the rounds each: drift on a shared machine hits
+     * both alike. */
+    for (int round = 0; round < (ctx_dense != NULL ? rounds : 1); round++) {
+        if (ctx_dense != NULL) {
+            double v = bench_prefill(ctx_dense, dm_dense, n_prompt, 3);
+            prefill_d = v > prefill_d ? v : prefill_d;
+        }
+        double v = bench_prefill(ctx, m, n_prompt, 3);
+        prefill = v > prefill ? v : prefill;
+        for (int i = 0; i < n_bs; i++) {
+            int st = bs[i] >= 16 ? steps / 2 + 1 : steps;
+            if (ctx_dense != NULL) {
+                v = bench_decode(ctx_dense, dm_dense, bs[i], st);
+                dec_d[i] = v > dec_d[i] ? v : dec_d[i];
+            }
+            v = bench_decode(ctx, m, bs[i], st);
+            dec[i] = v > dec[i] ? v : dec[i];
+        }
+    }
 
-    double floor_tok_s = bw * 1e9 / (double)m->weight_bytes;
+    double scan_us = bench_scan(m), scan_us_d = dm_dense != NULL ? bench_scan(dm_dense) : 0;
+    double floor_tok_s = floors ? bw * 1e9 / (double)m->weight_bytes : 0;
     double dec1 = 0, dec16 = 0;
     for (int i = 0; i < n_bs; i++) {
         if (bs[i] == 1)
@@ -437,7 +524,7 @@ int ym_cmd_bench(int argc, char **argv)
         if (bs[i] == 16)
             dec16 = dec[i];
     }
-    double prefill_gflops = prefill * token_flops(&m->cfg, 0) / 1e9;
+    double prefill_gflops = prefill * token_flops(m, 0) / 1e9;
     json_t *o_json = json_object();
     json_t *dj = json_object();
     for (int i = 0; i < n_bs; i++) {
@@ -460,29 +547,102 @@ int ym_cmd_bench(int argc, char **argv)
     json_object_set_new(o_json, "decode_tok_s", dj);
     json_object_set_new(o_json, "decode_floor_tok_s", json_real(floor_tok_s));
     json_object_set_new(o_json, "decode_floor_fraction",
-                        json_real(dec1 > 0 ? dec1 / floor_tok_s : 0));
-    json_object_set_new(o_json, "prefill_peak_fraction", json_real(prefill_gflops / sgemm));
+                        json_real(dec1 > 0 && floor_tok_s > 0 ? dec1 / floor_tok_s : 0));
+    json_object_set_new(o_json, "prefill_peak_fraction",
+                        json_real(sgemm > 0 ? prefill_gflops / sgemm : 0));
+    /* The model as measured: projection and scan FLOPs per token, live fractions. */
+    const ym_config *mc = &m->cfg;
+    double all_ch = (double)mc->n_layer * mc->d_inner, all_st = all_ch * mc->d_state;
+    json_object_set_new(o_json, "sparsity", sparsity ? json_string(sparsity) : json_null());
+    json_object_set_new(o_json, "channel_live_fraction",
+                        json_real((double)m->n_channels_kept / all_ch));
+    json_object_set_new(o_json, "state_live_fraction",
+                        json_real((double)m->n_states_live / all_st));
+    json_object_set_new(o_json, "scan_lane_fraction", json_real((double)m->n_scan_lanes / all_st));
+    json_object_set_new(o_json, "scan_block_fill",
+                        json_real(m->n_scan_lanes > 0
+                                      ? (double)m->n_states_live / (double)m->n_scan_lanes
+                                      : 1.0));
+    json_object_set_new(o_json, "flops_per_token_projections", json_real(token_flops(m, 0)));
+    json_object_set_new(o_json, "flops_per_token_head", json_real(token_flops(m, 1) - token_flops(m, 0)));
+    json_object_set_new(o_json, "flops_per_token_scan", json_real(scan_flops(m)));
+    json_object_set_new(o_json, "scan_us_per_token", json_real(scan_us));
+    if (dm_dense != NULL) {
+        json_t *dd = json_object(), *ddj = json_object(), *sp = json_object();
+        json_object_set_new(dd, "weight_bytes", json_integer((json_int_t)dm_dense->weight_bytes));
+        json_object_set_new(dd, "prefill_tok_s", json_real(prefill_d));
+        for (int i = 0; i < n_bs; i++) {
+            char key[16];
+            snprintf(key, sizeof(key), "%d", bs[i]);
+            json_object_set_new(ddj, key, json_real(dec_d[i]));
+            json_object_set_new(sp, key, json_real(dec_d[i] > 0 ? dec[i] / dec_d[i] : 0));
+        }
+        json_object_set_new(dd, "decode_tok_s", ddj);
+        json_object_set_new(dd, "flops_per_token_projections", json_real(token_flops(dm_dense, 0)));
+        json_object_set_new(dd, "flops_per_token_scan", json_real(scan_flops(dm_dense)));
+        json_object_set_new(dd, "scan_us_per_token", json_real(scan_us_d));
+        json_object_set_new(o_json, "dense", dd);
+        json_object_set_new(o_json, "decode_speedup", sp);
+        json_object_set_new(o_json, "prefill_speedup",
+                            json_real(prefill_d > 0 ? prefill / prefill_d : 0));
+        /* The decode ideal: bytes read per token, dense over sparse. */
+        double ideal = (double)dm_dense->weight_bytes / (double)m->weight_bytes;
+        json_object_set_new(o_json, "ideal_byte_ratio", json_real(ideal));
+        double sp1 = 0;
+        for (int i = 0; i < n_bs; i++)
+            if (bs[i] == 1 && dec_d[i] > 0)
+                sp1 = dec[i] / dec_d[i];
+        json_object_set_new(o_json, "decode1_fraction_of_ideal",
+                            json_real(ideal > 1.0 ? (sp1 - 1.0) / (ideal - 1.0) : 0));
+        json_object_set_new(o_json, "decode1_ratio_of_ideal", json_real(sp1 / ideal));
+    }
     json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
     if (json) {
         char *s = json_dumps(o_json, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
         printf("%s\n", s);
         free(s);
     } else {
-        printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
-               bw, floor_tok_s, (double)m->weight_bytes / 1e6);
-        printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
-               sgemm, gemm_engine, gemm_blas);
-        printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,
-               prefill, prefill_gflops, 100.0 * prefill_gflops / sgemm);
+        if (dm_dense != NULL) {
+            printf("sparsity %s: channels %.1f%% kept, states %.1f%% live, block fill %.1f%%\n",
+                   sparsity, 100.0 * (double)m->n_channels_kept / all_ch,
+                   100.0 * (double)m->n_states_live / all_st,
+                   m->n_scan_lanes > 0 ? 100.0 * (double)m->n_states_live / (double)m->n_scan_lanes
+                                       : 100.0);
+            printf("weights per token: dense %.1f MB, sparse %.1f MB (ideal ratio %.3f)\n",
+                   (double)dm_dense->weight_bytes / 1e6, (double)m->weight_bytes / 1e6,
+                   (double)dm_dense->weight_bytes / (double)m->weight_bytes);
+            printf("prefill %d tokens: dense %.1f tok/s, sparse %.1f tok/s (x%.3f)\n", n_prompt,
+                   prefill_d, prefill, prefill_d > 0 ? prefill / prefill_d : 0);
+            for (int i = 0; i < n_bs; i++)
+                printf("decode batch %-3d: dense %.1f tok/s, sparse %.1f tok/s (x%.3f)\n", bs[i],
+                       dec_d[i], dec[i], dec_d[i] > 0 ? dec[i] / dec_d[i] : 0);
+            printf("scan alone (1 thread): dense %.1f us/token, sparse %.1f us/token (%.3f of "
+                   "dense; lanes %.3f, live %.3f of dense)\n",
+                   scan_us_d, scan_us, scan_us_d > 0 ? scan_us / scan_us_d : 0,
+                   (double)m->n_scan_lanes / all_st, (double)m->n_states_live / all_st);
+        }
+        if (floors) {
+            printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
+                   bw, floor_tok_s, (double)m->weight_bytes / 1e6);
+            printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
+                   sgemm, gemm_engine, gemm_blas);
+            printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,
+                   prefill, prefill_gflops, 100.0 * prefill_gflops / sgemm);
+        } else {
+            printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s\n", n_prompt, prefill,
+                   prefill_gflops);
+        }
         for (int i = 0; i < n_bs; i++)
             printf("decode batch %-3d        %8.1f tok/s%s\n", bs[i], dec[i],
                    bs[i] == 1 ? "" : "");
-        if (dec1 > 0)
+        if (dec1 > 0 && floor_tok_s > 0)
             printf("decode batch 1 = %.0f%% of the bandwidth floor; batch 16 = %.1fx batch 1\n",
                    100.0 * dec1 / floor_tok_s, dec16 / dec1);
     }
     json_decref(o_json);
     ym_ctx_free(ctx);
+    ym_ctx_free(ctx_dense);
     ym_model_unref(m);
+    ym_model_unref(dm_dense);
     return 0;
 }

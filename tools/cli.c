@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "engine/sparse.h"
+#include "engine/sparsity.h"
+
 #ifndef YM_DEFAULT_MODEL
 #define YM_DEFAULT_MODEL "models/shakespeare-mamba"
 #endif
@@ -224,10 +227,60 @@ int cli_load_tokenizer(const char *dir, ym_tok_t **out)
     return 0;
 }
 
+int cli_is_synthetic(const char *dir)
+{
+    return dir != NULL && strcmp(dir, CLI_SYNTHETIC_130M) == 0;
+}
+
+/* mamba-130m's shapes (state-spaces/mamba-130m-hf), random weights made in process. */
+static ym_err synthetic_130m(ym_model_t **out, ym_diag *diag)
+{
+    ym_config c;
+    memset(&c, 0, sizeof(c));
+    c.d_model = 768;
+    c.n_layer = 24;
+    c.d_inner = 1536;
+    c.d_state = 16;
+    c.d_conv = 4;
+    c.dt_rank = 48;
+    c.n_vocab = 50280;
+    c.use_conv_bias = 1;
+    c.tie_embeddings = 1;
+    c.norm_eps = 1e-5f;
+    c.bos_id = c.eos_id = c.pad_id = -1;
+    return ym_model_new_random(&c, 1, out, diag);
+}
+
+int cli_apply_sparsity(const char *path, ym_model_t **model)
+{
+    if (path == NULL)
+        return 0;
+    ym_sparsity *sp = NULL;
+    ym_model_t *m = NULL;
+    ym_diag diag = {0};
+    ym_err err = ym_sparsity_load(path, &sp, &diag);
+    if (err == YM_OK)
+        err = ym_model_new_sparse(*model, sp, &m, &diag);
+    ym_sparsity_free(sp);
+    if (err != YM_OK)
+        return cli_error(CLI_FAIL, "sparsity profile %s: %s", path,
+                         diag.msg[0] ? diag.msg : ym_strerror(err));
+    ym_model_unref(*model);
+    *model = m;
+    return 0;
+}
+
 int cli_load_model(const char *dir, ym_model_t **out)
 {
     ym_diag diag = {0};
     *out = NULL;
+    if (cli_is_synthetic(dir)) {
+        ym_err err = synthetic_130m(out, &diag);
+        if (err != YM_OK)
+            return cli_error(CLI_FAIL, "model %s: %s", dir,
+                             diag.msg[0] ? diag.msg : ym_strerror(err));
+        return 0;
+    }
     if (check_dir(dir) != 0)
         return CLI_FAIL;
     ym_err err = ym_model_load(dir, out, &diag);

@@ -24,6 +24,7 @@ int ym_cmd_detokenize(int argc, char **argv);
 int ym_cmd_inspect(int argc, char **argv);
 int ym_cmd_perplexity(int argc, char **argv);
 int ym_cmd_bench(int argc, char **argv); /* tools/bench.c */
+int ym_cmd_calibrate(int argc, char **argv);
 
 /* Print "yunmin: <message>" as one line on stderr; returns code (CLI_FAIL or CLI_USAGE). */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -63,6 +64,16 @@ int cli_load_model(const char *dir, ym_model_t **out);
  * n > 1; n == 0 leaves *out NULL. Prints the error naming the directory and returns CLI_FAIL,
  * else 0. New reference in *out (ym_adapter_unref). */
 int cli_load_adapters(ym_model_t *model, const char *const *dirs, int n, ym_adapter_t **out);
+/* When path is not NULL: load the sparsity profile at path (engine/sparsity.h) and replace
+ * *model (a dense model, reference taken over) with the served sparse model. Prints the error
+ * (exit 1: missing or malformed file, profile for another shape) and returns CLI_FAIL, else 0.
+ * The profile is found only through the flag, never beside the model. */
+int cli_apply_sparsity(const char *path, ym_model_t **model);
+
+/* The model spec naming the synthetic model with mamba-130m's shapes and random weights (for
+ * benchmarks and calibration experiments; no tokenizer): --model synthetic:mamba-130m. */
+#define CLI_SYNTHETIC_130M "synthetic:mamba-130m"
+int cli_is_synthetic(const char *dir);
 
 double cli_now(void); /* monotonic seconds */
 /* Write a JSON double as %.17g, or null when it is not finite (JSON has no NaN). */

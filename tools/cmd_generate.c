@@ -37,6 +37,7 @@ static void usage(FILE *f)
             "  --threads N                 engine threads (default: one per core)\n"
             "  --adapter DIR               PEFT LoRA/IA3 adapter or adapter set (repeatable:\n"
             "                              composed, LoRA deltas add, IA3 scales multiply)\n"
+            "  --sparsity FILE             serve under this sparsity profile\n"
             "  --echo                      print the prompt before the generated text\n"
             "Text goes to stdout as it is produced; a summary line goes to stderr.\n",
             MAX_STOPS);
@@ -55,6 +56,7 @@ enum {
     OPT_THREADS,
     OPT_ECHO,
     OPT_ADAPTER,
+    OPT_SPARSITY,
 };
 
 static int write_out(const char *s, size_t n)
@@ -92,10 +94,11 @@ int ym_cmd_generate(int argc, char **argv)
         {"threads", required_argument, NULL, OPT_THREADS},
         {"echo", no_argument, NULL, OPT_ECHO},
         {"adapter", required_argument, NULL, OPT_ADAPTER},
+        {"sparsity", required_argument, NULL, OPT_SPARSITY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *prompt = NULL;
+    const char *model_arg = NULL, *prompt = NULL, *sparsity = NULL;
     const char *stops[MAX_STOPS];
     int n_stops = 0, echo = 0;
     const char *adapter_dirs[CLI_MAX_ADAPTERS];
@@ -160,6 +163,9 @@ int ym_cmd_generate(int argc, char **argv)
                                  CLI_MAX_ADAPTERS);
             adapter_dirs[n_adapters++] = optarg;
             break;
+        case OPT_SPARSITY:
+            sparsity = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -195,6 +201,13 @@ int ym_cmd_generate(int argc, char **argv)
         goto out;
     if ((rc = cli_load_model(dir, &model)) != 0)
         goto out;
+    if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)
+        goto out;
+    if (sparsity != NULL && n_adapters > 0) {
+        rc = cli_error(CLI_USAGE, "generate: --adapter and --sparsity together are not supported yet "
+                                  "(adapters are not compiled against a sparse layout)");
+        goto out;
+    }
     if ((rc = cli_load_adapters(model, adapter_dirs, n_adapters, &adapter)) != 0)
         goto out;
     const int nv = model->cfg.n_vocab;

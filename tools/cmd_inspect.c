@@ -8,12 +8,15 @@
 
 #include "engine/blas.h"
 #include "engine/config.h"
+#include "engine/sparsity.h"
 #include "tools/cli.h"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: yunmin inspect [DIR | --model DIR] [--json]\n"
-               "Describes the model: config, parameters, bytes, state size, vocabulary.\n");
+    fprintf(f, "usage: yunmin inspect [DIR | --model DIR] [--json] [--sparsity FILE]\n"
+               "Describes the model: config, parameters, bytes, state size, vocabulary;\n"
+               "with --sparsity, the model as served under that profile (kept channels,\n"
+               "live state entries and scan lanes per layer).\n");
 }
 
 int ym_cmd_inspect(int argc, char **argv)
@@ -21,20 +24,24 @@ int ym_cmd_inspect(int argc, char **argv)
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"json", no_argument, NULL, 'j'},
+        {"sparsity", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL;
+    const char *model_arg = NULL, *sparsity = NULL;
     int as_json = 0, c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:s:jh", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model_arg = optarg;
             break;
         case 'j':
             as_json = 1;
+            break;
+        case 's':
+            sparsity = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -54,6 +61,18 @@ int ym_cmd_inspect(int argc, char **argv)
     int rc = cli_load_model(dir, &model);
     if (rc != 0)
         return rc;
+    char method[64] = "";
+    if (sparsity != NULL) {
+        ym_sparsity *sp = NULL;
+        ym_diag sd = {0};
+        if (ym_sparsity_load(sparsity, &sp, &sd) == YM_OK)
+            snprintf(method, sizeof(method), "%s", sp->method);
+        ym_sparsity_free(sp);
+        if ((rc = cli_apply_sparsity(sparsity, &model)) != 0) {
+            ym_model_unref(model);
+            return rc;
+        }
+    }
     /* The tokenizer is optional here: a model without one can still be described. */
     char path[4096];
     ym_tok_t *tok = NULL;
@@ -100,6 +119,33 @@ int ym_cmd_inspect(int argc, char **argv)
         json_object_set_new(o, "tokenizer_error",
                             json_string(diag.msg[0] ? diag.msg : ym_strerror(tok_err)));
     }
+    if (sparsity != NULL) {
+        json_t *js = json_object();
+        json_t *jl = json_array();
+        json_object_set_new(js, "path", json_string(sparsity));
+        json_object_set_new(js, "method", json_string(method));
+        double all_ch = (double)cfg->n_layer * cfg->d_inner;
+        json_object_set_new(js, "channel_live_fraction",
+                            json_real((double)model->n_channels_kept / all_ch));
+        json_object_set_new(js, "state_live_fraction",
+                            json_real((double)model->n_states_live / (all_ch * cfg->d_state)));
+        json_object_set_new(js, "scan_block_fill",
+                            json_real(model->n_scan_lanes > 0 ? (double)model->n_states_live /
+                                                                    (double)model->n_scan_lanes
+                                                              : 1.0));
+        for (int l = 0; l < cfg->n_layer; l++) {
+            const ym_layer *L = &model->layers[l];
+            json_t *e = json_object();
+            SET_INT(e, "channels", L->d_inner);
+            SET_INT(e, "live_states", L->scan ? L->scan->n_live : 0);
+            SET_INT(e, "scan_lanes", L->scan ? L->scan->n_lanes : 0);
+            json_array_append_new(jl, e);
+        }
+        json_object_set_new(js, "layers", jl);
+        json_object_set_new(o, "sparsity", js);
+    } else {
+        json_object_set_new(o, "sparsity", json_null());
+    }
 #undef SET_INT
 #undef SET_BOOL
 
@@ -140,6 +186,24 @@ int ym_cmd_inspect(int argc, char **argv)
             printf("eos id            %d (config)\n", cfg->eos_id);
         }
         printf("blas core         %s (the OpenBLAS kernel this process runs)\n", ym_blas_core());
+        if (sparsity != NULL) {
+            double all_ch = (double)cfg->n_layer * cfg->d_inner;
+            printf("sparsity          %s (method %s)\n", sparsity, method);
+            printf("  channels kept   %lld of %.0f (%.1f%%)\n", (long long)model->n_channels_kept,
+                   all_ch, 100.0 * (double)model->n_channels_kept / all_ch);
+            printf("  states live     %lld of %.0f (%.1f%%); scan block fill %.1f%%\n",
+                   (long long)model->n_states_live, all_ch * cfg->d_state,
+                   100.0 * (double)model->n_states_live / (all_ch * cfg->d_state),
+                   model->n_scan_lanes > 0
+                       ? 100.0 * (double)model->n_states_live / (double)model->n_scan_lanes
+                       : 100.0);
+            for (int l = 0; l < cfg->n_layer; l++) {
+                const ym_layer *L = &model->layers[l];
+                printf("  layer %-3d       %d channels, %lld live states, %lld scan lanes\n", l,
+                       L->d_inner, (long long)(L->scan ? L->scan->n_live : 0),
+                       (long long)(L->scan ? L->scan->n_lanes : 0));
+            }
+        }
     }
     if (fflush(stdout) != 0)
         rc = cli_error(CLI_FAIL, "inspect: cannot write the output");

@@ -15,9 +15,12 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin logits [--model DIR] --ids 1,2,3 [--adapter DIR]... [--threads N]\n"
+               "                    [--sparsity FILE]\n"
                "Prints {\"logits\": [[...], ...]}: one row of n_vocab floats per position,\n"
                "from a fresh state. --adapter: a PEFT LoRA/IA3 directory or an adapter set;\n"
-               "several are composed (LoRA deltas add, IA3 scales multiply).\n");
+               "several are composed (LoRA deltas add, IA3 scales multiply). --sparsity serves\n"
+               "the model under a sparsity profile (yunmin.sparsity.safetensors; only used\n"
+               "when given). The two cannot be combined yet.\n");
 }
 
 int ym_cmd_logits(int argc, char **argv)
@@ -27,17 +30,18 @@ int ym_cmd_logits(int argc, char **argv)
         {"ids", required_argument, NULL, 'i'},
         {"threads", required_argument, NULL, 't'},
         {"adapter", required_argument, NULL, 'a'},
+        {"sparsity", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *ids_arg = NULL;
+    const char *model_arg = NULL, *ids_arg = NULL, *sparsity = NULL;
     long n_threads = 0;
     const char *adapter_dirs[CLI_MAX_ADAPTERS];
     int n_adapters = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:i:t:a:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:i:t:a:s:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model_arg = optarg;
@@ -54,6 +58,9 @@ int ym_cmd_logits(int argc, char **argv)
                 return cli_error(CLI_USAGE, "logits: at most %d --adapter options",
                                  CLI_MAX_ADAPTERS);
             adapter_dirs[n_adapters++] = optarg;
+            break;
+        case 's':
+            sparsity = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -76,6 +83,13 @@ int ym_cmd_logits(int argc, char **argv)
     int rc = cli_load_model(cli_model_dir(model_arg), &model);
     if (rc != 0)
         return rc;
+    if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)
+        goto out;
+    if (sparsity != NULL && n_adapters > 0) {
+        rc = cli_error(CLI_USAGE, "logits: --adapter and --sparsity together are not supported yet "
+                                  "(adapters are not compiled against a sparse layout)");
+        goto out;
+    }
     if ((rc = cli_load_adapters(model, adapter_dirs, n_adapters, &adapter)) != 0)
         goto out;
     const int nv = model->cfg.n_vocab;

@@ -24,6 +24,7 @@ static const subcommand subcommands[] = {
     {"inspect", ym_cmd_inspect, "describe a model directory"},
     {"perplexity", ym_cmd_perplexity, "perplexity of a text file (JSON)"},
     {"bench", ym_cmd_bench, "engine speed against this machine's floors"},
+    {"calibrate", ym_cmd_calibrate, "derive a sparsity profile's scan order from text"},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 

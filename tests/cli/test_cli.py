@@ -602,6 +602,235 @@ class TestAdapters(CliTestBase):
                                    mention="--adapter")
 
 
+def write_profile(path, n_layer, d_inner, n_state, keep_ch=None, keep_st=None, order=None,
+                  meta=None):
+    """A yunmin.sparsity.safetensors (DESIGN.md §4). keep_ch[l][d], keep_st[l][d][n] booleans
+    (default all kept), order[l] a list (default identity). Returns the kept channel count."""
+    header = {"__metadata__": meta or {"format": "yunmin-sparsity", "version": "1",
+                                       "method": "random"}}
+    blobs, off, kept = [], 0, 0
+    for l in range(n_layer):
+        ch = [keep_ch[l][d] if keep_ch else True for d in range(d_inner)]
+        st = [keep_st[l][d][n] if keep_st else True for d in range(d_inner)
+              for n in range(n_state)]
+        od = order[l] if order else list(range(d_inner))
+        kept += sum(ch)
+        for name, dt, shape, b in (
+                ("channel_logits", "F32", [d_inner],
+                 struct.pack("<%df" % d_inner, *[1.0 if k else -1.0 for k in ch])),
+                ("state_logits", "F32", [d_inner, n_state],
+                 struct.pack("<%df" % len(st), *[0.5 if k else -0.5 for k in st])),
+                ("scan_order", "I32", [d_inner], struct.pack("<%di" % d_inner, *od))):
+            header["layers.%d.%s" % (l, name)] = {"dtype": dt, "shape": shape,
+                                                  "data_offsets": [off, off + len(b)]}
+            blobs.append(b)
+            off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    return kept
+
+
+class TestSparsity(CliTestBase):
+    """--sparsity on logits / generate / inspect / bench with a tiny random model. The C unit
+    tests compare the served model with the masked reference; here: the flag is honoured
+    (masks change the logits, a pure reordering does not), errors are one line, JSON keys."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-cli-sparse-")
+        shutil.copy(os.path.join(FIXTURES, "gpt-neox", "tokenizer.json"), cls.dir)
+        write_tiny_mamba(cls.dir, seed=3)
+        rng = random.Random(5)
+        cls.L, cls.DI, cls.N = 2, 32, 4
+        cls.orders = [rng.sample(range(cls.DI), cls.DI) for _ in range(cls.L)]
+        cls.keep_ch = [[rng.random() < 0.6 for _ in range(cls.DI)] for _ in range(cls.L)]
+        cls.keep_st = [[[rng.random() < 0.5 for _ in range(cls.N)] for _ in range(cls.DI)]
+                       for _ in range(cls.L)]
+        cls.p_perm = os.path.join(cls.dir, "perm.safetensors")
+        write_profile(cls.p_perm, cls.L, cls.DI, cls.N, order=cls.orders)
+        cls.p_mask = os.path.join(cls.dir, "mask.safetensors")
+        cls.kept = write_profile(cls.p_mask, cls.L, cls.DI, cls.N, cls.keep_ch, cls.keep_st,
+                                 cls.orders)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def logits(self, *extra):
+        return self.json_out(["logits", "--model", self.dir, "--ids", "5,17,300,2"] +
+                             list(extra))["logits"]
+
+    def test_reordering_alone_keeps_the_logits_and_masks_change_them(self):
+        dense = self.logits()
+        perm = self.logits("--sparsity", self.p_perm)
+        masked = self.logits("--sparsity", self.p_mask)
+        d_perm = max(abs(a - b) for r1, r2 in zip(dense, perm) for a, b in zip(r1, r2))
+        d_mask = max(abs(a - b) for r1, r2 in zip(dense, masked) for a, b in zip(r1, r2))
+        self.assertLess(d_perm, 1e-4, "a scan order is an exact reparametrization")
+        self.assertGreater(d_mask, 1e-3, "the masks were ignored")
+
+    def test_malformed_or_foreign_profiles_are_one_line_runtime_errors(self):
+        bad = os.path.join(self.dir, "bad.safetensors")
+        order = [list(range(self.DI)) for _ in range(self.L)]
+        order[1][3] = 4
+        write_profile(bad, self.L, self.DI, self.N, order=order)
+        self.assert_one_line_error(1, ["logits", "--model", self.dir, "--ids", "1",
+                                       "--sparsity", bad], mention="layers.1.scan_order")
+        write_profile(bad, self.L, self.DI + 2, self.N)
+        self.assert_one_line_error(1, ["logits", "--model", self.dir, "--ids", "1",
+                                       "--sparsity", bad], mention="d_inner")
+        write_profile(bad, self.L, self.DI, self.N, meta={"format": "other", "version": "1",
+                                                          "method": "x"})
+        self.assert_one_line_error(1, ["generate", "--model", self.dir, "-p", "hi",
+                                       "--sparsity", bad], mention="format")
+        self.assert_one_line_error(1, ["inspect", self.dir, "--sparsity",
+                                       os.path.join(self.dir, "missing.safetensors")],
+                                   mention="missing.safetensors")
+        self.assert_one_line_error(2, ["logits", "--model", self.dir, "--ids", "1",
+                                       "--sparsity"])
+
+    def test_inspect_reports_the_profile(self):
+        info = self.json_out(["inspect", self.dir, "--json", "--sparsity", self.p_mask])
+        sp = info["sparsity"]
+        self.assertEqual(sp["path"], self.p_mask)
+        self.assertEqual(sp["method"], "random")
+        self.assertAlmostEqual(sp["channel_live_fraction"], self.kept / (self.L * self.DI))
+        live = sum(self.keep_ch[l][d] and self.keep_st[l][d][n] for l in range(self.L)
+                   for d in range(self.DI) for n in range(self.N))
+        self.assertAlmostEqual(sp["state_live_fraction"], live / (self.L * self.DI * self.N))
+        self.assertEqual([e["channels"] for e in sp["layers"]],
+                         [sum(self.keep_ch[l]) for l in range(self.L)])
+        self.assertIsNone(self.json_out(["inspect", self.dir, "--json"])["sparsity"])
+
+    def test_generate_and_bench_take_the_profile(self):
+        rc, out, err = run(["generate", "--model", self.dir, "-p", "Hello", "-n", "4",
+                            "--temperature", "0", "--sparsity", self.p_mask])
+        self.assertEqual(rc, 0, err)
+        b = self.json_out(["bench", "--model", self.dir, "--json", "--no-floors", "--prompt",
+                           "8", "--steps", "2", "--batches", "1,2", "--sparsity", self.p_mask])
+        self.assertEqual(b["sparsity"], self.p_mask)
+        self.assertAlmostEqual(b["channel_live_fraction"], self.kept / (self.L * self.DI))
+        for k in ("dense", "decode_speedup", "prefill_speedup", "ideal_byte_ratio",
+                  "flops_per_token_scan", "scan_block_fill"):
+            self.assertIn(k, b)
+        self.assertLess(b["weight_bytes"], b["dense"]["weight_bytes"])
+        self.assertEqual(set(b["decode_speedup"]), {"1", "2"})
+        b = self.json_out(["bench", "--model", self.dir, "--json", "--no-floors", "--prompt",
+                           "8", "--steps", "2", "--batches", "1"])
+        self.assertIsNone(b["sparsity"])
+        self.assertEqual(b["channel_live_fraction"], 1.0)
+
+
+class TestCalibrate(CliTestBase):
+    """`yunmin calibrate` on the tiny random model: the profile it writes loads, its order is a
+    permutation that puts kept channels first, the reported derived path is no worse than the
+    identity one, baseline masks drop the requested fractions, and a seeded random baseline
+    is reproducible."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-cli-calib-")
+        shutil.copy(os.path.join(FIXTURES, "gpt-neox", "tokenizer.json"), cls.dir)
+        write_tiny_mamba(cls.dir, seed=4)
+        cls.text = os.path.join(cls.dir, "calib.txt")
+        with open(cls.text, "w") as f:
+            f.write("The quick brown fox jumps over the lazy dog. " * 20)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def calibrate(self, out, *extra):
+        return self.json_out(["calibrate", "--model", self.dir, "--text", self.text, "--out",
+                              out, "--tokens", "40", "--json"] + list(extra))
+
+    def read_profile(self, path):
+        with open(path, "rb") as f:
+            data = f.read()
+        n = struct.unpack("<Q", data[:8])[0]
+        hdr = json.loads(data[8:8 + n])
+        body = data[8 + n:]
+        out = {}
+        for name, t in hdr.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            fmt = "<%d%s" % ((b - a) // 4, "i" if t["dtype"] == "I32" else "f")
+            out[name] = struct.unpack(fmt, body[a:b])
+        return hdr["__metadata__"], out
+
+    def test_correlation_order_with_baseline_masks(self):
+        out = os.path.join(self.dir, "mag.safetensors")
+        r = self.calibrate(out, "--baseline", "magnitude", "--channel-sparsity", "0.25",
+                           "--state-sparsity", "0.5", "--two-opt")
+        self.assertEqual(r["method"], "magnitude")
+        self.assertEqual(r["order"], "correlation-nn+2opt")
+        self.assertLessEqual(r["path_cost"]["derived"], r["path_cost"]["identity"] + 1e-9)
+        meta, t = self.read_profile(out)
+        self.assertEqual((meta["format"], meta["version"], meta["method"]),
+                         ("yunmin-sparsity", "1", "magnitude"))
+        for l in range(2):
+            ch = t["layers.%d.channel_logits" % l]
+            st = t["layers.%d.state_logits" % l]
+            order = t["layers.%d.scan_order" % l]
+            self.assertEqual(sorted(order), list(range(32)))
+            kept = [d for d in range(32) if ch[d] > 0]
+            self.assertEqual(len(kept), 24)                      # 25 % of 32 dropped
+            self.assertEqual(sorted(order[:24]), kept)           # kept channels first
+            live = sum(st[d * 4 + n] > 0 for d in kept for n in range(4))
+            self.assertEqual(live, 48)                           # half of 24 * 4
+            self.assertEqual(r["layers"][l]["channels_kept"], 24)
+        m = os.path.join(self.dir, "mask-order.safetensors")
+        r2 = self.calibrate(m, "--sparsity", out, "--order", "mask")
+        self.assertEqual(r2["order"], "mask-nn")
+        self.assertEqual(set(r2["block_fill"]), {"identity", "random", "derived", "mask"})
+        self.assertEqual(sorted(self.read_profile(m)[1]["layers.0.scan_order"]), list(range(32)))
+        info = self.json_out(["inspect", self.dir, "--json", "--sparsity", out])
+        self.assertAlmostEqual(info["sparsity"]["channel_live_fraction"], 0.75)
+        self.assertAlmostEqual(info["sparsity"]["state_live_fraction"], 96 / 256)
+
+    def test_masks_from_a_profile_and_seeded_random_baseline(self):
+        a = os.path.join(self.dir, "ra.safetensors")
+        b = os.path.join(self.dir, "rb.safetensors")
+        self.calibrate(a, "--baseline", "random", "--channel-sparsity", "0.5", "--seed", "9")
+        self.calibrate(b, "--baseline", "random", "--channel-sparsity", "0.5", "--seed", "9")
+        self.assertEqual(self.read_profile(a)[1], self.read_profile(b)[1])
+        c = os.path.join(self.dir, "rc.safetensors")
+        r = self.calibrate(c, "--sparsity", a, "--order", "identity")
+        self.assertEqual(r["method"], "random")
+        ta, tc = self.read_profile(a)[1], self.read_profile(c)[1]
+        for l in range(2):
+            self.assertEqual(ta["layers.%d.channel_logits" % l],
+                             tc["layers.%d.channel_logits" % l])
+            self.assertEqual(tc["layers.%d.scan_order" % l], tuple(range(32)))
+        # The order only reparametrizes: logits under a and c agree.
+        la = self.json_out(["logits", "--model", self.dir, "--ids", "3,9,27", "--sparsity", a])
+        lc = self.json_out(["logits", "--model", self.dir, "--ids", "3,9,27", "--sparsity", c])
+        worst = max(abs(x - y) for r1, r2 in zip(la["logits"], lc["logits"])
+                    for x, y in zip(r1, r2))
+        self.assertLess(worst, 1e-4)
+
+    def test_usage_errors(self):
+        out = os.path.join(self.dir, "x.safetensors")
+        base = ["calibrate", "--model", self.dir, "--text", self.text]
+        self.assert_one_line_error(2, base, mention="--out")
+        self.assert_one_line_error(2, ["calibrate", "--model", self.dir, "--out", out],
+                                   mention="--text")
+        self.assert_one_line_error(2, base + ["--out", out, "--baseline", "top"],
+                                   mention="magnitude")
+        self.assert_one_line_error(2, base + ["--out", out, "--channel-sparsity", "0.5"],
+                                   mention="--baseline")
+        self.assert_one_line_error(2, base + ["--out", out, "--baseline", "random",
+                                              "--channel-sparsity", "1.5"], mention="[0, 1]")
+        self.assert_one_line_error(2, ["calibrate", "--model", "synthetic:mamba-130m",
+                                       "--text", self.text, "--out", out],
+                                   mention="--tokenizer")
+        self.assert_one_line_error(1, base + ["--out", out, "--sparsity",
+                                              os.path.join(self.dir, "none")], mention="none")
+
+
 def conformance_dirs():
     root = os.path.join(FIXTURES, "conformance") if FIXTURES else None
     if not root or not os.path.isdir(root):
@@ -617,7 +846,8 @@ def conformance_dirs():
 
 def load_tests(loader, standard_tests, pattern):
     suite = unittest.TestSuite()
-    for cls in (TestUsage, TestTokenizerOnly, TestTinyModel):
+    for cls in (TestUsage, TestTokenizerOnly, TestTinyModel, TestSparsity,
+                TestCalibrate):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     if FIXTURES and os.path.exists(os.path.join(FIXTURES, "peft", "manifest.json")):
         suite.addTests(loader.loadTestsFromTestCase(TestAdapters))

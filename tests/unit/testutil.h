@@ -19,5 +19,8 @@ Suite *textout_suite(void);
 Suite *conformance_suite(void);
 Suite *gemm_suite(void);
 Suite *adapters_suite(void);
+Suite *sparsity_suite(void);
+Suite *sparse_suite(void);
+Suite *order_suite(void);
 
 #endif

@@ -246,8 +246,13 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(Di, D, bias=cfg.use_bias)
         self.scan = "parallel"
 
-    def forward(self, h, state=None):
-        """h [B, T, D]; state None or (conv [B, Di, K-1], ssm [B, Di, N]) -> (out, new_state)."""
+    def forward(self, h, state=None, mask=None):
+        """h [B, T, D]; state None or (conv [B, Di, K-1], ssm [B, Di, N]) -> (out, new_state).
+
+        mask: None, or (channel [Di], state [Di, N]) of 0/1 (a sparsity profile's hard masks,
+        DESIGN.md §4): x[d] := 0 right after conv + silu where channel[d] is 0, and s[d, n] held
+        at 0 where channel[d] * state[d, n] is 0. This is the meaning the C engine serves by
+        removing those channels and entries."""
         Bsz, T, _ = h.shape
         K = self.d_conv
         xz = self.in_proj(h)
@@ -259,6 +264,8 @@ class MambaMixer(nn.Module):
             xpad = F.pad(xt, (K - 1, 0))
         conv_state = xpad[:, :, xpad.shape[-1] - (K - 1):] if K > 1 else xpad[:, :, :0]
         x = F.silu(self.conv1d(xpad)).transpose(1, 2)                # [B, T, Di]
+        if mask is not None:
+            x = x * mask[0].to(x.dtype)                              # dropped channels: x = 0
         dbc = self.x_proj(x)
         dt_lo, Bm, Cm = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         cd = _compute_dtype(self.A_log)
@@ -268,6 +275,12 @@ class MambaMixer(nn.Module):
         dA = torch.exp(dt[..., None] * A)                            # [B, T, Di, N]
         dBx = (dt * x)[..., None] * Bm.to(cd)[:, :, None, :]         # [B, T, Di, N]
         s0 = None if state is None else state[1].to(cd)
+        if mask is not None:
+            # s = dA s + dBx stays 0 where both terms (and the start) are 0.
+            live = (mask[0][:, None] * mask[1]).to(cd)               # [Di, N]
+            dA = dA * live
+            dBx = dBx * live
+            s0 = None if s0 is None else s0 * live
         y, s_last = SCANS[self.scan](dA, dBx, Cm.to(cd), s0)
         y = (y + x * self.D.to(cd)) * F.silu(z.to(cd))
         return self.out_proj(y), (conv_state, s_last)
@@ -323,7 +336,9 @@ class MambaLM(nn.Module):
                 for _ in range(c.num_hidden_layers)]
 
     # -- forward ------------------------------------------------------------------------
-    def forward(self, ids, state=None, return_state=False, return_hidden=False):
+    def forward(self, ids, state=None, return_state=False, return_hidden=False, masks=None):
+        """masks: None, or per layer (channel [Di], state [Di, N]) 0/1 tensors
+        (load_sparsity_masks): the reference semantics of a sparsity profile."""
         h = self.backbone.embeddings(ids)
         if self.dropout is not None:
             h = self.dropout(h)
@@ -331,7 +346,8 @@ class MambaLM(nn.Module):
         hidden = []
         for i, layer in enumerate(self.backbone.layers):
             r = h.to(_compute_dtype(h))
-            out, st = layer.mixer(layer.norm(h), None if state is None else state[i])
+            out, st = layer.mixer(layer.norm(h), None if state is None else state[i],
+                                  None if masks is None else masks[i])
             if self.dropout is not None:
                 out = self.dropout(out)
             h = r + out.to(r.dtype)
@@ -475,6 +491,22 @@ def _canonical_name(k):
 def load_config(model_dir):
     with open(os.path.join(model_dir, "config.json"), "r", encoding="utf-8") as f:
         return MambaConfig.from_dict(json.load(f))
+
+
+def load_sparsity_masks(path, dtype=torch.float64):
+    """The hard masks of a yunmin.sparsity.safetensors (DESIGN.md §4): per layer
+    (channel [Di], state [Di, N]) with 1 where the logit is > 0. The scan order is not needed:
+    it is an exact reparametrization of the served layout."""
+    tensors, meta = safetensors_io.load_numpy(path)
+    if (meta or {}).get("format") != "yunmin-sparsity" or (meta or {}).get("version") != "1":
+        raise ValueError(f"{path}: not a yunmin-sparsity version 1 file")
+    masks, l = [], 0
+    while f"layers.{l}.channel_logits" in tensors:
+        ch = torch.as_tensor(tensors[f"layers.{l}.channel_logits"] > 0, dtype=dtype)
+        st = torch.as_tensor(tensors[f"layers.{l}.state_logits"] > 0, dtype=dtype)
+        masks.append((ch, st))
+        l += 1
+    return masks
 
 
 def load_model(model_dir, dtype=torch.float32, device="cpu", dropout=0.0):

@@ -1,0 +1,264 @@
+/* engine/sparse.c - builds the served layout of a sparse model from a dense model and a
+ * sparsity profile (DESIGN.md §4), and reads per-channel state energies in either layout.
+ *
+ * Owns: the pruned copies of every channel-indexed tensor and the masked scan plans (both on
+ * the new model's owned list), and a reference to the dense model for what stays shared.
+ * Thread: runs where models load (CLI thread, libuv pool); the result is immutable.
+ * Must not: change the dense model, or keep a pointer into the profile (it may be freed right
+ * after). The forward pass (engine/forward.c) needs no other change than reading each layer's
+ * own d_inner and scan plan. */
+#include "engine/sparse.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model_int.h"
+
+int ym_model_is_sparse(const ym_model_t *m)
+{
+    return m->base != NULL;
+}
+
+/* n floats owned by m, or NULL; n may be 0 (a layer with no channel left). */
+static float *take(ym_model_t *m, size_t n)
+{
+    return ym__model_alloc(m, n > 0 ? n : 1);
+}
+
+/* The scan plan of one layer: blocks of YM_SCAN_BLOCK served channels, each with the union of
+ * its channels' live entries, and A gathered into the blocked layout. */
+static ym_err build_plan(ym_model_t *m, const ym_sparsity *sp, int l, const float *A_dense,
+                         ym_scan_plan **out)
+{
+    const ym_sparsity_layer *S = &sp->layers[l];
+    const int nk = S->n_kept, N = sp->d_state, nb = (nk + YM_SCAN_BLOCK - 1) / YM_SCAN_BLOCK;
+    /* Count first: total union entries and lanes. */
+    int64_t n_u_total = 0, lanes = 0;
+    for (int b = 0; b < nb; b++) {
+        int d0 = b * YM_SCAN_BLOCK, w = nk - d0 < YM_SCAN_BLOCK ? nk - d0 : YM_SCAN_BLOCK;
+        for (int n = 0; n < N; n++) {
+            int any = 0;
+            for (int j = 0; j < w && !any; j++)
+                any = S->state_logits[(size_t)S->kept[d0 + j] * N + n] > 0.0f;
+            n_u_total += any;
+            lanes += any ? w : 0;
+        }
+    }
+    size_t bytes = sizeof(ym_scan_plan) + (size_t)nb * sizeof(ym_scan_block) +
+                   (size_t)n_u_total * (sizeof(int32_t) + sizeof(uint16_t)) + 64;
+    char *mem = (char *)take(m, (bytes + sizeof(float) - 1) / sizeof(float));
+    float *Ab = take(m, (size_t)lanes);
+    if (mem == NULL || Ab == NULL)
+        return YM_ENOMEM;
+    ym_scan_plan *pl = (ym_scan_plan *)mem;
+    ym_scan_block *blocks = (ym_scan_block *)(pl + 1);
+    int32_t *nidx = (int32_t *)(blocks + nb);
+    uint16_t *lmask = (uint16_t *)(nidx + n_u_total);
+    int64_t off = 0, live = 0;
+    int64_t u_at = 0;
+    for (int b = 0; b < nb; b++) {
+        ym_scan_block *B = &blocks[b];
+        B->d0 = b * YM_SCAN_BLOCK;
+        B->w = nk - B->d0 < YM_SCAN_BLOCK ? nk - B->d0 : YM_SCAN_BLOCK;
+        B->off = off;
+        B->n_idx = nidx + u_at;
+        B->lanes = lmask + u_at;
+        int u = 0;
+        for (int n = 0; n < N; n++) {
+            unsigned bits = 0;
+            for (int j = 0; j < B->w; j++) {
+                int d = S->kept[B->d0 + j];
+                if (S->state_logits[(size_t)d * N + n] > 0.0f)
+                    bits |= 1u << j;
+            }
+            if (bits == 0)
+                continue;
+            nidx[u_at + u] = n;
+            lmask[u_at + u] = (uint16_t)bits;
+            for (int j = 0; j < B->w; j++) {
+                int d = S->kept[B->d0 + j];
+                Ab[off + (int64_t)u * B->w + j] =
+                    (bits >> j) & 1 ? A_dense[(size_t)d * N + n] : 0.0f;
+                live += (bits >> j) & 1;
+            }
+            u++;
+        }
+        B->n_u = u;
+        u_at += u;
+        off += (int64_t)u * B->w;
+    }
+    pl->n_blocks = nb;
+    pl->blocks = blocks;
+    pl->A = Ab;
+    pl->n_lanes = off;
+    pl->n_live = live;
+    *out = pl;
+    return YM_OK;
+}
+
+/* dst[p, :] = src[kept[p], :] for rows of width w. */
+static void gather_rows(float *dst, const float *src, const int32_t *kept, int nk, size_t w)
+{
+    for (int p = 0; p < nk; p++)
+        memcpy(dst + (size_t)p * w, src + (size_t)kept[p] * w, w * sizeof(float));
+}
+
+/* dst[r, p] = src[r, kept[p]] for rows r < rows; src has ld columns. */
+static void gather_cols(float *dst, const float *src, int ld, const int32_t *kept, int nk,
+                        int rows)
+{
+    for (int r = 0; r < rows; r++)
+        for (int p = 0; p < nk; p++)
+            dst[(size_t)r * nk + p] = src[(size_t)r * ld + kept[p]];
+}
+
+ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t **out,
+                           ym_diag *diag)
+{
+    *out = NULL;
+    if (base == NULL || sp == NULL)
+        return ym_diag_set(diag, YM_EINVAL, "no model or no profile");
+    if (ym_model_is_sparse(base))
+        return ym_diag_set(diag, YM_EINVAL, "the model is already sparse");
+    ym_err err = ym_sparsity_check(sp, &base->cfg, diag);
+    if (err != YM_OK)
+        return err;
+    ym_model_t *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+    m->cfg = base->cfg;
+    m->base = ym_model_ref(base);
+    m->embed = base->embed;
+    m->norm_f = base->norm_f;
+    m->lm_head = base->lm_head;
+    atomic_init(&m->refcount, 1);
+    const ym_config *c = &m->cfg;
+    const int dm = c->d_model, di = c->d_inner, N = c->d_state, K = c->d_conv;
+    const int dtr = c->dt_rank, P = dtr + 2 * N;
+    if ((m->layers = calloc((size_t)c->n_layer, sizeof(*m->layers))) == NULL)
+        goto oom;
+    /* Bytes the forward reads per token: the shared tensors, then each layer's pruned ones. */
+    size_t floats = (size_t)dm + (size_t)c->n_vocab * dm; /* norm_f, lm_head */
+    size_t params = (size_t)c->n_vocab * dm * (c->tie_embeddings ? 1 : 2) + (size_t)dm;
+    for (int l = 0; l < c->n_layer; l++) {
+        const ym_layer *D = &base->layers[l];
+        const ym_sparsity_layer *S = &sp->layers[l];
+        ym_layer *L = &m->layers[l];
+        const int nk = S->n_kept;
+        const int32_t *kept = S->kept;
+        float *t;
+        L->d_inner = nk;
+        L->norm = D->norm;
+        L->out_proj_b = D->out_proj_b;
+        /* in_proj [2*nk, dm]: the kept rows of the x half, then those of the z half. */
+        if ((t = take(m, 2 * (size_t)nk * dm)) == NULL)
+            goto oom;
+        gather_rows(t, D->in_proj, kept, nk, (size_t)dm);
+        gather_rows(t + (size_t)nk * dm, D->in_proj + (size_t)di * dm, kept, nk, (size_t)dm);
+        L->in_proj = t;
+        if (D->in_proj_b != NULL) {
+            if ((t = take(m, 2 * (size_t)nk)) == NULL)
+                goto oom;
+            gather_rows(t, D->in_proj_b, kept, nk, 1);
+            gather_rows(t + nk, D->in_proj_b + di, kept, nk, 1);
+            L->in_proj_b = t;
+        }
+        if ((t = take(m, (size_t)nk * K)) == NULL)
+            goto oom;
+        gather_rows(t, D->conv_w, kept, nk, (size_t)K);
+        L->conv_w = t;
+        if (D->conv_b != NULL) {
+            if ((t = take(m, (size_t)nk)) == NULL)
+                goto oom;
+            gather_rows(t, D->conv_b, kept, nk, 1);
+            L->conv_b = t;
+        }
+        if ((t = take(m, (size_t)P * nk)) == NULL)
+            goto oom;
+        gather_cols(t, D->x_proj, di, kept, nk, P);
+        L->x_proj = t;
+        if ((t = take(m, (size_t)nk * dtr)) == NULL)
+            goto oom;
+        gather_rows(t, D->dt_proj_w, kept, nk, (size_t)dtr);
+        L->dt_proj_w = t;
+        if ((t = take(m, (size_t)nk)) == NULL)
+            goto oom;
+        gather_rows(t, D->dt_proj_b, kept, nk, 1);
+        L->dt_proj_b = t;
+        if ((t = take(m, (size_t)nk * N)) == NULL)
+            goto oom;
+        gather_rows(t, D->A, kept, nk, (size_t)N);
+        L->A = t;
+        if ((t = take(m, (size_t)nk)) == NULL)
+            goto oom;
+        gather_rows(t, D->D, kept, nk, 1);
+        L->D = t;
+        if ((t = take(m, (size_t)dm * nk)) == NULL)
+            goto oom;
+        gather_cols(t, D->out_proj, di, kept, nk, dm);
+        L->out_proj = t;
+        ym_scan_plan *pl;
+        if (build_plan(m, sp, l, D->A, &pl) != YM_OK)
+            goto oom;
+        L->scan = pl;
+        m->n_channels_kept += nk;
+        m->n_states_live += pl->n_live;
+        m->n_scan_lanes += pl->n_lanes;
+        size_t lp = (size_t)dm + 2 * (size_t)nk * dm + (D->in_proj_b ? 2 * (size_t)nk : 0) +
+                    (size_t)nk * K + (D->conv_b ? (size_t)nk : 0) + (size_t)P * nk +
+                    (size_t)nk * dtr + (size_t)nk + (size_t)nk + (size_t)dm * nk +
+                    (D->out_proj_b ? (size_t)dm : 0);
+        params += lp + (size_t)nk * N;
+        floats += lp + (size_t)pl->n_lanes; /* the scan reads blocked A, not A */
+    }
+    m->n_params = params;
+    m->weight_bytes = floats * sizeof(float);
+    *out = m;
+    return YM_OK;
+oom:
+    ym_model_unref(m);
+    return ym_diag_set(diag, YM_ENOMEM, "out of memory building the sparse model");
+}
+
+void ym_model_state_energy(const ym_model_t *m, int l, const float *ssm, double *e)
+{
+    const ym_layer *L = &m->layers[l];
+    const int N = m->cfg.d_state;
+    if (L->scan == NULL) {
+        for (int d = 0; d < L->d_inner; d++) {
+            double acc = 0;
+            for (int n = 0; n < N; n++)
+                acc += (double)ssm[(size_t)d * N + n] * ssm[(size_t)d * N + n];
+            e[d] = acc;
+        }
+        return;
+    }
+    for (int b = 0; b < L->scan->n_blocks; b++) {
+        const ym_scan_block *B = &L->scan->blocks[b];
+        for (int j = 0; j < B->w; j++) {
+            double acc = 0;
+            for (int u = 0; u < B->n_u; u++) {
+                double v = ssm[B->off + (int64_t)u * B->w + j];
+                acc += v * v;
+            }
+            e[B->d0 + j] = acc;
+        }
+    }
+}
+
+void ym_model_state_entries(const ym_model_t *m, int l, const float *ssm, float *out)
+{
+    const ym_layer *L = &m->layers[l];
+    const int N = m->cfg.d_state;
+    if (L->scan == NULL) {
+        memcpy(out, ssm, sizeof(float) * (size_t)L->d_inner * N);
+        return;
+    }
+    memset(out, 0, sizeof(float) * (size_t)L->d_inner * N);
+    for (int b = 0; b < L->scan->n_blocks; b++) {
+        const ym_scan_block *B = &L->scan->blocks[b];
+        for (int u = 0; u < B->n_u; u++)
+            for (int j = 0; j < B->w; j++)
+                out[(size_t)(B->d0 + j) * N + B->n_idx[u]] = ssm[B->off + (int64_t)u * B->w + j];
+    }
+}

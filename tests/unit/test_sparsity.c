@@ -1,0 +1,334 @@
+/* tests/unit/test_sparsity.c - the sparsity profile file: a valid profile round-trips and
+ * gives the served layout DESIGN.md §4 defines; every malformation is refused with a message
+ * naming the tensor or key. Malformed files are made with the project's own safetensors
+ * writer, one defect at a time, so each test fails for exactly one reason. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/safetensors.h"
+#include "engine/sparsity.h"
+#include "testutil.h"
+
+enum { L_ = 2, DI = 6, NS = 3 };
+
+/* A profile description to write, with knobs for one defect. */
+typedef struct spec {
+    float cl[L_][DI];
+    float sl[L_][DI * NS];
+    int32_t so[L_][DI];
+    const char *format, *version, *method;
+    int drop_tensor;      /* index into the 3*L_ tensors to leave out, or -1 */
+    int extra_tensor;     /* add an unexpected tensor */
+    int wrong_dtype;      /* tensor index written with the wrong dtype, or -1 */
+    int wrong_shape;      /* tensor index written with a wrong shape, or -1 */
+} spec;
+
+static void spec_default(spec *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (int l = 0; l < L_; l++) {
+        for (int d = 0; d < DI; d++) {
+            s->cl[l][d] = (d % 3 == 1) ? -1.0f : 0.5f; /* channels 1 and 4 dropped */
+            s->so[l][d] = (int32_t)((d * 5 + l) % DI);  /* a non-identity permutation */
+            for (int n = 0; n < NS; n++)
+                s->sl[l][d * NS + n] = ((d + n + l) % 2) ? 1.0f : -2.0f;
+        }
+    }
+    s->format = "yunmin-sparsity";
+    s->version = "1";
+    s->method = "magnitude";
+    s->drop_tensor = s->wrong_dtype = s->wrong_shape = -1;
+}
+
+static uint8_t *spec_bytes(const spec *s, size_t *len)
+{
+    char path[] = "/tmp/ym-sparsity-test-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ym_st_wtensor t[3 * L_ + 1];
+    char names[3 * L_ + 1][48];
+    static const float pad[64];
+    int nt = 0;
+    for (int i = 0; i < 3 * L_; i++) {
+        if (i == s->drop_tensor)
+            continue;
+        int l = i / 3, j = i % 3;
+        ym_st_wtensor *w = &t[nt];
+        memset(w, 0, sizeof(*w));
+        snprintf(names[nt], sizeof(names[nt]), "layers.%d.%s", l,
+                 j == 0 ? "channel_logits" : j == 1 ? "state_logits" : "scan_order");
+        w->name = names[nt];
+        w->n_dim = j == 1 ? 2 : 1;
+        w->shape[0] = DI;
+        w->shape[1] = NS;
+        w->dtype = j == 2 ? YM_DT_I32 : YM_DT_F32;
+        w->data = j == 0 ? (const void *)s->cl[l] : j == 1 ? (const void *)s->sl[l]
+                                                           : (const void *)s->so[l];
+        if (i == s->wrong_dtype)
+            w->dtype = j == 2 ? YM_DT_F32 : YM_DT_I32; /* same size, other type */
+        if (i == s->wrong_shape)
+            w->shape[0] = DI - 1;
+        nt++;
+    }
+    if (s->extra_tensor) {
+        ym_st_wtensor *w = &t[nt];
+        memset(w, 0, sizeof(*w));
+        snprintf(names[nt], sizeof(names[nt]), "layers.0.bias");
+        w->name = names[nt];
+        w->n_dim = 1;
+        w->shape[0] = 4;
+        w->dtype = YM_DT_F32;
+        w->data = pad;
+        nt++;
+    }
+    ym_st_meta meta[3];
+    int nm = 0;
+    if (s->format)
+        meta[nm++] = (ym_st_meta){(char *)"format", (char *)s->format};
+    if (s->version)
+        meta[nm++] = (ym_st_meta){(char *)"version", (char *)s->version};
+    if (s->method)
+        meta[nm++] = (ym_st_meta){(char *)"method", (char *)s->method};
+    ym_diag d = {0};
+    ck_assert_msg(ym_st_write(path, t, nt, meta, nm, &d) == YM_OK, "%s", d.msg);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    unlink(path);
+    *len = (size_t)n;
+    return buf;
+}
+
+/* Parse s; expect failure whose message contains want (or success when want is NULL). */
+static void expect(const spec *s, const char *want)
+{
+    size_t n;
+    uint8_t *buf = spec_bytes(s, &n);
+    ym_sparsity *sp = NULL;
+    ym_diag d = {0};
+    ym_err err = ym_sparsity_parse(buf, n, &sp, &d);
+    if (want == NULL) {
+        ck_assert_msg(err == YM_OK, "%s", d.msg);
+        ck_assert_ptr_nonnull(sp);
+    } else {
+        ck_assert_int_eq(err, YM_EFORMAT);
+        ck_assert_ptr_null(sp);
+        ck_assert_msg(strstr(d.msg, want) != NULL, "message '%s' lacks '%s'", d.msg, want);
+    }
+    ym_sparsity_free(sp);
+    free(buf);
+}
+
+START_TEST(test_sparsity_parses_and_derives_served_layout)
+{
+    spec s;
+    spec_default(&s);
+    size_t n;
+    uint8_t *buf = spec_bytes(&s, &n);
+    ym_sparsity *sp = NULL;
+    ym_diag d = {0};
+    ck_assert_msg(ym_sparsity_parse(buf, n, &sp, &d) == YM_OK, "%s", d.msg);
+    ck_assert_int_eq(sp->n_layer, L_);
+    ck_assert_int_eq(sp->d_inner, DI);
+    ck_assert_int_eq(sp->d_state, NS);
+    ck_assert_str_eq(sp->method, "magnitude");
+    for (int l = 0; l < L_; l++) {
+        const ym_sparsity_layer *L = &sp->layers[l];
+        /* Independent derivation: walk the order, count kept channels before each. */
+        int pos = 0;
+        int64_t live = 0;
+        for (int k = 0; k < DI; k++) {
+            int dch = s.so[l][k];
+            int kept = s.cl[l][dch] > 0;
+            ck_assert_int_eq(ym_sparsity_served_channel(sp, l, dch), kept ? pos : -1);
+            if (kept) {
+                ck_assert_int_eq(L->kept[pos], dch);
+                pos++;
+                for (int q = 0; q < NS; q++)
+                    live += s.sl[l][dch * NS + q] > 0;
+            }
+            for (int q = 0; q < NS; q++)
+                ck_assert_int_eq(ym_sparsity_state_kept(sp, l, dch, q),
+                                 kept && s.sl[l][dch * NS + q] > 0);
+        }
+        ck_assert_int_eq(L->n_kept, pos);
+        ck_assert_int_eq(L->n_kept, 4);
+        ck_assert_int_eq(L->n_live, live);
+    }
+    ym_config c;
+    memset(&c, 0, sizeof(c));
+    c.n_layer = L_;
+    c.d_inner = DI;
+    c.d_state = NS;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, NULL), YM_OK);
+    c.d_state = NS + 1;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_EFORMAT);
+    ck_assert(strstr(d.msg, "d_state") != NULL);
+    c.d_state = NS;
+    c.n_layer = 3;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_EFORMAT);
+    ck_assert(strstr(d.msg, "layers") != NULL);
+
+    /* Save and parse again: the same profile. */
+    char path[] = "/tmp/ym-sparsity-rt-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    ym_st_meta extra = {(char *)"note", (char *)"x"};
+    ck_assert_msg(ym_sparsity_save(sp, path, &extra, 1, &d) == YM_OK, "%s", d.msg);
+    ym_sparsity *sp2 = NULL;
+    ck_assert_msg(ym_sparsity_load(path, &sp2, &d) == YM_OK, "%s", d.msg);
+    unlink(path);
+    for (int l = 0; l < L_; l++) {
+        ck_assert_mem_eq(sp->layers[l].scan_order, sp2->layers[l].scan_order, DI * 4);
+        ck_assert_mem_eq(sp->layers[l].state_logits, sp2->layers[l].state_logits, DI * NS * 4);
+        ck_assert_mem_eq(sp->layers[l].served, sp2->layers[l].served, DI * 4);
+    }
+    ym_sparsity_free(sp2);
+    ym_sparsity_free(sp);
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_sparsity_refuses_non_permutation_order)
+{
+    spec s;
+    spec_default(&s);
+    s.so[1][2] = s.so[1][3]; /* a repeat */
+    expect(&s, "layers.1.scan_order");
+    spec_default(&s);
+    s.so[0][0] = DI; /* out of range */
+    expect(&s, "outside");
+    spec_default(&s);
+    s.so[0][5] = -1;
+    expect(&s, "layers.0.scan_order");
+}
+END_TEST
+
+START_TEST(test_sparsity_refuses_nan_logits)
+{
+    spec s;
+    spec_default(&s);
+    s.cl[1][4] = NAN;
+    expect(&s, "layers.1.channel_logits: NaN");
+    spec_default(&s);
+    s.sl[0][7] = NAN;
+    expect(&s, "layers.0.state_logits: NaN");
+    /* Infinities have a clear meaning (kept / dropped) and are accepted. */
+    spec_default(&s);
+    s.cl[0][0] = -INFINITY;
+    s.sl[0][0] = INFINITY;
+    expect(&s, NULL);
+}
+END_TEST
+
+START_TEST(test_sparsity_refuses_missing_extra_and_misshaped_tensors)
+{
+    spec s;
+    spec_default(&s);
+    s.drop_tensor = 5; /* layers.1.scan_order */
+    expect(&s, "layers.1.scan_order: missing");
+    spec_default(&s);
+    s.drop_tensor = 0; /* layers.0.channel_logits: layer 0 does not exist then */
+    expect(&s, "layers.0");
+    spec_default(&s);
+    s.extra_tensor = 1;
+    expect(&s, "layers.0.bias: unexpected");
+    spec_default(&s);
+    s.wrong_dtype = 2;
+    expect(&s, "layers.0.scan_order: dtype F32, want I32");
+    spec_default(&s);
+    s.wrong_dtype = 4;
+    expect(&s, "layers.1.state_logits: dtype I32, want F32");
+    spec_default(&s);
+    s.wrong_shape = 4;
+    expect(&s, "layers.1.state_logits: shape [5, 3], want [6, 3]");
+    spec_default(&s);
+    s.wrong_shape = 3;
+    expect(&s, "layers.1.channel_logits: shape [5], want [6]");
+}
+END_TEST
+
+START_TEST(test_sparsity_refuses_wrong_metadata)
+{
+    spec s;
+    spec_default(&s);
+    s.format = "yunmin-sparsiti";
+    expect(&s, "format");
+    spec_default(&s);
+    s.format = NULL;
+    expect(&s, "format: missing");
+    spec_default(&s);
+    s.version = "2";
+    expect(&s, "version");
+    spec_default(&s);
+    s.method = NULL;
+    expect(&s, "method: missing");
+    spec_default(&s);
+    s.method = "";
+    expect(&s, "method: empty");
+}
+END_TEST
+
+START_TEST(test_sparsity_refuses_truncated_and_garbage_bytes)
+{
+    spec s;
+    spec_default(&s);
+    size_t n;
+    uint8_t *buf = spec_bytes(&s, &n);
+    for (size_t cut = 0; cut < n; cut += 7) {
+        ym_sparsity *sp = (ym_sparsity *)1;
+        ck_assert_int_eq(ym_sparsity_parse(buf, cut, &sp, NULL), YM_EFORMAT);
+        ck_assert_ptr_null(sp);
+    }
+    ym_diag d = {0};
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_load("/nonexistent/yunmin.sparsity.safetensors", &sp, &d),
+                     YM_EIO);
+    ck_assert(strstr(d.msg, "/nonexistent") != NULL);
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_sparsity_new_keeps_everything_in_identity_order)
+{
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_new(3, 10, 4, "dense", &sp), YM_OK);
+    for (int l = 0; l < 3; l++) {
+        ck_assert_int_eq(sp->layers[l].n_kept, 10);
+        ck_assert_int_eq(sp->layers[l].n_live, 40);
+        for (int d = 0; d < 10; d++)
+            ck_assert_int_eq(ym_sparsity_served_channel(sp, l, d), d);
+    }
+    sp->layers[2].scan_order[0] = 1;
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_sparsity_finish(sp, &d), YM_EINVAL);
+    ck_assert(strstr(d.msg, "layers.2.scan_order") != NULL);
+    ym_sparsity_free(sp);
+    ck_assert_int_eq(ym_sparsity_new(0, 10, 4, "x", &sp), YM_EINVAL);
+    ck_assert_int_eq(ym_sparsity_new(1, 10, 4, "", &sp), YM_EINVAL);
+}
+END_TEST
+
+Suite *sparsity_suite(void)
+{
+    Suite *s = suite_create("sparsity");
+    TCase *tc = tcase_create("profile");
+    tcase_add_test(tc, test_sparsity_parses_and_derives_served_layout);
+    tcase_add_test(tc, test_sparsity_refuses_non_permutation_order);
+    tcase_add_test(tc, test_sparsity_refuses_nan_logits);
+    tcase_add_test(tc, test_sparsity_refuses_missing_extra_and_misshaped_tensors);
+    tcase_add_test(tc, test_sparsity_refuses_wrong_metadata);
+    tcase_add_test(tc, test_sparsity_refuses_truncated_and_garbage_bytes);
+    tcase_add_test(tc, test_sparsity_new_keeps_everything_in_identity_order);
+    suite_add_tcase(s, tc);
+    return s;
+}
