@@ -311,7 +311,8 @@ out:
 /* The scan alone, one thread, one token at a time through every layer (the kernel the model
  * runs: dense, or masked over its blocks), on a state that evolves as in decode. Inputs are
  * fixed plausible values (dt in [0.01, 0.1], x and z O(1), B and C O(1)). Microseconds per
- * token, best of 3 runs of 256 tokens. */
+ * token, best of 9 runs of 256 tokens (one thread on a shared machine: the best is the
+ * least disturbed). */
 static double bench_scan(const ym_model_t *m)
 {
     const ym_config *c = &m->cfg;
@@ -332,7 +333,7 @@ static double bench_scan(const ym_model_t *m)
     for (int n = 0; n < 2 * N; n++)
         bc[n] = (float)((n * 7) % 11) / 5.0f - 1.0f;
     double best = 1e30;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 9; rep++) {
         double t0 = now();
         for (int t = 0; t < 256; t++)
             for (int l = 0; l < c->n_layer; l++) {
