@@ -239,7 +239,7 @@ static double bench_decode(ym_ctx_t *ctx, const ym_model_t *m, int batch, int st
 }
 
 /* Decode of `batch` rows on the base model vs spread over n_adapters random LoRA adapters of
- * rank r (issue 5's target: >= 80 % of the base throughput at 16 rows and 16 adapters). Both
+ * rank r (the target: >= 80 % of the base throughput at 16 rows and 16 adapters). Both
  * measured alternately, 3 rounds, best of each. Returns 0 or 1 (error printed). */
 static int bench_adapters(ym_model_t *m, int n_threads, int batch, int n_adapters, int r,
                           int steps, int json, const char *model_name)
