@@ -7,6 +7,7 @@
 #include "engine/kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 
 #if defined(__x86_64__)
@@ -17,7 +18,7 @@
 #endif
 
 static int force_portable, force_avx2;
-static int isa_checked, isa_avx512, isa_avx2;
+static int isa_avx512, isa_avx2;
 
 void ym_kernels_force_portable(int on)
 {
@@ -29,16 +30,20 @@ void ym_kernels_force_avx2(int on)
     force_avx2 = on;
 }
 
+static void detect_isa(void)
+{
+#if HAVE_X86
+    __builtin_cpu_init();
+    isa_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    isa_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+}
+
+/* Once per process: the first forward pass calls this from every worker at once. */
 static void check_isa(void)
 {
-    if (!isa_checked) {
-#if HAVE_X86
-        __builtin_cpu_init();
-        isa_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-        isa_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-        isa_checked = 1;
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, detect_isa);
 }
 
 static int use_avx512(void)

@@ -358,8 +358,10 @@ static int select_top_p(cand *c, int n, double target)
 #define LANES 16
 
 /* An AVX2/FMA copy next to the baseline one, chosen when the program loads (GCC's ifunc
- * target clones): the default build targets plain x86-64. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * target clones): the default build targets plain x86-64. Not under ThreadSanitizer, whose
+ * instrumentation of the ifunc resolver runs before its runtime is up and crashes. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                           \
+    !defined(__SANITIZE_THREAD__)
 #define VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define VEC_CLONES

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Runs every test of yunmin: unit and conformance tests (Check), CLI tests, the daemon over
 # real HTTP (Python requests, and the official openai npm client), the same suites under
-# AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the Python toolkit's tests,
-# and a short run of every fuzz target. Installs missing Debian packages first.
+# AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
+# ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
+# short run of every fuzz target. Installs missing Debian packages first.
 # FUZZ_SECONDS (default 10) sets the fuzz time per target.
 set -u
 cd "$(dirname "$0")/.."
@@ -34,6 +35,25 @@ unit_asan() {
     meson test -C build-asan --print-errorlogs --num-processes 1 --timeout-multiplier 4
 }
 openai_client() { tests/integration/openai_client/run.sh build-test; }
+build_tsan() {
+  setup build-tsan --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false &&
+    ninja -C build-tsan server/yunmind tools/yunmin tests/server/server_unit_tests >/dev/null
+}
+# ThreadSanitizer needs a fixed address-space layout (setarch -R) on kernels with high mmap
+# randomization; every reported race makes the process exit 66, which fails the stage.
+server_tsan() {
+  local bin; bin=$(mktemp -d)
+  printf '#!/bin/sh\nexec setarch "$(uname -m)" -R %s/build-tsan/server/yunmind "$@"\n' "$PWD" >"$bin/yunmind"
+  printf '#!/bin/sh\nexec setarch "$(uname -m)" -R %s/build-tsan/tools/yunmin "$@"\n' "$PWD" >"$bin/yunmin"
+  chmod +x "$bin/yunmind" "$bin/yunmin"
+  local rc=0
+  TSAN_OPTIONS=halt_on_error=0:exitcode=66 CK_FORK=no \
+    setarch "$(uname -m)" -R build-tsan/tests/server/server_unit_tests || rc=1
+  TSAN_OPTIONS=halt_on_error=0:exitcode=66 \
+    /usr/bin/python3 tests/integration/test_server.py "$bin/yunmind" "$bin/yunmin" "$PWD" || rc=1
+  rm -rf "$bin"
+  return $rc
+}
 python_toolkit() {
   if [ -d tools/train/tests ]; then
     YUNMIN_BIN=build-test/tools/yunmin /usr/bin/python3 -m pytest -q tools/train/tests
@@ -49,6 +69,7 @@ fuzz_smoke() {
 
 stage build build_release && stage unit unit_release && stage openai-client openai_client
 stage build-asan build_asan && stage unit-asan unit_asan
+stage build-tsan build_tsan && stage server-tsan server_tsan
 stage python-toolkit python_toolkit
 stage fuzz-smoke fuzz_smoke
 
