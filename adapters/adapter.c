@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "engine/fileio.h"
 #include "engine/safetensors.h"
 
 #define MAX_CONFIG_BYTES ((size_t)1 << 20)
@@ -282,32 +283,11 @@ done:
 
 /* ---- leaf: one PEFT directory ------------------------------------------------------------- */
 
+/* A missing file of an adapter directory is a malformed adapter, not a missing object. */
 static ym_err read_small(const char *path, size_t limit, char **out, size_t *len, ym_diag *diag)
 {
-    *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (fp == NULL) {
-        int e = errno;
-        return ym_diag_set(diag, e == ENOENT || e == ENOTDIR ? YM_EFORMAT : YM_EIO, "%s: %s",
-                           path, strerror(e));
-    }
-    char *buf = malloc(limit + 1);
-    if (buf == NULL) {
-        fclose(fp);
-        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
-    }
-    size_t n = fread(buf, 1, limit + 1, fp);
-    int failed = ferror(fp);
-    fclose(fp);
-    if (failed || n > limit) {
-        free(buf);
-        return ym_diag_set(diag, failed ? YM_EIO : YM_EFORMAT, "%s: %s", path,
-                           failed ? "read error" : "file too large");
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return YM_OK;
+    ym_err err = ym_read_file(path, limit, out, len, diag);
+    return err == YM_ENOENT ? YM_EFORMAT : err;
 }
 
 static int file_exists(const char *path)

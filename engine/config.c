@@ -11,7 +11,6 @@
  * torch_dtype, architectures, initializer settings, ...) are ignored. */
 #include "engine/config.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stddef.h>
@@ -20,6 +19,7 @@
 #include <string.h>
 
 #include "engine/config_int.h"
+#include "engine/fileio.h"
 
 #define MAX_CONFIG_BYTES ((size_t)16 << 20)
 
@@ -333,31 +333,15 @@ ym_err ym_config_parse(const char *json, size_t len, ym_config *out, ym_diag *di
 ym_err ym_config_load(const char *path, ym_config *out, ym_diag *diag)
 {
     memset(out, 0, sizeof(*out));
-    FILE *fp = fopen(path, "rb");
-    if (fp == NULL) {
-        int e = errno;
-        return ym_diag_set(diag, e == ENOENT || e == ENOTDIR ? YM_ENOENT : YM_EIO, "%s: %s",
-                           path, strerror(e));
-    }
-    char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    if (buf == NULL) {
-        fclose(fp);
-        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
-    }
-    size_t n = fread(buf, 1, MAX_CONFIG_BYTES + 1, fp);
-    int failed = ferror(fp);
-    fclose(fp);
-    ym_err err;
-    if (failed) {
-        err = ym_diag_set(diag, YM_EIO, "%s: read error", path);
-    } else if (n > MAX_CONFIG_BYTES) {
-        err = ym_diag_set(diag, YM_EFORMAT, "%s: larger than %zu bytes", path, MAX_CONFIG_BYTES);
-    } else {
-        ym_diag d = { { 0 }, { 0 } };
-        err = ym_config_parse(buf, n, out, &d);
-        if (err != YM_OK)
-            ym_diag_set(diag, err, "%s: %s", path, d.msg);
-    }
+    char *buf;
+    size_t n;
+    ym_err err = ym_read_file(path, MAX_CONFIG_BYTES, &buf, &n, diag);
+    if (err != YM_OK)
+        return err;
+    ym_diag d = { { 0 }, { 0 } };
+    err = ym_config_parse(buf, n, out, &d);
+    if (err != YM_OK)
+        ym_diag_set(diag, err, "%s: %s", path, d.msg);
     free(buf);
     return err;
 }

@@ -178,21 +178,18 @@ int ym_upload_begin(ym_hreq *r, const char *url)
                               "'%s' is the base model's name", name);
         return -1;
     }
-    const ym_tenant *t = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
-                                                            r->conn, MHD_HEADER_KIND,
-                                                            "Authorization"));
-    uint64_t max_adapters = t ? t->max_adapters : 0, max_bytes = t ? t->max_adapter_bytes : 0;
-    const ym_reg_entry *cur = ym_registry_find(&srv->registry, r->tenant, name);
+    uint64_t max_adapters = r->limits.max_adapters, max_bytes = r->limits.max_adapter_bytes;
+    const ym_reg_entry *cur = ym_registry_find(&srv->registry, r->limits.name, name);
     if (cur == NULL && max_adapters > 0 &&
-        (uint64_t)ym_registry_count(&srv->registry, r->tenant) >= max_adapters) {
+        (uint64_t)ym_registry_count(&srv->registry, r->limits.name) >= max_adapters) {
         ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "adapter_limit",
-                              "tenant %s already has %llu adapters (its limit)", r->tenant,
+                              "tenant %s already has %llu adapters (its limit)", r->limits.name,
                               (unsigned long long)max_adapters);
         return -1;
     }
     size_t limit = (size_t)srv->conf.max_upload_bytes;
     if (max_bytes > 0) {
-        size_t used = ym_registry_bytes(&srv->registry, r->tenant) - (cur ? cur->disk_bytes : 0);
+        size_t used = ym_registry_bytes(&srv->registry, r->limits.name) - (cur ? cur->disk_bytes : 0);
         size_t left = used >= max_bytes ? 0 : (size_t)max_bytes - used;
         if (left < limit)
             limit = left;
@@ -212,14 +209,14 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     u->fd = -1;
     u->srv = srv;
     u->limit = limit;
-    snprintf(u->tenant, sizeof(u->tenant), "%s", r->tenant);
+    snprintf(u->tenant, sizeof(u->tenant), "%s", r->limits.name);
     snprintf(u->name, sizeof(u->name), "%s", name);
     ym_diag d = {0};
     ym_err err = ym_mp_new(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
                                                        MHD_HTTP_HEADER_CONTENT_TYPE),
                            &upload_cb, u, &u->mp, &d);
     if (err == YM_OK)
-        err = ym_store_begin(srv->conf.adapter_dir, r->tenant, u->tmp, sizeof(u->tmp), &d);
+        err = ym_store_begin(srv->conf.adapter_dir, r->limits.name, u->tmp, sizeof(u->tmp), &d);
     if (err != YM_OK) {
         ym_hreq_respond_error(r, err, 0, NULL, err == YM_EINVAL ? "invalid_request" : NULL, "%s",
                               d.msg);
@@ -355,13 +352,13 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
     if (strcmp(url, "/v1/adapters") == 0) {
         json_t *data = json_array();
         for (int i = 0; i < srv->registry.n; i++)
-            if (strcmp(srv->registry.v[i].tenant, r->tenant) == 0)
+            if (strcmp(srv->registry.v[i].tenant, r->limits.name) == 0)
                 json_array_append_new(data, describe(&srv->registry.v[i], srv->model_name));
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
         return;
     }
     const char *name = adapter_name(url);
-    const ym_reg_entry *e = ym_registry_find(&srv->registry, r->tenant, name);
+    const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
     if (e == NULL) {
         /* Another tenant's adapter answers exactly as a missing one: names do not leak. */
         ym_hreq_respond_error(r, YM_ENOENT, 404, "name", "adapter_not_found",
@@ -370,13 +367,13 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
     }
     if (strcmp(method, "DELETE") == 0) {
         ym_diag d = {0};
-        ym_err err = ym_store_remove(srv->conf.adapter_dir, r->tenant, name, &d);
+        ym_err err = ym_store_remove(srv->conf.adapter_dir, r->limits.name, name, &d);
         if (err != YM_OK && err != YM_ENOENT) {
             ym_hreq_respond_error(r, err, 0, NULL, NULL, "%s", d.msg);
             return;
         }
-        ym_log(YM_LOG_INFO, r->id, "adapter %s/%s deleted", r->tenant, name);
-        ym_registry_remove(&srv->registry, r->tenant, name);
+        ym_log(YM_LOG_INFO, r->id, "adapter %s/%s deleted", r->limits.name, name);
+        ym_registry_remove(&srv->registry, r->limits.name, name);
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object", "adapter",
                                                "deleted", 1));
         return;
@@ -390,7 +387,7 @@ json_t *ym_api_adapter_models(ym_hreq *r)
     json_t *out = json_array();
     for (int i = 0; i < srv->registry.n; i++) {
         const ym_reg_entry *e = &srv->registry.v[i];
-        if (strcmp(e->tenant, r->tenant) == 0)
+        if (strcmp(e->tenant, r->limits.name) == 0)
             json_array_append_new(out, json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", e->name,
                                                  "object", "model", "created",
                                                  (json_int_t)(e->version / 1000), "owned_by",
@@ -406,7 +403,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     int n = 0;
     *out = NULL;
     if (model != NULL && strcmp(model, srv->model_name) != 0) {
-        const ym_reg_entry *e = ym_registry_find(&srv->registry, r->tenant, model);
+        const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, model);
         if (e == NULL) {
             ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
                                   "the model '%s' does not exist (this server serves '%s' and "
@@ -418,7 +415,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     }
     for (size_t i = 0; list != NULL && i < json_array_size(list); i++) {
         const char *name = json_string_value(json_array_get(list, i));
-        const ym_reg_entry *e = ym_registry_find(&srv->registry, r->tenant, name);
+        const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
         if (e == NULL) {
             ym_hreq_respond_error(r, YM_ENOENT, 404, "adapters", "adapter_not_found",
                                   "no adapter '%s'", name);

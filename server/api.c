@@ -388,10 +388,10 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             goto fail;
         }
     }
-    if (ym_tenant_acquire(srv, r, r->max_concurrent) != 0) {
+    if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
         ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "concurrency_limit",
                               "tenant %s already has %llu requests running; retry when one ends",
-                              r->tenant, (unsigned long long)r->max_concurrent);
+                              r->limits.name, (unsigned long long)r->limits.max_concurrent);
         goto fail;
     }
     p.prompt = ids->v;

@@ -266,7 +266,7 @@ static uint64_t *tenant_load(ym_server_t *srv, const char *name)
 
 int ym_tenant_acquire(ym_server_t *srv, ym_hreq *r, uint64_t limit)
 {
-    uint64_t *n = tenant_load(srv, r->tenant);
+    uint64_t *n = tenant_load(srv, r->limits.name);
     if (n == NULL || (limit > 0 && *n >= limit))
         return -1;
     (*n)++;
@@ -279,7 +279,7 @@ void ym_tenant_release(ym_server_t *srv, ym_hreq *r)
     if (!r->counted)
         return;
     r->counted = 0;
-    uint64_t *n = tenant_load(srv, r->tenant);
+    uint64_t *n = tenant_load(srv, r->limits.name);
     if (n != NULL && *n > 0)
         (*n)--;
 }
@@ -343,10 +343,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (rc == 0 && strncmp(url, "/v1/", 4) == 0) {
             tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
                                                        conn, MHD_HEADER_KIND, "Authorization"));
-            if (tenant != NULL) {
-                snprintf(r->tenant, sizeof(r->tenant), "%s", tenant->name);
-                r->max_concurrent = tenant->max_concurrent;
-            }
+            if (tenant != NULL)
+                r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
         }
         if (rc == 0 && strncmp(url, "/v1/", 4) == 0 && tenant == NULL) {
             ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",

@@ -328,11 +328,16 @@ static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
     publish(s, g);
 }
 
-/* Append one token and its released text. Engine thread. 0 or -1 on no memory. */
+/* Count one generated token and append it (smp NULL: the end-of-text token, which is counted
+ * but adds no output) with its released text. Engine thread. 0 or -1 on no memory. */
 static int append(ym_gen *g, const ym_sample *smp, const char *text, size_t len)
 {
     int rc = 0;
     pthread_mutex_lock(&g->lock);
+    g->n_gen++;
+    g->started = 1;
+    if (smp == NULL)
+        goto out;
     size_t cap = (size_t)g->toks_cap, cap2 = (size_t)g->toks_cap;
     int n_top = g->sampling.n_logprobs;
     if (grow((void **)&g->text, 1, g->text_len + len, &g->text_cap) != 0 ||
@@ -352,7 +357,6 @@ static int append(ym_gen *g, const ym_sample *smp, const char *text, size_t len)
         memcpy(g->text + g->text_len, text, len);
     g->text_len += len;
     g->text_total += len;
-    g->started = 1;
 out:
     pthread_mutex_unlock(&g->lock);
     return rc;
@@ -397,21 +401,11 @@ static void sample(ym_sched_t *s, ym_gen *g, float *row, double now)
         ym_metrics_observe(s->metrics, YM_H_ITL, now - g->t_last);
     g->t_last = now;
     ym_metrics_add(s->metrics, YM_M_GEN_TOKENS, 1);
-    pthread_mutex_lock(&g->lock);
-    g->n_gen++;
-    pthread_mutex_unlock(&g->lock);
     const char *piece = "";
     size_t len = 0;
-    int stop = 0;
-    if (id == s->eos && !g->ignore_eos) {
-        pthread_mutex_lock(&g->lock);
-        g->started = 1;
-        pthread_mutex_unlock(&g->lock);
-        stop = 1;
-    } else {
-        stop = ym_textout_push(g->tout, id, &piece, &len);
-    }
-    if (!(id == s->eos && !g->ignore_eos) && append(g, &smp, piece, len) != 0) {
+    int eos = id == s->eos && !g->ignore_eos;
+    int stop = eos ? 1 : ym_textout_push(g->tout, id, &piece, &len);
+    if (append(g, eos ? NULL : &smp, piece, len) != 0) {
         ym_log(YM_LOG_ERROR, g->id, "out of memory for the output");
         finish(s, g, YM_FINISH_ERROR);
         return;
@@ -593,6 +587,25 @@ static void *engine_main(void *arg)
     return NULL;
 }
 
+/* Free what ym_sched_new made (any part of it); the engine thread is not running. */
+static void sched_destroy(ym_sched_t *s)
+{
+    ym_ctx_free(s->ctx);
+    free(s->running);
+    free(s->logits);
+    free(s->tokens);
+    free(s->seq_start);
+    free(s->states);
+    free(s->adapts);
+    free(s->in_batch);
+    free(s->samples);
+    ym_model_unref(s->model);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->ready_lock);
+    free(s);
+}
+
 ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts *o,
                     ym_metrics_t *metrics, void (*wake)(void *), void *wake_arg,
                     ym_sched_t **out, ym_diag *diag)
@@ -640,17 +653,7 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
     *out = s;
     return YM_OK;
 fail:
-    ym_ctx_free(s->ctx);
-    free(s->running);
-    free(s->logits);
-    free(s->tokens);
-    free(s->seq_start);
-    free(s->states);
-    free(s->adapts);
-    free(s->in_batch);
-    free(s->samples);
-    ym_model_unref(s->model);
-    free(s);
+    sched_destroy(s);
     return err;
 }
 
@@ -669,20 +672,7 @@ void ym_sched_free(ym_sched_t *s)
         ym_gen_unref(g);
         g = next;
     }
-    ym_ctx_free(s->ctx);
-    free(s->running);
-    free(s->logits);
-    free(s->tokens);
-    free(s->seq_start);
-    free(s->states);
-    free(s->adapts);
-    free(s->in_batch);
-    free(s->samples);
-    ym_model_unref(s->model);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->cond);
-    pthread_mutex_destroy(&s->ready_lock);
-    free(s);
+    sched_destroy(s);
 }
 
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g)

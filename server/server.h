@@ -67,10 +67,10 @@ typedef struct ym_hreq {
     int tracked;
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
     int conn_done;                /* the completed callback ran: the connection is gone */
-    char tenant[YM_TENANT_NAME_MAX + 1]; /* who asked ("" before authentication) */
     char model[256];              /* the model id a completion answers as */
     int counted;                  /* holds one of the tenant's concurrent-request slots */
-    uint64_t max_concurrent;      /* the tenant's limit when it authenticated; 0 = none */
+    ym_tenant limits;             /* who asked ("" before authentication) and its limits as
+                                   * they were then (0 = none) */
     struct ym_tok_job *tok_job;   /* tokenization running on the libuv pool, or NULL */
     struct ym_upload *upload;     /* PUT /v1/adapters/{name} in progress, or NULL */
 } ym_hreq;

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "engine/fileio.h"
+
 typedef struct tenant_entry {
     ym_tenant t;
     int n_keys;
@@ -189,29 +191,13 @@ fail:
 
 ym_err ym_tenants_load(const char *path, ym_tenants_t **out, ym_diag *diag)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return ym_diag_set(diag, YM_EIO, "cannot open the tenants file %s", path);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? cap * 2 : 4096;
-            char *nb = cap <= (64u << 20) ? realloc(buf, cap) : NULL;
-            if (nb == NULL) {
-                free(buf);
-                fclose(f);
-                return ym_diag_set(diag, YM_EINVAL, "the tenants file %s is too large", path);
-            }
-            buf = nb;
-        }
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0)
-            break;
-    }
-    fclose(f);
-    ym_err err = ym_tenants_parse(buf, len, out, diag);
+    *out = NULL;
+    char *buf;
+    size_t len;
+    ym_err err = ym_read_file(path, (size_t)64 << 20, &buf, &len, diag);
+    if (err != YM_OK)
+        return err == YM_ENOENT ? YM_EIO : err; /* the message names the file */
+    err = ym_tenants_parse(buf, len, out, diag);
     free(buf);
     return err;
 }
