@@ -396,12 +396,23 @@ json_t *ym_api_adapter_models(ym_hreq *r)
     return out;
 }
 
+/* Append "name@version" (comma-separated) to r->identity at offset at; the bytes written. Names
+ * are at most 64 bytes and a request composes at most 17, so the buffer holds them all. */
+static size_t identity_add(ym_hreq *r, size_t at, const ym_reg_entry *e)
+{
+    int n = snprintf(r->identity + at, sizeof(r->identity) - at, "%s%s@%llu", at ? "," : "",
+                     e->name, (unsigned long long)e->version);
+    return n > 0 && (size_t)n < sizeof(r->identity) - at ? (size_t)n : 0;
+}
+
 int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out)
 {
     ym_server_t *srv = r->srv;
     ym_adapter_t *parts[YM_ADAPTER_SET_MAX + 1];
     int n = 0;
+    size_t id_len = 0;
     *out = NULL;
+    r->identity[0] = '\0';
     if (model != NULL && strcmp(model, srv->model_name) != 0) {
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, model);
         if (e == NULL) {
@@ -412,6 +423,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
             return -1;
         }
         parts[n++] = e->adapter;
+        id_len += identity_add(r, id_len, e);
     }
     for (size_t i = 0; list != NULL && i < json_array_size(list); i++) {
         const char *name = json_string_value(json_array_get(list, i));
@@ -422,6 +434,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
             return -1;
         }
         parts[n++] = e->adapter;
+        id_len += identity_add(r, id_len, e);
     }
     if (n == 0)
         return 0;

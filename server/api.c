@@ -68,8 +68,10 @@ static json_t *logprob_value(float lp)
     return json_real(isfinite(lp) ? (double)lp : -9999.0); /* OpenAI's stand-in for -inf */
 }
 
-static json_t *token_string(const ym_tok_t *tok, int32_t id)
+static json_t *token_string(const ym_tok_t *tok, int32_t id, int as_id)
 {
+    if (as_id)
+        return json_sprintf("token_id:%d", (int)id);
     size_t n = 0;
     const char *b = ym_tok_token_bytes(tok, id, &n);
     return b ? ym_json_text(b, n) : json_string("");
@@ -82,18 +84,18 @@ static json_t *logprobs_json(ym_hreq *r, const ym_gen_tok *toks, const ym_logpro
     const ym_tok_t *tok = r->srv->tok;
     json_t *tokens = json_array(), *lps = json_array(), *top = json_array(), *off = json_array();
     for (int i = 0; i < n; i++) {
-        json_array_append_new(tokens, token_string(tok, toks[i].id));
+        json_array_append_new(tokens, token_string(tok, toks[i].id, r->tokens_as_ids));
         json_array_append_new(lps, logprob_value(toks[i].logprob));
         json_array_append_new(off, json_integer((json_int_t)(offset_base + toks[i].text_start)));
         json_t *alt = json_object();
         /* The sampled token is always listed (OpenAI: up to logprobs + 1 entries). */
         for (int k = 0; k < n_top && k < r->logprobs; k++) {
             const ym_logprob *t = &tops[(size_t)i * (size_t)n_top + (size_t)k];
-            json_t *key = token_string(tok, t->id);
+            json_t *key = token_string(tok, t->id, r->tokens_as_ids);
             json_object_set_new(alt, json_string_value(key), logprob_value(t->logprob));
             json_decref(key);
         }
-        json_t *key = token_string(tok, toks[i].id);
+        json_t *key = token_string(tok, toks[i].id, r->tokens_as_ids);
         if (json_object_get(alt, json_string_value(key)) == NULL)
             json_object_set_new(alt, json_string_value(key), logprob_value(toks[i].logprob));
         json_decref(key);
@@ -103,11 +105,11 @@ static json_t *logprobs_json(ym_hreq *r, const ym_gen_tok *toks, const ym_logpro
                      top, "text_offset", off);
 }
 
-static json_t *usage_json(int n_prompt, int n_gen)
+static json_t *usage_json(int n_prompt, int n_gen, int n_cached)
 {
     return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", n_prompt, "completion_tokens",
                      n_gen, "total_tokens", n_prompt + n_gen, "prompt_tokens_details",
-                     "cached_tokens", 0);
+                     "cached_tokens", n_cached);
 }
 
 static json_t *completion_object(ym_hreq *r, json_t *choices)
@@ -176,7 +178,7 @@ static void stream_output(ym_hreq *r)
     }
     if (r->include_usage) {
         json_t *obj = completion_object(r, json_array());
-        json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen));
+        json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen, d->n_cached));
         sse_event(r, obj);
     }
     if (ym_buf_put(&r->sse, "data: [DONE]\n\n", 14) != 0)
@@ -244,7 +246,7 @@ static void collect_output(ym_hreq *r)
                      ? logprobs_json(r, r->all_toks, r->all_tops, r->n_all, d->n_top, r->echo_len)
                      : NULL;
     json_t *obj = completion_object(r, json_pack("[o]", choice(text, lp, public_finish(d->finish))));
-    json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen));
+    json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen, d->n_cached));
     ym_hreq_respond_json(r, 200, obj);
     return;
 oom:
@@ -259,6 +261,7 @@ void ym_api_on_output(ym_hreq *r)
     ym_gen_take(r->gen, &r->delta);
     r->n_prompt = r->delta.n_prompt;
     r->n_gen = r->delta.n_gen;
+    r->n_cached = r->delta.n_cached;
     if (r->delta.finish != YM_FINISH_NONE)
         r->finish = r->delta.finish;
     if (r->streaming)
@@ -282,6 +285,8 @@ static const struct route {
     {"/v1/models/", "GET", 1, "/v1/models/{id}"},
     {"/v1/adapters", "GET", 0, "/v1/adapters"},
     {"/v1/adapters/", "GET, PUT, DELETE", 1, "/v1/adapters/{name}"},
+    {"/v1/sessions/", "GET, DELETE", 1, "/v1/sessions/{id}"},
+    {"/admin/sessions/", "GET, PUT", 1, "/admin/sessions/{tenant}/{id}"},
     {"/v1/tokenize", "POST", 0, "/v1/tokenize"},
     {"/v1/detokenize", "POST", 0, "/v1/detokenize"},
     {"/healthz", "GET", 0, "/healthz"},
@@ -403,6 +408,9 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     p.ignore_eos = q->ignore_eos;
     p.t_arrival = r->t_start;
     p.id = r->id;
+    p.tenant = r->limits.name;
+    p.identity = r->identity;
+    p.session_id = r->session_id;
     size_t n_prompt = ids->n;
     ids->v = NULL; /* ym_gen_new takes the array */
     ids->n = ids->cap = 0;
@@ -431,6 +439,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     r->include_usage = q->include_usage;
     r->echo = q->echo;
     r->logprobs = q->logprobs;
+    r->tokens_as_ids = q->tokens_as_ids;
     ym_hreq_track(r);
     if (r->streaming) {
         if (r->echo) {
@@ -485,6 +494,33 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     ym_hreq_unref(r);
 }
 
+/* The session: the body's session_id or the X-Session-Id header (which a load balancer can
+ * hash on to pin a conversation to a replica); both present must agree. 0 or -1 (answered). */
+static int take_session_id(ym_hreq *r, const ym_creq *q)
+{
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Session-Id");
+    if (h != NULL) {
+        ym_diag d = {0};
+        if (ym_session_id_check(h, strlen(h), (size_t)r->srv->conf.max_session_id_bytes, &d) !=
+            YM_OK) {
+            ym_hreq_respond_error(r, YM_EINVAL, 400, "X-Session-Id", "invalid_request",
+                                  "X-Session-Id: %s", d.msg);
+            return -1;
+        }
+        if (q->session_id != NULL && strcmp(q->session_id, h) != 0) {
+            ym_hreq_respond_error(r, YM_EINVAL, 400, "session_id", "invalid_request",
+                                  "session_id and the X-Session-Id header differ");
+            return -1;
+        }
+    }
+    const char *id = q->session_id ? q->session_id : h;
+    if (id != NULL && (r->session_id = strdup(id)) == NULL) {
+        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 static void handle_completion(ym_hreq *r)
 {
     ym_server_t *srv = r->srv;
@@ -494,6 +530,7 @@ static void handle_completion(ym_hreq *r)
         .max_tokens_cap = (int64_t)srv->conf.max_tokens_cap,
         .default_max_tokens = (int64_t)srv->conf.default_max_tokens,
         .max_prompt_tokens = (int64_t)srv->conf.max_prompt_tokens,
+        .max_session_id_bytes = (int64_t)srv->conf.max_session_id_bytes,
     };
     ym_creq q;
     json_t *root = NULL;
@@ -506,7 +543,7 @@ static void handle_completion(ym_hreq *r)
                               "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
         return;
     }
-    if (ym_api_resolve_adapters(r, q.model, q.adapters, &adapter) != 0)
+    if (take_session_id(r, &q) != 0 || ym_api_resolve_adapters(r, q.model, q.adapters, &adapter) != 0)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);
@@ -694,6 +731,10 @@ void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
         handle_models(r, url);
     } else if (strncmp(url, "/v1/adapters", 12) == 0) {
         ym_api_adapters(r, method, url);
+    } else if (strncmp(url, "/v1/sessions/", 13) == 0) {
+        ym_api_sessions(r, method, url);
+    } else if (strncmp(url, "/admin/sessions/", 16) == 0) {
+        ym_api_admin_sessions(r, method, url);
     } else if (strcmp(url, "/v1/tokenize") == 0) {
         handle_tokenize(r);
     } else if (strcmp(url, "/v1/detokenize") == 0) {

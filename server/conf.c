@@ -93,6 +93,13 @@ static const ym_conf_def defs[] = {
       "applies"),
     U("max_adapter_rank", "YUNMIN_MAX_ADAPTER_RANK", max_adapter_rank, 256, 1, 65536, 1,
       "largest LoRA rank an adapter may have (422 beyond)"),
+    U("cache_bytes", "YUNMIN_CACHE_BYTES", cache_bytes, 1ull << 30, 0, 1ull << 44, 1,
+      "state cache budget: sessions and prefix checkpoints, least recently used evicted "
+      "(0 = keep none)"),
+    U("checkpoint_interval", "YUNMIN_CHECKPOINT_INTERVAL", checkpoint_interval, 256, 0,
+      1u << 20, 0, "prompt tokens between prefix checkpoints (0 = no checkpoints)"),
+    U("max_session_id_bytes", "YUNMIN_MAX_SESSION_ID_BYTES", max_session_id_bytes, 256, 1, 4096,
+      1, "longest session_id (400 beyond)"),
 };
 #define N_DEFS ((int)(sizeof(defs) / sizeof(defs[0])))
 

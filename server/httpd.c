@@ -237,6 +237,7 @@ static void hreq_free(ym_hreq *r)
     free(r->all_toks);
     free(r->all_tops);
     free(r->echo_text);
+    free(r->session_id);
     free(r);
 }
 
@@ -339,16 +340,29 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 
+        /* Who asks: /v1 routes need a tenant's key (any key in open mode), /admin routes an
+         * admin tenant's key (and a tenants file: never open). */
         const ym_tenant *tenant = NULL;
-        if (rc == 0 && strncmp(url, "/v1/", 4) == 0) {
+        int v1 = rc == 0 && strncmp(url, "/v1/", 4) == 0;
+        int admin = rc == 0 && strncmp(url, "/admin/", 7) == 0;
+        if (v1 || (admin && !ym_tenants_is_open(srv->tenants))) {
             tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
                                                        conn, MHD_HEADER_KIND, "Authorization"));
             if (tenant != NULL)
                 r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
         }
-        if (rc == 0 && strncmp(url, "/v1/", 4) == 0 && tenant == NULL) {
+        r->body_limit = srv->conf.max_body_bytes;
+        if (admin && strcmp(method, "PUT") == 0)
+            r->body_limit = srv->conf.max_upload_bytes; /* a session state can be large */
+        if (admin && ym_tenants_is_open(srv->tenants)) {
+            ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
+                                  "the admin routes need a tenants_file with an admin tenant");
+        } else if ((v1 || admin) && tenant == NULL) {
             ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",
                                   "missing or unknown API key: send Authorization: Bearer KEY");
+        } else if (admin && !tenant->admin) {
+            ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
+                                  "tenant %s may not use the admin routes", tenant->name);
         } else if (rc == 404) {
             ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
                                   url);
@@ -361,11 +375,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         } else {
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
-            if (cl != NULL && strtoull(cl, NULL, 10) > srv->conf.max_body_bytes) {
+            if (cl != NULL && strtoull(cl, NULL, 10) > r->body_limit) {
                 r->body_too_big = 1;
                 ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
                                       "the request body is %s bytes; the limit is %llu", cl,
-                                      (unsigned long long)srv->conf.max_body_bytes);
+                                      (unsigned long long)r->body_limit);
             }
         }
         return MHD_YES;
@@ -379,7 +393,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             ym_upload_data(r, upload_data, n);
             return MHD_YES;
         }
-        if (r->body_too_big || r->body.len + n > r->srv->conf.max_body_bytes) {
+        if (r->body_too_big || r->body.len + n > r->body_limit) {
             /* MHD cannot answer in the middle of an upload: discard up to twice the limit and
              * answer 413 at its end; a client that keeps sending is disconnected. */
             if (!r->body_too_big)
@@ -387,7 +401,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             r->body_too_big = 1;
             ym_buf_deinit(&r->body);
             r->discarded += n;
-            return r->discarded > 2 * r->srv->conf.max_body_bytes ? MHD_NO : MHD_YES;
+            return r->discarded > 2 * r->body_limit ? MHD_NO : MHD_YES;
         }
         if (ym_buf_put(&r->body, upload_data, n) != 0)
             r->oom = 1;
@@ -396,7 +410,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (!r->responded && r->body_too_big) {
         ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
                               "the request body exceeds the limit of %llu bytes",
-                              (unsigned long long)srv->conf.max_body_bytes);
+                              (unsigned long long)r->body_limit);
         return MHD_YES;
     }
     if (!r->responded && r->oom) {
@@ -442,8 +456,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         if (r->finish == YM_FINISH_NONE)
             ym_gen_cancel(r->gen);
         ym_log(YM_LOG_INFO, r->id,
-               "%s %d %.1f ms prompt_tokens=%d completion_tokens=%d finish=%s%s", r->route, status,
-               ms, r->n_prompt, r->n_gen, ym_finish_name(r->finish),
+               "%s %d %.1f ms prompt_tokens=%d cached_tokens=%d completion_tokens=%d finish=%s%s",
+               r->route, status, ms, r->n_prompt, r->n_cached, r->n_gen, ym_finish_name(r->finish),
                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
         ym_gen_set_owner(r->gen, NULL);
         ym_gen_unref(r->gen);

@@ -69,10 +69,14 @@ static void after_load(uv_work_t *w, int status)
         .prefill_chunk = (int)srv->conf.prefill_chunk,
         .max_queue = (int)srv->conf.max_queue,
         .n_threads = (int)srv->conf.threads,
+        .checkpoint_interval = (int)srv->conf.checkpoint_interval,
     };
     ym_diag diag = {0};
-    ym_err err = ym_sched_new(srv->model, srv->tok, &o, srv->metrics, wake_loop, srv, &srv->sched,
-                              &diag);
+    ym_model_fingerprint(srv->model, srv->model_fp);
+    ym_err err = ym_scache_new((size_t)srv->conf.cache_bytes, srv->metrics, &srv->cache);
+    if (err == YM_OK)
+        err = ym_sched_new(srv->model, srv->tok, &o, srv->metrics, srv->cache, wake_loop, srv,
+                           &srv->sched, &diag);
     if (err != YM_OK) {
         ym_log(YM_LOG_ERROR, NULL, "cannot start the engine: %s",
                diag.msg[0] ? diag.msg : ym_strerror(err));
@@ -87,10 +91,12 @@ static void after_load(uv_work_t *w, int status)
     const ym_config *c = &srv->model->cfg;
     ym_log(YM_LOG_INFO, NULL,
            "model %s loaded from %s: %d layers, d_model %d, vocab %d; engine threads %d, "
-           "max_running %d, max_batch_tokens %d, blas core %s",
+           "max_running %d, max_batch_tokens %d, blas core %s; state cache %llu MiB "
+           "(%zu bytes per state), checkpoints every %d tokens",
            srv->model_name, srv->conf.model, c->n_layer, c->d_model, c->n_vocab,
            srv->conf.threads ? (int)srv->conf.threads : ym_n_cores(), o.max_running,
-           o.max_batch_tokens, ym_blas_core());
+           o.max_batch_tokens, ym_blas_core(), (unsigned long long)(srv->conf.cache_bytes >> 20),
+           ym_server_state_bytes(srv), o.checkpoint_interval);
 }
 
 static void on_closed(uv_handle_t *h)
@@ -202,6 +208,7 @@ static void on_hup(uv_signal_t *s, int signum)
     apply_logging(&srv->conf);
     if (srv->sched != NULL) {
         ym_sched_set_limits(srv->sched, (int)srv->conf.prefill_chunk, (int)srv->conf.max_queue);
+        ym_scache_set_budget(srv->cache, (size_t)srv->conf.cache_bytes);
         ym_adapters_rescan(srv);
     }
     ym_log(YM_LOG_INFO, NULL, "SIGHUP: settings reloaded (%d changed)", n);
@@ -320,6 +327,7 @@ int main(int argc, char **argv)
     ym_registry_deinit(&srv.registry);
     free(srv.watches);
     free(srv.watch_names);
+    ym_scache_free(srv.cache); /* after the engine: nothing is pinned any more */
     ym_model_unref(srv.model);
     ym_tok_free(srv.tok);
     ym_metrics_free(srv.metrics);

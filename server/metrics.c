@@ -55,11 +55,27 @@ static const struct {
     [YM_M_REJECTED_BUSY] = {"yunmin_requests_rejected_busy_total",
                             "Requests refused with 503 because the queue was full or draining."},
     [YM_M_STEPS] = {"yunmin_engine_steps_total", "Engine steps run."},
+    [YM_M_CACHE_SESSION_HITS] = {"yunmin_cache_session_hits_total",
+                                 "Requests resumed from their session's stored state."},
+    [YM_M_CACHE_PREFIX_HITS] = {"yunmin_cache_prefix_hits_total",
+                                "Requests resumed from a prefix checkpoint."},
+    [YM_M_CACHE_MISSES] = {"yunmin_cache_misses_total",
+                           "Requests that found no cached state to resume from."},
+    [YM_M_CACHE_SAVED_TOKENS] = {"yunmin_cache_saved_tokens_total",
+                                 "Prompt tokens not run because a cached state covered them."},
+    [YM_M_CACHE_STORES] = {"yunmin_cache_stores_total",
+                           "States stored in the cache (sessions and prefix checkpoints)."},
+    [YM_M_CACHE_EVICTIONS] = {"yunmin_cache_evictions_total",
+                              "Cached states evicted (least recently used) to stay in budget."},
 }, gdefs[YM_M_N_GAUGES] = {
     [YM_G_QUEUE] = {"yunmin_queue_depth", "Requests waiting for a running slot."},
     [YM_G_RUNNING] = {"yunmin_running_sequences", "Sequences in the running batch."},
     [YM_G_CONNECTIONS] = {"yunmin_http_requests_in_flight", "HTTP requests being served."},
     [YM_G_READY] = {"yunmin_ready", "1 when the server accepts work (model loaded, not draining)."},
+    [YM_G_CACHE_BYTES] = {"yunmin_cache_bytes", "Bytes held by the state cache."},
+    [YM_G_CACHE_BUDGET] = {"yunmin_cache_budget_bytes", "The state cache's byte budget."},
+    [YM_G_CACHE_SESSIONS] = {"yunmin_cache_sessions", "Sessions held in the state cache."},
+    [YM_G_CACHE_PREFIXES] = {"yunmin_cache_prefixes", "Prefix checkpoints held in the state cache."},
 };
 
 typedef struct hist {

@@ -14,6 +14,12 @@ typedef enum {
     YM_M_CANCELLED,        /* requests cancelled (client gone, drain timeout) */
     YM_M_REJECTED_BUSY,    /* 503 because the queue was full */
     YM_M_STEPS,            /* engine steps */
+    YM_M_CACHE_SESSION_HITS, /* requests resumed from their session's state */
+    YM_M_CACHE_PREFIX_HITS,  /* requests resumed from a prefix checkpoint */
+    YM_M_CACHE_MISSES,       /* requests that found no state to resume from */
+    YM_M_CACHE_SAVED_TOKENS, /* prompt tokens not run thanks to a cached state */
+    YM_M_CACHE_STORES,       /* states stored (sessions and checkpoints) */
+    YM_M_CACHE_EVICTIONS,    /* states evicted to stay in the budget */
     YM_M_N_COUNTERS
 } ym_counter;
 
@@ -22,6 +28,10 @@ typedef enum {
     YM_G_RUNNING,          /* sequences in the running batch */
     YM_G_CONNECTIONS,      /* open HTTP requests being served */
     YM_G_READY,            /* 1 when /readyz says ready */
+    YM_G_CACHE_BYTES,      /* bytes held by the state cache */
+    YM_G_CACHE_BUDGET,     /* its budget */
+    YM_G_CACHE_SESSIONS,   /* sessions held */
+    YM_G_CACHE_PREFIXES,   /* prefix checkpoints held */
     YM_M_N_GAUGES
 } ym_gauge;
 

@@ -216,6 +216,7 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
         (err = get_bool(root, "stream", &r->stream, diag)) != YM_OK ||
         (err = get_bool(root, "echo", &r->echo, diag)) != YM_OK ||
         (err = get_bool(root, "ignore_eos", &r->ignore_eos, diag)) != YM_OK ||
+        (err = get_bool(root, "return_tokens_as_token_ids", &r->tokens_as_ids, diag)) != YM_OK ||
         (err = get_string(root, "user", &r->user, diag)) != YM_OK ||
         (err = parse_stop(root, r, diag)) != YM_OK)
         return err;
@@ -259,9 +260,32 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
                                      i);
         r->adapters = json_array_size(v) > 0 ? v : NULL;
     }
-    if (get(root, "session_id") != NULL)
-        return ym_diag_param(diag, YM_EINVAL, "session_id", "sessions are not supported yet");
+    if ((v = get(root, "session_id")) != NULL && !json_is_null(v)) {
+        if (!json_is_string(v))
+            return ym_diag_param(diag, YM_EINVAL, "session_id", "session_id must be a string");
+        size_t max = lim->max_session_id_bytes > 0 ? (size_t)lim->max_session_id_bytes : 256;
+        if ((err = ym_session_id_check(json_string_value(v), json_string_length(v), max,
+                                       diag)) != YM_OK)
+            return err;
+        r->session_id = json_string_value(v);
+    }
     return ym_sampling_validate(s, diag);
+}
+
+ym_err ym_session_id_check(const char *id, size_t len, size_t max, ym_diag *diag)
+{
+    if (len == 0 || len > max)
+        return ym_diag_param(diag, YM_EINVAL, "session_id",
+                             "session_id must have 1 to %zu characters (it has %zu)", max, len);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c != '\0' && strchr("-._~:@+=", c) != NULL)))
+            return ym_diag_param(diag, YM_EINVAL, "session_id",
+                                 "session_id may only hold letters, digits and -._~:@+= "
+                                 "(character %zu is not one)", i);
+    }
+    return YM_OK;
 }
 
 ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,

@@ -21,6 +21,7 @@ typedef struct ym_req_limits {
     int64_t max_tokens_cap;     /* max_tokens above this -> 400 */
     int64_t default_max_tokens; /* when max_tokens is absent or null */
     int64_t max_prompt_tokens;  /* token-id prompts longer than this -> 400 */
+    int64_t max_session_id_bytes; /* longer session_id -> 400 (0: 256) */
 } ym_req_limits;
 
 typedef struct ym_creq {
@@ -37,10 +38,17 @@ typedef struct ym_creq {
     int include_usage;          /* stream_options.include_usage */
     int echo;
     int ignore_eos;             /* vLLM's extension: keep going past end-of-text */
+    int tokens_as_ids;          /* vLLM's return_tokens_as_token_ids: logprobs name tokens
+                                 * "token_id:N" (exact ids, e.g. to extend a session) */
     int logprobs;               /* -1 = none, else alternatives per token [0, YM_MAX_LOGPROBS] */
     const char *user;           /* borrowed; for logs */
     json_t *adapters;           /* borrowed; array of adapter names to compose, or NULL */
+    const char *session_id;     /* borrowed; or NULL */
 } ym_creq;
+
+/* A session id is 1..max bytes of [A-Za-z0-9] and -._~:@+= (usable in a URL path as is).
+ * YM_OK, or YM_EINVAL with a message in diag (param "session_id"). */
+ym_err ym_session_id_check(const char *id, size_t len, size_t max, ym_diag *diag);
 
 /* POST /v1/completions. On success *root holds the document (new reference). */
 ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,

@@ -12,7 +12,17 @@
  * first, so streams keep their pace; then prefilling sequences in arrival order share at most
  * prefill_chunk prompt rows per step (and the rows left under max_batch_tokens). A long prompt thus
  * takes several steps, interleaved with everyone else's decoding. Logits are computed for every
- * sequence of the step (YM_LOGITS_LAST) and used only by those that sample. */
+ * sequence of the step (YM_LOGITS_LAST) and used only by those that sample.
+ *
+ * State cache (server/statecache.h): at admission a job looks for the longest cached state
+ * its prompt extends (its session's, if the history hash matches; else the longest prefix
+ * checkpoint) and copies it, so only the rest of the prompt runs; at least one prompt token is
+ * always run, for the logits of the first sample. Prefill chunks end at checkpoint boundaries
+ * and the state there is stored, so a checkpoint is the very state a cold run passes through;
+ * boundaries reached while generating are stored too (the chain runs over every token fed).
+ * When a job with a session ends (stop, length or cancel; not on an engine error), its state
+ * and the hash of the tokens it consumed (prompt and fed generated tokens: the last sampled
+ * token is never fed) become the session. */
 #include "server/sched.h"
 
 #include <math.h>
@@ -65,6 +75,7 @@ struct ym_gen {
     int ignore_eos;
     double t_arrival;
     ym_adapter_t *adapter; /* owned reference, or NULL: the version this job started with */
+    char *tenant, *identity, *session; /* owned; session NULL when none */
     void *owner; /* loop thread only */
 
     /* Output: engine appends, loop takes; guarded by lock. */
@@ -75,6 +86,7 @@ struct ym_gen {
     ym_logprob *tops;
     int n_toks, toks_cap;
     int n_gen;
+    int n_cached;
     int started;
     ym_finish finish;
 
@@ -87,6 +99,12 @@ struct ym_gen {
     ym_sampler_t *sampler;
     ym_textout_t *tout;
     int n_prefilled;
+    ym_skey root;        /* the token chain's root (tenant, adapter identity) */
+    ym_skey *chain;      /* owned [n_chain]: key of the state after (k+1) checkpoint blocks */
+    int n_chain, n_chain_prompt, chain_cap; /* n_chain_prompt: the prompt's own boundaries */
+    int32_t *fed;        /* owned: generated tokens run through the model (with a cache) */
+    int n_fed, fed_cap;
+    int no_record;       /* recording fed tokens failed: store nothing */
     int32_t next_token;
     double t_last;
     ym_gen *queue_next;
@@ -105,6 +123,11 @@ static void gen_destroy(ym_gen *g)
     ym_sampler_free(g->sampler);
     ym_textout_free(g->tout);
     ym_adapter_unref(g->adapter);
+    free(g->tenant);
+    free(g->identity);
+    free(g->session);
+    free(g->chain);
+    free(g->fed);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -128,6 +151,10 @@ ym_err ym_gen_new(const ym_gen_params *p, ym_gen **out)
     g->ignore_eos = p->ignore_eos;
     g->t_arrival = p->t_arrival;
     snprintf(g->id, sizeof(g->id), "%s", p->id ? p->id : "");
+    if ((g->tenant = strdup(p->tenant ? p->tenant : "")) == NULL ||
+        (g->identity = strdup(p->identity ? p->identity : "")) == NULL ||
+        (p->session_id != NULL && (g->session = strdup(p->session_id)) == NULL))
+        goto oom;
     if (p->n_stops > 0) {
         if ((g->stops = calloc((size_t)p->n_stops, sizeof(char *))) == NULL)
             goto oom;
@@ -231,6 +258,7 @@ void ym_gen_take(ym_gen *g, ym_gen_delta *d)
     d->text_total = g->text_total - g->text_len;
     d->n_prompt = g->n_prompt;
     d->n_gen = g->n_gen;
+    d->n_cached = g->n_cached;
     d->started = g->started;
     d->finish = g->text_len == 0 && g->n_toks == 0 ? g->finish : YM_FINISH_NONE;
     pthread_mutex_unlock(&g->lock);
@@ -242,6 +270,7 @@ struct ym_sched {
     ym_model_t *model; /* ref */
     const ym_tok_t *tok;
     ym_metrics_t *metrics;
+    ym_scache_t *cache; /* borrowed, or NULL */
     void (*wake)(void *);
     void *wake_arg;
     ym_sched_opts o;
@@ -309,6 +338,139 @@ ym_gen *ym_sched_ready_next(ym_sched_t *s, ym_gen *g)
     return next;
 }
 
+/* --- the state cache (engine thread) --- */
+
+/* Keep g's state as its session's: the state moves into the cache. */
+static void store_session(ym_sched_t *s, ym_gen *g)
+{
+    if (s->cache == NULL || g->session == NULL || g->state == NULL || g->state->n_tokens <= 0)
+        return;
+    if (g->state->n_tokens != (int64_t)g->n_prefilled + g->n_fed) {
+        /* A token the job did not record reached the state: never store a history that
+         * does not describe it. */
+        ym_log(YM_LOG_ERROR, g->id, "session %s not stored: state history mismatch", g->session);
+        return;
+    }
+    ym_skey key, hist;
+    ym_skey_session(&key, g->tenant, g->session);
+    ym_skey_history(&hist, &g->root, g->prompt, (size_t)g->n_prefilled, g->fed, (size_t)g->n_fed);
+    int rc = ym_scache_put(s->cache, &key, YM_SC_SESSION, &hist, g->state);
+    g->state = NULL; /* the cache took it (or freed it) */
+    if (rc == 1)
+        ym_metrics_add(s->metrics, YM_M_CACHE_STORES, 1);
+}
+
+/* Store the state after checkpoint block k (1-based) of g's prompt, unless cached already. */
+static void store_checkpoint(ym_sched_t *s, ym_gen *g, int k)
+{
+    if (ym_scache_touch(s->cache, &g->chain[k - 1]))
+        return;
+    ym_state_t *st = NULL;
+    if (ym_state_new(&s->model->cfg, &st) != YM_OK)
+        return;
+    ym_state_copy(st, g->state);
+    if (ym_scache_put(s->cache, &g->chain[k - 1], YM_SC_PREFIX, NULL, st) == 1)
+        ym_metrics_add(s->metrics, YM_M_CACHE_STORES, 1);
+}
+
+/* Record the token a decode row fed; at a checkpoint boundary, chain and store. 0, or -1 when
+ * out of memory (then the job stops recording: no session or checkpoint from it). */
+static int record_fed(ym_sched_t *s, ym_gen *g, int32_t id)
+{
+    if (g->n_fed == g->fed_cap) {
+        int cap = g->fed_cap ? 2 * g->fed_cap : 64;
+        int32_t *f = realloc(g->fed, (size_t)cap * sizeof(int32_t));
+        if (f == NULL)
+            return -1;
+        g->fed = f;
+        g->fed_cap = cap;
+    }
+    g->fed[g->n_fed++] = id;
+    int B = s->o.checkpoint_interval;
+    int consumed = g->n_prompt + g->n_fed;
+    if (B == 0 || consumed % B != 0)
+        return 0;
+    int k = consumed / B;
+    if (k != g->n_chain + 1)
+        return 0; /* an earlier block is missing (out of memory before) */
+    if (g->n_chain == g->chain_cap) {
+        int cap = g->chain_cap ? 2 * g->chain_cap : 8;
+        ym_skey *c = realloc(g->chain, (size_t)cap * sizeof(ym_skey));
+        if (c == NULL)
+            return 0;
+        g->chain = c;
+        g->chain_cap = cap;
+    }
+    /* The block is [consumed - B, consumed): prompt tail, then fed tokens. */
+    int start = consumed - B;
+    int from_prompt = start < g->n_prompt ? g->n_prompt - start : 0;
+    int fed_start = start < g->n_prompt ? 0 : start - g->n_prompt;
+    ym_skey_chain(&g->chain[k - 1], k == 1 ? &g->root : &g->chain[k - 2],
+                  g->prompt + start, (size_t)from_prompt, g->fed + fed_start,
+                  (size_t)(B - from_prompt));
+    g->n_chain = k;
+    store_checkpoint(s, g, k);
+    return 0;
+}
+
+/* Find the longest cached state g's prompt extends and start from it. */
+static void resume(ym_sched_t *s, ym_gen *g)
+{
+    int B = s->o.checkpoint_interval;
+    ym_skey_root(&g->root, g->tenant, g->identity);
+    ym_sc_entry *src = NULL;
+    int best = 0, from_session = 0;
+    if (g->session != NULL) {
+        ym_skey key;
+        ym_skey_session(&key, g->tenant, g->session);
+        ym_sc_entry *e = ym_scache_pin(s->cache, &key);
+        int64_t m = e ? ym_sc_entry_state(e)->n_tokens : 0;
+        if (m > 0 && m < g->n_prompt) {
+            ym_skey h;
+            ym_skey_history(&h, &g->root, g->prompt, (size_t)m, NULL, 0);
+            if (ym_skey_equal(&h, ym_sc_entry_history(e))) {
+                src = e;
+                best = (int)m;
+                from_session = 1;
+            }
+        }
+        if (src == NULL)
+            ym_scache_unpin(s->cache, e);
+    }
+    if (B > 0 && g->n_prompt / B > 0 &&
+        (g->chain = malloc((size_t)(g->n_prompt / B) * sizeof(ym_skey))) != NULL) {
+        g->n_chain = g->n_chain_prompt = g->chain_cap = g->n_prompt / B;
+        for (int k = 1; k <= g->n_chain; k++)
+            ym_skey_chain(&g->chain[k - 1], k == 1 ? &g->root : &g->chain[k - 2],
+                          g->prompt + (size_t)(k - 1) * (size_t)B, (size_t)B, NULL, 0);
+        /* Resuming must leave a prompt token to run: k * B < n_prompt. */
+        for (int k = (g->n_prompt - 1) / B; k >= 1 && k * B > best; k--) {
+            ym_sc_entry *e = ym_scache_pin(s->cache, &g->chain[k - 1]);
+            if (e != NULL) {
+                ym_scache_unpin(s->cache, src);
+                src = e;
+                best = k * B;
+                from_session = 0;
+                break;
+            }
+        }
+    }
+    if (src != NULL && ym_state_copy(g->state, ym_sc_entry_state(src)) == YM_OK &&
+        g->state->n_tokens == best) {
+        g->n_prefilled = best;
+        pthread_mutex_lock(&g->lock);
+        g->n_cached = best;
+        pthread_mutex_unlock(&g->lock);
+        ym_metrics_add(s->metrics,
+                       from_session ? YM_M_CACHE_SESSION_HITS : YM_M_CACHE_PREFIX_HITS, 1);
+        ym_metrics_add(s->metrics, YM_M_CACHE_SAVED_TOKENS, (uint64_t)best);
+    } else {
+        ym_state_reset(g->state);
+        ym_metrics_add(s->metrics, YM_M_CACHE_MISSES, 1);
+    }
+    ym_scache_unpin(s->cache, src);
+}
+
 /* Mark a job finished; its output and usage are final. Engine thread. */
 static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
 {
@@ -319,6 +481,8 @@ static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
         ym_metrics_add(s->metrics, YM_M_CANCELLED, 1);
     if (g->started)
         ym_metrics_observe(s->metrics, YM_H_E2E, ym_now() - g->t_arrival);
+    if (why != YM_FINISH_ERROR)
+        store_session(s, g);
     ym_state_free(g->state);
     g->state = NULL;
     ym_sampler_free(g->sampler);
@@ -385,6 +549,8 @@ static ym_err admit(ym_sched_t *s, ym_gen *g)
         return err;
     ym_sampler_add_prompt(g->sampler, g->prompt, (size_t)g->n_prompt);
     g->n_prefilled = 0;
+    if (s->cache != NULL)
+        resume(s, g);
     return YM_OK;
 }
 
@@ -466,6 +632,12 @@ static void step(ym_sched_t *s, int prefill_chunk)
                     n = prefill_chunk - prefill_rows;
                 if (n > budget - rows)
                     n = budget - rows;
+                if (g->n_chain_prompt > 0) {
+                    /* End the chunk at the next checkpoint boundary still to be stored. */
+                    int B = s->o.checkpoint_interval, next = (g->n_prefilled / B + 1) * B;
+                    if (next <= g->n_chain_prompt * B && n > next - g->n_prefilled)
+                        n = next - g->n_prefilled;
+                }
                 prefill_rows += n;
                 memcpy(s->tokens + rows, g->prompt + g->n_prefilled, (size_t)n * sizeof(int32_t));
                 s->seq_start[n_seq] = rows;
@@ -512,6 +684,18 @@ static void step(ym_sched_t *s, int prefill_chunk)
         if (g->n_prefilled < g->n_prompt) {
             g->n_prefilled += n;
             prefilled += n;
+            int B = s->o.checkpoint_interval;
+            if (g->n_chain_prompt > 0 && g->n_prefilled % B == 0 &&
+                g->n_prefilled / B <= g->n_chain_prompt && g->n_prefilled > g->n_cached)
+                store_checkpoint(s, g, g->n_prefilled / B);
+        } else if (s->cache != NULL && !g->no_record) {
+            /* The decode row fed next_token: it is part of the history now. Without the
+             * record the state cannot be described, so the job stores nothing more. */
+            if (record_fed(s, g, g->next_token) != 0) {
+                g->no_record = 1;
+                free(g->session);
+                g->session = NULL;
+            }
         }
         if (s->samples[k])
             sample(s, g, s->logits + (size_t)k * (size_t)s->n_vocab, now);
@@ -607,8 +791,8 @@ static void sched_destroy(ym_sched_t *s)
 }
 
 ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts *o,
-                    ym_metrics_t *metrics, void (*wake)(void *), void *wake_arg,
-                    ym_sched_t **out, ym_diag *diag)
+                    ym_metrics_t *metrics, ym_scache_t *cache, void (*wake)(void *),
+                    void *wake_arg, ym_sched_t **out, ym_diag *diag)
 {
     if (o->max_running < 1 || o->max_batch_tokens < o->max_running || o->prefill_chunk < 1)
         return ym_diag_set(diag, YM_EINVAL, "scheduler limits out of range");
@@ -618,6 +802,9 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
     s->model = ym_model_ref(model);
     s->tok = tok;
     s->metrics = metrics;
+    s->cache = cache;
+    if (s->o.checkpoint_interval < 0)
+        s->o.checkpoint_interval = 0;
     s->wake = wake;
     s->wake_arg = wake_arg;
     s->o = *o;

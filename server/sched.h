@@ -20,6 +20,7 @@
 #include "adapters/adapter.h"
 #include "engine/tokenizer.h"
 #include "server/metrics.h"
+#include "server/statecache.h"
 
 typedef enum {
     YM_FINISH_NONE = 0,
@@ -42,6 +43,11 @@ typedef struct ym_gen_params {
     double t_arrival;       /* ym_now() when the request arrived */
     const char *id;         /* request id for logs; copied */
     ym_adapter_t *adapter;  /* taken over by ym_gen_new (one reference), or NULL = base */
+    /* State cache keys (copied): who runs it, the adapter identity (names and versions in
+     * order, "" = base) and the session to resume and store, or NULL. */
+    const char *tenant;
+    const char *identity;
+    const char *session_id;
 } ym_gen_params;
 
 /* One generated token, as the loop sees it. */
@@ -60,6 +66,7 @@ typedef struct ym_gen_delta {
     int n_toks, toks_cap, n_top;
     size_t text_total;      /* bytes of text released so far, this take included */
     int n_prompt, n_gen;    /* usage so far */
+    int n_cached;           /* prompt tokens resumed from a cached state, not run */
     int started;            /* a first token exists */
     ym_finish finish;       /* != NONE once the job is over (then nothing more comes) */
 } ym_gen_delta;
@@ -86,15 +93,20 @@ typedef struct ym_sched_opts {
     int prefill_chunk;
     int max_queue;
     int n_threads;          /* engine threads, 0 = one per core */
+    int checkpoint_interval;/* prompt tokens between prefix checkpoints, 0 = none */
 } ym_sched_opts;
 
 typedef struct ym_sched ym_sched_t;
 
-/* Start the engine thread. Borrows tok and metrics (must outlive the scheduler), holds a ref
- * on model. wake(arg) is called from the engine thread when the ready list gains jobs. */
+/* Start the engine thread. Borrows tok, metrics and cache (must outlive the scheduler; cache
+ * may be NULL: nothing is resumed or stored), holds a ref on model. wake(arg) is called from
+ * the engine thread when the ready list gains jobs.
+ * With a cache, a job resumes from the longest cached state its prompt extends (its session's,
+ * or a prefix checkpoint), stores a checkpoint at every checkpoint_interval boundary of its
+ * prompt, and, with a session id, stores its final state under the session when it ends. */
 ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts *o,
-                    ym_metrics_t *metrics, void (*wake)(void *), void *wake_arg,
-                    ym_sched_t **out, ym_diag *diag);
+                    ym_metrics_t *metrics, ym_scache_t *cache, void (*wake)(void *),
+                    void *wake_arg, ym_sched_t **out, ym_diag *diag);
 /* Stop: cancel every job (each appears on the ready list finished), join the thread, free. */
 void ym_sched_free(ym_sched_t *s); /* NULL-safe */
 /* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait. */

@@ -39,6 +39,7 @@ typedef struct ym_hreq {
     int status;                   /* status queued, 0 before */
     ym_buf body;                  /* request body */
     int body_too_big;
+    uint64_t body_limit;          /* bytes: max_body_bytes, or max_upload_bytes (admin PUT) */
     size_t discarded;             /* body bytes dropped after body_too_big */
     int oom;                      /* the body could not be stored */
     int responded;                /* a response is queued */
@@ -46,7 +47,7 @@ typedef struct ym_hreq {
     /* Generation (POST /v1/completions). */
     ym_gen *gen;                  /* ref, or NULL */
     int streaming;
-    int include_usage, echo, logprobs;
+    int include_usage, echo, logprobs, tokens_as_ids;
     char *echo_text;              /* owned: the prompt text for echo */
     size_t echo_len;
     ym_gen_delta delta;
@@ -69,6 +70,9 @@ typedef struct ym_hreq {
     int conn_done;                /* the completed callback ran: the connection is gone */
     char model[256];              /* the model id a completion answers as */
     int counted;                  /* holds one of the tenant's concurrent-request slots */
+    int n_cached;                 /* prompt tokens resumed from the state cache */
+    char *session_id;             /* owned: the completion's session, or NULL */
+    char identity[1200];          /* adapter names and versions of the completion */
     ym_tenant limits;             /* who asked ("" before authentication) and its limits as
                                    * they were then (0 = none) */
     struct ym_tok_job *tok_job;   /* tokenization running on the libuv pool, or NULL */
@@ -93,6 +97,8 @@ struct ym_server {
     ym_model_t *model;            /* ref, NULL while loading */
     ym_tok_t *tok;                /* owned */
     ym_sched_t *sched;            /* owned */
+    ym_scache_t *cache;           /* owned: sessions and prefix checkpoints (statecache.h) */
+    unsigned char model_fp[32];   /* ym_model_fingerprint of the model (session export) */
     char model_name[256];
     ym_err load_err;
     ym_diag load_diag;
@@ -151,11 +157,18 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url);
 /* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters
  * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). */
 int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out);
+/* The identity of what ym_api_resolve_adapters would pick, for the state cache: the adapters'
+ * names and versions in order ("name@version,..."; "" = base model), into r->identity. */
 json_t *ym_api_adapter_models(ym_hreq *r); /* the tenant's adapters as /v1/models entries */
 /* Start-up and replicas sharing the volume: load what the store holds / watch it. */
 void ym_adapters_start(ym_server_t *srv);
 void ym_adapters_stop(ym_server_t *srv);
 void ym_adapters_rescan(ym_server_t *srv); /* SIGHUP */
+
+/* sessions_api.c */
+void ym_api_sessions(ym_hreq *r, const char *method, const char *url);
+void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url);
+size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
 
 /* api.c */
 void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);

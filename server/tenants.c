@@ -96,7 +96,8 @@ static ym_err parse_entry(json_t *o, int index, tenant_entry *e, ym_diag *diag)
     json_t *val;
     json_object_foreach(o, key, val) {
         if (strcmp(key, "name") && strcmp(key, "keys") && strcmp(key, "max_concurrent") &&
-            strcmp(key, "max_adapters") && strcmp(key, "max_adapter_bytes"))
+            strcmp(key, "max_adapters") && strcmp(key, "max_adapter_bytes") &&
+            strcmp(key, "admin"))
             return ym_diag_param(diag, YM_EINVAL, key, "tenants[%d]: unknown field \"%s\"",
                                  index, key);
     }
@@ -111,6 +112,11 @@ static ym_err parse_entry(json_t *o, int index, tenant_entry *e, ym_diag *diag)
         (err = get_limit(o, "max_adapters", e->t.name, &e->t.max_adapters, diag)) ||
         (err = get_limit(o, "max_adapter_bytes", e->t.name, &e->t.max_adapter_bytes, diag)))
         return err;
+    json_t *admin = json_object_get(o, "admin");
+    if (admin != NULL && !json_is_boolean(admin))
+        return ym_diag_param(diag, YM_EINVAL, "admin", "tenant %s: admin must be true or false",
+                             e->t.name);
+    e->t.admin = admin != NULL && json_is_true(admin);
     json_t *keys = json_object_get(o, "keys");
     if (!json_is_array(keys) || json_array_size(keys) == 0 || json_array_size(keys) > 1024)
         return ym_diag_param(diag, YM_EINVAL, "keys",

@@ -2,7 +2,10 @@
  *
  * A tenants file maps hashed API keys to tenants and their limits:
  *   {"tenants": [{"name": "acme", "keys": ["sha256:<64 hex>", ...],
- *                 "max_concurrent": 8, "max_adapters": 16, "max_adapter_bytes": 104857600}]}
+ *                 "max_concurrent": 8, "max_adapters": 16, "max_adapter_bytes": 104857600,
+ *                 "admin": false}]}
+ * An admin tenant's keys may also call the /admin routes (moving session states between
+ * replicas).
  * Keys are stored as the SHA-256 of the key text (API keys are long random strings, so a fast
  * hash is the right one; `yunmind --new-key` makes a key and its line). A presented key is
  * hashed and compared with every stored hash in constant time (sodium_memcmp), all of them,
@@ -23,6 +26,7 @@ typedef struct ym_tenant {
     uint64_t max_concurrent;           /* requests in flight; 0 = no limit */
     uint64_t max_adapters;             /* 0 = no limit */
     uint64_t max_adapter_bytes;        /* 0 = no limit */
+    int admin;                         /* may use the /admin routes (never in open mode) */
 } ym_tenant;
 
 typedef struct ym_tenants ym_tenants_t;

@@ -952,6 +952,358 @@ class AdapterTenants(unittest.TestCase):
             subprocess.run(["rm", "-rf", adir])
 
 
+def gen_ids(resp):
+    """Token ids of a completion made with logprobs and return_tokens_as_token_ids."""
+    return [int(t.split(":")[1]) for t in resp["choices"][0]["logprobs"]["tokens"]]
+
+
+class Sessions(unittest.TestCase):
+    """Sessions and prefix checkpoints (the state cache). Every resumed answer is compared with
+    a cold run of the same prompt on a second daemon whose cache is off (cache_bytes 0); the
+    expected cached_tokens follow from the token histories the test itself keeps."""
+
+    INTERVAL = 64
+
+    @classmethod
+    def setUpClass(cls):
+        cls.alpha, cls.beta, cls.ops = new_key(), new_key(), new_key()
+        cls.file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump({"tenants": [{"name": "alpha", "keys": [cls.alpha["hash"]]},
+                               {"name": "beta", "keys": [cls.beta["hash"]]},
+                               {"name": "ops", "keys": [cls.ops["hash"]], "admin": True}]},
+                  cls.file)
+        cls.file.close()
+        cls.d = Daemon("--tenants-file", cls.file.name, "--checkpoint-interval",
+                       str(cls.INTERVAL))
+        cls.cold = Daemon("--tenants-file", cls.file.name, "--cache-bytes", "0")
+        cls.text = read_text("data/tinyshakespeare.txt")
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+            assert cls.cold.stop() == 0
+        finally:
+            os.unlink(cls.file.name)
+
+    def complete(self, prompt, key=None, sid=None, d=None, n=16, headers=None, **kw):
+        body = dict({"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True,
+                     "logprobs": 0, "return_tokens_as_token_ids": True}, **kw)
+        if sid is not None:
+            body["session_id"] = sid
+        h = {"Authorization": "Bearer " + (key or self.alpha)["key"]}
+        h.update(headers or {})
+        r = (d or self.d).post("/v1/completions", body, headers=h)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def ids(self, text):
+        r = self.d.post("/v1/tokenize", {"prompt": text},
+                        headers={"Authorization": "Bearer " + self.alpha["key"]})
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()["tokens"]
+
+    def cold_ids(self, prompt, n=16, **kw):
+        return gen_ids(self.complete(prompt, d=self.cold, n=n, **kw))
+
+    def turns(self, sid, opening, replies, key=None, d=None):
+        """A conversation by token ids: each turn sends the whole history (previous prompt,
+        the answer's ids, the next reply) and must resume from the session. Returns the
+        history and the cached_tokens of each turn."""
+        hist, cached, expect = list(opening), [], 0
+        for i, reply in enumerate([[]] + replies):
+            hist += reply
+            r = self.complete(hist, key=key, sid=sid, d=d)
+            got = gen_ids(r)
+            self.assertEqual(got, self.cold_ids(hist), "turn %d" % i)
+            cached.append(r["usage"]["prompt_tokens_details"]["cached_tokens"])
+            self.assertEqual(r["usage"]["prompt_tokens"], len(hist))
+            if i > 0:
+                self.assertEqual(cached[-1], expect, "turn %d" % i)
+            # The session holds the prompt and every answer token but the last (never fed).
+            expect = len(hist) + len(got) - 1
+            hist += got
+        return hist, cached
+
+    def test_long_multi_turn_conversation_resumes_exactly(self):
+        opening = self.ids("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+                           "All:\nSpeak, speak.\n\n")
+        replies = [self.ids(t) for t in ("\n\nFirst Citizen:\nYou are all resolved rather to "
+                                         "die than to famish?\n\n", "\n\nAll:\nResolved. "
+                                         "resolved.\n\n", "\n\nMENENIUS:\nWhat work's, my "
+                                         "countrymen, in hand? where go you\n",
+                                         "\n\nSecond Citizen:\nOur business is not unknown to "
+                                         "the senate\n") * 3]
+        hist, cached = self.turns("long-1", opening, replies)
+        self.assertGreater(len(hist), 400)
+        self.assertTrue(all(c > 0 for c in cached[1:]), cached)
+        info = requests.get(self.d.url + "/v1/sessions/long-1", timeout=T,
+                            headers={"Authorization": "Bearer " + self.alpha["key"]}).json()
+        self.assertEqual((info["id"], info["object"]), ("long-1", "session"))
+        self.assertEqual(info["tokens"], len(hist) - 1)
+        self.assertGreater(info["bytes"], 0)
+
+    def test_text_prompts_resume_when_the_text_extends_the_history(self):
+        # The client sends text: prompt + answer + next line. When the text's tokens extend
+        # the stored history the turn resumes; the answer equals a cold run either way.
+        prompt, resumed = "ROMEO:\nBut soft, what light through yonder window breaks?\n", 0
+        for i, line in enumerate(["", "JULIET:\nAy me!\n", "ROMEO:\nShe speaks.\n",
+                                  "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"]):
+            prompt += line
+            body = {"prompt": prompt, "max_tokens": 20, "temperature": 0, "ignore_eos": True}
+            r = self.d.post("/v1/completions", dict(body, session_id="text-1"),
+                            headers={"Authorization": "Bearer " + self.alpha["key"]})
+            c = self.cold.post("/v1/completions", body,
+                               headers={"Authorization": "Bearer " + self.alpha["key"]})
+            self.assertEqual(r.json()["choices"][0]["text"], c.json()["choices"][0]["text"])
+            resumed += r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+            prompt += r.json()["choices"][0]["text"] + "\n"
+        self.assertGreaterEqual(resumed, 2)
+
+    def test_streamed_usage_reports_cached_tokens(self):
+        opening = self.ids("KING RICHARD III:\nNow is the winter of our discontent\n")
+        first = self.complete(opening, sid="stream-1")
+        hist = opening + gen_ids(first) + self.ids("\n")
+        h = {"Authorization": "Bearer " + self.alpha["key"]}
+        body = {"prompt": hist, "max_tokens": 8, "temperature": 0, "session_id": "stream-1",
+                "stream_options": {"include_usage": True}}
+        r = requests.post(self.d.url + "/v1/completions", json=dict(body, stream=True),
+                          headers=h, stream=True, timeout=T)
+        usage = [json.loads(l[6:])["usage"] for l in r.iter_lines(decode_unicode=True)
+                 if l.startswith("data: {") and json.loads(l[6:]).get("usage")]
+        self.assertEqual(usage[-1]["prompt_tokens_details"]["cached_tokens"],
+                         len(opening) + 16 - 1)
+
+    def test_shared_preamble_resumes_from_a_checkpoint(self):
+        preamble = self.ids(self.text[:1500])
+        self.assertGreater(len(preamble), 3 * self.INTERVAL)
+        q1, q2 = self.ids("Who speaks first?\n"), self.ids("And who answers?\n")
+        self.assertNotEqual(q1[0], q2[0])
+        before = self.d.metric("yunmin_cache_prefix_hits_total")
+        r1 = self.complete(preamble + q1, n=4)
+        r2 = self.complete(preamble + q2, n=4)
+        self.assertEqual(r2["usage"]["prompt_tokens_details"]["cached_tokens"],
+                         len(preamble) // self.INTERVAL * self.INTERVAL)
+        self.assertEqual(gen_ids(r2), self.cold_ids(preamble + q2, n=4))
+        self.assertEqual(gen_ids(r1), self.cold_ids(preamble + q1, n=4))
+        self.assertGreaterEqual(self.d.metric("yunmin_cache_prefix_hits_total"), before + 1)
+        # Another tenant shares nothing, even the same tokens.
+        r3 = self.complete(preamble + q2, key=self.beta, n=4)
+        self.assertEqual(r3["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+
+    def test_prompt_that_does_not_extend_replaces_the_session_and_delete(self):
+        h = {"Authorization": "Bearer " + self.alpha["key"]}
+        a = self.ids("MENENIUS:\nWhat work's, my countrymen?\n")
+        first = self.complete(a, sid="repl-1")
+        other = self.ids("SICINIUS:\nNay, but speak not maliciously.\n") + gen_ids(first)
+        r = self.complete(other, sid="repl-1")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(gen_ids(r), self.cold_ids(other))
+        info = requests.get(self.d.url + "/v1/sessions/repl-1", headers=h, timeout=T).json()
+        self.assertEqual(info["tokens"], len(other) + 16 - 1)
+        # Sessions are per tenant: beta sees none, and beta's same id starts cold.
+        hb = {"Authorization": "Bearer " + self.beta["key"]}
+        self.assertEqual(requests.get(self.d.url + "/v1/sessions/repl-1", headers=hb,
+                                      timeout=T).status_code, 404)
+        r = self.complete(other + gen_ids(r), key=self.beta, sid="repl-1")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        r = requests.delete(self.d.url + "/v1/sessions/repl-1", headers=h, timeout=T)
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.json(), {"id": "repl-1", "object": "session", "deleted": True})
+        self.assertEqual(requests.get(self.d.url + "/v1/sessions/repl-1", headers=h,
+                                      timeout=T).status_code, 404)
+        self.assertEqual(requests.delete(self.d.url + "/v1/sessions/repl-1", headers=h,
+                                         timeout=T).status_code, 404)
+        r = self.complete(other + [5], sid="repl-1")
+        self.assertLess(r["usage"]["prompt_tokens_details"]["cached_tokens"], len(other))
+
+    def test_session_header_and_bad_ids(self):
+        a = self.ids("LUCIO:\nWhy, how now, Claudio!\n")
+        first = self.complete(a, headers={"X-Session-Id": "hdr-1"})
+        r = self.complete(a + gen_ids(first) + [5], headers={"X-Session-Id": "hdr-1"},
+                          sid="hdr-1")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], len(a) + 15)
+        h = {"Authorization": "Bearer " + self.alpha["key"]}
+        for body, headers, param in (
+                ({"session_id": "a"}, {"X-Session-Id": "b"}, "session_id"),
+                ({"session_id": "bad id"}, {}, "session_id"),
+                ({"session_id": "x" * 257}, {}, "session_id"),
+                ({"session_id": ""}, {}, "session_id"),
+                ({"session_id": 7}, {}, "session_id"),
+                ({}, {"X-Session-Id": "semi;colon"}, "X-Session-Id")):
+            r = self.d.post("/v1/completions", dict({"prompt": "A", "max_tokens": 1}, **body),
+                            headers=dict(h, **headers))
+            self.assertEqual(r.status_code, 400, (body, headers, r.text))
+            self.assertEqual(r.json()["error"]["param"], param)
+        self.assertEqual(requests.get(self.d.url + "/v1/sessions/bad%20id", headers=h,
+                                      timeout=T).status_code, 400)
+        self.assertEqual(requests.get(self.d.url + "/v1/sessions/x", timeout=T).status_code, 401)
+
+    def test_admin_export_import_moves_a_session(self):
+        opening = self.ids("DUKE VINCENTIO:\nOf government the properties to unfold,\n")
+        first = self.complete(opening, sid="move-1")
+        ops = {"Authorization": "Bearer " + self.ops["key"]}
+        url = "/admin/sessions/alpha/move-1"
+        blob = requests.get(self.d.url + url, headers=ops, timeout=T)
+        self.assertEqual(blob.status_code, 200, blob.text)
+        self.assertEqual(blob.headers["Content-Type"], "application/octet-stream")
+        self.assertEqual(blob.content[:4], b"YMSS")
+        # Not for tenants, not for unknown sessions.
+        alpha = {"Authorization": "Bearer " + self.alpha["key"]}
+        self.assertEqual(requests.get(self.d.url + url, headers=alpha, timeout=T).status_code,
+                         403)
+        self.assertEqual(requests.get(self.d.url + url, timeout=T).status_code, 401)
+        self.assertEqual(requests.get(self.d.url + "/admin/sessions/alpha/none", headers=ops,
+                                      timeout=T).status_code, 404)
+        d2 = Daemon("--tenants-file", self.file.name)
+        try:
+            # Malformed blobs are refused and store nothing.
+            bad = [blob.content[:100], blob.content[:-1], b"",
+                   blob.content[:9] + bytes([blob.content[9] ^ 1]) + blob.content[10:],
+                   blob.content[:-5] + bytes([blob.content[-5] ^ 1]) + blob.content[-4:]]
+            for b in bad:
+                r = requests.put(d2.url + url, data=b, headers=ops, timeout=T)
+                self.assertEqual(r.status_code, 422, r.text)
+                self.assertEqual(r.json()["error"]["code"], "invalid_session_state")
+            self.assertEqual(requests.get(d2.url + "/v1/sessions/move-1", headers=alpha,
+                                          timeout=T).status_code, 404)
+            self.assertEqual(requests.put(d2.url + url, data=blob.content, headers=alpha,
+                                          timeout=T).status_code, 403)
+            r = requests.put(d2.url + url, data=blob.content, headers=ops, timeout=T)
+            self.assertEqual(r.status_code, 201, r.text)
+            self.assertEqual(r.json()["tokens"], len(opening) + 15)
+            hist = opening + gen_ids(first) + self.ids("\n")
+            r = self.complete(hist, sid="move-1", d=d2)
+            self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"],
+                             len(opening) + 15)
+            self.assertEqual(gen_ids(r), self.cold_ids(hist))
+        finally:
+            self.assertEqual(d2.stop(), 0)
+
+    def test_metrics_count_hits_misses_and_tokens_saved(self):
+        names = ("yunmin_cache_session_hits_total", "yunmin_cache_misses_total",
+                 "yunmin_cache_saved_tokens_total", "yunmin_cache_stores_total")
+        before = [self.d.metric(n) for n in names]
+        a = self.ids("ANGELO:\nWe must not make a scarecrow of the law,\n")
+        first = self.complete(a, sid="met-1")
+        self.complete(a + gen_ids(first), sid="met-1")
+        after = [self.d.metric(n) for n in names]
+        self.assertEqual(after[0] - before[0], 1)
+        self.assertEqual(after[1] - before[1], 1)
+        self.assertEqual(after[2] - before[2], len(a) + 15)
+        self.assertGreaterEqual(after[3] - before[3], 2)
+        self.assertGreater(self.d.metric("yunmin_cache_bytes"), 0)
+        self.assertEqual(self.d.metric("yunmin_cache_budget_bytes"), 1 << 30)
+
+
+class SessionBudget(unittest.TestCase):
+    def test_lru_budget_evicts_the_oldest_and_admin_needs_tenants(self):
+        probe = Daemon("--checkpoint-interval", "0")
+        try:
+            probe.post("/v1/completions", {"prompt": "A", "max_tokens": 1, "session_id": "p"})
+            one = requests.get(probe.url + "/v1/sessions/p", timeout=T).json()["bytes"]
+            # Open mode: the admin routes are closed.
+            self.assertEqual(requests.get(probe.url + "/admin/sessions/default/p",
+                                          timeout=T).status_code, 403)
+        finally:
+            self.assertEqual(probe.stop(), 0)
+        d = Daemon("--checkpoint-interval", "0", "--cache-bytes", str(3 * one + one // 2))
+        try:
+            for i in range(6):
+                r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 2,
+                                               "session_id": "s%d" % i})
+                self.assertEqual(r.status_code, 200)
+            codes = [requests.get(d.url + "/v1/sessions/s%d" % i, timeout=T).status_code
+                     for i in range(6)]
+            self.assertEqual(codes, [404, 404, 404, 200, 200, 200])
+            self.assertEqual(d.metric("yunmin_cache_evictions_total"), 3)
+            self.assertEqual(d.metric("yunmin_cache_sessions"), 3)
+            self.assertLessEqual(d.metric("yunmin_cache_bytes"),
+                                 d.metric("yunmin_cache_budget_bytes"))
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+
+class SessionAdapters(unittest.TestCase):
+    """Sessions with adapters on the m40 conformance model: a session run with an adapter
+    resumes exactly, and a new version of the adapter never resumes an old version's state."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = os.path.join(ROOT, "tests", "fixtures", "conformance", "m40-bias-k3-f32")
+        cls.peft = os.path.join(ROOT, "tests", "fixtures", "peft")
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-sessions-")
+        cls.d = Daemon("--model", cls.model, "--adapter-dir", cls.dir, "--checkpoint-interval",
+                       "16")
+        cls.cold = Daemon("--model", cls.model, "--adapter-dir", cls.dir, "--cache-bytes", "0")
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+            assert cls.cold.stop() == 0
+        finally:
+            subprocess.run(["rm", "-rf", cls.dir])
+
+    def complete(self, d, prompt, sid=None, model="voice", n=10):
+        body = {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0,
+                "ignore_eos": True, "logprobs": 0, "return_tokens_as_token_ids": True}
+        if sid:
+            body["session_id"] = sid
+        r = d.post("/v1/completions", body)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def wait_version(self, version):
+        """Until the cold daemon serves this version of 'voice' (it watches the store)."""
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            r = requests.get(self.cold.url + "/v1/adapters/voice", timeout=T)
+            if r.status_code == 200 and r.json()["version"] == version:
+                return
+            time.sleep(0.05)
+        self.fail("the second daemon never loaded version %s" % version)
+
+    def test_adapter_sessions_resume_and_hot_swap_never_reuses_old_states(self):
+        r = upload(self.d, "voice", os.path.join(self.peft, "lora-all4-m40"))
+        self.assertEqual(r.status_code, 201, r.text)
+        self.wait_version(r.json()["version"])
+        hist, expect = list(range(3, 40)), 0
+        for turn in range(4):
+            r = self.complete(self.d, hist, sid="conv")
+            self.assertEqual(gen_ids(r), gen_ids(self.complete(self.cold, hist)))
+            if turn > 0:
+                self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], expect)
+            expect = len(hist) + 9
+            hist += gen_ids(r) + [7, 8, 9]
+        # The base model with the same session id and history does not resume the adapter's
+        # state (nor its checkpoints).
+        base = self.complete(self.d, hist, sid="conv", model=None)
+        self.assertEqual(base["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(gen_ids(base), gen_ids(self.complete(self.cold, hist, model=None)))
+        # Back on the adapter: the session now holds the base run, so nothing to resume there,
+        # but the adapter's checkpoints still serve.
+        r = self.complete(self.d, hist, sid="conv")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"] % 16, 0)
+        self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(self.cold, hist)))
+        hist += gen_ids(r) + [7]
+        # Hot swap: a new version under the same name. The next turn extends the session's
+        # history but must run cold, and gives the new version's tokens.
+        r = upload(self.d, "voice", os.path.join(self.peft, "ia3-out-m40"))
+        self.assertEqual(r.status_code, 200, r.text)
+        self.wait_version(r.json()["version"])
+        r = self.complete(self.d, hist, sid="conv")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(self.cold, hist)))
+        # And the following turn resumes the new version's state.
+        expect = len(hist) + 9
+        hist += gen_ids(r) + [7]
+        r = self.complete(self.d, hist, sid="conv")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], expect)
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(self.cold, hist)))
+
+
 class Lifecycle(unittest.TestCase):
     def test_drain_on_sigterm_completes_streams(self):
         d = Daemon("--drain-timeout-s", "60")

@@ -18,6 +18,7 @@
 #include "server/multipart.h"
 #include "server/request.h"
 #include "server/sched.h"
+#include "server/statecache.h"
 #include "server/tenants.h"
 
 /* ---------- settings ---------- */
@@ -136,7 +137,8 @@ START_TEST(test_creq_full_request)
                        " \"presence_penalty\": 0.1, \"frequency_penalty\": -0.2,"
                        " \"repetition_penalty\": 1.1, \"seed\": -3, \"stop\": [\"a\", \"\", \"bc\"],"
                        " \"stream\": true, \"stream_options\": {\"include_usage\": true},"
-                       " \"logprobs\": 2, \"user\": \"u\", \"unknown_field\": [1, 2]}";
+                       " \"logprobs\": 2, \"user\": \"u\", \"unknown_field\": [1, 2],"
+                       " \"session_id\": \"c-1.a_b~c:d@e+f=g\", \"return_tokens_as_token_ids\": true}";
     ym_creq q;
     json_t *root;
     ym_diag d = {0};
@@ -154,6 +156,8 @@ START_TEST(test_creq_full_request)
     ck_assert_int_eq(q.include_usage, 1);
     ck_assert_int_eq(q.logprobs, 2);
     ck_assert_int_eq(q.sampling.n_logprobs, 2);
+    ck_assert_str_eq(q.session_id, "c-1.a_b~c:d@e+f=g");
+    ck_assert_int_eq(q.tokens_as_ids, 1);
     ym_creq_deinit(&q);
     json_decref(root);
 }
@@ -203,6 +207,13 @@ START_TEST(test_creq_rejects_each_bad_field)
          "28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51]}",
          "prompt"},
         {"{\"prompt\": \"x\", \"model\": 5}", "model"},
+        {"{\"prompt\": \"x\", \"session_id\": 5}", "session_id"},
+        {"{\"prompt\": \"x\", \"session_id\": \"\"}", "session_id"},
+        {"{\"prompt\": \"x\", \"session_id\": \"a b\"}", "session_id"},
+        {"{\"prompt\": \"x\", \"session_id\": \"a/b\"}", "session_id"},
+        {"{\"prompt\": \"x\", \"session_id\": \"a\\u0000b\"}", "session_id"},
+        {"{\"prompt\": \"x\", \"session_id\": \"\\u00e9\"}", "session_id"},
+        {"{\"prompt\": \"x\", \"return_tokens_as_token_ids\": 1}", "return_tokens_as_token_ids"},
         {"{\"prompt\": \"x\", \"max_tokens\": 1001}", "max_tokens"},
         {"{\"prompt\": \"x\", \"max_tokens\": \"5\"}", "max_tokens"},
         {"{\"prompt\": \"x\", \"temperature\": 2.5}", "temperature"},
@@ -354,7 +365,7 @@ START_TEST(test_tenants_auth)
     ck_assert_int_eq(ym_tenants_init(), 0);
     const char *json = "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"],"
                        " \"max_concurrent\": 3}, {\"name\": \"b-2.x_\", \"keys\": [\"" HASH_EMPTY
-                       "\"]}]}";
+                       "\"], \"admin\": true}]}";
     ym_tenants_t *t;
     ym_diag d = {0};
     ck_assert_int_eq(ym_tenants_parse(json, strlen(json), &t, &d), YM_OK);
@@ -363,6 +374,7 @@ START_TEST(test_tenants_auth)
     ck_assert_ptr_nonnull(a);
     ck_assert_str_eq(a->name, "a");
     ck_assert_uint_eq(a->max_concurrent, 3);
+    ck_assert_int_eq(a->admin, 0);
     ck_assert_ptr_eq(ym_tenants_auth(t, "bearer   abc  "), a);
     ck_assert_ptr_null(ym_tenants_auth(t, NULL));
     ck_assert_ptr_null(ym_tenants_auth(t, "Bearer "));  /* the empty key is never accepted */
@@ -393,6 +405,7 @@ START_TEST(test_tenants_rejects_bad_files)
         "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"sha256:zz\"]}]}",
         "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"], \"max_concurrent\": -1}]}",
         "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"], \"color\": 1}]}",
+        "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"], \"admin\": 1}]}",
         "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"]},"
         " {\"name\": \"a\", \"keys\": [\"" HASH_EMPTY "\"]}]}",
         "{\"tenants\": [{\"name\": \"a\", \"keys\": [\"" HASH_ABC "\"]},"
@@ -691,6 +704,341 @@ static ym_finish wait_job(fixture *f, ym_sched_t *s, ym_gen *g, int32_t *ids, in
     return YM_FINISH_NONE;
 }
 
+
+/* --- state cache --- */
+
+static ym_state_t *filled_state(const ym_config *cfg, float v, int64_t n_tokens)
+{
+    ym_state_t *st;
+    ck_assert_int_eq(ym_state_new(cfg, &st), YM_OK);
+    size_t nc = (size_t)st->n_layer * st->d_inner * (st->d_conv - 1);
+    size_t ns = (size_t)st->n_layer * st->d_inner * st->d_state;
+    for (size_t i = 0; i < nc; i++)
+        st->conv[i] = v + (float)i * 1e-3f;
+    for (size_t i = 0; i < ns; i++)
+        st->ssm[i] = -v - (float)i * 1e-3f;
+    st->n_tokens = n_tokens;
+    return st;
+}
+
+static const ym_config small_cfg = {.n_layer = 2, .d_inner = 8, .d_conv = 4, .d_state = 4,
+                                    .d_model = 4, .n_vocab = 16, .dt_rank = 1};
+
+START_TEST(test_skeys_separate_what_they_should)
+{
+    ym_skey a, b, r1, r2, c1, c2;
+    ym_skey_session(&a, "acme", "s1");
+    ym_skey_session(&b, "globex", "s1");
+    ck_assert(!ym_skey_equal(&a, &b)); /* sessions are per tenant */
+    ym_skey_session(&b, "acm", "es1");
+    ck_assert(!ym_skey_equal(&a, &b)); /* the boundary between the parts counts */
+    ym_skey_root(&r1, "acme", "");
+    ym_skey_root(&r2, "acme", "voice@1000");
+    ck_assert(!ym_skey_equal(&r1, &r2)); /* adapters change the state */
+    ym_skey_root(&r2, "acme", "voice@1001");
+    ym_skey_root(&b, "acme", "voice@1000");
+    ck_assert(!ym_skey_equal(&r2, &b)); /* so does their version */
+    int32_t t1[4] = {1, 2, 3, 4}, t2[4] = {1, 2, 3, 5};
+    ym_skey_chain(&c1, &r1, t1, 4, NULL, 0);
+    ym_skey_chain(&c2, &r1, t2, 4, NULL, 0);
+    ck_assert(!ym_skey_equal(&c1, &c2));
+    ym_skey_chain(&c2, &r1, t1, 4, NULL, 0);
+    ck_assert(ym_skey_equal(&c1, &c2)); /* deterministic */
+    ym_skey_chain(&c2, &r2, t1, 4, NULL, 0);
+    ck_assert(!ym_skey_equal(&c1, &c2));
+    ym_skey_chain(&c2, &r1, t1, 1, t1 + 1, 3); /* the split does not matter */
+    ck_assert(ym_skey_equal(&c1, &c2));
+    /* A history hash does not depend on where it is split, only on the tokens. */
+    ym_skey h1, h2, h3;
+    ym_skey_history(&h1, &r1, t1, 4, NULL, 0);
+    ym_skey_history(&h2, &r1, t1, 2, t1 + 2, 2);
+    ym_skey_history(&h3, &r1, t1, 3, NULL, 0);
+    ck_assert(ym_skey_equal(&h1, &h2));
+    ck_assert(!ym_skey_equal(&h1, &h3));
+}
+END_TEST
+
+START_TEST(test_scache_lru_budget_and_pins)
+{
+    ym_metrics_t *m = ym_metrics_new();
+    ym_state_t *probe = filled_state(&small_cfg, 0, 1);
+    size_t one = ym_scache_entry_bytes(probe);
+    ym_state_free(probe);
+    ym_scache_t *c;
+    ck_assert_int_eq(ym_scache_new(3 * one, m, &c), YM_OK);
+    ym_skey k[5];
+    for (int i = 0; i < 5; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "s%d", i);
+        ym_skey_session(&k[i], "t", id);
+    }
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(ym_scache_put(c, &k[i], YM_SC_SESSION, NULL,
+                                       filled_state(&small_cfg, (float)i, i + 1)), 1);
+    ym_scache_stats st;
+    ym_scache_get_stats(c, &st);
+    ck_assert_uint_eq(st.bytes, 3 * one);
+    ck_assert_int_eq(st.n_sessions, 3);
+    /* Touch 0: 1 is now the least recently used and goes first. */
+    ck_assert_int_eq(ym_scache_touch(c, &k[0]), 1);
+    ck_assert_int_eq(ym_scache_put(c, &k[3], YM_SC_PREFIX, NULL,
+                                   filled_state(&small_cfg, 3, 4)), 1);
+    ck_assert_int_eq(ym_scache_touch(c, &k[1]), 0);
+    ck_assert_int_eq(ym_scache_touch(c, &k[0]), 1);
+    ym_scache_get_stats(c, &st);
+    ck_assert_int_eq(st.n_sessions, 2);
+    ck_assert_int_eq(st.n_prefixes, 1);
+    ck_assert_uint_eq(st.evictions, 1);
+    /* A pinned entry is neither evicted nor freed: its state stays readable. */
+    ym_sc_entry *e2 = ym_scache_pin(c, &k[2]);
+    ck_assert_ptr_nonnull(e2);
+    ck_assert_int_eq(ym_scache_put(c, &k[4], YM_SC_SESSION, NULL,
+                                   filled_state(&small_cfg, 4, 5)), 1);
+    ck_assert_int_eq(ym_scache_touch(c, &k[2]), 1); /* 3 went instead (LRU, unpinned) */
+    ck_assert_int_eq(ym_scache_touch(c, &k[3]), 0);
+    /* Replacing or removing a pinned entry unlinks it; the pin holder still reads it. */
+    ck_assert_int_eq(ym_scache_put(c, &k[2], YM_SC_SESSION, NULL,
+                                   filled_state(&small_cfg, 9, 10)), 1);
+    ck_assert_int_eq(ym_sc_entry_state(e2)->n_tokens, 3);
+    ck_assert_float_eq(ym_sc_entry_state(e2)->ssm[0], -2.0f);
+    ym_scache_unpin(c, e2); /* freed now (ASan checks) */
+    ym_sc_entry *e = ym_scache_pin(c, &k[2]);
+    ck_assert_int_eq(ym_sc_entry_state(e)->n_tokens, 10);
+    ym_scache_unpin(c, e);
+    /* Everything pinned: a new entry is refused, nothing is lost. */
+    ym_sc_entry *p0 = ym_scache_pin(c, &k[0]), *p2 = ym_scache_pin(c, &k[2]),
+                *p4 = ym_scache_pin(c, &k[4]);
+    ck_assert_int_eq(ym_scache_put(c, &k[1], YM_SC_SESSION, NULL,
+                                   filled_state(&small_cfg, 1, 2)), 0);
+    ym_scache_unpin(c, p0);
+    ym_scache_unpin(c, p2);
+    ym_scache_unpin(c, p4);
+    /* Larger than the whole budget: refused. Shrinking the budget evicts. */
+    ym_scache_set_budget(c, one);
+    ym_scache_get_stats(c, &st);
+    ck_assert_uint_le(st.bytes, one);
+    ck_assert_int_eq(st.n_sessions + st.n_prefixes, 1);
+    ck_assert_int_eq(ym_scache_remove(c, &k[2]) + ym_scache_remove(c, &k[0]) +
+                         ym_scache_remove(c, &k[4]), 1);
+    ck_assert_int_eq(ym_scache_remove(c, &k[4]), 0);
+    ym_scache_set_budget(c, 0);
+    ck_assert_int_eq(ym_scache_put(c, &k[1], YM_SC_SESSION, NULL,
+                                   filled_state(&small_cfg, 1, 2)), 0);
+    /* The metrics follow. */
+    char *text;
+    size_t len;
+    ck_assert_int_eq(ym_metrics_render(m, &text, &len), 0);
+    ck_assert_ptr_nonnull(strstr(text, "\nyunmin_cache_bytes 0\n"));
+    ck_assert_ptr_nonnull(strstr(text, "\nyunmin_cache_budget_bytes 0\n"));
+    ck_assert_ptr_nonnull(strstr(text, "\nyunmin_cache_evictions_total 4\n"));
+    free(text);
+    ym_scache_free(c);
+    ym_metrics_free(m);
+}
+END_TEST
+
+START_TEST(test_scache_many_entries_grow_the_table)
+{
+    ym_state_t *probe = filled_state(&small_cfg, 0, 1);
+    size_t one = ym_scache_entry_bytes(probe);
+    ym_state_free(probe);
+    ym_scache_t *c;
+    ck_assert_int_eq(ym_scache_new(1000 * one, NULL, &c), YM_OK);
+    ym_skey root, k;
+    ym_skey_root(&root, "t", "");
+    for (int32_t i = 0; i < 1500; i++) {
+        ym_skey_chain(&k, &root, &i, 1, NULL, 0);
+        ck_assert_int_eq(ym_scache_put(c, &k, YM_SC_PREFIX, NULL,
+                                       filled_state(&small_cfg, (float)i, i + 1)), 1);
+    }
+    int found = 0;
+    for (int32_t i = 0; i < 1500; i++) {
+        ym_skey_chain(&k, &root, &i, 1, NULL, 0);
+        ym_sc_entry *e = ym_scache_pin(c, &k);
+        if (e != NULL) {
+            ck_assert_int_eq(ym_sc_entry_state(e)->n_tokens, i + 1);
+            ck_assert_int_ge(i, 500); /* the oldest 500 were evicted */
+            found++;
+        }
+        ym_scache_unpin(c, e);
+    }
+    ck_assert_int_eq(found, 1000);
+    ym_scache_free(c);
+}
+END_TEST
+
+START_TEST(test_session_blob_round_trip_and_rejections)
+{
+    unsigned char fp[32], other[32];
+    memset(fp, 7, sizeof(fp));
+    memset(other, 8, sizeof(other));
+    ym_state_t *st = filled_state(&small_cfg, 0.5f, 42);
+    ym_skey hist, got_hist;
+    memset(hist.b, 3, sizeof(hist.b));
+    size_t n = ym_session_blob_size(st);
+    unsigned char *blob = malloc(n);
+    ck_assert_int_eq(ym_session_blob_write(st, &hist, fp, blob, n - 1), YM_EINVAL);
+    ck_assert_int_eq(ym_session_blob_write(st, &hist, fp, blob, n), YM_OK);
+    ym_state_t *back = NULL;
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_session_blob_read(blob, n, &small_cfg, fp, &back, &got_hist, &d), YM_OK);
+    ck_assert(ym_skey_equal(&hist, &got_hist));
+    ck_assert_int_eq(back->n_tokens, 42);
+    ck_assert_int_eq(memcmp(back->ssm, st->ssm, 2 * 8 * 4 * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(back->conv, st->conv, 2 * 8 * 3 * sizeof(float)), 0);
+    ym_state_free(back);
+    /* Every truncation, and a flipped bit anywhere, is refused. */
+    for (size_t len = 0; len < n; len += (len < 200 ? 1 : 97)) {
+        ck_assert_int_eq(ym_session_blob_read(blob, len, &small_cfg, fp, &back, &got_hist, &d),
+                         YM_EFORMAT);
+        ck_assert_ptr_null(back);
+    }
+    for (size_t i = 0; i < n; i += (i < 120 ? 1 : 13)) {
+        if (i >= 40 && i < 72)
+            continue; /* the history hash is not checked here: it only has to match prompts */
+        if (i >= 72 + 24 && i < 72 + 32)
+            continue; /* n_tokens: any positive count is a valid state */
+        blob[i] ^= 0x10;
+        ym_err err = ym_session_blob_read(blob, n, &small_cfg, fp, &back, &got_hist, &d);
+        ck_assert_msg(err == YM_EFORMAT, "byte %zu flipped, accepted", i);
+        blob[i] ^= 0x10;
+    }
+    ck_assert_int_eq(ym_session_blob_read(blob, n, &small_cfg, other, &back, &got_hist, &d),
+                     YM_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(d.msg, "another model"));
+    ym_config big = small_cfg;
+    big.d_inner = 16;
+    ck_assert_int_eq(ym_session_blob_read(blob, n, &big, fp, &back, &got_hist, &d), YM_EFORMAT);
+    /* A NaN in the state (checksum made right) is refused. */
+    st->ssm[3] = NAN;
+    ck_assert_int_eq(ym_session_blob_write(st, &hist, fp, blob, n), YM_OK);
+    ck_assert_int_eq(ym_session_blob_read(blob, n, &small_cfg, fp, &back, &got_hist, &d),
+                     YM_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(d.msg, "not finite"));
+    free(blob);
+    ym_state_free(st);
+}
+END_TEST
+
+static ym_gen *make_gen_ids(const int32_t *ids, int n, int max_tokens, const char *tenant,
+                            const char *identity, const char *session)
+{
+    int32_t *copy = malloc((size_t)n * sizeof(int32_t));
+    memcpy(copy, ids, (size_t)n * sizeof(int32_t));
+    ym_gen_params p = {
+        .prompt = copy,
+        .n_prompt = (size_t)n,
+        .sampling = ym_sampling_default(),
+        .max_tokens = max_tokens,
+        .id = "test",
+        .tenant = tenant,
+        .identity = identity,
+        .session_id = session,
+    };
+    p.sampling.temperature = 0;
+    ym_gen *g;
+    ck_assert_int_eq(ym_gen_new(&p, &g), YM_OK);
+    return g;
+}
+
+/* Run one job to its end: its ids in out, the prompt tokens it resumed in *cached, the tokens
+ * it fed to the model after its prompt (all but the last sampled one) in *fed. */
+static int run_job(fixture *f, ym_sched_t *s, ym_gen *g, int32_t *out, int max, int *cached,
+                   int *fed)
+{
+    int n;
+    ck_assert_int_eq(ym_sched_submit(s, g), YM_OK);
+    ym_finish fin = wait_job(f, s, g, out, &n, max);
+    *fed = fin == YM_FINISH_STOP ? n : n - 1; /* an end-of-text token is sampled, not fed */
+    ym_gen_delta d = {0};
+    ym_gen_take(g, &d);
+    *cached = d.n_cached;
+    ym_gen_delta_deinit(&d);
+    ym_gen_unref(g);
+    return n;
+}
+
+START_TEST(test_sched_resumed_sessions_and_prefixes_equal_cold_runs)
+{
+    fixture f = {0};
+    fixture_init(&f);
+    ym_scache_t *cache;
+    ck_assert_int_eq(ym_scache_new(64u << 20, f.metrics, &cache), YM_OK);
+    /* Small chunks and interval so a 100-token history crosses many of both. */
+    ym_sched_opts o = {.max_running = 4, .max_batch_tokens = 16, .prefill_chunk = 7,
+                       .max_queue = 16, .n_threads = 1, .checkpoint_interval = 16};
+    ym_sched_t *s;
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, cache, on_wake, &f.w, &s, NULL),
+                     YM_OK);
+    enum { NG = 12, MAXH = 400 };
+    int32_t hist[MAXH], got[NG], want[NG];
+    int nh = 0, cached, n, fed, prev_nh = 0, prev_fed = 0;
+    ym_ids ids = {0};
+    const char *opening = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+    ym_tok_encode(f.tok, opening, strlen(opening), &ids);
+    memcpy(hist, ids.v, ids.n * sizeof(int32_t));
+    nh = (int)ids.n;
+    ym_ids_deinit(&ids);
+    ym_tok_encode(f.tok, "\nAll:\n", 6, &ids);
+    int resumed_turns = 0;
+    for (int turn = 0; turn < 6; turn++) {
+        n = run_job(&f, s, make_gen_ids(hist, nh, NG, "acme", "", "conv"), got, NG, &cached, &fed);
+        int n_want = reference_greedy(&f, hist, nh, NG, want);
+        if (n_want > 0 && want[n_want - 1] == ym_tok_eos_id(f.tok))
+            n_want--;
+        ck_assert_int_eq(n, n_want);
+        for (int k = 0; k < n; k++)
+            ck_assert_msg(got[k] == want[k], "turn %d token %d: %d != %d", turn, k, got[k],
+                          want[k]);
+        /* The state holds the history up to the last fed token: all but the last sampled. */
+        if (turn > 0) {
+            ck_assert_int_eq(cached, prev_nh + prev_fed);
+            resumed_turns++;
+        }
+        prev_nh = nh;
+        prev_fed = fed;
+        memcpy(hist + nh, got, (size_t)n * sizeof(int32_t));
+        nh += n;
+        memcpy(hist + nh, ids.v, ids.n * sizeof(int32_t));
+        nh += (int)ids.n;
+        ck_assert_int_lt(nh + NG + 8, MAXH);
+    }
+    ck_assert_int_eq(resumed_turns, 5);
+    /* Another tenant's job with the same tokens and session id resumes nothing. */
+    n = run_job(&f, s, make_gen_ids(hist, nh, NG, "globex", "", "conv"), got, NG, &cached, &fed);
+    ck_assert_int_eq(cached, 0);
+    /* Same tenant, other adapter identity: nothing either (checkpoints are keyed by it). */
+    n = run_job(&f, s, make_gen_ids(hist, nh, 1, "acme", "voice@1", NULL), got, NG, &cached, &fed);
+    ck_assert_int_eq(cached, 0);
+    /* No session, same tenant and identity: the longest checkpoint below the prompt's end. */
+    n = run_job(&f, s, make_gen_ids(hist, nh, NG, "acme", "", NULL), got, NG, &cached, &fed);
+    /* Checkpoints exist up to the last turn's history (prompt and fed tokens). */
+    int last = prev_nh + prev_fed < nh - 1 ? prev_nh + prev_fed : nh - 1;
+    ck_assert_int_eq(cached, (last / 16) * 16);
+    ck_assert_int_gt(cached, 64);
+    int n_want = reference_greedy(&f, hist, nh, NG, want);
+    if (n_want > 0 && want[n_want - 1] == ym_tok_eos_id(f.tok))
+        n_want--;
+    ck_assert_int_eq(n, n_want);
+    for (int k = 0; k < n; k++)
+        ck_assert_int_eq(got[k], want[k]);
+    /* A prompt that does not extend the session runs without it and replaces it. */
+    hist[3] = hist[3] == 5 ? 6 : 5; /* longer than the session's history, but not its extension */
+    n = run_job(&f, s, make_gen_ids(hist, nh, 2, "acme", "", "conv"), got, NG, &cached, &fed);
+    ck_assert_int_eq(cached, 0); /* every checkpoint of this prompt is after token 3 too */
+    ym_skey key;
+    ym_skey_session(&key, "acme", "conv");
+    ym_sc_entry *e = ym_scache_pin(cache, &key);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(ym_sc_entry_state(e)->n_tokens, nh + fed);
+    ym_scache_unpin(cache, e);
+    ym_ids_deinit(&ids);
+    ym_sched_free(s);
+    ym_scache_free(cache);
+    fixture_deinit(&f);
+}
+END_TEST
+
 START_TEST(test_sched_batched_greedy_equals_engine_alone)
 {
     fixture f = {0};
@@ -702,7 +1050,7 @@ START_TEST(test_sched_batched_greedy_equals_engine_alone)
     ym_sched_opts o = {.max_running = 4, .max_batch_tokens = 8, .prefill_chunk = 3,
                        .max_queue = 16, .n_threads = 1};
     ym_sched_t *s;
-    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, on_wake, &f.w, &s, NULL), YM_OK);
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, NULL, on_wake, &f.w, &s, NULL), YM_OK);
     ym_gen *g[NP];
     for (int i = 0; i < NP; i++) {
         g[i] = make_gen(&f, prompts[i], NG, 1, 0);
@@ -739,7 +1087,7 @@ START_TEST(test_sched_queue_limit_and_cancel)
     ym_sched_opts o = {.max_running = 1, .max_batch_tokens = 4, .prefill_chunk = 4,
                        .max_queue = 1, .n_threads = 1};
     ym_sched_t *s;
-    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, on_wake, &f.w, &s, NULL), YM_OK);
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, NULL, on_wake, &f.w, &s, NULL), YM_OK);
     ym_gen *a = make_gen(&f, "ROMEO:", 1 << 20, 0, 0);
     ym_gen *b = make_gen(&f, "JULIET:", 1 << 20, 0, 0);
     ym_gen *c = make_gen(&f, "NURSE:", 4, 0, 0);
@@ -778,7 +1126,7 @@ START_TEST(test_sched_stop_cancels_running_and_queued)
     ym_sched_opts o = {.max_running = 1, .max_batch_tokens = 4, .prefill_chunk = 4,
                        .max_queue = 4, .n_threads = 1};
     ym_sched_t *s;
-    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, on_wake, &f.w, &s, NULL), YM_OK);
+    ck_assert_int_eq(ym_sched_new(f.model, f.tok, &o, f.metrics, NULL, on_wake, &f.w, &s, NULL), YM_OK);
     ym_gen *g[3];
     for (int i = 0; i < 3; i++) {
         g[i] = make_gen(&f, "ROMEO:", 1 << 20, 0, 3);
@@ -823,9 +1171,17 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_multipart_parts_any_split);
     tcase_add_test(tc, test_multipart_rejects_malformed);
     suite_add_tcase(s, tc);
+    tc = tcase_create("statecache");
+    tcase_add_test(tc, test_skeys_separate_what_they_should);
+    tcase_add_test(tc, test_scache_lru_budget_and_pins);
+    tcase_add_test(tc, test_scache_many_entries_grow_the_table);
+    tcase_add_test(tc, test_session_blob_round_trip_and_rejections);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("sched");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_sched_batched_greedy_equals_engine_alone);
+    tcase_add_test(tc, test_sched_resumed_sessions_and_prefixes_equal_cold_runs);
     tcase_add_test(tc, test_sched_queue_limit_and_cancel);
     tcase_add_test(tc, test_sched_stop_cancels_running_and_queued);
     suite_add_tcase(s, tc);

@@ -1,0 +1,170 @@
+/* server/sessions_api.c - the session routes (docs/API.md "Sessions").
+ *
+ *   GET    /v1/sessions/{id}              the caller's session: tokens it holds, bytes
+ *   DELETE /v1/sessions/{id}              forget it
+ *   GET    /admin/sessions/{tenant}/{id}  a session's state as a blob (admin tenants only)
+ *   PUT    /admin/sessions/{tenant}/{id}  store a blob as that session (admin tenants only)
+ *
+ * Loop thread. The cache is shared with the engine thread (its own lock); an entry read here
+ * is pinned while it is serialized. Importing validates the blob like any upload: magic,
+ * version, the model's fingerprint, dimensions, size, checksum, finite values. */
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/request.h"
+#include "server/server.h"
+#include "server/statecache.h"
+#include "server/store.h"
+
+size_t ym_server_state_bytes(const ym_server_t *srv)
+{
+    const ym_config *c = &srv->model->cfg;
+    ym_state_t st = {.n_layer = c->n_layer, .d_inner = c->d_inner, .d_conv = c->d_conv,
+                     .d_state = c->d_state};
+    return ym_scache_entry_bytes(&st);
+}
+
+static int cache_ready(ym_hreq *r)
+{
+    if (r->srv->cache != NULL)
+        return 0;
+    ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
+    return -1;
+}
+
+static int check_id(ym_hreq *r, const char *id)
+{
+    ym_diag d = {0};
+    if (ym_session_id_check(id, strlen(id), (size_t)r->srv->conf.max_session_id_bytes, &d) ==
+        YM_OK)
+        return 0;
+    ym_hreq_respond_error(r, YM_EINVAL, 400, "session_id", "invalid_request", "%s", d.msg);
+    return -1;
+}
+
+static json_t *session_object(const char *id, const ym_sc_entry *e)
+{
+    return json_pack("{s:s,s:s,s:I,s:I}", "id", id, "object", "session", "tokens",
+                     (json_int_t)ym_sc_entry_state(e)->n_tokens, "bytes",
+                     (json_int_t)ym_sc_entry_bytes(e));
+}
+
+void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
+{
+    ym_server_t *srv = r->srv;
+    const char *id = url + strlen("/v1/sessions/");
+    if (cache_ready(r) != 0 || check_id(r, id) != 0)
+        return;
+    ym_skey key;
+    ym_skey_session(&key, r->limits.name, id);
+    if (strcmp(method, "DELETE") == 0) {
+        if (ym_scache_remove(srv->cache, &key))
+            ym_hreq_respond_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object",
+                                                   "session", "deleted", 1));
+        else
+            ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found",
+                                  "no session '%s'", id);
+        return;
+    }
+    ym_sc_entry *e = ym_scache_pin(srv->cache, &key);
+    if (e == NULL) {
+        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found", "no session '%s'",
+                              id);
+        return;
+    }
+    json_t *obj = session_object(id, e);
+    ym_scache_unpin(srv->cache, e);
+    ym_hreq_respond_json(r, 200, obj);
+}
+
+/* /admin/sessions/{tenant}/{id}: split and check. 0, or -1 (answered). */
+static int admin_target(ym_hreq *r, const char *url, char tenant[YM_TENANT_NAME_MAX + 1],
+                        const char **id)
+{
+    const char *t = url + strlen("/admin/sessions/");
+    const char *slash = strchr(t, '/');
+    size_t tl = slash ? (size_t)(slash - t) : 0;
+    if (slash == NULL || tl == 0 || tl > YM_TENANT_NAME_MAX) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, NULL, "invalid_request",
+                              "the path must be /admin/sessions/{tenant}/{session_id}");
+        return -1;
+    }
+    memcpy(tenant, t, tl);
+    tenant[tl] = '\0';
+    if (!ym_store_valid_name(tenant)) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, NULL, "invalid_request",
+                              "'%s' is not a tenant name", tenant);
+        return -1;
+    }
+    *id = slash + 1;
+    return check_id(r, *id);
+}
+
+static void admin_export(ym_hreq *r, const char *tenant, const char *id)
+{
+    ym_server_t *srv = r->srv;
+    ym_skey key;
+    ym_skey_session(&key, tenant, id);
+    ym_sc_entry *e = ym_scache_pin(srv->cache, &key);
+    if (e == NULL) {
+        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found",
+                              "tenant %s has no session '%s'", tenant, id);
+        return;
+    }
+    const ym_state_t *st = ym_sc_entry_state(e);
+    size_t n = ym_session_blob_size(st);
+    char *blob = malloc(n);
+    ym_err err = blob ? ym_session_blob_write(st, ym_sc_entry_history(e), srv->model_fp, blob, n)
+                      : YM_ENOMEM;
+    ym_scache_unpin(srv->cache, e);
+    if (err != YM_OK) {
+        free(blob);
+        ym_hreq_respond_error(r, err, 503, NULL, NULL, "cannot export the session: %s",
+                              ym_strerror(err));
+        return;
+    }
+    ym_hreq_respond_text(r, 200, "application/octet-stream", blob, n);
+}
+
+static void admin_import(ym_hreq *r, const char *tenant, const char *id)
+{
+    ym_server_t *srv = r->srv;
+    ym_state_t *st = NULL;
+    ym_skey hist, key;
+    ym_diag d = {0};
+    ym_err err = ym_session_blob_read(r->body.p, r->body.len, &srv->model->cfg, srv->model_fp,
+                                      &st, &hist, &d);
+    if (err != YM_OK) {
+        ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 422, NULL, "invalid_session_state",
+                              "%s", d.msg[0] ? d.msg : ym_strerror(err));
+        return;
+    }
+    int64_t n_tokens = st->n_tokens;
+    size_t bytes = ym_scache_entry_bytes(st);
+    ym_skey_session(&key, tenant, id);
+    int rc = ym_scache_put(srv->cache, &key, YM_SC_SESSION, &hist, st); /* takes st */
+    if (rc != 1) {
+        ym_hreq_respond_error(r, YM_ENOMEM, 507, NULL, "cache_full",
+                              "the state cache cannot hold this session (%zu bytes; budget %zu)",
+                              bytes, ym_scache_budget(srv->cache));
+        return;
+    }
+    ym_metrics_add(srv->metrics, YM_M_CACHE_STORES, 1);
+    ym_hreq_respond_json(r, 201, json_pack("{s:s,s:s,s:s,s:I,s:I}", "id", id, "object",
+                                           "session", "tenant", tenant, "tokens",
+                                           (json_int_t)n_tokens, "bytes", (json_int_t)bytes));
+}
+
+void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url)
+{
+    char tenant[YM_TENANT_NAME_MAX + 1];
+    const char *id;
+    if (cache_ready(r) != 0 || admin_target(r, url, tenant, &id) != 0)
+        return;
+    if (strcmp(method, "PUT") == 0)
+        admin_import(r, tenant, id);
+    else
+        admin_export(r, tenant, id);
+}

@@ -1,0 +1,506 @@
+/* server/statecache.c - the state cache: a hash table of entries on one LRU list.
+ *
+ * Owns: every entry and its state. Table: chained buckets indexed by the key's first 8 bytes
+ * (the keys are BLAKE2b outputs, so they are uniform), doubled when the load passes 1. LRU:
+ * an intrusive list, most recent at the head; eviction walks from the tail and skips pinned
+ * entries. An entry leaves the table and the list when replaced, removed or evicted; it is
+ * freed then, or at its last unpin if pinned. Bytes are counted while an entry is in the
+ * table. */
+#include "server/statecache.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ym_sc_entry {
+    ym_skey key, hist;
+    ym_sc_kind kind;
+    ym_state_t *st; /* owned */
+    size_t bytes;
+    int pins;
+    int linked;     /* in the table and on the list */
+    ym_sc_entry *hnext, *prev, *next;
+};
+
+struct ym_scache {
+    pthread_mutex_t lock;
+    ym_metrics_t *metrics; /* borrowed, may be NULL */
+    ym_sc_entry **buckets;
+    size_t n_buckets;      /* power of two */
+    size_t n_entries;
+    ym_sc_entry *head, *tail; /* LRU: head most recent */
+    size_t bytes, budget;
+    int n_kind[2];
+    uint64_t evictions;
+};
+
+/* --- keys --- */
+
+static void hash_parts(ym_skey *k, const char *tag, const void *a, size_t na, const void *b,
+                       size_t nb)
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, sizeof(k->b));
+    crypto_generichash_update(&h, (const unsigned char *)tag, strlen(tag) + 1);
+    /* Lengths first, so ("ab","c") and ("a","bc") differ. */
+    uint64_t len[2] = {na, nb};
+    crypto_generichash_update(&h, (const unsigned char *)len, sizeof(len));
+    if (na > 0)
+        crypto_generichash_update(&h, a, na);
+    if (nb > 0)
+        crypto_generichash_update(&h, b, nb);
+    crypto_generichash_final(&h, k->b, sizeof(k->b));
+}
+
+void ym_skey_session(ym_skey *k, const char *tenant, const char *session_id)
+{
+    hash_parts(k, "yunmin session", tenant, strlen(tenant), session_id, strlen(session_id));
+}
+
+void ym_skey_root(ym_skey *k, const char *tenant, const char *identity)
+{
+    hash_parts(k, "yunmin prefix", tenant, strlen(tenant), identity, strlen(identity));
+}
+
+/* tag, prev, token count, tokens: one hash for chain blocks and histories. Token ids enter as
+ * little-endian int32, the host order (little-endian only, checked at build). */
+static void hash_tokens(ym_skey *k, const char *tag, const ym_skey *prev, const int32_t *a,
+                        size_t na, const int32_t *b, size_t nb)
+{
+    crypto_generichash_state h;
+    uint64_t n = na + nb;
+    crypto_generichash_init(&h, NULL, 0, sizeof(k->b));
+    crypto_generichash_update(&h, (const unsigned char *)tag, strlen(tag) + 1);
+    crypto_generichash_update(&h, prev->b, sizeof(prev->b));
+    crypto_generichash_update(&h, (const unsigned char *)&n, sizeof(n));
+    if (na > 0)
+        crypto_generichash_update(&h, (const unsigned char *)a, na * sizeof(int32_t));
+    if (nb > 0)
+        crypto_generichash_update(&h, (const unsigned char *)b, nb * sizeof(int32_t));
+    crypto_generichash_final(&h, k->b, sizeof(k->b));
+}
+
+void ym_skey_chain(ym_skey *k, const ym_skey *prev, const int32_t *a, size_t na,
+                   const int32_t *b, size_t nb)
+{
+    hash_tokens(k, "yunmin block", prev, a, na, b, nb);
+}
+
+void ym_skey_history(ym_skey *k, const ym_skey *root, const int32_t *a, size_t na,
+                     const int32_t *b, size_t nb)
+{
+    hash_tokens(k, "yunmin history", root, a, na, b, nb);
+}
+
+int ym_skey_equal(const ym_skey *a, const ym_skey *b)
+{
+    return memcmp(a->b, b->b, sizeof(a->b)) == 0;
+}
+
+/* --- the table --- */
+
+static size_t bucket_of(const ym_scache_t *c, const ym_skey *k)
+{
+    uint64_t h;
+    memcpy(&h, k->b, sizeof(h));
+    return (size_t)h & (c->n_buckets - 1);
+}
+
+static ym_sc_entry *find(const ym_scache_t *c, const ym_skey *k)
+{
+    for (ym_sc_entry *e = c->buckets[bucket_of(c, k)]; e != NULL; e = e->hnext)
+        if (ym_skey_equal(&e->key, k))
+            return e;
+    return NULL;
+}
+
+static void grow_table(ym_scache_t *c)
+{
+    size_t n = c->n_buckets * 2;
+    ym_sc_entry **b = calloc(n, sizeof(*b));
+    if (b == NULL)
+        return; /* longer chains, still correct */
+    for (size_t i = 0; i < c->n_buckets; i++) {
+        ym_sc_entry *e = c->buckets[i];
+        while (e != NULL) {
+            ym_sc_entry *next = e->hnext;
+            uint64_t h;
+            memcpy(&h, e->key.b, sizeof(h));
+            size_t j = (size_t)h & (n - 1);
+            e->hnext = b[j];
+            b[j] = e;
+            e = next;
+        }
+    }
+    free(c->buckets);
+    c->buckets = b;
+    c->n_buckets = n;
+}
+
+static void lru_unlink(ym_scache_t *c, ym_sc_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_push_front(ym_scache_t *c, ym_sc_entry *e)
+{
+    e->prev = NULL;
+    e->next = c->head;
+    if (c->head)
+        c->head->prev = e;
+    else
+        c->tail = e;
+    c->head = e;
+}
+
+static void entry_free(ym_sc_entry *e)
+{
+    ym_state_free(e->st);
+    free(e);
+}
+
+static void publish_stats(ym_scache_t *c)
+{
+    if (c->metrics == NULL)
+        return;
+    ym_metrics_set(c->metrics, YM_G_CACHE_BYTES, (int64_t)c->bytes);
+    ym_metrics_set(c->metrics, YM_G_CACHE_BUDGET, (int64_t)c->budget);
+    ym_metrics_set(c->metrics, YM_G_CACHE_SESSIONS, c->n_kind[YM_SC_SESSION]);
+    ym_metrics_set(c->metrics, YM_G_CACHE_PREFIXES, c->n_kind[YM_SC_PREFIX]);
+}
+
+/* Take e out of the table and the list; free it unless pinned. */
+static void detach(ym_scache_t *c, ym_sc_entry *e)
+{
+    ym_sc_entry **pp = &c->buckets[bucket_of(c, &e->key)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    e->hnext = NULL;
+    lru_unlink(c, e);
+    e->linked = 0;
+    c->n_entries--;
+    c->bytes -= e->bytes;
+    c->n_kind[e->kind]--;
+    if (e->pins == 0)
+        entry_free(e);
+}
+
+/* Evict least recently used unpinned entries until need more bytes fit. 1 if they fit. */
+static int make_room(ym_scache_t *c, size_t need)
+{
+    if (need > c->budget)
+        return 0;
+    ym_sc_entry *e = c->tail;
+    while (c->bytes + need > c->budget && e != NULL) {
+        ym_sc_entry *prev = e->prev;
+        if (e->pins == 0) {
+            detach(c, e);
+            c->evictions++;
+            if (c->metrics)
+                ym_metrics_add(c->metrics, YM_M_CACHE_EVICTIONS, 1);
+        }
+        e = prev;
+    }
+    return c->bytes + need <= c->budget;
+}
+
+ym_err ym_scache_new(size_t budget, ym_metrics_t *metrics, ym_scache_t **out)
+{
+    *out = NULL;
+    ym_scache_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return YM_ENOMEM;
+    c->n_buckets = 64;
+    if ((c->buckets = calloc(c->n_buckets, sizeof(*c->buckets))) == NULL) {
+        free(c);
+        return YM_ENOMEM;
+    }
+    if (sodium_init() < 0) {
+        free(c->buckets);
+        free(c);
+        return YM_ENOMEM;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    c->budget = budget;
+    c->metrics = metrics;
+    publish_stats(c);
+    *out = c;
+    return YM_OK;
+}
+
+void ym_scache_free(ym_scache_t *c)
+{
+    if (c == NULL)
+        return;
+    while (c->head != NULL) {
+        ym_sc_entry *e = c->head;
+        e->pins = 0;
+        detach(c, e);
+    }
+    free(c->buckets);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+void ym_scache_set_budget(ym_scache_t *c, size_t budget)
+{
+    pthread_mutex_lock(&c->lock);
+    c->budget = budget;
+    make_room(c, 0);
+    publish_stats(c);
+    pthread_mutex_unlock(&c->lock);
+}
+
+size_t ym_scache_budget(ym_scache_t *c)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t b = c->budget;
+    pthread_mutex_unlock(&c->lock);
+    return b;
+}
+
+ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
+{
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *e = find(c, key);
+    if (e != NULL) {
+        e->pins++;
+        lru_unlink(c, e);
+        lru_push_front(c, e);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return e;
+}
+
+void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e)
+{
+    if (e == NULL)
+        return;
+    pthread_mutex_lock(&c->lock);
+    if (--e->pins == 0 && !e->linked)
+        entry_free(e);
+    pthread_mutex_unlock(&c->lock);
+}
+
+const ym_state_t *ym_sc_entry_state(const ym_sc_entry *e)
+{
+    return e->st;
+}
+
+const ym_skey *ym_sc_entry_history(const ym_sc_entry *e)
+{
+    return &e->hist;
+}
+
+ym_sc_kind ym_sc_entry_kind(const ym_sc_entry *e)
+{
+    return e->kind;
+}
+
+size_t ym_sc_entry_bytes(const ym_sc_entry *e)
+{
+    return e->bytes;
+}
+
+int ym_scache_touch(ym_scache_t *c, const ym_skey *key)
+{
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *e = find(c, key);
+    if (e != NULL) {
+        lru_unlink(c, e);
+        lru_push_front(c, e);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return e != NULL;
+}
+
+size_t ym_scache_entry_bytes(const ym_state_t *st)
+{
+    size_t floats = (size_t)st->n_layer * (size_t)st->d_inner *
+                    ((size_t)st->d_state + (size_t)(st->d_conv - 1));
+    return floats * sizeof(float) + sizeof(ym_sc_entry) + sizeof(ym_state_t);
+}
+
+int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_skey *hist,
+                  ym_state_t *st)
+{
+    ym_sc_entry *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        ym_state_free(st);
+        return -1;
+    }
+    e->key = *key;
+    if (hist != NULL)
+        e->hist = *hist;
+    e->kind = kind;
+    e->st = st;
+    e->bytes = ym_scache_entry_bytes(st);
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *old = find(c, key);
+    if (old != NULL)
+        detach(c, old);
+    if (!make_room(c, e->bytes)) {
+        publish_stats(c);
+        pthread_mutex_unlock(&c->lock);
+        entry_free(e);
+        return 0;
+    }
+    if (c->n_entries >= c->n_buckets)
+        grow_table(c);
+    size_t b = bucket_of(c, key);
+    e->hnext = c->buckets[b];
+    c->buckets[b] = e;
+    lru_push_front(c, e);
+    e->linked = 1;
+    c->n_entries++;
+    c->bytes += e->bytes;
+    c->n_kind[kind]++;
+    publish_stats(c);
+    pthread_mutex_unlock(&c->lock);
+    return 1;
+}
+
+int ym_scache_remove(ym_scache_t *c, const ym_skey *key)
+{
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *e = find(c, key);
+    if (e != NULL)
+        detach(c, e);
+    publish_stats(c);
+    pthread_mutex_unlock(&c->lock);
+    return e != NULL;
+}
+
+void ym_scache_get_stats(ym_scache_t *c, ym_scache_stats *out)
+{
+    pthread_mutex_lock(&c->lock);
+    out->bytes = c->bytes;
+    out->budget = c->budget;
+    out->n_sessions = c->n_kind[YM_SC_SESSION];
+    out->n_prefixes = c->n_kind[YM_SC_PREFIX];
+    out->evictions = c->evictions;
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* --- session blobs --- */
+
+static void hash_floats(crypto_generichash_state *h, const float *v, size_t n)
+{
+    /* Up to 4096 evenly spaced values of each tensor: cheap at start, and two checkpoints
+     * of one architecture differ in them. */
+    uint64_t len = n;
+    crypto_generichash_update(h, (const unsigned char *)&len, sizeof(len));
+    if (v == NULL || n == 0)
+        return;
+    size_t step = n > 4096 ? n / 4096 : 1;
+    for (size_t i = 0; i < n; i += step)
+        crypto_generichash_update(h, (const unsigned char *)&v[i], sizeof(float));
+}
+
+void ym_model_fingerprint(const ym_model_t *m, unsigned char out[32])
+{
+    const ym_config *c = &m->cfg;
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    int64_t dims[] = {c->n_vocab, c->d_model, c->n_layer, c->d_inner, c->d_state, c->d_conv,
+                      c->dt_rank};
+    crypto_generichash_update(&h, (const unsigned char *)dims, sizeof(dims));
+    size_t dm = (size_t)c->d_model, ds = (size_t)c->d_state, dr = (size_t)c->dt_rank;
+    hash_floats(&h, m->embed, (size_t)c->n_vocab * dm);
+    hash_floats(&h, m->norm_f, dm);
+    for (int l = 0; l < c->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        size_t di = (size_t)L->d_inner;
+        hash_floats(&h, L->norm, dm);
+        hash_floats(&h, L->in_proj, 2 * di * dm);
+        hash_floats(&h, L->conv_w, di * (size_t)c->d_conv);
+        hash_floats(&h, L->conv_b, L->conv_b ? di : 0);
+        hash_floats(&h, L->x_proj, (dr + 2 * ds) * di);
+        hash_floats(&h, L->dt_proj_w, di * dr);
+        hash_floats(&h, L->dt_proj_b, di);
+        hash_floats(&h, L->A, di * ds);
+        hash_floats(&h, L->D, di);
+        hash_floats(&h, L->out_proj, dm * di);
+    }
+    crypto_generichash_final(&h, out, 32);
+}
+
+#define BLOB_MAGIC "YMSS"
+#define BLOB_VERSION 1u
+
+size_t ym_session_blob_size(const ym_state_t *st)
+{
+    return YM_SESSION_BLOB_HEADER + ym_state_serialized_size(st);
+}
+
+ym_err ym_session_blob_write(const ym_state_t *st, const ym_skey *hist, const unsigned char fp[32],
+                             void *buf, size_t cap)
+{
+    if (cap < ym_session_blob_size(st))
+        return YM_EINVAL;
+    unsigned char *p = buf;
+    memcpy(p, BLOB_MAGIC, 4);
+    for (int i = 0; i < 4; i++)
+        p[4 + i] = (unsigned char)(BLOB_VERSION >> (8 * i));
+    memcpy(p + 8, fp, 32);
+    memcpy(p + 40, hist->b, 32);
+    size_t n = 0;
+    return ym_state_serialize(st, p + YM_SESSION_BLOB_HEADER, cap - YM_SESSION_BLOB_HEADER, &n);
+}
+
+ym_err ym_session_blob_read(const void *buf, size_t len, const ym_config *cfg,
+                            const unsigned char fp[32], ym_state_t **st, ym_skey *hist,
+                            ym_diag *diag)
+{
+    const unsigned char *p = buf;
+    *st = NULL;
+    if (len < YM_SESSION_BLOB_HEADER)
+        return ym_diag_set(diag, YM_EFORMAT, "session state: %zu bytes, shorter than its header",
+                           len);
+    if (memcmp(p, BLOB_MAGIC, 4) != 0)
+        return ym_diag_set(diag, YM_EFORMAT, "session state: not a yunmin session (bad magic)");
+    uint32_t version = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                       (uint32_t)p[7] << 24;
+    if (version != BLOB_VERSION)
+        return ym_diag_set(diag, YM_EFORMAT, "session state: version %u, this server reads %u",
+                           version, BLOB_VERSION);
+    if (sodium_memcmp(p + 8, fp, 32) != 0)
+        return ym_diag_set(diag, YM_EFORMAT,
+                           "session state: made by another model than the one served here");
+    ym_state_t *s = NULL;
+    ym_err err = ym_state_new(cfg, &s);
+    if (err != YM_OK)
+        return err;
+    if ((err = ym_state_deserialize(s, p + YM_SESSION_BLOB_HEADER, len - YM_SESSION_BLOB_HEADER,
+                                    diag)) != YM_OK) {
+        ym_state_free(s);
+        return err;
+    }
+    size_t nc = (size_t)s->n_layer * (size_t)s->d_inner * (size_t)(s->d_conv - 1);
+    size_t ns = (size_t)s->n_layer * (size_t)s->d_inner * (size_t)s->d_state;
+    for (size_t i = 0; i < nc + ns; i++) {
+        float v = i < nc ? s->conv[i] : s->ssm[i - nc];
+        if (!isfinite(v)) {
+            ym_state_free(s);
+            return ym_diag_set(diag, YM_EFORMAT, "session state: value %zu is not finite", i);
+        }
+    }
+    if (s->n_tokens <= 0 || s->n_tokens > (int64_t)1 << 40) {
+        ym_state_free(s);
+        return ym_diag_set(diag, YM_EFORMAT, "session state: token count out of range");
+    }
+    memcpy(hist->b, p + 40, 32);
+    *st = s;
+    return YM_OK;
+}

@@ -1,0 +1,43 @@
+/* tests/fuzz/fuzz_session_blob.c - ym_session_blob_read on arbitrary bytes: an admin's import
+ * of a session state (PUT /admin/sessions/...). Never crashes; what it accepts has the model's
+ * dimensions, finite values, a positive token count, and writes back to the same bytes. */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/statecache.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* The dimensions and fingerprint of tests/fuzz/make_session_seed.py's seeds. */
+    ym_config c;
+    memset(&c, 0, sizeof(c));
+    c.n_layer = 2;
+    c.d_inner = 4;
+    c.d_conv = 3;
+    c.d_state = 2;
+    unsigned char fp[32];
+    memset(fp, 0xab, sizeof(fp));
+    ym_state_t *st = NULL;
+    ym_skey hist;
+    ym_diag d;
+    if (ym_session_blob_read(data, size, &c, fp, &st, &hist, &d) != YM_OK) {
+        YM_ASSERT(st == NULL);
+        return 0;
+    }
+    YM_ASSERT(st->n_layer == 2 && st->d_inner == 4 && st->n_tokens > 0);
+    for (size_t i = 0; i < 2 * 4 * 2; i++)
+        YM_ASSERT(isfinite(st->ssm[i]));
+    size_t n = ym_session_blob_size(st);
+    YM_ASSERT(n == size);
+    uint8_t *buf = malloc(n);
+    YM_ASSERT(buf != NULL && ym_session_blob_write(st, &hist, fp, buf, n) == YM_OK);
+    YM_ASSERT(memcmp(buf, data, n) == 0);
+    free(buf);
+    ym_state_free(st);
+    return 0;
+}
