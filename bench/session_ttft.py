@@ -14,6 +14,8 @@ large enough for the session count), then for each history length H:
     the session id and records the time from sending to the first generated token's event;
     each repetition extends the history by K more tokens (so the history stays ~H long and
     every turn extends the stored one; cached_tokens is checked to equal the stored length);
+  - appended: the same turn with session_append: the request carries only the K new tokens
+    (a second session with the same history, so each mode extends its own);
   - cold: the same kind of prompt (H + K tokens) without a session;
   - one-token prompt: a 1-token prompt without a session (the floor the target refers to),
     sent right after each resumed turn, so the two are measured under the same conditions.
@@ -78,13 +80,15 @@ class Server:
         c.close()
         return r.status, body
 
-    def complete(self, prompt, session=None, max_tokens=1):
+    def complete(self, prompt, session=None, max_tokens=1, append=False):
         """Stream one completion; (seconds to the first token event, usage)."""
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                 "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
         if session is not None:
             body["session_id"] = session
+        if append:
+            body["session_append"] = True
         data = json.dumps(body).encode()
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
         t0 = time.perf_counter()
@@ -144,15 +148,17 @@ def main():
         # Warm up the engine and the caches of the machine.
         for _ in range(3):
             srv.complete(ids[:64])
-        print("| history | new tokens | cold TTFT ms | resumed TTFT ms | one-token prompt "
-              "TTFT ms | resumed / one-token | cold / resumed |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| history | new tokens | cold TTFT ms | resumed TTFT ms (whole history sent) | "
+              "resumed TTFT ms (session_append) | one-token prompt TTFT ms | resumed / one-token"
+              " | appended / one-token | cold / appended |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for h in histories:
             for k in news:
                 sid = "h%d-k%d" % (h, k)
                 _, u = srv.complete(ids[:h], session=sid)  # the conversation so far
-                stored = h
-                resumed, one = [], []
+                srv.complete(ids[:h], session=sid + "a")
+                stored, stored_a = h, h
+                resumed, appended, one = [], [], []
                 for r in range(a.reps):
                     n = stored + k
                     t, u = srv.complete(ids[:n], session=sid)
@@ -162,17 +168,26 @@ def main():
                                          (h, cached, stored))
                     resumed.append(t)
                     stored = n
+                    t, u = srv.complete(ids[h + r * k:h + (r + 1) * k], session=sid + "a",
+                                        append=True)
+                    if u["prompt_tokens_details"]["cached_tokens"] != stored_a:
+                        raise SystemExit("history %d: appended turn cached %d, expected %d" %
+                                         (h, u["prompt_tokens_details"]["cached_tokens"],
+                                          stored_a))
+                    appended.append(t)
+                    stored_a += k + 1  # the pending token of the previous answer, then K new
                     one.append(srv.complete(ids[r:r + 1])[0])
                 cold = [srv.complete(ids[:h + k])[0] for _ in range(a.cold_reps)]
                 rm, cm = statistics.median(resumed), statistics.median(cold)
-                om = statistics.median(one)
+                om, am = statistics.median(one), statistics.median(appended)
                 row = {"history": h, "new": k, "cold_ttft_s": cm, "resumed_ttft_s": rm,
-                       "one_token_ttft_s": om, "resumed_runs": resumed, "cold_runs": cold,
-                       "one_token_runs": one, "resumed_over_one_token": rm / om,
-                       "cold_over_resumed": cm / rm}
+                       "appended_ttft_s": am, "one_token_ttft_s": om, "resumed_runs": resumed,
+                       "appended_runs": appended, "cold_runs": cold, "one_token_runs": one,
+                       "resumed_over_one_token": rm / om, "appended_over_one_token": am / om,
+                       "cold_over_appended": cm / am}
                 out["rows"].append(row)
-                print("| %d | %d | %.1f | %.2f | %.2f | %.3f | %.0f |" %
-                      (h, k, cm * 1e3, rm * 1e3, om * 1e3, rm / om, cm / rm))
+                print("| %d | %d | %.1f | %.2f | %.2f | %.2f | %.3f | %.3f | %.0f |" %
+                      (h, k, cm * 1e3, rm * 1e3, am * 1e3, om * 1e3, rm / om, am / om, cm / am))
                 sys.stdout.flush()
         # Idle sessions per GiB: RSS growth per session actually held.
         if a.sessions > 0:

@@ -393,6 +393,8 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             goto fail;
         }
     }
+    if (r->session_append && ym_api_session_append(r, ids, &p) != 0)
+        goto fail;
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
         ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "concurrency_limit",
                               "tenant %s already has %llu requests running; retry when one ends",
@@ -434,7 +436,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     }
     ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
     r->gen = g;
-    r->n_prompt = (int)n_prompt;
+    r->n_prompt = (int)(n_prompt + (size_t)p.append_base);
     r->streaming = q->stream;
     r->include_usage = q->include_usage;
     r->echo = q->echo;
@@ -518,6 +520,19 @@ static int take_session_id(ym_hreq *r, const ym_creq *q)
         ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
         return -1;
     }
+    if (q->session_append && id == NULL) {
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "session_append", "invalid_request",
+                              "session_append needs a session_id (or an X-Session-Id header)");
+        return -1;
+    }
+    if (q->session_append && q->sampling.repetition_penalty != 1.0f) {
+        /* The penalty covers the prompt's tokens, which an appended turn does not carry. */
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "repetition_penalty", "invalid_request",
+                              "repetition_penalty is not available with session_append (it "
+                              "needs the whole history): send the whole prompt instead");
+        return -1;
+    }
+    r->session_append = q->session_append;
     return 0;
 }
 

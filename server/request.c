@@ -217,6 +217,7 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
         (err = get_bool(root, "echo", &r->echo, diag)) != YM_OK ||
         (err = get_bool(root, "ignore_eos", &r->ignore_eos, diag)) != YM_OK ||
         (err = get_bool(root, "return_tokens_as_token_ids", &r->tokens_as_ids, diag)) != YM_OK ||
+        (err = get_bool(root, "session_append", &r->session_append, diag)) != YM_OK ||
         (err = get_string(root, "user", &r->user, diag)) != YM_OK ||
         (err = parse_stop(root, r, diag)) != YM_OK)
         return err;

@@ -44,6 +44,7 @@ typedef struct ym_creq {
     const char *user;           /* borrowed; for logs */
     json_t *adapters;           /* borrowed; array of adapter names to compose, or NULL */
     const char *session_id;     /* borrowed; or NULL */
+    int session_append;         /* the prompt is only what follows the session's history */
 } ym_creq;
 
 /* A session id is 1..max bytes of [A-Za-z0-9] and -._~:@+= (usable in a URL path as is).

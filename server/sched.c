@@ -22,7 +22,10 @@
  * boundaries reached while generating are stored too (the chain runs over every token fed).
  * When a job with a session ends (stop, length or cancel; not on an engine error), its state
  * and the hash of the tokens it consumed (prompt and fed generated tokens: the last sampled
- * token is never fed) become the session. */
+ * token is never fed, it is kept as the session's pending token) become the session.
+ * An append job (session_append) carries only the tokens after its session's history: it
+ * starts from the session's state and running history hash, and makes no checkpoints (it
+ * does not have the tokens their keys are made of). */
 #include "server/sched.h"
 
 #include <math.h>
@@ -105,6 +108,11 @@ struct ym_gen {
     int32_t *fed;        /* owned: generated tokens run through the model (with a cache) */
     int n_fed, fed_cap;
     int no_record;       /* recording fed tokens failed: store nothing */
+    int append;          /* prompt follows the session's history (append mode) */
+    uint64_t append_serial;
+    int64_t base;        /* context tokens before prompt[0]: the history in append mode, or 0 */
+    ym_shist run0;       /* the history hash's running state before prompt[0] */
+    int32_t pending;     /* the last sampled token (not fed yet), or -1 */
     int32_t next_token;
     double t_last;
     ym_gen *queue_next;
@@ -150,6 +158,10 @@ ym_err ym_gen_new(const ym_gen_params *p, ym_gen **out)
     g->max_tokens = p->max_tokens;
     g->ignore_eos = p->ignore_eos;
     g->t_arrival = p->t_arrival;
+    g->append = p->append;
+    g->append_serial = p->append_serial;
+    g->base = p->append ? p->append_base : 0;
+    g->pending = -1;
     snprintf(g->id, sizeof(g->id), "%s", p->id ? p->id : "");
     if ((g->tenant = strdup(p->tenant ? p->tenant : "")) == NULL ||
         (g->identity = strdup(p->identity ? p->identity : "")) == NULL ||
@@ -256,7 +268,7 @@ void ym_gen_take(ym_gen *g, ym_gen_delta *d)
         d->n_toks = 0;
     }
     d->text_total = g->text_total - g->text_len;
-    d->n_prompt = g->n_prompt;
+    d->n_prompt = (int)g->base + g->n_prompt;
     d->n_gen = g->n_gen;
     d->n_cached = g->n_cached;
     d->started = g->started;
@@ -345,16 +357,19 @@ static void store_session(ym_sched_t *s, ym_gen *g)
 {
     if (s->cache == NULL || g->session == NULL || g->state == NULL || g->state->n_tokens <= 0)
         return;
-    if (g->state->n_tokens != (int64_t)g->n_prefilled + g->n_fed) {
+    if (g->state->n_tokens != g->base + g->n_prefilled + g->n_fed) {
         /* A token the job did not record reached the state: never store a history that
          * does not describe it. */
         ym_log(YM_LOG_ERROR, g->id, "session %s not stored: state history mismatch", g->session);
         return;
     }
-    ym_skey key, hist;
+    ym_skey key;
+    ym_sc_meta meta = {.root = g->root, .run = g->run0, .appendable = 1, .pending = g->pending};
     ym_skey_session(&key, g->tenant, g->session);
-    ym_skey_history(&hist, &g->root, g->prompt, (size_t)g->n_prefilled, g->fed, (size_t)g->n_fed);
-    int rc = ym_scache_put(s->cache, &key, YM_SC_SESSION, &hist, g->state);
+    ym_shist_update(&meta.run, g->prompt, (size_t)g->n_prefilled);
+    ym_shist_update(&meta.run, g->fed, (size_t)g->n_fed);
+    ym_shist_final(&meta.run, &meta.hist);
+    int rc = ym_scache_put(s->cache, &key, YM_SC_SESSION, &meta, g->state);
     g->state = NULL; /* the cache took it (or freed it) */
     if (rc == 1)
         ym_metrics_add(s->metrics, YM_M_CACHE_STORES, 1);
@@ -387,6 +402,8 @@ static int record_fed(ym_sched_t *s, ym_gen *g, int32_t id)
     }
     g->fed[g->n_fed++] = id;
     int B = s->o.checkpoint_interval;
+    if (g->append)
+        return 0; /* no chain: the history's tokens are not here */
     int consumed = g->n_prompt + g->n_fed;
     if (B == 0 || consumed % B != 0)
         return 0;
@@ -413,11 +430,42 @@ static int record_fed(ym_sched_t *s, ym_gen *g, int32_t id)
     return 0;
 }
 
+/* Append mode: start from the session the loop checked, if it is still that one. */
+static ym_err resume_append(ym_sched_t *s, ym_gen *g)
+{
+    ym_skey key;
+    ym_skey_session(&key, g->tenant, g->session);
+    ym_sc_entry *e = ym_scache_pin(s->cache, &key);
+    ym_err err = YM_ENOENT;
+    if (e != NULL && ym_sc_entry_serial(e) == g->append_serial &&
+        ym_sc_entry_meta(e)->appendable && ym_skey_equal(&ym_sc_entry_meta(e)->root, &g->root) &&
+        ym_sc_entry_state(e)->n_tokens == g->base &&
+        ym_state_copy(g->state, ym_sc_entry_state(e)) == YM_OK) {
+        g->run0 = ym_sc_entry_meta(e)->run;
+        pthread_mutex_lock(&g->lock);
+        g->n_cached = (int)g->base;
+        pthread_mutex_unlock(&g->lock);
+        ym_metrics_add(s->metrics, YM_M_CACHE_SESSION_HITS, 1);
+        ym_metrics_add(s->metrics, YM_M_CACHE_SAVED_TOKENS, (uint64_t)g->base);
+        err = YM_OK;
+    } else {
+        ym_log(YM_LOG_WARN, g->id,
+               "session %s changed or was evicted before the appended turn started", g->session);
+        free(g->session); /* do not overwrite the session that replaced it */
+        g->session = NULL;
+    }
+    ym_scache_unpin(s->cache, e);
+    return err;
+}
+
 /* Find the longest cached state g's prompt extends and start from it. */
-static void resume(ym_sched_t *s, ym_gen *g)
+static ym_err resume(ym_sched_t *s, ym_gen *g)
 {
     int B = s->o.checkpoint_interval;
     ym_skey_root(&g->root, g->tenant, g->identity);
+    ym_shist_init(&g->run0, &g->root);
+    if (g->append)
+        return resume_append(s, g);
     ym_sc_entry *src = NULL;
     int best = 0, from_session = 0;
     if (g->session != NULL) {
@@ -428,7 +476,7 @@ static void resume(ym_sched_t *s, ym_gen *g)
         if (m > 0 && m < g->n_prompt) {
             ym_skey h;
             ym_skey_history(&h, &g->root, g->prompt, (size_t)m, NULL, 0);
-            if (ym_skey_equal(&h, ym_sc_entry_history(e))) {
+            if (ym_skey_equal(&h, &ym_sc_entry_meta(e)->hist)) {
                 src = e;
                 best = (int)m;
                 from_session = 1;
@@ -469,6 +517,7 @@ static void resume(ym_sched_t *s, ym_gen *g)
         ym_metrics_add(s->metrics, YM_M_CACHE_MISSES, 1);
     }
     ym_scache_unpin(s->cache, src);
+    return YM_OK;
 }
 
 /* Mark a job finished; its output and usage are final. Engine thread. */
@@ -550,8 +599,8 @@ static ym_err admit(ym_sched_t *s, ym_gen *g)
     ym_sampler_add_prompt(g->sampler, g->prompt, (size_t)g->n_prompt);
     g->n_prefilled = 0;
     if (s->cache != NULL)
-        resume(s, g);
-    return YM_OK;
+        return resume(s, g);
+    return g->append ? YM_ENOENT : YM_OK;
 }
 
 /* Sample the next token of g from its logits row and decide whether it goes on. */
@@ -570,6 +619,7 @@ static void sample(ym_sched_t *s, ym_gen *g, float *row, double now)
     const char *piece = "";
     size_t len = 0;
     int eos = id == s->eos && !g->ignore_eos;
+    g->pending = eos ? -1 : id; /* an end-of-text token ends the history, it is not part of it */
     int stop = eos ? 1 : ym_textout_push(g->tout, id, &piece, &len);
     if (append(g, eos ? NULL : &smp, piece, len) != 0) {
         ym_log(YM_LOG_ERROR, g->id, "out of memory for the output");

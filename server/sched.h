@@ -48,6 +48,12 @@ typedef struct ym_gen_params {
     const char *tenant;
     const char *identity;
     const char *session_id;
+    /* Append mode: prompt holds only what follows the session's history (its pending token
+     * first, if any), checked by the loop against the session entry with this serial; the
+     * history is append_base tokens. The engine re-checks the serial at admission. */
+    int append;
+    uint64_t append_serial;
+    int64_t append_base;
 } ym_gen_params;
 
 /* One generated token, as the loop sees it. */

@@ -72,6 +72,7 @@ typedef struct ym_hreq {
     int counted;                  /* holds one of the tenant's concurrent-request slots */
     int n_cached;                 /* prompt tokens resumed from the state cache */
     char *session_id;             /* owned: the completion's session, or NULL */
+    int session_append;           /* the prompt continues the session's history */
     char identity[1200];          /* adapter names and versions of the completion */
     ym_tenant limits;             /* who asked ("" before authentication) and its limits as
                                    * they were then (0 = none) */
@@ -169,6 +170,9 @@ void ym_adapters_rescan(ym_server_t *srv); /* SIGHUP */
 void ym_api_sessions(ym_hreq *r, const char *method, const char *url);
 void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url);
 size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
+/* session_append: check r's session (exists, same tenant and adapters), put its pending
+ * token before ids and fill p's append fields. 0, or -1 (answered). */
+int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p);
 
 /* api.c */
 void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);

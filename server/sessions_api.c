@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "server/request.h"
+#include "server/sched.h"
 #include "server/server.h"
 #include "server/statecache.h"
 #include "server/store.h"
@@ -79,6 +80,51 @@ void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
     ym_hreq_respond_json(r, 200, obj);
 }
 
+/* Append mode: check the session exists and ran with the same adapters, and put its pending
+ * token (the last one it sampled, never fed) before the new tokens. 0, or -1 (answered). */
+int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
+{
+    ym_server_t *srv = r->srv;
+    ym_skey key, root;
+    ym_skey_session(&key, r->limits.name, r->session_id);
+    ym_skey_root(&root, r->limits.name, r->identity);
+    ym_sc_entry *e = srv->cache ? ym_scache_pin(srv->cache, &key) : NULL;
+    if (e == NULL) {
+        ym_hreq_respond_error(r, YM_ENOENT, 404, "session_id", "session_not_found",
+                              "no session '%s' to append to (it may have been evicted): send "
+                              "the whole prompt without session_append",
+                              r->session_id);
+        return -1;
+    }
+    const ym_sc_meta *m = ym_sc_entry_meta(e);
+    int ok = m->appendable && ym_skey_equal(&m->root, &root);
+    int32_t pending = m->pending;
+    p->append = 1;
+    p->append_serial = ym_sc_entry_serial(e);
+    p->append_base = ym_sc_entry_state(e)->n_tokens;
+    ym_scache_unpin(srv->cache, e);
+    if (!ok) {
+        ym_hreq_respond_error(r, YM_EEXIST, 409, "session_append", "session_mismatch",
+                              "session '%s' ran with other adapters (or versions), or was "
+                              "imported: send the whole prompt without session_append",
+                              r->session_id);
+        return -1;
+    }
+    if (pending >= 0) {
+        int32_t *v = realloc(ids->v, (ids->n + 1) * sizeof(int32_t));
+        if (v == NULL) {
+            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            return -1;
+        }
+        memmove(v + 1, v, ids->n * sizeof(int32_t));
+        v[0] = pending;
+        ids->v = v;
+        ids->n++;
+        ids->cap = ids->n;
+    }
+    return 0;
+}
+
 /* /admin/sessions/{tenant}/{id}: split and check. 0, or -1 (answered). */
 static int admin_target(ym_hreq *r, const char *url, char tenant[YM_TENANT_NAME_MAX + 1],
                         const char **id)
@@ -116,7 +162,8 @@ static void admin_export(ym_hreq *r, const char *tenant, const char *id)
     const ym_state_t *st = ym_sc_entry_state(e);
     size_t n = ym_session_blob_size(st);
     char *blob = malloc(n);
-    ym_err err = blob ? ym_session_blob_write(st, ym_sc_entry_history(e), srv->model_fp, blob, n)
+    ym_err err = blob ? ym_session_blob_write(st, &ym_sc_entry_meta(e)->hist, srv->model_fp,
+                                              blob, n)
                       : YM_ENOMEM;
     ym_scache_unpin(srv->cache, e);
     if (err != YM_OK) {
@@ -132,10 +179,11 @@ static void admin_import(ym_hreq *r, const char *tenant, const char *id)
 {
     ym_server_t *srv = r->srv;
     ym_state_t *st = NULL;
-    ym_skey hist, key;
+    ym_skey key;
+    ym_sc_meta meta = {.pending = -1}; /* not appendable: only the history hash travels */
     ym_diag d = {0};
     ym_err err = ym_session_blob_read(r->body.p, r->body.len, &srv->model->cfg, srv->model_fp,
-                                      &st, &hist, &d);
+                                      &st, &meta.hist, &d);
     if (err != YM_OK) {
         ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 422, NULL, "invalid_session_state",
                               "%s", d.msg[0] ? d.msg : ym_strerror(err));
@@ -144,7 +192,7 @@ static void admin_import(ym_hreq *r, const char *tenant, const char *id)
     int64_t n_tokens = st->n_tokens;
     size_t bytes = ym_scache_entry_bytes(st);
     ym_skey_session(&key, tenant, id);
-    int rc = ym_scache_put(srv->cache, &key, YM_SC_SESSION, &hist, st); /* takes st */
+    int rc = ym_scache_put(srv->cache, &key, YM_SC_SESSION, &meta, st); /* takes st */
     if (rc != 1) {
         ym_hreq_respond_error(r, YM_ENOMEM, 507, NULL, "cache_full",
                               "the state cache cannot hold this session (%zu bytes; budget %zu)",

@@ -15,7 +15,9 @@
 #include <string.h>
 
 struct ym_sc_entry {
-    ym_skey key, hist;
+    ym_skey key;
+    ym_sc_meta meta;
+    uint64_t serial;
     ym_sc_kind kind;
     ym_state_t *st; /* owned */
     size_t bytes;
@@ -34,6 +36,7 @@ struct ym_scache {
     size_t bytes, budget;
     int n_kind[2];
     uint64_t evictions;
+    uint64_t serial;
 };
 
 /* --- keys --- */
@@ -64,34 +67,62 @@ void ym_skey_root(ym_skey *k, const char *tenant, const char *identity)
     hash_parts(k, "yunmin prefix", tenant, strlen(tenant), identity, strlen(identity));
 }
 
-/* tag, prev, token count, tokens: one hash for chain blocks and histories. Token ids enter as
- * little-endian int32, the host order (little-endian only, checked at build). */
-static void hash_tokens(ym_skey *k, const char *tag, const ym_skey *prev, const int32_t *a,
-                        size_t na, const int32_t *b, size_t nb)
+/* BLAKE2b over tag, prev, then token ids as little-endian int32 (the host order: little-endian
+ * only, checked at build). The tokens come last and unframed, so the hash can be computed as
+ * they arrive (ym_shist); their count is implied by the input length, which BLAKE2b binds. */
+static void tokens_begin(crypto_generichash_state *h, const char *tag, const ym_skey *prev)
 {
-    crypto_generichash_state h;
-    uint64_t n = na + nb;
-    crypto_generichash_init(&h, NULL, 0, sizeof(k->b));
-    crypto_generichash_update(&h, (const unsigned char *)tag, strlen(tag) + 1);
-    crypto_generichash_update(&h, prev->b, sizeof(prev->b));
-    crypto_generichash_update(&h, (const unsigned char *)&n, sizeof(n));
-    if (na > 0)
-        crypto_generichash_update(&h, (const unsigned char *)a, na * sizeof(int32_t));
-    if (nb > 0)
-        crypto_generichash_update(&h, (const unsigned char *)b, nb * sizeof(int32_t));
-    crypto_generichash_final(&h, k->b, sizeof(k->b));
+    crypto_generichash_init(h, NULL, 0, sizeof(prev->b));
+    crypto_generichash_update(h, (const unsigned char *)tag, strlen(tag) + 1);
+    crypto_generichash_update(h, prev->b, sizeof(prev->b));
+}
+
+static void tokens_add(crypto_generichash_state *h, const int32_t *t, size_t n)
+{
+    if (n > 0)
+        crypto_generichash_update(h, (const unsigned char *)t, n * sizeof(int32_t));
 }
 
 void ym_skey_chain(ym_skey *k, const ym_skey *prev, const int32_t *a, size_t na,
                    const int32_t *b, size_t nb)
 {
-    hash_tokens(k, "yunmin block", prev, a, na, b, nb);
+    crypto_generichash_state h;
+    tokens_begin(&h, "yunmin block", prev);
+    tokens_add(&h, a, na);
+    tokens_add(&h, b, nb);
+    crypto_generichash_final(&h, k->b, sizeof(k->b));
+}
+
+void ym_shist_init(ym_shist *hs, const ym_skey *root)
+{
+    crypto_generichash_state h; /* aligned here; ym_shist holds its bytes */
+    tokens_begin(&h, "yunmin history", root);
+    memcpy(hs->s, &h, sizeof(h));
+}
+
+void ym_shist_update(ym_shist *hs, const int32_t *tokens, size_t n)
+{
+    crypto_generichash_state h;
+    memcpy(&h, hs->s, sizeof(h));
+    tokens_add(&h, tokens, n);
+    memcpy(hs->s, &h, sizeof(h));
+}
+
+void ym_shist_final(const ym_shist *hs, ym_skey *out)
+{
+    crypto_generichash_state h;
+    memcpy(&h, hs->s, sizeof(h));
+    crypto_generichash_final(&h, out->b, sizeof(out->b));
 }
 
 void ym_skey_history(ym_skey *k, const ym_skey *root, const int32_t *a, size_t na,
                      const int32_t *b, size_t nb)
 {
-    hash_tokens(k, "yunmin history", root, a, na, b, nb);
+    ym_shist h;
+    ym_shist_init(&h, root);
+    ym_shist_update(&h, a, na);
+    ym_shist_update(&h, b, nb);
+    ym_shist_final(&h, k);
 }
 
 int ym_skey_equal(const ym_skey *a, const ym_skey *b)
@@ -298,9 +329,14 @@ const ym_state_t *ym_sc_entry_state(const ym_sc_entry *e)
     return e->st;
 }
 
-const ym_skey *ym_sc_entry_history(const ym_sc_entry *e)
+const ym_sc_meta *ym_sc_entry_meta(const ym_sc_entry *e)
 {
-    return &e->hist;
+    return &e->meta;
+}
+
+uint64_t ym_sc_entry_serial(const ym_sc_entry *e)
+{
+    return e->serial;
 }
 
 ym_sc_kind ym_sc_entry_kind(const ym_sc_entry *e)
@@ -332,7 +368,7 @@ size_t ym_scache_entry_bytes(const ym_state_t *st)
     return floats * sizeof(float) + sizeof(ym_sc_entry) + sizeof(ym_state_t);
 }
 
-int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_skey *hist,
+int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
                   ym_state_t *st)
 {
     ym_sc_entry *e = calloc(1, sizeof(*e));
@@ -341,8 +377,10 @@ int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
         return -1;
     }
     e->key = *key;
-    if (hist != NULL)
-        e->hist = *hist;
+    if (meta != NULL)
+        e->meta = *meta;
+    else
+        e->meta.pending = -1;
     e->kind = kind;
     e->st = st;
     e->bytes = ym_scache_entry_bytes(st);
@@ -363,6 +401,7 @@ int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     c->buckets[b] = e;
     lru_push_front(c, e);
     e->linked = 1;
+    e->serial = ++c->serial;
     c->n_entries++;
     c->bytes += e->bytes;
     c->n_kind[kind]++;

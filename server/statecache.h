@@ -17,6 +17,7 @@
  * last unpin frees it. Ownership: ym_scache_put takes the state it is given. */
 #ifndef YM_SERVER_STATECACHE_H
 #define YM_SERVER_STATECACHE_H
+#include <sodium.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,24 @@ void ym_skey_history(ym_skey *k, const ym_skey *root, const int32_t *a, size_t n
                      const int32_t *b, size_t nb);
 int ym_skey_equal(const ym_skey *a, const ym_skey *b);
 
+/* The same history hash, computed as tokens arrive: the result depends only on the tokens, not
+ * on how they were fed. Plain bytes: copy it to fork. */
+typedef struct ym_shist {
+    unsigned char s[sizeof(crypto_generichash_state)];
+} ym_shist;
+void ym_shist_init(ym_shist *h, const ym_skey *root);
+void ym_shist_update(ym_shist *h, const int32_t *tokens, size_t n);
+void ym_shist_final(const ym_shist *h, ym_skey *out); /* h itself is left as it was */
+
+/* What a session entry knows besides its state. */
+typedef struct ym_sc_meta {
+    ym_skey hist;      /* hash of the token history the state consumed */
+    ym_skey root;      /* the chain root it ran under (tenant, adapters): appendable only */
+    ym_shist run;      /* the running hash after that history: appendable only */
+    int appendable;    /* root and run are known (not for imported sessions) */
+    int32_t pending;   /* the last sampled token, which the state has not consumed, or -1 */
+} ym_sc_meta;
+
 typedef struct ym_scache ym_scache_t;
 typedef struct ym_sc_entry ym_sc_entry;
 
@@ -65,16 +84,17 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key);
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e); /* NULL-safe */
 /* A pinned entry's contents (stable while pinned). */
 const ym_state_t *ym_sc_entry_state(const ym_sc_entry *e);
-const ym_skey *ym_sc_entry_history(const ym_sc_entry *e); /* sessions; zeros for prefixes */
+const ym_sc_meta *ym_sc_entry_meta(const ym_sc_entry *e); /* sessions; zeros for prefixes */
+uint64_t ym_sc_entry_serial(const ym_sc_entry *e); /* unique per put: tells replacements apart */
 ym_sc_kind ym_sc_entry_kind(const ym_sc_entry *e);
 size_t ym_sc_entry_bytes(const ym_sc_entry *e);
 /* 1 if key is cached (and makes it most recent), else 0. */
 int ym_scache_touch(ym_scache_t *c, const ym_skey *key);
 
-/* Store st (taken over) under key, replacing what was there; hist may be NULL. Evicts least
+/* Store st (taken over) under key, replacing what was there; meta may be NULL. Evicts least
  * recently used unpinned entries to make room. 1 stored; 0 not stored (larger than the budget,
  * or everything else pinned; st freed); -1 on no memory (st freed). */
-int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_skey *hist,
+int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
                   ym_state_t *st);
 /* Drop key's entry: 1 if there was one. */
 int ym_scache_remove(ym_scache_t *c, const ym_skey *key);

@@ -1177,8 +1177,60 @@ class Sessions(unittest.TestCase):
             self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"],
                              len(opening) + 15)
             self.assertEqual(gen_ids(r), self.cold_ids(hist))
+            # An imported session carries no running hash: appending needs a full turn first.
+            r = d2.post("/v1/completions", {"prompt": [5], "max_tokens": 1, "session_id": "x-1",
+                                            "session_append": True}, headers=alpha)
+            self.assertEqual(r.status_code, 404)
+            requests.put(d2.url + "/admin/sessions/alpha/x-1", data=blob.content, headers=ops,
+                         timeout=T)
+            r = d2.post("/v1/completions", {"prompt": [5], "max_tokens": 1, "session_id": "x-1",
+                                            "session_append": True}, headers=alpha)
+            self.assertEqual(r.status_code, 409)
+            self.assertEqual(r.json()["error"]["code"], "session_mismatch")
         finally:
             self.assertEqual(d2.stop(), 0)
+
+    def test_append_mode_sends_only_the_new_tokens(self):
+        opening = self.ids("HAMLET:\nWho's there?\n\nBERNARDO:\nNay, answer me.\n")
+        r = self.complete(opening, sid="app-1")
+        hist = opening + gen_ids(r)
+        stored = len(hist) - 1  # the last answer token is pending, not consumed
+        for i, text in enumerate(["\n\nFRANCISCO:\nStand, and unfold yourself.\n",
+                                  "\n\nBERNARDO:\nLong live the king!\n",
+                                  "\n\nFRANCISCO:\nBernardo?\n", "\n\nBERNARDO:\nHe.\n"]):
+            new = self.ids(text)
+            r = self.complete(new, sid="app-1", session_append=True)
+            self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], stored, i)
+            self.assertEqual(r["usage"]["prompt_tokens"], len(hist) + len(new), i)
+            self.assertEqual(gen_ids(r), self.cold_ids(hist + new), i)
+            hist += new + gen_ids(r)
+            stored = len(hist) - 1
+        # The stored history is the same as a full resend's: the next turn may resend it all.
+        r = self.complete(hist + [5], sid="app-1")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], stored)
+        self.assertEqual(gen_ids(r), self.cold_ids(hist + [5]))
+        # And text appends work the same way (the text's tokens follow the history).
+        hist += [5] + gen_ids(r)
+        r = self.complete("\nHORATIO:\nFriends to this ground.\n", sid="app-1",
+                          session_append=True)
+        self.assertEqual(gen_ids(r),
+                         self.cold_ids(hist + self.ids("\nHORATIO:\nFriends to this ground.\n")))
+        h = {"Authorization": "Bearer " + self.alpha["key"]}
+        for body, status, param in (
+                ({"session_id": "no-such", "session_append": True}, 404, "session_id"),
+                ({"session_append": True}, 400, "session_append"),
+                ({"session_id": "app-1", "session_append": "yes"}, 400, "session_append"),
+                ({"session_id": "app-1", "session_append": True, "repetition_penalty": 1.3},
+                 400, "repetition_penalty")):
+            r = self.d.post("/v1/completions", dict({"prompt": [5], "max_tokens": 1}, **body),
+                            headers=h)
+            self.assertEqual(r.status_code, status, (body, r.text))
+            self.assertEqual(r.json()["error"]["param"], param)
+        # Another tenant cannot append to it.
+        r = self.d.post("/v1/completions", {"prompt": [5], "max_tokens": 1, "session_id": "app-1",
+                                            "session_append": True},
+                        headers={"Authorization": "Bearer " + self.beta["key"]})
+        self.assertEqual(r.status_code, 404)
 
     def test_metrics_count_hits_misses_and_tokens_saved(self):
         names = ("yunmin_cache_session_hits_total", "yunmin_cache_misses_total",
@@ -1293,6 +1345,9 @@ class SessionAdapters(unittest.TestCase):
         r = upload(self.d, "voice", os.path.join(self.peft, "ia3-out-m40"))
         self.assertEqual(r.status_code, 200, r.text)
         self.wait_version(r.json()["version"])
+        appended = self.d.post("/v1/completions", {"model": "voice", "prompt": [7],
+                                                   "session_id": "conv", "session_append": True})
+        self.assertEqual(appended.status_code, 409, appended.text)
         r = self.complete(self.d, hist, sid="conv")
         self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
         self.assertEqual(gen_ids(r), gen_ids(self.complete(self.cold, hist)))
