@@ -755,6 +755,19 @@ START_TEST(test_skeys_separate_what_they_should)
     ym_skey_history(&h3, &r1, t1, 3, NULL, 0);
     ck_assert(ym_skey_equal(&h1, &h2));
     ck_assert(!ym_skey_equal(&h1, &h3));
+    /* ... nor on how it was fed as the tokens arrived; a forked running hash goes on alone. */
+    ym_shist run, fork;
+    ym_shist_init(&run, &r1);
+    ym_shist_update(&run, t1, 1);
+    fork = run;
+    ym_shist_update(&run, t1 + 1, 3);
+    ym_shist_final(&run, &h2);
+    ck_assert(ym_skey_equal(&h1, &h2));
+    ym_shist_update(&fork, t1 + 1, 2);
+    ym_shist_final(&fork, &h2);
+    ck_assert(ym_skey_equal(&h3, &h2));
+    ym_shist_final(&fork, &h2); /* final leaves the running state as it was */
+    ck_assert(ym_skey_equal(&h3, &h2));
 }
 END_TEST
 
