@@ -93,6 +93,9 @@ static const ym_conf_def defs[] = {
       "applies"),
     U("max_adapter_rank", "YUNMIN_MAX_ADAPTER_RANK", max_adapter_rank, 256, 1, 65536, 1,
       "largest LoRA rank an adapter may have (422 beyond)"),
+    S("sparsity", "YUNMIN_SPARSITY", sparsity, "", NULL, 0,
+      "sparsity profile to serve (yunmin.sparsity.safetensors); \"auto\" = the model "
+      "directory's, if it has one; \"\" = the dense model"),
     U("cache_bytes", "YUNMIN_CACHE_BYTES", cache_bytes, 1ull << 30, 0, 1ull << 44, 1,
       "state cache budget: sessions and prefix checkpoints, least recently used evicted "
       "(0 = keep none)"),

@@ -36,6 +36,7 @@ typedef struct ym_conf {
     char *adapter_dir;        /* owned; "" = adapter uploads disabled */
     uint64_t max_upload_bytes;
     uint64_t max_adapter_rank;
+    char *sparsity;           /* owned; profile path, "auto" or "" (dense) */
     uint64_t cache_bytes;     /* state cache budget (sessions + prefix checkpoints) */
     uint64_t checkpoint_interval; /* tokens between prefix checkpoints, 0 = none */
     uint64_t max_session_id_bytes;

@@ -16,6 +16,8 @@
 #include "engine/blas.h"
 #include "engine/log.h"
 #include "engine/pool.h"
+#include "engine/sparse.h"
+#include "engine/sparsity.h"
 #include "server/server.h"
 
 #define DRAIN_POLL_MS 100
@@ -47,6 +49,31 @@ static void load_work(uv_work_t *w) /* libuv pool */
     srv->load_err = ym_tok_load(path, &srv->tok, &srv->load_diag);
     if (srv->load_err == YM_OK)
         srv->load_err = ym_model_load(srv->conf.model, &srv->model, &srv->load_diag);
+    const char *sp_path = srv->conf.sparsity;
+    if (strcmp(sp_path, "auto") == 0) {
+        snprintf(path, sizeof(path), "%s/yunmin.sparsity.safetensors", srv->conf.model);
+        sp_path = access(path, F_OK) == 0 ? path : "";
+    }
+    if (srv->load_err == YM_OK && sp_path[0] != '\0') {
+        /* Serve the profile's layout: pruned matrices and the masked scan (engine/sparse.h). */
+        ym_sparsity *sp = NULL;
+        ym_model_t *sparse = NULL;
+        srv->load_err = ym_sparsity_load(sp_path, &sp, &srv->load_diag);
+        if (srv->load_err == YM_OK)
+            srv->load_err = ym_model_new_sparse(srv->model, sp, &sparse, &srv->load_diag);
+        ym_sparsity_free(sp);
+        if (srv->load_err == YM_OK) {
+            ym_model_unref(srv->model);
+            srv->model = sparse;
+            snprintf(srv->sparsity_path, sizeof(srv->sparsity_path), "%s", sp_path);
+        } else {
+            char msg[sizeof(srv->load_diag.msg)];
+            snprintf(msg, sizeof(msg), "%s", srv->load_diag.msg);
+            ym_diag_set(&srv->load_diag, srv->load_err, "sparsity profile %s: %s", sp_path, msg);
+            ym_model_unref(srv->model); /* a failed load leaves no model (after_load stops) */
+            srv->model = NULL;
+        }
+    }
 }
 
 static void shutdown_now(ym_server_t *srv);
@@ -97,6 +124,12 @@ static void after_load(uv_work_t *w, int status)
            srv->conf.threads ? (int)srv->conf.threads : ym_n_cores(), o.max_running,
            o.max_batch_tokens, ym_blas_core(), (unsigned long long)(srv->conf.cache_bytes >> 20),
            ym_server_state_bytes(srv), o.checkpoint_interval);
+    if (srv->sparsity_path[0] != '\0')
+        ym_log(YM_LOG_INFO, NULL,
+               "serving the sparsity profile %s: %lld of %lld channels kept, %lld live state "
+               "entries; adapters are not served on a sparse model",
+               srv->sparsity_path, (long long)srv->model->n_channels_kept,
+               (long long)c->n_layer * c->d_inner, (long long)srv->model->n_states_live);
 }
 
 static void on_closed(uv_handle_t *h)

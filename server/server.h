@@ -101,6 +101,7 @@ struct ym_server {
     ym_scache_t *cache;           /* owned: sessions and prefix checkpoints (statecache.h) */
     unsigned char model_fp[32];   /* ym_model_fingerprint of the model (session export) */
     char model_name[256];
+    char sparsity_path[4096];     /* the profile served, or "" (dense) */
     ym_err load_err;
     ym_diag load_diag;
     int64_t created;              /* unix time the model was loaded */

@@ -1359,6 +1359,90 @@ class SessionAdapters(unittest.TestCase):
         self.assertEqual(gen_ids(r), gen_ids(self.complete(self.cold, hist)))
 
 
+class SparseServing(unittest.TestCase):
+    """yunmind serving a sparsity profile: the texts of `yunmin generate --sparsity` with the
+    same profile, sessions resume on it exactly, and adapters are refused with a message."""
+
+    def test_profile_served_like_the_cli_with_sessions(self):
+        tmp = tempfile.mkdtemp(prefix="yunmin-sparse-")
+        prof = os.path.join(tmp, "p.safetensors")
+        p = subprocess.run([YUNMIN, "calibrate", "--model", MODEL, "--text",
+                            os.path.join(ROOT, "data", "tinyshakespeare.txt"), "--tokens", "128",
+                            "--baseline", "magnitude", "--channel-sparsity", "0.5",
+                            "--state-sparsity", "0.5", "--threads", "1", "--out", prof],
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        d = Daemon("--sparsity", prof)
+        cold = Daemon("--sparsity", prof, "--cache-bytes", "0")
+        try:
+            for prompt in PROMPTS[:3]:
+                r = d.post("/v1/completions", {"prompt": prompt, "max_tokens": 16,
+                                               "temperature": 0})
+                self.assertEqual(r.json()["choices"][0]["text"],
+                                 generate(prompt, 16, "--temperature", "0", "--sparsity", prof))
+            dense = Daemon()
+            try:
+                r = dense.post("/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 16,
+                                                   "temperature": 0})
+                self.assertNotEqual(r.json()["choices"][0]["text"],
+                                    generate(PROMPTS[0], 16, "--temperature", "0",
+                                             "--sparsity", prof))
+            finally:
+                self.assertEqual(dense.stop(), 0)
+            body = {"max_tokens": 12, "temperature": 0, "ignore_eos": True, "logprobs": 0,
+                    "return_tokens_as_token_ids": True}
+            hist = list(range(40, 80))
+            for turn in range(3):
+                r = d.post("/v1/completions", dict(body, prompt=hist, session_id="sp")).json()
+                c = cold.post("/v1/completions", dict(body, prompt=hist)).json()
+                self.assertEqual(gen_ids(r), gen_ids(c))
+                if turn:
+                    self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+                hist += gen_ids(r) + [5]
+        finally:
+            self.assertEqual(d.stop(), 0)
+            self.assertEqual(cold.stop(), 0)
+            subprocess.run(["rm", "-rf", tmp])
+        self.assertIn("serving the sparsity profile", d.log())
+
+    def test_adapters_are_refused_on_a_sparse_model(self):
+        model = os.path.join(ROOT, "tests", "fixtures", "conformance", "m40-bias-k3-f32")
+        tmp = tempfile.mkdtemp(prefix="yunmin-sparse-")
+        prof = os.path.join(tmp, "p.safetensors")
+        p = subprocess.run([YUNMIN, "calibrate", "--model", model, "--text",
+                            os.path.join(ROOT, "data", "tinyshakespeare.txt"), "--tokens", "64",
+                            "--baseline", "random", "--channel-sparsity", "0.3", "--threads", "1",
+                            "--out", prof], capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        d = Daemon("--model", model, "--sparsity", prof, "--adapter-dir", tmp)
+        try:
+            r = upload(d, "up", os.path.join(ROOT, "tests", "fixtures", "peft", "lora-all4-m40"))
+            self.assertEqual(r.status_code, 201, r.text)
+            for body, param in (({"model": "up"}, "model"), ({"adapters": ["up"]}, "adapters")):
+                r = d.post("/v1/completions", dict({"prompt": "ROMEO:", "max_tokens": 4}, **body))
+                self.assertEqual(r.status_code, 400, r.text)
+                self.assertEqual(r.json()["error"]["code"], "adapters_unsupported")
+                self.assertEqual(r.json()["error"]["param"], param)
+            r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 4})
+            self.assertEqual(r.status_code, 200)
+        finally:
+            self.assertEqual(d.stop(), 0)
+            subprocess.run(["rm", "-rf", tmp])
+
+    def test_bad_profile_is_a_startup_error(self):
+        tmp = tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False)
+        tmp.write(b"not a profile")
+        tmp.close()
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("YUNMIN_")}
+            p = subprocess.run([YUNMIND, "--model", MODEL, "--port", "0", "--sparsity", tmp.name],
+                               capture_output=True, timeout=60, env=env)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("sparsity profile " + tmp.name, p.stderr.decode())
+        finally:
+            os.unlink(tmp.name)
+
+
 class Lifecycle(unittest.TestCase):
     def test_drain_on_sigterm_completes_streams(self):
         d = Daemon("--drain-timeout-s", "60")
