@@ -26,6 +26,7 @@
 
 #include "engine/fileio.h"
 #include "engine/safetensors.h"
+#include "engine/sparse.h"
 
 #define MAX_CONFIG_BYTES ((size_t)1 << 20)
 #define DEFAULT_R_MAX 256
@@ -127,6 +128,74 @@ static const float *module_bias(const ym_model_t *m, int l, ym_proj p)
 
 #define PAD16(n) (((size_t)(n) + 15) / 16 * 16) /* every array starts 64-byte aligned */
 
+/* Rows [base, base + n) of dst [.., w]: row base + p is row base + ch[p] of v for p < nk, and
+ * fill from there on. */
+static void gather_rows_into(float *dst, const float *v, size_t w, const int32_t *ch, int nk,
+                             size_t base, size_t n, float fill)
+{
+    for (size_t p = 0; p < n; p++)
+        for (size_t k = 0; k < w; k++)
+            dst[(base + p) * w + k] = (int)p < nk ? v[(base + (size_t)ch[p]) * w + k] : fill;
+}
+
+/* A sparse model serves layer l's channels in scan order, only the kept ones (ym_layer.channel
+ * maps them to the original ones): move every piece's channel-indexed dimension to that layout
+ * (served channel p at index p, the strides staying the dense d_inner; positions from n_kept on
+ * are 0 in LoRA factors and 1 in IA³ scales, and never read). What PEFT trained on the dropped
+ * channels has no effect on the masked model (their x is 0, their outputs unused), so this is
+ * exact. 0, or -1 on no memory. */
+static int pieces_to_served(ym_adapter_t *a)
+{
+    const ym_config *cfg = &a->model->cfg;
+    const size_t di = (size_t)cfg->d_inner;
+    for (int k = 0; k < a->n_pieces; k++) {
+        piece *p = &a->pieces[k];
+        const ym_layer *L = &a->model->layers[p->layer];
+        const int32_t *ch = L->channel;
+        const int nk = L->d_inner;
+        size_t ni = (size_t)ym_proj_n_in(cfg, p->proj), no = (size_t)ym_proj_n_out(cfg, p->proj);
+        int out_ch = p->proj == YM_PROJ_IN || p->proj == YM_PROJ_DT; /* n_out over channels */
+        int in_ch = p->proj == YM_PROJ_X || p->proj == YM_PROJ_OUT;  /* n_in over channels */
+        float *t = NULL;
+        if (p->type == YM_PEFT_LORA && out_ch) { /* B [no, r]: gather rows (each half of in_proj) */
+            if ((t = malloc(sizeof(float) * no * (size_t)p->r)) == NULL)
+                return -1;
+            for (size_t h = 0; h < no / di; h++)
+                gather_rows_into(t, p->B, (size_t)p->r, ch, nk, h * di, di, 0.0f);
+            free(p->B);
+            p->B = t;
+        } else if (p->type == YM_PEFT_LORA && in_ch) { /* A [r, ni]: gather columns */
+            if ((t = malloc(sizeof(float) * ni * (size_t)p->r)) == NULL)
+                return -1;
+            for (int j = 0; j < p->r; j++)
+                for (size_t q = 0; q < ni; q++)
+                    t[(size_t)j * ni + q] = (int)q < nk ? p->A[(size_t)j * ni + (size_t)ch[q]] : 0.0f;
+            free(p->A);
+            p->A = t;
+        } else if (p->type == YM_PEFT_IA3 && ((p->ff && in_ch) || (!p->ff && out_ch))) {
+            size_t n = p->ff ? ni : no;
+            if ((t = malloc(sizeof(float) * n)) == NULL)
+                return -1;
+            for (size_t h = 0; h < n / di; h++)
+                gather_rows_into(t, p->g, 1, ch, nk, h * di, di, 1.0f);
+            free(p->g);
+            p->g = t;
+        }
+    }
+    return 0;
+}
+
+/* The module's bias at output o of the compiled (dense-strided) layout, or 0: a sparse layer
+ * stores in_proj's bias as [x half of n_kept, z half of n_kept] and dt_proj's as [n_kept]. */
+static float bias_at(const ym_model_t *m, int l, ym_proj pj, const float *bias, size_t o)
+{
+    const ym_layer *L = &m->layers[l];
+    if (L->channel == NULL || pj == YM_PROJ_OUT)
+        return bias[o];
+    size_t di = (size_t)m->cfg.d_inner, half = o / di, p = o % di;
+    return p < (size_t)L->d_inner ? bias[half * (size_t)L->d_inner + p] : 0.0f;
+}
+
 /* Builds a->applied: a leaf from its pieces (then freed: the compiled form is all it keeps),
  * a set or composition from its parts' compiled forms, in order (ranks side by side, scales
  * multiplied; the scale of each LoRA is already inside its Bt). */
@@ -138,6 +207,8 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
     unsigned char *gin = calloc((size_t)n_mod, 1), *gout = calloc((size_t)n_mod, 1);
     ym_err err = YM_ENOMEM;
     if (rank == NULL || fill == NULL || gin == NULL || gout == NULL)
+        goto done;
+    if (ym_model_is_sparse(a->model) && pieces_to_served(a) != 0)
         goto done;
     /* sizes: per module, total rank and which scales exist */
     for (int k = 0; k < a->n_pieces; k++) {
@@ -255,7 +326,7 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
             float *b = next;
             next += PAD16(no);
             for (size_t o = 0; o < no; o++)
-                b[o] = P->g_out[o] * bias[o];
+                b[o] = P->g_out[o] * bias_at(a->model, m / YM_PROJ_N, pj, bias, o);
             P->b_out = b;
         }
     }
@@ -265,6 +336,7 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
     a->applied.d_inner = cfg->d_inner;
     a->applied.d_state = cfg->d_state;
     a->applied.dt_rank = cfg->dt_rank;
+    a->applied.layout = ym_model_is_sparse(a->model) ? (const void *)a->model : NULL;
     a->applied.proj = a->proj;
     a->n_leaves = a->n_parts == 0 ? 1 : 0;
     for (int i = 0; i < a->n_parts; i++)

@@ -40,6 +40,10 @@ typedef struct ym_adapt_proj {
 typedef struct ym_adapt {
     /* the model shape it was compiled for; the forward refuses any other */
     int n_layer, d_model, d_inner, d_state, dt_rank;
+    /* The served sparse model whose channel layout it was compiled for (served channel p of a
+     * layer at index p of every channel-indexed array, strides still the dense d_inner), or
+     * NULL for the dense layout. The forward refuses a mismatch. */
+    const void *layout;
     const ym_adapt_proj *proj; /* [n_layer * YM_PROJ_N], borrowed from the owner */
 } ym_adapt;
 

@@ -401,7 +401,8 @@ static void hook_x_output(ym_ctx_t *c, int ith, int l, const float *xin, int p0,
         const ym_adapt_proj *d = aproj(b, sq, l, YM_PROJ_DT);
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         float *o = c->dbc + (size_t)r0 * P;
-        lora_finish(c, l, YM_PROJ_X, 0, c->dbc, P, P, xin, di, di, sq, p0, p1);
+        lora_finish(c, l, YM_PROJ_X, 0, c->dbc, P, P, xin, di, c->model->layers[l].d_inner, sq,
+                    p0, p1);
         if (a != NULL && a->g_out != NULL)
             ym_scale_rows_f32(o, P, T, a->g_out, p0, p1);
         if (d != NULL && d->g_in != NULL && p0 < dtr)
@@ -459,7 +460,8 @@ static void hook_out_output(ym_ctx_t *c, int l, float *o, int scale, int m0, int
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         if (a == NULL)
             continue;
-        lora_finish(c, l, YM_PROJ_OUT, 2, o, dm, dm, c->y, di, di, sq, m0, m1);
+        lora_finish(c, l, YM_PROJ_OUT, 2, o, dm, dm, c->y, di, c->model->layers[l].d_inner, sq,
+                    m0, m1);
         if (scale && a->g_out != NULL)
             ym_scale_rows_f32(o + (size_t)r0 * dm, dm, T, a->g_out, m0, m1);
     }
@@ -610,11 +612,11 @@ static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max
         if (!ym_adapt_fits(a, &m->cfg))
             return ym_diag_set(diag, YM_EINVAL, "adapter of sequence %d was compiled for another "
                                "model shape", i);
-        /* Adapters are compiled for the dense layout; permuting and pruning them for a
-         * sparsity profile's served layout is not done yet. */
-        if (ym_model_is_sparse(m))
-            return ym_diag_set(diag, YM_EINVAL, "adapters on a sparse model are not supported "
-                               "yet");
+        /* A sparse model serves a permuted, pruned channel layout: the adapter must have been
+         * compiled for this very model (adapters/ does that when loaded against it). */
+        if (a->layout != (ym_model_is_sparse(m) ? (const void *)m : NULL))
+            return ym_diag_set(diag, YM_EINVAL, "adapter of sequence %d was compiled for another "
+                               "channel layout (dense or another sparsity profile)", i);
         for (int l = 0; l < m->cfg.n_layer; l++) { /* dt_proj's bias is fused into softplus */
             const ym_adapt_proj *d = &a->proj[(size_t)l * YM_PROJ_N + YM_PROJ_DT];
             if (d->g_out != NULL && d->b_out == NULL)

@@ -43,6 +43,8 @@ typedef struct ym_layer {      /* names relative to backbone.layers.%d. Shapes i
                                   layout: d_inner is this layer's own channel count */
     int d_inner;              /* channels served: cfg.d_inner, or the kept ones (sparse)     */
     const ym_scan_plan *scan; /* masked scan plan (sparse model), or NULL: dense scan        */
+    const int32_t *channel;   /* sparse: [d_inner] the original channel each served one is
+                                 (scan order); NULL when dense                              */
     const float *norm;        /* norm.weight                 [d_model]                      */
     const float *in_proj;     /* mixer.in_proj.weight        [2*d_inner, d_model]           */
     const float *in_proj_b;   /* mixer.in_proj.bias          [2*d_inner]  (use_bias) or NULL */

@@ -148,6 +148,13 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
         const int32_t *kept = S->kept;
         float *t;
         L->d_inner = nk;
+        /* The served -> original channel map, for code that maps tensors indexed by original
+         * channels (adapters). Kept in the model's owned float memory: same size and alignment. */
+        int32_t *chmap = (int32_t *)take(m, (size_t)nk);
+        if (chmap == NULL)
+            goto oom;
+        memcpy(chmap, kept, sizeof(int32_t) * (size_t)nk);
+        L->channel = chmap;
         L->norm = D->norm;
         L->out_proj_b = D->out_proj_b;
         /* in_proj [2*nk, dm]: the kept rows of the x half, then those of the z half. */

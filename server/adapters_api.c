@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "engine/log.h"
-#include "engine/sparse.h"
 #include "server/multipart.h"
 #include "server/server.h"
 
@@ -439,14 +438,6 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     }
     if (n == 0)
         return 0;
-    if (ym_model_is_sparse(srv->model)) {
-        /* The engine applies adapters to the dense layout only (engine/forward.h). */
-        ym_hreq_respond_error(r, YM_EINVAL, 400, model != NULL ? "model" : "adapters",
-                              "adapters_unsupported",
-                              "this server serves a sparsity profile; adapters are not applied "
-                              "to a sparse model (serve it dense to use adapters)");
-        return -1;
-    }
     if (n == 1) {
         *out = ym_adapter_ref(parts[0]);
         return 0;

@@ -127,7 +127,7 @@ static void after_load(uv_work_t *w, int status)
     if (srv->sparsity_path[0] != '\0')
         ym_log(YM_LOG_INFO, NULL,
                "serving the sparsity profile %s: %lld of %lld channels kept, %lld live state "
-               "entries; adapters are not served on a sparse model",
+               "entries (adapters are compiled against this layout)",
                srv->sparsity_path, (long long)srv->model->n_channels_kept,
                (long long)c->n_layer * c->d_inner, (long long)srv->model->n_states_live);
 }

@@ -432,11 +432,6 @@ int ym_cmd_bench(int argc, char **argv)
         fprintf(stderr, "yunmin: bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (n_adapters > 0 && sparsity != NULL) {
-        fprintf(stderr, "yunmin: bench: --adapters and --sparsity together are not supported "
-                        "yet\n");
-        return 2;
-    }
     if (batches == NULL)
         batches = n_adapters > 0 ? "16" : "1,4,16,64";
     int bs[16], n_bs = 0;

@@ -203,11 +203,6 @@ int ym_cmd_generate(int argc, char **argv)
         goto out;
     if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)
         goto out;
-    if (sparsity != NULL && n_adapters > 0) {
-        rc = cli_error(CLI_USAGE, "generate: --adapter and --sparsity together are not supported yet "
-                                  "(adapters are not compiled against a sparse layout)");
-        goto out;
-    }
     if ((rc = cli_load_adapters(model, adapter_dirs, n_adapters, &adapter)) != 0)
         goto out;
     const int nv = model->cfg.n_vocab;

@@ -1405,7 +1405,7 @@ class SparseServing(unittest.TestCase):
             subprocess.run(["rm", "-rf", tmp])
         self.assertIn("serving the sparsity profile", d.log())
 
-    def test_adapters_are_refused_on_a_sparse_model(self):
+    def test_adapters_on_a_sparse_model_give_the_cli_texts(self):
         model = os.path.join(ROOT, "tests", "fixtures", "conformance", "m40-bias-k3-f32")
         tmp = tempfile.mkdtemp(prefix="yunmin-sparse-")
         prof = os.path.join(tmp, "p.safetensors")
@@ -1418,13 +1418,20 @@ class SparseServing(unittest.TestCase):
         try:
             r = upload(d, "up", os.path.join(ROOT, "tests", "fixtures", "peft", "lora-all4-m40"))
             self.assertEqual(r.status_code, 201, r.text)
-            for body, param in (({"model": "up"}, "model"), ({"adapters": ["up"]}, "adapters")):
-                r = d.post("/v1/completions", dict({"prompt": "ROMEO:", "max_tokens": 4}, **body))
-                self.assertEqual(r.status_code, 400, r.text)
-                self.assertEqual(r.json()["error"]["code"], "adapters_unsupported")
-                self.assertEqual(r.json()["error"]["param"], param)
-            r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 4})
-            self.assertEqual(r.status_code, 200)
+            cli = subprocess.run([YUNMIN, "generate", "--model", model, "--sparsity", prof,
+                                  "--adapter", os.path.join(ROOT, "tests", "fixtures", "peft",
+                                                            "lora-all4-m40"),
+                                  "-p", "ROMEO:", "-n", "12", "--temperature", "0",
+                                  "--threads", "1"], capture_output=True, timeout=120)
+            self.assertEqual(cli.returncode, 0, cli.stderr)
+            for body in ({"model": "up"}, {"adapters": ["up"]}):
+                r = d.post("/v1/completions", dict({"prompt": "ROMEO:", "max_tokens": 12,
+                                                    "temperature": 0}, **body))
+                self.assertEqual(r.status_code, 200, r.text)
+                self.assertEqual(r.json()["choices"][0]["text"], cli.stdout.decode())
+            r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 12,
+                                           "temperature": 0})
+            self.assertNotEqual(r.json()["choices"][0]["text"], cli.stdout.decode())
         finally:
             self.assertEqual(d.stop(), 0)
             subprocess.run(["rm", "-rf", tmp])

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapters/adapter.h"
 #include "engine/forward.h"
 #include "engine/kernels.h"
 #include "engine/model.h"
@@ -392,6 +393,151 @@ START_TEST(test_sparse_matches_masked_reference_on_conformance_models)
 }
 END_TEST
 
+
+/* ---- adapters on the served layout ---------------------------------------------------------- */
+
+/* W [n_out, n_in] += Bt^T At^T for every LoRA module of a (compiled for the dense layout):
+ * the merged weights PEFT's merge_and_unload() makes, written into m's own weights. */
+static void merge_lora(ym_model_t *m, const ym_adapt *a)
+{
+    const ym_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layer; l++) {
+        ym_layer *L = &m->layers[l];
+        float *w[YM_PROJ_N] = {(float *)L->in_proj, (float *)L->x_proj, (float *)L->dt_proj_w,
+                               (float *)L->out_proj};
+        for (int pj = 0; pj < YM_PROJ_N; pj++) {
+            const ym_adapt_proj *P = &a->proj[(size_t)l * YM_PROJ_N + pj];
+            int ni = ym_proj_n_in(c, (ym_proj)pj), no = ym_proj_n_out(c, (ym_proj)pj);
+            ck_assert_ptr_null(P->g_in);
+            ck_assert_ptr_null(P->g_out);
+            for (int o = 0; o < no; o++)
+                for (int i = 0; i < ni; i++) {
+                    double acc = 0;
+                    for (int j = 0; j < P->r; j++)
+                        acc += (double)P->At[(size_t)i * P->r + j] * P->Bt[(size_t)j * no + o];
+                    w[pj][(size_t)o * ni + i] += (float)acc;
+                }
+        }
+    }
+}
+
+/* Run a 3-sequence ragged batch on ctx with adapter a on every sequence; logits in out. */
+static ym_err run_with(ym_ctx_t *ctx, const ym_config *cfg, const ym_adapt *a, float *out,
+                       ym_diag *d)
+{
+    ym_state_t *st[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(ym_state_new(cfg, &st[i]), YM_OK);
+    const ym_adapt *ads[3] = {a, a, a};
+    ym_batch b = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = st,
+                  .logits = YM_LOGITS_ALL, .adapters = ads};
+    ym_err err = ym_forward(ctx, &b, out, d);
+    for (int i = 0; i < 3; i++)
+        ym_state_free(st[i]);
+    return err;
+}
+
+/* LoRA on every projection, compiled against a served sparse model (shuffled order, dropped
+ * channels and entries, biases), against the masked reference of the dense model with the same
+ * LoRA merged into its weights. */
+START_TEST(test_sparse_lora_matches_masked_reference_of_merged_weights)
+{
+    ym_config c = cfg_of(16, 3, 5, 4, 2, 40, 1);
+    ym_model_t *dense = random_model(&c, 7), *merged = random_model(&c, 7), *m = NULL;
+    ym_sparsity *sp = random_profile(&c, 0.6, 0.6, 1, -1, 99);
+    ym_diag d = {0};
+    ck_assert_msg(ym_model_new_sparse(dense, sp, &m, &d) == YM_OK, "%s", d.msg);
+    ym_adapter_t *ad = NULL, *as = NULL;
+    ck_assert_int_eq(ym_adapter_new_random_lora(dense, 3, 0xf, 11, &ad, &d), YM_OK);
+    ck_assert_int_eq(ym_adapter_new_random_lora(m, 3, 0xf, 11, &as, &d), YM_OK);
+    merge_lora(merged, ym_adapter_applied(ad));
+    size_t V = (size_t)c.n_vocab;
+    float *ref = calloc(20 * V, sizeof(float)), *base = calloc(20 * V, sizeof(float));
+    float *got = calloc(20 * V, sizeof(float));
+    ym_state_t *st[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(ym_state_new(&c, &st[i]), YM_OK);
+    ym_batch b = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = st,
+                  .logits = YM_LOGITS_ALL};
+    ck_assert_int_eq(ym_forward_ref_masked(merged, sp, &b, ref), YM_OK);
+    for (int i = 0; i < 3; i++)
+        ym_state_reset(st[i]);
+    ck_assert_int_eq(ym_forward_ref_masked(dense, sp, &b, base), YM_OK);
+    for (int threads = 1; threads <= 2; threads++) {
+            ym_ctx_t *ctx = NULL;
+            ck_assert_int_eq(ym_ctx_new(m, 20, threads, &ctx), YM_OK);
+            ck_assert_msg(run_with(ctx, &c, ym_adapter_applied(as), got, &d) == YM_OK, "%s",
+                          d.msg);
+            float diff = max_abs_diff(got, ref, 20 * V), moved = max_abs_diff(base, ref, 20 * V);
+            printf("sparse + LoRA, %d threads: max |served - merged masked ref| = %.3g (the LoRA "
+                   "moves the logits by %.3g)\n", threads, diff, moved);
+            ck_assert_msg(diff < 2e-4f, "differs by %g", diff);
+            ck_assert_msg(moved > 100 * diff, "the adapter changes nothing measurable");
+            /* The dense-layout compilation is refused on the sparse model, and vice versa. */
+            ck_assert_int_eq(run_with(ctx, &c, ym_adapter_applied(ad), got, &d), YM_EINVAL);
+            ym_ctx_free(ctx);
+        }
+    ym_ctx_t *dctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(dense, 20, 1, &dctx), YM_OK);
+    ck_assert_int_eq(run_with(dctx, &c, ym_adapter_applied(as), got, &d), YM_EINVAL);
+    ym_ctx_free(dctx);
+    for (int i = 0; i < 3; i++)
+        ym_state_free(st[i]);
+    free(ref);
+    free(base);
+    free(got);
+    ym_adapter_unref(ad);
+    ym_adapter_unref(as);
+    ym_model_unref(m);
+    ym_model_unref(merged);
+    ym_model_unref(dense);
+    ym_sparsity_free(sp);
+}
+END_TEST
+
+/* PEFT's own adapters (LoRA, IA³ on inputs and on outputs with biases, a hybrid set) on the
+ * conformance model, under a profile that only reorders the channels: the served model with
+ * the adapter compiled against it equals the dense model with the adapter, up to float
+ * reassociation. Checks the permutation of every channel-indexed tensor and bias. */
+START_TEST(test_sparse_peft_adapters_under_a_shuffled_order_equal_dense)
+{
+    ym_model_t *dense = NULL, *m = NULL;
+    ym_diag d = {0};
+    ck_assert_msg(ym_model_load(YM_FIXTURE("conformance/m40-bias-k3-f32"), &dense, &d) == YM_OK,
+                  "%s", d.msg);
+    const ym_config *c = &dense->cfg;
+    ym_sparsity *sp = random_profile(c, 1.0, 1.0, 1, -1, 5);
+    ck_assert_msg(ym_model_new_sparse(dense, sp, &m, &d) == YM_OK, "%s", d.msg);
+    static const char *names[] = {"lora-all4-m40", "ia3-ff-m40", "ia3-out-m40", "hybrid-m40"};
+    size_t V = (size_t)c->n_vocab;
+    float *want = calloc(20 * V, sizeof(float)), *got = calloc(20 * V, sizeof(float));
+    ym_ctx_t *cd = NULL, *cs = NULL;
+    ck_assert_int_eq(ym_ctx_new(dense, 20, 2, &cd), YM_OK);
+    ck_assert_int_eq(ym_ctx_new(m, 20, 2, &cs), YM_OK);
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s/peft/%s", YM_FIXTURE_DIR, names[k]);
+        ym_adapter_t *ad = NULL, *as = NULL;
+        ck_assert_msg(ym_adapter_load(dir, dense, NULL, &ad, &d) == YM_OK, "%s", d.msg);
+        ck_assert_msg(ym_adapter_load(dir, m, NULL, &as, &d) == YM_OK, "%s", d.msg);
+        ck_assert_int_eq(run_with(cd, c, ym_adapter_applied(ad), want, &d), YM_OK);
+        ck_assert_msg(run_with(cs, c, ym_adapter_applied(as), got, &d) == YM_OK, "%s", d.msg);
+        float diff = max_abs_diff(got, want, 20 * V);
+        printf("%s on a reordered served model: max |served - dense| = %.3g\n", names[k], diff);
+        ck_assert_msg(diff < 1e-4f, "%s differs by %g", names[k], diff);
+        ym_adapter_unref(ad);
+        ym_adapter_unref(as);
+    }
+    ym_ctx_free(cd);
+    ym_ctx_free(cs);
+    free(want);
+    free(got);
+    ym_model_unref(m);
+    ym_model_unref(dense);
+    ym_sparsity_free(sp);
+}
+END_TEST
+
 Suite *sparse_suite(void)
 {
     Suite *s = suite_create("sparse");
@@ -402,6 +548,8 @@ Suite *sparse_suite(void)
     tcase_add_test(tc, test_sparse_batched_equals_alone_and_decode_equals_prefill);
     tcase_add_test(tc, test_sparse_plan_counts_and_weight_bytes);
     tcase_add_test(tc, test_sparse_matches_masked_reference_on_conformance_models);
+    tcase_add_test(tc, test_sparse_lora_matches_masked_reference_of_merged_weights);
+    tcase_add_test(tc, test_sparse_peft_adapters_under_a_shuffled_order_equal_dense);
     suite_add_tcase(s, tc);
     return s;
 }

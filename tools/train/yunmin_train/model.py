@@ -202,10 +202,12 @@ def _prefix_states(a, b):
     return h[:, :T] if odd else h
 
 
-def scan_parallel(dA, dBx, C, s0=None):
+def scan_parallel(dA, dBx, C, s0=None, state_hook=None):
     if s0 is not None:
         dBx = torch.cat([dBx[:, :1] + dA[:, :1] * s0[:, None], dBx[:, 1:]], dim=1)
     h = _prefix_states(dA, dBx)
+    if state_hook is not None:
+        state_hook(h)
     y = torch.einsum("btdn,btn->btd", h, C)
     return y, h[:, -1]
 
@@ -245,6 +247,9 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(Di))
         self.out_proj = nn.Linear(Di, D, bias=cfg.use_bias)
         self.scan = "parallel"
+        # Called with every state s_t [B, T, Di, N] when set (calibration statistics, e.g. the
+        # magnitude baseline of yunmin_train.masks); forces the parallel scan.
+        self.state_hook = None
 
     def forward(self, h, state=None, mask=None):
         """h [B, T, D]; state None or (conv [B, Di, K-1], ssm [B, Di, N]) -> (out, new_state).
@@ -281,7 +286,10 @@ class MambaMixer(nn.Module):
             dA = dA * live
             dBx = dBx * live
             s0 = None if s0 is None else s0 * live
-        y, s_last = SCANS[self.scan](dA, dBx, Cm.to(cd), s0)
+        if self.state_hook is not None:
+            y, s_last = scan_parallel(dA, dBx, Cm.to(cd), s0, state_hook=self.state_hook)
+        else:
+            y, s_last = SCANS[self.scan](dA, dBx, Cm.to(cd), s0)
         y = (y + x * self.D.to(cd)) * F.silu(z.to(cd))
         return self.out_proj(y), (conv_state, s_last)
 
