@@ -602,7 +602,8 @@ static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max
             return ym_diag_set(diag, YM_EINVAL, "sequence %d of the batch has no rows", i);
         const ym_state_t *s = b->states[i];
         if (s == NULL || s->n_layer != m->cfg.n_layer || s->d_inner != m->cfg.d_inner ||
-            s->d_conv != m->cfg.d_conv || s->d_state != m->cfg.d_state)
+            s->d_conv != m->cfg.d_conv || s->d_state != m->cfg.d_state ||
+            (s->layout != NULL && s->layout != (const void *)m))
             return ym_diag_set(diag, YM_EINVAL, "state of sequence %d does not fit the model", i);
     }
     for (int i = 0; b->adapters != NULL && i < b->n_seq; i++) {

@@ -9,18 +9,116 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/sparse.h"
+
 #define STATE_MAGIC 0x54534d59u /* "YMST" little-endian */
 #define STATE_VERSION 1u
 #define STATE_HEADER 48
 
 static size_t conv_floats(const ym_state_t *s)
 {
+    if (s->conv_off != NULL)
+        return (size_t)s->conv_off[s->n_layer];
     return (size_t)s->n_layer * s->d_inner * (size_t)(s->d_conv - 1);
 }
 
 static size_t ssm_floats(const ym_state_t *s)
 {
+    if (s->ssm_off != NULL)
+        return (size_t)s->ssm_off[s->n_layer];
     return (size_t)s->n_layer * s->d_inner * (size_t)s->d_state;
+}
+
+size_t ym_state_floats(const ym_state_t *s)
+{
+    return conv_floats(s) + ssm_floats(s);
+}
+
+/* Allocate the arrays of a state whose dimensions (and offsets, if compact) are set. */
+static ym_err alloc_arrays(ym_state_t *s)
+{
+    size_t nc = conv_floats(s), ns = ssm_floats(s);
+    s->conv = nc > 0 ? aligned_alloc(64, ((nc * sizeof(float)) + 63) & ~(size_t)63) : NULL;
+    s->ssm = aligned_alloc(64, (((ns > 0 ? ns : 1) * sizeof(float)) + 63) & ~(size_t)63);
+    if ((nc > 0 && s->conv == NULL) || s->ssm == NULL)
+        return YM_ENOMEM;
+    ym_state_reset(s);
+    return YM_OK;
+}
+
+ym_err ym_state_new_for_model(const ym_model_t *m, ym_state_t **out)
+{
+    if (!ym_model_is_sparse(m))
+        return ym_state_new(&m->cfg, out);
+    *out = NULL;
+    const ym_config *cfg = &m->cfg;
+    ym_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return YM_ENOMEM;
+    s->n_layer = cfg->n_layer;
+    s->d_inner = cfg->d_inner;
+    s->d_conv = cfg->d_conv;
+    s->d_state = cfg->d_state;
+    s->layout = m;
+    s->conv_off = calloc((size_t)cfg->n_layer + 1, sizeof(int64_t));
+    s->ssm_off = calloc((size_t)cfg->n_layer + 1, sizeof(int64_t));
+    if (s->conv_off == NULL || s->ssm_off == NULL) {
+        ym_state_free(s);
+        return YM_ENOMEM;
+    }
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        int64_t nssm = 0; /* the scan plan's blocked layout: blocks at their offsets */
+        for (int b = 0; L->scan != NULL && b < L->scan->n_blocks; b++) {
+            const ym_scan_block *B = &L->scan->blocks[b];
+            int64_t end = B->off + (int64_t)B->n_u * B->w;
+            if (end > nssm)
+                nssm = end;
+        }
+        if (L->scan == NULL)
+            nssm = (int64_t)L->d_inner * cfg->d_state;
+        /* 16-float multiples keep every layer's arrays 64-byte aligned */
+        s->conv_off[l + 1] = s->conv_off[l] + ((int64_t)L->d_inner * (cfg->d_conv - 1) + 15) / 16 * 16;
+        s->ssm_off[l + 1] = s->ssm_off[l] + (nssm + 15) / 16 * 16;
+    }
+    ym_err err = alloc_arrays(s);
+    if (err != YM_OK) {
+        ym_state_free(s);
+        return err;
+    }
+    *out = s;
+    return YM_OK;
+}
+
+ym_err ym_state_new_like(const ym_state_t *src, ym_state_t **out)
+{
+    *out = NULL;
+    ym_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return YM_ENOMEM;
+    s->n_layer = src->n_layer;
+    s->d_inner = src->d_inner;
+    s->d_conv = src->d_conv;
+    s->d_state = src->d_state;
+    s->layout = src->layout;
+    if (src->conv_off != NULL) {
+        size_t n = ((size_t)src->n_layer + 1) * sizeof(int64_t);
+        s->conv_off = malloc(n);
+        s->ssm_off = malloc(n);
+        if (s->conv_off == NULL || s->ssm_off == NULL) {
+            ym_state_free(s);
+            return YM_ENOMEM;
+        }
+        memcpy(s->conv_off, src->conv_off, n);
+        memcpy(s->ssm_off, src->ssm_off, n);
+    }
+    ym_err err = alloc_arrays(s);
+    if (err != YM_OK) {
+        ym_state_free(s);
+        return err;
+    }
+    *out = s;
+    return YM_OK;
 }
 
 ym_err ym_state_new(const ym_config *cfg, ym_state_t **out)
@@ -53,6 +151,8 @@ void ym_state_free(ym_state_t *s)
         return;
     free(s->conv);
     free(s->ssm);
+    free(s->conv_off);
+    free(s->ssm_off);
     free(s);
 }
 
@@ -66,8 +166,12 @@ void ym_state_reset(ym_state_t *s)
 
 static int same_dims(const ym_state_t *a, const ym_state_t *b)
 {
-    return a->n_layer == b->n_layer && a->d_inner == b->d_inner && a->d_conv == b->d_conv &&
-           a->d_state == b->d_state;
+    if (a->n_layer != b->n_layer || a->d_inner != b->d_inner || a->d_conv != b->d_conv ||
+        a->d_state != b->d_state || (a->conv_off == NULL) != (b->conv_off == NULL))
+        return 0;
+    size_t n = ((size_t)a->n_layer + 1) * sizeof(int64_t);
+    return a->conv_off == NULL ||
+           (memcmp(a->conv_off, b->conv_off, n) == 0 && memcmp(a->ssm_off, b->ssm_off, n) == 0);
 }
 
 ym_err ym_state_copy(ym_state_t *dst, const ym_state_t *src)
@@ -85,11 +189,15 @@ ym_err ym_state_copy(ym_state_t *dst, const ym_state_t *src)
 
 float *ym_state_conv(ym_state_t *s, int layer)
 {
+    if (s->conv_off != NULL)
+        return s->conv + s->conv_off[layer];
     return s->conv + (size_t)layer * s->d_inner * (size_t)(s->d_conv - 1);
 }
 
 float *ym_state_ssm(ym_state_t *s, int layer)
 {
+    if (s->ssm_off != NULL)
+        return s->ssm + s->ssm_off[layer];
     return s->ssm + (size_t)layer * s->d_inner * (size_t)s->d_state;
 }
 

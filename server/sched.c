@@ -381,7 +381,7 @@ static void store_checkpoint(ym_sched_t *s, ym_gen *g, int k)
     if (ym_scache_touch(s->cache, &g->chain[k - 1]))
         return;
     ym_state_t *st = NULL;
-    if (ym_state_new(&s->model->cfg, &st) != YM_OK)
+    if (ym_state_new_like(g->state, &st) != YM_OK)
         return;
     ym_state_copy(st, g->state);
     if (ym_scache_put(s->cache, &g->chain[k - 1], YM_SC_PREFIX, NULL, st) == 1)
@@ -592,7 +592,7 @@ static void append_text(ym_gen *g, const char *text, size_t len)
 static ym_err admit(ym_sched_t *s, ym_gen *g)
 {
     ym_err err;
-    if ((err = ym_state_new(&s->model->cfg, &g->state)) != YM_OK ||
+    if ((err = ym_state_new_for_model(s->model, &g->state)) != YM_OK ||
         (err = ym_sampler_new(&g->sampling, s->n_vocab, &g->sampler)) != YM_OK ||
         (err = ym_textout_new(s->tok, (const char *const *)g->stops, g->n_stops, &g->tout)))
         return err;

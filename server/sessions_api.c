@@ -21,10 +21,12 @@
 
 size_t ym_server_state_bytes(const ym_server_t *srv)
 {
-    const ym_config *c = &srv->model->cfg;
-    ym_state_t st = {.n_layer = c->n_layer, .d_inner = c->d_inner, .d_conv = c->d_conv,
-                     .d_state = c->d_state};
-    return ym_scache_entry_bytes(&st);
+    ym_state_t *st = NULL;
+    if (ym_state_new_for_model(srv->model, &st) != YM_OK)
+        return 0;
+    size_t n = ym_scache_entry_bytes(st);
+    ym_state_free(st);
+    return n;
 }
 
 static int cache_ready(ym_hreq *r)
@@ -178,12 +180,15 @@ static void admin_export(ym_hreq *r, const char *tenant, const char *id)
 static void admin_import(ym_hreq *r, const char *tenant, const char *id)
 {
     ym_server_t *srv = r->srv;
-    ym_state_t *st = NULL;
+    ym_state_t *st = NULL, *like = NULL;
     ym_skey key;
     ym_sc_meta meta = {.pending = -1}; /* not appendable: only the history hash travels */
     ym_diag d = {0};
-    ym_err err = ym_session_blob_read(r->body.p, r->body.len, &srv->model->cfg, srv->model_fp,
-                                      &st, &meta.hist, &d);
+    ym_err err = ym_state_new_for_model(srv->model, &like);
+    if (err == YM_OK)
+        err = ym_session_blob_read(r->body.p, r->body.len, like, srv->model_fp, &st, &meta.hist,
+                                   &d);
+    ym_state_free(like);
     if (err != YM_OK) {
         ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 422, NULL, "invalid_session_state",
                               "%s", d.msg[0] ? d.msg : ym_strerror(err));

@@ -363,9 +363,8 @@ int ym_scache_touch(ym_scache_t *c, const ym_skey *key)
 
 size_t ym_scache_entry_bytes(const ym_state_t *st)
 {
-    size_t floats = (size_t)st->n_layer * (size_t)st->d_inner *
-                    ((size_t)st->d_state + (size_t)(st->d_conv - 1));
-    return floats * sizeof(float) + sizeof(ym_sc_entry) + sizeof(ym_state_t);
+    size_t offs = st->conv_off != NULL ? 2 * ((size_t)st->n_layer + 1) * sizeof(int64_t) : 0;
+    return ym_state_floats(st) * sizeof(float) + offs + sizeof(ym_sc_entry) + sizeof(ym_state_t);
 }
 
 int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
@@ -498,7 +497,7 @@ ym_err ym_session_blob_write(const ym_state_t *st, const ym_skey *hist, const un
     return ym_state_serialize(st, p + YM_SESSION_BLOB_HEADER, cap - YM_SESSION_BLOB_HEADER, &n);
 }
 
-ym_err ym_session_blob_read(const void *buf, size_t len, const ym_config *cfg,
+ym_err ym_session_blob_read(const void *buf, size_t len, const ym_state_t *like,
                             const unsigned char fp[32], ym_state_t **st, ym_skey *hist,
                             ym_diag *diag)
 {
@@ -518,7 +517,7 @@ ym_err ym_session_blob_read(const void *buf, size_t len, const ym_config *cfg,
         return ym_diag_set(diag, YM_EFORMAT,
                            "session state: made by another model than the one served here");
     ym_state_t *s = NULL;
-    ym_err err = ym_state_new(cfg, &s);
+    ym_err err = ym_state_new_like(like, &s);
     if (err != YM_OK)
         return err;
     if ((err = ym_state_deserialize(s, p + YM_SESSION_BLOB_HEADER, len - YM_SESSION_BLOB_HEADER,
@@ -526,9 +525,10 @@ ym_err ym_session_blob_read(const void *buf, size_t len, const ym_config *cfg,
         ym_state_free(s);
         return err;
     }
-    size_t nc = (size_t)s->n_layer * (size_t)s->d_inner * (size_t)(s->d_conv - 1);
-    size_t ns = (size_t)s->n_layer * (size_t)s->d_inner * (size_t)s->d_state;
-    for (size_t i = 0; i < nc + ns; i++) {
+    size_t n = ym_state_floats(s);
+    size_t nc = n - (s->ssm_off != NULL ? (size_t)s->ssm_off[s->n_layer]
+                                       : (size_t)s->n_layer * s->d_inner * (size_t)s->d_state);
+    for (size_t i = 0; i < n; i++) {
         float v = i < nc ? s->conv[i] : s->ssm[i - nc];
         if (!isfinite(v)) {
             ym_state_free(s);

@@ -121,10 +121,11 @@ size_t ym_session_blob_size(const ym_state_t *st);
 /* Write the blob of st into buf (cap >= ym_session_blob_size). */
 ym_err ym_session_blob_write(const ym_state_t *st, const ym_skey *hist, const unsigned char fp[32],
                              void *buf, size_t cap);
-/* Read a blob for a model with this config and fingerprint: wrong magic, version, model,
- * dimensions, size, checksum, a non-finite value or an empty history -> YM_EFORMAT with a
- * message. New state in *st (ym_state_free). */
-ym_err ym_session_blob_read(const void *buf, size_t len, const ym_config *cfg,
+/* Read a blob for a model with this fingerprint whose states look like `like` (dimensions and
+ * layout: ym_state_new_for_model): wrong magic, version, model, dimensions, size, checksum, a
+ * non-finite value or an empty history -> YM_EFORMAT with a message. New state in *st
+ * (ym_state_free). */
+ym_err ym_session_blob_read(const void *buf, size_t len, const ym_state_t *like,
                             const unsigned char fp[32], ym_state_t **st, ym_skey *hist,
                             ym_diag *diag);
 

@@ -22,10 +22,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     c.d_state = 2;
     unsigned char fp[32];
     memset(fp, 0xab, sizeof(fp));
+    static ym_state_t *like;
+    if (like == NULL)
+        YM_ASSERT(ym_state_new(&c, &like) == YM_OK);
     ym_state_t *st = NULL;
     ym_skey hist;
     ym_diag d;
-    if (ym_session_blob_read(data, size, &c, fp, &st, &hist, &d) != YM_OK) {
+    if (ym_session_blob_read(data, size, like, fp, &st, &hist, &d) != YM_OK) {
         YM_ASSERT(st == NULL);
         return 0;
     }

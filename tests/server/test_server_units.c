@@ -894,7 +894,7 @@ START_TEST(test_session_blob_round_trip_and_rejections)
     ck_assert_int_eq(ym_session_blob_write(st, &hist, fp, blob, n), YM_OK);
     ym_state_t *back = NULL;
     ym_diag d = {0};
-    ck_assert_int_eq(ym_session_blob_read(blob, n, &small_cfg, fp, &back, &got_hist, &d), YM_OK);
+    ck_assert_int_eq(ym_session_blob_read(blob, n, st, fp, &back, &got_hist, &d), YM_OK);
     ck_assert(ym_skey_equal(&hist, &got_hist));
     ck_assert_int_eq(back->n_tokens, 42);
     ck_assert_int_eq(memcmp(back->ssm, st->ssm, 2 * 8 * 4 * sizeof(float)), 0);
@@ -902,7 +902,7 @@ START_TEST(test_session_blob_round_trip_and_rejections)
     ym_state_free(back);
     /* Every truncation, and a flipped bit anywhere, is refused. */
     for (size_t len = 0; len < n; len += (len < 200 ? 1 : 97)) {
-        ck_assert_int_eq(ym_session_blob_read(blob, len, &small_cfg, fp, &back, &got_hist, &d),
+        ck_assert_int_eq(ym_session_blob_read(blob, len, st, fp, &back, &got_hist, &d),
                          YM_EFORMAT);
         ck_assert_ptr_null(back);
     }
@@ -912,20 +912,22 @@ START_TEST(test_session_blob_round_trip_and_rejections)
         if (i >= 72 + 24 && i < 72 + 32)
             continue; /* n_tokens: any positive count is a valid state */
         blob[i] ^= 0x10;
-        ym_err err = ym_session_blob_read(blob, n, &small_cfg, fp, &back, &got_hist, &d);
+        ym_err err = ym_session_blob_read(blob, n, st, fp, &back, &got_hist, &d);
         ck_assert_msg(err == YM_EFORMAT, "byte %zu flipped, accepted", i);
         blob[i] ^= 0x10;
     }
-    ck_assert_int_eq(ym_session_blob_read(blob, n, &small_cfg, other, &back, &got_hist, &d),
+    ck_assert_int_eq(ym_session_blob_read(blob, n, st, other, &back, &got_hist, &d),
                      YM_EFORMAT);
     ck_assert_ptr_nonnull(strstr(d.msg, "another model"));
     ym_config big = small_cfg;
     big.d_inner = 16;
-    ck_assert_int_eq(ym_session_blob_read(blob, n, &big, fp, &back, &got_hist, &d), YM_EFORMAT);
+    ym_state_t *big_st = filled_state(&big, 0, 1);
+    ck_assert_int_eq(ym_session_blob_read(blob, n, big_st, fp, &back, &got_hist, &d), YM_EFORMAT);
+    ym_state_free(big_st);
     /* A NaN in the state (checksum made right) is refused. */
     st->ssm[3] = NAN;
     ck_assert_int_eq(ym_session_blob_write(st, &hist, fp, blob, n), YM_OK);
-    ck_assert_int_eq(ym_session_blob_read(blob, n, &small_cfg, fp, &back, &got_hist, &d),
+    ck_assert_int_eq(ym_session_blob_read(blob, n, st, fp, &back, &got_hist, &d),
                      YM_EFORMAT);
     ck_assert_ptr_nonnull(strstr(d.msg, "not finite"));
     free(blob);

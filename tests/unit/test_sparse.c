@@ -538,6 +538,82 @@ START_TEST(test_sparse_peft_adapters_under_a_shuffled_order_equal_dense)
 }
 END_TEST
 
+/* A compact state (ym_state_new_for_model) runs the served model bit for bit like a full-size
+ * one, holds only the kept channels' conv windows and the plan's blocked entries, round-trips
+ * through serialization, and no other model takes it. */
+START_TEST(test_sparse_compact_states)
+{
+    ym_config c = cfg_of(32, 3, 16, 4, 2, 40, 1);
+    ym_model_t *dense = random_model(&c, 3), *m = NULL, *m2 = NULL;
+    ym_sparsity *sp = random_profile(&c, 0.5, 0.5, 1, 1, 17);
+    ym_diag d = {0};
+    ck_assert_msg(ym_model_new_sparse(dense, sp, &m, &d) == YM_OK, "%s", d.msg);
+    ck_assert_msg(ym_model_new_sparse(dense, sp, &m2, &d) == YM_OK, "%s", d.msg);
+    ym_state_t *full[3], *cs[3];
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(ym_state_new(&c, &full[i]), YM_OK);
+        ck_assert_int_eq(ym_state_new_for_model(m, &cs[i]), YM_OK);
+    }
+    size_t expect = 0;
+    for (int l = 0; l < c.n_layer; l++)
+        expect += (size_t)m->layers[l].d_inner * (c.d_conv - 1) +
+                  (size_t)(m->layers[l].scan ? m->layers[l].scan->n_lanes : 0);
+    size_t nfull = ym_state_floats(full[0]), ncs = ym_state_floats(cs[0]);
+    printf("compact state: %zu floats (%zu used by the layout) vs %zu full size\n", ncs, expect,
+           nfull);
+    ck_assert_uint_ge(ncs, expect);
+    ck_assert_uint_lt(ncs, expect + (size_t)c.n_layer * 2 * 16); /* only 16-float padding */
+    ck_assert_uint_lt(2 * ncs, nfull);
+    size_t V = (size_t)c.n_vocab;
+    float *a = calloc(20 * V, sizeof(float)), *b = calloc(20 * V, sizeof(float));
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 20, 2, &ctx), YM_OK);
+    for (int round = 0; round < 2; round++) {
+        ym_batch bf = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = full,
+                       .logits = YM_LOGITS_ALL};
+        ym_batch bc = bf;
+        bc.states = cs;
+        ck_assert_int_eq(ym_forward(ctx, &bf, a, NULL), YM_OK);
+        ck_assert_int_eq(ym_forward(ctx, &bc, b, NULL), YM_OK);
+        ck_assert_int_eq(memcmp(a, b, 20 * V * sizeof(float)), 0);
+    }
+    /* Serialization round trip; a full-size state does not take a compact one's bytes. */
+    size_t n = ym_state_serialized_size(cs[1]), w = 0;
+    unsigned char *buf = malloc(n);
+    ck_assert_int_eq(ym_state_serialize(cs[1], buf, n, &w), YM_OK);
+    ym_state_t *back = NULL;
+    ck_assert_int_eq(ym_state_new_like(cs[1], &back), YM_OK);
+    ck_assert_int_eq(ym_state_deserialize(back, buf, n, NULL), YM_OK);
+    ck_assert_int_eq(memcmp(back->ssm, cs[1]->ssm, ncs - (size_t)cs[1]->conv_off[c.n_layer]), 0);
+    ck_assert_int_eq(ym_state_deserialize(full[1], buf, n, NULL), YM_EFORMAT);
+    ck_assert_int_eq(ym_state_copy(full[1], cs[1]), YM_EINVAL);
+    /* Only the model it was made for runs it. */
+    int one[2] = {0, 1};
+    ym_batch b1 = {.n_seq = 1, .tokens = TOKS, .seq_start = one, .states = &back,
+                   .logits = YM_LOGITS_LAST};
+    ym_ctx_t *c2 = NULL, *cd = NULL;
+    ck_assert_int_eq(ym_ctx_new(m2, 1, 1, &c2), YM_OK);
+    ck_assert_int_eq(ym_ctx_new(dense, 1, 1, &cd), YM_OK);
+    ck_assert_int_eq(ym_forward(c2, &b1, a, NULL), YM_EINVAL);
+    ck_assert_int_eq(ym_forward(cd, &b1, a, NULL), YM_EINVAL);
+    ym_ctx_free(c2);
+    ym_ctx_free(cd);
+    ym_state_free(back);
+    free(buf);
+    for (int i = 0; i < 3; i++) {
+        ym_state_free(full[i]);
+        ym_state_free(cs[i]);
+    }
+    free(a);
+    free(b);
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+    ym_model_unref(m2);
+    ym_model_unref(dense);
+    ym_sparsity_free(sp);
+}
+END_TEST
+
 Suite *sparse_suite(void)
 {
     Suite *s = suite_create("sparse");
@@ -550,6 +626,7 @@ Suite *sparse_suite(void)
     tcase_add_test(tc, test_sparse_matches_masked_reference_on_conformance_models);
     tcase_add_test(tc, test_sparse_lora_matches_masked_reference_of_merged_weights);
     tcase_add_test(tc, test_sparse_peft_adapters_under_a_shuffled_order_equal_dense);
+    tcase_add_test(tc, test_sparse_compact_states);
     suite_add_tcase(s, tc);
     return s;
 }
