@@ -34,16 +34,45 @@ size_t ym_state_floats(const ym_state_t *s)
     return conv_floats(s) + ssm_floats(s);
 }
 
-/* Allocate the arrays of a state whose dimensions (and offsets, if compact) are set. */
-static ym_err alloc_arrays(ym_state_t *s)
+/* A zeroed state with these dimensions and, when offs is given, the compact layout of
+ * conv_off/ssm_off [n_layer + 1] (copied); NULL on no memory. */
+static ym_state_t *state_make(int n_layer, int d_inner, int d_conv, int d_state,
+                              const int64_t *conv_off, const int64_t *ssm_off, const void *layout)
 {
+    ym_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->n_layer = n_layer;
+    s->d_inner = d_inner;
+    s->d_conv = d_conv;
+    s->d_state = d_state;
+    s->layout = layout;
+    if (conv_off != NULL) {
+        size_t n = ((size_t)n_layer + 1) * sizeof(int64_t);
+        if ((s->conv_off = malloc(n)) == NULL || (s->ssm_off = malloc(n)) == NULL)
+            goto oom;
+        memcpy(s->conv_off, conv_off, n);
+        memcpy(s->ssm_off, ssm_off, n);
+    }
     size_t nc = conv_floats(s), ns = ssm_floats(s);
     s->conv = nc > 0 ? aligned_alloc(64, ((nc * sizeof(float)) + 63) & ~(size_t)63) : NULL;
     s->ssm = aligned_alloc(64, (((ns > 0 ? ns : 1) * sizeof(float)) + 63) & ~(size_t)63);
     if ((nc > 0 && s->conv == NULL) || s->ssm == NULL)
-        return YM_ENOMEM;
+        goto oom;
     ym_state_reset(s);
-    return YM_OK;
+    return s;
+oom:
+    ym_state_free(s);
+    return NULL;
+}
+
+ym_err ym_state_new(const ym_config *cfg, ym_state_t **out)
+{
+    *out = NULL;
+    if (cfg->n_layer < 1 || cfg->d_inner < 1 || cfg->d_conv < 1 || cfg->d_state < 1)
+        return YM_EINVAL;
+    *out = state_make(cfg->n_layer, cfg->d_inner, cfg->d_conv, cfg->d_state, NULL, NULL, NULL);
+    return *out != NULL ? YM_OK : YM_ENOMEM;
 }
 
 ym_err ym_state_new_for_model(const ym_model_t *m, ym_state_t **out)
@@ -52,97 +81,35 @@ ym_err ym_state_new_for_model(const ym_model_t *m, ym_state_t **out)
         return ym_state_new(&m->cfg, out);
     *out = NULL;
     const ym_config *cfg = &m->cfg;
-    ym_state_t *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return YM_ENOMEM;
-    s->n_layer = cfg->n_layer;
-    s->d_inner = cfg->d_inner;
-    s->d_conv = cfg->d_conv;
-    s->d_state = cfg->d_state;
-    s->layout = m;
-    s->conv_off = calloc((size_t)cfg->n_layer + 1, sizeof(int64_t));
-    s->ssm_off = calloc((size_t)cfg->n_layer + 1, sizeof(int64_t));
-    if (s->conv_off == NULL || s->ssm_off == NULL) {
-        ym_state_free(s);
-        return YM_ENOMEM;
-    }
-    for (int l = 0; l < cfg->n_layer; l++) {
-        const ym_layer *L = &m->layers[l];
-        int64_t nssm = 0; /* the scan plan's blocked layout: blocks at their offsets */
-        for (int b = 0; L->scan != NULL && b < L->scan->n_blocks; b++) {
-            const ym_scan_block *B = &L->scan->blocks[b];
-            int64_t end = B->off + (int64_t)B->n_u * B->w;
-            if (end > nssm)
-                nssm = end;
+    int64_t *co = calloc((size_t)cfg->n_layer + 1, sizeof(int64_t));
+    int64_t *so = calloc((size_t)cfg->n_layer + 1, sizeof(int64_t));
+    if (co != NULL && so != NULL)
+        for (int l = 0; l < cfg->n_layer; l++) {
+            const ym_layer *L = &m->layers[l];
+            int64_t nssm = 0; /* the scan plan's blocked layout: blocks at their offsets */
+            for (int b = 0; L->scan != NULL && b < L->scan->n_blocks; b++) {
+                const ym_scan_block *B = &L->scan->blocks[b];
+                if (B->off + (int64_t)B->n_u * B->w > nssm)
+                    nssm = B->off + (int64_t)B->n_u * B->w;
+            }
+            if (L->scan == NULL)
+                nssm = (int64_t)L->d_inner * cfg->d_state;
+            /* 16-float multiples keep every layer's arrays 64-byte aligned */
+            co[l + 1] = co[l] + ((int64_t)L->d_inner * (cfg->d_conv - 1) + 15) / 16 * 16;
+            so[l + 1] = so[l] + (nssm + 15) / 16 * 16;
         }
-        if (L->scan == NULL)
-            nssm = (int64_t)L->d_inner * cfg->d_state;
-        /* 16-float multiples keep every layer's arrays 64-byte aligned */
-        s->conv_off[l + 1] = s->conv_off[l] + ((int64_t)L->d_inner * (cfg->d_conv - 1) + 15) / 16 * 16;
-        s->ssm_off[l + 1] = s->ssm_off[l] + (nssm + 15) / 16 * 16;
-    }
-    ym_err err = alloc_arrays(s);
-    if (err != YM_OK) {
-        ym_state_free(s);
-        return err;
-    }
-    *out = s;
-    return YM_OK;
+    if (co != NULL && so != NULL)
+        *out = state_make(cfg->n_layer, cfg->d_inner, cfg->d_conv, cfg->d_state, co, so, m);
+    free(co);
+    free(so);
+    return *out != NULL ? YM_OK : YM_ENOMEM;
 }
 
 ym_err ym_state_new_like(const ym_state_t *src, ym_state_t **out)
 {
-    *out = NULL;
-    ym_state_t *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return YM_ENOMEM;
-    s->n_layer = src->n_layer;
-    s->d_inner = src->d_inner;
-    s->d_conv = src->d_conv;
-    s->d_state = src->d_state;
-    s->layout = src->layout;
-    if (src->conv_off != NULL) {
-        size_t n = ((size_t)src->n_layer + 1) * sizeof(int64_t);
-        s->conv_off = malloc(n);
-        s->ssm_off = malloc(n);
-        if (s->conv_off == NULL || s->ssm_off == NULL) {
-            ym_state_free(s);
-            return YM_ENOMEM;
-        }
-        memcpy(s->conv_off, src->conv_off, n);
-        memcpy(s->ssm_off, src->ssm_off, n);
-    }
-    ym_err err = alloc_arrays(s);
-    if (err != YM_OK) {
-        ym_state_free(s);
-        return err;
-    }
-    *out = s;
-    return YM_OK;
-}
-
-ym_err ym_state_new(const ym_config *cfg, ym_state_t **out)
-{
-    *out = NULL;
-    if (cfg->n_layer < 1 || cfg->d_inner < 1 || cfg->d_conv < 1 || cfg->d_state < 1)
-        return YM_EINVAL;
-    ym_state_t *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return YM_ENOMEM;
-    s->n_layer = cfg->n_layer;
-    s->d_inner = cfg->d_inner;
-    s->d_conv = cfg->d_conv;
-    s->d_state = cfg->d_state;
-    size_t nc = conv_floats(s), ns = ssm_floats(s);
-    s->conv = nc > 0 ? aligned_alloc(64, ((nc * sizeof(float)) + 63) & ~(size_t)63) : NULL;
-    s->ssm = aligned_alloc(64, ((ns * sizeof(float)) + 63) & ~(size_t)63);
-    if ((nc > 0 && s->conv == NULL) || s->ssm == NULL) {
-        ym_state_free(s);
-        return YM_ENOMEM;
-    }
-    ym_state_reset(s);
-    *out = s;
-    return YM_OK;
+    *out = state_make(src->n_layer, src->d_inner, src->d_conv, src->d_state, src->conv_off,
+                      src->ssm_off, src->layout);
+    return *out != NULL ? YM_OK : YM_ENOMEM;
 }
 
 void ym_state_free(ym_state_t *s)
