@@ -227,6 +227,7 @@ Suite *order_suite(void)
 {
     Suite *s = suite_create("order");
     TCase *tc = tcase_create("math");
+    tcase_set_timeout(tc, 120); /* fast, but a loaded machine under ASan can stall a fork */
     tcase_add_test(tc, test_order_abs_corr_matches_pairwise_definition);
     tcase_add_test(tc, test_order_heuristics_are_permutations_no_better_than_optimum);
     tcase_add_test(tc, test_order_nn_follows_a_planted_chain);
