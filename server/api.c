@@ -126,6 +126,12 @@ static json_t *choice(json_t *text, json_t *logprobs, const char *finish)
                      finish ? json_string(finish) : json_null());
 }
 
+/* An appended turn whose session another request replaced (or the cache evicted) between the
+ * check and the start of the turn. */
+#define SESSION_CHANGED                                                                            \
+    "the session changed or was evicted before this turn started: send the whole prompt "        \
+    "without session_append"
+
 /* --- streaming output --- */
 
 static void sse_event(ym_hreq *r, json_t *obj)
@@ -168,7 +174,11 @@ static void stream_output(ym_hreq *r)
     }
     if (!finished)
         return;
-    if (d->finish == YM_FINISH_ERROR) {
+    if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
+        sse_event(r, json_pack("{s:{s:s,s:s,s:s,s:s}}", "error", "message", SESSION_CHANGED,
+                               "type", "invalid_request_error", "param", "session_append", "code",
+                               "session_mismatch"));
+    } else if (d->finish == YM_FINISH_ERROR) {
         sse_event(r, json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message",
                                "the engine failed while generating; see the server log", "type",
                                "server_error", "param", "code"));
@@ -222,6 +232,11 @@ static void collect_output(ym_hreq *r)
     if (d->finish == YM_FINISH_CANCELLED) {
         ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled",
                               "the request was cancelled (server stopping or client gone)");
+        return;
+    }
+    if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
+        ym_hreq_respond_error(r, YM_EEXIST, 409, "session_append", "session_mismatch", "%s",
+                              SESSION_CHANGED);
         return;
     }
     if (d->finish == YM_FINISH_ERROR) {

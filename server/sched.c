@@ -92,6 +92,7 @@ struct ym_gen {
     int n_cached;
     int started;
     ym_finish finish;
+    ym_err error;
 
     /* Ready list: guarded by the scheduler's ready lock. */
     ym_gen *ready_next;
@@ -271,6 +272,7 @@ void ym_gen_take(ym_gen *g, ym_gen_delta *d)
     d->n_prompt = (int)g->base + g->n_prompt;
     d->n_gen = g->n_gen;
     d->n_cached = g->n_cached;
+    d->error = g->error;
     d->started = g->started;
     d->finish = g->text_len == 0 && g->n_toks == 0 ? g->finish : YM_FINISH_NONE;
     pthread_mutex_unlock(&g->lock);
@@ -436,7 +438,7 @@ static ym_err resume_append(ym_sched_t *s, ym_gen *g)
     ym_skey key;
     ym_skey_session(&key, g->tenant, g->session);
     ym_sc_entry *e = ym_scache_pin(s->cache, &key);
-    ym_err err = YM_ENOENT;
+    ym_err err = YM_EEXIST;
     if (e != NULL && ym_sc_entry_serial(e) == g->append_serial &&
         ym_sc_entry_meta(e)->appendable && ym_skey_equal(&ym_sc_entry_meta(e)->root, &g->root) &&
         ym_sc_entry_state(e)->n_tokens == g->base &&
@@ -600,7 +602,7 @@ static ym_err admit(ym_sched_t *s, ym_gen *g)
     g->n_prefilled = 0;
     if (s->cache != NULL)
         return resume(s, g);
-    return g->append ? YM_ENOENT : YM_OK;
+    return g->append ? YM_EEXIST : YM_OK;
 }
 
 /* Sample the next token of g from its logits row and decide whether it goes on. */
@@ -792,7 +794,12 @@ static void *engine_main(void *arg)
             if (g->max_tokens == 0 && err == YM_OK) {
                 finish(s, g, YM_FINISH_LENGTH);
             } else if (err != YM_OK) {
-                ym_log(YM_LOG_ERROR, g->id, "cannot start the sequence: %s", ym_strerror(err));
+                if (err != YM_EEXIST)
+                    ym_log(YM_LOG_ERROR, g->id, "cannot start the sequence: %s",
+                           ym_strerror(err));
+                pthread_mutex_lock(&g->lock);
+                g->error = err;
+                pthread_mutex_unlock(&g->lock);
                 finish(s, g, YM_FINISH_ERROR);
             }
         }

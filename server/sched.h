@@ -75,6 +75,8 @@ typedef struct ym_gen_delta {
     int n_cached;           /* prompt tokens resumed from a cached state, not run */
     int started;            /* a first token exists */
     ym_finish finish;       /* != NONE once the job is over (then nothing more comes) */
+    ym_err error;           /* with YM_FINISH_ERROR: YM_EEXIST when an appended turn's session
+                             * changed before it started, else the engine failed */
 } ym_gen_delta;
 void ym_gen_delta_deinit(ym_gen_delta *d); /* NULL-safe */
 

@@ -1046,7 +1046,38 @@ START_TEST(test_sched_resumed_sessions_and_prefixes_equal_cold_runs)
     ym_sc_entry *e = ym_scache_pin(cache, &key);
     ck_assert_ptr_nonnull(e);
     ck_assert_int_eq(ym_sc_entry_state(e)->n_tokens, nh + fed);
+    uint64_t serial = ym_sc_entry_serial(e);
+    int64_t held = ym_sc_entry_state(e)->n_tokens;
     ym_scache_unpin(cache, e);
+    /* An appended turn checked against an entry that has been replaced since (another serial)
+     * fails with YM_EEXIST and leaves the session as it is. */
+    int32_t more[2] = {7, 8};
+    int32_t *copy = malloc(sizeof(more));
+    memcpy(copy, more, sizeof(more));
+    ym_gen_params ap = {.prompt = copy, .n_prompt = 2, .sampling = ym_sampling_default(),
+                        .max_tokens = 2, .id = "test", .tenant = "acme", .identity = "",
+                        .session_id = "conv", .append = 1, .append_serial = serial + 1000,
+                        .append_base = held};
+    ym_gen *ag;
+    ck_assert_int_eq(ym_gen_new(&ap, &ag), YM_OK);
+    ck_assert_int_eq(ym_sched_submit(s, ag), YM_OK);
+    ck_assert_int_eq(wait_job(&f, s, ag, got, &n, NG), YM_FINISH_ERROR);
+    ym_gen_delta dd = {0};
+    ym_gen_take(ag, &dd);
+    ck_assert_int_eq(dd.error, YM_EEXIST);
+    ym_gen_delta_deinit(&dd);
+    ym_gen_unref(ag);
+    e = ym_scache_pin(cache, &key);
+    ck_assert_uint_eq(ym_sc_entry_serial(e), serial);
+    ym_scache_unpin(cache, e);
+    /* With the right serial it resumes the whole history. */
+    copy = malloc(sizeof(more));
+    memcpy(copy, more, sizeof(more));
+    ap.prompt = copy;
+    ap.append_serial = serial;
+    ck_assert_int_eq(ym_gen_new(&ap, &ag), YM_OK);
+    n = run_job(&f, s, ag, got, NG, &cached, &fed);
+    ck_assert_int_eq(cached, held);
     ym_ids_deinit(&ids);
     ym_sched_free(s);
     ym_scache_free(cache);
