@@ -192,14 +192,28 @@ def _lora_config(part, base_name):
     }
 
 
-def _ia3_config(part, base_name):
+def _module_regex(layers, modules):
+    """A PEFT target regex (matched against the whole module name) for some layers' modules."""
+    ls = "|".join(str(l) for l in sorted(layers))
+    ms = "|".join(sorted(modules))
+    return rf"backbone\.layers\.({ls})\.mixer\.({ms})"
+
+
+def _ia3_config(part, base_name, n_layer):
+    """PEFT 0.21's IA3Config has no layers_to_transform (it warns and ignores the key), so a
+    subset of layers is named by regular expressions, as IA3Config allows for both lists."""
+    ff = sorted(part.get("feedforward", []))
+    if sorted(part["layers"]) == list(range(n_layer)):
+        targets, ffm = sorted(part["modules"]), ff
+    else:
+        targets = _module_regex(part["layers"], part["modules"])
+        ffm = _module_regex(part["layers"], ff) if ff else []
     return {
         "auto_mapping": None, "base_model_name_or_path": base_name, "exclude_modules": None,
-        "fan_in_fan_out": False, "feedforward_modules": sorted(part.get("feedforward", [])),
-        "inference_mode": True, "init_ia3_weights": True, "layers_pattern": None,
-        "layers_to_transform": sorted(part["layers"]), "modules_to_save": None,
-        "peft_type": "IA3", "peft_version": PEFT_VERSION, "revision": None,
-        "target_modules": sorted(part["modules"]), "task_type": "CAUSAL_LM",
+        "fan_in_fan_out": False, "feedforward_modules": ffm, "inference_mode": True,
+        "init_ia3_weights": True, "modules_to_save": None, "peft_type": "IA3",
+        "peft_version": PEFT_VERSION, "revision": None, "target_modules": targets,
+        "task_type": "CAUSAL_LM",
     }
 
 
@@ -226,7 +240,8 @@ def _save_peft(model, out_dir, kind, part, base_name):
         raise ValueError(f"no {kind} tensors to save")
     safetensors_io.save(tensors, os.path.join(out_dir, "adapter_model.safetensors"),
                         metadata={"format": "pt"})
-    cfg = _lora_config(part, base_name) if kind == "lora" else _ia3_config(part, base_name)
+    cfg = _lora_config(part, base_name) if kind == "lora" else \
+        _ia3_config(part, base_name, model.config.num_hidden_layers)
     _write_json(os.path.join(out_dir, "adapter_config.json"), cfg)
 
 

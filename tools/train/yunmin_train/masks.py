@@ -19,10 +19,10 @@ The baselines apply them per layer (round(p * count) dropped in every layer). Le
 apply them over the whole model by default (--allocation global: layers keep different
 fractions, which is what the masks learn) or per layer (--allocation layer).
 
-Learned masks (seed pillar 2). Every layer has logits c [d_inner] and s [d_inner, d_state]
-(initialised to --init, i.e. all kept with probability sigmoid(init)). One training step:
-  * Gumbel-Sigmoid relaxation: m_soft = sigmoid((logit + log u - log(1 - u)) / tau), u ~ U(0, 1)
-    (logistic noise: m_soft > 1/2 with probability sigmoid(logit), whatever tau);
+Learned masks (seed pillar 2). Every layer has logits c [d_inner] and s [d_inner, d_state].
+One training step:
+  * Gumbel-Sigmoid relaxation: m_soft = sigmoid((logit - t + log u - log(1 - u)) / tau),
+    u ~ U(0, 1) (logistic noise: m_soft > 1/2 with probability sigmoid(logit - t), whatever tau);
   * straight-through hard mask: the forward uses m = 1[m_soft > 1/2] exactly, the backward the
     gradient of m_soft;
   * tau anneals geometrically from --tau-start to --tau-end over the run;
@@ -30,16 +30,24 @@ Learned masks (seed pillar 2). Every layer has logits c [d_inner] and s [d_inner
     (random windows of the training split, yunmin_train.data): loss =
         --w-kl  * KL(p_dense || p_masked)             (next-token distributions, mean per token)
       + --w-cos * (1 - cos(h_dense, h_masked))         (final hidden states after norm_f)
-      + lambda1 * g + --lambda2 * g^2,  g = E[kept] - target_kept, per kind (channels, entries)
-    with E[kept] = mean sigmoid(c) (channels) and the sigmoid(c)-weighted mean of sigmoid(s)
-    (entries of kept channels); lambda1 >= 0 is a Lagrange multiplier raised by --lambda-lr * g
-    each step (dual ascent), so the expected sparsity is driven to the target, not just near it;
-  * the target itself ramps from 0 to the requested sparsity over the first --ramp of the run
-    (cubic schedule), so the masks are pruned gradually while the distillation keeps up.
-  Only the logits train; the model's weights are untouched. At export the hard masks are made
-  to meet the target exactly: the logits are shifted by one threshold per kind (global) or per
-  layer and kind, so that exactly round(p * count) are <= 0; the exported logits are those
-  shifted values (logit > 0 = kept, their size the learned confidence).
+  * the sparsity target ramps from 0 to the requested value over the first --ramp of the run
+    (cubic schedule), so the masks are pruned gradually while the distillation keeps up, and is
+    met in one of two ways (--mode):
+      constraint (default)  t is recomputed every step as the threshold at the target quantile
+                            of the current logits (one per kind for the whole model, or per
+                            layer with --allocation layer), so the noiseless hard mask always
+                            has exactly the target sparsity and the logits only learn an order;
+                            logits start at 0 (or at magnitude_init's scores with
+                            --init-from-magnitude) plus a 1e-3 jitter;
+      penalty               t = 0 and the loss adds lambda1 * g + --lambda2 * g^2 per kind,
+                            g = E[kept] - target_kept, E[kept] = mean sigmoid(c) (channels) and
+                            the sigmoid(c)-weighted mean of sigmoid(s) (entries of kept
+                            channels); lambda1 >= 0 is a Lagrange multiplier raised by
+                            --lambda-lr * g each step (dual ascent); logits start at 3.
+  Only the logits train; the model's weights are untouched. At export the hard masks meet the
+  target exactly: the logits are shifted by one threshold per kind (global) or per layer and
+  kind, so that exactly round(p * count) are <= 0; the exported logits are those shifted values
+  (logit > 0 = kept, their size the learned margin).
 
 Baselines (tools/cmd_calibrate.c's definitions, reimplemented here for the GPU):
   magnitude  run the first --tokens tokens of the training split as one sequence from a zero
@@ -270,6 +278,17 @@ def state_statistics(model, ids):
     return (energy / T).cpu().numpy(), (abs_s / T).cpu().numpy()
 
 
+def magnitude_init(energy, abs_s, scale=2.0):
+    """Initial logits from the magnitude scores: per layer, scale * the z-score of the log score
+    (channels: mean state energy, entries: mean |s|). With the constraint's threshold the first
+    masks are then close to the magnitude baseline, and distillation moves them from there."""
+    def z(x, axes):
+        x = np.log(np.asarray(x, dtype=np.float64) + 1e-30)
+        return scale * (x - x.mean(axis=axes, keepdims=True)) / \
+            (x.std(axis=axes, keepdims=True) + 1e-12)
+    return z(energy, 1), z(abs_s, (1, 2))
+
+
 def magnitude_masks(model, ids, channel_sparsity, state_sparsity):
     energy, abs_s = state_statistics(model, ids)
     return hard_from_scores(energy, abs_s, channel_sparsity, state_sparsity, "layer")
@@ -284,6 +303,19 @@ def random_masks(cfg, channel_sparsity, state_sparsity, seed=1):
 
 # ---------------------------------------------------------------------------------------------
 # learned masks
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the hard mask 1[soft > 1/2], exactly 0 or 1 (hard + soft - soft.detach() is not
+    exact in floating point). Backward: the gradient of soft, unchanged."""
+
+    @staticmethod
+    def forward(ctx, soft):
+        return (soft > 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
 
 class MaskLogits(nn.Module):
     """Per-layer mask logits: channel [L, Di] and state [L, Di, N]. A kind that is not trained
@@ -306,7 +338,7 @@ class MaskLogits(nn.Module):
         soft = torch.sigmoid(logits / tau)
         if not hard:
             return soft
-        return (soft > 0.5).to(soft.dtype) + soft - soft.detach()   # value: exactly 0 or 1
+        return _StraightThrough.apply(soft)
 
     def sample(self, tau, noise=True, thr_channel=None, thr_state=None):
         """Per-layer (channel [Di], state [Di, N]) masks for MambaLM.forward(masks=...).
@@ -393,7 +425,7 @@ def learn_masks(model, train_ids, channel_sparsity=0.0, state_sparsity=0.0, step
                 batch_size=16, seq_len=256, lr=0.05, init=None, tau_start=1.0, tau_end=0.1,
                 ramp=0.5, w_kl=1.0, w_cos=1.0, lambda2=10.0, lambda_lr=0.5, seed=0,
                 device=None, bf16=False, log=None, log_every=25, mode="constraint",
-                allocation="global"):
+                allocation="global", init_channel=None, init_state=None):
     """Train mask logits by distillation from the dense model (module docstring). Returns
     (MaskLogits, history). The model is frozen (requires_grad off) and left in eval mode."""
     dev = torch.device(device) if device is not None else model.backbone.norm_f.weight.device
@@ -409,6 +441,11 @@ def learn_masks(model, train_ids, channel_sparsity=0.0, state_sparsity=0.0, step
     logits = MaskLogits(cfg.num_hidden_layers, cfg.d_inner, cfg.state_size, init,
                         train_channels=channel_sparsity > 0,
                         train_states=state_sparsity > 0).to(dev)
+    with torch.no_grad():         # a start from scores (e.g. magnitude_init), else constant
+        if init_channel is not None:
+            logits.channel.copy_(torch.as_tensor(np.asarray(init_channel), dtype=torch.float32))
+        if init_state is not None:
+            logits.state.copy_(torch.as_tensor(np.asarray(init_state), dtype=torch.float32))
     if mode == "constraint":      # break the ties of a constant start (the order is then learned)
         with torch.no_grad():
             gen = torch.Generator().manual_seed(seed)
@@ -458,6 +495,7 @@ def learn_masks(model, train_ids, channel_sparsity=0.0, state_sparsity=0.0, step
             lam1[k] = max(0.0, lam1[k] + lambda_lr * g)
         if log is not None and (step % log_every == 0 or step == steps - 1):
             if mode == "constraint":
+                thr = logits.thresholds(1 - tgt_ch, 1 - tgt_st, allocation)
                 with torch.no_grad():
                     c0, s0 = logits.channel - thr[0], logits.state - thr[1]
                 hc = (c0 > 0).cpu().numpy() if logits.train_channels else \
@@ -599,6 +637,9 @@ def main(argv=None):
     p.add_argument("--lambda2", type=float, default=10.0)
     p.add_argument("--lambda-lr", type=float, default=0.5)
     p.add_argument("--allocation", default="global", choices=["global", "layer"])
+    p.add_argument("--init-from-magnitude", action="store_true",
+                   help="start the logits from the magnitude scores (magnitude_init)")
+    p.add_argument("--tokens", type=int, default=2048, help="calibration tokens (magnitude)")
     p.add_argument("--order-from", default=None, help="copy scan_order from this profile")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--log", default=None, help="JSON-lines log file")
@@ -638,7 +679,8 @@ def main(argv=None):
 
     order = load_profile(a.order_from)[2] if a.order_from else None
     tr, _ = _train_ids(a)
-    meta = {"channel_sparsity": f"{a.channel_sparsity:g}", "state_sparsity": f"{a.state_sparsity:g}",
+    meta = {"channel_sparsity": f"{a.channel_sparsity:g}",
+            "state_sparsity": f"{a.state_sparsity:g}",
             "calibration_text": os.path.basename(a.text), "seed": str(a.seed),
             "order": "copied" if order is not None else "identity"}
     if a.cmd == "baseline":
@@ -662,16 +704,19 @@ def main(argv=None):
             logf.write(line + "\n")
             logf.flush()
 
+    init_c = init_s = None
+    if a.init_from_magnitude:
+        init_c, init_s = magnitude_init(*state_statistics(model, tr[:a.tokens]))
     logits, _ = learn_masks(model, tr, a.channel_sparsity, a.state_sparsity, steps=a.steps,
                             batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, init=a.init,
                             tau_start=a.tau_start, tau_end=a.tau_end, ramp=a.ramp, w_kl=a.w_kl,
                             w_cos=a.w_cos, lambda2=a.lambda2, lambda_lr=a.lambda_lr,
                             seed=a.seed, device=dev, bf16=a.bf16, log=log, mode=a.mode,
-                            allocation=a.allocation)
+                            allocation=a.allocation, init_channel=init_c, init_state=init_s)
     cl, sl = export_learned(logits, a.channel_sparsity, a.state_sparsity, a.allocation)
     meta.update({"allocation": a.allocation, "steps": str(a.steps),
                  "tau": f"{a.tau_start:g}->{a.tau_end:g}", "loss": "kl+cos",
-                 "target": a.mode})
+                 "target": a.mode, "init": "magnitude" if a.init_from_magnitude else "constant"})
     save_profile(a.out, cl, sl, "gumbel-sigmoid", order, meta)
     stats = profile_stats(cl > 0, sl > 0)
     log({"out": a.out, **{k: v for k, v in stats.items() if k != "per_layer"}})

@@ -2,13 +2,15 @@
 
     python -m yunmin_train.sparsity_study --model models/shakespeare-mamba \\
         --text data/tinyshakespeare.txt --out-dir OUT [--levels 0.3,0.5,0.7] \\
-        [--axes channels,states] [--mask-steps 300] [--recovery-steps 60] [--bf16]
+        [--axes channels,states] [--mask-steps 200] [--recovery-steps 40] [--bf16]
 
 For every axis (channels: that fraction of channels dropped, all entries of the kept ones live;
-states: that fraction of state entries dropped, all channels kept) and level, three profiles
-(yunmin_train.masks: learned with global allocation, magnitude and random per layer, the
-definitions of `yunmin calibrate`) are measured on the held-out split (the last 10 % of the
-text; windows of --ctx tokens from a zero state, evaluate.py's protocol):
+states: that fraction of state entries dropped, all channels kept) and level, the profiles of
+--methods (yunmin_train.masks: `learned` = Gumbel-Sigmoid masks learned by distillation from a
+constant start, global allocation; `learned-mag` = the same started from the magnitude scores;
+`magnitude` and `random` per layer, the definitions of `yunmin calibrate`) are measured on the
+held-out split (the last 10 % of the text; windows of --ctx tokens from a zero state,
+evaluate.py's protocol):
   cos_loss   mean over positions of 1 - cos(h_dense, h_masked), final hidden states (norm_f)
   kl         mean KL(p_dense || p_masked) per position
   ppl        perplexity of the masked model
@@ -38,7 +40,7 @@ from . import masks as M
 from .evaluate import pick_device
 from .model import load_model
 
-METHODS = ("learned", "magnitude", "random")
+METHODS = ("learned", "learned-mag", "magnitude", "random")
 SEED_COS = 0.21          # the seed's reported cosine loss of learned masks at 30-50 % sparsity
 
 
@@ -108,7 +110,8 @@ def write_tables(rows, dense, path):
 def plot(rows, dense, path):
     """2 x 2 chart: cosine loss and perplexity (log scale) against sparsity, per axis."""
     axes_names = [a for a in ("channels", "states") if any(r["axis"] == a for r in rows)]
-    colors = {"learned": "#1f77b4", "magnitude": "#ff7f0e", "random": "#2ca02c"}
+    colors = {"learned": "#1f77b4", "learned-mag": "#9467bd", "magnitude": "#ff7f0e",
+              "random": "#2ca02c"}
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -153,19 +156,42 @@ def plot(rows, dense, path):
     return "matplotlib"
 
 
+def merge(paths, out_dir):
+    parts = []
+    for p in paths:
+        with open(p, "r", encoding="utf-8") as f:
+            parts.append(json.load(f))
+    out = dict(next((p for p in parts if "ppl_recovered" in p["dense"]), parts[0]))
+    out["rows"] = [r for part in parts for r in part["rows"]]
+    out["merged_from"] = paths
+    out["elapsed_s"] = max(part.get("elapsed_s", 0) for part in parts)
+    os.makedirs(out_dir, exist_ok=True)
+    write_tables(out["rows"], out["dense"], os.path.join(out_dir, "results.md"))
+    out["plot"] = plot(out["rows"], out["dense"], os.path.join(out_dir, "masks_study.png"))
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m yunmin_train.sparsity_study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--text", required=True)
+    ap.add_argument("--model")
+    ap.add_argument("--text")
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="only merge these results.json files (runs split by --axes) into "
+                         "OUT-DIR/results.json, results.md and masks_study.png")
     ap.add_argument("--levels", default="0.3,0.5,0.7")
     ap.add_argument("--axes", default="channels,states")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--mask-steps", type=int, default=300)
+    ap.add_argument("--methods", default="learned,magnitude,random",
+                    help="of: " + ", ".join(METHODS))
+    ap.add_argument("--no-dense-recovery", action="store_true",
+                    help="skip the dense model's recovery control (run by another process)")
+    ap.add_argument("--mask-steps", type=int, default=200)
     ap.add_argument("--mask-batch-size", type=int, default=16)
     ap.add_argument("--mask-lr", type=float, default=0.05)
-    ap.add_argument("--recovery-steps", type=int, default=60)
+    ap.add_argument("--recovery-steps", type=int, default=40)
     ap.add_argument("--recovery-lr", type=float, default=5e-4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--ctx", type=int, default=256, help="held-out window length")
@@ -177,6 +203,10 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None)
     a = ap.parse_args(argv)
 
+    if a.merge:
+        return merge(a.merge, a.out_dir)
+    if not a.model or not a.text:
+        ap.error("--model and --text are required (unless --merge)")
     dev = pick_device(a.device)
     os.makedirs(os.path.join(a.out_dir, "profiles"), exist_ok=True)
     t_start = time.time()
@@ -225,17 +255,23 @@ def main(argv=None):
                     ch, st = M.hard_from_scores(rand_ch, rand_st, ch_sp, st_sp, "layer")
                     cl, sl = M.bool_to_logits(ch, st)
                 else:
+                    init = M.magnitude_init(energy, abs_s) if method == "learned-mag" else \
+                        (None, None)
                     logits, hist = M.learn_masks(base, tr, ch_sp, st_sp, steps=a.mask_steps,
                                                  batch_size=a.mask_batch_size,
                                                  seq_len=a.seq_len, lr=a.mask_lr, seed=a.seed,
-                                                 bf16=a.bf16, log=None)
+                                                 bf16=a.bf16, log=None, init_channel=init[0],
+                                                 init_state=init[1])
                     cl, sl = M.export_learned(logits, ch_sp, st_sp, "global")
                 name = f"{method}-{axis}-{int(round(level * 100))}"
                 ppath = os.path.join(a.out_dir, "profiles", name + ".safetensors")
                 M.save_profile(ppath, cl, sl,
-                               "gumbel-sigmoid" if method == "learned" else method, None,
+                               "gumbel-sigmoid" if method.startswith("learned") else method,
+                               None,
                                {"channel_sparsity": f"{ch_sp:g}", "state_sparsity": f"{st_sp:g}",
-                                "allocation": "global" if method == "learned" else "layer",
+                                "allocation": "global" if method.startswith("learned")
+                                else "layer",
+                                "init": "magnitude" if method == "learned-mag" else "constant",
                                 "calibration_text": os.path.basename(a.text)})
                 mk = M.masks_from_bool(cl > 0, sl > 0, device=dev)
                 row = {"axis": axis, "level": level, "method": method, "profile": name,
@@ -256,7 +292,7 @@ def main(argv=None):
                 print(json.dumps({k: v for k, v in row.items() if not k.startswith("per_")}),
                       flush=True)
 
-    if a.recovery_steps > 0:
+    if a.recovery_steps > 0 and not a.no_dense_recovery:
         m = copy.deepcopy(base)
         secs = recover(m, None, tr, a.recovery_steps, a.mask_batch_size, a.seq_len,
                        a.recovery_lr, a.seed, a.bf16)
@@ -264,6 +300,7 @@ def main(argv=None):
         out["dense"]["ppl_recovered"] = r["ppl"]
         out["dense"]["recovery_s"] = round(secs, 2)
         save()
+    if a.recovery_steps > 0:
         for row, mk in profiles:
             m = copy.deepcopy(base)
             secs = recover(m, mk, tr, a.recovery_steps, a.mask_batch_size, a.seq_len,
