@@ -1450,6 +1450,37 @@ class SparseServing(unittest.TestCase):
             os.unlink(tmp.name)
 
 
+class ShippedAdapters(unittest.TestCase):
+    """The example adapters shipped with the embedded model, uploaded to yunmind, give the
+    texts of `yunmin generate --adapter` (which tools/train/tests/test_adapters.py ties to the
+    toolkit's own greedy text), dense and under the learned sparsity profile."""
+
+    def test_each_shipped_adapter_served_like_the_cli(self):
+        shipped = os.path.join(MODEL, "adapters")
+        names = sorted(n for n in os.listdir(shipped)
+                       if os.path.isdir(os.path.join(shipped, n)))
+        self.assertGreaterEqual(len(names), 2)
+        profile = os.path.join(ROOT, "tools", "train", "results",
+                               "learned-channels-50.sparsity.safetensors")
+        for extra in ([], ["--sparsity", profile]):
+            tmp = tempfile.mkdtemp(prefix="yunmin-shipped-")
+            d = Daemon("--adapter-dir", tmp, *extra)
+            try:
+                for name in names:
+                    r = upload(d, name, os.path.join(shipped, name))
+                    self.assertEqual(r.status_code, 201, r.text)
+                    r = d.post("/v1/completions", {"model": name, "prompt": "PETRUCHIO:",
+                                                   "max_tokens": 24, "temperature": 0})
+                    self.assertEqual(r.status_code, 200, r.text)
+                    self.assertEqual(r.json()["choices"][0]["text"],
+                                     generate("PETRUCHIO:", 24, "--temperature", "0",
+                                              "--adapter", os.path.join(shipped, name), *extra),
+                                     (name, extra))
+            finally:
+                self.assertEqual(d.stop(), 0)
+                subprocess.run(["rm", "-rf", tmp])
+
+
 class Lifecycle(unittest.TestCase):
     def test_drain_on_sigterm_completes_streams(self):
         d = Daemon("--drain-timeout-s", "60")
