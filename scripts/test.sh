@@ -3,7 +3,8 @@
 # real HTTP (Python requests, and the official openai npm client), the same suites under
 # AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
 # ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
-# short run of every fuzz target. Installs missing Debian packages first.
+# short run of every fuzz target, and the deployment files: deploy/validate.sh's checks with
+# nginx, systemd-analyze and schema validators. Installs missing Debian packages first.
 # FUZZ_SECONDS (default 10) sets the fuzz time per target.
 set -u
 cd "$(dirname "$0")/.."
@@ -61,13 +62,19 @@ python_toolkit() {
     echo "no toolkit tests"; return 0
   fi
 }
+deploy_validate() { deploy/validate.sh build-test; }
 fuzz_smoke() {
   CC=clang setup build-fuzz --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
     -Db_sanitize=address,undefined -Db_lundef=false && ninja -C build-fuzz >/dev/null &&
     tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-10}"
 }
 
-stage build build_release && stage unit unit_release && stage openai-client openai_client
+built=0
+stage build build_release && built=1
+if [ $built = 1 ]; then
+  stage unit unit_release && stage openai-client openai_client
+  stage deploy-validate deploy_validate
+fi
 stage build-asan build_asan && stage unit-asan unit_asan
 stage build-tsan build_tsan && stage server-tsan server_tsan
 stage python-toolkit python_toolkit
