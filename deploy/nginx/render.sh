@@ -21,9 +21,12 @@ listen=$2
 shift 2
 
 mkdir -p "$dir/tmp"
+# Each new server line keeps the parameters of the first shipped one (max_fails...).
+params=$(sed -n '/# upstream servers: begin/,/# upstream servers: end/s/^ *server [^ ;]*\(.*\);$/\1/p' \
+    "$here/yunmin.conf" | sed -n 1p)
 servers=""
 for u in "$@"; do
-    servers="$servers    server $u max_fails=2 fail_timeout=10s;
+    servers="$servers    server $u$params;
 "
 done
 
