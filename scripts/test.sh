@@ -4,7 +4,8 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
 # ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
 # short run of every fuzz target, and the deployment files: deploy/validate.sh's checks with
-# nginx, systemd-analyze and schema validators. Installs missing Debian packages first.
+# nginx, systemd-analyze and schema validators, and nginx in front of three replicas
+# (tests/integration/test_deploy.py). Installs missing Debian packages first.
 # FUZZ_SECONDS (default 10) sets the fuzz time per target.
 set -u
 cd "$(dirname "$0")/.."
@@ -63,6 +64,9 @@ python_toolkit() {
   fi
 }
 deploy_validate() { deploy/validate.sh build-test; }
+# nginx with deploy/nginx/yunmin.conf in front of three yunmind processes: spread, adapter
+# propagation, sessions, rolling restart, SIGKILL.
+deploy_replicas() { /usr/bin/python3 tests/integration/test_deploy.py build-test/server/yunmind "$PWD"; }
 fuzz_smoke() {
   CC=clang setup build-fuzz --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
     -Db_sanitize=address,undefined -Db_lundef=false && ninja -C build-fuzz >/dev/null &&
@@ -74,6 +78,7 @@ stage build build_release && built=1
 if [ $built = 1 ]; then
   stage unit unit_release && stage openai-client openai_client
   stage deploy-validate deploy_validate
+  stage deploy-replicas deploy_replicas
 fi
 stage build-asan build_asan && stage unit-asan unit_asan
 stage build-tsan build_tsan && stage server-tsan server_tsan
