@@ -98,6 +98,13 @@ else
     tail -n 25 "$tmp/security.out" >&2
     bad "systemd-analyze security: exposure above 2.0"
 fi
+state=$(sed -n 's/^StateDirectory=\([^ ]*\).*/\1/p' $unit)
+adir=$(setting deploy/yunmind.json adapter_dir)
+if [ -n "$state" ] && case $adir in "/var/lib/$state"/*) true ;; *) false ;; esac; then
+    ok "the unit's settings file keeps adapters ($adir) in its StateDirectory"
+else
+    bad "deploy/yunmind.json's adapter_dir ($adir) is not under the unit's StateDirectory (/var/lib/$state)"
+fi
 stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' $unit)
 drain=$(setting deploy/yunmind.json drain_timeout_s)
 if [ -n "$stop" ] && [ "$stop" -gt "$drain" ] && grep -q '^KillSignal=SIGTERM$' $unit &&

@@ -204,14 +204,14 @@ if (deploy && cm) {
         if (pvc)
             need(pvc.spec.accessModes.includes("ReadWriteMany"), "the adapter PVC must be ReadWriteMany");
         need(conf.adapter_dir === mounts.adapters, "adapter_dir must be the adapter volume's mount");
-        for (const x of pod.containers) {
-            need(x.resources?.requests?.cpu && x.resources?.requests?.memory,
-                 `container ${x.name} needs cpu and memory requests`);
-            need(x.resources?.limits?.memory, `container ${x.name} needs a memory limit`);
-        }
+        // Guaranteed QoS: every container's requests equal its limits (and the yunmind
+        // container's whole CPUs can then be its own under the static CPU manager).
+        for (const x of pod.containers)
+            for (const r of ["cpu", "memory"])
+                need(x.resources?.requests?.[r] !== undefined &&
+                     String(x.resources.requests[r]) === String(x.resources?.limits?.[r]),
+                     `container ${x.name}: ${r} request and limit must be set and equal`);
         need(pod.securityContext?.runAsNonRoot === true, "pods must run as non-root");
-        need(c.resources?.requests?.cpu === c.resources?.limits?.cpu,
-             "the yunmind container's CPU request and limit should be equal (threads = the limit)");
     }
     const labels = deploy.spec.template.metadata.labels;
     for (const [k, v] of Object.entries(deploy.spec.selector.matchLabels))
