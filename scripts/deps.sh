@@ -5,6 +5,9 @@ set -eu
 need="meson ninja-build pkg-config gcc libopenblas-dev libjansson-dev libutf8proc-dev check libuv1-dev libmicrohttpd-dev libsodium-dev"
 if [ "${1:-build}" = test ]; then
   need="$need clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-pytest python3-requests"
+  # deploy/: nginx runs the multi-replica test and checks its config; systemd-analyze checks
+  # the unit file; mmdebstrap builds the image's Debian roots (deploy/image_check.py).
+  need="$need nginx systemd mmdebstrap"
   # The OpenAI client test runs on Node.js; any node + npm on PATH will do (a NodeSource
   # install included), else Debian's.
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then need="$need nodejs npm"; fi

@@ -3,8 +3,11 @@
 # real HTTP (Python requests, and the official openai npm client), the same suites under
 # AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
 # ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
-# short run of every fuzz target. Installs missing Debian packages first.
-# FUZZ_SECONDS (default 10) sets the fuzz time per target.
+# short run of every fuzz target, and the deployment files: deploy/validate.sh's checks with
+# nginx, systemd-analyze and schema validators, and nginx in front of three replicas
+# (tests/integration/test_deploy.py). Installs missing Debian packages first.
+# FUZZ_SECONDS (default 10) sets the fuzz time per target; YUNMIN_IMAGE_CHECK=1 adds a build
+# and run of the container image without a container engine (deploy/image_check.py).
 set -u
 cd "$(dirname "$0")/.."
 scripts/deps.sh test || { echo "could not install the build dependencies" >&2; exit 1; }
@@ -61,13 +64,27 @@ python_toolkit() {
     echo "no toolkit tests"; return 0
   fi
 }
+deploy_validate() { deploy/validate.sh build-test; }
+# Builds deploy/Dockerfile in Debian 12 roots (mmdebstrap, no container engine) and runs the
+# image: a few minutes and a few hundred MB from the Debian mirror, so only on request.
+deploy_image() { /usr/bin/python3 deploy/image_check.py; }
+# nginx with deploy/nginx/yunmin.conf in front of three yunmind processes: spread, adapter
+# propagation, sessions, rolling restart, SIGKILL.
+deploy_replicas() { /usr/bin/python3 tests/integration/test_deploy.py build-test/server/yunmind "$PWD"; }
 fuzz_smoke() {
   CC=clang setup build-fuzz --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
     -Db_sanitize=address,undefined -Db_lundef=false && ninja -C build-fuzz >/dev/null &&
     tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-10}"
 }
 
-stage build build_release && stage unit unit_release && stage openai-client openai_client
+built=0
+stage build build_release && built=1
+if [ $built = 1 ]; then
+  stage unit unit_release && stage openai-client openai_client
+  stage deploy-validate deploy_validate
+  stage deploy-replicas deploy_replicas
+fi
+[ "${YUNMIN_IMAGE_CHECK:-0}" = 1 ] && stage deploy-image deploy_image
 stage build-asan build_asan && stage unit-asan unit_asan
 stage build-tsan build_tsan && stage server-tsan server_tsan
 stage python-toolkit python_toolkit
