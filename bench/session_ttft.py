@@ -4,7 +4,7 @@ and idle sessions held per GiB.
 
     /usr/bin/python3 bench/session_ttft.py --yunmind BUILD/server/yunmind --model DIR \\
         [--history 256,2048,8192,32768] [--new 1,16] [--reps 5] [--cold-reps 2] \\
-        [--sessions 300] [--threads 0] [--json OUT.json]
+        [--sessions 300] [--threads 0] [--sparsity PROFILE] [--json OUT.json]
 
 Starts yunmind (127.0.0.1, port 0, checkpoints off so a cold run is really cold, cache budget
 large enough for the session count), then for each history length H:
@@ -47,13 +47,13 @@ def rss_bytes(pid):
 
 
 class Server:
-    def __init__(self, exe, model, threads, cache_bytes):
+    def __init__(self, exe, model, threads, cache_bytes, sparsity=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("YUNMIN_")}
         self.proc = subprocess.Popen(
             [exe, "--model", model, "--port", "0", "--threads", str(threads),
              "--checkpoint-interval", "0", "--cache-bytes", str(cache_bytes),
              "--max-prompt-tokens", "1000000", "--max-body-bytes", str(64 << 20),
-             "--log-level", "warn"],
+             "--log-level", "warn"] + (["--sparsity", sparsity] if sparsity else []),
             stdout=subprocess.PIPE, env=env)
         line = self.proc.stdout.readline().decode()
         m = re.search(r":(\d+)\s*$", line)
@@ -134,6 +134,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=4000,
                     help="history ids are drawn from [1, vocab)")
+    ap.add_argument("--sparsity", help="serve this sparsity profile (compact states)")
     ap.add_argument("--json")
     a = ap.parse_args()
     histories = [int(x) for x in a.history.split(",")]
@@ -142,7 +143,7 @@ def main():
     longest = max(histories) + (a.reps + 2) * max(news) + 8
     ids = [rng.randrange(1, a.vocab) for _ in range(longest)]
 
-    srv = Server(a.yunmind, a.model, a.threads, 64 << 30)
+    srv = Server(a.yunmind, a.model, a.threads, 64 << 30, a.sparsity)
     out = {"model": a.model, "threads": a.threads, "rows": []}
     try:
         # Warm up the engine and the caches of the machine.
@@ -197,7 +198,7 @@ def main():
             before_cache = srv.metric("yunmin_cache_bytes")
             before_n = srv.metric("yunmin_cache_sessions")
             for i in range(a.sessions):
-                srv.complete(ids[i:i + 1], session="idle%d" % i)
+                srv.complete(ids[i % 64:i % 64 + 1], session="idle%d" % i)
             held = srv.metric("yunmin_cache_sessions") - before_n
             rss_per = (rss_bytes(srv.proc.pid) - before_rss) / held
             acct_per = (srv.metric("yunmin_cache_bytes") - before_cache) / held
