@@ -42,6 +42,7 @@ typedef struct ym_upload {
     /* results of the work */
     ym_adapter_t *adapter;
     uint64_t version;
+    uint64_t replaced; /* the version this one replaced on disk, 0 if it is new */
     size_t disk_bytes;
     int committed;
 } ym_upload;
@@ -256,7 +257,7 @@ static void upload_work(uv_work_t *w) /* libuv pool */
         return;
     }
     err = ym_store_commit(srv->conf.adapter_dir, u->tenant, u->name, u->tmp, &u->version,
-                          &u->diag);
+                          &u->replaced, &u->diag);
     if (err != YM_OK) {
         u->err = err;
         u->status = 500;
@@ -270,7 +271,9 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
     ym_upload *u = w->data;
     ym_hreq *r = u->r;
     ym_server_t *srv = u->srv;
-    int existed = ym_registry_find(&srv->registry, u->tenant, u->name) != NULL;
+    /* New or replaced is what the store saw at the commit. The registry cannot tell: the
+     * store watcher may already have loaded and published this very version. */
+    int existed = u->replaced != 0;
     if (u->committed) {
         /* On disk now: publish even if the client left, so memory matches the store. */
         ym_registry_publish(&srv->registry, u->tenant, u->name, ym_adapter_ref(u->adapter),
