@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """tests/integration/test_faults.py - yunmind under faults: slow and idle clients, a full
-disk, a corrupt adapter store, malformed HTTP and the upload limits.
+disk, a corrupt adapter store, malformed HTTP, the upload limits, and a signal in the middle of
+a tokenization.
 
 Usage: test_faults.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `faults` test)
 
@@ -584,6 +585,51 @@ class UploadLimits(unittest.TestCase):
                          201)  # r = 2
         self.assertEqual(requests.get(d.url + "/v1/adapters/wide", timeout=T).status_code, 404)
         check_store(self, os.path.join(self.dir, "b"), "default", {"narrow": "lora-x-m40"})
+
+
+class SignalsDuringWork(unittest.TestCase):
+    """SIGTERM while prompts are tokenized and adapters validated on the libuv pool, and while
+    upload bodies are still arriving: the daemon exits 0, a drain answers what it waited for,
+    and the store never holds a half-written adapter."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(ts.ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+            text = f.read()
+        # About 12 MB of prompt: several seconds of tokenization on the pool (a prompt over
+        # 32 KiB is tokenized there), then refused as too long.
+        cls.big = json.dumps({"prompt": (text * 12)[:12000000], "max_tokens": 1}).encode()
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="yunmin-faults-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", self.dir], timeout=60)
+
+    def daemon(self, *flags, env=None):
+        d = Daemon("--model", M40, "--adapter-dir", self.dir, "--max-body-bytes",
+                   str(16 << 20), *flags, env=env)
+        self.addCleanup(d.kill)
+        return d
+
+    def tokenizing(self, d):
+        """A connection whose 12 MB prompt is being tokenized on the pool."""
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=T)
+        s.sendall(raw_request("POST", "/v1/completions", self.big,
+                              ["Content-Type: application/json"]))
+        # The loop thread parses the JSON before it hands the prompt to the pool; an answer
+        # to /healthz says it is past that.
+        time.sleep(0.5)
+        self.assertEqual(requests.get(d.url + "/healthz", timeout=T).status_code, 200)
+        return s
+
+    def test_forced_stop_while_a_prompt_is_tokenized(self):
+        # drain_timeout_s 0: the stop comes while the pool still tokenizes; the request has no
+        # engine job yet (this crashed the daemon once).
+        d = self.daemon("--drain-timeout-s", "0")
+        s = self.tokenizing(d)
+        d.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(read_status(s, T), 503)
+        s.close()
+        self.assertEqual(d.proc.wait(T), 0)
 
 if __name__ == "__main__":
     ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
