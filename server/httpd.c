@@ -420,8 +420,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->responded)
         return MHD_YES;
     if (r->upload != NULL && !r->suspended && !r->responded) {
-        ym_upload_end(r); /* answers at once, or suspends until the pool has validated it */
-        return MHD_YES;
+        /* Answers at once, or suspends until the pool has validated it. */
+        return ym_upload_end(r) == 0 ? MHD_YES : MHD_NO;
     }
     if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */

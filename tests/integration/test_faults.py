@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """tests/integration/test_faults.py - yunmind under faults: slow and idle clients, a full
-disk, a corrupt adapter store, malformed HTTP, the upload limits, and a signal in the middle of
-a tokenization.
+disk, a corrupt adapter store, malformed HTTP, the upload limits, and signals in the middle of
+tokenizations and uploads.
 
 Usage: test_faults.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `faults` test)
 
@@ -621,6 +621,49 @@ class SignalsDuringWork(unittest.TestCase):
         self.assertEqual(requests.get(d.url + "/healthz", timeout=T).status_code, 200)
         return s
 
+    def wait_upload_received(self, fixture):
+        """Until an upload's files are all on disk in .tmp: its body is in, and its
+        validation is queued on the pool."""
+        sizes = sorted(len(data) for _, data in fixture_files(fixture))
+        tmp = os.path.join(self.dir, "default", ".tmp")
+        deadline = time.monotonic() + T
+        while time.monotonic() < deadline:
+            for up in (os.listdir(tmp) if os.path.isdir(tmp) else []):
+                p = os.path.join(tmp, up)
+                try:
+                    got = sorted(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p))
+                except OSError:
+                    continue
+                if got == sizes:
+                    time.sleep(0.2)
+                    return
+            time.sleep(0.02)
+        self.fail("the upload never arrived")
+
+    def upload_in_thread(self, d, name, fixture, out):
+        t = threading.Thread(target=lambda: out.append(
+            upload(d, name, os.path.join(PEFT, fixture))))
+        t.start()
+        return t
+
+    def restart_check(self, expect):
+        """A new daemon on the same store: it cleans .tmp and serves exactly expect."""
+        d = Daemon("--model", M40, "--adapter-dir", self.dir)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                ids = sorted(a["id"] for a in requests.get(d.url + "/v1/adapters", timeout=T)
+                             .json()["data"])
+                if ids == sorted(expect):
+                    break
+                time.sleep(0.05)
+            self.assertEqual(ids, sorted(expect))
+            tmp = os.path.join(self.dir, "default", ".tmp")
+            if os.path.isdir(tmp):
+                self.assertEqual([x for x in os.listdir(tmp) if x.startswith("up-")], [])
+        finally:
+            self.assertEqual(d.stop(), 0)
+
     def test_forced_stop_while_a_prompt_is_tokenized(self):
         # drain_timeout_s 0: the stop comes while the pool still tokenizes; the request has no
         # engine job yet (this crashed the daemon once).
@@ -630,6 +673,70 @@ class SignalsDuringWork(unittest.TestCase):
         self.assertEqual(read_status(s, T), 503)
         s.close()
         self.assertEqual(d.proc.wait(T), 0)
+
+    def test_drain_waits_for_an_upload_being_validated(self):
+        # One pool thread, busy tokenizing: the upload's validation waits behind it, its
+        # connection suspended. The drain must wait for both and answer both.
+        d = self.daemon(env={"UV_THREADPOOL_SIZE": "1"})
+        s = self.tokenizing(d)
+        got = []
+        t = self.upload_in_thread(d, "late", "ia3-out-m40", got)
+        self.wait_upload_received("ia3-out-m40")
+        d.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(read_status(s, T), 400)  # tokenized, then too long
+        s.close()
+        t.join(T)
+        self.assertEqual(got[0].status_code, 201, got[0].text)
+        self.assertEqual(d.proc.wait(T), 0)
+        check_store(self, self.dir, "default", {"late": "ia3-out-m40"})
+        self.restart_check(["late"])
+
+    def test_forced_stop_while_an_upload_is_validated(self):
+        # The same, but the drain gives up at once: the upload's outcome is not known when the
+        # server stops, so its connection is closed without an answer; the store then holds
+        # the whole adapter or nothing (here: the validation finishes before the exit).
+        d = self.daemon("--drain-timeout-s", "0", env={"UV_THREADPOOL_SIZE": "1"})
+        s = self.tokenizing(d)
+        body, ctype = multipart(fixture_files("lora-all4-m40"))
+        u = socket.create_connection(("127.0.0.1", d.port), timeout=T)
+        u.sendall(raw_request("PUT", "/v1/adapters/late", body, ["Content-Type: " + ctype]))
+        self.wait_upload_received("lora-all4-m40")
+        d.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(read_status(s, T), 503)
+        self.assertEqual(read_status(u, T), 0)
+        s.close()
+        u.close()
+        self.assertEqual(d.proc.wait(T), 0)
+        names = [n for n in os.listdir(os.path.join(self.dir, "default"))
+                 if not n.startswith(".")]
+        check_store(self, self.dir, "default", {n: "lora-all4-m40" for n in names})
+        self.restart_check(names)
+
+    def test_sigterm_during_upload_bodies(self):
+        # Uploads still sending their bodies when SIGTERM comes: the drain waits for them up
+        # to drain_timeout_s, then closes them; nothing of theirs is left on disk.
+        d = self.daemon("--drain-timeout-s", "2")
+        self.assertEqual(upload(d, "kept", os.path.join(PEFT, "ia3-ff-m40")).status_code, 201)
+        body, ctype = multipart(fixture_files("lora-all4-m40"))
+        socks = []
+        for i in range(3):
+            u = socket.create_connection(("127.0.0.1", d.port), timeout=T)
+            u.sendall(raw_request("PUT", "/v1/adapters/slow%d" % i, body,
+                                  ["Content-Type: " + ctype])[:-len(body) + 5000 * i + 100])
+            socks.append(u)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        for u in socks:
+            self.assertEqual(read_status(u, T), 0)  # closed at the drain's end, no answer
+            u.close()
+        self.assertEqual(d.proc.wait(T), 0)
+        self.assertGreaterEqual(time.monotonic() - t0, 1.5)  # the drain waited for them
+        check_store(self, self.dir, "default", {"kept": "ia3-ff-m40"})
+        self.assertEqual([x for x in os.listdir(os.path.join(self.dir, "default", ".tmp"))
+                          if x.startswith("up-")], [])
+        self.restart_check(["kept"])
+
 
 if __name__ == "__main__":
     ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
