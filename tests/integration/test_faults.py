@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""tests/integration/test_faults.py - yunmind under faults: slow and idle clients, a full
-disk, a corrupt adapter store, malformed HTTP, the upload limits, and signals in the middle of
-tokenizations and uploads.
+"""tests/integration/test_faults.py - yunmind under faults: slow and idle clients, the
+connection limit, a full disk, a corrupt adapter store, malformed HTTP, the upload limits, and
+signals in the middle of tokenizations and uploads.
 
 Usage: test_faults.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `faults` test)
 
@@ -247,6 +247,52 @@ class SlowAndIdleClients(unittest.TestCase):
         while time.monotonic() < deadline and open_fds(self.d) > fds_before + 2:
             time.sleep(0.1)
         self.assertLessEqual(open_fds(self.d), fds_before + 2)
+
+
+class ConnectionLimit(unittest.TestCase):
+    """max_connections: connections beyond it are not accepted (they wait in the listen
+    backlog, no HTTP status) and are served as soon as one closes; idle connections close
+    after connection_timeout_s."""
+
+    LIMIT = 40
+
+    @classmethod
+    def setUpClass(cls):
+        raise_fd_limit(1024)
+        cls.d = Daemon("--max-connections", str(cls.LIMIT), "--connection-timeout-s", "5")
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.d.stop() == 0
+
+    def test_beyond_the_limit_waits_then_is_served_when_a_connection_closes(self):
+        idle = [socket.create_connection(("127.0.0.1", self.d.port), timeout=T)
+                for _ in range(self.LIMIT)]
+        try:
+            time.sleep(0.3)
+            s = socket.create_connection(("127.0.0.1", self.d.port), timeout=T)
+            s.sendall(raw_request("GET", "/healthz"))
+            self.assertIsNone(read_status(s, 1.0), "answered beyond max_connections")
+        finally:
+            for c in idle:
+                c.close()
+        # The waiting client is taken as soon as the server sees the others go, within a
+        # sweep (0.2 s); before that fix it waited forever.
+        t0 = time.monotonic()
+        self.assertEqual(read_status(s, 5.0), 200)
+        print("served %.2f s after the idle connections closed" % (time.monotonic() - t0),
+              file=sys.stderr)
+        s.close()
+        self.assertEqual(requests.get(self.d.url + "/healthz", timeout=T).status_code, 200)
+
+    def test_idle_connections_time_out(self):
+        idle = [socket.create_connection(("127.0.0.1", self.d.port), timeout=T)
+                for _ in range(5)]
+        t0 = time.monotonic()
+        for c in idle:
+            self.assertEqual(read_status(c, 5 + 3), 0)  # closed by the server, no answer
+            c.close()
+        self.assertLess(time.monotonic() - t0, 5 + 3)
 
 
 class AdapterDiskFull(unittest.TestCase):
