@@ -3,8 +3,11 @@
 # real HTTP (Python requests, and the official openai npm client), the same suites under
 # AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
 # ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
-# short run of every fuzz target. Installs missing Debian packages first.
-# FUZZ_SECONDS (default 10) sets the fuzz time per target.
+# short run of every fuzz target, and a short soak (mixed traffic; memory, descriptors and
+# errors must stay flat). Installs missing Debian packages first.
+# FUZZ_SECONDS (default 10) sets the fuzz time per target, SOAK_SECONDS (default 150) the
+# soak's length. The fault tests (tests/integration/test_faults.py) run with the unit tests,
+# as meson's `faults` test; docs/RELIABILITY.md describes both.
 set -u
 cd "$(dirname "$0")/.."
 scripts/deps.sh test || { echo "could not install the build dependencies" >&2; exit 1; }
@@ -61,6 +64,11 @@ python_toolkit() {
     echo "no toolkit tests"; return 0
   fi
 }
+soak_short() {
+  local secs=${SOAK_SECONDS:-150}
+  /usr/bin/python3 tests/soak/soak.py build-test/server/yunmind "$PWD" --duration "$secs" \
+    --warmup $((secs * 3 / 10))
+}
 fuzz_smoke() {
   CC=clang setup build-fuzz --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
     -Db_sanitize=address,undefined -Db_lundef=false && ninja -C build-fuzz >/dev/null &&
@@ -71,6 +79,7 @@ stage build build_release && stage unit unit_release && stage openai-client open
 stage build-asan build_asan && stage unit-asan unit_asan
 stage build-tsan build_tsan && stage server-tsan server_tsan
 stage python-toolkit python_toolkit
+stage soak soak_short
 stage fuzz-smoke fuzz_smoke
 
 echo
