@@ -638,13 +638,12 @@ class SignalsDuringWork(unittest.TestCase):
     upload bodies are still arriving: the daemon exits 0, a drain answers what it waited for,
     and the store never holds a half-written adapter."""
 
+    BUSY_S = 4.0  # how long the pool should stay busy tokenizing
+
     @classmethod
     def setUpClass(cls):
         with open(os.path.join(ts.ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
-            text = f.read()
-        # About 12 MB of prompt: several seconds of tokenization on the pool (a prompt over
-        # 32 KiB is tokenized there), then refused as too long.
-        cls.big = json.dumps({"prompt": (text * 12)[:12000000], "max_tokens": 1}).encode()
+            cls.text = f.read()
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="yunmin-faults-")
@@ -652,14 +651,26 @@ class SignalsDuringWork(unittest.TestCase):
 
     def daemon(self, *flags, env=None):
         d = Daemon("--model", M40, "--adapter-dir", self.dir, "--max-body-bytes",
-                   str(16 << 20), *flags, env=env)
+                   str(256 << 20), *flags, env=env)
         self.addCleanup(d.kill)
         return d
 
+    def prompt(self, n):
+        return (self.text * (n // len(self.text) + 1))[:n]
+
     def tokenizing(self, d):
-        """A connection whose 12 MB prompt is being tokenized on the pool."""
+        """A connection whose long prompt is being tokenized on the pool (a prompt over
+        32 KiB is tokenized there), for about BUSY_S seconds, after which it is refused as
+        too long. The length comes from timing a 2 MB prompt on this daemon, so the window
+        holds on fast and slow machines and builds alike."""
+        t0 = time.monotonic()
+        r = d.post("/v1/completions", {"prompt": self.prompt(2000000), "max_tokens": 1})
+        per_byte = (time.monotonic() - t0) / 2000000
+        self.assertEqual(r.status_code, 400, r.text)
+        n = min(200000000, max(2000000, int(self.BUSY_S / per_byte)))
+        body = json.dumps({"prompt": self.prompt(n), "max_tokens": 1}).encode()
         s = socket.create_connection(("127.0.0.1", d.port), timeout=T)
-        s.sendall(raw_request("POST", "/v1/completions", self.big,
+        s.sendall(raw_request("POST", "/v1/completions", body,
                               ["Content-Type: application/json"]))
         # The loop thread parses the JSON before it hands the prompt to the pool; an answer
         # to /healthz says it is past that.
