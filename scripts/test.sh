@@ -3,11 +3,14 @@
 # real HTTP (Python requests, and the official openai npm client), the same suites under
 # AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
 # ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
-# short run of every fuzz target, and the deployment files: deploy/validate.sh's checks with
-# nginx, systemd-analyze and schema validators, and nginx in front of three replicas
+# short run of every fuzz target, a short soak (mixed traffic; memory, descriptors and errors
+# must stay flat), and the deployment files: deploy/validate.sh's checks with nginx,
+# systemd-analyze and schema validators, and nginx in front of three replicas
 # (tests/integration/test_deploy.py). Installs missing Debian packages first.
-# FUZZ_SECONDS (default 10) sets the fuzz time per target; YUNMIN_IMAGE_CHECK=1 adds a build
-# and run of the container image without a container engine (deploy/image_check.py).
+# FUZZ_SECONDS (default 10) sets the fuzz time per target, SOAK_SECONDS (default 150) the
+# soak's length; YUNMIN_IMAGE_CHECK=1 adds a build and run of the container image without a
+# container engine (deploy/image_check.py). The fault tests (tests/integration/test_faults.py)
+# run with the unit tests, as meson's `faults` test; docs/RELIABILITY.md describes both.
 set -u
 cd "$(dirname "$0")/.."
 scripts/deps.sh test || { echo "could not install the build dependencies" >&2; exit 1; }
@@ -71,6 +74,11 @@ deploy_image() { /usr/bin/python3 deploy/image_check.py; }
 # nginx with deploy/nginx/yunmin.conf in front of three yunmind processes: spread, adapter
 # propagation, sessions, rolling restart, SIGKILL.
 deploy_replicas() { /usr/bin/python3 tests/integration/test_deploy.py build-test/server/yunmind "$PWD"; }
+soak_short() {
+  local secs=${SOAK_SECONDS:-150}
+  /usr/bin/python3 tests/soak/soak.py build-test/server/yunmind "$PWD" --duration "$secs" \
+    --warmup $((secs * 3 / 10))
+}
 fuzz_smoke() {
   CC=clang setup build-fuzz --buildtype=debugoptimized -Dfuzz=true -Dtests=false \
     -Db_sanitize=address,undefined -Db_lundef=false && ninja -C build-fuzz >/dev/null &&
@@ -83,6 +91,7 @@ if [ $built = 1 ]; then
   stage unit unit_release && stage openai-client openai_client
   stage deploy-validate deploy_validate
   stage deploy-replicas deploy_replicas
+  stage soak soak_short
 fi
 [ "${YUNMIN_IMAGE_CHECK:-0}" = 1 ] && stage deploy-image deploy_image
 stage build-asan build_asan && stage unit-asan unit_asan

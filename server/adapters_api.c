@@ -42,6 +42,7 @@ typedef struct ym_upload {
     /* results of the work */
     ym_adapter_t *adapter;
     uint64_t version;
+    uint64_t replaced; /* the version this one replaced on disk, 0 if it is new */
     size_t disk_bytes;
     int committed;
 } ym_upload;
@@ -224,6 +225,7 @@ int ym_upload_begin(ym_hreq *r, const char *url)
         return -1;
     }
     r->upload = u;
+    ym_hreq_track(r); /* a drain waits for it; a stop resumes it if it is suspended */
     return 0;
 }
 
@@ -256,7 +258,7 @@ static void upload_work(uv_work_t *w) /* libuv pool */
         return;
     }
     err = ym_store_commit(srv->conf.adapter_dir, u->tenant, u->name, u->tmp, &u->version,
-                          &u->diag);
+                          &u->replaced, &u->diag);
     if (err != YM_OK) {
         u->err = err;
         u->status = 500;
@@ -270,7 +272,10 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
     ym_upload *u = w->data;
     ym_hreq *r = u->r;
     ym_server_t *srv = u->srv;
-    int existed = ym_registry_find(&srv->registry, u->tenant, u->name) != NULL;
+    /* New or replaced is what the store saw at the commit. The registry cannot tell: the
+     * store watcher may already have loaded and published this very version. */
+    int existed = u->replaced != 0;
+    ym_hreq_untrack(r);
     if (u->committed) {
         /* On disk now: publish even if the client left, so memory matches the store. */
         ym_registry_publish(&srv->registry, u->tenant, u->name, ym_adapter_ref(u->adapter),
@@ -303,10 +308,19 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
     ym_hreq_unref(r);
 }
 
-void ym_upload_end(ym_hreq *r)
+int ym_upload_end(ym_hreq *r)
 {
     ym_upload *u = r->upload;
     ym_diag d = {0};
+    if (u->r != NULL) {
+        /* Resumed while the pool validates it: only a stop does that (MHD must not stop with
+         * a suspended connection). Its outcome is not known yet, so no answer would be true:
+         * close the connection. The store stays whole either way (commits are atomic). */
+        if (r->srv->stopping)
+            return -1;
+        ym_hreq_suspend(r);
+        return 0;
+    }
     if (!u->failed && ym_mp_finish(u->mp, &d) != YM_OK) {
         u->failed = 1;
         u->err = YM_EINVAL;
@@ -326,13 +340,14 @@ void ym_upload_end(ym_hreq *r)
                               u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
         r->upload = NULL;
         upload_free(u);
-        return;
+        return 0;
     }
     u->r = r;
     r->refs++;
     u->work.data = u;
     ym_hreq_suspend(r);
     uv_queue_work(r->srv->loop, &u->work, upload_work, upload_after);
+    return 0;
 }
 
 void ym_upload_abort(ym_hreq *r)

@@ -420,8 +420,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->responded)
         return MHD_YES;
     if (r->upload != NULL && !r->suspended && !r->responded) {
-        ym_upload_end(r); /* answers at once, or suspends until the pool has validated it */
-        return MHD_YES;
+        /* Answers at once, or suspends until the pool has validated it. */
+        return ym_upload_end(r) == 0 ? MHD_YES : MHD_NO;
     }
     if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */
@@ -538,7 +538,6 @@ static void on_sweep(uv_timer_t *t)
     ym_server_t *srv = t->data;
     double now = ym_now();
     double ping = (double)srv->conf.stream_ping_ms * 1e-3;
-    int kicked = 0;
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
         if (r->suspended && !r->client_gone && r->finish == YM_FINISH_NONE && peer_closed(r)) {
             r->client_gone = 1;
@@ -552,11 +551,14 @@ static void on_sweep(uv_timer_t *t)
             ym_api_ping(r);
             r->t_last_write = now;
             ym_hreq_resume(r);
-            kicked = 1;
         }
     }
-    if (kicked)
-        ym_httpd_kick(srv);
+    /* Run MHD on every sweep, not only after a ping. At max_connections (or when accept()
+     * runs out of descriptors) MHD takes its listening socket out of its epoll set and puts it
+     * back only at the start of a later MHD_run, once below the limit. When the connections
+     * that close are the last activity, no event would come to run it again and new clients
+     * would wait in the backlog forever; this bounds their wait to one sweep. */
+    ym_httpd_kick(srv);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)

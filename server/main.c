@@ -144,7 +144,8 @@ static void shutdown_now(ym_server_t *srv)
     srv->ready = 0;
     /* The engine first: it cancels what is left and publishes it; then the connections. */
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next)
-        ym_gen_cancel(r->gen);
+        if (r->gen != NULL) /* a prompt still being tokenized, or an upload: no job */
+            ym_gen_cancel(r->gen);
     ym_sched_t *sched = srv->sched;
     if (sched != NULL) {
         ym_sched_free(sched); /* joins; unrefs what was still on the ready list */

@@ -64,7 +64,7 @@ typedef struct ym_hreq {
     ym_finish finish;
     int n_prompt, n_gen;
     double t_last_write;
-    struct ym_hreq *prev, *next;  /* srv->gens list while a job or tokenization runs */
+    struct ym_hreq *prev, *next;  /* srv->gens list while a job, tokenization or upload runs */
     int tracked;
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
     int conn_done;                /* the completed callback ran: the connection is gone */
@@ -123,7 +123,7 @@ struct ym_server {
     int n_watches, cap_watches;
     uv_timer_t rescan_timer;
     int rescan_running, rescan_again;
-    ym_hreq *gens;                /* requests with a generation */
+    ym_hreq *gens;                /* requests a drain waits for: generations, uploads */
     int n_gens;
     int n_http;                   /* requests between first callback and completion */
 };
@@ -153,7 +153,7 @@ void ym_tenant_release(ym_server_t *srv, ym_hreq *r);
 /* adapters_api.c */
 int ym_upload_begin(ym_hreq *r, const char *url); /* 0 ok, -1 answered with an error */
 void ym_upload_data(ym_hreq *r, const char *data, size_t len);
-void ym_upload_end(ym_hreq *r);
+int ym_upload_end(ym_hreq *r);   /* 0, or -1: close the connection without an answer */
 void ym_upload_abort(ym_hreq *r); /* the connection ended first */
 void ym_api_adapters(ym_hreq *r, const char *method, const char *url);
 /* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters

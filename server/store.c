@@ -200,7 +200,7 @@ static uint64_t link_version(const char *link, const char *name)
 }
 
 ym_err ym_store_commit(const char *adapter_dir, const char *tenant, const char *name,
-                       const char *tmp, uint64_t *version, ym_diag *diag)
+                       const char *tmp, uint64_t *version, uint64_t *replaced, ym_diag *diag)
 {
     char tdir[4096], vdir[4096], link[4096], newlink[4096], target[512], old[4096];
     pathf(tdir, sizeof(tdir), "%s/%s", adapter_dir, tenant);
@@ -232,6 +232,7 @@ ym_err ym_store_commit(const char *adapter_dir, const char *tenant, const char *
         ym_store_rmtree(old);
     }
     *version = v;
+    *replaced = prev;
     return YM_OK;
 }
 

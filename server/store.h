@@ -38,9 +38,10 @@ int ym_store_close_part(int fd);
 void ym_store_sync(const char *dir);
 /* Bytes of the regular files under dir. */
 size_t ym_store_bytes(const char *dir);
-/* Make tmp the current version of <name>: returns its version in *version. */
+/* Make tmp the current version of <name>: returns its version in *version, and in *replaced
+ * the version it replaced (0 when there was none). */
 ym_err ym_store_commit(const char *adapter_dir, const char *tenant, const char *name,
-                       const char *tmp, uint64_t *version, ym_diag *diag);
+                       const char *tmp, uint64_t *version, uint64_t *replaced, ym_diag *diag);
 /* Remove the current version of <name>. YM_ENOENT when there is none. */
 ym_err ym_store_remove(const char *adapter_dir, const char *tenant, const char *name,
                        ym_diag *diag);

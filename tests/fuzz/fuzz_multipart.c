@@ -1,7 +1,9 @@
 /* tests/fuzz/fuzz_multipart.c - arbitrary bytes as a multipart/form-data upload body, fed in
- * pieces whose sizes come from the input itself. Must never crash or leak; every byte handed
- * to a part comes from the input, so the parts never add up to more than the body. */
+ * pieces whose sizes come from the input itself, and as the Content-Type header that names
+ * the boundary. Must never crash or leak; every byte handed to a part comes from the input,
+ * so the parts never add up to more than the body. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "server/multipart.h"
@@ -51,5 +53,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ym_mp_finish(mp, &diag);
     YM_ASSERT(s.total <= size);
     ym_mp_free(mp);
+
+    /* The input's first line as the Content-Type header (a client sends it too); when it is
+     * accepted, a small body with two parts goes through the parser it set up. */
+    const uint8_t *nl = memchr(data, '\n', size);
+    size_t hlen = nl ? (size_t)(nl - data) : size;
+    char *ctype = malloc(hlen + 1);
+    YM_ASSERT(ctype != NULL);
+    memcpy(ctype, data, hlen);
+    ctype[hlen] = '\0'; /* a NUL inside ends the header early, as in MHD's copy */
+    seen h = {0, 0};
+    if (ym_mp_new(ctype, &cb, &h, &mp, &diag) == YM_OK) {
+        static const char body[] = "--zz\r\nContent-Disposition: form-data; name=a\r\n\r\nx"
+                                   "\r\n--zz--\r\n";
+        if (ym_mp_feed(mp, body, sizeof(body) - 1, &diag) == YM_OK)
+            ym_mp_finish(mp, &diag);
+        YM_ASSERT(h.total <= sizeof(body));
+        ym_mp_free(mp);
+    }
+    free(ctype);
     return 0;
 }

@@ -19,6 +19,7 @@
 #include "server/request.h"
 #include "server/sched.h"
 #include "server/statecache.h"
+#include "server/store.h"
 #include "server/tenants.h"
 
 /* ---------- settings ---------- */
@@ -576,6 +577,44 @@ START_TEST(test_multipart_rejects_malformed)
     ck_assert_str_eq(d.msg, "refused ../etc");
     ck_assert_int_eq(ym_mp_feed(mp, "x", 1, &d), YM_EINVAL);
     ym_mp_free(mp);
+}
+END_TEST
+
+/* ---------- adapter store ---------- */
+
+/* One upload's worth of store work: a fresh directory with one file, committed as <name>. */
+static void store_put(const char *root, const char *name, uint64_t *version, uint64_t *replaced)
+{
+    char tmp[4096];
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_store_begin(root, "t", tmp, sizeof(tmp), &d), YM_OK);
+    int fd = ym_store_open_part(tmp, "adapter_config.json", &d);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "{}", 2), 2);
+    ck_assert_int_eq(ym_store_close_part(fd), 0);
+    ck_assert_msg(ym_store_commit(root, "t", name, tmp, version, replaced, &d) == YM_OK, "%s",
+                  d.msg);
+}
+
+START_TEST(test_store_commit_reports_what_it_replaced)
+{
+    /* The answer to an upload (201 new, 200 replaced) comes from here, not from the registry,
+     * which the store watcher may have updated with this very version first. */
+    char root[] = "/tmp/yunmin-store-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(root));
+    uint64_t v1, v2, v3, r1, r2, r3;
+    store_put(root, "a", &v1, &r1);
+    store_put(root, "a", &v2, &r2);
+    store_put(root, "b", &v3, &r3);
+    ck_assert_uint_eq(r1, 0);
+    ck_assert_uint_eq(r2, v1);
+    ck_assert_uint_gt(v2, v1);
+    ck_assert_uint_eq(r3, 0);
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_store_remove(root, "t", "a", &d), YM_OK);
+    store_put(root, "a", &v1, &r1);
+    ck_assert_uint_eq(r1, 0);
+    ym_store_rmtree(root);
 }
 END_TEST
 
@@ -1216,6 +1255,9 @@ static Suite *server_suite(void)
     tc = tcase_create("multipart");
     tcase_add_test(tc, test_multipart_parts_any_split);
     tcase_add_test(tc, test_multipart_rejects_malformed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("store");
+    tcase_add_test(tc, test_store_commit_reports_what_it_replaced);
     suite_add_tcase(s, tc);
     tc = tcase_create("statecache");
     tcase_add_test(tc, test_skeys_separate_what_they_should);
