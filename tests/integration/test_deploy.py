@@ -151,6 +151,16 @@ class Balancer:
         with open(self.access_log, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def entries_for(self, req_ids, timeout=10):
+        """The log entries of these request ids: nginx writes a line after the response has
+        gone out, so a client can be faster than the log; wait for them (bounded)."""
+        deadline = time.time() + timeout
+        while True:
+            found = {e["req"]: e for e in self.log_entries() if e["req"] in req_ids}
+            if len(found) == len(set(req_ids)) or time.time() > deadline:
+                return found
+            time.sleep(0.05)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful: finish the open requests
@@ -364,7 +374,7 @@ class Cluster(unittest.TestCase):
                 ids = ids + gen + self.tokenize(lines[turn])
             after = [r.completions_ok() for r in self.replicas]
             moved = [a - b for a, b in zip(after, before)]
-            entries = {e["req"]: e for e in self.lb.log_entries() if e["req"] in req_ids}
+            entries = self.lb.entries_for(req_ids)
             upstreams = {served_by(entries[x]) for x in req_ids}
             report[sid] = {"replica": sorted(upstreams), "cached_tokens": cached,
                            "turn_extends_history_exactly": extends}
@@ -385,7 +395,7 @@ class Cluster(unittest.TestCase):
         rid = "del-" + uuid.uuid4().hex[:16]
         requests.delete(self.lb.url + "/v1/sessions/" + sid, timeout=T,
                         headers=dict(self.auth, **{"X-Request-Id": rid}))
-        entry = [e for e in self.lb.log_entries() if e["req"] == rid][0]
+        entry = self.lb.entries_for([rid])[rid]
         self.assertEqual([served_by(entry)], report[sid]["replica"])
         # The state cache's series on every replica.
         for rep in self.replicas:
@@ -505,7 +515,7 @@ class Cluster(unittest.TestCase):
             self.assertEqual(r.status_code, 200, r.text)
         for t in threads:
             t.join(T * 2)
-        entries = {e["req"]: e for e in self.lb.log_entries() if e["req"] in rids}
+        entries = self.lb.entries_for(rids)
         on_victim = {rid for rid in rids if served_by(entries[rid]) == victim.addr}
         failed = {rid for rid, o in zip(rids, outcome) if o != "ok"}
         self.figures["sigkill"] = {"streams": n, "running_per_replica": running,
