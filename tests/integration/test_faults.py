@@ -5,8 +5,8 @@ signals in the middle of tokenizations and uploads.
 
 Usage: test_faults.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `faults` test)
 
-Same conventions as test_server.py, whose helpers (Daemon, stream, upload, store_listing,
-new_key) it uses: a real yunmind on 127.0.0.1 port 0, real sockets, every request with a
+Same conventions as test_server.py, whose helpers (Daemon, stream, upload, store_listing and
+its PROMPTS) it uses: a real yunmind on 127.0.0.1 port 0, real sockets, every request with a
 timeout, every daemon stopped with SIGTERM (exit status checked) or killed at the end.
 Latency bounds compare a normal request's latency during the fault with the same request's
 latency measured just before on the same daemon, so they hold on a slow or busy machine.
