@@ -525,6 +525,10 @@ static ym_err resume(ym_sched_t *s, ym_gen *g)
 /* Mark a job finished; its output and usage are final. Engine thread. */
 static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
 {
+    /* The session first: once the loop can see the job finished, a client's next turn (or
+     * GET /v1/sessions) must find the new state. */
+    if (why != YM_FINISH_ERROR)
+        store_session(s, g);
     pthread_mutex_lock(&g->lock);
     g->finish = why;
     pthread_mutex_unlock(&g->lock);
@@ -532,8 +536,6 @@ static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
         ym_metrics_add(s->metrics, YM_M_CANCELLED, 1);
     if (g->started)
         ym_metrics_observe(s->metrics, YM_H_E2E, ym_now() - g->t_arrival);
-    if (why != YM_FINISH_ERROR)
-        store_session(s, g);
     ym_state_free(g->state);
     g->state = NULL;
     ym_sampler_free(g->sampler);
