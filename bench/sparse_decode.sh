@@ -9,8 +9,8 @@
 # records the load average before each run, and prints per profile: the ideal byte ratio
 # (dense weight bytes read per token / sparse), every speed-up measured, their median, and the
 # median / ideal. It also fits decode time per token = a + b * weight bytes over every dense and
-# sparse measurement of the last repetition: a is the per-token cost that does not shrink with
-# the weights (norms, conv, scan, barriers), b the seconds per weight byte.
+# sparse measurement: a estimates the per-token cost that does not shrink with the weights
+# (norms, scan, barriers), b the seconds per weight byte (noisy: drift between runs moves both).
 #
 # usage: bench/sparse_decode.sh OUT_DIR PROFILE.safetensors...
 #   env: YUNMIN=path/to/yunmin MODEL=dir|synthetic:mamba-130m REPEAT=5 ROUNDS=5 STEPS=64
@@ -60,7 +60,6 @@ if loads:
 print("| profile | channels kept | ideal byte ratio | batch-1 speed-ups measured (sorted) "
       "| median | median / ideal |")
 print("|---|---|---|---|---|---|")
-last = max((i for v in runs.values() for i, _ in v), default=0)
 points = []
 for name, v in sorted(runs.items(), key=lambda kv: kv[1][0][1]["ideal_byte_ratio"]):
     ideal = v[0][1]["ideal_byte_ratio"]
@@ -70,9 +69,8 @@ for name, v in sorted(runs.items(), key=lambda kv: kv[1][0][1]["ideal_byte_ratio
     print(f"| {name} | {kept:.3f} | {ideal:.3f} | {' '.join(f'{s:.3f}' for s in sps)} "
           f"| {med:.3f} | **{med / ideal:.2f}** |")
     for i, j in v:
-        if i == last:
-            points.append((j["dense"]["weight_bytes"], 1.0 / j["dense"]["decode_tok_s"]["1"]))
-            points.append((j["weight_bytes"], 1.0 / j["decode_tok_s"]["1"]))
+        points.append((j["dense"]["weight_bytes"], 1.0 / j["dense"]["decode_tok_s"]["1"]))
+        points.append((j["weight_bytes"], 1.0 / j["decode_tok_s"]["1"]))
 if len(points) >= 3:
     n = len(points)
     mx = sum(p[0] for p in points) / n
@@ -80,8 +78,8 @@ if len(points) >= 3:
     sxx = sum((p[0] - mx) ** 2 for p in points)
     b = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
     a = my - b * mx
-    dense_t = max(p[1] for p in points if p[0] == max(q[0] for q in points))
-    print(f"\nfit over run {last} (dense and sparse, {n} points): time per token = "
+    dense_t = statistics.median(p[1] for p in points if p[0] == max(q[0] for q in points))
+    print(f"\nfit over every run (dense and sparse, {n} points): time per token = "
           f"{a * 1e3:.2f} ms + weight bytes / {1e-9 / b:.1f} GB/s; "
           f"the fixed part is {100 * a / dense_t:.1f} % of a dense token")
 PY
