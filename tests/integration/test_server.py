@@ -602,7 +602,10 @@ class Tenants(unittest.TestCase):
         first = requests.post(self.d.url + "/v1/completions", json=body, stream=True, timeout=T,
                               headers={"Authorization": "Bearer " + self.a["key"]})
         self.assertEqual(first.status_code, 200)
-        self.assertTrue(next(first.iter_lines()).startswith(b"data: {"))
+        # Keep the line iterator: a discarded one closes the connection when it is collected,
+        # and the server then cancels the stream and frees the tenant's slot.
+        lines = first.iter_lines()
+        self.assertTrue(next(lines).startswith(b"data: {"))
         try:
             r = self.post("/v1/completions", {"prompt": "x", "max_tokens": 1}, self.a)
             self.assertEqual(r.status_code, 429)
@@ -1519,7 +1522,8 @@ class Lifecycle(unittest.TestCase):
             body = {"prompt": "ROMEO:", "max_tokens": 8000, "ignore_eos": True, "stream": True}
             r = requests.post(d.url + "/v1/completions", json=body, stream=True, timeout=T)
             self.assertEqual(r.status_code, 200)
-            self.assertTrue(next(r.iter_lines()).startswith(b"data: {"))
+            lines = r.iter_lines()  # kept: a collected iterator closes the connection
+            self.assertTrue(next(lines).startswith(b"data: {"))
             d.proc.send_signal(signal.SIGTERM)
             self.assertEqual(d.proc.wait(30), 0)
         finally:
