@@ -319,6 +319,78 @@ T512 static void scan_masked_avx512(float *y, float *s, const ym_scan_plan *pl, 
     }
 }
 
+/* The conv's weights [d][K] and state [d][K-1] are channel-major; the kernel wants one vector
+ * per tap over 16 channels. Gathers and scatters do that but are slow: on an AMD EPYC host the
+ * conv built on them took 13 % of a batch-16 decode step, where one row per sequence cannot
+ * amortize them (docs/BENCHMARKS.md, optimization 9). For d_conv 4, the case of every Mamba
+ * checkpoint, these load the 16 channels' 64 weights / 48 state values contiguously (masked
+ * to nd channels) and de-interleave them with permutes; the store interleaves them back.   */
+
+/* in[0..3] = 64 consecutive floats w[c][k] (c < 16, k < 4) -> out[k] lane c = w[c][k]. */
+T512 static inline void conv4_load(__m512 out[4], const float *w, int nd)
+{
+    __m512 a[4];
+    int n = nd * 4;
+    for (int i = 0; i < 4; i++)
+        a[i] = _mm512_maskz_loadu_ps(tail_mask(n - 16 * i > 0 ? n - 16 * i : 0), w + 16 * i);
+    /* stage 1: lanes 0-7 tap k of channels 8h..8h+7 (h = 0: a0,a1; h = 1: a2,a3), lanes 8-15
+     * tap k + 1 of the same channels. */
+    const __m512i i01 = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i i23 = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    __m512 p0 = _mm512_permutex2var_ps(a[0], i01, a[1]), p1 = _mm512_permutex2var_ps(a[2], i01, a[3]);
+    __m512 q0 = _mm512_permutex2var_ps(a[0], i23, a[1]), q1 = _mm512_permutex2var_ps(a[2], i23, a[3]);
+    /* stage 2: low halves -> even tap, high halves -> odd tap, channels 0-7 then 8-15. */
+    const __m512i lo = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i hi = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+    out[0] = _mm512_permutex2var_ps(p0, lo, p1);
+    out[1] = _mm512_permutex2var_ps(p0, hi, p1);
+    out[2] = _mm512_permutex2var_ps(q0, lo, q1);
+    out[3] = _mm512_permutex2var_ps(q0, hi, q1);
+}
+
+/* 48 consecutive floats s[c][j] (c < 16, j < 3) -> out[j] lane c = s[c][j]. Flat index
+ * 3c + j: below 32 it is in b0/b1 (permutex2var), from 32 in b2 (a masked permute). */
+T512 static inline void conv3_state_load(__m512 out[3], const float *s, int nd)
+{
+    /* LD_IDX[j][c] = 3c + j, minus 32 where that is in b2 (lanes HIGH[j]). */
+    static const int32_t LD_IDX[3][16] = {
+        {0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 1, 4, 7, 10, 13},
+        {1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 2, 5, 8, 11, 14},
+        {2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 0, 3, 6, 9, 12, 15}};
+    static const __mmask16 HIGH[3] = {0xf800, 0xf800, 0xfc00};
+    __m512 b[3];
+    int n = nd * 3;
+    for (int i = 0; i < 3; i++)
+        b[i] = _mm512_maskz_loadu_ps(tail_mask(n - 16 * i > 0 ? n - 16 * i : 0), s + 16 * i);
+    for (int j = 0; j < 3; j++) {
+        __m512i iv = _mm512_loadu_si512(LD_IDX[j]);
+        __m512 t = _mm512_permutex2var_ps(b[0], iv, b[1]);
+        out[j] = _mm512_mask_permutexvar_ps(t, HIGH[j], iv, b[2]);
+    }
+}
+
+/* The inverse: in[j] lane c -> s[3c + j], for c < nd only. */
+T512 static inline void conv3_state_store(float *s, const __m512 in[3], int nd)
+{
+    /* Flat f = 16v + i comes from in[f % 3] lane f / 3: ST_IDX selects in[0] lane c (tap 0)
+     * or in[1] lane c (c + 16, tap 1); lanes TWO[v] (tap 2) then take in[2] lane ST_C. */
+    static const int32_t ST_IDX[3][16] = {
+        {0, 16, 0, 1, 17, 1, 2, 18, 2, 3, 19, 3, 4, 20, 4, 5},
+        {21, 5, 6, 22, 6, 7, 23, 7, 8, 24, 8, 9, 25, 9, 10, 26},
+        {10, 11, 27, 11, 12, 28, 12, 13, 29, 13, 14, 30, 14, 15, 31, 15}};
+    static const int32_t ST_C[3][16] = {
+        {0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5},
+        {5, 5, 6, 6, 6, 7, 7, 7, 8, 8, 8, 9, 9, 9, 10, 10},
+        {10, 11, 11, 11, 12, 12, 12, 13, 13, 13, 14, 14, 14, 15, 15, 15}};
+    static const __mmask16 TWO[3] = {0x4924, 0x2492, 0x9249};
+    int n = nd * 3;
+    for (int v = 0; v < 3 && n - 16 * v > 0; v++) {
+        __m512 t = _mm512_permutex2var_ps(in[0], _mm512_loadu_si512(ST_IDX[v]), in[1]);
+        t = _mm512_mask_permutexvar_ps(t, TWO[v], _mm512_loadu_si512(ST_C[v]), in[2]);
+        _mm512_mask_storeu_ps(s + 16 * v, tail_mask(n - 16 * v), t);
+    }
+}
+
 /* Causal conv + silu for one block of up to 16 channels, all T rows, vectorized across the
  * channels (rows are contiguous in d). In place, so rows are visited last to first: row t
  * reads inputs t-K+1..t, which a descending walk has not overwritten yet. The new state (the
@@ -356,6 +428,33 @@ T512 static void conv_block_avx512(float *x, int ld, int T, float *cstate, const
     }
     for (int j = 0; j < km1; j++)
         _mm512_mask_i32scatter_ps(cstate + (size_t)d * km1 + j, msk, sidx, nst[j], 4);
+}
+
+/* conv_block_avx512 for d_conv 4 (every Mamba checkpoint): the same arithmetic in the same
+ * order, with the taps and the state de-interleaved by permutes instead of gathers and
+ * scatters, and fixed-size register arrays (the generic block zeroes 3 KB of stack per call). */
+T512 static void conv4_block_avx512(float *x, int ld, int T, float *cstate, const float *w,
+                                    const float *b, int d, int nd)
+{
+    __mmask16 msk = tail_mask(nd);
+    __m512 wk[4], st[3], nst[3];
+    conv4_load(wk, w + (size_t)d * 4, nd);
+    conv3_state_load(st, cstate + (size_t)d * 3, nd);
+    __m512 bias = b != NULL ? _mm512_maskz_loadu_ps(msk, b + d) : _mm512_setzero_ps();
+    for (int j = 0; j < 3; j++) {
+        int t = T - 3 + j;
+        nst[j] = t >= 0 ? _mm512_maskz_loadu_ps(msk, x + (size_t)t * ld + d) : st[3 + t];
+    }
+    for (int t = T - 1; t >= 0; t--) {
+        __m512 acc = bias;
+        for (int k = 0; k < 4; k++) {
+            int i = t - 3 + k;
+            __m512 v = i >= 0 ? _mm512_maskz_loadu_ps(msk, x + (size_t)i * ld + d) : st[3 + i];
+            acc = _mm512_fmadd_ps(wk[k], v, acc);
+        }
+        _mm512_mask_storeu_ps(x + (size_t)t * ld + d, msk, silu512(acc));
+    }
+    conv3_state_store(cstate + (size_t)d * 3, nst, nd);
 }
 #endif
 
@@ -465,6 +564,11 @@ void ym_conv_silu_f32(float *x, int ld, int T, float *cstate, const float *w, co
                       int K, int c0, int c1)
 {
 #if HAVE_X86
+    if (use_avx512() && K == 4) {
+        for (int d = c0; d < c1; d += 16)
+            conv4_block_avx512(x, ld, T, cstate, w, b, d, c1 - d < 16 ? c1 - d : 16);
+        return;
+    }
     if (use_avx512() && K <= 16) {
         for (int d = c0; d < c1; d += 16)
             conv_block_avx512(x, ld, T, cstate, w, b, K, d, c1 - d < 16 ? c1 - d : 16);

@@ -281,6 +281,73 @@ START_TEST(test_softplus_kernel_accurate_over_the_range)
 }
 END_TEST
 
+/* Uniform in [0, 1) from a 64-bit LCG (the high 24 bits). */
+static float uniform01(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)(*s >> 40) / 16777216.0f;
+}
+
+/* The conv + silu kernel: the vectorized path (permute loads for d_conv 4, gathers otherwise)
+ * against the portable loop, over channel slices that end mid-block and start on a later block,
+ * 1 to 6 rows; channels outside the slice (x and state) must stay untouched. */
+START_TEST(test_conv_kernel_matches_portable_on_every_slice)
+{
+    enum { LD = 96, TMAX = 6, KMAX = 5 };
+    static const int widths[] = {1, 5, 15, 16, 17, 31, 33, 48, 64};
+    static const int rows[] = {1, 2, 3, 6};
+    float w[LD * KMAX], b[LD], x0[TMAX * LD], st0[LD * (KMAX - 1)];
+    float xa[TMAX * LD], sa[LD * (KMAX - 1)], xb[TMAX * LD], sb[LD * (KMAX - 1)];
+    uint64_t seed = 7;
+    double worst = 0;
+    for (int K = 2; K <= KMAX; K++)
+        for (int c0 = 0; c0 <= 16; c0 += 16)
+            for (size_t wi = 0; wi < sizeof(widths) / sizeof(widths[0]); wi++)
+                for (size_t ti = 0; ti < sizeof(rows) / sizeof(rows[0]); ti++) {
+                    int c1 = c0 + widths[wi], T = rows[ti];
+                    if (c1 > LD)
+                        continue;
+                    for (int i = 0; i < LD * K; i++)
+                        w[i] = uniform01(&seed) - 0.5f;
+                    for (int i = 0; i < LD; i++)
+                        b[i] = uniform01(&seed) - 0.5f;
+                    for (int i = 0; i < T * LD; i++)
+                        x0[i] = 4.0f * uniform01(&seed) - 2.0f;
+                    for (int i = 0; i < LD * (K - 1); i++)
+                        st0[i] = 4.0f * uniform01(&seed) - 2.0f;
+                    memcpy(xa, x0, sizeof(x0));
+                    memcpy(xb, x0, sizeof(x0));
+                    memcpy(sa, st0, sizeof(st0));
+                    memcpy(sb, st0, sizeof(st0));
+                    ym_conv_silu_f32(xa, LD, T, sa, w, b, K, c0, c1);
+                    ym_kernels_force_portable(1);
+                    ym_conv_silu_f32(xb, LD, T, sb, w, b, K, c0, c1);
+                    ym_kernels_force_portable(0);
+                    for (int t = 0; t < T; t++)
+                        for (int d = 0; d < LD; d++) {
+                            size_t i = (size_t)t * LD + d;
+                            if (d < c0 || d >= c1) {
+                                ck_assert_msg(xa[i] == x0[i], "K=%d [%d,%d) T=%d: x[%d,%d] touched",
+                                              K, c0, c1, T, t, d);
+                                continue;
+                            }
+                            double e = fabs((double)xa[i] - xb[i]);
+                            worst = e > worst ? e : worst;
+                            ck_assert_msg(e <= 1e-5, "K=%d [%d,%d) T=%d x[%d,%d]: %g vs %g", K,
+                                          c0, c1, T, t, d, xa[i], xb[i]);
+                        }
+                    for (int d = 0; d < LD; d++)
+                        for (int j = 0; j < K - 1; j++) {
+                            size_t i = (size_t)d * (K - 1) + j;
+                            ck_assert_msg(sa[i] == sb[i] && ((d >= c0 && d < c1) || sa[i] == st0[i]),
+                                          "K=%d [%d,%d) T=%d: state[%d][%d] %g vs %g", K, c0, c1,
+                                          T, d, j, sa[i], sb[i]);
+                        }
+                }
+    printf("conv (%s) vs portable: max |diff| %.3g\n", ym_kernels_isa(), worst);
+}
+END_TEST
+
 Suite *forward_suite(void)
 {
     Suite *s = suite_create("forward");
@@ -292,6 +359,7 @@ Suite *forward_suite(void)
     tcase_add_test(tc, test_forward_batched_equals_alone_and_decode_equals_prefill);
     tcase_add_test(tc, test_forward_rejects_bad_batches_without_touching_state);
     tcase_add_test(tc, test_softplus_kernel_accurate_over_the_range);
+    tcase_add_test(tc, test_conv_kernel_matches_portable_on_every_slice);
     suite_add_tcase(s, tc);
     return s;
 }
