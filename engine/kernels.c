@@ -233,6 +233,27 @@ T512 static void rmsnorm_avx512(float *out, const float *x, const float *w, int 
     }
 }
 
+/* Lane j of the result = the sum of v[j]'s 16 elements, for 16 vectors at once: four levels
+ * of shuffles and adds (each level halves the elements per vector and doubles the vectors per
+ * register) instead of 16 horizontal reductions. Every vector's elements are summed in the same
+ * tree ((e_i + e_i+8) + (e_i+4 + e_i+12), then pairs), whatever its position j. v is clobbered. */
+T512 static inline __m512 sum16(__m512 v[16])
+{
+    for (int k = 0; k < 8; k++) /* 128-bit lanes: [v2k lo+hi half pairs, v2k+1 ...] */
+        v[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; k++) /* 128-bit lane L: 4 partial sums of v[4k + L] */
+        v[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; k++) /* lane L: 2 partials of v[8k + L], then of v[8k + 4 + L] */
+        v[k] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(v[2 * k], v[2 * k + 1], 0xEE));
+    /* element 4L + m = the sum of v[4m + L] */
+    __m512 t = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+    const __m512i back = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(back, t);
+}
+
 T512 static void scan_avx512(float *y, float *s, const float *A, const float *D, const float *x,
                              const float *dt, const float *z, const float *bc, int ldbc, int T,
                              int ld, int N, int c0, int c1)
@@ -241,17 +262,35 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
         const float *B = bc + (size_t)t * ldbc, *C = B + N;
         size_t row = (size_t)t * ld;
         if (N == 16) {
-            /* The common case (every released Mamba-1): one vector per channel. */
+            /* The common case (every released Mamba-1): one vector per channel; the C.s sums
+             * of 16 channels at a time by one transposing reduction, then y = (C.s + D x) *
+             * silu(z) a vector at a time. */
             __m512 Bv = _mm512_loadu_ps(B), Cv = _mm512_loadu_ps(C);
-            for (int d = c0; d < c1; d++) {
-                float dtd = dt[row + d], xd = x[row + d];
-                float *sd = s + (size_t)d * 16;
-                __m512 dA = exp512(_mm512_mul_ps(_mm512_set1_ps(dtd), _mm512_loadu_ps(A + (size_t)d * 16)));
-                __m512 sv = _mm512_fmadd_ps(dA, _mm512_loadu_ps(sd),
-                                            _mm512_mul_ps(_mm512_set1_ps(dtd * xd), Bv));
-                _mm512_storeu_ps(sd, sv);
-                y[row + d] = _mm512_reduce_add_ps(_mm512_mul_ps(Cv, sv)) + D[d] * xd;
+            for (int d0 = c0; d0 < c1; d0 += 16) {
+                int nb = c1 - d0 < 16 ? c1 - d0 : 16;
+                __m512 p[16];
+                for (int j = 0; j < 16; j++) {
+                    if (j >= nb) {
+                        p[j] = _mm512_setzero_ps();
+                        continue;
+                    }
+                    int d = d0 + j;
+                    float dtd = dt[row + d], xd = x[row + d];
+                    float *sd = s + (size_t)d * 16;
+                    __m512 dA = exp512(_mm512_mul_ps(_mm512_set1_ps(dtd),
+                                                     _mm512_loadu_ps(A + (size_t)d * 16)));
+                    __m512 sv = _mm512_fmadd_ps(dA, _mm512_loadu_ps(sd),
+                                                _mm512_mul_ps(_mm512_set1_ps(dtd * xd), Bv));
+                    _mm512_storeu_ps(sd, sv);
+                    p[j] = _mm512_mul_ps(Cv, sv);
+                }
+                __mmask16 m = tail_mask(nb);
+                __m512 xv = _mm512_maskz_loadu_ps(m, x + row + d0);
+                __m512 yv = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, D + d0), xv, sum16(p));
+                __m512 zv = _mm512_maskz_loadu_ps(m, z + row + d0);
+                _mm512_mask_storeu_ps(y + row + d0, m, _mm512_mul_ps(yv, silu512(zv)));
             }
+            continue;
         } else {
             for (int d = c0; d < c1; d++) {
                 float dtd = dt[row + d], xd = x[row + d];
