@@ -249,7 +249,8 @@ T512 static inline __m512 sum16(__m512 v[16])
         v[k] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * k], v[2 * k + 1], 0x44),
                              _mm512_shuffle_ps(v[2 * k], v[2 * k + 1], 0xEE));
     /* element 4L + m = the sum of v[4m + L] */
-    __m512 t = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+    __m512 t = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88),
+                             _mm512_shuffle_ps(v[0], v[1], 0xDD));
     const __m512i back = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     return _mm512_permutexvar_ps(back, t);
 }
@@ -291,23 +292,23 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
                 _mm512_mask_storeu_ps(y + row + d0, m, _mm512_mul_ps(yv, silu512(zv)));
             }
             continue;
-        } else {
-            for (int d = c0; d < c1; d++) {
-                float dtd = dt[row + d], xd = x[row + d];
-                float *sd = s + (size_t)d * N;
-                const float *Ad = A + (size_t)d * N;
-                __m512 dtv = _mm512_set1_ps(dtd), dtx = _mm512_set1_ps(dtd * xd);
-                __m512 acc = _mm512_setzero_ps();
-                for (int n = 0; n < N; n += 16) {
-                    __mmask16 m = tail_mask(N - n);
-                    __m512 dA = exp512(_mm512_mul_ps(dtv, _mm512_maskz_loadu_ps(m, Ad + n)));
-                    __m512 sv = _mm512_fmadd_ps(dA, _mm512_maskz_loadu_ps(m, sd + n),
-                                                _mm512_mul_ps(dtx, _mm512_maskz_loadu_ps(m, B + n)));
-                    _mm512_mask_storeu_ps(sd + n, m, sv);
-                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, C + n), sv, acc);
-                }
-                y[row + d] = _mm512_reduce_add_ps(acc) + D[d] * xd;
+        }
+        /* Any other d_state: a channel's update in vectors of 16 entries, then its sum. */
+        for (int d = c0; d < c1; d++) {
+            float dtd = dt[row + d], xd = x[row + d];
+            float *sd = s + (size_t)d * N;
+            const float *Ad = A + (size_t)d * N;
+            __m512 dtv = _mm512_set1_ps(dtd), dtx = _mm512_set1_ps(dtd * xd);
+            __m512 acc = _mm512_setzero_ps();
+            for (int n = 0; n < N; n += 16) {
+                __mmask16 m = tail_mask(N - n);
+                __m512 dA = exp512(_mm512_mul_ps(dtv, _mm512_maskz_loadu_ps(m, Ad + n)));
+                __m512 sv = _mm512_fmadd_ps(dA, _mm512_maskz_loadu_ps(m, sd + n),
+                                            _mm512_mul_ps(dtx, _mm512_maskz_loadu_ps(m, B + n)));
+                _mm512_mask_storeu_ps(sd + n, m, sv);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, C + n), sv, acc);
             }
+            y[row + d] = _mm512_reduce_add_ps(acc) + D[d] * xd;
         }
         /* y *= silu(z), a vector at a time. */
         for (int d = c0; d < c1; d += 16) {
@@ -374,13 +375,19 @@ T512 static inline void conv4_load(__m512 out[4], const float *w, int nd)
         a[i] = _mm512_maskz_loadu_ps(tail_mask(n - 16 * i > 0 ? n - 16 * i : 0), w + 16 * i);
     /* stage 1: lanes 0-7 tap k of channels 8h..8h+7 (h = 0: a0,a1; h = 1: a2,a3), lanes 8-15
      * tap k + 1 of the same channels. */
-    const __m512i i01 = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
-    const __m512i i23 = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
-    __m512 p0 = _mm512_permutex2var_ps(a[0], i01, a[1]), p1 = _mm512_permutex2var_ps(a[2], i01, a[3]);
-    __m512 q0 = _mm512_permutex2var_ps(a[0], i23, a[1]), q1 = _mm512_permutex2var_ps(a[2], i23, a[3]);
+    const __m512i i01 =
+        _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i i23 =
+        _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    __m512 p0 = _mm512_permutex2var_ps(a[0], i01, a[1]);
+    __m512 p1 = _mm512_permutex2var_ps(a[2], i01, a[3]);
+    __m512 q0 = _mm512_permutex2var_ps(a[0], i23, a[1]);
+    __m512 q1 = _mm512_permutex2var_ps(a[2], i23, a[3]);
     /* stage 2: low halves -> even tap, high halves -> odd tap, channels 0-7 then 8-15. */
-    const __m512i lo = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i hi = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+    const __m512i lo =
+        _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i hi =
+        _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
     out[0] = _mm512_permutex2var_ps(p0, lo, p1);
     out[1] = _mm512_permutex2var_ps(p0, hi, p1);
     out[2] = _mm512_permutex2var_ps(q0, lo, q1);

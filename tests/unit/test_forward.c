@@ -339,7 +339,8 @@ START_TEST(test_conv_kernel_matches_portable_on_every_slice)
                     for (int d = 0; d < LD; d++)
                         for (int j = 0; j < K - 1; j++) {
                             size_t i = (size_t)d * (K - 1) + j;
-                            ck_assert_msg(sa[i] == sb[i] && ((d >= c0 && d < c1) || sa[i] == st0[i]),
+                            int inside = d >= c0 && d < c1;
+                            ck_assert_msg(sa[i] == sb[i] && (inside || sa[i] == st0[i]),
                                           "K=%d [%d,%d) T=%d: state[%d][%d] %g vs %g", K, c0, c1,
                                           T, d, j, sa[i], sb[i]);
                         }

@@ -38,6 +38,18 @@ def windows(ids, ctx):
     return out
 
 
+def window_batches(wins, batch_size, device):
+    """Consecutive windows of one length, up to batch_size at a time, as int64 tensors on device
+    (only the last window can be shorter, so this is the windows in order)."""
+    i = 0
+    while i < len(wins):
+        j = i
+        while j < len(wins) and j - i < batch_size and len(wins[j]) == len(wins[i]):
+            j += 1
+        yield torch.from_numpy(np.stack(wins[i:j]).astype(np.int64)).to(device)
+        i = j
+
+
 @torch.no_grad()
 def nll_windows(model, ids, ctx, batch_size=32, device=None, max_windows=0, autocast_dtype=None):
     """(nll_sum float64, n_scored) of the protocol above."""
@@ -47,15 +59,9 @@ def nll_windows(model, ids, ctx, batch_size=32, device=None, max_windows=0, auto
         wins = wins[:max_windows]
     total = 0.0
     count = 0
-    i = 0
     was_training = model.training
     model.eval()
-    while i < len(wins):
-        L = len(wins[i])
-        j = i
-        while j < len(wins) and j - i < batch_size and len(wins[j]) == L:
-            j += 1
-        x = torch.from_numpy(np.stack(wins[i:j]).astype(np.int64)).to(device)
+    for x in window_batches(wins, batch_size, device):
         if autocast_dtype is not None and device.type == "cuda":
             with torch.autocast(device_type="cuda", dtype=autocast_dtype):
                 logits = model(x[:, :-1])
@@ -66,7 +72,6 @@ def nll_windows(model, ids, ctx, batch_size=32, device=None, max_windows=0, auto
         nll = -lp.gather(-1, x[:, 1:, None]).squeeze(-1)
         total += float(nll.double().sum())
         count += nll.numel()
-        i = j
     model.train(was_training)
     return total, count
 

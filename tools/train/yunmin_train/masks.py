@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import safetensors_io
-from .evaluate import pick_device, windows
+from .evaluate import pick_device, window_batches, windows
 from .model import load_model
 
 FORMAT = "yunmin-sparsity"
@@ -568,13 +568,7 @@ def information_loss(model, ids, masks, ctx=256, batch_size=32, teacher=None):
     teacher.eval()
     cos_sum = kl_sum = nll_sum = 0.0
     n_pos = n_scored = 0
-    i = 0
-    while i < len(wins):
-        L = len(wins[i])
-        j = i
-        while j < len(wins) and j - i < batch_size and len(wins[j]) == L:
-            j += 1
-        x = torch.from_numpy(np.stack(wins[i:j]).astype(np.int64)).to(dev)
+    for x in window_batches(wins, batch_size, dev):
         s_logits, s_hidden = model(x[:, :-1], masks=masks, return_hidden=True)
         t_logits, t_hidden = teacher(x[:, :-1], return_hidden=True)
         lt = F.log_softmax(t_logits.float(), -1)
@@ -586,7 +580,6 @@ def information_loss(model, ids, masks, ctx=256, batch_size=32, teacher=None):
         nll = -ls.gather(-1, x[:, 1:, None]).squeeze(-1)
         nll_sum += float(nll.double().sum())
         n_scored += nll.numel()
-        i = j
     model.train(was)
     return {"cos_loss": cos_sum / n_pos, "kl": kl_sum / n_pos,
             "ppl": math.exp(nll_sum / n_scored), "mean_nll": nll_sum / n_scored,
