@@ -129,7 +129,8 @@ ym_err ym_chat_template_load(const char *dir, ym_chat_template_t **out, ym_diag 
         goto done;
     if (cfg_text != NULL) {
         json_error_t je;
-        cfg = json_loadb(cfg_text, cfg_len, JSON_ALLOW_NUL, &je);
+        /* real configs hold model_max_length = 1e30 as an integer; only strings are read */
+        cfg = json_loadb(cfg_text, cfg_len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &je);
         if (!json_is_object(cfg)) {
             err = ym_diag_set(diag, YM_EFORMAT, "tokenizer_config.json: %s",
                               cfg == NULL ? je.text : "must be a JSON object");
