@@ -17,6 +17,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -536,25 +537,18 @@ static void lex_tag(lexer *lx, int block)
         }
         unsigned char ch = (unsigned char)s[p];
         if (isdigit(ch)) {
-            /* float: digits[_digits] ( [.digits] e[+-]digits | .digits ); else integer */
+            /* float: digits[_digits] ( [.digits] e[+-]digits | .digits ); else integer.
+             * First the extent, then the digits without '_' for strtod/strtoull. */
             size_t q = p;
-            char num[128];
-            size_t nn = 0;
             int is_float = 0;
 #define DIGITS(q)                                                                                  \
-    do {                                                                                           \
-        while ((q) < lx->n && (isdigit((unsigned char)s[q]) ||                                     \
-                               (s[q] == '_' && (q) + 1 < lx->n && isdigit((unsigned char)s[(q) + 1])))) { \
-            if (s[q] != '_' && nn < sizeof(num) - 1)                                               \
-                num[nn++] = s[q];                                                                  \
-            (q)++;                                                                                 \
-        }                                                                                          \
-    } while (0)
-            if (ch == '0' && q + 1 < lx->n && strchr("bBoOxX", s[q + 1]) && s[q + 1] != 0)
+    while ((q) < lx->n && (isdigit((unsigned char)s[q]) ||                                         \
+                           (s[q] == '_' && (q) + 1 < lx->n && isdigit((unsigned char)s[(q) + 1])))) \
+        (q)++
+            if (ch == '0' && q + 1 < lx->n && s[q + 1] != 0 && strchr("bBoOxX", s[q + 1]) != NULL)
                 FAIL(lx->c, lx->line, "binary, octal and hex literals are not supported");
             DIGITS(q);
             if (q + 1 < lx->n && s[q] == '.' && isdigit((unsigned char)s[q + 1])) {
-                num[nn++] = '.';
                 q++;
                 DIGITS(q);
                 is_float = 1;
@@ -564,24 +558,25 @@ static void lex_tag(lexer *lx, int block)
                 if (r < lx->n && (s[r] == '+' || s[r] == '-'))
                     r++;
                 if (r < lx->n && isdigit((unsigned char)s[r])) {
-                    num[nn++] = 'e';
-                    if (s[q + 1] == '-' && nn < sizeof(num) - 1)
-                        num[nn++] = '-';
                     q = r;
                     DIGITS(q);
                     is_float = 1;
                 }
             }
 #undef DIGITS
+            char *num = aalloc(lx->c, q - p + 1);
+            size_t nn = 0;
+            for (size_t k = p; k < q; k++)
+                if (s[k] != '_')
+                    num[nn++] = s[k];
             num[nn] = '\0';
             tok *t = lex_push(lx, is_float ? T_FLOAT : T_INT, s + p, q - p);
             if (is_float) {
                 t->f = strtod(num, NULL);
             } else {
-                char *end;
-                unsigned long long v = strtoull(num, &end, 10);
-                if (nn > 18 || v > (unsigned long long)INT64_MAX)
-                    FAIL(lx->c, lx->line, "integer literal %s is too large", num);
+                unsigned long long v = nn <= 19 ? strtoull(num, NULL, 10) : ULLONG_MAX;
+                if (v > (unsigned long long)INT64_MAX)
+                    FAIL(lx->c, lx->line, "integer literal %.40s%s is too large", num, nn > 40 ? "..." : "");
                 t->i = (int64_t)v;
             }
             lx->pos = q;
@@ -1734,6 +1729,7 @@ typedef struct rctx {
     size_t max_output;
     int64_t now;
     frame *root; /* the template's top-level frame (macros see it) */
+    int call_depth;
 } rctx;
 
 #define RFAIL(r, line, ...) FAIL(&(r)->c, (line), __VA_ARGS__)
@@ -1837,6 +1833,7 @@ static void fmt_float(double x, char *out, size_t cap)
 }
 
 static void put_repr(rctx *r, buf *b, const jv *v);
+static void put_repr_d(rctx *r, buf *b, const jv *v, int depth);
 
 static void put_str(rctx *r, buf *b, const jv *v)
 {
@@ -1849,7 +1846,7 @@ static void put_str(rctx *r, buf *b, const jv *v)
     case V_INT: buf_printf(c, b, "%" PRId64, v->u.i); return;
     case V_FLOAT: fmt_float(v->u.f, tmp, sizeof(tmp)); buf_puts(c, b, tmp); return;
     case V_STR: buf_put(c, b, v->u.s.p, v->u.s.n); return;
-    default: put_repr(r, b, v); return;
+    default: put_repr_d(r, b, v, 0); return;
     }
 }
 
@@ -1894,9 +1891,14 @@ static void put_str_repr(rctx *r, buf *b, const char *s, size_t n)
     buf_putc(c, b, q);
 }
 
-static void put_repr(rctx *r, buf *b, const jv *v)
+static void put_repr(rctx *r, buf *b, const jv *v) { put_repr_d(r, b, v, 0); }
+
+/* depth bounds the recursion: a namespace may hold itself */
+static void put_repr_d(rctx *r, buf *b, const jv *v, int depth)
 {
     ctx *c = &r->c;
+    if (depth > 200)
+        RFAIL(r, 0, "value nested too deeply to print");
     switch (v->k) {
     case V_UNDEF: buf_puts(c, b, "Undefined"); return;
     case V_STR: put_str_repr(r, b, v->u.s.p, v->u.s.n); return;
@@ -1906,7 +1908,7 @@ static void put_repr(rctx *r, buf *b, const jv *v)
         for (size_t i = 0; i < l->n; i++) {
             if (i)
                 buf_puts(c, b, ", ");
-            put_repr(r, b, &l->v[i]);
+            put_repr_d(r, b, &l->v[i], depth + 1);
         }
         if (l->tuple && l->n == 1)
             buf_putc(c, b, ',');
@@ -1921,9 +1923,9 @@ static void put_repr(rctx *r, buf *b, const jv *v)
         for (size_t i = 0; i < d->n; i++) {
             if (i)
                 buf_puts(c, b, ", ");
-            put_repr(r, b, &d->key[i]);
+            put_repr_d(r, b, &d->key[i], depth + 1);
             buf_puts(c, b, ": ");
-            put_repr(r, b, &d->val[i]);
+            put_repr_d(r, b, &d->val[i], depth + 1);
         }
         buf_putc(c, b, '}');
         if (v->k == V_NS)
@@ -2498,6 +2500,11 @@ static jv get_slice(rctx *r, const jv *obj, const jv *a, const jv *b, const jv *
         st = slice_bound(r, s, line);
         if (st == 0)
             RFAIL(r, line, "slice step cannot be zero");
+        /* a step past the length selects the same items, and keeps i += st from overflowing */
+        if (st > n)
+            st = n + 1;
+        if (st < -n)
+            st = -n - 1;
     }
     int64_t lo, hi;
     if (a == NULL || a->k == V_NONE) {
@@ -3788,7 +3795,7 @@ static jv call_global(rctx *r, int fn, const args *a)
             RFAIL(r, a->line, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
         jlist *l = list_new(c, (size_t)n + 1);
         for (int64_t i = 0; i < n; i++)
-            list_push(c, l, mk_int(lo + i * st));
+            list_push(c, l, mk_int((int64_t)((__int128)lo + (__int128)i * st)));
         return mk_list(l);
     }
     case FN_NAMESPACE: case FN_DICT: {
@@ -3846,10 +3853,15 @@ static jv eval_call(rctx *r, frame *f, const node *x)
         return call_global(r, fn.u.fn, &a);
     }
     case V_METHOD: return call_method(r, fn.u.m.self, fn.u.m.name, &a);
-    case V_MACRO:
-        if (r->steps > r->max_steps)
-            RFAIL(r, x->line, "too many steps");
-        return call_macro(r, fn.u.macro, &a);
+    case V_MACRO: {
+        /* Jinja2 stops runaway recursion with Python's recursion limit; so do we, well
+         * before the C stack would */
+        if (++r->call_depth > 100)
+            RFAIL(r, x->line, "macro '%s': maximum recursion depth exceeded", fn.u.macro->name);
+        jv v = call_macro(r, fn.u.macro, &a);
+        r->call_depth--;
+        return v;
+    }
     case V_UNDEF: undef_fail(r, &fn, x->line);
     default: RFAIL(r, x->line, "'%s' object is not callable", type_name(&fn));
     }

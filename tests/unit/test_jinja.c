@@ -256,6 +256,11 @@ START_TEST(test_jinja_runtime_errors_and_limits)
     ym_jinja_opts o3 = { .max_memory = 1 << 20 };
     ck_assert_int_eq(render_str("{% set ns = namespace(s='x') %}{% for i in range(40) %}"
                                 "{% set ns.s = ns.s ~ ns.s %}{% endfor %}", NULL, &o3, &out, &diag), YM_EINVAL);
+    /* runaway recursion and self-holding values stop with an error, not a crash */
+    ck_assert_int_eq(render_str("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, NULL, &out, &diag), YM_EINVAL);
+    ck_assert_msg(strstr(diag.msg, "recursion") != NULL, "%s", diag.msg);
+    ck_assert_int_eq(render_str("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", NULL, NULL, &out, &diag), YM_EINVAL);
+    ck_assert_int_eq(render_str("{% set ns = namespace() %}{% set ns.me = [ns] %}{{ ns.me|tojson }}", NULL, NULL, &out, &diag), YM_EINVAL);
     /* vars must be an object */
     ck_assert_int_eq(render_str("x", "[1]", NULL, &out, &diag), YM_EINVAL);
     /* NUL bytes pass through with their length */
