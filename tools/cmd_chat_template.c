@@ -77,7 +77,7 @@ int ym_cmd_chat_template(int argc, char **argv)
     if (cli_read_file(mfile, &mtext, &mlen) != 0)
         return CLI_FAIL;
     json_error_t je;
-    json_t *doc = json_loadb(mtext, mlen, 0, &je);
+    json_t *doc = json_loadb(mtext, mlen, JSON_ALLOW_NUL, &je);
     free(mtext);
     if (doc == NULL)
         return cli_error(CLI_FAIL, "chat-template: %s: invalid JSON at line %d: %s", mfile, je.line, je.text);
