@@ -133,6 +133,8 @@ START_TEST(test_jinja_real_templates_match_jinja2)
         json_t *vars = json_pack("{s:O, s:n, s:n, s:O}", "messages", json_object_get(convs, conv),
                                  "tools", "documents", "add_generation_prompt",
                                  json_object_get(c, "add_generation_prompt"));
+        if (json_object_get(c, "tools") != NULL)
+            json_object_set(vars, "tools", json_object_get(c, "tools"));
         if (json_is_string(json_object_get(tm, "bos_token")))
             json_object_set(vars, "bos_token", json_object_get(tm, "bos_token"));
         if (json_is_string(json_object_get(tm, "eos_token")))
