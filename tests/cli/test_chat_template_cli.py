@@ -76,7 +76,7 @@ class ChatTemplateCli(unittest.TestCase):
                  "phi-3-mini-4k-instruct.jinja", "deepseek-llm-7b-chat.jinja"]
         n = 0
         for case in self.expected:
-            if case["template"] not in files or "output" not in case:
+            if case["template"] not in files or "output" not in case or "tools" in case:
                 continue
             t = self.manifest[case["template"]]
             msgs = self.write("m.json", self.conversations[case["conversation"]])
