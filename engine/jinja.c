@@ -4110,8 +4110,8 @@ static int exec_body(rctx *r, frame *f, const nodes *body, buf *out)
             frame_set(r, f, x->name, m);
             break;
         }
-        case S_GEN: {
-            int flow = exec_body(r, f, &x->body, out);
+        case S_GEN: { /* a call block in transformers: its own scope, as a macro body */
+            int flow = exec_body(r, frame_new(r, f), &x->body, out);
             if (flow != FLOW_NEXT)
                 return flow;
             break;
