@@ -25,6 +25,7 @@ int ym_cmd_inspect(int argc, char **argv);
 int ym_cmd_perplexity(int argc, char **argv);
 int ym_cmd_bench(int argc, char **argv); /* tools/bench.c */
 int ym_cmd_calibrate(int argc, char **argv);
+int ym_cmd_chat_template(int argc, char **argv);
 
 /* Print "yunmin: <message>" as one line on stderr; returns code (CLI_FAIL or CLI_USAGE). */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
