@@ -22,5 +22,6 @@ Suite *adapters_suite(void);
 Suite *sparsity_suite(void);
 Suite *sparse_suite(void);
 Suite *order_suite(void);
+Suite *ssd_suite(void);
 
 #endif

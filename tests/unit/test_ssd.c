@@ -1,0 +1,326 @@
+/* tests/unit/test_ssd.c - Mamba-2's SSD kernels (engine/ssd.c).
+ *
+ * Against float64 values from the NumPy reference (tests/fixtures/ssd/kernels.safetensors, made
+ * by tests/fixtures/make_ssd_fixture.py from tests/fixtures/mamba2_ref.py): dt (softplus +
+ * clamp), the decode step token by token, the chunked prefill for several chunk lengths (the
+ * prompt never a multiple of most), and the gated norm per group. And against each other on
+ * random odd shapes: prefill == step recurrence, head ranges split anywhere == the whole. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/safetensors.h"
+#include "engine/ssd.h"
+#include "testutil.h"
+
+#define KFIX YM_FIXTURE("ssd/kernels.safetensors")
+
+static ym_st_set_t *open_fix(void)
+{
+    ym_st_set_t *set = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_st_set_open_file(KFIX, &set, &d) == YM_OK, "%s: %s", KFIX, d.msg);
+    return set;
+}
+
+/* A fixture tensor as f32 (new array; caller frees) or as its F64 data (borrowed). */
+static float *get_f32(ym_st_set_t *set, const char *pfx, const char *name, size_t *n)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "%s%s", pfx, name);
+    const ym_st_tensor *t = ym_st_set_find(set, key);
+    ck_assert_msg(t != NULL, "fixture tensor %s missing", key);
+    size_t cnt = (size_t)ym_st_tensor_numel(t);
+    float *v = malloc(cnt * sizeof(float));
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(ym_st_tensor_to_f32(t, v, NULL), YM_OK);
+    if (n != NULL)
+        *n = cnt;
+    return v;
+}
+
+static const double *get_f64(ym_st_set_t *set, const char *pfx, const char *name, size_t want)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "%s%s", pfx, name);
+    const ym_st_tensor *t = ym_st_set_find(set, key);
+    ck_assert_msg(t != NULL, "fixture tensor %s missing", key);
+    ck_assert_int_eq(t->dtype, YM_DT_F64);
+    ck_assert_int_eq((long)ym_st_tensor_numel(t), (long)want);
+    return t->data;
+}
+
+/* max |a - b| / max(1, max |b|) */
+static double rel_err(const float *a, const double *b, size_t n)
+{
+    double e = 0.0, m = 1.0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs(b[i]));
+    }
+    return e / m;
+}
+
+typedef struct kcase {
+    ym_ssd_dims d;
+    int T;
+    float *dt_raw, *dt_bias, *lim, *x, *B, *C, *A, *D, *s0;
+    const double *dt, *y, *s1;
+} kcase;
+
+static void kcase_load(ym_st_set_t *set, const char *name, kcase *k)
+{
+    char pfx[32];
+    snprintf(pfx, sizeof(pfx), "%s.", name);
+    char key[64];
+    snprintf(key, sizeof(key), "%sdims", pfx);
+    const ym_st_tensor *dims = ym_st_set_find(set, key);
+    ck_assert_ptr_nonnull(dims);
+    const int32_t *dv = dims->data;
+    k->d = (ym_ssd_dims){ .n_head = dv[0], .head_dim = dv[1], .n_group = dv[2], .d_state = dv[3] };
+    k->T = dv[4];
+    int H = dv[0], P = dv[1], G = dv[2], N = dv[3], T = dv[4];
+    k->dt_raw = get_f32(set, pfx, "dt_raw", NULL);
+    k->dt_bias = get_f32(set, pfx, "dt_bias", NULL);
+    k->lim = get_f32(set, pfx, "dt_limit", NULL);
+    k->x = get_f32(set, pfx, "x", NULL);
+    k->B = get_f32(set, pfx, "B", NULL);
+    k->C = get_f32(set, pfx, "C", NULL);
+    k->A = get_f32(set, pfx, "A", NULL);
+    k->D = get_f32(set, pfx, "D", NULL);
+    k->s0 = get_f32(set, pfx, "s0", NULL);
+    k->dt = get_f64(set, pfx, "dt", (size_t)T * H);
+    k->y = get_f64(set, pfx, "y", (size_t)T * H * P);
+    k->s1 = get_f64(set, pfx, "s1", (size_t)H * P * N);
+    (void)G;
+}
+
+static void kcase_free(kcase *k)
+{
+    free(k->dt_raw), free(k->dt_bias), free(k->lim), free(k->x), free(k->B), free(k->C);
+    free(k->A), free(k->D), free(k->s0);
+}
+
+static const char *const CASES[] = { "odd", "wide", "decay" };
+
+START_TEST(test_ssd_dt_matches_reference)
+{
+    ym_st_set_t *set = open_fix();
+    kcase k;
+    kcase_load(set, CASES[_i], &k);
+    int H = k.d.n_head, T = k.T;
+    float *dt = malloc(sizeof(float) * (size_t)T * H);
+    memcpy(dt, k.dt_raw, sizeof(float) * (size_t)T * H);
+    float hi = k.lim[1] > 1e38f ? INFINITY : k.lim[1];
+    ym_ssd_dt_f32(dt, H, T, k.dt_bias, H, k.lim[0], hi);
+    double e = rel_err(dt, k.dt, (size_t)T * H);
+    ck_assert_msg(e < 1e-6, "%s: dt rel err %g", CASES[_i], e);
+    free(dt);
+    kcase_free(&k);
+    ym_st_set_free(set);
+}
+END_TEST
+
+/* The fixture's dt rounded to f32 (what the engine would hold after ym_ssd_dt_f32). */
+static float *dt_f32(const kcase *k)
+{
+    size_t n = (size_t)k->T * k->d.n_head;
+    float *dt = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        dt[i] = (float)k->dt[i];
+    return dt;
+}
+
+START_TEST(test_ssd_step_matches_reference)
+{
+    ym_st_set_t *set = open_fix();
+    kcase k;
+    kcase_load(set, CASES[_i], &k);
+    const ym_ssd_dims *d = &k.d;
+    int H = d->n_head, P = d->head_dim, G = d->n_group, N = d->d_state, T = k.T;
+    size_t ns = (size_t)H * P * N;
+    float *dt = dt_f32(&k);
+    float *y = malloc(sizeof(float) * (size_t)T * H * P);
+    float *s = malloc(sizeof(float) * ns), *s_ref = malloc(sizeof(float) * ns);
+    float *y_ref = malloc(sizeof(float) * (size_t)T * H * P);
+    memcpy(s, k.s0, sizeof(float) * ns);
+    memcpy(s_ref, k.s0, sizeof(float) * ns);
+    for (int t = 0; t < T; t++) {
+        size_t o = (size_t)t * H * P, b = (size_t)t * G * N;
+        ym_ssd_step_f32(y + o, s, k.x + o, dt + (size_t)t * H, k.A, k.D, k.B + b, k.C + b, d, 0,
+                        H);
+        ym_ssd_step_ref(y_ref + o, s_ref, k.x + o, dt + (size_t)t * H, k.A, k.D, k.B + b,
+                        k.C + b, d, 0, H);
+    }
+    double ey = rel_err(y, k.y, (size_t)T * H * P), es = rel_err(s, k.s1, ns);
+    double ry = rel_err(y_ref, k.y, (size_t)T * H * P);
+    ck_assert_msg(ey < 2e-5 && es < 2e-5 && ry < 2e-5, "%s: step y %g s %g (plain loop y %g)",
+                  CASES[_i], ey, es, ry);
+    free(dt), free(y), free(s), free(s_ref), free(y_ref);
+    kcase_free(&k);
+    ym_st_set_free(set);
+}
+END_TEST
+
+START_TEST(test_ssd_prefill_matches_reference_for_every_chunk)
+{
+    static const int chunks[] = { 1, 2, 4, 5, 8, 13, 64 };
+    ym_st_set_t *set = open_fix();
+    kcase k;
+    kcase_load(set, CASES[_i], &k);
+    const ym_ssd_dims *d = &k.d;
+    int H = d->n_head, P = d->head_dim, G = d->n_group, N = d->d_state, T = k.T;
+    size_t ns = (size_t)H * P * N;
+    float *dt = dt_f32(&k);
+    float *y = malloc(sizeof(float) * (size_t)T * H * P), *s = malloc(sizeof(float) * ns);
+    for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+        float *work = malloc(sizeof(float) * ym_ssd_prefill_work(d, chunks[c]));
+        memcpy(s, k.s0, sizeof(float) * ns);
+        memset(y, 0xff, sizeof(float) * (size_t)T * H * P); /* NaN: every entry must be written */
+        ym_ssd_prefill_f32(y, H * P, s, k.x, H * P, dt, H, k.B, k.C, G * N, k.A, k.D, T, d,
+                           chunks[c], 0, H, work);
+        double ey = rel_err(y, k.y, (size_t)T * H * P), es = rel_err(s, k.s1, ns);
+        ck_assert_msg(ey < 5e-5 && es < 5e-5, "%s chunk %d: y %g s %g", CASES[_i], chunks[c],
+                      ey, es);
+        free(work);
+    }
+    free(dt), free(y), free(s);
+    kcase_free(&k);
+    ym_st_set_free(set);
+}
+END_TEST
+
+START_TEST(test_gated_rmsnorm_per_group_matches_reference)
+{
+    static const int groups[] = { 1, 3 };
+    ym_st_set_t *set = open_fix();
+    char pfx[16];
+    snprintf(pfx, sizeof(pfx), "norm%d.", groups[_i]);
+    size_t n, nw;
+    float *y = get_f32(set, pfx, "y", &n), *z = get_f32(set, pfx, "z", NULL);
+    float *w = get_f32(set, pfx, "w", &nw), *eps = get_f32(set, pfx, "eps", NULL);
+    const double *want = get_f64(set, pfx, "out", n);
+    int Di = (int)nw, T = (int)(n / nw);
+    float *out = malloc(n * sizeof(float)), *out_ref = malloc(n * sizeof(float));
+    ym_gated_rmsnorm_f32(out, Di, y, Di, z, Di, T, w, Di, groups[_i], eps[0]);
+    ym_gated_rmsnorm_ref(out_ref, Di, y, Di, z, Di, T, w, Di, groups[_i], eps[0]);
+    double e = rel_err(out, want, n), er = rel_err(out_ref, want, n);
+    ck_assert_msg(e < 1e-5 && er < 1e-6, "groups %d: %g (plain loop %g)", groups[_i], e, er);
+    /* in place (out == y), as the forward will call it */
+    ym_gated_rmsnorm_f32(y, Di, y, Di, z, Di, T, w, Di, groups[_i], eps[0]);
+    ck_assert(memcmp(y, out, n * sizeof(float)) == 0);
+    /* the whole-width norm differs from the grouped one when there are several groups */
+    if (groups[_i] > 1) {
+        y = (free(y), get_f32(set, pfx, "y", NULL));
+        ym_gated_rmsnorm_f32(out, Di, y, Di, z, Di, T, w, Di, 1, eps[0]);
+        ck_assert_msg(rel_err(out, want, n) > 1e-3, "whole-width norm should differ");
+    }
+    free(y), free(z), free(w), free(eps), free(out), free(out_ref);
+    ym_st_set_free(set);
+}
+END_TEST
+
+/* ---- self-consistency on random shapes ---------------------------------------------------- */
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1103515245u + 12345u;
+    return (float)((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+}
+
+/* Inputs in a wide row layout like the forward's: x|B|C in one row of ld = Di + 2GN + pad,
+ * dt in its own rows with ld > H, y rows with ld > Di. */
+static void random_prefill_vs_step(int H, int P, int G, int N, int T, int chunk, float decay,
+                                   unsigned seed)
+{
+    ym_ssd_dims d = { .n_head = H, .head_dim = P, .n_group = G, .d_state = N };
+    int Di = H * P, ldx = Di + 2 * G * N + 3, lddt = H + 2, ldy = Di + 5;
+    float *xbc = malloc(sizeof(float) * (size_t)T * ldx), *dt = malloc(sizeof(float) * T * lddt);
+    float *A = malloc(sizeof(float) * H), *D = malloc(sizeof(float) * H);
+    size_t ns = (size_t)H * P * N;
+    float *s0 = malloc(sizeof(float) * ns), *s1 = malloc(sizeof(float) * ns);
+    float *s2 = malloc(sizeof(float) * ns), *s3 = malloc(sizeof(float) * ns);
+    float *y1 = calloc((size_t)T * ldy, sizeof(float)), *y2 = calloc((size_t)T * ldy, sizeof(float));
+    float *y3 = calloc((size_t)T * ldy, sizeof(float));
+    for (int i = 0; i < T * ldx; i++)
+        xbc[i] = frand(&seed);
+    for (int i = 0; i < T * lddt; i++)
+        dt[i] = 0.05f + decay * (frand(&seed) + 1.0f);
+    for (int h = 0; h < H; h++) {
+        A[h] = -(0.2f + 2.0f * (frand(&seed) + 1.0f));
+        D[h] = frand(&seed);
+    }
+    for (size_t i = 0; i < ns; i++)
+        s0[i] = frand(&seed);
+    const float *x = xbc, *B = xbc + Di, *C = xbc + Di + G * N;
+    memcpy(s1, s0, sizeof(float) * ns);
+    memcpy(s2, s0, sizeof(float) * ns);
+    memcpy(s3, s0, sizeof(float) * ns);
+    ym_ssd_prefill_ref(y1, ldy, s1, x, ldx, dt, lddt, B, C, ldx, A, D, T, &d, 0, H);
+    float *work = malloc(sizeof(float) * ym_ssd_prefill_work(&d, chunk));
+    ym_ssd_prefill_f32(y2, ldy, s2, x, ldx, dt, lddt, B, C, ldx, A, D, T, &d, chunk, 0, H, work);
+    /* the same split into head ranges that cut groups anywhere */
+    for (int h0 = 0; h0 < H;) {
+        int h1 = h0 + 1 + (int)((unsigned)(h0 * 7 + 3) % 3);
+        h1 = h1 > H ? H : h1;
+        ym_ssd_prefill_f32(y3, ldy, s3, x, ldx, dt, lddt, B, C, ldx, A, D, T, &d, chunk, h0, h1,
+                           work);
+        h0 = h1;
+    }
+    double ey = 0, es = 0, m = 1;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < Di; c++) {
+            size_t i = (size_t)t * ldy + c;
+            m = fmax(m, fabs(y1[i]));
+            ey = fmax(ey, fabs(y1[i] - y2[i]));
+            ck_assert_msg(y2[i] == y3[i], "head ranges change the result at t %d c %d", t, c);
+        }
+    for (size_t i = 0; i < ns; i++) {
+        es = fmax(es, fabs(s1[i] - s2[i]));
+        ck_assert(s2[i] == s3[i]);
+    }
+    ck_assert_msg(ey / m < 2e-5 && es / m < 2e-5, "H%d P%d G%d N%d T%d chunk %d: y %g s %g", H, P,
+                  G, N, T, chunk, ey / m, es / m);
+    for (int t = 0; t < T; t++) /* the padding columns of y are not touched */
+        for (int c = Di; c < ldy; c++)
+            ck_assert(y2[(size_t)t * ldy + c] == 0.0f);
+    free(xbc), free(dt), free(A), free(D), free(s0), free(s1), free(s2), free(s3);
+    free(y1), free(y2), free(y3), free(work);
+}
+
+START_TEST(test_ssd_prefill_equals_step_recurrence_on_odd_shapes)
+{
+    random_prefill_vs_step(6, 5, 3, 7, 29, 8, 0.3f, 1);      /* 29 = 3 chunks of 8 + 5 */
+    random_prefill_vs_step(9, 3, 3, 5, 17, 16, 0.2f, 2);
+    random_prefill_vs_step(4, 16, 1, 33, 50, 7, 0.1f, 3);    /* d_state past a 16-lane multiple */
+    random_prefill_vs_step(2, 8, 2, 16, 3, 64, 0.5f, 4);     /* prompt shorter than a chunk */
+    random_prefill_vs_step(3, 4, 1, 9, 40, 12, 6.0f, 5);     /* decay past the factored range */
+    random_prefill_vs_step(5, 7, 5, 3, 1, 4, 0.3f, 6);       /* one token */
+}
+END_TEST
+
+START_TEST(test_ssd_state_bytes_of_mamba2_130m)
+{
+    /* mamba2-130m: 24 layers of 24 heads x 64 x 128 (1 group), conv 4 over 1536 + 256 */
+    ym_ssd_dims d = { .n_head = 24, .head_dim = 64, .n_group = 1, .d_state = 128 };
+    size_t per_layer = ym_ssd_state_bytes(&d, 4);
+    ck_assert_uint_eq(per_layer, ((1536 + 256) * 3 + 24 * 64 * 128) * 4);
+    ck_assert_uint_eq(24 * per_layer, 19390464); /* 18.49 MiB per sequence */
+}
+END_TEST
+
+Suite *ssd_suite(void)
+{
+    Suite *s = suite_create("ssd");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_ssd_dt_matches_reference, 0, 3);
+    tcase_add_loop_test(tc, test_ssd_step_matches_reference, 0, 3);
+    tcase_add_loop_test(tc, test_ssd_prefill_matches_reference_for_every_chunk, 0, 3);
+    tcase_add_loop_test(tc, test_gated_rmsnorm_per_group_matches_reference, 0, 2);
+    tcase_add_test(tc, test_ssd_prefill_equals_step_recurrence_on_odd_shapes);
+    tcase_add_test(tc, test_ssd_state_bytes_of_mamba2_130m);
+    suite_add_tcase(s, tc);
+    return s;
+}
