@@ -69,6 +69,11 @@ const char *ym_arch_name(ym_arch a)
     return "unknown";
 }
 
+static const char *arch_title(ym_arch a)
+{
+    return a == YM_ARCH_MAMBA2 ? "Mamba-2" : a == YM_ARCH_FALCON_MAMBA ? "Falcon-Mamba" : "Mamba";
+}
+
 static ym_err check_mamba2(const ym_config *c, ym_diag *diag)
 {
     const char *kh = c->state_spaces ? "ssm_cfg.headdim" : "head_dim";
@@ -552,6 +557,12 @@ ym_err ym_config_parse(const char *json, size_t len, ym_config *out, ym_diag *di
     json_decref(root);
     if (err == YM_OK)
         err = ym__config_check(&c, diag);
+    if (err != YM_OK && arch != YM_ARCH_MAMBA1 && diag != NULL) {
+        /* say which family the keys were read as: "Mamba-2 model: missing key hidden_size" */
+        char msg[sizeof(diag->msg)];
+        snprintf(msg, sizeof(msg), "%s", diag->msg);
+        ym_diag_set(diag, err, "%s model: %s", arch_title(arch), msg);
+    }
     if (err == YM_OK)
         *out = c;
     return err;
@@ -573,9 +584,9 @@ ym_err ym_config_load(const char *path, ym_config *out, ym_diag *diag)
         /* Parsed, but the forward pass runs Mamba-1 layers only so far: refuse here so that
          * loading such a model ends in this message, not in a missing-tensor error. */
         err = ym_diag_set(diag, YM_EFORMAT,
-                          "%s: architecture %s (model_type) is not supported yet: this engine "
-                          "runs mamba models only",
-                          path, ym_arch_name(out->arch));
+                          "%s: architecture %s (%s) is not supported yet: this engine runs "
+                          "Mamba-1 models only",
+                          path, ym_arch_name(out->arch), arch_title(out->arch));
         memset(out, 0, sizeof(*out));
     }
     free(buf);
