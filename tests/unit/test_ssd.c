@@ -40,7 +40,8 @@ static float *get_f32(ym_st_set_t *set, const char *pfx, const char *name, size_
     return v;
 }
 
-static const double *get_f64(ym_st_set_t *set, const char *pfx, const char *name, size_t want)
+/* F64 data copied out (new array; caller frees): tensor data need not be 8-byte aligned. */
+static double *get_f64(ym_st_set_t *set, const char *pfx, const char *name, size_t want)
 {
     char key[64];
     snprintf(key, sizeof(key), "%s%s", pfx, name);
@@ -48,7 +49,10 @@ static const double *get_f64(ym_st_set_t *set, const char *pfx, const char *name
     ck_assert_msg(t != NULL, "fixture tensor %s missing", key);
     ck_assert_int_eq(t->dtype, YM_DT_F64);
     ck_assert_int_eq((long)ym_st_tensor_numel(t), (long)want);
-    return t->data;
+    double *v = malloc(want * sizeof(double));
+    ck_assert_ptr_nonnull(v);
+    memcpy(v, t->data, want * sizeof(double));
+    return v;
 }
 
 /* max |a - b| / max(1, max |b|) */
@@ -66,7 +70,7 @@ typedef struct kcase {
     ym_ssd_dims d;
     int T;
     float *dt_raw, *dt_bias, *lim, *x, *B, *C, *A, *D, *s0;
-    const double *dt, *y, *s1;
+    double *dt, *y, *s1;
 } kcase;
 
 static void kcase_load(ym_st_set_t *set, const char *name, kcase *k)
@@ -77,7 +81,9 @@ static void kcase_load(ym_st_set_t *set, const char *name, kcase *k)
     snprintf(key, sizeof(key), "%sdims", pfx);
     const ym_st_tensor *dims = ym_st_set_find(set, key);
     ck_assert_ptr_nonnull(dims);
-    const int32_t *dv = dims->data;
+    int32_t dv[5];
+    ck_assert_int_eq((long)ym_st_tensor_numel(dims), 5);
+    memcpy(dv, dims->data, sizeof(dv));
     k->d = (ym_ssd_dims){ .n_head = dv[0], .head_dim = dv[1], .n_group = dv[2], .d_state = dv[3] };
     k->T = dv[4];
     int H = dv[0], P = dv[1], G = dv[2], N = dv[3], T = dv[4];
@@ -99,7 +105,7 @@ static void kcase_load(ym_st_set_t *set, const char *name, kcase *k)
 static void kcase_free(kcase *k)
 {
     free(k->dt_raw), free(k->dt_bias), free(k->lim), free(k->x), free(k->B), free(k->C);
-    free(k->A), free(k->D), free(k->s0);
+    free(k->A), free(k->D), free(k->s0), free(k->dt), free(k->y), free(k->s1);
 }
 
 static const char *const CASES[] = { "odd", "wide", "decay" };
@@ -200,7 +206,7 @@ START_TEST(test_gated_rmsnorm_per_group_matches_reference)
     size_t n, nw;
     float *y = get_f32(set, pfx, "y", &n), *z = get_f32(set, pfx, "z", NULL);
     float *w = get_f32(set, pfx, "w", &nw), *eps = get_f32(set, pfx, "eps", NULL);
-    const double *want = get_f64(set, pfx, "out", n);
+    double *want = get_f64(set, pfx, "out", n);
     int Di = (int)nw, T = (int)(n / nw);
     float *out = malloc(n * sizeof(float)), *out_ref = malloc(n * sizeof(float));
     ym_gated_rmsnorm_f32(out, Di, y, Di, z, Di, T, w, Di, groups[_i], eps[0]);
@@ -216,7 +222,7 @@ START_TEST(test_gated_rmsnorm_per_group_matches_reference)
         ym_gated_rmsnorm_f32(out, Di, y, Di, z, Di, T, w, Di, 1, eps[0]);
         ck_assert_msg(rel_err(out, want, n) > 1e-3, "whole-width norm should differ");
     }
-    free(y), free(z), free(w), free(eps), free(out), free(out_ref);
+    free(y), free(z), free(w), free(eps), free(out), free(out_ref), free(want);
     ym_st_set_free(set);
 }
 END_TEST
