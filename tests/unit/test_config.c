@@ -460,6 +460,51 @@ START_TEST(test_config_falcon_mamba)
 }
 END_TEST
 
+/* The configs transformers wrote for the Mamba-2 and Falcon-Mamba fixtures (and the raw
+ * mamba_ssm one) parse to the shapes the fixture script built. */
+START_TEST(test_config_reads_the_mamba2_and_falcon_fixtures)
+{
+    static const struct {
+        const char *dir;
+        ym_arch arch;
+        int d_model, n_layer, n_head, head_dim, n_group, d_state, d_conv, chunk, n_vocab;
+        float dt_max, mixer_eps;
+    } want[] = {
+        { "m2-g1-k4-f32", YM_ARCH_MAMBA2, 32, 2, 4, 16, 1, 16, 4, 8, 4112, INFINITY, 0 },
+        { "m2-g2-bias-untied-k3-bf16", YM_ARCH_MAMBA2, 48, 2, 6, 16, 2, 8, 3, 5, 4099, 0.3f, 0 },
+        { "m2-g3-odd-k2-f32", YM_ARCH_MAMBA2, 36, 3, 9, 8, 3, 5, 2, 6, 4099, INFINITY, 0 },
+        { "ss-m2-g1-k4-f32", YM_ARCH_MAMBA2, 32, 2, 4, 16, 1, 16, 4, 8, 4112, INFINITY, 0 },
+        { "fm-bias-k3-f32", YM_ARCH_FALCON_MAMBA, 40, 2, 0, 0, 0, 8, 3, 0, 4099, 0, 1e-6f },
+        { "fm-untied-k4-bf16", YM_ARCH_FALCON_MAMBA, 32, 2, 0, 0, 0, 16, 4, 0, 4099, 0, 1e-3f },
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s/config.json", YM_FIXTURE("mamba2"), want[i].dir);
+        FILE *f = fopen(path, "rb");
+        ck_assert_msg(f != NULL, "%s missing", path);
+        char buf[8192];
+        size_t n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        ym_config c;
+        ym_diag diag;
+        memset(&diag, 0, sizeof(diag));
+        ck_assert_msg(ym_config_parse(buf, n, &c, &diag) == YM_OK, "%s: %s", path, diag.msg);
+        ck_assert_int_eq(c.arch, want[i].arch);
+        ck_assert_int_eq(c.d_model, want[i].d_model);
+        ck_assert_int_eq(c.n_layer, want[i].n_layer);
+        ck_assert_int_eq(c.n_head, want[i].n_head);
+        ck_assert_int_eq(c.head_dim, want[i].head_dim);
+        ck_assert_int_eq(c.n_group, want[i].n_group);
+        ck_assert_int_eq(c.d_state, want[i].d_state);
+        ck_assert_int_eq(c.d_conv, want[i].d_conv);
+        ck_assert_int_eq(c.chunk_size, want[i].chunk);
+        ck_assert_int_eq(c.n_vocab, want[i].n_vocab);
+        ck_assert(c.dt_max == want[i].dt_max);
+        ck_assert(c.mixer_rms_eps == want[i].mixer_eps);
+    }
+}
+END_TEST
+
 /* The loader's entry point refuses what the forward cannot run yet, by name. */
 START_TEST(test_config_load_refuses_architectures_not_run_yet)
 {
@@ -538,6 +583,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_config_mamba2_rejects_bad_values_naming_the_key);
     tcase_add_test(tc, test_config_falcon_mamba);
     tcase_add_test(tc, test_config_load_refuses_architectures_not_run_yet);
+    tcase_add_test(tc, test_config_reads_the_mamba2_and_falcon_fixtures);
     tcase_add_test(tc, test_config_load_reads_a_file);
     tcase_add_test(tc, test_config_sizes_follow_the_dimensions);
     suite_add_tcase(s, tc);

@@ -5,11 +5,13 @@
  * clamp), the decode step token by token, the chunked prefill for several chunk lengths (the
  * prompt never a multiple of most), and the gated norm per group. And against each other on
  * random odd shapes: prefill == step recurrence, head ranges split anywhere == the whole. */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/config.h"
 #include "engine/safetensors.h"
 #include "engine/ssd.h"
 #include "testutil.h"
@@ -316,6 +318,193 @@ START_TEST(test_ssd_state_bytes_of_mamba2_130m)
 }
 END_TEST
 
+/* ---- the whole Mamba-2 layer recipe against the model fixtures' logits --------------------- */
+
+/* A Mamba-2 model's forward assembled from the kernels above, plain sgemm and simple loops: the
+ * recipe the engine's forward will follow, checked end to end against the float64 reference's
+ * logits (tests/fixtures/mamba2/, made by make_mamba2_fixtures.py). prefill: each layer over the
+ * whole prompt with ym_ssd_prefill_f32 (chunk Q); otherwise token by token with ym_ssd_step_f32. */
+#define M2DIR YM_FIXTURE("mamba2")
+
+typedef struct m2model {
+    ym_config c;
+    ym_st_set_t *st;
+} m2model;
+
+static float *tensor(m2model *m, const char *fmt, int l, size_t want)
+{
+    char name[128];
+    snprintf(name, sizeof(name), fmt, l);
+    const ym_st_tensor *t = ym_st_set_find(m->st, name);
+    if (t == NULL)
+        return NULL;
+    ck_assert_msg((size_t)ym_st_tensor_numel(t) == want, "%s: %ld values, want %zu", name,
+                  (long)ym_st_tensor_numel(t), want);
+    float *v = malloc(want * sizeof(float));
+    ck_assert_int_eq(ym_st_tensor_to_f32(t, v, NULL), YM_OK);
+    return v;
+}
+
+static void rmsnorm_rows(float *out, const float *x, int T, int n, const float *w, float eps)
+{
+    for (int t = 0; t < T; t++) {
+        double ss = 0;
+        for (int i = 0; i < n; i++)
+            ss += (double)x[(size_t)t * n + i] * x[(size_t)t * n + i];
+        float r = (float)(1.0 / sqrt(ss / n + eps));
+        for (int i = 0; i < n; i++)
+            out[(size_t)t * n + i] = x[(size_t)t * n + i] * r * w[i];
+    }
+}
+
+/* logits [T, V] (new array) for ids [T] */
+static float *m2_forward(m2model *m, const int32_t *ids, int T, int prefill, int chunk)
+{
+    const ym_config *c = &m->c;
+    const int D = c->d_model, Di = c->d_inner, H = c->n_head, P = c->head_dim, G = c->n_group;
+    const int N = c->d_state, K = c->d_conv, V = c->n_vocab, GN = G * N, cd = Di + 2 * GN;
+    const int n_in = Di + cd + H;
+    ym_ssd_dims dims = { H, P, G, N };
+    float *emb = tensor(m, "backbone.embeddings.weight", 0, (size_t)V * D);
+    if (emb == NULL)
+        emb = tensor(m, "backbone.embedding.weight", 0, (size_t)V * D);
+    ck_assert_ptr_nonnull(emb);
+    float *h = malloc(sizeof(float) * T * D), *hn = malloc(sizeof(float) * T * D);
+    float *zxd = malloc(sizeof(float) * T * n_in), *xbc = malloc(sizeof(float) * T * cd);
+    float *dt = malloc(sizeof(float) * T * H), *y = malloc(sizeof(float) * T * Di);
+    float *s = malloc(sizeof(float) * H * P * N), *A = malloc(sizeof(float) * H);
+    float *work = malloc(sizeof(float) * ym_ssd_prefill_work(&dims, chunk));
+    for (int t = 0; t < T; t++)
+        memcpy(h + (size_t)t * D, emb + (size_t)ids[t] * D, sizeof(float) * D);
+    for (int l = 0; l < c->n_layer; l++) {
+        float *nw = tensor(m, "backbone.layers.%d.norm.weight", l, D);
+        float *W = tensor(m, "backbone.layers.%d.mixer.in_proj.weight", l, (size_t)n_in * D);
+        float *Wb = tensor(m, "backbone.layers.%d.mixer.in_proj.bias", l, n_in);
+        float *cw = tensor(m, "backbone.layers.%d.mixer.conv1d.weight", l, (size_t)cd * K);
+        float *cb = tensor(m, "backbone.layers.%d.mixer.conv1d.bias", l, cd);
+        float *dtb = tensor(m, "backbone.layers.%d.mixer.dt_bias", l, H);
+        float *Al = tensor(m, "backbone.layers.%d.mixer.A_log", l, H);
+        float *Dh = tensor(m, "backbone.layers.%d.mixer.D", l, H);
+        float *gw = tensor(m, "backbone.layers.%d.mixer.norm.weight", l, Di);
+        float *O = tensor(m, "backbone.layers.%d.mixer.out_proj.weight", l, (size_t)D * Di);
+        float *Ob = tensor(m, "backbone.layers.%d.mixer.out_proj.bias", l, D);
+        ck_assert(nw && W && cw && dtb && Al && Dh && gw && O);
+        ck_assert(c->use_bias == (Wb != NULL) && c->use_bias == (Ob != NULL));
+        ck_assert(c->use_conv_bias == (cb != NULL));
+        rmsnorm_rows(hn, h, T, D, nw, c->norm_eps);
+        /* [z | xBC | dt] = h_n in_proj^T + b */
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < n_in; j++)
+                zxd[(size_t)t * n_in + j] = Wb ? Wb[j] : 0.0f;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_in, D, 1.0f, hn, D, W, D,
+                    1.0f, zxd, n_in);
+        /* causal depthwise conv over x|B|C from a zero state, then silu */
+        for (int t = 0; t < T; t++)
+            for (int ch = 0; ch < cd; ch++) {
+                float acc = cb ? cb[ch] : 0.0f;
+                for (int k = 0; k < K; k++) {
+                    int src = t - (K - 1) + k;
+                    if (src >= 0)
+                        acc += cw[(size_t)ch * K + k] * zxd[(size_t)src * n_in + Di + ch];
+                }
+                xbc[(size_t)t * cd + ch] = acc / (1.0f + expf(-acc));
+            }
+        for (int t = 0; t < T; t++)
+            memcpy(dt + (size_t)t * H, zxd + (size_t)t * n_in + Di + cd, sizeof(float) * H);
+        ym_ssd_dt_f32(dt, H, T, dtb, H, c->dt_min, c->dt_max);
+        for (int i = 0; i < H; i++)
+            A[i] = -expf(Al[i]);
+        memset(s, 0, sizeof(float) * H * P * N);
+        if (prefill) {
+            ym_ssd_prefill_f32(y, Di, s, xbc, cd, dt, H, xbc + Di, xbc + Di + GN, cd, A, Dh, T,
+                               &dims, chunk, 0, H, work);
+        } else {
+            for (int t = 0; t < T; t++) {
+                const float *row = xbc + (size_t)t * cd;
+                ym_ssd_step_f32(y + (size_t)t * Di, s, row, dt + (size_t)t * H, A, Dh, row + Di,
+                                row + Di + GN, &dims, 0, H);
+            }
+        }
+        ym_gated_rmsnorm_f32(y, Di, y, Di, zxd, n_in, T, gw, Di, G, c->gated_norm_eps);
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < D && Ob; j++)
+                h[(size_t)t * D + j] += Ob[j];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, D, Di, 1.0f, y, Di, O, Di, 1.0f,
+                    h, D);
+        free(nw), free(W), free(Wb), free(cw), free(cb), free(dtb), free(Al), free(Dh);
+        free(gw), free(O), free(Ob);
+    }
+    float *nf = tensor(m, "backbone.norm_f.weight", 0, D);
+    rmsnorm_rows(hn, h, T, D, nf, c->norm_eps);
+    float *head = c->tie_embeddings ? emb : tensor(m, "lm_head.weight", 0, (size_t)V * D);
+    ck_assert_ptr_nonnull(head);
+    float *logits = malloc(sizeof(float) * (size_t)T * V);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, V, D, 1.0f, hn, D, head, D, 0.0f,
+                logits, V);
+    if (head != emb)
+        free(head);
+    free(emb), free(h), free(hn), free(zxd), free(xbc), free(dt), free(y), free(s), free(A);
+    free(work), free(nf);
+    return logits;
+}
+
+static const char *const M2_MODELS[] = { "m2-g1-k4-f32", "m2-g2-bias-untied-k3-bf16",
+                                         "m2-g3-odd-k2-f32", "ss-m2-g1-k4-f32" };
+
+START_TEST(test_ssd_layer_recipe_matches_reference_logits)
+{
+    const char *name = M2_MODELS[_i];
+    char dir[2048], path[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", M2DIR, name);
+    m2model m = { 0 };
+    ym_diag d = { { 0 }, { 0 } };
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    char *txt = NULL;
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s missing", path);
+    txt = malloc(1 << 16);
+    size_t n = fread(txt, 1, (1 << 16) - 1, f);
+    fclose(f);
+    ck_assert_msg(ym_config_parse(txt, n, &m.c, &d) == YM_OK, "%s: %s", path, d.msg);
+    free(txt);
+    ck_assert_int_eq(m.c.arch, YM_ARCH_MAMBA2);
+    ck_assert_msg(ym_st_set_open_dir(dir, &m.st, &d) == YM_OK, "%s: %s", dir, d.msg);
+    /* the reference logits: the ss- copy shares its source's */
+    const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name;
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
+    ym_st_set_t *ref = NULL;
+    ck_assert_msg(ym_st_set_open_file(path, &ref, &d) == YM_OK, "%s: %s", path, d.msg);
+    const ym_st_tensor *ids_t = ym_st_set_find(ref, "ids"), *lg_t = ym_st_set_find(ref, "logits");
+    ck_assert(ids_t && lg_t && ids_t->dtype == YM_DT_I32);
+    int T = (int)ids_t->shape[0], V = (int)lg_t->shape[1];
+    ck_assert_int_eq(V, m.c.n_vocab);
+    int32_t *ids = malloc(sizeof(int32_t) * T);
+    memcpy(ids, ids_t->data, sizeof(int32_t) * T);
+    float *want = malloc(sizeof(float) * (size_t)T * V);
+    ck_assert_int_eq(ym_st_tensor_to_f32(lg_t, want, NULL), YM_OK);
+    double scale = 1.0;
+    for (size_t i = 0; i < (size_t)T * V; i++)
+        scale = fmax(scale, fabs(want[i]));
+    const double atol = 1e-3 * scale; /* the manifest's rule */
+    const int chunks[] = { m.c.chunk_size, 4, 64 };
+    for (int mode = 0; mode < 4; mode++) {
+        float *got = m2_forward(&m, ids, T, mode < 3, mode < 3 ? chunks[mode] : 0);
+        double e = 0.0;
+        for (size_t i = 0; i < (size_t)T * V; i++)
+            e = fmax(e, fabs((double)got[i] - want[i]));
+        if (getenv("YM_TEST_VERBOSE") != NULL)
+            fprintf(stderr, "%s %s%d: max |diff| %.3g (scale %.3g)\n", name,
+                    mode < 3 ? "prefill chunk " : "step", mode < 3 ? chunks[mode] : 0, e, scale);
+        ck_assert_msg(e < atol && e < 1e-4 * scale, "%s %s%d: max |diff| %g (atol %g)", name,
+                      mode < 3 ? "prefill chunk " : "step", mode < 3 ? chunks[mode] : 0, e, atol);
+        free(got);
+    }
+    free(ids), free(want);
+    ym_st_set_free(ref);
+    ym_st_set_free(m.st);
+}
+END_TEST
+
 Suite *ssd_suite(void)
 {
     Suite *s = suite_create("ssd");
@@ -327,6 +516,7 @@ Suite *ssd_suite(void)
     tcase_add_loop_test(tc, test_gated_rmsnorm_per_group_matches_reference, 0, 2);
     tcase_add_test(tc, test_ssd_prefill_equals_step_recurrence_on_odd_shapes);
     tcase_add_test(tc, test_ssd_state_bytes_of_mamba2_130m);
+    tcase_add_loop_test(tc, test_ssd_layer_recipe_matches_reference_logits, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }
