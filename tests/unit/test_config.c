@@ -220,7 +220,8 @@ START_TEST(test_config_rejects_missing_and_mistyped_keys_naming_them)
         { "\"bos_token_id\":-1", "bos_token_id" },
         { "\"pad_token_id\":[\"x\"]", "pad_token_id" },
         { "\"hidden_act\":\"gelu\"", "hidden_act" },
-        { "\"model_type\":\"falcon_mamba\"", "model_type" },
+        { "\"model_type\":\"jamba\"", "model_type" },
+        { "\"model_type\":\"mamba\",\"n_groups\":8", "model_type" },
         { "\"model_type\":7", "model_type" },
         { "\"rms_norm\":\"yes\"", "rms_norm" },
     };
@@ -278,16 +279,253 @@ START_TEST(test_config_rejects_missing_and_mistyped_keys_naming_them)
 }
 END_TEST
 
-START_TEST(test_config_rejects_mamba2_and_layernorm)
+START_TEST(test_config_rejects_layernorm)
 {
-    expect_bad("{\"model_type\":\"mamba2\",\"hidden_size\":64,\"num_hidden_layers\":2,"
-               "\"vocab_size\":10,\"num_heads\":2,\"head_dim\":64,\"n_groups\":1}",
-               "Mamba-2");
-    expect_bad("{" HF ",\"n_groups\":8}", "Mamba-2");
-    expect_bad("{" HF ",\"head_dim\":64}", "Mamba-2");
-    expect_bad("{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"d_state\":128}}", "Mamba-2");
     expect_bad("{" SS ",\"rms_norm\":false}", "rms_norm");
     expect_bad("{" HF ",\"rms_norm\":false}", "rms_norm");
+}
+END_TEST
+
+/* mamba2-130m as transformers writes it (the converted checkpoint's keys) and as mamba_ssm
+ * does (state-spaces/mamba2-130m's config.json). */
+static const char *hf_m2_130m =
+    "{\"architectures\":[\"Mamba2ForCausalLM\"],\"model_type\":\"mamba2\",\"hidden_size\":768,"
+    "\"num_hidden_layers\":24,\"vocab_size\":50288,\"num_heads\":24,\"head_dim\":64,"
+    "\"n_groups\":1,\"state_size\":128,\"expand\":2,\"conv_kernel\":4,\"chunk_size\":256,"
+    "\"use_bias\":false,\"use_conv_bias\":true,\"rms_norm\":true,\"layer_norm_epsilon\":1e-05,"
+    "\"time_step_limit\":[0.0,{\"__float__\":\"Infinity\"}],\"time_step_rank\":48,"
+    "\"tie_word_embeddings\":true,\"residual_in_fp32\":true,\"hidden_act\":\"silu\","
+    "\"bos_token_id\":0,\"eos_token_id\":0,\"pad_token_id\":0}";
+static const char *ss_m2_130m =
+    "{\"d_model\":768,\"d_intermediate\":0,\"n_layer\":24,\"vocab_size\":50277,"
+    "\"ssm_cfg\":{\"layer\":\"Mamba2\"},\"attn_layer_idx\":[],\"attn_cfg\":{},\"rms_norm\":true,"
+    "\"residual_in_fp32\":true,\"fused_add_norm\":true,\"pad_vocab_size_multiple\":16,"
+    "\"tie_embeddings\":true}";
+
+START_TEST(test_config_mamba2_both_forms)
+{
+    ym_config a = parse_ok(hf_m2_130m), b = parse_ok(ss_m2_130m);
+    for (int i = 0; i < 2; i++) {
+        const ym_config *c = i == 0 ? &a : &b;
+        ck_assert_int_eq(c->arch, YM_ARCH_MAMBA2);
+        ck_assert_str_eq(ym_arch_name(c->arch), "mamba2");
+        ck_assert_int_eq(c->d_model, 768);
+        ck_assert_int_eq(c->n_layer, 24);
+        ck_assert_int_eq(c->d_inner, 1536);
+        ck_assert_int_eq(c->n_head, 24);
+        ck_assert_int_eq(c->head_dim, 64);
+        ck_assert_int_eq(c->n_group, 1);
+        ck_assert_int_eq(c->d_state, 128);
+        ck_assert_int_eq(c->d_conv, 4);
+        ck_assert_int_eq(c->chunk_size, 256);
+        ck_assert_int_eq(c->n_vocab, 50288); /* 50277 padded to a multiple of 16 */
+        ck_assert(c->tie_embeddings && !c->use_bias && c->use_conv_bias);
+        ck_assert(c->dt_min == 0.0f && isinf(c->dt_max));
+        ck_assert(c->gated_norm_eps == 1e-5f && c->norm_eps == 1e-5f);
+        ck_assert_int_eq(c->dt_rank, 0);
+        ck_assert_uint_eq(ym_config_state_bytes(c), 19390464); /* 18.49 MiB */
+    }
+    ck_assert(!a.state_spaces && b.state_spaces);
+    /* embedding + 24 x (norm, in_proj 3352 x 768, conv 1792 x 4 + bias, 3 x 24, norm 1536,
+     * out_proj) + norm_f */
+    size_t layer = 768 + 3352 * 768 + 1792 * 5 + 72 + 1536 + 768 * 1536;
+    ck_assert_uint_eq(ym_config_n_params(&a), 50288 * 768 + 24 * layer + 768);
+}
+END_TEST
+
+START_TEST(test_config_mamba2_defaults_and_values)
+{
+    /* Mamba2Config's defaults: 128 heads of 64, 8 groups, state 128, untied */
+    ym_config c = parse_ok("{\"model_type\":\"mamba2\",\"hidden_size\":4096,"
+                           "\"num_hidden_layers\":2,\"vocab_size\":10}");
+    ck_assert_int_eq(c.n_head, 128);
+    ck_assert_int_eq(c.head_dim, 64);
+    ck_assert_int_eq(c.n_group, 8);
+    ck_assert_int_eq(c.d_state, 128);
+    ck_assert_int_eq(c.chunk_size, 256);
+    ck_assert(!c.tie_embeddings);
+    ck_assert(c.dt_min == 0.0f && isinf(c.dt_max));
+    c = parse_ok("{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+                 "\"n_groups\":2,\"time_step_limit\":[0.001,0.5],\"layer_norm_epsilon\":1e-6,"
+                 "\"use_bias\":true,\"chunk_size\":7}");
+    ck_assert(c.dt_min == 0.001f && c.dt_max == 0.5f);
+    ck_assert(c.gated_norm_eps == 1e-6f && c.use_bias);
+    ck_assert_int_eq(c.n_group, 2);
+    ck_assert_int_eq(c.chunk_size, 7);
+    /* without model_type, Mamba-2's keys decide */
+    c = parse_ok("{" HF ",\"num_heads\":2,\"head_dim\":64,\"n_groups\":1}");
+    ck_assert_int_eq(c.arch, YM_ARCH_MAMBA2);
+    c = parse_ok("{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"headdim\":32,\"ngroups\":2,"
+                 "\"d_state\":16,\"chunk_size\":64,\"bias\":true,\"dt_limit\":[0.0,0.25]},"
+                 "\"norm_epsilon\":1e-6}");
+    ck_assert_int_eq(c.n_head, 4);
+    ck_assert_int_eq(c.n_group, 2);
+    ck_assert(c.norm_eps == 1e-6f && c.gated_norm_eps == 1e-5f && c.dt_max == 0.25f);
+    ck_assert(c.use_bias && c.tie_embeddings);
+}
+END_TEST
+
+#define M2 "\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"n_groups\":2"
+
+START_TEST(test_config_mamba2_rejects_bad_values_naming_the_key)
+{
+    static const struct {
+        const char *json, *key;
+    } bad[] = {
+        { "{" M2 ",\"num_heads\":0}", "num_heads" }, /* duplicate key: the JSON is refused */
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":7,\"head_dim\":16}", "num_heads" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":0}", "num_heads" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"n_groups\":3}",
+          "n_groups" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"n_groups\":0}",
+          "n_groups" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":\"16\"}", "head_dim" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"chunk_size\":0}",
+          "chunk_size" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"time_step_limit\":[0.0]}",
+          "time_step_limit" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"time_step_limit\":[0.5,0.1]}",
+          "time_step_limit" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"time_step_limit\":[-1,1]}",
+          "time_step_limit" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"time_step_limit\":[0,{\"__float__\":\"NaN\"}]}",
+          "time_step_limit" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"time_step_limit\":\"inf\"}",
+          "time_step_limit" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"state_size\":0}",
+          "state_size" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"use_bias\":1}",
+          "use_bias" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"layer_norm_epsilon\":0}",
+          "layer_norm_epsilon" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,\"expand\":0}",
+          "expand" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"rms_norm\":false}",
+          "rms_norm" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"attn_layer_idx\":[3]}",
+          "attn_layer_idx" },
+        { "{\"model_type\":\"mamba2\"," HF ",\"num_heads\":8,\"head_dim\":16,"
+          "\"d_intermediate\":256}",
+          "d_intermediate" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"headdim\":48}}", "ssm_cfg.headdim" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"headdim\":16,\"ngroups\":3}}",
+          "ssm_cfg.ngroups" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"d_ssm\":64}}", "ssm_cfg.d_ssm" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"rmsnorm\":false}}", "ssm_cfg.rmsnorm" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"norm_before_gate\":true}}",
+          "ssm_cfg.norm_before_gate" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"D_has_hdim\":true}}",
+          "ssm_cfg.D_has_hdim" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"dt_limit\":[1,0]}}", "ssm_cfg.dt_limit" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\",\"chunk_size\":-1}}", "ssm_cfg.chunk_size" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\"},\"attn_layer_idx\":[1,3]}",
+          "attn_layer_idx" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\"},\"d_intermediate\":3072}",
+          "d_intermediate" },
+        { "{\"model_type\":\"mamba\"," SS ",\"ssm_cfg\":{\"layer\":\"Mamba2\"}}", "model_type" },
+        { "{" SS ",\"ssm_cfg\":{\"layer\":\"Mamba3\"}}", "ssm_cfg.layer" },
+    };
+    expect_bad(bad[0].json, "JSON"); /* duplicate keys */
+    for (size_t i = 1; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_bad(bad[i].json, bad[i].key);
+}
+END_TEST
+
+START_TEST(test_config_falcon_mamba)
+{
+    ym_config c = parse_ok("{\"model_type\":\"falcon_mamba\"," HF ",\"state_size\":16,"
+                           "\"time_step_rank\":4,\"mixer_rms_eps\":1e-3}");
+    ck_assert_int_eq(c.arch, YM_ARCH_FALCON_MAMBA);
+    ck_assert_str_eq(ym_arch_name(c.arch), "falcon_mamba");
+    ck_assert_int_eq(c.d_inner, 128);
+    ck_assert_int_eq(c.dt_rank, 4);
+    ck_assert(c.mixer_rms_eps == 1e-3f);
+    ck_assert_int_eq(c.n_head, 0);
+    c = parse_ok("{\"model_type\":\"falcon_mamba\"," HF "}");
+    ck_assert(c.mixer_rms_eps == 1e-6f); /* FalconMambaConfig's default */
+    ck_assert_uint_eq(ym_config_state_bytes(&c), 2 * 128 * (3 + 16) * 4);
+    expect_bad("{\"model_type\":\"falcon_mamba\"," HF ",\"mixer_rms_eps\":0}", "mixer_rms_eps");
+    expect_bad("{\"model_type\":\"falcon_mamba\"," HF ",\"mixer_rms_eps\":\"1e-6\"}",
+               "mixer_rms_eps");
+    expect_bad("{\"model_type\":\"falcon_mamba\"," HF ",\"n_groups\":2}", "model_type");
+    expect_bad("{\"model_type\":\"falcon_mamba\"," SS "}", "hidden_size");
+}
+END_TEST
+
+/* The configs transformers wrote for the Mamba-2 and Falcon-Mamba fixtures (and the raw
+ * mamba_ssm one) parse to the shapes the fixture script built. */
+START_TEST(test_config_reads_the_mamba2_and_falcon_fixtures)
+{
+    static const struct {
+        const char *dir;
+        ym_arch arch;
+        int d_model, n_layer, n_head, head_dim, n_group, d_state, d_conv, chunk, n_vocab;
+        float dt_max, mixer_eps;
+    } want[] = {
+        { "m2-g1-k4-f32", YM_ARCH_MAMBA2, 32, 2, 4, 16, 1, 16, 4, 8, 4112, INFINITY, 0 },
+        { "m2-g2-bias-untied-k3-bf16", YM_ARCH_MAMBA2, 48, 2, 6, 16, 2, 8, 3, 5, 4099, 0.3f, 0 },
+        { "m2-g3-odd-k2-f32", YM_ARCH_MAMBA2, 36, 3, 9, 8, 3, 5, 2, 6, 4099, INFINITY, 0 },
+        { "ss-m2-g1-k4-f32", YM_ARCH_MAMBA2, 32, 2, 4, 16, 1, 16, 4, 8, 4112, INFINITY, 0 },
+        { "fm-bias-k3-f32", YM_ARCH_FALCON_MAMBA, 40, 2, 0, 0, 0, 8, 3, 0, 4099, 0, 1e-6f },
+        { "fm-untied-k4-bf16", YM_ARCH_FALCON_MAMBA, 32, 2, 0, 0, 0, 16, 4, 0, 4099, 0, 1e-3f },
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s/config.json", YM_FIXTURE("mamba2"), want[i].dir);
+        FILE *f = fopen(path, "rb");
+        ck_assert_msg(f != NULL, "%s missing", path);
+        char buf[8192];
+        size_t n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        ym_config c;
+        ym_diag diag;
+        memset(&diag, 0, sizeof(diag));
+        ck_assert_msg(ym_config_parse(buf, n, &c, &diag) == YM_OK, "%s: %s", path, diag.msg);
+        ck_assert_int_eq(c.arch, want[i].arch);
+        ck_assert_int_eq(c.d_model, want[i].d_model);
+        ck_assert_int_eq(c.n_layer, want[i].n_layer);
+        ck_assert_int_eq(c.n_head, want[i].n_head);
+        ck_assert_int_eq(c.head_dim, want[i].head_dim);
+        ck_assert_int_eq(c.n_group, want[i].n_group);
+        ck_assert_int_eq(c.d_state, want[i].d_state);
+        ck_assert_int_eq(c.d_conv, want[i].d_conv);
+        ck_assert_int_eq(c.chunk_size, want[i].chunk);
+        ck_assert_int_eq(c.n_vocab, want[i].n_vocab);
+        ck_assert(c.dt_max == want[i].dt_max);
+        ck_assert(c.mixer_rms_eps == want[i].mixer_eps);
+    }
+}
+END_TEST
+
+/* The loader's entry point refuses what the forward cannot run yet, by name. */
+START_TEST(test_config_load_refuses_architectures_not_run_yet)
+{
+    const char *docs[] = { hf_m2_130m, ss_m2_130m,
+                           "{\"model_type\":\"falcon_mamba\"," HF "}" };
+    const char *names[] = { "mamba2", "mamba2", "falcon_mamba" };
+    for (int i = 0; i < 3; i++) {
+        char path[] = "/tmp/ym-config-test-XXXXXX";
+        int fd = mkstemp(path);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, docs[i], strlen(docs[i])), (ssize_t)strlen(docs[i]));
+        close(fd);
+        ym_config c;
+        ym_diag diag = { { 0 }, { 0 } };
+        ck_assert_int_eq(ym_config_load(path, &c, &diag), YM_EFORMAT);
+        unlink(path);
+        ck_assert_msg(strstr(diag.msg, "not supported yet") != NULL &&
+                          strstr(diag.msg, names[i]) != NULL,
+                      "%s", diag.msg);
+        ck_assert_int_eq(c.d_model, 0);
+    }
 }
 END_TEST
 
@@ -339,7 +577,13 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_config_intermediate_size_wins_over_expand);
     tcase_add_test(tc, test_config_token_ids);
     tcase_add_test(tc, test_config_rejects_missing_and_mistyped_keys_naming_them);
-    tcase_add_test(tc, test_config_rejects_mamba2_and_layernorm);
+    tcase_add_test(tc, test_config_rejects_layernorm);
+    tcase_add_test(tc, test_config_mamba2_both_forms);
+    tcase_add_test(tc, test_config_mamba2_defaults_and_values);
+    tcase_add_test(tc, test_config_mamba2_rejects_bad_values_naming_the_key);
+    tcase_add_test(tc, test_config_falcon_mamba);
+    tcase_add_test(tc, test_config_load_refuses_architectures_not_run_yet);
+    tcase_add_test(tc, test_config_reads_the_mamba2_and_falcon_fixtures);
     tcase_add_test(tc, test_config_load_reads_a_file);
     tcase_add_test(tc, test_config_sizes_follow_the_dimensions);
     suite_add_tcase(s, tc);

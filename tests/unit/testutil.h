@@ -23,5 +23,6 @@ Suite *sparsity_suite(void);
 Suite *sparse_suite(void);
 Suite *order_suite(void);
 Suite *jinja_suite(void);
+Suite *ssd_suite(void);
 
 #endif

@@ -1,0 +1,299 @@
+/* engine/ssd.c - Mamba-2's SSD layer: dt, decode step, chunked prefill, gated RMSNorm per group.
+ *
+ * Owns: the per-head state update of one token, the chunked SSD algorithm (Dao & Gu 2024,
+ * "Transformers are SSMs", section 6) as sgemm calls per chunk, and the grouped gated norm.
+ * Runs: on the engine thread or a pool worker, each on its own head range and scratch; calls
+ * OpenBLAS sgemm, which the engine keeps single-threaded.
+ * Must not: allocate, keep state between calls, or read outside the given head range of y/s.
+ * The _ref functions are plain loops, the reference the unit tests compare against. */
+#include "engine/ssd.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stddef.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#define T512 __attribute__((target("avx512f,avx512dq,fma")))
+#else
+#define HAVE_X86 0
+#endif
+
+/* PyTorch's softplus (beta 1, threshold 20): the input itself above 20. */
+static inline float softplus(float v)
+{
+    return v > 20.0f ? v : log1pf(expf(v));
+}
+
+void ym_ssd_dt_f32(float *dt, int ld, int T, const float *bias, int n_head, float lo, float hi)
+{
+    for (int t = 0; t < T; t++) {
+        float *row = dt + (size_t)t * ld;
+        for (int h = 0; h < n_head; h++) {
+            float v = softplus(row[h] + bias[h]);
+            /* torch.clamp(dt, lo, hi): min(max(v, lo), hi) */
+            v = v < lo ? lo : v;
+            row[h] = v > hi ? hi : v;
+        }
+    }
+}
+
+/* ---- decode step ------------------------------------------------------------------------ */
+
+void ym_ssd_step_ref(float *y, float *s, const float *x, const float *dt, const float *A,
+                     const float *D, const float *B, const float *C, const ym_ssd_dims *d,
+                     int h0, int h1)
+{
+    const int P = d->head_dim, N = d->d_state, per = d->n_head / d->n_group;
+    for (int h = h0; h < h1; h++) {
+        const float *Bg = B + (size_t)(h / per) * N, *Cg = C + (size_t)(h / per) * N;
+        const float dA = expf(dt[h] * A[h]);
+        for (int p = 0; p < P; p++) {
+            float *sp = s + ((size_t)h * P + p) * N;
+            const float xp = x[(size_t)h * P + p], u = dt[h] * xp;
+            float acc = 0.0f;
+            for (int n = 0; n < N; n++) {
+                sp[n] = dA * sp[n] + u * Bg[n];
+                acc += sp[n] * Cg[n];
+            }
+            y[(size_t)h * P + p] = acc + D[h] * xp;
+        }
+    }
+}
+
+#if HAVE_X86
+static inline __mmask16 tail_mask(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+/* Hot path of decode: the state is read and written once (N floats per channel), so this is
+ * bound by memory; 16 lanes over n keep the loads wide. */
+T512 static void step_avx512(float *y, float *s, const float *x, const float *dt, const float *A,
+                             const float *D, const float *B, const float *C, const ym_ssd_dims *d,
+                             int h0, int h1)
+{
+    const int P = d->head_dim, N = d->d_state, per = d->n_head / d->n_group;
+    for (int h = h0; h < h1; h++) {
+        const float *Bg = B + (size_t)(h / per) * N, *Cg = C + (size_t)(h / per) * N;
+        const __m512 dA = _mm512_set1_ps(expf(dt[h] * A[h]));
+        for (int p = 0; p < P; p++) {
+            float *sp = s + ((size_t)h * P + p) * N;
+            const float xp = x[(size_t)h * P + p];
+            const __m512 u = _mm512_set1_ps(dt[h] * xp);
+            __m512 acc = _mm512_setzero_ps();
+            for (int n = 0; n < N; n += 16) {
+                __mmask16 m = tail_mask(N - n);
+                __m512 sv = _mm512_maskz_loadu_ps(m, sp + n);
+                sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bg + n)));
+                _mm512_mask_storeu_ps(sp + n, m, sv);
+                acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Cg + n), acc);
+            }
+            y[(size_t)h * P + p] = _mm512_reduce_add_ps(acc) + D[h] * xp;
+        }
+    }
+}
+
+static int have_avx512(void)
+{
+    static int checked, yes;
+    if (!checked) {
+        __builtin_cpu_init();
+        yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+        checked = 1;
+    }
+    return yes;
+}
+#endif
+
+void ym_ssd_step_f32(float *y, float *s, const float *x, const float *dt, const float *A,
+                     const float *D, const float *B, const float *C, const ym_ssd_dims *d,
+                     int h0, int h1)
+{
+#if HAVE_X86
+    if (have_avx512()) {
+        step_avx512(y, s, x, dt, A, D, B, C, d, h0, h1);
+        return;
+    }
+#endif
+    ym_ssd_step_ref(y, s, x, dt, A, D, B, C, d, h0, h1);
+}
+
+void ym_ssd_prefill_ref(float *y, int ldy, float *s, const float *x, int ldx, const float *dt,
+                        int lddt, const float *B, const float *C, int ldbc, const float *A,
+                        const float *D, int T, const ym_ssd_dims *d, int h0, int h1)
+{
+    for (int t = 0; t < T; t++)
+        ym_ssd_step_ref(y + (size_t)t * ldy, s, x + (size_t)t * ldx, dt + (size_t)t * lddt, A, D,
+                        B + (size_t)t * ldbc, C + (size_t)t * ldbc, d, h0, h1);
+}
+
+/* ---- chunked SSD prefill ------------------------------------------------------------------ */
+
+size_t ym_ssd_prefill_work(const ym_ssd_dims *d, int chunk)
+{
+    size_t Q = (size_t)(chunk > 0 ? chunk : 1), N = (size_t)d->d_state;
+    return 2 * Q * Q /* CB, M */ + 2 * Q * N /* Cs, Bw */ + 3 * Q /* cum, e+, e- */;
+}
+
+/* Above this total log-decay in a chunk, exp(cum_i) * exp(-cum_j) could overflow or lose
+ * exp(cum_i) to underflow in f32 (e^88 is near FLT_MAX): take exp(cum_i - cum_j) directly. */
+#define FACTOR_LIMIT 60.0f
+
+/* One chunk of Q tokens, one group's heads in [h0, h1). With a_t = dt[t,h]*A[h] and
+ * cum_i = a_0 + ... + a_i (inclusive, within the chunk), for each head h:
+ *   CB       = C_g B_g^T                                              [Q, Q] (once per group)
+ *   M[i,j]   = CB[i,j] * exp(cum_i - cum_j) * dt_j  (j <= i; 0 above the diagonal)
+ *   Y_h      = M X_h                                  intra-chunk (diagonal block)
+ *   Y_h     += diag(exp(cum)) C_g S_h^T               the state entering the chunk (off-diagonal)
+ *   Y_h     += D[h] X_h
+ *   S_h      = exp(cum_last) S_h + X_h^T diag(exp(cum_last - cum) * dt) B_g    (chunk state)
+ * The last line is the recurrence between chunks: the next chunk starts from the new S_h. */
+static void chunk_group(float *y, int ldy, float *s, const float *x, int ldx, const float *dt,
+                        int lddt, const float *Bg, const float *Cg, int ldbc, const float *A,
+                        const float *D, int Q, const ym_ssd_dims *d, int h0, int h1, float *work)
+{
+    const int P = d->head_dim, N = d->d_state;
+    float *CB = work, *M = CB + (size_t)Q * Q, *Cs = M + (size_t)Q * Q, *Bw = Cs + (size_t)Q * N;
+    float *cum = Bw + (size_t)Q * N, *ep = cum + Q, *em = ep + Q;
+
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Q, Q, N, 1.0f, Cg, ldbc, Bg, ldbc, 0.0f,
+                CB, Q);
+    for (int h = h0; h < h1; h++) {
+        float acc = 0.0f;
+        for (int i = 0; i < Q; i++) {
+            acc += dt[(size_t)i * lddt + h] * A[h];
+            cum[i] = acc;
+        }
+        const float last = cum[Q - 1];
+        if (-last <= FACTOR_LIMIT) {
+            /* exp(cum_i - cum_j) = exp(cum_i) * exp(-cum_j): 2Q exps instead of Q^2/2 */
+            for (int i = 0; i < Q; i++) {
+                ep[i] = expf(cum[i]);
+                em[i] = expf(-cum[i]) * dt[(size_t)i * lddt + h];
+            }
+            for (int i = 0; i < Q; i++) {
+                float *Mi = M + (size_t)i * Q;
+                const float *CBi = CB + (size_t)i * Q;
+                for (int j = 0; j <= i; j++)
+                    Mi[j] = CBi[j] * ep[i] * em[j];
+                for (int j = i + 1; j < Q; j++)
+                    Mi[j] = 0.0f;
+            }
+        } else {
+            for (int i = 0; i < Q; i++) {
+                float *Mi = M + (size_t)i * Q;
+                const float *CBi = CB + (size_t)i * Q;
+                for (int j = 0; j <= i; j++)
+                    Mi[j] = CBi[j] * expf(cum[i] - cum[j]) * dt[(size_t)j * lddt + h];
+                for (int j = i + 1; j < Q; j++)
+                    Mi[j] = 0.0f;
+                ep[i] = expf(cum[i]);
+            }
+        }
+        const float *Xh = x + (size_t)h * P;
+        float *Yh = y + (size_t)h * P;
+        float *Sh = s + (size_t)h * P * N;
+        /* intra-chunk: Y_h = M X_h */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Q, P, Q, 1.0f, M, Q, Xh, ldx, 0.0f,
+                    Yh, ldy);
+        /* off-diagonal: Y_h += (diag(exp(cum)) C_g) S_h^T, with the state before this chunk */
+        for (int i = 0; i < Q; i++)
+            for (int n = 0; n < N; n++)
+                Cs[(size_t)i * N + n] = ep[i] * Cg[(size_t)i * ldbc + n];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Q, P, N, 1.0f, Cs, N, Sh, N, 1.0f, Yh,
+                    ldy);
+        for (int i = 0; i < Q; i++)
+            for (int p = 0; p < P; p++)
+                Yh[(size_t)i * ldy + p] += D[h] * Xh[(size_t)i * ldx + p];
+        /* chunk state: S_h = exp(last) S_h + X_h^T (w * B_g), w_i = exp(last - cum_i) dt_i */
+        for (int i = 0; i < Q; i++) {
+            const float wi = expf(last - cum[i]) * dt[(size_t)i * lddt + h];
+            for (int n = 0; n < N; n++)
+                Bw[(size_t)i * N + n] = wi * Bg[(size_t)i * ldbc + n];
+        }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, P, N, Q, 1.0f, Xh, ldx, Bw, N,
+                    expf(last), Sh, N);
+    }
+}
+
+void ym_ssd_prefill_f32(float *y, int ldy, float *s, const float *x, int ldx, const float *dt,
+                        int lddt, const float *B, const float *C, int ldbc, const float *A,
+                        const float *D, int T, const ym_ssd_dims *d, int chunk, int h0, int h1,
+                        float *work)
+{
+    const int per = d->n_head / d->n_group, N = d->d_state;
+    if (chunk < 1)
+        chunk = 1;
+    for (int c0 = 0; c0 < T; c0 += chunk) {
+        const int Q = T - c0 < chunk ? T - c0 : chunk;
+        const size_t r = (size_t)c0;
+        /* heads of one group share B_g, C_g and so C_g B_g^T */
+        for (int g = h0 / per; g * per < h1; g++) {
+            int a = g * per > h0 ? g * per : h0, b = (g + 1) * per < h1 ? (g + 1) * per : h1;
+            chunk_group(y + r * ldy, ldy, s, x + r * ldx, ldx, dt + r * lddt, lddt,
+                        B + r * ldbc + (size_t)g * N, C + r * ldbc + (size_t)g * N, ldbc, A, D, Q,
+                        d, a, b, work);
+        }
+    }
+}
+
+/* ---- gated RMSNorm per group ------------------------------------------------------------- */
+
+static inline float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+void ym_gated_rmsnorm_ref(float *out, int ldo, const float *y, int ldy, const float *z, int ldz,
+                          int T, const float *w, int d_inner, int n_group, float eps)
+{
+    const int gs = d_inner / n_group;
+    for (int t = 0; t < T; t++) {
+        const float *yt = y + (size_t)t * ldy, *zt = z + (size_t)t * ldz;
+        float *ot = out + (size_t)t * ldo;
+        for (int g = 0; g < n_group; g++) {
+            double ss = 0.0;
+            for (int c = g * gs; c < (g + 1) * gs; c++) {
+                double v = (double)yt[c] * ((double)zt[c] / (1.0 + exp(-(double)zt[c])));
+                ss += v * v;
+            }
+            const double r = 1.0 / sqrt(ss / gs + eps);
+            for (int c = g * gs; c < (g + 1) * gs; c++) {
+                double v = (double)yt[c] * ((double)zt[c] / (1.0 + exp(-(double)zt[c])));
+                ot[c] = (float)(v * r * w[c]);
+            }
+        }
+    }
+}
+
+void ym_gated_rmsnorm_f32(float *out, int ldo, const float *y, int ldy, const float *z, int ldz,
+                          int T, const float *w, int d_inner, int n_group, float eps)
+{
+    const int gs = d_inner / n_group;
+    for (int t = 0; t < T; t++) {
+        const float *yt = y + (size_t)t * ldy, *zt = z + (size_t)t * ldz;
+        float *ot = out + (size_t)t * ldo;
+        for (int g = 0; g < n_group; g++) {
+            const int c0 = g * gs, c1 = c0 + gs;
+            float ss = 0.0f;
+            /* out may alias y: write v first, then scale in place */
+            for (int c = c0; c < c1; c++) {
+                const float v = yt[c] * silu(zt[c]);
+                ot[c] = v;
+                ss += v * v;
+            }
+            const float r = 1.0f / sqrtf(ss / (float)gs + eps);
+            for (int c = c0; c < c1; c++)
+                ot[c] = ot[c] * r * w[c];
+        }
+    }
+}
+
+size_t ym_ssd_state_bytes(const ym_ssd_dims *d, int d_conv)
+{
+    size_t di = (size_t)d->n_head * (size_t)d->head_dim;
+    size_t conv = (di + 2 * (size_t)d->n_group * (size_t)d->d_state) * (size_t)(d_conv - 1);
+    return (conv + di * (size_t)d->d_state) * sizeof(float);
+}

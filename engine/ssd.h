@@ -1,0 +1,67 @@
+/* engine/ssd.h - the Mamba-2 (SSD) layer's own math: dt, the decode step per head, the chunked
+ * SSD prefill as matrix products, and the gated RMSNorm per group.
+ *
+ * Shapes (row-major, one sequence): H heads of P channels (d_inner = H*P), G groups of N state
+ * entries; head h reads group g = h / (H/G). The state of one layer is s [H, P, N] in f32.
+ * Every function works on a head (or row) range so that pool workers can split a layer; none
+ * allocates, none keeps state between calls. The _ref versions are plain loops for the tests. */
+#ifndef YM_ENGINE_SSD_H
+#define YM_ENGINE_SSD_H
+
+#include <stddef.h>
+
+typedef struct ym_ssd_dims {
+    int n_head;   /* H (num_heads)                         */
+    int head_dim; /* P (head_dim); d_inner = H * P         */
+    int n_group;  /* G (n_groups); divides H               */
+    int d_state;  /* N (state_size)                        */
+} ym_ssd_dims;
+
+/* dt[t,h] := clamp(softplus(dt[t,h] + bias[h]), lo, hi) for h in [0, H)   dt [T, ld], bias [H]
+ * (PyTorch's softplus: the input itself above 20; hi may be INFINITY). */
+void ym_ssd_dt_f32(float *dt, int ld, int T, const float *bias, int n_head, float lo, float hi);
+
+/* One token, heads [h0, h1):
+ *   s[h,p,n] = exp(dt[h]*A[h]) * s[h,p,n] + dt[h] * x[h*P+p] * B[g*N+n]
+ *   y[h*P+p] = sum_n s[h,p,n] * C[g*N+n] + D[h] * x[h*P+p]
+ * y, x [H*P]; s [H, P, N] in/out; dt, A (= -exp(A_log)), D [H]; B, C [G*N]. y must not alias x. */
+void ym_ssd_step_f32(float *y, float *s, const float *x, const float *dt, const float *A,
+                     const float *D, const float *B, const float *C, const ym_ssd_dims *d,
+                     int h0, int h1);
+void ym_ssd_step_ref(float *y, float *s, const float *x, const float *dt, const float *A,
+                     const float *D, const float *B, const float *C, const ym_ssd_dims *d,
+                     int h0, int h1);
+
+/* Floats of scratch ym_ssd_prefill_f32 needs per calling thread for chunk length Q. */
+size_t ym_ssd_prefill_work(const ym_ssd_dims *d, int chunk);
+
+/* T consecutive tokens of one sequence from state s (updated to the state after the last
+ * token), heads [h0, h1), by the chunked SSD algorithm with chunks of `chunk` tokens (the last
+ * one shorter). Equals T calls of ym_ssd_step_f32 up to float rounding.
+ *   y [T, ldy] (columns h*P.., written), x [T, ldx], dt [T, lddt] (after ym_ssd_dt_f32),
+ *   B and C [T, ldbc] (columns g*N..), A, D [H], s [H, P, N], work: ym_ssd_prefill_work floats.
+ * y must not alias x, B, C or dt. Uses OpenBLAS sgemm (single-threaded from the caller). */
+void ym_ssd_prefill_f32(float *y, int ldy, float *s, const float *x, int ldx, const float *dt,
+                        int lddt, const float *B, const float *C, int ldbc, const float *A,
+                        const float *D, int T, const ym_ssd_dims *d, int chunk, int h0, int h1,
+                        float *work);
+/* The same result token by token with ym_ssd_step_ref (the tests' reference). */
+void ym_ssd_prefill_ref(float *y, int ldy, float *s, const float *x, int ldx, const float *dt,
+                        int lddt, const float *B, const float *C, int ldbc, const float *A,
+                        const float *D, int T, const ym_ssd_dims *d, int h0, int h1);
+
+/* Gated RMSNorm per group (mamba_ssm's RMSNormGated, norm after the gate), rows t in [0, T):
+ *   v = y[t] * silu(z[t]);  out[t, c] = v[c] / sqrt(mean_{c' in group(c)} v[c']^2 + eps) * w[c]
+ * with groups of d_inner / n_group consecutive channels (n_group 1: the whole width, as
+ * transformers' MambaRMSNormGated). out [T, ldo], y [T, ldy], z [T, ldz], w [d_inner].
+ * out may alias y (same ld). */
+void ym_gated_rmsnorm_f32(float *out, int ldo, const float *y, int ldy, const float *z, int ldz,
+                          int T, const float *w, int d_inner, int n_group, float eps);
+void ym_gated_rmsnorm_ref(float *out, int ldo, const float *y, int ldy, const float *z, int ldz,
+                          int T, const float *w, int d_inner, int n_group, float eps);
+
+/* Bytes of one sequence's Mamba-2 state for one layer: conv state over x|B|C
+ * ((d_inner + 2*G*N) * (d_conv - 1)) plus the SSM state (H*P*N), in f32. */
+size_t ym_ssd_state_bytes(const ym_ssd_dims *d, int d_conv);
+
+#endif
