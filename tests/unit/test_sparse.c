@@ -403,8 +403,8 @@ static void merge_lora(ym_model_t *m, const ym_adapt *a)
     const ym_config *c = &m->cfg;
     for (int l = 0; l < c->n_layer; l++) {
         ym_layer *L = &m->layers[l];
-        float *w[YM_PROJ_N] = {(float *)L->in_proj, (float *)L->x_proj, (float *)L->dt_proj_w,
-                               (float *)L->out_proj};
+        float *w[YM_PROJ_N] = {(float *)L->in_proj.data, (float *)L->x_proj.data, (float *)L->dt_proj_w,
+                               (float *)L->out_proj.data};
         for (int pj = 0; pj < YM_PROJ_N; pj++) {
             const ym_adapt_proj *P = &a->proj[(size_t)l * YM_PROJ_N + pj];
             int ni = ym_proj_n_in(c, (ym_proj)pj), no = ym_proj_n_out(c, (ym_proj)pj);
