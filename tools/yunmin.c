@@ -25,6 +25,7 @@ static const subcommand subcommands[] = {
     {"perplexity", ym_cmd_perplexity, "perplexity of a text file (JSON)"},
     {"bench", ym_cmd_bench, "engine speed against this machine's floors"},
     {"calibrate", ym_cmd_calibrate, "derive a sparsity profile's scan order from text"},
+    {"quantize", ym_cmd_quantize, "rewrite a model with int8 (or bf16/f32) matrices"},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 

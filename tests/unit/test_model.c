@@ -668,6 +668,181 @@ START_TEST(test_model_new_random_allocates_mamba_130m_shapes)
 }
 END_TEST
 
+/* ---- int8 checkpoints (docs/FORMATS.md) --------------------------------------------------- */
+
+enum { Q_OK, Q_NO_SCALE, Q_SCALE_SHAPE, Q_SCALE_DTYPE, Q_SCALE_NEG, Q_SCALE_NAN, Q_I8_NORM };
+
+static bool is_matrix(const char *name)
+{
+    return strstr(name, "in_proj.weight") || strstr(name, "x_proj.weight") ||
+           strstr(name, "out_proj.weight") || strstr(name, "embeddings.weight") ||
+           strstr(name, "lm_head.weight");
+}
+
+/* Write into dir the tiny model t as an int8 checkpoint (matrices quantized as m holds them,
+ * m loaded with int8 matrices), spoiled as `how` says. */
+static void write_int8(tiny *t, const ym_model_t *m, const char *dir, int how)
+{
+    tiny_write(t, dir); /* config.json (and an f32 file, replaced below) */
+    ym_st_wtensor w[2 * MAX_T];
+    static float bad_scale[64];
+    static int8_t norm_q[64];
+    int n = 0;
+    char names[MAX_T][112];
+    for (int i = 0; i < t->n; i++) {
+        const ym_weight *mw = NULL;
+        int l = -1;
+        if (sscanf(t->name[i], "backbone.layers.%d.", &l) == 1 && is_matrix(t->name[i])) {
+            const ym_layer *L = &m->layers[l];
+            mw = strstr(t->name[i], "in_proj") ? &L->in_proj
+                 : strstr(t->name[i], "x_proj") ? &L->x_proj : &L->out_proj;
+        } else if (is_matrix(t->name[i])) {
+            mw = strstr(t->name[i], "lm_head") ? &m->lm_head : &m->embed;
+        }
+        w[n] = (ym_st_wtensor){ .name = t->name[i], .dtype = YM_DT_F32, .n_dim = t->n_dim[i],
+                                .data = t->val[i] };
+        memcpy(w[n].shape, t->shape[i], sizeof(t->shape[i]));
+        if (how == Q_I8_NORM && strcmp(t->name[i], "backbone.layers.1.norm.weight") == 0) {
+            w[n].dtype = YM_DT_I8;
+            w[n].data = norm_q;
+        }
+        n++;
+        if (mw == NULL)
+            continue;
+        ck_assert_int_eq(mw->type, YM_WT_INT8);
+        w[n - 1].dtype = YM_DT_I8;
+        w[n - 1].data = mw->data;
+        bool target = strcmp(t->name[i], "backbone.layers.1.mixer.x_proj.weight") == 0;
+        if (target && how == Q_NO_SCALE)
+            continue;
+        snprintf(names[i], sizeof(names[i]), "%s_scale", t->name[i]);
+        w[n] = (ym_st_wtensor){ .name = names[i], .dtype = YM_DT_F32, .n_dim = 1,
+                                .shape = { mw->n_rows }, .data = mw->scale };
+        if (target && how == Q_SCALE_SHAPE)
+            w[n].shape[0] = mw->n_rows - 1;
+        if (target && how == Q_SCALE_DTYPE)
+            w[n].dtype = YM_DT_I32;
+        if (target && (how == Q_SCALE_NEG || how == Q_SCALE_NAN)) {
+            memcpy(bad_scale, mw->scale, sizeof(float) * (size_t)mw->n_rows);
+            bad_scale[2] = how == Q_SCALE_NEG ? -1.0f : NAN;
+            w[n].data = bad_scale;
+        }
+        n++;
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    ym_diag diag = { { 0 }, { 0 } };
+    ck_assert_msg(ym_st_write(path, w, n, NULL, 0, &diag) == YM_OK, "%s", diag.msg);
+}
+
+START_TEST(test_model_load_int8_checkpoint_in_place_and_validated)
+{
+    char *src = tmpdir_new(), *dir = tmpdir_new();
+    tiny t;
+    tiny_init(&t, YM_DT_F32, false);
+    tiny_tensors(&t);
+    tiny_write(&t, src);
+    ym_model_t *q, *m, *f;
+    ym_diag diag = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_model_load_as(src, YM_WT_INT8, &q, &diag), YM_OK);
+    ck_assert_int_eq(q->wtype, YM_WT_INT8);
+    /* Every int8 value within half a step of the f32 one, the step max|row| / 127. */
+    const ym_weight *w = &q->layers[0].in_proj;
+    const float *ref = t.val[find(&t, "backbone.layers.0.mixer.in_proj.weight")];
+    for (int r = 0; r < w->n_rows; r++) {
+        float amax = 0;
+        for (int k = 0; k < w->n_cols; k++)
+            amax = fmaxf(amax, fabsf(ref[(size_t)r * w->n_cols + k]));
+        ck_assert_float_eq_tol(w->scale[r], amax / 127.0f, 1e-7f);
+        for (int k = 0; k < w->n_cols; k++)
+            ck_assert(fabsf(ym_weight_at(w, r, k) - ref[(size_t)r * w->n_cols + k]) <=
+                      0.5001f * w->scale[r]);
+    }
+
+    /* The checkpoint loads as int8 by default, in place, with the very same values. */
+    write_int8(&t, q, dir, Q_OK);
+    ck_assert_msg(ym_model_load(dir, &m, &diag) == YM_OK, "%s", diag.msg);
+    ck_assert_int_eq(m->wtype, YM_WT_INT8);
+    const ym_st_tensor *st = ym_st_set_find(m->st, "backbone.layers.1.mixer.out_proj.weight");
+    ck_assert_ptr_eq(m->layers[1].out_proj.data, st->data);
+    ck_assert_uint_eq(m->weight_bytes, q->weight_bytes);
+    for (int l = 0; l < t.n_layer; l++) {
+        const ym_weight *a[] = { &q->layers[l].in_proj, &q->layers[l].x_proj,
+                                 &q->layers[l].out_proj };
+        const ym_weight *b[] = { &m->layers[l].in_proj, &m->layers[l].x_proj,
+                                 &m->layers[l].out_proj };
+        for (int j = 0; j < 3; j++) {
+            ck_assert_int_eq(memcmp(a[j]->data, b[j]->data, ym_weight_bytes(a[j]) -
+                                    sizeof(float) * (size_t)a[j]->n_rows), 0);
+            ck_assert_int_eq(memcmp(a[j]->scale, b[j]->scale,
+                                    sizeof(float) * (size_t)a[j]->n_rows), 0);
+        }
+    }
+    /* Loaded as f32: each value is q * scale exactly. */
+    ck_assert_int_eq(ym_model_load_as(dir, YM_WT_F32, &f, &diag), YM_OK);
+    w = &m->layers[1].x_proj;
+    for (int r = 0; r < w->n_rows; r++)
+        for (int k = 0; k < w->n_cols; k++)
+            ck_assert(ym_weight_at(&f->layers[1].x_proj, r, k) == ym_weight_at(w, r, k));
+    ym_model_unref(f);
+    ym_model_unref(m);
+
+    static const struct {
+        int how;
+        const char *want, *want2;
+    } bad[] = {
+        { Q_NO_SCALE, "backbone.layers.1.mixer.x_proj.weight", "without its scale" },
+        { Q_SCALE_SHAPE, "backbone.layers.1.mixer.x_proj.weight_scale", "want F32 [" },
+        { Q_SCALE_DTYPE, "backbone.layers.1.mixer.x_proj.weight_scale", "I32" },
+        { Q_SCALE_NEG, "backbone.layers.1.mixer.x_proj.weight_scale", ">= 0" },
+        { Q_SCALE_NAN, "backbone.layers.1.mixer.x_proj.weight_scale", "finite" },
+        { Q_I8_NORM, "backbone.layers.1.norm.weight", "I8" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_int8(&t, q, dir, bad[i].how);
+        m = (ym_model_t *)1;
+        ck_assert_int_eq(ym_model_load(dir, &m, &diag), YM_EFORMAT);
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(diag.msg, bad[i].want) && strstr(diag.msg, bad[i].want2),
+                      "case %zu: '%s'", i, diag.msg);
+    }
+    ym_model_unref(q);
+    tiny_free(&t);
+    tmpdir_free(src);
+    tmpdir_free(dir);
+}
+END_TEST
+
+START_TEST(test_model_types_count_their_bytes)
+{
+    ym_config c = tiny_config();
+    ym_model_t *m[3];
+    ym_diag diag = { { 0 }, { 0 } };
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(ym_model_new_random_as(&c, 9, (ym_wtype)i, &m[i], &diag), YM_OK);
+    size_t mat = 0;
+    for (int l = 0; l < c.n_layer; l++)
+        mat += (size_t)(2 * c.d_inner * c.d_model + (c.dt_rank + 2 * c.d_state) * c.d_inner +
+                        c.d_model * c.d_inner);
+    size_t head = (size_t)c.n_vocab * c.d_model, rows = (size_t)c.n_layer *
+                  (2 * c.d_inner + c.dt_rank + 2 * c.d_state + c.d_model) + c.n_vocab;
+    size_t rest = m[0]->weight_bytes - 4 * (mat + head);
+    ck_assert_uint_eq(m[1]->weight_bytes, rest + 2 * (mat + head));
+    ck_assert_uint_eq(m[2]->weight_bytes, rest + (mat + head) + 4 * rows);
+    /* Same random values: bf16 and int8 are roundings of the f32 ones. */
+    const ym_weight *w0 = &m[0]->layers[1].out_proj, *w2 = &m[2]->layers[1].out_proj;
+    for (int r = 0; r < w0->n_rows; r++)
+        for (int k = 0; k < w0->n_cols; k++) {
+            ck_assert(fabsf(ym_weight_at(w0, r, k) - ym_weight_at(w2, r, k)) <=
+                      0.5001f * w2->scale[r]);
+            float b = ym_weight_at(&m[1]->layers[1].out_proj, r, k), a = ym_weight_at(w0, r, k);
+            ck_assert(fabsf(b - a) <= fabsf(a) * (1.0f / 256.0f));
+        }
+    for (int i = 0; i < 3; i++)
+        ym_model_unref(m[i]);
+}
+END_TEST
+
 Suite *model_suite(void)
 {
     Suite *s = suite_create("model");
@@ -680,6 +855,8 @@ Suite *model_suite(void)
     tcase_add_test(tc, test_model_load_rejects_non_float_dtype_and_bad_config);
     tcase_add_test(tc, test_model_new_random_is_deterministic_per_seed);
     tcase_add_test(tc, test_model_new_random_allocates_mamba_130m_shapes);
+    tcase_add_test(tc, test_model_load_int8_checkpoint_in_place_and_validated);
+    tcase_add_test(tc, test_model_types_count_their_bytes);
     suite_add_tcase(s, tc);
     return s;
 }
