@@ -140,7 +140,8 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     /* x_proj's slices are 16-aligned when packed (the packed kernel starts on a panel). */
     split((int)P, n_threads, n_rows_max > 1 ? ALIGN_CH : 8, c->p0, c->p1);
     split(cfg->n_vocab, n_threads, ALIGN_CH, c->v0, c->v1);
-    if (n_rows_max > 1 && model->wtype != YM_WT_F32) {
+    /* bf16/int8: tiles widened for sgemm (many rows), int8 inputs for the VNNI kernel */
+    if ((n_rows_max > 1 && model->wtype != YM_WT_F32) || model->wtype == YM_WT_INT8) {
         int kmax = cfg->d_model > cfg->d_inner ? cfg->d_model : cfg->d_inner;
         c->wscratch_n = ym_matmul_scratch(kmax);
         if ((c->wscratch = falloc(c->wscratch_n * (size_t)n_threads)) == NULL) {

@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/safetensors.h"
@@ -30,7 +31,10 @@
 #ifndef YM_MATMUL_SMALL_M
 #define YM_MATMUL_SMALL_M 32
 #endif
+#define VNNI_CHUNK 256 /* int8 x int8: input rows quantized at a time (into the scratch) */
 #define TILE_N 128 /* weight rows widened per sgemm call (bf16/int8, many rows) */
+#define MBMAX 4    /* input rows per block of the small-M kernel (8 spills registers) */
+#define PFB 1      /* software prefetch distance of the small-M kernels, in row blocks */
 
 const char *ym_wtype_name(ym_wtype t)
 {
@@ -236,14 +240,22 @@ INLINE512 __m512 wload(int T, const void *base, size_t off, __mmask16 msk, int f
 INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, int K,
                     const float *scale, float beta, int MB, int RN, int T)
 {
-    __m512 acc[4][8];
+    __m512 acc[8][8];
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++) acc[m][r] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
         __m512 w[8];
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            /* the same place one block of rows ahead, once per cache line: rows are short
+             * (768 bytes of int8 on the 130m shape) and the next block starts a new stream
+             * the hardware prefetcher would pick up late */
+            const size_t es = T == YM_WT_INT8 ? 1 : T == YM_WT_BF16 ? 2 : 4;
+            if (((k * es) & 63) == 0)
+                _mm_prefetch((const char *)W + ((size_t)(PFB * RN + r) * K + k) * es, _MM_HINT_T0);
             w[r] = wload(T, W, (size_t)r * K + k, 0xFFFF, 1);
+        }
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         {
             __m512 a = _mm512_loadu_ps(A + (size_t)m * lda + k);
@@ -282,47 +294,266 @@ typedef void (*kblk_fn)(float *, int, const float *, int, const void *, int, con
     {                                                                                          \
         kblk(C, ldc, A, lda, W, K, s, beta, mb, rn, T);                                        \
     }
-#define KROW8(T, tn)                                                                           \
-    KDEF(T, tn, 1, 1) KDEF(T, tn, 1, 2) KDEF(T, tn, 1, 3) KDEF(T, tn, 1, 4) KDEF(T, tn, 1, 5)  \
-    KDEF(T, tn, 1, 6) KDEF(T, tn, 1, 7) KDEF(T, tn, 1, 8)
-#define KROW4(T, tn, mb) KDEF(T, tn, mb, 1) KDEF(T, tn, mb, 2) KDEF(T, tn, mb, 3) KDEF(T, tn, mb, 4)
-#define KTYPE(T, tn) KROW8(T, tn) KROW4(T, tn, 2) KROW4(T, tn, 3) KROW4(T, tn, 4)
+/* Row blocks of mb inputs meet rn_for[mb] weight rows: at most 20 accumulators, so that the
+ * accumulators, the weight vectors and the input fit the 32 registers (blocks of 8 rows with
+ * 3 weight rows spilled and ran at 0.55 of this on the EPYC host). */
+static const int rn_for[MBMAX + 1] = {0, 8, 8, 6, 5};
+#define K8(T, tn, mb) KDEF(T, tn, mb, 1) KDEF(T, tn, mb, 2) KDEF(T, tn, mb, 3) KDEF(T, tn, mb, 4) \
+    KDEF(T, tn, mb, 5) KDEF(T, tn, mb, 6) KDEF(T, tn, mb, 7) KDEF(T, tn, mb, 8)
+#define K6(T, tn, mb) KDEF(T, tn, mb, 1) KDEF(T, tn, mb, 2) KDEF(T, tn, mb, 3) KDEF(T, tn, mb, 4) \
+    KDEF(T, tn, mb, 5) KDEF(T, tn, mb, 6)
+#define K5(T, tn, mb) KDEF(T, tn, mb, 1) KDEF(T, tn, mb, 2) KDEF(T, tn, mb, 3) KDEF(T, tn, mb, 4) \
+    KDEF(T, tn, mb, 5)
+#define KTYPE(T, tn) K8(T, tn, 1) K8(T, tn, 2) K6(T, tn, 3) K5(T, tn, 4)
 KTYPE(YM_WT_F32, f32)
 KTYPE(YM_WT_BF16, bf16)
 KTYPE(YM_WT_INT8, i8)
-#define KT8(tn, mb) {0, k_##tn##_##mb##_1, k_##tn##_##mb##_2, k_##tn##_##mb##_3, k_##tn##_##mb##_4, \
-                     k_##tn##_##mb##_5, k_##tn##_##mb##_6, k_##tn##_##mb##_7, k_##tn##_##mb##_8}
-#define KT4(tn, mb) {0, k_##tn##_##mb##_1, k_##tn##_##mb##_2, k_##tn##_##mb##_3, k_##tn##_##mb##_4, \
-                     0, 0, 0, 0}
-#define KTAB(tn) {{0}, KT8(tn, 1), KT4(tn, 2), KT4(tn, 3), KT4(tn, 4)}
+#define E(tn, mb, rn) k_##tn##_##mb##_##rn
+#define T8(tn, mb) {0, E(tn, mb, 1), E(tn, mb, 2), E(tn, mb, 3), E(tn, mb, 4), E(tn, mb, 5),  \
+                    E(tn, mb, 6), E(tn, mb, 7), E(tn, mb, 8)}
+#define T6(tn, mb) {0, E(tn, mb, 1), E(tn, mb, 2), E(tn, mb, 3), E(tn, mb, 4), E(tn, mb, 5),  \
+                    E(tn, mb, 6), 0, 0}
+#define T5(tn, mb) {0, E(tn, mb, 1), E(tn, mb, 2), E(tn, mb, 3), E(tn, mb, 4), E(tn, mb, 5),  \
+                    0, 0, 0}
+#define KTAB(tn) {{0}, T8(tn, 1), T8(tn, 2), T6(tn, 3), T5(tn, 4)}
 /* [type][mb][rn] */
-static const kblk_fn ktab[3][5][9] = {KTAB(f32), KTAB(bf16), KTAB(i8)};
+static const kblk_fn ktab[3][MBMAX + 1][9] = {KTAB(f32), KTAB(bf16), KTAB(i8)};
+
+/* bf16, one input row: 32 weights per 64-byte load, widened without crossing lanes (the
+ * even elements by a shift, the odd ones by a mask), the input's even and odd elements
+ * gathered once per 32 and shared by the RN rows. */
+INLINE512 void kgemv_bf16(float *C, const float *A, const uint16_t *W, int K, float beta,
+                          int RN)
+{
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 acc[8], acc2[8];
+    _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++) acc[r] = acc2[r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 a0 = _mm512_loadu_ps(A + k), a1 = _mm512_loadu_ps(A + k + 16);
+        __m512 ae = _mm512_permutex2var_ps(a0, ie, a1), ao = _mm512_permutex2var_ps(a0, io, a1);
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * K + k), _MM_HINT_T0);
+            __m512i x = _mm512_loadu_si512((const void *)(W + (size_t)r * K + k));
+            acc[r] = _mm512_fmadd_ps(ae, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc[r]);
+            acc2[r] = _mm512_fmadd_ps(ao, _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc2[r]);
+        }
+    }
+    if (k < K) {
+        int n = K - k;
+        __mmask32 m32 = (__mmask32)(n >= 32 ? 0xFFFFFFFFu : (1u << n) - 1u);
+        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+        __mmask16 m1 = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1u : 0);
+        __m512 a0 = _mm512_maskz_loadu_ps(m0, A + k), a1 = _mm512_maskz_loadu_ps(m1, A + k + 16);
+        __m512 ae = _mm512_permutex2var_ps(a0, ie, a1), ao = _mm512_permutex2var_ps(a0, io, a1);
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            __m512i x = _mm512_maskz_loadu_epi16(m32, W + (size_t)r * K + k);
+            acc[r] = _mm512_fmadd_ps(ae, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc[r]);
+            acc2[r] = _mm512_fmadd_ps(ao, _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc2[r]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+    {
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
+        C[r] = beta != 0.0f ? C[r] + s : s;
+    }
+}
+
+typedef void (*gemv16_fn)(float *, const float *, const uint16_t *, int, float);
+#define GDEF(rn)                                                                               \
+    T512 static void g_bf16_##rn(float *C, const float *A, const uint16_t *W, int K, float b)  \
+    {                                                                                          \
+        kgemv_bf16(C, A, W, K, b, rn);                                                         \
+    }
+GDEF(1) GDEF(2) GDEF(3) GDEF(4) GDEF(5) GDEF(6) GDEF(7) GDEF(8)
+static const gemv16_fn gtab_bf16[9] = {0, g_bf16_1, g_bf16_2, g_bf16_3, g_bf16_4,
+                                       g_bf16_5, g_bf16_6, g_bf16_7, g_bf16_8};
+
+static int use_vnni(void);
+static void mm_vnni(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
+                    int n1, float beta, float *scratch);
 
 static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                      int n0, int n1, float beta)
+                      int n0, int n1, float beta, float *scratch)
 {
     const int K = W->n_cols, T = W->type;
     const size_t es = ym_wtype_size(W->type);
-    const int RN = M == 1 ? 8 : 4;
-    for (int n = n0; n < n1; n += RN) {
-        int rn = n1 - n < RN ? n1 - n : RN;
+    if (M == 1 && T == YM_WT_BF16) {
+        for (int n = n0; n < n1; n += 8) {
+            int rn = n1 - n < 8 ? n1 - n : 8;
+            gtab_bf16[rn](C + (n - n0), A, (const uint16_t *)W->data + (size_t)n * K, K, beta);
+        }
+        return;
+    }
+    /* Row blocks of near-equal size, at most MBMAX rows each; weight rows outermost, so each
+     * block of weight rows comes from memory once and stays in L1 for every row block. */
+    const int nb = (M + MBMAX - 1) / MBMAX;
+    int rn_min = 8;
+    for (int b = 0; b < nb; b++) {
+        int mb = (int)((long)M * (b + 1) / nb) - (int)((long)M * b / nb);
+        rn_min = rn_for[mb] < rn_min ? rn_for[mb] : rn_min;
+    }
+    for (int n = n0; n < n1; n += rn_min) {
+        int rn = n1 - n < rn_min ? n1 - n : rn_min;
         const void *w = (const char *)W->data + (size_t)n * K * es;
         const float *s = W->scale != NULL ? W->scale + n : NULL;
-        for (int m = 0; m < M; m += 4) {
-            int mb = M - m < 4 ? M - m : 4;
-            ktab[T][mb][rn](C + (size_t)m * ldc + (n - n0), ldc, A + (size_t)m * lda, lda, w, K,
-                            s, beta);
+        for (int b = 0; b < nb; b++) {
+            int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
+            ktab[T][mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, A + (size_t)m0 * lda, lda, w,
+                            K, s, beta);
         }
     }
 }
 
-static int isa_checked, isa_avx512;
+/* ---- int8 x int8 (AVX512-VNNI) -------------------------------------------------------
+ * The input rows quantized too, symmetric with one scale per row (sa = max|a| / 127), into
+ * the caller's scratch; then vpdpbusd multiplies 64 byte pairs per instruction into int32.
+ * vpdpbusd wants one operand unsigned: the weight goes in as w + 128 (w XOR 0x80), and
+ * sum_k (w + 128) q = sum_k w q + 128 sum_k q, the last term known per input row. Exact in
+ * int32 for K < 2^31 / (255 * 127) = 66 000. Opt-in: it rounds the activations. */
+#define T512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#define INLINE512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"),      \
+                                  always_inline)) static inline
+
+INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *sa,
+                      const int32_t *qs, const int8_t *W, int K, const float *sw, float beta,
+                      int MB, int RN)
+{
+    __m512i acc[4][8];
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++) acc[m][r] = _mm512_setzero_si512();
+    int k = 0;
+    for (; k + 64 <= K; k += 64) {
+        __m512i w[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * K + k), _MM_HINT_T0);
+            w[r] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(W + (size_t)r * K + k)),
+                                    flip);
+        }
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        {
+            __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
+            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+                acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
+        }
+    }
+    if (k < K) { /* the padded input is 0 past K, so the weights' masked lanes do not count */
+        __mmask64 msk = (__mmask64)(~0ull >> (64 - (K - k)));
+        __m512i w[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+            w[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(msk, W + (size_t)r * K + k), flip);
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        {
+            __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
+            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+                acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            int32_t d = _mm512_reduce_add_epi32(acc[m][r]) - 128 * qs[m];
+            float s = (float)d * sa[m] * sw[r];
+            float *c = C + (size_t)m * ldc + r;
+            *c = beta != 0.0f ? *c + s : s;
+        }
+}
+
+typedef void (*kvnni_fn)(float *, int, const int8_t *, int, const float *, const int32_t *,
+                         const int8_t *, int, const float *, float);
+#define VDEF(mb, rn)                                                                           \
+    T512V static void v_##mb##_##rn(float *C, int ldc, const int8_t *Aq, int Kp,               \
+                                    const float *sa, const int32_t *qs, const int8_t *W,       \
+                                    int K, const float *sw, float beta)                        \
+    {                                                                                          \
+        kvnni(C, ldc, Aq, Kp, sa, qs, W, K, sw, beta, mb, rn);                                 \
+    }
+#define V8(mb) VDEF(mb, 1) VDEF(mb, 2) VDEF(mb, 3) VDEF(mb, 4) VDEF(mb, 5) VDEF(mb, 6)        \
+    VDEF(mb, 7) VDEF(mb, 8)
+V8(1) V8(2) V8(3) V8(4)
+#define VT(mb) {0, v_##mb##_1, v_##mb##_2, v_##mb##_3, v_##mb##_4, v_##mb##_5, v_##mb##_6,    \
+                v_##mb##_7, v_##mb##_8}
+static const kvnni_fn vtab[MBMAX + 1][9] = {{0}, VT(1), VT(2), VT(3), VT(4)};
+
+
+static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                          int n0, int n1, float beta, float *scratch);
+
+static void mm_vnni(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
+                    int n1, float beta, float *scratch)
+{
+    for (int m = 0; m < M; m += VNNI_CHUNK)
+        mm_vnni_chunk(C + (size_t)m * ldc, ldc, A + (size_t)m * lda,
+                      lda, M - m < VNNI_CHUNK ? M - m : VNNI_CHUNK, W, n0, n1, beta, scratch);
+}
+
+static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                          int n0, int n1, float beta, float *scratch)
+{
+    const int K = W->n_cols, Kp = (K + 63) & ~63;
+    /* scratch: [M][Kp] int8, then [M] scales and [M] sums (ym_matmul_scratch is enough) */
+    int8_t *Aq = (int8_t *)scratch;
+    float *sa = (float *)(Aq + (size_t)M * Kp);
+    int32_t *qs = (int32_t *)(sa + M);
+    for (int m = 0; m < M; m++) {
+        const float *a = A + (size_t)m * lda;
+        float amax = 0.0f;
+        for (int k = 0; k < K; k++)
+            amax = fmaxf(amax, fabsf(a[k]));
+        float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        int8_t *q = Aq + (size_t)m * Kp;
+        for (int k = 0; k < K; k++) {
+            int v = (int)lrintf(a[k] * inv);
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            q[k] = (int8_t)v;
+            sum += v;
+        }
+        memset(q + K, 0, (size_t)(Kp - K));
+        sa[m] = s;
+        qs[m] = sum;
+    }
+    const int nb = (M + MBMAX - 1) / MBMAX;
+    int rn_min = 8;
+    for (int b = 0; b < nb; b++) {
+        int mb = (int)((long)M * (b + 1) / nb) - (int)((long)M * b / nb);
+        rn_min = rn_for[mb] < rn_min ? rn_for[mb] : rn_min;
+    }
+    for (int n = n0; n < n1; n += rn_min) {
+        int rn = n1 - n < rn_min ? n1 - n : rn_min;
+        const int8_t *w = (const int8_t *)W->data + (size_t)n * K;
+        for (int b = 0; b < nb; b++) {
+            int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
+            vtab[mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, Aq + (size_t)m0 * Kp, Kp,
+                         sa + m0, qs + m0, w, K, W->scale + n, beta);
+        }
+    }
+}
+
+static int isa_checked, isa_avx512, isa_vnni;
+static int int8_act;
+
+void ym_matmul_int8_activations(int on)
+{
+    int8_act = on;
+}
+
 static int isa_has_avx512(void)
 {
     if (!isa_checked) {
         __builtin_cpu_init();
         isa_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl");
+        isa_vnni = isa_avx512 && __builtin_cpu_supports("avx512vnni");
+        const char *e = getenv("YUNMIN_INT8_ACTIVATIONS"); /* docs/ENGINE.md */
+        if (e != NULL && strcmp(e, "1") == 0)
+            int8_act = 1;
         isa_checked = 1;
     }
     return isa_avx512;
@@ -331,6 +562,10 @@ static int isa_has_avx512(void)
 static int isa_has_avx512(void)
 {
     return 0;
+}
+void ym_matmul_int8_activations(int on)
+{
+    (void)on;
 }
 #endif
 
@@ -346,22 +581,37 @@ static int use_avx512(void)
     return !force_portable && isa_has_avx512();
 }
 
+#if HAVE_X86
+static int use_vnni(void)
+{
+    return use_avx512() && isa_vnni && int8_act; /* use_avx512 first: it reads the env */
+}
+#endif
+
 const char *ym_matmul_isa(void)
 {
+#if HAVE_X86
+    if (use_vnni())
+        return "avx512+vnni-int8";
+#endif
     return use_avx512() ? "avx512" : "portable";
 }
 
 size_t ym_matmul_scratch(int K)
 {
-    return (size_t)TILE_N * (size_t)(K > 0 ? K : 1);
+    /* sgemm tiles of TILE_N rows, or VNNI_CHUNK int8 input rows padded to 64 and their
+     * scales and sums */
+    size_t k = (size_t)(K > 0 ? K : 1), kp = (k + 63) & ~(size_t)63;
+    size_t tiles = TILE_N * k, vnni = (VNNI_CHUNK * kp + 8 * VNNI_CHUNK + 3) / 4;
+    return (tiles > vnni ? tiles : vnni) + 16;
 }
 
 static void mm_small(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                     int n0, int n1, float beta)
+                     int n0, int n1, float beta, float *scratch)
 {
 #if HAVE_X86
     if (use_avx512()) {
-        mm_avx512(C, ldc, A, lda, M, W, n0, n1, beta);
+        mm_avx512(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
         return;
     }
 #endif
@@ -374,8 +624,14 @@ void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weigh
     if (M <= 0 || n1 <= n0)
         return;
     const int K = W->n_cols;
+#if HAVE_X86
+    if (W->type == YM_WT_INT8 && scratch != NULL && use_vnni()) {
+        mm_vnni(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
+        return;
+    }
+#endif
     if (M <= YM_MATMUL_SMALL_M) {
-        mm_small(C, ldc, A, lda, M, W, n0, n1, beta);
+        mm_small(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
         return;
     }
     if (W->type == YM_WT_F32) {
@@ -384,7 +640,7 @@ void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weigh
         return;
     }
     if (scratch == NULL) {
-        mm_small(C, ldc, A, lda, M, W, n0, n1, beta);
+        mm_small(C, ldc, A, lda, M, W, n0, n1, beta, NULL);
         return;
     }
     for (int n = n0; n < n1; n += TILE_N) {

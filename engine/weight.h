@@ -68,6 +68,10 @@ void ym_matmul_ref(float *C, int ldc, const float *A, int lda, int M, const ym_w
 
 /* Tests and benchmarks: 1 = run the portable C kernels even where AVX-512 is present. */
 void ym_matmul_force_portable(int on);
-const char *ym_matmul_isa(void); /* "avx512" or "portable" */
+/* 1 = int8 weights meet int8 activations (each input row quantized with its own scale) in
+ * AVX512-VNNI dot products, where the CPU has them and scratch is given; 0 (default) = the
+ * weights are widened to f32 and the activations stay f32. Process-wide; set before use. */
+void ym_matmul_int8_activations(int on);
+const char *ym_matmul_isa(void); /* "avx512+vnni-int8", "avx512" or "portable" */
 
 #endif

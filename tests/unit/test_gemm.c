@@ -17,6 +17,8 @@ static float frand(unsigned *s)
     return (float)((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
 }
 
+static int vnni_here(void);
+
 /* bf16 rounding of v, written from the definition (round to nearest, ties to even). */
 static float bf16_round(float v)
 {
@@ -83,23 +85,48 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
                 acc += (double)A[(size_t)m * lda + k] * Q[(size_t)n * K + k];
             R[(size_t)m * ldc + (n - n0)] = acc;
         }
+    /* int8 activations (opt-in): each input row quantized, q = round(a * 127 / max|a|) */
+    double *R8 = malloc(sizeof(double) * (size_t)M * ldc);
+    ck_assert(R8);
+    for (int m = 0; m < M; m++) {
+        const float *a = A + (size_t)m * lda;
+        double amax = 0;
+        for (int k = 0; k < K; k++)
+            amax = fmax(amax, fabs(a[k]));
+        for (int n = n0; n < n1; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) {
+                double qa = amax > 0 ? nearbyint(a[k] * 127.0 / amax) * (amax / 127.0) : 0.0;
+                acc += qa * Q[(size_t)n * K + k];
+            }
+            R8[(size_t)m * ldc + (n - n0)] =
+                acc + (beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0);
+        }
+    }
     double tol = 2e-6 * K * 4 + 1e-5;
-    for (int path = 0; path < 4; path++) { /* fast, portable, fast without scratch, ref */
+    /* fast, portable, fast without scratch, ref, int8 activations */
+    for (int path = 0; path < 5; path++) {
         memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
         ym_matmul_force_portable(path == 1);
+        ym_matmul_int8_activations(path == 4);
         if (path == 3)
             ym_matmul_ref(C, ldc, A, lda, M, &w, n0, n1, beta);
         else
             ym_matmul(C, ldc, A, lda, M, &w, n0, n1, beta, path == 2 ? NULL : scr);
         ym_matmul_force_portable(0);
+        ym_matmul_int8_activations(0);
+        /* the int8 x int8 kernel runs where the CPU has VNNI, for int8 weights and small M */
+        int vnni = path == 4 && t == YM_WT_INT8 &&
+                   strcmp(ym_matmul_isa(), "avx512") == 0 && vnni_here();
+        const double *Rw = vnni ? R8 : R;
         for (int m = 0; m < M; m++)
             for (int j = 0; j < ldc; j++) {
                 size_t i = (size_t)m * ldc + j;
                 if (j < n1 - n0)
-                    ck_assert_msg(fabs(C[i] - R[i]) <= tol,
+                    ck_assert_msg(fabs(C[i] - Rw[i]) <= tol,
                                   "%s N=%d K=%d M=%d [%d,%d) beta=%g path=%d: C[%d,%d]=%g want %g",
                                   ym_wtype_name(t), N, K, M, n0, n1, beta, path, m, j, C[i],
-                                  R[i]);
+                                  Rw[i]);
                 else
                     ck_assert_msg(C[i] == C0[i], "column %d past the range was written", j);
             }
@@ -113,6 +140,13 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     free(C);
     free(scr);
     free(R);
+    free(R8);
+}
+
+static int vnni_here(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
 }
 
 static const ym_wtype types[] = {YM_WT_F32, YM_WT_BF16, YM_WT_INT8};
