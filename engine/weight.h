@@ -8,7 +8,8 @@
  *         scale[n] = max_k |W[n, k]| / 127 and q = round(W / scale) in [-127, 127].
  * There is exactly one copy of each matrix: the kernels read this layout directly (a GEMV
  * and a small-M GEMM that widen bf16/int8 to f32 in registers; for many rows, tiles of the
- * weight widened into scratch then OpenBLAS's sgemm). Activations stay f32 on every path.
+ * weight widened into scratch then OpenBLAS's sgemm). Activations stay f32, except that int8
+ * weights on a CPU with AVX512-VNNI meet int8 activations by default (ym_matmul_int8_activations).
  * The data is borrowed (from the checkpoint's mapping, or the model's owned memory). */
 #ifndef YM_ENGINE_WEIGHT_H
 #define YM_ENGINE_WEIGHT_H
@@ -68,9 +69,10 @@ void ym_matmul_ref(float *C, int ldc, const float *A, int lda, int M, const ym_w
 
 /* Tests and benchmarks: 1 = run the portable C kernels even where AVX-512 is present. */
 void ym_matmul_force_portable(int on);
-/* 1 = int8 weights meet int8 activations (each input row quantized with its own scale) in
- * AVX512-VNNI dot products, where the CPU has them and scratch is given; 0 (default) = the
- * weights are widened to f32 and the activations stay f32. Process-wide; set before use. */
+/* 1 (default) = int8 weights meet int8 activations (each input row quantized with its own
+ * scale) in AVX512-VNNI dot products, where the CPU has them and scratch is given; 0 = the
+ * weights are widened to f32 and the activations stay f32 (also YUNMIN_INT8_ACTIVATIONS=0 in
+ * the environment). Process-wide; set before use. */
 void ym_matmul_int8_activations(int on);
 const char *ym_matmul_isa(void); /* "avx512+vnni-int8", "avx512" or "portable" */
 
