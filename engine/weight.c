@@ -236,6 +236,25 @@ INLINE512 __m512 wload(int T, const void *base, size_t off, __mmask16 msk, int f
     return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(msk, p);
 }
 
+/* Lane j of the result = the sum of v[j]'s 16 elements, for 16 vectors at once: four levels
+ * of shuffles and adds instead of 16 horizontal reductions (as engine/kernels.c's scan). */
+INLINE512 __m512 sum16(__m512 v[16])
+{
+    for (int k = 0; k < 8; k++)
+        v[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; k++)
+        v[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; k++)
+        v[k] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(v[2 * k], v[2 * k + 1], 0xEE));
+    __m512 t = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88),
+                             _mm512_shuffle_ps(v[0], v[1], 0xDD));
+    const __m512i back = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(back, t);
+}
+
 /* C[m, r] (+)= sum_k A[m, k] W[r, k] for m < MB, r < RN; W points at row 0 of the block. */
 INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, int K,
                     const float *scale, float beta, int MB, int RN, int T)
@@ -275,6 +294,23 @@ INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, i
                 acc[m][r] = _mm512_fmadd_ps(a, w[r], acc[m][r]);
         }
     }
+    if (MB * RN >= 9 && MB * RN <= 16) { /* one transposing reduction for all outputs */
+        __m512 v[16];
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] =
+            i < MB * RN ? acc[i / RN][i % RN] : _mm512_setzero_ps();
+        float out[16];
+        _mm512_storeu_ps(out, sum16(v));
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+            {
+                float s = out[m * RN + r];
+                if (T == YM_WT_INT8)
+                    s *= scale[r];
+                float *c = C + (size_t)m * ldc + r;
+                *c = beta != 0.0f ? *c + s : s;
+            }
+        return;
+    }
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
         {
@@ -297,7 +333,7 @@ typedef void (*kblk_fn)(float *, int, const float *, int, const void *, int, con
 /* Row blocks of mb inputs meet rn_for[mb] weight rows: at most 20 accumulators, so that the
  * accumulators, the weight vectors and the input fit the 32 registers (blocks of 8 rows with
  * 3 weight rows spilled and ran at 0.55 of this on the EPYC host). */
-static const int rn_for[MBMAX + 1] = {0, 8, 8, 6, 5};
+static const int rn_for[MBMAX + 1] = {0, 8, 8, 5, 4};
 #define K8(T, tn, mb) KDEF(T, tn, mb, 1) KDEF(T, tn, mb, 2) KDEF(T, tn, mb, 3) KDEF(T, tn, mb, 4) \
     KDEF(T, tn, mb, 5) KDEF(T, tn, mb, 6) KDEF(T, tn, mb, 7) KDEF(T, tn, mb, 8)
 #define K6(T, tn, mb) KDEF(T, tn, mb, 1) KDEF(T, tn, mb, 2) KDEF(T, tn, mb, 3) KDEF(T, tn, mb, 4) \

@@ -161,11 +161,13 @@ START_TEST(test_forward_long_prefill_through_sgemm_matches_reference)
 END_TEST
 
 /* bf16 and int8 models against the reference forward of the same model (double, over the
- * dequantized weights): the kernels must add no error beyond f32 rounding, whatever the type.
+ * dequantized weights): with f32 activations the kernels must add no error beyond f32
+ * rounding, whatever the type (int8 activations are measured in test_conformance.c).
  * Ragged batches, one row at a time, the 73-row prefill (widened tiles + sgemm), portable
  * matmul kernels. */
 START_TEST(test_forward_low_bit_types_match_reference)
 {
+    ym_matmul_int8_activations(0); /* f32 activations: exact up to f32 rounding */
     for (int t = YM_WT_BF16; t <= YM_WT_INT8; t++) {
         model_type = (ym_wtype)t;
         ym_config c = tiny_config(40, 3, 16, 4, 3, 41, 0);
@@ -178,6 +180,7 @@ START_TEST(test_forward_low_bit_types_match_reference)
         check_long_prefill();
         model_type = YM_WT_F32;
     }
+    ym_matmul_int8_activations(1);
 }
 END_TEST
 

@@ -220,6 +220,7 @@ END_TEST
 START_TEST(test_sparse_low_bit_models_match_their_masked_reference)
 {
     ym_config c = cfg_of(40, 3, 16, 4, 3, 41, 1);
+    ym_matmul_int8_activations(0); /* f32 activations: exact up to f32 rounding */
     for (int t = YM_WT_BF16; t <= YM_WT_INT8; t++) {
         ym_model_t *dense = NULL;
         ym_diag d = {0};
@@ -240,6 +241,7 @@ START_TEST(test_sparse_low_bit_models_match_their_masked_reference)
         ym_sparsity_free(sp);
         ym_model_unref(dense);
     }
+    ym_matmul_int8_activations(1);
 }
 END_TEST
 
