@@ -101,6 +101,7 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     c->n_rows_max = n_rows_max;
     c->n_threads = n_threads;
     ym_blas_single_thread();
+    (void)ym_matmul_isa(); /* the CPU check and YUNMIN_INT8_ACTIVATIONS, before any worker */
     if ((err = ym_pool_new(n_threads, &c->pool)) != YM_OK)
         goto fail;
     err = YM_ENOMEM;

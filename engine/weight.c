@@ -7,7 +7,9 @@
  *     the row's int8 scale. The RN rows stay in L1 while the input blocks pass over them, so
  *     the weight streams from memory once per call, whatever M;
  *   - many rows (prefill): f32 goes straight to OpenBLAS's sgemm; bf16/int8 weights are
- *     widened a tile of TILE_N rows at a time into the caller's scratch, then sgemm.
+ *     widened a tile of TILE_N rows at a time into the caller's scratch, then sgemm;
+ *   - int8 weights on a CPU with AVX512-VNNI (by default): every row count quantizes its
+ *     input rows into the scratch and multiplies int8 by int8 (mm_vnni, below).
  * The AVX-512 kernels are chosen at run time; the portable C loops run anywhere (and when
  * forced, for the tests). Runs on any thread; never allocates; never locks.
  * Must not: change what it reads (weights are shared by every thread). */
@@ -409,12 +411,11 @@ GDEF(1) GDEF(2) GDEF(3) GDEF(4) GDEF(5) GDEF(6) GDEF(7) GDEF(8)
 static const gemv16_fn gtab_bf16[9] = {0, g_bf16_1, g_bf16_2, g_bf16_3, g_bf16_4,
                                        g_bf16_5, g_bf16_6, g_bf16_7, g_bf16_8};
 
-static int use_vnni(void);
 static void mm_vnni(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
                     int n1, float beta, float *scratch);
 
 static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                      int n0, int n1, float beta, float *scratch)
+                      int n0, int n1, float beta)
 {
     const int K = W->n_cols, T = W->type;
     const size_t es = ym_wtype_size(W->type);
@@ -645,11 +646,11 @@ size_t ym_matmul_scratch(int K)
 }
 
 static void mm_small(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                     int n0, int n1, float beta, float *scratch)
+                     int n0, int n1, float beta)
 {
 #if HAVE_X86
     if (use_avx512()) {
-        mm_avx512(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
+        mm_avx512(C, ldc, A, lda, M, W, n0, n1, beta);
         return;
     }
 #endif
@@ -669,7 +670,7 @@ void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weigh
     }
 #endif
     if (M <= YM_MATMUL_SMALL_M) {
-        mm_small(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
+        mm_small(C, ldc, A, lda, M, W, n0, n1, beta);
         return;
     }
     if (W->type == YM_WT_F32) {
@@ -678,7 +679,7 @@ void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weigh
         return;
     }
     if (scratch == NULL) {
-        mm_small(C, ldc, A, lda, M, W, n0, n1, beta, NULL);
+        mm_small(C, ldc, A, lda, M, W, n0, n1, beta);
         return;
     }
     for (int n = n0; n < n1; n += TILE_N) {
