@@ -70,7 +70,8 @@ void ym_matmul_ref(float *C, int ldc, const float *A, int lda, int M, const ym_w
 /* Tests and benchmarks: 1 = run the portable C kernels even where AVX-512 is present. */
 void ym_matmul_force_portable(int on);
 /* 1 (default) = int8 weights meet int8 activations (each input row quantized with its own
- * scale) in AVX512-VNNI dot products, where the CPU has them and scratch is given; 0 = the
+ * scale, in f32: q = round-to-nearest-even(a * (127 / max|a|)), value q * (max|a| / 127)) in
+ * AVX512-VNNI dot products, where the CPU has them and scratch is given; 0 = the
  * weights are widened to f32 and the activations stay f32 (also YUNMIN_INT8_ACTIVATIONS=0 in
  * the environment). Process-wide; set before use. */
 void ym_matmul_int8_activations(int on);
