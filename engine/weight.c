@@ -258,7 +258,7 @@ INLINE512 __m512 sum16(__m512 v[16])
 }
 
 /* C[m, r] (+)= sum_k A[m, k] W[r, k] for m < MB, r < RN; W points at row 0 of the block. */
-INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, int K,
+INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, int ldw, int K,
                     const float *scale, float beta, int MB, int RN, int T)
 {
     __m512 acc[8][8];
@@ -274,8 +274,8 @@ INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, i
              * the hardware prefetcher would pick up late */
             const size_t es = T == YM_WT_INT8 ? 1 : T == YM_WT_BF16 ? 2 : 4;
             if (((k * es) & 63) == 0)
-                _mm_prefetch((const char *)W + ((size_t)(PFB * RN + r) * K + k) * es, _MM_HINT_T0);
-            w[r] = wload(T, W, (size_t)r * K + k, 0xFFFF, 1);
+                _mm_prefetch((const char *)W + ((size_t)(PFB * RN + r) * ldw + k) * es, _MM_HINT_T0);
+            w[r] = wload(T, W, (size_t)r * ldw + k, 0xFFFF, 1);
         }
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         {
@@ -288,7 +288,7 @@ INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, i
         __mmask16 msk = (__mmask16)((1u << (K - k)) - 1u);
         __m512 w[8];
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-            w[r] = wload(T, W, (size_t)r * K + k, msk, 0);
+            w[r] = wload(T, W, (size_t)r * ldw + k, msk, 0);
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         {
             __m512 a = _mm512_maskz_loadu_ps(msk, A + (size_t)m * lda + k);
@@ -324,13 +324,14 @@ INLINE512 void kblk(float *C, int ldc, const float *A, int lda, const void *W, i
         }
 }
 
-typedef void (*kblk_fn)(float *, int, const float *, int, const void *, int, const float *,
-                        float);
+typedef void (*kblk_fn)(float *, int, const float *, int, const void *, int, int,
+                        const float *, float);
 #define KDEF(T, tn, mb, rn)                                                                    \
     T512 static void k_##tn##_##mb##_##rn(float *C, int ldc, const float *A, int lda,          \
-                                          const void *W, int K, const float *s, float beta)    \
+                                          const void *W, int ldw, int K, const float *s,       \
+                                          float beta)                                          \
     {                                                                                          \
-        kblk(C, ldc, A, lda, W, K, s, beta, mb, rn, T);                                        \
+        kblk(C, ldc, A, lda, W, ldw, K, s, beta, mb, rn, T);                                   \
     }
 /* Row blocks of mb inputs meet rn_for[mb] weight rows: at most 20 accumulators, so that the
  * accumulators, the weight vectors and the input fit the 32 registers (blocks of 8 rows with
@@ -543,21 +544,29 @@ static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const y
         return;
     }
     /* Row blocks of near-equal size, at most MBMAX rows each; weight rows outermost, so each
-     * block of weight rows comes from memory once and stays in L1 for every row block. */
+     * block of weight rows comes from memory once and stays in L1 for every row block. K is
+     * cut into chunks of kc such that every input row's chunk fits in 24 KB of L1 too (the
+     * partial sums add into C: beta 1 after the first chunk). */
     const int nb = (M + MBMAX - 1) / MBMAX;
     int rn_min = 8;
     for (int b = 0; b < nb; b++) {
         int mb = (int)((long)M * (b + 1) / nb) - (int)((long)M * b / nb);
         rn_min = rn_for[mb] < rn_min ? rn_for[mb] : rn_min;
     }
-    for (int n = n0; n < n1; n += rn_min) {
-        int rn = n1 - n < rn_min ? n1 - n : rn_min;
-        const void *w = (const char *)W->data + (size_t)n * K * es;
-        const float *s = W->scale != NULL ? W->scale + n : NULL;
-        for (int b = 0; b < nb; b++) {
-            int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
-            ktab[T][mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, A + (size_t)m0 * lda, lda, w,
-                            K, s, beta);
+    int kc = (int)(24576 / (sizeof(float) * (size_t)M)) & ~63;
+    kc = kc < 256 ? 256 : kc;
+    for (int k0 = 0; k0 < K; k0 += kc) {
+        int kn = K - k0 < kc ? K - k0 : kc;
+        float bk = k0 == 0 ? beta : 1.0f;
+        for (int n = n0; n < n1; n += rn_min) {
+            int rn = n1 - n < rn_min ? n1 - n : rn_min;
+            const void *w = (const char *)W->data + ((size_t)n * K + k0) * es;
+            const float *s = W->scale != NULL ? W->scale + n : NULL;
+            for (int b = 0; b < nb; b++) {
+                int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
+                ktab[T][mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, A + (size_t)m0 * lda + k0,
+                                lda, w, K, kn, s, bk);
+            }
         }
     }
 }

@@ -157,7 +157,7 @@ START_TEST(test_matmul_matches_double_loop)
 {
     /* {3, 16400}: past the bf16 GEMV's on-stack input (GEMV_KMAX), its other path */
     static const int shapes[][2] = {{1, 1}, {16, 16}, {37, 5}, {9, 17}, {50, 48}, {13, 257},
-                                    {3, 16400}};
+                                    {3, 16400}, {5, 1000}}; /* K cut in chunks at 9+ rows */
     static const int rows[] = {1, 2, 3, 4, 5, 7, 9, 16, 33, 40};
     unsigned seed = 7;
     for (int ti = 0; ti < 3; ti++)
