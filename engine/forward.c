@@ -10,9 +10,8 @@
  *   - rmsnorm is cheap and every thread computes it for all rows into its own buffer, which
  *     saves a barrier per layer;
  *   - lm_head is split by vocabulary rows.
- * Every projection is one sgemm over all rows of the batch (sgemv for a single row, which
- * OpenBLAS 0.3.21 runs 2-4x faster than sgemm with M=1; MACHINE.md), or, in a context made for
- * more than one row, our packed-panel kernel (engine/gemm.c) up to GEMM_PACKED_M rows.
+ * Every projection is one ym_matmul over all rows of the batch (engine/weight.h): our GEMV /
+ * small-M kernels on the weight in its served type (f32, bf16 or int8), sgemm for many rows.
  * Adapters (engine/adapt.h) are applied unmerged by the hooks marked "adapters": the base
  * product runs for all rows, then each sequence's rows get their LoRA product and IA³ scaling
  * on the same columns the thread owns; a batch without adapters takes none of these paths.
@@ -26,40 +25,24 @@
 #include <string.h>
 
 #include "engine/blas.h"
-#include "engine/gemm.h"
 #include "engine/kernels.h"
 #include "engine/pool.h"
 #include "engine/sparse.h"
+#include "engine/weight.h"
 
 #define ALIGN_CH 16 /* channel slices start on a 64-byte boundary */
 /* Adapters: LoRA ranks up to this split their down-projection (x . At) over the threads that
  * own the input (x_proj, dt_proj, out_proj), so no thread reads all of At; larger ranks have
  * every thread compute the whole product for its columns. */
 #define UP_MAX 64
-/* Up to this many rows the packed-panel kernel beats sgemm (2.5x at 16 rows, 1.25x at 96;
- * docs/BENCHMARKS.md); above it sgemm's own packing is amortized. */
-#ifndef GEMM_PACKED_M
-#define GEMM_PACKED_M 96
-#endif
-
-/* The packed copies of one layer's projections (engine/gemm.h). */
-typedef struct ctx_packed_layer {
-    ym_packed in_x;  /* in_proj rows [0, d_inner)         */
-    ym_packed in_z;  /* in_proj rows [d_inner, 2*d_inner) */
-    ym_packed x_proj;
-    ym_packed dt_proj;
-    ym_packed out_proj;
-} ctx_packed_layer;
-
 struct ym_ctx {
     ym_model_t *model; /* owned reference */
     ym_pool_t *pool;   /* owned */
     int n_rows_max;
     int n_threads;
-    /* Owned packed weights, or NULL (single-row contexts, CPUs without AVX-512). They double
-     * the weight memory (mamba-130m: +516 MB), paid only by contexts for batches. */
-    ctx_packed_layer *pk; /* [n_layer] */
-    ym_packed pk_head;    /* lm_head */
+    float *wscratch; /* per-thread [n_threads][ym_matmul_scratch(K max)]: weight tiles widened
+                        for sgemm (many-row products of bf16/int8 weights), or NULL */
+    size_t wscratch_n;
     /* scratch, [n_rows_max, ...] row-major */
     float *h;   /* residual stream [R, d_model] */
     float *hn;  /* per-thread normed input [n_threads][R, d_model] */
@@ -101,33 +84,6 @@ static float *falloc(size_t n)
     return aligned_alloc(64, bytes > 0 ? bytes : 64);
 }
 
-/* Packs every projection once (engine/gemm.h); on failure the caller frees what was made. */
-static ym_err pack_weights(ym_ctx_t *c)
-{
-    const ym_model_t *m = c->model;
-    const ym_config *cfg = &m->cfg;
-    const int dm = cfg->d_model, dtr = cfg->dt_rank;
-    const int P = dtr + 2 * cfg->d_state;
-    c->pk = calloc((size_t)cfg->n_layer, sizeof(*c->pk));
-    if (c->pk == NULL)
-        return YM_ENOMEM;
-    ym_err err;
-    for (int l = 0; l < cfg->n_layer; l++) {
-        const ym_layer *L = &m->layers[l];
-        ctx_packed_layer *p = &c->pk[l];
-        const int di = L->d_inner; /* this layer's own (served) channel count */
-        if (di == 0)
-            continue; /* every channel dropped: the layer runs no projection */
-        if ((err = ym_pack_init(&p->in_x, L->in_proj, dm, di, dm)) != YM_OK ||
-            (err = ym_pack_init(&p->in_z, L->in_proj + (size_t)di * dm, dm, di, dm)) != YM_OK ||
-            (err = ym_pack_init(&p->x_proj, L->x_proj, di, P, di)) != YM_OK ||
-            (err = ym_pack_init(&p->dt_proj, L->dt_proj_w, dtr, di, dtr)) != YM_OK ||
-            (err = ym_pack_init(&p->out_proj, L->out_proj, di, dm, di)) != YM_OK)
-            return err;
-    }
-    return ym_pack_init(&c->pk_head, m->lm_head, dm, cfg->n_vocab, dm);
-}
-
 ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **out)
 {
     *out = NULL;
@@ -145,6 +101,7 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     c->n_rows_max = n_rows_max;
     c->n_threads = n_threads;
     ym_blas_single_thread();
+    (void)ym_matmul_isa(); /* the CPU check and YUNMIN_INT8_ACTIVATIONS, before any worker */
     if ((err = ym_pool_new(n_threads, &c->pool)) != YM_OK)
         goto fail;
     err = YM_ENOMEM;
@@ -184,8 +141,15 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     /* x_proj's slices are 16-aligned when packed (the packed kernel starts on a panel). */
     split((int)P, n_threads, n_rows_max > 1 ? ALIGN_CH : 8, c->p0, c->p1);
     split(cfg->n_vocab, n_threads, ALIGN_CH, c->v0, c->v1);
-    if (n_rows_max > 1 && ym_gemm_packed_available() && (err = pack_weights(c)) != YM_OK)
-        goto fail;
+    /* bf16/int8: tiles widened for sgemm (many rows), int8 inputs for the VNNI kernel */
+    if ((n_rows_max > 1 && model->wtype != YM_WT_F32) || model->wtype == YM_WT_INT8) {
+        int kmax = cfg->d_model > cfg->d_inner ? cfg->d_model : cfg->d_inner;
+        c->wscratch_n = ym_matmul_scratch(kmax);
+        if ((c->wscratch = falloc(c->wscratch_n * (size_t)n_threads)) == NULL) {
+            err = YM_ENOMEM;
+            goto fail;
+        }
+    }
     *out = c;
     return YM_OK;
 fail:
@@ -197,17 +161,7 @@ void ym_ctx_free(ym_ctx_t *c)
 {
     if (c == NULL)
         return;
-    if (c->pk != NULL) {
-        for (int l = 0; l < c->model->cfg.n_layer; l++) {
-            ym_pack_deinit(&c->pk[l].in_x);
-            ym_pack_deinit(&c->pk[l].in_z);
-            ym_pack_deinit(&c->pk[l].x_proj);
-            ym_pack_deinit(&c->pk[l].dt_proj);
-            ym_pack_deinit(&c->pk[l].out_proj);
-        }
-        free(c->pk);
-    }
-    ym_pack_deinit(&c->pk_head);
+    free(c->wscratch);
     ym_pool_free(c->pool);
     free(c->h);
     free(c->hn);
@@ -236,24 +190,10 @@ int ym_ctx_n_threads(const ym_ctx_t *c)
     return c->n_threads;
 }
 
-/* C[M, N] = A[M, K] . W[N, K]^T + beta * C, where W is rows [n0, n0 + N) of the weight that
- * pk holds packed (NULL: not packed). Hot path. Up to GEMM_PACKED_M rows go through the packed
- * kernel (single rows too: it streamed the 50280x768 lm_head at 41 GB/s against sgemv's 25 on
- * one core, docs/BENCHMARKS.md); otherwise a single row goes through sgemv. */
-static void matmul(float *C, int ldc, const float *A, int lda, const float *W, int ldw, int M,
-                   int N, int K, float beta, const ym_packed *pk, int n0)
-{
-    if (M <= 0 || N <= 0)
-        return;
-    if (pk != NULL && M <= GEMM_PACKED_M &&
-        ym_gemm_packed(C, ldc, A, lda, pk, n0, n0 + N, M, beta))
-        return;
-    if (M == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, ldw, A, 1, beta, C, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, W, ldw, beta,
-                    C, ldc);
-}
+/* C[M, n1 - n0] = A[M, K] . W[n0:n1, K]^T + beta * C (engine/weight.h), with this thread's
+ * scratch for tiles of a low-bit weight. */
+#define MATMUL(C, ldc, A, lda, M, W, n0, n1, beta)                                             \
+    ym_matmul((C), (ldc), (A), (lda), (M), (W), (n0), (n1), (beta), wscr)
 
 static void add_bias(float *C, int ldc, int M, const float *b, int n0, int n1)
 {
@@ -480,17 +420,17 @@ static void forward_task(void *arg, int ith, int nth)
     const int p0 = c->p0[ith], p1 = c->p1[ith];
     float *hn = c->hn + (size_t)ith * c->n_rows_max * dm;
     const int ad = b->adapters != NULL; /* adapters: take the hooks */
+    float *wscr = c->wscratch != NULL ? c->wscratch + (size_t)ith * c->wscratch_n : NULL;
 
     /* h[r] = embed[token[r]], rows split over threads. */
     for (int r = ith; r < R; r += nth)
-        memcpy(c->h + (size_t)r * dm, m->embed + (size_t)b->tokens[r] * dm, sizeof(float) * dm);
+        ym_weight_row_f32(&m->embed, b->tokens[r], 0, dm, c->h + (size_t)r * dm);
     ym_pool_barrier(c->pool);
 
     for (int l = 0; l < cfg->n_layer; l++) {
         const ym_layer *L = &m->layers[l];
         const int nk = L->d_inner; /* channels this layer serves (all of them when dense) */
         const int c0 = c->ch0[(size_t)l * nth + ith], c1 = c->ch1[(size_t)l * nth + ith];
-        const int nc = c1 - c0;
         if (nk == 0) {
             /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
              * thread its rows; the barrier makes h whole before the next layer's norm). Every
@@ -506,11 +446,8 @@ static void forward_task(void *arg, int ith, int nth)
         if (ad)
             hook_in_input(b, l, hn, dm);
         /* [x, z] = in_proj(hn), this thread's channels */
-        const ctx_packed_layer *PK = c->pk != NULL ? &c->pk[l] : NULL;
-        matmul(c->x + c0, di, hn, dm, L->in_proj + (size_t)c0 * dm, dm, R, nc, dm, 0.0f,
-               PK ? &PK->in_x : NULL, c0);
-        matmul(c->z + c0, di, hn, dm, L->in_proj + (size_t)(nk + c0) * dm, dm, R, nc, dm, 0.0f,
-               PK ? &PK->in_z : NULL, c0);
+        MATMUL(c->x + c0, di, hn, dm, R, &L->in_proj, c0, c1, 0.0f);
+        MATMUL(c->z + c0, di, hn, dm, R, &L->in_proj, nk + c0, nk + c1, 0.0f);
         if (L->in_proj_b != NULL) {
             add_bias(c->x, di, R, L->in_proj_b, c0, c1);
             add_bias(c->z, di, R, L->in_proj_b + nk, c0, c1);
@@ -532,14 +469,13 @@ static void forward_task(void *arg, int ith, int nth)
             lora_partial(c, ith, l, YM_PROJ_X, 0, xin, di, c0, c1);
         ym_pool_barrier(c->pool);
         /* [dt_lo, B, C] = x_proj(x), split by output rows */
-        matmul(c->dbc + p0, P, xin, di, L->x_proj + (size_t)p0 * nk, nk, R, p1 - p0, nk, 0.0f,
-               PK ? &PK->x_proj : NULL, p0);
+        MATMUL(c->dbc + p0, P, xin, di, R, &L->x_proj, p0, p1, 0.0f);
         if (ad)
             hook_x_output(c, ith, l, xin, p0, p1);
         ym_pool_barrier(c->pool);
         /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
-        matmul(c->dt + c0, di, c->dbc, P, L->dt_proj_w + (size_t)c0 * dtr, dtr, R, nc, dtr, 0.0f,
-               PK ? &PK->dt_proj : NULL, c0);
+        const ym_weight dtw = {YM_WT_F32, nk, dtr, L->dt_proj_w, NULL}; /* stays f32 */
+        MATMUL(c->dt + c0, di, c->dbc, P, R, &dtw, c0, c1, 0.0f);
         if (ad)
             hook_dt_output(c, l, L->dt_proj_b, c0, c1);
         else
@@ -564,8 +500,7 @@ static void forward_task(void *arg, int ith, int nth)
         /* h = h + out_proj(y), split by output rows; with an IA³ output scale in the batch,
          * out_proj's output goes through c->ob so that the scale does not touch h */
         if (ad && any_scale(b, l, YM_PROJ_OUT, 1)) {
-            matmul(c->ob + m0, dm, c->y, di, L->out_proj + (size_t)m0 * nk, nk, R, m1 - m0, nk,
-                   0.0f, PK ? &PK->out_proj : NULL, m0);
+            MATMUL(c->ob + m0, dm, c->y, di, R, &L->out_proj, m0, m1, 0.0f);
             if (L->out_proj_b != NULL)
                 add_bias(c->ob, dm, R, L->out_proj_b, m0, m1);
             hook_out_output(c, l, c->ob, 1, m0, m1);
@@ -573,8 +508,7 @@ static void forward_task(void *arg, int ith, int nth)
                 for (int j = m0; j < m1; j++)
                     c->h[(size_t)r * dm + j] += c->ob[(size_t)r * dm + j];
         } else {
-            matmul(c->h + m0, dm, c->y, di, L->out_proj + (size_t)m0 * nk, nk, R, m1 - m0, nk,
-                   1.0f, PK ? &PK->out_proj : NULL, m0);
+            MATMUL(c->h + m0, dm, c->y, di, R, &L->out_proj, m0, m1, 1.0f);
             if (L->out_proj_b != NULL)
                 add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
             if (ad)
@@ -587,8 +521,7 @@ static void forward_task(void *arg, int ith, int nth)
     /* logits = lm_head(rmsnorm(h) * norm_f), rows wanted only, split by vocab rows */
     norm_rows(hn, c->h, m->norm_f, dm, cfg->norm_eps, c->out_rows, c->n_out);
     int v0 = c->v0[ith], v1 = c->v1[ith], nv = cfg->n_vocab;
-    matmul(c->logits + v0, nv, hn, dm, m->lm_head + (size_t)v0 * dm, dm, c->n_out, v1 - v0, dm,
-           0.0f, c->pk != NULL ? &c->pk_head : NULL, v0);
+    MATMUL(c->logits + v0, nv, hn, dm, c->n_out, &m->lm_head, v0, v1, 0.0f);
 }
 
 static ym_err check_batch(const ym_model_t *m, const ym_batch *b, int n_rows_max, ym_diag *diag)
@@ -677,9 +610,11 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
     double *h = calloc((size_t)dm, sizeof(double)), *hn = calloc((size_t)dm, sizeof(double));
     double *xz = calloc(2 * (size_t)di, sizeof(double)), *dbc = calloc((size_t)P, sizeof(double));
     double *y = calloc((size_t)di, sizeof(double));
-    YM_ASSERT(h && hn && xz && dbc && y);
+    float *w = calloc((size_t)(dm > di ? dm : di), sizeof(float)); /* one row, dequantized */
+    YM_ASSERT(h && hn && xz && dbc && y && w);
+    ym_weight_row_f32(&m->embed, tok, 0, dm, w);
     for (int i = 0; i < dm; i++)
-        h[i] = m->embed[(size_t)tok * dm + i];
+        h[i] = w[i];
     for (int l = 0; l < cfg->n_layer; l++) {
         const ym_layer *L = &m->layers[l];
         double ss = 0;
@@ -690,8 +625,9 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
             hn[i] = h[i] * rs * L->norm[i];
         for (int o = 0; o < 2 * di; o++) {
             double acc = L->in_proj_b != NULL ? L->in_proj_b[o] : 0.0;
+            ym_weight_row_f32(&L->in_proj, o, 0, dm, w);
             for (int i = 0; i < dm; i++)
-                acc += (double)L->in_proj[(size_t)o * dm + i] * hn[i];
+                acc += (double)w[i] * hn[i];
             xz[o] = acc;
         }
         float *cs = ym_state_conv(st, l), *ssm = ym_state_ssm(st, l);
@@ -710,8 +646,9 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
         }
         for (int p = 0; p < P; p++) {
             double acc = 0;
+            ym_weight_row_f32(&L->x_proj, p, 0, di, w);
             for (int d = 0; d < di; d++)
-                acc += (double)L->x_proj[(size_t)p * di + d] * xz[d];
+                acc += (double)w[d] * xz[d];
             dbc[p] = acc;
         }
         for (int d = 0; d < di; d++) {
@@ -732,8 +669,9 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
         }
         for (int o = 0; o < dm; o++) {
             double acc = L->out_proj_b != NULL ? L->out_proj_b[o] : 0.0;
+            ym_weight_row_f32(&L->out_proj, o, 0, di, w);
             for (int d = 0; d < di; d++)
-                acc += (double)L->out_proj[(size_t)o * di + d] * y[d];
+                acc += (double)w[d] * y[d];
             h[o] += acc;
         }
     }
@@ -746,8 +684,9 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
             hn[i] = h[i] * rs * m->norm_f[i];
         for (int v = 0; v < cfg->n_vocab; v++) {
             double acc = 0;
+            ym_weight_row_f32(&m->lm_head, v, 0, dm, w);
             for (int i = 0; i < dm; i++)
-                acc += (double)m->lm_head[(size_t)v * dm + i] * hn[i];
+                acc += (double)w[i] * hn[i];
             logits[v] = (float)acc;
         }
     }
@@ -757,6 +696,7 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
     free(xz);
     free(dbc);
     free(y);
+    free(w);
 }
 
 ym_err ym_forward_ref(const ym_model_t *m, const ym_batch *b, float *logits)

@@ -59,7 +59,13 @@ float *ym__model_alloc(ym_model_t *m, size_t n)
     return owned_alloc(m, n);
 }
 
+static void *owned_alloc_bytes(ym_model_t *m, size_t bytes);
 static float *owned_alloc(ym_model_t *m, size_t n)
+{
+    return owned_alloc_bytes(m, n * sizeof(float));
+}
+
+static void *owned_alloc_bytes(ym_model_t *m, size_t bytes)
 {
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned > 0 ? 2 * m->cap_owned : 64;
@@ -73,7 +79,7 @@ static float *owned_alloc(ym_model_t *m, size_t n)
      * by transparent huge pages: the forward streams them once per token, and 4 KiB pages cost
      * a TLB miss every 4 KiB and a page fault each at first touch (see MACHINE.md). The slack
      * of the alignment is never touched, so it costs address space only. */
-    size_t bytes = n > 0 ? n * sizeof(float) : ALIGN_BYTES;
+    bytes = bytes > 0 ? (bytes + ALIGN_BYTES - 1) / ALIGN_BYTES * ALIGN_BYTES : ALIGN_BYTES;
     size_t align = bytes >= HUGE_BYTES ? HUGE_BYTES : ALIGN_BYTES;
     void *p = NULL;
     if (posix_memalign(&p, align, bytes) != 0)
@@ -91,6 +97,8 @@ typedef struct binder {
     const ym_st_set_t *st;
     const ym_st_tensor **used; /* [n_used], tensors claimed so far */
     int n_used;
+    ym_wtype wt;               /* the served type of the matrices */
+    float *row;                /* owned scratch: one row of a matrix as f32 */
     ym_diag *diag;
 } binder;
 
@@ -105,8 +113,17 @@ static void format_shape(char *buf, size_t cap, int n_dim, const int64_t *shape)
 
 /* Find name, check its dtype and shape, claim it. *t = NULL (and YM_OK) when absent and not
  * required. */
+static ym_err find_checked_i8(binder *b, const char *name, int n_dim, const int64_t *shape,
+                              bool required, bool i8, const ym_st_tensor **out);
 static ym_err find_checked(binder *b, const char *name, int n_dim, const int64_t *shape,
                            bool required, const ym_st_tensor **out)
+{
+    return find_checked_i8(b, name, n_dim, shape, required, false, out);
+}
+
+/* As find_checked; i8: an I8 tensor is allowed too (a quantized matrix). */
+static ym_err find_checked_i8(binder *b, const char *name, int n_dim, const int64_t *shape,
+                              bool required, bool i8, const ym_st_tensor **out)
 {
     const ym_st_tensor *t = ym_st_set_find(b->st, name);
     char want[128], got[128];
@@ -118,10 +135,10 @@ static ym_err find_checked(binder *b, const char *name, int n_dim, const int64_t
         return ym_diag_set(b->diag, YM_EFORMAT, "tensor %s: missing (want shape %s)", name, want);
     }
     if (t->dtype != YM_DT_F32 && t->dtype != YM_DT_F16 && t->dtype != YM_DT_BF16 &&
-        t->dtype != YM_DT_F64)
+        t->dtype != YM_DT_F64 && !(i8 && t->dtype == YM_DT_I8))
         return ym_diag_set(b->diag, YM_EFORMAT,
-                           "tensor %s: dtype %s, want F32, F16, BF16 or F64", name,
-                           ym_dtype_name(t->dtype));
+                           "tensor %s: dtype %s, want F32, F16, BF16 or F64%s", name,
+                           ym_dtype_name(t->dtype), i8 ? " (or I8 with its scales)" : "");
     bool same = t->n_dim == n_dim;
     for (int i = 0; same && i < n_dim; i++)
         same = t->shape[i] == shape[i];
@@ -164,6 +181,104 @@ static ym_err bind(binder *b, const char *name, int n_dim, const int64_t *shape,
     return f32_view(b, t, out);
 }
 
+/* Row n of a float or I8 tensor [N, K] as f32 (scale: the I8 tensor's row scales). */
+static void src_row(const ym_st_tensor *t, const float *scale, int64_t n, int64_t K, float *out)
+{
+    const unsigned char *p = (const unsigned char *)t->data + (size_t)(n * K) * ym_dtype_size(t->dtype);
+    for (int64_t k = 0; k < K; k++) {
+        switch (t->dtype) {
+        case YM_DT_F32:
+            memcpy(&out[k], p + 4 * k, 4);
+            break;
+        case YM_DT_F64: {
+            double d;
+            memcpy(&d, p + 8 * k, 8);
+            out[k] = (float)d;
+            break;
+        }
+        case YM_DT_BF16:
+        case YM_DT_F16: {
+            uint16_t v;
+            memcpy(&v, p + 2 * k, 2);
+            out[k] = t->dtype == YM_DT_BF16 ? ym_bf16_to_f32(v) : ym_f16_to_f32(v);
+            break;
+        }
+        default: /* I8 */
+            out[k] = (float)((const int8_t *)p)[k] * scale[n];
+        }
+    }
+}
+
+/* The scales of an I8 matrix: "<name>_scale", F32 [N], finite and >= 0; claimed. */
+static ym_err bind_scale(binder *b, const char *name, int64_t N, const ym_st_tensor **out)
+{
+    char sname[160];
+    snprintf(sname, sizeof(sname), "%s_scale", name);
+    const ym_st_tensor *t = ym_st_set_find(b->st, sname);
+    if (t == NULL)
+        return ym_diag_set(b->diag, YM_EFORMAT, "tensor %s: I8 without its scale tensor %s",
+                           name, sname);
+    if (t->dtype != YM_DT_F32 || t->n_dim != 1 || t->shape[0] != N) {
+        char got[128];
+        format_shape(got, sizeof(got), t->n_dim, t->shape);
+        return ym_diag_set(b->diag, YM_EFORMAT, "tensor %s: %s %s, want F32 [%lld] (one scale "
+                           "per row of %s)", sname, ym_dtype_name(t->dtype), got, (long long)N,
+                           name);
+    }
+    for (int64_t i = 0; i < N; i++) {
+        float v;
+        memcpy(&v, (const char *)t->data + 4 * i, 4);
+        if (!isfinite(v) || v < 0.0f)
+            return ym_diag_set(b->diag, YM_EFORMAT, "tensor %s: scale %lld is %g, want finite "
+                               "and >= 0", sname, (long long)i, (double)v);
+    }
+    b->used[b->n_used++] = t;
+    *out = t;
+    return YM_OK;
+}
+
+/* Bind a matrix [N, K] in the served type b->wt: in place when the file holds it in that type
+ * (aligned), else converted row by row into owned memory. */
+static ym_err bind_w(binder *b, const char *name, int64_t N, int64_t K, ym_weight *out)
+{
+    const ym_st_tensor *t, *st = NULL;
+    ym_err err;
+    memset(out, 0, sizeof(*out));
+    if ((err = find_checked_i8(b, name, 2, (const int64_t[]){N, K}, true, true, &t)) != YM_OK)
+        return err;
+    if (t->dtype == YM_DT_I8 && (err = bind_scale(b, name, N, &st)) != YM_OK)
+        return err;
+    out->type = b->wt;
+    out->n_rows = (int)N;
+    out->n_cols = (int)K;
+    const float *scale = st != NULL ? st->data : NULL;
+    bool same = (b->wt == YM_WT_F32 && t->dtype == YM_DT_F32) ||
+                (b->wt == YM_WT_BF16 && t->dtype == YM_DT_BF16) ||
+                (b->wt == YM_WT_INT8 && t->dtype == YM_DT_I8);
+    if (same && ((uintptr_t)t->data & 3) == 0 && (scale == NULL || ((uintptr_t)scale & 3) == 0)) {
+        out->data = t->data;
+        out->scale = scale;
+        return YM_OK;
+    }
+    size_t es = ym_wtype_size(b->wt), bytes = (size_t)N * (size_t)K * es;
+    char *data = owned_alloc_bytes(b->m, bytes);
+    float *sc = b->wt == YM_WT_INT8 ? owned_alloc(b->m, (size_t)N) : NULL;
+    if (data == NULL || (b->wt == YM_WT_INT8 && sc == NULL))
+        return ym_diag_set(b->diag, YM_ENOMEM, "tensor %s: out of memory", name);
+    for (int64_t n = 0; n < N; n++) {
+        src_row(t, scale, n, K, b->row);
+        /* Re-quantizing an I8 row keeps its scale (and so its exact values). */
+        const float *fixed = scale != NULL && b->wt == YM_WT_INT8 ? &scale[n] : NULL;
+        if (ym_weight_convert(b->wt, b->row, (size_t)K, 1, (int)K, data + (size_t)n * K * es,
+                              sc != NULL ? sc + n : NULL, fixed) != YM_OK)
+            return ym_diag_set(b->diag, YM_EFORMAT, "tensor %s: row %lld has a non-finite "
+                               "value", name, (long long)n);
+    }
+    out->data = data;
+    out->scale = sc;
+    return YM_OK;
+}
+
 #define SHAPE(...) ((const int64_t[]){ __VA_ARGS__ })
 #define NDIM(...) ((int)(sizeof((const int64_t[]){ __VA_ARGS__ }) / sizeof(int64_t)))
 #define BIND(b, name, req, out, ...)                                                               \
@@ -181,15 +296,15 @@ static ym_err bind_layer(binder *b, int l, ym_layer *L)
         return err;
     L->d_inner = c->d_inner;
     TRYB(BIND(b, NAME("norm.weight"), true, &L->norm, dm));
-    TRYB(BIND(b, NAME("mixer.in_proj.weight"), true, &L->in_proj, 2 * di, dm));
+    TRYB(bind_w(b, NAME("mixer.in_proj.weight"), 2 * di, dm, &L->in_proj));
     TRYB(BIND(b, NAME("mixer.in_proj.bias"), c->use_bias, &L->in_proj_b, 2 * di));
     TRYB(BIND(b, NAME("mixer.conv1d.weight"), true, &L->conv_w, di, 1, c->d_conv));
     TRYB(BIND(b, NAME("mixer.conv1d.bias"), c->use_conv_bias, &L->conv_b, di));
-    TRYB(BIND(b, NAME("mixer.x_proj.weight"), true, &L->x_proj, r + 2 * ds, di));
+    TRYB(bind_w(b, NAME("mixer.x_proj.weight"), r + 2 * ds, di, &L->x_proj));
     TRYB(BIND(b, NAME("mixer.dt_proj.weight"), true, &L->dt_proj_w, di, r));
     TRYB(BIND(b, NAME("mixer.dt_proj.bias"), true, &L->dt_proj_b, di));
     TRYB(BIND(b, NAME("mixer.D"), true, &L->D, di));
-    TRYB(BIND(b, NAME("mixer.out_proj.weight"), true, &L->out_proj, dm, di));
+    TRYB(bind_w(b, NAME("mixer.out_proj.weight"), dm, di, &L->out_proj));
     TRYB(BIND(b, NAME("mixer.out_proj.bias"), c->use_bias, &L->out_proj_b, dm));
 
     /* A = -exp(A_log), computed once here so the scan reads A directly (DESIGN.md §3). */
@@ -217,10 +332,12 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
 {
     ym_config *c = &m->cfg;
     int n_all = ym_st_set_n_tensors(m->st);
-    binder b = { .m = m, .st = m->st, .diag = diag };
+    binder b = { .m = m, .st = m->st, .wt = m->wtype, .diag = diag };
     ym_err err;
+    int64_t row_max = c->d_model > c->d_inner ? c->d_model : c->d_inner;
 
     if ((b.used = calloc((size_t)n_all + 1, sizeof(*b.used))) == NULL ||
+        (b.row = malloc(sizeof(float) * (size_t)row_max)) == NULL ||
         (m->layers = calloc((size_t)c->n_layer, sizeof(*m->layers))) == NULL) {
         err = ym_diag_set(diag, YM_ENOMEM, "out of memory");
         goto done;
@@ -251,7 +368,7 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     }
     c->n_vocab = (int)rows;
     const int64_t nv = rows, dm = c->d_model;
-    if ((err = BIND(&b, embed_name, true, &m->embed, nv, dm)) != YM_OK)
+    if ((err = bind_w(&b, embed_name, nv, dm, &m->embed)) != YM_OK)
         goto done;
     for (int l = 0; l < c->n_layer; l++)
         if ((err = bind_layer(&b, l, &m->layers[l])) != YM_OK)
@@ -262,10 +379,14 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
         /* Some saves of tied models include lm_head.weight too; transformers then ties it to the
          * embedding anyway, so it is checked for shape and otherwise ignored. */
         const ym_st_tensor *t;
-        if ((err = find_checked(&b, "lm_head.weight", 2, SHAPE(nv, dm), false, &t)) != YM_OK)
+        if ((err = find_checked_i8(&b, "lm_head.weight", 2, SHAPE(nv, dm), false, true, &t)) !=
+            YM_OK)
+            goto done;
+        if (t != NULL && t->dtype == YM_DT_I8 &&
+            (err = bind_scale(&b, "lm_head.weight", nv, &t)) != YM_OK)
             goto done;
         m->lm_head = m->embed;
-    } else if ((err = BIND(&b, "lm_head.weight", true, &m->lm_head, nv, dm)) != YM_OK) {
+    } else if ((err = bind_w(&b, "lm_head.weight", nv, dm, &m->lm_head)) != YM_OK) {
         goto done;
     }
 
@@ -289,15 +410,38 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     err = YM_OK;
 done:
     free(b.used);
+    free(b.row);
     return err;
 }
 
 /* Per token the forward reads every weight once, except an untied embedding, of which it reads
- * one row: that table is not counted. */
-static size_t weight_bytes(const ym_config *c, size_t n_params)
+ * one row: that table is not counted in weight_bytes, only in resident_bytes. The matrices
+ * count in their served type, everything else as f32. */
+static void count_bytes(ym_model_t *m)
 {
-    size_t embed = (size_t)c->n_vocab * (size_t)c->d_model;
-    return (n_params - (c->tie_embeddings ? 0 : embed)) * sizeof(float);
+    const ym_config *c = &m->cfg;
+    size_t mat_params = 0, mat_bytes = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        const ym_weight *w[] = {&L->in_proj, &L->x_proj, &L->out_proj};
+        for (int i = 0; i < 3; i++) {
+            mat_params += (size_t)w[i]->n_rows * (size_t)w[i]->n_cols;
+            mat_bytes += ym_weight_bytes(w[i]);
+        }
+    }
+    size_t head = (size_t)c->n_vocab * (size_t)c->d_model;
+    size_t small = (m->n_params - mat_params - head * (c->tie_embeddings ? 1 : 2)) * sizeof(float);
+    m->weight_bytes = small + mat_bytes + ym_weight_bytes(&m->lm_head);
+    m->resident_bytes = m->weight_bytes + (c->tie_embeddings ? 0 : ym_weight_bytes(&m->embed));
+}
+
+/* The served type of a checkpoint loaded with YM_WT_AUTO: that of its first in_proj. */
+static ym_wtype auto_type(const ym_st_set_t *st)
+{
+    const ym_st_tensor *t = ym_st_set_find(st, "backbone.layers.0.mixer.in_proj.weight");
+    if (t == NULL)
+        return YM_WT_F32;
+    return t->dtype == YM_DT_BF16 ? YM_WT_BF16 : t->dtype == YM_DT_I8 ? YM_WT_INT8 : YM_WT_F32;
 }
 
 static void dense_counts(ym_model_t *m)
@@ -309,6 +453,11 @@ static void dense_counts(ym_model_t *m)
 }
 
 ym_err ym_model_load(const char *dir, ym_model_t **out, ym_diag *diag)
+{
+    return ym_model_load_as(dir, YM_WT_AUTO, out, diag);
+}
+
+ym_err ym_model_load_as(const char *dir, ym_wtype wt, ym_model_t **out, ym_diag *diag)
 {
     ym_model_t *m;
     ym_err err;
@@ -328,9 +477,10 @@ ym_err ym_model_load(const char *dir, ym_model_t **out, ym_diag *diag)
     if ((err = ym_st_set_open_dir(dir, &st, diag)) != YM_OK)
         goto fail;
     m->st = st;
+    m->wtype = wt == YM_WT_AUTO ? auto_type(st) : wt;
     if ((err = bind_model(m, diag)) != YM_OK)
         goto fail;
-    m->weight_bytes = weight_bytes(&m->cfg, m->n_params);
+    count_bytes(m);
     dense_counts(m);
     atomic_init(&m->refcount, 1);
     free(path);
@@ -386,47 +536,88 @@ static void fill_const(float *p, size_t n, float v)
         p[i] = v;
 }
 
+/* A random matrix [N, K] ~ U(-a, a) in type wt: filled in place when f32, else through tmp
+ * (f32, at least N*K) and converted. */
+static bool random_w(ym_model_t *m, rng *g, ym_wtype wt, int64_t N, int64_t K, float a,
+                     float *tmp, ym_weight *out)
+{
+    size_t n = (size_t)N * (size_t)K;
+    out->type = wt;
+    out->n_rows = (int)N;
+    out->n_cols = (int)K;
+    out->scale = NULL;
+    if (wt == YM_WT_F32) {
+        float *p = owned_alloc(m, n);
+        if (p == NULL)
+            return false;
+        fill_uniform(g, p, n, a);
+        out->data = p;
+        return true;
+    }
+    void *p = owned_alloc_bytes(m, n * ym_wtype_size(wt));
+    float *sc = wt == YM_WT_INT8 ? owned_alloc(m, (size_t)N) : NULL;
+    if (p == NULL || (wt == YM_WT_INT8 && sc == NULL))
+        return false;
+    fill_uniform(g, tmp, n, a);
+    (void)ym_weight_convert(wt, tmp, (size_t)K, (int)N, (int)K, p, sc, NULL); /* finite */
+    out->data = p;
+    out->scale = sc;
+    return true;
+}
+
 ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out, ym_diag *diag)
+{
+    return ym_model_new_random_as(cfg, seed, YM_WT_F32, out, diag);
+}
+
+ym_err ym_model_new_random_as(const ym_config *cfg, uint64_t seed, ym_wtype wt, ym_model_t **out,
+                              ym_diag *diag)
 {
     ym_model_t *m;
     ym_err err;
+    float *tmp = NULL;
     *out = NULL;
     if ((err = ym__config_check(cfg, diag)) != YM_OK)
         return err;
     if ((m = calloc(1, sizeof(*m))) == NULL)
         return ym_diag_set(diag, YM_ENOMEM, "out of memory");
     m->cfg = *cfg;
+    m->wtype = wt == YM_WT_AUTO ? YM_WT_F32 : wt;
+    wt = m->wtype;
     const ym_config *c = &m->cfg;
     const size_t dm = (size_t)c->d_model, di = (size_t)c->d_inner, ds = (size_t)c->d_state;
     const size_t r = (size_t)c->dt_rank, k = (size_t)c->d_conv, nv = (size_t)c->n_vocab;
     if ((m->layers = calloc((size_t)c->n_layer, sizeof(*m->layers))) == NULL)
         goto oom;
+    if (wt != YM_WT_F32) {
+        size_t big = nv * dm > 2 * di * dm ? nv * dm : 2 * di * dm;
+        if ((tmp = malloc(sizeof(float) * big)) == NULL)
+            goto oom;
+    }
 
-    /* Sizes of every tensor in order, each rounded up to a cache line, then one allocation. */
+    /* The small tensors, each rounded up to a cache line, in one allocation; the matrices
+     * one by one in the served type. */
 #define PAD(n) (((n) + 15) & ~(size_t)15)
-    size_t per_layer = PAD(dm) + PAD(2 * di * dm) + (c->use_bias ? PAD(2 * di) : 0) +
-                       PAD(di * k) + (c->use_conv_bias ? PAD(di) : 0) + PAD((r + 2 * ds) * di) +
-                       PAD(di * r) + PAD(di) + PAD(di * ds) + PAD(di) + PAD(dm * di) +
-                       (c->use_bias ? PAD(dm) : 0);
-    size_t total = PAD(nv * dm) * (c->tie_embeddings ? 1 : 2) + PAD(dm) +
-                   per_layer * (size_t)c->n_layer;
+    size_t per_layer = PAD(dm) + (c->use_bias ? PAD(2 * di) : 0) + PAD(di * k) +
+                       (c->use_conv_bias ? PAD(di) : 0) + PAD(di * r) + PAD(di) + PAD(di * ds) +
+                       PAD(di) + (c->use_bias ? PAD(dm) : 0);
+    size_t total = PAD(dm) + per_layer * (size_t)c->n_layer;
     float *p = owned_alloc(m, total);
     if (p == NULL)
         goto oom;
     rng g = { .seed = mix64(seed ^ 0x6a09e667f3bcc909ull), .ctr = 0 };
 #define TAKE(n) (p += PAD(n), p - PAD(n))
     const float bound_dm = 1.0f / sqrtf((float)dm), bound_di = 1.0f / sqrtf((float)di);
-    float *e = TAKE(nv * dm);
-    fill_uniform(&g, e, nv * dm, bound_dm);
-    m->embed = e;
+    if (!random_w(m, &g, wt, (int64_t)nv, (int64_t)dm, bound_dm, tmp, &m->embed))
+        goto oom;
     for (int l = 0; l < c->n_layer; l++) {
         ym_layer *L = &m->layers[l];
         float *t;
         L->d_inner = c->d_inner;
         fill_const(t = TAKE(dm), dm, 1.0f);
         L->norm = t;
-        fill_uniform(&g, t = TAKE(2 * di * dm), 2 * di * dm, bound_dm);
-        L->in_proj = t;
+        if (!random_w(m, &g, wt, (int64_t)(2 * di), (int64_t)dm, bound_dm, tmp, &L->in_proj))
+            goto oom;
         if (c->use_bias) {
             fill_uniform(&g, t = TAKE(2 * di), 2 * di, bound_dm);
             L->in_proj_b = t;
@@ -439,8 +630,8 @@ ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out
             fill_uniform(&g, t = TAKE(di), di, bound_k);
             L->conv_b = t;
         }
-        fill_uniform(&g, t = TAKE((r + 2 * ds) * di), (r + 2 * ds) * di, bound_di);
-        L->x_proj = t;
+        if (!random_w(m, &g, wt, (int64_t)(r + 2 * ds), (int64_t)di, bound_di, tmp, &L->x_proj))
+            goto oom;
         fill_uniform(&g, t = TAKE(di * r), di * r, 1.0f / sqrtf((float)r));
         L->dt_proj_w = t;
         /* Mamba's dt init: dt log-uniform in [1e-3, 1e-1], floored at 1e-4, and the bias set to
@@ -463,8 +654,8 @@ ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out
         L->A = t;
         fill_const(t = TAKE(di), di, 1.0f);
         L->D = t;
-        fill_uniform(&g, t = TAKE(dm * di), dm * di, bound_di);
-        L->out_proj = t;
+        if (!random_w(m, &g, wt, (int64_t)dm, (int64_t)di, bound_di, tmp, &L->out_proj))
+            goto oom;
         if (c->use_bias) {
             fill_uniform(&g, t = TAKE(dm), dm, bound_di);
             L->out_proj_b = t;
@@ -475,21 +666,21 @@ ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out
     m->norm_f = nf;
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
-    } else {
-        float *h = TAKE(nv * dm);
-        fill_uniform(&g, h, nv * dm, bound_dm);
-        m->lm_head = h;
+    } else if (!random_w(m, &g, wt, (int64_t)nv, (int64_t)dm, bound_dm, tmp, &m->lm_head)) {
+        goto oom;
     }
 #undef TAKE
 #undef PAD
+    free(tmp);
     m->n_params = ym_config_n_params(c);
-    m->weight_bytes = weight_bytes(c, m->n_params);
+    count_bytes(m);
     dense_counts(m);
     m->file_bytes = 0;
     atomic_init(&m->refcount, 1);
     *out = m;
     return YM_OK;
 oom:
+    free(tmp);
     model_destroy(m);
     return ym_diag_set(diag, YM_ENOMEM, "out of memory for a random model (%zu parameters)",
                        ym_config_n_params(cfg));

@@ -103,13 +103,42 @@ static void gather_rows(float *dst, const float *src, const int32_t *kept, int n
         memcpy(dst + (size_t)p * w, src + (size_t)kept[p] * w, w * sizeof(float));
 }
 
-/* dst[r, p] = src[r, kept[p]] for rows r < rows; src has ld columns. */
-static void gather_cols(float *dst, const float *src, int ld, const int32_t *kept, int nk,
-                        int rows)
+/* Into data [n_out, n_in] (and sc [n_out] for int8), in W's type: rows row_off + keep[p]
+ * (keep NULL: row_off + p) of W, and of those the columns cols[0..n_in) (NULL: all). int8
+ * rows keep their scale, so the pruned values are the very same. */
+static ym_err gather_into(const ym_weight *W, const int32_t *keep, int n_out, int row_off,
+                          const int32_t *cols, int n_in, float *tmp, char *data, float *sc)
 {
-    for (int r = 0; r < rows; r++)
-        for (int p = 0; p < nk; p++)
-            dst[(size_t)r * nk + p] = src[(size_t)r * ld + kept[p]];
+    const size_t es = ym_wtype_size(W->type);
+    for (int p = 0; p < n_out; p++) {
+        int r = row_off + (keep != NULL ? keep[p] : p);
+        char *dst = data + (size_t)p * n_in * es;
+        if (cols == NULL) {
+            memcpy(dst, (const char *)W->data + (size_t)r * W->n_cols * es, (size_t)n_in * es);
+            if (sc != NULL)
+                sc[p] = W->scale[r];
+            continue;
+        }
+        for (int j = 0; j < n_in; j++)
+            tmp[j] = ym_weight_at(W, r, cols[j]);
+        if (ym_weight_convert(W->type, tmp, (size_t)n_in, 1, n_in, dst, sc != NULL ? sc + p : NULL,
+                              sc != NULL ? &W->scale[r] : NULL) != YM_OK)
+            return YM_EINVAL;
+    }
+    return YM_OK;
+}
+
+/* A new weight in m: gather_into of all n_out rows. */
+static ym_err gather_w(ym_model_t *m, const ym_weight *W, int n_out, const int32_t *cols, int n_in,
+                       float *tmp, ym_weight *out)
+{
+    const size_t es = ym_wtype_size(W->type);
+    char *data = (char *)take(m, ((size_t)n_out * n_in * es + 3) / 4);
+    float *sc = W->type == YM_WT_INT8 ? take(m, (size_t)n_out) : NULL;
+    if (data == NULL || (W->type == YM_WT_INT8 && sc == NULL))
+        return YM_ENOMEM;
+    *out = (ym_weight){W->type, n_out, n_in, data, sc};
+    return gather_into(W, NULL, n_out, 0, cols, n_in, tmp, data, sc);
 }
 
 ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t **out,
@@ -131,14 +160,18 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
     m->embed = base->embed;
     m->norm_f = base->norm_f;
     m->lm_head = base->lm_head;
+    m->wtype = base->wtype;
     atomic_init(&m->refcount, 1);
+    float *tmp = NULL;
     const ym_config *c = &m->cfg;
     const int dm = c->d_model, di = c->d_inner, N = c->d_state, K = c->d_conv;
     const int dtr = c->dt_rank, P = dtr + 2 * N;
-    if ((m->layers = calloc((size_t)c->n_layer, sizeof(*m->layers))) == NULL)
+    if ((m->layers = calloc((size_t)c->n_layer, sizeof(*m->layers))) == NULL ||
+        (tmp = malloc(sizeof(float) * (size_t)(dm > di ? dm : di))) == NULL)
         goto oom;
-    /* Bytes the forward reads per token: the shared tensors, then each layer's pruned ones. */
-    size_t floats = (size_t)dm + (size_t)c->n_vocab * dm; /* norm_f, lm_head */
+    /* Bytes the forward reads per token: the shared tensors, then each layer's pruned ones
+     * (floats: f32 tensors; wbytes: the matrices in their type). */
+    size_t floats = (size_t)dm, wbytes = ym_weight_bytes(&base->lm_head); /* norm_f, lm_head */
     size_t params = (size_t)c->n_vocab * dm * (c->tie_embeddings ? 1 : 2) + (size_t)dm;
     for (int l = 0; l < c->n_layer; l++) {
         const ym_layer *D = &base->layers[l];
@@ -158,11 +191,17 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
         L->norm = D->norm;
         L->out_proj_b = D->out_proj_b;
         /* in_proj [2*nk, dm]: the kept rows of the x half, then those of the z half. */
-        if ((t = take(m, 2 * (size_t)nk * dm)) == NULL)
-            goto oom;
-        gather_rows(t, D->in_proj, kept, nk, (size_t)dm);
-        gather_rows(t + (size_t)nk * dm, D->in_proj + (size_t)di * dm, kept, nk, (size_t)dm);
-        L->in_proj = t;
+        {
+            const size_t es = ym_wtype_size(D->in_proj.type), hb = (size_t)nk * dm * es;
+            char *d = (char *)take(m, (2 * hb + 3) / 4);
+            float *sc = D->in_proj.type == YM_WT_INT8 ? take(m, 2 * (size_t)nk) : NULL;
+            if (d == NULL || (D->in_proj.type == YM_WT_INT8 && sc == NULL) ||
+                gather_into(&D->in_proj, kept, nk, 0, NULL, dm, tmp, d, sc) != YM_OK ||
+                gather_into(&D->in_proj, kept, nk, di, NULL, dm, tmp, d + hb,
+                            sc != NULL ? sc + nk : NULL) != YM_OK)
+                goto oom;
+            L->in_proj = (ym_weight){D->in_proj.type, 2 * nk, dm, d, sc};
+        }
         if (D->in_proj_b != NULL) {
             if ((t = take(m, 2 * (size_t)nk)) == NULL)
                 goto oom;
@@ -180,10 +219,8 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
             gather_rows(t, D->conv_b, kept, nk, 1);
             L->conv_b = t;
         }
-        if ((t = take(m, (size_t)P * nk)) == NULL)
+        if (gather_w(m, &D->x_proj, P, kept, nk, tmp, &L->x_proj) != YM_OK)
             goto oom;
-        gather_cols(t, D->x_proj, di, kept, nk, P);
-        L->x_proj = t;
         if ((t = take(m, (size_t)nk * dtr)) == NULL)
             goto oom;
         gather_rows(t, D->dt_proj_w, kept, nk, (size_t)dtr);
@@ -200,10 +237,8 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
             goto oom;
         gather_rows(t, D->D, kept, nk, 1);
         L->D = t;
-        if ((t = take(m, (size_t)dm * nk)) == NULL)
+        if (gather_w(m, &D->out_proj, dm, kept, nk, tmp, &L->out_proj) != YM_OK)
             goto oom;
-        gather_cols(t, D->out_proj, di, kept, nk, dm);
-        L->out_proj = t;
         ym_scan_plan *pl;
         if (build_plan(m, sp, l, D->A, &pl) != YM_OK)
             goto oom;
@@ -211,18 +246,24 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
         m->n_channels_kept += nk;
         m->n_states_live += pl->n_live;
         m->n_scan_lanes += pl->n_lanes;
-        size_t lp = (size_t)dm + 2 * (size_t)nk * dm + (D->in_proj_b ? 2 * (size_t)nk : 0) +
-                    (size_t)nk * K + (D->conv_b ? (size_t)nk : 0) + (size_t)P * nk +
-                    (size_t)nk * dtr + (size_t)nk + (size_t)nk + (size_t)dm * nk +
+        size_t lf = (size_t)dm + (D->in_proj_b ? 2 * (size_t)nk : 0) + (size_t)nk * K +
+                    (D->conv_b ? (size_t)nk : 0) + (size_t)nk * dtr + (size_t)nk + (size_t)nk +
                     (D->out_proj_b ? (size_t)dm : 0);
-        params += lp + (size_t)nk * N;
-        floats += lp + (size_t)pl->n_lanes; /* the scan reads blocked A, not A */
+        size_t lw = 2 * (size_t)nk * dm + (size_t)P * nk + (size_t)dm * nk;
+        params += lf + lw + (size_t)nk * N;
+        floats += lf + (size_t)pl->n_lanes; /* the scan reads blocked A, not A */
+        wbytes += ym_weight_bytes(&L->in_proj) + ym_weight_bytes(&L->x_proj) +
+                  ym_weight_bytes(&L->out_proj);
     }
+    free(tmp);
+    tmp = NULL;
     m->n_params = params;
-    m->weight_bytes = floats * sizeof(float);
+    m->weight_bytes = floats * sizeof(float) + wbytes;
+    m->resident_bytes = m->weight_bytes + (c->tie_embeddings ? 0 : ym_weight_bytes(&m->embed));
     *out = m;
     return YM_OK;
 oom:
+    free(tmp);
     ym_model_unref(m);
     return ym_diag_set(diag, YM_ENOMEM, "out of memory building the sparse model");
 }

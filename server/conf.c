@@ -47,6 +47,8 @@ static const ym_conf_def defs[] = {
       "JSON settings file (keys as below); read before the environment and flags"),
     S("model", "YUNMIN_MODEL", model, YM_DEFAULT_MODEL, NULL, 0,
       "model directory (config.json, *.safetensors, tokenizer.json)"),
+    S("weights", "YUNMIN_WEIGHTS", weights, "auto", "auto|f32|bf16|int8", 0,
+      "type the model's matrices are served in; auto = the checkpoint's own (BF16 stays bf16)"),
     S("served_model_name", "YUNMIN_SERVED_MODEL_NAME", served_model_name, "", NULL, 0,
       "the model id clients use; default: the model directory's name"),
     S("host", "YUNMIN_HOST", host, "127.0.0.1", NULL, 0,

@@ -37,6 +37,7 @@ typedef struct ym_conf {
     uint64_t max_upload_bytes;
     uint64_t max_adapter_rank;
     char *sparsity;           /* owned; profile path, "auto" or "" (dense) */
+    char *weights;            /* owned; auto|f32|bf16|int8 (engine/weight.h) */
     uint64_t cache_bytes;     /* state cache budget (sessions + prefix checkpoints) */
     uint64_t checkpoint_interval; /* tokens between prefix checkpoints, 0 = none */
     uint64_t max_session_id_bytes;

@@ -47,8 +47,11 @@ static void load_work(uv_work_t *w) /* libuv pool */
     char path[4096];
     snprintf(path, sizeof(path), "%s/tokenizer.json", srv->conf.model);
     srv->load_err = ym_tok_load(path, &srv->tok, &srv->load_diag);
+    ym_wtype wt = YM_WT_AUTO;
     if (srv->load_err == YM_OK)
-        srv->load_err = ym_model_load(srv->conf.model, &srv->model, &srv->load_diag);
+        srv->load_err = ym_wtype_parse(srv->conf.weights, &wt, &srv->load_diag);
+    if (srv->load_err == YM_OK)
+        srv->load_err = ym_model_load_as(srv->conf.model, wt, &srv->model, &srv->load_diag);
     const char *sp_path = srv->conf.sparsity;
     if (strcmp(sp_path, "auto") == 0) {
         snprintf(path, sizeof(path), "%s/yunmin.sparsity.safetensors", srv->conf.model);

@@ -446,6 +446,21 @@ static void hash_floats(crypto_generichash_state *h, const float *v, size_t n)
         crypto_generichash_update(h, (const unsigned char *)&v[i], sizeof(float));
 }
 
+/* A weight matrix: its type, then a sample of its values as f32 (dequantized). */
+static void hash_weight(crypto_generichash_state *h, const ym_weight *w)
+{
+    int32_t t = (int32_t)w->type;
+    crypto_generichash_update(h, (const unsigned char *)&t, sizeof(t));
+    size_t n = (size_t)w->n_rows * (size_t)w->n_cols;
+    uint64_t len = n;
+    crypto_generichash_update(h, (const unsigned char *)&len, sizeof(len));
+    size_t step = n > 4096 ? n / 4096 : 1;
+    for (size_t i = 0; i < n; i += step) {
+        float v = ym_weight_at(w, (int)(i / (size_t)w->n_cols), (int)(i % (size_t)w->n_cols));
+        crypto_generichash_update(h, (const unsigned char *)&v, sizeof(v));
+    }
+}
+
 void ym_model_fingerprint(const ym_model_t *m, unsigned char out[32])
 {
     const ym_config *c = &m->cfg;
@@ -455,21 +470,21 @@ void ym_model_fingerprint(const ym_model_t *m, unsigned char out[32])
                       c->dt_rank};
     crypto_generichash_update(&h, (const unsigned char *)dims, sizeof(dims));
     size_t dm = (size_t)c->d_model, ds = (size_t)c->d_state, dr = (size_t)c->dt_rank;
-    hash_floats(&h, m->embed, (size_t)c->n_vocab * dm);
+    hash_weight(&h, &m->embed);
     hash_floats(&h, m->norm_f, dm);
     for (int l = 0; l < c->n_layer; l++) {
         const ym_layer *L = &m->layers[l];
         size_t di = (size_t)L->d_inner;
         hash_floats(&h, L->norm, dm);
-        hash_floats(&h, L->in_proj, 2 * di * dm);
+        hash_weight(&h, &L->in_proj);
         hash_floats(&h, L->conv_w, di * (size_t)c->d_conv);
         hash_floats(&h, L->conv_b, L->conv_b ? di : 0);
-        hash_floats(&h, L->x_proj, (dr + 2 * ds) * di);
+        hash_weight(&h, &L->x_proj);
         hash_floats(&h, L->dt_proj_w, di * dr);
         hash_floats(&h, L->dt_proj_b, di);
         hash_floats(&h, L->A, di * ds);
         hash_floats(&h, L->D, di);
-        hash_floats(&h, L->out_proj, dm * di);
+        hash_weight(&h, &L->out_proj);
     }
     crypto_generichash_final(&h, out, 32);
 }

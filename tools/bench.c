@@ -1,8 +1,10 @@
 /* tools/bench.c - `yunmin bench`: engine speed against this machine's own floors.
  *
  * Everything is measured in one run, because absolute times drift on shared machines:
- *   - memory read bandwidth (all cores, a 1 GiB array) -> the batch-1 decode floor
- *     weight_bytes / bandwidth;
+ *   - memory read bandwidth, read the way decode reads its weights: every thread runs the
+ *     engine's own GEMV (ym_matmul, one row) over its slice of the rows of a 1 GiB f32 matrix
+ *     (far past the caches), so the floor weight_bytes / bandwidth is one decode can at best
+ *     reach, not a figure a weaker probe loop underestimates;
  *   - the OpenBLAS sgemm rate at a prefill-like shape, run the way the engine runs it (each
  *     core its own slice, single-threaded BLAS) and with OpenBLAS's own threads; the better
  *     of the two is the peak;
@@ -31,6 +33,7 @@
 #include "engine/pool.h"
 #include "engine/sparse.h"
 #include "engine/state.h"
+#include "engine/weight.h"
 #include "tools/cli.h"
 
 
@@ -44,37 +47,39 @@ static double now(void)
 
 /* ---- memory bandwidth ---- */
 typedef struct {
-    const float *a;
-    size_t n;
-    double sums[64];
+    ym_weight w; /* [rows, BW_COLS] f32 */
+    const float *x;
+    float *y;
 } bw_job;
+
+#define BW_COLS 4096
 
 static void bw_task(void *arg, int ith, int nth)
 {
     bw_job *j = arg;
-    size_t lo = j->n * (size_t)ith / (size_t)nth, hi = j->n * (size_t)(ith + 1) / (size_t)nth;
-    float acc[16] = {0};
-    for (size_t i = lo; i + 16 <= hi; i += 16)
-        for (int k = 0; k < 16; k++)
-            acc[k] += j->a[i + k];
-    double s = 0;
-    for (int k = 0; k < 16; k++)
-        s += acc[k];
-    j->sums[ith] = s;
+    int n = j->w.n_rows;
+    int lo = (int)((long)n * ith / nth), hi = (int)((long)n * (ith + 1) / nth);
+    ym_matmul(j->y + lo, n, j->x, BW_COLS, 1, &j->w, lo, hi, 0.0f, NULL);
 }
 
 static double measure_bandwidth(ym_pool_t *pool)
 {
-    size_t n = (size_t)1 << 28; /* 1 GiB of floats */
-    /* On huge pages, like the engine's packed weights: the floor must not include TLB misses
-     * that the engine does not pay. */
+    const int rows = 1 << 16; /* x 4096 f32 = 1 GiB */
+    size_t n = (size_t)rows * BW_COLS;
+    /* On huge pages, like the engine's weights: the floor must not include TLB misses that
+     * the engine does not pay. */
     float *a = aligned_alloc((size_t)2 << 20, n * sizeof(float));
-    if (a == NULL)
+    float *x = malloc(sizeof(float) * BW_COLS), *y = malloc(sizeof(float) * (size_t)rows);
+    if (a == NULL || x == NULL || y == NULL) {
+        free(a), free(x), free(y);
         return 0;
+    }
     madvise(a, n * sizeof(float), MADV_HUGEPAGE);
     for (size_t i = 0; i < n; i++)
         a[i] = (float)(i & 7);
-    bw_job j = {.a = a, .n = n};
+    for (int k = 0; k < BW_COLS; k++)
+        x[k] = 1.0f / (float)(k + 1);
+    bw_job j = {.w = {YM_WT_F32, rows, BW_COLS, a, NULL}, .x = x, .y = y};
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now();
@@ -84,7 +89,23 @@ static double measure_bandwidth(ym_pool_t *pool)
             best = gbs;
     }
     free(a);
+    free(x);
+    free(y);
     return best;
+}
+
+/* Resident set size of this process, bytes (VmRSS), or 0. */
+static long long rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kb = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kb * 1024;
 }
 
 /* ---- sgemm peak ---- */
@@ -359,8 +380,11 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
                "                    [--batches 1,4,16,64] [--sparsity FILE] [--rounds N] [--no-floors]\n"
-               "                    [--adapters N [--rank R]]\n"
-               "Without --model: a synthetic model with mamba-130m's shapes (random weights).\n"
+               "                    [--adapters N [--rank R]] [--weights f32|bf16|int8|auto]\n"
+               "Without --model: a synthetic model with mamba-130m's shapes (random weights);\n"
+               "--model synthetic:mamba-1.4b or synthetic:falcon-mamba-7b for the bigger ones.\n"
+               "--weights: the type the matrices are served in (default: the checkpoint's own,\n"
+               "f32 for synthetic models).\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
                "with the dense one in this process (best of --rounds rounds each, default 2),\n"
                "and report the speed-ups.\n"
@@ -377,9 +401,10 @@ int ym_cmd_bench(int argc, char **argv)
         {"steps", required_argument, 0, 's'},  {"batches", required_argument, 0, 'b'},
         {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'k'},
         {"sparsity", required_argument, 0, 'S'}, {"no-floors", no_argument, 0, 'F'},
-        {"rounds", required_argument, 0, 'r'},
+        {"rounds", required_argument, 0, 'r'}, {"weights", required_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *model_dir = NULL, *batches = NULL, *sparsity = NULL;
+    const char *model_dir = NULL, *batches = NULL, *sparsity = NULL, *weights = NULL;
+    ym_wtype wt;
     int json = 0, n_threads = 0, n_prompt = 512, steps = 32, n_adapters = 0, rank = 8;
     int floors = 1, rounds = 2;
     optind = 1;
@@ -393,6 +418,11 @@ int ym_cmd_bench(int argc, char **argv)
         case 'b': batches = optarg; break;
         case 'S': sparsity = optarg; break;
         case 'F': floors = 0; break;
+        case 'W':
+            if (cli_parse_weights(optarg, &wt) != 0)
+                return 2;
+            weights = optarg;
+            break;
         case 'r':
         case 't':
         case 'p':
@@ -450,7 +480,7 @@ int ym_cmd_bench(int argc, char **argv)
 
     ym_model_t *m = NULL, *dm_dense = NULL;
     const char *model_name = model_dir != NULL ? model_dir : "synthetic mamba-130m shapes";
-    if (cli_load_model(model_dir != NULL ? model_dir : CLI_SYNTHETIC_130M, &m) != 0)
+    if (cli_load_model_as(model_dir != NULL ? model_dir : CLI_SYNTHETIC_130M, weights, &m) != 0)
         return 1;
     if (sparsity != NULL) {
         dm_dense = ym_model_ref(m);
@@ -478,12 +508,16 @@ int ym_cmd_bench(int argc, char **argv)
         ym_model_unref(dm_dense);
         return 1;
     }
+    /* The model and the contexts, touched once by a decode step: what a server holds. */
+    (void)bench_decode(ctx, m, 1, 1);
+    long long rss = rss_bytes();
     ym_pool_t *pool = NULL;
     ym_pool_new(n_threads, &pool);
     if (!json)
-        fprintf(stderr, "bench: %s%s%s, %d threads, BLAS core %s, kernels %s\n", model_name,
-                sparsity ? " under " : "", sparsity ? sparsity : "", n_threads, ym_blas_core(),
-                ym_kernels_isa());
+        fprintf(stderr, "bench: %s%s%s, %s weights, %d threads, BLAS core %s, kernels %s, "
+                "matmul %s\n", model_name, sparsity ? " under " : "", sparsity ? sparsity : "",
+                ym_wtype_name(m->wtype), n_threads, ym_blas_core(), ym_kernels_isa(),
+                ym_matmul_isa());
     double bw = 0, gemm_engine = 0, gemm_blas = 0, sgemm = 0;
     if (floors) {
         bw = measure_bandwidth(pool);
@@ -532,7 +566,12 @@ int ym_cmd_bench(int argc, char **argv)
     json_object_set_new(o_json, "threads", json_integer(n_threads));
     json_object_set_new(o_json, "blas_core", json_string(ym_blas_core()));
     json_object_set_new(o_json, "kernels", json_string(ym_kernels_isa()));
+    json_object_set_new(o_json, "weights", json_string(ym_wtype_name(m->wtype)));
+    json_object_set_new(o_json, "matmul", json_string(ym_matmul_isa()));
     json_object_set_new(o_json, "weight_bytes", json_integer((json_int_t)m->weight_bytes));
+    json_object_set_new(o_json, "resident_weight_bytes",
+                        json_integer((json_int_t)m->resident_bytes));
+    json_object_set_new(o_json, "rss_bytes", json_integer((json_int_t)rss));
     json_object_set_new(o_json, "bandwidth_gb_s", json_real(bw));
     json_object_set_new(o_json, "sgemm_gflop_s", json_real(sgemm));
     json_object_set_new(o_json, "sgemm_gflop_s_engine_split", json_real(gemm_engine));
@@ -618,8 +657,9 @@ int ym_cmd_bench(int argc, char **argv)
                    (double)m->n_scan_lanes / all_st, (double)m->n_states_live / all_st);
         }
         if (floors) {
-            printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB weights)\n",
-                   bw, floor_tok_s, (double)m->weight_bytes / 1e6);
+            printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB %s "
+                   "weights; RSS %.1f MB)\n", bw, floor_tok_s, (double)m->weight_bytes / 1e6,
+                   ym_wtype_name(m->wtype), (double)rss / 1e6);
             printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
                    sgemm, gemm_engine, gemm_blas);
             printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,

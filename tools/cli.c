@@ -227,28 +227,55 @@ int cli_load_tokenizer(const char *dir, ym_tok_t **out)
     return 0;
 }
 
-int cli_is_synthetic(const char *dir)
+/* Synthetic shapes: name, d_model, n_layer, n_vocab, tied (d_inner = 2 d_model, d_state 16,
+ * dt_rank = ceil(d_model / 16), as the published configs). */
+static const struct {
+    const char *name;
+    int d_model, n_layer, n_vocab, tied;
+} synthetic[] = {
+    {CLI_SYNTHETIC_130M, 768, 24, 50280, 1},        /* state-spaces/mamba-130m-hf */
+    {CLI_SYNTHETIC_1_4B, 2048, 48, 50280, 1},       /* state-spaces/mamba-1.4b-hf */
+    {CLI_SYNTHETIC_FALCON_7B, 4096, 64, 65024, 0},  /* tiiuae/falcon-mamba-7b */
+};
+
+static int synthetic_index(const char *dir)
 {
-    return dir != NULL && strcmp(dir, CLI_SYNTHETIC_130M) == 0;
+    for (size_t i = 0; dir != NULL && i < sizeof(synthetic) / sizeof(synthetic[0]); i++)
+        if (strcmp(dir, synthetic[i].name) == 0)
+            return (int)i;
+    return -1;
 }
 
-/* mamba-130m's shapes (state-spaces/mamba-130m-hf), random weights made in process. */
-static ym_err synthetic_130m(ym_model_t **out, ym_diag *diag)
+int cli_is_synthetic(const char *dir)
+{
+    return synthetic_index(dir) >= 0;
+}
+
+/* A synthetic model's shapes, random weights made in process, in type wt. */
+static ym_err synthetic_model(int i, ym_wtype wt, ym_model_t **out, ym_diag *diag)
 {
     ym_config c;
     memset(&c, 0, sizeof(c));
-    c.d_model = 768;
-    c.n_layer = 24;
-    c.d_inner = 1536;
+    c.d_model = synthetic[i].d_model;
+    c.n_layer = synthetic[i].n_layer;
+    c.d_inner = 2 * c.d_model;
     c.d_state = 16;
     c.d_conv = 4;
-    c.dt_rank = 48;
-    c.n_vocab = 50280;
+    c.dt_rank = (c.d_model + 15) / 16;
+    c.n_vocab = synthetic[i].n_vocab;
     c.use_conv_bias = 1;
-    c.tie_embeddings = 1;
+    c.tie_embeddings = synthetic[i].tied;
     c.norm_eps = 1e-5f;
     c.bos_id = c.eos_id = c.pad_id = -1;
-    return ym_model_new_random(&c, 1, out, diag);
+    return ym_model_new_random_as(&c, 1, wt, out, diag);
+}
+
+int cli_parse_weights(const char *s, ym_wtype *out)
+{
+    ym_diag diag = {0};
+    if (ym_wtype_parse(s, out, &diag) != YM_OK)
+        return cli_error(CLI_USAGE, "--weights: '%s' is not one of f32, bf16, int8, auto", s);
+    return 0;
 }
 
 int cli_apply_sparsity(const char *path, ym_model_t **model)
@@ -272,10 +299,18 @@ int cli_apply_sparsity(const char *path, ym_model_t **model)
 
 int cli_load_model(const char *dir, ym_model_t **out)
 {
+    return cli_load_model_as(dir, NULL, out);
+}
+
+int cli_load_model_as(const char *dir, const char *weights, ym_model_t **out)
+{
     ym_diag diag = {0};
+    ym_wtype wt = YM_WT_AUTO;
     *out = NULL;
+    if (weights != NULL && cli_parse_weights(weights, &wt) != 0)
+        return CLI_USAGE;
     if (cli_is_synthetic(dir)) {
-        ym_err err = synthetic_130m(out, &diag);
+        ym_err err = synthetic_model(synthetic_index(dir), wt, out, &diag);
         if (err != YM_OK)
             return cli_error(CLI_FAIL, "model %s: %s", dir,
                              diag.msg[0] ? diag.msg : ym_strerror(err));
@@ -283,7 +318,7 @@ int cli_load_model(const char *dir, ym_model_t **out)
     }
     if (check_dir(dir) != 0)
         return CLI_FAIL;
-    ym_err err = ym_model_load(dir, out, &diag);
+    ym_err err = ym_model_load_as(dir, wt, out, &diag);
     if (err != YM_OK)
         return cli_error(CLI_FAIL, "model %s: %s", dir, diag.msg[0] ? diag.msg : ym_strerror(err));
     return 0;

@@ -26,6 +26,7 @@ int ym_cmd_perplexity(int argc, char **argv);
 int ym_cmd_bench(int argc, char **argv); /* tools/bench.c */
 int ym_cmd_calibrate(int argc, char **argv);
 int ym_cmd_chat_template(int argc, char **argv);
+int ym_cmd_quantize(int argc, char **argv); /* tools/cmd_quantize.c */
 
 /* Print "yunmin: <message>" as one line on stderr; returns code (CLI_FAIL or CLI_USAGE). */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -58,6 +59,11 @@ int cli_read_file(const char *path, char **data, size_t *len);
  * or file, a malformed one) and return CLI_FAIL, else 0. New references in *out. */
 int cli_load_tokenizer(const char *dir, ym_tok_t **out);
 int cli_load_model(const char *dir, ym_model_t **out);
+/* As cli_load_model, the matrices in the type named by weights ("f32", "bf16", "int8",
+ * "auto"; NULL = auto: the checkpoint's own). A bad name is a usage error (CLI_USAGE). */
+int cli_load_model_as(const char *dir, const char *weights, ym_model_t **out);
+/* --weights value -> *out; prints the usage error and returns CLI_USAGE on a bad name. */
+int cli_parse_weights(const char *s, ym_wtype *out);
 
 /* --adapter DIR options, repeatable: at most CLI_MAX_ADAPTERS, all composed in order. */
 #define CLI_MAX_ADAPTERS 16
@@ -74,6 +80,10 @@ int cli_apply_sparsity(const char *path, ym_model_t **model);
 /* The model spec naming the synthetic model with mamba-130m's shapes and random weights (for
  * benchmarks and calibration experiments; no tokenizer): --model synthetic:mamba-130m. */
 #define CLI_SYNTHETIC_130M "synthetic:mamba-130m"
+/* The same for mamba-1.4b's shapes and Falcon-Mamba-7B's (d_model 4096, 64 layers, vocab
+ * 65024, untied head): for benchmarks of the bigger shapes, e.g. with --weights int8. */
+#define CLI_SYNTHETIC_1_4B "synthetic:mamba-1.4b"
+#define CLI_SYNTHETIC_FALCON_7B "synthetic:falcon-mamba-7b"
 int cli_is_synthetic(const char *dir);
 
 double cli_now(void); /* monotonic seconds */

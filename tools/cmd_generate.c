@@ -38,6 +38,7 @@ static void usage(FILE *f)
             "  --adapter DIR               PEFT LoRA/IA3 adapter or adapter set (repeatable:\n"
             "                              composed, LoRA deltas add, IA3 scales multiply)\n"
             "  --sparsity FILE             serve under this sparsity profile\n"
+            "  --weights f32|bf16|int8     the matrices' type (default: the checkpoint's own)\n"
             "  --echo                      print the prompt before the generated text\n"
             "Text goes to stdout as it is produced; a summary line goes to stderr.\n",
             MAX_STOPS);
@@ -57,6 +58,7 @@ enum {
     OPT_ECHO,
     OPT_ADAPTER,
     OPT_SPARSITY,
+    OPT_WEIGHTS,
 };
 
 static int write_out(const char *s, size_t n)
@@ -95,10 +97,12 @@ int ym_cmd_generate(int argc, char **argv)
         {"echo", no_argument, NULL, OPT_ECHO},
         {"adapter", required_argument, NULL, OPT_ADAPTER},
         {"sparsity", required_argument, NULL, OPT_SPARSITY},
+        {"weights", required_argument, NULL, OPT_WEIGHTS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *prompt = NULL, *sparsity = NULL;
+    const char *model_arg = NULL, *prompt = NULL, *sparsity = NULL, *weights = NULL;
+    ym_wtype wt;
     const char *stops[MAX_STOPS];
     int n_stops = 0, echo = 0;
     const char *adapter_dirs[CLI_MAX_ADAPTERS];
@@ -166,6 +170,11 @@ int ym_cmd_generate(int argc, char **argv)
         case OPT_SPARSITY:
             sparsity = optarg;
             break;
+        case OPT_WEIGHTS:
+            if (cli_parse_weights(optarg, &wt) != 0)
+                return CLI_USAGE;
+            weights = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -199,7 +208,7 @@ int ym_cmd_generate(int argc, char **argv)
     int rc;
     if ((rc = cli_load_tokenizer(dir, &tok)) != 0)
         goto out;
-    if ((rc = cli_load_model(dir, &model)) != 0)
+    if ((rc = cli_load_model_as(dir, weights, &model)) != 0)
         goto out;
     if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)
         goto out;

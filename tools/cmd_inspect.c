@@ -105,6 +105,7 @@ int ym_cmd_inspect(int argc, char **argv)
     json_object_set_new(o, "config", jc);
     SET_INT(o, "n_params", model->n_params);
     SET_INT(o, "weight_bytes", model->weight_bytes);
+    json_object_set_new(o, "weights", json_string(ym_wtype_name(model->wtype)));
     SET_INT(o, "file_bytes", model->file_bytes);
     SET_INT(o, "state_bytes", ym_config_state_bytes(cfg));
     SET_INT(o, "n_vocab", cfg->n_vocab);
@@ -171,8 +172,8 @@ int ym_cmd_inspect(int argc, char **argv)
                 printf("  %-17s%lld\n", k, (long long)json_integer_value(v));
         }
         printf("parameters        %zu (%.2f M)\n", model->n_params, (double)model->n_params / 1e6);
-        printf("weight bytes      %zu (%.1f MiB, f32 as served)\n", model->weight_bytes,
-               (double)model->weight_bytes / (1024.0 * 1024.0));
+        printf("weight bytes      %zu (%.1f MiB, %s matrices as served)\n", model->weight_bytes,
+               (double)model->weight_bytes / (1024.0 * 1024.0), ym_wtype_name(model->wtype));
         printf("file bytes        %zu (%.1f MiB, tensors on disk)\n", model->file_bytes,
                (double)model->file_bytes / (1024.0 * 1024.0));
         printf("state bytes       %zu per sequence (%.1f KiB)\n", ym_config_state_bytes(cfg),

@@ -15,12 +15,13 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin logits [--model DIR] --ids 1,2,3 [--adapter DIR]... [--threads N]\n"
-               "                    [--sparsity FILE]\n"
+               "                    [--sparsity FILE] [--weights f32|bf16|int8|auto]\n"
                "Prints {\"logits\": [[...], ...]}: one row of n_vocab floats per position,\n"
                "from a fresh state. --adapter: a PEFT LoRA/IA3 directory or an adapter set;\n"
                "several are composed (LoRA deltas add, IA3 scales multiply). --sparsity serves\n"
                "the model under a sparsity profile (yunmin.sparsity.safetensors; only used\n"
-               "when given). The two cannot be combined yet.\n");
+               "when given). The two cannot be combined yet. --weights: the type the matrices\n"
+               "are served in (default auto: the checkpoint's own).\n");
 }
 
 int ym_cmd_logits(int argc, char **argv)
@@ -31,17 +32,19 @@ int ym_cmd_logits(int argc, char **argv)
         {"threads", required_argument, NULL, 't'},
         {"adapter", required_argument, NULL, 'a'},
         {"sparsity", required_argument, NULL, 's'},
+        {"weights", required_argument, NULL, 'W'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *ids_arg = NULL, *sparsity = NULL;
+    const char *model_arg = NULL, *ids_arg = NULL, *sparsity = NULL, *weights = NULL;
+    ym_wtype wt;
     long n_threads = 0;
     const char *adapter_dirs[CLI_MAX_ADAPTERS];
     int n_adapters = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:i:t:a:s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:i:t:a:s:W:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model_arg = optarg;
@@ -62,6 +65,11 @@ int ym_cmd_logits(int argc, char **argv)
         case 's':
             sparsity = optarg;
             break;
+        case 'W':
+            if (cli_parse_weights(optarg, &wt) != 0)
+                return CLI_USAGE;
+            weights = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -80,7 +88,7 @@ int ym_cmd_logits(int argc, char **argv)
     float *logits = NULL;
     ym_ids ids = {0};
     ym_adapter_t *adapter = NULL;
-    int rc = cli_load_model(cli_model_dir(model_arg), &model);
+    int rc = cli_load_model_as(cli_model_dir(model_arg), weights, &model);
     if (rc != 0)
         return rc;
     if ((rc = cli_apply_sparsity(sparsity, &model)) != 0)

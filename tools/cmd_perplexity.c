@@ -28,13 +28,14 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin perplexity [--model DIR] --file PATH [--ctx N] [--tail-fraction F]\n"
-               "               [--threads N]\n"
+               "               [--threads N] [--weights f32|bf16|int8|auto]\n"
                "  --ctx N             tokens per window, each from a fresh state (default 256)\n"
                "  --tail-fraction F   evaluate only the last F of the file's bytes, (0, 1]\n"
+               "  --weights T         the matrices' type (default auto: the checkpoint's own)\n"
                "Prints {\"tokens\": scored, \"nll\": mean, \"ppl\": exp(nll), \"windows\": W}.\n");
 }
 
-enum { OPT_CTX = 256, OPT_TAIL, OPT_THREADS };
+enum { OPT_CTX = 256, OPT_TAIL, OPT_THREADS, OPT_WEIGHTS };
 
 /* -log_softmax(row)[target] in double. */
 static double nll_of(const float *row, int nv, int32_t target)
@@ -57,10 +58,12 @@ int ym_cmd_perplexity(int argc, char **argv)
         {"ctx", required_argument, NULL, OPT_CTX},
         {"tail-fraction", required_argument, NULL, OPT_TAIL},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"weights", required_argument, NULL, OPT_WEIGHTS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *file = NULL;
+    const char *model_arg = NULL, *file = NULL, *weights = NULL;
+    ym_wtype wt;
     long ctx_len = 256, n_threads = 0;
     double tail = 0.0;
     int has_tail = 0, c;
@@ -90,6 +93,11 @@ int ym_cmd_perplexity(int argc, char **argv)
             if (cli_parse_long("--threads", optarg, 0, 1024, &n_threads) != 0)
                 return CLI_USAGE;
             break;
+        case OPT_WEIGHTS:
+            if (cli_parse_weights(optarg, &wt) != 0)
+                return CLI_USAGE;
+            weights = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -116,7 +124,7 @@ int ym_cmd_perplexity(int argc, char **argv)
     ym_err err;
     if ((rc = cli_read_file(file, &data, &len)) != 0)
         goto out;
-    if ((rc = cli_load_tokenizer(dir, &tok)) != 0 || (rc = cli_load_model(dir, &model)) != 0)
+    if ((rc = cli_load_tokenizer(dir, &tok)) != 0 || (rc = cli_load_model_as(dir, weights, &model)) != 0)
         goto out;
 
     /* 1. The held-out tail, counted in characters as the toolkit counts them. */

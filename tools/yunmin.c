@@ -26,6 +26,7 @@ static const subcommand subcommands[] = {
     {"bench", ym_cmd_bench, "engine speed against this machine's floors"},
     {"calibrate", ym_cmd_calibrate, "derive a sparsity profile's scan order from text"},
     {"chat-template", ym_cmd_chat_template, "render a conversation with a chat template (JSON)"},
+    {"quantize", ym_cmd_quantize, "rewrite a model with int8 (or bf16/f32) matrices"},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 

@@ -673,8 +673,8 @@ START_TEST(test_adapters_random_lora_any_rank_equals_merged_weights)
         /* W += Bt^T At^T (the scale is inside Bt); the random model owns its weights */
         for (int l = 0; l < cfg.n_layer; l++) {
             ym_layer *L = &merged->layers[l];
-            float *W[YM_PROJ_N] = {(float *)L->in_proj, (float *)L->x_proj,
-                                   (float *)L->dt_proj_w, (float *)L->out_proj};
+            float *W[YM_PROJ_N] = {(float *)L->in_proj.data, (float *)L->x_proj.data,
+                                   (float *)L->dt_proj_w, (float *)L->out_proj.data};
             for (int p = 0; p < YM_PROJ_N; p++) {
                 const ym_adapt_proj *P = &ad->proj[l * YM_PROJ_N + p];
                 int ni = ym_proj_n_in(&cfg, (ym_proj)p), no = ym_proj_n_out(&cfg, (ym_proj)p);

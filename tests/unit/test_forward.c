@@ -10,6 +10,7 @@
 #include "engine/kernels.h"
 #include "engine/model.h"
 #include "engine/state.h"
+#include "engine/weight.h"
 #include "testutil.h"
 
 static ym_config tiny_config(int d_model, int n_layer, int d_state, int d_conv, int dt_rank,
@@ -32,11 +33,14 @@ static ym_config tiny_config(int d_model, int n_layer, int d_state, int d_conv, 
     return c;
 }
 
+static ym_wtype model_type = YM_WT_F32; /* the type tiny_model serves its matrices in */
+
 static ym_model_t *tiny_model(const ym_config *c, uint64_t seed)
 {
     ym_model_t *m = NULL;
     ym_diag d = {0};
-    ck_assert_msg(ym_model_new_random(c, seed, &m, &d) == YM_OK, "%s", d.msg);
+    ck_assert_msg(ym_model_new_random_as(c, seed, model_type, &m, &d) == YM_OK, "%s", d.msg);
+    ck_assert_int_eq(m->wtype, model_type);
     return m;
 }
 
@@ -120,7 +124,7 @@ START_TEST(test_forward_matches_reference_odd_shapes)
 END_TEST
 
 /* More rows than the small-batch kernel takes: the projections go through OpenBLAS sgemm. */
-START_TEST(test_forward_long_prefill_through_sgemm_matches_reference)
+static void check_long_prefill(void)
 {
     ym_config cfg = tiny_config(40, 2, 16, 4, 3, 41, 1);
     ym_model_t *m = tiny_model(&cfg, 9);
@@ -148,6 +152,35 @@ START_TEST(test_forward_long_prefill_through_sgemm_matches_reference)
     states_free(sr, 2);
     ym_ctx_free(ctx);
     ym_model_unref(m);
+}
+
+START_TEST(test_forward_long_prefill_through_sgemm_matches_reference)
+{
+    check_long_prefill();
+}
+END_TEST
+
+/* bf16 and int8 models against the reference forward of the same model (double, over the
+ * dequantized weights): with f32 activations the kernels must add no error beyond f32
+ * rounding, whatever the type (int8 activations are measured in test_conformance.c).
+ * Ragged batches, one row at a time, the 73-row prefill (widened tiles + sgemm), portable
+ * matmul kernels. */
+START_TEST(test_forward_low_bit_types_match_reference)
+{
+    ym_matmul_int8_activations(0); /* f32 activations: exact up to f32 rounding */
+    for (int t = YM_WT_BF16; t <= YM_WT_INT8; t++) {
+        model_type = (ym_wtype)t;
+        ym_config c = tiny_config(40, 3, 16, 4, 3, 41, 0);
+        check_fast_vs_ref(&c, 2, 2e-4f);
+        c = tiny_config(24, 2, 5, 3, 2, 50, 1);
+        check_fast_vs_ref(&c, 1, 2e-4f);
+        ym_matmul_force_portable(1);
+        check_fast_vs_ref(&c, 2, 2e-4f);
+        ym_matmul_force_portable(0);
+        check_long_prefill();
+        model_type = YM_WT_F32;
+    }
+    ym_matmul_int8_activations(1);
 }
 END_TEST
 
@@ -356,6 +389,7 @@ Suite *forward_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_forward_matches_reference_odd_shapes);
     tcase_add_test(tc, test_forward_long_prefill_through_sgemm_matches_reference);
+    tcase_add_test(tc, test_forward_low_bit_types_match_reference);
     tcase_add_test(tc, test_forward_portable_kernels_match_reference);
     tcase_add_test(tc, test_forward_batched_equals_alone_and_decode_equals_prefill);
     tcase_add_test(tc, test_forward_rejects_bad_batches_without_touching_state);

@@ -1,11 +1,14 @@
-/* tests/unit/test_gemm.c - the packed-panel GEMM (engine/gemm.c) against a plain
- * double-precision loop over the unpacked weight: odd shapes (N and K not multiples of 16),
- * 1 to 13 rows, beta 0 and 1, column ranges that start on any panel and end anywhere. */
+/* tests/unit/test_gemm.c - the matrix product over f32/bf16/int8 weights (engine/weight.c)
+ * against a plain double-precision loop written here from the format's definition (bf16 =
+ * f32 rounded to nearest even in its top 16 bits; int8 = round(w / s), s = max|row| / 127):
+ * odd shapes (K not a multiple of 16, N not a multiple of the row block), 1 to 40 rows (the
+ * small-M kernels and the sgemm tiles), beta 0 and 1, column ranges that start anywhere, and
+ * the AVX-512 and portable kernels alike. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/gemm.h"
+#include "engine/weight.h"
 #include "testutil.h"
 
 static float frand(unsigned *s)
@@ -14,106 +17,213 @@ static float frand(unsigned *s)
     return (float)((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
 }
 
-/* C[m, n - n0] = sum_k A[m, k] W[n, k] + beta * C0[m, n - n0], in double. */
-static void ref(double *C, const float *C0, int ldc, const float *A, int lda, const float *W,
-                int ldw, int n0, int n1, int M, int K, float beta)
+static int vnni_here(void);
+
+/* bf16 rounding of v, written from the definition (round to nearest, ties to even). */
+static float bf16_round(float v)
 {
-    for (int m = 0; m < M; m++)
-        for (int n = n0; n < n1; n++) {
-            double acc = beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0;
-            for (int k = 0; k < K; k++)
-                acc += (double)A[(size_t)m * lda + k] * W[(size_t)n * ldw + k];
-            C[(size_t)m * ldc + (n - n0)] = acc;
-        }
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&v, &u, 4);
+    return v;
 }
 
-/* Runs one case through the fast kernel (when the CPU has it) and the plain one; both must
- * match the double loop to float rounding of a K-term sum, and leave other columns alone. */
-static void check_case(int N, int K, int M, int n0, int n1, float beta, unsigned seed)
+/* W [N, K] as the type t stores it, in f32 (the values the product must use). */
+static void quantized_values(ym_wtype t, const float *W, int N, int K, float *Q)
 {
-    int ldw = K + 3, lda = K + 5, ldc = (n1 - n0) + 7;
-    float *W = malloc(sizeof(float) * (size_t)N * ldw);
+    for (int n = 0; n < N; n++) {
+        double amax = 0;
+        for (int k = 0; k < K; k++)
+            amax = fmax(amax, fabs(W[(size_t)n * K + k]));
+        float s = (float)(amax / 127.0);
+        for (int k = 0; k < K; k++) {
+            float w = W[(size_t)n * K + k];
+            size_t i = (size_t)n * K + k;
+            if (t == YM_WT_BF16)
+                Q[i] = bf16_round(w);
+            else if (t == YM_WT_INT8)
+                Q[i] = s > 0 ? (float)nearbyint(w / s) * s : 0.0f;
+            else
+                Q[i] = w;
+        }
+    }
+}
+
+static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float beta,
+                       unsigned seed)
+{
+    int lda = K + 5, ldc = (n1 - n0) + 7;
+    float *W = malloc(sizeof(float) * (size_t)N * K), *Q = malloc(sizeof(float) * (size_t)N * K);
+    void *data = malloc(4 * (size_t)N * K);
+    float *scale = malloc(sizeof(float) * (size_t)N);
     float *A = malloc(sizeof(float) * (size_t)M * lda);
     float *C0 = malloc(sizeof(float) * (size_t)M * ldc);
     float *C = malloc(sizeof(float) * (size_t)M * ldc);
+    float *scr = malloc(sizeof(float) * ym_matmul_scratch(K));
     double *R = malloc(sizeof(double) * (size_t)M * ldc);
-    ck_assert(W && A && C0 && C && R);
-    for (size_t i = 0; i < (size_t)N * ldw; i++)
-        W[i] = frand(&seed);
+    ck_assert(W && Q && data && scale && A && C0 && C && scr && R);
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        W[i] = frand(&seed) * (i % 7 == 3 ? 4.0f : 1.0f);
     for (size_t i = 0; i < (size_t)M * lda; i++)
         A[i] = frand(&seed);
     for (size_t i = 0; i < (size_t)M * ldc; i++)
         C0[i] = frand(&seed);
-    ym_packed pk;
-    ck_assert_int_eq(ym_pack_init(&pk, W, ldw, N, K), YM_OK);
-    ck_assert_int_eq(pk.n_panels, (N + 15) / 16);
-    ref(R, C0, ldc, A, lda, W, ldw, n0, n1, M, K, beta);
-    double tol = 1e-5 * K + 1e-5;
-    for (int fast = 0; fast < 2; fast++) {
-        memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
-        if (fast) {
-            if (!ym_gemm_packed(C, ldc, A, lda, &pk, n0, n1, M, beta))
-                continue; /* no AVX-512 here */
-        } else {
-            ym_gemm_packed_ref(C, ldc, A, lda, &pk, n0, n1, M, beta);
+    ck_assert_int_eq(ym_weight_convert(t, W, (size_t)K, N, K, data, scale, NULL), YM_OK);
+    ym_weight w = {t, N, K, data, t == YM_WT_INT8 ? scale : NULL};
+    quantized_values(t, W, N, K, Q);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++)
+            ck_assert_msg(fabsf(ym_weight_at(&w, n, k) - Q[(size_t)n * K + k]) <=
+                              1e-6f * fabsf(Q[(size_t)n * K + k]),
+                          "%s W[%d,%d] = %g, want %g", ym_wtype_name(t), n, k,
+                          (double)ym_weight_at(&w, n, k), (double)Q[(size_t)n * K + k]);
+    for (int m = 0; m < M; m++)
+        for (int n = n0; n < n1; n++) {
+            double acc = beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0;
+            for (int k = 0; k < K; k++)
+                acc += (double)A[(size_t)m * lda + k] * Q[(size_t)n * K + k];
+            R[(size_t)m * ldc + (n - n0)] = acc;
         }
+    /* int8 activations: each input row quantized as engine/weight.h defines it, in f32:
+     * q = round-to-nearest-even(a * (127 / max|a|)), value q * (max|a| / 127) */
+    double *R8 = malloc(sizeof(double) * (size_t)M * ldc);
+    ck_assert(R8);
+    for (int m = 0; m < M; m++) {
+        const float *a = A + (size_t)m * lda;
+        float amax = 0;
+        for (int k = 0; k < K; k++)
+            amax = fmaxf(amax, fabsf(a[k]));
+        float inv = amax > 0 ? 127.0f / amax : 0.0f, sa = amax / 127.0f;
+        for (int n = n0; n < n1; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) {
+                double qa = (double)nearbyintf(a[k] * inv) * sa;
+                acc += qa * Q[(size_t)n * K + k];
+            }
+            R8[(size_t)m * ldc + (n - n0)] =
+                acc + (beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0);
+        }
+    }
+    double tol = 2e-6 * K * 4 + 1e-5;
+    /* fast, portable, fast without scratch, ref, int8 activations */
+    for (int path = 0; path < 5; path++) {
+        memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
+        ym_matmul_force_portable(path == 1);
+        ym_matmul_int8_activations(path == 4);
+        if (path == 3)
+            ym_matmul_ref(C, ldc, A, lda, M, &w, n0, n1, beta);
+        else
+            ym_matmul(C, ldc, A, lda, M, &w, n0, n1, beta, path == 2 ? NULL : scr);
+        ym_matmul_force_portable(0);
+        ym_matmul_int8_activations(0);
+        /* the int8 x int8 kernel runs where the CPU has VNNI, for int8 weights and small M */
+        int vnni = path == 4 && t == YM_WT_INT8 &&
+                   strcmp(ym_matmul_isa(), "avx512") == 0 && vnni_here();
+        const double *Rw = vnni ? R8 : R;
         for (int m = 0; m < M; m++)
             for (int j = 0; j < ldc; j++) {
                 size_t i = (size_t)m * ldc + j;
                 if (j < n1 - n0)
-                    ck_assert_msg(fabs(C[i] - R[i]) <= tol,
-                                  "N=%d K=%d M=%d [%d,%d) beta=%g fast=%d: C[%d,%d]=%g want %g",
-                                  N, K, M, n0, n1, beta, fast, m, j, C[i], R[i]);
+                    ck_assert_msg(fabs(C[i] - Rw[i]) <= tol,
+                                  "%s N=%d K=%d M=%d [%d,%d) beta=%g path=%d: C[%d,%d]=%g want %g",
+                                  ym_wtype_name(t), N, K, M, n0, n1, beta, path, m, j, C[i],
+                                  Rw[i]);
                 else
                     ck_assert_msg(C[i] == C0[i], "column %d past the range was written", j);
             }
     }
-    ym_pack_deinit(&pk);
-    ck_assert_ptr_null(pk.p);
     free(W);
+    free(Q);
+    free(data);
+    free(scale);
     free(A);
     free(C0);
     free(C);
+    free(scr);
     free(R);
+    free(R8);
 }
 
-START_TEST(test_gemm_packed_matches_double_loop)
+static int vnni_here(void)
 {
-    static const int shapes[][2] = {{1, 1}, {16, 16}, {37, 5}, {50, 48}, {80, 70}, {203, 33}};
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+}
+
+static const ym_wtype types[] = {YM_WT_F32, YM_WT_BF16, YM_WT_INT8};
+
+START_TEST(test_matmul_matches_double_loop)
+{
+    /* {3, 16400}: past the bf16 GEMV's on-stack input (GEMV_KMAX), its other path */
+    static const int shapes[][2] = {{1, 1}, {16, 16}, {37, 5}, {9, 17}, {50, 48}, {13, 257},
+                                    {3, 16400}, {5, 1000}}; /* K cut in chunks at 9+ rows */
+    static const int rows[] = {1, 2, 3, 4, 5, 7, 9, 16, 33, 40};
     unsigned seed = 7;
-    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
-        int N = shapes[s][0], K = shapes[s][1];
-        for (int M = 1; M <= 13; M++)
-            for (int b = 0; b < 2; b++)
-                check_case(N, K, M, 0, N, (float)b, seed++);
-    }
+    for (int ti = 0; ti < 3; ti++)
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+            int N = shapes[s][0], K = shapes[s][1];
+            for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++)
+                for (int b = 0; b < 2; b++)
+                    check_case(types[ti], N, K, rows[r], 0, N, (float)b, seed++);
+        }
 }
 END_TEST
 
-START_TEST(test_gemm_packed_column_ranges)
+START_TEST(test_matmul_column_ranges)
 {
-    /* Slices as the forward cuts them: 16-aligned starts, any end, empty ones too. */
+    /* Slices as the forward cuts them: any start, any end, empty ones too. */
     const int N = 203, K = 29;
     unsigned seed = 99;
-    for (int n0 = 0; n0 <= N; n0 += 16)
-        for (int n1 = n0; n1 <= N; n1 += n0 % 32 == 0 ? 13 : 41) {
-            check_case(N, K, 5, n0, n1, 1.0f, seed++);
-            check_case(N, K, 12, n0, n1, 0.0f, seed++);
-        }
-    check_case(N, K, 9, 192, N, 0.0f, seed++);
+    for (int ti = 0; ti < 3; ti++)
+        for (int n0 = 0; n0 <= N; n0 += 37)
+            for (int n1 = n0; n1 <= N; n1 += 53) {
+                check_case(types[ti], N, K, 1, n0, n1, 1.0f, seed++);
+                check_case(types[ti], N, K, 6, n0, n1, 0.0f, seed++);
+                check_case(types[ti], N, K, 35, n0, n1, 1.0f, seed++);
+            }
 }
 END_TEST
 
-START_TEST(test_gemm_pack_refuses_bad_shapes)
+START_TEST(test_weight_int8_requantizes_exactly_with_its_scale)
 {
-    float w[4] = {0};
-    ym_packed pk;
-    ck_assert_int_eq(ym_pack_init(&pk, w, 2, 0, 2), YM_EINVAL);
-    ck_assert_int_eq(ym_pack_init(&pk, w, 1, 2, 2), YM_EINVAL);
-    ck_assert_int_eq(ym_pack_init(&pk, NULL, 2, 2, 2), YM_EINVAL);
-    ck_assert_ptr_null(pk.p);
-    ym_pack_deinit(&pk);
-    ym_pack_deinit(NULL);
+    /* A row of int8 values times its scale, quantized again with that scale: the same q. */
+    float src[40], back[40], s, s2;
+    int8_t q[40], q2[40];
+    unsigned seed = 5;
+    for (int k = 0; k < 40; k++)
+        src[k] = frand(&seed) * 3.0f;
+    ck_assert_int_eq(ym_weight_convert(YM_WT_INT8, src, 40, 1, 40, q, &s, NULL), YM_OK);
+    ym_weight w = {YM_WT_INT8, 1, 40, q, &s};
+    ym_weight_row_f32(&w, 0, 0, 40, back);
+    for (int k = 0; k < 40; k++)
+        ck_assert(fabsf(back[k] - src[k]) <= 0.5f * s * 1.0001f);
+    ck_assert_int_eq(ym_weight_convert(YM_WT_INT8, back, 40, 1, 40, q2, &s2, &s), YM_OK);
+    ck_assert(s2 == s);
+    ck_assert_int_eq(memcmp(q, q2, sizeof(q)), 0);
+    src[3] = NAN;
+    ck_assert_int_eq(ym_weight_convert(YM_WT_BF16, src, 40, 1, 40, q2, NULL, NULL), YM_EINVAL);
+    /* an all-zero row: scale 0, values 0 */
+    memset(src, 0, sizeof(src));
+    ck_assert_int_eq(ym_weight_convert(YM_WT_INT8, src, 40, 1, 40, q, &s, NULL), YM_OK);
+    ck_assert(s == 0.0f && ym_weight_at(&w, 0, 7) == 0.0f);
+}
+END_TEST
+
+START_TEST(test_wtype_parse_names)
+{
+    ym_wtype t;
+    ym_diag d = {{0}, {0}};
+    ck_assert_int_eq(ym_wtype_parse("bf16", &t, &d), YM_OK);
+    ck_assert_int_eq(t, YM_WT_BF16);
+    ck_assert_int_eq(ym_wtype_parse("int8", &t, &d), YM_OK);
+    ck_assert_int_eq(t, YM_WT_INT8);
+    ck_assert_int_eq(ym_wtype_parse("auto", &t, &d), YM_OK);
+    ck_assert_int_eq(t, YM_WT_AUTO);
+    ck_assert_int_eq(ym_wtype_parse("q4_0", &t, &d), YM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(d.msg, "q4_0"));
+    ck_assert_str_eq(ym_wtype_name(YM_WT_F32), "f32");
+    ck_assert_uint_eq(ym_wtype_size(YM_WT_INT8), 1);
 }
 END_TEST
 
@@ -121,10 +231,11 @@ Suite *gemm_suite(void)
 {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_gemm_packed_matches_double_loop);
-    tcase_add_test(tc, test_gemm_packed_column_ranges);
-    tcase_add_test(tc, test_gemm_pack_refuses_bad_shapes);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_matmul_matches_double_loop);
+    tcase_add_test(tc, test_matmul_column_ranges);
+    tcase_add_test(tc, test_weight_int8_requantizes_exactly_with_its_scale);
+    tcase_add_test(tc, test_wtype_parse_names);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -218,38 +218,61 @@ static void tiny_write(tiny *t, const char *dir)
 static const struct {
     const char *suffix;
     size_t off;
+    bool w; /* a ym_weight (else const float *) */
 } layer_fields[] = {
-    { "norm.weight", offsetof(ym_layer, norm) },
-    { "mixer.in_proj.weight", offsetof(ym_layer, in_proj) },
-    { "mixer.in_proj.bias", offsetof(ym_layer, in_proj_b) },
-    { "mixer.conv1d.weight", offsetof(ym_layer, conv_w) },
-    { "mixer.conv1d.bias", offsetof(ym_layer, conv_b) },
-    { "mixer.x_proj.weight", offsetof(ym_layer, x_proj) },
-    { "mixer.dt_proj.weight", offsetof(ym_layer, dt_proj_w) },
-    { "mixer.dt_proj.bias", offsetof(ym_layer, dt_proj_b) },
-    { "mixer.A_log", offsetof(ym_layer, A) },
-    { "mixer.D", offsetof(ym_layer, D) },
-    { "mixer.out_proj.weight", offsetof(ym_layer, out_proj) },
-    { "mixer.out_proj.bias", offsetof(ym_layer, out_proj_b) },
+    { "norm.weight", offsetof(ym_layer, norm), false },
+    { "mixer.in_proj.weight", offsetof(ym_layer, in_proj), true },
+    { "mixer.in_proj.bias", offsetof(ym_layer, in_proj_b), false },
+    { "mixer.conv1d.weight", offsetof(ym_layer, conv_w), false },
+    { "mixer.conv1d.bias", offsetof(ym_layer, conv_b), false },
+    { "mixer.x_proj.weight", offsetof(ym_layer, x_proj), true },
+    { "mixer.dt_proj.weight", offsetof(ym_layer, dt_proj_w), false },
+    { "mixer.dt_proj.bias", offsetof(ym_layer, dt_proj_b), false },
+    { "mixer.A_log", offsetof(ym_layer, A), false },
+    { "mixer.D", offsetof(ym_layer, D), false },
+    { "mixer.out_proj.weight", offsetof(ym_layer, out_proj), true },
+    { "mixer.out_proj.bias", offsetof(ym_layer, out_proj_b), false },
 };
 
-static const float *model_ptr(const ym_model_t *m, const char *name)
+/* A tensor of the model: f32 (f) or a weight matrix (w). */
+typedef struct mref {
+    const float *f;
+    const ym_weight *w;
+} mref;
+
+static float mval(mref r, int64_t k)
+{
+    if (r.f != NULL)
+        return r.f[k];
+    return ym_weight_at(r.w, (int)(k / r.w->n_cols), (int)(k % r.w->n_cols));
+}
+
+static const void *mdata(mref r)
+{
+    return r.f != NULL ? (const void *)r.f : r.w != NULL ? r.w->data : NULL;
+}
+
+static mref model_ptr(const ym_model_t *m, const char *name)
 {
     int l, off = 0;
     if (strcmp(name, "backbone.embeddings.weight") == 0 ||
         strcmp(name, "backbone.embedding.weight") == 0)
-        return m->embed;
+        return (mref){ NULL, &m->embed };
     if (strcmp(name, "backbone.norm_f.weight") == 0)
-        return m->norm_f;
+        return (mref){ m->norm_f, NULL };
     if (strcmp(name, "lm_head.weight") == 0)
-        return m->lm_head;
+        return (mref){ NULL, &m->lm_head };
     ck_assert_int_eq(sscanf(name, "backbone.layers.%d.%n", &l, &off), 1);
     ck_assert_int_lt(l, m->cfg.n_layer);
     for (size_t i = 0; i < sizeof(layer_fields) / sizeof(layer_fields[0]); i++)
-        if (strcmp(name + off, layer_fields[i].suffix) == 0)
-            return *(const float *const *)((const char *)&m->layers[l] + layer_fields[i].off);
+        if (strcmp(name + off, layer_fields[i].suffix) == 0) {
+            const char *base = (const char *)&m->layers[l] + layer_fields[i].off;
+            if (layer_fields[i].w)
+                return (mref){ NULL, (const ym_weight *)base };
+            return (mref){ *(const float *const *)base, NULL };
+        }
     ck_abort_msg("no field for %s", name);
-    return NULL;
+    return (mref){ NULL, NULL };
 }
 
 /* Load dir and check every tensor against t, and the model's counts against t's shapes. */
@@ -267,28 +290,29 @@ static void check_loaded(const tiny *t, const char *dir)
             numel *= t->shape[i][d];
         n_params += (size_t)numel;
         file_bytes += (size_t)numel * ym_dtype_size(t->dtype);
-        const float *p = model_ptr(m, t->name[i]);
-        ck_assert_ptr_nonnull(p);
+        mref p = model_ptr(m, t->name[i]);
+        ck_assert_ptr_nonnull(mdata(p));
         bool is_alog = strstr(t->name[i], "A_log") != NULL;
         for (int64_t k = 0; k < numel; k++) {
             float want = is_alog ? -expf(t->val[i][k]) : t->val[i][k];
-            ck_assert_msg(p[k] == want, "%s[%lld]: %g != %g", t->name[i], (long long)k,
-                          (double)p[k], (double)want);
+            ck_assert_msg(mval(p, k) == want, "%s[%lld]: %g != %g", t->name[i], (long long)k,
+                          (double)mval(p, k), (double)want);
         }
-        /* F32 from an aligned mapping is used in place; everything else is a converted copy. */
+        /* F32 from an aligned mapping is used in place, and so are BF16 matrices (served as
+         * bf16 by default); everything else is a converted copy. */
         const ym_st_tensor *st = ym_st_set_find(m->st, t->name[i]);
         ck_assert_ptr_nonnull(st);
-        if (t->dtype == YM_DT_F32 && !is_alog)
-            ck_assert_ptr_eq(p, st->data);
+        if ((t->dtype == YM_DT_F32 && !is_alog) || (t->dtype == YM_DT_BF16 && p.w != NULL))
+            ck_assert_ptr_eq(mdata(p), st->data);
         else
-            ck_assert_ptr_ne(p, st->data);
+            ck_assert_ptr_ne(mdata(p), st->data);
         if (strstr(t->name[i], "conv1d.weight") != NULL)
             state_floats += (size_t)(t->shape[i][0] * (t->shape[i][2] - 1));
         if (is_alog)
             state_floats += (size_t)numel;
     }
     if (t->tied) {
-        ck_assert_ptr_eq(m->lm_head, m->embed);
+        ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
         if (find(t, "lm_head.weight") >= 0) { /* present but ignored: counted on disk only */
             n_params -= (size_t)t->n_vocab * (size_t)t->d_model;
         }
@@ -298,7 +322,17 @@ static void check_loaded(const tiny *t, const char *dir)
     ck_assert_uint_eq(m->file_bytes, file_bytes);
     ck_assert_uint_eq(ym_config_state_bytes(&m->cfg), state_floats * sizeof(float));
     size_t embed = t->tied ? 0 : (size_t)t->n_vocab * (size_t)t->d_model;
-    ck_assert_uint_eq(m->weight_bytes, (n_params - embed) * sizeof(float));
+    if (t->dtype != YM_DT_BF16) {
+        ck_assert_uint_eq(m->weight_bytes, (n_params - embed) * sizeof(float));
+    } else { /* the matrices at 2 bytes, the rest at 4 */
+        size_t mat = 0;
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            mat += (size_t)(2 * m->cfg.d_inner * m->cfg.d_model +
+                            (m->cfg.dt_rank + 2 * m->cfg.d_state) * m->cfg.d_inner +
+                            m->cfg.d_model * m->cfg.d_inner);
+        mat += (size_t)t->n_vocab * (size_t)t->d_model;
+        ck_assert_uint_eq(m->weight_bytes, (n_params - embed - mat) * 4 + mat * 2);
+    }
     ck_assert_ptr_eq(ym_model_ref(m), m);
     ck_assert_int_eq(atomic_load(&m->refcount), 2);
     ym_model_unref(m);
@@ -355,7 +389,7 @@ START_TEST(test_model_load_ignores_lm_head_of_a_tied_checkpoint)
     ym_model_t *m;
     ym_diag diag = { { 0 }, { 0 } };
     ck_assert_msg(ym_model_load(dir, &m, &diag) == YM_OK, "%s", diag.msg);
-    ck_assert_ptr_eq(m->lm_head, m->embed);
+    ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
     ck_assert_uint_eq(m->n_params, ym_config_n_params(&m->cfg));
     ym_model_unref(m);
     tiny_free(&t);
@@ -522,7 +556,7 @@ static ym_config tiny_config(void)
 
 /* Every tensor of a model as (pointer, numel, fan_in) in a fixed order; returns the count. */
 typedef struct view {
-    const float *p;
+    const void *p;
     size_t n;
     const char *what;
 } view;
@@ -533,27 +567,27 @@ static int model_views(const ym_model_t *m, view *v)
     size_t dm = (size_t)c->d_model, di = (size_t)c->d_inner, ds = (size_t)c->d_state;
     size_t r = (size_t)c->dt_rank, k = (size_t)c->d_conv, nv = (size_t)c->n_vocab;
     int n = 0;
-    v[n++] = (view){ m->embed, nv * dm, "embed" };
+    v[n++] = (view){ m->embed.data, nv * dm, "embed" };
     for (int l = 0; l < c->n_layer; l++) {
         const ym_layer *L = &m->layers[l];
         v[n++] = (view){ L->norm, dm, "norm" };
-        v[n++] = (view){ L->in_proj, 2 * di * dm, "in_proj" };
+        v[n++] = (view){ L->in_proj.data, 2 * di * dm, "in_proj" };
         if (c->use_bias)
             v[n++] = (view){ L->in_proj_b, 2 * di, "in_proj_b" };
         v[n++] = (view){ L->conv_w, di * k, "conv_w" };
         if (c->use_conv_bias)
             v[n++] = (view){ L->conv_b, di, "conv_b" };
-        v[n++] = (view){ L->x_proj, (r + 2 * ds) * di, "x_proj" };
+        v[n++] = (view){ L->x_proj.data, (r + 2 * ds) * di, "x_proj" };
         v[n++] = (view){ L->dt_proj_w, di * r, "dt_proj_w" };
         v[n++] = (view){ L->dt_proj_b, di, "dt_proj_b" };
         v[n++] = (view){ L->A, di * ds, "A" };
         v[n++] = (view){ L->D, di, "D" };
-        v[n++] = (view){ L->out_proj, dm * di, "out_proj" };
+        v[n++] = (view){ L->out_proj.data, dm * di, "out_proj" };
         if (c->use_bias)
             v[n++] = (view){ L->out_proj_b, dm, "out_proj_b" };
     }
     v[n++] = (view){ m->norm_f, dm, "norm_f" };
-    v[n++] = (view){ m->lm_head, nv * dm, "lm_head" };
+    v[n++] = (view){ m->lm_head.data, nv * dm, "lm_head" };
     return n;
 }
 
@@ -578,7 +612,7 @@ START_TEST(test_model_new_random_is_deterministic_per_seed)
         n_differ += memcmp(va[i].p, vd[i].p, va[i].n * sizeof(float)) != 0;
     }
     /* Untied: the head is its own table; every random tensor changes with the seed. */
-    ck_assert_ptr_ne(a->lm_head, a->embed);
+    ck_assert_ptr_ne(a->lm_head.data, a->embed.data);
     ck_assert_int_eq(n_differ, 2 + c.n_layer * 9); /* all but norms, A and D */
     ck_assert_uint_eq(a->n_params, total);
     ck_assert_uint_eq(a->n_params, ym_config_n_params(&c));
@@ -600,7 +634,7 @@ START_TEST(test_model_new_random_is_deterministic_per_seed)
         float bound = 1.0f / sqrtf((float)c.d_model);
         float mx = 0;
         for (size_t i = 0; i < (size_t)(2 * c.d_inner * c.d_model); i++)
-            mx = fmaxf(mx, fabsf(L->in_proj[i]));
+            mx = fmaxf(mx, fabsf(((const float *)L->in_proj.data)[i]));
         ck_assert(mx <= bound && mx > 0.5f * bound);
     }
     ym_model_unref(a);
@@ -628,8 +662,184 @@ START_TEST(test_model_new_random_allocates_mamba_130m_shapes)
     ck_assert_uint_eq(m->weight_bytes, m->n_params * sizeof(float)); /* tied */
     /* The last tensor written is filled too (the allocation was carved to the end). */
     ck_assert(m->norm_f[c.d_model - 1] == 1.0f);
-    ck_assert(m->layers[23].out_proj[(size_t)c.d_model * (size_t)c.d_inner - 1] != 0.0f);
+    ck_assert(((const float *)m->layers[23].out_proj.data)[(size_t)c.d_model * (size_t)c.d_inner - 1] !=
+              0.0f);
     ym_model_unref(m);
+}
+END_TEST
+
+/* ---- int8 checkpoints (docs/FORMATS.md) --------------------------------------------------- */
+
+enum { Q_OK, Q_NO_SCALE, Q_SCALE_SHAPE, Q_SCALE_DTYPE, Q_SCALE_NEG, Q_SCALE_NAN, Q_I8_NORM };
+
+static bool is_matrix(const char *name)
+{
+    return strstr(name, "in_proj.weight") || strstr(name, "x_proj.weight") ||
+           strstr(name, "out_proj.weight") || strstr(name, "embeddings.weight") ||
+           strstr(name, "lm_head.weight");
+}
+
+/* Write into dir the tiny model t as an int8 checkpoint (matrices quantized as m holds them,
+ * m loaded with int8 matrices), spoiled as `how` says. */
+static void write_int8(tiny *t, const ym_model_t *m, const char *dir, int how)
+{
+    tiny_write(t, dir); /* config.json (and an f32 file, replaced below) */
+    ym_st_wtensor w[2 * MAX_T];
+    static float bad_scale[64];
+    static int8_t norm_q[64];
+    int n = 0;
+    char names[MAX_T][112];
+    for (int i = 0; i < t->n; i++) {
+        const ym_weight *mw = NULL;
+        int l = -1;
+        if (sscanf(t->name[i], "backbone.layers.%d.", &l) == 1 && is_matrix(t->name[i])) {
+            const ym_layer *L = &m->layers[l];
+            mw = strstr(t->name[i], "in_proj") ? &L->in_proj
+                 : strstr(t->name[i], "x_proj") ? &L->x_proj : &L->out_proj;
+        } else if (is_matrix(t->name[i])) {
+            mw = strstr(t->name[i], "lm_head") ? &m->lm_head : &m->embed;
+        }
+        w[n] = (ym_st_wtensor){ .name = t->name[i], .dtype = YM_DT_F32, .n_dim = t->n_dim[i],
+                                .data = t->val[i] };
+        memcpy(w[n].shape, t->shape[i], sizeof(t->shape[i]));
+        if (how == Q_I8_NORM && strcmp(t->name[i], "backbone.layers.1.norm.weight") == 0) {
+            w[n].dtype = YM_DT_I8;
+            w[n].data = norm_q;
+        }
+        n++;
+        if (mw == NULL)
+            continue;
+        ck_assert_int_eq(mw->type, YM_WT_INT8);
+        w[n - 1].dtype = YM_DT_I8;
+        w[n - 1].data = mw->data;
+        bool target = strcmp(t->name[i], "backbone.layers.1.mixer.x_proj.weight") == 0;
+        if (target && how == Q_NO_SCALE)
+            continue;
+        snprintf(names[i], sizeof(names[i]), "%s_scale", t->name[i]);
+        w[n] = (ym_st_wtensor){ .name = names[i], .dtype = YM_DT_F32, .n_dim = 1,
+                                .shape = { mw->n_rows }, .data = mw->scale };
+        if (target && how == Q_SCALE_SHAPE)
+            w[n].shape[0] = mw->n_rows - 1;
+        if (target && how == Q_SCALE_DTYPE)
+            w[n].dtype = YM_DT_I32;
+        if (target && (how == Q_SCALE_NEG || how == Q_SCALE_NAN)) {
+            memcpy(bad_scale, mw->scale, sizeof(float) * (size_t)mw->n_rows);
+            bad_scale[2] = how == Q_SCALE_NEG ? -1.0f : NAN;
+            w[n].data = bad_scale;
+        }
+        n++;
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    ym_diag diag = { { 0 }, { 0 } };
+    ck_assert_msg(ym_st_write(path, w, n, NULL, 0, &diag) == YM_OK, "%s", diag.msg);
+}
+
+START_TEST(test_model_load_int8_checkpoint_in_place_and_validated)
+{
+    char *src = tmpdir_new(), *dir = tmpdir_new();
+    tiny t;
+    tiny_init(&t, YM_DT_F32, false);
+    tiny_tensors(&t);
+    tiny_write(&t, src);
+    ym_model_t *q, *m, *f;
+    ym_diag diag = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_model_load_as(src, YM_WT_INT8, &q, &diag), YM_OK);
+    ck_assert_int_eq(q->wtype, YM_WT_INT8);
+    /* Every int8 value within half a step of the f32 one, the step max|row| / 127. */
+    const ym_weight *w = &q->layers[0].in_proj;
+    const float *ref = t.val[find(&t, "backbone.layers.0.mixer.in_proj.weight")];
+    for (int r = 0; r < w->n_rows; r++) {
+        float amax = 0;
+        for (int k = 0; k < w->n_cols; k++)
+            amax = fmaxf(amax, fabsf(ref[(size_t)r * w->n_cols + k]));
+        ck_assert_float_eq_tol(w->scale[r], amax / 127.0f, 1e-7f);
+        for (int k = 0; k < w->n_cols; k++)
+            ck_assert(fabsf(ym_weight_at(w, r, k) - ref[(size_t)r * w->n_cols + k]) <=
+                      0.5001f * w->scale[r]);
+    }
+
+    /* The checkpoint loads as int8 by default, in place, with the very same values. */
+    write_int8(&t, q, dir, Q_OK);
+    ck_assert_msg(ym_model_load(dir, &m, &diag) == YM_OK, "%s", diag.msg);
+    ck_assert_int_eq(m->wtype, YM_WT_INT8);
+    const ym_st_tensor *st = ym_st_set_find(m->st, "backbone.layers.1.mixer.out_proj.weight");
+    ck_assert_ptr_eq(m->layers[1].out_proj.data, st->data);
+    ck_assert_uint_eq(m->weight_bytes, q->weight_bytes);
+    for (int l = 0; l < t.n_layer; l++) {
+        const ym_weight *a[] = { &q->layers[l].in_proj, &q->layers[l].x_proj,
+                                 &q->layers[l].out_proj };
+        const ym_weight *b[] = { &m->layers[l].in_proj, &m->layers[l].x_proj,
+                                 &m->layers[l].out_proj };
+        for (int j = 0; j < 3; j++) {
+            ck_assert_int_eq(memcmp(a[j]->data, b[j]->data, ym_weight_bytes(a[j]) -
+                                    sizeof(float) * (size_t)a[j]->n_rows), 0);
+            ck_assert_int_eq(memcmp(a[j]->scale, b[j]->scale,
+                                    sizeof(float) * (size_t)a[j]->n_rows), 0);
+        }
+    }
+    /* Loaded as f32: each value is q * scale exactly. */
+    ck_assert_int_eq(ym_model_load_as(dir, YM_WT_F32, &f, &diag), YM_OK);
+    w = &m->layers[1].x_proj;
+    for (int r = 0; r < w->n_rows; r++)
+        for (int k = 0; k < w->n_cols; k++)
+            ck_assert(ym_weight_at(&f->layers[1].x_proj, r, k) == ym_weight_at(w, r, k));
+    ym_model_unref(f);
+    ym_model_unref(m);
+
+    static const struct {
+        int how;
+        const char *want, *want2;
+    } bad[] = {
+        { Q_NO_SCALE, "backbone.layers.1.mixer.x_proj.weight", "without its scale" },
+        { Q_SCALE_SHAPE, "backbone.layers.1.mixer.x_proj.weight_scale", "want F32 [" },
+        { Q_SCALE_DTYPE, "backbone.layers.1.mixer.x_proj.weight_scale", "I32" },
+        { Q_SCALE_NEG, "backbone.layers.1.mixer.x_proj.weight_scale", ">= 0" },
+        { Q_SCALE_NAN, "backbone.layers.1.mixer.x_proj.weight_scale", "finite" },
+        { Q_I8_NORM, "backbone.layers.1.norm.weight", "I8" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_int8(&t, q, dir, bad[i].how);
+        m = (ym_model_t *)1;
+        ck_assert_int_eq(ym_model_load(dir, &m, &diag), YM_EFORMAT);
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(diag.msg, bad[i].want) && strstr(diag.msg, bad[i].want2),
+                      "case %zu: '%s'", i, diag.msg);
+    }
+    ym_model_unref(q);
+    tiny_free(&t);
+    tmpdir_free(src);
+    tmpdir_free(dir);
+}
+END_TEST
+
+START_TEST(test_model_types_count_their_bytes)
+{
+    ym_config c = tiny_config();
+    ym_model_t *m[3];
+    ym_diag diag = { { 0 }, { 0 } };
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(ym_model_new_random_as(&c, 9, (ym_wtype)i, &m[i], &diag), YM_OK);
+    size_t mat = 0;
+    for (int l = 0; l < c.n_layer; l++)
+        mat += (size_t)(2 * c.d_inner * c.d_model + (c.dt_rank + 2 * c.d_state) * c.d_inner +
+                        c.d_model * c.d_inner);
+    size_t head = (size_t)c.n_vocab * c.d_model, rows = (size_t)c.n_layer *
+                  (2 * c.d_inner + c.dt_rank + 2 * c.d_state + c.d_model) + c.n_vocab;
+    size_t rest = m[0]->weight_bytes - 4 * (mat + head);
+    ck_assert_uint_eq(m[1]->weight_bytes, rest + 2 * (mat + head));
+    ck_assert_uint_eq(m[2]->weight_bytes, rest + (mat + head) + 4 * rows);
+    /* Same random values: bf16 and int8 are roundings of the f32 ones. */
+    const ym_weight *w0 = &m[0]->layers[1].out_proj, *w2 = &m[2]->layers[1].out_proj;
+    for (int r = 0; r < w0->n_rows; r++)
+        for (int k = 0; k < w0->n_cols; k++) {
+            ck_assert(fabsf(ym_weight_at(w0, r, k) - ym_weight_at(w2, r, k)) <=
+                      0.5001f * w2->scale[r]);
+            float b = ym_weight_at(&m[1]->layers[1].out_proj, r, k), a = ym_weight_at(w0, r, k);
+            ck_assert(fabsf(b - a) <= fabsf(a) * (1.0f / 256.0f));
+        }
+    for (int i = 0; i < 3; i++)
+        ym_model_unref(m[i]);
 }
 END_TEST
 
@@ -645,6 +855,8 @@ Suite *model_suite(void)
     tcase_add_test(tc, test_model_load_rejects_non_float_dtype_and_bad_config);
     tcase_add_test(tc, test_model_new_random_is_deterministic_per_seed);
     tcase_add_test(tc, test_model_new_random_allocates_mamba_130m_shapes);
+    tcase_add_test(tc, test_model_load_int8_checkpoint_in_place_and_validated);
+    tcase_add_test(tc, test_model_types_count_their_bytes);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -20,6 +20,7 @@
 #include "engine/sparse.h"
 #include "engine/sparsity.h"
 #include "engine/state.h"
+#include "engine/weight.h"
 #include "testutil.h"
 
 static ym_config cfg_of(int d_model, int n_layer, int d_state, int d_conv, int dt_rank,
@@ -213,6 +214,37 @@ START_TEST(test_sparse_matches_masked_reference_random_models)
 }
 END_TEST
 
+/* Pruned matrices stay in the served type: a bf16 or int8 dense model's sparse model against
+ * the masked reference of that same dense model (its dequantized values), with the portable
+ * matmul kernels too; int8 pruning keeps each row's scale, so the values are the very same. */
+START_TEST(test_sparse_low_bit_models_match_their_masked_reference)
+{
+    ym_config c = cfg_of(40, 3, 16, 4, 3, 41, 1);
+    ym_matmul_int8_activations(0); /* f32 activations: exact up to f32 rounding */
+    for (int t = YM_WT_BF16; t <= YM_WT_INT8; t++) {
+        ym_model_t *dense = NULL;
+        ym_diag d = {0};
+        ck_assert_msg(ym_model_new_random_as(&c, 77, (ym_wtype)t, &dense, &d) == YM_OK, "%s",
+                      d.msg);
+        ym_sparsity *sp = random_profile(&c, 0.6, 0.5, 1, -1, 5);
+        check_sparse_vs_ref(dense, sp, 32, 2, 2e-4f);
+        check_sparse_vs_ref(dense, sp, 1, 2, 2e-4f);
+        ym_matmul_force_portable(1);
+        check_sparse_vs_ref(dense, sp, 32, 2, 2e-4f);
+        ym_matmul_force_portable(0);
+        ym_model_t *m = NULL;
+        ck_assert_int_eq(ym_model_new_sparse(dense, sp, &m, &d), YM_OK);
+        ck_assert_int_eq(m->wtype, t);
+        ck_assert_int_eq(m->layers[1].out_proj.type, t);
+        ck_assert(m->weight_bytes < dense->weight_bytes);
+        ym_model_unref(m);
+        ym_sparsity_free(sp);
+        ym_model_unref(dense);
+    }
+    ym_matmul_int8_activations(1);
+}
+END_TEST
+
 /* The masks matter: the masked reference differs from the dense one by far more than the
  * tolerance above, so a served model that ignored its profile would fail. */
 START_TEST(test_sparse_masks_change_the_result)
@@ -403,8 +435,8 @@ static void merge_lora(ym_model_t *m, const ym_adapt *a)
     const ym_config *c = &m->cfg;
     for (int l = 0; l < c->n_layer; l++) {
         ym_layer *L = &m->layers[l];
-        float *w[YM_PROJ_N] = {(float *)L->in_proj, (float *)L->x_proj, (float *)L->dt_proj_w,
-                               (float *)L->out_proj};
+        float *w[YM_PROJ_N] = {(float *)L->in_proj.data, (float *)L->x_proj.data, (float *)L->dt_proj_w,
+                               (float *)L->out_proj.data};
         for (int pj = 0; pj < YM_PROJ_N; pj++) {
             const ym_adapt_proj *P = &a->proj[(size_t)l * YM_PROJ_N + pj];
             int ni = ym_proj_n_in(c, (ym_proj)pj), no = ym_proj_n_out(c, (ym_proj)pj);
@@ -620,6 +652,7 @@ Suite *sparse_suite(void)
     TCase *tc = tcase_create("served");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_sparse_matches_masked_reference_random_models);
+    tcase_add_test(tc, test_sparse_low_bit_models_match_their_masked_reference);
     tcase_add_test(tc, test_sparse_masks_change_the_result);
     tcase_add_test(tc, test_sparse_batched_equals_alone_and_decode_equals_prefill);
     tcase_add_test(tc, test_sparse_plan_counts_and_weight_bytes);
