@@ -6,7 +6,8 @@
  * per second and GFLOP/s (2 M N K per call), each call once per round, REPS rounds (default 5),
  * the types interleaved. A matrix that fits in the caches measures the kernel, a large one
  * (N K 4 bytes well past the L3) the memory stream. int8 is run both ways: f32 activations
- * (weights widened) and int8 activations (VNNI, where the CPU has it). */
+ * (weights widened) and int8 activations (VNNI, where the CPU has it). With
+ * YM_MATMUL_PORTABLE=1 in the environment the portable kernels run (ym_matmul_force_portable). */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,9 @@ int main(int argc, char **argv)
     if (N < 1 || K < 1 || M < 1 || reps < 1)
         return 2;
     openblas_set_num_threads(1);
+    const char *pe = getenv("YM_MATMUL_PORTABLE");
+    if (pe != NULL && strcmp(pe, "1") == 0)
+        ym_matmul_force_portable(1);
     size_t n = (size_t)N * K;
     float *W = huge(n * 4), *sc = malloc(sizeof(float) * (size_t)N);
     void *b16 = huge(n * 2), *i8 = huge(n);

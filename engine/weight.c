@@ -173,9 +173,16 @@ void ym_matmul_ref(float *C, int ldc, const float *A, int lda, int M, const ym_w
 
 /* ---- portable kernels ------------------------------------------------------------------ */
 
-/* Dot products in 8 independent lanes, so that the compiler vectorizes them for the base ISA. */
+/* Dot products in 8 independent lanes, so that the compiler vectorizes them: for the base ISA
+ * and, chosen at load time on CPUs that have it, AVX2 + FMA (x86-64-v3): the path of CPUs
+ * without AVX-512. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
 #define DOT8(name, type, widen)                                                                \
-    static float name(const float *a, const type *w, int K)                                    \
+    CLONES static float name(const float *a, const type *w, int K)                             \
     {                                                                                          \
         float acc[8] = {0};                                                                    \
         int k = 0;                                                                             \

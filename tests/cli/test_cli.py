@@ -831,6 +831,122 @@ class TestCalibrate(CliTestBase):
                                               os.path.join(self.dir, "none")], mention="none")
 
 
+def read_raw_safetensors(path):
+    """(header dict, data bytes) of a .safetensors file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def write_raw_safetensors(path, header, data, drop=()):
+    """Write header/data back, leaving out the tensors named in drop (spans re-laid)."""
+    out_h, blobs, off = {}, [], 0
+    for name, e in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                          key=lambda kv: kv[1]["data_offsets"][0]):
+        if name in drop:
+            continue
+        b = data[e["data_offsets"][0]:e["data_offsets"][1]]
+        out_h[name] = dict(e, data_offsets=[off, off + len(b)])
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(out_h).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+class TestWeights(CliTestBase):
+    """--weights and `yunmin quantize` on a tiny random F32 model: the int8 checkpoint follows
+    docs/FORMATS.md (checked here from the f32 values, in Python), loads in place and serves
+    exactly what --weights int8 serves; errors are one line with the right exit code."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-cli-weights-")
+        cls.src = os.path.join(cls.dir, "f32")
+        os.mkdir(cls.src)
+        shutil.copy(os.path.join(FIXTURES, "gpt-neox", "tokenizer.json"), cls.src)
+        write_tiny_mamba(cls.src, seed=11)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def logits(self, model, *extra):
+        return self.json_out(["logits", "--model", model, "--ids", "1,2,3,4"] + list(extra))["logits"]
+
+    def test_bad_weights_are_usage_errors(self):
+        for cmd in (["logits", "--model", self.src, "--ids", "1"], ["bench", "--no-floors"],
+                    ["perplexity", "--model", self.src, "--file", "x"],
+                    ["generate", "--model", self.src, "-p", "a"]):
+            self.assert_one_line_error(2, cmd + ["--weights", "q4_0"], mention="q4_0")
+        self.assert_one_line_error(2, ["quantize", "--model", self.src], mention="--out")
+        self.assert_one_line_error(2, ["quantize", "--model", self.src, "--out", self.src],
+                                   mention="differ")
+        self.assert_one_line_error(2, ["quantize", "--model", self.src, "--out",
+                                       os.path.join(self.dir, "x"), "--weights", "auto"])
+        self.assert_one_line_error(1, ["quantize", "--model", os.path.join(self.dir, "none"),
+                                       "--out", os.path.join(self.dir, "y")])
+
+    def test_quantize_int8_format_and_exact_serving(self):
+        out = os.path.join(self.dir, "q8")
+        rc, _, err = run(["quantize", "--model", self.src, "--out", out])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.json_out(["inspect", out, "--json"])["weights"], "int8")
+        h, data = read_raw_safetensors(os.path.join(out, "model.safetensors"))
+        hs, ds = read_raw_safetensors(os.path.join(self.src, "model.safetensors"))
+        name = "backbone.layers.1.mixer.in_proj.weight"
+        self.assertEqual(h[name]["dtype"], "I8")
+        self.assertEqual(h[name + "_scale"]["dtype"], "F32")
+        rows, cols = h[name]["shape"]
+        self.assertEqual(h[name + "_scale"]["shape"], [rows])
+        q = struct.unpack("<%db" % (rows * cols), data[slice(*h[name]["data_offsets"])])
+        sc = struct.unpack("<%df" % rows, data[slice(*h[name + "_scale"]["data_offsets"])])
+        w = struct.unpack("<%df" % (rows * cols), ds[slice(*hs[name]["data_offsets"])])
+        for r in range(rows):
+            amax = max(abs(v) for v in w[r * cols:(r + 1) * cols])
+            self.assertAlmostEqual(sc[r], amax / 127, delta=1e-6 * amax)
+            for c in range(cols):
+                self.assertLessEqual(abs(q[r * cols + c] - w[r * cols + c] / sc[r]), 0.5 + 1e-3)
+        # the small tensors are copied as they were
+        n2 = "backbone.layers.0.mixer.A_log"
+        self.assertEqual(h[n2]["dtype"], "F32")
+        self.assertEqual(data[slice(*h[n2]["data_offsets"])], ds[slice(*hs[n2]["data_offsets"])])
+        # served in place: the same logits as --weights int8 from the f32 checkpoint, close to f32
+        a = self.logits(out)
+        self.assertEqual(a, self.logits(self.src, "--weights", "int8"))
+        f = self.logits(self.src)
+        worst = max(abs(x - y) for ra, rf in zip(a, f) for x, y in zip(ra, rf))
+        scale = max(abs(x) for rf in f for x in rf)
+        self.assertLess(worst, 0.1 * scale)
+        self.assertGreater(worst, 0.0)  # int8 does change them
+        # loaded as f32, q * scale: close to the int8 serving with f32 activations
+        b = self.logits(out, "--weights", "f32")
+        self.assertLess(max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)), 0.1 * scale)
+        # a missing scale tensor: one line naming the matrix, exit 1
+        bad = os.path.join(self.dir, "bad")
+        shutil.copytree(out, bad)
+        write_raw_safetensors(os.path.join(bad, "model.safetensors"), h, data,
+                              drop=(name + "_scale",))
+        self.assert_one_line_error(1, ["logits", "--model", bad, "--ids", "1"], mention=name)
+
+    def test_bf16_serving_and_bench_json(self):
+        out = os.path.join(self.dir, "b16")
+        rc, _, err = run(["quantize", "--model", self.src, "--out", out, "--weights", "bf16"])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.json_out(["inspect", out, "--json"])["weights"], "bf16")
+        self.assertEqual(self.logits(out), self.logits(self.src, "--weights", "bf16"))
+        j = self.json_out(["bench", "--model", out, "--json", "--no-floors", "--batches", "1",
+                           "--prompt", "4", "--steps", "2"])
+        self.assertEqual(j["weights"], "bf16")
+        j32 = self.json_out(["bench", "--model", out, "--json", "--no-floors", "--batches", "1",
+                             "--prompt", "4", "--steps", "2", "--weights", "f32"])
+        self.assertEqual(j32["weights"], "f32")
+        self.assertLess(j["weight_bytes"], j32["weight_bytes"])
+        self.assertGreater(j["rss_bytes"], 0)
+
+
 def conformance_dirs():
     root = os.path.join(FIXTURES, "conformance") if FIXTURES else None
     if not root or not os.path.isdir(root):
@@ -847,7 +963,7 @@ def conformance_dirs():
 def load_tests(loader, standard_tests, pattern):
     suite = unittest.TestSuite()
     for cls in (TestUsage, TestTokenizerOnly, TestTinyModel, TestSparsity,
-                TestCalibrate):
+                TestCalibrate, TestWeights):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     if FIXTURES and os.path.exists(os.path.join(FIXTURES, "peft", "manifest.json")):
         suite.addTests(loader.loadTestsFromTestCase(TestAdapters))
