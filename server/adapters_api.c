@@ -1,4 +1,4 @@
-/* server/adapters_api.c - adapter upload, management and hot swap (DESIGN.md §5, §6).
+/* server/adapters_api.c - adapter upload, management and hot swap (docs/ARCHITECTURE.md §5, §6).
  *
  * Loop thread, except the work functions, which run on the libuv pool: an upload is streamed
  * part by part into a fresh directory of the store (server/store.c) as it arrives, never whole
@@ -156,8 +156,10 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     ym_server_t *srv = r->srv;
     const char *name = adapter_name(url);
     if (srv->conf.adapter_dir[0] == '\0') {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "uploads_disabled",
-                              "adapter uploads are disabled on this server (set adapter_dir)");
+        /* Permanent until the operator sets adapter_dir: 403, not a retryable 503. */
+        ym_hreq_respond_error(r, YM_EPERM, 403, NULL, "uploads_disabled",
+                              "adapter uploads are disabled on this server (the operator sets "
+                              "adapter_dir to enable them)");
         return -1;
     }
     if (srv->model == NULL) {
@@ -175,7 +177,8 @@ int ym_upload_begin(ym_hreq *r, const char *url)
         return -1;
     }
     if (strcmp(name, srv->model_name) == 0) {
-        ym_hreq_respond_error(r, YM_EEXIST, 409, "name", "name_taken",
+        /* Never clears by itself: 400, not a retryable 409. */
+        ym_hreq_respond_error(r, YM_EINVAL, 400, "name", "name_taken",
                               "'%s' is the base model's name", name);
         return -1;
     }
@@ -183,9 +186,10 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     const ym_reg_entry *cur = ym_registry_find(&srv->registry, r->limits.name, name);
     if (cur == NULL && max_adapters > 0 &&
         (uint64_t)ym_registry_count(&srv->registry, r->limits.name) >= max_adapters) {
-        ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "adapter_limit",
-                              "tenant %s already has %llu adapters (its limit)", r->limits.name,
-                              (unsigned long long)max_adapters);
+        /* Stays full until the tenant deletes one: 403, not a retryable 429. */
+        ym_hreq_respond_error(r, YM_EPERM, 403, NULL, "adapter_limit",
+                              "tenant %s already has %llu adapters (its limit); delete one first",
+                              r->limits.name, (unsigned long long)max_adapters);
         return -1;
     }
     size_t limit = (size_t)srv->conf.max_upload_bytes;
@@ -267,6 +271,27 @@ static void upload_work(uv_work_t *w) /* libuv pool */
     u->committed = 1;
 }
 
+/* msg with the upload's temporary directory cut out: "TMP/a/b.json: bad" -> "a/b.json: bad",
+ * a bare "TMP" -> "the upload". */
+static void cut_upload_dir(char *out, size_t cap, const char *msg, const char *tmp)
+{
+    size_t tl = strlen(tmp), o = 0;
+    while (*msg && o + 1 < cap) {
+        if (tl > 0 && strncmp(msg, tmp, tl) == 0) {
+            msg += tl;
+            if (*msg == '/') {
+                msg++;
+            } else {
+                int k = snprintf(out + o, cap - o, "the upload");
+                o = o + (size_t)k < cap ? o + (size_t)k : cap - 1;
+            }
+            continue;
+        }
+        out[o++] = *msg++;
+    }
+    out[o] = '\0';
+}
+
 static void upload_after(uv_work_t *w, int status) /* loop thread */
 {
     ym_upload *u = w->data;
@@ -290,14 +315,11 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
             const ym_reg_entry *e = ym_registry_find(&srv->registry, u->tenant, u->name);
             ym_hreq_respond_json(r, existed ? 200 : 201, describe(e, srv->model_name));
         } else {
-            /* Messages name files by their path in the upload, not on this server. */
-            const char *msg = u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err);
-            size_t tl = strlen(u->tmp);
-            if (strncmp(msg, u->tmp, tl) == 0) {
-                msg += tl;
-                while (*msg == '/' || *msg == ':' || *msg == ' ')
-                    msg++;
-            }
+            /* Messages name files by their path in the upload, not on this server: the error
+             * path cuts adapter_dir (where the upload's temporary directory is) out. */
+            char msg[sizeof(u->diag.msg) + 32];
+            cut_upload_dir(msg, sizeof(msg), u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err),
+                           u->tmp);
             ym_hreq_respond_error(r, u->err, u->status, NULL,
                                   u->status == 422 ? "invalid_adapter" : NULL, "%s", msg);
         }

@@ -1,4 +1,4 @@
-/* server/api.c - the routes of DESIGN.md §6 that exist so far, and the OpenAI response shapes.
+/* server/api.c - the routes of docs/ARCHITECTURE.md §6 that exist so far, and the OpenAI response shapes.
  *
  * Loop thread only. Each handler validates (request.c), answers at once or creates a generation
  * job and submits it to the scheduler; ym_api_on_output turns a job's new output into SSE
@@ -582,7 +582,10 @@ static void handle_completion(ym_hreq *r)
                               "echo together with logprobs is not supported");
         goto out;
     }
-    int n_vocab = srv->model->cfg.n_vocab;
+    /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
+     * (ids no tokenizer makes, nor /v1/detokenize takes). */
+    int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
+                                                                       : srv->model->cfg.n_vocab;
     if (q.prompt_ids != NULL) {
         for (size_t i = 0; i < q.n_prompt_ids; i++) {
             if (q.prompt_ids[i] >= n_vocab) {

@@ -1,4 +1,4 @@
-/* server/httpd.c - libmicrohttpd inside the libuv loop (DESIGN.md §2, STYLE.md §5).
+/* server/httpd.c - libmicrohttpd inside the libuv loop (docs/ARCHITECTURE.md §2).
  *
  * MHD runs in epoll mode without threads of its own: its epoll fd is watched by a uv_poll and
  * its timeout by a uv_timer, and every callback below runs on the loop thread. A request's
@@ -15,15 +15,19 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "engine/log.h"
 
 #define SWEEP_MS 200
+/* Body bytes an early answer drops at least before it gives up on the client (queue()). */
+#define DRAIN_MIN (64ull << 20)
 
 int ym_buf_put(ym_buf *b, const char *s, size_t n)
 {
@@ -79,11 +83,47 @@ void ym_hreq_untrack(ym_hreq *r)
     srv->n_gens--;
 }
 
+/* The request's Origin when allowed_origins lets it in, else NULL (borrowed from MHD). */
+static const char *allowed_origin(ym_hreq *r)
+{
+    const char *origin = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+    const char *list = r->srv->conf.allowed_origins;
+    if (origin == NULL || origin[0] == '\0' || list == NULL)
+        return NULL;
+    size_t n = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        size_t k = strcspn(p, ", ");
+        if (k == 1 && p[0] == '*')
+            return origin;
+        if (k == n && strncmp(p, origin, n) == 0)
+            return origin;
+        p += k;
+    }
+    return NULL;
+}
+
 static void add_common_headers(ym_hreq *r, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    /* CORS (Fetch standard): an allowed origin may read the response and these headers. */
+    const char *origin = allowed_origin(r);
+    if (origin != NULL) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Request-Id, Retry-After, ETag");
+    }
+    if (r->srv->conf.allowed_origins != NULL && r->srv->conf.allowed_origins[0] != '\0')
+        MHD_add_response_header(resp, "Vary", "Origin");
 }
 
+/* A response goes out only once the request body has been read (or dropped), unless the
+ * client waits for "100 Continue": a server that answers and closes while the client is still
+ * sending makes the client's TCP stack see a reset, and the answer is lost (clients that do not
+ * read before they finish sending, e.g. Node's fetch, lose it every time). So an early answer
+ * is held, the rest of the body is read and dropped (up to drain_max bytes), and the held
+ * answer is queued at MHD's final access callback. */
 static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
 {
     if (resp == NULL) {
@@ -91,14 +131,39 @@ static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
         return;
     }
     add_common_headers(r, resp);
+    /* Only conditions that clear by themselves say when to retry (the OpenAI SDKs retry 429
+     * and 5xx); permanent refusals use 4xx statuses they do not retry. */
     if (status == 503 || status == 429)
         MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 405 && r->allow != NULL)
+        MHD_add_response_header(resp, "Allow", r->allow);
+    if (r->held != NULL) {
+        MHD_destroy_response(resp); /* the first answer stands */
+        return;
+    }
+    if (r->body_pending && !(r->first_call && r->expect_continue)) {
+        r->held = resp; /* our reference, queued at the final callback */
+        r->held_status = status;
+        r->status = status;
+        r->responded = 1;
+        return;
+    }
     if (MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES) {
         r->status = status;
         r->responded = 1;
     }
+    MHD_destroy_response(resp);
+}
+
+/* Queue a held answer (the body has ended). */
+static void queue_held(ym_hreq *r)
+{
+    struct MHD_Response *resp = r->held;
+    r->held = NULL;
+    if (MHD_queue_response(r->conn, (unsigned)r->held_status, resp) != MHD_YES)
+        r->responded = 0;
     MHD_destroy_response(resp);
 }
 
@@ -134,6 +199,69 @@ void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body)
     ym_hreq_respond_text(r, status, "application/json", s, n + 1);
 }
 
+/* Cuts server paths out of an error message: "ROOT/t/.tmp/up-1/adapter_config.json: bad"
+ * becomes "adapter_config.json: bad", and ROOT alone becomes what (the setting's name). */
+static void scrub_root(char *msg, size_t cap, const char *root, const char *what)
+{
+    char r[4096];
+    if (root == NULL)
+        return;
+    size_t rl = strlen(root);
+    while (rl > 1 && root[rl - 1] == '/')
+        rl--;
+    if (rl == 0 || rl >= sizeof(r) || (rl == 1 && (root[0] == '.' || root[0] == '/')))
+        return;
+    memcpy(r, root, rl);
+    r[rl] = '\0';
+    char *p = msg;
+    while ((p = strstr(p, r)) != NULL) {
+        char *end = p + rl;
+        char *q = end;
+        while (*q && *q != ' ' && *q != ':' && *q != '\'' && *q != '"' && *q != ',' &&
+               *q != ')' && *q != '\n')
+            q++;
+        int starts = p == msg || p[-1] == ' ' || p[-1] == '\'' || p[-1] == '"' ||
+                     p[-1] == '(' || p[-1] == '=';
+        /* Not a longer name that starts the same, nor a bare word ("adapters") in a sentence. */
+        if (!starts || (q != end && *end != '/') || (q == end && strchr(r, '/') == NULL)) {
+            p = end;
+            continue;
+        }
+        char *last = NULL;
+        for (char *s = end; s < q; s++)
+            if (*s == '/')
+                last = s;
+        const char *repl = last != NULL ? "" : what;
+        char *cut_to = last != NULL ? last + 1 : q;
+        size_t rep = strlen(repl), tail = strlen(cut_to);
+        if ((size_t)(p - msg) + rep + tail + 1 > cap)
+            return;
+        memmove(p + rep, cut_to, tail + 1);
+        memcpy(p, repl, rep);
+        p += rep;
+    }
+}
+
+static void scrub_paths(const ym_server_t *srv, char *msg, size_t cap)
+{
+    const ym_conf *c = &srv->conf;
+    const struct {
+        const char *path, *what;
+    } roots[] = {
+        {c->adapter_dir, "adapter_dir"}, {c->model, "the model directory"},
+        {c->tenants_file, "tenants_file"}, {c->config, "the settings file"},
+        {srv->sparsity_path, "the sparsity profile"},
+    };
+    for (size_t i = 0; i < sizeof(roots) / sizeof(roots[0]); i++) {
+        if (roots[i].path == NULL || roots[i].path[0] == '\0')
+            continue;
+        char real[PATH_MAX];
+        if (realpath(roots[i].path, real) != NULL)
+            scrub_root(msg, cap, real, roots[i].what);
+        scrub_root(msg, cap, roots[i].path, roots[i].what);
+    }
+}
+
 static const char *error_type(int status)
 {
     switch (status) {
@@ -158,6 +286,7 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    scrub_paths(r->srv, msg, sizeof(msg)); /* no error names a path on this server */
     if (status == 0)
         status = ym_err_http_status(err);
     json_t *e = json_pack("{s:o,s:s,s:o,s:o}", "message", ym_json_text(msg, strlen(msg)), "type",
@@ -230,6 +359,8 @@ void ym_hreq_suspend(ym_hreq *r)
 
 static void hreq_free(ym_hreq *r)
 {
+    if (r->held != NULL)
+        MHD_destroy_response(r->held);
     ym_buf_deinit(&r->body);
     ym_buf_deinit(&r->full_text);
     ym_buf_deinit(&r->sse);
@@ -313,6 +444,79 @@ static void new_id(char *dst, size_t cap, const char *prefix)
              (unsigned long long)(counter & 0xffffffffu));
 }
 
+/* A CORS preflight (Fetch standard, "CORS-preflight fetch"): 204 with Allow; for an allowed
+ * origin also the Access-Control-Allow-* headers, so the browser sends the real request.
+ * Preflights carry no credentials, so they need none. */
+static void preflight(ym_hreq *r)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL)
+        return;
+    char allow[128];
+    snprintf(allow, sizeof(allow), "%s, OPTIONS", r->allow ? r->allow : "");
+    MHD_add_response_header(resp, "Allow", allow);
+    const char *want = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                   "Access-Control-Request-Method");
+    if (allowed_origin(r) != NULL && want != NULL) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", allow);
+        const char *hdrs = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                       "Access-Control-Request-Headers");
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                hdrs != NULL && hdrs[0] ? hdrs
+                                                        : "Authorization, Content-Type");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    }
+    queue(r, 204, resp);
+}
+
+/* MHD's first access callback: the headers are in. Answers what needs no body (preflight,
+ * authentication, unknown route, a body announced too large); the answer is held until the
+ * body has been read if one follows (queue()). */
+static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn,
+                       const char *url, const char *method, int rc, const char *cl,
+                       uint64_t n_cl)
+{
+    if (strcmp(method, "OPTIONS") == 0 && rc != 404) {
+        preflight(r);
+        return;
+    }
+    /* Who asks: /v1 routes need a tenant's key (any key in open mode), /admin routes an
+     * admin tenant's key (and a tenants file: never open). */
+    const ym_tenant *tenant = NULL;
+    int v1 = rc == 0 && strncmp(url, "/v1/", 4) == 0;
+    int admin = rc == 0 && strncmp(url, "/admin/", 7) == 0;
+    if (v1 || (admin && !ym_tenants_is_open(srv->tenants))) {
+        tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
+                                                   conn, MHD_HEADER_KIND, "Authorization"));
+        if (tenant != NULL)
+            r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
+    }
+    if (admin && ym_tenants_is_open(srv->tenants)) {
+        ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
+                              "the admin routes need a tenants_file with an admin tenant");
+    } else if ((v1 || admin) && tenant == NULL) {
+        ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",
+                              "missing or unknown API key: send Authorization: Bearer KEY");
+    } else if (admin && !tenant->admin) {
+        ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
+                              "tenant %s may not use the admin routes", tenant->name);
+    } else if (rc == 404) {
+        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
+                              url);
+    } else if (rc == 405) {
+        ym_hreq_respond_error(r, YM_EINVAL, 405, NULL, "method_not_allowed",
+                              "%s is not allowed on %s (allowed: %s)", method, url, r->allow);
+    } else if (strcmp(method, "PUT") == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0) {
+        ym_upload_begin(r, url); /* streams the body itself, with its own limits */
+    } else if (cl != NULL && n_cl > r->body_limit) {
+        r->body_too_big = 1;
+        ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
+        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+                              "the request body is %s bytes; the limit is %llu", cl,
+                              (unsigned long long)r->body_limit);
+    }
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_data_size,
@@ -330,6 +534,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->finish = YM_FINISH_NONE;
         const char *allow = NULL;
         int rc = ym_api_route(method, url, &r->route, &allow);
+        r->allow = allow;
         const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
         if (given != NULL && valid_request_id(given))
             snprintf(r->id, sizeof(r->id), "%s", given);
@@ -340,71 +545,58 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 
-        /* Who asks: /v1 routes need a tenant's key (any key in open mode), /admin routes an
-         * admin tenant's key (and a tenants file: never open). */
-        const ym_tenant *tenant = NULL;
-        int v1 = rc == 0 && strncmp(url, "/v1/", 4) == 0;
-        int admin = rc == 0 && strncmp(url, "/admin/", 7) == 0;
-        if (v1 || (admin && !ym_tenants_is_open(srv->tenants))) {
-            tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
-                                                       conn, MHD_HEADER_KIND, "Authorization"));
-            if (tenant != NULL)
-                r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
-        }
         r->body_limit = srv->conf.max_body_bytes;
-        if (admin && strcmp(method, "PUT") == 0)
+        if (strncmp(url, "/admin/", 7) == 0 && strcmp(method, "PUT") == 0)
             r->body_limit = srv->conf.max_upload_bytes; /* a session state can be large */
-        if (admin && ym_tenants_is_open(srv->tenants)) {
-            ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
-                                  "the admin routes need a tenants_file with an admin tenant");
-        } else if ((v1 || admin) && tenant == NULL) {
-            ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",
-                                  "missing or unknown API key: send Authorization: Bearer KEY");
-        } else if (admin && !tenant->admin) {
-            ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
-                                  "tenant %s may not use the admin routes", tenant->name);
-        } else if (rc == 404) {
-            ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
-                                  url);
-        } else if (rc == 405) {
-            ym_hreq_respond_error(r, YM_EINVAL, 405, NULL, "method_not_allowed",
-                                  "%s is not allowed on %s (allowed: %s)", method, url, allow);
-            /* MHD adds no Allow header by itself; the error body names the methods. */
-        } else if (strcmp(method, "PUT") == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0) {
-            ym_upload_begin(r, url); /* streams the body itself, with its own limits */
-        } else {
-            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
-            if (cl != NULL && strtoull(cl, NULL, 10) > r->body_limit) {
-                r->body_too_big = 1;
-                ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
-                                      "the request body is %s bytes; the limit is %llu", cl,
-                                      (unsigned long long)r->body_limit);
-            }
-        }
+        if (strcmp(method, "PUT") == 0 && rc == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0)
+            r->body_limit = srv->conf.max_upload_bytes;
+        /* An early answer waits for the body; past drain_max dropped bytes the client is
+         * disconnected instead (see queue()). */
+        r->drain_max = 2 * r->body_limit > DRAIN_MIN ? 2 * r->body_limit : DRAIN_MIN;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_EXPECT);
+        uint64_t n_cl = cl != NULL ? strtoull(cl, NULL, 10) : 0;
+        r->body_pending = (te != NULL || n_cl > 0) && n_cl <= r->drain_max;
+        r->expect_continue = expect != NULL && strcasecmp(expect, "100-continue") == 0;
+        r->first_call = 1;
+        first_call(srv, r, conn, url, method, rc, cl, n_cl);
+        r->first_call = 0;
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0; /* consumed, or discarded after an error */
-        if (r->responded)
-            return MHD_YES;
+        if (r->responded) {
+            /* Answered early: drop the rest of the body so the answer can be read. */
+            r->discarded += n;
+            return r->discarded > r->drain_max ? MHD_NO : MHD_YES;
+        }
         if (r->upload != NULL) {
             ym_upload_data(r, upload_data, n);
             return MHD_YES;
         }
-        if (r->body_too_big || r->body.len + n > r->body_limit) {
-            /* MHD cannot answer in the middle of an upload: discard up to twice the limit and
-             * answer 413 at its end; a client that keeps sending is disconnected. */
-            if (!r->body_too_big)
-                r->discarded = r->body.len;
+        if (r->body.len + n > r->body_limit) {
             r->body_too_big = 1;
+            r->discarded = r->body.len + n;
             ym_buf_deinit(&r->body);
-            r->discarded += n;
-            return r->discarded > 2 * r->body_limit ? MHD_NO : MHD_YES;
+            ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
+            ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+                                  "the request body exceeds the limit of %llu bytes",
+                                  (unsigned long long)r->body_limit);
+            return MHD_YES;
         }
         if (ym_buf_put(&r->body, upload_data, n) != 0)
             r->oom = 1;
+        return MHD_YES;
+    }
+    /* The final call: the body has ended. */
+    r->body_pending = 0;
+    if (r->held != NULL) {
+        queue_held(r);
         return MHD_YES;
     }
     if (!r->responded && r->body_too_big) {

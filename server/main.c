@@ -241,7 +241,8 @@ static void on_hup(uv_signal_t *s, int signum)
     log_tenants(srv);
     apply_logging(&srv->conf);
     if (srv->sched != NULL) {
-        ym_sched_set_limits(srv->sched, (int)srv->conf.prefill_chunk, (int)srv->conf.max_queue);
+        ym_sched_set_limits(srv->sched, (int)srv->conf.max_running, (int)srv->conf.prefill_chunk,
+                            (int)srv->conf.max_queue);
         ym_scache_set_budget(srv->cache, (size_t)srv->conf.cache_bytes);
         ym_adapters_rescan(srv);
     }

@@ -67,6 +67,8 @@ static const struct {
                            "States stored in the cache (sessions and prefix checkpoints)."},
     [YM_M_CACHE_EVICTIONS] = {"yunmin_cache_evictions_total",
                               "Cached states evicted (least recently used) to stay in budget."},
+    [YM_M_BODY_TOO_LARGE] = {"yunmin_requests_body_too_large_total",
+                             "Request bodies refused with 413 (over max_body_bytes)."},
 }, gdefs[YM_M_N_GAUGES] = {
     [YM_G_QUEUE] = {"yunmin_queue_depth", "Requests waiting for a running slot."},
     [YM_G_RUNNING] = {"yunmin_running_sequences", "Sequences in the running batch."},

@@ -303,8 +303,9 @@ struct ym_sched {
 
     /* Engine thread only. */
     ym_ctx_t *ctx;
-    ym_gen **running; /* [max_running] */
+    ym_gen **running; /* [cap_running] */
     int n_running;
+    int cap_running;  /* the per-running arrays' size: max_running may grow on a reload */
     float *logits;    /* [max_running, n_vocab] */
     int32_t *tokens;  /* [max_batch_tokens] */
     int *seq_start;   /* [max_running + 1] */
@@ -758,6 +759,8 @@ static void step(ym_sched_t *s, int prefill_chunk)
         ym_metrics_add(s->metrics, YM_M_PREFILL_TOKENS, (uint64_t)prefilled);
 }
 
+static int grow_running(ym_sched_t *s, int n);
+
 static void *engine_main(void *arg)
 {
     ym_sched_t *s = arg;
@@ -769,7 +772,13 @@ static void *engine_main(void *arg)
         int prefill_chunk = s->o.prefill_chunk;
         /* Admission: queued jobs take free running slots, oldest first. */
         ym_gen *admitted = NULL, **tail = &admitted;
-        while (!stopping && s->q_head != NULL && s->n_running < s->o.max_running) {
+        /* A reload may have raised max_running: grow the arrays first (they are the engine
+         * thread's; a failure keeps the old size). */
+        if (s->o.max_running > s->cap_running && grow_running(s, s->o.max_running) != 0)
+            ym_log(YM_LOG_WARN, NULL, "max_running %d: out of memory, running at most %d",
+                   s->o.max_running, s->cap_running);
+        int max_running = s->o.max_running < s->cap_running ? s->o.max_running : s->cap_running;
+        while (!stopping && s->q_head != NULL && s->n_running < max_running) {
             ym_gen *g = s->q_head;
             s->q_head = g->queue_next;
             if (s->q_head == NULL)
@@ -831,6 +840,30 @@ static void *engine_main(void *arg)
 }
 
 /* Free what ym_sched_new made (any part of it); the engine thread is not running. */
+/* Size the per-running arrays for n sequences (engine thread, or before it starts). 0, or -1
+ * with the arrays as they were. */
+static int grow_running(ym_sched_t *s, int n)
+{
+    size_t mr = (size_t)n;
+#define GROW(field, count)                                                                         \
+    do {                                                                                           \
+        void *p_ = realloc(s->field, (count) * sizeof(*s->field));                                 \
+        if (p_ == NULL)                                                                            \
+            return -1;                                                                             \
+        s->field = p_;                                                                             \
+    } while (0)
+    GROW(running, mr);
+    GROW(logits, mr * (size_t)s->n_vocab);
+    GROW(seq_start, mr + 1);
+    GROW(states, mr);
+    GROW(adapts, mr);
+    GROW(in_batch, mr);
+    GROW(samples, mr);
+#undef GROW
+    s->cap_running = n;
+    return 0;
+}
+
 static void sched_destroy(ym_sched_t *s)
 {
     ym_ctx_free(s->ctx);
@@ -873,22 +906,13 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_mutex_init(&s->ready_lock, NULL);
-    size_t mr = (size_t)o->max_running;
     ym_err err;
     if ((err = ym_ctx_new(model, o->max_batch_tokens, o->n_threads, &s->ctx)) != YM_OK) {
         ym_diag_set(diag, err, "cannot set up the engine: %s", ym_strerror(err));
         goto fail;
     }
-    s->running = calloc(mr, sizeof(ym_gen *));
-    s->logits = malloc(mr * (size_t)s->n_vocab * sizeof(float));
     s->tokens = malloc((size_t)o->max_batch_tokens * sizeof(int32_t));
-    s->seq_start = malloc((mr + 1) * sizeof(int));
-    s->states = malloc(mr * sizeof(ym_state_t *));
-    s->adapts = malloc(mr * sizeof(const ym_adapt *));
-    s->in_batch = malloc(mr * sizeof(ym_gen *));
-    s->samples = malloc(mr * sizeof(int));
-    if (!s->running || !s->logits || !s->tokens || !s->seq_start || !s->states || !s->adapts ||
-        !s->in_batch || !s->samples) {
+    if (s->tokens == NULL || grow_running(s, o->max_running) != 0) {
         err = ym_diag_set(diag, YM_ENOMEM, "out of memory for the scheduler");
         goto fail;
     }
@@ -944,9 +968,13 @@ ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g)
     return YM_OK;
 }
 
-void ym_sched_set_limits(ym_sched_t *s, int prefill_chunk, int max_queue)
+void ym_sched_set_limits(ym_sched_t *s, int max_running, int prefill_chunk, int max_queue)
 {
     pthread_mutex_lock(&s->lock);
+    /* Sequences running beyond a lowered limit finish; new ones wait for a slot. */
+    if (max_running >= 1 && max_running <= s->o.max_batch_tokens)
+        s->o.max_running = max_running;
+    pthread_cond_signal(&s->cond);
     if (prefill_chunk >= 1)
         s->o.prefill_chunk = prefill_chunk;
     if (max_queue >= 0)

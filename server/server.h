@@ -42,7 +42,14 @@ typedef struct ym_hreq {
     uint64_t body_limit;          /* bytes: max_body_bytes, or max_upload_bytes (admin PUT) */
     size_t discarded;             /* body bytes dropped after body_too_big */
     int oom;                      /* the body could not be stored */
-    int responded;                /* a response is queued */
+    int responded;                /* a response is queued (or held until the body ends) */
+    int body_pending;             /* body bytes may still arrive: a response waits for them */
+    int first_call;               /* inside MHD's first access callback */
+    int expect_continue;          /* the client waits for "100 Continue" before its body */
+    struct MHD_Response *held;    /* owned: the answer, queued once the body has been read */
+    int held_status;
+    uint64_t drain_max;           /* body bytes read and dropped at most to deliver it */
+    const char *allow;            /* methods of the route (static), for Allow on 405/OPTIONS */
 
     /* Generation (POST /v1/completions). */
     ym_gen *gen;                  /* ref, or NULL */

@@ -296,8 +296,12 @@ int ym_cmd_generate(int argc, char **argv)
         rc = cli_error(CLI_FAIL, "generate: cannot write the output");
         goto out;
     }
-    if (isatty(STDOUT_FILENO))
-        write_out("\n", 1); /* leave the terminal's prompt on its own line */
+    /* The text ends with a newline, so the summary line on stderr (and the shell's prompt)
+     * starts on a line of its own wherever stdout and stderr go. */
+    if (write_out("\n", 1) != 0) {
+        rc = cli_error(CLI_FAIL, "generate: cannot write the output");
+        goto out;
+    }
 
     char decode_rate[64] = "n/a";
     if (n_decode > 0 && t_decode > 0)
