@@ -1,4 +1,4 @@
-/* engine/sparsity.h - the sparsity profile (DESIGN.md §4): which channels and state entries of
+/* engine/sparsity.h - the sparsity profile (docs/ARCHITECTURE.md §4): which channels and state entries of
  * each layer are kept, and the order the kept channels are served in.
  *
  * File `yunmin.sparsity.safetensors`, per layer l:
