@@ -35,9 +35,8 @@ typedef struct ym_upload {
     char part[256];
     size_t bytes, limit;
     int have_config, have_set;
-    int failed; /* an error is in diag/err/status: answer it at the end */
-    ym_err err;
-    int status;
+    int failed; /* an error is in diag/err: answer it at the end */
+    ym_err err;   /* the answer's status, type and code come from it (err.h) */
     ym_diag diag;
     /* results of the work */
     ym_adapter_t *adapter;
@@ -47,13 +46,12 @@ typedef struct ym_upload {
     int committed;
 } ym_upload;
 
-static void upload_fail(ym_upload *u, ym_err err, int status, const char *fmt, const char *arg)
+static void upload_fail(ym_upload *u, ym_err err, const char *fmt, const char *arg)
 {
     if (u->failed)
         return;
     u->failed = 1;
     u->err = err;
-    u->status = status;
     if (fmt != NULL)
         snprintf(u->diag.msg, sizeof(u->diag.msg), fmt, arg);
 }
@@ -85,7 +83,7 @@ static int part_data(void *arg, const char *data, size_t len, ym_diag *diag)
     u->bytes += len;
     if (u->bytes > u->limit) {
         if (!u->failed) {
-            upload_fail(u, YM_ETOOBIG, 413, NULL, NULL);
+            upload_fail(u, YM_EUPLOADBIG, NULL, NULL);
             snprintf(u->diag.msg, sizeof(u->diag.msg),
                      "the upload exceeds the %zu bytes this tenant may store", u->limit);
         }
@@ -97,7 +95,7 @@ static int part_data(void *arg, const char *data, size_t len, ym_diag *diag)
             continue;
         if (n <= 0) {
             int e = errno;
-            upload_fail(u, YM_EIO, e == ENOSPC ? 507 : 500, "cannot write the upload: %s",
+            upload_fail(u, e == ENOSPC ? YM_ENOSPC : YM_EIO, "cannot write the upload: %s",
                         strerror(e));
             return -1;
         }
@@ -113,7 +111,7 @@ static int part_end(void *arg, ym_diag *diag)
     int rc = close(u->fd); /* fsync happens on the pool, before the commit */
     u->fd = -1;
     if (rc != 0) {
-        upload_fail(u, YM_EIO, 500, "cannot write the upload: %s", strerror(errno));
+        upload_fail(u, YM_EIO, "cannot write the upload: %s", strerror(errno));
         return -1;
     }
     return 0;
@@ -157,28 +155,28 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     const char *name = adapter_name(url);
     if (srv->conf.adapter_dir[0] == '\0') {
         /* Permanent until the operator sets adapter_dir: 403, not a retryable 503. */
-        ym_hreq_respond_error(r, YM_EPERM, 403, NULL, "uploads_disabled",
+        ym_hreq_respond_error(r, YM_EUPLOADS_OFF, NULL,
                               "adapter uploads are disabled on this server (the operator sets "
                               "adapter_dir to enable them)");
         return -1;
     }
     if (srv->model == NULL) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
+        ym_hreq_respond_error(r, YM_ELOADING, NULL, "the model is still loading");
         return -1;
     }
     if (srv->draining) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining", "the server is shutting down");
+        ym_hreq_respond_error(r, YM_EDRAINING, NULL, "the server is shutting down");
         return -1;
     }
     if (!ym_store_valid_name(name)) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "name", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "name",
                               "adapter names are 1-64 characters of [A-Za-z0-9._-], not "
                               "starting with '.'");
         return -1;
     }
     if (strcmp(name, srv->model_name) == 0) {
         /* Never clears by itself: 400, not a retryable 409. */
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "name", "name_taken",
+        ym_hreq_respond_error(r, YM_ENAME, "name",
                               "'%s' is the base model's name", name);
         return -1;
     }
@@ -187,7 +185,7 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     if (cur == NULL && max_adapters > 0 &&
         (uint64_t)ym_registry_count(&srv->registry, r->limits.name) >= max_adapters) {
         /* Stays full until the tenant deletes one: 403, not a retryable 429. */
-        ym_hreq_respond_error(r, YM_EPERM, 403, NULL, "adapter_limit",
+        ym_hreq_respond_error(r, YM_EQUOTA, NULL,
                               "tenant %s already has %llu adapters (its limit); delete one first",
                               r->limits.name, (unsigned long long)max_adapters);
         return -1;
@@ -202,13 +200,13 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL && strtoull(cl, NULL, 10) > limit + 64 * 1024) {
-        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "upload_too_large",
+        ym_hreq_respond_error(r, YM_EUPLOADBIG, NULL,
                               "the upload is %s bytes; this tenant may store %zu more", cl, limit);
         return -1;
     }
     ym_upload *u = calloc(1, sizeof(*u));
     if (u == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
         return -1;
     }
     u->fd = -1;
@@ -223,7 +221,7 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     if (err == YM_OK)
         err = ym_store_begin(srv->conf.adapter_dir, r->limits.name, u->tmp, sizeof(u->tmp), &d);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, NULL, err == YM_EINVAL ? "invalid_request" : NULL, "%s",
+        ym_hreq_respond_error(r, err, NULL, "%s",
                               d.msg);
         upload_free(u);
         return -1;
@@ -242,7 +240,6 @@ void ym_upload_data(ym_hreq *r, const char *data, size_t len)
     if (ym_mp_feed(u->mp, data, len, &d) != YM_OK && !u->failed) {
         u->failed = 1;
         u->err = YM_EINVAL;
-        u->status = 400;
         u->diag = d;
     }
 }
@@ -258,14 +255,15 @@ static void upload_work(uv_work_t *w) /* libuv pool */
     ym_err err = ym_adapter_load(u->tmp, srv->model, &lim, &u->adapter, &u->diag);
     if (err != YM_OK) {
         u->err = err;
-        u->status = err == YM_EIO ? 500 : 422;
+        /* Whatever the loader refused is the adapter's fault: 422 invalid_adapter. */
+        if (err != YM_EIO && err != YM_ENOMEM)
+            u->err = YM_EFORMAT;
         return;
     }
     err = ym_store_commit(srv->conf.adapter_dir, u->tenant, u->name, u->tmp, &u->version,
                           &u->replaced, &u->diag);
     if (err != YM_OK) {
-        u->err = err;
-        u->status = 500;
+        u->err = err == YM_ENOMEM ? YM_ENOMEM : YM_EIO;
         return;
     }
     u->committed = 1;
@@ -320,8 +318,7 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
             char msg[sizeof(u->diag.msg) + 32];
             cut_upload_dir(msg, sizeof(msg), u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err),
                            u->tmp);
-            ym_hreq_respond_error(r, u->err, u->status, NULL,
-                                  u->status == 422 ? "invalid_adapter" : NULL, "%s", msg);
+            ym_hreq_respond_error(r, u->err, NULL, "%s", msg);
         }
         ym_hreq_resume(r);
         ym_httpd_kick(srv);
@@ -346,19 +343,16 @@ int ym_upload_end(ym_hreq *r)
     if (!u->failed && ym_mp_finish(u->mp, &d) != YM_OK) {
         u->failed = 1;
         u->err = YM_EINVAL;
-        u->status = 400;
         u->diag = d;
     }
     if (!u->failed && !u->have_config && !u->have_set) {
         u->failed = 1;
         u->err = YM_EINVAL;
-        u->status = 400;
         snprintf(u->diag.msg, sizeof(u->diag.msg),
                  "the upload has no adapter_config.json (nor adapter_set.json)");
     }
     if (u->failed) {
-        ym_hreq_respond_error(r, u->err, u->status, NULL,
-                              u->status == 413 ? "upload_too_large" : "invalid_request", "%s",
+        ym_hreq_respond_error(r, u->err, NULL, "%s",
                               u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
         r->upload = NULL;
         upload_free(u);
@@ -398,7 +392,7 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
     const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
     if (e == NULL) {
         /* Another tenant's adapter answers exactly as a missing one: names do not leak. */
-        ym_hreq_respond_error(r, YM_ENOENT, 404, "name", "adapter_not_found",
+        ym_hreq_respond_error(r, YM_ENOADAPTER, "name",
                               "no adapter '%s'", name);
         return;
     }
@@ -406,7 +400,7 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
         ym_diag d = {0};
         ym_err err = ym_store_remove(srv->conf.adapter_dir, r->limits.name, name, &d);
         if (err != YM_OK && err != YM_ENOENT) {
-            ym_hreq_respond_error(r, err, 0, NULL, NULL, "%s", d.msg);
+            ym_hreq_respond_error(r, err, NULL, "%s", d.msg);
             return;
         }
         ym_log(YM_LOG_INFO, r->id, "adapter %s/%s deleted", r->limits.name, name);
@@ -453,7 +447,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     if (model != NULL && strcmp(model, srv->model_name) != 0) {
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, model);
         if (e == NULL) {
-            ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
+            ym_hreq_respond_error(r, YM_ENOMODEL, "model",
                                   "the model '%s' does not exist (this server serves '%s' and "
                                   "your adapters)",
                                   model, srv->model_name);
@@ -466,7 +460,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
         const char *name = json_string_value(json_array_get(list, i));
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
         if (e == NULL) {
-            ym_hreq_respond_error(r, YM_ENOENT, 404, "adapters", "adapter_not_found",
+            ym_hreq_respond_error(r, YM_ENOADAPTER, "adapters",
                                   "no adapter '%s'", name);
             return -1;
         }
@@ -482,7 +476,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     ym_diag d = {0};
     ym_err err = ym_adapter_compose(parts, n, out, &d);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 400, "adapters", NULL,
+        ym_hreq_respond_error(r, err == YM_ENOMEM ? YM_ENOMEM : YM_EINVAL, "adapters",
                               "cannot compose these adapters: %s", d.msg);
         return -1;
     }

@@ -230,17 +230,17 @@ static void collect_output(ym_hreq *r)
     if (d->finish == YM_FINISH_NONE)
         return;
     if (d->finish == YM_FINISH_CANCELLED) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled",
+        ym_hreq_respond_error(r, YM_ECANCELED, NULL,
                               "the request was cancelled (server stopping or client gone)");
         return;
     }
     if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
-        ym_hreq_respond_error(r, YM_EEXIST, 409, "session_append", "session_mismatch", "%s",
+        ym_hreq_respond_error(r, YM_EEXIST, "session_append", "%s",
                               SESSION_CHANGED);
         return;
     }
     if (d->finish == YM_FINISH_ERROR) {
-        ym_hreq_respond_error(r, YM_EIO, 500, NULL, NULL,
+        ym_hreq_respond_error(r, YM_EIO, NULL,
                               "the engine failed while generating; see the server log");
         return;
     }
@@ -266,7 +266,7 @@ static void collect_output(ym_hreq *r)
     return;
 oom:
     ym_gen_cancel(r->gen);
-    ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+    ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
 }
 
 void ym_api_on_output(ym_hreq *r)
@@ -342,7 +342,7 @@ static int check_model(ym_hreq *r, const char *model)
 {
     if (model == NULL || strcmp(model, r->srv->model_name) == 0)
         return 0;
-    ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
+    ym_hreq_respond_error(r, YM_ENOMODEL, "model",
                           "the model '%s' does not exist (this server serves '%s')", model,
                           r->srv->model_name);
     return -1;
@@ -353,12 +353,12 @@ static int check_ready(ym_hreq *r)
     ym_server_t *srv = r->srv;
     if (srv->draining) {
         ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining",
+        ym_hreq_respond_error(r, YM_EDRAINING, NULL,
                               "the server is shutting down; retry on another replica");
         return -1;
     }
     if (srv->sched == NULL) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
+        ym_hreq_respond_error(r, YM_ELOADING, NULL, "the model is still loading");
         return -1;
     }
     return 0;
@@ -384,12 +384,12 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     ym_err err;
     ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
     if (ids->n == 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "prompt",
                               "the prompt has no tokens");
         goto fail;
     }
     if (ids->n > srv->conf.max_prompt_tokens) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "prompt_too_long",
+        ym_hreq_respond_error(r, YM_EPROMPT, "prompt",
                               "the prompt has %zu tokens; this server allows at most %llu", ids->n,
                               (unsigned long long)srv->conf.max_prompt_tokens);
         goto fail;
@@ -404,14 +404,14 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             ym_tok_decode(srv->tok, ids->v, ids->n, &r->echo_text, &r->echo_len);
         }
         if (r->echo_text == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
             goto fail;
         }
     }
     if (r->session_append && ym_api_session_append(r, ids, &p) != 0)
         goto fail;
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
-        ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "concurrency_limit",
+        ym_hreq_respond_error(r, YM_ELIMIT, NULL,
                               "tenant %s already has %llu requests running; retry when one ends",
                               r->limits.name, (unsigned long long)r->limits.max_concurrent);
         goto fail;
@@ -433,7 +433,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     ids->n = ids->cap = 0;
     ym_gen *g = NULL;
     if ((err = ym_gen_new(&p, &g)) != YM_OK) {
-        ym_hreq_respond_error(r, err, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, err, NULL, "out of memory");
         return;
     }
     ym_gen_set_owner(g, r);
@@ -441,10 +441,10 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
         ym_gen_unref(g);
         ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
         if (srv->draining || srv->sched == NULL)
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining",
+            ym_hreq_respond_error(r, YM_EDRAINING, NULL,
                                   "the server is shutting down; retry on another replica");
         else
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "queue_full",
+            ym_hreq_respond_error(r, YM_EBUSY, NULL,
                                   "the server is busy (%llu requests waiting); retry shortly",
                                   (unsigned long long)srv->conf.max_queue);
         return;
@@ -489,9 +489,9 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     r->tok_job = NULL;
     if (!r->conn_done) {
         if (r->client_gone)
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled", "the client went away");
+            ym_hreq_respond_error(r, YM_ECANCELED, NULL, "the client went away");
         else if (status != 0 || job->err != YM_OK)
-            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, 0, "prompt", NULL,
+            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, "prompt",
                                   "cannot tokenize the prompt: %s",
                                   ym_strerror(job->err ? job->err : YM_EIO));
         else
@@ -520,29 +520,29 @@ static int take_session_id(ym_hreq *r, const ym_creq *q)
         ym_diag d = {0};
         if (ym_session_id_check(h, strlen(h), (size_t)r->srv->conf.max_session_id_bytes, &d) !=
             YM_OK) {
-            ym_hreq_respond_error(r, YM_EINVAL, 400, "X-Session-Id", "invalid_request",
+            ym_hreq_respond_error(r, YM_EINVAL, "X-Session-Id",
                                   "X-Session-Id: %s", d.msg);
             return -1;
         }
         if (q->session_id != NULL && strcmp(q->session_id, h) != 0) {
-            ym_hreq_respond_error(r, YM_EINVAL, 400, "session_id", "invalid_request",
+            ym_hreq_respond_error(r, YM_EINVAL, "session_id",
                                   "session_id and the X-Session-Id header differ");
             return -1;
         }
     }
     const char *id = q->session_id ? q->session_id : h;
     if (id != NULL && (r->session_id = strdup(id)) == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
         return -1;
     }
     if (q->session_append && id == NULL) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "session_append", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "session_append",
                               "session_append needs a session_id (or an X-Session-Id header)");
         return -1;
     }
     if (q->session_append && q->sampling.repetition_penalty != 1.0f) {
         /* The penalty covers the prompt's tokens, which an appended turn does not carry. */
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "repetition_penalty", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "repetition_penalty",
                               "repetition_penalty is not available with session_append (it "
                               "needs the whole history): send the whole prompt instead");
         return -1;
@@ -569,7 +569,7 @@ static void handle_completion(ym_hreq *r)
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     ym_err err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, &diag);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, diag.param, err == YM_EINVAL ? "invalid_request" : NULL,
+        ym_hreq_respond_error(r, err, diag.param,
                               "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
         return;
     }
@@ -578,7 +578,7 @@ static void handle_completion(ym_hreq *r)
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);
     if (q.echo && q.logprobs >= 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "echo", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "echo",
                               "echo together with logprobs is not supported");
         goto out;
     }
@@ -589,7 +589,7 @@ static void handle_completion(ym_hreq *r)
     if (q.prompt_ids != NULL) {
         for (size_t i = 0; i < q.n_prompt_ids; i++) {
             if (q.prompt_ids[i] >= n_vocab) {
-                ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
+                ym_hreq_respond_error(r, YM_EINVAL, "prompt",
                                       "prompt[%zu] = %d is not a token id (vocabulary size %d)",
                                       i, q.prompt_ids[i], n_vocab);
                 goto out;
@@ -601,7 +601,7 @@ static void handle_completion(ym_hreq *r)
     } else if (q.prompt_len > TOKENIZE_INLINE_BYTES) {
         ym_tok_job *job = calloc(1, sizeof(*job));
         if (job == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
             goto out;
         }
         job->r = r;
@@ -619,7 +619,7 @@ static void handle_completion(ym_hreq *r)
         uv_queue_work(srv->loop, &job->work, tok_work, tok_after);
         goto out;
     } else if ((err = ym_tok_encode(srv->tok, q.prompt, q.prompt_len, &ids)) != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize the prompt: %s",
+        ym_hreq_respond_error(r, err, "prompt", "cannot tokenize the prompt: %s",
                               ym_strerror(err));
         goto out;
     }
@@ -664,7 +664,7 @@ static void handle_models(ym_hreq *r, const char *url)
     else if (found != NULL)
         ym_hreq_respond_json(r, 200, found);
     else
-        ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
+        ym_hreq_respond_error(r, YM_ENOMODEL, "model",
                               "the model '%s' does not exist", id);
 }
 
@@ -681,13 +681,13 @@ static void handle_tokenize(ym_hreq *r)
     ym_diag diag = {0};
     ym_err err = ym_tokreq_parse(r->body.p, r->body.len, &text, &len, &model, &root, &diag);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, diag.param, "invalid_request", "%s", diag.msg);
+        ym_hreq_respond_error(r, err, diag.param, "%s", diag.msg);
         return;
     }
     ym_ids ids = {0};
     if (check_model(r, model) == 0) {
         if ((err = ym_tok_encode(srv->tok, text, len, &ids)) != YM_OK) {
-            ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize: %s",
+            ym_hreq_respond_error(r, err, "prompt", "cannot tokenize: %s",
                                   ym_strerror(err));
         } else {
             json_t *arr = json_array();
@@ -715,7 +715,7 @@ static void handle_detokenize(ym_hreq *r)
     ym_diag diag = {0};
     ym_err err = ym_detokreq_parse(r->body.p, r->body.len, &ids, &n, &model, &root, &diag);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, diag.param, "invalid_request", "%s", diag.msg);
+        ym_hreq_respond_error(r, err, diag.param, "%s", diag.msg);
         return;
     }
     if (check_model(r, model) == 0) {
@@ -727,11 +727,11 @@ static void handle_detokenize(ym_hreq *r)
         char *text = NULL;
         size_t len = 0;
         if (bad < n) {
-            ym_hreq_respond_error(r, YM_EINVAL, 400, "tokens", "invalid_request",
+            ym_hreq_respond_error(r, YM_EINVAL, "tokens",
                                   "tokens[%zu] = %d is not a token id (vocabulary size %d)", bad,
                                   ids[bad], nv);
         } else if ((err = ym_tok_decode(srv->tok, ids, n, &text, &len)) != YM_OK) {
-            ym_hreq_respond_error(r, err, 0, "tokens", NULL, "cannot decode: %s",
+            ym_hreq_respond_error(r, err, "tokens", "cannot decode: %s",
                                   ym_strerror(err));
         } else {
             ym_hreq_respond_json(r, 200, json_pack("{s:o}", "prompt", ym_json_text(text, len)));
@@ -755,7 +755,7 @@ void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
         char *text = NULL;
         size_t len = 0;
         if (ym_metrics_render(srv->metrics, &text, &len) != 0)
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
         else
             ym_hreq_respond_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
     } else if (strcmp(url, "/v1/completions") == 0) {
@@ -773,6 +773,6 @@ void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
     } else if (strcmp(url, "/v1/detokenize") == 0) {
         handle_detokenize(r);
     } else {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method, url);
+        ym_hreq_respond_error(r, YM_ENOENT, NULL, "no route %s %s", method, url);
     }
 }

@@ -262,24 +262,9 @@ static void scrub_paths(const ym_server_t *srv, char *msg, size_t cap)
     }
 }
 
-static const char *error_type(int status)
-{
-    switch (status) {
-    case 401:
-        return "authentication_error";
-    case 403:
-        return "permission_error";
-    case 404:
-        return "not_found_error";
-    case 429:
-        return "rate_limit_error";
-    default:
-        return status >= 500 ? "server_error" : "invalid_request_error";
-    }
-}
-
-void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param,
-                           const char *code, const char *fmt, ...)
+/* The one place that writes an error: status, OpenAI type and code come from err.h's table
+ * (docs/API.md lists the same); the message is the caller's, without server paths. */
+void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char *fmt, ...)
 {
     char msg[600];
     va_list ap;
@@ -287,11 +272,11 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     scrub_paths(r->srv, msg, sizeof(msg)); /* no error names a path on this server */
-    if (status == 0)
-        status = ym_err_http_status(err);
+    int status = ym_err_http_status(err);
+    const char *code = ym_err_code(err);
     json_t *e = json_pack("{s:o,s:s,s:o,s:o}", "message", ym_json_text(msg, strlen(msg)), "type",
-                          error_type(status),
-                          "param", param && param[0] ? json_string(param) : json_null(), "code",
+                          ym_err_type(err), "param",
+                          param && param[0] ? json_string(param) : json_null(), "code",
                           code ? json_string(code) : json_null());
     ym_log(status >= 500 ? YM_LOG_WARN : YM_LOG_INFO, r->id, "%d %s", status, msg);
     ym_hreq_respond_json(r, status, json_pack("{s:o}", "error", e));
@@ -331,7 +316,7 @@ void ym_hreq_start_stream(ym_hreq *r)
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, on_stream_read, r, NULL);
     if (resp == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
         return;
     }
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
@@ -492,26 +477,26 @@ static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn
             r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
     }
     if (admin && ym_tenants_is_open(srv->tenants)) {
-        ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
+        ym_hreq_respond_error(r, YM_EPERM, NULL,
                               "the admin routes need a tenants_file with an admin tenant");
     } else if ((v1 || admin) && tenant == NULL) {
-        ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",
+        ym_hreq_respond_error(r, YM_EAUTH, NULL,
                               "missing or unknown API key: send Authorization: Bearer KEY");
     } else if (admin && !tenant->admin) {
-        ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
+        ym_hreq_respond_error(r, YM_EPERM, NULL,
                               "tenant %s may not use the admin routes", tenant->name);
     } else if (rc == 404) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
+        ym_hreq_respond_error(r, YM_ENOENT, NULL, "no route %s %s", method,
                               url);
     } else if (rc == 405) {
-        ym_hreq_respond_error(r, YM_EINVAL, 405, NULL, "method_not_allowed",
+        ym_hreq_respond_error(r, YM_EMETHOD, NULL,
                               "%s is not allowed on %s (allowed: %s)", method, url, r->allow);
     } else if (strcmp(method, "PUT") == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0) {
         ym_upload_begin(r, url); /* streams the body itself, with its own limits */
     } else if (cl != NULL && n_cl > r->body_limit) {
         r->body_too_big = 1;
         ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
-        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+        ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                               "the request body is %s bytes; the limit is %llu", cl,
                               (unsigned long long)r->body_limit);
     }
@@ -584,7 +569,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             r->discarded = r->body.len + n;
             ym_buf_deinit(&r->body);
             ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
-            ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+            ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                                   "the request body exceeds the limit of %llu bytes",
                                   (unsigned long long)r->body_limit);
             return MHD_YES;
@@ -600,13 +585,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     if (!r->responded && r->body_too_big) {
-        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+        ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                               "the request body exceeds the limit of %llu bytes",
                               (unsigned long long)r->body_limit);
         return MHD_YES;
     }
     if (!r->responded && r->oom) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory for the body");
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory for the body");
         return MHD_YES;
     }
     if (r->responded)
@@ -618,7 +603,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */
         if (srv->stopping)
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining", "the server is stopping");
+            ym_hreq_respond_error(r, YM_EDRAINING, NULL, "the server is stopping");
         else
             ym_hreq_suspend(r);
         return MHD_YES;

@@ -140,9 +140,10 @@ int ym_httpd_start(ym_server_t *srv, ym_diag *diag); /* MHD in the loop; 0 or -1
 void ym_httpd_kick(ym_server_t *srv);                /* MHD_run + re-arm the timeout */
 void ym_httpd_stop(ym_server_t *srv);
 void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body); /* takes body */
-void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param,
-                           const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
+/* Answer with an error: status, OpenAI type and code from err.h's table (the only place that
+ * maps them); param (NULL = none) and the formatted message go into the body. */
+void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
 /* Start streaming: queue the SSE response (reader pulls from r->sse). */
 void ym_hreq_start_stream(ym_hreq *r);

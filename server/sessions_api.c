@@ -33,7 +33,7 @@ static int cache_ready(ym_hreq *r)
 {
     if (r->srv->cache != NULL)
         return 0;
-    ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
+    ym_hreq_respond_error(r, YM_ELOADING, NULL, "the model is still loading");
     return -1;
 }
 
@@ -43,7 +43,7 @@ static int check_id(ym_hreq *r, const char *id)
     if (ym_session_id_check(id, strlen(id), (size_t)r->srv->conf.max_session_id_bytes, &d) ==
         YM_OK)
         return 0;
-    ym_hreq_respond_error(r, YM_EINVAL, 400, "session_id", "invalid_request", "%s", d.msg);
+    ym_hreq_respond_error(r, YM_EINVAL, "session_id", "%s", d.msg);
     return -1;
 }
 
@@ -67,13 +67,13 @@ void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
             ym_hreq_respond_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object",
                                                    "session", "deleted", 1));
         else
-            ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found",
+            ym_hreq_respond_error(r, YM_ENOSESSION, NULL,
                                   "no session '%s'", id);
         return;
     }
     ym_sc_entry *e = ym_scache_pin(srv->cache, &key);
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found", "no session '%s'",
+        ym_hreq_respond_error(r, YM_ENOSESSION, NULL, "no session '%s'",
                               id);
         return;
     }
@@ -92,7 +92,7 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     ym_skey_root(&root, r->limits.name, r->identity);
     ym_sc_entry *e = srv->cache ? ym_scache_pin(srv->cache, &key) : NULL;
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, "session_id", "session_not_found",
+        ym_hreq_respond_error(r, YM_ENOSESSION, "session_id",
                               "no session '%s' to append to (it may have been evicted): send "
                               "the whole prompt without session_append",
                               r->session_id);
@@ -106,7 +106,7 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     p->append_base = ym_sc_entry_state(e)->n_tokens;
     ym_scache_unpin(srv->cache, e);
     if (!ok) {
-        ym_hreq_respond_error(r, YM_EEXIST, 409, "session_append", "session_mismatch",
+        ym_hreq_respond_error(r, YM_EEXIST, "session_append",
                               "session '%s' ran with other adapters (or versions), or was "
                               "imported: send the whole prompt without session_append",
                               r->session_id);
@@ -115,7 +115,7 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     if (pending >= 0) {
         int32_t *v = realloc(ids->v, (ids->n + 1) * sizeof(int32_t));
         if (v == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
             return -1;
         }
         memmove(v + 1, v, ids->n * sizeof(int32_t));
@@ -135,14 +135,14 @@ static int admin_target(ym_hreq *r, const char *url, char tenant[YM_TENANT_NAME_
     const char *slash = strchr(t, '/');
     size_t tl = slash ? (size_t)(slash - t) : 0;
     if (slash == NULL || tl == 0 || tl > YM_TENANT_NAME_MAX) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, NULL, "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, NULL,
                               "the path must be /admin/sessions/{tenant}/{session_id}");
         return -1;
     }
     memcpy(tenant, t, tl);
     tenant[tl] = '\0';
     if (!ym_store_valid_name(tenant)) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, NULL, "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, NULL,
                               "'%s' is not a tenant name", tenant);
         return -1;
     }
@@ -157,7 +157,7 @@ static void admin_export(ym_hreq *r, const char *tenant, const char *id)
     ym_skey_session(&key, tenant, id);
     ym_sc_entry *e = ym_scache_pin(srv->cache, &key);
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found",
+        ym_hreq_respond_error(r, YM_ENOSESSION, NULL,
                               "tenant %s has no session '%s'", tenant, id);
         return;
     }
@@ -170,7 +170,8 @@ static void admin_export(ym_hreq *r, const char *tenant, const char *id)
     ym_scache_unpin(srv->cache, e);
     if (err != YM_OK) {
         free(blob);
-        ym_hreq_respond_error(r, err, 503, NULL, NULL, "cannot export the session: %s",
+        ym_hreq_respond_error(r, err == YM_ENOMEM ? YM_ENOMEM : YM_EIO, NULL,
+                              "cannot export the session: %s",
                               ym_strerror(err));
         return;
     }
@@ -190,7 +191,7 @@ static void admin_import(ym_hreq *r, const char *tenant, const char *id)
                                    &d);
     ym_state_free(like);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 422, NULL, "invalid_session_state",
+        ym_hreq_respond_error(r, err == YM_ENOMEM ? YM_ENOMEM : YM_ESTATE, NULL,
                               "%s", d.msg[0] ? d.msg : ym_strerror(err));
         return;
     }
@@ -199,7 +200,7 @@ static void admin_import(ym_hreq *r, const char *tenant, const char *id)
     ym_skey_session(&key, tenant, id);
     int rc = ym_scache_put(srv->cache, &key, YM_SC_SESSION, &meta, st); /* takes st */
     if (rc != 1) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 507, NULL, "cache_full",
+        ym_hreq_respond_error(r, YM_ECACHEFULL, NULL,
                               "the state cache cannot hold this session (%zu bytes; budget %zu)",
                               bytes, ym_scache_budget(srv->cache));
         return;
