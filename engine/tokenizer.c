@@ -1,8 +1,8 @@
 /* engine/tokenizer.c - Hugging Face tokenizer.json, byte-level BPE (GPT-NeoX / Mamba family).
  *
  * Owns: reading tokenizer.json (jansson) into an immutable ym_tok_t, encoding text to ids and
- * decoding ids to text with the ids Hugging Face tokenizers gives (docs/ARCHITECTURE.md §3). Encoding
- * follows HF's TokenizerImpl::encode_single_sequence step by step:
+ * decoding ids to text with the ids Hugging Face tokenizers gives (docs/ARCHITECTURE.md §3).
+ * Encoding follows HF's TokenizerImpl::encode_single_sequence step by step:
  *   1. invalid UTF-8 becomes U+FFFD, one per maximal invalid subpart (String::from_utf8_lossy);
  *   2. added tokens with normalized=false are split out of the raw text, leftmost-longest;
  *   3. each piece left is normalized (NFC, ...), then added tokens with normalized=true are
@@ -15,7 +15,8 @@
  *
  * Threads: a loaded ym_tok_t is never written again. Encode and decode keep all their scratch,
  * the pre-token cache included, in a per-call context, so any thread may call them at once.
- * Must not: keep mutable state in ym_tok_t; include uv.h (engine/ is loop-free, docs/ARCHITECTURE.md §1).
+ * Must not: keep mutable state in ym_tok_t; include uv.h (engine/ is loop-free,
+ * docs/ARCHITECTURE.md §1).
  *
  * Where this differs from HF on purpose (none of it matters for GPT-NeoX; encode ids never):
  *   - an added token decodes to its content as written in the file. HF decodes the string it

@@ -1,12 +1,23 @@
-/* server/httpd.c - libmicrohttpd inside the libuv loop (docs/ARCHITECTURE.md §2).
+/* server/httpd.c - the HTTP transport: libmicrohttpd inside the libuv loop
+ * (docs/ARCHITECTURE.md §2).
  *
- * MHD runs in epoll mode without threads of its own: its epoll fd is watched by a uv_poll and
- * its timeout by a uv_timer, and every callback below runs on the loop thread. A request's
- * life: the access callback collects the body (413 past max_body_bytes, checked on
- * Content-Length before reading a byte), then api.c handles it. A generation suspends its
+ * Owns: the MHD daemon and its uv_poll / uv_timer, each request's ym_hreq from MHD's first
+ * access callback to its completed callback, request bodies, suspension and resumption, SSE
+ * framing, the held early answers, CORS, and the one error writer (status, type and code from
+ * err.h's table). Runs: loop thread only. Must not: know any route's behaviour: it matches a
+ * request against the route table it was given (server/router.h; the table is routes.c's),
+ * checks the key the route needs and the body limit, and calls the route's handler; handlers
+ * answer through the ym_hreq_respond_* functions and never touch MHD.
+ *
+ * A request's life: the first access callback matches the route, authenticates, and answers
+ * what needs no body (preflight, 401/403, 404/405, a body announced too large); the body is
+ * collected (413 past the route's limit) or handed to the route's body hooks as it arrives;
+ * the final callback runs the handler. An answer given before the body has been read is held
+ * until the rest of the body has been read and dropped (queue()). A generation suspends its
  * connection while it waits: a non-streaming one until the job finishes (the response is then
  * queued on the suspended connection and it is resumed), a stream whenever the SSE reader has
- * nothing to send. on_out_ready resumes connections whose jobs produced output.
+ * nothing to send. on_out_ready resumes connections whose jobs produced output, through the
+ * request's on_output hook.
  *
  * A suspended connection is invisible to MHD, so it would not notice a client leaving; the
  * sweep timer peeks at each suspended socket (recv MSG_PEEK) and cancels the job of a client
@@ -81,6 +92,57 @@ void ym_hreq_untrack(ym_hreq *r)
         r->next->prev = r->prev;
     r->prev = r->next = NULL;
     srv->n_gens--;
+}
+
+/* --- JSON text: a string body part, invalid UTF-8 replaced --- */
+
+/* Replace each byte that does not start a valid UTF-8 sequence by U+FFFD. */
+static char *sanitize_utf8(const char *s, size_t len, size_t *out_len)
+{
+    char *o = malloc(len * 3 + 1);
+    if (o == NULL)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = n > 0 && i + (size_t)n <= len && c != 0xC0 && c != 0xC1 && c < 0xF5;
+        for (int k = 1; ok && k < n; k++)
+            ok = ((unsigned char)s[i + (size_t)k] >> 6) == 2;
+        if (ok && n == 3) {
+            unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)s[i + 1] & 0x3Fu) << 6);
+            ok = cp >= 0x800 && !(cp >= 0xD800 && cp < 0xE000);
+        } else if (ok && n == 4) {
+            unsigned cp = ((c & 0x07u) << 18) | (((unsigned char)s[i + 1] & 0x3Fu) << 12);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (ok) {
+            memcpy(o + j, s + i, (size_t)n);
+            j += (size_t)n;
+            i += (size_t)n;
+        } else {
+            memcpy(o + j, "\xEF\xBF\xBD", 3);
+            j += 3;
+            i++;
+        }
+    }
+    o[j] = '\0';
+    *out_len = j;
+    return o;
+}
+
+json_t *ym_json_text(const char *s, size_t len)
+{
+    json_t *v = json_stringn(s, len);
+    if (v != NULL)
+        return v;
+    size_t n;
+    char *clean = sanitize_utf8(s, len, &n);
+    if (clean == NULL)
+        return NULL;
+    v = json_stringn(clean, n);
+    free(clean);
+    return v;
 }
 
 /* The request's Origin when allowed_origins lets it in, else NULL (borrowed from MHD). */
@@ -287,8 +349,8 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char
 static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     ym_hreq *r = cls;
-    if (r->sse_pos == r->sse.len && !r->sse_done && !r->sse_error)
-        ym_api_on_output(r); /* anything new since the last wake-up */
+    if (r->sse_pos == r->sse.len && !r->sse_done && !r->sse_error && r->on_output != NULL)
+        r->on_output(r); /* anything new since the last wake-up */
     if (r->sse_error)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     size_t avail = r->sse.len - r->sse_pos;
@@ -309,6 +371,16 @@ static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     MHD_suspend_connection(r->conn);
     r->suspended = 1;
     return 0;
+}
+
+const char *ym_hreq_header(ym_hreq *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+void ym_hreq_close(ym_hreq *r)
+{
+    r->close_now = 1;
 }
 
 void ym_hreq_start_stream(ym_hreq *r)
@@ -465,11 +537,12 @@ static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn
         preflight(r);
         return;
     }
-    /* Who asks: /v1 routes need a tenant's key (any key in open mode), /admin routes an
-     * admin tenant's key (and a tenants file: never open). */
+    /* Who asks: the route says which key it needs (any key, or none, in open mode for
+     * tenant routes; an admin tenant's key, and a tenants file, for admin routes). */
+    const ym_route *rt = r->match.route;
     const ym_tenant *tenant = NULL;
-    int v1 = rc == 0 && strncmp(url, "/v1/", 4) == 0;
-    int admin = rc == 0 && strncmp(url, "/admin/", 7) == 0;
+    int v1 = rt != NULL && rt->auth == YM_AUTH_TENANT;
+    int admin = rt != NULL && rt->auth == YM_AUTH_ADMIN;
     if (v1 || (admin && !ym_tenants_is_open(srv->tenants))) {
         tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
                                                    conn, MHD_HEADER_KIND, "Authorization"));
@@ -491,8 +564,8 @@ static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn
     } else if (rc == 405) {
         ym_hreq_respond_error(r, YM_EMETHOD, NULL,
                               "%s is not allowed on %s (allowed: %s)", method, url, r->allow);
-    } else if (strcmp(method, "PUT") == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0) {
-        ym_upload_begin(r, url); /* streams the body itself, with its own limits */
+    } else if (rt->body == YM_BODY_STREAM) {
+        rt->body_begin(r, &r->match); /* streams the body itself, with its own limits */
     } else if (cl != NULL && n_cl > r->body_limit) {
         r->body_too_big = 1;
         ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
@@ -517,9 +590,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->refs = 1;
         r->t_start = ym_now();
         r->finish = YM_FINISH_NONE;
-        const char *allow = NULL;
-        int rc = ym_api_route(method, url, &r->route, &allow);
-        r->allow = allow;
+        int rc = ym_router_match(srv->routes, srv->n_routes, method, url, &r->match);
+        r->route = r->match.label;
+        r->allow = r->match.allow;
         const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
         if (given != NULL && valid_request_id(given))
             snprintf(r->id, sizeof(r->id), "%s", given);
@@ -530,11 +603,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 
-        r->body_limit = srv->conf.max_body_bytes;
-        if (strncmp(url, "/admin/", 7) == 0 && strcmp(method, "PUT") == 0)
-            r->body_limit = srv->conf.max_upload_bytes; /* a session state can be large */
-        if (strcmp(method, "PUT") == 0 && rc == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0)
-            r->body_limit = srv->conf.max_upload_bytes;
+        const ym_route *rt = r->match.route;
+        r->body_limit = rt != NULL && rt->body != YM_BODY_REQUEST ? srv->conf.max_upload_bytes
+                                                                   : srv->conf.max_body_bytes;
         /* An early answer waits for the body; past drain_max dropped bytes the client is
          * disconnected instead (see queue()). */
         r->drain_max = 2 * r->body_limit > DRAIN_MIN ? 2 * r->body_limit : DRAIN_MIN;
@@ -560,8 +631,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             r->discarded += n;
             return r->discarded > r->drain_max ? MHD_NO : MHD_YES;
         }
-        if (r->upload != NULL) {
-            ym_upload_data(r, upload_data, n);
+        if (r->upload != NULL) { /* the route's body hook took the body */
+            r->match.route->body_data(r, upload_data, n);
             return MHD_YES;
         }
         if (r->body.len + n > r->body_limit) {
@@ -597,8 +668,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->responded)
         return MHD_YES;
     if (r->upload != NULL && !r->suspended && !r->responded) {
-        /* Answers at once, or suspends until the pool has validated it. */
-        return ym_upload_end(r) == 0 ? MHD_YES : MHD_NO;
+        /* A streamed body is complete: the handler answers at once, or suspends until its
+         * work is done, or asks to close. */
+        r->match.route->handler(r, &r->match);
+        return r->close_now ? MHD_NO : MHD_YES;
     }
     if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */
@@ -610,8 +683,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (r->body.p == NULL)
         ym_buf_put(&r->body, "", 0);
-    ym_api_dispatch(r, method, url);
-    return MHD_YES;
+    r->match.route->handler(r, &r->match);
+    return r->close_now ? MHD_NO : MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -645,7 +718,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     }
     ym_hreq_untrack(r);
     ym_tenant_release(srv, r);
-    ym_upload_abort(r);
+    if (r->match.route != NULL && r->match.route->body_abort != NULL)
+        r->match.route->body_abort(r);
     r->conn_done = 1;
     ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
     srv->n_http--;
@@ -687,7 +761,8 @@ static void on_out_ready(uv_async_t *a)
         ym_gen *next = ym_sched_ready_next(srv->sched, g);
         ym_hreq *r = ym_gen_owner(g);
         if (r != NULL) {
-            ym_api_on_output(r);
+            if (r->on_output != NULL)
+                r->on_output(r);
             /* A stream wakes to send its events; a plain request only once its response is
              * queued (MHD may not be given a response for a running connection). */
             if (r->streaming || r->responded)
@@ -725,7 +800,8 @@ static void on_sweep(uv_timer_t *t)
         }
         if (r->streaming && !r->delta.started && r->finish == YM_FINISH_NONE &&
             now - r->t_last_write >= ping) {
-            ym_api_ping(r);
+            if (r->on_ping != NULL)
+                r->on_ping(r);
             r->t_last_write = now;
             ym_hreq_resume(r);
         }

@@ -256,6 +256,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     static ym_server_t srv;
+    srv.routes = ym_routes; /* the transport dispatches through the table (routes.c) */
+    srv.n_routes = ym_n_routes;
     int action = 0;
     ym_diag diag = {0};
     if (ym_conf_load(&srv.conf, argc, argv, NULL, &action, &diag) != YM_OK) {

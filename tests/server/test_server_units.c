@@ -17,6 +17,7 @@
 #include "server/metrics.h"
 #include "server/multipart.h"
 #include "server/request.h"
+#include "server/router.h"
 #include "server/sched.h"
 #include "server/statecache.h"
 #include "server/store.h"
@@ -1227,6 +1228,51 @@ START_TEST(test_sched_stop_cancels_running_and_queued)
 }
 END_TEST
 
+/* --- the router --- */
+
+START_TEST(test_router_matches_method_and_pattern)
+{
+    static const ym_route t[] = {
+        {"GET", "/v1/adapters", YM_AUTH_TENANT, YM_BODY_REQUEST, NULL, NULL, NULL, NULL},
+        {"GET", "/v1/adapters/{name}", YM_AUTH_TENANT, YM_BODY_REQUEST, NULL, NULL, NULL, NULL},
+        {"PUT", "/v1/adapters/{name}", YM_AUTH_TENANT, YM_BODY_STREAM, NULL, NULL, NULL, NULL},
+        {"GET", "/admin/sessions/{tenant}/{id}", YM_AUTH_ADMIN, YM_BODY_REQUEST, NULL, NULL,
+         NULL, NULL},
+    };
+    size_t n = sizeof(t) / sizeof(t[0]);
+    ym_match m;
+    ck_assert_int_eq(ym_router_match(t, n, "GET", "/v1/adapters", &m), 0);
+    ck_assert_ptr_eq(m.route, &t[0]);
+    ck_assert_ptr_null(m.params[0]);
+    ck_assert_int_eq(ym_router_match(t, n, "PUT", "/v1/adapters/romeo", &m), 0);
+    ck_assert_ptr_eq(m.route, &t[2]);
+    ck_assert_str_eq(m.params[0], "romeo");
+    ck_assert_str_eq(m.label, "/v1/adapters/{name}");
+    /* The last parameter takes the rest, so a handler can refuse a bad name with a 400. */
+    ck_assert_int_eq(ym_router_match(t, n, "HEAD", "/v1/adapters/a/b", &m), 0);
+    ck_assert_ptr_eq(m.route, &t[1]);
+    ck_assert_str_eq(m.params[0], "a/b");
+    ck_assert_int_eq(ym_router_match(t, n, "GET", "/admin/sessions/alpha/s-1/x", &m), 0);
+    ck_assert_str_eq(m.params[0], "alpha");
+    ck_assert_str_eq(m.params[1], "s-1/x");
+    /* A known path with another method: 405 and the methods it allows. */
+    ck_assert_int_eq(ym_router_match(t, n, "DELETE", "/v1/adapters/romeo", &m), 405);
+    ck_assert_ptr_null(m.route);
+    ck_assert_str_eq(m.allow, "GET, PUT");
+    ck_assert_str_eq(m.label, "/v1/adapters/{name}");
+    ck_assert_int_eq(ym_router_match(t, n, "GET", "/v1/adapters//", &m), 0);
+    ck_assert_str_eq(m.params[0], "/"); /* the handler refuses the name */
+    /* Unknown paths, empty parameters, missing segments: 404. */
+    const char *unknown[] = {"/v1/adapters/", "/v1/adapter", "/admin/sessions/a",
+                             "/admin/sessions//x", "", "/", "/v1/adaptersx"};
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+        ck_assert_msg(ym_router_match(t, n, "GET", unknown[i], &m) == 404, "%s matched",
+                      unknown[i]);
+        ck_assert_str_eq(m.label, "other");
+    }
+}
+END_TEST
+
 /* --- the error table against docs/API.md --- */
 
 static const char *type_for_status(int status)
@@ -1324,6 +1370,7 @@ static Suite *server_suite(void)
     TCase *tc = tcase_create("conf");
     tcase_add_test(tc, test_conf_defaults_and_file_values);
     tcase_add_test(tc, test_err_table_matches_api_md_error_table);
+    tcase_add_test(tc, test_router_matches_method_and_pattern);
     tcase_add_test(tc, test_conf_rejects_bad_files);
     tcase_add_test(tc, test_conf_precedence_env_over_file_flags_over_env);
     suite_add_tcase(s, tc);

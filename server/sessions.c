@@ -1,4 +1,4 @@
-/* server/sessions_api.c - the session routes (docs/API.md "Sessions").
+/* server/sessions.c - the session routes (docs/API.md "Sessions").
  *
  *   GET    /v1/sessions/{id}              the caller's session: tokens it holds, bytes
  *   DELETE /v1/sessions/{id}              forget it
@@ -54,7 +54,7 @@ static json_t *session_object(const char *id, const ym_sc_entry *e)
                      (json_int_t)ym_sc_entry_bytes(e));
 }
 
-void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
+static void sessions(ym_hreq *r, const char *method, const char *url)
 {
     ym_server_t *srv = r->srv;
     const char *id = url + strlen("/v1/sessions/");
@@ -84,7 +84,7 @@ void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
 
 /* Append mode: check the session exists and ran with the same adapters, and put its pending
  * token (the last one it sampled, never fed) before the new tokens. 0, or -1 (answered). */
-int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
+int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
 {
     ym_server_t *srv = r->srv;
     ym_skey key, root;
@@ -211,7 +211,7 @@ static void admin_import(ym_hreq *r, const char *tenant, const char *id)
                                            (json_int_t)n_tokens, "bytes", (json_int_t)bytes));
 }
 
-void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url)
+static void admin_sessions(ym_hreq *r, const char *method, const char *url)
 {
     char tenant[YM_TENANT_NAME_MAX + 1];
     const char *id;
@@ -221,4 +221,28 @@ void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url)
         admin_import(r, tenant, id);
     else
         admin_export(r, tenant, id);
+}
+
+/* GET /v1/sessions/{id}: the caller's session (tokens and bytes it holds). */
+void ym_sessions_get(ym_hreq *r, const ym_match *m)
+{
+    sessions(r, m->method, m->url);
+}
+
+/* DELETE /v1/sessions/{id}: forget it. */
+void ym_sessions_delete(ym_hreq *r, const ym_match *m)
+{
+    sessions(r, m->method, m->url);
+}
+
+/* GET /admin/sessions/{tenant}/{id}: export a session's state (admin tenants). */
+void ym_sessions_export(ym_hreq *r, const ym_match *m)
+{
+    admin_sessions(r, m->method, m->url);
+}
+
+/* PUT /admin/sessions/{tenant}/{id}: import one. */
+void ym_sessions_import(ym_hreq *r, const ym_match *m)
+{
+    admin_sessions(r, m->method, m->url);
 }

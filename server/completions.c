@@ -1,8 +1,10 @@
-/* server/api.c - the routes of docs/ARCHITECTURE.md §6 that exist so far, and the OpenAI response shapes.
+/* server/completions.c - POST /v1/completions and OpenAI's text_completion shapes.
  *
- * Loop thread only. Each handler validates (request.c), answers at once or creates a generation
- * job and submits it to the scheduler; ym_api_on_output turns a job's new output into SSE
- * events (streaming) or accumulates it for one JSON body (non-streaming). */
+ * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
+ * session, tokenize (long prompts on the libuv pool), submit the generation job to the
+ * scheduler, then turn the job's new output into SSE events (streaming) or one JSON body.
+ * Runs: loop thread only. Must not: touch the connection; it answers through ym_hreq_respond_*
+ * and gives the transport its output and ping hooks (r->on_output, r->on_ping). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,57 +13,6 @@
 
 #include "engine/log.h"
 #include "server/server.h"
-
-/* --- JSON helpers --- */
-
-/* Replace each byte that does not start a valid UTF-8 sequence by U+FFFD. */
-static char *sanitize_utf8(const char *s, size_t len, size_t *out_len)
-{
-    char *o = malloc(len * 3 + 1);
-    if (o == NULL)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < len;) {
-        unsigned char c = (unsigned char)s[i];
-        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0 && i + (size_t)n <= len && c != 0xC0 && c != 0xC1 && c < 0xF5;
-        for (int k = 1; ok && k < n; k++)
-            ok = ((unsigned char)s[i + (size_t)k] >> 6) == 2;
-        if (ok && n == 3) {
-            unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)s[i + 1] & 0x3Fu) << 6);
-            ok = cp >= 0x800 && !(cp >= 0xD800 && cp < 0xE000);
-        } else if (ok && n == 4) {
-            unsigned cp = ((c & 0x07u) << 18) | (((unsigned char)s[i + 1] & 0x3Fu) << 12);
-            ok = cp >= 0x10000 && cp <= 0x10FFFF;
-        }
-        if (ok) {
-            memcpy(o + j, s + i, (size_t)n);
-            j += (size_t)n;
-            i += (size_t)n;
-        } else {
-            memcpy(o + j, "\xEF\xBF\xBD", 3);
-            j += 3;
-            i++;
-        }
-    }
-    o[j] = '\0';
-    *out_len = j;
-    return o;
-}
-
-json_t *ym_json_text(const char *s, size_t len)
-{
-    json_t *v = json_stringn(s, len);
-    if (v != NULL)
-        return v;
-    size_t n;
-    char *clean = sanitize_utf8(s, len, &n);
-    if (clean == NULL)
-        return NULL;
-    v = json_stringn(clean, n);
-    free(clean);
-    return v;
-}
 
 static json_t *logprob_value(float lp)
 {
@@ -146,7 +97,7 @@ static void sse_event(ym_hreq *r, json_t *obj)
     free(s);
 }
 
-void ym_api_ping(ym_hreq *r)
+static void on_ping(ym_hreq *r)
 {
     if (ym_buf_put(&r->sse, ": ping\n\n", 8) != 0)
         r->sse_error = 1;
@@ -269,7 +220,7 @@ oom:
     ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
 }
 
-void ym_api_on_output(ym_hreq *r)
+static void on_output(ym_hreq *r)
 {
     if (r->gen == NULL || r->finish != YM_FINISH_NONE)
         return;
@@ -285,83 +236,6 @@ void ym_api_on_output(ym_hreq *r)
         collect_output(r);
     if (r->finish != YM_FINISH_NONE)
         ym_hreq_untrack(r);
-}
-
-/* --- routes --- */
-
-static const struct route {
-    const char *path;
-    const char *methods; /* comma-separated */
-    int prefix;          /* path is a prefix ending in '/' */
-    const char *label;
-} routes[] = {
-    {"/v1/completions", "POST", 0, "/v1/completions"},
-    {"/v1/models", "GET", 0, "/v1/models"},
-    {"/v1/models/", "GET", 1, "/v1/models/{id}"},
-    {"/v1/adapters", "GET", 0, "/v1/adapters"},
-    {"/v1/adapters/", "GET, PUT, DELETE", 1, "/v1/adapters/{name}"},
-    {"/v1/sessions/", "GET, DELETE", 1, "/v1/sessions/{id}"},
-    {"/admin/sessions/", "GET, PUT", 1, "/admin/sessions/{tenant}/{id}"},
-    {"/v1/tokenize", "POST", 0, "/v1/tokenize"},
-    {"/v1/detokenize", "POST", 0, "/v1/detokenize"},
-    {"/healthz", "GET", 0, "/healthz"},
-    {"/readyz", "GET", 0, "/readyz"},
-    {"/metrics", "GET", 0, "/metrics"},
-};
-
-static int method_in(const char *method, const char *list)
-{
-    size_t n = strlen(method);
-    for (const char *p = list; (p = strstr(p, method)) != NULL; p += n)
-        if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
-            return 1;
-    return 0;
-}
-
-int ym_api_route(const char *method, const char *url, const char **label, const char **allow)
-{
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        const struct route *rt = &routes[i];
-        int match = rt->prefix ? strncmp(url, rt->path, strlen(rt->path)) == 0 &&
-                                     url[strlen(rt->path)] != '\0'
-                               : strcmp(url, rt->path) == 0;
-        if (!match)
-            continue;
-        *label = rt->label;
-        if (method_in(method, rt->methods) ||
-            (strcmp(method, "HEAD") == 0 && method_in("GET", rt->methods)))
-            return 0;
-        *allow = rt->methods;
-        return 405;
-    }
-    *label = "other";
-    return 404;
-}
-
-static int check_model(ym_hreq *r, const char *model)
-{
-    if (model == NULL || strcmp(model, r->srv->model_name) == 0)
-        return 0;
-    ym_hreq_respond_error(r, YM_ENOMODEL, "model",
-                          "the model '%s' does not exist (this server serves '%s')", model,
-                          r->srv->model_name);
-    return -1;
-}
-
-static int check_ready(ym_hreq *r)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->draining) {
-        ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
-        ym_hreq_respond_error(r, YM_EDRAINING, NULL,
-                              "the server is shutting down; retry on another replica");
-        return -1;
-    }
-    if (srv->sched == NULL) {
-        ym_hreq_respond_error(r, YM_ELOADING, NULL, "the model is still loading");
-        return -1;
-    }
-    return 0;
 }
 
 /* Prompts longer than this are tokenized on the libuv pool so the loop keeps serving. */
@@ -408,7 +282,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             goto fail;
         }
     }
-    if (r->session_append && ym_api_session_append(r, ids, &p) != 0)
+    if (r->session_append && ym_sessions_append(r, ids, &p) != 0)
         goto fail;
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
         ym_hreq_respond_error(r, YM_ELIMIT, NULL,
@@ -515,7 +389,7 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
  * hash on to pin a conversation to a replica); both present must agree. 0 or -1 (answered). */
 static int take_session_id(ym_hreq *r, const ym_creq *q)
 {
-    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Session-Id");
+    const char *h = ym_hreq_header(r, "X-Session-Id");
     if (h != NULL) {
         ym_diag d = {0};
         if (ym_session_id_check(h, strlen(h), (size_t)r->srv->conf.max_session_id_bytes, &d) !=
@@ -551,10 +425,13 @@ static int take_session_id(ym_hreq *r, const ym_creq *q)
     return 0;
 }
 
-static void handle_completion(ym_hreq *r)
+/* POST /v1/completions. */
+void ym_completions_create(ym_hreq *r, const ym_match *m)
 {
+    r->on_output = on_output; /* the transport calls these for the job's output */
+    r->on_ping = on_ping;
     ym_server_t *srv = r->srv;
-    if (check_ready(r) != 0)
+    if (ym_server_check_ready(r) != 0)
         return;
     ym_req_limits lim = {
         .max_tokens_cap = (int64_t)srv->conf.max_tokens_cap,
@@ -573,7 +450,7 @@ static void handle_completion(ym_hreq *r)
                               "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
         return;
     }
-    if (take_session_id(r, &q) != 0 || ym_api_resolve_adapters(r, q.model, q.adapters, &adapter) != 0)
+    if (take_session_id(r, &q) != 0 || ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);
@@ -632,147 +509,3 @@ out:
     json_decref(root);
 }
 
-static json_t *model_object(ym_server_t *srv)
-{
-    return json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model_name, "object", "model", "created",
-                     (json_int_t)srv->created, "owned_by", "yunmin");
-}
-
-static void handle_models(ym_hreq *r, const char *url)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        check_ready(r);
-        return;
-    }
-    if (strcmp(url, "/v1/models") == 0) {
-        json_t *data = ym_api_adapter_models(r);
-        json_array_insert_new(data, 0, model_object(srv));
-        ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
-        return;
-    }
-    const char *id = url + strlen("/v1/models/");
-    json_t *adapters = ym_api_adapter_models(r);
-    json_t *found = NULL;
-    for (size_t i = 0; i < json_array_size(adapters) && found == NULL; i++)
-        if (strcmp(json_string_value(json_object_get(json_array_get(adapters, i), "id")), id) ==
-            0)
-            found = json_incref(json_array_get(adapters, i));
-    json_decref(adapters);
-    if (strcmp(id, srv->model_name) == 0)
-        ym_hreq_respond_json(r, 200, model_object(srv));
-    else if (found != NULL)
-        ym_hreq_respond_json(r, 200, found);
-    else
-        ym_hreq_respond_error(r, YM_ENOMODEL, "model",
-                              "the model '%s' does not exist", id);
-}
-
-static void handle_tokenize(ym_hreq *r)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        check_ready(r);
-        return;
-    }
-    const char *text = NULL, *model = NULL;
-    size_t len = 0;
-    json_t *root = NULL;
-    ym_diag diag = {0};
-    ym_err err = ym_tokreq_parse(r->body.p, r->body.len, &text, &len, &model, &root, &diag);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, diag.param, "%s", diag.msg);
-        return;
-    }
-    ym_ids ids = {0};
-    if (check_model(r, model) == 0) {
-        if ((err = ym_tok_encode(srv->tok, text, len, &ids)) != YM_OK) {
-            ym_hreq_respond_error(r, err, "prompt", "cannot tokenize: %s",
-                                  ym_strerror(err));
-        } else {
-            json_t *arr = json_array();
-            for (size_t i = 0; i < ids.n; i++)
-                json_array_append_new(arr, json_integer(ids.v[i]));
-            ym_hreq_respond_json(r, 200, json_pack("{s:o,s:I}", "tokens", arr, "count",
-                                                   (json_int_t)ids.n));
-        }
-    }
-    ym_ids_deinit(&ids);
-    json_decref(root);
-}
-
-static void handle_detokenize(ym_hreq *r)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        check_ready(r);
-        return;
-    }
-    int32_t *ids = NULL;
-    size_t n = 0;
-    const char *model = NULL;
-    json_t *root = NULL;
-    ym_diag diag = {0};
-    ym_err err = ym_detokreq_parse(r->body.p, r->body.len, &ids, &n, &model, &root, &diag);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, diag.param, "%s", diag.msg);
-        return;
-    }
-    if (check_model(r, model) == 0) {
-        int nv = ym_tok_n_vocab(srv->tok);
-        size_t bad = n;
-        for (size_t i = 0; i < n && bad == n; i++)
-            if (ids[i] >= nv)
-                bad = i;
-        char *text = NULL;
-        size_t len = 0;
-        if (bad < n) {
-            ym_hreq_respond_error(r, YM_EINVAL, "tokens",
-                                  "tokens[%zu] = %d is not a token id (vocabulary size %d)", bad,
-                                  ids[bad], nv);
-        } else if ((err = ym_tok_decode(srv->tok, ids, n, &text, &len)) != YM_OK) {
-            ym_hreq_respond_error(r, err, "tokens", "cannot decode: %s",
-                                  ym_strerror(err));
-        } else {
-            ym_hreq_respond_json(r, 200, json_pack("{s:o}", "prompt", ym_json_text(text, len)));
-            free(text);
-        }
-    }
-    free(ids);
-    json_decref(root);
-}
-
-void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
-{
-    ym_server_t *srv = r->srv;
-    if (strcmp(url, "/healthz") == 0) {
-        ym_hreq_respond_json(r, 200, json_pack("{s:s}", "status", "ok"));
-    } else if (strcmp(url, "/readyz") == 0) {
-        const char *st = srv->draining ? "draining" : srv->ready ? "ready" : "loading";
-        ym_hreq_respond_json(r, srv->ready && !srv->draining ? 200 : 503,
-                             json_pack("{s:s}", "status", st));
-    } else if (strcmp(url, "/metrics") == 0) {
-        char *text = NULL;
-        size_t len = 0;
-        if (ym_metrics_render(srv->metrics, &text, &len) != 0)
-            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
-        else
-            ym_hreq_respond_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    } else if (strcmp(url, "/v1/completions") == 0) {
-        handle_completion(r);
-    } else if (strncmp(url, "/v1/models", 10) == 0) {
-        handle_models(r, url);
-    } else if (strncmp(url, "/v1/adapters", 12) == 0) {
-        ym_api_adapters(r, method, url);
-    } else if (strncmp(url, "/v1/sessions/", 13) == 0) {
-        ym_api_sessions(r, method, url);
-    } else if (strncmp(url, "/admin/sessions/", 16) == 0) {
-        ym_api_admin_sessions(r, method, url);
-    } else if (strcmp(url, "/v1/tokenize") == 0) {
-        handle_tokenize(r);
-    } else if (strcmp(url, "/v1/detokenize") == 0) {
-        handle_detokenize(r);
-    } else {
-        ym_hreq_respond_error(r, YM_ENOENT, NULL, "no route %s %s", method, url);
-    }
-}

@@ -1,4 +1,4 @@
-/* server/adapters_api.c - adapter upload, management and hot swap (docs/ARCHITECTURE.md §5, §6).
+/* server/adapters.c - adapter upload, management and hot swap (docs/ARCHITECTURE.md §5, §6).
  *
  * Loop thread, except the work functions, which run on the libuv pool: an upload is streamed
  * part by part into a fresh directory of the store (server/store.c) as it arrives, never whole
@@ -149,8 +149,11 @@ static const char *adapter_name(const char *url)
     return url + strlen("/v1/adapters/");
 }
 
-int ym_upload_begin(ym_hreq *r, const char *url)
+/* PUT /v1/adapters/{name}, its start: checks what needs no body (name, quota, size), opens
+ * the upload. 0, or -1 when it answered. */
+int ym_adapters_put_begin(ym_hreq *r, const ym_match *m)
 {
+    const char *url = m->url;
     ym_server_t *srv = r->srv;
     const char *name = adapter_name(url);
     if (srv->conf.adapter_dir[0] == '\0') {
@@ -197,8 +200,7 @@ int ym_upload_begin(ym_hreq *r, const char *url)
         if (left < limit)
             limit = left;
     }
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl = ym_hreq_header(r, "Content-Length");
     if (cl != NULL && strtoull(cl, NULL, 10) > limit + 64 * 1024) {
         ym_hreq_respond_error(r, YM_EUPLOADBIG, NULL,
                               "the upload is %s bytes; this tenant may store %zu more", cl, limit);
@@ -215,8 +217,7 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     snprintf(u->tenant, sizeof(u->tenant), "%s", r->limits.name);
     snprintf(u->name, sizeof(u->name), "%s", name);
     ym_diag d = {0};
-    ym_err err = ym_mp_new(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                       MHD_HTTP_HEADER_CONTENT_TYPE),
+    ym_err err = ym_mp_new(ym_hreq_header(r, "Content-Type"),
                            &upload_cb, u, &u->mp, &d);
     if (err == YM_OK)
         err = ym_store_begin(srv->conf.adapter_dir, r->limits.name, u->tmp, sizeof(u->tmp), &d);
@@ -231,7 +232,8 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     return 0;
 }
 
-void ym_upload_data(ym_hreq *r, const char *data, size_t len)
+/* PUT /v1/adapters/{name}: the body as it arrives, streamed to disk. */
+void ym_adapters_put_data(ym_hreq *r, const char *data, size_t len)
 {
     ym_upload *u = r->upload;
     if (u->failed)
@@ -327,7 +329,9 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
     ym_hreq_unref(r);
 }
 
-int ym_upload_end(ym_hreq *r)
+/* PUT /v1/adapters/{name}, the body complete: answers at once, or validates on the pool and
+ * answers then. */
+void ym_adapters_put(ym_hreq *r, const ym_match *m)
 {
     ym_upload *u = r->upload;
     ym_diag d = {0};
@@ -336,9 +340,10 @@ int ym_upload_end(ym_hreq *r)
          * a suspended connection). Its outcome is not known yet, so no answer would be true:
          * close the connection. The store stays whole either way (commits are atomic). */
         if (r->srv->stopping)
-            return -1;
-        ym_hreq_suspend(r);
-        return 0;
+            ym_hreq_close(r);
+        else
+            ym_hreq_suspend(r);
+        return;
     }
     if (!u->failed && ym_mp_finish(u->mp, &d) != YM_OK) {
         u->failed = 1;
@@ -356,17 +361,17 @@ int ym_upload_end(ym_hreq *r)
                               u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
         r->upload = NULL;
         upload_free(u);
-        return 0;
+        return;
     }
     u->r = r;
     r->refs++;
     u->work.data = u;
     ym_hreq_suspend(r);
     uv_queue_work(r->srv->loop, &u->work, upload_work, upload_after);
-    return 0;
 }
 
-void ym_upload_abort(ym_hreq *r)
+/* The connection ended before the upload's answer. */
+void ym_adapters_put_abort(ym_hreq *r)
 {
     ym_upload *u = r->upload;
     if (u == NULL || u->r != NULL)
@@ -377,7 +382,7 @@ void ym_upload_abort(ym_hreq *r)
 
 /* --- GET / DELETE --- */
 
-void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
+static void adapters(ym_hreq *r, const char *method, const char *url)
 {
     ym_server_t *srv = r->srv;
     if (strcmp(url, "/v1/adapters") == 0) {
@@ -412,7 +417,7 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
     ym_hreq_respond_json(r, 200, describe(e, srv->model_name));
 }
 
-json_t *ym_api_adapter_models(ym_hreq *r)
+json_t *ym_adapters_models(ym_hreq *r)
 {
     ym_server_t *srv = r->srv;
     json_t *out = json_array();
@@ -436,7 +441,7 @@ static size_t identity_add(ym_hreq *r, size_t at, const ym_reg_entry *e)
     return n > 0 && (size_t)n < sizeof(r->identity) - at ? (size_t)n : 0;
 }
 
-int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out)
+int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out)
 {
     ym_server_t *srv = r->srv;
     ym_adapter_t *parts[YM_ADAPTER_SET_MAX + 1];
@@ -689,4 +694,22 @@ void ym_adapters_stop(ym_server_t *srv)
         uv_close((uv_handle_t *)h, (uv_close_cb)free);
     }
     srv->n_watches = 0;
+}
+
+/* GET /v1/adapters: the caller's adapters. */
+void ym_adapters_list(ym_hreq *r, const ym_match *m)
+{
+    adapters(r, m->method, m->url);
+}
+
+/* GET /v1/adapters/{name}: one of them. */
+void ym_adapters_get(ym_hreq *r, const ym_match *m)
+{
+    adapters(r, m->method, m->url);
+}
+
+/* DELETE /v1/adapters/{name}. */
+void ym_adapters_delete(ym_hreq *r, const ym_match *m)
+{
+    adapters(r, m->method, m->url);
 }
