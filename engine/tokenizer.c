@@ -30,6 +30,9 @@
  *   - Unicode tables are utf8proc's: its Unicode version (13 for utf8proc 2.6) may lag HF's, so
  *     characters assigned later may normalize or classify differently. */
 #include "engine/tokenizer.h"
+
+#include "engine/buf.h"
+#include "engine/utf8.h"
 #include "engine/tokenizer_int.h"
 
 #include <errno.h>
@@ -59,43 +62,8 @@ enum { INIT_DROP, INIT_ID, INIT_FALLBACK, INIT_UNK };
 
 /* ---- small containers -------------------------------------------------------------------- */
 
-typedef struct buf {
-    char *p; /* owned */
-    size_t n;
-    size_t cap;
-} buf;
-
-static ym_err buf_reserve(buf *b, size_t need)
-{
-    if (need <= b->cap)
-        return YM_OK;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < need) {
-        if (cap > SIZE_MAX / 2)
-            return YM_ENOMEM;
-        cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL)
-        return YM_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return YM_OK;
-}
-
-static ym_err buf_add(buf *b, const void *s, size_t n)
-{
-    if (n > SIZE_MAX - b->n - 1)
-        return YM_ENOMEM;
-    ym_err err = buf_reserve(b, b->n + n + 1);
-    if (err != YM_OK)
-        return err;
-    if (n > 0)
-        memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return YM_OK;
-}
+/* The tree's growable buffer (engine/buf.h). */
+typedef ym_buf buf;
 
 ym_err ym_ids_push(ym_ids *ids, int32_t id)
 {
@@ -331,119 +299,18 @@ static uint32_t byte_to_cp(unsigned b)
 
 /* ---- UTF-8 ------------------------------------------------------------------------------- */
 
-/* Length of the character at s[i] (*ok) or of the maximal invalid subpart there (!*ok), as
- * Rust's Utf8Chunks splits it: a lead byte and as many following bytes as could still begin a
- * well-formed sequence form one invalid unit. */
-static size_t utf8_step(const unsigned char *s, size_t n, size_t i, bool *ok)
+/* UTF-8 comes from engine/utf8.h. */
+static inline int32_t utf8_cp(const unsigned char *s, size_t i, size_t *len)
 {
-    unsigned b = s[i];
-    *ok = true;
-    if (b < 0x80)
-        return 1;
-    size_t need;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) {
-        need = 1;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-        need = 2;
-        if (b == 0xE0)
-            lo = 0xA0;
-        else if (b == 0xED)
-            hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        need = 3;
-        if (b == 0xF0)
-            lo = 0x90;
-        else if (b == 0xF4)
-            hi = 0x8F;
-    } else {
-        *ok = false;
-        return 1;
-    }
-    size_t k = 1;
-    for (; k <= need; k++) {
-        if (i + k >= n)
-            break;
-        unsigned c = s[i + k];
-        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF))
-            break;
-    }
-    if (k > need)
-        return need + 1;
-    *ok = false;
-    return k;
-}
-
-/* Whether s[0..n) is valid UTF-8; fast on ASCII. */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        bool ok;
-        size_t k = utf8_step(s, n, i, &ok);
-        if (!ok)
-            return false;
-        i += k;
-    }
-    return true;
+    return ym_utf8_decode(s + i, len);
 }
 
 /* String::from_utf8_lossy into out (appended). */
 static ym_err utf8_lossy(const unsigned char *s, size_t n, buf *out)
 {
-    static const char repl[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
-    size_t i = 0, run = 0;
-    if (n == 0) /* s may be NULL */
-        return buf_add(out, "", 0);
-    ym_err err = buf_reserve(out, out->n + n + 1);
-    if (err != YM_OK)
-        return err;
-    while (i < n) {
-        bool ok;
-        size_t k = utf8_step(s, n, i, &ok);
-        if (!ok) {
-            if ((err = buf_add(out, s + run, i - run)) != YM_OK ||
-                (err = buf_add(out, repl, 3)) != YM_OK)
-                return err;
-            run = i + k;
-        }
-        i += k;
-    }
-    return buf_add(out, s + run, n - run);
-}
-
-/* Decodes the code point at s[i] of valid UTF-8; *len gets its length. */
-static inline int32_t utf8_cp(const unsigned char *s, size_t i, size_t *len)
-{
-    unsigned b = s[i];
-    if (b < 0x80) {
-        *len = 1;
-        return (int32_t)b;
-    }
-    if (b < 0xE0) {
-        *len = 2;
-        return (int32_t)(((b & 0x1F) << 6) | (s[i + 1] & 0x3F));
-    }
-    if (b < 0xF0) {
-        *len = 3;
-        return (int32_t)(((b & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F));
-    }
-    *len = 4;
-    return (int32_t)(((b & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6) |
-                     (s[i + 3] & 0x3F));
-}
-
-/* Start of the code point that ends at s[i] (i > 0) of valid UTF-8. */
-static size_t utf8_prev(const unsigned char *s, size_t i)
-{
-    do
-        i--;
-    while (i > 0 && (s[i] & 0xC0) == 0x80);
-    return i;
+    ym_err err;
+    ym_utf8_lossy(out, s, n, true, &err);
+    return err;
 }
 
 /* Unicode White_Space, which is both Rust's char::is_whitespace/regex \s and Oniguruma's \s. */
@@ -558,8 +425,8 @@ static bool all_ascii(const unsigned char *s, size_t n)
  * NormalizedString::lowercase). Only U+0130 lowercases to more than one character. */
 static ym_err lowercase(const unsigned char *s, size_t n, buf *out)
 {
-    out->n = 0;
-    ym_err err = buf_reserve(out, n + 1);
+    out->len = 0;
+    ym_err err = ym_buf_reserve(out, n);
     if (err != YM_OK)
         return err;
     size_t i = 0;
@@ -578,7 +445,7 @@ static ym_err lowercase(const unsigned char *s, size_t n, buf *out)
         } else {
             k = (size_t)utf8proc_encode_char(utf8proc_tolower(c), tmp);
         }
-        if ((err = buf_add(out, tmp, k)) != YM_OK)
+        if ((err = ym_buf_put(out, tmp, k)) != YM_OK)
             return err;
     }
     return YM_OK;
@@ -623,14 +490,14 @@ static ym_err normalize(enc *e, const ym_tok_t *t, const char *s, size_t n, cons
             utf8proc_ssize_t m = utf8proc_map(cur, (utf8proc_ssize_t)cur_n, &dst, opt);
             if (m < 0) /* input is valid UTF-8, so only memory can run out */
                 return YM_ENOMEM;
-            out->n = 0;
-            err = buf_add(out, dst, (size_t)m);
+            out->len = 0;
+            err = ym_buf_put(out, dst, (size_t)m);
             free(dst);
             if (err != YM_OK)
                 return err;
         }
         cur = (const unsigned char *)out->p;
-        cur_n = out->n;
+        cur_n = out->len;
         ascii = all_ascii(cur, cur_n);
         which ^= 1;
     }
@@ -753,8 +620,8 @@ static void cache_put(wcache *c, const unsigned char *s, size_t n, uint32_t h, c
         c->idv = v2;
         c->cap_idv = cap;
     }
-    size_t koff = c->keys.n;
-    if (buf_add(&c->keys, s, n) != YM_OK || koff > UINT32_MAX || c->n_idv > UINT32_MAX) {
+    size_t koff = c->keys.len;
+    if (ym_buf_put(&c->keys, s, n) != YM_OK || koff > UINT32_MAX || c->n_idv > UINT32_MAX) {
         c->full = true;
         return;
     }
@@ -1024,11 +891,11 @@ static ym_err pretok(enc *e, const char *s, size_t n, int k)
     if (s[0] == ' ')
         return pretok(e, s, n, k + 1);
     buf *b = &e->pre[k];
-    b->n = 0;
+    b->len = 0;
     ym_err err;
-    if ((err = buf_add(b, " ", 1)) != YM_OK || (err = buf_add(b, s, n)) != YM_OK)
+    if ((err = ym_buf_put(b, " ", 1)) != YM_OK || (err = ym_buf_put(b, s, n)) != YM_OK)
         return err;
-    return pretok(e, b->p, b->n, k + 1);
+    return pretok(e, b->p, b->len, k + 1);
 }
 
 /* ---- added tokens ------------------------------------------------------------------------ */
@@ -1155,7 +1022,7 @@ static ym_err split_added(enc *e, const trie *tr, const char *text, size_t n, ga
         search = stop;
         if (tk->single_word) {
             size_t cl;
-            bool word_before = start > 0 && is_word_cp(utf8_cp(s, utf8_prev(s, start), &cl));
+            bool word_before = start > 0 && is_word_cp(utf8_cp(s, ym_utf8_prev(s, start), &cl));
             bool word_after = stop < n && is_word_cp(utf8_cp(s, stop, &cl));
             if (word_before || word_after)
                 continue;
@@ -1163,7 +1030,7 @@ static ym_err split_added(enc *e, const trie *tr, const char *text, size_t n, ga
         if (tk->lstrip) {
             size_t ns = start;
             while (ns > 0) {
-                size_t p = utf8_prev(s, ns), cl;
+                size_t p = ym_utf8_prev(s, ns), cl;
                 if (!is_space_cp(utf8_cp(s, p, &cl)))
                     break;
                 ns = p;
@@ -1209,11 +1076,11 @@ ym_err ym_tok_encode(const ym_tok_t *tok, const char *text, size_t len, ym_ids *
     enc e = {.tok = tok, .ids = ids};
     buf fixed = {0};
     ym_err err = YM_OK;
-    if (!utf8_valid((const unsigned char *)text, len)) {
+    if (!ym_utf8_valid((const unsigned char *)text, len)) {
         if ((err = utf8_lossy((const unsigned char *)text, len, &fixed)) != YM_OK)
             goto out;
         text = fixed.p;
-        len = fixed.n;
+        len = fixed.len;
     }
     err = split_added(&e, &tok->trie_raw, text, len, gap_normalize);
 out:
@@ -1233,10 +1100,10 @@ ym_err ym__tok_normalize(const ym_tok_t *tok, const char *text, size_t len, char
     const char *ns;
     size_t nn;
     ym_err err = utf8_lossy((const unsigned char *)text, len, &fixed);
-    if (err == YM_OK && (err = normalize(&e, tok, fixed.p, fixed.n, &ns, &nn)) == YM_OK &&
-        (err = buf_add(&res, ns, nn)) == YM_OK) {
+    if (err == YM_OK && (err = normalize(&e, tok, fixed.p, fixed.len, &ns, &nn)) == YM_OK &&
+        (err = ym_buf_put(&res, ns, nn)) == YM_OK) {
         *out = res.p;
-        *out_len = res.n;
+        *out_len = res.len;
     }
     free(fixed.p);
     enc_deinit(&e);
@@ -1269,17 +1136,17 @@ ym_err ym_tok_decode(const ym_tok_t *tok, const int32_t *ids, size_t n, char **t
             err = YM_EINVAL;
             goto fail;
         }
-        if ((err = buf_add(&raw, b, k)) != YM_OK)
+        if ((err = ym_buf_put(&raw, b, k)) != YM_OK)
             goto fail;
     }
     /* The decoder's bytes become text the way HF does it: String::from_utf8_lossy. */
-    if ((err = utf8_lossy((const unsigned char *)raw.p, raw.n, &out)) != YM_OK ||
-        (err = buf_add(&out, "", 0)) != YM_OK)
+    if ((err = utf8_lossy((const unsigned char *)raw.p, raw.len, &out)) != YM_OK ||
+        (err = ym_buf_put(&out, "", 0)) != YM_OK)
         goto fail;
     free(raw.p);
     *text = out.p;
     if (len != NULL)
-        *len = out.n;
+        *len = out.len;
     return YM_OK;
 fail:
     free(raw.p);
@@ -1529,17 +1396,17 @@ static ym_err parse_decoder(const json_t *v, ym_diag *diag)
  * characters stand for, or, if any character is outside the alphabet, the string itself. */
 static ym_err vocab_bytes(const unsigned char *s, size_t n, const int16_t *cp_to_byte, buf *out)
 {
-    size_t start = out->n;
+    size_t start = out->len;
     size_t i = 0;
     while (i < n) {
         size_t k;
         int32_t c = utf8_cp(s, i, &k);
         if (c >= 324 || cp_to_byte[c] < 0) {
-            out->n = start;
-            return buf_add(out, s, n);
+            out->len = start;
+            return ym_buf_put(out, s, n);
         }
         unsigned char b = (unsigned char)cp_to_byte[c];
-        ym_err err = buf_add(out, &b, 1);
+        ym_err err = ym_buf_put(out, &b, 1);
         if (err != YM_OK)
             return err;
         i += k;
@@ -1604,10 +1471,10 @@ static ym_err parse_vocab(ym_tok_t *t, const json_t *vocab, const json_t *added,
         smap_put(&t->vocab, t->names, (uint32_t)off, (uint32_t)klen, id);
         off += klen;
         in->present = true;
-        in->off = (uint32_t)t->bytes.n;
+        in->off = (uint32_t)t->bytes.len;
         if ((err = vocab_bytes((const unsigned char *)key, klen, cp_to_byte, &t->bytes)) != YM_OK)
             return err;
-        in->len = (uint32_t)(t->bytes.n - in->off);
+        in->len = (uint32_t)(t->bytes.len - in->off);
     }
     return YM_OK;
 }
@@ -1641,7 +1508,7 @@ static ym_err parse_added(ym_tok_t *t, const json_t *added, ym_diag *diag)
         size_t cn = json_string_length(c);
         if (cn == 0) /* HF skips empty added tokens */
             continue;
-        if (cn > UINT32_MAX / 4 || t->apool.n > UINT32_MAX / 4)
+        if (cn > UINT32_MAX / 4 || t->apool.len > UINT32_MAX / 4)
             return BAD("%s.content: too long", where);
         int32_t vid = smap_get(&t->vocab, t->names, cs, cn);
         if (vid >= 0 && vid != id)
@@ -1649,9 +1516,9 @@ static ym_err parse_added(ym_tok_t *t, const json_t *added, ym_diag *diag)
                        (int)vid);
         if (vid < 0 && t->info[id].present && t->info[id].added < 0)
             return BAD("%s: id %d already used by another token", where, (int)id);
-        tk.off = (uint32_t)t->apool.n;
+        tk.off = (uint32_t)t->apool.len;
         tk.len = (uint32_t)cn;
-        if ((err = buf_add(&t->apool, cs, cn)) != YM_OK)
+        if ((err = ym_buf_put(&t->apool, cs, cn)) != YM_OK)
             return err;
         if (smap_put(&t->added_names, t->apool.p, tk.off, tk.len, id) != id)
             return BAD("%s.content: \"%.64s\" listed twice with different ids", where, cs);
@@ -1660,14 +1527,14 @@ static ym_err parse_added(ym_tok_t *t, const json_t *added, ym_diag *diag)
             const atok *prev = &t->added[in->added];
             if (prev->len != cn || memcmp(t->apool.p + prev->off, cs, cn) != 0)
                 return BAD("%s: id %d already used by another added token", where, (int)id);
-            t->apool.n -= cn; /* an exact repeat: keep the first */
+            t->apool.len -= cn; /* an exact repeat: keep the first */
             continue;
         }
         in->present = true;
         in->added = t->n_added;
-        in->off = (uint32_t)t->bytes.n;
+        in->off = (uint32_t)t->bytes.len;
         in->len = (uint32_t)cn;
-        if ((err = buf_add(&t->bytes, cs, cn)) != YM_OK)
+        if ((err = ym_buf_put(&t->bytes, cs, cn)) != YM_OK)
             return err;
         t->added[t->n_added++] = tk;
     }
@@ -1724,10 +1591,10 @@ static ym_err parse_merges(ym_tok_t *t, const json_t *merges, ym_diag *diag)
             err = BAD("model.merges[%zu]: token \"%.64s\" not in model.vocab", i, ia < 0 ? a : b);
             break;
         }
-        cat.n = 0;
-        if ((err = buf_add(&cat, a, an)) != YM_OK || (err = buf_add(&cat, b, bn)) != YM_OK)
+        cat.len = 0;
+        if ((err = ym_buf_put(&cat, a, an)) != YM_OK || (err = ym_buf_put(&cat, b, bn)) != YM_OK)
             break;
-        int32_t inew = smap_get(&t->vocab, t->names, cat.p, cat.n);
+        int32_t inew = smap_get(&t->vocab, t->names, cat.p, cat.len);
         if (inew < 0) {
             err = BAD("model.merges[%zu]: merged token \"%.64s\" not in model.vocab", i, cat.p);
             break;
@@ -1920,13 +1787,13 @@ ym_err ym_tok_load(const char *path, ym_tok_t **out, ym_diag *diag)
     size_t k;
     ym_err err = YM_OK;
     while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        if ((err = buf_add(&b, chunk, k)) != YM_OK)
+        if ((err = ym_buf_put(&b, chunk, k)) != YM_OK)
             break;
     if (err == YM_OK && ferror(f))
         err = ym_diag_set(diag, YM_EIO, "%s: read error", path);
     fclose(f);
     if (err == YM_OK)
-        err = ym_tok_parse(b.p, b.n, out, diag);
+        err = ym_tok_parse(b.p, b.len, out, diag);
     free(b.p);
     return err;
 }

@@ -35,34 +35,11 @@
 #include <sys/socket.h>
 
 #include "engine/log.h"
+#include "engine/utf8.h"
 
 #define SWEEP_MS 200
 /* Body bytes an early answer drops at least before it gives up on the client (queue()). */
 #define DRAIN_MIN (64ull << 20)
-
-int ym_buf_put(ym_buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-void ym_buf_deinit(ym_buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
 
 void ym_hreq_track(ym_hreq *r)
 {
@@ -96,52 +73,17 @@ void ym_hreq_untrack(ym_hreq *r)
 
 /* --- JSON text: a string body part, invalid UTF-8 replaced --- */
 
-/* Replace each byte that does not start a valid UTF-8 sequence by U+FFFD. */
-static char *sanitize_utf8(const char *s, size_t len, size_t *out_len)
-{
-    char *o = malloc(len * 3 + 1);
-    if (o == NULL)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < len;) {
-        unsigned char c = (unsigned char)s[i];
-        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0 && i + (size_t)n <= len && c != 0xC0 && c != 0xC1 && c < 0xF5;
-        for (int k = 1; ok && k < n; k++)
-            ok = ((unsigned char)s[i + (size_t)k] >> 6) == 2;
-        if (ok && n == 3) {
-            unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)s[i + 1] & 0x3Fu) << 6);
-            ok = cp >= 0x800 && !(cp >= 0xD800 && cp < 0xE000);
-        } else if (ok && n == 4) {
-            unsigned cp = ((c & 0x07u) << 18) | (((unsigned char)s[i + 1] & 0x3Fu) << 12);
-            ok = cp >= 0x10000 && cp <= 0x10FFFF;
-        }
-        if (ok) {
-            memcpy(o + j, s + i, (size_t)n);
-            j += (size_t)n;
-            i += (size_t)n;
-        } else {
-            memcpy(o + j, "\xEF\xBF\xBD", 3);
-            j += 3;
-            i++;
-        }
-    }
-    o[j] = '\0';
-    *out_len = j;
-    return o;
-}
-
 json_t *ym_json_text(const char *s, size_t len)
 {
     json_t *v = json_stringn(s, len);
     if (v != NULL)
         return v;
-    size_t n;
-    char *clean = sanitize_utf8(s, len, &n);
-    if (clean == NULL)
-        return NULL;
-    v = json_stringn(clean, n);
-    free(clean);
+    /* jansson takes valid UTF-8 only: each invalid subpart becomes U+FFFD (engine/utf8.h). */
+    ym_buf clean = YM_BUF_INIT;
+    ym_err err;
+    ym_utf8_lossy(&clean, (const unsigned char *)s, len, true, &err);
+    v = err == YM_OK ? json_stringn(clean.p, clean.len) : NULL;
+    ym_buf_deinit(&clean);
     return v;
 }
 

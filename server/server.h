@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "engine/buf.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "server/conf.h"
@@ -22,12 +23,6 @@
 #include "server/registry.h"
 #include "server/tenants.h"
 
-typedef struct ym_buf {
-    char *p;
-    size_t len, cap;
-} ym_buf;
-int ym_buf_put(ym_buf *b, const char *s, size_t n); /* 0 or -1 (no memory) */
-void ym_buf_deinit(ym_buf *b);
 
 typedef struct ym_server ym_server_t;
 
