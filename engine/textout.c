@@ -30,6 +30,9 @@ struct ym_textout {
     buf raw;  /* owned; an unfinished UTF-8 sequence, at most 3 bytes between calls */
     buf hold; /* owned */
     buf out;  /* owned; what the last call returned */
+    int32_t eos_id;     /* -1: none */
+    int64_t max_tokens; /* < 0: no limit */
+    int64_t n_tokens;   /* fed to ym_textout_step */
 };
 
 /* Appends; on allocation failure the bytes are dropped (the stream loses text, never memory
@@ -50,6 +53,8 @@ ym_err ym_textout_new(const ym_tok_t *tok, const char *const *stops, int n_stops
     if ((to = calloc(1, sizeof(*to))) == NULL)
         return YM_ENOMEM;
     to->tok = tok;
+    to->eos_id = -1;
+    to->max_tokens = -1;
     if (n_stops > 0) {
         to->stops = calloc((size_t)n_stops, sizeof(*to->stops));
         to->stop_len = calloc((size_t)n_stops, sizeof(*to->stop_len));
@@ -193,4 +198,39 @@ void ym_textout_finish(ym_textout_t *to, const char **text, size_t *len)
     }
     *text = to->out.len > 0 ? to->out.p : "";
     *len = to->out.len;
+}
+
+void ym_textout_set_rules(ym_textout_t *to, int32_t eos_id, int ignore_eos, int64_t max_tokens)
+{
+    to->eos_id = ignore_eos ? -1 : eos_id;
+    to->max_tokens = max_tokens;
+}
+
+int64_t ym_textout_n_tokens(const ym_textout_t *to)
+{
+    return to->n_tokens;
+}
+
+ym_seq_end ym_textout_step(ym_textout_t *to, int32_t id, const char **text, size_t *len)
+{
+    to->n_tokens++;
+    ym_seq_end end = YM_SEQ_GOING;
+    if (to->eos_id >= 0 && id == to->eos_id) {
+        /* End-of-text adds no text of its own: only what was held back comes out. */
+        to->out.len = 0;
+        end = YM_SEQ_EOS;
+    } else if (ym_textout_push(to, id, text, len)) {
+        return YM_SEQ_STOP; /* the text before the stop is in out; the rest is dropped */
+    } else if (to->max_tokens >= 0 && to->n_tokens >= to->max_tokens) {
+        end = YM_SEQ_LENGTH;
+    }
+    if (end != YM_SEQ_GOING && !to->stopped) {
+        /* The end: release what the detokenizer held back, after this token's text. */
+        utf8_lossy(&to->hold, (const unsigned char *)to->raw.p, to->raw.len, 1);
+        to->raw.len = 0;
+        release(to, 1);
+    }
+    *text = to->out.len > 0 ? to->out.p : "";
+    *len = to->out.len;
+    return end;
 }
