@@ -310,7 +310,7 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
                u->disk_bytes);
     }
     r->upload = NULL;
-    if (!r->conn_done) {
+    if (!ym_hreq_closed(r)) {
         if (u->committed) {
             const ym_reg_entry *e = ym_registry_find(&srv->registry, u->tenant, u->name);
             ym_hreq_respond_json(r, existed ? 200 : 201, describe(e, srv->model_name));

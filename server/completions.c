@@ -230,7 +230,7 @@ static void on_output(ym_hreq *r)
     r->n_cached = r->delta.n_cached;
     if (r->delta.finish != YM_FINISH_NONE)
         r->finish = r->delta.finish;
-    if (r->streaming)
+    if (r->phase == YM_PHASE_STREAMING)
         stream_output(r);
     else
         collect_output(r);
@@ -326,13 +326,12 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
     r->gen = g;
     r->n_prompt = (int)(n_prompt + (size_t)p.append_base);
-    r->streaming = q->stream;
     r->include_usage = q->include_usage;
     r->echo = q->echo;
     r->logprobs = q->logprobs;
     r->tokens_as_ids = q->tokens_as_ids;
     ym_hreq_track(r);
-    if (r->streaming) {
+    if (q->stream) {
         if (r->echo) {
             json_t *obj = completion_object(
                 r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
@@ -361,7 +360,7 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     ym_tok_job *job = w->data;
     ym_hreq *r = job->r;
     r->tok_job = NULL;
-    if (!r->conn_done) {
+    if (!ym_hreq_closed(r)) {
         if (r->client_gone)
             ym_hreq_respond_error(r, YM_ECANCELED, NULL, "the client went away");
         else if (status != 0 || job->err != YM_OK)
@@ -371,7 +370,7 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
         else
             submit_job(r, &job->q, &job->ids, job->adapter);
         job->adapter = NULL; /* submit_job took it */
-        if (r->responded || r->streaming)
+        if (ym_hreq_answered(r))
             ym_hreq_resume(r);
         if (r->gen == NULL)
             ym_hreq_untrack(r);

@@ -151,12 +151,12 @@ static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
         r->held = resp; /* our reference, queued at the final callback */
         r->held_status = status;
         r->status = status;
-        r->responded = 1;
+        r->phase = YM_PHASE_HELD;
         return;
     }
     if (MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES) {
         r->status = status;
-        r->responded = 1;
+        r->phase = YM_PHASE_ANSWERED;
     }
     MHD_destroy_response(resp);
 }
@@ -166,8 +166,9 @@ static void queue_held(ym_hreq *r)
 {
     struct MHD_Response *resp = r->held;
     r->held = NULL;
-    if (MHD_queue_response(r->conn, (unsigned)r->held_status, resp) != MHD_YES)
-        r->responded = 0;
+    r->phase = MHD_queue_response(r->conn, (unsigned)r->held_status, resp) == MHD_YES
+                   ? YM_PHASE_ANSWERED
+                   : YM_PHASE_NEW;
     MHD_destroy_response(resp);
 }
 
@@ -338,11 +339,13 @@ void ym_hreq_start_stream(ym_hreq *r)
     MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: do not buffer SSE */
     r->t_last_write = ym_now();
     queue(r, 200, resp);
+    if (r->phase == YM_PHASE_ANSWERED)
+        r->phase = YM_PHASE_STREAMING;
 }
 
 void ym_hreq_resume(ym_hreq *r)
 {
-    if (r->suspended && !r->conn_done) {
+    if (r->suspended && !ym_hreq_closed(r)) {
         r->suspended = 0;
         MHD_resume_connection(r->conn);
     }
@@ -568,7 +571,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0; /* consumed, or discarded after an error */
-        if (r->responded) {
+        if (ym_hreq_answered(r)) {
             /* Answered early: drop the rest of the body so the answer can be read. */
             r->discarded += n;
             return r->discarded > r->drain_max ? MHD_NO : MHD_YES;
@@ -597,19 +600,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         queue_held(r);
         return MHD_YES;
     }
-    if (!r->responded && r->body_too_big) {
+    if (!ym_hreq_answered(r) && r->body_too_big) {
         ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                               "the request body exceeds the limit of %llu bytes",
                               (unsigned long long)r->body_limit);
         return MHD_YES;
     }
-    if (!r->responded && r->oom) {
+    if (!ym_hreq_answered(r) && r->oom) {
         ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory for the body");
         return MHD_YES;
     }
-    if (r->responded)
+    if (ym_hreq_answered(r))
         return MHD_YES;
-    if (r->upload != NULL && !r->suspended && !r->responded) {
+    if (r->upload != NULL && !r->suspended && !ym_hreq_answered(r)) {
         /* A streamed body is complete: the handler answers at once, or suspends until its
          * work is done, or asks to close. */
         r->match.route->handler(r, &r->match);
@@ -662,7 +665,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     ym_tenant_release(srv, r);
     if (r->match.route != NULL && r->match.route->body_abort != NULL)
         r->match.route->body_abort(r);
-    r->conn_done = 1;
+    r->phase = YM_PHASE_CLOSED;
     ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
     srv->n_http--;
     ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
@@ -707,7 +710,7 @@ static void on_out_ready(uv_async_t *a)
                 r->on_output(r);
             /* A stream wakes to send its events; a plain request only once its response is
              * queued (MHD may not be given a response for a running connection). */
-            if (r->streaming || r->responded)
+            if (ym_hreq_answered(r))
                 ym_hreq_resume(r);
         }
         ym_gen_unref(g);
@@ -740,7 +743,7 @@ static void on_sweep(uv_timer_t *t)
             ym_log(YM_LOG_INFO, r->id, "client went away; cancelling");
             continue;
         }
-        if (r->streaming && !r->delta.started && r->finish == YM_FINISH_NONE &&
+        if (r->phase == YM_PHASE_STREAMING && !r->delta.started && r->finish == YM_FINISH_NONE &&
             now - r->t_last_write >= ping) {
             if (r->on_ping != NULL)
                 r->on_ping(r);
@@ -827,7 +830,7 @@ void ym_httpd_stop(ym_server_t *srv)
         return;
     /* MHD requires every suspended connection resumed before it stops. */
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
-        if (r->streaming)
+        if (r->phase == YM_PHASE_STREAMING)
             r->sse_error = r->finish == YM_FINISH_NONE;
         ym_hreq_resume(r);
     }

@@ -26,6 +26,16 @@
 
 typedef struct ym_server ym_server_t;
 
+/* Where a request's answer stands: one value, not flags. It only moves forward, except that
+ * a held answer MHD refuses at the body's end goes back to NEW. */
+typedef enum {
+    YM_PHASE_NEW,       /* no answer yet: headers, body, the handler, or its work off the loop */
+    YM_PHASE_HELD,      /* answered before the body ended: the answer waits for the body */
+    YM_PHASE_ANSWERED,  /* a whole response is queued */
+    YM_PHASE_STREAMING, /* an SSE response is queued: events flow until [DONE] */
+    YM_PHASE_CLOSED,    /* MHD's completed callback ran: the connection is gone */
+} ym_phase;
+
 /* One HTTP request, from MHD's first access callback to its completed callback. */
 typedef struct ym_hreq {
     ym_server_t *srv;             /* borrowed */
@@ -43,7 +53,7 @@ typedef struct ym_hreq {
     uint64_t body_limit;          /* bytes: max_body_bytes, or max_upload_bytes (admin PUT) */
     size_t discarded;             /* body bytes dropped after body_too_big */
     int oom;                      /* the body could not be stored */
-    int responded;                /* a response is queued (or held until the body ends) */
+    ym_phase phase;               /* where its answer stands */
     int body_pending;             /* body bytes may still arrive: a response waits for them */
     int first_call;               /* inside MHD's first access callback */
     int expect_continue;          /* the client waits for "100 Continue" before its body */
@@ -54,7 +64,6 @@ typedef struct ym_hreq {
 
     /* Generation (POST /v1/completions). */
     ym_gen *gen;                  /* ref, or NULL */
-    int streaming;
     int include_usage, echo, logprobs, tokens_as_ids;
     char *echo_text;              /* owned: the prompt text for echo */
     size_t echo_len;
@@ -75,7 +84,6 @@ typedef struct ym_hreq {
     struct ym_hreq *prev, *next;  /* srv->gens list while a job, tokenization or upload runs */
     int tracked;
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
-    int conn_done;                /* the completed callback ran: the connection is gone */
     char model[256];              /* the model id a completion answers as */
     int counted;                  /* holds one of the tenant's concurrent-request slots */
     int n_cached;                 /* prompt tokens resumed from the state cache */
@@ -158,6 +166,16 @@ void ym_hreq_resume(ym_hreq *r);  /* resume the connection if suspended */
 void ym_hreq_suspend(ym_hreq *r);
 void ym_hreq_unref(ym_hreq *r);   /* frees on the last reference */
 json_t *ym_json_text(const char *s, size_t len); /* string, invalid UTF-8 replaced */
+
+/* An answer is queued or held (or the connection is gone): nothing more may be answered. */
+static inline int ym_hreq_answered(const ym_hreq *r)
+{
+    return r->phase != YM_PHASE_NEW;
+}
+static inline int ym_hreq_closed(const ym_hreq *r) /* the connection is gone */
+{
+    return r->phase == YM_PHASE_CLOSED;
+}
 
 /* Per-tenant concurrency (loop thread): take a slot (0, or -1 at the tenant's limit) / give
  * it back. */
