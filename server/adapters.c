@@ -150,48 +150,42 @@ static const char *adapter_name(const char *url)
 }
 
 /* PUT /v1/adapters/{name}, its start: checks what needs no body (name, quota, size), opens
- * the upload. 0, or -1 when it answered. */
-int ym_adapters_put_begin(ym_hreq *r, const ym_match *m)
+ * the upload. */
+ym_err ym_adapters_put_begin(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
     const char *url = m->url;
     ym_server_t *srv = r->srv;
     const char *name = adapter_name(url);
     if (srv->conf.adapter_dir[0] == '\0') {
         /* Permanent until the operator sets adapter_dir: 403, not a retryable 503. */
-        ym_hreq_respond_error(r, YM_EUPLOADS_OFF, NULL,
-                              "adapter uploads are disabled on this server (the operator sets "
-                              "adapter_dir to enable them)");
-        return -1;
+        return ym_diag_param(diag, YM_EUPLOADS_OFF, NULL,
+                             "adapter uploads are disabled on this server (the operator sets "
+                             "adapter_dir to enable them)");
     }
     if (srv->model == NULL) {
-        ym_hreq_respond_error(r, YM_ELOADING, NULL, "the model is still loading");
-        return -1;
+        return ym_diag_param(diag, YM_ELOADING, NULL, "the model is still loading");
     }
     if (srv->draining) {
-        ym_hreq_respond_error(r, YM_EDRAINING, NULL, "the server is shutting down");
-        return -1;
+        return ym_diag_param(diag, YM_EDRAINING, NULL, "the server is shutting down");
     }
     if (!ym_store_valid_name(name)) {
-        ym_hreq_respond_error(r, YM_EINVAL, "name",
-                              "adapter names are 1-64 characters of [A-Za-z0-9._-], not "
-                              "starting with '.'");
-        return -1;
+        return ym_diag_param(diag, YM_EINVAL, "name",
+                             "adapter names are 1-64 characters of [A-Za-z0-9._-], not "
+                             "starting with '.'");
     }
     if (strcmp(name, srv->model_name) == 0) {
         /* Never clears by itself: 400, not a retryable 409. */
-        ym_hreq_respond_error(r, YM_ENAME, "name",
-                              "'%s' is the base model's name", name);
-        return -1;
+        return ym_diag_param(diag, YM_ENAME, "name",
+                             "'%s' is the base model's name", name);
     }
     uint64_t max_adapters = r->limits.max_adapters, max_bytes = r->limits.max_adapter_bytes;
     const ym_reg_entry *cur = ym_registry_find(&srv->registry, r->limits.name, name);
     if (cur == NULL && max_adapters > 0 &&
         (uint64_t)ym_registry_count(&srv->registry, r->limits.name) >= max_adapters) {
         /* Stays full until the tenant deletes one: 403, not a retryable 429. */
-        ym_hreq_respond_error(r, YM_EQUOTA, NULL,
-                              "tenant %s already has %llu adapters (its limit); delete one first",
-                              r->limits.name, (unsigned long long)max_adapters);
-        return -1;
+        return ym_diag_param(diag, YM_EQUOTA, NULL,
+                             "tenant %s already has %llu adapters (its limit); delete one first",
+                             r->limits.name, (unsigned long long)max_adapters);
     }
     size_t limit = (size_t)srv->conf.max_upload_bytes;
     if (max_bytes > 0) {
@@ -202,14 +196,12 @@ int ym_adapters_put_begin(ym_hreq *r, const ym_match *m)
     }
     const char *cl = ym_hreq_header(r, "Content-Length");
     if (cl != NULL && strtoull(cl, NULL, 10) > limit + 64 * 1024) {
-        ym_hreq_respond_error(r, YM_EUPLOADBIG, NULL,
-                              "the upload is %s bytes; this tenant may store %zu more", cl, limit);
-        return -1;
+        return ym_diag_param(diag, YM_EUPLOADBIG, NULL,
+                             "the upload is %s bytes; this tenant may store %zu more", cl, limit);
     }
     ym_upload *u = calloc(1, sizeof(*u));
     if (u == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
-        return -1;
+        return ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
     }
     u->fd = -1;
     u->srv = srv;
@@ -222,14 +214,12 @@ int ym_adapters_put_begin(ym_hreq *r, const ym_match *m)
     if (err == YM_OK)
         err = ym_store_begin(srv->conf.adapter_dir, r->limits.name, u->tmp, sizeof(u->tmp), &d);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, NULL, "%s",
-                              d.msg);
         upload_free(u);
-        return -1;
+        return ym_diag_param(diag, err, NULL, "%s", d.msg);
     }
     r->upload = u;
     ym_hreq_track(r); /* a drain waits for it; a stop resumes it if it is suspended */
-    return 0;
+    return YM_OK;
 }
 
 /* PUT /v1/adapters/{name}: the body as it arrives, streamed to disk. */
@@ -331,7 +321,7 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
 
 /* PUT /v1/adapters/{name}, the body complete: answers at once, or validates on the pool and
  * answers then. */
-void ym_adapters_put(ym_hreq *r, const ym_match *m)
+ym_err ym_adapters_put(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
     ym_upload *u = r->upload;
     ym_diag d = {0};
@@ -343,7 +333,7 @@ void ym_adapters_put(ym_hreq *r, const ym_match *m)
             ym_hreq_close(r);
         else
             ym_hreq_suspend(r);
-        return;
+        return YM_OK;
     }
     if (!u->failed && ym_mp_finish(u->mp, &d) != YM_OK) {
         u->failed = 1;
@@ -357,17 +347,18 @@ void ym_adapters_put(ym_hreq *r, const ym_match *m)
                  "the upload has no adapter_config.json (nor adapter_set.json)");
     }
     if (u->failed) {
-        ym_hreq_respond_error(r, u->err, NULL, "%s",
-                              u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
+        ym_err err = ym_diag_param(diag, u->err, NULL, "%s",
+                                   u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
         r->upload = NULL;
         upload_free(u);
-        return;
+        return err;
     }
     u->r = r;
     r->refs++;
     u->work.data = u;
     ym_hreq_suspend(r);
     uv_queue_work(r->srv->loop, &u->work, upload_work, upload_after);
+    return YM_OK; /* upload_after answers */
 }
 
 /* The connection ended before the upload's answer. */
@@ -382,7 +373,7 @@ void ym_adapters_put_abort(ym_hreq *r)
 
 /* --- GET / DELETE --- */
 
-static void adapters(ym_hreq *r, const char *method, const char *url)
+static ym_err adapters(ym_hreq *r, const char *method, const char *url, ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     if (strcmp(url, "/v1/adapters") == 0) {
@@ -391,30 +382,29 @@ static void adapters(ym_hreq *r, const char *method, const char *url)
             if (strcmp(srv->registry.v[i].tenant, r->limits.name) == 0)
                 json_array_append_new(data, describe(&srv->registry.v[i], srv->model_name));
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
-        return;
+        return YM_OK;
     }
     const char *name = adapter_name(url);
     const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
     if (e == NULL) {
         /* Another tenant's adapter answers exactly as a missing one: names do not leak. */
-        ym_hreq_respond_error(r, YM_ENOADAPTER, "name",
-                              "no adapter '%s'", name);
-        return;
+        return ym_diag_param(diag, YM_ENOADAPTER, "name",
+                             "no adapter '%s'", name);
     }
     if (strcmp(method, "DELETE") == 0) {
         ym_diag d = {0};
         ym_err err = ym_store_remove(srv->conf.adapter_dir, r->limits.name, name, &d);
         if (err != YM_OK && err != YM_ENOENT) {
-            ym_hreq_respond_error(r, err, NULL, "%s", d.msg);
-            return;
+            return ym_diag_param(diag, err, NULL, "%s", d.msg);
         }
         ym_log(YM_LOG_INFO, r->id, "adapter %s/%s deleted", r->limits.name, name);
         ym_registry_remove(&srv->registry, r->limits.name, name);
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object", "adapter",
                                                "deleted", 1));
-        return;
+        return YM_OK;
     }
     ym_hreq_respond_json(r, 200, describe(e, srv->model_name));
+    return YM_OK;
 }
 
 json_t *ym_adapters_models(ym_hreq *r)
@@ -697,19 +687,19 @@ void ym_adapters_stop(ym_server_t *srv)
 }
 
 /* GET /v1/adapters: the caller's adapters. */
-void ym_adapters_list(ym_hreq *r, const ym_match *m)
+ym_err ym_adapters_list(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
-    adapters(r, m->method, m->url);
+    return adapters(r, m->method, m->url, diag);
 }
 
 /* GET /v1/adapters/{name}: one of them. */
-void ym_adapters_get(ym_hreq *r, const ym_match *m)
+ym_err ym_adapters_get(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
-    adapters(r, m->method, m->url);
+    return adapters(r, m->method, m->url, diag);
 }
 
 /* DELETE /v1/adapters/{name}. */
-void ym_adapters_delete(ym_hreq *r, const ym_match *m)
+ym_err ym_adapters_delete(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
-    adapters(r, m->method, m->url);
+    return adapters(r, m->method, m->url, diag);
 }

@@ -424,14 +424,16 @@ static int take_session_id(ym_hreq *r, const ym_creq *q)
     return 0;
 }
 
-/* POST /v1/completions. */
-void ym_completions_create(ym_hreq *r, const ym_match *m)
+/* POST /v1/completions. Refusals found here are returned; the job, the tokenization and the
+ * helpers it hands over to answer themselves (ym_hreq_respond_error), later or now. */
+ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
     r->on_output = on_output; /* the transport calls these for the job's output */
     r->on_ping = on_ping;
     ym_server_t *srv = r->srv;
-    if (ym_server_check_ready(r) != 0)
-        return;
+    ym_err err;
+    if ((err = ym_server_ready(srv, diag)) != YM_OK)
+        return err;
     ym_req_limits lim = {
         .max_tokens_cap = (int64_t)srv->conf.max_tokens_cap,
         .default_max_tokens = (int64_t)srv->conf.default_max_tokens,
@@ -440,22 +442,17 @@ void ym_completions_create(ym_hreq *r, const ym_match *m)
     };
     ym_creq q;
     json_t *root = NULL;
-    ym_diag diag = {0};
     ym_ids ids = {0};
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
-    ym_err err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, &diag);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, diag.param,
-                              "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
-        return;
-    }
+    if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
+        return err;
     if (take_session_id(r, &q) != 0 || ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);
     if (q.echo && q.logprobs >= 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, "echo",
-                              "echo together with logprobs is not supported");
+        err = ym_diag_param(diag, YM_EINVAL, "echo",
+                            "echo together with logprobs is not supported");
         goto out;
     }
     /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
@@ -465,9 +462,9 @@ void ym_completions_create(ym_hreq *r, const ym_match *m)
     if (q.prompt_ids != NULL) {
         for (size_t i = 0; i < q.n_prompt_ids; i++) {
             if (q.prompt_ids[i] >= n_vocab) {
-                ym_hreq_respond_error(r, YM_EINVAL, "prompt",
-                                      "prompt[%zu] = %d is not a token id (vocabulary size %d)",
-                                      i, q.prompt_ids[i], n_vocab);
+                err = ym_diag_param(diag, YM_EINVAL, "prompt",
+                                    "prompt[%zu] = %d is not a token id (vocabulary size %d)",
+                                    i, q.prompt_ids[i], n_vocab);
                 goto out;
             }
         }
@@ -477,7 +474,7 @@ void ym_completions_create(ym_hreq *r, const ym_match *m)
     } else if (q.prompt_len > TOKENIZE_INLINE_BYTES) {
         ym_tok_job *job = calloc(1, sizeof(*job));
         if (job == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
+            err = ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
             goto out;
         }
         job->r = r;
@@ -495,8 +492,8 @@ void ym_completions_create(ym_hreq *r, const ym_match *m)
         uv_queue_work(srv->loop, &job->work, tok_work, tok_after);
         goto out;
     } else if ((err = ym_tok_encode(srv->tok, q.prompt, q.prompt_len, &ids)) != YM_OK) {
-        ym_hreq_respond_error(r, err, "prompt", "cannot tokenize the prompt: %s",
-                              ym_strerror(err));
+        ym_diag_param(diag, err, "prompt", "cannot tokenize the prompt: %s",
+                      ym_strerror(err));
         goto out;
     }
     submit_job(r, &q, &ids, adapter);
@@ -506,5 +503,6 @@ out:
     ym_ids_deinit(&ids);
     ym_creq_deinit(&q);
     json_decref(root);
+    return err;
 }
 

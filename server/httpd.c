@@ -287,6 +287,19 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char
     ym_hreq_respond_json(r, status, json_pack("{s:o}", "error", e));
 }
 
+void ym_hreq_fail(ym_hreq *r, ym_err err, const ym_diag *diag)
+{
+    const char *msg = diag != NULL && diag->msg[0] ? diag->msg : ym_strerror(err);
+    ym_hreq_respond_error(r, err, diag != NULL ? diag->param : NULL, "%s", msg);
+}
+
+/* Run a route's handler (or body hook) result: an error is written here, the one place. */
+static void handled(ym_hreq *r, ym_err err, const ym_diag *diag)
+{
+    if (err != YM_OK && !ym_hreq_answered(r))
+        ym_hreq_fail(r, err, diag);
+}
+
 /* --- streaming --- */
 
 static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -510,7 +523,8 @@ static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn
         ym_hreq_respond_error(r, YM_EMETHOD, NULL,
                               "%s is not allowed on %s (allowed: %s)", method, url, r->allow);
     } else if (rt->body == YM_BODY_STREAM) {
-        rt->body_begin(r, &r->match); /* streams the body itself, with its own limits */
+        ym_diag diag = {0}; /* the route streams the body itself, with its own limits */
+        handled(r, rt->body_begin(r, &r->match, &diag), &diag);
     } else if (cl != NULL && n_cl > r->body_limit) {
         r->body_too_big = 1;
         ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
@@ -615,7 +629,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->upload != NULL && !r->suspended && !ym_hreq_answered(r)) {
         /* A streamed body is complete: the handler answers at once, or suspends until its
          * work is done, or asks to close. */
-        r->match.route->handler(r, &r->match);
+        ym_diag diag = {0};
+        handled(r, r->match.route->handler(r, &r->match, &diag), &diag);
         return r->close_now ? MHD_NO : MHD_YES;
     }
     if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
@@ -628,7 +643,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (r->body.p == NULL)
         ym_buf_put(&r->body, "", 0);
-    r->match.route->handler(r, &r->match);
+    ym_diag diag = {0};
+    handled(r, r->match.route->handler(r, &r->match, &diag), &diag);
     return r->close_now ? MHD_NO : MHD_YES;
 }
 

@@ -13,29 +13,26 @@ static json_t *model_object(ym_server_t *srv)
                      (json_int_t)srv->created, "owned_by", "yunmin");
 }
 
-int ym_models_check(ym_hreq *r, const char *model)
+ym_err ym_models_check(const ym_server_t *srv, const char *model, ym_diag *diag)
 {
-    if (model == NULL || strcmp(model, r->srv->model_name) == 0)
-        return 0;
-    ym_hreq_respond_error(r, YM_ENOMODEL, "model",
-                          "the model '%s' does not exist (this server serves '%s')", model,
-                          r->srv->model_name);
-    return -1;
+    if (model == NULL || strcmp(model, srv->model_name) == 0)
+        return YM_OK;
+    return ym_diag_param(diag, YM_ENOMODEL, "model",
+                         "the model '%s' does not exist (this server serves '%s')", model,
+                         srv->model_name);
 }
 
 /* GET /v1/models and GET /v1/models/{id}: the served model and the caller's adapters. */
-void ym_models_get(ym_hreq *r, const ym_match *m)
+ym_err ym_models_get(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        ym_server_check_ready(r);
-        return;
-    }
+    if (srv->tok == NULL)
+        return ym_server_ready(srv, diag);
     if (m->params[0] == NULL) {
         json_t *data = ym_adapters_models(r);
         json_array_insert_new(data, 0, model_object(srv));
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
-        return;
+        return YM_OK;
     }
     const char *id = m->params[0];
     json_t *adapters = ym_adapters_models(r);
@@ -45,11 +42,13 @@ void ym_models_get(ym_hreq *r, const ym_match *m)
             0)
             found = json_incref(json_array_get(adapters, i));
     json_decref(adapters);
-    if (strcmp(id, srv->model_name) == 0)
+    if (strcmp(id, srv->model_name) == 0) {
+        json_decref(found);
         ym_hreq_respond_json(r, 200, model_object(srv));
-    else if (found != NULL)
+    } else if (found != NULL) {
         ym_hreq_respond_json(r, 200, found);
-    else
-        ym_hreq_respond_error(r, YM_ENOMODEL, "model",
-                              "the model '%s' does not exist", id);
+    } else {
+        return ym_diag_param(diag, YM_ENOMODEL, "model", "the model '%s' does not exist", id);
+    }
+    return YM_OK;
 }

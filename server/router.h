@@ -11,6 +11,8 @@
 #define YM_SERVER_ROUTER_H
 #include <stddef.h>
 
+#include "engine/err.h"
+
 struct ym_hreq;
 struct ym_match;
 
@@ -33,10 +35,13 @@ typedef struct ym_route {
     const char *pattern; /* "/v1/adapters/{name}"; also the metrics label */
     ym_auth auth;
     ym_body body;
-    /* Runs once the body is in (loop thread); answers with ym_hreq_respond_* now or later. */
-    void (*handler)(struct ym_hreq *r, const struct ym_match *m);
-    /* YM_BODY_STREAM only: the body as it arrives. begin returns 0, or -1 when it answered. */
-    int (*body_begin)(struct ym_hreq *r, const struct ym_match *m);
+    /* Runs once the body is in (loop thread). Returns YM_OK when it answered, or will (its
+     * work goes on off the loop); else the error, with its detail in diag, which the
+     * transport writes (status, type and code from err.h's table). */
+    ym_err (*handler)(struct ym_hreq *r, const struct ym_match *m, ym_diag *diag);
+    /* YM_BODY_STREAM only: the body as it arrives. begin returns YM_OK when it takes the body,
+     * else the error (as handler). */
+    ym_err (*body_begin)(struct ym_hreq *r, const struct ym_match *m, ym_diag *diag);
     void (*body_data)(struct ym_hreq *r, const char *data, size_t len);
     void (*body_abort)(struct ym_hreq *r); /* the connection ended first; may be NULL */
 } ym_route;

@@ -155,6 +155,9 @@ void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body); /* takes body *
  * maps them); param (NULL = none) and the formatted message go into the body. */
 void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Answer with the error err and its detail (param, message; an empty message: err's own).
+ * For work that ends after its handler returned; a handler returns the error instead. */
+void ym_hreq_fail(ym_hreq *r, ym_err err, const ym_diag *diag);
 void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
 /* Start streaming: queue the SSE response (reader pulls from r->sse). */
 void ym_hreq_start_stream(ym_hreq *r);
@@ -186,27 +189,31 @@ void ym_tenant_release(ym_server_t *srv, ym_hreq *r);
 extern const ym_route ym_routes[];
 extern const size_t ym_n_routes;
 
-/* The handlers, one file per resource (routes.c lists their routes). Loop thread. */
+/* The handlers, one file per resource (routes.c lists their routes). Loop thread. Each returns
+ * YM_OK when it answered (or its work will), else the error with diag (router.h). */
 /* completions.c */
-void ym_completions_create(ym_hreq *r, const ym_match *m);
+ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
 /* models.c */
-void ym_models_get(ym_hreq *r, const ym_match *m); /* the list, or {id} */
-int ym_models_check(ym_hreq *r, const char *model); /* 0, or -1 (answered 404) */
+ym_err ym_models_get(ym_hreq *r, const ym_match *m, ym_diag *diag); /* the list, or {id} */
+/* The model a request names (NULL: the served one) exists: YM_OK, or YM_ENOMODEL. */
+ym_err ym_models_check(const ym_server_t *srv, const char *model, ym_diag *diag);
 /* tokens.c */
-void ym_tokens_encode(ym_hreq *r, const ym_match *m);
-void ym_tokens_decode(ym_hreq *r, const ym_match *m);
+ym_err ym_tokens_encode(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_tokens_decode(ym_hreq *r, const ym_match *m, ym_diag *diag);
 /* probes.c */
-void ym_probes_healthz(ym_hreq *r, const ym_match *m);
-void ym_probes_readyz(ym_hreq *r, const ym_match *m);
-void ym_probes_metrics(ym_hreq *r, const ym_match *m);
-int ym_server_check_ready(ym_hreq *r); /* 0, or -1 (answered 503 loading / draining) */
+ym_err ym_probes_healthz(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_probes_readyz(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_probes_metrics(ym_hreq *r, const ym_match *m, ym_diag *diag);
+/* The server takes work: YM_OK, or YM_ELOADING / YM_EDRAINING (counted as rejected). */
+ym_err ym_server_ready(ym_server_t *srv, ym_diag *diag);
 /* adapters.c */
-void ym_adapters_list(ym_hreq *r, const ym_match *m);
-void ym_adapters_get(ym_hreq *r, const ym_match *m);
-void ym_adapters_delete(ym_hreq *r, const ym_match *m);
-int ym_adapters_put_begin(ym_hreq *r, const ym_match *m); /* 0 ok, -1 answered */
+ym_err ym_adapters_list(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_adapters_get(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_adapters_delete(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_adapters_put_begin(ym_hreq *r, const ym_match *m, ym_diag *diag);
 void ym_adapters_put_data(ym_hreq *r, const char *data, size_t len);
-void ym_adapters_put(ym_hreq *r, const ym_match *m);      /* the body is complete */
+/* The body is complete: validate it off the loop, answer then. */
+ym_err ym_adapters_put(ym_hreq *r, const ym_match *m, ym_diag *diag);
 void ym_adapters_put_abort(ym_hreq *r);                    /* the connection ended first */
 /* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters
  * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). Also puts
@@ -218,10 +225,10 @@ void ym_adapters_start(ym_server_t *srv);
 void ym_adapters_stop(ym_server_t *srv);
 void ym_adapters_rescan(ym_server_t *srv); /* SIGHUP */
 /* sessions.c */
-void ym_sessions_get(ym_hreq *r, const ym_match *m);
-void ym_sessions_delete(ym_hreq *r, const ym_match *m);
-void ym_sessions_export(ym_hreq *r, const ym_match *m);
-void ym_sessions_import(ym_hreq *r, const ym_match *m);
+ym_err ym_sessions_get(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_sessions_delete(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_sessions_export(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_sessions_import(ym_hreq *r, const ym_match *m, ym_diag *diag);
 size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
 /* session_append: check r's session (exists, same tenant and adapters), put its pending
  * token before ids and fill p's append fields. 0, or -1 (answered). */
