@@ -1,5 +1,6 @@
 /* adapters/adapter.h - Hugging Face PEFT adapters (LoRA, IA³), hybrid adapter sets and their
- * composition, compiled for the engine's unmerged forward (DESIGN.md §5, docs/FORMATS.md).
+ * composition, compiled for the engine's unmerged forward (docs/ARCHITECTURE.md §5,
+ * docs/FORMATS.md).
  *
  * Dependencies: adapters -> engine. The engine knows only the plain ym_adapt of
  * engine/adapt.h; this library reads PEFT directories, validates them against a loaded model

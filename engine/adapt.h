@@ -1,4 +1,5 @@
-/* engine/adapt.h - what the forward pass needs of an adapter, applied unmerged (DESIGN.md §5).
+/* engine/adapt.h - what the forward pass needs of an adapter, applied unmerged
+ * (docs/ARCHITECTURE.md §5).
  *
  * The engine does not parse adapters: adapters/ (yunmin_adapters) loads PEFT directories,
  * composes them and fills a ym_adapt; the engine only reads it. Dependencies therefore point

@@ -1,4 +1,4 @@
-/* engine/blas.c - make OpenBLAS run the kernel this CPU deserves (MACHINE.md).
+/* engine/blas.c - make OpenBLAS run the kernel this CPU deserves (docs/ENGINE.md).
  *
  * Called first thing in main(), before any thread exists. OpenBLAS reads OPENBLAS_CORETYPE
  * when it is loaded, so the only way to change its choice from inside the program is to set
@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -74,9 +75,17 @@ void ym_blas_reexec(char **argv)
     const char *have = openblas_get_corename();
     if (have != NULL && strcasecmp(have, want) == 0)
         return;
-    /* Prefer our own binary over argv[0], which may be a name found through PATH. */
+    /* Prefer our own binary over argv[0], which may be a name found through PATH. Exec it by
+     * its real path, not as /proc/self/exe: the kernel names a process after the file it
+     * executes, and ps or `pgrep yunmind` would see "exe". */
     if (setenv("OPENBLAS_CORETYPE", want, 0) != 0)
         return;
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        execv(self, argv);
+    }
     execv("/proc/self/exe", argv);
     /* exec failed (no /proc?): run on with what we have; the kernel is logged at start-up. */
     unsetenv("OPENBLAS_CORETYPE");

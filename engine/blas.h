@@ -1,4 +1,4 @@
-/* engine/blas.h - choosing OpenBLAS's kernel before the library loads (MACHINE.md).
+/* engine/blas.h - choosing OpenBLAS's kernel before the library loads (docs/ENGINE.md).
  *
  * Debian's OpenBLAS 0.3.21 does not recognise recent Intel CPUs and silently runs its generic
  * SSE3 kernels; OPENBLAS_CORETYPE is read when the library loads, so a program that wants the

@@ -6,40 +6,52 @@
 #include <stdlib.h>
 #include <string.h>
 
+static const struct row {
+    ym_err err;
+    int http;
+    const char *name, *type, *code, *msg;
+} rows[] = {
+#define X(name, val, http, type, code, msg) {YM_##name, http, "YM_" #name, type, code, msg},
+    YM_ERR_MAP(X)
+#undef X
+};
+
+static const struct row *find(ym_err e)
+{
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        if (rows[i].err == e)
+            return &rows[i];
+    return NULL;
+}
+
 const char *ym_strerror(ym_err e)
 {
-    switch (e) {
-#define X(name, val, http, msg)                                                                    \
-    case YM_##name:                                                                                \
-        return msg;
-        YM_ERR_MAP(X)
-#undef X
-    }
-    return "unknown error";
+    const struct row *r = find(e);
+    return r != NULL ? r->msg : "unknown error";
 }
 
 const char *ym_err_name(ym_err e)
 {
-    switch (e) {
-#define X(name, val, http, msg)                                                                    \
-    case YM_##name:                                                                                \
-        return "YM_" #name;
-        YM_ERR_MAP(X)
-#undef X
-    }
-    return "YM_UNKNOWN";
+    const struct row *r = find(e);
+    return r != NULL ? r->name : "YM_UNKNOWN";
 }
 
 int ym_err_http_status(ym_err e)
 {
-    switch (e) {
-#define X(name, val, http, msg)                                                                    \
-    case YM_##name:                                                                                \
-        return http;
-        YM_ERR_MAP(X)
-#undef X
-    }
-    return 500;
+    const struct row *r = find(e);
+    return r != NULL ? r->http : 500;
+}
+
+const char *ym_err_type(ym_err e)
+{
+    const struct row *r = find(e);
+    return r != NULL && r->type != NULL ? r->type : "server_error";
+}
+
+const char *ym_err_code(ym_err e)
+{
+    const struct row *r = find(e);
+    return r != NULL ? r->code : NULL;
 }
 
 static void vset(ym_diag *diag, const char *fmt, va_list ap)

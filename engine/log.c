@@ -6,6 +6,9 @@
  * No locks, no allocation unless a message is longer than the stack buffer. Never exits. */
 #include "engine/log.h"
 
+#include "engine/buf.h"
+#include "engine/utf8.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -43,81 +46,18 @@ static const char *level_name(ym_log_level level)
     return "info";
 }
 
-/* A growable output buffer that starts on the stack. */
-typedef struct line_buf {
-    char *p;
-    size_t n;
-    size_t cap;
-    int heap;
-    int oom;
-} line_buf;
-
-static void lb_reserve(line_buf *b, size_t extra)
-{
-    if (b->oom || b->n + extra <= b->cap)
-        return;
-    size_t cap = b->cap * 2;
-    while (cap < b->n + extra)
-        cap *= 2;
-    char *p = b->heap ? realloc(b->p, cap) : malloc(cap);
-    if (p == NULL) {
-        b->oom = 1; /* keep what fits; the line is cut short rather than lost */
-        return;
-    }
-    if (!b->heap)
-        memcpy(p, b->p, b->n);
-    b->p = p;
-    b->cap = cap;
-    b->heap = 1;
-}
+/* Lines go into the tree's growable buffer (engine/buf.h), started on the stack. A put that
+ * finds no memory adds nothing: the line is cut short rather than lost. */
+typedef ym_buf line_buf;
 
 static void lb_put(line_buf *b, const char *s, size_t n)
 {
-    lb_reserve(b, n);
-    if (b->n + n > b->cap)
-        n = b->cap - b->n;
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
+    (void)ym_buf_put(b, s, n);
 }
 
 static void lb_puts(line_buf *b, const char *s)
 {
-    lb_put(b, s, strlen(s));
-}
-
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one (RFC 3629: no
- * overlongs, no surrogates, nothing above U+10FFFF). */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if (n < len)
-        return 0;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
+    (void)ym_buf_puts(b, s);
 }
 
 /* Append s as the inside of a JSON string: quotes, backslashes and control characters
@@ -153,10 +93,10 @@ static void lb_put_json(line_buf *b, const char *str)
             lb_puts(b, e);
             i++;
         } else {
-            size_t len = utf8_seq_len(s + i, n - i);
-            if (len == 0) {
-                lb_puts(b, "\xEF\xBF\xBD");
-                i++;
+            size_t len;
+            if (ym_utf8_next(s + i, n - i, &len) != YM_UTF8_OK) {
+                lb_puts(b, YM_UTF8_REPLACEMENT); /* one per maximal invalid subpart */
+                i += len;
             } else {
                 lb_put(b, (const char *)s + i, len);
                 i += len;
@@ -204,7 +144,8 @@ void ym_log(ym_log_level level, const char *req, const char *fmt, ...)
     }
 
     char line_stack[2048];
-    line_buf b = {.p = line_stack, .cap = sizeof(line_stack)};
+    line_buf b;
+    ym_buf_init_with(&b, line_stack, sizeof(line_stack));
     if (atomic_load(&log_plain)) {
         lb_puts(&b, "yunmin: ");
         /* Plain lines are for people: drop a trailing newline so there is exactly one. */
@@ -235,14 +176,11 @@ void ym_log(ym_log_level level, const char *req, const char *fmt, ...)
         lb_put_json(&b, msg);
         lb_puts(&b, "\"}");
     }
-    /* The newline always fits: a cut-short line still ends the line. */
-    if (b.n == b.cap)
-        b.n--;
-    b.p[b.n++] = '\n';
-    write_all(b.p, b.n);
-
-    if (b.heap)
-        free(b.p);
+    /* The newline always fits (the buffer keeps room for a NUL): a cut-short line still ends
+     * the line. */
+    b.p[b.len++] = '\n';
+    write_all(b.p, b.len);
+    ym_buf_deinit(&b);
     if (msg != msg_stack)
         free(msg);
 }

@@ -1,5 +1,5 @@
 /* engine/order.c - correlation, path cost, nearest-neighbour path, 2-opt and block fill for
- * the scan order (engine/order.h, DESIGN.md §4).
+ * the scan order (engine/order.h, docs/ARCHITECTURE.md §4).
  *
  * Owns nothing beyond temporary buffers of one call. Thread: any (calibration runs it on the
  * CLI thread). Not a hot path: sizes are d_inner (1536 for mamba-130m) per layer, so O(n^2)

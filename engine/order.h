@@ -1,4 +1,4 @@
-/* engine/order.h - the math of the correlation scan order (DESIGN.md §4, seed pillar 1):
+/* engine/order.h - the math of the correlation scan order (docs/ARCHITECTURE.md §4):
  * |Pearson| correlation of channel series, the path cost of an order, a nearest-neighbour
  * Hamiltonian path, 2-opt improvement, and the block fill of an order under a state mask.
  * Pure functions of their inputs, no global state; any thread. Used by `yunmin calibrate`. */

@@ -1,5 +1,6 @@
 /* engine/sparse.c - builds the served layout of a sparse model from a dense model and a
- * sparsity profile (DESIGN.md §4), and reads per-channel state energies in either layout.
+ * sparsity profile (docs/ARCHITECTURE.md §4), and reads per-channel state energies in either
+ * layout.
  *
  * Owns: the pruned copies of every channel-indexed tensor and the masked scan plans (both on
  * the new model's owned list), and a reference to the dense model for what stays shared.

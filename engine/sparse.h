@@ -1,4 +1,4 @@
-/* engine/sparse.h - the served layout of a sparse model (DESIGN.md §4).
+/* engine/sparse.h - the served layout of a sparse model (docs/ARCHITECTURE.md §4).
  *
  * Given a dense model and a sparsity profile, ym_model_new_sparse builds a new model whose
  * layers hold only their kept channels, in scan order: in_proj's x and z halves, conv1d,

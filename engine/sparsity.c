@@ -5,7 +5,7 @@
  * borrows from the caller's buffer after a parse returns). Thread: any; parsing runs where the
  * model loads (CLI thread or the libuv pool). Must not: trust a byte of the file; the
  * safetensors header checks (engine/safetensors.c) run first, then every rule of
- * DESIGN.md §4 here. */
+ * docs/ARCHITECTURE.md §4 here. */
 #include "engine/sparsity.h"
 
 #include <errno.h>

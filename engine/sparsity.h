@@ -1,5 +1,5 @@
-/* engine/sparsity.h - the sparsity profile (DESIGN.md §4): which channels and state entries of
- * each layer are kept, and the order the kept channels are served in.
+/* engine/sparsity.h - the sparsity profile (docs/ARCHITECTURE.md §4): which channels and state
+ * entries of each layer are kept, and the order the kept channels are served in.
  *
  * File `yunmin.sparsity.safetensors`, per layer l:
  *   layers.{l}.channel_logits  F32 [d_inner]           channel d kept iff logit > 0

@@ -11,14 +11,14 @@
  * Buffers grow to the longest piece seen and are then reused; no allocation in steady state. */
 #include "engine/textout.h"
 
+#include "engine/buf.h"
+#include "engine/utf8.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct buf {
-    char *p;
-    size_t n;
-    size_t cap;
-} buf;
+/* The tree's growable buffer (engine/buf.h). */
+typedef ym_buf buf;
 
 struct ym_textout {
     const ym_tok_t *tok; /* borrowed */
@@ -30,39 +30,17 @@ struct ym_textout {
     buf raw;  /* owned; an unfinished UTF-8 sequence, at most 3 bytes between calls */
     buf hold; /* owned */
     buf out;  /* owned; what the last call returned */
+    int32_t eos_id;     /* -1: none */
+    int64_t max_tokens; /* < 0: no limit */
+    int64_t n_tokens;   /* fed to ym_textout_step */
 };
-
-static int buf_reserve(buf *b, size_t extra)
-{
-    if (b->n + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->n + extra)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (p == NULL)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
 
 /* Appends; on allocation failure the bytes are dropped (the stream loses text, never memory
  * safety; a process out of memory has bigger problems). */
 static void buf_put(buf *b, const void *s, size_t n)
 {
-    if (n == 0 || buf_reserve(b, n) != 0)
-        return;
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-}
-
-static void buf_drop_front(buf *b, size_t n)
-{
-    if (n == 0)
-        return;
-    memmove(b->p, b->p + n, b->n - n);
-    b->n -= n;
+    if (n > 0)
+        (void)ym_buf_put(b, s, n);
 }
 
 ym_err ym_textout_new(const ym_tok_t *tok, const char *const *stops, int n_stops,
@@ -75,6 +53,8 @@ ym_err ym_textout_new(const ym_tok_t *tok, const char *const *stops, int n_stops
     if ((to = calloc(1, sizeof(*to))) == NULL)
         return YM_ENOMEM;
     to->tok = tok;
+    to->eos_id = -1;
+    to->max_tokens = -1;
     if (n_stops > 0) {
         to->stops = calloc((size_t)n_stops, sizeof(*to->stops));
         to->stop_len = calloc((size_t)n_stops, sizeof(*to->stop_len));
@@ -104,9 +84,9 @@ void ym_textout_free(ym_textout_t *to)
         free(to->stops[i]);
     free(to->stops);
     free(to->stop_len);
-    free(to->raw.p);
-    free(to->hold.p);
-    free(to->out.p);
+    ym_buf_deinit(&to->raw);
+    ym_buf_deinit(&to->hold);
+    ym_buf_deinit(&to->out);
     free(to);
 }
 
@@ -117,72 +97,13 @@ const char *ym_textout_stop(const ym_textout_t *to)
 
 /* ---- UTF-8 ----------------------------------------------------------------------------- */
 
-enum { SEQ_OK, SEQ_BAD, SEQ_SHORT };
-
-/* Classify the sequence at s[0, n): SEQ_OK with *len its length; SEQ_BAD with *len the
- * maximal subpart to replace by one U+FFFD (Unicode §3.9, as from_utf8_lossy); SEQ_SHORT
- * when all n bytes are a valid but unfinished prefix. */
-static int utf8_seq(const unsigned char *s, size_t n, size_t *len)
-{
-    unsigned c = s[0];
-    size_t need;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c < 0x80) {
-        *len = 1;
-        return SEQ_OK;
-    }
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 3;
-        lo = c == 0xE0 ? 0xA0 : 0x80;
-        hi = c == 0xED ? 0x9F : 0xBF;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 4;
-        lo = c == 0xF0 ? 0x90 : 0x80;
-        hi = c == 0xF4 ? 0x8F : 0xBF;
-    } else {
-        *len = 1;
-        return SEQ_BAD;
-    }
-    for (size_t i = 1; i < need; i++) {
-        if (i >= n) {
-            *len = i;
-            return SEQ_SHORT;
-        }
-        unsigned b = s[i];
-        if (b < lo || b > hi) {
-            *len = i;
-            return SEQ_BAD;
-        }
-        lo = 0x80, hi = 0xBF; /* only the second byte has a narrower range */
-    }
-    *len = need;
-    return SEQ_OK;
-}
-
-static const char replacement[] = "\xEF\xBF\xBD"; /* U+FFFD */
-
-/* Convert s[0, n) into dst; returns how many bytes at the end were left unconverted (a valid
- * unfinished sequence), unless at_end, when that tail becomes one U+FFFD too. */
+/* Convert s[0, n) into dst (engine/utf8.h); returns how many bytes at the end were left
+ * unconverted (a valid unfinished sequence), unless at_end, when that tail becomes one U+FFFD
+ * too. Memory failures drop text, as buf_put does. */
 static size_t utf8_lossy(buf *dst, const unsigned char *s, size_t n, int at_end)
 {
-    size_t i = 0;
-    while (i < n) {
-        /* Copy a run of ASCII and valid sequences in one go. */
-        size_t start = i, len = 0;
-        int st = SEQ_OK;
-        while (i < n && (st = utf8_seq(s + i, n - i, &len)) == SEQ_OK)
-            i += len;
-        buf_put(dst, s + start, i - start);
-        if (i >= n)
-            break;
-        if (st == SEQ_SHORT && !at_end)
-            return n - i;
-        buf_put(dst, replacement, 3);
-        i += len;
-    }
-    return 0;
+    ym_err err;
+    return ym_utf8_lossy(dst, s, n, at_end != 0, &err);
 }
 
 /* ---- stop strings ---------------------------------------------------------------------- */
@@ -193,10 +114,10 @@ static int find_stop(const ym_textout_t *to, size_t *pos)
     int best = -1;
     size_t best_pos = 0;
     *pos = 0;
-    if (to->hold.n == 0)
+    if (to->hold.len == 0)
         return -1;
     for (int k = 0; k < to->n_stops; k++) {
-        const char *p = memmem(to->hold.p, to->hold.n, to->stops[k], to->stop_len[k]);
+        const char *p = memmem(to->hold.p, to->hold.len, to->stops[k], to->stop_len[k]);
         if (p != NULL && (best < 0 || (size_t)(p - to->hold.p) < best_pos)) {
             best = k;
             best_pos = (size_t)(p - to->hold.p);
@@ -212,10 +133,10 @@ static size_t partial_stop(const ym_textout_t *to)
     size_t keep = 0;
     for (int k = 0; k < to->n_stops; k++) {
         size_t m = to->stop_len[k] - 1;
-        if (m > to->hold.n)
-            m = to->hold.n;
+        if (m > to->hold.len)
+            m = to->hold.len;
         for (; m > keep; m--) {
-            if (memcmp(to->hold.p + to->hold.n - m, to->stops[k], m) == 0) {
+            if (memcmp(to->hold.p + to->hold.len - m, to->stops[k], m) == 0) {
                 keep = m;
                 break;
             }
@@ -231,21 +152,21 @@ static int release(ym_textout_t *to, int at_end)
     int k = find_stop(to, &pos);
     if (k >= 0) {
         buf_put(&to->out, to->hold.p, pos);
-        to->hold.n = 0;
+        to->hold.len = 0;
         to->stopped = 1;
         to->match = to->stops[k];
         return 1;
     }
     size_t keep = at_end ? 0 : partial_stop(to);
-    size_t emit = to->hold.n - keep;
+    size_t emit = to->hold.len - keep;
     buf_put(&to->out, to->hold.p, emit);
-    buf_drop_front(&to->hold, emit);
+    ym_buf_drop_front(&to->hold, emit);
     return 0;
 }
 
 int ym_textout_push(ym_textout_t *to, int32_t id, const char **text, size_t *len)
 {
-    to->out.n = 0;
+    to->out.len = 0;
     if (to->stopped) {
         *text = "";
         *len = 0;
@@ -258,23 +179,58 @@ int ym_textout_push(ym_textout_t *to, int32_t id, const char **text, size_t *len
 
     /* The unfinished character (if any) and the token's bytes, converted together. */
     buf_put(&to->raw, bytes, n);
-    size_t left = utf8_lossy(&to->hold, (const unsigned char *)to->raw.p, to->raw.n, 0);
-    buf_drop_front(&to->raw, to->raw.n - left);
+    size_t left = utf8_lossy(&to->hold, (const unsigned char *)to->raw.p, to->raw.len, 0);
+    ym_buf_drop_front(&to->raw, to->raw.len - left);
 
     int stop = release(to, 0);
-    *text = to->out.n > 0 ? to->out.p : "";
-    *len = to->out.n;
+    *text = to->out.len > 0 ? to->out.p : "";
+    *len = to->out.len;
     return stop;
 }
 
 void ym_textout_finish(ym_textout_t *to, const char **text, size_t *len)
 {
-    to->out.n = 0;
+    to->out.len = 0;
     if (!to->stopped) {
-        utf8_lossy(&to->hold, (const unsigned char *)to->raw.p, to->raw.n, 1);
-        to->raw.n = 0;
+        utf8_lossy(&to->hold, (const unsigned char *)to->raw.p, to->raw.len, 1);
+        to->raw.len = 0;
         release(to, 1);
     }
-    *text = to->out.n > 0 ? to->out.p : "";
-    *len = to->out.n;
+    *text = to->out.len > 0 ? to->out.p : "";
+    *len = to->out.len;
+}
+
+void ym_textout_set_rules(ym_textout_t *to, int32_t eos_id, int ignore_eos, int64_t max_tokens)
+{
+    to->eos_id = ignore_eos ? -1 : eos_id;
+    to->max_tokens = max_tokens;
+}
+
+int64_t ym_textout_n_tokens(const ym_textout_t *to)
+{
+    return to->n_tokens;
+}
+
+ym_seq_end ym_textout_step(ym_textout_t *to, int32_t id, const char **text, size_t *len)
+{
+    to->n_tokens++;
+    ym_seq_end end = YM_SEQ_GOING;
+    if (to->eos_id >= 0 && id == to->eos_id) {
+        /* End-of-text adds no text of its own: only what was held back comes out. */
+        to->out.len = 0;
+        end = YM_SEQ_EOS;
+    } else if (ym_textout_push(to, id, text, len)) {
+        return YM_SEQ_STOP; /* the text before the stop is in out; the rest is dropped */
+    } else if (to->max_tokens >= 0 && to->n_tokens >= to->max_tokens) {
+        end = YM_SEQ_LENGTH;
+    }
+    if (end != YM_SEQ_GOING && !to->stopped) {
+        /* The end: release what the detokenizer held back, after this token's text. */
+        utf8_lossy(&to->hold, (const unsigned char *)to->raw.p, to->raw.len, 1);
+        to->raw.len = 0;
+        release(to, 1);
+    }
+    *text = to->out.len > 0 ? to->out.p : "";
+    *len = to->out.len;
+    return end;
 }

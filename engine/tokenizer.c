@@ -1,8 +1,9 @@
 /* engine/tokenizer.c - Hugging Face tokenizer.json, byte-level BPE (GPT-NeoX / Mamba family).
  *
- * Owns: reading tokenizer.json (jansson) into an immutable ym_tok_t, encoding text to ids and
- * decoding ids to text with the ids Hugging Face tokenizers gives (DESIGN.md §3). Encoding
- * follows HF's TokenizerImpl::encode_single_sequence step by step:
+ * Owns: encoding text to ids and decoding ids to text with the ids Hugging Face tokenizers gives
+ * (docs/ARCHITECTURE.md §3), over the immutable ym_tok_t that tokenizer_json.c loads from
+ * tokenizer.json (the layout both share is tokenizer_impl.h).
+ * Encoding follows HF's TokenizerImpl::encode_single_sequence step by step:
  *   1. invalid UTF-8 becomes U+FFFD, one per maximal invalid subpart (String::from_utf8_lossy);
  *   2. added tokens with normalized=false are split out of the raw text, leftmost-longest;
  *   3. each piece left is normalized (NFC, ...), then added tokens with normalized=true are
@@ -15,7 +16,8 @@
  *
  * Threads: a loaded ym_tok_t is never written again. Encode and decode keep all their scratch,
  * the pre-token cache included, in a per-call context, so any thread may call them at once.
- * Must not: keep mutable state in ym_tok_t; include uv.h (engine/ is loop-free, STYLE.md §1).
+ * Must not: keep mutable state in ym_tok_t; include uv.h (engine/ is loop-free,
+ * docs/ARCHITECTURE.md §1).
  *
  * Where this differs from HF on purpose (none of it matters for GPT-NeoX; encode ids never):
  *   - an added token decodes to its content as written in the file. HF decodes the string it
@@ -29,6 +31,10 @@
  *   - Unicode tables are utf8proc's: its Unicode version (13 for utf8proc 2.6) may lag HF's, so
  *     characters assigned later may normalize or classify differently. */
 #include "engine/tokenizer.h"
+
+#include "engine/buf.h"
+#include "engine/utf8.h"
+#include "engine/tokenizer_impl.h"
 #include "engine/tokenizer_int.h"
 
 #include <errno.h>
@@ -40,61 +46,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-/* Ids beyond this much past the number of entries are rejected: a table per id is allocated,
- * and a tiny file must not make us allocate gigabytes. */
-#define MAX_ID_SLACK    65536
-#define MAX_NORM        16 /* normalizer steps after flattening Sequence */
-#define MAX_PRE         8  /* pre-tokenizer steps */
-#define MAX_DEPTH       8  /* nesting of Sequence */
-#define CACHE_WORD_MAX  64
-#define CACHE_SLOTS_MAX (1u << 17)
-
-static const char GPT2_PATTERN[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
-enum { NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD, NORM_LOWER };
-enum { PRE_PREFIX_SPACE, PRE_SPLIT_GPT2 };
-enum { INIT_DROP, INIT_ID, INIT_FALLBACK, INIT_UNK };
-
-/* ---- small containers -------------------------------------------------------------------- */
-
-typedef struct buf {
-    char *p; /* owned */
-    size_t n;
-    size_t cap;
-} buf;
-
-static ym_err buf_reserve(buf *b, size_t need)
-{
-    if (need <= b->cap)
-        return YM_OK;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < need) {
-        if (cap > SIZE_MAX / 2)
-            return YM_ENOMEM;
-        cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL)
-        return YM_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return YM_OK;
-}
-
-static ym_err buf_add(buf *b, const void *s, size_t n)
-{
-    if (n > SIZE_MAX - b->n - 1)
-        return YM_ENOMEM;
-    ym_err err = buf_reserve(b, b->n + n + 1);
-    if (err != YM_OK)
-        return err;
-    if (n > 0)
-        memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return YM_OK;
-}
+/* ---- token id lists ------------------------------------------------------------------ */
 
 ym_err ym_ids_push(ym_ids *ids, int32_t id)
 {
@@ -121,328 +73,20 @@ void ym_ids_deinit(ym_ids *ids)
     ids->n = ids->cap = 0;
 }
 
-static uint64_t hash_bytes(const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, s, 8);
-        h = (h ^ w) * 0xFF51AFD7ED558CCDull;
-        h ^= h >> 29;
-        s += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;
-    for (size_t i = 0; i < n; i++)
-        w |= (uint64_t)s[i] << (8 * i);
-    h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
-    h ^= h >> 32;
-    h *= 0xFF51AFD7ED558CCDull;
-    h ^= h >> 29;
-    return h;
-}
-
-static uint32_t pow2_at_least(size_t n)
-{
-    uint32_t c = 16;
-    while (c < n && c < (1u << 30))
-        c <<= 1;
-    return c;
-}
-
-/* String -> id, open addressing; the keys live in a pool the caller passes to each call. */
-typedef struct sslot {
-    uint32_t hash;
-    int32_t id; /* -1: empty */
-    uint32_t off;
-    uint32_t len;
-} sslot;
-
-typedef struct smap {
-    sslot *slot; /* owned; mask + 1 entries */
-    uint32_t mask;
-} smap;
-
-static ym_err smap_init(smap *m, size_t n)
-{
-    uint32_t cap = pow2_at_least(n * 2 + 1);
-    m->slot = malloc((size_t)cap * sizeof(sslot));
-    if (m->slot == NULL)
-        return YM_ENOMEM;
-    for (uint32_t i = 0; i < cap; i++)
-        m->slot[i].id = -1;
-    m->mask = cap - 1;
-    return YM_OK;
-}
-
-static int32_t smap_get(const smap *m, const char *pool, const void *key, size_t len)
-{
-    if (m->slot == NULL)
-        return -1;
-    uint32_t h = (uint32_t)hash_bytes(key, len);
-    for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
-        const sslot *s = &m->slot[i];
-        if (s->id < 0)
-            return -1;
-        if (s->hash == h && s->len == len && memcmp(pool + s->off, key, len) == 0)
-            return s->id;
-    }
-}
-
-/* Inserts unless the key is there; returns the id the key has now. The map was sized for it. */
-static int32_t smap_put(smap *m, const char *pool, uint32_t off, uint32_t len, int32_t id)
-{
-    uint32_t h = (uint32_t)hash_bytes(pool + off, len);
-    for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
-        sslot *s = &m->slot[i];
-        if (s->id < 0) {
-            *s = (sslot){.hash = h, .id = id, .off = off, .len = len};
-            return id;
-        }
-        if (s->hash == h && s->len == len && memcmp(pool + s->off, pool + off, len) == 0)
-            return s->id;
-    }
-}
-
-/* (left id, right id) -> (rank, merged id). */
-typedef struct mslot {
-    uint64_t key;
-    uint32_t rank;
-    int32_t new_id; /* -1: empty */
-} mslot;
-
-typedef struct mmap_t {
-    mslot *slot; /* owned */
-    uint32_t mask;
-} mmap_t;
-
-static inline uint32_t mhash(uint64_t key, uint32_t mask)
-{
-    return (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & mask;
-}
-
-/* Hot path: one lookup per adjacent pair in BPE. */
-static inline const mslot *merge_get(const mmap_t *m, int32_t a, int32_t b)
-{
-    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    for (uint32_t i = mhash(key, m->mask);; i = (i + 1) & m->mask) {
-        const mslot *s = &m->slot[i];
-        if (s->new_id < 0)
-            return NULL;
-        if (s->key == key)
-            return s;
-    }
-}
-
-/* A later duplicate of a merge replaces the earlier, as HF's HashMap collect does. */
-static void merge_put(mmap_t *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id)
-{
-    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    for (uint32_t i = mhash(key, m->mask);; i = (i + 1) & m->mask) {
-        mslot *s = &m->slot[i];
-        if (s->new_id < 0 || s->key == key) {
-            *s = (mslot){.key = key, .rank = rank, .new_id = new_id};
-            return;
-        }
-    }
-}
-
-/* ---- the tokenizer ----------------------------------------------------------------------- */
-
-typedef struct atok { /* an added token */
-    uint32_t off;     /* content in tok->apool */
-    uint32_t len;
-    int32_t id;
-    bool single_word;
-    bool lstrip;
-    bool rstrip;
-    bool normalized;
-    bool special;
-} atok;
-
-typedef struct tnode {
-    int32_t child;   /* first child, -1 */
-    int32_t sibling; /* next sibling, -1 */
-    int32_t tok;     /* index into tok->added of the token ending here, -1 */
-    uint8_t byte;
-} tnode;
-
-typedef struct trie { /* added-token contents, for leftmost-longest matching */
-    tnode *node;      /* owned; node 0 is the root */
-    uint32_t n_node;
-    uint32_t cap_node;
-    int32_t first[256]; /* root's child per byte, -1 */
-    int n_tok;
-} trie;
-
-typedef struct idinfo {
-    uint32_t off; /* token bytes in tok->bytes */
-    uint32_t len;
-    int32_t added; /* index into tok->added, -1 */
-    bool present;
-} idinfo;
-
-typedef struct byteinit { /* how one input byte starts a BPE word */
-    uint8_t kind;         /* INIT_* */
-    uint8_t n;            /* ids used for INIT_FALLBACK */
-    int32_t id[2];
-} byteinit;
-
-struct ym_tok {
-    int n_vocab;  /* max id + 1 */
-    idinfo *info; /* owned; [n_vocab] */
-    buf bytes;    /* token bytes after the byte-level decoder, per info[] */
-    char *names;  /* owned; model.vocab keys as written (byte-level alphabet) */
-    smap vocab;   /* names -> id */
-    smap raw;     /* token bytes -> id, built only for ignore_merges */
-    buf apool;    /* added-token contents */
-    atok *added;  /* owned; [n_added] */
-    int n_added;
-    smap added_names; /* apool -> id */
-    trie trie_raw;    /* added tokens with normalized=false, matched on the raw text */
-    trie trie_norm;   /* normalized=true, matched on normalized text */
-    mmap_t merges;
-    byteinit init[256];
-    int32_t unk_id;
-    bool fuse_unk;
-    bool byte_fallback;
-    bool ignore_merges;
-    uint8_t norm[MAX_NORM];
-    int n_norm;
-    uint8_t pre[MAX_PRE];
-    int n_pre;
-    int32_t eos_id;
-};
-
-/* GPT-2's byte <-> unicode map: printable Latin-1 bytes stand for themselves, the other 68 bytes
- * take the code points from U+0100 up, in byte order. */
-static uint32_t byte_to_cp(unsigned b)
-{
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
-        return b;
-    unsigned k = 0;
-    for (unsigned c = 0; c < b; c++)
-        if (!((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE)))
-            k++;
-    return 256 + k;
-}
-
 /* ---- UTF-8 ------------------------------------------------------------------------------- */
 
-/* Length of the character at s[i] (*ok) or of the maximal invalid subpart there (!*ok), as
- * Rust's Utf8Chunks splits it: a lead byte and as many following bytes as could still begin a
- * well-formed sequence form one invalid unit. */
-static size_t utf8_step(const unsigned char *s, size_t n, size_t i, bool *ok)
+/* UTF-8 comes from engine/utf8.h. */
+static inline int32_t utf8_cp(const unsigned char *s, size_t i, size_t *len)
 {
-    unsigned b = s[i];
-    *ok = true;
-    if (b < 0x80)
-        return 1;
-    size_t need;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) {
-        need = 1;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-        need = 2;
-        if (b == 0xE0)
-            lo = 0xA0;
-        else if (b == 0xED)
-            hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        need = 3;
-        if (b == 0xF0)
-            lo = 0x90;
-        else if (b == 0xF4)
-            hi = 0x8F;
-    } else {
-        *ok = false;
-        return 1;
-    }
-    size_t k = 1;
-    for (; k <= need; k++) {
-        if (i + k >= n)
-            break;
-        unsigned c = s[i + k];
-        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF))
-            break;
-    }
-    if (k > need)
-        return need + 1;
-    *ok = false;
-    return k;
-}
-
-/* Whether s[0..n) is valid UTF-8; fast on ASCII. */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        bool ok;
-        size_t k = utf8_step(s, n, i, &ok);
-        if (!ok)
-            return false;
-        i += k;
-    }
-    return true;
+    return ym_utf8_decode(s + i, len);
 }
 
 /* String::from_utf8_lossy into out (appended). */
 static ym_err utf8_lossy(const unsigned char *s, size_t n, buf *out)
 {
-    static const char repl[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
-    size_t i = 0, run = 0;
-    if (n == 0) /* s may be NULL */
-        return buf_add(out, "", 0);
-    ym_err err = buf_reserve(out, out->n + n + 1);
-    if (err != YM_OK)
-        return err;
-    while (i < n) {
-        bool ok;
-        size_t k = utf8_step(s, n, i, &ok);
-        if (!ok) {
-            if ((err = buf_add(out, s + run, i - run)) != YM_OK ||
-                (err = buf_add(out, repl, 3)) != YM_OK)
-                return err;
-            run = i + k;
-        }
-        i += k;
-    }
-    return buf_add(out, s + run, n - run);
-}
-
-/* Decodes the code point at s[i] of valid UTF-8; *len gets its length. */
-static inline int32_t utf8_cp(const unsigned char *s, size_t i, size_t *len)
-{
-    unsigned b = s[i];
-    if (b < 0x80) {
-        *len = 1;
-        return (int32_t)b;
-    }
-    if (b < 0xE0) {
-        *len = 2;
-        return (int32_t)(((b & 0x1F) << 6) | (s[i + 1] & 0x3F));
-    }
-    if (b < 0xF0) {
-        *len = 3;
-        return (int32_t)(((b & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F));
-    }
-    *len = 4;
-    return (int32_t)(((b & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6) |
-                     (s[i + 3] & 0x3F));
-}
-
-/* Start of the code point that ends at s[i] (i > 0) of valid UTF-8. */
-static size_t utf8_prev(const unsigned char *s, size_t i)
-{
-    do
-        i--;
-    while (i > 0 && (s[i] & 0xC0) == 0x80);
-    return i;
+    ym_err err;
+    ym_utf8_lossy(out, s, n, true, &err);
+    return err;
 }
 
 /* Unicode White_Space, which is both Rust's char::is_whitespace/regex \s and Oniguruma's \s. */
@@ -557,8 +201,8 @@ static bool all_ascii(const unsigned char *s, size_t n)
  * NormalizedString::lowercase). Only U+0130 lowercases to more than one character. */
 static ym_err lowercase(const unsigned char *s, size_t n, buf *out)
 {
-    out->n = 0;
-    ym_err err = buf_reserve(out, n + 1);
+    out->len = 0;
+    ym_err err = ym_buf_reserve(out, n);
     if (err != YM_OK)
         return err;
     size_t i = 0;
@@ -577,7 +221,7 @@ static ym_err lowercase(const unsigned char *s, size_t n, buf *out)
         } else {
             k = (size_t)utf8proc_encode_char(utf8proc_tolower(c), tmp);
         }
-        if ((err = buf_add(out, tmp, k)) != YM_OK)
+        if ((err = ym_buf_put(out, tmp, k)) != YM_OK)
             return err;
     }
     return YM_OK;
@@ -622,14 +266,14 @@ static ym_err normalize(enc *e, const ym_tok_t *t, const char *s, size_t n, cons
             utf8proc_ssize_t m = utf8proc_map(cur, (utf8proc_ssize_t)cur_n, &dst, opt);
             if (m < 0) /* input is valid UTF-8, so only memory can run out */
                 return YM_ENOMEM;
-            out->n = 0;
-            err = buf_add(out, dst, (size_t)m);
+            out->len = 0;
+            err = ym_buf_put(out, dst, (size_t)m);
             free(dst);
             if (err != YM_OK)
                 return err;
         }
         cur = (const unsigned char *)out->p;
-        cur_n = out->n;
+        cur_n = out->len;
         ascii = all_ascii(cur, cur_n);
         which ^= 1;
     }
@@ -752,8 +396,8 @@ static void cache_put(wcache *c, const unsigned char *s, size_t n, uint32_t h, c
         c->idv = v2;
         c->cap_idv = cap;
     }
-    size_t koff = c->keys.n;
-    if (buf_add(&c->keys, s, n) != YM_OK || koff > UINT32_MAX || c->n_idv > UINT32_MAX) {
+    size_t koff = c->keys.len;
+    if (ym_buf_put(&c->keys, s, n) != YM_OK || koff > UINT32_MAX || c->n_idv > UINT32_MAX) {
         c->full = true;
         return;
     }
@@ -1023,109 +667,11 @@ static ym_err pretok(enc *e, const char *s, size_t n, int k)
     if (s[0] == ' ')
         return pretok(e, s, n, k + 1);
     buf *b = &e->pre[k];
-    b->n = 0;
+    b->len = 0;
     ym_err err;
-    if ((err = buf_add(b, " ", 1)) != YM_OK || (err = buf_add(b, s, n)) != YM_OK)
+    if ((err = ym_buf_put(b, " ", 1)) != YM_OK || (err = ym_buf_put(b, s, n)) != YM_OK)
         return err;
-    return pretok(e, b->p, b->n, k + 1);
-}
-
-/* ---- added tokens ------------------------------------------------------------------------ */
-
-static ym_err trie_init(trie *tr)
-{
-    tr->cap_node = 16;
-    tr->node = malloc(tr->cap_node * sizeof(tnode));
-    if (tr->node == NULL)
-        return YM_ENOMEM;
-    tr->node[0] = (tnode){.child = -1, .sibling = -1, .tok = -1};
-    tr->n_node = 1;
-    for (int i = 0; i < 256; i++)
-        tr->first[i] = -1;
-    return YM_OK;
-}
-
-static ym_err trie_new_node(trie *tr, uint8_t byte, int32_t *out)
-{
-    if (tr->n_node == tr->cap_node) {
-        if (tr->cap_node > INT32_MAX / 2)
-            return YM_ENOMEM;
-        tnode *nn = realloc(tr->node, (size_t)tr->cap_node * 2 * sizeof(tnode));
-        if (nn == NULL)
-            return YM_ENOMEM;
-        tr->node = nn;
-        tr->cap_node *= 2;
-    }
-    tr->node[tr->n_node] = (tnode){.child = -1, .sibling = -1, .tok = -1, .byte = byte};
-    *out = (int32_t)tr->n_node++;
-    return YM_OK;
-}
-
-/* Adds a pattern; the first token added with a given pattern keeps it. */
-static ym_err trie_add(trie *tr, const unsigned char *s, size_t n, int tok)
-{
-    if (n == 0)
-        return YM_OK;
-    int32_t cur;
-    ym_err err;
-    if (tr->first[s[0]] < 0) {
-        if ((err = trie_new_node(tr, s[0], &cur)) != YM_OK)
-            return err;
-        tr->first[s[0]] = cur;
-    }
-    cur = tr->first[s[0]];
-    for (size_t i = 1; i < n; i++) {
-        int32_t c = tr->node[cur].child;
-        while (c >= 0 && tr->node[c].byte != s[i])
-            c = tr->node[c].sibling;
-        if (c < 0) {
-            if ((err = trie_new_node(tr, s[i], &c)) != YM_OK)
-                return err;
-            tr->node[c].sibling = tr->node[cur].child;
-            tr->node[cur].child = c;
-        }
-        cur = c;
-    }
-    if (tr->node[cur].tok < 0) {
-        tr->node[cur].tok = tok;
-        tr->n_tok++;
-    }
-    return YM_OK;
-}
-
-/* Leftmost-longest match at or after `from`: *at, *len and the token index, or -1. */
-static int trie_find(const trie *tr, const unsigned char *s, size_t n, size_t from, size_t *at,
-                     size_t *len)
-{
-    for (size_t i = from; i < n; i++) {
-        int32_t cur = tr->first[s[i]];
-        if (cur < 0)
-            continue;
-        int best = -1;
-        size_t best_len = 0;
-        size_t j = i + 1;
-        for (;;) {
-            if (tr->node[cur].tok >= 0) {
-                best = tr->node[cur].tok;
-                best_len = j - i;
-            }
-            if (j == n)
-                break;
-            int32_t c = tr->node[cur].child;
-            while (c >= 0 && tr->node[c].byte != s[j])
-                c = tr->node[c].sibling;
-            if (c < 0)
-                break;
-            cur = c;
-            j++;
-        }
-        if (best >= 0) {
-            *at = i;
-            *len = best_len;
-            return best;
-        }
-    }
-    return -1;
+    return pretok(e, b->p, b->len, k + 1);
 }
 
 typedef ym_err (*gap_fn)(enc *e, const char *s, size_t n);
@@ -1154,7 +700,7 @@ static ym_err split_added(enc *e, const trie *tr, const char *text, size_t n, ga
         search = stop;
         if (tk->single_word) {
             size_t cl;
-            bool word_before = start > 0 && is_word_cp(utf8_cp(s, utf8_prev(s, start), &cl));
+            bool word_before = start > 0 && is_word_cp(utf8_cp(s, ym_utf8_prev(s, start), &cl));
             bool word_after = stop < n && is_word_cp(utf8_cp(s, stop, &cl));
             if (word_before || word_after)
                 continue;
@@ -1162,7 +708,7 @@ static ym_err split_added(enc *e, const trie *tr, const char *text, size_t n, ga
         if (tk->lstrip) {
             size_t ns = start;
             while (ns > 0) {
-                size_t p = utf8_prev(s, ns), cl;
+                size_t p = ym_utf8_prev(s, ns), cl;
                 if (!is_space_cp(utf8_cp(s, p, &cl)))
                     break;
                 ns = p;
@@ -1208,11 +754,11 @@ ym_err ym_tok_encode(const ym_tok_t *tok, const char *text, size_t len, ym_ids *
     enc e = {.tok = tok, .ids = ids};
     buf fixed = {0};
     ym_err err = YM_OK;
-    if (!utf8_valid((const unsigned char *)text, len)) {
+    if (!ym_utf8_valid((const unsigned char *)text, len)) {
         if ((err = utf8_lossy((const unsigned char *)text, len, &fixed)) != YM_OK)
             goto out;
         text = fixed.p;
-        len = fixed.n;
+        len = fixed.len;
     }
     err = split_added(&e, &tok->trie_raw, text, len, gap_normalize);
 out:
@@ -1232,10 +778,10 @@ ym_err ym__tok_normalize(const ym_tok_t *tok, const char *text, size_t len, char
     const char *ns;
     size_t nn;
     ym_err err = utf8_lossy((const unsigned char *)text, len, &fixed);
-    if (err == YM_OK && (err = normalize(&e, tok, fixed.p, fixed.n, &ns, &nn)) == YM_OK &&
-        (err = buf_add(&res, ns, nn)) == YM_OK) {
+    if (err == YM_OK && (err = normalize(&e, tok, fixed.p, fixed.len, &ns, &nn)) == YM_OK &&
+        (err = ym_buf_put(&res, ns, nn)) == YM_OK) {
         *out = res.p;
-        *out_len = res.n;
+        *out_len = res.len;
     }
     free(fixed.p);
     enc_deinit(&e);
@@ -1268,17 +814,17 @@ ym_err ym_tok_decode(const ym_tok_t *tok, const int32_t *ids, size_t n, char **t
             err = YM_EINVAL;
             goto fail;
         }
-        if ((err = buf_add(&raw, b, k)) != YM_OK)
+        if ((err = ym_buf_put(&raw, b, k)) != YM_OK)
             goto fail;
     }
     /* The decoder's bytes become text the way HF does it: String::from_utf8_lossy. */
-    if ((err = utf8_lossy((const unsigned char *)raw.p, raw.n, &out)) != YM_OK ||
-        (err = buf_add(&out, "", 0)) != YM_OK)
+    if ((err = utf8_lossy((const unsigned char *)raw.p, raw.len, &out)) != YM_OK ||
+        (err = ym_buf_put(&out, "", 0)) != YM_OK)
         goto fail;
     free(raw.p);
     *text = out.p;
     if (len != NULL)
-        *len = out.n;
+        *len = out.len;
     return YM_OK;
 fail:
     free(raw.p);
@@ -1325,607 +871,3 @@ int32_t ym_tok_eos_id(const ym_tok_t *tok)
     return tok != NULL ? tok->eos_id : -1;
 }
 
-/* ---- loading ----------------------------------------------------------------------------- */
-
-static void trie_deinit(trie *tr)
-{
-    free(tr->node);
-}
-
-void ym_tok_free(ym_tok_t *tok)
-{
-    if (tok == NULL)
-        return;
-    free(tok->info);
-    free(tok->bytes.p);
-    free(tok->names);
-    free(tok->vocab.slot);
-    free(tok->raw.slot);
-    free(tok->apool.p);
-    free(tok->added);
-    free(tok->added_names.slot);
-    trie_deinit(&tok->trie_raw);
-    trie_deinit(&tok->trie_norm);
-    free(tok->merges.slot);
-    free(tok);
-}
-
-#define BAD(...) ym_diag_set(diag, YM_EFORMAT, "tokenizer.json: " __VA_ARGS__)
-
-/* Optional boolean member: absent or null gives def. */
-static ym_err get_bool(const json_t *obj, const char *key, bool def, bool *out, const char *where,
-                       ym_diag *diag)
-{
-    const json_t *v = json_object_get(obj, key);
-    if (v == NULL || json_is_null(v)) {
-        *out = def;
-        return YM_OK;
-    }
-    if (!json_is_boolean(v))
-        return BAD("%s.%s: not a boolean", where, key);
-    *out = json_is_true(v);
-    return YM_OK;
-}
-
-static const char *type_of(const json_t *obj)
-{
-    const json_t *ty = json_object_get(obj, "type");
-    return json_is_string(ty) ? json_string_value(ty) : NULL;
-}
-
-static ym_err parse_normalizer(ym_tok_t *t, const json_t *v, const char *where, int depth,
-                               ym_diag *diag)
-{
-    if (v == NULL || json_is_null(v))
-        return YM_OK;
-    if (!json_is_object(v))
-        return BAD("%s: not an object", where);
-    const char *ty = type_of(v);
-    if (ty == NULL)
-        return BAD("%s.type: missing or not a string", where);
-    if (strcmp(ty, "Sequence") == 0) {
-        const json_t *list = json_object_get(v, "normalizers");
-        if (!json_is_array(list))
-            return BAD("%s.normalizers: not an array", where);
-        if (depth >= MAX_DEPTH)
-            return BAD("%s: Sequence nested too deeply", where);
-        for (size_t i = 0; i < json_array_size(list); i++) {
-            char sub[256];
-            snprintf(sub, sizeof(sub), "%s.normalizers[%zu]", where, i);
-            ym_err err = parse_normalizer(t, json_array_get(list, i), sub, depth + 1, diag);
-            if (err != YM_OK)
-                return err;
-        }
-        return YM_OK;
-    }
-    uint8_t op;
-    if (strcmp(ty, "NFC") == 0)
-        op = NORM_NFC;
-    else if (strcmp(ty, "NFD") == 0)
-        op = NORM_NFD;
-    else if (strcmp(ty, "NFKC") == 0)
-        op = NORM_NFKC;
-    else if (strcmp(ty, "NFKD") == 0)
-        op = NORM_NFKD;
-    else if (strcmp(ty, "Lowercase") == 0)
-        op = NORM_LOWER;
-    else
-        return BAD("%s.type: normalizer \"%.64s\" not supported (NFC, NFD, NFKC, NFKD, "
-                   "Lowercase, Sequence)",
-                   where, ty);
-    if (t->n_norm == MAX_NORM)
-        return BAD("%s: more than %d normalizers", where, MAX_NORM);
-    t->norm[t->n_norm++] = op;
-    return YM_OK;
-}
-
-static ym_err add_pre(ym_tok_t *t, uint8_t op, const char *where, ym_diag *diag)
-{
-    if (t->n_pre == MAX_PRE)
-        return BAD("%s: more than %d pre-tokenizer steps", where, MAX_PRE);
-    t->pre[t->n_pre++] = op;
-    return YM_OK;
-}
-
-static ym_err parse_bytelevel_pre(ym_tok_t *t, const json_t *v, const char *where, ym_diag *diag)
-{
-    bool prefix = false, use_regex = false;
-    ym_err err;
-    /* HF's ByteLevel defaults: add_prefix_space and use_regex both true. */
-    if ((err = get_bool(v, "add_prefix_space", true, &prefix, where, diag)) != YM_OK ||
-        (err = get_bool(v, "use_regex", true, &use_regex, where, diag)) != YM_OK)
-        return err;
-    if (prefix && (err = add_pre(t, PRE_PREFIX_SPACE, where, diag)) != YM_OK)
-        return err;
-    if (use_regex && (err = add_pre(t, PRE_SPLIT_GPT2, where, diag)) != YM_OK)
-        return err;
-    return YM_OK;
-}
-
-static ym_err parse_split_pre(ym_tok_t *t, const json_t *v, const char *where, ym_diag *diag)
-{
-    const json_t *pat = json_object_get(v, "pattern");
-    const json_t *re = json_is_object(pat) ? json_object_get(pat, "Regex") : NULL;
-    if (!json_is_string(re))
-        return BAD("%s.pattern: want {\"Regex\": <the GPT-2 pattern>}", where);
-    if (strcmp(json_string_value(re), GPT2_PATTERN) != 0)
-        return BAD("%s.pattern: only the GPT-2 split regex is supported", where);
-    const json_t *beh = json_object_get(v, "behavior");
-    if (!json_is_string(beh) || strcmp(json_string_value(beh), "Isolated") != 0)
-        return BAD("%s.behavior: only \"Isolated\" is supported", where);
-    bool invert = false;
-    ym_err err = get_bool(v, "invert", false, &invert, where, diag);
-    if (err != YM_OK)
-        return err;
-    if (invert)
-        return BAD("%s.invert: true is not supported", where);
-    return add_pre(t, PRE_SPLIT_GPT2, where, diag);
-}
-
-/* ByteLevel, or Sequence[Split(GPT-2 regex, Isolated)..., ByteLevel] with ByteLevel last: the
- * byte-level mapping must come after every split, since the splits look at characters. */
-static ym_err parse_pre(ym_tok_t *t, const json_t *v, ym_diag *diag)
-{
-    if (v == NULL || json_is_null(v))
-        return BAD("pre_tokenizer: missing; a byte-level BPE needs ByteLevel");
-    if (!json_is_object(v))
-        return BAD("pre_tokenizer: not an object");
-    const char *ty = type_of(v);
-    if (ty == NULL)
-        return BAD("pre_tokenizer.type: missing or not a string");
-    if (strcmp(ty, "ByteLevel") == 0)
-        return parse_bytelevel_pre(t, v, "pre_tokenizer", diag);
-    if (strcmp(ty, "Sequence") != 0)
-        return BAD("pre_tokenizer.type: \"%.64s\" not supported (ByteLevel, or Sequence of "
-                   "Split and ByteLevel)",
-                   ty);
-    const json_t *list = json_object_get(v, "pretokenizers");
-    if (!json_is_array(list))
-        return BAD("pre_tokenizer.pretokenizers: not an array");
-    size_t n = json_array_size(list);
-    bool have_bl = false;
-    for (size_t i = 0; i < n; i++) {
-        char where[64];
-        snprintf(where, sizeof(where), "pre_tokenizer.pretokenizers[%zu]", i);
-        const json_t *p = json_array_get(list, i);
-        const char *pty = json_is_object(p) ? type_of(p) : NULL;
-        if (pty == NULL)
-            return BAD("%s: not an object with a string type", where);
-        ym_err err;
-        if (strcmp(pty, "ByteLevel") == 0) {
-            if (i + 1 != n)
-                return BAD("%s: ByteLevel must be the last pre-tokenizer", where);
-            err = parse_bytelevel_pre(t, p, where, diag);
-            have_bl = true;
-        } else if (strcmp(pty, "Split") == 0) {
-            err = parse_split_pre(t, p, where, diag);
-        } else {
-            return BAD("%s.type: \"%.64s\" not supported (Split, ByteLevel)", where, pty);
-        }
-        if (err != YM_OK)
-            return err;
-    }
-    if (!have_bl)
-        return BAD("pre_tokenizer.pretokenizers: no ByteLevel step");
-    return YM_OK;
-}
-
-static ym_err parse_decoder(const json_t *v, ym_diag *diag)
-{
-    if (v == NULL || json_is_null(v))
-        return YM_OK;
-    if (!json_is_object(v))
-        return BAD("decoder: not an object");
-    const char *ty = type_of(v);
-    if (ty == NULL)
-        return BAD("decoder.type: missing or not a string");
-    if (strcmp(ty, "ByteLevel") != 0)
-        return BAD("decoder.type: \"%.64s\" not supported (ByteLevel)", ty);
-    return YM_OK;
-}
-
-/* Byte-level decoding of a vocab string as HF's ByteLevel decoder does it: the bytes its
- * characters stand for, or, if any character is outside the alphabet, the string itself. */
-static ym_err vocab_bytes(const unsigned char *s, size_t n, const int16_t *cp_to_byte, buf *out)
-{
-    size_t start = out->n;
-    size_t i = 0;
-    while (i < n) {
-        size_t k;
-        int32_t c = utf8_cp(s, i, &k);
-        if (c >= 324 || cp_to_byte[c] < 0) {
-            out->n = start;
-            return buf_add(out, s, n);
-        }
-        unsigned char b = (unsigned char)cp_to_byte[c];
-        ym_err err = buf_add(out, &b, 1);
-        if (err != YM_OK)
-            return err;
-        i += k;
-    }
-    return YM_OK;
-}
-
-/* model.vocab: names and ids, and each id's bytes. Ids are checked against the number of
- * entries so that a small file cannot ask for huge per-id tables. */
-static ym_err parse_vocab(ym_tok_t *t, const json_t *vocab, const json_t *added,
-                          const int16_t *cp_to_byte, ym_diag *diag)
-{
-    json_t *v = (json_t *)vocab; /* jansson's iterators take no const */
-    size_t n_vocab = json_object_size(v), n_added = json_array_size(added);
-    if (n_vocab > INT32_MAX / 4 || n_added > INT32_MAX / 4)
-        return BAD("model.vocab: too large");
-    int64_t id_limit = (int64_t)(n_vocab + n_added) + MAX_ID_SLACK;
-    int64_t max_id = -1;
-    size_t names_len = 0;
-    for (void *it = json_object_iter(v); it != NULL; it = json_object_iter_next(v, it)) {
-        const char *key = json_object_iter_key(it);
-        const json_t *val = json_object_iter_value(it);
-        if (!json_is_integer(val))
-            return BAD("model.vocab[\"%.64s\"]: id not an integer", key);
-        json_int_t id = json_integer_value(val);
-        if (id < 0 || id >= id_limit)
-            return BAD("model.vocab[\"%.64s\"]: id %lld out of range", key, (long long)id);
-        max_id = id > max_id ? id : max_id;
-        names_len += json_object_iter_key_len(it);
-    }
-    for (size_t i = 0; i < n_added; i++) {
-        const json_t *a = json_array_get(added, i);
-        const json_t *idv = json_is_object(a) ? json_object_get(a, "id") : NULL;
-        if (!json_is_integer(idv))
-            return BAD("added_tokens[%zu].id: missing or not an integer", i);
-        json_int_t id = json_integer_value(idv);
-        if (id < 0 || id >= id_limit)
-            return BAD("added_tokens[%zu].id: %lld out of range", i, (long long)id);
-        max_id = id > max_id ? id : max_id;
-    }
-    if (names_len > UINT32_MAX / 2)
-        return BAD("model.vocab: too large");
-
-    ym_err err;
-    t->n_vocab = (int)(max_id + 1);
-    if ((t->info = calloc((size_t)t->n_vocab + 1, sizeof(idinfo))) == NULL ||
-        (t->names = malloc(names_len + 1)) == NULL)
-        return YM_ENOMEM;
-    for (int i = 0; i < t->n_vocab; i++)
-        t->info[i].added = -1;
-    if ((err = smap_init(&t->vocab, n_vocab)) != YM_OK)
-        return err;
-    size_t off = 0;
-    for (void *it = json_object_iter(v); it != NULL; it = json_object_iter_next(v, it)) {
-        const char *key = json_object_iter_key(it);
-        size_t klen = json_object_iter_key_len(it);
-        int32_t id = (int32_t)json_integer_value(json_object_iter_value(it));
-        idinfo *in = &t->info[id];
-        if (in->present)
-            return BAD("model.vocab[\"%.64s\"]: id %d already used", key, (int)id);
-        memcpy(t->names + off, key, klen);
-        smap_put(&t->vocab, t->names, (uint32_t)off, (uint32_t)klen, id);
-        off += klen;
-        in->present = true;
-        in->off = (uint32_t)t->bytes.n;
-        if ((err = vocab_bytes((const unsigned char *)key, klen, cp_to_byte, &t->bytes)) != YM_OK)
-            return err;
-        in->len = (uint32_t)(t->bytes.n - in->off);
-    }
-    return YM_OK;
-}
-
-/* added_tokens: flags, contents, ids. A token's bytes are its content (see the note on top). */
-static ym_err parse_added(ym_tok_t *t, const json_t *added, ym_diag *diag)
-{
-    size_t n_added = json_array_size(added);
-    ym_err err;
-    if (n_added > 0 && (t->added = calloc(n_added, sizeof(atok))) == NULL)
-        return YM_ENOMEM;
-    if ((err = smap_init(&t->added_names, n_added)) != YM_OK)
-        return err;
-    for (size_t i = 0; i < n_added; i++) {
-        const json_t *a = json_array_get(added, i);
-        const json_t *c = json_object_get(a, "content");
-        char where[48];
-        snprintf(where, sizeof(where), "added_tokens[%zu]", i);
-        if (!json_is_string(c))
-            return BAD("%s.content: missing or not a string", where);
-        int32_t id = (int32_t)json_integer_value(json_object_get(a, "id"));
-        atok tk = {.id = id};
-        /* HF's defaults: not special, and normalized unless special. */
-        if ((err = get_bool(a, "special", false, &tk.special, where, diag)) != YM_OK ||
-            (err = get_bool(a, "single_word", false, &tk.single_word, where, diag)) != YM_OK ||
-            (err = get_bool(a, "lstrip", false, &tk.lstrip, where, diag)) != YM_OK ||
-            (err = get_bool(a, "rstrip", false, &tk.rstrip, where, diag)) != YM_OK ||
-            (err = get_bool(a, "normalized", !tk.special, &tk.normalized, where, diag)) != YM_OK)
-            return err;
-        const char *cs = json_string_value(c);
-        size_t cn = json_string_length(c);
-        if (cn == 0) /* HF skips empty added tokens */
-            continue;
-        if (cn > UINT32_MAX / 4 || t->apool.n > UINT32_MAX / 4)
-            return BAD("%s.content: too long", where);
-        int32_t vid = smap_get(&t->vocab, t->names, cs, cn);
-        if (vid >= 0 && vid != id)
-            return BAD("%s: id %d, but model.vocab gives \"%.64s\" id %d", where, (int)id, cs,
-                       (int)vid);
-        if (vid < 0 && t->info[id].present && t->info[id].added < 0)
-            return BAD("%s: id %d already used by another token", where, (int)id);
-        tk.off = (uint32_t)t->apool.n;
-        tk.len = (uint32_t)cn;
-        if ((err = buf_add(&t->apool, cs, cn)) != YM_OK)
-            return err;
-        if (smap_put(&t->added_names, t->apool.p, tk.off, tk.len, id) != id)
-            return BAD("%s.content: \"%.64s\" listed twice with different ids", where, cs);
-        idinfo *in = &t->info[id];
-        if (in->added >= 0) {
-            const atok *prev = &t->added[in->added];
-            if (prev->len != cn || memcmp(t->apool.p + prev->off, cs, cn) != 0)
-                return BAD("%s: id %d already used by another added token", where, (int)id);
-            t->apool.n -= cn; /* an exact repeat: keep the first */
-            continue;
-        }
-        in->present = true;
-        in->added = t->n_added;
-        in->off = (uint32_t)t->bytes.n;
-        in->len = (uint32_t)cn;
-        if ((err = buf_add(&t->bytes, cs, cn)) != YM_OK)
-            return err;
-        t->added[t->n_added++] = tk;
-    }
-    return YM_OK;
-}
-
-/* model.merges: "a b" strings (legacy; "#version" lines skipped, as HF does) or ["a", "b"]
- * pairs; rank is the position. Both parts and their concatenation must be in the vocab. */
-static ym_err parse_merges(ym_tok_t *t, const json_t *merges, ym_diag *diag)
-{
-    size_t n = json_array_size(merges);
-    if (n > INT32_MAX / 4)
-        return BAD("model.merges: too large");
-    uint32_t cap = pow2_at_least(n * 2 + 1);
-    if ((t->merges.slot = malloc((size_t)cap * sizeof(mslot))) == NULL)
-        return YM_ENOMEM;
-    t->merges.mask = cap - 1;
-    for (uint32_t i = 0; i < cap; i++)
-        t->merges.slot[i].new_id = -1;
-    buf cat = {0};
-    uint32_t rank = 0;
-    ym_err err = YM_OK;
-    for (size_t i = 0; i < n && err == YM_OK; i++) {
-        const json_t *m = json_array_get(merges, i);
-        const char *a, *b;
-        size_t an, bn;
-        if (json_is_string(m)) {
-            const char *s = json_string_value(m);
-            size_t sn = json_string_length(m);
-            if (sn >= 8 && memcmp(s, "#version", 8) == 0)
-                continue;
-            const char *sp = memchr(s, ' ', sn);
-            if (sp == NULL || memchr(sp + 1, ' ', sn - (size_t)(sp + 1 - s)) != NULL) {
-                err = BAD("model.merges[%zu]: \"%.64s\" is not two tokens split by a space", i, s);
-                break;
-            }
-            a = s;
-            an = (size_t)(sp - s);
-            b = sp + 1;
-            bn = sn - an - 1;
-        } else if (json_is_array(m) && json_array_size(m) == 2 &&
-                   json_is_string(json_array_get(m, 0)) && json_is_string(json_array_get(m, 1))) {
-            a = json_string_value(json_array_get(m, 0));
-            an = json_string_length(json_array_get(m, 0));
-            b = json_string_value(json_array_get(m, 1));
-            bn = json_string_length(json_array_get(m, 1));
-        } else {
-            err = BAD("model.merges[%zu]: not a string nor a pair of strings", i);
-            break;
-        }
-        int32_t ia = smap_get(&t->vocab, t->names, a, an);
-        int32_t ib = smap_get(&t->vocab, t->names, b, bn);
-        if (ia < 0 || ib < 0) {
-            err = BAD("model.merges[%zu]: token \"%.64s\" not in model.vocab", i, ia < 0 ? a : b);
-            break;
-        }
-        cat.n = 0;
-        if ((err = buf_add(&cat, a, an)) != YM_OK || (err = buf_add(&cat, b, bn)) != YM_OK)
-            break;
-        int32_t inew = smap_get(&t->vocab, t->names, cat.p, cat.n);
-        if (inew < 0) {
-            err = BAD("model.merges[%zu]: merged token \"%.64s\" not in model.vocab", i, cat.p);
-            break;
-        }
-        merge_put(&t->merges, ia, ib, rank++, inew);
-    }
-    free(cat.p);
-    return err;
-}
-
-static ym_err parse_model(ym_tok_t *t, const json_t *model, const json_t *added,
-                          const int16_t *cp_to_byte, ym_diag *diag)
-{
-    ym_err err;
-    if (!json_is_object(model))
-        return BAD("model: missing or not an object");
-    const json_t *ty = json_object_get(model, "type");
-    if (ty != NULL && !json_is_string(ty))
-        return BAD("model.type: not a string");
-    if (ty != NULL && strcmp(json_string_value(ty), "BPE") != 0)
-        return BAD("model.type: \"%.64s\" not supported (BPE only)", json_string_value(ty));
-    const json_t *vocab = json_object_get(model, "vocab");
-    if (!json_is_object(vocab))
-        return BAD("model.vocab: missing or not an object");
-    const json_t *merges = json_object_get(model, "merges");
-    if (!json_is_array(merges))
-        return BAD("model.merges: missing or not an array");
-    const json_t *dropout = json_object_get(model, "dropout");
-    if (dropout != NULL && !json_is_null(dropout) &&
-        (!json_is_number(dropout) || json_number_value(dropout) != 0.0))
-        return BAD("model.dropout: only null is supported");
-    static const char *const affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
-    for (int i = 0; i < 2; i++) {
-        const json_t *v = json_object_get(model, affixes[i]);
-        if (v != NULL && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
-            return BAD("model.%s: not supported", affixes[i]);
-    }
-    if ((err = get_bool(model, "byte_fallback", false, &t->byte_fallback, "model", diag)) !=
-            YM_OK ||
-        (err = get_bool(model, "fuse_unk", false, &t->fuse_unk, "model", diag)) != YM_OK ||
-        (err = get_bool(model, "ignore_merges", false, &t->ignore_merges, "model", diag)) != YM_OK)
-        return err;
-    if ((err = parse_vocab(t, vocab, added, cp_to_byte, diag)) != YM_OK ||
-        (err = parse_added(t, added, diag)) != YM_OK ||
-        (err = parse_merges(t, merges, diag)) != YM_OK)
-        return err;
-    const json_t *unk = json_object_get(model, "unk_token");
-    if (unk != NULL && !json_is_null(unk)) {
-        if (!json_is_string(unk))
-            return BAD("model.unk_token: not a string");
-        t->unk_id = smap_get(&t->vocab, t->names, json_string_value(unk), json_string_length(unk));
-        if (t->unk_id < 0)
-            return BAD("model.unk_token: \"%.64s\" not in model.vocab", json_string_value(unk));
-    }
-    return YM_OK;
-}
-
-/* How each of the 256 bytes starts a word (see bpe_word). */
-static void build_init(ym_tok_t *t)
-{
-    for (unsigned b = 0; b < 256; b++) {
-        unsigned char ch[4];
-        size_t cn = (size_t)utf8proc_encode_char((int32_t)byte_to_cp(b), ch);
-        byteinit *bi = &t->init[b];
-        int32_t id = smap_get(&t->vocab, t->names, ch, cn);
-        if (id >= 0) {
-            *bi = (byteinit){.kind = INIT_ID, .n = 1, .id = {id, -1}};
-            continue;
-        }
-        if (t->byte_fallback) {
-            bool all = true;
-            for (size_t k = 0; k < cn; k++) {
-                char name[8];
-                snprintf(name, sizeof(name), "<0x%02X>", ch[k]);
-                bi->id[k] = smap_get(&t->vocab, t->names, name, strlen(name));
-                all = all && bi->id[k] >= 0;
-            }
-            if (all) {
-                bi->kind = INIT_FALLBACK;
-                bi->n = (uint8_t)cn;
-                continue;
-            }
-        }
-        bi->kind = t->unk_id >= 0 ? INIT_UNK : INIT_DROP;
-    }
-}
-
-/* The normalized-token trie matches the contents as the normalizer leaves them. */
-static ym_err build_tries(ym_tok_t *t)
-{
-    ym_err err;
-    if ((err = trie_init(&t->trie_raw)) != YM_OK || (err = trie_init(&t->trie_norm)) != YM_OK)
-        return err;
-    enc e = {.tok = t};
-    for (int i = 0; i < t->n_added && err == YM_OK; i++) {
-        const atok *a = &t->added[i];
-        const char *s = t->apool.p + a->off;
-        if (!a->normalized) {
-            err = trie_add(&t->trie_raw, (const unsigned char *)s, a->len, i);
-            continue;
-        }
-        const char *ns;
-        size_t nn;
-        if ((err = normalize(&e, t, s, a->len, &ns, &nn)) == YM_OK)
-            err = trie_add(&t->trie_norm, (const unsigned char *)ns, nn, i);
-    }
-    enc_deinit(&e);
-    return err;
-}
-
-static ym_err build_raw_map(ym_tok_t *t)
-{
-    ym_err err = smap_init(&t->raw, (size_t)t->n_vocab);
-    if (err != YM_OK)
-        return err;
-    for (int32_t id = 0; id < t->n_vocab; id++)
-        if (t->info[id].present && t->info[id].added < 0)
-            smap_put(&t->raw, t->bytes.p, t->info[id].off, t->info[id].len, id);
-    return YM_OK;
-}
-
-ym_err ym_tok_parse(const char *json, size_t len, ym_tok_t **out, ym_diag *diag)
-{
-    *out = NULL;
-    if (json == NULL && len > 0)
-        return ym_diag_set(diag, YM_EINVAL, "tokenizer.json: no data");
-    ym_tok_t *t = calloc(1, sizeof(*t));
-    if (t == NULL)
-        return YM_ENOMEM;
-    t->unk_id = -1;
-    t->eos_id = -1;
-    ym_err err;
-    json_error_t jerr;
-    json_t *root =
-        json_loadb(json != NULL ? json : "", len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
-    if (root == NULL) {
-        err = BAD("not valid JSON: %s at line %d column %d", jerr.text, jerr.line, jerr.column);
-        goto fail;
-    }
-    if (!json_is_object(root)) {
-        err = BAD("top level is not an object");
-        goto fail;
-    }
-    const json_t *added = json_object_get(root, "added_tokens");
-    if (added != NULL && !json_is_null(added) && !json_is_array(added)) {
-        err = BAD("added_tokens: not an array");
-        goto fail;
-    }
-    if ((err = parse_normalizer(t, json_object_get(root, "normalizer"), "normalizer", 0, diag)) !=
-            YM_OK ||
-        (err = parse_pre(t, json_object_get(root, "pre_tokenizer"), diag)) != YM_OK ||
-        (err = parse_decoder(json_object_get(root, "decoder"), diag)) != YM_OK)
-        goto fail;
-    /* post_processor is not read: encode adds no BOS/EOS (see the note at the top). */
-
-    int16_t cp_to_byte[324];
-    for (int i = 0; i < 324; i++)
-        cp_to_byte[i] = -1;
-    for (unsigned b = 0; b < 256; b++)
-        cp_to_byte[byte_to_cp(b)] = (int16_t)b;
-    if ((err = parse_model(t, json_object_get(root, "model"), json_is_array(added) ? added : NULL,
-                           cp_to_byte, diag)) != YM_OK)
-        goto fail;
-    build_init(t);
-    if ((err = build_tries(t)) != YM_OK)
-        goto fail;
-    if (t->ignore_merges && (err = build_raw_map(t)) != YM_OK)
-        goto fail;
-    const char *eos_names[] = {"<|endoftext|>", "</s>", "<eos>"};
-    for (int i = 0; i < 3 && t->eos_id < 0; i++)
-        t->eos_id = ym_tok_id(t, eos_names[i]);
-    json_decref(root);
-    *out = t;
-    return YM_OK;
-fail:
-    json_decref(root);
-    ym_tok_free(t);
-    return err;
-}
-
-ym_err ym_tok_load(const char *path, ym_tok_t **out, ym_diag *diag)
-{
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return ym_diag_set(diag, errno == ENOENT ? YM_ENOENT : YM_EIO, "%s: %s", path,
-                           strerror(errno));
-    buf b = {0};
-    char chunk[65536];
-    size_t k;
-    ym_err err = YM_OK;
-    while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        if ((err = buf_add(&b, chunk, k)) != YM_OK)
-            break;
-    if (err == YM_OK && ferror(f))
-        err = ym_diag_set(diag, YM_EIO, "%s: read error", path);
-    fclose(f);
-    if (err == YM_OK)
-        err = ym_tok_parse(b.p, b.n, out, diag);
-    free(b.p);
-    return err;
-}

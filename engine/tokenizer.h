@@ -1,9 +1,9 @@
 /* engine/tokenizer.h - Hugging Face tokenizer.json, byte-level BPE (GPT-NeoX / Mamba family).
  *
- * Output equals Hugging Face tokenizers' ids for any input (DESIGN.md §3): normalizer (NFC and
- * the other simple normalizers tokenizer.json may name), added/special tokens split out first
- * (leftmost-longest), ByteLevel pre-tokenizer (with its split regex, add_prefix_space), merges
- * by rank (either "a b" strings or ["a", "b"] pairs), ByteLevel decoder.
+ * Output equals Hugging Face tokenizers' ids for any input (docs/ARCHITECTURE.md §3): normalizer
+ * (NFC and the other simple normalizers tokenizer.json may name), added/special tokens split out
+ * first (leftmost-longest), ByteLevel pre-tokenizer (with its split regex, add_prefix_space),
+ * merges by rank (either "a b" strings or ["a", "b"] pairs), ByteLevel decoder.
  * A loaded tokenizer is immutable: any thread may use it concurrently. */
 #ifndef YM_ENGINE_TOKENIZER_H
 #define YM_ENGINE_TOKENIZER_H

@@ -1,5 +1,5 @@
 /* server/conf.c - the settings table and its four readers: defaults, the JSON file, YUNMIN_*
- * environment variables and flags (STYLE.md §8: one table, like nginx's directive tables).
+ * environment variables and flags (one table, like nginx's directive tables).
  *
  * Every setting is one row: its JSON key, variable, flag, type, bounds, default, whether a
  * reload may change it, and its --help line. Unknown keys in the file, unknown flags and
@@ -105,6 +105,9 @@ static const ym_conf_def defs[] = {
       1u << 20, 0, "prompt tokens between prefix checkpoints (0 = no checkpoints)"),
     U("max_session_id_bytes", "YUNMIN_MAX_SESSION_ID_BYTES", max_session_id_bytes, 256, 1, 4096,
       1, "longest session_id (400 beyond)"),
+    S("allowed_origins", "YUNMIN_ALLOWED_ORIGINS", allowed_origins, "", NULL, 1,
+      "browser origins allowed by CORS, comma-separated (e.g. https://app.example.com); "
+      "\"*\" = any; \"\" = none"),
 };
 #define N_DEFS ((int)(sizeof(defs) / sizeof(defs[0])))
 

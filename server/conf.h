@@ -1,5 +1,5 @@
 /* server/conf.h - yunmind's settings: one table drives conf/yunmind.json, YUNMIN_* variables,
- * command-line flags, validation and --help (DESIGN.md §8, STYLE.md §8).
+ * command-line flags, validation and --help (docs/ARCHITECTURE.md §8).
  *
  * Precedence: built-in defaults < the JSON file (--config / YUNMIN_CONFIG) < environment <
  * flags. A reload (SIGHUP) builds a new ym_conf the same way and swaps in the settings marked
@@ -41,6 +41,8 @@ typedef struct ym_conf {
     uint64_t cache_bytes;     /* state cache budget (sessions + prefix checkpoints) */
     uint64_t checkpoint_interval; /* tokens between prefix checkpoints, 0 = none */
     uint64_t max_session_id_bytes;
+    char *allowed_origins;    /* owned; browser origins CORS lets in, "," separated; "*" = any;
+                               * "" = none */
 } ym_conf;
 
 /* Fill *conf from defaults, file, environment (envp-style array, NULL = environ) and argv.

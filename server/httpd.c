@@ -1,12 +1,23 @@
-/* server/httpd.c - libmicrohttpd inside the libuv loop (DESIGN.md §2, STYLE.md §5).
+/* server/httpd.c - the HTTP transport: libmicrohttpd inside the libuv loop
+ * (docs/ARCHITECTURE.md §2).
  *
- * MHD runs in epoll mode without threads of its own: its epoll fd is watched by a uv_poll and
- * its timeout by a uv_timer, and every callback below runs on the loop thread. A request's
- * life: the access callback collects the body (413 past max_body_bytes, checked on
- * Content-Length before reading a byte), then api.c handles it. A generation suspends its
+ * Owns: the MHD daemon and its uv_poll / uv_timer, each request's ym_hreq from MHD's first
+ * access callback to its completed callback, request bodies, suspension and resumption, SSE
+ * framing, the held early answers, CORS, and the one error writer (status, type and code from
+ * err.h's table). Runs: loop thread only. Must not: know any route's behaviour: it matches a
+ * request against the route table it was given (server/router.h; the table is routes.c's),
+ * checks the key the route needs and the body limit, and calls the route's handler; handlers
+ * answer through the ym_hreq_respond_* functions and never touch MHD.
+ *
+ * A request's life: the first access callback matches the route, authenticates, and answers
+ * what needs no body (preflight, 401/403, 404/405, a body announced too large); the body is
+ * collected (413 past the route's limit) or handed to the route's body hooks as it arrives;
+ * the final callback runs the handler. An answer given before the body has been read is held
+ * until the rest of the body has been read and dropped (queue()). A generation suspends its
  * connection while it waits: a non-streaming one until the job finishes (the response is then
  * queued on the suspended connection and it is resumed), a stream whenever the SSE reader has
- * nothing to send. on_out_ready resumes connections whose jobs produced output.
+ * nothing to send. on_out_ready resumes connections whose jobs produced output, through the
+ * request's on_output hook.
  *
  * A suspended connection is invisible to MHD, so it would not notice a client leaving; the
  * sweep timer peeks at each suspended socket (recv MSG_PEEK) and cancels the job of a client
@@ -15,39 +26,20 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "engine/log.h"
+#include "engine/utf8.h"
 
 #define SWEEP_MS 200
-
-int ym_buf_put(ym_buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-void ym_buf_deinit(ym_buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
+/* Body bytes an early answer drops at least before it gives up on the client (queue()). */
+#define DRAIN_MIN (64ull << 20)
 
 void ym_hreq_track(ym_hreq *r)
 {
@@ -79,11 +71,63 @@ void ym_hreq_untrack(ym_hreq *r)
     srv->n_gens--;
 }
 
+/* --- JSON text: a string body part, invalid UTF-8 replaced --- */
+
+json_t *ym_json_text(const char *s, size_t len)
+{
+    json_t *v = json_stringn(s, len);
+    if (v != NULL)
+        return v;
+    /* jansson takes valid UTF-8 only: each invalid subpart becomes U+FFFD (engine/utf8.h). */
+    ym_buf clean = YM_BUF_INIT;
+    ym_err err;
+    ym_utf8_lossy(&clean, (const unsigned char *)s, len, true, &err);
+    v = err == YM_OK ? json_stringn(clean.p, clean.len) : NULL;
+    ym_buf_deinit(&clean);
+    return v;
+}
+
+/* The request's Origin when allowed_origins lets it in, else NULL (borrowed from MHD). */
+static const char *allowed_origin(ym_hreq *r)
+{
+    const char *origin = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+    const char *list = r->srv->conf.allowed_origins;
+    if (origin == NULL || origin[0] == '\0' || list == NULL)
+        return NULL;
+    size_t n = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        size_t k = strcspn(p, ", ");
+        if (k == 1 && p[0] == '*')
+            return origin;
+        if (k == n && strncmp(p, origin, n) == 0)
+            return origin;
+        p += k;
+    }
+    return NULL;
+}
+
 static void add_common_headers(ym_hreq *r, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    /* CORS (Fetch standard): an allowed origin may read the response and these headers. */
+    const char *origin = allowed_origin(r);
+    if (origin != NULL) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Request-Id, Retry-After, ETag");
+    }
+    if (r->srv->conf.allowed_origins != NULL && r->srv->conf.allowed_origins[0] != '\0')
+        MHD_add_response_header(resp, "Vary", "Origin");
 }
 
+/* A response goes out only once the request body has been read (or dropped), unless the
+ * client waits for "100 Continue": a server that answers and closes while the client is still
+ * sending makes the client's TCP stack see a reset, and the answer is lost (clients that do not
+ * read before they finish sending, e.g. Node's fetch, lose it every time). So an early answer
+ * is held, the rest of the body is read and dropped (up to drain_max bytes), and the held
+ * answer is queued at MHD's final access callback. */
 static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
 {
     if (resp == NULL) {
@@ -91,14 +135,40 @@ static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
         return;
     }
     add_common_headers(r, resp);
+    /* Only conditions that clear by themselves say when to retry (the OpenAI SDKs retry 429
+     * and 5xx); permanent refusals use 4xx statuses they do not retry. */
     if (status == 503 || status == 429)
         MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 405 && r->allow != NULL)
+        MHD_add_response_header(resp, "Allow", r->allow);
+    if (r->held != NULL) {
+        MHD_destroy_response(resp); /* the first answer stands */
+        return;
+    }
+    if (r->body_pending && !(r->first_call && r->expect_continue)) {
+        r->held = resp; /* our reference, queued at the final callback */
+        r->held_status = status;
+        r->status = status;
+        r->phase = YM_PHASE_HELD;
+        return;
+    }
     if (MHD_queue_response(r->conn, (unsigned)status, resp) == MHD_YES) {
         r->status = status;
-        r->responded = 1;
+        r->phase = YM_PHASE_ANSWERED;
     }
+    MHD_destroy_response(resp);
+}
+
+/* Queue a held answer (the body has ended). */
+static void queue_held(ym_hreq *r)
+{
+    struct MHD_Response *resp = r->held;
+    r->held = NULL;
+    r->phase = MHD_queue_response(r->conn, (unsigned)r->held_status, resp) == MHD_YES
+                   ? YM_PHASE_ANSWERED
+                   : YM_PHASE_NEW;
     MHD_destroy_response(resp);
 }
 
@@ -134,38 +204,100 @@ void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body)
     ym_hreq_respond_text(r, status, "application/json", s, n + 1);
 }
 
-static const char *error_type(int status)
+/* Cuts server paths out of an error message: "ROOT/t/.tmp/up-1/adapter_config.json: bad"
+ * becomes "adapter_config.json: bad", and ROOT alone becomes what (the setting's name). */
+static void scrub_root(char *msg, size_t cap, const char *root, const char *what)
 {
-    switch (status) {
-    case 401:
-        return "authentication_error";
-    case 403:
-        return "permission_error";
-    case 404:
-        return "not_found_error";
-    case 429:
-        return "rate_limit_error";
-    default:
-        return status >= 500 ? "server_error" : "invalid_request_error";
+    char r[4096];
+    if (root == NULL)
+        return;
+    size_t rl = strlen(root);
+    while (rl > 1 && root[rl - 1] == '/')
+        rl--;
+    if (rl == 0 || rl >= sizeof(r) || (rl == 1 && (root[0] == '.' || root[0] == '/')))
+        return;
+    memcpy(r, root, rl);
+    r[rl] = '\0';
+    char *p = msg;
+    while ((p = strstr(p, r)) != NULL) {
+        char *end = p + rl;
+        char *q = end;
+        while (*q && *q != ' ' && *q != ':' && *q != '\'' && *q != '"' && *q != ',' &&
+               *q != ')' && *q != '\n')
+            q++;
+        int starts = p == msg || p[-1] == ' ' || p[-1] == '\'' || p[-1] == '"' ||
+                     p[-1] == '(' || p[-1] == '=';
+        /* Not a longer name that starts the same, nor a bare word ("adapters") in a sentence. */
+        if (!starts || (q != end && *end != '/') || (q == end && strchr(r, '/') == NULL)) {
+            p = end;
+            continue;
+        }
+        char *last = NULL;
+        for (char *s = end; s < q; s++)
+            if (*s == '/')
+                last = s;
+        const char *repl = last != NULL ? "" : what;
+        char *cut_to = last != NULL ? last + 1 : q;
+        size_t rep = strlen(repl), tail = strlen(cut_to);
+        if ((size_t)(p - msg) + rep + tail + 1 > cap)
+            return;
+        memmove(p + rep, cut_to, tail + 1);
+        memcpy(p, repl, rep);
+        p += rep;
     }
 }
 
-void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param,
-                           const char *code, const char *fmt, ...)
+static void scrub_paths(const ym_server_t *srv, char *msg, size_t cap)
+{
+    const ym_conf *c = &srv->conf;
+    const struct {
+        const char *path, *what;
+    } roots[] = {
+        {c->adapter_dir, "adapter_dir"}, {c->model, "the model directory"},
+        {c->tenants_file, "tenants_file"}, {c->config, "the settings file"},
+        {srv->sparsity_path, "the sparsity profile"},
+    };
+    for (size_t i = 0; i < sizeof(roots) / sizeof(roots[0]); i++) {
+        if (roots[i].path == NULL || roots[i].path[0] == '\0')
+            continue;
+        char real[PATH_MAX];
+        if (realpath(roots[i].path, real) != NULL)
+            scrub_root(msg, cap, real, roots[i].what);
+        scrub_root(msg, cap, roots[i].path, roots[i].what);
+    }
+}
+
+/* The one place that writes an error: status, OpenAI type and code come from err.h's table
+ * (docs/API.md lists the same); the message is the caller's, without server paths. */
+void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char *fmt, ...)
 {
     char msg[600];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (status == 0)
-        status = ym_err_http_status(err);
+    scrub_paths(r->srv, msg, sizeof(msg)); /* no error names a path on this server */
+    int status = ym_err_http_status(err);
+    const char *code = ym_err_code(err);
     json_t *e = json_pack("{s:o,s:s,s:o,s:o}", "message", ym_json_text(msg, strlen(msg)), "type",
-                          error_type(status),
-                          "param", param && param[0] ? json_string(param) : json_null(), "code",
+                          ym_err_type(err), "param",
+                          param && param[0] ? json_string(param) : json_null(), "code",
                           code ? json_string(code) : json_null());
     ym_log(status >= 500 ? YM_LOG_WARN : YM_LOG_INFO, r->id, "%d %s", status, msg);
     ym_hreq_respond_json(r, status, json_pack("{s:o}", "error", e));
+}
+
+void ym_hreq_fail(ym_hreq *r, ym_err err, const ym_diag *diag)
+{
+    const char *msg = diag != NULL && diag->msg[0] ? diag->msg : ym_strerror(err);
+    ym_hreq_respond_error(r, err, diag != NULL ? diag->param : NULL, "%s", msg);
+}
+
+/* Run a route's handler (or body hook) result: an error is written here, the one place. */
+static void handled(ym_hreq *r, ym_err err, const ym_diag *diag)
+{
+    if (err != YM_OK && !ym_hreq_answered(r))
+        ym_hreq_fail(r, err, diag);
 }
 
 /* --- streaming --- */
@@ -173,8 +305,8 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param
 static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     ym_hreq *r = cls;
-    if (r->sse_pos == r->sse.len && !r->sse_done && !r->sse_error)
-        ym_api_on_output(r); /* anything new since the last wake-up */
+    if (r->sse_pos == r->sse.len && !r->sse_done && !r->sse_error && r->on_output != NULL)
+        r->on_output(r); /* anything new since the last wake-up */
     if (r->sse_error)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     size_t avail = r->sse.len - r->sse_pos;
@@ -197,12 +329,22 @@ static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     return 0;
 }
 
+const char *ym_hreq_header(ym_hreq *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+void ym_hreq_close(ym_hreq *r)
+{
+    r->close_now = 1;
+}
+
 void ym_hreq_start_stream(ym_hreq *r)
 {
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, on_stream_read, r, NULL);
     if (resp == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
         return;
     }
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
@@ -210,11 +352,13 @@ void ym_hreq_start_stream(ym_hreq *r)
     MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: do not buffer SSE */
     r->t_last_write = ym_now();
     queue(r, 200, resp);
+    if (r->phase == YM_PHASE_ANSWERED)
+        r->phase = YM_PHASE_STREAMING;
 }
 
 void ym_hreq_resume(ym_hreq *r)
 {
-    if (r->suspended && !r->conn_done) {
+    if (r->suspended && !ym_hreq_closed(r)) {
         r->suspended = 0;
         MHD_resume_connection(r->conn);
     }
@@ -230,6 +374,8 @@ void ym_hreq_suspend(ym_hreq *r)
 
 static void hreq_free(ym_hreq *r)
 {
+    if (r->held != NULL)
+        MHD_destroy_response(r->held);
     ym_buf_deinit(&r->body);
     ym_buf_deinit(&r->full_text);
     ym_buf_deinit(&r->sse);
@@ -313,6 +459,81 @@ static void new_id(char *dst, size_t cap, const char *prefix)
              (unsigned long long)(counter & 0xffffffffu));
 }
 
+/* A CORS preflight (Fetch standard, "CORS-preflight fetch"): 204 with Allow; for an allowed
+ * origin also the Access-Control-Allow-* headers, so the browser sends the real request.
+ * Preflights carry no credentials, so they need none. */
+static void preflight(ym_hreq *r)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL)
+        return;
+    char allow[128];
+    snprintf(allow, sizeof(allow), "%s, OPTIONS", r->allow ? r->allow : "");
+    MHD_add_response_header(resp, "Allow", allow);
+    const char *want = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                   "Access-Control-Request-Method");
+    if (allowed_origin(r) != NULL && want != NULL) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", allow);
+        const char *hdrs = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                       "Access-Control-Request-Headers");
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                hdrs != NULL && hdrs[0] ? hdrs
+                                                        : "Authorization, Content-Type");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    }
+    queue(r, 204, resp);
+}
+
+/* MHD's first access callback: the headers are in. Answers what needs no body (preflight,
+ * authentication, unknown route, a body announced too large); the answer is held until the
+ * body has been read if one follows (queue()). */
+static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn,
+                       const char *url, const char *method, int rc, const char *cl,
+                       uint64_t n_cl)
+{
+    if (strcmp(method, "OPTIONS") == 0 && rc != 404) {
+        preflight(r);
+        return;
+    }
+    /* Who asks: the route says which key it needs (any key, or none, in open mode for
+     * tenant routes; an admin tenant's key, and a tenants file, for admin routes). */
+    const ym_route *rt = r->match.route;
+    const ym_tenant *tenant = NULL;
+    int v1 = rt != NULL && rt->auth == YM_AUTH_TENANT;
+    int admin = rt != NULL && rt->auth == YM_AUTH_ADMIN;
+    if (v1 || (admin && !ym_tenants_is_open(srv->tenants))) {
+        tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
+                                                   conn, MHD_HEADER_KIND, "Authorization"));
+        if (tenant != NULL)
+            r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
+    }
+    if (admin && ym_tenants_is_open(srv->tenants)) {
+        ym_hreq_respond_error(r, YM_EPERM, NULL,
+                              "the admin routes need a tenants_file with an admin tenant");
+    } else if ((v1 || admin) && tenant == NULL) {
+        ym_hreq_respond_error(r, YM_EAUTH, NULL,
+                              "missing or unknown API key: send Authorization: Bearer KEY");
+    } else if (admin && !tenant->admin) {
+        ym_hreq_respond_error(r, YM_EPERM, NULL,
+                              "tenant %s may not use the admin routes", tenant->name);
+    } else if (rc == 404) {
+        ym_hreq_respond_error(r, YM_ENOENT, NULL, "no route %s %s", method,
+                              url);
+    } else if (rc == 405) {
+        ym_hreq_respond_error(r, YM_EMETHOD, NULL,
+                              "%s is not allowed on %s (allowed: %s)", method, url, r->allow);
+    } else if (rt->body == YM_BODY_STREAM) {
+        ym_diag diag = {0}; /* the route streams the body itself, with its own limits */
+        handled(r, rt->body_begin(r, &r->match, &diag), &diag);
+    } else if (cl != NULL && n_cl > r->body_limit) {
+        r->body_too_big = 1;
+        ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
+        ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
+                              "the request body is %s bytes; the limit is %llu", cl,
+                              (unsigned long long)r->body_limit);
+    }
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_data_size,
@@ -328,8 +549,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->refs = 1;
         r->t_start = ym_now();
         r->finish = YM_FINISH_NONE;
-        const char *allow = NULL;
-        int rc = ym_api_route(method, url, &r->route, &allow);
+        int rc = ym_router_match(srv->routes, srv->n_routes, method, url, &r->match);
+        r->route = r->match.label;
+        r->allow = r->match.allow;
         const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
         if (given != NULL && valid_request_id(given))
             snprintf(r->id, sizeof(r->id), "%s", given);
@@ -340,101 +562,90 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
 
-        /* Who asks: /v1 routes need a tenant's key (any key in open mode), /admin routes an
-         * admin tenant's key (and a tenants file: never open). */
-        const ym_tenant *tenant = NULL;
-        int v1 = rc == 0 && strncmp(url, "/v1/", 4) == 0;
-        int admin = rc == 0 && strncmp(url, "/admin/", 7) == 0;
-        if (v1 || (admin && !ym_tenants_is_open(srv->tenants))) {
-            tenant = ym_tenants_auth(srv->tenants, MHD_lookup_connection_value(
-                                                       conn, MHD_HEADER_KIND, "Authorization"));
-            if (tenant != NULL)
-                r->limits = *tenant; /* a copy: a reload may free the table meanwhile */
-        }
-        r->body_limit = srv->conf.max_body_bytes;
-        if (admin && strcmp(method, "PUT") == 0)
-            r->body_limit = srv->conf.max_upload_bytes; /* a session state can be large */
-        if (admin && ym_tenants_is_open(srv->tenants)) {
-            ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
-                                  "the admin routes need a tenants_file with an admin tenant");
-        } else if ((v1 || admin) && tenant == NULL) {
-            ym_hreq_respond_error(r, YM_EAUTH, 401, NULL, "invalid_api_key",
-                                  "missing or unknown API key: send Authorization: Bearer KEY");
-        } else if (admin && !tenant->admin) {
-            ym_hreq_respond_error(r, YM_EAUTH, 403, NULL, "forbidden",
-                                  "tenant %s may not use the admin routes", tenant->name);
-        } else if (rc == 404) {
-            ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method,
-                                  url);
-        } else if (rc == 405) {
-            ym_hreq_respond_error(r, YM_EINVAL, 405, NULL, "method_not_allowed",
-                                  "%s is not allowed on %s (allowed: %s)", method, url, allow);
-            /* MHD adds no Allow header by itself; the error body names the methods. */
-        } else if (strcmp(method, "PUT") == 0 && strcmp(r->route, "/v1/adapters/{name}") == 0) {
-            ym_upload_begin(r, url); /* streams the body itself, with its own limits */
-        } else {
-            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
-            if (cl != NULL && strtoull(cl, NULL, 10) > r->body_limit) {
-                r->body_too_big = 1;
-                ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
-                                      "the request body is %s bytes; the limit is %llu", cl,
-                                      (unsigned long long)r->body_limit);
-            }
-        }
+        const ym_route *rt = r->match.route;
+        r->body_limit = rt != NULL && rt->body != YM_BODY_REQUEST ? srv->conf.max_upload_bytes
+                                                                   : srv->conf.max_body_bytes;
+        /* An early answer waits for the body; past drain_max dropped bytes the client is
+         * disconnected instead (see queue()). */
+        r->drain_max = 2 * r->body_limit > DRAIN_MIN ? 2 * r->body_limit : DRAIN_MIN;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                         MHD_HTTP_HEADER_EXPECT);
+        uint64_t n_cl = cl != NULL ? strtoull(cl, NULL, 10) : 0;
+        r->body_pending = (te != NULL || n_cl > 0) && n_cl <= r->drain_max;
+        r->expect_continue = expect != NULL && strcasecmp(expect, "100-continue") == 0;
+        r->first_call = 1;
+        first_call(srv, r, conn, url, method, rc, cl, n_cl);
+        r->first_call = 0;
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0; /* consumed, or discarded after an error */
-        if (r->responded)
-            return MHD_YES;
-        if (r->upload != NULL) {
-            ym_upload_data(r, upload_data, n);
+        if (ym_hreq_answered(r)) {
+            /* Answered early: drop the rest of the body so the answer can be read. */
+            r->discarded += n;
+            return r->discarded > r->drain_max ? MHD_NO : MHD_YES;
+        }
+        if (r->upload != NULL) { /* the route's body hook took the body */
+            r->match.route->body_data(r, upload_data, n);
             return MHD_YES;
         }
-        if (r->body_too_big || r->body.len + n > r->body_limit) {
-            /* MHD cannot answer in the middle of an upload: discard up to twice the limit and
-             * answer 413 at its end; a client that keeps sending is disconnected. */
-            if (!r->body_too_big)
-                r->discarded = r->body.len;
+        if (r->body.len + n > r->body_limit) {
             r->body_too_big = 1;
+            r->discarded = r->body.len + n;
             ym_buf_deinit(&r->body);
-            r->discarded += n;
-            return r->discarded > 2 * r->body_limit ? MHD_NO : MHD_YES;
+            ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
+            ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
+                                  "the request body exceeds the limit of %llu bytes",
+                                  (unsigned long long)r->body_limit);
+            return MHD_YES;
         }
         if (ym_buf_put(&r->body, upload_data, n) != 0)
             r->oom = 1;
         return MHD_YES;
     }
-    if (!r->responded && r->body_too_big) {
-        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "body_too_large",
+    /* The final call: the body has ended. */
+    r->body_pending = 0;
+    if (r->held != NULL) {
+        queue_held(r);
+        return MHD_YES;
+    }
+    if (!ym_hreq_answered(r) && r->body_too_big) {
+        ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                               "the request body exceeds the limit of %llu bytes",
                               (unsigned long long)r->body_limit);
         return MHD_YES;
     }
-    if (!r->responded && r->oom) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory for the body");
+    if (!ym_hreq_answered(r) && r->oom) {
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory for the body");
         return MHD_YES;
     }
-    if (r->responded)
+    if (ym_hreq_answered(r))
         return MHD_YES;
-    if (r->upload != NULL && !r->suspended && !r->responded) {
-        /* Answers at once, or suspends until the pool has validated it. */
-        return ym_upload_end(r) == 0 ? MHD_YES : MHD_NO;
+    if (r->upload != NULL && !r->suspended && !ym_hreq_answered(r)) {
+        /* A streamed body is complete: the handler answers at once, or suspends until its
+         * work is done, or asks to close. */
+        ym_diag diag = {0};
+        handled(r, r->match.route->handler(r, &r->match, &diag), &diag);
+        return r->close_now ? MHD_NO : MHD_YES;
     }
     if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */
         if (srv->stopping)
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining", "the server is stopping");
+            ym_hreq_respond_error(r, YM_EDRAINING, NULL, "the server is stopping");
         else
             ym_hreq_suspend(r);
         return MHD_YES;
     }
     if (r->body.p == NULL)
         ym_buf_put(&r->body, "", 0);
-    ym_api_dispatch(r, method, url);
-    return MHD_YES;
+    ym_diag diag = {0};
+    handled(r, r->match.route->handler(r, &r->match, &diag), &diag);
+    return r->close_now ? MHD_NO : MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -468,8 +679,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     }
     ym_hreq_untrack(r);
     ym_tenant_release(srv, r);
-    ym_upload_abort(r);
-    r->conn_done = 1;
+    if (r->match.route != NULL && r->match.route->body_abort != NULL)
+        r->match.route->body_abort(r);
+    r->phase = YM_PHASE_CLOSED;
     ym_hreq_unref(r); /* a running tokenization keeps it until its callback */
     srv->n_http--;
     ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);
@@ -510,10 +722,11 @@ static void on_out_ready(uv_async_t *a)
         ym_gen *next = ym_sched_ready_next(srv->sched, g);
         ym_hreq *r = ym_gen_owner(g);
         if (r != NULL) {
-            ym_api_on_output(r);
+            if (r->on_output != NULL)
+                r->on_output(r);
             /* A stream wakes to send its events; a plain request only once its response is
              * queued (MHD may not be given a response for a running connection). */
-            if (r->streaming || r->responded)
+            if (ym_hreq_answered(r))
                 ym_hreq_resume(r);
         }
         ym_gen_unref(g);
@@ -546,9 +759,10 @@ static void on_sweep(uv_timer_t *t)
             ym_log(YM_LOG_INFO, r->id, "client went away; cancelling");
             continue;
         }
-        if (r->streaming && !r->delta.started && r->finish == YM_FINISH_NONE &&
+        if (r->phase == YM_PHASE_STREAMING && !r->delta.started && r->finish == YM_FINISH_NONE &&
             now - r->t_last_write >= ping) {
-            ym_api_ping(r);
+            if (r->on_ping != NULL)
+                r->on_ping(r);
             r->t_last_write = now;
             ym_hreq_resume(r);
         }
@@ -632,7 +846,7 @@ void ym_httpd_stop(ym_server_t *srv)
         return;
     /* MHD requires every suspended connection resumed before it stops. */
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
-        if (r->streaming)
+        if (r->phase == YM_PHASE_STREAMING)
             r->sse_error = r->finish == YM_FINISH_NONE;
         ym_hreq_resume(r);
     }

@@ -244,7 +244,8 @@ static void on_hup(uv_signal_t *s, int signum)
     log_tenants(srv);
     apply_logging(&srv->conf);
     if (srv->sched != NULL) {
-        ym_sched_set_limits(srv->sched, (int)srv->conf.prefill_chunk, (int)srv->conf.max_queue);
+        ym_sched_set_limits(srv->sched, (int)srv->conf.max_running, (int)srv->conf.prefill_chunk,
+                            (int)srv->conf.max_queue);
         ym_scache_set_budget(srv->cache, (size_t)srv->conf.cache_bytes);
         ym_adapters_rescan(srv);
     }
@@ -258,6 +259,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     static ym_server_t srv;
+    srv.routes = ym_routes; /* the transport dispatches through the table (routes.c) */
+    srv.n_routes = ym_n_routes;
     int action = 0;
     ym_diag diag = {0};
     if (ym_conf_load(&srv.conf, argc, argv, NULL, &action, &diag) != YM_OK) {

@@ -6,6 +6,8 @@
  * so the list stays bounded. */
 #include "server/metrics.h"
 
+#include "engine/buf.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -67,6 +69,8 @@ static const struct {
                            "States stored in the cache (sessions and prefix checkpoints)."},
     [YM_M_CACHE_EVICTIONS] = {"yunmin_cache_evictions_total",
                               "Cached states evicted (least recently used) to stay in budget."},
+    [YM_M_BODY_TOO_LARGE] = {"yunmin_requests_body_too_large_total",
+                             "Request bodies refused with 413 (over max_body_bytes)."},
 }, gdefs[YM_M_N_GAUGES] = {
     [YM_G_QUEUE] = {"yunmin_queue_depth", "Requests waiting for a running slot."},
     [YM_G_RUNNING] = {"yunmin_running_sequences", "Sequences in the running batch."},
@@ -164,39 +168,8 @@ void ym_metrics_request(ym_metrics_t *m, const char *route, int status)
     pthread_mutex_unlock(&m->lock);
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-__attribute__((format(printf, 2, 3))) static void put(sbuf *b, const char *fmt, ...)
-{
-    if (b->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2 + (size_t)n;
-        char *p = realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-}
+/* The exposition goes into the tree's growable buffer (engine/buf.h); a failed put sets oom. */
+#define put(b, ...) ((void)ym_buf_printf((b), __VA_ARGS__))
 
 int ym_metrics_render(ym_metrics_t *m, char **out, size_t *len)
 {
@@ -205,10 +178,9 @@ int ym_metrics_render(ym_metrics_t *m, char **out, size_t *len)
     snap = m->v;
     pthread_mutex_unlock(&m->lock);
 
-    sbuf b = {.cap = 8192};
-    if ((b.p = malloc(b.cap)) == NULL)
+    ym_buf b = YM_BUF_INIT;
+    if (ym_buf_reserve(&b, 8192) != YM_OK)
         return -1;
-    b.p[0] = '\0';
     put(&b, "# HELP yunmin_http_requests_total HTTP requests answered, by route and status.\n"
             "# TYPE yunmin_http_requests_total counter\n");
     for (int i = 0; i < snap.n_req; i++)
@@ -233,7 +205,7 @@ int ym_metrics_render(ym_metrics_t *m, char **out, size_t *len)
             (unsigned long long)snap.h[h].count);
     }
     if (b.oom) {
-        free(b.p);
+        ym_buf_deinit(&b);
         return -1;
     }
     *out = b.p;

@@ -20,6 +20,7 @@ typedef enum {
     YM_M_CACHE_SAVED_TOKENS, /* prompt tokens not run thanks to a cached state */
     YM_M_CACHE_STORES,       /* states stored (sessions and checkpoints) */
     YM_M_CACHE_EVICTIONS,    /* states evicted to stay in the budget */
+    YM_M_BODY_TOO_LARGE,     /* request bodies refused with 413 (max_body_bytes) */
     YM_M_N_COUNTERS
 } ym_counter;
 

@@ -1,4 +1,5 @@
-/* server/registry.h - (tenant, adapter name) -> the current compiled adapter (DESIGN.md §5).
+/* server/registry.h - (tenant, adapter name) -> the current compiled adapter
+ * (docs/ARCHITECTURE.md §5).
  *
  * Loop thread only: lookups at request admission, publishing after an upload or a rescan of
  * the store. An entry holds one reference to its adapter; a request takes its own at

@@ -140,8 +140,9 @@ static ym_err parse_prompt(json_t *root, const ym_req_limits *lim, ym_creq *r, y
             return ym_diag_param(diag, YM_EINVAL, "prompt",
                                  "a list of several prompts is not supported: send one request "
                                  "per prompt");
-        return parse_ids(p, "prompt", lim->max_prompt_tokens, &r->prompt_ids, &r->n_prompt_ids,
-                         diag);
+        /* No length limit here: a prompt too long is refused after tokenization, with the
+         * same code whether it came as text or ids (the body limit bounds the array). */
+        return parse_ids(p, "prompt", INT64_MAX, &r->prompt_ids, &r->n_prompt_ids, diag);
     }
     return ym_diag_param(diag, YM_EINVAL, "prompt",
                          "prompt must be a string or an array of token ids");

@@ -119,8 +119,9 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
 void ym_sched_free(ym_sched_t *s); /* NULL-safe */
 /* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait. */
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g);
-/* New limits for prefill_chunk and max_queue (a reload); the others are fixed at start. */
-void ym_sched_set_limits(ym_sched_t *s, int prefill_chunk, int max_queue);
+/* New limits for max_running (at most max_batch_tokens), prefill_chunk and max_queue (a
+ * reload); values out of range are ignored; the others are fixed at start. */
+void ym_sched_set_limits(ym_sched_t *s, int max_running, int prefill_chunk, int max_queue);
 /* Detach the ready list. Walk it with ym_sched_ready_next(), called for each job BEFORE its
  * output is taken (it unlinks the job, so the engine may publish it again); each job holds
  * one reference that the caller drops with ym_gen_unref() after handling it. */

@@ -2,7 +2,8 @@
  *
  * One ym_server per process. The loop thread owns it (libuv handles, the MHD daemon, the
  * request list); the engine thread reaches only srv->sched and srv->metrics, which are
- * thread-safe. Internal to server/: route handlers (api.c) and the MHD/libuv glue (httpd.c). */
+ * thread-safe. Internal to server/: the transport (httpd.c: MHD and libuv, bodies, suspension,
+ * SSE framing), the route table (routes.c) and the handlers, one file per resource. */
 #ifndef YM_SERVER_SERVER_H
 #define YM_SERVER_SERVER_H
 #include <jansson.h>
@@ -11,30 +12,40 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "engine/buf.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "server/conf.h"
 #include "server/metrics.h"
 #include "server/request.h"
+#include "server/router.h"
 #include "server/sched.h"
 #include "server/registry.h"
 #include "server/tenants.h"
 
-typedef struct ym_buf {
-    char *p;
-    size_t len, cap;
-} ym_buf;
-int ym_buf_put(ym_buf *b, const char *s, size_t n); /* 0 or -1 (no memory) */
-void ym_buf_deinit(ym_buf *b);
 
 typedef struct ym_server ym_server_t;
+
+/* Where a request's answer stands: one value, not flags. It only moves forward, except that
+ * a held answer MHD refuses at the body's end goes back to NEW. */
+typedef enum {
+    YM_PHASE_NEW,       /* no answer yet: headers, body, the handler, or its work off the loop */
+    YM_PHASE_HELD,      /* answered before the body ended: the answer waits for the body */
+    YM_PHASE_ANSWERED,  /* a whole response is queued */
+    YM_PHASE_STREAMING, /* an SSE response is queued: events flow until [DONE] */
+    YM_PHASE_CLOSED,    /* MHD's completed callback ran: the connection is gone */
+} ym_phase;
 
 /* One HTTP request, from MHD's first access callback to its completed callback. */
 typedef struct ym_hreq {
     ym_server_t *srv;             /* borrowed */
     struct MHD_Connection *conn;  /* borrowed from MHD */
     char id[48];                  /* request id (logs, X-Request-Id, completion id) */
-    const char *route;            /* metrics label, static */
+    const char *route;            /* metrics label (the route's pattern), static */
+    ym_match match;               /* the route and its path parameters */
+    int close_now;                /* the handler asked to close without an answer */
+    void (*on_output)(struct ym_hreq *r); /* new output of r->gen (completions.c), or NULL */
+    void (*on_ping)(struct ym_hreq *r);   /* a ': ping' for a stream still waiting, or NULL */
     double t_start;
     int status;                   /* status queued, 0 before */
     ym_buf body;                  /* request body */
@@ -42,11 +53,17 @@ typedef struct ym_hreq {
     uint64_t body_limit;          /* bytes: max_body_bytes, or max_upload_bytes (admin PUT) */
     size_t discarded;             /* body bytes dropped after body_too_big */
     int oom;                      /* the body could not be stored */
-    int responded;                /* a response is queued */
+    ym_phase phase;               /* where its answer stands */
+    int body_pending;             /* body bytes may still arrive: a response waits for them */
+    int first_call;               /* inside MHD's first access callback */
+    int expect_continue;          /* the client waits for "100 Continue" before its body */
+    struct MHD_Response *held;    /* owned: the answer, queued once the body has been read */
+    int held_status;
+    uint64_t drain_max;           /* body bytes read and dropped at most to deliver it */
+    const char *allow;            /* methods of the route (static), for Allow on 405/OPTIONS */
 
     /* Generation (POST /v1/completions). */
     ym_gen *gen;                  /* ref, or NULL */
-    int streaming;
     int include_usage, echo, logprobs, tokens_as_ids;
     char *echo_text;              /* owned: the prompt text for echo */
     size_t echo_len;
@@ -67,7 +84,6 @@ typedef struct ym_hreq {
     struct ym_hreq *prev, *next;  /* srv->gens list while a job, tokenization or upload runs */
     int tracked;
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
-    int conn_done;                /* the completed callback ran: the connection is gone */
     char model[256];              /* the model id a completion answers as */
     int counted;                  /* holds one of the tenant's concurrent-request slots */
     int n_cached;                 /* prompt tokens resumed from the state cache */
@@ -93,6 +109,8 @@ struct ym_server {
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_work_t load_work;
     int port;                     /* bound port */
+    const ym_route *routes;       /* borrowed: the route table (routes.c) */
+    size_t n_routes;
 
     ym_metrics_t *metrics;        /* owned */
     ym_model_t *model;            /* ref, NULL while loading */
@@ -128,59 +146,92 @@ struct ym_server {
     int n_http;                   /* requests between first callback and completion */
 };
 
-/* httpd.c */
+/* httpd.c: the transport. Handlers answer through these and nothing else of it. */
 int ym_httpd_start(ym_server_t *srv, ym_diag *diag); /* MHD in the loop; 0 or -1 */
 void ym_httpd_kick(ym_server_t *srv);                /* MHD_run + re-arm the timeout */
 void ym_httpd_stop(ym_server_t *srv);
 void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body); /* takes body */
-void ym_hreq_respond_error(ym_hreq *r, ym_err err, int status, const char *param,
-                           const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
+/* Answer with an error: status, OpenAI type and code from err.h's table (the only place that
+ * maps them); param (NULL = none) and the formatted message go into the body. */
+void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Answer with the error err and its detail (param, message; an empty message: err's own).
+ * For work that ends after its handler returned; a handler returns the error instead. */
+void ym_hreq_fail(ym_hreq *r, ym_err err, const ym_diag *diag);
 void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
 /* Start streaming: queue the SSE response (reader pulls from r->sse). */
 void ym_hreq_start_stream(ym_hreq *r);
+const char *ym_hreq_header(ym_hreq *r, const char *name); /* borrowed, or NULL */
+void ym_hreq_close(ym_hreq *r);   /* close the connection without an answer */
 void ym_hreq_track(ym_hreq *r);   /* join srv->gens (idempotent) */
 void ym_hreq_untrack(ym_hreq *r); /* leave it (idempotent) */
 void ym_hreq_resume(ym_hreq *r);  /* resume the connection if suspended */
 void ym_hreq_suspend(ym_hreq *r);
 void ym_hreq_unref(ym_hreq *r);   /* frees on the last reference */
+json_t *ym_json_text(const char *s, size_t len); /* string, invalid UTF-8 replaced */
+
+/* An answer is queued or held (or the connection is gone): nothing more may be answered. */
+static inline int ym_hreq_answered(const ym_hreq *r)
+{
+    return r->phase != YM_PHASE_NEW;
+}
+static inline int ym_hreq_closed(const ym_hreq *r) /* the connection is gone */
+{
+    return r->phase == YM_PHASE_CLOSED;
+}
 
 /* Per-tenant concurrency (loop thread): take a slot (0, or -1 at the tenant's limit) / give
  * it back. */
 int ym_tenant_acquire(ym_server_t *srv, ym_hreq *r, uint64_t limit);
 void ym_tenant_release(ym_server_t *srv, ym_hreq *r);
 
-/* adapters_api.c */
-int ym_upload_begin(ym_hreq *r, const char *url); /* 0 ok, -1 answered with an error */
-void ym_upload_data(ym_hreq *r, const char *data, size_t len);
-int ym_upload_end(ym_hreq *r);   /* 0, or -1: close the connection without an answer */
-void ym_upload_abort(ym_hreq *r); /* the connection ended first */
-void ym_api_adapters(ym_hreq *r, const char *method, const char *url);
+/* routes.c: the table main.c hands to the transport. */
+extern const ym_route ym_routes[];
+extern const size_t ym_n_routes;
+
+/* The handlers, one file per resource (routes.c lists their routes). Loop thread. Each returns
+ * YM_OK when it answered (or its work will), else the error with diag (router.h). */
+/* completions.c */
+ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
+/* models.c */
+ym_err ym_models_get(ym_hreq *r, const ym_match *m, ym_diag *diag); /* the list, or {id} */
+/* The model a request names (NULL: the served one) exists: YM_OK, or YM_ENOMODEL. */
+ym_err ym_models_check(const ym_server_t *srv, const char *model, ym_diag *diag);
+/* tokens.c */
+ym_err ym_tokens_encode(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_tokens_decode(ym_hreq *r, const ym_match *m, ym_diag *diag);
+/* probes.c */
+ym_err ym_probes_healthz(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_probes_readyz(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_probes_metrics(ym_hreq *r, const ym_match *m, ym_diag *diag);
+/* The server takes work: YM_OK, or YM_ELOADING / YM_EDRAINING (counted as rejected). */
+ym_err ym_server_ready(ym_server_t *srv, ym_diag *diag);
+/* adapters.c */
+ym_err ym_adapters_list(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_adapters_get(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_adapters_delete(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_adapters_put_begin(ym_hreq *r, const ym_match *m, ym_diag *diag);
+void ym_adapters_put_data(ym_hreq *r, const char *data, size_t len);
+/* The body is complete: validate it off the loop, answer then. */
+ym_err ym_adapters_put(ym_hreq *r, const ym_match *m, ym_diag *diag);
+void ym_adapters_put_abort(ym_hreq *r);                    /* the connection ended first */
 /* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters
- * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). */
-int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out);
-/* The identity of what ym_api_resolve_adapters would pick, for the state cache: the adapters'
- * names and versions in order ("name@version,..."; "" = base model), into r->identity. */
-json_t *ym_api_adapter_models(ym_hreq *r); /* the tenant's adapters as /v1/models entries */
+ * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). Also puts
+ * the identity of what it picked (names and versions) into r->identity, for the state cache. */
+int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out);
+json_t *ym_adapters_models(ym_hreq *r); /* the tenant's adapters as /v1/models entries */
 /* Start-up and replicas sharing the volume: load what the store holds / watch it. */
 void ym_adapters_start(ym_server_t *srv);
 void ym_adapters_stop(ym_server_t *srv);
 void ym_adapters_rescan(ym_server_t *srv); /* SIGHUP */
-
-/* sessions_api.c */
-void ym_api_sessions(ym_hreq *r, const char *method, const char *url);
-void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url);
+/* sessions.c */
+ym_err ym_sessions_get(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_sessions_delete(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_sessions_export(ym_hreq *r, const ym_match *m, ym_diag *diag);
+ym_err ym_sessions_import(ym_hreq *r, const ym_match *m, ym_diag *diag);
 size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
 /* session_append: check r's session (exists, same tenant and adapters), put its pending
  * token before ids and fill p's append fields. 0, or -1 (answered). */
-int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p);
-
-/* api.c */
-void ym_api_dispatch(ym_hreq *r, const char *method, const char *url);
-/* Route label for metrics and whether the route exists: 0 ok, 404, or 405 (allow filled). */
-int ym_api_route(const char *method, const char *url, const char **label, const char **allow);
-void ym_api_on_output(ym_hreq *r); /* new output of r->gen (loop thread) */
-void ym_api_ping(ym_hreq *r);      /* a ': ping' line for a waiting stream */
-json_t *ym_json_text(const char *s, size_t len); /* string, invalid UTF-8 replaced */
+int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p);
 
 #endif

@@ -1,4 +1,5 @@
-/* server/statecache.h - recurrent states kept between requests (DESIGN.md §7, docs/SERVER.md).
+/* server/statecache.h - recurrent states kept between requests (docs/ARCHITECTURE.md §7,
+ * docs/SERVER.md).
  *
  * A Mamba sequence's whole context is its fixed-size state, so a finished sequence can be
  * resumed later by copying its state back instead of re-reading its tokens. Two kinds of entry

@@ -1,4 +1,4 @@
-/* server/store.h - adapters on disk: adapter_dir/<tenant>/<name> (DESIGN.md §5).
+/* server/store.h - adapters on disk: adapter_dir/<tenant>/<name> (docs/ARCHITECTURE.md §5).
  *
  * Layout, all inside the tenant's directory:
  *     <name>                   symlink -> .v/<name>.<version>   (the current version)

@@ -1,4 +1,4 @@
-/* server/tenants.h - API keys and tenants (DESIGN.md §6, conf/tenants.json).
+/* server/tenants.h - API keys and tenants (docs/ARCHITECTURE.md §6, conf/tenants.json).
  *
  * A tenants file maps hashed API keys to tenants and their limits:
  *   {"tenants": [{"name": "acme", "keys": ["sha256:<64 hex>", ...],

@@ -271,26 +271,23 @@ int ym_cmd_generate(int argc, char **argv)
     const char *piece;
     size_t len;
     t0 = cli_now();
+    /* The end rules (end-of-text, stop strings, max_tokens) and the text come from the
+     * sequence unit (engine/textout.h), the same as the server's. */
+    ym_textout_set_rules(tout, eos, 0, max_tokens);
     while (n_gen < max_tokens) {
         for (int i = n_real; i < nv; i++)
             logits[i] = -INFINITY;
         int32_t id = ym_sampler_sample(sampler, logits, NULL);
         n_gen++;
-        if (id == eos) {
-            why = "eos";
-            break;
-        }
-        int stop = ym_textout_push(tout, id, &piece, &len);
+        ym_seq_end end = ym_textout_step(tout, id, &piece, &len);
         if (write_out(piece, len) != 0) {
             rc = cli_error(CLI_FAIL, "generate: cannot write the output");
             goto out;
         }
-        if (stop) {
-            why = "stop";
+        if (end != YM_SEQ_GOING) {
+            why = end == YM_SEQ_EOS ? "eos" : end == YM_SEQ_STOP ? "stop" : "length";
             break;
         }
-        if (n_gen == max_tokens)
-            break;
         seq_start[1] = 1;
         batch.tokens = &id;
         if ((err = ym_forward(ctx, &batch, logits, &diag)) != YM_OK) {
@@ -300,13 +297,12 @@ int ym_cmd_generate(int argc, char **argv)
         n_decode++;
     }
     double t_decode = cli_now() - t0;
-    ym_textout_finish(tout, &piece, &len);
-    if (write_out(piece, len) != 0) {
+    /* The text ends with a newline, so the summary line on stderr (and the shell's prompt)
+     * starts on a line of its own wherever stdout and stderr go. */
+    if (write_out("\n", 1) != 0) {
         rc = cli_error(CLI_FAIL, "generate: cannot write the output");
         goto out;
     }
-    if (isatty(STDOUT_FILENO))
-        write_out("\n", 1); /* leave the terminal's prompt on its own line */
 
     char decode_rate[64] = "n/a";
     if (n_decode > 0 && t_decode > 0)

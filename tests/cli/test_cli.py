@@ -43,7 +43,12 @@ def run(args, env=None, input_bytes=None):
         full_env.update(env)
     p = subprocess.run([YUNMIN] + list(args), capture_output=True, env=full_env,
                        input=input_bytes, timeout=TIMEOUT)
-    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+    out = p.stdout
+    if args and args[0] == "generate" and p.returncode == 0:
+        # The generated text, then one newline that ends it.
+        assert out.endswith(b"\n"), out
+        out = out[:-1]
+    return p.returncode, out, p.stderr.decode("utf-8", "replace")
 
 
 def write_tiny_mamba(path, seed=0, d=16, n_layer=2, n_state=4, k=4, rank=1, vocab=50280):
@@ -604,7 +609,7 @@ class TestAdapters(CliTestBase):
 
 def write_profile(path, n_layer, d_inner, n_state, keep_ch=None, keep_st=None, order=None,
                   meta=None):
-    """A yunmin.sparsity.safetensors (DESIGN.md §4). keep_ch[l][d], keep_st[l][d][n] booleans
+    """A yunmin.sparsity.safetensors (docs/ARCHITECTURE.md §4). keep_ch[l][d], keep_st[l][d][n] booleans
     (default all kept), order[l] a list (default identity). Returns the kept channel count."""
     header = {"__metadata__": meta or {"format": "yunmin-sparsity", "version": "1",
                                        "method": "random"}}

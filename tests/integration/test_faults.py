@@ -794,6 +794,253 @@ class SignalsDuringWork(unittest.TestCase):
                           if x.startswith("up-")], [])
         self.restart_check(["kept"])
 
+class EarlyAnswers(unittest.TestCase):
+    """Answers the server gives before it has read the body (a bad key, a bad name, uploads
+    off, a body over the limit) reach clients that are still sending it: Node's fetch, curl
+    and Python requests each get every answer, never a connection reset."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-early-")
+        cls.key = ts.new_key()
+        cls.tenants = os.path.join(cls.dir, "tenants.json")
+        with open(cls.tenants, "w") as f:
+            json.dump({"tenants": [{"name": "t", "keys": [cls.key["hash"]],
+                                    "max_adapters": 1}]}, f)
+        cls.adir = os.path.join(cls.dir, "adapters")
+        cls.d = Daemon("--model", M40, "--adapter-dir", cls.adir, "--tenants-file", cls.tenants)
+        cls.off = Daemon("--model", M40)  # uploads off, open mode
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+            assert cls.off.stop() == 0
+        finally:
+            subprocess.run(["rm", "-rf", cls.dir], timeout=60)
+
+    def node_fetch(self, d, name, n, size, key):
+        script = os.path.join(ts.ROOT, "tests", "integration", "node_fetch_upload.mjs")
+        p = subprocess.run(["node", script, d.url, name, str(n), str(size), key or ""],
+                           capture_output=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return [tuple(x) for x in json.loads(p.stdout)]
+
+    def test_node_fetch_formdata_gets_every_401(self):
+        # Node's fetch sends the whole FormData body before it reads the answer: a server that
+        # answers and closes early makes it see EPIPE / a reset (it got 0 of 20 before).
+        got = self.node_fetch(self.d, "x", 20, 3 << 20, "ym-wrong")
+        self.assertEqual(got, [(401, "invalid_api_key")] * 20)
+
+    def test_node_fetch_gets_permanent_refusals(self):
+        self.assertEqual(self.node_fetch(self.off, "x", 3, 3 << 20, None),
+                         [(403, "uploads_disabled")] * 3)
+        self.assertEqual(self.node_fetch(self.d, ".bad", 3, 3 << 20, self.key["key"]),
+                         [(400, "invalid_request")] * 3)
+
+    def test_curl_gets_every_401(self):
+        big = os.path.join(self.dir, "big.bin")
+        with open(big, "wb") as f:
+            f.write(b"\0" * (3 << 20))
+        # With and without "Expect: 100-continue" (curl sends it for large bodies).
+        for expect in ([], ["-H", "Expect:"]):
+            for _ in range(10):
+                p = subprocess.run(["curl", "-sS", "-X", "PUT", "-H",
+                                    "Authorization: Bearer ym-wrong"] + expect +
+                                   ["-F", "adapter_model.safetensors=@" + big,
+                                    "-w", "\n%{http_code}", self.d.url + "/v1/adapters/x"],
+                                   capture_output=True, timeout=T)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                body, code = p.stdout.decode().rsplit("\n", 1)
+                self.assertEqual(code, "401")
+                self.assertEqual(json.loads(body)["error"]["code"], "invalid_api_key")
+
+    def test_requests_gets_every_early_answer(self):
+        data = b"\0" * (3 << 20)
+        files = {"adapter_model.safetensors": ("a", data, "application/octet-stream")}
+        h = {"Authorization": "Bearer " + self.key["key"]}
+        for _ in range(10):
+            r = requests.put(self.d.url + "/v1/adapters/x", files=files, timeout=T,
+                             headers={"Authorization": "Bearer ym-wrong"})
+            self.assertEqual((r.status_code, r.json()["error"]["code"]), (401, "invalid_api_key"))
+            r = requests.put(self.d.url + "/v1/adapters/.x", files=files, timeout=T, headers=h)
+            self.assertEqual((r.status_code, r.json()["error"]["code"]), (400, "invalid_request"))
+            r = requests.put(self.off.url + "/v1/adapters/x", files=files, timeout=T)
+            self.assertEqual((r.status_code, r.json()["error"]["code"]), (403, "uploads_disabled"))
+            self.assertNotIn("Retry-After", r.headers)
+            r = requests.post(self.d.url + "/v1/nothing", data=data, timeout=T, headers=h)
+            self.assertEqual(r.status_code, 404)
+
+    def test_chunked_body_over_the_limit_gets_413_logged_and_counted(self):
+        d = self.off
+        before = d.metric("yunmin_requests_body_too_large_total") or 0
+
+        def chunks():
+            for _ in range(30):
+                yield b"x" * (1 << 20)
+        r = requests.post(d.url + "/v1/completions", data=chunks(), timeout=T,
+                          headers={"X-Request-Id": "chunked-413"})  # no Content-Length
+        self.assertEqual((r.status_code, r.json()["error"]["code"]), (413, "body_too_large"))
+        r = requests.post(d.url + "/v1/completions", data=b"x" * (30 << 20), timeout=T,
+                          headers={"X-Request-Id": "sized-413"})
+        self.assertEqual((r.status_code, r.json()["error"]["code"]), (413, "body_too_large"))
+        self.assertEqual(d.metric("yunmin_requests_body_too_large_total"), before + 2)
+        text = requests.get(d.url + "/metrics", timeout=T).text
+        self.assertRegex(text, r'yunmin_http_requests_total\{route="/v1/completions",'
+                               r'status="413"\} [1-9]')
+        log = d.log()
+        for rid in ("chunked-413", "sized-413"):
+            self.assertRegex(log, r'"req":"%s","msg":"413 ' % rid)
+        # The server still serves.
+        r = d.post("/v1/completions", {"prompt": "a", "max_tokens": 1})
+        self.assertEqual(r.status_code, 200)
+
+    def test_no_error_names_a_server_path(self):
+        h = {"Authorization": "Bearer " + self.key["key"]}
+        cfg = open(os.path.join(PEFT, "lora-all4-m40", "adapter_config.json"), "rb").read()
+        st = open(os.path.join(PEFT, "lora-all4-m40", "adapter_model.safetensors"), "rb").read()
+        bad = [
+            {"adapter_config.json": cfg},
+            {"adapter_config.json": cfg, "adapter_model.safetensors": cfg},
+            {"adapter_config.json": st, "adapter_model.safetensors": st},
+            {"adapter_config.json": cfg, "adapter_model.safetensors": st[:200]},
+            {"sub/adapter_config.json": cfg, "adapter_set.json": cfg},
+        ]
+        roots = {self.dir, os.path.realpath(self.dir), M40, os.path.realpath(M40), "/tmp/"}
+        for parts in bad:
+            files = [(k, ("f", v, "application/octet-stream")) for k, v in parts.items()]
+            r = requests.put(self.d.url + "/v1/adapters/bad", files=files, headers=h, timeout=T)
+            self.assertIn(r.status_code, (400, 422), r.text)
+            msg = r.json()["error"]["message"]
+            for root in roots:
+                self.assertNotIn(root, msg)
+            self.assertNotIn(".tmp", msg)
+            self.assertNotIn("up-", msg)
+
+    def test_adapter_quota_full_is_not_retryable(self):
+        h = {"Authorization": "Bearer " + self.key["key"]}
+        r = upload(self.d, "one", os.path.join(PEFT, "ia3-out-m40"), key=self.key)
+        self.assertIn(r.status_code, (200, 201), r.text)
+        r = upload(self.d, "two", os.path.join(PEFT, "ia3-ff-m40"), key=self.key)
+        self.assertEqual((r.status_code, r.json()["error"]["code"]), (403, "adapter_limit"))
+        self.assertNotIn("Retry-After", r.headers)
+        self.assertEqual(requests.delete(self.d.url + "/v1/adapters/one", headers=h,
+                                         timeout=T).status_code, 200)
+
+
+class NewUserFaults(unittest.TestCase):
+    """The process name after the BLAS re-exec, token ids beyond the tokenizer's vocabulary,
+    one code for a prompt too long, SIGHUP applying max_running, CORS preflights."""
+
+    def test_process_keeps_its_name(self):
+        d = Daemon("--model", M40)
+        try:
+            with open("/proc/%d/comm" % d.proc.pid) as f:
+                self.assertEqual(f.read().strip(), "yunmind")
+            p = subprocess.run(["pgrep", "-x", "yunmind"], capture_output=True, timeout=T)
+            self.assertIn(str(d.proc.pid), p.stdout.decode().split())
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_ids_beyond_the_tokenizer_vocabulary_are_refused_everywhere(self):
+        d = Daemon()
+        try:
+            nv = requests.post(d.url + "/v1/tokenize", json={"prompt": "a"}, timeout=T)
+            self.assertEqual(nv.status_code, 200)
+            for bad in (4099, 4103, 4104):
+                for path, key in (("/v1/completions", "prompt"), ("/v1/detokenize", "tokens")):
+                    r = d.post(path, {key: [1, bad], "max_tokens": 1} if key == "prompt"
+                               else {key: [1, bad]})
+                    self.assertEqual(r.status_code, 400, (path, bad, r.text))
+                    self.assertEqual(r.json()["error"]["param"], key)
+            self.assertEqual(d.post("/v1/completions", {"prompt": [4098], "max_tokens": 1})
+                             .status_code, 200)
+            self.assertEqual(d.post("/v1/detokenize", {"tokens": [4098]}).status_code, 200)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_prompt_too_long_has_one_code(self):
+        d = Daemon("--max-prompt-tokens", "8")
+        try:
+            for prompt in ("a b c d e f g h i j k l", list(range(1, 13))):
+                r = d.post("/v1/completions", {"prompt": prompt, "max_tokens": 1})
+                self.assertEqual((r.status_code, r.json()["error"]["code"]),
+                                 (400, "prompt_too_long"), r.text)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_sighup_applies_max_running(self):
+        conf = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump({"max_running": 1}, conf)
+        conf.close()
+        d = Daemon("--config", conf.name)
+        try:
+            def busy():
+                body = {"prompt": "ROMEO:", "max_tokens": 400, "stream": True,
+                        "temperature": 0, "ignore_eos": True}
+                return requests.post(d.url + "/v1/completions", json=body, stream=True,
+                                     timeout=T)
+
+            def peak_running(n_streams):
+                streams = [busy() for _ in range(n_streams)]
+                peak = 0
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and peak < n_streams:
+                    peak = max(peak, d.metric("yunmin_running_sequences") or 0)
+                    time.sleep(0.02)
+                for s in streams:
+                    s.close()
+                return peak
+            self.assertEqual(peak_running(3), 1)
+            with open(conf.name, "w") as f:
+                json.dump({"max_running": 3}, f)
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + T
+            while "max_running changed" not in d.log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while d.metric("yunmin_running_sequences") and time.monotonic() < deadline:
+                time.sleep(0.05)  # the closed streams are cancelled
+            self.assertEqual(peak_running(3), 3)
+        finally:
+            self.assertEqual(d.stop(), 0)
+            os.unlink(conf.name)
+
+    def test_cors_preflight(self):
+        pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}
+        d = Daemon()
+        try:
+            # Default: no origin is allowed; the preflight still answers 204 with Allow, but
+            # without the headers a browser needs to go on.
+            r = requests.options(d.url + "/v1/completions", headers=pre, timeout=T)
+            self.assertEqual(r.status_code, 204)
+            self.assertEqual(r.headers["Allow"], "POST, OPTIONS")
+            self.assertNotIn("Access-Control-Allow-Origin", r.headers)
+            r = requests.options(d.url + "/nothing", headers=pre, timeout=T)
+            self.assertEqual(r.status_code, 404)
+            r = requests.get(d.url + "/v1/completions", timeout=T)
+            self.assertEqual((r.status_code, r.headers.get("Allow")), (405, "POST"))
+        finally:
+            self.assertEqual(d.stop(), 0)
+        d = Daemon("--allowed-origins", "https://other.example,https://app.example")
+        try:
+            r = requests.options(d.url + "/v1/completions", headers=pre, timeout=T)
+            self.assertEqual(r.status_code, 204)
+            self.assertEqual(r.headers["Access-Control-Allow-Origin"], "https://app.example")
+            self.assertIn("POST", r.headers["Access-Control-Allow-Methods"])
+            self.assertEqual(r.headers["Access-Control-Allow-Headers"],
+                             "authorization, content-type")
+            r = d.post("/v1/completions", {"prompt": "a", "max_tokens": 1},
+                       headers={"Origin": "https://app.example"})
+            self.assertEqual(r.status_code, 200)
+            self.assertEqual(r.headers["Access-Control-Allow-Origin"], "https://app.example")
+            self.assertIn("Origin", r.headers["Vary"])
+            r = requests.options(d.url + "/v1/completions", timeout=T,
+                                 headers=dict(pre, Origin="https://evil.example"))
+            self.assertNotIn("Access-Control-Allow-Origin", r.headers)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
 
 if __name__ == "__main__":
     ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -17,6 +17,7 @@
 #include "server/metrics.h"
 #include "server/multipart.h"
 #include "server/request.h"
+#include "server/router.h"
 #include "server/sched.h"
 #include "server/statecache.h"
 #include "server/store.h"
@@ -204,9 +205,6 @@ START_TEST(test_creq_rejects_each_bad_field)
         {"{\"prompt\": [4294967296]}", "prompt"},
         {"{\"prompt\": [\"a\", \"b\"]}", "prompt"},
         {"{\"prompt\": {}}", "prompt"},
-        {"{\"prompt\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,"
-         "28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51]}",
-         "prompt"},
         {"{\"prompt\": \"x\", \"model\": 5}", "model"},
         {"{\"prompt\": \"x\", \"session_id\": 5}", "session_id"},
         {"{\"prompt\": \"x\", \"session_id\": \"\"}", "session_id"},
@@ -1230,11 +1228,149 @@ START_TEST(test_sched_stop_cancels_running_and_queued)
 }
 END_TEST
 
+/* --- the router --- */
+
+START_TEST(test_router_matches_method_and_pattern)
+{
+    static const ym_route t[] = {
+        {"GET", "/v1/adapters", YM_AUTH_TENANT, YM_BODY_REQUEST, NULL, NULL, NULL, NULL},
+        {"GET", "/v1/adapters/{name}", YM_AUTH_TENANT, YM_BODY_REQUEST, NULL, NULL, NULL, NULL},
+        {"PUT", "/v1/adapters/{name}", YM_AUTH_TENANT, YM_BODY_STREAM, NULL, NULL, NULL, NULL},
+        {"GET", "/admin/sessions/{tenant}/{id}", YM_AUTH_ADMIN, YM_BODY_REQUEST, NULL, NULL,
+         NULL, NULL},
+    };
+    size_t n = sizeof(t) / sizeof(t[0]);
+    ym_match m;
+    ck_assert_int_eq(ym_router_match(t, n, "GET", "/v1/adapters", &m), 0);
+    ck_assert_ptr_eq(m.route, &t[0]);
+    ck_assert_ptr_null(m.params[0]);
+    ck_assert_int_eq(ym_router_match(t, n, "PUT", "/v1/adapters/romeo", &m), 0);
+    ck_assert_ptr_eq(m.route, &t[2]);
+    ck_assert_str_eq(m.params[0], "romeo");
+    ck_assert_str_eq(m.label, "/v1/adapters/{name}");
+    /* The last parameter takes the rest, so a handler can refuse a bad name with a 400. */
+    ck_assert_int_eq(ym_router_match(t, n, "HEAD", "/v1/adapters/a/b", &m), 0);
+    ck_assert_ptr_eq(m.route, &t[1]);
+    ck_assert_str_eq(m.params[0], "a/b");
+    ck_assert_int_eq(ym_router_match(t, n, "GET", "/admin/sessions/alpha/s-1/x", &m), 0);
+    ck_assert_str_eq(m.params[0], "alpha");
+    ck_assert_str_eq(m.params[1], "s-1/x");
+    /* A known path with another method: 405 and the methods it allows. */
+    ck_assert_int_eq(ym_router_match(t, n, "DELETE", "/v1/adapters/romeo", &m), 405);
+    ck_assert_ptr_null(m.route);
+    ck_assert_str_eq(m.allow, "GET, PUT");
+    ck_assert_str_eq(m.label, "/v1/adapters/{name}");
+    ck_assert_int_eq(ym_router_match(t, n, "GET", "/v1/adapters//", &m), 0);
+    ck_assert_str_eq(m.params[0], "/"); /* the handler refuses the name */
+    /* Unknown paths, empty parameters, missing segments: 404. */
+    const char *unknown[] = {"/v1/adapters/", "/v1/adapter", "/admin/sessions/a",
+                             "/admin/sessions//x", "", "/", "/v1/adaptersx"};
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+        ck_assert_msg(ym_router_match(t, n, "GET", unknown[i], &m) == 404, "%s matched",
+                      unknown[i]);
+        ck_assert_str_eq(m.label, "other");
+    }
+}
+END_TEST
+
+/* --- the error table against docs/API.md --- */
+
+static const char *type_for_status(int status)
+{
+    switch (status) {
+    case 401:
+        return "authentication_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 429:
+        return "rate_limit_error";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+START_TEST(test_err_table_matches_api_md_error_table)
+{
+    /* docs/API.md's error table: "| STATUS ... | when | `code`, `code` |" rows. */
+    FILE *f = fopen(YM_SOURCE_ROOT "/docs/API.md", "r");
+    ck_assert_msg(f != NULL, "cannot open docs/API.md");
+    char line[4096];
+    struct {
+        int status;
+        char code[64];
+        int seen;
+    } doc[128];
+    int n_doc = 0, in_errors = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "## ", 3) == 0)
+            in_errors = strncmp(line, "## Errors", 9) == 0;
+        if (!in_errors || line[0] != '|' || line[1] != ' ' || line[2] < '1' || line[2] > '5')
+            continue;
+        int status = atoi(line + 2);
+        char *last = strrchr(line, '|');
+        *last = '\0';
+        char *cell = strrchr(line, '|') + 1; /* the codes column */
+        for (char *p = strchr(cell, '`'); p != NULL; p = strchr(p, '`')) {
+            char *q = strchr(p + 1, '`');
+            ck_assert_ptr_nonnull(q);
+            ck_assert_int_lt(n_doc, 128);
+            doc[n_doc].status = status;
+            snprintf(doc[n_doc].code, sizeof(doc[0].code), "%.*s", (int)(q - p - 1), p + 1);
+            doc[n_doc].seen = 0;
+            n_doc++;
+            p = q + 1;
+        }
+    }
+    fclose(f);
+    ck_assert_int_gt(n_doc, 10);
+    /* Every row of err.h with a code is in the page, with its status; its type follows the
+     * status as the page says. */
+    static const struct {
+        ym_err err;
+        const char *name;
+        int http;
+        const char *type, *code;
+    } rows[] = {
+#define X(nm, vl, st, ty, cd, ms) {YM_##nm, #nm, st, ty, cd},
+        YM_ERR_MAP(X)
+#undef X
+    };
+    int n_table = 0;
+    for (size_t k = 0; k < sizeof(rows) / sizeof(rows[0]); k++) {
+        ck_assert_int_eq(ym_err_http_status(rows[k].err), rows[k].http);
+        if (rows[k].code == NULL)
+            continue;
+        int found = 0;
+        for (int i = 0; i < n_doc; i++) {
+            if (strcmp(doc[i].code, rows[k].code) != 0)
+                continue;
+            ck_assert_msg(doc[i].status == rows[k].http, "%s: docs/API.md says %d, err.h %d",
+                          doc[i].code, doc[i].status, rows[k].http);
+            doc[i].seen = found = 1;
+        }
+        ck_assert_msg(found, "YM_%s's code %s is not in docs/API.md's error table",
+                      rows[k].name, rows[k].code);
+        ck_assert_str_eq(ym_err_type(rows[k].err), type_for_status(rows[k].http));
+        ck_assert_str_eq(ym_err_code(rows[k].err), rows[k].code);
+        n_table++;
+    }
+    ck_assert_int_gt(n_table, 10);
+    /* And every code on the page is one of err.h's. */
+    for (int i = 0; i < n_doc; i++)
+        ck_assert_msg(doc[i].seen, "docs/API.md lists %s (%d), which err.h does not have",
+                      doc[i].code, doc[i].status);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("conf");
     tcase_add_test(tc, test_conf_defaults_and_file_values);
+    tcase_add_test(tc, test_err_table_matches_api_md_error_table);
+    tcase_add_test(tc, test_router_matches_method_and_pattern);
     tcase_add_test(tc, test_conf_rejects_bad_files);
     tcase_add_test(tc, test_conf_precedence_env_over_file_flags_over_env);
     suite_add_tcase(s, tc);

@@ -7,6 +7,7 @@
 int main(void)
 {
     SRunner *sr = srunner_create(err_suite());
+    srunner_add_suite(sr, utf8_suite());
     srunner_add_suite(sr, tokenizer_suite());
     srunner_add_suite(sr, safetensors_suite());
     srunner_add_suite(sr, config_suite());

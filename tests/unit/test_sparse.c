@@ -1,5 +1,5 @@
 /* tests/unit/test_sparse.c - the served sparse model against the reference semantics of its
- * profile (DESIGN.md §4): the plain double-precision reference forward of the *dense* model
+ * profile (docs/ARCHITECTURE.md §4): the plain double-precision reference forward of the *dense* model
  * with x[d] := 0 for dropped channels and s[d, n] held at 0 for dropped entries
  * (ym_forward_ref_masked). Nothing here is a hand-typed number: every check compares two
  * computations, and one test makes sure the masks change the result (so the comparison can

@@ -1,5 +1,5 @@
 /* tests/unit/test_sparsity.c - the sparsity profile file: a valid profile round-trips and
- * gives the served layout DESIGN.md §4 defines; every malformation is refused with a message
+ * gives the served layout docs/ARCHITECTURE.md §4 defines; every malformation is refused with a message
  * naming the tensor or key. Malformed files are made with the project's own safetensors
  * writer, one defect at a time, so each test fails for exactly one reason. */
 #include <math.h>

@@ -172,6 +172,110 @@ START_TEST(test_textout_streamed_cases_equal_decode)
 }
 END_TEST
 
+/* The sequence unit's end rules: stepping the reversed cases (split characters included)
+ * with a length limit gives decode() of exactly max_tokens ids, the held-back bytes released
+ * with the last one; end-of-text ends the sequence with no text of its own; a stop string
+ * ends it as ym_textout_push does. */
+START_TEST(test_textout_step_applies_length_eos_and_stop_rules)
+{
+    ym_ids all = {0};
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(cases, "cases"), i, c)
+    {
+        ym_ids ids = case_ids(json_string_value(json_object_get(c, "text")));
+        for (size_t k = 0; k < ids.n; k++)
+            ck_assert_int_eq(ym_ids_push(&all, ids.v[k]), YM_OK);
+        ym_ids_deinit(&ids);
+    }
+    for (size_t a = 0, b = all.n - 1; a < b; a++, b--) {
+        int32_t t = all.v[a];
+        all.v[a] = all.v[b];
+        all.v[b] = t;
+    }
+    const int32_t eos = ym_tok_eos_id(tok);
+    ck_assert_int_ge(eos, 0);
+    size_t limits[] = {1, 2, 7, 31, all.n};
+    for (size_t li = 0; li < sizeof(limits) / sizeof(limits[0]); li++) {
+        size_t max = limits[li];
+        ym_textout_t *to;
+        ck_assert_int_eq(ym_textout_new(tok, NULL, 0, &to), YM_OK);
+        ym_textout_set_rules(to, eos, 0, (int64_t)max);
+        char *got = calloc(1, 1);
+        size_t got_len = 0, k = 0;
+        ym_seq_end end = YM_SEQ_GOING;
+        for (; k < all.n && end == YM_SEQ_GOING; k++) {
+            ck_assert_int_ne(all.v[k], eos);
+            const char *t;
+            size_t n;
+            end = ym_textout_step(to, all.v[k], &t, &n);
+            got = realloc(got, got_len + n + 1);
+            memcpy(got + got_len, t, n);
+            got_len += n;
+        }
+        ck_assert_int_eq(end, YM_SEQ_LENGTH);
+        ck_assert_uint_eq(k, max);
+        ck_assert_int_eq(ym_textout_n_tokens(to), (int64_t)max);
+        size_t want_len;
+        char *want = decode(all.v, max, &want_len);
+        ck_assert_msg(got_len == want_len && memcmp(got, want, want_len) == 0,
+                      "max_tokens %zu: stepped text differs from decode", max);
+        free(want);
+        free(got);
+        ym_textout_free(to);
+    }
+    /* End-of-text: the held-back part of a split character comes out, the token adds none. */
+    ym_textout_t *to;
+    ck_assert_int_eq(ym_textout_new(tok, NULL, 0, &to), YM_OK);
+    ym_textout_set_rules(to, eos, 0, -1);
+    const char *t;
+    size_t n, total = 0;
+    for (size_t k = 0; k < 5; k++) {
+        ck_assert_int_eq(ym_textout_step(to, all.v[k], &t, &n), YM_SEQ_GOING);
+        total += n;
+    }
+    ck_assert_int_eq(ym_textout_step(to, eos, &t, &n), YM_SEQ_EOS);
+    size_t want_len;
+    char *want = decode(all.v, 5, &want_len);
+    ck_assert_uint_eq(total + n, want_len);
+    free(want);
+    ym_textout_free(to);
+    /* ignore_eos: the end-of-text token is text like any other. */
+    ck_assert_int_eq(ym_textout_new(tok, NULL, 0, &to), YM_OK);
+    ym_textout_set_rules(to, eos, 1, -1);
+    ck_assert_int_eq(ym_textout_step(to, eos, &t, &n), YM_SEQ_GOING);
+    ym_textout_free(to);
+    /* A stop string in the text ends it with YM_SEQ_STOP, the stop not emitted. */
+    size_t dl;
+    char *dtext = decode(all.v, 40, &dl);
+    char stop[4] = {0};
+    size_t at = dl / 2;
+    while (at < dl && ((unsigned char)dtext[at] & 0x80))
+        at++;
+    if (at + 2 < dl && !((unsigned char)dtext[at + 1] & 0x80) &&
+        !((unsigned char)dtext[at + 2] & 0x80)) {
+        memcpy(stop, dtext + at, 3);
+        size_t stop_at = 0; /* its first occurrence (at `at` or before) */
+        while (memcmp(dtext + stop_at, stop, 3) != 0)
+            stop_at++;
+        const char *stops[] = {stop};
+        ck_assert_int_eq(ym_textout_new(tok, stops, 1, &to), YM_OK);
+        ym_textout_set_rules(to, eos, 0, 40);
+        ym_seq_end end = YM_SEQ_GOING;
+        size_t out_len = 0;
+        for (size_t k = 0; k < 40 && end == YM_SEQ_GOING; k++) {
+            end = ym_textout_step(to, all.v[k], &t, &n);
+            out_len += n;
+        }
+        ck_assert_int_eq(end, YM_SEQ_STOP);
+        ck_assert_uint_eq(out_len, stop_at);
+        ym_textout_free(to);
+    }
+    free(dtext);
+    ym_ids_deinit(&all);
+}
+END_TEST
+
 START_TEST(test_textout_unfinished_character_becomes_replacement_at_finish)
 {
     ym_ids ids = case_ids(" this is 🦙.cpp");
@@ -300,6 +404,7 @@ Suite *textout_suite(void)
     tcase_add_test(tc, test_textout_earliest_of_several_stops_wins);
     tcase_add_test(tc, test_textout_uncompleted_stop_is_flushed_at_finish);
     tcase_add_test(tc, test_textout_empty_stops_are_ignored);
+    tcase_add_test(tc, test_textout_step_applies_length_eos_and_stop_rules);
     suite_add_tcase(s, tc);
     return s;
 }

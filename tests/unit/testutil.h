@@ -8,6 +8,7 @@
 #define YM_FIXTURE(name) (YM_FIXTURE_DIR "/" name)
 
 Suite *err_suite(void);
+Suite *utf8_suite(void);
 Suite *tokenizer_suite(void);
 Suite *safetensors_suite(void);
 Suite *config_suite(void);

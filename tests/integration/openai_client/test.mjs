@@ -214,6 +214,41 @@ await expectError('temperature: 5 raises BadRequestError naming temperature',
 await expectError('an unknown model raises NotFoundError',
                   {...request, model: 'no-such-model-here'}, OpenAI.NotFoundError, 404);
 
+// A permanent refusal must come with a status the SDK does not retry (it retries 408, 409,
+// 429 and 5xx): with its default retries, one call is one request. The server this runs
+// against has no adapter_dir, so an adapter upload is refused (403 uploads_disabled).
+await test('a permanent refusal is not retried by the client (one request, no Retry-After)',
+           async () => {
+    const retrying = new OpenAI({baseURL: base.replace(/\/+$/, '') + '/v1', apiKey: 'unused',
+                                 timeout: 60 * 1000}); // default maxRetries (2)
+    const metric = async () => {
+        const text = await (await fetch(base.replace(/\/+$/, '') + '/metrics')).text();
+        const line = 'yunmin_http_requests_total{route="/v1/adapters/{name}",status="403"} ';
+        const m = text.split('\n').find((l) => l.startsWith(line));
+        return m ? Number(m.slice(line.length)) : 0;
+    };
+    const before = await metric();
+    let err = null;
+    try {
+        await retrying.put('/adapters/sdk-probe', {body: {probe: 'x'.repeat(1 << 20)}});
+    } catch (e) {
+        err = e;
+    }
+    check(err instanceof OpenAI.PermissionDeniedError,
+          `raised ${err?.constructor?.name} (status ${err?.status}), want PermissionDeniedError`);
+    check(err.error?.code === 'uploads_disabled' || err.code === 'uploads_disabled',
+          `code ${show(err.code)}, want uploads_disabled`);
+    check(err.headers?.['retry-after'] === undefined,
+          `Retry-After: ${show(err.headers?.['retry-after'])} on a permanent refusal`);
+    // The server counts a request once its answer is sent: allow it a moment.
+    let after = await metric();
+    for (let i = 0; i < 40 && after === before; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        after = await metric();
+    }
+    check(after - before === 1, `${after - before} requests reached the server, want 1`);
+});
+
 if (failures > 0) {
     console.log(`${failures} check(s) failed against ${base}`);
     process.exit(1);

@@ -1,6 +1,6 @@
 """Learned sparsity masks (yunmin_train.masks): the Gumbel-Sigmoid straight-through estimator,
 exact sparsity targets at export, the profile file as the C engine reads it, and the served
-output of an exported profile against the toolkit's masked forward (DESIGN.md §4: x[d] := 0
+output of an exported profile against the toolkit's masked forward (docs/ARCHITECTURE.md §4: x[d] := 0
 after conv + silu for a dropped channel, s[d, n] held at 0 for a dropped entry). The magnitude
 baseline is checked against `yunmin calibrate --baseline magnitude` on the same tokens.
 Tiny random models on the CPU; the binary is $YUNMIN_BIN or build*/tools/yunmin.

@@ -1,5 +1,5 @@
 """The C engine's sparse serving against the toolkit's reference semantics of a sparsity
-profile (DESIGN.md §4): `yunmin logits --sparsity` (dropped channels and state entries
+profile (docs/ARCHITECTURE.md §4): `yunmin logits --sparsity` (dropped channels and state entries
 physically removed, channels permuted by scan_order, masked SIMD scan) equals MambaLM.forward
 with masks= (x[d] := 0 after conv + silu, s[d, n] held at 0) in float64, within float32
 rounding. The binary comes from $YUNMIN_BIN (scripts/test.sh sets it) or build*/tools/yunmin.

@@ -1,4 +1,4 @@
-"""Adapters from the toolkit (DESIGN.md §5, seed pillar 3): LoRA and IA³ on Mamba's projections,
+"""Adapters from the toolkit (docs/ARCHITECTURE.md §5): LoRA and IA³ on Mamba's projections,
 the hybrid allocation from learned-mask importance, fine-tuning, and PEFT-format files.
 
     python -m yunmin_train.adapters allocate --profile PROFILE [--profile P2] --out plan.json
@@ -19,7 +19,7 @@ multiplying norm.weight by g (the "IA³ around the norms" of the seed), with d_m
 IA³ on out_proj as feedforward scales y (per d_inner channel, after the silu(z) gate), IA³ on
 x_proj as output scales dt_lo, B and C (the state expansion and contraction).
 
-Hybrid plan (seed pillar 3). Layer importance comes from learned masks (yunmin_train.masks
+Hybrid plan. Layer importance comes from learned masks (yunmin_train.masks
 learn, global allocation, so layers keep different fractions): per layer, the mean of
 sigmoid(channel logit) (the soft fraction of channels the distillation wanted to keep) and the
 mean of sigmoid(state logit) over the kept channels. Layers are ranked by the channel score
@@ -31,7 +31,7 @@ Files: a PEFT directory per kind (adapter_config.json with PEFT 0.21's keys, and
 adapter_model.safetensors with PEFT's names base_model.model.backbone.layers.{l}.mixer.{module}.
 lora_A.weight [r, n_in] / lora_B.weight [n_out, r] / ia3_l [n_out, 1] or [1, n_in]); a plan with
 both kinds is written as an adapter set (adapter_set.json + lora/ + ia3/). PEFT itself refuses
-LoRA on Mamba's out_proj (its fused GPU path bypasses it); yunmin accepts it (DESIGN.md §5).
+LoRA on Mamba's out_proj (its fused GPU path bypasses it); yunmin accepts it (docs/ARCHITECTURE.md §5).
 """
 
 import argparse

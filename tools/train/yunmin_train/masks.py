@@ -5,7 +5,7 @@
                                           --out PROFILE [options]
     python -m yunmin_train.masks eval     --model DIR --text FILE --profile PROFILE
 
-The profile is `yunmin.sparsity.safetensors` (DESIGN.md §4, docs/FORMATS.md): per layer
+The profile is `yunmin.sparsity.safetensors` (docs/ARCHITECTURE.md §4, docs/FORMATS.md): per layer
 channel_logits F32 [d_inner], state_logits F32 [d_inner, d_state], scan_order I32 [d_inner];
 metadata format=yunmin-sparsity, version=1, method. Meaning, exactly as MambaLM.forward(masks=)
 and the C engine serve it: channel d kept iff its logit > 0 (a dropped channel has x[d] := 0
@@ -19,7 +19,7 @@ The baselines apply them per layer (round(p * count) dropped in every layer). Le
 apply them over the whole model by default (--allocation global: layers keep different
 fractions, which is what the masks learn) or per layer (--allocation layer).
 
-Learned masks (seed pillar 2). Every layer has logits c [d_inner] and s [d_inner, d_state].
+Learned masks. Every layer has logits c [d_inner] and s [d_inner, d_state].
 One training step:
   * Gumbel-Sigmoid relaxation: m_soft = sigmoid((logit - t + log u - log(1 - u)) / tau),
     u ~ U(0, 1) (logistic noise: m_soft > 1/2 with probability sigmoid(logit - t), whatever tau);

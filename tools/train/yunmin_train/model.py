@@ -12,7 +12,7 @@ Parameter names equal transformers' MambaForCausalLM state dict:
     backbone.layers.{l}.mixer.out_proj.weight       [D, Di]        (+ .bias if use_bias)
     backbone.norm_f.weight                          [D]
     lm_head.weight                                  [V, D]         only when untied
-The forward is DESIGN.md §3, per layer:
+The forward is docs/ARCHITECTURE.md §3, per layer:
     r = h;  h = rmsnorm(h) * norm.weight             rmsnorm(h) = h * rsqrt(mean(h^2) + eps)
     [x, z] = in_proj(h)
     x = silu(causal_depthwise_conv(x))               left zero padding (or the conv state)
@@ -255,7 +255,7 @@ class MambaMixer(nn.Module):
         """h [B, T, D]; state None or (conv [B, Di, K-1], ssm [B, Di, N]) -> (out, new_state).
 
         mask: None, or (channel [Di], state [Di, N]) of 0/1 (a sparsity profile's hard masks,
-        DESIGN.md §4): x[d] := 0 right after conv + silu where channel[d] is 0, and s[d, n] held
+        docs/ARCHITECTURE.md §4): x[d] := 0 right after conv + silu where channel[d] is 0, and s[d, n] held
         at 0 where channel[d] * state[d, n] is 0. This is the meaning the C engine serves by
         removing those channels and entries."""
         Bsz, T, _ = h.shape
@@ -502,7 +502,7 @@ def load_config(model_dir):
 
 
 def load_sparsity_masks(path, dtype=torch.float64):
-    """The hard masks of a yunmin.sparsity.safetensors (DESIGN.md §4): per layer
+    """The hard masks of a yunmin.sparsity.safetensors (docs/ARCHITECTURE.md §4): per layer
     (channel [Di], state [Di, N]) with 1 where the logit is > 0. The scan order is not needed:
     it is an exact reparametrization of the served layout."""
     tensors, meta = safetensors_io.load_numpy(path)

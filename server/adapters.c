@@ -1,4 +1,4 @@
-/* server/adapters_api.c - adapter upload, management and hot swap (DESIGN.md §5, §6).
+/* server/adapters.c - adapter upload, management and hot swap (docs/ARCHITECTURE.md §5, §6).
  *
  * Loop thread, except the work functions, which run on the libuv pool: an upload is streamed
  * part by part into a fresh directory of the store (server/store.c) as it arrives, never whole
@@ -35,9 +35,8 @@ typedef struct ym_upload {
     char part[256];
     size_t bytes, limit;
     int have_config, have_set;
-    int failed; /* an error is in diag/err/status: answer it at the end */
-    ym_err err;
-    int status;
+    int failed; /* an error is in diag/err: answer it at the end */
+    ym_err err;   /* the answer's status, type and code come from it (err.h) */
     ym_diag diag;
     /* results of the work */
     ym_adapter_t *adapter;
@@ -47,13 +46,12 @@ typedef struct ym_upload {
     int committed;
 } ym_upload;
 
-static void upload_fail(ym_upload *u, ym_err err, int status, const char *fmt, const char *arg)
+static void upload_fail(ym_upload *u, ym_err err, const char *fmt, const char *arg)
 {
     if (u->failed)
         return;
     u->failed = 1;
     u->err = err;
-    u->status = status;
     if (fmt != NULL)
         snprintf(u->diag.msg, sizeof(u->diag.msg), fmt, arg);
 }
@@ -85,7 +83,7 @@ static int part_data(void *arg, const char *data, size_t len, ym_diag *diag)
     u->bytes += len;
     if (u->bytes > u->limit) {
         if (!u->failed) {
-            upload_fail(u, YM_ETOOBIG, 413, NULL, NULL);
+            upload_fail(u, YM_EUPLOADBIG, NULL, NULL);
             snprintf(u->diag.msg, sizeof(u->diag.msg),
                      "the upload exceeds the %zu bytes this tenant may store", u->limit);
         }
@@ -97,7 +95,7 @@ static int part_data(void *arg, const char *data, size_t len, ym_diag *diag)
             continue;
         if (n <= 0) {
             int e = errno;
-            upload_fail(u, YM_EIO, e == ENOSPC ? 507 : 500, "cannot write the upload: %s",
+            upload_fail(u, e == ENOSPC ? YM_ENOSPC : YM_EIO, "cannot write the upload: %s",
                         strerror(e));
             return -1;
         }
@@ -113,7 +111,7 @@ static int part_end(void *arg, ym_diag *diag)
     int rc = close(u->fd); /* fsync happens on the pool, before the commit */
     u->fd = -1;
     if (rc != 0) {
-        upload_fail(u, YM_EIO, 500, "cannot write the upload: %s", strerror(errno));
+        upload_fail(u, YM_EIO, "cannot write the upload: %s", strerror(errno));
         return -1;
     }
     return 0;
@@ -151,42 +149,43 @@ static const char *adapter_name(const char *url)
     return url + strlen("/v1/adapters/");
 }
 
-int ym_upload_begin(ym_hreq *r, const char *url)
+/* PUT /v1/adapters/{name}, its start: checks what needs no body (name, quota, size), opens
+ * the upload. */
+ym_err ym_adapters_put_begin(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
+    const char *url = m->url;
     ym_server_t *srv = r->srv;
     const char *name = adapter_name(url);
     if (srv->conf.adapter_dir[0] == '\0') {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "uploads_disabled",
-                              "adapter uploads are disabled on this server (set adapter_dir)");
-        return -1;
+        /* Permanent until the operator sets adapter_dir: 403, not a retryable 503. */
+        return ym_diag_param(diag, YM_EUPLOADS_OFF, NULL,
+                             "adapter uploads are disabled on this server (the operator sets "
+                             "adapter_dir to enable them)");
     }
     if (srv->model == NULL) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
-        return -1;
+        return ym_diag_param(diag, YM_ELOADING, NULL, "the model is still loading");
     }
     if (srv->draining) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining", "the server is shutting down");
-        return -1;
+        return ym_diag_param(diag, YM_EDRAINING, NULL, "the server is shutting down");
     }
     if (!ym_store_valid_name(name)) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "name", "invalid_request",
-                              "adapter names are 1-64 characters of [A-Za-z0-9._-], not "
-                              "starting with '.'");
-        return -1;
+        return ym_diag_param(diag, YM_EINVAL, "name",
+                             "adapter names are 1-64 characters of [A-Za-z0-9._-], not "
+                             "starting with '.'");
     }
     if (strcmp(name, srv->model_name) == 0) {
-        ym_hreq_respond_error(r, YM_EEXIST, 409, "name", "name_taken",
-                              "'%s' is the base model's name", name);
-        return -1;
+        /* Never clears by itself: 400, not a retryable 409. */
+        return ym_diag_param(diag, YM_ENAME, "name",
+                             "'%s' is the base model's name", name);
     }
     uint64_t max_adapters = r->limits.max_adapters, max_bytes = r->limits.max_adapter_bytes;
     const ym_reg_entry *cur = ym_registry_find(&srv->registry, r->limits.name, name);
     if (cur == NULL && max_adapters > 0 &&
         (uint64_t)ym_registry_count(&srv->registry, r->limits.name) >= max_adapters) {
-        ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "adapter_limit",
-                              "tenant %s already has %llu adapters (its limit)", r->limits.name,
-                              (unsigned long long)max_adapters);
-        return -1;
+        /* Stays full until the tenant deletes one: 403, not a retryable 429. */
+        return ym_diag_param(diag, YM_EQUOTA, NULL,
+                             "tenant %s already has %llu adapters (its limit); delete one first",
+                             r->limits.name, (unsigned long long)max_adapters);
     }
     size_t limit = (size_t)srv->conf.max_upload_bytes;
     if (max_bytes > 0) {
@@ -195,17 +194,14 @@ int ym_upload_begin(ym_hreq *r, const char *url)
         if (left < limit)
             limit = left;
     }
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl = ym_hreq_header(r, "Content-Length");
     if (cl != NULL && strtoull(cl, NULL, 10) > limit + 64 * 1024) {
-        ym_hreq_respond_error(r, YM_ETOOBIG, 413, NULL, "upload_too_large",
-                              "the upload is %s bytes; this tenant may store %zu more", cl, limit);
-        return -1;
+        return ym_diag_param(diag, YM_EUPLOADBIG, NULL,
+                             "the upload is %s bytes; this tenant may store %zu more", cl, limit);
     }
     ym_upload *u = calloc(1, sizeof(*u));
     if (u == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
-        return -1;
+        return ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
     }
     u->fd = -1;
     u->srv = srv;
@@ -213,23 +209,21 @@ int ym_upload_begin(ym_hreq *r, const char *url)
     snprintf(u->tenant, sizeof(u->tenant), "%s", r->limits.name);
     snprintf(u->name, sizeof(u->name), "%s", name);
     ym_diag d = {0};
-    ym_err err = ym_mp_new(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                       MHD_HTTP_HEADER_CONTENT_TYPE),
+    ym_err err = ym_mp_new(ym_hreq_header(r, "Content-Type"),
                            &upload_cb, u, &u->mp, &d);
     if (err == YM_OK)
         err = ym_store_begin(srv->conf.adapter_dir, r->limits.name, u->tmp, sizeof(u->tmp), &d);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, NULL, err == YM_EINVAL ? "invalid_request" : NULL, "%s",
-                              d.msg);
         upload_free(u);
-        return -1;
+        return ym_diag_param(diag, err, NULL, "%s", d.msg);
     }
     r->upload = u;
     ym_hreq_track(r); /* a drain waits for it; a stop resumes it if it is suspended */
-    return 0;
+    return YM_OK;
 }
 
-void ym_upload_data(ym_hreq *r, const char *data, size_t len)
+/* PUT /v1/adapters/{name}: the body as it arrives, streamed to disk. */
+void ym_adapters_put_data(ym_hreq *r, const char *data, size_t len)
 {
     ym_upload *u = r->upload;
     if (u->failed)
@@ -238,7 +232,6 @@ void ym_upload_data(ym_hreq *r, const char *data, size_t len)
     if (ym_mp_feed(u->mp, data, len, &d) != YM_OK && !u->failed) {
         u->failed = 1;
         u->err = YM_EINVAL;
-        u->status = 400;
         u->diag = d;
     }
 }
@@ -254,17 +247,39 @@ static void upload_work(uv_work_t *w) /* libuv pool */
     ym_err err = ym_adapter_load(u->tmp, srv->model, &lim, &u->adapter, &u->diag);
     if (err != YM_OK) {
         u->err = err;
-        u->status = err == YM_EIO ? 500 : 422;
+        /* Whatever the loader refused is the adapter's fault: 422 invalid_adapter. */
+        if (err != YM_EIO && err != YM_ENOMEM)
+            u->err = YM_EFORMAT;
         return;
     }
     err = ym_store_commit(srv->conf.adapter_dir, u->tenant, u->name, u->tmp, &u->version,
                           &u->replaced, &u->diag);
     if (err != YM_OK) {
-        u->err = err;
-        u->status = 500;
+        u->err = err == YM_ENOMEM ? YM_ENOMEM : YM_EIO;
         return;
     }
     u->committed = 1;
+}
+
+/* msg with the upload's temporary directory cut out: "TMP/a/b.json: bad" -> "a/b.json: bad",
+ * a bare "TMP" -> "the upload". */
+static void cut_upload_dir(char *out, size_t cap, const char *msg, const char *tmp)
+{
+    size_t tl = strlen(tmp), o = 0;
+    while (*msg && o + 1 < cap) {
+        if (tl > 0 && strncmp(msg, tmp, tl) == 0) {
+            msg += tl;
+            if (*msg == '/') {
+                msg++;
+            } else {
+                int k = snprintf(out + o, cap - o, "the upload");
+                o = o + (size_t)k < cap ? o + (size_t)k : cap - 1;
+            }
+            continue;
+        }
+        out[o++] = *msg++;
+    }
+    out[o] = '\0';
 }
 
 static void upload_after(uv_work_t *w, int status) /* loop thread */
@@ -285,21 +300,17 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
                u->disk_bytes);
     }
     r->upload = NULL;
-    if (!r->conn_done) {
+    if (!ym_hreq_closed(r)) {
         if (u->committed) {
             const ym_reg_entry *e = ym_registry_find(&srv->registry, u->tenant, u->name);
             ym_hreq_respond_json(r, existed ? 200 : 201, describe(e, srv->model_name));
         } else {
-            /* Messages name files by their path in the upload, not on this server. */
-            const char *msg = u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err);
-            size_t tl = strlen(u->tmp);
-            if (strncmp(msg, u->tmp, tl) == 0) {
-                msg += tl;
-                while (*msg == '/' || *msg == ':' || *msg == ' ')
-                    msg++;
-            }
-            ym_hreq_respond_error(r, u->err, u->status, NULL,
-                                  u->status == 422 ? "invalid_adapter" : NULL, "%s", msg);
+            /* Messages name files by their path in the upload, not on this server: the error
+             * path cuts adapter_dir (where the upload's temporary directory is) out. */
+            char msg[sizeof(u->diag.msg) + 32];
+            cut_upload_dir(msg, sizeof(msg), u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err),
+                           u->tmp);
+            ym_hreq_respond_error(r, u->err, NULL, "%s", msg);
         }
         ym_hreq_resume(r);
         ym_httpd_kick(srv);
@@ -308,7 +319,9 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
     ym_hreq_unref(r);
 }
 
-int ym_upload_end(ym_hreq *r)
+/* PUT /v1/adapters/{name}, the body complete: answers at once, or validates on the pool and
+ * answers then. */
+ym_err ym_adapters_put(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
     ym_upload *u = r->upload;
     ym_diag d = {0};
@@ -317,40 +330,39 @@ int ym_upload_end(ym_hreq *r)
          * a suspended connection). Its outcome is not known yet, so no answer would be true:
          * close the connection. The store stays whole either way (commits are atomic). */
         if (r->srv->stopping)
-            return -1;
-        ym_hreq_suspend(r);
-        return 0;
+            ym_hreq_close(r);
+        else
+            ym_hreq_suspend(r);
+        return YM_OK;
     }
     if (!u->failed && ym_mp_finish(u->mp, &d) != YM_OK) {
         u->failed = 1;
         u->err = YM_EINVAL;
-        u->status = 400;
         u->diag = d;
     }
     if (!u->failed && !u->have_config && !u->have_set) {
         u->failed = 1;
         u->err = YM_EINVAL;
-        u->status = 400;
         snprintf(u->diag.msg, sizeof(u->diag.msg),
                  "the upload has no adapter_config.json (nor adapter_set.json)");
     }
     if (u->failed) {
-        ym_hreq_respond_error(r, u->err, u->status, NULL,
-                              u->status == 413 ? "upload_too_large" : "invalid_request", "%s",
-                              u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
+        ym_err err = ym_diag_param(diag, u->err, NULL, "%s",
+                                   u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err));
         r->upload = NULL;
         upload_free(u);
-        return 0;
+        return err;
     }
     u->r = r;
     r->refs++;
     u->work.data = u;
     ym_hreq_suspend(r);
     uv_queue_work(r->srv->loop, &u->work, upload_work, upload_after);
-    return 0;
+    return YM_OK; /* upload_after answers */
 }
 
-void ym_upload_abort(ym_hreq *r)
+/* The connection ended before the upload's answer. */
+void ym_adapters_put_abort(ym_hreq *r)
 {
     ym_upload *u = r->upload;
     if (u == NULL || u->r != NULL)
@@ -361,7 +373,7 @@ void ym_upload_abort(ym_hreq *r)
 
 /* --- GET / DELETE --- */
 
-void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
+static ym_err adapters(ym_hreq *r, const char *method, const char *url, ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     if (strcmp(url, "/v1/adapters") == 0) {
@@ -370,33 +382,32 @@ void ym_api_adapters(ym_hreq *r, const char *method, const char *url)
             if (strcmp(srv->registry.v[i].tenant, r->limits.name) == 0)
                 json_array_append_new(data, describe(&srv->registry.v[i], srv->model_name));
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
-        return;
+        return YM_OK;
     }
     const char *name = adapter_name(url);
     const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
     if (e == NULL) {
         /* Another tenant's adapter answers exactly as a missing one: names do not leak. */
-        ym_hreq_respond_error(r, YM_ENOENT, 404, "name", "adapter_not_found",
-                              "no adapter '%s'", name);
-        return;
+        return ym_diag_param(diag, YM_ENOADAPTER, "name",
+                             "no adapter '%s'", name);
     }
     if (strcmp(method, "DELETE") == 0) {
         ym_diag d = {0};
         ym_err err = ym_store_remove(srv->conf.adapter_dir, r->limits.name, name, &d);
         if (err != YM_OK && err != YM_ENOENT) {
-            ym_hreq_respond_error(r, err, 0, NULL, NULL, "%s", d.msg);
-            return;
+            return ym_diag_param(diag, err, NULL, "%s", d.msg);
         }
         ym_log(YM_LOG_INFO, r->id, "adapter %s/%s deleted", r->limits.name, name);
         ym_registry_remove(&srv->registry, r->limits.name, name);
         ym_hreq_respond_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object", "adapter",
                                                "deleted", 1));
-        return;
+        return YM_OK;
     }
     ym_hreq_respond_json(r, 200, describe(e, srv->model_name));
+    return YM_OK;
 }
 
-json_t *ym_api_adapter_models(ym_hreq *r)
+json_t *ym_adapters_models(ym_hreq *r)
 {
     ym_server_t *srv = r->srv;
     json_t *out = json_array();
@@ -420,7 +431,7 @@ static size_t identity_add(ym_hreq *r, size_t at, const ym_reg_entry *e)
     return n > 0 && (size_t)n < sizeof(r->identity) - at ? (size_t)n : 0;
 }
 
-int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out)
+int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out)
 {
     ym_server_t *srv = r->srv;
     ym_adapter_t *parts[YM_ADAPTER_SET_MAX + 1];
@@ -431,7 +442,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     if (model != NULL && strcmp(model, srv->model_name) != 0) {
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, model);
         if (e == NULL) {
-            ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
+            ym_hreq_respond_error(r, YM_ENOMODEL, "model",
                                   "the model '%s' does not exist (this server serves '%s' and "
                                   "your adapters)",
                                   model, srv->model_name);
@@ -444,7 +455,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
         const char *name = json_string_value(json_array_get(list, i));
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
         if (e == NULL) {
-            ym_hreq_respond_error(r, YM_ENOENT, 404, "adapters", "adapter_not_found",
+            ym_hreq_respond_error(r, YM_ENOADAPTER, "adapters",
                                   "no adapter '%s'", name);
             return -1;
         }
@@ -460,7 +471,7 @@ int ym_api_resolve_adapters(ym_hreq *r, const char *model, json_t *list, ym_adap
     ym_diag d = {0};
     ym_err err = ym_adapter_compose(parts, n, out, &d);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 400, "adapters", NULL,
+        ym_hreq_respond_error(r, err == YM_ENOMEM ? YM_ENOMEM : YM_EINVAL, "adapters",
                               "cannot compose these adapters: %s", d.msg);
         return -1;
     }
@@ -673,4 +684,22 @@ void ym_adapters_stop(ym_server_t *srv)
         uv_close((uv_handle_t *)h, (uv_close_cb)free);
     }
     srv->n_watches = 0;
+}
+
+/* GET /v1/adapters: the caller's adapters. */
+ym_err ym_adapters_list(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return adapters(r, m->method, m->url, diag);
+}
+
+/* GET /v1/adapters/{name}: one of them. */
+ym_err ym_adapters_get(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return adapters(r, m->method, m->url, diag);
+}
+
+/* DELETE /v1/adapters/{name}. */
+ym_err ym_adapters_delete(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return adapters(r, m->method, m->url, diag);
 }

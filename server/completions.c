@@ -1,8 +1,10 @@
-/* server/api.c - the routes of DESIGN.md §6 that exist so far, and the OpenAI response shapes.
+/* server/completions.c - POST /v1/completions and OpenAI's text_completion shapes.
  *
- * Loop thread only. Each handler validates (request.c), answers at once or creates a generation
- * job and submits it to the scheduler; ym_api_on_output turns a job's new output into SSE
- * events (streaming) or accumulates it for one JSON body (non-streaming). */
+ * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
+ * session, tokenize (long prompts on the libuv pool), submit the generation job to the
+ * scheduler, then turn the job's new output into SSE events (streaming) or one JSON body.
+ * Runs: loop thread only. Must not: touch the connection; it answers through ym_hreq_respond_*
+ * and gives the transport its output and ping hooks (r->on_output, r->on_ping). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,57 +13,6 @@
 
 #include "engine/log.h"
 #include "server/server.h"
-
-/* --- JSON helpers --- */
-
-/* Replace each byte that does not start a valid UTF-8 sequence by U+FFFD. */
-static char *sanitize_utf8(const char *s, size_t len, size_t *out_len)
-{
-    char *o = malloc(len * 3 + 1);
-    if (o == NULL)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < len;) {
-        unsigned char c = (unsigned char)s[i];
-        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0 && i + (size_t)n <= len && c != 0xC0 && c != 0xC1 && c < 0xF5;
-        for (int k = 1; ok && k < n; k++)
-            ok = ((unsigned char)s[i + (size_t)k] >> 6) == 2;
-        if (ok && n == 3) {
-            unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)s[i + 1] & 0x3Fu) << 6);
-            ok = cp >= 0x800 && !(cp >= 0xD800 && cp < 0xE000);
-        } else if (ok && n == 4) {
-            unsigned cp = ((c & 0x07u) << 18) | (((unsigned char)s[i + 1] & 0x3Fu) << 12);
-            ok = cp >= 0x10000 && cp <= 0x10FFFF;
-        }
-        if (ok) {
-            memcpy(o + j, s + i, (size_t)n);
-            j += (size_t)n;
-            i += (size_t)n;
-        } else {
-            memcpy(o + j, "\xEF\xBF\xBD", 3);
-            j += 3;
-            i++;
-        }
-    }
-    o[j] = '\0';
-    *out_len = j;
-    return o;
-}
-
-json_t *ym_json_text(const char *s, size_t len)
-{
-    json_t *v = json_stringn(s, len);
-    if (v != NULL)
-        return v;
-    size_t n;
-    char *clean = sanitize_utf8(s, len, &n);
-    if (clean == NULL)
-        return NULL;
-    v = json_stringn(clean, n);
-    free(clean);
-    return v;
-}
 
 static json_t *logprob_value(float lp)
 {
@@ -146,7 +97,7 @@ static void sse_event(ym_hreq *r, json_t *obj)
     free(s);
 }
 
-void ym_api_ping(ym_hreq *r)
+static void on_ping(ym_hreq *r)
 {
     if (ym_buf_put(&r->sse, ": ping\n\n", 8) != 0)
         r->sse_error = 1;
@@ -230,17 +181,17 @@ static void collect_output(ym_hreq *r)
     if (d->finish == YM_FINISH_NONE)
         return;
     if (d->finish == YM_FINISH_CANCELLED) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled",
+        ym_hreq_respond_error(r, YM_ECANCELED, NULL,
                               "the request was cancelled (server stopping or client gone)");
         return;
     }
     if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
-        ym_hreq_respond_error(r, YM_EEXIST, 409, "session_append", "session_mismatch", "%s",
+        ym_hreq_respond_error(r, YM_EEXIST, "session_append", "%s",
                               SESSION_CHANGED);
         return;
     }
     if (d->finish == YM_FINISH_ERROR) {
-        ym_hreq_respond_error(r, YM_EIO, 500, NULL, NULL,
+        ym_hreq_respond_error(r, YM_EIO, NULL,
                               "the engine failed while generating; see the server log");
         return;
     }
@@ -266,10 +217,10 @@ static void collect_output(ym_hreq *r)
     return;
 oom:
     ym_gen_cancel(r->gen);
-    ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+    ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
 }
 
-void ym_api_on_output(ym_hreq *r)
+static void on_output(ym_hreq *r)
 {
     if (r->gen == NULL || r->finish != YM_FINISH_NONE)
         return;
@@ -279,89 +230,12 @@ void ym_api_on_output(ym_hreq *r)
     r->n_cached = r->delta.n_cached;
     if (r->delta.finish != YM_FINISH_NONE)
         r->finish = r->delta.finish;
-    if (r->streaming)
+    if (r->phase == YM_PHASE_STREAMING)
         stream_output(r);
     else
         collect_output(r);
     if (r->finish != YM_FINISH_NONE)
         ym_hreq_untrack(r);
-}
-
-/* --- routes --- */
-
-static const struct route {
-    const char *path;
-    const char *methods; /* comma-separated */
-    int prefix;          /* path is a prefix ending in '/' */
-    const char *label;
-} routes[] = {
-    {"/v1/completions", "POST", 0, "/v1/completions"},
-    {"/v1/models", "GET", 0, "/v1/models"},
-    {"/v1/models/", "GET", 1, "/v1/models/{id}"},
-    {"/v1/adapters", "GET", 0, "/v1/adapters"},
-    {"/v1/adapters/", "GET, PUT, DELETE", 1, "/v1/adapters/{name}"},
-    {"/v1/sessions/", "GET, DELETE", 1, "/v1/sessions/{id}"},
-    {"/admin/sessions/", "GET, PUT", 1, "/admin/sessions/{tenant}/{id}"},
-    {"/v1/tokenize", "POST", 0, "/v1/tokenize"},
-    {"/v1/detokenize", "POST", 0, "/v1/detokenize"},
-    {"/healthz", "GET", 0, "/healthz"},
-    {"/readyz", "GET", 0, "/readyz"},
-    {"/metrics", "GET", 0, "/metrics"},
-};
-
-static int method_in(const char *method, const char *list)
-{
-    size_t n = strlen(method);
-    for (const char *p = list; (p = strstr(p, method)) != NULL; p += n)
-        if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
-            return 1;
-    return 0;
-}
-
-int ym_api_route(const char *method, const char *url, const char **label, const char **allow)
-{
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        const struct route *rt = &routes[i];
-        int match = rt->prefix ? strncmp(url, rt->path, strlen(rt->path)) == 0 &&
-                                     url[strlen(rt->path)] != '\0'
-                               : strcmp(url, rt->path) == 0;
-        if (!match)
-            continue;
-        *label = rt->label;
-        if (method_in(method, rt->methods) ||
-            (strcmp(method, "HEAD") == 0 && method_in("GET", rt->methods)))
-            return 0;
-        *allow = rt->methods;
-        return 405;
-    }
-    *label = "other";
-    return 404;
-}
-
-static int check_model(ym_hreq *r, const char *model)
-{
-    if (model == NULL || strcmp(model, r->srv->model_name) == 0)
-        return 0;
-    ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
-                          "the model '%s' does not exist (this server serves '%s')", model,
-                          r->srv->model_name);
-    return -1;
-}
-
-static int check_ready(ym_hreq *r)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->draining) {
-        ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining",
-                              "the server is shutting down; retry on another replica");
-        return -1;
-    }
-    if (srv->sched == NULL) {
-        ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
-        return -1;
-    }
-    return 0;
 }
 
 /* Prompts longer than this are tokenized on the libuv pool so the loop keeps serving. */
@@ -384,12 +258,12 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     ym_err err;
     ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
     if (ids->n == 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "prompt",
                               "the prompt has no tokens");
         goto fail;
     }
     if (ids->n > srv->conf.max_prompt_tokens) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "prompt_too_long",
+        ym_hreq_respond_error(r, YM_EPROMPT, "prompt",
                               "the prompt has %zu tokens; this server allows at most %llu", ids->n,
                               (unsigned long long)srv->conf.max_prompt_tokens);
         goto fail;
@@ -404,14 +278,14 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             ym_tok_decode(srv->tok, ids->v, ids->n, &r->echo_text, &r->echo_len);
         }
         if (r->echo_text == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
             goto fail;
         }
     }
-    if (r->session_append && ym_api_session_append(r, ids, &p) != 0)
+    if (r->session_append && ym_sessions_append(r, ids, &p) != 0)
         goto fail;
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
-        ym_hreq_respond_error(r, YM_ELIMIT, 429, NULL, "concurrency_limit",
+        ym_hreq_respond_error(r, YM_ELIMIT, NULL,
                               "tenant %s already has %llu requests running; retry when one ends",
                               r->limits.name, (unsigned long long)r->limits.max_concurrent);
         goto fail;
@@ -433,7 +307,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     ids->n = ids->cap = 0;
     ym_gen *g = NULL;
     if ((err = ym_gen_new(&p, &g)) != YM_OK) {
-        ym_hreq_respond_error(r, err, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, err, NULL, "out of memory");
         return;
     }
     ym_gen_set_owner(g, r);
@@ -441,10 +315,10 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
         ym_gen_unref(g);
         ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
         if (srv->draining || srv->sched == NULL)
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "draining",
+            ym_hreq_respond_error(r, YM_EDRAINING, NULL,
                                   "the server is shutting down; retry on another replica");
         else
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "queue_full",
+            ym_hreq_respond_error(r, YM_EBUSY, NULL,
                                   "the server is busy (%llu requests waiting); retry shortly",
                                   (unsigned long long)srv->conf.max_queue);
         return;
@@ -452,13 +326,12 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
     r->gen = g;
     r->n_prompt = (int)(n_prompt + (size_t)p.append_base);
-    r->streaming = q->stream;
     r->include_usage = q->include_usage;
     r->echo = q->echo;
     r->logprobs = q->logprobs;
     r->tokens_as_ids = q->tokens_as_ids;
     ym_hreq_track(r);
-    if (r->streaming) {
+    if (q->stream) {
         if (r->echo) {
             json_t *obj = completion_object(
                 r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
@@ -487,17 +360,17 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     ym_tok_job *job = w->data;
     ym_hreq *r = job->r;
     r->tok_job = NULL;
-    if (!r->conn_done) {
+    if (!ym_hreq_closed(r)) {
         if (r->client_gone)
-            ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "cancelled", "the client went away");
+            ym_hreq_respond_error(r, YM_ECANCELED, NULL, "the client went away");
         else if (status != 0 || job->err != YM_OK)
-            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, 0, "prompt", NULL,
+            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, "prompt",
                                   "cannot tokenize the prompt: %s",
                                   ym_strerror(job->err ? job->err : YM_EIO));
         else
             submit_job(r, &job->q, &job->ids, job->adapter);
         job->adapter = NULL; /* submit_job took it */
-        if (r->responded || r->streaming)
+        if (ym_hreq_answered(r))
             ym_hreq_resume(r);
         if (r->gen == NULL)
             ym_hreq_untrack(r);
@@ -515,34 +388,34 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
  * hash on to pin a conversation to a replica); both present must agree. 0 or -1 (answered). */
 static int take_session_id(ym_hreq *r, const ym_creq *q)
 {
-    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Session-Id");
+    const char *h = ym_hreq_header(r, "X-Session-Id");
     if (h != NULL) {
         ym_diag d = {0};
         if (ym_session_id_check(h, strlen(h), (size_t)r->srv->conf.max_session_id_bytes, &d) !=
             YM_OK) {
-            ym_hreq_respond_error(r, YM_EINVAL, 400, "X-Session-Id", "invalid_request",
+            ym_hreq_respond_error(r, YM_EINVAL, "X-Session-Id",
                                   "X-Session-Id: %s", d.msg);
             return -1;
         }
         if (q->session_id != NULL && strcmp(q->session_id, h) != 0) {
-            ym_hreq_respond_error(r, YM_EINVAL, 400, "session_id", "invalid_request",
+            ym_hreq_respond_error(r, YM_EINVAL, "session_id",
                                   "session_id and the X-Session-Id header differ");
             return -1;
         }
     }
     const char *id = q->session_id ? q->session_id : h;
     if (id != NULL && (r->session_id = strdup(id)) == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
         return -1;
     }
     if (q->session_append && id == NULL) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "session_append", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "session_append",
                               "session_append needs a session_id (or an X-Session-Id header)");
         return -1;
     }
     if (q->session_append && q->sampling.repetition_penalty != 1.0f) {
         /* The penalty covers the prompt's tokens, which an appended turn does not carry. */
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "repetition_penalty", "invalid_request",
+        ym_hreq_respond_error(r, YM_EINVAL, "repetition_penalty",
                               "repetition_penalty is not available with session_append (it "
                               "needs the whole history): send the whole prompt instead");
         return -1;
@@ -551,11 +424,16 @@ static int take_session_id(ym_hreq *r, const ym_creq *q)
     return 0;
 }
 
-static void handle_completion(ym_hreq *r)
+/* POST /v1/completions. Refusals found here are returned; the job, the tokenization and the
+ * helpers it hands over to answer themselves (ym_hreq_respond_error), later or now. */
+ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
+    r->on_output = on_output; /* the transport calls these for the job's output */
+    r->on_ping = on_ping;
     ym_server_t *srv = r->srv;
-    if (check_ready(r) != 0)
-        return;
+    ym_err err;
+    if ((err = ym_server_ready(srv, diag)) != YM_OK)
+        return err;
     ym_req_limits lim = {
         .max_tokens_cap = (int64_t)srv->conf.max_tokens_cap,
         .default_max_tokens = (int64_t)srv->conf.default_max_tokens,
@@ -564,31 +442,29 @@ static void handle_completion(ym_hreq *r)
     };
     ym_creq q;
     json_t *root = NULL;
-    ym_diag diag = {0};
     ym_ids ids = {0};
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
-    ym_err err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, &diag);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, diag.param, err == YM_EINVAL ? "invalid_request" : NULL,
-                              "%s", diag.msg[0] ? diag.msg : ym_strerror(err));
-        return;
-    }
-    if (take_session_id(r, &q) != 0 || ym_api_resolve_adapters(r, q.model, q.adapters, &adapter) != 0)
+    if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
+        return err;
+    if (take_session_id(r, &q) != 0 || ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);
     if (q.echo && q.logprobs >= 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, "echo", "invalid_request",
-                              "echo together with logprobs is not supported");
+        err = ym_diag_param(diag, YM_EINVAL, "echo",
+                            "echo together with logprobs is not supported");
         goto out;
     }
-    int n_vocab = srv->model->cfg.n_vocab;
+    /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
+     * (ids no tokenizer makes, nor /v1/detokenize takes). */
+    int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
+                                                                       : srv->model->cfg.n_vocab;
     if (q.prompt_ids != NULL) {
         for (size_t i = 0; i < q.n_prompt_ids; i++) {
             if (q.prompt_ids[i] >= n_vocab) {
-                ym_hreq_respond_error(r, YM_EINVAL, 400, "prompt", "invalid_request",
-                                      "prompt[%zu] = %d is not a token id (vocabulary size %d)",
-                                      i, q.prompt_ids[i], n_vocab);
+                err = ym_diag_param(diag, YM_EINVAL, "prompt",
+                                    "prompt[%zu] = %d is not a token id (vocabulary size %d)",
+                                    i, q.prompt_ids[i], n_vocab);
                 goto out;
             }
         }
@@ -598,7 +474,7 @@ static void handle_completion(ym_hreq *r)
     } else if (q.prompt_len > TOKENIZE_INLINE_BYTES) {
         ym_tok_job *job = calloc(1, sizeof(*job));
         if (job == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            err = ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
             goto out;
         }
         job->r = r;
@@ -616,8 +492,8 @@ static void handle_completion(ym_hreq *r)
         uv_queue_work(srv->loop, &job->work, tok_work, tok_after);
         goto out;
     } else if ((err = ym_tok_encode(srv->tok, q.prompt, q.prompt_len, &ids)) != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize the prompt: %s",
-                              ym_strerror(err));
+        ym_diag_param(diag, err, "prompt", "cannot tokenize the prompt: %s",
+                      ym_strerror(err));
         goto out;
     }
     submit_job(r, &q, &ids, adapter);
@@ -627,149 +503,6 @@ out:
     ym_ids_deinit(&ids);
     ym_creq_deinit(&q);
     json_decref(root);
+    return err;
 }
 
-static json_t *model_object(ym_server_t *srv)
-{
-    return json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model_name, "object", "model", "created",
-                     (json_int_t)srv->created, "owned_by", "yunmin");
-}
-
-static void handle_models(ym_hreq *r, const char *url)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        check_ready(r);
-        return;
-    }
-    if (strcmp(url, "/v1/models") == 0) {
-        json_t *data = ym_api_adapter_models(r);
-        json_array_insert_new(data, 0, model_object(srv));
-        ym_hreq_respond_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
-        return;
-    }
-    const char *id = url + strlen("/v1/models/");
-    json_t *adapters = ym_api_adapter_models(r);
-    json_t *found = NULL;
-    for (size_t i = 0; i < json_array_size(adapters) && found == NULL; i++)
-        if (strcmp(json_string_value(json_object_get(json_array_get(adapters, i), "id")), id) ==
-            0)
-            found = json_incref(json_array_get(adapters, i));
-    json_decref(adapters);
-    if (strcmp(id, srv->model_name) == 0)
-        ym_hreq_respond_json(r, 200, model_object(srv));
-    else if (found != NULL)
-        ym_hreq_respond_json(r, 200, found);
-    else
-        ym_hreq_respond_error(r, YM_ENOENT, 404, "model", "model_not_found",
-                              "the model '%s' does not exist", id);
-}
-
-static void handle_tokenize(ym_hreq *r)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        check_ready(r);
-        return;
-    }
-    const char *text = NULL, *model = NULL;
-    size_t len = 0;
-    json_t *root = NULL;
-    ym_diag diag = {0};
-    ym_err err = ym_tokreq_parse(r->body.p, r->body.len, &text, &len, &model, &root, &diag);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, diag.param, "invalid_request", "%s", diag.msg);
-        return;
-    }
-    ym_ids ids = {0};
-    if (check_model(r, model) == 0) {
-        if ((err = ym_tok_encode(srv->tok, text, len, &ids)) != YM_OK) {
-            ym_hreq_respond_error(r, err, 0, "prompt", NULL, "cannot tokenize: %s",
-                                  ym_strerror(err));
-        } else {
-            json_t *arr = json_array();
-            for (size_t i = 0; i < ids.n; i++)
-                json_array_append_new(arr, json_integer(ids.v[i]));
-            ym_hreq_respond_json(r, 200, json_pack("{s:o,s:I}", "tokens", arr, "count",
-                                                   (json_int_t)ids.n));
-        }
-    }
-    ym_ids_deinit(&ids);
-    json_decref(root);
-}
-
-static void handle_detokenize(ym_hreq *r)
-{
-    ym_server_t *srv = r->srv;
-    if (srv->tok == NULL) {
-        check_ready(r);
-        return;
-    }
-    int32_t *ids = NULL;
-    size_t n = 0;
-    const char *model = NULL;
-    json_t *root = NULL;
-    ym_diag diag = {0};
-    ym_err err = ym_detokreq_parse(r->body.p, r->body.len, &ids, &n, &model, &root, &diag);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, 0, diag.param, "invalid_request", "%s", diag.msg);
-        return;
-    }
-    if (check_model(r, model) == 0) {
-        int nv = ym_tok_n_vocab(srv->tok);
-        size_t bad = n;
-        for (size_t i = 0; i < n && bad == n; i++)
-            if (ids[i] >= nv)
-                bad = i;
-        char *text = NULL;
-        size_t len = 0;
-        if (bad < n) {
-            ym_hreq_respond_error(r, YM_EINVAL, 400, "tokens", "invalid_request",
-                                  "tokens[%zu] = %d is not a token id (vocabulary size %d)", bad,
-                                  ids[bad], nv);
-        } else if ((err = ym_tok_decode(srv->tok, ids, n, &text, &len)) != YM_OK) {
-            ym_hreq_respond_error(r, err, 0, "tokens", NULL, "cannot decode: %s",
-                                  ym_strerror(err));
-        } else {
-            ym_hreq_respond_json(r, 200, json_pack("{s:o}", "prompt", ym_json_text(text, len)));
-            free(text);
-        }
-    }
-    free(ids);
-    json_decref(root);
-}
-
-void ym_api_dispatch(ym_hreq *r, const char *method, const char *url)
-{
-    ym_server_t *srv = r->srv;
-    if (strcmp(url, "/healthz") == 0) {
-        ym_hreq_respond_json(r, 200, json_pack("{s:s}", "status", "ok"));
-    } else if (strcmp(url, "/readyz") == 0) {
-        const char *st = srv->draining ? "draining" : srv->ready ? "ready" : "loading";
-        ym_hreq_respond_json(r, srv->ready && !srv->draining ? 200 : 503,
-                             json_pack("{s:s}", "status", st));
-    } else if (strcmp(url, "/metrics") == 0) {
-        char *text = NULL;
-        size_t len = 0;
-        if (ym_metrics_render(srv->metrics, &text, &len) != 0)
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
-        else
-            ym_hreq_respond_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    } else if (strcmp(url, "/v1/completions") == 0) {
-        handle_completion(r);
-    } else if (strncmp(url, "/v1/models", 10) == 0) {
-        handle_models(r, url);
-    } else if (strncmp(url, "/v1/adapters", 12) == 0) {
-        ym_api_adapters(r, method, url);
-    } else if (strncmp(url, "/v1/sessions/", 13) == 0) {
-        ym_api_sessions(r, method, url);
-    } else if (strncmp(url, "/admin/sessions/", 16) == 0) {
-        ym_api_admin_sessions(r, method, url);
-    } else if (strcmp(url, "/v1/tokenize") == 0) {
-        handle_tokenize(r);
-    } else if (strcmp(url, "/v1/detokenize") == 0) {
-        handle_detokenize(r);
-    } else {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "not_found", "no route %s %s", method, url);
-    }
-}

@@ -1,4 +1,4 @@
-/* server/sessions_api.c - the session routes (docs/API.md "Sessions").
+/* server/sessions.c - the session routes (docs/API.md "Sessions").
  *
  *   GET    /v1/sessions/{id}              the caller's session: tokens it holds, bytes
  *   DELETE /v1/sessions/{id}              forget it
@@ -29,22 +29,20 @@ size_t ym_server_state_bytes(const ym_server_t *srv)
     return n;
 }
 
-static int cache_ready(ym_hreq *r)
+static ym_err cache_ready(ym_hreq *r, ym_diag *diag)
 {
     if (r->srv->cache != NULL)
-        return 0;
-    ym_hreq_respond_error(r, YM_EBUSY, 503, NULL, "loading", "the model is still loading");
-    return -1;
+        return YM_OK;
+    return ym_diag_param(diag, YM_ELOADING, NULL, "the model is still loading");
 }
 
-static int check_id(ym_hreq *r, const char *id)
+static ym_err check_id(ym_hreq *r, const char *id, ym_diag *diag)
 {
     ym_diag d = {0};
     if (ym_session_id_check(id, strlen(id), (size_t)r->srv->conf.max_session_id_bytes, &d) ==
         YM_OK)
-        return 0;
-    ym_hreq_respond_error(r, YM_EINVAL, 400, "session_id", "invalid_request", "%s", d.msg);
-    return -1;
+        return YM_OK;
+    return ym_diag_param(diag, YM_EINVAL, "session_id", "%s", d.msg);
 }
 
 static json_t *session_object(const char *id, const ym_sc_entry *e)
@@ -54,12 +52,13 @@ static json_t *session_object(const char *id, const ym_sc_entry *e)
                      (json_int_t)ym_sc_entry_bytes(e));
 }
 
-void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
+static ym_err sessions(ym_hreq *r, const char *method, const char *url, ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     const char *id = url + strlen("/v1/sessions/");
-    if (cache_ready(r) != 0 || check_id(r, id) != 0)
-        return;
+    ym_err err;
+    if ((err = cache_ready(r, diag)) != YM_OK || (err = check_id(r, id, diag)) != YM_OK)
+        return err;
     ym_skey key;
     ym_skey_session(&key, r->limits.name, id);
     if (strcmp(method, "DELETE") == 0) {
@@ -67,24 +66,24 @@ void ym_api_sessions(ym_hreq *r, const char *method, const char *url)
             ym_hreq_respond_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object",
                                                    "session", "deleted", 1));
         else
-            ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found",
-                                  "no session '%s'", id);
-        return;
+            return ym_diag_param(diag, YM_ENOSESSION, NULL,
+                                 "no session '%s'", id);
+        return YM_OK;
     }
     ym_sc_entry *e = ym_scache_pin(srv->cache, &key);
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found", "no session '%s'",
-                              id);
-        return;
+        return ym_diag_param(diag, YM_ENOSESSION, NULL, "no session '%s'",
+                             id);
     }
     json_t *obj = session_object(id, e);
     ym_scache_unpin(srv->cache, e);
     ym_hreq_respond_json(r, 200, obj);
+    return YM_OK;
 }
 
 /* Append mode: check the session exists and ran with the same adapters, and put its pending
  * token (the last one it sampled, never fed) before the new tokens. 0, or -1 (answered). */
-int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
+int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
 {
     ym_server_t *srv = r->srv;
     ym_skey key, root;
@@ -92,7 +91,7 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     ym_skey_root(&root, r->limits.name, r->identity);
     ym_sc_entry *e = srv->cache ? ym_scache_pin(srv->cache, &key) : NULL;
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, "session_id", "session_not_found",
+        ym_hreq_respond_error(r, YM_ENOSESSION, "session_id",
                               "no session '%s' to append to (it may have been evicted): send "
                               "the whole prompt without session_append",
                               r->session_id);
@@ -106,7 +105,7 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     p->append_base = ym_sc_entry_state(e)->n_tokens;
     ym_scache_unpin(srv->cache, e);
     if (!ok) {
-        ym_hreq_respond_error(r, YM_EEXIST, 409, "session_append", "session_mismatch",
+        ym_hreq_respond_error(r, YM_EEXIST, "session_append",
                               "session '%s' ran with other adapters (or versions), or was "
                               "imported: send the whole prompt without session_append",
                               r->session_id);
@@ -115,7 +114,7 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     if (pending >= 0) {
         int32_t *v = realloc(ids->v, (ids->n + 1) * sizeof(int32_t));
         if (v == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, 503, NULL, NULL, "out of memory");
+            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
             return -1;
         }
         memmove(v + 1, v, ids->n * sizeof(int32_t));
@@ -127,39 +126,37 @@ int ym_api_session_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     return 0;
 }
 
-/* /admin/sessions/{tenant}/{id}: split and check. 0, or -1 (answered). */
-static int admin_target(ym_hreq *r, const char *url, char tenant[YM_TENANT_NAME_MAX + 1],
-                        const char **id)
+/* /admin/sessions/{tenant}/{id}: split and check. */
+static ym_err admin_target(ym_hreq *r, const char *url, char tenant[YM_TENANT_NAME_MAX + 1],
+                           const char **id, ym_diag *diag)
 {
     const char *t = url + strlen("/admin/sessions/");
     const char *slash = strchr(t, '/');
     size_t tl = slash ? (size_t)(slash - t) : 0;
     if (slash == NULL || tl == 0 || tl > YM_TENANT_NAME_MAX) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, NULL, "invalid_request",
-                              "the path must be /admin/sessions/{tenant}/{session_id}");
-        return -1;
+        return ym_diag_param(diag, YM_EINVAL, NULL,
+                             "the path must be /admin/sessions/{tenant}/{session_id}");
     }
     memcpy(tenant, t, tl);
     tenant[tl] = '\0';
     if (!ym_store_valid_name(tenant)) {
-        ym_hreq_respond_error(r, YM_EINVAL, 400, NULL, "invalid_request",
-                              "'%s' is not a tenant name", tenant);
-        return -1;
+        return ym_diag_param(diag, YM_EINVAL, NULL,
+                             "'%s' is not a tenant name", tenant);
     }
     *id = slash + 1;
-    return check_id(r, *id);
+    return check_id(r, *id, diag);
 }
 
-static void admin_export(ym_hreq *r, const char *tenant, const char *id)
+static ym_err admin_export(ym_hreq *r, const char *tenant, const char *id,
+                          ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_skey key;
     ym_skey_session(&key, tenant, id);
     ym_sc_entry *e = ym_scache_pin(srv->cache, &key);
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOENT, 404, NULL, "session_not_found",
-                              "tenant %s has no session '%s'", tenant, id);
-        return;
+        return ym_diag_param(diag, YM_ENOSESSION, NULL,
+                             "tenant %s has no session '%s'", tenant, id);
     }
     const ym_state_t *st = ym_sc_entry_state(e);
     size_t n = ym_session_blob_size(st);
@@ -170,14 +167,16 @@ static void admin_export(ym_hreq *r, const char *tenant, const char *id)
     ym_scache_unpin(srv->cache, e);
     if (err != YM_OK) {
         free(blob);
-        ym_hreq_respond_error(r, err, 503, NULL, NULL, "cannot export the session: %s",
-                              ym_strerror(err));
-        return;
+        return ym_diag_param(diag, err == YM_ENOMEM ? YM_ENOMEM : YM_EIO, NULL,
+                             "cannot export the session: %s",
+                             ym_strerror(err));
     }
     ym_hreq_respond_text(r, 200, "application/octet-stream", blob, n);
+    return YM_OK;
 }
 
-static void admin_import(ym_hreq *r, const char *tenant, const char *id)
+static ym_err admin_import(ym_hreq *r, const char *tenant, const char *id,
+                          ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_state_t *st = NULL, *like = NULL;
@@ -190,34 +189,58 @@ static void admin_import(ym_hreq *r, const char *tenant, const char *id)
                                    &d);
     ym_state_free(like);
     if (err != YM_OK) {
-        ym_hreq_respond_error(r, err, err == YM_ENOMEM ? 503 : 422, NULL, "invalid_session_state",
-                              "%s", d.msg[0] ? d.msg : ym_strerror(err));
-        return;
+        return ym_diag_param(diag, err == YM_ENOMEM ? YM_ENOMEM : YM_ESTATE, NULL,
+                             "%s", d.msg[0] ? d.msg : ym_strerror(err));
     }
     int64_t n_tokens = st->n_tokens;
     size_t bytes = ym_scache_entry_bytes(st);
     ym_skey_session(&key, tenant, id);
     int rc = ym_scache_put(srv->cache, &key, YM_SC_SESSION, &meta, st); /* takes st */
     if (rc != 1) {
-        ym_hreq_respond_error(r, YM_ENOMEM, 507, NULL, "cache_full",
-                              "the state cache cannot hold this session (%zu bytes; budget %zu)",
-                              bytes, ym_scache_budget(srv->cache));
-        return;
+        return ym_diag_param(diag, YM_ECACHEFULL, NULL,
+                             "the state cache cannot hold this session (%zu bytes; budget %zu)",
+                             bytes, ym_scache_budget(srv->cache));
     }
     ym_metrics_add(srv->metrics, YM_M_CACHE_STORES, 1);
     ym_hreq_respond_json(r, 201, json_pack("{s:s,s:s,s:s,s:I,s:I}", "id", id, "object",
                                            "session", "tenant", tenant, "tokens",
                                            (json_int_t)n_tokens, "bytes", (json_int_t)bytes));
+    return YM_OK;
 }
 
-void ym_api_admin_sessions(ym_hreq *r, const char *method, const char *url)
+static ym_err admin_sessions(ym_hreq *r, const char *method, const char *url, ym_diag *diag)
 {
     char tenant[YM_TENANT_NAME_MAX + 1];
-    const char *id;
-    if (cache_ready(r) != 0 || admin_target(r, url, tenant, &id) != 0)
-        return;
+    const char *id = NULL;
+    ym_err err;
+    if ((err = cache_ready(r, diag)) != YM_OK ||
+        (err = admin_target(r, url, tenant, &id, diag)) != YM_OK)
+        return err;
     if (strcmp(method, "PUT") == 0)
-        admin_import(r, tenant, id);
-    else
-        admin_export(r, tenant, id);
+        return admin_import(r, tenant, id, diag);
+    return admin_export(r, tenant, id, diag);
+}
+
+/* GET /v1/sessions/{id}: the caller's session (tokens and bytes it holds). */
+ym_err ym_sessions_get(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return sessions(r, m->method, m->url, diag);
+}
+
+/* DELETE /v1/sessions/{id}: forget it. */
+ym_err ym_sessions_delete(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return sessions(r, m->method, m->url, diag);
+}
+
+/* GET /admin/sessions/{tenant}/{id}: export a session's state (admin tenants). */
+ym_err ym_sessions_export(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return admin_sessions(r, m->method, m->url, diag);
+}
+
+/* PUT /admin/sessions/{tenant}/{id}: import one. */
+ym_err ym_sessions_import(ym_hreq *r, const ym_match *m, ym_diag *diag)
+{
+    return admin_sessions(r, m->method, m->url, diag);
 }
