@@ -593,6 +593,13 @@ ym_err ym_config_load(const char *path, ym_config *out, ym_diag *diag)
     return err;
 }
 
+int ym_config_conv_channels(const ym_config *c)
+{
+    if (c->arch == YM_ARCH_MAMBA2)
+        return c->d_inner + 2 * c->n_group * c->d_state;
+    return c->d_inner;
+}
+
 size_t ym_config_state_bytes(const ym_config *c)
 {
     if (c->arch == YM_ARCH_MAMBA2) {
