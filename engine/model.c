@@ -322,6 +322,44 @@ static ym_err bind_layer(binder *b, int l, ym_layer *L)
     return YM_OK;
 }
 
+/* A Mamba-2 layer (the same names in transformers' and mamba_ssm's forms). */
+static ym_err bind_layer_m2(binder *b, int l, ym_layer *L)
+{
+    const ym_config *c = &b->m->cfg;
+    const int64_t dm = c->d_model, di = c->d_inner, h = c->n_head;
+    const int64_t cd = ym_config_conv_channels(c), n_in = di + cd + h;
+    char name[128];
+    ym_err err;
+#define NAME(suffix) (snprintf(name, sizeof(name), "backbone.layers.%d.%s", l, suffix), name)
+#define TRYB(x)                                                                                    \
+    if ((err = (x)) != YM_OK)                                                                      \
+        return err;
+    L->d_inner = c->d_inner;
+    TRYB(BIND(b, NAME("norm.weight"), true, &L->norm, dm));
+    TRYB(bind_w(b, NAME("mixer.in_proj.weight"), n_in, dm, &L->in_proj));
+    TRYB(BIND(b, NAME("mixer.in_proj.bias"), c->use_bias, &L->in_proj_b, n_in));
+    TRYB(BIND(b, NAME("mixer.conv1d.weight"), true, &L->conv_w, cd, 1, c->d_conv));
+    TRYB(BIND(b, NAME("mixer.conv1d.bias"), c->use_conv_bias, &L->conv_b, cd));
+    TRYB(BIND(b, NAME("mixer.dt_bias"), true, &L->dt_bias, h));
+    TRYB(BIND(b, NAME("mixer.D"), true, &L->D, h));
+    TRYB(BIND(b, NAME("mixer.norm.weight"), true, &L->gnorm, di));
+    TRYB(bind_w(b, NAME("mixer.out_proj.weight"), dm, di, &L->out_proj));
+    TRYB(BIND(b, NAME("mixer.out_proj.bias"), c->use_bias, &L->out_proj_b, dm));
+    /* A = -exp(A_log) per head, once here */
+    const ym_st_tensor *t;
+    TRYB(find_checked(b, NAME("mixer.A_log"), 1, SHAPE(h), true, &t));
+    float *A = owned_alloc(b->m, (size_t)h);
+    if (A == NULL)
+        return ym_diag_set(b->diag, YM_ENOMEM, "tensor %s: out of memory", name);
+    TRYB(ym_st_tensor_to_f32(t, A, b->diag));
+    for (int64_t i = 0; i < h; i++)
+        A[i] = -expf(A[i]);
+    L->A = A;
+#undef NAME
+#undef TRYB
+    return YM_OK;
+}
+
 static int cmp_ptr(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
@@ -335,6 +373,8 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     binder b = { .m = m, .st = m->st, .wt = m->wtype, .diag = diag };
     ym_err err;
     int64_t row_max = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+    if (ym_config_conv_channels(c) > row_max)
+        row_max = ym_config_conv_channels(c);
 
     if ((b.used = calloc((size_t)n_all + 1, sizeof(*b.used))) == NULL ||
         (b.row = malloc(sizeof(float) * (size_t)row_max)) == NULL ||
@@ -371,7 +411,8 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     if ((err = bind_w(&b, embed_name, nv, dm, &m->embed)) != YM_OK)
         goto done;
     for (int l = 0; l < c->n_layer; l++)
-        if ((err = bind_layer(&b, l, &m->layers[l])) != YM_OK)
+        if ((err = (c->arch == YM_ARCH_MAMBA2 ? bind_layer_m2 : bind_layer)(&b, l,
+                                                                          &m->layers[l])) != YM_OK)
             goto done;
     if ((err = BIND(&b, "backbone.norm_f.weight", true, &m->norm_f, dm)) != YM_OK)
         goto done;
@@ -395,9 +436,9 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     for (int i = 0; i < n_all; i++) {
         const ym_st_tensor *t = ym_st_set_tensor(m->st, i);
         if (bsearch(&t, b.used, (size_t)b.n_used, sizeof(*b.used), cmp_ptr) == NULL) {
-            err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: unexpected in a Mamba-1 checkpoint "
+            err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: unexpected in a %s checkpoint "
                                                 "with this config",
-                              t->name);
+                              t->name, ym_arch_name(c->arch));
             goto done;
         }
     }
