@@ -580,14 +580,6 @@ ym_err ym_config_load(const char *path, ym_config *out, ym_diag *diag)
     err = ym_config_parse(buf, n, out, &d);
     if (err != YM_OK) {
         ym_diag_set(diag, err, "%s: %s", path, d.msg);
-    } else if (out->arch == YM_ARCH_FALCON_MAMBA) {
-        /* Parsed, but the forward pass does not run this family yet: refuse here so that
-         * loading such a model ends in this message, not in a missing-tensor error. */
-        err = ym_diag_set(diag, YM_EFORMAT,
-                          "%s: architecture %s (%s) is not supported yet: this engine runs "
-                          "Mamba-1 and Mamba-2 models only",
-                          path, ym_arch_name(out->arch), arch_title(out->arch));
-        memset(out, 0, sizeof(*out));
     }
     free(buf);
     return err;

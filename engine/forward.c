@@ -26,8 +26,9 @@ static const ym_layer_ops *layer_ops_for(ym_arch a)
     switch (a) {
     case YM_ARCH_MAMBA2:
         return &ym_mamba2_layer_ops;
-    case YM_ARCH_MAMBA1:
     case YM_ARCH_FALCON_MAMBA:
+        return &ym_falcon_mamba_layer_ops;
+    case YM_ARCH_MAMBA1:
         return &ym_mamba1_layer_ops;
     }
     return NULL;

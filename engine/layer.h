@@ -76,6 +76,7 @@ struct ym_layer_ops {
 
 extern const ym_layer_ops ym_mamba1_layer_ops;
 extern const ym_layer_ops ym_mamba2_layer_ops;
+extern const ym_layer_ops ym_falcon_mamba_layer_ops;
 
 /* C[M, n1 - n0] = A[M, K] . W[n0:n1, K]^T + beta * C (engine/weight.h), with this thread's
  * scratch for tiles of a low-bit weight. */

@@ -1,4 +1,4 @@
-/* engine/mamba1.c - the Mamba-1 layer behind the layer interface of engine/layer.h, with its
+/* engine/mamba1.c - the Mamba-1 layer (and Falcon-Mamba's, the same with norms) behind the layer interface of engine/layer.h, with its
  * adapter hooks and its plain reference.
  *
  * Owns: nothing; computes in the context's scratch (engine/layer.h).
@@ -224,6 +224,17 @@ static void hook_out_output(ym_ctx_t *c, int l, float *o, int scale, int m0, int
 }
 
 
+/* v := v / sqrt(mean(v^2) + eps) (Falcon-Mamba's rms_forward, no weight). */
+static void rms_plain(float *v, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)v[i] * v[i];
+    float r = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++)
+        v[i] *= r;
+}
+
 /* Layer l (norm, mixer, residual) for every row of the batch; run by every thread of the pool,
  * which meet at its barriers. hn: this thread's normed-input buffer; wscr: its matmul scratch. */
 static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float *wscr)
@@ -282,6 +293,16 @@ static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     if (ad)
         hook_x_output(c, ith, l, xin, p0, p1);
     ym_pool_barrier(c->pool);
+    if (cfg->mixer_rms_eps > 0.0f) {
+        /* Falcon-Mamba: weightless RMS norms on dt_lo, B and C of each row, rows split */
+        for (int r = ith; r < R; r += nth) {
+            float *o = c->dbc + (size_t)r * P;
+            rms_plain(o, dtr, cfg->mixer_rms_eps);
+            rms_plain(o + dtr, N, cfg->mixer_rms_eps);
+            rms_plain(o + dtr + N, N, cfg->mixer_rms_eps);
+        }
+        ym_pool_barrier(c->pool);
+    }
     /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
     const ym_weight dtw = {YM_WT_F32, nk, dtr, L->dt_proj_w, NULL}; /* stays f32 */
     MATMUL(c->dt + c0, di, c->dbc, P, R, &dtw, c0, c1, 0.0f);
@@ -439,4 +460,14 @@ const ym_layer_ops ym_mamba1_layer_ops = {
     .layer = mamba1_layer,
     .ref_token = ref_token,
     .adapters = true,
+};
+
+/* Falcon-Mamba: the same layer, with weightless RMS norms on dt_lo, B and C (its config's
+ * mixer_rms_eps > 0 turns them on). Its adapters would have to apply around those norms (the
+ * hooks above do not), and the Mamba-1 reference has no norms: neither is offered yet. */
+const ym_layer_ops ym_falcon_mamba_layer_ops = {
+    .name = "falcon_mamba",
+    .layer = mamba1_layer,
+    .ref_token = NULL,
+    .adapters = false,
 };

@@ -63,15 +63,20 @@ static double maxdiff(const float *a, const float *b, size_t n)
     return e;
 }
 
-static ym_model_t *load(const char *name, ym_wtype wt)
+static ym_model_t *load_arch(const char *name, ym_wtype wt, ym_arch arch)
 {
     char dir[4096];
     snprintf(dir, sizeof(dir), "%s/%s", M2DIR, name);
     ym_model_t *m = NULL;
     ym_diag d = { { 0 }, { 0 } };
     ck_assert_msg(ym_model_load_as(dir, wt, &m, &d) == YM_OK, "%s: %s", dir, d.msg);
-    ck_assert_int_eq(m->cfg.arch, YM_ARCH_MAMBA2);
+    ck_assert_int_eq(m->cfg.arch, arch);
     return m;
+}
+
+static ym_model_t *load(const char *name, ym_wtype wt)
+{
+    return load_arch(name, wt, YM_ARCH_MAMBA2);
 }
 
 /* max |diff| of the three modes against the reference: prefill of the whole prompt (all rows'
@@ -232,6 +237,32 @@ START_TEST(test_mamba2_state_is_sized_per_family)
 }
 END_TEST
 
+/* Falcon-Mamba (the Mamba-1 layer with weightless RMS norms on dt, B and C): the same three
+ * modes against its fixtures' float64 reference logits. */
+START_TEST(test_falcon_mamba_forward_matches_reference)
+{
+    static const char *const fm[] = { "fm-bias-k3-f32", "fm-untied-k4-bf16" };
+    ref r;
+    ref_load(fm[_i], &r);
+    const double atol = 1e-3 * r.scale; /* the manifest's rule */
+    ym_model_t *m = load_arch(fm[_i], YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
+    static const char *const mode[3] = { "prefill", "decode", "ragged" };
+    for (int nt = 1; nt <= 3; nt += 2) {
+        double e[3];
+        run_modes(m, &r, nt, e);
+        for (int k = 0; k < 3; k++) {
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "falcon_mamba %s %s, %d threads: max |diff| %.3g (atol %.3g)\n",
+                        fm[_i], mode[k], nt, e[k], atol);
+            ck_assert_msg(e[k] < atol, "%s %s, %d threads: max |diff| %g, atol %g", fm[_i],
+                          mode[k], nt, e[k], atol);
+        }
+    }
+    ym_model_unref(m);
+    ref_free(&r);
+}
+END_TEST
+
 Suite *mamba2_suite(void)
 {
     Suite *s = suite_create("mamba2");
@@ -240,6 +271,7 @@ Suite *mamba2_suite(void)
     tcase_add_loop_test(tc, test_mamba2_forward_matches_reference, 0, 4);
     tcase_add_loop_test(tc, test_mamba2_lowbit_weights_within_measured_error, 0, 2);
     tcase_add_test(tc, test_mamba2_state_is_sized_per_family);
+    tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
