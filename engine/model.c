@@ -606,6 +606,84 @@ static bool random_w(ym_model_t *m, rng *g, ym_wtype wt, int64_t N, int64_t K, f
     return true;
 }
 
+/* A random Mamba-2 model (m->cfg, m->wtype set): matrices ~ U(-1/sqrt(fan_in), ..), norms 1,
+ * conv ~ U(-1/sqrt(d_conv), ..), A_log = log(1..n_head) spread as mamba_ssm's A_init_range
+ * (1, 16), D = 1, dt_bias = softplus^-1 of a log-uniform dt in [1e-3, 1e-1]. */
+static bool random_m2(ym_model_t *m, rng *g, float *tmp)
+{
+    const ym_config *c = &m->cfg;
+    const ym_wtype wt = m->wtype;
+    const size_t dm = (size_t)c->d_model, di = (size_t)c->d_inner, h = (size_t)c->n_head;
+    const size_t cd = (size_t)ym_config_conv_channels(c), n_in = di + cd + h;
+    const size_t k = (size_t)c->d_conv, nv = (size_t)c->n_vocab;
+    const float bound_dm = 1.0f / sqrtf((float)dm), bound_di = 1.0f / sqrtf((float)di);
+    const float bound_k = 1.0f / sqrtf((float)k);
+    if (!random_w(m, g, wt, (int64_t)nv, (int64_t)dm, bound_dm, tmp, &m->embed))
+        return false;
+    for (int l = 0; l < c->n_layer; l++) {
+        ym_layer *L = &m->layers[l];
+        float *p;
+        L->d_inner = c->d_inner;
+        if ((p = owned_alloc(m, dm)) == NULL)
+            return false;
+        fill_const(p, dm, 1.0f);
+        L->norm = p;
+        if (!random_w(m, g, wt, (int64_t)n_in, (int64_t)dm, bound_dm, tmp, &L->in_proj))
+            return false;
+        if (c->use_bias) {
+            if ((p = owned_alloc(m, n_in)) == NULL)
+                return false;
+            fill_uniform(g, p, n_in, bound_dm);
+            L->in_proj_b = p;
+        }
+        if ((p = owned_alloc(m, cd * k)) == NULL)
+            return false;
+        fill_uniform(g, p, cd * k, bound_k);
+        L->conv_w = p;
+        if (c->use_conv_bias) {
+            if ((p = owned_alloc(m, cd)) == NULL)
+                return false;
+            fill_uniform(g, p, cd, bound_k);
+            L->conv_b = p;
+        }
+        float *dtb = owned_alloc(m, h), *A = owned_alloc(m, h), *D = owned_alloc(m, h);
+        float *gn = owned_alloc(m, di);
+        if (dtb == NULL || A == NULL || D == NULL || gn == NULL)
+            return false;
+        fill_uniform(g, dtb, h, 1.0f);
+        for (size_t i = 0; i < h; i++) {
+            double u = 0.5 * ((double)dtb[i] + 1.0);
+            double dt = exp(u * (log(0.1) - log(1e-3)) + log(1e-3));
+            dtb[i] = (float)(dt + log(-expm1(-dt)));
+            A[i] = -(1.0f + 15.0f * (float)i / (float)(h > 1 ? h - 1 : 1));
+        }
+        fill_const(D, h, 1.0f);
+        fill_const(gn, di, 1.0f);
+        L->dt_bias = dtb;
+        L->A = A;
+        L->D = D;
+        L->gnorm = gn;
+        if (!random_w(m, g, wt, (int64_t)dm, (int64_t)di, bound_di, tmp, &L->out_proj))
+            return false;
+        if (c->use_bias) {
+            if ((p = owned_alloc(m, dm)) == NULL)
+                return false;
+            fill_uniform(g, p, dm, bound_di);
+            L->out_proj_b = p;
+        }
+    }
+    float *nf = owned_alloc(m, dm);
+    if (nf == NULL)
+        return false;
+    fill_const(nf, dm, 1.0f);
+    m->norm_f = nf;
+    if (c->tie_embeddings)
+        m->lm_head = m->embed;
+    else if (!random_w(m, g, wt, (int64_t)nv, (int64_t)dm, bound_dm, tmp, &m->lm_head))
+        return false;
+    return true;
+}
+
 ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out, ym_diag *diag)
 {
     return ym_model_new_random_as(cfg, seed, YM_WT_F32, out, diag);
@@ -632,8 +710,17 @@ ym_err ym_model_new_random_as(const ym_config *cfg, uint64_t seed, ym_wtype wt, 
         goto oom;
     if (wt != YM_WT_F32) {
         size_t big = nv * dm > 2 * di * dm ? nv * dm : 2 * di * dm;
+        size_t n_in = di + (size_t)ym_config_conv_channels(c) + (size_t)c->n_head;
+        if (c->arch == YM_ARCH_MAMBA2 && n_in * dm > big)
+            big = n_in * dm;
         if ((tmp = malloc(sizeof(float) * big)) == NULL)
             goto oom;
+    }
+    if (c->arch == YM_ARCH_MAMBA2) {
+        rng g2 = { .seed = mix64(seed ^ 0x6a09e667f3bcc909ull), .ctr = 0 };
+        if (!random_m2(m, &g2, tmp))
+            goto oom;
+        goto done;
     }
 
     /* The small tensors, each rounded up to a cache line, in one allocation; the matrices
@@ -712,6 +799,7 @@ ym_err ym_model_new_random_as(const ym_config *cfg, uint64_t seed, ym_wtype wt, 
     }
 #undef TAKE
 #undef PAD
+done:
     free(tmp);
     m->n_params = ym_config_n_params(c);
     count_bytes(m);
