@@ -11,10 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapters/adapter.h"
 #include "engine/config.h"
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
+#include "engine/sparse.h"
+#include "engine/sparsity.h"
 #include "engine/state.h"
 #include "testutil.h"
 
@@ -263,6 +266,98 @@ START_TEST(test_falcon_mamba_forward_matches_reference)
 }
 END_TEST
 
+/* PEFT adapters on Mamba-2's in_proj and out_proj (LoRA; IA³ with out_proj as a feedforward
+ * module), applied unmerged: prefill and decode against the fixtures' float64 logits of the
+ * adapted model (PEFT-checked), and a ragged batch of one adapted and one base sequence. */
+START_TEST(test_mamba2_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "lora-m2-g2", "ia3-m2-g2" };
+    const char *base = "m2-g2-bias-untied-k3-bf16";
+    ref ra, rb;
+    ref_load(ads[_i], &ra);
+    ref_load(base, &rb);
+    ck_assert_int_eq(ra.T, rb.T);
+    ck_assert_int_eq(memcmp(ra.ids, rb.ids, sizeof(int32_t) * ra.T), 0);
+    const int T = ra.T, V = ra.V;
+    ym_model_t *m = load(base, YM_WT_AUTO);
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", M2DIR, ads[_i]);
+    ym_adapter_t *ad = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_adapter_load(dir, m, NULL, &ad, &d) == YM_OK, "%s: %s", dir, d.msg);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 2 * T, 2, &ctx), YM_OK);
+    ym_state_t *s0 = NULL, *s1 = NULL;
+    ck_assert_int_eq(ym_state_new(&m->cfg, &s0), YM_OK);
+    ck_assert_int_eq(ym_state_new(&m->cfg, &s1), YM_OK);
+    float *got = malloc(sizeof(float) * 2 * (size_t)T * V);
+    const ym_adapt *one[2] = { ym_adapter_applied(ad), NULL };
+    ym_state_t *st[2] = { s0, s1 };
+    double atol = 1e-3 * ra.scale, e[3] = { 0, 0, 0 };
+
+    int ss[3] = { 0, T, 0 };
+    ym_batch b = { .n_seq = 1, .tokens = ra.ids, .seq_start = ss, .states = st,
+                   .logits = YM_LOGITS_ALL, .adapters = one };
+    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+    e[0] = maxdiff(got, ra.logits, (size_t)T * V);
+    ym_state_reset(s0);
+    b.logits = YM_LOGITS_LAST;
+    ss[1] = 1;
+    for (int t = 0; t < T; t++) {
+        b.tokens = ra.ids + t;
+        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+        e[1] = fmax(e[1], maxdiff(got, ra.logits + (size_t)t * V, V));
+    }
+    /* ragged: the adapted sequence and a base one, each the whole prompt */
+    ym_state_reset(s0);
+    int32_t *tok = malloc(sizeof(int32_t) * 2 * (size_t)T);
+    memcpy(tok, ra.ids, sizeof(int32_t) * T);
+    memcpy(tok + T, ra.ids, sizeof(int32_t) * T);
+    int s2[3] = { 0, T, 2 * T };
+    ym_batch rb2 = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
+                     .logits = YM_LOGITS_ALL, .adapters = one };
+    ck_assert_msg(ym_forward(ctx, &rb2, got, &d) == YM_OK, "%s", d.msg);
+    e[2] = fmax(maxdiff(got, ra.logits, (size_t)T * V),
+                maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
+    for (int k = 0; k < 3; k++) {
+        if (getenv("YM_TEST_VERBOSE") != NULL)
+            fprintf(stderr, "mamba2 adapter %s mode %d: max |diff| %.3g (atol %.3g)\n", ads[_i],
+                    k, e[k], atol);
+        ck_assert_msg(e[k] < atol, "adapter %s mode %d: max |diff| %g, atol %g", ads[_i], k,
+                      e[k], atol);
+    }
+    free(tok);
+    free(got);
+    ym_state_free(s0);
+    ym_state_free(s1);
+    ym_ctx_free(ctx);
+    ym_adapter_unref(ad);
+    ym_model_unref(m);
+    ref_free(&ra);
+    ref_free(&rb);
+}
+END_TEST
+
+/* What does not run on Mamba-2 yet is refused by name: a sparsity profile, an adapter module
+ * the layer does not have. */
+START_TEST(test_mamba2_refuses_sparsity_and_missing_modules)
+{
+    ym_model_t *m = load("m2-g1-k4-f32", YM_WT_AUTO);
+    ym_sparsity sp;
+    memset(&sp, 0, sizeof(sp));
+    ym_model_t *s = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_model_new_sparse(m, &sp, &s, &d), YM_EINVAL);
+    ck_assert_msg(strstr(d.msg, "Mamba-1 models only") && strstr(d.msg, "mamba2"), "%s", d.msg);
+    ck_assert_ptr_null(s);
+    ck_assert_int_eq(ym_proj_n_out(&m->cfg, YM_PROJ_X), 0);
+    ck_assert_int_eq(ym_proj_n_out(&m->cfg, YM_PROJ_DT), 0);
+    ck_assert_int_eq(ym_proj_n_out(&m->cfg, YM_PROJ_IN),
+                     m->cfg.d_inner + ym_config_conv_channels(&m->cfg) + m->cfg.n_head);
+    ym_model_unref(m);
+}
+END_TEST
+
 Suite *mamba2_suite(void)
 {
     Suite *s = suite_create("mamba2");
@@ -272,6 +367,8 @@ Suite *mamba2_suite(void)
     tcase_add_loop_test(tc, test_mamba2_lowbit_weights_within_measured_error, 0, 2);
     tcase_add_test(tc, test_mamba2_state_is_sized_per_family);
     tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
+    tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
+    tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
     suite_add_tcase(s, tc);
     return s;
 }
