@@ -1585,9 +1585,11 @@ class Mamba2Serving(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         global MODEL
-        cls.key = new_key()
+        cls.key, cls.ops = new_key(), new_key()
         cls.file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump({"tenants": [{"name": "alpha", "keys": [cls.key["hash"]]}]}, cls.file)
+        json.dump({"tenants": [{"name": "alpha", "keys": [cls.key["hash"]]},
+                               {"name": "ops", "keys": [cls.ops["hash"]], "admin": True}]},
+                  cls.file)
         cls.file.close()
         saved, MODEL = MODEL, os.path.join(ROOT, "tests", "fixtures", "mamba2", "m2-g1-k4-f32")
         try:
@@ -1629,6 +1631,28 @@ class Mamba2Serving(unittest.TestCase):
         r = self.complete(hist, self.d, sid="m2-1")
         self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
         self.assertEqual(gen_ids(r), gen_ids(self.complete(hist, self.cold)))
+
+    def test_state_blob_moves_between_mamba2_daemons_not_to_mamba1(self):
+        hist = list(range(7, 37))
+        first = gen_ids(self.complete(hist, self.d, sid="m2-blob"))
+        ops = {"Authorization": "Bearer " + self.ops["key"]}
+        blob = requests.get(self.d.url + "/admin/sessions/alpha/m2-blob", headers=ops, timeout=T)
+        self.assertEqual(blob.status_code, 200, blob.text)
+        r = requests.put(self.d.url + "/admin/sessions/alpha/m2-copy", data=blob.content,
+                         headers=ops, timeout=T)
+        self.assertEqual(r.status_code, 201, r.text)
+        hist += first + [50, 51, 52]
+        r = self.complete(hist, self.d, sid="m2-copy")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 30 + 11)
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(hist, self.cold)))
+        m1 = Daemon("--tenants-file", self.file.name)  # the Mamba-1 default model
+        try:
+            r = requests.put(m1.url + "/admin/sessions/alpha/m2-blob", data=blob.content,
+                             headers=ops, timeout=T)
+            self.assertEqual(r.status_code, 422, r.text)
+            self.assertEqual(r.json()["error"]["code"], "invalid_session_state")
+        finally:
+            self.assertEqual(m1.stop(), 0)
 
 
 if __name__ == "__main__":
