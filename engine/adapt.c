@@ -10,8 +10,11 @@
 
 #include <stddef.h>
 
+/* Mamba-2 has in_proj [z|xBC|dt] and out_proj only: x_proj and dt_proj are 0 x 0. */
 int ym_proj_n_in(const ym_config *cfg, ym_proj p)
 {
+    if (cfg->arch == YM_ARCH_MAMBA2)
+        return p == YM_PROJ_IN ? cfg->d_model : p == YM_PROJ_OUT ? cfg->d_inner : 0;
     switch (p) {
     case YM_PROJ_IN:
         return cfg->d_model;
@@ -28,6 +31,10 @@ int ym_proj_n_in(const ym_config *cfg, ym_proj p)
 
 int ym_proj_n_out(const ym_config *cfg, ym_proj p)
 {
+    if (cfg->arch == YM_ARCH_MAMBA2)
+        return p == YM_PROJ_IN ? cfg->d_inner + ym_config_conv_channels(cfg) + cfg->n_head
+               : p == YM_PROJ_OUT ? cfg->d_model
+                                  : 0;
     switch (p) {
     case YM_PROJ_IN:
         return 2 * cfg->d_inner;

@@ -580,17 +580,16 @@ ym_err ym_config_load(const char *path, ym_config *out, ym_diag *diag)
     err = ym_config_parse(buf, n, out, &d);
     if (err != YM_OK) {
         ym_diag_set(diag, err, "%s: %s", path, d.msg);
-    } else if (out->arch != YM_ARCH_MAMBA1) {
-        /* Parsed, but the forward pass runs Mamba-1 layers only so far: refuse here so that
-         * loading such a model ends in this message, not in a missing-tensor error. */
-        err = ym_diag_set(diag, YM_EFORMAT,
-                          "%s: architecture %s (%s) is not supported yet: this engine runs "
-                          "Mamba-1 models only",
-                          path, ym_arch_name(out->arch), arch_title(out->arch));
-        memset(out, 0, sizeof(*out));
     }
     free(buf);
     return err;
+}
+
+int ym_config_conv_channels(const ym_config *c)
+{
+    if (c->arch == YM_ARCH_MAMBA2)
+        return c->d_inner + 2 * c->n_group * c->d_state;
+    return c->d_inner;
 }
 
 size_t ym_config_state_bytes(const ym_config *c)

@@ -53,9 +53,11 @@ typedef struct ym_config {
  * sizes, an unsupported architecture (attention layers, MLP blocks, other model types) ->
  * YM_EFORMAT naming the key. */
 ym_err ym_config_parse(const char *json, size_t len, ym_config *out, ym_diag *diag);
-/* Read and parse a file; also refuses (YM_EFORMAT, "not supported yet") an architecture the
- * forward pass cannot run yet, so that loading a model fails with that message. */
+/* Read and parse a file (errors name the path). */
 ym_err ym_config_load(const char *path, ym_config *out, ym_diag *diag);
+
+/* Channels of one layer's conv window: d_inner, or Mamba-2's x|B|C (d_inner + 2*n_group*d_state). */
+int ym_config_conv_channels(const ym_config *c);
 
 /* Bytes of one sequence's recurrent state in f32. Mamba-1: n_layer * d_inner * (d_conv - 1 +
  * d_state) * 4; Mamba-2: n_layer * ((d_inner + 2 * n_group * d_state) * (d_conv - 1) + n_head *

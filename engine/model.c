@@ -322,6 +322,44 @@ static ym_err bind_layer(binder *b, int l, ym_layer *L)
     return YM_OK;
 }
 
+/* A Mamba-2 layer (the same names in transformers' and mamba_ssm's forms). */
+static ym_err bind_layer_m2(binder *b, int l, ym_layer *L)
+{
+    const ym_config *c = &b->m->cfg;
+    const int64_t dm = c->d_model, di = c->d_inner, h = c->n_head;
+    const int64_t cd = ym_config_conv_channels(c), n_in = di + cd + h;
+    char name[128];
+    ym_err err;
+#define NAME(suffix) (snprintf(name, sizeof(name), "backbone.layers.%d.%s", l, suffix), name)
+#define TRYB(x)                                                                                    \
+    if ((err = (x)) != YM_OK)                                                                      \
+        return err;
+    L->d_inner = c->d_inner;
+    TRYB(BIND(b, NAME("norm.weight"), true, &L->norm, dm));
+    TRYB(bind_w(b, NAME("mixer.in_proj.weight"), n_in, dm, &L->in_proj));
+    TRYB(BIND(b, NAME("mixer.in_proj.bias"), c->use_bias, &L->in_proj_b, n_in));
+    TRYB(BIND(b, NAME("mixer.conv1d.weight"), true, &L->conv_w, cd, 1, c->d_conv));
+    TRYB(BIND(b, NAME("mixer.conv1d.bias"), c->use_conv_bias, &L->conv_b, cd));
+    TRYB(BIND(b, NAME("mixer.dt_bias"), true, &L->dt_bias, h));
+    TRYB(BIND(b, NAME("mixer.D"), true, &L->D, h));
+    TRYB(BIND(b, NAME("mixer.norm.weight"), true, &L->gnorm, di));
+    TRYB(bind_w(b, NAME("mixer.out_proj.weight"), dm, di, &L->out_proj));
+    TRYB(BIND(b, NAME("mixer.out_proj.bias"), c->use_bias, &L->out_proj_b, dm));
+    /* A = -exp(A_log) per head, once here */
+    const ym_st_tensor *t;
+    TRYB(find_checked(b, NAME("mixer.A_log"), 1, SHAPE(h), true, &t));
+    float *A = owned_alloc(b->m, (size_t)h);
+    if (A == NULL)
+        return ym_diag_set(b->diag, YM_ENOMEM, "tensor %s: out of memory", name);
+    TRYB(ym_st_tensor_to_f32(t, A, b->diag));
+    for (int64_t i = 0; i < h; i++)
+        A[i] = -expf(A[i]);
+    L->A = A;
+#undef NAME
+#undef TRYB
+    return YM_OK;
+}
+
 static int cmp_ptr(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
@@ -335,6 +373,8 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     binder b = { .m = m, .st = m->st, .wt = m->wtype, .diag = diag };
     ym_err err;
     int64_t row_max = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+    if (ym_config_conv_channels(c) > row_max)
+        row_max = ym_config_conv_channels(c);
 
     if ((b.used = calloc((size_t)n_all + 1, sizeof(*b.used))) == NULL ||
         (b.row = malloc(sizeof(float) * (size_t)row_max)) == NULL ||
@@ -371,7 +411,8 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     if ((err = bind_w(&b, embed_name, nv, dm, &m->embed)) != YM_OK)
         goto done;
     for (int l = 0; l < c->n_layer; l++)
-        if ((err = bind_layer(&b, l, &m->layers[l])) != YM_OK)
+        if ((err = (c->arch == YM_ARCH_MAMBA2 ? bind_layer_m2 : bind_layer)(&b, l,
+                                                                          &m->layers[l])) != YM_OK)
             goto done;
     if ((err = BIND(&b, "backbone.norm_f.weight", true, &m->norm_f, dm)) != YM_OK)
         goto done;
@@ -395,9 +436,9 @@ static ym_err bind_model(ym_model_t *m, ym_diag *diag)
     for (int i = 0; i < n_all; i++) {
         const ym_st_tensor *t = ym_st_set_tensor(m->st, i);
         if (bsearch(&t, b.used, (size_t)b.n_used, sizeof(*b.used), cmp_ptr) == NULL) {
-            err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: unexpected in a Mamba-1 checkpoint "
+            err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: unexpected in a %s checkpoint "
                                                 "with this config",
-                              t->name);
+                              t->name, ym_arch_name(c->arch));
             goto done;
         }
     }
@@ -565,6 +606,84 @@ static bool random_w(ym_model_t *m, rng *g, ym_wtype wt, int64_t N, int64_t K, f
     return true;
 }
 
+/* A random Mamba-2 model (m->cfg, m->wtype set): matrices ~ U(-1/sqrt(fan_in), ..), norms 1,
+ * conv ~ U(-1/sqrt(d_conv), ..), A_log = log(1..n_head) spread as mamba_ssm's A_init_range
+ * (1, 16), D = 1, dt_bias = softplus^-1 of a log-uniform dt in [1e-3, 1e-1]. */
+static bool random_m2(ym_model_t *m, rng *g, float *tmp)
+{
+    const ym_config *c = &m->cfg;
+    const ym_wtype wt = m->wtype;
+    const size_t dm = (size_t)c->d_model, di = (size_t)c->d_inner, h = (size_t)c->n_head;
+    const size_t cd = (size_t)ym_config_conv_channels(c), n_in = di + cd + h;
+    const size_t k = (size_t)c->d_conv, nv = (size_t)c->n_vocab;
+    const float bound_dm = 1.0f / sqrtf((float)dm), bound_di = 1.0f / sqrtf((float)di);
+    const float bound_k = 1.0f / sqrtf((float)k);
+    if (!random_w(m, g, wt, (int64_t)nv, (int64_t)dm, bound_dm, tmp, &m->embed))
+        return false;
+    for (int l = 0; l < c->n_layer; l++) {
+        ym_layer *L = &m->layers[l];
+        float *p;
+        L->d_inner = c->d_inner;
+        if ((p = owned_alloc(m, dm)) == NULL)
+            return false;
+        fill_const(p, dm, 1.0f);
+        L->norm = p;
+        if (!random_w(m, g, wt, (int64_t)n_in, (int64_t)dm, bound_dm, tmp, &L->in_proj))
+            return false;
+        if (c->use_bias) {
+            if ((p = owned_alloc(m, n_in)) == NULL)
+                return false;
+            fill_uniform(g, p, n_in, bound_dm);
+            L->in_proj_b = p;
+        }
+        if ((p = owned_alloc(m, cd * k)) == NULL)
+            return false;
+        fill_uniform(g, p, cd * k, bound_k);
+        L->conv_w = p;
+        if (c->use_conv_bias) {
+            if ((p = owned_alloc(m, cd)) == NULL)
+                return false;
+            fill_uniform(g, p, cd, bound_k);
+            L->conv_b = p;
+        }
+        float *dtb = owned_alloc(m, h), *A = owned_alloc(m, h), *D = owned_alloc(m, h);
+        float *gn = owned_alloc(m, di);
+        if (dtb == NULL || A == NULL || D == NULL || gn == NULL)
+            return false;
+        fill_uniform(g, dtb, h, 1.0f);
+        for (size_t i = 0; i < h; i++) {
+            double u = 0.5 * ((double)dtb[i] + 1.0);
+            double dt = exp(u * (log(0.1) - log(1e-3)) + log(1e-3));
+            dtb[i] = (float)(dt + log(-expm1(-dt)));
+            A[i] = -(1.0f + 15.0f * (float)i / (float)(h > 1 ? h - 1 : 1));
+        }
+        fill_const(D, h, 1.0f);
+        fill_const(gn, di, 1.0f);
+        L->dt_bias = dtb;
+        L->A = A;
+        L->D = D;
+        L->gnorm = gn;
+        if (!random_w(m, g, wt, (int64_t)dm, (int64_t)di, bound_di, tmp, &L->out_proj))
+            return false;
+        if (c->use_bias) {
+            if ((p = owned_alloc(m, dm)) == NULL)
+                return false;
+            fill_uniform(g, p, dm, bound_di);
+            L->out_proj_b = p;
+        }
+    }
+    float *nf = owned_alloc(m, dm);
+    if (nf == NULL)
+        return false;
+    fill_const(nf, dm, 1.0f);
+    m->norm_f = nf;
+    if (c->tie_embeddings)
+        m->lm_head = m->embed;
+    else if (!random_w(m, g, wt, (int64_t)nv, (int64_t)dm, bound_dm, tmp, &m->lm_head))
+        return false;
+    return true;
+}
+
 ym_err ym_model_new_random(const ym_config *cfg, uint64_t seed, ym_model_t **out, ym_diag *diag)
 {
     return ym_model_new_random_as(cfg, seed, YM_WT_F32, out, diag);
@@ -591,8 +710,17 @@ ym_err ym_model_new_random_as(const ym_config *cfg, uint64_t seed, ym_wtype wt, 
         goto oom;
     if (wt != YM_WT_F32) {
         size_t big = nv * dm > 2 * di * dm ? nv * dm : 2 * di * dm;
+        size_t n_in = di + (size_t)ym_config_conv_channels(c) + (size_t)c->n_head;
+        if (c->arch == YM_ARCH_MAMBA2 && n_in * dm > big)
+            big = n_in * dm;
         if ((tmp = malloc(sizeof(float) * big)) == NULL)
             goto oom;
+    }
+    if (c->arch == YM_ARCH_MAMBA2) {
+        rng g2 = { .seed = mix64(seed ^ 0x6a09e667f3bcc909ull), .ctr = 0 };
+        if (!random_m2(m, &g2, tmp))
+            goto oom;
+        goto done;
     }
 
     /* The small tensors, each rounded up to a cache line, in one allocation; the matrices
@@ -671,6 +799,7 @@ ym_err ym_model_new_random_as(const ym_config *cfg, uint64_t seed, ym_wtype wt, 
     }
 #undef TAKE
 #undef PAD
+done:
     free(tmp);
     m->n_params = ym_config_n_params(c);
     count_bytes(m);

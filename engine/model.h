@@ -1,4 +1,4 @@
-/* engine/model.h - a Mamba-1 model in the engine's layout, row-major [out, in].
+/* engine/model.h - a Mamba-1, Mamba-2 or Falcon-Mamba model in the engine's layout, row-major [out, in].
  *
  * Loaded from a Hugging Face model directory (config.json + model.safetensors, maybe sharded),
  * or made with random weights for benchmarks. Tensors are looked up by their full HF name
@@ -63,6 +63,11 @@ typedef struct ym_layer {      /* names relative to backbone.layers.%d. Shapes i
     const float *D;           /* mixer.D                     [d_inner]                      */
     ym_weight out_proj;       /* mixer.out_proj.weight       [d_model, d_inner]             */
     const float *out_proj_b;  /* mixer.out_proj.bias         [d_model] (use_bias) or NULL   */
+    /* Mamba-2 (engine/mamba2.c): in_proj [d_inner + conv_ch + n_head, d_model] as [z|x|B|C|dt],
+     * conv_w/conv_b over conv_ch = d_inner + 2*n_group*d_state, A = -exp(A_log) and D [n_head];
+     * x_proj and dt_proj_* unused (empty / NULL). */
+    const float *dt_bias;     /* mixer.dt_bias               [n_head]                       */
+    const float *gnorm;       /* mixer.norm.weight (gated)   [d_inner]                      */
 } ym_layer;
 
 typedef struct ym_model {

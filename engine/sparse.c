@@ -150,6 +150,9 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
         return ym_diag_set(diag, YM_EINVAL, "no model or no profile");
     if (ym_model_is_sparse(base))
         return ym_diag_set(diag, YM_EINVAL, "the model is already sparse");
+    if (base->cfg.arch != YM_ARCH_MAMBA1)
+        return ym_diag_set(diag, YM_EINVAL, "sparsity profiles run on Mamba-1 models only, not "
+                           "yet on %s", ym_arch_name(base->cfg.arch));
     ym_err err = ym_sparsity_check(sp, &base->cfg, diag);
     if (err != YM_OK)
         return err;

@@ -19,7 +19,7 @@ static size_t conv_floats(const ym_state_t *s)
 {
     if (s->conv_off != NULL)
         return (size_t)s->conv_off[s->n_layer];
-    return (size_t)s->n_layer * s->d_inner * (size_t)(s->d_conv - 1);
+    return (size_t)s->n_layer * s->conv_ch * (size_t)(s->d_conv - 1);
 }
 
 static size_t ssm_floats(const ym_state_t *s)
@@ -36,7 +36,7 @@ size_t ym_state_floats(const ym_state_t *s)
 
 /* A zeroed state with these dimensions and, when offs is given, the compact layout of
  * conv_off/ssm_off [n_layer + 1] (copied); NULL on no memory. */
-static ym_state_t *state_make(int n_layer, int d_inner, int d_conv, int d_state,
+static ym_state_t *state_make(int n_layer, int d_inner, int conv_ch, int d_conv, int d_state,
                               const int64_t *conv_off, const int64_t *ssm_off, const void *layout)
 {
     ym_state_t *s = calloc(1, sizeof(*s));
@@ -44,6 +44,7 @@ static ym_state_t *state_make(int n_layer, int d_inner, int d_conv, int d_state,
         return NULL;
     s->n_layer = n_layer;
     s->d_inner = d_inner;
+    s->conv_ch = conv_ch;
     s->d_conv = d_conv;
     s->d_state = d_state;
     s->layout = layout;
@@ -71,7 +72,8 @@ ym_err ym_state_new(const ym_config *cfg, ym_state_t **out)
     *out = NULL;
     if (cfg->n_layer < 1 || cfg->d_inner < 1 || cfg->d_conv < 1 || cfg->d_state < 1)
         return YM_EINVAL;
-    *out = state_make(cfg->n_layer, cfg->d_inner, cfg->d_conv, cfg->d_state, NULL, NULL, NULL);
+    *out = state_make(cfg->n_layer, cfg->d_inner, ym_config_conv_channels(cfg), cfg->d_conv,
+                      cfg->d_state, NULL, NULL, NULL);
     return *out != NULL ? YM_OK : YM_ENOMEM;
 }
 
@@ -99,7 +101,8 @@ ym_err ym_state_new_for_model(const ym_model_t *m, ym_state_t **out)
             so[l + 1] = so[l] + (nssm + 15) / 16 * 16;
         }
     if (co != NULL && so != NULL)
-        *out = state_make(cfg->n_layer, cfg->d_inner, cfg->d_conv, cfg->d_state, co, so, m);
+        *out = state_make(cfg->n_layer, cfg->d_inner, ym_config_conv_channels(cfg), cfg->d_conv,
+                          cfg->d_state, co, so, m);
     free(co);
     free(so);
     return *out != NULL ? YM_OK : YM_ENOMEM;
@@ -107,7 +110,8 @@ ym_err ym_state_new_for_model(const ym_model_t *m, ym_state_t **out)
 
 ym_err ym_state_new_like(const ym_state_t *src, ym_state_t **out)
 {
-    *out = state_make(src->n_layer, src->d_inner, src->d_conv, src->d_state, src->conv_off,
+    *out = state_make(src->n_layer, src->d_inner, src->conv_ch, src->d_conv, src->d_state,
+                      src->conv_off,
                       src->ssm_off, src->layout);
     return *out != NULL ? YM_OK : YM_ENOMEM;
 }
@@ -133,7 +137,8 @@ void ym_state_reset(ym_state_t *s)
 
 static int same_dims(const ym_state_t *a, const ym_state_t *b)
 {
-    if (a->n_layer != b->n_layer || a->d_inner != b->d_inner || a->d_conv != b->d_conv ||
+    if (a->n_layer != b->n_layer || a->d_inner != b->d_inner || a->conv_ch != b->conv_ch ||
+        a->d_conv != b->d_conv ||
         a->d_state != b->d_state || (a->conv_off == NULL) != (b->conv_off == NULL))
         return 0;
     size_t n = ((size_t)a->n_layer + 1) * sizeof(int64_t);
@@ -158,7 +163,7 @@ float *ym_state_conv(ym_state_t *s, int layer)
 {
     if (s->conv_off != NULL)
         return s->conv + s->conv_off[layer];
-    return s->conv + (size_t)layer * s->d_inner * (size_t)(s->d_conv - 1);
+    return s->conv + (size_t)layer * s->conv_ch * (size_t)(s->d_conv - 1);
 }
 
 float *ym_state_ssm(ym_state_t *s, int layer)

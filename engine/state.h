@@ -1,7 +1,8 @@
 /* engine/state.h - one sequence's recurrent state: conv window and SSM state of every layer.
  *
- * conv: [n_layer][d_inner][d_conv-1] last inputs of the causal conv (oldest first);
- * ssm:  [n_layer][d_inner][d_state].  Fixed size, independent of sequence length.
+ * conv: [n_layer][conv_ch][d_conv-1] last inputs of the causal conv (oldest first), conv_ch
+ *       = d_inner (Mamba-1, Falcon-Mamba) or d_inner + 2*n_group*d_state (Mamba-2: x|B|C);
+ * ssm:  [n_layer][d_inner][d_state] (Mamba-2: [n_layer][n_head][head_dim][d_state]).  Fixed size, independent of sequence length.
  * A compact state (ym_state_new_for_model of a served sparse model) holds only what that
  * model's layers serve: each layer's kept channels' conv windows and its scan plan's blocked
  * SSM entries, at per-layer offsets. Any model runs a full-size state of its dimensions; a
@@ -19,6 +20,7 @@
 
 typedef struct ym_state {
     int n_layer, d_inner, d_conv, d_state; /* copied from the config at creation */
+    int conv_ch;                           /* channels of a layer's conv window */
     int64_t n_tokens;                      /* tokens consumed since the last reset */
     float *conv;                           /* owned, [n_layer, d_inner, d_conv-1] (full size) */
     float *ssm;                            /* owned, [n_layer, d_inner, d_state]  (full size) */
@@ -39,7 +41,7 @@ void ym_state_free(ym_state_t *s); /* NULL-safe */
 void ym_state_reset(ym_state_t *s);
 /* Copy src into dst; both must have the same dimensions and layout (else YM_EINVAL). */
 ym_err ym_state_copy(ym_state_t *dst, const ym_state_t *src);
-float *ym_state_conv(ym_state_t *s, int layer); /* [d_inner, d_conv-1] of that layer */
+float *ym_state_conv(ym_state_t *s, int layer); /* [conv_ch, d_conv-1] of that layer */
 float *ym_state_ssm(ym_state_t *s, int layer);  /* [d_inner, d_state]  of that layer */
 
 /* Serialized form: a 48-byte header (magic "YMST", version, dims, n_tokens, payload checksum)

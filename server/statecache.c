@@ -469,6 +469,29 @@ void ym_model_fingerprint(const ym_model_t *m, unsigned char out[32])
     int64_t dims[] = {c->n_vocab, c->d_model, c->n_layer, c->d_inner, c->d_state, c->d_conv,
                       c->dt_rank};
     crypto_generichash_update(&h, (const unsigned char *)dims, sizeof(dims));
+    if (c->arch != YM_ARCH_MAMBA1) { /* the architecture; Mamba-1's hash stays as it was */
+        int64_t more[] = {c->arch, c->n_head, c->head_dim, c->n_group};
+        crypto_generichash_update(&h, (const unsigned char *)more, sizeof(more));
+    }
+    if (c->arch == YM_ARCH_MAMBA2) { /* its layer's own tensors (engine/model.h) */
+        hash_weight(&h, &m->embed);
+        hash_floats(&h, m->norm_f, (size_t)c->d_model);
+        for (int l = 0; l < c->n_layer; l++) {
+            const ym_layer *L = &m->layers[l];
+            size_t cc = (size_t)ym_config_conv_channels(c), nh = (size_t)c->n_head;
+            hash_floats(&h, L->norm, (size_t)c->d_model);
+            hash_weight(&h, &L->in_proj);
+            hash_floats(&h, L->conv_w, cc * (size_t)c->d_conv);
+            hash_floats(&h, L->conv_b, L->conv_b ? cc : 0);
+            hash_floats(&h, L->dt_bias, nh);
+            hash_floats(&h, L->A, nh);
+            hash_floats(&h, L->D, nh);
+            hash_floats(&h, L->gnorm, (size_t)c->d_inner);
+            hash_weight(&h, &L->out_proj);
+        }
+        crypto_generichash_final(&h, out, 32);
+        return;
+    }
     size_t dm = (size_t)c->d_model, ds = (size_t)c->d_state, dr = (size_t)c->dt_rank;
     hash_weight(&h, &m->embed);
     hash_floats(&h, m->norm_f, dm);

@@ -19,6 +19,7 @@
 #include <cblas.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@
 #include "engine/model.h"
 #include "engine/pool.h"
 #include "engine/sparse.h"
+#include "engine/ssd.h"
 #include "engine/state.h"
 #include "engine/weight.h"
 #include "tools/cli.h"
@@ -173,6 +175,11 @@ static double token_flops(const ym_model_t *m, int with_head)
 {
     const ym_config *c = &m->cfg;
     double dm = c->d_model, P = c->dt_rank + 2.0 * c->d_state, f = 0;
+    if (c->arch == YM_ARCH_MAMBA2) { /* in_proj [z|xBC|dt] and out_proj */
+        double di = c->d_inner, n_in = di + ym_config_conv_channels(c) + c->n_head;
+        f = c->n_layer * 2.0 * (dm * n_in + di * dm);
+        return f + (with_head ? 2.0 * dm * c->n_vocab : 0.0);
+    }
     for (int l = 0; l < c->n_layer; l++) {
         double di = m->layers[l].d_inner;
         f += 2.0 * (dm * 2 * di + di * P + c->dt_rank * di + di * dm);
@@ -334,9 +341,12 @@ out:
  * fixed plausible values (dt in [0.01, 0.1], x and z O(1), B and C O(1)). Microseconds per
  * token, best of 9 runs of 256 tokens (one thread on a shared machine: the best is the
  * least disturbed). */
+static double bench_ssd_step(const ym_model_t *m);
 static double bench_scan(const ym_model_t *m)
 {
     const ym_config *c = &m->cfg;
+    if (c->arch == YM_ARCH_MAMBA2)
+        return bench_ssd_step(m);
     const int di = c->d_inner, N = c->d_state;
     float *x = malloc(sizeof(float) * di), *dt = malloc(sizeof(float) * di);
     float *z = malloc(sizeof(float) * di), *y = malloc(sizeof(float) * di);
@@ -376,15 +386,97 @@ static double bench_scan(const ym_model_t *m)
     return best;
 }
 
+/* Mamba-2: the SSD decode step alone (ym_ssd_step_f32, all heads), one thread, as bench_scan. */
+static double bench_ssd_step(const ym_model_t *m)
+{
+    const ym_config *c = &m->cfg;
+    const int di = c->d_inner, H = c->n_head, GN = c->n_group * c->d_state;
+    ym_ssd_dims d = {H, c->head_dim, c->n_group, c->d_state};
+    float *x = malloc(sizeof(float) * di), *y = malloc(sizeof(float) * di);
+    float *dt = malloc(sizeof(float) * H), *bc = malloc(sizeof(float) * 2 * (size_t)GN);
+    ym_state_t *s = NULL;
+    if (!x || !y || !dt || !bc || ym_state_new(c, &s) != YM_OK) {
+        free(x), free(y), free(dt), free(bc);
+        return 0;
+    }
+    for (int i = 0; i < di; i++)
+        x[i] = (float)((i * 53) % 17) / 8.0f - 1.0f;
+    for (int h = 0; h < H; h++)
+        dt[h] = 0.01f + 0.09f * (float)((h * 37) % 101) / 100.0f;
+    for (int n = 0; n < 2 * GN; n++)
+        bc[n] = (float)((n * 7) % 11) / 5.0f - 1.0f;
+    double best = 1e30;
+    for (int rep = 0; rep < 9; rep++) {
+        double t0 = now();
+        for (int t = 0; t < 256; t++)
+            for (int l = 0; l < c->n_layer; l++) {
+                const ym_layer *L = &m->layers[l];
+                ym_ssd_step_f32(y, ym_state_ssm(s, l), x, dt, L->A, L->D, bc, bc + GN, &d, 0, H);
+            }
+        double us = (now() - t0) * 1e6 / 256;
+        best = us < best ? us : best;
+    }
+    ym_state_free(s);
+    free(x), free(y), free(dt), free(bc);
+    return best;
+}
+
+/* --arch: a random model of the family with the published small shapes: mamba-130m for mamba1
+ * and falcon_mamba (Falcon-Mamba's norms on the same shapes), mamba2-130m for mamba2. */
+static int synthetic_arch(const char *arch, ym_wtype wt, int have_wt, ym_model_t **out)
+{
+    ym_config c;
+    memset(&c, 0, sizeof(c));
+    c.d_model = 768;
+    c.n_layer = 24;
+    c.d_inner = 1536;
+    c.d_conv = 4;
+    c.use_conv_bias = 1;
+    c.tie_embeddings = 1;
+    c.norm_eps = 1e-5f;
+    c.bos_id = c.eos_id = c.pad_id = -1;
+    if (strcmp(arch, "mamba1") == 0 || strcmp(arch, "falcon_mamba") == 0) {
+        c.arch = arch[0] == 'm' ? YM_ARCH_MAMBA1 : YM_ARCH_FALCON_MAMBA;
+        c.d_state = 16;
+        c.dt_rank = 48;
+        c.n_vocab = 50280;
+        c.mixer_rms_eps = c.arch == YM_ARCH_FALCON_MAMBA ? 1e-6f : 0.0f;
+    } else if (strcmp(arch, "mamba2") == 0) { /* state-spaces/mamba2-130m */
+        c.arch = YM_ARCH_MAMBA2;
+        c.d_state = 128;
+        c.n_head = 24;
+        c.head_dim = 64;
+        c.n_group = 1;
+        c.chunk_size = 256;
+        c.n_vocab = 50288;
+        c.dt_min = 0.0f;
+        c.dt_max = INFINITY;
+        c.gated_norm_eps = 1e-5f;
+    } else {
+        fprintf(stderr, "yunmin: bench: --arch '%s' is not one of mamba1, mamba2, falcon_mamba\n",
+                arch);
+        return 2;
+    }
+    ym_diag diag = {0};
+    if (ym_model_new_random_as(&c, 1, have_wt ? wt : YM_WT_F32, out, &diag) != YM_OK) {
+        fprintf(stderr, "yunmin: bench: %s\n", diag.msg);
+        return 1;
+    }
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
                "                    [--batches 1,4,16,64] [--sparsity FILE] [--rounds N] [--no-floors]\n"
                "                    [--adapters N [--rank R]] [--weights f32|bf16|int8|auto]\n"
+               "                    [--arch mamba1|mamba2|falcon_mamba]\n"
                "Without --model: a synthetic model with mamba-130m's shapes (random weights);\n"
                "--model synthetic:mamba-1.4b or synthetic:falcon-mamba-7b for the bigger ones.\n"
                "--weights: the type the matrices are served in (default: the checkpoint's own,\n"
                "f32 for synthetic models).\n"
+               "--arch: a synthetic model of that family (random weights): mamba-130m's shapes\n"
+               "for mamba1 and falcon_mamba, mamba2-130m's for mamba2.\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
                "with the dense one in this process (best of --rounds rounds each, default 2),\n"
                "and report the speed-ups.\n"
@@ -402,7 +494,9 @@ int ym_cmd_bench(int argc, char **argv)
         {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'k'},
         {"sparsity", required_argument, 0, 'S'}, {"no-floors", no_argument, 0, 'F'},
         {"rounds", required_argument, 0, 'r'}, {"weights", required_argument, 0, 'W'},
+        {"arch", required_argument, 0, 'A'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *arch = NULL;
     const char *model_dir = NULL, *batches = NULL, *sparsity = NULL, *weights = NULL;
     ym_wtype wt;
     int json = 0, n_threads = 0, n_prompt = 512, steps = 32, n_adapters = 0, rank = 8;
@@ -414,6 +508,7 @@ int ym_cmd_bench(int argc, char **argv)
         char *end = NULL;
         switch (o) {
         case 'm': model_dir = optarg; break;
+        case 'A': arch = optarg; break;
         case 'j': json = 1; break;
         case 'b': batches = optarg; break;
         case 'S': sparsity = optarg; break;
@@ -480,8 +575,21 @@ int ym_cmd_bench(int argc, char **argv)
 
     ym_model_t *m = NULL, *dm_dense = NULL;
     const char *model_name = model_dir != NULL ? model_dir : "synthetic mamba-130m shapes";
-    if (cli_load_model_as(model_dir != NULL ? model_dir : CLI_SYNTHETIC_130M, weights, &m) != 0)
+    if (arch != NULL && model_dir != NULL) {
+        fprintf(stderr, "yunmin: bench: --arch and --model exclude each other\n");
+        return 2;
+    }
+    if (arch != NULL) {
+        int rc = synthetic_arch(arch, wt, weights != NULL, &m);
+        if (rc != 0)
+            return rc;
+        model_name = strcmp(arch, "mamba2") == 0 ? "synthetic mamba2-130m shapes"
+                     : strcmp(arch, "mamba1") == 0 ? "synthetic mamba-130m shapes"
+                                                   : "synthetic falcon_mamba, mamba-130m shapes";
+    } else if (cli_load_model_as(model_dir != NULL ? model_dir : CLI_SYNTHETIC_130M, weights,
+                                 &m) != 0) {
         return 1;
+    }
     if (sparsity != NULL) {
         dm_dense = ym_model_ref(m);
         if (cli_apply_sparsity(sparsity, &m) != 0) {
@@ -631,6 +739,15 @@ int ym_cmd_bench(int argc, char **argv)
                             json_real(ideal > 1.0 ? (sp1 - 1.0) / (ideal - 1.0) : 0));
         json_object_set_new(o_json, "decode1_ratio_of_ideal", json_real(sp1 / ideal));
     }
+    /* The state too is read and written once per token: the floor counting it. */
+    double state_bytes = (double)ym_config_state_bytes(&m->cfg);
+    double floor_state = floors ? bw * 1e9 / ((double)m->weight_bytes + 2.0 * state_bytes) : 0;
+    json_object_set_new(o_json, "arch", json_string(ym_arch_name(m->cfg.arch)));
+    json_object_set_new(o_json, "state_bytes", json_integer((json_int_t)state_bytes));
+    json_object_set_new(o_json, "decode_floor_with_state_tok_s", json_real(floor_state));
+    json_object_set_new(o_json, "decode_floor_with_state_fraction",
+                        json_real(dec1 > 0 && floor_state > 0 ? dec1 / floor_state : 0));
+    json_object_set_new(o_json, "prefill_vs_token_by_token", json_real(dec1 > 0 ? prefill / dec1 : 0));
     json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
     if (json) {
         char *s = json_dumps(o_json, JSON_INDENT(2) | JSON_REAL_PRECISION(6));

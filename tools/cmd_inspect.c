@@ -3,6 +3,7 @@
  * Text by default, a JSON object with --json. A missing tokenizer.json is reported, not fatal. */
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -85,6 +86,7 @@ int ym_cmd_inspect(int argc, char **argv)
     json_t *jc = json_object();
 #define SET_INT(obj, k, v) json_object_set_new(obj, k, json_integer((json_int_t)(v)))
 #define SET_BOOL(obj, k, v) json_object_set_new(obj, k, json_boolean(v))
+    json_object_set_new(jc, "arch", json_string(ym_arch_name(cfg->arch)));
     SET_INT(jc, "d_model", cfg->d_model);
     SET_INT(jc, "n_layer", cfg->n_layer);
     SET_INT(jc, "d_inner", cfg->d_inner);
@@ -101,6 +103,18 @@ int ym_cmd_inspect(int argc, char **argv)
     SET_INT(jc, "eos_id", cfg->eos_id);
     SET_INT(jc, "pad_id", cfg->pad_id);
     SET_BOOL(jc, "state_spaces", cfg->state_spaces);
+    if (cfg->arch == YM_ARCH_MAMBA2) {
+        SET_INT(jc, "n_head", cfg->n_head);
+        SET_INT(jc, "head_dim", cfg->head_dim);
+        SET_INT(jc, "n_group", cfg->n_group);
+        SET_INT(jc, "chunk_size", cfg->chunk_size);
+        json_object_set_new(jc, "dt_min", json_real(cfg->dt_min));
+        if (isfinite(cfg->dt_max)) /* JSON has no infinity: absent means no upper clamp */
+            json_object_set_new(jc, "dt_max", json_real(cfg->dt_max));
+        json_object_set_new(jc, "gated_norm_eps", json_real(cfg->gated_norm_eps));
+    }
+    if (cfg->arch == YM_ARCH_FALCON_MAMBA)
+        json_object_set_new(jc, "mixer_rms_eps", json_real(cfg->mixer_rms_eps));
     json_object_set_new(o, "model", json_string(dir));
     json_object_set_new(o, "config", jc);
     SET_INT(o, "n_params", model->n_params);
@@ -164,7 +178,9 @@ int ym_cmd_inspect(int argc, char **argv)
         json_t *v;
         json_object_foreach(jc, k, v)
         {
-            if (json_is_boolean(v))
+            if (json_is_string(v))
+                printf("  %-17s%s\n", k, json_string_value(v));
+            else if (json_is_boolean(v))
                 printf("  %-17s%s\n", k, json_is_true(v) ? "true" : "false");
             else if (json_is_real(v))
                 printf("  %-17s%g\n", k, json_real_value(v));

@@ -1585,6 +1585,84 @@ class Lifecycle(unittest.TestCase):
             self.assertEqual(d.stop(), 0)
 
 
+class Mamba2Serving(unittest.TestCase):
+    """A Mamba-2 checkpoint (tests/fixtures/mamba2/m2-g1-k4-f32) served end to end: a completion
+    equals `yunmin generate` on it, and a session resumed equals a cold run (a daemon with its
+    cache off)."""
+
+    @classmethod
+    def setUpClass(cls):
+        global MODEL
+        cls.key, cls.ops = new_key(), new_key()
+        cls.file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump({"tenants": [{"name": "alpha", "keys": [cls.key["hash"]]},
+                               {"name": "ops", "keys": [cls.ops["hash"]], "admin": True}]},
+                  cls.file)
+        cls.file.close()
+        saved, MODEL = MODEL, os.path.join(ROOT, "tests", "fixtures", "mamba2", "m2-g1-k4-f32")
+        try:
+            cls.d = Daemon("--tenants-file", cls.file.name)
+            cls.cold = Daemon("--tenants-file", cls.file.name, "--cache-bytes", "0")
+            cls.want = generate("First Citizen:\n", 12, "--temperature", "0")
+        finally:
+            MODEL = saved
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+            assert cls.cold.stop() == 0
+        finally:
+            os.unlink(cls.file.name)
+
+    def complete(self, prompt, d, n=12, sid=None):
+        body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True,
+                "logprobs": 0, "return_tokens_as_token_ids": True}
+        if sid is not None:
+            body["session_id"] = sid
+        r = d.post("/v1/completions", body, headers={"Authorization": "Bearer " + self.key["key"]})
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_completion_equals_the_cli(self):
+        r = self.d.post("/v1/completions", {"prompt": "First Citizen:\n", "max_tokens": 12,
+                                            "temperature": 0, "ignore_eos": True},
+                        headers={"Authorization": "Bearer " + self.key["key"]})
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["choices"][0]["text"], self.want)
+
+    def test_session_resumed_equals_a_cold_run(self):
+        hist = list(range(5, 45))
+        r = self.complete(hist, self.d, sid="m2-1")
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(hist, self.cold)))
+        hist += gen_ids(r) + list(range(100, 120))
+        r = self.complete(hist, self.d, sid="m2-1")
+        self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(hist, self.cold)))
+
+    def test_state_blob_moves_between_mamba2_daemons_not_to_mamba1(self):
+        hist = list(range(7, 37))
+        first = gen_ids(self.complete(hist, self.d, sid="m2-blob"))
+        ops = {"Authorization": "Bearer " + self.ops["key"]}
+        blob = requests.get(self.d.url + "/admin/sessions/alpha/m2-blob", headers=ops, timeout=T)
+        self.assertEqual(blob.status_code, 200, blob.text)
+        r = requests.put(self.d.url + "/admin/sessions/alpha/m2-copy", data=blob.content,
+                         headers=ops, timeout=T)
+        self.assertEqual(r.status_code, 201, r.text)
+        hist += first + [50, 51, 52]
+        r = self.complete(hist, self.d, sid="m2-copy")
+        self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 30 + 11)
+        self.assertEqual(gen_ids(r), gen_ids(self.complete(hist, self.cold)))
+        m1 = Daemon("--tenants-file", self.file.name)  # the Mamba-1 default model
+        try:
+            r = requests.put(m1.url + "/admin/sessions/alpha/m2-blob", data=blob.content,
+                             headers=ops, timeout=T)
+            self.assertEqual(r.status_code, 422, r.text)
+            self.assertEqual(r.json()["error"]["code"], "invalid_session_state")
+        finally:
+            self.assertEqual(m1.stop(), 0)
+
+
 if __name__ == "__main__":
     YUNMIND, YUNMIN, ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
     MODEL = os.path.join(ROOT, "models", "shakespeare-mamba")

@@ -25,5 +25,6 @@ Suite *sparse_suite(void);
 Suite *order_suite(void);
 Suite *jinja_suite(void);
 Suite *ssd_suite(void);
+Suite *mamba2_suite(void);
 
 #endif

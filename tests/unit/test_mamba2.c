@@ -1,0 +1,374 @@
+/* tests/unit/test_mamba2.c - the engine's Mamba-2 forward (engine/mamba2.c through ym_forward)
+ * against the float64 reference logits of tests/fixtures/mamba2 (made by
+ * tests/fixtures/make_mamba2_fixtures.py from tests/fixtures/mamba2_ref.py and cross-checked
+ * with transformers): whole-prompt prefill (the chunked SSD), token-by-token decode, and a
+ * ragged batch mixing a prefill and a decode row; each model in its own type, and the f32 ones
+ * served as bf16 and int8. The tolerance is the manifest's (atol = 1e-3 * max |logit|) for the
+ * checkpoint's own type; bf16/int8 serving takes the measured error with a margin. Set
+ * YM_TEST_VERBOSE to print every max |diff|. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapters/adapter.h"
+#include "engine/config.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "engine/safetensors.h"
+#include "engine/sparse.h"
+#include "engine/sparsity.h"
+#include "engine/state.h"
+#include "testutil.h"
+
+#define M2DIR YM_FIXTURE("mamba2")
+
+typedef struct ref {
+    ym_st_set_t *set;
+    int T, V;
+    int32_t *ids;
+    float *logits; /* [T, V] */
+    double scale;  /* max(1, max |logit|) */
+} ref;
+
+static void ref_load(const char *name, ref *r)
+{
+    char path[4096];
+    ym_diag d = { { 0 }, { 0 } };
+    const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name; /* shares its source's */
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
+    ck_assert_msg(ym_st_set_open_file(path, &r->set, &d) == YM_OK, "%s: %s", path, d.msg);
+    const ym_st_tensor *ids = ym_st_set_find(r->set, "ids"), *lg = ym_st_set_find(r->set, "logits");
+    ck_assert(ids && lg && ids->dtype == YM_DT_I32);
+    r->T = (int)ids->shape[0];
+    r->V = (int)lg->shape[1];
+    r->ids = malloc(sizeof(int32_t) * r->T);
+    memcpy(r->ids, ids->data, sizeof(int32_t) * r->T);
+    r->logits = malloc(sizeof(float) * (size_t)r->T * r->V);
+    ck_assert_int_eq(ym_st_tensor_to_f32(lg, r->logits, NULL), YM_OK);
+    r->scale = 1.0;
+    for (size_t i = 0; i < (size_t)r->T * r->V; i++)
+        r->scale = fmax(r->scale, fabs(r->logits[i]));
+}
+
+static void ref_free(ref *r)
+{
+    free(r->ids);
+    free(r->logits);
+    ym_st_set_free(r->set);
+}
+
+static double maxdiff(const float *a, const float *b, size_t n)
+{
+    double e = 0.0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static ym_model_t *load_arch(const char *name, ym_wtype wt, ym_arch arch)
+{
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", M2DIR, name);
+    ym_model_t *m = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_model_load_as(dir, wt, &m, &d) == YM_OK, "%s: %s", dir, d.msg);
+    ck_assert_int_eq(m->cfg.arch, arch);
+    return m;
+}
+
+static ym_model_t *load(const char *name, ym_wtype wt)
+{
+    return load_arch(name, wt, YM_ARCH_MAMBA2);
+}
+
+/* max |diff| of the three modes against the reference: prefill of the whole prompt (all rows'
+ * logits), token by token, and a ragged batch (sequence 0: the prompt's second half as one
+ * prefill chunk after its first half; sequence 1: one decode row at every position). */
+static void run_modes(ym_model_t *m, const ref *r, int n_threads, double err[3])
+{
+    const int T = r->T, V = r->V, H = T / 2;
+    ck_assert_int_eq(V, m->cfg.n_vocab);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, T + 1, n_threads, &ctx), YM_OK);
+    ym_state_t *s0 = NULL, *s1 = NULL;
+    ck_assert_int_eq(ym_state_new(&m->cfg, &s0), YM_OK);
+    ck_assert_int_eq(ym_state_new(&m->cfg, &s1), YM_OK);
+    float *got = malloc(sizeof(float) * (size_t)(T + 1) * V);
+    ym_diag d = { { 0 }, { 0 } };
+
+    /* 1. prefill */
+    int ss[3] = { 0, T, 0 };
+    ym_state_t *st[2] = { s0, s1 };
+    ym_batch b = { .n_seq = 1, .tokens = r->ids, .seq_start = ss, .states = st,
+                   .logits = YM_LOGITS_ALL };
+    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+    err[0] = maxdiff(got, r->logits, (size_t)T * V);
+
+    /* 2. token by token */
+    ym_state_reset(s0);
+    err[1] = 0.0;
+    for (int t = 0; t < T; t++) {
+        ss[1] = 1;
+        b.tokens = r->ids + t;
+        b.logits = YM_LOGITS_LAST;
+        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+        err[1] = fmax(err[1], maxdiff(got, r->logits + (size_t)t * V, V));
+    }
+
+    /* 3. ragged: seq 0 prefills [0, H) then [H, T) in one batch with seq 1's decode rows */
+    ym_state_reset(s0);
+    ym_state_reset(s1);
+    ss[1] = H;
+    b.tokens = r->ids;
+    b.logits = YM_LOGITS_NONE;
+    ck_assert_int_eq(ym_forward(ctx, &b, NULL, &d), YM_OK);
+    err[2] = 0.0;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(T + 1));
+    for (int t = 0; t < H; t++) { /* seq 1 alone up to H */
+        ss[1] = 1;
+        b.n_seq = 1;
+        b.states = (ym_state_t *const[]){ s1 };
+        b.tokens = r->ids + t;
+        b.logits = YM_LOGITS_LAST;
+        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+    }
+    {
+        /* rows: seq 0 = ids[H..T), seq 1 = ids[H] */
+        memcpy(tok, r->ids + H, sizeof(int32_t) * (size_t)(T - H));
+        tok[T - H] = r->ids[H];
+        int s2[3] = { 0, T - H, T - H + 1 };
+        ym_batch rb = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
+                        .logits = YM_LOGITS_ALL };
+        ck_assert_msg(ym_forward(ctx, &rb, got, &d) == YM_OK, "%s", d.msg);
+        err[2] = fmax(err[2], maxdiff(got, r->logits + (size_t)H * V, (size_t)(T - H) * V));
+        err[2] = fmax(err[2], maxdiff(got + (size_t)(T - H) * V, r->logits + (size_t)H * V, V));
+    }
+    free(tok);
+    free(got);
+    ym_state_free(s0);
+    ym_state_free(s1);
+    ym_ctx_free(ctx);
+}
+
+static const char *const MODELS[] = { "m2-g1-k4-f32", "m2-g2-bias-untied-k3-bf16",
+                                      "m2-g3-odd-k2-f32", "ss-m2-g1-k4-f32" };
+
+START_TEST(test_mamba2_forward_matches_reference)
+{
+    const char *name = MODELS[_i];
+    ref r;
+    ref_load(name, &r);
+    const double atol = 1e-3 * r.scale; /* the manifest's rule */
+    ym_model_t *m = load(name, YM_WT_AUTO);
+    static const char *const mode[3] = { "prefill", "decode", "ragged" };
+    for (int nt = 1; nt <= 3; nt += 2) {
+        double e[3];
+        run_modes(m, &r, nt, e);
+        for (int k = 0; k < 3; k++) {
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "mamba2 %s %s, %d threads: max |diff| %.3g (atol %.3g)\n", name,
+                        mode[k], nt, e[k], atol);
+            ck_assert_msg(e[k] < atol, "%s %s, %d threads: max |diff| %g, atol %g", name,
+                          mode[k], nt, e[k], atol);
+        }
+    }
+    ym_model_unref(m);
+    ref_free(&r);
+}
+END_TEST
+
+/* The f32 models served as bf16 and int8: the error of rounding the matrices. */
+START_TEST(test_mamba2_lowbit_weights_within_measured_error)
+{
+    static const char *const f32_models[] = { "m2-g1-k4-f32", "m2-g3-odd-k2-f32" };
+    /* max |diff| measured over the three modes (YM_TEST_VERBOSE) times 1.5, [model][bf16, int8]:
+     * m2-g1 0.054, 0.256; m2-g3 (d_model 24, heads of 8, 3 layers) 0.325, 0.959 */
+    static const double tol[2][2] = { { 0.081, 0.384 }, { 0.49, 1.44 } };
+    const ym_wtype wts[2] = { YM_WT_BF16, YM_WT_INT8 };
+    ref r;
+    ref_load(f32_models[_i], &r);
+    for (int w = 0; w < 2; w++) {
+        ym_model_t *m = load(f32_models[_i], wts[w]);
+        double e[3];
+        run_modes(m, &r, 2, e);
+        for (int k = 0; k < 3; k++) {
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "mamba2 %s as %s mode %d: max |diff| %.3g (scale %.3g)\n",
+                        f32_models[_i], w ? "int8" : "bf16", k, e[k], r.scale);
+            ck_assert_msg(e[k] < tol[_i][w], "%s as %s mode %d: max |diff| %g",
+                          f32_models[_i], w ? "int8" : "bf16", k, e[k]);
+        }
+        ym_model_unref(m);
+    }
+    ref_free(&r);
+}
+END_TEST
+
+START_TEST(test_mamba2_state_is_sized_per_family)
+{
+    ym_model_t *m = load("m2-g2-bias-untied-k3-bf16", YM_WT_AUTO);
+    const ym_config *c = &m->cfg;
+    ym_state_t *s = NULL;
+    ck_assert_int_eq(ym_state_new(c, &s), YM_OK);
+    ck_assert_int_eq(s->conv_ch, c->d_inner + 2 * c->n_group * c->d_state);
+    ck_assert_uint_eq(ym_state_floats(s) * sizeof(float), ym_config_state_bytes(c));
+    /* a Mamba-1 state of the same dimensions does not run on it */
+    ym_config c1 = *c;
+    c1.arch = YM_ARCH_MAMBA1;
+    ym_state_t *s1 = NULL;
+    ck_assert_int_eq(ym_state_new(&c1, &s1), YM_OK);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 4, 1, &ctx), YM_OK);
+    int32_t tok = 1;
+    int ss[2] = { 0, 1 };
+    ym_batch b = { .n_seq = 1, .tokens = &tok, .seq_start = ss,
+                   .states = (ym_state_t *const[]){ s1 }, .logits = YM_LOGITS_NONE };
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_forward(ctx, &b, NULL, &d), YM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(d.msg, "does not fit"));
+    /* nor does a serialized Mamba-1 state load into a Mamba-2 one */
+    size_t n = ym_state_serialized_size(s1), w = 0;
+    void *buf = malloc(n);
+    ck_assert_int_eq(ym_state_serialize(s1, buf, n, &w), YM_OK);
+    ck_assert_int_eq(ym_state_deserialize(s, buf, w, &d), YM_EFORMAT);
+    free(buf);
+    ym_ctx_free(ctx);
+    ym_state_free(s);
+    ym_state_free(s1);
+    ym_model_unref(m);
+}
+END_TEST
+
+/* Falcon-Mamba (the Mamba-1 layer with weightless RMS norms on dt, B and C): the same three
+ * modes against its fixtures' float64 reference logits. */
+START_TEST(test_falcon_mamba_forward_matches_reference)
+{
+    static const char *const fm[] = { "fm-bias-k3-f32", "fm-untied-k4-bf16" };
+    ref r;
+    ref_load(fm[_i], &r);
+    const double atol = 1e-3 * r.scale; /* the manifest's rule */
+    ym_model_t *m = load_arch(fm[_i], YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
+    static const char *const mode[3] = { "prefill", "decode", "ragged" };
+    for (int nt = 1; nt <= 3; nt += 2) {
+        double e[3];
+        run_modes(m, &r, nt, e);
+        for (int k = 0; k < 3; k++) {
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "falcon_mamba %s %s, %d threads: max |diff| %.3g (atol %.3g)\n",
+                        fm[_i], mode[k], nt, e[k], atol);
+            ck_assert_msg(e[k] < atol, "%s %s, %d threads: max |diff| %g, atol %g", fm[_i],
+                          mode[k], nt, e[k], atol);
+        }
+    }
+    ym_model_unref(m);
+    ref_free(&r);
+}
+END_TEST
+
+/* PEFT adapters on Mamba-2's in_proj and out_proj (LoRA; IA³ with out_proj as a feedforward
+ * module), applied unmerged: prefill and decode against the fixtures' float64 logits of the
+ * adapted model (PEFT-checked), and a ragged batch of one adapted and one base sequence. */
+START_TEST(test_mamba2_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "lora-m2-g2", "ia3-m2-g2" };
+    const char *base = "m2-g2-bias-untied-k3-bf16";
+    ref ra, rb;
+    ref_load(ads[_i], &ra);
+    ref_load(base, &rb);
+    ck_assert_int_eq(ra.T, rb.T);
+    ck_assert_int_eq(memcmp(ra.ids, rb.ids, sizeof(int32_t) * ra.T), 0);
+    const int T = ra.T, V = ra.V;
+    ym_model_t *m = load(base, YM_WT_AUTO);
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", M2DIR, ads[_i]);
+    ym_adapter_t *ad = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_adapter_load(dir, m, NULL, &ad, &d) == YM_OK, "%s: %s", dir, d.msg);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 2 * T, 2, &ctx), YM_OK);
+    ym_state_t *s0 = NULL, *s1 = NULL;
+    ck_assert_int_eq(ym_state_new(&m->cfg, &s0), YM_OK);
+    ck_assert_int_eq(ym_state_new(&m->cfg, &s1), YM_OK);
+    float *got = malloc(sizeof(float) * 2 * (size_t)T * V);
+    const ym_adapt *one[2] = { ym_adapter_applied(ad), NULL };
+    ym_state_t *st[2] = { s0, s1 };
+    double atol = 1e-3 * ra.scale, e[3] = { 0, 0, 0 };
+
+    int ss[3] = { 0, T, 0 };
+    ym_batch b = { .n_seq = 1, .tokens = ra.ids, .seq_start = ss, .states = st,
+                   .logits = YM_LOGITS_ALL, .adapters = one };
+    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+    e[0] = maxdiff(got, ra.logits, (size_t)T * V);
+    ym_state_reset(s0);
+    b.logits = YM_LOGITS_LAST;
+    ss[1] = 1;
+    for (int t = 0; t < T; t++) {
+        b.tokens = ra.ids + t;
+        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+        e[1] = fmax(e[1], maxdiff(got, ra.logits + (size_t)t * V, V));
+    }
+    /* ragged: the adapted sequence and a base one, each the whole prompt */
+    ym_state_reset(s0);
+    int32_t *tok = malloc(sizeof(int32_t) * 2 * (size_t)T);
+    memcpy(tok, ra.ids, sizeof(int32_t) * T);
+    memcpy(tok + T, ra.ids, sizeof(int32_t) * T);
+    int s2[3] = { 0, T, 2 * T };
+    ym_batch rb2 = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
+                     .logits = YM_LOGITS_ALL, .adapters = one };
+    ck_assert_msg(ym_forward(ctx, &rb2, got, &d) == YM_OK, "%s", d.msg);
+    e[2] = fmax(maxdiff(got, ra.logits, (size_t)T * V),
+                maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
+    for (int k = 0; k < 3; k++) {
+        if (getenv("YM_TEST_VERBOSE") != NULL)
+            fprintf(stderr, "mamba2 adapter %s mode %d: max |diff| %.3g (atol %.3g)\n", ads[_i],
+                    k, e[k], atol);
+        ck_assert_msg(e[k] < atol, "adapter %s mode %d: max |diff| %g, atol %g", ads[_i], k,
+                      e[k], atol);
+    }
+    free(tok);
+    free(got);
+    ym_state_free(s0);
+    ym_state_free(s1);
+    ym_ctx_free(ctx);
+    ym_adapter_unref(ad);
+    ym_model_unref(m);
+    ref_free(&ra);
+    ref_free(&rb);
+}
+END_TEST
+
+/* What does not run on Mamba-2 yet is refused by name: a sparsity profile, an adapter module
+ * the layer does not have. */
+START_TEST(test_mamba2_refuses_sparsity_and_missing_modules)
+{
+    ym_model_t *m = load("m2-g1-k4-f32", YM_WT_AUTO);
+    ym_sparsity sp;
+    memset(&sp, 0, sizeof(sp));
+    ym_model_t *s = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_model_new_sparse(m, &sp, &s, &d), YM_EINVAL);
+    ck_assert_msg(strstr(d.msg, "Mamba-1 models only") && strstr(d.msg, "mamba2"), "%s", d.msg);
+    ck_assert_ptr_null(s);
+    ck_assert_int_eq(ym_proj_n_out(&m->cfg, YM_PROJ_X), 0);
+    ck_assert_int_eq(ym_proj_n_out(&m->cfg, YM_PROJ_DT), 0);
+    ck_assert_int_eq(ym_proj_n_out(&m->cfg, YM_PROJ_IN),
+                     m->cfg.d_inner + ym_config_conv_channels(&m->cfg) + m->cfg.n_head);
+    ym_model_unref(m);
+}
+END_TEST
+
+Suite *mamba2_suite(void)
+{
+    Suite *s = suite_create("mamba2");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_mamba2_forward_matches_reference, 0, 4);
+    tcase_add_loop_test(tc, test_mamba2_lowbit_weights_within_measured_error, 0, 2);
+    tcase_add_test(tc, test_mamba2_state_is_sized_per_family);
+    tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
+    tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
+    tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
+    suite_add_tcase(s, tc);
+    return s;
+}
