@@ -3,6 +3,8 @@
  * tests/fixtures/utf8_cases.json comes from tests/fixtures/make_utf8_cases.py: byte strings and
  * bytes.decode("utf-8", "replace") of each (one U+FFFD per maximal invalid subpart). */
 #include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,12 +93,44 @@ START_TEST(test_buf_grows_from_caller_storage_and_drops_front)
 }
 END_TEST
 
+/* Whole streams: contents kept byte for byte across many doublings, and the limit exact. */
+START_TEST(test_buf_read_stream_and_limit)
+{
+    enum { N = 100003 };
+    FILE *f = tmpfile();
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < N; i++)
+        fputc((i * 7 + i / 256) & 0xff, f);
+    for (int limit = N - 1; limit <= N; limit++) {
+        rewind(f);
+        ym_buf b = YM_BUF_INIT;
+        ck_assert_int_eq(ym_buf_read(&b, f, (size_t)limit), limit == N ? YM_OK : YM_ETOOBIG);
+        if (limit == N) {
+            ck_assert_uint_eq(b.len, N);
+            ck_assert_int_eq(b.p[N], '\0');
+            for (int i = 0; i < N; i++)
+                ck_assert_int_eq((unsigned char)b.p[i], (i * 7 + i / 256) & 0xff);
+        }
+        ym_buf_deinit(&b);
+    }
+    fclose(f);
+    FILE *empty = tmpfile();
+    ym_buf b = YM_BUF_INIT;
+    ck_assert_int_eq(ym_buf_puts(&b, "x"), YM_OK);
+    ck_assert_int_eq(ym_buf_read(&b, empty, SIZE_MAX), YM_OK); /* appends nothing */
+    ck_assert_str_eq(b.p, "x");
+    ym_buf_deinit(&b);
+    fclose(empty);
+}
+END_TEST
+
 Suite *utf8_suite(void)
 {
     Suite *s = suite_create("utf8");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_utf8_lossy_and_valid_match_cpython);
     tcase_add_test(tc, test_buf_grows_from_caller_storage_and_drops_front);
+    tcase_add_test(tc, test_buf_read_stream_and_limit);
     suite_add_tcase(s, tc);
     return s;
 }
