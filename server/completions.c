@@ -256,6 +256,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
 {
     ym_server_t *srv = r->srv;
     ym_err err;
+    ym_diag sd = {0};
     ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
     if (ids->n == 0) {
         ym_hreq_respond_error(r, YM_EINVAL, "prompt",
@@ -282,8 +283,10 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             goto fail;
         }
     }
-    if (r->session_append && ym_sessions_append(r, ids, &p) != 0)
+    if (r->session_append && (err = ym_sessions_append(r, ids, &p, &sd)) != YM_OK) {
+        ym_hreq_fail(r, err, &sd);
         goto fail;
+    }
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
         ym_hreq_respond_error(r, YM_ELIMIT, NULL,
                               "tenant %s already has %llu requests running; retry when one ends",
@@ -446,7 +449,9 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
         return err;
-    if (take_session_id(r, &q) != 0 || ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
+    if (take_session_id(r, &q) != 0)
+        goto out;
+    if ((err = ym_adapters_resolve(r, q.model, q.adapters, &adapter, diag)) != YM_OK)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);

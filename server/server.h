@@ -216,9 +216,11 @@ void ym_adapters_put_data(ym_hreq *r, const char *data, size_t len);
 ym_err ym_adapters_put(ym_hreq *r, const ym_match *m, ym_diag *diag);
 void ym_adapters_put_abort(ym_hreq *r);                    /* the connection ended first */
 /* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters
- * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). Also puts
- * the identity of what it picked (names and versions) into r->identity, for the state cache. */
-int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out);
+ * list, composed. New reference in *out (NULL = base model); YM_OK, or the error with diag
+ * (the caller answers it). Also puts the identity of what it picked (names and versions) into
+ * r->identity, for the state cache. */
+ym_err ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out,
+                           ym_diag *diag);
 json_t *ym_adapters_models(ym_hreq *r); /* the tenant's adapters as /v1/models entries */
 /* Start-up and replicas sharing the volume: load what the store holds / watch it. */
 void ym_adapters_start(ym_server_t *srv);
@@ -231,7 +233,8 @@ ym_err ym_sessions_export(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_sessions_import(ym_hreq *r, const ym_match *m, ym_diag *diag);
 size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
 /* session_append: check r's session (exists, same tenant and adapters), put its pending
- * token before ids and fill p's append fields. 0, or -1 (answered). */
-int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p);
+ * token before ids and fill p's append fields. YM_OK, or the error with diag (the caller
+ * answers it). */
+ym_err ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p, ym_diag *diag);
 
 #endif
