@@ -93,6 +93,21 @@ START_TEST(test_buf_grows_from_caller_storage_and_drops_front)
 }
 END_TEST
 
+/* Code points counted and found as Python's len() and indexing see them:
+ * "a\u00e9\u20ac\U0001F600" is 1 + 2 + 3 + 4 bytes, 4 code points. */
+START_TEST(test_utf8_count_and_offset)
+{
+    const unsigned char s[] = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80";
+    size_t n = sizeof(s) - 1;
+    ck_assert_uint_eq(ym_utf8_count(s, n), 4);
+    const size_t want[] = {0, 1, 3, 6, 10, 10};
+    for (size_t ci = 0; ci < 6; ci++)
+        ck_assert_uint_eq(ym_utf8_offset(s, n, ci), want[ci]);
+    ck_assert_uint_eq(ym_utf8_count(s, 0), 0);
+    ck_assert_uint_eq(ym_utf8_offset(s, 0, 0), 0);
+}
+END_TEST
+
 /* Whole streams: contents kept byte for byte across many doublings, and the limit exact. */
 START_TEST(test_buf_read_stream_and_limit)
 {
@@ -131,6 +146,7 @@ Suite *utf8_suite(void)
     tcase_add_test(tc, test_utf8_lossy_and_valid_match_cpython);
     tcase_add_test(tc, test_buf_grows_from_caller_storage_and_drops_front);
     tcase_add_test(tc, test_buf_read_stream_and_limit);
+    tcase_add_test(tc, test_utf8_count_and_offset);
     suite_add_tcase(s, tc);
     return s;
 }
