@@ -13,7 +13,8 @@
 void ym_blas_reexec(char **argv);
 /* The kernel OpenBLAS is running (openblas_get_corename()), e.g. "SkylakeX". */
 const char *ym_blas_core(void);
-/* Make OpenBLAS single-threaded: the engine's own pool owns parallelism (STYLE §5). */
+/* Make OpenBLAS single-threaded: the engine's own pool owns parallelism (docs/ENGINE.md,
+ * "Forward pass"). */
 void ym_blas_single_thread(void);
 
 #endif

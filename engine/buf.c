@@ -62,6 +62,29 @@ ym_err ym_buf_put(ym_buf *b, const void *s, size_t n)
     return YM_OK;
 }
 
+ym_err ym_buf_read(ym_buf *b, FILE *f, size_t limit)
+{
+    size_t got = 0;
+    for (;;) {
+        if (b->cap <= b->len + 1) {
+            ym_err err = ym_buf_reserve(b, b->cap > 4096 ? b->cap : 4096);
+            if (err != YM_OK)
+                return err;
+        }
+        size_t room = b->cap - b->len - 1;
+        if (limit - got < room)
+            room = limit - got + 1; /* one byte past the limit tells a larger file */
+        size_t n = fread(b->p + b->len, 1, room, f);
+        b->len += n;
+        b->p[b->len] = '\0';
+        got += n;
+        if (got > limit)
+            return YM_ETOOBIG;
+        if (n < room)
+            return ferror(f) ? YM_EIO : YM_OK;
+    }
+}
+
 ym_err ym_buf_puts(ym_buf *b, const char *s)
 {
     return ym_buf_put(b, s, strlen(s));

@@ -10,6 +10,7 @@
 #define YM_ENGINE_BUF_H
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "engine/err.h"
 
@@ -31,6 +32,10 @@ ym_err ym_buf_reserve(ym_buf *b, size_t extra);
 ym_err ym_buf_put(ym_buf *b, const void *s, size_t n);
 ym_err ym_buf_puts(ym_buf *b, const char *s);
 ym_err ym_buf_printf(ym_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append what f holds from its position to its end, at most limit bytes. YM_OK; YM_ETOOBIG
+ * when f holds more than limit (the bytes read stay); YM_ENOMEM (oom set); YM_EIO on a read
+ * error. */
+ym_err ym_buf_read(ym_buf *b, FILE *f, size_t limit);
 /* Remove the first n bytes (all of them when n >= len); keeps the memory. */
 void ym_buf_drop_front(ym_buf *b, size_t n);
 void ym_buf_clear(ym_buf *b); /* len = 0; keeps the memory */

@@ -28,6 +28,8 @@
 
 #include <utf8proc.h>
 
+#include "engine/utf8.h"
+
 /* ------------------------------------------------------------------------------------------ */
 /* Arena and error unwinding                                                                  */
 
@@ -303,22 +305,12 @@ static size_t u8_put(char *out, int32_t cp)
 }
 static size_t u8_len(const char *s, size_t n)
 {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        k += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return k;
+    return ym_utf8_count((const unsigned char *)s, n);
 }
 /* Byte offset of code point index ci (ci <= number of code points). */
 static size_t u8_off(const char *s, size_t n, size_t ci)
 {
-    size_t i = 0;
-    while (ci > 0 && i < n) {
-        i++;
-        while (i < n && ((unsigned char)s[i] & 0xC0) == 0x80)
-            i++;
-        ci--;
-    }
-    return i;
+    return ym_utf8_offset((const unsigned char *)s, n, ci);
 }
 
 /* str.isspace() / re's \s */

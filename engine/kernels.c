@@ -322,8 +322,8 @@ T512 static void scan_avx512(float *y, float *s, const float *A, const float *D,
 
 /* The masked scan, one block of up to 16 channels per vector: per live entry of the block,
  * one exp and two FMAs for all its channels; lanes where the entry is dead are forced to 0,
- * which keeps s[d,n] at 0 as DESIGN.md §4 requires. Blocks outer, rows inner: a block's state
- * (n_u vectors) stays in L1 across a prefill chunk. Hot path.                              */
+ * which keeps s[d,n] at 0 as docs/ARCHITECTURE.md §4 requires. Blocks outer, rows inner: a
+ * block's state (n_u vectors) stays in L1 across a prefill chunk. Hot path. */
 T512 static void scan_masked_avx512(float *y, float *s, const ym_scan_plan *pl, const float *D,
                                     const float *x, const float *dt, const float *z,
                                     const float *bc, int ldbc, int T, int ld, int N, int b0,

@@ -17,12 +17,15 @@
 #include <jansson.h>
 #include <limits.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "engine/buf.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "yunmin reads safetensors data in place and needs a little-endian host"
@@ -623,34 +626,18 @@ static ym_err read_small(const char *path, size_t limit, char **out, size_t *len
         int e = errno;
         return ym_diag_set(diag, errno_err(e), "%s: %s", path, strerror(e));
     }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf != NULL) {
-        n += fread(buf + n, 1, cap - n, fp);
-        if (n < cap)
-            break;
-        if (cap >= limit) {
-            free(buf);
-            fclose(fp);
-            return ym_diag_set(diag, YM_EFORMAT, "%s: larger than %zu bytes", path, limit);
-        }
-        char *nb = realloc(buf, 2 * cap + 1);
-        if (nb == NULL)
-            free(buf);
-        buf = nb;
-        cap *= 2;
-    }
-    int failed = ferror(fp);
+    ym_buf b = YM_BUF_INIT;
+    ym_err err = ym_buf_read(&b, fp, limit);
     fclose(fp);
-    if (buf == NULL)
+    if (err == YM_OK && (*out = ym_buf_take(&b, len)) == NULL)
+        err = YM_ENOMEM;
+    ym_buf_deinit(&b);
+    if (err == YM_ETOOBIG)
+        return ym_diag_set(diag, YM_EFORMAT, "%s: larger than %zu bytes", path, limit);
+    if (err == YM_ENOMEM)
         return ym_diag_set(diag, YM_ENOMEM, "%s: out of memory", path);
-    if (failed) {
-        free(buf);
+    if (err != YM_OK)
         return ym_diag_set(diag, YM_EIO, "%s: read error", path);
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
     return YM_OK;
 }
 

@@ -10,9 +10,12 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "engine/buf.h"
 
 #define MAX_LAYERS 4096
 #define MAX_D_INNER (1 << 20)
@@ -308,34 +311,17 @@ ym_err ym_sparsity_load(const char *path, ym_sparsity **out, ym_diag *diag)
     FILE *f = fopen(path, "rb");
     if (f == NULL)
         return ym_diag_set(diag, YM_EIO, "%s: %s", path, strerror(errno));
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : (size_t)1 << 16;
-            uint8_t *nb = realloc(buf, nc);
-            if (nb == NULL) {
-                free(buf);
-                fclose(f);
-                return ym_diag_set(diag, YM_ENOMEM, "%s: out of memory", path);
-            }
-            buf = nb;
-            cap = nc;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    int bad = ferror(f);
+    ym_buf buf = YM_BUF_INIT;
+    ym_err err = ym_buf_read(&buf, f, SIZE_MAX);
     fclose(f);
-    if (bad) {
-        free(buf);
-        return ym_diag_set(diag, YM_EIO, "%s: read error", path);
+    if (err != YM_OK) {
+        ym_buf_deinit(&buf);
+        return err == YM_ENOMEM ? ym_diag_set(diag, YM_ENOMEM, "%s: out of memory", path)
+                                : ym_diag_set(diag, YM_EIO, "%s: read error", path);
     }
     ym_diag d = {0};
-    ym_err err = ym_sparsity_parse(buf, n, out, &d);
-    free(buf);
+    err = ym_sparsity_parse((const uint8_t *)buf.p, buf.len, out, &d);
+    ym_buf_deinit(&buf);
     if (err != YM_OK)
         return ym_diag_set(diag, err, "%s: %s", path, d.msg);
     return YM_OK;

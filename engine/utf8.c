@@ -112,3 +112,19 @@ size_t ym_utf8_prev(const unsigned char *s, size_t i)
     while (i > 0 && (s[i] & 0xC0) == 0x80);
     return i;
 }
+
+size_t ym_utf8_count(const unsigned char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += (s[i] & 0xC0) != 0x80;
+    return k;
+}
+
+size_t ym_utf8_offset(const unsigned char *s, size_t n, size_t ci)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80 && ci-- == 0)
+            return i;
+    return n;
+}

@@ -32,6 +32,11 @@ bool ym_utf8_valid(const unsigned char *s, size_t n);
 size_t ym_utf8_lossy(ym_buf *out, const unsigned char *s, size_t n, bool at_end, ym_err *err);
 /* The code point at s (valid UTF-8 only); *len gets its length. */
 int32_t ym_utf8_decode(const unsigned char *s, size_t *len);
+/* Code points in s[0..n): the bytes that are not continuation bytes (Python's len() of the
+ * decoded text, for valid UTF-8). */
+size_t ym_utf8_count(const unsigned char *s, size_t n);
+/* Byte offset of code point number ci (from 0) of s[0..n), or n when it has ci or fewer. */
+size_t ym_utf8_offset(const unsigned char *s, size_t n, size_t ci);
 /* Start of the code point that ends just before s[i] (i > 0; valid UTF-8 only). */
 size_t ym_utf8_prev(const unsigned char *s, size_t i);
 

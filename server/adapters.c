@@ -307,10 +307,10 @@ static void upload_after(uv_work_t *w, int status) /* loop thread */
         } else {
             /* Messages name files by their path in the upload, not on this server: the error
              * path cuts adapter_dir (where the upload's temporary directory is) out. */
-            char msg[sizeof(u->diag.msg) + 32];
-            cut_upload_dir(msg, sizeof(msg), u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err),
-                           u->tmp);
-            ym_hreq_respond_error(r, u->err, NULL, "%s", msg);
+            ym_diag d = {0};
+            cut_upload_dir(d.msg, sizeof(d.msg),
+                           u->diag.msg[0] ? u->diag.msg : ym_strerror(u->err), u->tmp);
+            ym_hreq_fail(r, u->err, &d);
         }
         ym_hreq_resume(r);
         ym_httpd_kick(srv);
@@ -431,7 +431,8 @@ static size_t identity_add(ym_hreq *r, size_t at, const ym_reg_entry *e)
     return n > 0 && (size_t)n < sizeof(r->identity) - at ? (size_t)n : 0;
 }
 
-int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out)
+ym_err ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out,
+                           ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_adapter_t *parts[YM_ADAPTER_SET_MAX + 1];
@@ -442,11 +443,10 @@ int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_
     if (model != NULL && strcmp(model, srv->model_name) != 0) {
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, model);
         if (e == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMODEL, "model",
-                                  "the model '%s' does not exist (this server serves '%s' and "
-                                  "your adapters)",
-                                  model, srv->model_name);
-            return -1;
+            return ym_diag_param(diag, YM_ENOMODEL, "model",
+                                 "the model '%s' does not exist (this server serves '%s' and "
+                                 "your adapters)",
+                                 model, srv->model_name);
         }
         parts[n++] = e->adapter;
         id_len += identity_add(r, id_len, e);
@@ -455,27 +455,23 @@ int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_
         const char *name = json_string_value(json_array_get(list, i));
         const ym_reg_entry *e = ym_registry_find(&srv->registry, r->limits.name, name);
         if (e == NULL) {
-            ym_hreq_respond_error(r, YM_ENOADAPTER, "adapters",
-                                  "no adapter '%s'", name);
-            return -1;
+            return ym_diag_param(diag, YM_ENOADAPTER, "adapters", "no adapter '%s'", name);
         }
         parts[n++] = e->adapter;
         id_len += identity_add(r, id_len, e);
     }
     if (n == 0)
-        return 0;
+        return YM_OK;
     if (n == 1) {
         *out = ym_adapter_ref(parts[0]);
-        return 0;
+        return YM_OK;
     }
     ym_diag d = {0};
     ym_err err = ym_adapter_compose(parts, n, out, &d);
-    if (err != YM_OK) {
-        ym_hreq_respond_error(r, err == YM_ENOMEM ? YM_ENOMEM : YM_EINVAL, "adapters",
-                              "cannot compose these adapters: %s", d.msg);
-        return -1;
-    }
-    return 0;
+    if (err != YM_OK)
+        return ym_diag_param(diag, err == YM_ENOMEM ? YM_ENOMEM : YM_EINVAL, "adapters",
+                             "cannot compose these adapters: %s", d.msg);
+    return YM_OK;
 }
 
 /* --- the store at start and when another replica changes it --- */

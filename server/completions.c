@@ -92,7 +92,7 @@ static void sse_event(ym_hreq *r, json_t *obj)
     if (s == NULL || ym_buf_put(&r->sse, "data: ", 6) || ym_buf_put(&r->sse, s, strlen(s)) ||
         ym_buf_put(&r->sse, "\n\n", 2)) {
         ym_log(YM_LOG_ERROR, r->id, "out of memory for a stream event; ending the stream");
-        r->sse_error = 1;
+        ym_hreq_stream_abort(r);
     }
     free(s);
 }
@@ -100,7 +100,7 @@ static void sse_event(ym_hreq *r, json_t *obj)
 static void on_ping(ym_hreq *r)
 {
     if (ym_buf_put(&r->sse, ": ping\n\n", 8) != 0)
-        r->sse_error = 1;
+        ym_hreq_stream_abort(r);
 }
 
 static const char *public_finish(ym_finish f)
@@ -134,7 +134,7 @@ static void stream_output(ym_hreq *r)
                                "the engine failed while generating; see the server log", "type",
                                "server_error", "param", "code"));
     } else if (d->finish == YM_FINISH_CANCELLED) {
-        r->sse_error = 1; /* the client is gone or the server is stopping: just end */
+        ym_hreq_stream_abort(r); /* the client is gone or the server is stopping: just end */
         return;
     }
     if (r->include_usage) {
@@ -143,8 +143,8 @@ static void stream_output(ym_hreq *r)
         sse_event(r, obj);
     }
     if (ym_buf_put(&r->sse, "data: [DONE]\n\n", 14) != 0)
-        r->sse_error = 1;
-    r->sse_done = 1;
+        ym_hreq_stream_abort(r);
+    ym_hreq_stream_end(r);
 }
 
 /* --- non-streaming output --- */
@@ -230,7 +230,7 @@ static void on_output(ym_hreq *r)
     r->n_cached = r->delta.n_cached;
     if (r->delta.finish != YM_FINISH_NONE)
         r->finish = r->delta.finish;
-    if (r->phase == YM_PHASE_STREAMING)
+    if (ym_hreq_streaming(r))
         stream_output(r);
     else
         collect_output(r);
@@ -256,6 +256,7 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
 {
     ym_server_t *srv = r->srv;
     ym_err err;
+    ym_diag sd = {0};
     ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
     if (ids->n == 0) {
         ym_hreq_respond_error(r, YM_EINVAL, "prompt",
@@ -282,8 +283,10 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
             goto fail;
         }
     }
-    if (r->session_append && ym_sessions_append(r, ids, &p) != 0)
+    if (r->session_append && (err = ym_sessions_append(r, ids, &p, &sd)) != YM_OK) {
+        ym_hreq_fail(r, err, &sd);
         goto fail;
+    }
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
         ym_hreq_respond_error(r, YM_ELIMIT, NULL,
                               "tenant %s already has %llu requests running; retry when one ends",
@@ -446,7 +449,9 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
         return err;
-    if (take_session_id(r, &q) != 0 || ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
+    if (take_session_id(r, &q) != 0)
+        goto out;
+    if ((err = ym_adapters_resolve(r, q.model, q.adapters, &adapter, diag)) != YM_OK)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);

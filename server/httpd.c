@@ -9,8 +9,10 @@
  * checks the key the route needs and the body limit, and calls the route's handler; handlers
  * answer through the ym_hreq_respond_* functions and never touch MHD.
  *
- * A request's life: the first access callback matches the route, authenticates, and answers
- * what needs no body (preflight, 401/403, 404/405, a body announced too large); the body is
+ * A request's life, one ym_phase (docs/ARCHITECTURE.md §2, "A request's phases"): HEADERS or
+ * BODY, then WORK, then ANSWERED or STREAMING, then CLOSED; an early answer is HELD. The first
+ * access callback matches the route, authenticates, and answers what needs no body
+ * (preflight, 401/403, 404/405, a body announced too large); the body is
  * collected (413 past the route's limit) or handed to the route's body hooks as it arrives;
  * the final callback runs the handler. An answer given before the body has been read is held
  * until the rest of the body has been read and dropped (queue()). A generation suspends its
@@ -147,7 +149,7 @@ static void queue(ym_hreq *r, int status, struct MHD_Response *resp)
         MHD_destroy_response(resp); /* the first answer stands */
         return;
     }
-    if (r->body_pending && !(r->first_call && r->expect_continue)) {
+    if (r->phase == YM_PHASE_BODY) {
         r->held = resp; /* our reference, queued at the final callback */
         r->held_status = status;
         r->status = status;
@@ -168,7 +170,7 @@ static void queue_held(ym_hreq *r)
     r->held = NULL;
     r->phase = MHD_queue_response(r->conn, (unsigned)r->held_status, resp) == MHD_YES
                    ? YM_PHASE_ANSWERED
-                   : YM_PHASE_NEW;
+                   : YM_PHASE_WORK;
     MHD_destroy_response(resp);
 }
 
@@ -305,9 +307,9 @@ static void handled(ym_hreq *r, ym_err err, const ym_diag *diag)
 static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     ym_hreq *r = cls;
-    if (r->sse_pos == r->sse.len && !r->sse_done && !r->sse_error && r->on_output != NULL)
+    if (r->sse_pos == r->sse.len && r->phase == YM_PHASE_STREAMING && r->on_output != NULL)
         r->on_output(r); /* anything new since the last wake-up */
-    if (r->sse_error)
+    if (r->phase == YM_PHASE_STREAM_ABORT)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     size_t avail = r->sse.len - r->sse_pos;
     if (avail > 0) {
@@ -320,7 +322,7 @@ static ssize_t on_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         r->t_last_write = ym_now();
         return (ssize_t)n;
     }
-    if (r->sse_done)
+    if (r->phase == YM_PHASE_STREAM_DONE)
         return MHD_CONTENT_READER_END_OF_STREAM;
     /* Nothing yet: sleep until on_out_ready or the sweep resumes us (MHD docs: returning 0
      * without suspending would spin). */
@@ -352,8 +354,22 @@ void ym_hreq_start_stream(ym_hreq *r)
     MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: do not buffer SSE */
     r->t_last_write = ym_now();
     queue(r, 200, resp);
-    if (r->phase == YM_PHASE_ANSWERED)
-        r->phase = YM_PHASE_STREAMING;
+    if (r->phase == YM_PHASE_ANSWERED) /* sse.oom: aborted before it started */
+        r->phase = r->sse.oom ? YM_PHASE_STREAM_ABORT : YM_PHASE_STREAMING;
+}
+
+void ym_hreq_stream_end(ym_hreq *r)
+{
+    if (r->phase == YM_PHASE_STREAMING)
+        r->phase = YM_PHASE_STREAM_DONE;
+}
+
+void ym_hreq_stream_abort(ym_hreq *r)
+{
+    if (r->phase < YM_PHASE_STREAMING)
+        r->sse.oom = 1; /* the stream's bytes are incomplete: ym_hreq_start_stream ends it */
+    else if (r->phase < YM_PHASE_CLOSED)
+        r->phase = YM_PHASE_STREAM_ABORT;
 }
 
 void ym_hreq_resume(ym_hreq *r)
@@ -526,7 +542,7 @@ static void first_call(ym_server_t *srv, ym_hreq *r, struct MHD_Connection *conn
         ym_diag diag = {0}; /* the route streams the body itself, with its own limits */
         handled(r, rt->body_begin(r, &r->match, &diag), &diag);
     } else if (cl != NULL && n_cl > r->body_limit) {
-        r->body_too_big = 1;
+        r->body_err = YM_ETOOBIG;
         ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
         ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                               "the request body is %s bytes; the limit is %llu", cl,
@@ -575,11 +591,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                          MHD_HTTP_HEADER_EXPECT);
         uint64_t n_cl = cl != NULL ? strtoull(cl, NULL, 10) : 0;
-        r->body_pending = (te != NULL || n_cl > 0) && n_cl <= r->drain_max;
+        /* A body the server would read to deliver an early answer: such an answer is held
+         * (BODY), unless the client sends nothing before "100 Continue", which MHD sends only
+         * if this callback queues no answer: then the answer goes out at once (HEADERS). */
+        int body_follows = (te != NULL || n_cl > 0) && n_cl <= r->drain_max;
         r->expect_continue = expect != NULL && strcasecmp(expect, "100-continue") == 0;
-        r->first_call = 1;
+        r->phase = body_follows && !r->expect_continue ? YM_PHASE_BODY : YM_PHASE_HEADERS;
         first_call(srv, r, conn, url, method, rc, cl, n_cl);
-        r->first_call = 0;
+        if (body_follows && r->phase == YM_PHASE_HEADERS)
+            r->phase = YM_PHASE_BODY; /* unanswered: MHD says "100 Continue", the body comes */
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
@@ -595,7 +615,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_YES;
         }
         if (r->body.len + n > r->body_limit) {
-            r->body_too_big = 1;
+            r->body_err = YM_ETOOBIG;
             r->discarded = r->body.len + n;
             ym_buf_deinit(&r->body);
             ym_metrics_add(srv->metrics, YM_M_BODY_TOO_LARGE, 1);
@@ -605,22 +625,23 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_YES;
         }
         if (ym_buf_put(&r->body, upload_data, n) != 0)
-            r->oom = 1;
+            r->body_err = YM_ENOMEM;
         return MHD_YES;
     }
     /* The final call: the body has ended. */
-    r->body_pending = 0;
-    if (r->held != NULL) {
+    if (r->phase == YM_PHASE_HELD) {
         queue_held(r);
         return MHD_YES;
     }
-    if (!ym_hreq_answered(r) && r->body_too_big) {
+    if (r->phase < YM_PHASE_WORK)
+        r->phase = YM_PHASE_WORK;
+    if (!ym_hreq_answered(r) && r->body_err == YM_ETOOBIG) {
         ym_hreq_respond_error(r, YM_ETOOBIG, NULL,
                               "the request body exceeds the limit of %llu bytes",
                               (unsigned long long)r->body_limit);
         return MHD_YES;
     }
-    if (!ym_hreq_answered(r) && r->oom) {
+    if (!ym_hreq_answered(r) && r->body_err == YM_ENOMEM) {
         ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory for the body");
         return MHD_YES;
     }
@@ -846,8 +867,8 @@ void ym_httpd_stop(ym_server_t *srv)
         return;
     /* MHD requires every suspended connection resumed before it stops. */
     for (ym_hreq *r = srv->gens; r != NULL; r = r->next) {
-        if (r->phase == YM_PHASE_STREAMING)
-            r->sse_error = r->finish == YM_FINISH_NONE;
+        if (ym_hreq_streaming(r) && r->finish == YM_FINISH_NONE)
+            ym_hreq_stream_abort(r); /* a stream still running ends without [DONE] */
         ym_hreq_resume(r);
     }
     MHD_run(srv->mhd);

@@ -4,14 +4,16 @@
  * "\r\n--" boundary. States: PREAMBLE (skip to the first delimiter), AFTER_DELIM (either "--"
  * closes, or optional whitespace and CRLF open a part), HEADERS (up to the blank line),
  * BODY (hand bytes on until the next delimiter), DONE (epilogue ignored), FAILED.
- * Unprocessed bytes wait in `buf`, which never holds more than a header block or one
- * delimiter's length plus the newest chunk. */
+ * Unprocessed bytes wait in `in` (engine/buf.h), which never holds more than a header block
+ * or one delimiter's length plus the newest chunk. */
 #include "server/multipart.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include "engine/buf.h"
 
 #define MAX_BOUNDARY 70 /* RFC 2046 */
 #define MAX_HEADERS 8192
@@ -26,8 +28,7 @@ struct ym_mp {
     size_t dlen;
     int state;
     int n_parts;
-    char *buf;
-    size_t len, cap;
+    ym_buf in;      /* unprocessed bytes */
 };
 
 static ym_err fail(ym_mp_t *mp, ym_diag *diag, const char *msg)
@@ -94,12 +95,10 @@ ym_err ym_mp_new(const char *content_type, const ym_mp_cb *cb, void *arg, ym_mp_
     mp->dlen = (size_t)snprintf(mp->delim, sizeof(mp->delim), "\r\n--%s", b);
     mp->state = PREAMBLE;
     /* The virtual CRLF before the first delimiter. */
-    if ((mp->buf = malloc(mp->cap = 4096)) == NULL) {
+    if (ym_buf_put(&mp->in, "\r\n", 2) != YM_OK) {
         free(mp);
         return YM_ENOMEM;
     }
-    memcpy(mp->buf, "\r\n", 2);
-    mp->len = 2;
     *out = mp;
     return YM_OK;
 }
@@ -108,14 +107,13 @@ void ym_mp_free(ym_mp_t *mp)
 {
     if (mp == NULL)
         return;
-    free(mp->buf);
+    ym_buf_deinit(&mp->in);
     free(mp);
 }
 
 static void consume(ym_mp_t *mp, size_t n)
 {
-    memmove(mp->buf, mp->buf + n, mp->len - n);
-    mp->len -= n;
+    ym_buf_drop_front(&mp->in, n);
 }
 
 /* Parse one header block (without the final blank line) and start the part. */
@@ -162,10 +160,10 @@ static ym_err run(ym_mp_t *mp, ym_diag *diag)
 {
     for (;;) {
         if (mp->state == PREAMBLE || mp->state == BODY) {
-            char *hit = memmem(mp->buf, mp->len, mp->delim, mp->dlen);
-            size_t upto = hit ? (size_t)(hit - mp->buf)
-                              : (mp->len >= mp->dlen ? mp->len - (mp->dlen - 1) : 0);
-            if (mp->state == BODY && upto > 0 && mp->cb.part_data(mp->arg, mp->buf, upto, diag))
+            char *hit = memmem(mp->in.p, mp->in.len, mp->delim, mp->dlen);
+            size_t upto = hit ? (size_t)(hit - mp->in.p)
+                              : (mp->in.len >= mp->dlen ? mp->in.len - (mp->dlen - 1) : 0);
+            if (mp->state == BODY && upto > 0 && mp->cb.part_data(mp->arg, mp->in.p, upto, diag))
                 return fail(mp, diag, "part data refused");
             consume(mp, upto);
             if (hit == NULL)
@@ -175,22 +173,22 @@ static ym_err run(ym_mp_t *mp, ym_diag *diag)
                 return fail(mp, diag, "part refused");
             mp->state = AFTER_DELIM;
         } else if (mp->state == AFTER_DELIM) {
-            if (mp->len < 2)
+            if (mp->in.len < 2)
                 return YM_OK;
-            if (mp->buf[0] == '-' && mp->buf[1] == '-') {
+            if (mp->in.p[0] == '-' && mp->in.p[1] == '-') {
                 mp->state = DONE;
-                mp->len = 0;
+                ym_buf_clear(&mp->in);
                 return YM_OK;
             }
             /* Transport padding (spaces, tabs), then CRLF. */
             size_t i = 0;
-            while (i < mp->len && (mp->buf[i] == ' ' || mp->buf[i] == '\t'))
+            while (i < mp->in.len && (mp->in.p[i] == ' ' || mp->in.p[i] == '\t'))
                 i++;
             if (i > 256)
                 return fail(mp, diag, "too much padding after a delimiter");
-            if (i + 2 > mp->len)
+            if (i + 2 > mp->in.len)
                 return YM_OK;
-            if (mp->buf[i] != '\r' || mp->buf[i + 1] != '\n')
+            if (mp->in.p[i] != '\r' || mp->in.p[i + 1] != '\n')
                 return fail(mp, diag, "a delimiter is not followed by CRLF or \"--\"");
             consume(mp, i + 2);
             mp->state = HEADERS;
@@ -198,25 +196,25 @@ static ym_err run(ym_mp_t *mp, ym_diag *diag)
             /* A part with no headers starts with the blank line at once. */
             char *end = NULL;
             size_t skip = 0;
-            if (mp->len >= 2 && mp->buf[0] == '\r' && mp->buf[1] == '\n') {
-                end = mp->buf;
+            if (mp->in.len >= 2 && mp->in.p[0] == '\r' && mp->in.p[1] == '\n') {
+                end = mp->in.p;
                 skip = 2;
             } else {
-                end = memmem(mp->buf, mp->len, "\r\n\r\n", 4);
+                end = memmem(mp->in.p, mp->in.len, "\r\n\r\n", 4);
                 skip = 4;
             }
             if (end == NULL) {
-                if (mp->len > MAX_HEADERS)
+                if (mp->in.len > MAX_HEADERS)
                     return fail(mp, diag, "a part's headers exceed 8 KiB");
                 return YM_OK;
             }
-            size_t n = (size_t)(end - mp->buf);
+            size_t n = (size_t)(end - mp->in.p);
             if (n > MAX_HEADERS)
                 return fail(mp, diag, "a part's headers exceed 8 KiB");
             char *block = malloc(n + 1);
             if (block == NULL)
                 return fail(mp, diag, "out of memory");
-            memcpy(block, mp->buf, n);
+            memcpy(block, mp->in.p, n);
             block[n] = '\0';
             if (memchr(block, '\0', n) != NULL) {
                 free(block);
@@ -244,18 +242,8 @@ ym_err ym_mp_feed(ym_mp_t *mp, const char *data, size_t len, ym_diag *diag)
         return YM_EINVAL;
     if (mp->state == DONE)
         return YM_OK; /* the epilogue is ignored */
-    if (mp->len + len > mp->cap) {
-        size_t cap = mp->cap;
-        while (cap < mp->len + len)
-            cap *= 2;
-        char *p = realloc(mp->buf, cap);
-        if (p == NULL)
-            return fail(mp, diag, "out of memory");
-        mp->buf = p;
-        mp->cap = cap;
-    }
-    memcpy(mp->buf + mp->len, data, len);
-    mp->len += len;
+    if (ym_buf_put(&mp->in, data, len) != YM_OK)
+        return fail(mp, diag, "out of memory");
     return run(mp, diag);
 }
 

@@ -26,14 +26,22 @@
 
 typedef struct ym_server ym_server_t;
 
-/* Where a request's answer stands: one value, not flags. It only moves forward, except that
- * a held answer MHD refuses at the body's end goes back to NEW. */
+/* Where a request stands in its life: one value, not flags (docs/ARCHITECTURE.md §2, "A
+ * request's phases"). It only moves down this list, except that a held answer MHD refuses at
+ * the body's end goes back to WORK. */
 typedef enum {
-    YM_PHASE_NEW,       /* no answer yet: headers, body, the handler, or its work off the loop */
-    YM_PHASE_HELD,      /* answered before the body ended: the answer waits for the body */
-    YM_PHASE_ANSWERED,  /* a whole response is queued */
-    YM_PHASE_STREAMING, /* an SSE response is queued: events flow until [DONE] */
-    YM_PHASE_CLOSED,    /* MHD's completed callback ran: the connection is gone */
+    YM_PHASE_HEADERS,      /* headers in, no body bytes expected now (none follows, the client
+                            * waits for "100 Continue", or more than drain_max is announced):
+                            * an answer goes out at once */
+    YM_PHASE_BODY,         /* body bytes may still arrive: an answer now is held */
+    YM_PHASE_WORK,         /* the body has ended: the handler runs, or its work off the loop */
+    YM_PHASE_HELD,         /* answered before the body ended: the answer waits while the rest
+                            * of the body is read and dropped */
+    YM_PHASE_ANSWERED,     /* a whole response is queued */
+    YM_PHASE_STREAMING,    /* an SSE response is queued: events flow */
+    YM_PHASE_STREAM_DONE,  /* "[DONE]" is in r->sse: the stream ends after it */
+    YM_PHASE_STREAM_ABORT, /* the stream ends abruptly, without [DONE] */
+    YM_PHASE_CLOSED,       /* MHD's completed callback ran: the connection is gone */
 } ym_phase;
 
 /* One HTTP request, from MHD's first access callback to its completed callback. */
@@ -49,13 +57,11 @@ typedef struct ym_hreq {
     double t_start;
     int status;                   /* status queued, 0 before */
     ym_buf body;                  /* request body */
-    int body_too_big;
+    ym_err body_err;              /* YM_ETOOBIG (past body_limit) or YM_ENOMEM (could not be
+                                   * stored): the body is refused; else YM_OK */
     uint64_t body_limit;          /* bytes: max_body_bytes, or max_upload_bytes (admin PUT) */
-    size_t discarded;             /* body bytes dropped after body_too_big */
-    int oom;                      /* the body could not be stored */
-    ym_phase phase;               /* where its answer stands */
-    int body_pending;             /* body bytes may still arrive: a response waits for them */
-    int first_call;               /* inside MHD's first access callback */
+    size_t discarded;             /* body bytes dropped after an early answer */
+    ym_phase phase;               /* where the request stands in its life */
     int expect_continue;          /* the client waits for "100 Continue" before its body */
     struct MHD_Response *held;    /* owned: the answer, queued once the body has been read */
     int held_status;
@@ -74,15 +80,15 @@ typedef struct ym_hreq {
     int n_all, cap_all;
     ym_buf sse;                   /* streaming: bytes formatted, not yet taken by MHD */
     size_t sse_pos;
-    int sse_done;                 /* "[DONE]" is in sse: end after it */
-    int sse_error;                /* end the stream abruptly */
-    int suspended;
-    int client_gone;
+    /* Facts beside the phase, each true in several phases: */
+    int suspended;                /* MHD has the connection suspended (WORK while a job runs,
+                                   * a stream with nothing to send) */
+    int client_gone;              /* the sweep saw the peer hang up while suspended */
     ym_finish finish;
     int n_prompt, n_gen;
     double t_last_write;
     struct ym_hreq *prev, *next;  /* srv->gens list while a job, tokenization or upload runs */
-    int tracked;
+    int tracked;                  /* in srv->gens */
     int refs;                     /* MHD's (until the completed callback) + a pending tokenization */
     char model[256];              /* the model id a completion answers as */
     int counted;                  /* holds one of the tenant's concurrent-request slots */
@@ -161,6 +167,10 @@ void ym_hreq_fail(ym_hreq *r, ym_err err, const ym_diag *diag);
 void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
 /* Start streaming: queue the SSE response (reader pulls from r->sse). */
 void ym_hreq_start_stream(ym_hreq *r);
+void ym_hreq_stream_end(ym_hreq *r);   /* "[DONE]" is in r->sse: end the stream after it */
+/* End the stream abruptly (out of memory, cancelled, stopping); before it started: at once
+ * when it starts. */
+void ym_hreq_stream_abort(ym_hreq *r);
 const char *ym_hreq_header(ym_hreq *r, const char *name); /* borrowed, or NULL */
 void ym_hreq_close(ym_hreq *r);   /* close the connection without an answer */
 void ym_hreq_track(ym_hreq *r);   /* join srv->gens (idempotent) */
@@ -173,7 +183,11 @@ json_t *ym_json_text(const char *s, size_t len); /* string, invalid UTF-8 replac
 /* An answer is queued or held (or the connection is gone): nothing more may be answered. */
 static inline int ym_hreq_answered(const ym_hreq *r)
 {
-    return r->phase != YM_PHASE_NEW;
+    return r->phase >= YM_PHASE_HELD;
+}
+static inline int ym_hreq_streaming(const ym_hreq *r) /* an SSE response is queued */
+{
+    return r->phase >= YM_PHASE_STREAMING && r->phase <= YM_PHASE_STREAM_ABORT;
 }
 static inline int ym_hreq_closed(const ym_hreq *r) /* the connection is gone */
 {
@@ -216,9 +230,11 @@ void ym_adapters_put_data(ym_hreq *r, const char *data, size_t len);
 ym_err ym_adapters_put(ym_hreq *r, const ym_match *m, ym_diag *diag);
 void ym_adapters_put_abort(ym_hreq *r);                    /* the connection ended first */
 /* The adapter a completion asks for: model (an adapter name, or NULL/base) plus the adapters
- * list, composed. New reference in *out (NULL = base model); 0, or -1 (answered). Also puts
- * the identity of what it picked (names and versions) into r->identity, for the state cache. */
-int ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out);
+ * list, composed. New reference in *out (NULL = base model); YM_OK, or the error with diag
+ * (the caller answers it). Also puts the identity of what it picked (names and versions) into
+ * r->identity, for the state cache. */
+ym_err ym_adapters_resolve(ym_hreq *r, const char *model, json_t *list, ym_adapter_t **out,
+                           ym_diag *diag);
 json_t *ym_adapters_models(ym_hreq *r); /* the tenant's adapters as /v1/models entries */
 /* Start-up and replicas sharing the volume: load what the store holds / watch it. */
 void ym_adapters_start(ym_server_t *srv);
@@ -231,7 +247,8 @@ ym_err ym_sessions_export(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_sessions_import(ym_hreq *r, const ym_match *m, ym_diag *diag);
 size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
 /* session_append: check r's session (exists, same tenant and adapters), put its pending
- * token before ids and fill p's append fields. 0, or -1 (answered). */
-int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p);
+ * token before ids and fill p's append fields. YM_OK, or the error with diag (the caller
+ * answers it). */
+ym_err ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p, ym_diag *diag);
 
 #endif

@@ -82,8 +82,9 @@ static ym_err sessions(ym_hreq *r, const char *method, const char *url, ym_diag 
 }
 
 /* Append mode: check the session exists and ran with the same adapters, and put its pending
- * token (the last one it sampled, never fed) before the new tokens. 0, or -1 (answered). */
-int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
+ * token (the last one it sampled, never fed) before the new tokens. YM_OK, or the error with
+ * diag (the caller answers it). */
+ym_err ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p, ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_skey key, root;
@@ -91,11 +92,10 @@ int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     ym_skey_root(&root, r->limits.name, r->identity);
     ym_sc_entry *e = srv->cache ? ym_scache_pin(srv->cache, &key) : NULL;
     if (e == NULL) {
-        ym_hreq_respond_error(r, YM_ENOSESSION, "session_id",
-                              "no session '%s' to append to (it may have been evicted): send "
-                              "the whole prompt without session_append",
-                              r->session_id);
-        return -1;
+        return ym_diag_param(diag, YM_ENOSESSION, "session_id",
+                             "no session '%s' to append to (it may have been evicted): send "
+                             "the whole prompt without session_append",
+                             r->session_id);
     }
     const ym_sc_meta *m = ym_sc_entry_meta(e);
     int ok = m->appendable && ym_skey_equal(&m->root, &root);
@@ -104,26 +104,22 @@ int ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p)
     p->append_serial = ym_sc_entry_serial(e);
     p->append_base = ym_sc_entry_state(e)->n_tokens;
     ym_scache_unpin(srv->cache, e);
-    if (!ok) {
-        ym_hreq_respond_error(r, YM_EEXIST, "session_append",
-                              "session '%s' ran with other adapters (or versions), or was "
-                              "imported: send the whole prompt without session_append",
-                              r->session_id);
-        return -1;
-    }
+    if (!ok)
+        return ym_diag_param(diag, YM_EEXIST, "session_append",
+                             "session '%s' ran with other adapters (or versions), or was "
+                             "imported: send the whole prompt without session_append",
+                             r->session_id);
     if (pending >= 0) {
         int32_t *v = realloc(ids->v, (ids->n + 1) * sizeof(int32_t));
-        if (v == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
-            return -1;
-        }
+        if (v == NULL)
+            return ym_diag_set(diag, YM_ENOMEM, "out of memory");
         memmove(v + 1, v, ids->n * sizeof(int32_t));
         v[0] = pending;
         ids->v = v;
         ids->n++;
         ids->cap = ids->n;
     }
-    return 0;
+    return YM_OK;
 }
 
 /* /admin/sessions/{tenant}/{id}: split and check. */

@@ -6,11 +6,13 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "engine/buf.h"
 #include "engine/sparse.h"
 #include "engine/sparsity.h"
 
@@ -175,31 +177,16 @@ int cli_read_file(const char *path, char **data, size_t *len)
     FILE *f = fopen(path, "rb");
     if (f == NULL)
         return cli_error(CLI_FAIL, "cannot open %s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (buf == NULL) {
-            fclose(f);
-            return cli_error(CLI_FAIL, "out of memory reading %s", path);
-        }
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (n < cap - 1)
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap);
-        if (nb == NULL)
-            free(buf);
-        buf = nb;
-    }
-    int bad = ferror(f);
+    ym_buf buf = YM_BUF_INIT;
+    ym_err err = ym_buf_read(&buf, f, SIZE_MAX);
     fclose(f);
-    if (bad) {
-        free(buf);
+    if (err == YM_OK && (*data = ym_buf_take(&buf, len)) == NULL)
+        err = YM_ENOMEM;
+    ym_buf_deinit(&buf);
+    if (err == YM_ENOMEM)
+        return cli_error(CLI_FAIL, "out of memory reading %s", path);
+    if (err != YM_OK)
         return cli_error(CLI_FAIL, "cannot read %s", path);
-    }
-    buf[n] = '\0';
-    *data = buf;
-    *len = n;
     return 0;
 }
 

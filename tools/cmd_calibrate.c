@@ -1,5 +1,5 @@
 /* tools/cmd_calibrate.c - `yunmin calibrate`: derive the correlation scan order of a sparsity
- * profile from calibration text (DESIGN.md §4, seed pillar 1), and write baseline masks.
+ * profile from calibration text (docs/ARCHITECTURE.md §4), and write baseline masks.
  *
  * Steps: run the text token by token (through the model served under --sparsity IN when
  * given, else the dense model); after each token read every layer's SSM state and record each

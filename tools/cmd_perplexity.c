@@ -20,6 +20,7 @@
 
 #include "engine/forward.h"
 #include "engine/state.h"
+#include "engine/utf8.h"
 #include "tools/cli.h"
 
 /* Bytes of logits held at once: rows * n_vocab * 4 (256 MiB is 1335 rows of 50280). */
@@ -130,16 +131,10 @@ int ym_cmd_perplexity(int argc, char **argv)
     /* 1. The held-out tail, counted in characters as the toolkit counts them. */
     size_t off = 0;
     if (has_tail) {
-        size_t n_chars = 0;
-        for (size_t i = 0; i < len; i++)
-            n_chars += ((unsigned char)data[i] & 0xC0) != 0x80;
+        size_t n_chars = ym_utf8_count((const unsigned char *)data, len);
         unsigned long long keep_ppm = 1000000ull - (unsigned long long)llround(tail * 1e6);
-        size_t skip = (size_t)((unsigned long long)n_chars * keep_ppm / 1000000ull), seen = 0;
-        while (off < len && seen < skip + 1) {
-            if (((unsigned char)data[off] & 0xC0) != 0x80 && ++seen == skip + 1)
-                break;
-            off++;
-        }
+        size_t skip = (size_t)((unsigned long long)n_chars * keep_ppm / 1000000ull);
+        off = ym_utf8_offset((const unsigned char *)data, len, skip);
     }
     /* 2. Tokens and windows. */
     if ((err = ym_tok_encode(tok, data + off, len - off, &ids)) != YM_OK) {

@@ -4,9 +4,11 @@
  * The scheduler's expected outputs come from the engine itself run without the scheduler
  * (one sequence, whole-prompt prefill, token-by-token decode), an independent path. */
 #include <check.h>
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -1291,6 +1293,96 @@ static const char *type_for_status(int status)
     }
 }
 
+/* ---------- one error path ---------- */
+
+/* The transport (server/httpd.c) is the only writer of errors and the only user of MHD: every
+ * other server file returns ym_err + diag (or, for work that ends after its handler returned,
+ * hands them to ym_hreq_fail). So no other file may name MHD, call ym_hreq_respond_error, or
+ * answer ym_hreq_respond_json / _text with a status of 300 or more. Exceptions, each for a
+ * reason: probes.c's /readyz answers 503 with its own status body (a probe's answer, not an
+ * error); completions.c still answers its generation's refusals itself. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *s = malloc((size_t)n + 1);
+    if (s != NULL) {
+        size_t got = fread(s, 1, (size_t)n, f);
+        s[got] = '\0';
+    }
+    fclose(f);
+    return s;
+}
+
+/* The status argument (the second) of each call to fn in src: every 3-digit number in it. */
+static int bad_status(const char *src, const char *fn, char *why, size_t cap)
+{
+    for (const char *p = strstr(src, fn); p != NULL; p = strstr(p + 1, fn)) {
+        const char *a = strchr(p, ',');
+        if (a == NULL)
+            break;
+        int depth = 0;
+        const char *e = a + 1;
+        for (; *e && !(depth == 0 && (*e == ',' || *e == ')')); e++)
+            depth += *e == '(' ? 1 : *e == ')' ? -1 : 0;
+        for (const char *q = a + 1; q + 3 <= e; q++) {
+            if (q[0] >= '1' && q[0] <= '9' && q[1] >= '0' && q[1] <= '9' && q[2] >= '0' &&
+                q[2] <= '9' && (q + 3 == e || q[3] < '0' || q[3] > '9') &&
+                (q == a + 1 || q[-1] < '0' || q[-1] > '9') && q[0] >= '3') {
+                snprintf(why, cap, "%s with status %.3s", fn, q);
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+START_TEST(test_only_the_transport_writes_errors)
+{
+    DIR *d = opendir(YM_SOURCE_ROOT "/server");
+    ck_assert_ptr_nonnull(d);
+    int n_files = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (len < 3 || strcmp(de->d_name + len - 2, ".c") != 0 ||
+            strcmp(de->d_name, "httpd.c") == 0)
+            continue;
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/server/%s", YM_SOURCE_ROOT, de->d_name);
+        char *src = slurp(path);
+        ck_assert_msg(src != NULL, "cannot read %s", path);
+        n_files++;
+        char why[128] = "";
+        int probes = strcmp(de->d_name, "probes.c") == 0;
+        int completions = strcmp(de->d_name, "completions.c") == 0;
+        ck_assert_msg(strstr(src, "MHD_") == NULL, "server/%s uses MHD", de->d_name);
+        ck_assert_msg(completions || strstr(src, "ym_hreq_respond_error(") == NULL,
+                      "server/%s writes an error itself: return ym_err + diag (or ym_hreq_fail)",
+                      de->d_name);
+        ck_assert_msg(probes || !bad_status(src, "ym_hreq_respond_json(", why, sizeof(why)),
+                      "server/%s: %s", de->d_name, why);
+        ck_assert_msg(!bad_status(src, "ym_hreq_respond_text(", why, sizeof(why)),
+                      "server/%s: %s", de->d_name, why);
+        free(src);
+    }
+    closedir(d);
+    ck_assert_int_ge(n_files, 10);
+    /* The check itself can fail: a status past 2xx in a call is found. */
+    char why[128];
+    ck_assert(bad_status("ym_hreq_respond_json(r, 404, x);", "ym_hreq_respond_json(", why,
+                         sizeof(why)));
+    ck_assert(bad_status("ym_hreq_respond_json(r, ok ? 200 : 503, x);", "ym_hreq_respond_json(",
+                         why, sizeof(why)));
+    ck_assert(!bad_status("ym_hreq_respond_json(r, existed ? 200 : 201, x);",
+                          "ym_hreq_respond_json(", why, sizeof(why)));
+}
+END_TEST
+
 START_TEST(test_err_table_matches_api_md_error_table)
 {
     /* docs/API.md's error table: "| STATUS ... | when | `code`, `code` |" rows. */
@@ -1370,6 +1462,7 @@ static Suite *server_suite(void)
     TCase *tc = tcase_create("conf");
     tcase_add_test(tc, test_conf_defaults_and_file_values);
     tcase_add_test(tc, test_err_table_matches_api_md_error_table);
+    tcase_add_test(tc, test_only_the_transport_writes_errors);
     tcase_add_test(tc, test_router_matches_method_and_pattern);
     tcase_add_test(tc, test_conf_rejects_bad_files);
     tcase_add_test(tc, test_conf_precedence_env_over_file_flags_over_env);

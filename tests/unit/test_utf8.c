@@ -3,6 +3,8 @@
  * tests/fixtures/utf8_cases.json comes from tests/fixtures/make_utf8_cases.py: byte strings and
  * bytes.decode("utf-8", "replace") of each (one U+FFFD per maximal invalid subpart). */
 #include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,12 +93,60 @@ START_TEST(test_buf_grows_from_caller_storage_and_drops_front)
 }
 END_TEST
 
+/* Code points counted and found as Python's len() and indexing see them:
+ * "a\u00e9\u20ac\U0001F600" is 1 + 2 + 3 + 4 bytes, 4 code points. */
+START_TEST(test_utf8_count_and_offset)
+{
+    const unsigned char s[] = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80";
+    size_t n = sizeof(s) - 1;
+    ck_assert_uint_eq(ym_utf8_count(s, n), 4);
+    const size_t want[] = {0, 1, 3, 6, 10, 10};
+    for (size_t ci = 0; ci < 6; ci++)
+        ck_assert_uint_eq(ym_utf8_offset(s, n, ci), want[ci]);
+    ck_assert_uint_eq(ym_utf8_count(s, 0), 0);
+    ck_assert_uint_eq(ym_utf8_offset(s, 0, 0), 0);
+}
+END_TEST
+
+/* Whole streams: contents kept byte for byte across many doublings, and the limit exact. */
+START_TEST(test_buf_read_stream_and_limit)
+{
+    enum { N = 100003 };
+    FILE *f = tmpfile();
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < N; i++)
+        fputc((i * 7 + i / 256) & 0xff, f);
+    for (int limit = N - 1; limit <= N; limit++) {
+        rewind(f);
+        ym_buf b = YM_BUF_INIT;
+        ck_assert_int_eq(ym_buf_read(&b, f, (size_t)limit), limit == N ? YM_OK : YM_ETOOBIG);
+        if (limit == N) {
+            ck_assert_uint_eq(b.len, N);
+            ck_assert_int_eq(b.p[N], '\0');
+            for (int i = 0; i < N; i++)
+                ck_assert_int_eq((unsigned char)b.p[i], (i * 7 + i / 256) & 0xff);
+        }
+        ym_buf_deinit(&b);
+    }
+    fclose(f);
+    FILE *empty = tmpfile();
+    ym_buf b = YM_BUF_INIT;
+    ck_assert_int_eq(ym_buf_puts(&b, "x"), YM_OK);
+    ck_assert_int_eq(ym_buf_read(&b, empty, SIZE_MAX), YM_OK); /* appends nothing */
+    ck_assert_str_eq(b.p, "x");
+    ym_buf_deinit(&b);
+    fclose(empty);
+}
+END_TEST
+
 Suite *utf8_suite(void)
 {
     Suite *s = suite_create("utf8");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_utf8_lossy_and_valid_match_cpython);
     tcase_add_test(tc, test_buf_grows_from_caller_storage_and_drops_front);
+    tcase_add_test(tc, test_buf_read_stream_and_limit);
+    tcase_add_test(tc, test_utf8_count_and_offset);
     suite_add_tcase(s, tc);
     return s;
 }
