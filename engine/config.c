@@ -1,7 +1,7 @@
 /* engine/config.c - config.json of a Mamba model, in each of its published forms.
  *
- * Owns the mapping from the engine's short dimension names to the Hugging Face keys (STYLE.md
- * §2): transformers' MambaConfig, Mamba2Config and FalconMambaConfig (hidden_size, state_size,
+ * Owns the mapping from the engine's short dimension names to the Hugging Face keys:
+ * transformers' MambaConfig, Mamba2Config and FalconMambaConfig (hidden_size, state_size,
  * ...) and the original state-spaces mamba_ssm MambaConfig (d_model, n_layer, ssm_cfg {...},
  * with ssm_cfg.layer "Mamba1" or "Mamba2"). Defaults are those of the class that wrote the
  * file, so a config saved with default values reads as its writer meant it.

@@ -1,6 +1,6 @@
 /* engine/config.h - Mamba model configuration from config.json.
  *
- * Accepts transformers' MambaConfig keys and the original state-spaces keys (DESIGN.md §3);
+ * Accepts transformers' MambaConfig keys and the original state-spaces keys (docs/ARCHITECTURE.md §3);
  * each short name here is mapped to its HF key once, in engine/config.c. */
 #ifndef YM_ENGINE_CONFIG_H
 #define YM_ENGINE_CONFIG_H

@@ -8,7 +8,7 @@
  * whole layer loop, meeting at the layers' barriers; lm_head is split by vocabulary rows.
  * Every projection is one ym_matmul over all rows of the batch (engine/weight.h): our GEMV /
  * small-M kernels on the weight in its served type (f32, bf16 or int8), sgemm for many rows.
- * OpenBLAS itself runs single-threaded: this pool owns the cores (STYLE.md §5).
+ * OpenBLAS itself runs single-threaded: this pool owns the cores (docs/ENGINE.md, "Forward pass").
  * Must not: allocate except in ym_ctx_new. */
 #include "engine/forward.h"
 

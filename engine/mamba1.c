@@ -349,14 +349,14 @@ static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
 
 
 /* ---- reference -------------------------------------------------------------------------
- * One token at a time, plain loops, libm, accumulation in double: obviously DESIGN.md §3. */
+ * One token at a time, plain loops, libm, accumulation in double: obviously docs/ARCHITECTURE.md §3. */
 
 static double dsilu(double v)
 {
     return v / (1.0 + exp(-v));
 }
 
-/* sp: the profile's masks applied with the meaning DESIGN.md §4 gives them, or NULL. */
+/* sp: the profile's masks applied with the meaning docs/ARCHITECTURE.md §4 gives them, or NULL. */
 static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st, int32_t tok,
                       float *logits)
 {

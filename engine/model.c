@@ -77,7 +77,7 @@ static void *owned_alloc_bytes(ym_model_t *m, size_t bytes)
     }
     /* Large buffers (the projections, the embedding) are 2 MiB aligned and asked to be backed
      * by transparent huge pages: the forward streams them once per token, and 4 KiB pages cost
-     * a TLB miss every 4 KiB and a page fault each at first touch (see MACHINE.md). The slack
+     * a TLB miss every 4 KiB and a page fault each at first touch (docs/BENCHMARKS.md). The slack
      * of the alignment is never touched, so it costs address space only. */
     bytes = bytes > 0 ? (bytes + ALIGN_BYTES - 1) / ALIGN_BYTES * ALIGN_BYTES : ALIGN_BYTES;
     size_t align = bytes >= HUGE_BYTES ? HUGE_BYTES : ALIGN_BYTES;
@@ -307,7 +307,7 @@ static ym_err bind_layer(binder *b, int l, ym_layer *L)
     TRYB(bind_w(b, NAME("mixer.out_proj.weight"), dm, di, &L->out_proj));
     TRYB(BIND(b, NAME("mixer.out_proj.bias"), c->use_bias, &L->out_proj_b, dm));
 
-    /* A = -exp(A_log), computed once here so the scan reads A directly (DESIGN.md §3). */
+    /* A = -exp(A_log), computed once here so the scan reads A directly (docs/ARCHITECTURE.md §3). */
     const ym_st_tensor *t;
     TRYB(find_checked(b, NAME("mixer.A_log"), 2, SHAPE(di, ds), true, &t));
     float *A = owned_alloc(b->m, (size_t)(di * ds));

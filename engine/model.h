@@ -22,7 +22,7 @@
 #include "engine/err.h"
 #include "engine/weight.h"
 
-/* The masked scan of a served sparse layer (engine/sparse.h, DESIGN.md §4). Served channels
+/* The masked scan of a served sparse layer (engine/sparse.h, docs/ARCHITECTURE.md §4). Served channels
  * are cut into blocks of YM_SCAN_BLOCK consecutive channels; a block computes, for each state
  * entry n live in at least one of its channels, one SIMD lane per channel (a lane mask keeps
  * the entries that are dead for a channel at 0). The layer's SSM state is stored blocked:
