@@ -1,4 +1,4 @@
-/* engine/forward.h - the forward pass over a ragged batch, any model family (docs/ARCHITECTURE.md §3).
+/* engine/forward.h - the forward pass over a ragged batch, any family (docs/ARCHITECTURE.md §3).
  *
  * A batch is any mix of sequences, each contributing one token (decode) or a chunk (prefill),
  * each with its own state. Every projection is one GEMM over all rows (GEMV for a single
