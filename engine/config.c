@@ -407,7 +407,7 @@ static ym_err read_limit(json_t *root, const char *key, float *lo, float *hi, ym
 /* A key the engine refuses unless it has the given boolean value. */
 static ym_err need_bool(json_t *root, const char *key, bool want, const char *why, ym_diag *diag)
 {
-    bool v;
+    bool v = want;
     TRY(read_bool(root, key, want, &v, diag));
     if (v != want)
         return ym_diag_set(diag, YM_EFORMAT, "config.json: key %s: %s is not supported (%s)",
