@@ -41,6 +41,11 @@ typedef struct ym_conf {
     uint64_t cache_bytes;     /* state cache budget (sessions + prefix checkpoints) */
     uint64_t checkpoint_interval; /* tokens between prefix checkpoints, 0 = none */
     uint64_t max_session_id_bytes;
+    char *state_dir;          /* owned; "" = no disk tier */
+    uint64_t state_dir_bytes; /* the disk tier's budget, 0 = no limit */
+    uint64_t state_fsync;     /* 1: fsync each state file */
+    char *state_secret;       /* owned; the state files' MAC key source; "" = random, kept in
+                               * state_dir/state.key */
     char *allowed_origins;    /* owned; browser origins CORS lets in, "," separated; "*" = any;
                                * "" = none */
 } ym_conf;

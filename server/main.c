@@ -18,6 +18,7 @@
 #include "engine/pool.h"
 #include "engine/sparse.h"
 #include "engine/sparsity.h"
+#include "server/disktier.h"
 #include "server/server.h"
 
 #define DRAIN_POLL_MS 100
@@ -81,6 +82,8 @@ static void load_work(uv_work_t *w) /* libuv pool */
 
 static void shutdown_now(ym_server_t *srv);
 
+static ym_err open_state_dir(ym_server_t *srv, ym_diag *diag);
+
 static void after_load(uv_work_t *w, int status)
 {
     ym_server_t *srv = w->data;
@@ -104,6 +107,8 @@ static void after_load(uv_work_t *w, int status)
     ym_diag diag = {0};
     ym_model_fingerprint(srv->model, srv->model_fp);
     ym_err err = ym_scache_new((size_t)srv->conf.cache_bytes, srv->metrics, &srv->cache);
+    if (err == YM_OK && srv->conf.state_dir[0] != '\0')
+        err = open_state_dir(srv, &diag);
     if (err == YM_OK)
         err = ym_sched_new(srv->model, srv->tok, &o, srv->metrics, srv->cache, wake_loop, srv,
                            &srv->sched, &diag);
@@ -133,6 +138,24 @@ static void after_load(uv_work_t *w, int status)
                "entries (adapters are compiled against this layout)",
                srv->sparsity_path, (long long)srv->model->n_channels_kept,
                (long long)c->n_layer * c->d_inner, (long long)srv->model->n_states_live);
+}
+
+/* The state cache's disk tier (docs/SERVER.md "State tiers"). */
+static ym_err open_state_dir(ym_server_t *srv, ym_diag *diag)
+{
+    ym_state_t *like = NULL;
+    ym_err err = ym_state_new_for_model(srv->model, &like);
+    if (err != YM_OK)
+        return err;
+    ym_disktier_opts o = {.dir = srv->conf.state_dir, .budget = srv->conf.state_dir_bytes,
+                          .fsync = (int)srv->conf.state_fsync,
+                          .secret = srv->conf.state_secret};
+    ym_disktier_t *d = NULL;
+    err = ym_disktier_open(&o, like, srv->model_fp, srv->metrics, &d, diag);
+    ym_state_free(like);
+    if (err == YM_OK)
+        ym_scache_set_disk(srv->cache, d); /* the cache owns it */
+    return err;
 }
 
 static void on_closed(uv_handle_t *h)

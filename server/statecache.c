@@ -9,6 +9,7 @@
 #include "server/statecache.h"
 
 #include <math.h>
+#include "server/disktier.h"
 #include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ struct ym_scache {
     int n_kind[2];
     uint64_t evictions;
     uint64_t serial;
+    ym_disktier_t *disk; /* owned, or NULL: the tier below RAM */
 };
 
 /* --- keys --- */
@@ -274,6 +276,8 @@ void ym_scache_free(ym_scache_t *c)
 {
     if (c == NULL)
         return;
+    ym_disktier_close(c->disk); /* writes what is queued; its callbacks unpin entries here */
+    c->disk = NULL;
     while (c->head != NULL) {
         ym_sc_entry *e = c->head;
         e->pins = 0;
@@ -301,7 +305,7 @@ size_t ym_scache_budget(ym_scache_t *c)
     return b;
 }
 
-ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
+static ym_sc_entry *pin_ram(ym_scache_t *c, const ym_skey *key)
 {
     pthread_mutex_lock(&c->lock);
     ym_sc_entry *e = find(c, key);
@@ -311,6 +315,26 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
         lru_push_front(c, e);
     }
     pthread_mutex_unlock(&c->lock);
+    return e;
+}
+
+static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
+                  ym_state_t *st, int to_disk, void (*done)(void *), void *arg,
+                  ym_sc_entry **pinned);
+
+ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
+{
+    ym_sc_entry *e = pin_ram(c, key);
+    if (e != NULL || c->disk == NULL)
+        return e;
+    /* A RAM miss: the disk tier, without the lock; a state found there is promoted. */
+    ym_sc_kind kind;
+    ym_sc_meta meta;
+    ym_state_t *st = NULL;
+    if (ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK)
+        return NULL;
+    if (insert(c, key, kind, &meta, st, 0, NULL, NULL, &e) != 1)
+        return NULL;
     return e;
 }
 
@@ -358,7 +382,7 @@ int ym_scache_touch(ym_scache_t *c, const ym_skey *key)
         lru_push_front(c, e);
     }
     pthread_mutex_unlock(&c->lock);
-    return e != NULL;
+    return e != NULL || (c->disk != NULL && ym_disktier_has(c->disk, key));
 }
 
 size_t ym_scache_entry_bytes(const ym_state_t *st)
@@ -367,12 +391,52 @@ size_t ym_scache_entry_bytes(const ym_state_t *st)
     return ym_state_floats(st) * sizeof(float) + offs + sizeof(ym_sc_entry) + sizeof(ym_state_t);
 }
 
+/* A written state file: the entry it was written from may go. */
+typedef struct written {
+    ym_scache_t *c;
+    ym_sc_entry *e;
+    void (*done)(void *);
+    void *arg;
+} written;
+
+static void on_written(void *arg)
+{
+    written *w = arg;
+    ym_scache_unpin(w->c, w->e);
+    if (w->done)
+        w->done(w->arg);
+    free(w);
+}
+
 int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
                   ym_state_t *st)
 {
+    return insert(c, key, kind, meta, st, 1, NULL, NULL, NULL);
+}
+
+int ym_scache_put_durable(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind,
+                          const ym_sc_meta *meta, ym_state_t *st, void (*done)(void *),
+                          void *arg)
+{
+    return insert(c, key, kind, meta, st, 1, done, arg, NULL);
+}
+
+/* Put st in RAM (pinned into *pinned if asked) and, with to_disk, queue its file; done(arg) is
+ * called exactly once: when the file is written, or at once when none is queued. */
+static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
+                  ym_state_t *st, int to_disk, void (*done)(void *), void *arg,
+                  ym_sc_entry **pinned)
+{
+    if (pinned)
+        *pinned = NULL;
     ym_sc_entry *e = calloc(1, sizeof(*e));
-    if (e == NULL) {
+    written *w = to_disk && c->disk != NULL ? malloc(sizeof(*w)) : NULL;
+    if (e == NULL || (to_disk && c->disk != NULL && w == NULL)) {
+        free(e);
+        free(w);
         ym_state_free(st);
+        if (done)
+            done(arg);
         return -1;
     }
     e->key = *key;
@@ -390,7 +454,16 @@ int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     if (!make_room(c, e->bytes)) {
         publish_stats(c);
         pthread_mutex_unlock(&c->lock);
+        if (w != NULL) {
+            /* Too big for RAM, or RAM all pinned: the disk may still keep it. */
+            e->pins = 1;
+            *w = (written){c, e, done, arg};
+            ym_disktier_write(c->disk, key, kind, &e->meta, e->st, on_written, w);
+            return 0;
+        }
         entry_free(e);
+        if (done)
+            done(arg);
         return 0;
     }
     if (c->n_entries >= c->n_buckets)
@@ -404,8 +477,20 @@ int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     c->n_entries++;
     c->bytes += e->bytes;
     c->n_kind[kind]++;
+    if (pinned) {
+        e->pins++;
+        *pinned = e;
+    }
+    if (w != NULL)
+        e->pins++; /* until its file is written */
     publish_stats(c);
     pthread_mutex_unlock(&c->lock);
+    if (w != NULL) {
+        *w = (written){c, e, done, arg};
+        ym_disktier_write(c->disk, key, kind, &e->meta, e->st, on_written, w);
+    } else if (done) {
+        done(arg);
+    }
     return 1;
 }
 
@@ -417,7 +502,21 @@ int ym_scache_remove(ym_scache_t *c, const ym_skey *key)
         detach(c, e);
     publish_stats(c);
     pthread_mutex_unlock(&c->lock);
-    return e != NULL;
+    int on_disk = c->disk != NULL && ym_disktier_has(c->disk, key);
+    if (c->disk != NULL)
+        ym_disktier_remove(c->disk, key); /* after any write of it still queued */
+    return e != NULL || on_disk;
+}
+
+void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d)
+{
+    c->disk = d;
+}
+
+void ym_scache_flush(ym_scache_t *c)
+{
+    if (c != NULL && c->disk != NULL)
+        ym_disktier_flush(c->disk);
 }
 
 void ym_scache_get_stats(ym_scache_t *c, ym_scache_stats *out)

@@ -1,0 +1,220 @@
+#!/usr/bin/python3
+"""tests/integration/test_tiers.py - the state cache's disk tier (state_dir) over real HTTP:
+sessions resume after SIGTERM and after SIGKILL of their daemon, corrupted and forged state
+files are refused (the request runs cold and succeeds), and the byte budget evicts the least
+recently written file first.
+
+Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
+
+Same conventions as test_server.py, whose Daemon helper it uses. The reference for a resumed
+turn is the same turn on a daemon without a state_dir that never stopped (temperature 0), and
+a cold run of the whole prompt; file names and MACs are recomputed here with Python's hashlib
+from docs/FORMATS.md, independently of the server's code.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import unittest
+
+import test_server as ts
+from test_server import Daemon
+
+TURN1 = "ROMEO: What light through yonder window breaks?\nJULIET:"
+MORE = "\nROMEO: Speak again, bright angel.\nJULIET:"
+
+
+def session_file(tenant, sid):
+    """The file name of a session: BLAKE2b-256 of the tag, the two lengths, tenant, id."""
+    h = hashlib.blake2b(digest_size=32)
+    h.update(b"yunmin session\0")
+    h.update(struct.pack("<QQ", len(tenant.encode()), len(sid.encode())))
+    h.update(tenant.encode() + sid.encode())
+    return h.hexdigest() + ".yst"
+
+
+def complete(d, prompt, sid=None, n=12):
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0}
+    if sid is not None:
+        body["session_id"] = sid
+    r = d.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    j = r.json()
+    return j["choices"][0]["text"], j["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+class Reference:
+    """Turn texts from a daemon without a state_dir that never stops."""
+    turn1 = None
+    turn2 = None
+    cold2 = None
+
+    @classmethod
+    def get(cls):
+        if cls.turn1 is None:
+            d = Daemon("--checkpoint-interval", "0")
+            try:
+                cls.turn1, _ = complete(d, TURN1, "ref")
+                cls.turn2, cached = complete(d, TURN1 + cls.turn1 + MORE, "ref")
+                assert cached > 0
+                cls.cold2, cached = complete(d, TURN1 + cls.turn1 + MORE)
+                assert cached == 0
+            finally:
+                assert d.stop() == 0
+        return cls
+
+
+class DiskTier(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ym-tiers-")
+        self.ref = Reference.get()
+        self.assertEqual(self.ref.turn2, self.ref.cold2)  # resuming changes nothing
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def daemon(self, *flags):
+        return Daemon("--state-dir", self.dir, "--checkpoint-interval", "0", *flags)
+
+    def first_turn(self, d, sid="s1"):
+        text, cached = complete(d, TURN1, sid)
+        self.assertEqual(text, self.ref.turn1)
+        self.assertEqual(cached, 0)
+        return os.path.join(self.dir, session_file("default", sid))
+
+    def second_turn(self, d, sid="s1"):
+        return complete(d, TURN1 + self.ref.turn1 + MORE, sid)
+
+    def resume_after(self, sig):
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+            # The response completed: the state is on disk already, under its documented name.
+            self.assertTrue(os.path.exists(path), os.listdir(self.dir))
+            if sig == signal.SIGKILL:
+                d.kill()
+            else:
+                self.assertEqual(d.stop(sig), 0)
+        finally:
+            d.kill()
+        d = self.daemon()
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.turn2)
+            self.assertGreater(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_hits_total"), 1)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_resume_after_sigterm(self):
+        self.resume_after(signal.SIGTERM)
+
+    def test_resume_after_sigkill(self):
+        self.resume_after(signal.SIGKILL)
+
+    def refused_cold(self, mutate, *flags):
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        with open(path, "wb") as f:
+            f.write(mutate(data))
+        d = self.daemon(*flags)
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.cold2)
+            self.assertEqual(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 1)
+            self.assertIn("refused and deleted a state file", d.log())
+            # The next turn resumes from the state the cold run stored.
+            text, cached = complete(d, TURN1 + self.ref.turn1 + MORE + self.ref.turn2 + MORE,
+                                    "s1")
+            self.assertGreater(cached, 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_corrupted_file_refused(self):
+        def flip(data):
+            data[len(data) // 2] ^= 0x40  # a byte of the state
+            return data
+        self.refused_cold(flip)
+
+    def test_forged_file_refused(self):
+        # Someone without the key changes the state and recomputes the MAC with a key of
+        # their own: refused.
+        def forge(data):
+            data[len(data) // 2] ^= 0x40
+            body = bytes(data[:-32])
+            return body + hashlib.blake2b(body, digest_size=32, key=os.urandom(32)).digest()
+        self.refused_cold(forge)
+
+    def test_other_secret_refused(self):
+        # Written by a daemon with a random key (state.key), read by one with a secret.
+        self.refused_cold(lambda data: data, "--state-secret", "another replica's secret")
+
+    def test_mac_is_keyed_blake2b(self):
+        # The documented MAC: keyed BLAKE2b-256 (key: state.key) over all but the last 32
+        # bytes; a file re-MACed here with that key is accepted as it was.
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.dir, "state.key"), "rb") as f:
+            key = f.read()
+        self.assertEqual(len(key), 32)
+        self.assertEqual(os.stat(os.path.join(self.dir, "state.key")).st_mode & 0o777, 0o600)
+        with open(path, "rb") as f:
+            data = f.read()
+        self.assertEqual(data[:4], b"YMST")
+        self.assertEqual(hashlib.blake2b(data[:-32], digest_size=32, key=key).digest(),
+                         data[-32:])
+
+    def test_budget_evicts_least_recently_written(self):
+        d = self.daemon()
+        try:
+            first = self.first_turn(d, "a")
+            size = os.path.getsize(first)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        # Room for two and a half files: a, b, then a again (rewritten), then c -> b goes.
+        d = self.daemon("--state-dir-bytes", str(size * 5 // 2))
+        try:
+            self.first_turn(d, "b")
+            self.second_turn(d, "a")
+            complete(d, TURN1, "c")
+            names = set(n for n in os.listdir(self.dir) if n.endswith(".yst"))
+            want = {session_file("default", s) for s in ("a", "c")}
+            self.assertEqual(names, want)
+            self.assertEqual(d.metric("yunmin_state_disk_evictions_total"), 1)
+            self.assertEqual(d.metric("yunmin_state_disk_files"), 2)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        # A stray temp file (a write cut short) is removed at start; the index is rebuilt.
+        stray = os.path.join(self.dir, "." + session_file("default", "x") + ".7.tmp")
+        with open(stray, "wb") as f:
+            f.write(b"partial")
+        d = self.daemon("--state-dir-bytes", str(size * 5 // 2))
+        try:
+            self.assertFalse(os.path.exists(stray))
+            self.assertEqual(d.metric("yunmin_state_disk_files"), 2)
+            _, cached = self.second_turn(d, "b")
+            self.assertEqual(cached, 0)  # evicted
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+
+if __name__ == "__main__":
+    ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
+    ts.MODEL = os.path.join(ts.ROOT, "models", "shakespeare-mamba")
+    del sys.argv[1:4]
+    unittest.main(verbosity=2)
