@@ -22,7 +22,7 @@
 #include "engine/log.h"
 #include "server/sched.h"
 
-#define FILE_MAGIC "YMST"
+#define FILE_MAGIC "YMSF"
 #define FILE_VERSION 1u
 #define RUN_BYTES sizeof(ym_shist)
 #define META_BYTES (32 + 32 + 32 + RUN_BYTES) /* key, hist, root, run */

@@ -322,6 +322,39 @@ static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
                   ym_state_t *st, int to_disk, void (*done)(void *), void *arg,
                   ym_sc_entry **pinned);
 
+/* Link e (pinned once, its state read from disk) as most recent, or, when RAM has no room
+ * (a budget smaller than a state, or everything pinned), lend it unlinked: freed at its unpin.
+ * If another thread promoted the key meanwhile, that entry is pinned instead. */
+static ym_sc_entry *promote(ym_scache_t *c, ym_sc_entry *e)
+{
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *had = find(c, &e->key);
+    if (had != NULL) {
+        had->pins++;
+        lru_unlink(c, had);
+        lru_push_front(c, had);
+        pthread_mutex_unlock(&c->lock);
+        entry_free(e);
+        return had;
+    }
+    if (make_room(c, e->bytes)) {
+        if (c->n_entries >= c->n_buckets)
+            grow_table(c);
+        size_t b = bucket_of(c, &e->key);
+        e->hnext = c->buckets[b];
+        c->buckets[b] = e;
+        lru_push_front(c, e);
+        e->linked = 1;
+        e->serial = ++c->serial;
+        c->n_entries++;
+        c->bytes += e->bytes;
+        c->n_kind[e->kind]++;
+    }
+    publish_stats(c);
+    pthread_mutex_unlock(&c->lock);
+    return e;
+}
+
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
 {
     ym_sc_entry *e = pin_ram(c, key);
@@ -333,9 +366,17 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
     ym_state_t *st = NULL;
     if (ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK)
         return NULL;
-    if (insert(c, key, kind, &meta, st, 0, NULL, NULL, &e) != 1)
+    if ((e = calloc(1, sizeof(*e))) == NULL) {
+        ym_state_free(st);
         return NULL;
-    return e;
+    }
+    e->key = *key;
+    e->meta = meta;
+    e->kind = kind;
+    e->st = st;
+    e->bytes = ym_scache_entry_bytes(st);
+    e->pins = 1;
+    return promote(c, e);
 }
 
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e)

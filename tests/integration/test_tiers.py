@@ -175,7 +175,7 @@ class DiskTier(unittest.TestCase):
         self.assertEqual(os.stat(os.path.join(self.dir, "state.key")).st_mode & 0o777, 0o600)
         with open(path, "rb") as f:
             data = f.read()
-        self.assertEqual(data[:4], b"YMST")
+        self.assertEqual(data[:4], b"YMSF")
         self.assertEqual(hashlib.blake2b(data[:-32], digest_size=32, key=key).digest(),
                          data[-32:])
 

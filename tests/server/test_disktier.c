@@ -94,7 +94,7 @@ START_TEST(test_file_format_round_trip_and_mac)
     unsigned char want[32];
     crypto_generichash(want, 32, buf, len - 32, key, 32);
     ck_assert_int_eq(memcmp(want, buf + len - 32, 32), 0);
-    ck_assert_int_eq(memcmp(buf, "YMST", 4), 0);
+    ck_assert_int_eq(memcmp(buf, "YMSF", 4), 0);
     ym_sc_kind kind;
     ym_sc_meta got;
     ym_state_t *back = NULL;
@@ -293,6 +293,26 @@ START_TEST(test_scache_promotes_from_disk)
     ck_assert_int_eq(ym_scache_remove(c, &k[1]), 1);
     ym_scache_flush(c);
     ck_assert_ptr_null(ym_scache_pin(c, &k[1]));
+    ym_scache_free(c);
+
+    /* A RAM budget smaller than one state: nothing stays in RAM, the disk still serves (the
+     * state is lent unlinked and freed at its unpin). */
+    ck_assert_int_eq(ym_scache_new(1, NULL, &c), YM_OK);
+    ym_scache_set_disk(c, open_tier(dir, 0, "s", NULL));
+    e = ym_scache_pin(c, &k[2]); /* written above, under the same secret */
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(ym_sc_entry_state(e)->n_tokens, 12);
+    ym_scache_unpin(c, e);
+    ck_assert_int_eq(ym_scache_put(c, &k[1], YM_SC_PREFIX, NULL, filled_state(1, 5)), 0);
+    ym_scache_flush(c);
+    e = ym_scache_pin(c, &k[1]);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(ym_sc_entry_state(e)->n_tokens, 5);
+    ck_assert_int_eq(ym_sc_entry_kind(e), YM_SC_PREFIX);
+    ym_scache_stats rs;
+    ym_scache_get_stats(c, &rs);
+    ck_assert_uint_eq(rs.bytes, 0);
+    ym_scache_unpin(c, e);
     ym_scache_free(c);
     rm_dir(dir);
     free(dir);
