@@ -110,6 +110,13 @@ static const ym_conf_def defs[] = {
       0, "byte budget of state_dir, least recently used files removed (0 = no limit)"),
     U("state_fsync", "YUNMIN_STATE_FSYNC", state_fsync, 0, 0, 1, 0,
       "1: fsync each state file and state_dir (survives power loss, slower writes)"),
+    S("session_store", "YUNMIN_SESSION_STORE", session_store, "", NULL, 0,
+      "shared store tier: redis://host:port/db (Redis 7 or Valkey); replicas with the same "
+      "store and state_secret resume each other's sessions; \"\" = none"),
+    U("session_store_ttl_s", "YUNMIN_SESSION_STORE_TTL_S", session_store_ttl_s, 86400, 0,
+      1ull << 31, 0, "expiry of a state in the store, renewed by each write (0 = none)"),
+    U("session_store_timeout_ms", "YUNMIN_SESSION_STORE_TIMEOUT_MS", session_store_timeout_ms,
+      250, 1, 60000, 0, "bound on connecting to the store and on each command"),
     S("state_secret", "YUNMIN_STATE_SECRET", state_secret, "", NULL, 0,
       "secret keying the MAC of state files; \"\" = a random key kept in "
       "state_dir/state.key (mode 0600); never printed"),

@@ -628,15 +628,20 @@ ym_err ym_disktier_load(ym_disktier_t *d, const ym_skey *key, ym_sc_kind *kind,
 
 /* --- opening --- */
 
+void ym_state_mac_key_from_secret(const char *secret, unsigned char out[32])
+{
+    static const char tag[] = "yunmin state secret";
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    crypto_generichash_update(&h, (const unsigned char *)tag, sizeof(tag));
+    crypto_generichash_update(&h, (const unsigned char *)secret, strlen(secret));
+    crypto_generichash_final(&h, out, 32);
+}
+
 static ym_err load_key(ym_disktier_t *d, const char *secret, ym_diag *diag)
 {
     if (secret != NULL && secret[0] != '\0') {
-        static const char tag[] = "yunmin state secret";
-        crypto_generichash_state h;
-        crypto_generichash_init(&h, NULL, 0, 32);
-        crypto_generichash_update(&h, (const unsigned char *)tag, sizeof(tag));
-        crypto_generichash_update(&h, (const unsigned char *)secret, strlen(secret));
-        crypto_generichash_final(&h, d->mac_key, 32);
+        ym_state_mac_key_from_secret(secret, d->mac_key);
         return YM_OK;
     }
     char path[4096];

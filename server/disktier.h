@@ -80,6 +80,8 @@ ym_err ym_state_file_parse(const unsigned char *buf, size_t len, const ym_skey *
                            const ym_state_t *like, const unsigned char fp[32],
                            const unsigned char mac_key[32], ym_sc_kind *kind, ym_sc_meta *meta,
                            ym_state_t **st, ym_diag *diag);
+/* The MAC key made from a state_secret: BLAKE2b-256("yunmin state secret" NUL, secret). */
+void ym_state_mac_key_from_secret(const char *secret, unsigned char out[32]);
 /* The MAC key the tier uses (for tests: to forge or check a file). */
 void ym_disktier_mac_key(const ym_disktier_t *d, unsigned char out[32]);
 

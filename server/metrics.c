@@ -48,6 +48,10 @@ static const hist_def hdefs[YM_M_N_HISTS] = {
                          "Time to write one state file to state_dir (format, write, rename).", 12,
                          {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                           2.5}},
+    [YM_H_STORE_WRITE] = {"yunmin_state_store_write_seconds",
+                          "Time to write one state to the shared store (format, SET).", 12,
+                          {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                           2.5}},
 };
 
 static const struct {
@@ -86,6 +90,16 @@ static const struct {
                            "State files refused (MAC, checksum or model mismatch) and deleted."},
     [YM_M_DISK_EVICTIONS] = {"yunmin_state_disk_evictions_total",
                              "State files removed to stay within state_dir_bytes."},
+    [YM_M_STORE_HITS] = {"yunmin_state_store_hits_total",
+                         "States read from the shared store (session_store) after RAM and disk "
+                         "missed."},
+    [YM_M_STORE_MISSES] = {"yunmin_state_store_misses_total",
+                           "Store lookups that found no entry, or skipped it while it was down."},
+    [YM_M_STORE_WRITES] = {"yunmin_state_store_writes_total", "States written to the store."},
+    [YM_M_STORE_ERRORS] = {"yunmin_state_store_errors_total",
+                           "Store connections or commands that failed; requests ran on."},
+    [YM_M_STORE_REFUSED] = {"yunmin_state_store_refused_total",
+                            "Store entries refused (MAC, checksum or model mismatch) and deleted."},
 }, gdefs[YM_M_N_GAUGES] = {
     [YM_G_QUEUE] = {"yunmin_queue_depth", "Requests waiting for a running slot."},
     [YM_G_RUNNING] = {"yunmin_running_sequences", "Sequences in the running batch."},

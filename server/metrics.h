@@ -27,6 +27,11 @@ typedef enum {
     YM_M_DISK_ERRORS,        /* state file reads or writes that failed (i/o) */
     YM_M_DISK_REFUSED,       /* state files refused (MAC, checksum, model) and deleted */
     YM_M_DISK_EVICTIONS,     /* state files removed to stay in state_dir_bytes */
+    YM_M_STORE_HITS,         /* states read from the shared store after RAM and disk missed */
+    YM_M_STORE_MISSES,       /* lookups the store had no entry for (or was down for) */
+    YM_M_STORE_WRITES,       /* states written to the store */
+    YM_M_STORE_ERRORS,       /* store connections or commands that failed */
+    YM_M_STORE_REFUSED,      /* store entries refused (MAC, checksum, model) and deleted */
     YM_M_N_COUNTERS
 } ym_counter;
 
@@ -53,6 +58,7 @@ typedef enum {
     YM_H_BATCH_ROWS,       /* rows per engine step */
     YM_H_BATCH_SEQS,       /* sequences per engine step */
     YM_H_DISK_WRITE,       /* seconds to write one state file (format, write, rename) */
+    YM_H_STORE_WRITE,      /* seconds to write one state to the store (format, SET) */
     YM_M_N_HISTS
 } ym_hist;
 

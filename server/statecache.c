@@ -9,7 +9,10 @@
 #include "server/statecache.h"
 
 #include <math.h>
+#include <stdatomic.h>
+
 #include "server/disktier.h"
+#include "server/redistier.h"
 #include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -39,6 +42,7 @@ struct ym_scache {
     uint64_t evictions;
     uint64_t serial;
     ym_disktier_t *disk; /* owned, or NULL: the tier below RAM */
+    ym_redistier_t *store; /* owned, or NULL: the shared tier below disk */
 };
 
 /* --- keys --- */
@@ -278,6 +282,8 @@ void ym_scache_free(ym_scache_t *c)
         return;
     ym_disktier_close(c->disk); /* writes what is queued; its callbacks unpin entries here */
     c->disk = NULL;
+    ym_redistier_close(c->store);
+    c->store = NULL;
     while (c->head != NULL) {
         ym_sc_entry *e = c->head;
         e->pins = 0;
@@ -358,13 +364,15 @@ static ym_sc_entry *promote(ym_scache_t *c, ym_sc_entry *e)
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
 {
     ym_sc_entry *e = pin_ram(c, key);
-    if (e != NULL || c->disk == NULL)
+    if (e != NULL || (c->disk == NULL && c->store == NULL))
         return e;
-    /* A RAM miss: the disk tier, without the lock; a state found there is promoted. */
+    /* A RAM miss: the disk tier, then the store, without the lock; a state found there is
+     * promoted into RAM. */
     ym_sc_kind kind;
     ym_sc_meta meta;
     ym_state_t *st = NULL;
-    if (ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK)
+    if ((c->disk == NULL || ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK) &&
+        (c->store == NULL || ym_redistier_load(c->store, key, &kind, &meta, &st) != YM_OK))
         return NULL;
     if ((e = calloc(1, sizeof(*e))) == NULL) {
         ym_state_free(st);
@@ -438,11 +446,14 @@ typedef struct written {
     ym_sc_entry *e;
     void (*done)(void *);
     void *arg;
+    atomic_int left; /* tiers still writing it */
 } written;
 
 static void on_written(void *arg)
 {
     written *w = arg;
+    if (atomic_fetch_sub(&w->left, 1) != 1)
+        return;
     ym_scache_unpin(w->c, w->e);
     if (w->done)
         w->done(w->arg);
@@ -462,6 +473,21 @@ int ym_scache_put_durable(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind,
     return insert(c, key, kind, meta, st, 1, done, arg, NULL);
 }
 
+/* Hand e (pinned once for all of them) to every tier below RAM. */
+static void write_tiers(ym_scache_t *c, written *w, ym_sc_entry *e, int n_tiers,
+                        void (*done)(void *), void *arg)
+{
+    w->c = c;
+    w->e = e;
+    w->done = done;
+    w->arg = arg;
+    atomic_init(&w->left, n_tiers);
+    if (c->disk != NULL)
+        ym_disktier_write(c->disk, &e->key, e->kind, &e->meta, e->st, on_written, w);
+    if (c->store != NULL)
+        ym_redistier_write(c->store, &e->key, e->kind, &e->meta, e->st, on_written, w);
+}
+
 /* Put st in RAM (pinned into *pinned if asked) and, with to_disk, queue its file; done(arg) is
  * called exactly once: when the file is written, or at once when none is queued. */
 static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
@@ -471,8 +497,9 @@ static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     if (pinned)
         *pinned = NULL;
     ym_sc_entry *e = calloc(1, sizeof(*e));
-    written *w = to_disk && c->disk != NULL ? malloc(sizeof(*w)) : NULL;
-    if (e == NULL || (to_disk && c->disk != NULL && w == NULL)) {
+    int n_tiers = to_disk ? (c->disk != NULL) + (c->store != NULL) : 0;
+    written *w = n_tiers > 0 ? malloc(sizeof(*w)) : NULL;
+    if (e == NULL || (n_tiers > 0 && w == NULL)) {
         free(e);
         free(w);
         ym_state_free(st);
@@ -498,8 +525,7 @@ static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
         if (w != NULL) {
             /* Too big for RAM, or RAM all pinned: the disk may still keep it. */
             e->pins = 1;
-            *w = (written){c, e, done, arg};
-            ym_disktier_write(c->disk, key, kind, &e->meta, e->st, on_written, w);
+            write_tiers(c, w, e, n_tiers, done, arg);
             return 0;
         }
         entry_free(e);
@@ -527,8 +553,7 @@ static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     publish_stats(c);
     pthread_mutex_unlock(&c->lock);
     if (w != NULL) {
-        *w = (written){c, e, done, arg};
-        ym_disktier_write(c->disk, key, kind, &e->meta, e->st, on_written, w);
+        write_tiers(c, w, e, n_tiers, done, arg);
     } else if (done) {
         done(arg);
     }
@@ -546,6 +571,8 @@ int ym_scache_remove(ym_scache_t *c, const ym_skey *key)
     int on_disk = c->disk != NULL && ym_disktier_has(c->disk, key);
     if (c->disk != NULL)
         ym_disktier_remove(c->disk, key); /* after any write of it still queued */
+    if (c->store != NULL)
+        ym_redistier_remove(c->store, key);
     return e != NULL || on_disk;
 }
 
@@ -554,10 +581,17 @@ void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d)
     c->disk = d;
 }
 
+void ym_scache_set_store(ym_scache_t *c, ym_redistier_t *r)
+{
+    c->store = r;
+}
+
 void ym_scache_flush(ym_scache_t *c)
 {
     if (c != NULL && c->disk != NULL)
         ym_disktier_flush(c->disk);
+    if (c != NULL && c->store != NULL)
+        ym_redistier_flush(c->store);
 }
 
 void ym_scache_get_stats(ym_scache_t *c, ym_scache_stats *out)

@@ -109,7 +109,10 @@ int ym_scache_remove(ym_scache_t *c, const ym_skey *key);
  * written to it, a RAM miss reads from it and promotes what it finds. Set before use. */
 typedef struct ym_disktier ym_disktier_t;
 void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d);
-/* Wait until every state put so far is on disk (no-op without a disk tier). */
+/* The shared store tier (server/redistier.h), taken over likewise: below disk. */
+typedef struct ym_redistier ym_redistier_t;
+void ym_scache_set_store(ym_scache_t *c, ym_redistier_t *r);
+/* Wait until every state put so far is on disk and in the store (no-op without them). */
 void ym_scache_flush(ym_scache_t *c);
 
 /* Memory a state of these dimensions takes in the cache (state plus bookkeeping). */

@@ -1,8 +1,11 @@
 #!/usr/bin/python3
-"""tests/integration/test_tiers.py - the state cache's disk tier (state_dir) over real HTTP:
-sessions resume after SIGTERM and after SIGKILL of their daemon, corrupted and forged state
-files are refused (the request runs cold and succeeds), and the byte budget evicts the least
-recently written file first.
+"""tests/integration/test_tiers.py - the state cache's tiers over real HTTP. Disk
+(state_dir): sessions resume after SIGTERM and after SIGKILL of their daemon, corrupted and
+forged state files are refused (the request runs cold and succeeds), and the byte budget
+evicts the least recently written file first. Shared store (session_store, a real
+redis-server started here on a free loopback port): two replicas without affinity resume each
+other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
+refused.
 
 Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
 
@@ -16,7 +19,9 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -211,6 +216,149 @@ class DiskTier(unittest.TestCase):
             self.assertEqual(cached, 0)  # evicted
         finally:
             self.assertEqual(d.stop(), 0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resp(port, *args):
+    """One Redis command over a plain socket (RESP); the reply's first line and bulk body."""
+    msg = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        msg += b"$%d\r\n%s\r\n" % (len(a), a)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(msg)
+        f = s.makefile("rb")
+        line = f.readline()
+        if line.startswith(b"$") and int(line[1:]) >= 0:
+            return line, f.read(int(line[1:]) + 2)[:-2]
+        if line.startswith(b"*"):
+            items = []
+            for _ in range(int(line[1:])):
+                n = int(f.readline()[1:])
+                items.append(f.read(n + 2)[:-2])
+            return line, items
+        return line, None
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if resp(self.port, "PING")[0].startswith(b"+PONG"):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def url(self, db=1):
+        return "redis://127.0.0.1:%d/%d" % (self.port, db)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@unittest.skipIf(shutil.which("redis-server") is None, "redis-server not installed "
+                 "(scripts/deps.sh test)")
+class StoreTier(unittest.TestCase):
+    SECRET = "shared by the replicas"
+
+    def setUp(self):
+        self.ref = Reference.get()
+        self.redis = Redis()
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            d.kill()
+        self.redis.kill()
+
+    def replica(self, *flags):
+        d = Daemon("--session-store", self.redis.url(), "--state-secret", self.SECRET,
+                   "--checkpoint-interval", "0", *flags)
+        self.daemons.append(d)
+        return d
+
+    def test_replicas_without_affinity_resume(self):
+        a, b = self.replica(), self.replica()
+        text, cached = complete(a, TURN1, "c1")
+        self.assertEqual((text, cached), (self.ref.turn1, 0))
+        # The next turn on the other replica: its state comes from the store.
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "c1")
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+        # And back: a's own RAM copy is older; it resumes (from RAM or the store) all the same.
+        prompt3 = TURN1 + self.ref.turn1 + MORE + self.ref.turn2 + MORE
+        text3, cached = complete(a, prompt3, "c1")
+        self.assertGreater(cached, 0)
+        cold = Daemon("--checkpoint-interval", "0")
+        try:
+            self.assertEqual(text3, complete(cold, prompt3)[0])
+        finally:
+            self.assertEqual(cold.stop(), 0)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_store_killed_mid_run(self):
+        a, b = self.replica(), self.replica()
+        complete(a, TURN1, "k1")
+        self.redis.kill()
+        t0 = time.monotonic()
+        # Every request still succeeds, on either replica, with or without a state.
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "k1")
+        self.assertEqual(text, self.ref.cold2)
+        self.assertEqual(cached, 0)
+        text, cached = complete(a, TURN1 + self.ref.turn1 + MORE, "k1")
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)  # its own RAM
+        for i in range(5):
+            complete(b, TURN1, "k%d" % (i + 2))
+        self.assertLess(time.monotonic() - t0, 30)
+        self.assertGreater(b.metric("yunmin_state_store_errors_total"), 0)
+        log = b.log()
+        self.assertIn("session store", log)
+        self.assertLessEqual(log.count("session store"), 2)  # once per interval (and kind)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_forged_entry_refused(self):
+        a = self.replica()
+        complete(a, TURN1, "f1")
+        self.assertEqual(a.stop(), 0)
+        name = "yunmin:state:" + session_file("default", "f1")[:-4]
+        # SELECT applies per connection: read and write with the database in one pipeline.
+        with socket.create_connection(("127.0.0.1", self.redis.port), timeout=10) as s:
+            s.sendall(b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n")
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            s.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name.encode()))
+            n = int(f.readline()[1:])
+            self.assertGreater(n, 0)
+            data = bytearray(f.read(n + 2)[:-2])
+            data[len(data) // 2] ^= 0x40
+            body = bytes(data[:-32])
+            forged = body + hashlib.blake2b(body, digest_size=32, key=os.urandom(32)).digest()
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" %
+                      (len(name), name.encode(), len(forged), forged))
+            self.assertTrue(f.readline().startswith(b"+OK"))
+        b = self.replica()
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "f1")
+        self.assertEqual(text, self.ref.cold2)
+        self.assertEqual(cached, 0)
+        self.assertEqual(b.metric("yunmin_state_store_refused_total"), 1)
+        self.assertEqual(b.stop(), 0)
 
 
 if __name__ == "__main__":

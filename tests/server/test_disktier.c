@@ -13,6 +13,7 @@
 #include "engine/state.h"
 #include "server/disktier.h"
 #include "server/metrics.h"
+#include "server/redistier.h"
 #include "server/statecache.h"
 
 static const ym_config small_cfg = {.n_layer = 2, .d_inner = 8, .d_conv = 4, .d_state = 4,
@@ -319,6 +320,34 @@ START_TEST(test_scache_promotes_from_disk)
 }
 END_TEST
 
+START_TEST(test_redis_url)
+{
+    char host[64];
+    int port, db;
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_redis_url_parse("redis://10.0.0.5:6380/3", host, sizeof(host), &port,
+                                        &db, &d), 0);
+    ck_assert_str_eq(host, "10.0.0.5");
+    ck_assert_int_eq(port, 6380);
+    ck_assert_int_eq(db, 3);
+    ck_assert_int_eq(ym_redis_url_parse("redis://cache", host, sizeof(host), &port, &db, &d), 0);
+    ck_assert_str_eq(host, "cache");
+    ck_assert_int_eq(port, 6379);
+    ck_assert_int_eq(db, 0);
+    ck_assert_int_eq(ym_redis_url_parse("redis://cache/", host, sizeof(host), &port, &db, &d), 0);
+    static const char *bad[] = {"", "http://x:1/0", "redis://", "redis://:6379/0",
+                                "redis://h:0/0", "redis://h:70000/0", "redis://h:12x/0",
+                                "redis://h:1/x", "redis://h:1/2/3", "redis://h:1/-1",
+                                "redis://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        d.msg[0] = '\0';
+        ck_assert_msg(ym_redis_url_parse(bad[i], host, sizeof(host), &port, &db, &d) == -1,
+                      "accepted %s", bad[i]);
+        ck_assert_ptr_nonnull(strstr(d.msg, "session_store"));
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("disktier");
@@ -326,6 +355,7 @@ int main(void)
     tcase_add_test(tc, test_file_format_round_trip_and_mac);
     tcase_add_test(tc, test_tier_lru_eviction_rescan_and_refusal);
     tcase_add_test(tc, test_scache_promotes_from_disk);
+    tcase_add_test(tc, test_redis_url);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
