@@ -29,7 +29,9 @@ two daemons with a state_dir under DIR, one with a large RAM cache (every turn r
 RAM) and one with a RAM budget smaller than one state (every turn reads its session from the
 disk tier and writes the new one); for each history length the next turn's TTFT resumed from
 RAM, from disk, and cold (no session, on the RAM daemon), all streamed, medians of --reps, and
-the disk daemon's mean state-file write time from its metrics.
+the disk daemon's mean state-file write time from its metrics. With --store redis://HOST:PORT/DB
+as well, a third daemon without a state_dir and with a RAM budget smaller than one state reads
+every turn's session from that store (the store TTFT column).
 Only the standard library: runs with any python3.
 """
 import argparse
@@ -136,17 +138,23 @@ def tiers(a, ids, histories, k):
                  ["--state-dir", os.path.join(a.tiers, "ram")])
     disk = Server(a.yunmind, a.model, a.threads, 1, a.sparsity,
                   ["--state-dir", os.path.join(a.tiers, "disk")])
+    store = None
+    if a.store:
+        store = Server(a.yunmind, a.model, a.threads, 1, a.sparsity,
+                       ["--session-store", a.store, "--state-secret", "bench secret"])
+    tiers_used = [("ram", ram), ("disk", disk)] + ([("store", store)] if store else [])
     out = {"model": a.model, "threads": a.threads, "new": k, "tier_rows": []}
     try:
-        for srv in (ram, disk):
+        for _, srv in tiers_used:
             for _ in range(3):
                 srv.complete(ids[:64])
-        print("| history | cold TTFT ms | RAM TTFT ms | disk TTFT ms | disk / RAM | cold / disk |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| history | cold TTFT ms | RAM TTFT ms | disk TTFT ms | store TTFT ms | disk / RAM "
+              "| store / RAM | cold / disk |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for h in histories:
             sid = "t%d" % h
             runs = {}
-            for name, srv in (("ram", ram), ("disk", disk)):
+            for name, srv in tiers_used:
                 srv.complete(ids[:h], session=sid)
                 stored, t_all = h, []
                 for r in range(a.reps):
@@ -161,14 +169,16 @@ def tiers(a, ids, histories, k):
                 runs[name] = t_all
             runs["cold"] = [ram.complete(ids[:h + k])[0] for _ in range(a.cold_reps)]
             med = {n: statistics.median(v) for n, v in runs.items()}
+            st = med.get("store", float("nan"))
             row = {"history": h, "cold_ttft_s": med["cold"], "ram_ttft_s": med["ram"],
-                   "disk_ttft_s": med["disk"], "runs": runs,
+                   "disk_ttft_s": med["disk"], "store_ttft_s": st, "runs": runs,
+                   "store_over_ram": st / med["ram"],
                    "disk_over_ram": med["disk"] / med["ram"],
                    "cold_over_disk": med["cold"] / med["disk"]}
             out["tier_rows"].append(row)
-            print("| %d | %.1f | %.2f | %.2f | %.2f | %.0f |" %
-                  (h, med["cold"] * 1e3, med["ram"] * 1e3, med["disk"] * 1e3,
-                   row["disk_over_ram"], row["cold_over_disk"]))
+            print("| %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f |" %
+                  (h, med["cold"] * 1e3, med["ram"] * 1e3, med["disk"] * 1e3, st * 1e3,
+                   row["disk_over_ram"], row["store_over_ram"], row["cold_over_disk"]))
             sys.stdout.flush()
         hits = disk.metric("yunmin_state_disk_hits_total")
         wsum = disk.metric("yunmin_state_disk_write_seconds_sum")
@@ -177,8 +187,15 @@ def tiers(a, ids, histories, k):
         print()
         print("disk daemon: %d disk hits; %d state files written, %.2f ms each on average" %
               (hits, wn, 1e3 * wsum / wn))
+        if store:
+            sh = store.metric("yunmin_state_store_hits_total")
+            ssum = store.metric("yunmin_state_store_write_seconds_sum")
+            sn = store.metric("yunmin_state_store_write_seconds_count")
+            out.update({"store_hits": sh, "store_write_mean_s": ssum / sn})
+            print("store daemon: %d store hits; %d states written, %.2f ms each on average" %
+                  (sh, sn, 1e3 * ssum / sn))
     finally:
-        rcs = [ram.stop(), disk.stop()]
+        rcs = [srv.stop() for _, srv in tiers_used]
     if any(rc != 0 for rc in rcs):
         raise SystemExit("yunmind exited with %s" % rcs)
     if a.json:
@@ -202,6 +219,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--tiers", metavar="DIR",
                     help="measure RAM vs disk tier vs cold instead, state dirs under DIR")
+    ap.add_argument("--store", metavar="URL",
+                    help="with --tiers: also measure a session_store (redis://host:port/db)")
     a = ap.parse_args()
     histories = [int(x) for x in a.history.split(",")]
     news = [int(x) for x in a.new.split(",")]
