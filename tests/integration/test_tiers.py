@@ -58,6 +58,7 @@ class Reference:
     turn1 = None
     turn2 = None
     cold2 = None
+    append2 = None  # the second turn sent with session_append (only the new text)
 
     @classmethod
     def get(cls):
@@ -69,6 +70,12 @@ class Reference:
                 assert cached > 0
                 cls.cold2, cached = complete(d, TURN1 + cls.turn1 + MORE)
                 assert cached == 0
+                complete(d, TURN1, "ref-append")
+                r = d.post("/v1/completions", {"prompt": MORE, "max_tokens": 12,
+                                               "temperature": 0, "session_id": "ref-append",
+                                               "session_append": True})
+                assert r.status_code == 200, r.text
+                cls.append2 = r.json()["choices"][0]["text"]
             finally:
                 assert d.stop() == 0
         return cls
@@ -122,6 +129,23 @@ class DiskTier(unittest.TestCase):
 
     def test_resume_after_sigkill(self):
         self.resume_after(signal.SIGKILL)
+
+    def test_append_after_sigkill(self):
+        # session_append continues from the restored running history hash and pending token.
+        d = self.daemon()
+        try:
+            self.first_turn(d, "ap")
+        finally:
+            d.kill()
+        d = self.daemon()
+        try:
+            r = d.post("/v1/completions", {"prompt": MORE, "max_tokens": 12, "temperature": 0,
+                                           "session_id": "ap", "session_append": True})
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertEqual(r.json()["choices"][0]["text"], self.ref.append2)
+            self.assertGreater(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
 
     def refused_cold(self, mutate, *flags):
         d = self.daemon()
