@@ -10,6 +10,8 @@ if [ "${1:-build}" = test ]; then
   # deploy/: nginx runs the multi-replica test and checks its config; systemd-analyze checks
   # the unit file; mmdebstrap builds the image's Debian roots (deploy/image_check.py).
   need="$need nginx systemd mmdebstrap"
+  # deploy/monitoring: promtool checks and unit-tests the alert rules.
+  need="$need prometheus"
   # test_faults.py: uploads with curl as clients send them; pgrep checks the daemon's name.
   need="$need curl procps"
   # The OpenAI client test runs on Node.js; any node + npm on PATH will do (a NodeSource
