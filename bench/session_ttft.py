@@ -23,6 +23,15 @@ The medians go to a table (stdout) with the ratios resumed / one-token (paired, 
 cold / resumed, all measured in this one run. Then sessions per GiB: N idle sessions are made (1-token prompt,
 max_tokens 1, one id each) and the daemon's RSS before and after gives the bytes each one
 really costs; the cache's own accounting (yunmin_cache_bytes) is printed beside it.
+
+With --tiers DIR it measures the state cache's tiers instead (docs/SERVER.md "State tiers"):
+two daemons with a state_dir under DIR, one with a large RAM cache (every turn resumes from
+RAM) and one with a RAM budget smaller than one state (every turn reads its session from the
+disk tier and writes the new one); for each history length the next turn's TTFT resumed from
+RAM, from disk, and cold (no session, on the RAM daemon), all streamed, medians of --reps, and
+the disk daemon's mean state-file write time from its metrics. With --store redis://HOST:PORT/DB
+as well, a third daemon without a state_dir and with a RAM budget smaller than one state reads
+every turn's session from that store (the store TTFT column).
 Only the standard library: runs with any python3.
 """
 import argparse
@@ -47,13 +56,14 @@ def rss_bytes(pid):
 
 
 class Server:
-    def __init__(self, exe, model, threads, cache_bytes, sparsity=None):
+    def __init__(self, exe, model, threads, cache_bytes, sparsity=None, extra=()):
         env = {k: v for k, v in os.environ.items() if not k.startswith("YUNMIN_")}
         self.proc = subprocess.Popen(
             [exe, "--model", model, "--port", "0", "--threads", str(threads),
              "--checkpoint-interval", "0", "--cache-bytes", str(cache_bytes),
              "--max-prompt-tokens", "1000000", "--max-body-bytes", str(64 << 20),
-             "--log-level", "warn"] + (["--sparsity", sparsity] if sparsity else []),
+             "--log-level", "warn"] + (["--sparsity", sparsity] if sparsity else []) +
+            list(extra),
             stdout=subprocess.PIPE, env=env)
         line = self.proc.stdout.readline().decode()
         m = re.search(r":(\d+)\s*$", line)
@@ -122,6 +132,77 @@ class Server:
         return self.proc.wait(60)
 
 
+def tiers(a, ids, histories, k):
+    """Next-turn TTFT from RAM, from the disk tier, and cold (see the module doc)."""
+    ram = Server(a.yunmind, a.model, a.threads, 64 << 30, a.sparsity,
+                 ["--state-dir", os.path.join(a.tiers, "ram")])
+    disk = Server(a.yunmind, a.model, a.threads, 1, a.sparsity,
+                  ["--state-dir", os.path.join(a.tiers, "disk")])
+    store = None
+    if a.store:
+        store = Server(a.yunmind, a.model, a.threads, 1, a.sparsity,
+                       ["--session-store", a.store, "--state-secret", "bench secret"])
+    tiers_used = [("ram", ram), ("disk", disk)] + ([("store", store)] if store else [])
+    out = {"model": a.model, "threads": a.threads, "new": k, "tier_rows": []}
+    try:
+        for _, srv in tiers_used:
+            for _ in range(3):
+                srv.complete(ids[:64])
+        print("| history | cold TTFT ms | RAM TTFT ms | disk TTFT ms | store TTFT ms | disk / RAM "
+              "| store / RAM | cold / disk |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for h in histories:
+            sid = "t%d" % h
+            runs = {}
+            for name, srv in tiers_used:
+                srv.complete(ids[:h], session=sid)
+                stored, t_all = h, []
+                for r in range(a.reps):
+                    n = stored + k
+                    t, u = srv.complete(ids[:n], session=sid)
+                    if u["prompt_tokens_details"]["cached_tokens"] != stored:
+                        raise SystemExit("%s, history %d: cached_tokens %d, expected %d" %
+                                         (name, h, u["prompt_tokens_details"]["cached_tokens"],
+                                          stored))
+                    t_all.append(t)
+                    stored = n
+                runs[name] = t_all
+            runs["cold"] = [ram.complete(ids[:h + k])[0] for _ in range(a.cold_reps)]
+            med = {n: statistics.median(v) for n, v in runs.items()}
+            st = med.get("store", float("nan"))
+            row = {"history": h, "cold_ttft_s": med["cold"], "ram_ttft_s": med["ram"],
+                   "disk_ttft_s": med["disk"], "store_ttft_s": st, "runs": runs,
+                   "store_over_ram": st / med["ram"],
+                   "disk_over_ram": med["disk"] / med["ram"],
+                   "cold_over_disk": med["cold"] / med["disk"]}
+            out["tier_rows"].append(row)
+            print("| %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f |" %
+                  (h, med["cold"] * 1e3, med["ram"] * 1e3, med["disk"] * 1e3, st * 1e3,
+                   row["disk_over_ram"], row["store_over_ram"], row["cold_over_disk"]))
+            sys.stdout.flush()
+        hits = disk.metric("yunmin_state_disk_hits_total")
+        wsum = disk.metric("yunmin_state_disk_write_seconds_sum")
+        wn = disk.metric("yunmin_state_disk_write_seconds_count")
+        out.update({"disk_hits": hits, "disk_write_mean_s": wsum / wn, "disk_writes": wn})
+        print()
+        print("disk daemon: %d disk hits; %d state files written, %.2f ms each on average" %
+              (hits, wn, 1e3 * wsum / wn))
+        if store:
+            sh = store.metric("yunmin_state_store_hits_total")
+            ssum = store.metric("yunmin_state_store_write_seconds_sum")
+            sn = store.metric("yunmin_state_store_write_seconds_count")
+            out.update({"store_hits": sh, "store_write_mean_s": ssum / sn})
+            print("store daemon: %d store hits; %d states written, %.2f ms each on average" %
+                  (sh, sn, 1e3 * ssum / sn))
+    finally:
+        rcs = [srv.stop() for _, srv in tiers_used]
+    if any(rc != 0 for rc in rcs):
+        raise SystemExit("yunmind exited with %s" % rcs)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--yunmind", required=True)
@@ -136,12 +217,18 @@ def main():
                     help="history ids are drawn from [1, vocab)")
     ap.add_argument("--sparsity", help="serve this sparsity profile (compact states)")
     ap.add_argument("--json")
+    ap.add_argument("--tiers", metavar="DIR",
+                    help="measure RAM vs disk tier vs cold instead, state dirs under DIR")
+    ap.add_argument("--store", metavar="URL",
+                    help="with --tiers: also measure a session_store (redis://host:port/db)")
     a = ap.parse_args()
     histories = [int(x) for x in a.history.split(",")]
     news = [int(x) for x in a.new.split(",")]
     rng = random.Random(7)
     longest = max(histories) + (a.reps + 2) * max(news) + 8
     ids = [rng.randrange(1, a.vocab) for _ in range(longest)]
+    if a.tiers:
+        return tiers(a, ids, histories, news[0])
 
     srv = Server(a.yunmind, a.model, a.threads, 64 << 30, a.sparsity)
     out = {"model": a.model, "threads": a.threads, "rows": []}

@@ -10,7 +10,9 @@
 #              ENTRYPOINT, HEALTHCHECK; the container settings accepted by yunmind;
 #   compose    dclint: the Compose Specification's JSON schema and its best-practice rules;
 #   k8s        deploy/validate/k8s.mjs: the Kubernetes API schemas (kubernetes-models), unknown
-#              fields (TypeScript with kubernetes-types), consistency with yunmind's settings.
+#              fields (TypeScript with kubernetes-types), consistency with yunmind's settings;
+#   monitoring `promtool check rules` and `promtool test rules` on deploy/monitoring's alert
+#              rules; every yunmin_* series they and the Grafana dashboard use is exported.
 #
 #   deploy/validate.sh [BUILD_DIR]     (default build-test; needs BUILD_DIR/server/yunmind)
 #
@@ -28,7 +30,7 @@ bad() { echo "deploy-validate: FAILED: $*" >&2; failed=1; }
 for exe in "$yunmind" "$yunmin"; do
     [ -x "$exe" ] || { echo "deploy-validate: no $exe (build first)" >&2; exit 2; }
 done
-for tool in nginx systemd-analyze node npm dpkg apt-cache ldd; do
+for tool in nginx systemd-analyze node npm dpkg apt-cache ldd promtool; do
     command -v $tool >/dev/null || { echo "deploy-validate: $tool not found (scripts/deps.sh test)" >&2; exit 2; }
 done
 tmp=$(mktemp -d)
@@ -184,4 +186,19 @@ else
 fi
 
 [ $failed -eq 0 ] && echo "deploy-validate: all checks passed"
+# ---- monitoring ---------------------------------------------------------------------------
+if promtool check rules deploy/monitoring/alerts.yaml >"$tmp/promtool.out" 2>&1 &&
+   (cd deploy/monitoring && promtool test rules alerts.test.yaml) >>"$tmp/promtool.out" 2>&1; then
+    ok "promtool check rules and test rules on deploy/monitoring/alerts.yaml"
+else
+    cat "$tmp/promtool.out" >&2
+    bad "promtool on deploy/monitoring/alerts.yaml"
+fi
+if /usr/bin/python3 deploy/monitoring/check_metrics.py "$yunmind" >"$tmp/cm.out" 2>&1; then
+    ok "$(cat "$tmp/cm.out") (alert rules and Grafana dashboard)"
+else
+    cat "$tmp/cm.out" >&2
+    bad "deploy/monitoring: series not exported by yunmind"
+fi
+
 exit $failed

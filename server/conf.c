@@ -103,6 +103,23 @@ static const ym_conf_def defs[] = {
       "(0 = keep none)"),
     U("checkpoint_interval", "YUNMIN_CHECKPOINT_INTERVAL", checkpoint_interval, 256, 0,
       1u << 20, 0, "prompt tokens between prefix checkpoints (0 = no checkpoints)"),
+    S("state_dir", "YUNMIN_STATE_DIR", state_dir, "", NULL, 0,
+      "disk tier of the state cache: every session and prefix checkpoint is also written "
+      "here and survives restarts; \"\" = RAM only"),
+    U("state_dir_bytes", "YUNMIN_STATE_DIR_BYTES", state_dir_bytes, 8ull << 30, 0, 1ull << 50,
+      0, "byte budget of state_dir, least recently used files removed (0 = no limit)"),
+    U("state_fsync", "YUNMIN_STATE_FSYNC", state_fsync, 0, 0, 1, 0,
+      "1: fsync each state file and state_dir (survives power loss, slower writes)"),
+    S("session_store", "YUNMIN_SESSION_STORE", session_store, "", NULL, 0,
+      "shared store tier: redis://host:port/db (Redis 7 or Valkey); replicas with the same "
+      "store and state_secret resume each other's sessions; \"\" = none"),
+    U("session_store_ttl_s", "YUNMIN_SESSION_STORE_TTL_S", session_store_ttl_s, 86400, 0,
+      1ull << 31, 0, "expiry of a state in the store, renewed by each write (0 = none)"),
+    U("session_store_timeout_ms", "YUNMIN_SESSION_STORE_TIMEOUT_MS", session_store_timeout_ms,
+      250, 1, 60000, 0, "bound on connecting to the store and on each command"),
+    S("state_secret", "YUNMIN_STATE_SECRET", state_secret, "", NULL, 0,
+      "secret keying the MAC of state files; \"\" = a random key kept in "
+      "state_dir/state.key (mode 0600); never printed"),
     U("max_session_id_bytes", "YUNMIN_MAX_SESSION_ID_BYTES", max_session_id_bytes, 256, 1, 4096,
       1, "longest session_id (400 beyond)"),
     S("allowed_origins", "YUNMIN_ALLOWED_ORIGINS", allowed_origins, "", NULL, 1,
@@ -467,6 +484,9 @@ char *ym_conf_dump(const ym_conf *conf)
         const ym_conf_def *d = &defs[i];
         if (d->type == YM_CONF_UINT)
             json_object_set_new(o, d->key, json_integer((json_int_t)*u_cfield(conf, d)));
+        else if (strcmp(d->key, "state_secret") == 0 && *s_cfield(conf, d) &&
+                 **s_cfield(conf, d))
+            json_object_set_new(o, d->key, json_string("(set)")); /* never printed */
         else
             json_object_set_new(o, d->key, json_string(*s_cfield(conf, d) ? *s_cfield(conf, d) : ""));
     }

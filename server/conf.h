@@ -41,6 +41,14 @@ typedef struct ym_conf {
     uint64_t cache_bytes;     /* state cache budget (sessions + prefix checkpoints) */
     uint64_t checkpoint_interval; /* tokens between prefix checkpoints, 0 = none */
     uint64_t max_session_id_bytes;
+    char *state_dir;          /* owned; "" = no disk tier */
+    uint64_t state_dir_bytes; /* the disk tier's budget, 0 = no limit */
+    uint64_t state_fsync;     /* 1: fsync each state file */
+    char *session_store;      /* owned; redis://host:port/db, "" = none */
+    uint64_t session_store_ttl_s;
+    uint64_t session_store_timeout_ms;
+    char *state_secret;       /* owned; the state files' MAC key source; "" = random, kept in
+                               * state_dir/state.key */
     char *allowed_origins;    /* owned; browser origins CORS lets in, "," separated; "*" = any;
                                * "" = none */
 } ym_conf;

@@ -189,7 +189,9 @@ void ym_gen_take(ym_gen *g, ym_gen_delta *d)
     d->n_cached = g->n_cached;
     d->error = g->error;
     d->started = g->started;
-    d->finish = g->text_len == 0 && g->n_toks == 0 ? g->finish : YM_FINISH_NONE;
+    d->finish = g->text_len == 0 && g->n_toks == 0 && !atomic_load(&g->persisting)
+                    ? g->finish
+                    : YM_FINISH_NONE;
     pthread_mutex_unlock(&g->lock);
 }
 

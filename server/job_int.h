@@ -65,6 +65,7 @@ struct ym_gen {
     ym_shist run0;       /* the history hash's running state before prompt[0] */
     int32_t pending;     /* the last sampled token (not fed yet), or -1 */
     int32_t next_token;
+    atomic_int persisting; /* its session's file is being written: the loop waits to finish */
     double t_last;
     ym_gen *queue_next;
 };
@@ -90,7 +91,9 @@ ym_err ym__jobcache_resume(const ym_jobcache *jc, ym_gen *g);
 int ym__jobcache_record_fed(const ym_jobcache *jc, ym_gen *g, int32_t id);
 /* Prefill reached checkpoint block k (1-based) of the prompt: store the state there. */
 void ym__jobcache_store_checkpoint(const ym_jobcache *jc, ym_gen *g, int k);
-/* g ended: its state becomes its session's (the cache takes the state). */
-void ym__jobcache_store_session(const ym_jobcache *jc, ym_gen *g);
+/* g ended: its state becomes its session's (the cache takes the state). done(arg) is called
+ * exactly once, when the state is durable (on disk with a disk tier; else at once). */
+void ym__jobcache_store_session(const ym_jobcache *jc, ym_gen *g, void (*done)(void *),
+                                void *arg);
 
 #endif

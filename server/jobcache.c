@@ -19,15 +19,23 @@
 #include "server/job_int.h"
 
 
-/* Keep g's state as its session's: the state moves into the cache. */
-void ym__jobcache_store_session(const ym_jobcache *jc, ym_gen *g)
+/* Keep g's state as its session's: the state moves into the cache. done(arg) is called
+ * exactly once: when the state is durable (its file written, with a disk tier), or at once. */
+void ym__jobcache_store_session(const ym_jobcache *jc, ym_gen *g, void (*done)(void *),
+                                void *arg)
 {
-    if (jc->cache == NULL || g->session == NULL || g->state == NULL || g->state->n_tokens <= 0)
+    if (jc->cache == NULL || g->session == NULL || g->state == NULL ||
+        g->state->n_tokens <= 0) {
+        if (done)
+            done(arg);
         return;
+    }
     if (g->state->n_tokens != g->base + g->n_prefilled + g->n_fed) {
         /* A token the job did not record reached the state: never store a history that
          * does not describe it. */
         ym_log(YM_LOG_ERROR, g->id, "session %s not stored: state history mismatch", g->session);
+        if (done)
+            done(arg);
         return;
     }
     ym_skey key;
@@ -36,7 +44,7 @@ void ym__jobcache_store_session(const ym_jobcache *jc, ym_gen *g)
     ym_shist_update(&meta.run, g->prompt, (size_t)g->n_prefilled);
     ym_shist_update(&meta.run, g->fed, (size_t)g->n_fed);
     ym_shist_final(&meta.run, &meta.hist);
-    int rc = ym_scache_put(jc->cache, &key, YM_SC_SESSION, &meta, g->state);
+    int rc = ym_scache_put_durable(jc->cache, &key, YM_SC_SESSION, &meta, g->state, done, arg);
     g->state = NULL; /* the cache took it (or freed it) */
     if (rc == 1)
         ym_metrics_add(jc->metrics, YM_M_CACHE_STORES, 1);

@@ -7,6 +7,7 @@
  * settings and applies the reloadable ones. Loop thread throughout. */
 #include <libgen.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,9 @@
 #include "engine/pool.h"
 #include "engine/sparse.h"
 #include "engine/sparsity.h"
+
+#include "server/disktier.h"
+#include "server/redistier.h"
 #include "server/server.h"
 
 #define DRAIN_POLL_MS 100
@@ -81,6 +85,9 @@ static void load_work(uv_work_t *w) /* libuv pool */
 
 static void shutdown_now(ym_server_t *srv);
 
+static ym_err open_state_dir(ym_server_t *srv, ym_diag *diag);
+static ym_err open_session_store(ym_server_t *srv, ym_diag *diag);
+
 static void after_load(uv_work_t *w, int status)
 {
     ym_server_t *srv = w->data;
@@ -104,6 +111,10 @@ static void after_load(uv_work_t *w, int status)
     ym_diag diag = {0};
     ym_model_fingerprint(srv->model, srv->model_fp);
     ym_err err = ym_scache_new((size_t)srv->conf.cache_bytes, srv->metrics, &srv->cache);
+    if (err == YM_OK && srv->conf.state_dir[0] != '\0')
+        err = open_state_dir(srv, &diag);
+    if (err == YM_OK && srv->conf.session_store[0] != '\0')
+        err = open_session_store(srv, &diag);
     if (err == YM_OK)
         err = ym_sched_new(srv->model, srv->tok, &o, srv->metrics, srv->cache, wake_loop, srv,
                            &srv->sched, &diag);
@@ -133,6 +144,49 @@ static void after_load(uv_work_t *w, int status)
                "entries (adapters are compiled against this layout)",
                srv->sparsity_path, (long long)srv->model->n_channels_kept,
                (long long)c->n_layer * c->d_inner, (long long)srv->model->n_states_live);
+}
+
+/* The state cache's disk tier (docs/SERVER.md "State tiers"). */
+static ym_err open_state_dir(ym_server_t *srv, ym_diag *diag)
+{
+    ym_state_t *like = NULL;
+    ym_err err = ym_state_new_for_model(srv->model, &like);
+    if (err != YM_OK)
+        return err;
+    ym_disktier_opts o = {.dir = srv->conf.state_dir, .budget = srv->conf.state_dir_bytes,
+                          .fsync = (int)srv->conf.state_fsync,
+                          .secret = srv->conf.state_secret};
+    ym_disktier_t *d = NULL;
+    err = ym_disktier_open(&o, like, srv->model_fp, srv->metrics, &d, diag);
+    ym_state_free(like);
+    if (err == YM_OK)
+        ym_scache_set_disk(srv->cache, d); /* the cache owns it */
+    return err;
+}
+
+/* The shared store tier (docs/SERVER.md "State tiers"). */
+static ym_err open_session_store(ym_server_t *srv, ym_diag *diag)
+{
+    if (srv->conf.state_secret[0] == '\0')
+        return ym_diag_set(diag, YM_EINVAL,
+                           "session_store needs state_secret (the same on every replica)");
+    ym_state_t *like = NULL;
+    ym_err err = ym_state_new_for_model(srv->model, &like);
+    if (err != YM_OK)
+        return err;
+    unsigned char key[32];
+    ym_state_mac_key_from_secret(srv->conf.state_secret, key);
+    ym_redistier_opts o = {.url = srv->conf.session_store,
+                           .ttl_s = srv->conf.session_store_ttl_s,
+                           .timeout_ms = srv->conf.session_store_timeout_ms,
+                           .mac_key = key};
+    ym_redistier_t *r = NULL;
+    err = ym_redistier_open(&o, like, srv->model_fp, srv->metrics, &r, diag);
+    ym_state_free(like);
+    sodium_memzero(key, sizeof(key));
+    if (err == YM_OK)
+        ym_scache_set_store(srv->cache, r); /* the cache owns it */
+    return err;
 }
 
 static void on_closed(uv_handle_t *h)

@@ -44,6 +44,14 @@ static const hist_def hdefs[YM_M_N_HISTS] = {
                          {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}},
     [YM_H_BATCH_SEQS] = {"yunmin_batch_sequences", "Sequences per engine step.", 9,
                          {1, 2, 4, 8, 16, 32, 64, 128, 256}},
+    [YM_H_DISK_WRITE] = {"yunmin_state_disk_write_seconds",
+                         "Time to write one state file to state_dir (format, write, rename).", 12,
+                         {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                          2.5}},
+    [YM_H_STORE_WRITE] = {"yunmin_state_store_write_seconds",
+                          "Time to write one state to the shared store (format, SET).", 12,
+                          {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                           2.5}},
 };
 
 static const struct {
@@ -71,6 +79,27 @@ static const struct {
                               "Cached states evicted (least recently used) to stay in budget."},
     [YM_M_BODY_TOO_LARGE] = {"yunmin_requests_body_too_large_total",
                              "Request bodies refused with 413 (over max_body_bytes)."},
+    [YM_M_DISK_HITS] = {"yunmin_state_disk_hits_total",
+                        "States read from the disk tier (state_dir) after a RAM miss."},
+    [YM_M_DISK_MISSES] = {"yunmin_state_disk_misses_total",
+                          "RAM misses the disk tier had no state file for."},
+    [YM_M_DISK_WRITES] = {"yunmin_state_disk_writes_total", "State files written to state_dir."},
+    [YM_M_DISK_ERRORS] = {"yunmin_state_disk_errors_total",
+                          "State file reads or writes that failed (i/o); the request ran on."},
+    [YM_M_DISK_REFUSED] = {"yunmin_state_disk_refused_total",
+                           "State files refused (MAC, checksum or model mismatch) and deleted."},
+    [YM_M_DISK_EVICTIONS] = {"yunmin_state_disk_evictions_total",
+                             "State files removed to stay within state_dir_bytes."},
+    [YM_M_STORE_HITS] = {"yunmin_state_store_hits_total",
+                         "States read from the shared store (session_store) after RAM and disk "
+                         "missed."},
+    [YM_M_STORE_MISSES] = {"yunmin_state_store_misses_total",
+                           "Store lookups that found no entry, or skipped it while it was down."},
+    [YM_M_STORE_WRITES] = {"yunmin_state_store_writes_total", "States written to the store."},
+    [YM_M_STORE_ERRORS] = {"yunmin_state_store_errors_total",
+                           "Store connections or commands that failed; requests ran on."},
+    [YM_M_STORE_REFUSED] = {"yunmin_state_store_refused_total",
+                            "Store entries refused (MAC, checksum or model mismatch) and deleted."},
 }, gdefs[YM_M_N_GAUGES] = {
     [YM_G_QUEUE] = {"yunmin_queue_depth", "Requests waiting for a running slot."},
     [YM_G_RUNNING] = {"yunmin_running_sequences", "Sequences in the running batch."},
@@ -80,6 +109,9 @@ static const struct {
     [YM_G_CACHE_BUDGET] = {"yunmin_cache_budget_bytes", "The state cache's byte budget."},
     [YM_G_CACHE_SESSIONS] = {"yunmin_cache_sessions", "Sessions held in the state cache."},
     [YM_G_CACHE_PREFIXES] = {"yunmin_cache_prefixes", "Prefix checkpoints held in the state cache."},
+    [YM_G_DISK_BYTES] = {"yunmin_state_disk_bytes", "Bytes of state files in state_dir."},
+    [YM_G_DISK_BUDGET] = {"yunmin_state_disk_budget_bytes", "state_dir_bytes (0 = no limit)."},
+    [YM_G_DISK_FILES] = {"yunmin_state_disk_files", "State files in state_dir."},
 };
 
 typedef struct hist {

@@ -21,6 +21,17 @@ typedef enum {
     YM_M_CACHE_STORES,       /* states stored (sessions and checkpoints) */
     YM_M_CACHE_EVICTIONS,    /* states evicted to stay in the budget */
     YM_M_BODY_TOO_LARGE,     /* request bodies refused with 413 (max_body_bytes) */
+    YM_M_DISK_HITS,          /* states read from the disk tier after a RAM miss */
+    YM_M_DISK_MISSES,        /* RAM misses the disk tier had no file for */
+    YM_M_DISK_WRITES,        /* state files written */
+    YM_M_DISK_ERRORS,        /* state file reads or writes that failed (i/o) */
+    YM_M_DISK_REFUSED,       /* state files refused (MAC, checksum, model) and deleted */
+    YM_M_DISK_EVICTIONS,     /* state files removed to stay in state_dir_bytes */
+    YM_M_STORE_HITS,         /* states read from the shared store after RAM and disk missed */
+    YM_M_STORE_MISSES,       /* lookups the store had no entry for (or was down for) */
+    YM_M_STORE_WRITES,       /* states written to the store */
+    YM_M_STORE_ERRORS,       /* store connections or commands that failed */
+    YM_M_STORE_REFUSED,      /* store entries refused (MAC, checksum, model) and deleted */
     YM_M_N_COUNTERS
 } ym_counter;
 
@@ -33,6 +44,9 @@ typedef enum {
     YM_G_CACHE_BUDGET,     /* its budget */
     YM_G_CACHE_SESSIONS,   /* sessions held */
     YM_G_CACHE_PREFIXES,   /* prefix checkpoints held */
+    YM_G_DISK_BYTES,       /* bytes of state files in state_dir */
+    YM_G_DISK_BUDGET,      /* state_dir_bytes */
+    YM_G_DISK_FILES,       /* state files in state_dir */
     YM_M_N_GAUGES
 } ym_gauge;
 
@@ -43,6 +57,8 @@ typedef enum {
     YM_H_STEP,             /* seconds per engine step */
     YM_H_BATCH_ROWS,       /* rows per engine step */
     YM_H_BATCH_SEQS,       /* sequences per engine step */
+    YM_H_DISK_WRITE,       /* seconds to write one state file (format, write, rename) */
+    YM_H_STORE_WRITE,      /* seconds to write one state to the store (format, SET) */
     YM_M_N_HISTS
 } ym_hist;
 

@@ -111,13 +111,38 @@ ym_gen *ym_sched_ready_next(ym_sched_t *s, ym_gen *g)
     return next;
 }
 
+/* A job's session state is durable (disk tier writer, or at once): let the loop finish it. */
+typedef struct persisted {
+    ym_sched_t *s;
+    ym_gen *g;
+} persisted;
+
+static void on_persisted(void *arg)
+{
+    persisted *p = arg;
+    atomic_store(&p->g->persisting, 0);
+    publish(p->s, p->g);
+    p->s->wake(p->s->wake_arg);
+    ym_gen_unref(p->g);
+    free(p);
+}
+
 /* Mark a job finished; its output and usage are final. Engine thread. */
 static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
 {
     /* The session first: once the loop can see the job finished, a client's next turn (or
-     * GET /v1/sessions) must find the new state. */
-    if (why != YM_FINISH_ERROR)
-        ym__jobcache_store_session(&s->jc, g);
+     * GET /v1/sessions) must find the new state, and with a disk tier it is on disk (written
+     * by the tier's thread; the loop holds the end of the response until then). */
+    if (why != YM_FINISH_ERROR) {
+        persisted *p = g->session != NULL ? malloc(sizeof(*p)) : NULL;
+        if (p != NULL) {
+            *p = (persisted){s, ym_gen_ref(g)};
+            atomic_store(&g->persisting, 1);
+            ym__jobcache_store_session(&s->jc, g, on_persisted, p);
+        } else {
+            ym__jobcache_store_session(&s->jc, g, NULL, NULL);
+        }
+    }
     pthread_mutex_lock(&g->lock);
     g->finish = why;
     pthread_mutex_unlock(&g->lock);
@@ -479,6 +504,7 @@ void ym_sched_free(ym_sched_t *s)
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
     pthread_join(s->thread, NULL);
+    ym_scache_flush(s->jc.cache); /* sessions still being written publish through s */
     ym_gen *g = ym_sched_take_ready(s);
     while (g != NULL) {
         ym_gen *next = ym_sched_ready_next(s, g);

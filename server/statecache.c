@@ -9,6 +9,10 @@
 #include "server/statecache.h"
 
 #include <math.h>
+#include <stdatomic.h>
+
+#include "server/disktier.h"
+#include "server/redistier.h"
 #include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -37,6 +41,8 @@ struct ym_scache {
     int n_kind[2];
     uint64_t evictions;
     uint64_t serial;
+    ym_disktier_t *disk; /* owned, or NULL: the tier below RAM */
+    ym_redistier_t *store; /* owned, or NULL: the shared tier below disk */
 };
 
 /* --- keys --- */
@@ -274,6 +280,10 @@ void ym_scache_free(ym_scache_t *c)
 {
     if (c == NULL)
         return;
+    ym_disktier_close(c->disk); /* writes what is queued; its callbacks unpin entries here */
+    c->disk = NULL;
+    ym_redistier_close(c->store);
+    c->store = NULL;
     while (c->head != NULL) {
         ym_sc_entry *e = c->head;
         e->pins = 0;
@@ -301,7 +311,7 @@ size_t ym_scache_budget(ym_scache_t *c)
     return b;
 }
 
-ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
+static ym_sc_entry *pin_ram(ym_scache_t *c, const ym_skey *key)
 {
     pthread_mutex_lock(&c->lock);
     ym_sc_entry *e = find(c, key);
@@ -312,6 +322,69 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
     }
     pthread_mutex_unlock(&c->lock);
     return e;
+}
+
+static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
+                  ym_state_t *st, int to_disk, void (*done)(void *), void *arg,
+                  ym_sc_entry **pinned);
+
+/* Link e (pinned once, its state read from disk) as most recent, or, when RAM has no room
+ * (a budget smaller than a state, or everything pinned), lend it unlinked: freed at its unpin.
+ * If another thread promoted the key meanwhile, that entry is pinned instead. */
+static ym_sc_entry *promote(ym_scache_t *c, ym_sc_entry *e)
+{
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *had = find(c, &e->key);
+    if (had != NULL) {
+        had->pins++;
+        lru_unlink(c, had);
+        lru_push_front(c, had);
+        pthread_mutex_unlock(&c->lock);
+        entry_free(e);
+        return had;
+    }
+    if (make_room(c, e->bytes)) {
+        if (c->n_entries >= c->n_buckets)
+            grow_table(c);
+        size_t b = bucket_of(c, &e->key);
+        e->hnext = c->buckets[b];
+        c->buckets[b] = e;
+        lru_push_front(c, e);
+        e->linked = 1;
+        e->serial = ++c->serial;
+        c->n_entries++;
+        c->bytes += e->bytes;
+        c->n_kind[e->kind]++;
+    }
+    publish_stats(c);
+    pthread_mutex_unlock(&c->lock);
+    return e;
+}
+
+ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
+{
+    ym_sc_entry *e = pin_ram(c, key);
+    if (e != NULL || (c->disk == NULL && c->store == NULL))
+        return e;
+    /* A RAM miss: the disk tier, then the store, without the lock; a state found there is
+     * promoted into RAM. */
+    ym_sc_kind kind;
+    ym_sc_meta meta;
+    ym_state_t *st = NULL;
+    if ((c->disk == NULL || ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK) &&
+        (c->store == NULL || ym_redistier_load(c->store, key, &kind, &meta, &st) != YM_OK))
+        return NULL;
+    if ((e = calloc(1, sizeof(*e))) == NULL) {
+        ym_state_free(st);
+        return NULL;
+    }
+    e->key = *key;
+    e->meta = meta;
+    e->kind = kind;
+    e->st = st;
+    e->bytes = ym_scache_entry_bytes(st);
+    e->pins = 1;
+    return promote(c, e);
 }
 
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e)
@@ -358,7 +431,7 @@ int ym_scache_touch(ym_scache_t *c, const ym_skey *key)
         lru_push_front(c, e);
     }
     pthread_mutex_unlock(&c->lock);
-    return e != NULL;
+    return e != NULL || (c->disk != NULL && ym_disktier_has(c->disk, key));
 }
 
 size_t ym_scache_entry_bytes(const ym_state_t *st)
@@ -367,12 +440,71 @@ size_t ym_scache_entry_bytes(const ym_state_t *st)
     return ym_state_floats(st) * sizeof(float) + offs + sizeof(ym_sc_entry) + sizeof(ym_state_t);
 }
 
+/* A written state file: the entry it was written from may go. */
+typedef struct written {
+    ym_scache_t *c;
+    ym_sc_entry *e;
+    void (*done)(void *);
+    void *arg;
+    atomic_int left; /* tiers still writing it */
+} written;
+
+static void on_written(void *arg)
+{
+    written *w = arg;
+    if (atomic_fetch_sub(&w->left, 1) != 1)
+        return;
+    ym_scache_unpin(w->c, w->e);
+    if (w->done)
+        w->done(w->arg);
+    free(w);
+}
+
 int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
                   ym_state_t *st)
 {
+    return insert(c, key, kind, meta, st, 1, NULL, NULL, NULL);
+}
+
+int ym_scache_put_durable(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind,
+                          const ym_sc_meta *meta, ym_state_t *st, void (*done)(void *),
+                          void *arg)
+{
+    return insert(c, key, kind, meta, st, 1, done, arg, NULL);
+}
+
+/* Hand e (pinned once for all of them) to every tier below RAM. */
+static void write_tiers(ym_scache_t *c, written *w, ym_sc_entry *e, int n_tiers,
+                        void (*done)(void *), void *arg)
+{
+    w->c = c;
+    w->e = e;
+    w->done = done;
+    w->arg = arg;
+    atomic_init(&w->left, n_tiers);
+    if (c->disk != NULL)
+        ym_disktier_write(c->disk, &e->key, e->kind, &e->meta, e->st, on_written, w);
+    if (c->store != NULL)
+        ym_redistier_write(c->store, &e->key, e->kind, &e->meta, e->st, on_written, w);
+}
+
+/* Put st in RAM (pinned into *pinned if asked) and, with to_disk, queue its file; done(arg) is
+ * called exactly once: when the file is written, or at once when none is queued. */
+static int insert(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
+                  ym_state_t *st, int to_disk, void (*done)(void *), void *arg,
+                  ym_sc_entry **pinned)
+{
+    if (pinned)
+        *pinned = NULL;
     ym_sc_entry *e = calloc(1, sizeof(*e));
-    if (e == NULL) {
+    int n_tiers = to_disk ? (c->disk != NULL) + (c->store != NULL) : 0;
+    written *w = n_tiers > 0 ? malloc(sizeof(*w)) : NULL;
+    if (e == NULL || (n_tiers > 0 && w == NULL)) {
+        free(e);
+        free(w);
         ym_state_free(st);
+        if (done)
+            done(arg);
         return -1;
     }
     e->key = *key;
@@ -390,7 +522,15 @@ int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     if (!make_room(c, e->bytes)) {
         publish_stats(c);
         pthread_mutex_unlock(&c->lock);
+        if (w != NULL) {
+            /* Too big for RAM, or RAM all pinned: the disk may still keep it. */
+            e->pins = 1;
+            write_tiers(c, w, e, n_tiers, done, arg);
+            return 0;
+        }
         entry_free(e);
+        if (done)
+            done(arg);
         return 0;
     }
     if (c->n_entries >= c->n_buckets)
@@ -404,8 +544,19 @@ int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_
     c->n_entries++;
     c->bytes += e->bytes;
     c->n_kind[kind]++;
+    if (pinned) {
+        e->pins++;
+        *pinned = e;
+    }
+    if (w != NULL)
+        e->pins++; /* until its file is written */
     publish_stats(c);
     pthread_mutex_unlock(&c->lock);
+    if (w != NULL) {
+        write_tiers(c, w, e, n_tiers, done, arg);
+    } else if (done) {
+        done(arg);
+    }
     return 1;
 }
 
@@ -417,7 +568,30 @@ int ym_scache_remove(ym_scache_t *c, const ym_skey *key)
         detach(c, e);
     publish_stats(c);
     pthread_mutex_unlock(&c->lock);
-    return e != NULL;
+    int on_disk = c->disk != NULL && ym_disktier_has(c->disk, key);
+    if (c->disk != NULL)
+        ym_disktier_remove(c->disk, key); /* after any write of it still queued */
+    if (c->store != NULL)
+        ym_redistier_remove(c->store, key);
+    return e != NULL || on_disk;
+}
+
+void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d)
+{
+    c->disk = d;
+}
+
+void ym_scache_set_store(ym_scache_t *c, ym_redistier_t *r)
+{
+    c->store = r;
+}
+
+void ym_scache_flush(ym_scache_t *c)
+{
+    if (c != NULL && c->disk != NULL)
+        ym_disktier_flush(c->disk);
+    if (c != NULL && c->store != NULL)
+        ym_redistier_flush(c->store);
 }
 
 void ym_scache_get_stats(ym_scache_t *c, ym_scache_stats *out)

@@ -97,8 +97,23 @@ int ym_scache_touch(ym_scache_t *c, const ym_skey *key);
  * or everything else pinned; st freed); -1 on no memory (st freed). */
 int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
                   ym_state_t *st);
-/* Drop key's entry: 1 if there was one. */
+/* As ym_scache_put; with a disk tier, done(arg) is called once the state's file is written
+ * (from the disk tier's writer thread), else at once. Called exactly once, whatever happens. */
+int ym_scache_put_durable(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind,
+                          const ym_sc_meta *meta, ym_state_t *st, void (*done)(void *),
+                          void *arg);
+/* Drop key's entry (and its file): 1 if there was one. */
 int ym_scache_remove(ym_scache_t *c, const ym_skey *key);
+
+/* The tier below RAM (server/disktier.h), taken over (closed by ym_scache_free): every put is
+ * written to it, a RAM miss reads from it and promotes what it finds. Set before use. */
+typedef struct ym_disktier ym_disktier_t;
+void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d);
+/* The shared store tier (server/redistier.h), taken over likewise: below disk. */
+typedef struct ym_redistier ym_redistier_t;
+void ym_scache_set_store(ym_scache_t *c, ym_redistier_t *r);
+/* Wait until every state put so far is on disk and in the store (no-op without them). */
+void ym_scache_flush(ym_scache_t *c);
 
 /* Memory a state of these dimensions takes in the cache (state plus bookkeeping). */
 size_t ym_scache_entry_bytes(const ym_state_t *st);

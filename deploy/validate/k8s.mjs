@@ -204,6 +204,11 @@ if (deploy && cm) {
         if (pvc)
             need(pvc.spec.accessModes.includes("ReadWriteMany"), "the adapter PVC must be ReadWriteMany");
         need(conf.adapter_dir === mounts.adapters, "adapter_dir must be the adapter volume's mount");
+        if (conf.state_dir) {
+            need(conf.state_dir === mounts.state, "state_dir must be the state volume's mount");
+            need(vols.state?.emptyDir || vols.state?.persistentVolumeClaim,
+                 "the state volume must be an emptyDir or a PVC (one per pod)");
+        }
         // Guaranteed QoS: every container's requests equal its limits (and the yunmind
         // container's whole CPUs can then be its own under the static CPU manager).
         for (const x of pod.containers)

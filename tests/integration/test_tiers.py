@@ -1,0 +1,392 @@
+#!/usr/bin/python3
+"""tests/integration/test_tiers.py - the state cache's tiers over real HTTP. Disk
+(state_dir): sessions resume after SIGTERM and after SIGKILL of their daemon, corrupted and
+forged state files are refused (the request runs cold and succeeds), and the byte budget
+evicts the least recently written file first. Shared store (session_store, a real
+redis-server started here on a free loopback port): two replicas without affinity resume each
+other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
+refused.
+
+Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
+
+Same conventions as test_server.py, whose Daemon helper it uses. The reference for a resumed
+turn is the same turn on a daemon without a state_dir that never stopped (temperature 0), and
+a cold run of the whole prompt; file names and MACs are recomputed here with Python's hashlib
+from docs/FORMATS.md, independently of the server's code.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import test_server as ts
+from test_server import Daemon
+
+TURN1 = "ROMEO: What light through yonder window breaks?\nJULIET:"
+MORE = "\nROMEO: Speak again, bright angel.\nJULIET:"
+
+
+def session_file(tenant, sid):
+    """The file name of a session: BLAKE2b-256 of the tag, the two lengths, tenant, id."""
+    h = hashlib.blake2b(digest_size=32)
+    h.update(b"yunmin session\0")
+    h.update(struct.pack("<QQ", len(tenant.encode()), len(sid.encode())))
+    h.update(tenant.encode() + sid.encode())
+    return h.hexdigest() + ".yst"
+
+
+def complete(d, prompt, sid=None, n=12):
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0}
+    if sid is not None:
+        body["session_id"] = sid
+    r = d.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    j = r.json()
+    return j["choices"][0]["text"], j["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+class Reference:
+    """Turn texts from a daemon without a state_dir that never stops."""
+    turn1 = None
+    turn2 = None
+    cold2 = None
+    append2 = None  # the second turn sent with session_append (only the new text)
+
+    @classmethod
+    def get(cls):
+        if cls.turn1 is None:
+            d = Daemon("--checkpoint-interval", "0")
+            try:
+                cls.turn1, _ = complete(d, TURN1, "ref")
+                cls.turn2, cached = complete(d, TURN1 + cls.turn1 + MORE, "ref")
+                assert cached > 0
+                cls.cold2, cached = complete(d, TURN1 + cls.turn1 + MORE)
+                assert cached == 0
+                complete(d, TURN1, "ref-append")
+                r = d.post("/v1/completions", {"prompt": MORE, "max_tokens": 12,
+                                               "temperature": 0, "session_id": "ref-append",
+                                               "session_append": True})
+                assert r.status_code == 200, r.text
+                cls.append2 = r.json()["choices"][0]["text"]
+            finally:
+                assert d.stop() == 0
+        return cls
+
+
+class DiskTier(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ym-tiers-")
+        self.ref = Reference.get()
+        self.assertEqual(self.ref.turn2, self.ref.cold2)  # resuming changes nothing
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def daemon(self, *flags):
+        return Daemon("--state-dir", self.dir, "--checkpoint-interval", "0", *flags)
+
+    def first_turn(self, d, sid="s1"):
+        text, cached = complete(d, TURN1, sid)
+        self.assertEqual(text, self.ref.turn1)
+        self.assertEqual(cached, 0)
+        return os.path.join(self.dir, session_file("default", sid))
+
+    def second_turn(self, d, sid="s1"):
+        return complete(d, TURN1 + self.ref.turn1 + MORE, sid)
+
+    def resume_after(self, sig):
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+            # The response completed: the state is on disk already, under its documented name.
+            self.assertTrue(os.path.exists(path), os.listdir(self.dir))
+            if sig == signal.SIGKILL:
+                d.kill()
+            else:
+                self.assertEqual(d.stop(sig), 0)
+        finally:
+            d.kill()
+        d = self.daemon()
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.turn2)
+            self.assertGreater(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_hits_total"), 1)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_resume_after_sigterm(self):
+        self.resume_after(signal.SIGTERM)
+
+    def test_resume_after_sigkill(self):
+        self.resume_after(signal.SIGKILL)
+
+    def test_append_after_sigkill(self):
+        # session_append continues from the restored running history hash and pending token.
+        d = self.daemon()
+        try:
+            self.first_turn(d, "ap")
+        finally:
+            d.kill()
+        d = self.daemon()
+        try:
+            r = d.post("/v1/completions", {"prompt": MORE, "max_tokens": 12, "temperature": 0,
+                                           "session_id": "ap", "session_append": True})
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertEqual(r.json()["choices"][0]["text"], self.ref.append2)
+            self.assertGreater(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def refused_cold(self, mutate, *flags):
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        with open(path, "wb") as f:
+            f.write(mutate(data))
+        d = self.daemon(*flags)
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.cold2)
+            self.assertEqual(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 1)
+            self.assertIn("refused and deleted a state file", d.log())
+            # The next turn resumes from the state the cold run stored.
+            text, cached = complete(d, TURN1 + self.ref.turn1 + MORE + self.ref.turn2 + MORE,
+                                    "s1")
+            self.assertGreater(cached, 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_corrupted_file_refused(self):
+        def flip(data):
+            data[len(data) // 2] ^= 0x40  # a byte of the state
+            return data
+        self.refused_cold(flip)
+
+    def test_forged_file_refused(self):
+        # Someone without the key changes the state and recomputes the MAC with a key of
+        # their own: refused.
+        def forge(data):
+            data[len(data) // 2] ^= 0x40
+            body = bytes(data[:-32])
+            return body + hashlib.blake2b(body, digest_size=32, key=os.urandom(32)).digest()
+        self.refused_cold(forge)
+
+    def test_other_secret_refused(self):
+        # Written by a daemon with a random key (state.key), read by one with a secret.
+        self.refused_cold(lambda data: data, "--state-secret", "another replica's secret")
+
+    def test_mac_is_keyed_blake2b(self):
+        # The documented MAC: keyed BLAKE2b-256 (key: state.key) over all but the last 32
+        # bytes; a file re-MACed here with that key is accepted as it was.
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.dir, "state.key"), "rb") as f:
+            key = f.read()
+        self.assertEqual(len(key), 32)
+        self.assertEqual(os.stat(os.path.join(self.dir, "state.key")).st_mode & 0o777, 0o600)
+        with open(path, "rb") as f:
+            data = f.read()
+        self.assertEqual(data[:4], b"YMSF")
+        self.assertEqual(hashlib.blake2b(data[:-32], digest_size=32, key=key).digest(),
+                         data[-32:])
+
+    def test_budget_evicts_least_recently_written(self):
+        d = self.daemon()
+        try:
+            first = self.first_turn(d, "a")
+            size = os.path.getsize(first)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        # Room for two and a half files: a, b, then a again (rewritten), then c -> b goes.
+        d = self.daemon("--state-dir-bytes", str(size * 5 // 2))
+        try:
+            self.first_turn(d, "b")
+            self.second_turn(d, "a")
+            complete(d, TURN1, "c")
+            names = set(n for n in os.listdir(self.dir) if n.endswith(".yst"))
+            want = {session_file("default", s) for s in ("a", "c")}
+            self.assertEqual(names, want)
+            self.assertEqual(d.metric("yunmin_state_disk_evictions_total"), 1)
+            self.assertEqual(d.metric("yunmin_state_disk_files"), 2)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        # A stray temp file (a write cut short) is removed at start; the index is rebuilt.
+        stray = os.path.join(self.dir, "." + session_file("default", "x") + ".7.tmp")
+        with open(stray, "wb") as f:
+            f.write(b"partial")
+        d = self.daemon("--state-dir-bytes", str(size * 5 // 2))
+        try:
+            self.assertFalse(os.path.exists(stray))
+            self.assertEqual(d.metric("yunmin_state_disk_files"), 2)
+            _, cached = self.second_turn(d, "b")
+            self.assertEqual(cached, 0)  # evicted
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resp(port, *args):
+    """One Redis command over a plain socket (RESP); the reply's first line and bulk body."""
+    msg = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        msg += b"$%d\r\n%s\r\n" % (len(a), a)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(msg)
+        f = s.makefile("rb")
+        line = f.readline()
+        if line.startswith(b"$") and int(line[1:]) >= 0:
+            return line, f.read(int(line[1:]) + 2)[:-2]
+        if line.startswith(b"*"):
+            items = []
+            for _ in range(int(line[1:])):
+                n = int(f.readline()[1:])
+                items.append(f.read(n + 2)[:-2])
+            return line, items
+        return line, None
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if resp(self.port, "PING")[0].startswith(b"+PONG"):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def url(self, db=1):
+        return "redis://127.0.0.1:%d/%d" % (self.port, db)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@unittest.skipIf(shutil.which("redis-server") is None, "redis-server not installed "
+                 "(scripts/deps.sh test)")
+class StoreTier(unittest.TestCase):
+    SECRET = "shared by the replicas"
+
+    def setUp(self):
+        self.ref = Reference.get()
+        self.redis = Redis()
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            d.kill()
+        self.redis.kill()
+
+    def replica(self, *flags):
+        d = Daemon("--session-store", self.redis.url(), "--state-secret", self.SECRET,
+                   "--checkpoint-interval", "0", *flags)
+        self.daemons.append(d)
+        return d
+
+    def test_replicas_without_affinity_resume(self):
+        a, b = self.replica(), self.replica()
+        text, cached = complete(a, TURN1, "c1")
+        self.assertEqual((text, cached), (self.ref.turn1, 0))
+        # The next turn on the other replica: its state comes from the store.
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "c1")
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+        # And back: a's own RAM copy is older; it resumes (from RAM or the store) all the same.
+        prompt3 = TURN1 + self.ref.turn1 + MORE + self.ref.turn2 + MORE
+        text3, cached = complete(a, prompt3, "c1")
+        self.assertGreater(cached, 0)
+        cold = Daemon("--checkpoint-interval", "0")
+        try:
+            self.assertEqual(text3, complete(cold, prompt3)[0])
+        finally:
+            self.assertEqual(cold.stop(), 0)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_store_killed_mid_run(self):
+        a, b = self.replica(), self.replica()
+        complete(a, TURN1, "k1")
+        self.redis.kill()
+        t0 = time.monotonic()
+        # Every request still succeeds, on either replica, with or without a state.
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "k1")
+        self.assertEqual(text, self.ref.cold2)
+        self.assertEqual(cached, 0)
+        text, cached = complete(a, TURN1 + self.ref.turn1 + MORE, "k1")
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)  # its own RAM
+        for i in range(5):
+            complete(b, TURN1, "k%d" % (i + 2))
+        self.assertLess(time.monotonic() - t0, 30)
+        self.assertGreater(b.metric("yunmin_state_store_errors_total"), 0)
+        log = b.log()
+        self.assertIn("session store", log)
+        self.assertLessEqual(log.count("session store"), 2)  # once per interval (and kind)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_forged_entry_refused(self):
+        a = self.replica()
+        complete(a, TURN1, "f1")
+        self.assertEqual(a.stop(), 0)
+        name = "yunmin:state:" + session_file("default", "f1")[:-4]
+        # SELECT applies per connection: read and write with the database in one pipeline.
+        with socket.create_connection(("127.0.0.1", self.redis.port), timeout=10) as s:
+            s.sendall(b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n")
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            s.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name.encode()))
+            n = int(f.readline()[1:])
+            self.assertGreater(n, 0)
+            data = bytearray(f.read(n + 2)[:-2])
+            data[len(data) // 2] ^= 0x40
+            body = bytes(data[:-32])
+            forged = body + hashlib.blake2b(body, digest_size=32, key=os.urandom(32)).digest()
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" %
+                      (len(name), name.encode(), len(forged), forged))
+            self.assertTrue(f.readline().startswith(b"+OK"))
+        b = self.replica()
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "f1")
+        self.assertEqual(text, self.ref.cold2)
+        self.assertEqual(cached, 0)
+        self.assertEqual(b.metric("yunmin_state_store_refused_total"), 1)
+        self.assertEqual(b.stop(), 0)
+
+
+if __name__ == "__main__":
+    ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
+    ts.MODEL = os.path.join(ts.ROOT, "models", "shakespeare-mamba")
+    del sys.argv[1:4]
+    unittest.main(verbosity=2)
