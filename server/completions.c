@@ -456,6 +456,26 @@ out:
     return err;
 }
 
+ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag)
+{
+    /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
+     * (ids no tokenizer makes, nor /v1/detokenize takes). */
+    ym_server_t *srv = r->srv;
+    int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
+                                                                       : srv->model->cfg.n_vocab;
+    for (size_t i = 0; i < q->n_prompt_ids; i++)
+        if (q->prompt_ids[i] >= n_vocab)
+            return ym_diag_param(diag, YM_EINVAL, "prompt",
+                                 "prompt[%zu] = %d is not a token id (vocabulary size %d)", i,
+                                 q->prompt_ids[i], n_vocab);
+    for (int i = 0; i < q->sampling.n_logit_bias; i++)
+        if (q->sampling.logit_bias[i].id >= n_vocab)
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias: %d is not a token id (vocabulary size %d)",
+                                 (int)q->sampling.logit_bias[i].id, n_vocab);
+    return YM_OK;
+}
+
 /* The session: the body's session_id or the X-Session-Id header (which a load balancer can
  * hash on to pin a conversation to a replica); both present must agree. 0 or -1 (answered). */
 int ym__gen_take_session(ym_hreq *r, const ym_creq *q)
@@ -527,19 +547,9 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
                             "echo together with logprobs is not supported");
         goto out;
     }
-    /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
-     * (ids no tokenizer makes, nor /v1/detokenize takes). */
-    int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
-                                                                       : srv->model->cfg.n_vocab;
+    if ((err = ym__gen_check_vocab(r, &q, diag)) != YM_OK)
+        goto out;
     if (q.prompt_ids != NULL) {
-        for (size_t i = 0; i < q.n_prompt_ids; i++) {
-            if (q.prompt_ids[i] >= n_vocab) {
-                err = ym_diag_param(diag, YM_EINVAL, "prompt",
-                                    "prompt[%zu] = %d is not a token id (vocabulary size %d)",
-                                    i, q.prompt_ids[i], n_vocab);
-                goto out;
-            }
-        }
         ids.v = q.prompt_ids;
         ids.n = ids.cap = q.n_prompt_ids;
         q.prompt_ids = NULL; /* moved */

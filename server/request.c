@@ -199,6 +199,41 @@ static ym_err get_max_tokens(json_t *root, const char *key, const ym_req_limits 
     return YM_OK;
 }
 
+/* OpenAI's logit_bias: {"token id": bias in [-100, 100]}, keys in decimal without leading zeros
+ * (so each id appears once). The ids are checked against the vocabulary later. */
+static ym_err parse_logit_bias(json_t *root, ym_sampling *s, ym_diag *diag)
+{
+    json_t *o = get(root, "logit_bias"), *v;
+    const char *key;
+    if (o == NULL)
+        return YM_OK;
+    if (!json_is_object(o))
+        return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                             "logit_bias must be an object mapping token ids to biases");
+    if (json_object_size(o) > YM_MAX_LOGIT_BIAS)
+        return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                             "logit_bias lists %zu tokens; at most %d", json_object_size(o),
+                             YM_MAX_LOGIT_BIAS);
+    json_object_foreach(o, key, v) {
+        size_t n = strlen(key);
+        int ok = n > 0 && n <= 10 && (key[0] != '0' || n == 1);
+        for (size_t i = 0; ok && i < n; i++)
+            ok = key[i] >= '0' && key[i] <= '9';
+        long long id = ok ? strtoll(key, NULL, 10) : -1;
+        if (!ok || id > INT32_MAX)
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias: \"%.32s\" is not a token id (a non-negative "
+                                 "integer in decimal)", key);
+        if (!json_is_number(v) || !(json_number_value(v) >= -100.0 &&
+                                    json_number_value(v) <= 100.0))
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias[\"%s\"] must be a number in [-100, 100]", key);
+        s->logit_bias[s->n_logit_bias++] =
+            (ym_logit_bias){.id = (int32_t)id, .bias = (float)json_number_value(v)};
+    }
+    return YM_OK;
+}
+
 /* The fields /v1/completions and /v1/chat/completions share: sampling, stop, stream, seed,
  * adapters, session_id, n and logit_bias. */
 static ym_err parse_shared(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
@@ -243,8 +278,8 @@ static ym_err parse_shared(json_t *root, const ym_req_limits *lim, ym_creq *r, y
             return err;
         }
     }
-    if ((v = get(root, "logit_bias")) != NULL && !(json_is_object(v) && json_object_size(v) == 0))
-        return ym_diag_param(diag, YM_EINVAL, "logit_bias", "logit_bias is not supported");
+    if ((err = parse_logit_bias(root, s, diag)) != YM_OK)
+        return err;
     if ((v = get(root, "adapters")) != NULL) {
         if (!json_is_array(v) || json_array_size(v) > 16)
             return ym_diag_param(diag, YM_EINVAL, "adapters",

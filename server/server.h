@@ -203,6 +203,7 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
  * token-id list against the vocabulary, and the submission of the job with its ids (takes
  * ids->v and adapter over; answers itself on failure). */
 int ym__gen_take_session(ym_hreq *r, const ym_creq *q);
+ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag);
 void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter);
 /* Tokenize q's text prompt (on the libuv pool when long) and submit. Takes over q's contents,
  * *root, adapter and text (the prompt's bytes when not in *root, or NULL). YM_OK when answered

@@ -677,6 +677,49 @@ class Chat(unittest.TestCase):
         self.assertEqual(requests.get(self.d.url + "/v1/sessions/" + sid, timeout=T).status_code,
                          200)
 
+    def test_logit_bias(self):
+        """+100 makes a token the only choice, -100 bans it (OpenAI's semantics), in
+        completions and chat; ids outside the tokenizer's vocabulary are refused."""
+        the = self.d.post("/v1/tokenize", {"prompt": " the"}).json()["tokens"]
+        self.assertEqual(len(the), 1)
+        the = the[0]
+        base = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0, "logprobs": 0,
+                "return_tokens_as_token_ids": True}
+        forced = self.d.post("/v1/completions",
+                             dict(base, logit_bias={str(the): 100})).json()["choices"][0]
+        self.assertEqual(forced["logprobs"]["tokens"], ["token_id:%d" % the] * 12)
+        self.assertEqual(forced["text"], " the" * 12)
+        # the logprob reported is the model's raw one, not the biased one
+        self.assertLess(forced["logprobs"]["token_logprobs"][0], -0.5)
+        plain = self.d.post("/v1/completions", base).json()["choices"][0]["logprobs"]["tokens"]
+        banned = sorted(set(plain))[:3]
+        bias = {t.split(":")[1]: -100 for t in banned}
+        for extra in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
+            got = self.d.post("/v1/completions",
+                              dict(base, logit_bias=bias, **extra)).json()["choices"][0]
+            self.assertTrue(set(got["logprobs"]["tokens"]).isdisjoint(banned),
+                            (banned, got["logprobs"]["tokens"]))
+        self.assertNotEqual(got["logprobs"]["tokens"], plain)
+        # a bias of 0 changes nothing
+        zero = self.d.post("/v1/completions", dict(base, logit_bias={str(the): 0})).json()
+        self.assertEqual(zero["choices"][0]["logprobs"]["tokens"], plain)
+        # chat: the same forcing
+        obj = self.chat({"messages": self.CONV, "max_tokens": 5, "temperature": 0.7, "seed": 3,
+                         "logit_bias": {str(the): 100}})
+        self.assertEqual(obj["choices"][0]["message"]["content"], " the" * 5)
+        # the vocabulary is the tokenizer's: 4099 ids (4096 + 3 added), the embedding has 4104
+        n_vocab = 4099
+        for path, body in (("/v1/completions", {"prompt": "ROMEO:"}),
+                           ("/v1/chat/completions", {"messages": self.CONV})):
+            for lb in ({str(n_vocab): 1}, {"4103": 1}, {"99999999": 1}, {"1": 100.5}, {"x": 1},
+                       {"01": 1}, [1]):
+                r = self.d.post(path, dict(body, logit_bias=lb))
+                self.assertEqual(r.status_code, 400, (path, lb, r.text))
+                self.assertEqual(r.json()["error"]["param"], "logit_bias")
+        r = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 1,
+                                            "logit_bias": {str(n_vocab - 1): -100}})
+        self.assertEqual(r.status_code, 200, r.text)
+
     def test_refused_fields(self):
         msgs = [{"role": "user", "content": "hi"}]
         cases = [
@@ -701,7 +744,6 @@ class Chat(unittest.TestCase):
             ({"messages": []}, "messages"),
             ({"prompt": "hi"}, "messages"),
             ({"messages": msgs, "n": 2}, "n"),
-            ({"messages": msgs, "logit_bias": {"5": 10}}, "logit_bias"),
             ({"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
             ({"messages": msgs, "max_completion_tokens": 10 ** 9}, "max_completion_tokens"),
             ({"messages": msgs, "temperature": 3}, "temperature"),

@@ -160,6 +160,21 @@ START_TEST(test_creq_full_request)
     ck_assert_int_eq(q.sampling.n_logprobs, 2);
     ck_assert_str_eq(q.session_id, "c-1.a_b~c:d@e+f=g");
     ck_assert_int_eq(q.tokens_as_ids, 1);
+    ck_assert_int_eq(q.sampling.n_logit_bias, 0);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    const char *bias = "{\"prompt\": \"x\", \"logit_bias\": {\"0\": -100, \"42\": 2.5,"
+                       " \"2147483647\": 100}}";
+    ck_assert_int_eq(ym_creq_parse(bias, strlen(bias), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.sampling.n_logit_bias, 3);
+    int seen = 0;
+    for (int i = 0; i < 3; i++) {
+        const ym_logit_bias *b = &q.sampling.logit_bias[i];
+        seen |= (b->id == 0 && b->bias == -100.0f) << 0;
+        seen |= (b->id == 42 && b->bias == 2.5f) << 1;
+        seen |= (b->id == 2147483647 && b->bias == 100.0f) << 2;
+    }
+    ck_assert_int_eq(seen, 7);
     ym_creq_deinit(&q);
     json_decref(root);
 }
@@ -244,7 +259,15 @@ START_TEST(test_creq_rejects_each_bad_field)
          "\"10\",\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]}",
          "stop"},
         {"{\"prompt\": \"x\", \"suffix\": \"s\"}", "suffix"},
-        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": 2}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": 100.5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": -101}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": \"5\"}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"01\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"-1\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1.0\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"4294967296\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": [1]}", "logit_bias"},
         {"{\"prompt\": \"x\", \"user\": 1}", "user"},
         {"{\"prompt\": \"x\", \"ignore_eos\": 0}", "ignore_eos"},
     };
@@ -350,7 +373,7 @@ START_TEST(test_chatreq_rejects_each_bad_field)
         {"{" U ", \"top_logprobs\": 2}", "top_logprobs"},
         {"{" U ", \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs"},
         {"{" U ", \"n\": 2}", "n"},
-        {"{" U ", \"logit_bias\": {\"1\": 2}}", "logit_bias"},
+        {"{" U ", \"logit_bias\": {\"1\": 200}}", "logit_bias"},
         {"{" U ", \"temperature\": 3}", "temperature"},
         {"{" U ", \"stop\": [1]}", "stop"},
         {"{" U ", \"stream_options\": {\"include_usage\": true}}", "stream_options"},

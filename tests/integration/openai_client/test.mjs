@@ -296,6 +296,27 @@ await test('chat.completions.create with logprobs and top_logprobs: 2', async ()
     }
 });
 
+await test('logit_bias: +100 forces a token in chat and completions, -100 bans it', async () => {
+    check(chatReference !== null, 'needs the non-streaming chat result, which failed');
+    // " the" is one token of the served vocabulary (asked of the server, not assumed).
+    const tok = await (await fetch(base.replace(/\/+$/, '') + '/v1/tokenize', {
+        method: 'POST', headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({prompt: ' the'})})).json();
+    check(tok.tokens?.length === 1, `" the" is ${show(tok.tokens)}`);
+    const id = String(tok.tokens[0]);
+    const c = await client.chat.completions.create(
+        {...chatRequest, max_tokens: 4, temperature: 0.9, seed: 1, logit_bias: {[id]: 100}});
+    check(c.choices[0].message.content === ' the'.repeat(4),
+          `forced answer ${show(c.choices[0].message.content)}`);
+    const t = await client.completions.create(
+        {...request, max_tokens: 4, logit_bias: {[id]: 100}});
+    check(t.choices[0].text === ' the'.repeat(4), `forced text ${show(t.choices[0].text)}`);
+    const b = await client.chat.completions.create(
+        {...chatRequest, logprobs: true, logit_bias: {[id]: -100}});
+    check(b.choices[0].logprobs.content.every((e) => e.token !== ' the'),
+          `a banned token was generated: ${show(b.choices[0].message.content)}`);
+});
+
 async function expectChatError(name, params, param) {
     await test(name, async () => {
         let err = null;
@@ -320,6 +341,8 @@ await expectChatError('chat with an image part raises BadRequestError naming it'
                       'messages[0].content[0]');
 await expectChatError('chat with response_format json_object raises BadRequestError',
                       {response_format: {type: 'json_object'}}, 'response_format');
+await expectChatError('chat with logit_bias outside the vocabulary raises BadRequestError',
+                      {logit_bias: {'99999999': 5}}, 'logit_bias');
 
 // A permanent refusal must come with a status the SDK does not retry (it retries 408, 409,
 // 429 and 5xx): with its default retries, one call is one request. The server this runs
