@@ -342,7 +342,7 @@ class Completions(unittest.TestCase):
             (json.dumps({"prompt": "x", "stop": ["a"] * 17}), 400, "stop"),
             (json.dumps({"prompt": "x", "logprobs": 21}), 400, "logprobs"),
             (json.dumps({"prompt": "x", "seed": "s"}), 400, "seed"),
-            (json.dumps({"prompt": "x", "logit_bias": {"5": 1}}), 400, "logit_bias"),
+            (json.dumps({"prompt": "x", "logit_bias": {"5": 101}}), 400, "logit_bias"),
             (json.dumps({"prompt": "x", "suffix": "y"}), 400, "suffix"),
             (json.dumps({"prompt": "x", "echo": True, "logprobs": 1}), 400, "echo"),
             (json.dumps({"prompt": "x", "model": "gpt-4"}), 404, "model"),
@@ -676,6 +676,29 @@ class Chat(unittest.TestCase):
         self.assertEqual(second["usage"]["prompt_tokens"], cold["usage"]["prompt_tokens"])
         self.assertEqual(requests.get(self.d.url + "/v1/sessions/" + sid, timeout=T).status_code,
                          200)
+
+    def test_long_conversation_tokenized_off_the_loop(self):
+        """A rendered prompt over 32 KiB is tokenized on the libuv pool: same answer as
+        /v1/completions with Jinja2's rendering, and a client's own X-Request-Id names it."""
+        long = read_text("data/tinyshakespeare.txt")[:40000]
+        conv = [{"role": "system", "content": long[:20000]},
+                {"role": "user", "content": long[20000:]}]
+        prompt = jinja_render(self.template, conv)
+        self.assertGreater(len(prompt.encode()), 32 * 1024)
+        want = self.d.post("/v1/completions", {"prompt": prompt, "max_tokens": 8,
+                                               "temperature": 0}).json()
+        r = self.d.post("/v1/chat/completions", {"messages": conv, "max_tokens": 8,
+                                                 "temperature": 0},
+                        headers={"X-Request-Id": "my-chat.1"})
+        self.assertEqual(r.status_code, 200, r.text)
+        obj = r.json()
+        self.assertEqual(obj["id"], "chatcmpl-my-chat.1")
+        self.assertEqual(r.headers["X-Request-Id"], "my-chat.1")
+        self.assertEqual(obj["choices"][0]["message"]["content"], want["choices"][0]["text"])
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            self.assertEqual(obj["usage"][k], want["usage"][k])
+        # the same prompt: the chat resumed from the completion's prefix checkpoints
+        self.assertGreater(obj["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
 
     def test_logit_bias(self):
         """+100 makes a token the only choice, -100 bans it (OpenAI's semantics), in
