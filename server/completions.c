@@ -394,7 +394,8 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
         if (r->client_gone)
             ym_hreq_respond_error(r, YM_ECANCELED, NULL, "the client went away");
         else if (status != 0 || job->err != YM_OK)
-            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, "prompt",
+            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO,
+                                  r->chat ? "messages" : "prompt",
                                   "cannot tokenize the prompt: %s",
                                   ym_strerror(job->err ? job->err : YM_EIO));
         else
@@ -444,7 +445,8 @@ ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter
         goto out;
     }
     if ((err = ym_tok_encode(r->srv->tok, q->prompt, q->prompt_len, &ids)) != YM_OK) {
-        ym_diag_param(diag, err, "prompt", "cannot tokenize the prompt: %s", ym_strerror(err));
+        ym_diag_param(diag, err, r->chat ? "messages" : "prompt", "cannot tokenize the prompt: %s",
+                      ym_strerror(err));
         goto out;
     }
     ym__gen_submit(r, q, &ids, adapter);
@@ -538,7 +540,8 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
         return err;
-    if (ym__gen_take_session(r, &q) != 0 || ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
+    if (ym__gen_take_session(r, &q) != 0 ||
+        ym_adapters_resolve(r, q.model, q.adapters, &adapter) != 0)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);

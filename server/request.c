@@ -2,8 +2,9 @@
  *
  * Field rules follow OpenAI's legacy completions API where it has the field (types, ranges,
  * null meaning "default"), vLLM's where it extends it (top_k, min_p, repetition_penalty,
- * ignore_eos); the chat body follows OpenAI's chat completions API. Unknown fields are ignored, as OpenAI-compatible servers do; fields we know but
- * do not support (n > 1, best_of > 1, suffix, logit_bias) are refused so that a client never
+ * ignore_eos); the chat body follows OpenAI's chat completions API. Unknown fields are ignored,
+ * as OpenAI-compatible servers do; fields we know but do not support (n > 1, best_of > 1,
+ * suffix; chat's tools, structured output, non-text parts) are refused so that a client never
  * gets an answer to a different question than it asked. Every error names its field. */
 #include "server/request.h"
 

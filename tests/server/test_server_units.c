@@ -291,12 +291,14 @@ START_TEST(test_chatreq_messages_and_fields)
     const char *body =
         "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": \"s\"},"
         " {\"role\": \"developer\", \"content\": \"\"},"
-        " {\"role\": \"user\", \"name\": \"n\", \"content\": [{\"type\": \"text\", \"text\": \"a\"},"
+        " {\"role\": \"user\", \"name\": \"n\","
+        " \"content\": [{\"type\": \"text\", \"text\": \"a\"},"
         " {\"type\": \"text\", \"text\": \"b\\u0000c\"}]},"
         " {\"role\": \"assistant\", \"content\": \"x\"}],"
         " \"max_tokens\": 9, \"max_completion_tokens\": 7, \"temperature\": 0, \"seed\": 4,"
         " \"stop\": \"q\", \"logprobs\": true, \"top_logprobs\": 3, \"stream\": true,"
-        " \"stream_options\": {\"include_usage\": true}, \"response_format\": {\"type\": \"text\"},"
+        " \"stream_options\": {\"include_usage\": true},"
+        " \"response_format\": {\"type\": \"text\"},"
         " \"tools\": [], \"tool_choice\": \"none\", \"session_id\": \"s1\"}";
     ym_creq q;
     json_t *root;
