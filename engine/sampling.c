@@ -67,6 +67,24 @@ ym_err ym_sampling_validate(const ym_sampling *s, ym_diag *diag)
     if (s->n_logprobs < 0 || s->n_logprobs > YM_MAX_LOGPROBS)
         return ym_diag_param(diag, YM_EINVAL, "logprobs", "logprobs must be in [0, %d], got %d",
                              YM_MAX_LOGPROBS, s->n_logprobs);
+    if (s->n_logit_bias < 0 || s->n_logit_bias > YM_MAX_LOGIT_BIAS)
+        return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                             "logit_bias may list at most %d tokens, got %d", YM_MAX_LOGIT_BIAS,
+                             s->n_logit_bias);
+    for (int i = 0; i < s->n_logit_bias; i++) {
+        const ym_logit_bias *b = &s->logit_bias[i];
+        if (b->id < 0)
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias: %d is not a token id", b->id);
+        if (!(b->bias >= -100.0f && b->bias <= 100.0f))
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias: the bias of token %d must be in [-100, 100], got %g",
+                                 b->id, (double)b->bias);
+        for (int j = 0; j < i; j++)
+            if (s->logit_bias[j].id == b->id)
+                return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                     "logit_bias lists token %d twice", b->id);
+    }
     return YM_OK;
 }
 
@@ -103,6 +121,7 @@ struct ym_sampler {
     double *blk;         /* owned, [n_vocab / BLOCK + 1]: sums of prob per block */
     double *hist;        /* owned, [2 * HIST]: mass per probability bucket (top-p) */
     cand *cands;         /* owned, [n_vocab]: scratch for top-k / top-p */
+    float bias_saved[YM_MAX_LOGIT_BIAS]; /* logits of the biased ids before their bias */
 };
 
 /* ---- generator ------------------------------------------------------------------------- */
@@ -158,6 +177,9 @@ ym_err ym_sampler_new(const ym_sampling *s, int n_vocab, ym_sampler_t **out)
     *out = NULL;
     if (n_vocab <= 0 || ym_sampling_validate(s, NULL) != YM_OK)
         return YM_EINVAL;
+    for (int i = 0; i < s->n_logit_bias; i++)
+        if (s->logit_bias[i].id >= n_vocab)
+            return YM_EINVAL;
     if ((sp = calloc(1, sizeof(*sp))) == NULL)
         return YM_ENOMEM;
     sp->s = *s;
@@ -577,6 +599,13 @@ int32_t ym_sampler_sample(ym_sampler_t *sp, float *logits, ym_sample *out)
         }
     }
 
+    /* 2b. logit_bias, after the penalties (saving each logit first, for its raw logprob). */
+    for (int j = 0; j < s->n_logit_bias; j++) {
+        const ym_logit_bias *b = &s->logit_bias[j];
+        sp->bias_saved[j] = logits[b->id];
+        logits[b->id] += b->bias;
+    }
+
     /* 3. Greedy. */
     float m = s->temperature > 0.0f ? vec_max(logits, nv) : -INFINITY;
     if (s->temperature == 0.0f || !isfinite(m)) {
@@ -682,7 +711,14 @@ int32_t ym_sampler_sample(ym_sampler_t *sp, float *logits, ym_sample *out)
 done:
     if (out != NULL) {
         int j = sp->seen_pos[id];
-        float raw = (rep || freq) && j >= 0 ? sp->saved[j] : logits[id];
+        float raw = logits[id];
+        if ((rep || freq) && j >= 0) {
+            raw = sp->saved[j];
+        } else {
+            for (int k = 0; k < s->n_logit_bias; k++)
+                if (s->logit_bias[k].id == id)
+                    raw = sp->bias_saved[k];
+        }
         out->id = id;
         out->logprob = (float)((double)raw - lse);
     }

@@ -5,6 +5,8 @@
  *      logit = logit > 0 ? logit / p : logit * p;
  *   2. frequency / presence penalties (OpenAI): for every token generated so far,
  *      logit -= count * frequency_penalty + (count > 0) * presence_penalty;
+ *   2b. logit_bias (OpenAI): logit[id] += bias for each listed id (bias in [-100, 100]: -100
+ *      bans the token in practice, +100 makes it the only choice);
  *   3. temperature == 0 -> greedy (argmax; ties go to the lowest id);
  *      else logits / temperature, then top_k, top_p, min_p filtering, then a draw from the
  *      seeded generator. Same seed and same logits -> same tokens.
@@ -20,6 +22,12 @@
 #include "engine/err.h"
 
 #define YM_MAX_LOGPROBS 20
+#define YM_MAX_LOGIT_BIAS 300 /* entries of logit_bias (OpenAI's limit) */
+
+typedef struct ym_logit_bias {
+    int32_t id;               /* a token id, < the sampler's n_vocab */
+    float bias;               /* [-100, 100] */
+} ym_logit_bias;
 
 typedef struct ym_sampling {
     float temperature;        /* >= 0; 0 = greedy                      default 1.0 */
@@ -32,6 +40,8 @@ typedef struct ym_sampling {
     uint64_t seed;            /* used when has_seed; else drawn from the OS */
     int has_seed;
     int n_logprobs;           /* alternatives to report per token, [0, YM_MAX_LOGPROBS] */
+    int n_logit_bias;         /* [0, YM_MAX_LOGIT_BIAS]                default 0   */
+    ym_logit_bias logit_bias[YM_MAX_LOGIT_BIAS]; /* distinct ids */
 } ym_sampling;
 
 ym_sampling ym_sampling_default(void);
@@ -52,7 +62,8 @@ typedef struct ym_sample {
 
 typedef struct ym_sampler ym_sampler_t;
 
-/* New sampler for a vocabulary of n_vocab ids. New object in *out (ym_sampler_free). */
+/* New sampler for a vocabulary of n_vocab ids. New object in *out (ym_sampler_free).
+ * YM_EINVAL when s does not validate or a logit_bias id is >= n_vocab. */
 ym_err ym_sampler_new(const ym_sampling *s, int n_vocab, ym_sampler_t **out);
 void ym_sampler_free(ym_sampler_t *sp); /* NULL-safe */
 /* Tokens of the prompt (they count for repetition_penalty only). */

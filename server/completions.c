@@ -1,4 +1,6 @@
-/* server/completions.c - POST /v1/completions and OpenAI's text_completion shapes.
+/* server/completions.c - POST /v1/completions and OpenAI's text_completion shapes, and the
+ * generation path /v1/chat/completions shares (chat.c renders the prompt and gives the chat
+ * forms of the output).
  *
  * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
  * session, tokenize (long prompts on the libuv pool), submit the generation job to the
@@ -113,7 +115,19 @@ static void stream_output(ym_hreq *r)
     ym_gen_delta *d = &r->delta;
     int finished = d->finish != YM_FINISH_NONE;
     const char *fin = finished ? public_finish(d->finish) : NULL;
-    if (d->text_len > 0 || d->n_toks > 0 || (finished && fin != NULL)) {
+    if (r->chat) {
+        if (d->text_len > 0 || d->n_toks > 0) {
+            json_t *lp = NULL;
+            if (r->logprobs >= 0 && d->n_toks > 0)
+                lp = ym__chat_logprobs(r, d->toks, d->tops, d->n_toks, d->n_top);
+            sse_event(r, ym__chat_chunk(r,
+                                        json_pack("{s:o}", "content",
+                                                  ym_json_text(d->text, d->text_len)),
+                                        lp, NULL));
+        }
+        if (finished && fin != NULL)
+            sse_event(r, ym__chat_chunk(r, json_object(), NULL, fin));
+    } else if (d->text_len > 0 || d->n_toks > 0 || (finished && fin != NULL)) {
         json_t *lp = NULL;
         if (r->logprobs >= 0 && d->n_toks > 0)
             lp = logprobs_json(r, d->toks, d->tops, d->n_toks, d->n_top, r->echo_len);
@@ -138,7 +152,8 @@ static void stream_output(ym_hreq *r)
         return;
     }
     if (r->include_usage) {
-        json_t *obj = completion_object(r, json_array());
+        json_t *obj = r->chat ? ym__chat_chunk(r, NULL, NULL, NULL)
+                              : completion_object(r, json_array());
         json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen, d->n_cached));
         sse_event(r, obj);
     }
@@ -208,10 +223,18 @@ static void collect_output(ym_hreq *r)
     } else {
         text = ym_json_text(r->full_text.p ? r->full_text.p : "", r->full_text.len);
     }
-    json_t *lp = r->logprobs >= 0
-                     ? logprobs_json(r, r->all_toks, r->all_tops, r->n_all, d->n_top, r->echo_len)
-                     : NULL;
-    json_t *obj = completion_object(r, json_pack("[o]", choice(text, lp, public_finish(d->finish))));
+    json_t *obj;
+    if (r->chat) {
+        json_t *lp = r->logprobs >= 0
+                         ? ym__chat_logprobs(r, r->all_toks, r->all_tops, r->n_all, d->n_top)
+                         : NULL;
+        obj = ym__chat_completion(r, text, lp, public_finish(d->finish));
+    } else {
+        json_t *lp = r->logprobs >= 0 ? logprobs_json(r, r->all_toks, r->all_tops, r->n_all,
+                                                      d->n_top, r->echo_len)
+                                      : NULL;
+        obj = completion_object(r, json_pack("[o]", choice(text, lp, public_finish(d->finish))));
+    }
     json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen, d->n_cached));
     ym_hreq_respond_json(r, 200, obj);
     return;
@@ -246,25 +269,28 @@ typedef struct ym_tok_job {
     ym_hreq *r;    /* holds a reference */
     ym_creq q;     /* owned (with root) */
     json_t *root;  /* owned */
+    char *text;    /* owned: the prompt bytes when not in root (a rendered chat), or NULL */
     ym_adapter_t *adapter; /* owned reference or NULL */
     ym_ids ids;    /* owned, the result */
     ym_err err;
 } ym_tok_job;
 
 /* Second half of a completion: the prompt is ids now. Takes ids->v over. */
-static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter)
+void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter)
 {
     ym_server_t *srv = r->srv;
     ym_err err;
     ym_diag sd = {0};
     ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
+    const char *what = r->chat ? "messages" : "prompt";
+    r->on_output = on_output; /* the transport calls these for the job's output */
+    r->on_ping = on_ping;
     if (ids->n == 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, "prompt",
-                              "the prompt has no tokens");
+        ym_hreq_respond_error(r, YM_EINVAL, what, "the prompt has no tokens");
         goto fail;
     }
     if (ids->n > srv->conf.max_prompt_tokens) {
-        ym_hreq_respond_error(r, YM_EPROMPT, "prompt",
+        ym_hreq_respond_error(r, YM_EPROMPT, what,
                               "the prompt has %zu tokens; this server allows at most %llu", ids->n,
                               (unsigned long long)srv->conf.max_prompt_tokens);
         goto fail;
@@ -335,6 +361,10 @@ static void submit_job(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *
     r->tokens_as_ids = q->tokens_as_ids;
     ym_hreq_track(r);
     if (q->stream) {
+        if (r->chat) /* the role comes first, in a chunk of its own (as OpenAI sends it) */
+            sse_event(r, ym__chat_chunk(r, json_pack("{s:s,s:s}", "role", "assistant",
+                                                     "content", ""),
+                                        NULL, NULL));
         if (r->echo) {
             json_t *obj = completion_object(
                 r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
@@ -367,12 +397,13 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
         if (r->client_gone)
             ym_hreq_respond_error(r, YM_ECANCELED, NULL, "the client went away");
         else if (status != 0 || job->err != YM_OK)
-            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO, "prompt",
+            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO,
+                                  r->chat ? "messages" : "prompt",
                                   "cannot tokenize the prompt: %s",
                                   ym_strerror(job->err ? job->err : YM_EIO));
         else
-            submit_job(r, &job->q, &job->ids, job->adapter);
-        job->adapter = NULL; /* submit_job took it */
+            ym__gen_submit(r, &job->q, &job->ids, job->adapter);
+        job->adapter = NULL; /* ym__gen_submit took it */
         if (ym_hreq_answered(r))
             ym_hreq_resume(r);
         if (r->gen == NULL)
@@ -383,13 +414,76 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     ym_ids_deinit(&job->ids);
     ym_creq_deinit(&job->q);
     json_decref(job->root);
+    free(job->text);
     free(job);
     ym_hreq_unref(r);
 }
 
+ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter_t *adapter,
+                               char *text, ym_diag *diag)
+{
+    ym_err err = YM_OK;
+    ym_ids ids = {0};
+    if (q->prompt_len > TOKENIZE_INLINE_BYTES) {
+        ym_tok_job *job = calloc(1, sizeof(*job));
+        if (job == NULL) {
+            err = ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
+            goto out;
+        }
+        job->r = r;
+        job->adapter = adapter;
+        adapter = NULL;
+        job->q = *q; /* the strings stay valid: root and text move along */
+        job->root = *root;
+        job->text = text;
+        job->work.data = job;
+        memset(q, 0, sizeof(*q));
+        *root = NULL;
+        text = NULL;
+        r->refs++;
+        r->tok_job = job;
+        ym_hreq_track(r); /* drain waits for it; a stop resumes it */
+        ym_hreq_suspend(r);
+        uv_queue_work(r->srv->loop, &job->work, tok_work, tok_after);
+        goto out;
+    }
+    if ((err = ym_tok_encode(r->srv->tok, q->prompt, q->prompt_len, &ids)) != YM_OK) {
+        ym_diag_param(diag, err, r->chat ? "messages" : "prompt", "cannot tokenize the prompt: %s",
+                      ym_strerror(err));
+        goto out;
+    }
+    ym__gen_submit(r, q, &ids, adapter);
+    adapter = NULL;
+out:
+    ym_adapter_unref(adapter);
+    ym_ids_deinit(&ids);
+    free(text);
+    return err;
+}
+
+ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag)
+{
+    /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
+     * (ids no tokenizer makes, nor /v1/detokenize takes). */
+    ym_server_t *srv = r->srv;
+    int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
+                                                                       : srv->model->cfg.n_vocab;
+    for (size_t i = 0; i < q->n_prompt_ids; i++)
+        if (q->prompt_ids[i] >= n_vocab)
+            return ym_diag_param(diag, YM_EINVAL, "prompt",
+                                 "prompt[%zu] = %d is not a token id (vocabulary size %d)", i,
+                                 q->prompt_ids[i], n_vocab);
+    for (int i = 0; i < q->sampling.n_logit_bias; i++)
+        if (q->sampling.logit_bias[i].id >= n_vocab)
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias: %d is not a token id (vocabulary size %d)",
+                                 (int)q->sampling.logit_bias[i].id, n_vocab);
+    return YM_OK;
+}
+
 /* The session: the body's session_id or the X-Session-Id header (which a load balancer can
  * hash on to pin a conversation to a replica); both present must agree. 0 or -1 (answered). */
-static int take_session_id(ym_hreq *r, const ym_creq *q)
+int ym__gen_take_session(ym_hreq *r, const ym_creq *q)
 {
     const char *h = ym_hreq_header(r, "X-Session-Id");
     if (h != NULL) {
@@ -449,7 +543,7 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
         return err;
-    if (take_session_id(r, &q) != 0)
+    if (ym__gen_take_session(r, &q) != 0)
         goto out;
     if ((err = ym_adapters_resolve(r, q.model, q.adapters, &adapter, diag)) != YM_OK)
         goto out;
@@ -460,48 +554,17 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
                             "echo together with logprobs is not supported");
         goto out;
     }
-    /* The vocabulary is the tokenizer's: the embedding may have padding rows beyond it
-     * (ids no tokenizer makes, nor /v1/detokenize takes). */
-    int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
-                                                                       : srv->model->cfg.n_vocab;
+    if ((err = ym__gen_check_vocab(r, &q, diag)) != YM_OK)
+        goto out;
     if (q.prompt_ids != NULL) {
-        for (size_t i = 0; i < q.n_prompt_ids; i++) {
-            if (q.prompt_ids[i] >= n_vocab) {
-                err = ym_diag_param(diag, YM_EINVAL, "prompt",
-                                    "prompt[%zu] = %d is not a token id (vocabulary size %d)",
-                                    i, q.prompt_ids[i], n_vocab);
-                goto out;
-            }
-        }
         ids.v = q.prompt_ids;
         ids.n = ids.cap = q.n_prompt_ids;
         q.prompt_ids = NULL; /* moved */
-    } else if (q.prompt_len > TOKENIZE_INLINE_BYTES) {
-        ym_tok_job *job = calloc(1, sizeof(*job));
-        if (job == NULL) {
-            err = ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
-            goto out;
-        }
-        job->r = r;
-        job->adapter = adapter;
+        ym__gen_submit(r, &q, &ids, adapter);
         adapter = NULL;
-        job->q = q; /* the strings stay valid: root moves along */
-        job->root = root;
-        job->work.data = job;
-        memset(&q, 0, sizeof(q));
-        root = NULL;
-        r->refs++;
-        r->tok_job = job;
-        ym_hreq_track(r); /* drain waits for it; a stop resumes it */
-        ym_hreq_suspend(r);
-        uv_queue_work(srv->loop, &job->work, tok_work, tok_after);
-        goto out;
-    } else if ((err = ym_tok_encode(srv->tok, q.prompt, q.prompt_len, &ids)) != YM_OK) {
-        ym_diag_param(diag, err, "prompt", "cannot tokenize the prompt: %s",
-                      ym_strerror(err));
         goto out;
     }
-    submit_job(r, &q, &ids, adapter);
+    err = ym__gen_tokenize_submit(r, &q, &root, adapter, NULL, diag);
     adapter = NULL;
 out:
     ym_adapter_unref(adapter);

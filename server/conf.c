@@ -49,6 +49,9 @@ static const ym_conf_def defs[] = {
       "model directory (config.json, *.safetensors, tokenizer.json)"),
     S("weights", "YUNMIN_WEIGHTS", weights, "auto", "auto|f32|bf16|int8", 0,
       "type the model's matrices are served in; auto = the checkpoint's own (BF16 stays bf16)"),
+    S("chat_template", "YUNMIN_CHAT_TEMPLATE", chat_template, "", NULL, 0,
+      "Jinja2 chat template file for /v1/chat/completions, instead of the model's own "
+      "(chat_template.jinja or tokenizer_config.json); \"\" = the model's"),
     S("served_model_name", "YUNMIN_SERVED_MODEL_NAME", served_model_name, "", NULL, 0,
       "the model id clients use; default: the model directory's name"),
     S("host", "YUNMIN_HOST", host, "127.0.0.1", NULL, 0,

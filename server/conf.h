@@ -15,6 +15,7 @@ typedef struct ym_conf {
     char *config;             /* owned; the JSON file read, or NULL */
     char *model;              /* owned; model directory */
     char *served_model_name;  /* owned; "" = the model directory's base name */
+    char *chat_template;      /* owned; a Jinja2 chat template file overriding the model's, or "" */
     char *host;               /* owned */
     uint64_t port;
     uint64_t threads;         /* engine threads, 0 = one per core */

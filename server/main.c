@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "engine/blas.h"
+#include "engine/fileio.h"
 #include "engine/log.h"
 #include "engine/pool.h"
 #include "engine/sparse.h"
@@ -45,6 +46,35 @@ static void wake_loop(void *arg) /* engine thread */
     uv_async_send(&srv->ready_async);
 }
 
+/* The chat template, parsed once (libuv pool, with the model): the chat_template setting's file,
+ * else the model directory's. None, or one that does not parse, leaves chat off (chat.c answers
+ * 400) and the rest serving; a chat_template file that cannot be used stops the start, as any
+ * setting naming a bad file does. The token strings come from the model directory. */
+static ym_err load_chat_template(ym_server_t *srv)
+{
+    ym_chat_template_t *own = NULL;
+    ym_diag d = {0};
+    srv->chat_template_err = ym_chat_template_load(srv->conf.model, &own, &srv->chat_template_diag);
+    if (srv->conf.chat_template[0] == '\0') {
+        srv->chat_template = own;
+        return YM_OK;
+    }
+    char *src = NULL;
+    size_t len = 0;
+    ym_err err = ym_read_file(srv->conf.chat_template, 16u << 20, &src, &len, &d);
+    if (err == YM_OK)
+        err = ym_chat_template_new(src, len, own ? ym_chat_template_bos(own) : NULL,
+                                   own ? ym_chat_template_eos(own) : NULL, &srv->chat_template, &d);
+    free(src);
+    ym_chat_template_free(own);
+    if (err != YM_OK) {
+        ym_diag_set(&srv->load_diag, err, "chat_template %s: %s", srv->conf.chat_template, d.msg);
+        return err;
+    }
+    srv->chat_template_err = YM_OK;
+    return YM_OK;
+}
+
 static void load_work(uv_work_t *w) /* libuv pool */
 {
     ym_server_t *srv = w->data;
@@ -56,6 +86,10 @@ static void load_work(uv_work_t *w) /* libuv pool */
         srv->load_err = ym_wtype_parse(srv->conf.weights, &wt, &srv->load_diag);
     if (srv->load_err == YM_OK)
         srv->load_err = ym_model_load_as(srv->conf.model, wt, &srv->model, &srv->load_diag);
+    if (srv->load_err == YM_OK && (srv->load_err = load_chat_template(srv)) != YM_OK) {
+        ym_model_unref(srv->model); /* a failed load leaves no model (after_load stops) */
+        srv->model = NULL;
+    }
     const char *sp_path = srv->conf.sparsity;
     if (strcmp(sp_path, "auto") == 0) {
         snprintf(path, sizeof(path), "%s/yunmin.sparsity.safetensors", srv->conf.model);
@@ -138,6 +172,14 @@ static void after_load(uv_work_t *w, int status)
            srv->conf.threads ? (int)srv->conf.threads : ym_n_cores(), o.max_running,
            o.max_batch_tokens, ym_blas_core(), (unsigned long long)(srv->conf.cache_bytes >> 20),
            ym_server_state_bytes(srv), o.checkpoint_interval);
+    if (srv->chat_template != NULL)
+        ym_log(YM_LOG_INFO, NULL, "chat template %s", srv->conf.chat_template[0]
+                                                          ? srv->conf.chat_template
+                                                          : "of the model directory");
+    else
+        ym_log(YM_LOG_WARN, NULL, "no chat template: /v1/chat/completions answers 400 (%s)",
+               srv->chat_template_diag.msg[0] ? srv->chat_template_diag.msg
+                                               : ym_strerror(srv->chat_template_err));
     if (srv->sparsity_path[0] != '\0')
         ym_log(YM_LOG_INFO, NULL,
                "serving the sparsity profile %s: %lld of %lld channels kept, %lld live state "
@@ -424,6 +466,7 @@ int main(int argc, char **argv)
     ym_scache_free(srv.cache); /* after the engine: nothing is pinned any more */
     ym_model_unref(srv.model);
     ym_tok_free(srv.tok);
+    ym_chat_template_free(srv.chat_template);
     ym_metrics_free(srv.metrics);
     ym_tenants_free(srv.tenants);
     free(srv.load);

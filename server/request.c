@@ -2,8 +2,9 @@
  *
  * Field rules follow OpenAI's legacy completions API where it has the field (types, ranges,
  * null meaning "default"), vLLM's where it extends it (top_k, min_p, repetition_penalty,
- * ignore_eos). Unknown fields are ignored, as OpenAI-compatible servers do; fields we know but
- * do not support (n > 1, best_of > 1, suffix, logit_bias) are refused so that a client never
+ * ignore_eos); the chat body follows OpenAI's chat completions API. Unknown fields are ignored,
+ * as OpenAI-compatible servers do; fields we know but do not support (n > 1, best_of > 1,
+ * suffix; chat's tools, structured output, non-text parts) are refused so that a client never
  * gets an answer to a different question than it asked. Every error names its field. */
 #include "server/request.h"
 
@@ -181,29 +182,69 @@ static ym_err parse_stop(json_t *root, ym_creq *r, ym_diag *diag)
     return YM_OK;
 }
 
-static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
+static ym_err get_max_tokens(json_t *root, const char *key, const ym_req_limits *lim,
+                             int64_t *dst, ym_diag *diag)
+{
+    json_t *v = get(root, key);
+    if (v == NULL)
+        return YM_OK;
+    if (!json_is_integer(v))
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be an integer", key);
+    json_int_t x = json_integer_value(v);
+    if (x < 0)
+        return ym_diag_param(diag, YM_EINVAL, key, "%s must be >= 0", key);
+    if (x > lim->max_tokens_cap)
+        return ym_diag_param(diag, YM_EINVAL, key, "%s is %lld; this server allows at most %lld",
+                             key, (long long)x, (long long)lim->max_tokens_cap);
+    *dst = x;
+    return YM_OK;
+}
+
+/* OpenAI's logit_bias: {"token id": bias in [-100, 100]}, keys in decimal without leading zeros
+ * (so each id appears once). The ids are checked against the vocabulary later. */
+static ym_err parse_logit_bias(json_t *root, ym_sampling *s, ym_diag *diag)
+{
+    json_t *o = get(root, "logit_bias"), *v;
+    const char *key;
+    if (o == NULL)
+        return YM_OK;
+    if (!json_is_object(o))
+        return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                             "logit_bias must be an object mapping token ids to biases");
+    if (json_object_size(o) > YM_MAX_LOGIT_BIAS)
+        return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                             "logit_bias lists %zu tokens; at most %d", json_object_size(o),
+                             YM_MAX_LOGIT_BIAS);
+    json_object_foreach(o, key, v) {
+        size_t n = strlen(key);
+        int ok = n > 0 && n <= 10 && (key[0] != '0' || n == 1);
+        for (size_t i = 0; ok && i < n; i++)
+            ok = key[i] >= '0' && key[i] <= '9';
+        long long id = ok ? strtoll(key, NULL, 10) : -1;
+        if (!ok || id > INT32_MAX)
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias: \"%.32s\" is not a token id (a non-negative "
+                                 "integer in decimal)", key);
+        if (!json_is_number(v) || !(json_number_value(v) >= -100.0 &&
+                                    json_number_value(v) <= 100.0))
+            return ym_diag_param(diag, YM_EINVAL, "logit_bias",
+                                 "logit_bias[\"%s\"] must be a number in [-100, 100]", key);
+        s->logit_bias[s->n_logit_bias++] =
+            (ym_logit_bias){.id = (int32_t)id, .bias = (float)json_number_value(v)};
+    }
+    return YM_OK;
+}
+
+/* The fields /v1/completions and /v1/chat/completions share: sampling, stop, stream, seed,
+ * adapters, session_id, n and logit_bias. */
+static ym_err parse_shared(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
 {
     ym_err err;
-    if ((err = get_string(root, "model", &r->model, diag)) != YM_OK ||
-        (err = parse_prompt(root, lim, r, diag)) != YM_OK)
-        return err;
-
     json_t *v;
-    if ((v = json_object_get(root, "max_tokens")) != NULL && !json_is_null(v)) {
-        if (!json_is_integer(v))
-            return ym_diag_param(diag, YM_EINVAL, "max_tokens", "max_tokens must be an integer");
-        json_int_t x = json_integer_value(v);
-        if (x < 0)
-            return ym_diag_param(diag, YM_EINVAL, "max_tokens", "max_tokens must be >= 0");
-        if (x > lim->max_tokens_cap)
-            return ym_diag_param(diag, YM_EINVAL, "max_tokens",
-                                 "max_tokens is %lld; this server allows at most %lld",
-                                 (long long)x, (long long)lim->max_tokens_cap);
-        r->max_tokens = x;
-    }
-
+    if ((err = get_string(root, "model", &r->model, diag)) != YM_OK)
+        return err;
     ym_sampling *s = &r->sampling;
-    int64_t top_k = 0, n = 1, best_of = 1, logprobs = -1;
+    int64_t top_k = 0, n = 1;
     if ((err = get_number(root, "temperature", 0, 2, 0, &s->temperature, diag)) != YM_OK ||
         (err = get_number(root, "top_p", 0, 1, 1, &s->top_p, diag)) != YM_OK ||
         (err = get_number(root, "min_p", 0, 1, 0, &s->min_p, diag)) != YM_OK ||
@@ -212,24 +253,14 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
         (err = get_number(root, "repetition_penalty", 0, 100, 1, &s->repetition_penalty, diag)) ||
         (err = get_int(root, "top_k", -1, INT32_MAX, &top_k, diag)) != YM_OK ||
         (err = get_int(root, "n", 1, INT32_MAX, &n, diag)) != YM_OK ||
-        (err = get_int(root, "best_of", 1, INT32_MAX, &best_of, diag)) != YM_OK ||
-        (err = get_int(root, "logprobs", 0, YM_MAX_LOGPROBS, &logprobs, diag)) != YM_OK ||
         (err = get_bool(root, "stream", &r->stream, diag)) != YM_OK ||
-        (err = get_bool(root, "echo", &r->echo, diag)) != YM_OK ||
         (err = get_bool(root, "ignore_eos", &r->ignore_eos, diag)) != YM_OK ||
-        (err = get_bool(root, "return_tokens_as_token_ids", &r->tokens_as_ids, diag)) != YM_OK ||
-        (err = get_bool(root, "session_append", &r->session_append, diag)) != YM_OK ||
         (err = get_string(root, "user", &r->user, diag)) != YM_OK ||
         (err = parse_stop(root, r, diag)) != YM_OK)
         return err;
     s->top_k = (int)top_k;
-    r->logprobs = (int)logprobs;
-    s->n_logprobs = logprobs > 0 ? (int)logprobs : 0;
     if (n != 1)
         return ym_diag_param(diag, YM_EINVAL, "n", "n > 1 is not supported; send n requests");
-    if (best_of != 1)
-        return ym_diag_param(diag, YM_EINVAL, "best_of", "best_of > 1 is not supported");
-
     if ((v = get(root, "seed")) != NULL) {
         if (!json_is_integer(v))
             return ym_diag_param(diag, YM_EINVAL, "seed", "seed must be an integer");
@@ -248,10 +279,8 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
             return err;
         }
     }
-    if ((v = get(root, "suffix")) != NULL && !(json_is_string(v) && json_string_length(v) == 0))
-        return ym_diag_param(diag, YM_EINVAL, "suffix", "suffix is not supported");
-    if ((v = get(root, "logit_bias")) != NULL && !(json_is_object(v) && json_object_size(v) == 0))
-        return ym_diag_param(diag, YM_EINVAL, "logit_bias", "logit_bias is not supported");
+    if ((err = parse_logit_bias(root, s, diag)) != YM_OK)
+        return err;
     if ((v = get(root, "adapters")) != NULL) {
         if (!json_is_array(v) || json_array_size(v) > 16)
             return ym_diag_param(diag, YM_EINVAL, "adapters",
@@ -262,7 +291,7 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
                                      i);
         r->adapters = json_array_size(v) > 0 ? v : NULL;
     }
-    if ((v = get(root, "session_id")) != NULL && !json_is_null(v)) {
+    if ((v = get(root, "session_id")) != NULL) {
         if (!json_is_string(v))
             return ym_diag_param(diag, YM_EINVAL, "session_id", "session_id must be a string");
         size_t max = lim->max_session_id_bytes > 0 ? (size_t)lim->max_session_id_bytes : 256;
@@ -271,7 +300,234 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
             return err;
         r->session_id = json_string_value(v);
     }
+    return YM_OK;
+}
+
+static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
+{
+    ym_err err;
+    if ((err = parse_prompt(root, lim, r, diag)) != YM_OK ||
+        (err = get_max_tokens(root, "max_tokens", lim, &r->max_tokens, diag)) != YM_OK ||
+        (err = parse_shared(root, lim, r, diag)) != YM_OK)
+        return err;
+
+    json_t *v;
+    ym_sampling *s = &r->sampling;
+    int64_t best_of = 1, logprobs = -1;
+    if ((err = get_int(root, "best_of", 1, INT32_MAX, &best_of, diag)) != YM_OK ||
+        (err = get_int(root, "logprobs", 0, YM_MAX_LOGPROBS, &logprobs, diag)) != YM_OK ||
+        (err = get_bool(root, "echo", &r->echo, diag)) != YM_OK ||
+        (err = get_bool(root, "return_tokens_as_token_ids", &r->tokens_as_ids, diag)) != YM_OK ||
+        (err = get_bool(root, "session_append", &r->session_append, diag)) != YM_OK)
+        return err;
+    r->logprobs = (int)logprobs;
+    s->n_logprobs = logprobs > 0 ? (int)logprobs : 0;
+    if (best_of != 1)
+        return ym_diag_param(diag, YM_EINVAL, "best_of", "best_of > 1 is not supported");
+    if ((v = get(root, "suffix")) != NULL && !(json_is_string(v) && json_string_length(v) == 0))
+        return ym_diag_param(diag, YM_EINVAL, "suffix", "suffix is not supported");
     return ym_sampling_validate(s, diag);
+}
+
+/* One message's content: a string, or a list of text parts joined into one string (what the
+ * template sees). Other part types are refused by name. New string in *out. */
+static ym_err chat_content(json_t *c, size_t i, json_t **out, ym_diag *diag)
+{
+    char param[64];
+    snprintf(param, sizeof(param), "messages[%zu].content", i);
+    if (json_is_string(c)) {
+        *out = json_incref(c);
+        return YM_OK;
+    }
+    if (!json_is_array(c))
+        return ym_diag_param(diag, YM_EINVAL, param,
+                             "%s must be a string or a list of text parts", param);
+    size_t total = 0;
+    for (size_t k = 0; k < json_array_size(c); k++) {
+        json_t *part = json_array_get(c, k);
+        const char *type = json_string_value(json_object_get(part, "type"));
+        snprintf(param, sizeof(param), "messages[%zu].content[%zu]", i, k);
+        if (!json_is_object(part) || type == NULL)
+            return ym_diag_param(diag, YM_EINVAL, param,
+                                 "%s must be an object with a \"type\"", param);
+        if (strcmp(type, "text") != 0)
+            return ym_diag_param(diag, YM_EINVAL, param,
+                                 "%s is a part of type \"%.32s\": only text parts are supported",
+                                 param, type);
+        json_t *t = json_object_get(part, "text");
+        if (!json_is_string(t))
+            return ym_diag_param(diag, YM_EINVAL, param, "%s.text must be a string", param);
+        total += json_string_length(t);
+    }
+    char *buf = malloc(total + 1);
+    if (buf == NULL)
+        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+    size_t at = 0;
+    for (size_t k = 0; k < json_array_size(c); k++) {
+        json_t *t = json_object_get(json_array_get(c, k), "text");
+        memcpy(buf + at, json_string_value(t), json_string_length(t));
+        at += json_string_length(t);
+    }
+    *out = json_stringn_nocheck(buf, at);
+    free(buf);
+    return *out ? YM_OK : YM_ENOMEM;
+}
+
+/* messages -> a new array of {"role", "content": string[, "name"]}, checked. */
+static ym_err chat_messages(json_t *root, json_t **out, ym_diag *diag)
+{
+    static const char *const roles[] = {"system", "developer", "user", "assistant"};
+    json_t *m = get(root, "messages");
+    *out = NULL;
+    if (m == NULL)
+        return ym_diag_param(diag, YM_EINVAL, "messages", "messages is required");
+    if (!json_is_array(m) || json_array_size(m) == 0)
+        return ym_diag_param(diag, YM_EINVAL, "messages",
+                             "messages must be a non-empty list of messages");
+    json_t *norm = json_array();
+    if (norm == NULL)
+        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+    ym_err err = YM_OK;
+    char param[64];
+    for (size_t i = 0; i < json_array_size(m); i++) {
+        json_t *msg = json_array_get(m, i), *content = NULL;
+        snprintf(param, sizeof(param), "messages[%zu]", i);
+        if (!json_is_object(msg)) {
+            err = ym_diag_param(diag, YM_EINVAL, param, "%s must be an object", param);
+            goto fail;
+        }
+        const char *role = json_string_value(json_object_get(msg, "role"));
+        snprintf(param, sizeof(param), "messages[%zu].role", i);
+        if (role == NULL) {
+            err = ym_diag_param(diag, YM_EINVAL, param, "%s must be a string", param);
+            goto fail;
+        }
+        int known = 0;
+        for (size_t k = 0; k < sizeof(roles) / sizeof(roles[0]); k++)
+            known |= strcmp(role, roles[k]) == 0;
+        if (!known) {
+            err = ym_diag_param(diag, YM_EINVAL, param,
+                                "%s is \"%.32s\": the roles are system, developer, user and "
+                                "assistant (tools are not supported)", param, role);
+            goto fail;
+        }
+        if (get(msg, "tool_calls") != NULL || get(msg, "function_call") != NULL) {
+            snprintf(param, sizeof(param), "messages[%zu].tool_calls", i);
+            err = ym_diag_param(diag, YM_EINVAL, param, "%s: tool calls are not supported",
+                                param);
+            goto fail;
+        }
+        if (get(msg, "audio") != NULL) {
+            snprintf(param, sizeof(param), "messages[%zu].audio", i);
+            err = ym_diag_param(diag, YM_EINVAL, param, "%s: audio is not supported", param);
+            goto fail;
+        }
+        json_t *c = get(msg, "content");
+        if (c == NULL) {
+            snprintf(param, sizeof(param), "messages[%zu].content", i);
+            err = ym_diag_param(diag, YM_EINVAL, param, "%s is required", param);
+            goto fail;
+        }
+        if ((err = chat_content(c, i, &content, diag)) != YM_OK)
+            goto fail;
+        json_t *o = json_pack("{s:s,s:o}", "role", role, "content", content);
+        json_t *name = get(msg, "name");
+        if (o != NULL && json_is_string(name))
+            json_object_set(o, "name", name);
+        if (o == NULL || json_array_append_new(norm, o) != 0) {
+            err = ym_diag_set(diag, YM_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    *out = norm;
+    return YM_OK;
+fail:
+    json_decref(norm);
+    return err;
+}
+
+/* Fields of OpenAI's chat API that ask for what yunmin does not do: refused by name. */
+static ym_err chat_refusals(json_t *root, ym_diag *diag)
+{
+    json_t *v;
+    if ((v = get(root, "tools")) != NULL && !(json_is_array(v) && json_array_size(v) == 0))
+        return ym_diag_param(diag, YM_EINVAL, "tools", "tools are not supported");
+    if ((v = get(root, "tool_choice")) != NULL &&
+        !(json_is_string(v) && strcmp(json_string_value(v), "none") == 0))
+        return ym_diag_param(diag, YM_EINVAL, "tool_choice",
+                             "tool_choice is not supported (tools are not)");
+    if (get(root, "functions") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "functions", "functions are not supported");
+    if (get(root, "function_call") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "function_call", "function_call is not supported");
+    if ((v = get(root, "response_format")) != NULL) {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        if (!json_is_object(v) || type == NULL || strcmp(type, "text") != 0)
+            return ym_diag_param(diag, YM_EINVAL, "response_format",
+                                 "response_format: only {\"type\": \"text\"} is supported");
+    }
+    if (get(root, "audio") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "audio", "audio output is not supported");
+    if ((v = get(root, "modalities")) != NULL) {
+        for (size_t i = 0; json_is_array(v) && i < json_array_size(v); i++) {
+            const char *m = json_string_value(json_array_get(v, i));
+            if (m == NULL || strcmp(m, "text") != 0)
+                return ym_diag_param(diag, YM_EINVAL, "modalities",
+                                     "modalities: only \"text\" is supported");
+        }
+        if (!json_is_array(v))
+            return ym_diag_param(diag, YM_EINVAL, "modalities",
+                                 "modalities must be a list of strings");
+    }
+    if (get(root, "prediction") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "prediction", "prediction is not supported");
+    if (get(root, "session_append") != NULL)
+        return ym_diag_param(diag, YM_EINVAL, "session_append",
+                             "session_append is for /v1/completions; a chat with session_id "
+                             "resumes from the session by itself");
+    return YM_OK;
+}
+
+static ym_err parse_chat(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
+{
+    ym_err err;
+    int64_t top_logprobs = -1;
+    int logprobs = 0;
+    if ((err = chat_messages(root, &r->messages, diag)) != YM_OK ||
+        (err = chat_refusals(root, diag)) != YM_OK ||
+        (err = get_max_tokens(root, "max_tokens", lim, &r->max_tokens, diag)) != YM_OK ||
+        (err = get_max_tokens(root, "max_completion_tokens", lim, &r->max_tokens, diag)) ||
+        (err = parse_shared(root, lim, r, diag)) != YM_OK ||
+        (err = get_bool(root, "logprobs", &logprobs, diag)) != YM_OK ||
+        (err = get_int(root, "top_logprobs", 0, YM_MAX_LOGPROBS, &top_logprobs, diag)) != YM_OK)
+        return err;
+    if (top_logprobs >= 0 && !logprobs)
+        return ym_diag_param(diag, YM_EINVAL, "top_logprobs",
+                             "top_logprobs needs logprobs set to true");
+    r->logprobs = logprobs ? (top_logprobs > 0 ? (int)top_logprobs : 0) : -1;
+    r->sampling.n_logprobs = r->logprobs > 0 ? r->logprobs : 0;
+    return ym_sampling_validate(&r->sampling, diag);
+}
+
+ym_err ym_chatreq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
+                        json_t **root, ym_diag *diag)
+{
+    memset(out, 0, sizeof(*out));
+    out->sampling = ym_sampling_default();
+    out->max_tokens = lim->default_max_tokens;
+    out->logprobs = -1;
+    *root = NULL;
+    ym_err err = YM_OK;
+    json_t *doc = load_object(body, len, diag, &err);
+    if (doc == NULL)
+        return err;
+    if ((err = parse_chat(doc, lim, out, diag)) != YM_OK) {
+        ym_creq_deinit(out);
+        json_decref(doc);
+        return err;
+    }
+    *root = doc;
+    return YM_OK;
 }
 
 ym_err ym_session_id_check(const char *id, size_t len, size_t max, ym_diag *diag)
@@ -317,6 +573,8 @@ void ym_creq_deinit(ym_creq *r)
         return;
     free(r->prompt_ids);
     r->prompt_ids = NULL;
+    json_decref(r->messages);
+    r->messages = NULL;
     r->n_prompt_ids = 0;
 }
 

@@ -45,6 +45,8 @@ typedef struct ym_creq {
     json_t *adapters;           /* borrowed; array of adapter names to compose, or NULL */
     const char *session_id;     /* borrowed; or NULL */
     int session_append;         /* the prompt is only what follows the session's history */
+    json_t *messages;           /* owned (chat): [{"role", "content": string[, "name"]}], each
+                                 * content's text parts joined; NULL for completions */
 } ym_creq;
 
 /* A session id is 1..max bytes of [A-Za-z0-9] and -._~:@+= (usable in a URL path as is).
@@ -54,7 +56,11 @@ ym_err ym_session_id_check(const char *id, size_t len, size_t max, ym_diag *diag
 /* POST /v1/completions. On success *root holds the document (new reference). */
 ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
                      json_t **root, ym_diag *diag);
-void ym_creq_deinit(ym_creq *r); /* frees prompt_ids; NULL-safe */
+/* POST /v1/chat/completions: the same result, with messages instead of a prompt (prompt and
+ * prompt_ids NULL); logprobs is top_logprobs (0 without it) when logprobs is true, else -1. */
+ym_err ym_chatreq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
+                        json_t **root, ym_diag *diag);
+void ym_creq_deinit(ym_creq *r); /* frees prompt_ids and messages; NULL-safe */
 
 /* POST /v1/tokenize: {"prompt": "text", "model"?} -> borrowed text in *text, its length in *text_len. */
 ym_err ym_tokreq_parse(const char *body, size_t len, const char **text, size_t *text_len,

@@ -2,7 +2,7 @@
  * it needs and its body limit (docs/API.md describes each route).
  *
  * Owns: the table (static, read-only). Runs: read by the loop thread. Must not: hold logic; a
- * route's behaviour lives in the file named for its resource (completions.c, models.c,
+ * route's behaviour lives in the file named for its resource (completions.c, chat.c, models.c,
  * tokens.c, adapters.c, sessions.c, probes.c). main.c hands the table to the transport. */
 #include "server/server.h"
 
@@ -10,6 +10,8 @@ const ym_route ym_routes[] = {
     /* method, pattern, key needed, body; handler [, body hooks of a streamed body] */
     {"POST", "/v1/completions", YM_AUTH_TENANT, YM_BODY_REQUEST,
      ym_completions_create, NULL, NULL, NULL},
+    {"POST", "/v1/chat/completions", YM_AUTH_TENANT, YM_BODY_REQUEST,
+     ym_chat_create, NULL, NULL, NULL},
     {"GET", "/v1/models", YM_AUTH_TENANT, YM_BODY_REQUEST,
      ym_models_get, NULL, NULL, NULL},
     {"GET", "/v1/models/{id}", YM_AUTH_TENANT, YM_BODY_REQUEST,

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "engine/buf.h"
+#include "engine/chat_template.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "server/conf.h"
@@ -68,8 +69,9 @@ typedef struct ym_hreq {
     uint64_t drain_max;           /* body bytes read and dropped at most to deliver it */
     const char *allow;            /* methods of the route (static), for Allow on 405/OPTIONS */
 
-    /* Generation (POST /v1/completions). */
+    /* Generation (POST /v1/completions and /v1/chat/completions). */
     ym_gen *gen;                  /* ref, or NULL */
+    int chat;                     /* answer in the chat.completion forms (chat.c) */
     int include_usage, echo, logprobs, tokens_as_ids;
     char *echo_text;              /* owned: the prompt text for echo */
     size_t echo_len;
@@ -121,6 +123,10 @@ struct ym_server {
     ym_metrics_t *metrics;        /* owned */
     ym_model_t *model;            /* ref, NULL while loading */
     ym_tok_t *tok;                /* owned */
+    ym_chat_template_t *chat_template; /* owned: parsed at load (or the chat_template setting),
+                                        * NULL when the model has none that parses */
+    ym_err chat_template_err;     /* why chat_template is NULL: YM_ENOENT none, else broken */
+    ym_diag chat_template_diag;   /* and the detail, for the log (it names files) */
     ym_sched_t *sched;            /* owned */
     ym_scache_t *cache;           /* owned: sessions and prefix checkpoints (statecache.h) */
     unsigned char model_fp[32];   /* ym_model_fingerprint of the model (session export) */
@@ -207,6 +213,25 @@ extern const size_t ym_n_routes;
  * YM_OK when it answered (or its work will), else the error with diag (router.h). */
 /* completions.c */
 ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
+/* What chat.c shares with it: the session of a request (0, or -1: answered), the check of a
+ * token-id list against the vocabulary, and the submission of the job with its ids (takes
+ * ids->v and adapter over; answers itself on failure). */
+int ym__gen_take_session(ym_hreq *r, const ym_creq *q);
+ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag);
+void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter);
+/* Tokenize q's text prompt (on the libuv pool when long) and submit. Takes over q's contents,
+ * *root, adapter and text (the prompt's bytes when not in *root, or NULL). YM_OK when answered
+ * or under way, else the error with diag. */
+ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter_t *adapter,
+                               char *text, ym_diag *diag);
+/* chat.c */
+ym_err ym_chat_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
+/* The chat forms of the output, for completions.c's output paths (new references). delta:
+ * a delta object for a chunk (NULL: a choice-less chunk); message text for a whole answer. */
+json_t *ym__chat_chunk(ym_hreq *r, json_t *delta, json_t *logprobs, const char *finish);
+json_t *ym__chat_completion(ym_hreq *r, json_t *text, json_t *logprobs, const char *finish);
+json_t *ym__chat_logprobs(ym_hreq *r, const ym_gen_tok *toks, const ym_logprob *tops, int n,
+                          int n_top);
 /* models.c */
 ym_err ym_models_get(ym_hreq *r, const ym_match *m, ym_diag *diag); /* the list, or {id} */
 /* The model a request names (NULL: the served one) exists: YM_OK, or YM_ENOMODEL. */

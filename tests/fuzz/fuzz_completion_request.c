@@ -1,5 +1,5 @@
 /* tests/fuzz/fuzz_completion_request.c - arbitrary bytes as a /v1/completions body (and as
- * /v1/tokenize and /v1/detokenize bodies).
+ * /v1/chat/completions, /v1/tokenize and /v1/detokenize bodies).
  *
  * Must never crash or leak; an accepted request satisfies every bound the server relies on,
  * and a refused one carries a message. */
@@ -33,6 +33,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(root);
     } else {
         YM_ASSERT(root == NULL && diag.msg[0] != '\0');
+    }
+
+    if (ym_chatreq_parse((const char *)data, size, &lim, &q, &root, &diag) == YM_OK) {
+        YM_ASSERT(root != NULL && q.prompt == NULL && q.prompt_ids == NULL);
+        YM_ASSERT(json_is_array(q.messages) && json_array_size(q.messages) > 0);
+        for (size_t i = 0; i < json_array_size(q.messages); i++) {
+            json_t *m = json_array_get(q.messages, i);
+            YM_ASSERT(json_is_string(json_object_get(m, "role")));
+            YM_ASSERT(json_is_string(json_object_get(m, "content")));
+        }
+        YM_ASSERT(q.max_tokens >= 0 && q.max_tokens <= 4096);
+        YM_ASSERT(q.logprobs >= -1 && q.logprobs <= YM_MAX_LOGPROBS);
+        YM_ASSERT(ym_sampling_validate(&q.sampling, NULL) == YM_OK);
+        ym_creq_deinit(&q);
+        json_decref(root);
+    } else {
+        YM_ASSERT(root == NULL && q.messages == NULL);
     }
 
     const char *text, *model;

@@ -342,7 +342,7 @@ class Completions(unittest.TestCase):
             (json.dumps({"prompt": "x", "stop": ["a"] * 17}), 400, "stop"),
             (json.dumps({"prompt": "x", "logprobs": 21}), 400, "logprobs"),
             (json.dumps({"prompt": "x", "seed": "s"}), 400, "seed"),
-            (json.dumps({"prompt": "x", "logit_bias": {"5": 1}}), 400, "logit_bias"),
+            (json.dumps({"prompt": "x", "logit_bias": {"5": 101}}), 400, "logit_bias"),
             (json.dumps({"prompt": "x", "suffix": "y"}), 400, "suffix"),
             (json.dumps({"prompt": "x", "echo": True, "logprobs": 1}), 400, "echo"),
             (json.dumps({"prompt": "x", "model": "gpt-4"}), 404, "model"),
@@ -491,6 +491,369 @@ class Completions(unittest.TestCase):
                                             "temperature": 0}).json()
         self.assertGreater(r["usage"]["prompt_tokens"], 128)  # more than one prefill chunk
         self.assertEqual(r["choices"][0]["text"], want)
+
+
+def jinja_render(template, messages, add_generation_prompt=True, **tokens):
+    """The prompt Jinja2 makes of messages, set up as transformers sets it up (the reference for
+    the server's C renderer)."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise jinja2.exceptions.TemplateError(msg)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages,
+                                            add_generation_prompt=add_generation_prompt,
+                                            **tokens)
+
+
+def chat_stream(daemon, body):
+    """POST a streaming chat completion; returns (text, chunks, usage)."""
+    body = dict(body, stream=True)
+    r = requests.post(daemon.url + "/v1/chat/completions", json=body, stream=True, timeout=T)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    text, chunks, usage, done = "", [], None, False
+    for line in r.iter_lines(decode_unicode=False):
+        line = line.decode("utf-8")
+        if not line.startswith("data: "):
+            continue
+        assert not done, "event after [DONE]"
+        if line[6:] == "[DONE]":
+            done = True
+            continue
+        obj = json.loads(line[6:])
+        chunks.append(obj)
+        if obj["choices"]:
+            text += obj["choices"][0]["delta"].get("content", "")
+        elif obj.get("usage"):
+            usage = obj["usage"]
+    assert done, "stream ended without [DONE]"
+    return text, chunks, usage
+
+
+class Chat(unittest.TestCase):
+    """POST /v1/chat/completions. The reference for every answer is the prompt Jinja2 renders
+    from the model's own template (as transformers renders it) run by `yunmin generate`, or by
+    /v1/completions where a server feature (sessions, streaming) is what is compared."""
+
+    CONV = [{"role": "system", "content": "A street in Verona."},
+            {"role": "user", "content": "Good morrow, fair maid. What is thy name?"}]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon()
+        cls.template = read_text("models/shakespeare-mamba/chat_template.jinja")
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        if rc != 0:
+            print(cls.d.log(), file=sys.stderr)
+        assert rc == 0, "yunmind exit status %r after SIGTERM" % rc
+
+    def chat(self, body, d=None):
+        r = (d or self.d).post("/v1/chat/completions", body)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_plain_equals_rendered_prompt(self):
+        convs = [self.CONV,
+                 [{"role": "developer", "content": "Enter ROMEO and JULIET."},
+                  {"role": "user", "content": [{"type": "text", "text": "O, "},
+                                               {"type": "text", "text": "speak again, \"bright\" {angel}!"}]},
+                  {"role": "assistant", "content": "Ay me! ü"},
+                  {"role": "user", "content": "She speaks."}]]
+        for conv in convs:
+            ref_msgs = [dict(m, content="".join(p["text"] for p in m["content"]))
+                        if isinstance(m["content"], list) else m for m in conv]
+            prompt = jinja_render(self.template, ref_msgs)
+            want = generate(prompt, 24, "--temperature", "0")
+            obj = self.chat({"model": "shakespeare-mamba", "messages": conv, "max_tokens": 24,
+                             "temperature": 0})
+            self.assertEqual(obj["object"], "chat.completion")
+            self.assertTrue(obj["id"].startswith("chatcmpl-"), obj["id"])
+            self.assertEqual(obj["model"], "shakespeare-mamba")
+            self.assertEqual(len(obj["choices"]), 1)
+            ch = obj["choices"][0]
+            self.assertEqual(ch["index"], 0)
+            self.assertEqual(ch["message"], {"role": "assistant", "content": want})
+            self.assertIsNone(ch["logprobs"])
+            self.assertIn(ch["finish_reason"], ("stop", "length"))
+            tokens = self.d.post("/v1/tokenize", {"prompt": prompt}).json()["count"]
+            u = obj["usage"]
+            self.assertEqual(u["prompt_tokens"], tokens)
+            self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+
+    def test_fields_as_completions(self):
+        """Sampling fields, stop, max_completion_tokens and seed: the same answer as
+        /v1/completions with the rendered prompt and the same fields."""
+        prompt = jinja_render(self.template, self.CONV)
+        common = {"temperature": 0.8, "top_p": 0.9, "top_k": 30, "seed": 77,
+                  "presence_penalty": 0.5, "frequency_penalty": 0.3, "stop": ["\n\n"]}
+        want = self.d.post("/v1/completions", dict(common, prompt=prompt, max_tokens=40)).json()
+        got = self.chat(dict(common, messages=self.CONV, max_completion_tokens=40))
+        self.assertEqual(got["choices"][0]["message"]["content"], want["choices"][0]["text"])
+        self.assertEqual(got["choices"][0]["finish_reason"], want["choices"][0]["finish_reason"])
+        self.assertEqual(got["usage"], want["usage"])
+        # max_completion_tokens wins over max_tokens (OpenAI deprecates the latter for it)
+        got = self.chat({"messages": self.CONV, "max_tokens": 30, "max_completion_tokens": 3,
+                         "temperature": 0})
+        self.assertEqual(got["usage"]["completion_tokens"], 3)
+        self.assertEqual(got["choices"][0]["finish_reason"], "length")
+
+    def test_stream_chunks(self):
+        body = {"messages": self.CONV, "max_tokens": 20, "temperature": 0,
+                "stream_options": {"include_usage": True}}
+        plain = self.chat({"messages": self.CONV, "max_tokens": 20, "temperature": 0})
+        text, chunks, usage = chat_stream(self.d, body)
+        self.assertEqual(text, plain["choices"][0]["message"]["content"])
+        self.assertEqual(usage, plain["usage"])
+        ids = {c["id"] for c in chunks}
+        self.assertEqual(len(ids), 1)
+        self.assertTrue(ids.pop().startswith("chatcmpl-"))
+        for c in chunks:
+            self.assertEqual(c["object"], "chat.completion.chunk")
+            self.assertIn("usage", c)
+        # role first, alone; then content; then finish_reason with an empty delta; then usage
+        self.assertEqual(chunks[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        self.assertIsNone(chunks[0]["choices"][0]["finish_reason"])
+        last = chunks[-2]["choices"][0]
+        self.assertEqual(last["delta"], {})
+        self.assertEqual(last["finish_reason"], plain["choices"][0]["finish_reason"])
+        for c in chunks[1:-2]:
+            self.assertEqual(list(c["choices"][0]["delta"]), ["content"])
+            self.assertIsNone(c["choices"][0]["finish_reason"])
+        self.assertEqual(chunks[-1]["choices"], [])
+        # without include_usage: no usage anywhere
+        text2, chunks2, usage2 = chat_stream(self.d, {"messages": self.CONV, "max_tokens": 20,
+                                                      "temperature": 0})
+        self.assertEqual(text2, text)
+        self.assertIsNone(usage2)
+        self.assertTrue(all("usage" not in c for c in chunks2))
+
+    def test_logprobs_chat_form(self):
+        prompt = jinja_render(self.template, self.CONV)
+        ref = self.d.post("/v1/completions", {"prompt": prompt, "max_tokens": 6, "temperature": 0,
+                                              "logprobs": 2}).json()["choices"][0]["logprobs"]
+        obj = self.chat({"messages": self.CONV, "max_tokens": 6, "temperature": 0,
+                         "logprobs": True, "top_logprobs": 2})
+        content = obj["choices"][0]["logprobs"]["content"]
+        self.assertEqual([c["token"] for c in content], ref["tokens"])
+        for c, lp, top in zip(content, ref["token_logprobs"], ref["top_logprobs"]):
+            self.assertAlmostEqual(c["logprob"], lp, places=5)
+            self.assertEqual(bytes(c["bytes"]).decode("utf-8", "replace"), c["token"])
+            self.assertEqual(len(c["top_logprobs"]), 2)
+            self.assertEqual({t["token"]: round(t["logprob"], 5) for t in c["top_logprobs"]},
+                             {k: round(v, 5) for k, v in top.items()
+                              if k in {t["token"] for t in c["top_logprobs"]}})
+        obj = self.chat({"messages": self.CONV, "max_tokens": 3, "temperature": 0,
+                         "logprobs": True})
+        self.assertTrue(all(c["top_logprobs"] == []
+                            for c in obj["choices"][0]["logprobs"]["content"]))
+
+    def test_session_resumes(self):
+        """A conversation with session_id: the second turn resumes from the first turn's state
+        (cached_tokens > 0) and answers what a cold run of the whole conversation answers."""
+        sid = "chat-conv-1"
+        body = {"max_tokens": 30, "temperature": 0, "stop": ["\n\n"], "session_id": sid}
+        conv = [{"role": "user", "content": "Good morrow, fair maid."}]
+        first = self.chat(dict(body, messages=conv))
+        self.assertEqual(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        answer = first["choices"][0]["message"]["content"]
+        conv = conv + [{"role": "assistant", "content": answer},
+                       {"role": "user", "content": "What art thou?"}]
+        second = self.chat(dict(body, messages=conv))
+        cold = self.chat({"max_tokens": 30, "temperature": 0, "stop": ["\n\n"],
+                          "messages": conv})
+        self.assertGreater(second["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(cold["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(second["choices"][0]["message"], cold["choices"][0]["message"])
+        self.assertEqual(second["usage"]["prompt_tokens"], cold["usage"]["prompt_tokens"])
+        self.assertEqual(requests.get(self.d.url + "/v1/sessions/" + sid, timeout=T).status_code,
+                         200)
+
+    def test_long_conversation_tokenized_off_the_loop(self):
+        """A rendered prompt over 32 KiB is tokenized on the libuv pool: same answer as
+        /v1/completions with Jinja2's rendering, and a client's own X-Request-Id names it."""
+        long = read_text("data/tinyshakespeare.txt")[:40000]
+        conv = [{"role": "system", "content": long[:20000]},
+                {"role": "user", "content": long[20000:]}]
+        prompt = jinja_render(self.template, conv)
+        self.assertGreater(len(prompt.encode()), 32 * 1024)
+        want = self.d.post("/v1/completions", {"prompt": prompt, "max_tokens": 8,
+                                               "temperature": 0}).json()
+        r = self.d.post("/v1/chat/completions", {"messages": conv, "max_tokens": 8,
+                                                 "temperature": 0},
+                        headers={"X-Request-Id": "my-chat.1"})
+        self.assertEqual(r.status_code, 200, r.text)
+        obj = r.json()
+        self.assertEqual(obj["id"], "chatcmpl-my-chat.1")
+        self.assertEqual(r.headers["X-Request-Id"], "my-chat.1")
+        self.assertEqual(obj["choices"][0]["message"]["content"], want["choices"][0]["text"])
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            self.assertEqual(obj["usage"][k], want["usage"][k])
+        # the same prompt: the chat resumed from the completion's prefix checkpoints
+        self.assertGreater(obj["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+
+    def test_logit_bias(self):
+        """+100 makes a token the only choice, -100 bans it (OpenAI's semantics), in
+        completions and chat; ids outside the tokenizer's vocabulary are refused."""
+        the = self.d.post("/v1/tokenize", {"prompt": " the"}).json()["tokens"]
+        self.assertEqual(len(the), 1)
+        the = the[0]
+        base = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0, "logprobs": 0,
+                "return_tokens_as_token_ids": True}
+        forced = self.d.post("/v1/completions",
+                             dict(base, logit_bias={str(the): 100})).json()["choices"][0]
+        self.assertEqual(forced["logprobs"]["tokens"], ["token_id:%d" % the] * 12)
+        self.assertEqual(forced["text"], " the" * 12)
+        # the logprob reported is the model's raw one, not the biased one
+        self.assertLess(forced["logprobs"]["token_logprobs"][0], -0.5)
+        plain = self.d.post("/v1/completions", base).json()["choices"][0]["logprobs"]["tokens"]
+        banned = sorted(set(plain))[:3]
+        bias = {t.split(":")[1]: -100 for t in banned}
+        for extra in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
+            got = self.d.post("/v1/completions",
+                              dict(base, logit_bias=bias, **extra)).json()["choices"][0]
+            self.assertTrue(set(got["logprobs"]["tokens"]).isdisjoint(banned),
+                            (banned, got["logprobs"]["tokens"]))
+        self.assertNotEqual(got["logprobs"]["tokens"], plain)
+        # a bias of 0 changes nothing
+        zero = self.d.post("/v1/completions", dict(base, logit_bias={str(the): 0})).json()
+        self.assertEqual(zero["choices"][0]["logprobs"]["tokens"], plain)
+        # chat: the same forcing
+        obj = self.chat({"messages": self.CONV, "max_tokens": 5, "temperature": 0.7, "seed": 3,
+                         "logit_bias": {str(the): 100}})
+        self.assertEqual(obj["choices"][0]["message"]["content"], " the" * 5)
+        # the vocabulary is the tokenizer's: 4099 ids (4096 + 3 added), the embedding has 4104
+        n_vocab = 4099
+        for path, body in (("/v1/completions", {"prompt": "ROMEO:"}),
+                           ("/v1/chat/completions", {"messages": self.CONV})):
+            for lb in ({str(n_vocab): 1}, {"4103": 1}, {"99999999": 1}, {"1": 100.5}, {"x": 1},
+                       {"01": 1}, [1]):
+                r = self.d.post(path, dict(body, logit_bias=lb))
+                self.assertEqual(r.status_code, 400, (path, lb, r.text))
+                self.assertEqual(r.json()["error"]["param"], "logit_bias")
+        r = self.d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 1,
+                                            "logit_bias": {str(n_vocab - 1): -100}})
+        self.assertEqual(r.status_code, 200, r.text)
+
+    def test_refused_fields(self):
+        msgs = [{"role": "user", "content": "hi"}]
+        cases = [
+            ({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}]},
+             "tools"),
+            ({"messages": msgs, "tool_choice": "auto"}, "tool_choice"),
+            ({"messages": msgs, "response_format": {"type": "json_object"}}, "response_format"),
+            ({"messages": msgs, "response_format": {"type": "json_schema",
+                                                    "json_schema": {"name": "x"}}},
+             "response_format"),
+            ({"messages": msgs, "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+            ({"messages": msgs, "modalities": ["text", "audio"]}, "modalities"),
+            ({"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+             "messages[0].content[1]"),
+            ({"messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]},
+             "messages[0].content[0]"),
+            ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
+             "messages[0].role"),
+            ({"messages": []}, "messages"),
+            ({"prompt": "hi"}, "messages"),
+            ({"messages": msgs, "n": 2}, "n"),
+            ({"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
+            ({"messages": msgs, "max_completion_tokens": 10 ** 9}, "max_completion_tokens"),
+            ({"messages": msgs, "temperature": 3}, "temperature"),
+            ({"messages": msgs, "session_append": True}, "session_append"),
+        ]
+        for body, param in cases:
+            r = self.d.post("/v1/chat/completions", body)
+            self.assertEqual(r.status_code, 400, (body, r.text))
+            err = r.json()["error"]
+            self.assertEqual(err["param"], param, err)
+            self.assertEqual(err["type"], "invalid_request_error")
+            self.assertEqual(err["code"], "invalid_request")
+            self.assertIn(param.split("[")[0], err["message"])
+        # the template's own refusal (raise_exception) is a 400 carrying its message
+        r = self.d.post("/v1/chat/completions", {"messages": msgs, "model": "nope"})
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(r.json()["error"]["code"], "model_not_found")
+
+    def test_template_errors_and_override(self):
+        """No template: chat answers 400 naming the model, completions still serve. A
+        chat_template file overrides the model's; one that does not parse stops the start."""
+        tmp = tempfile.mkdtemp()
+        try:
+            bare = os.path.join(tmp, "bare")
+            os.mkdir(bare)
+            for f in ("config.json", "model.safetensors", "tokenizer.json"):
+                os.symlink(os.path.join(MODEL, f), os.path.join(bare, f))
+            tpl = os.path.join(tmp, "override.jinja")
+            with open(tpl, "w") as f:
+                f.write("{% for m in messages %}{{ m.role | upper }}:\n{{ m.content }}\n\n"
+                        "{% endfor %}{% if add_generation_prompt %}JULIET:\n{% endif %}")
+            broken = os.path.join(tmp, "broken.jinja")
+            with open(broken, "w") as f:
+                f.write("{% for m in messages %}{{ m.content }")
+            msgs = [{"role": "user", "content": "Good morrow."}]
+            d = Daemon("--model", bare)
+            try:
+                r = d.post("/v1/chat/completions", {"messages": msgs})
+                self.assertEqual(r.status_code, 400, r.text)
+                err = r.json()["error"]
+                self.assertEqual(err["param"], "model")
+                self.assertIn("no chat template", err["message"])
+                self.assertNotIn(tmp, err["message"])
+                r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 4})
+                self.assertEqual(r.status_code, 200, r.text)
+            finally:
+                self.assertEqual(d.stop(), 0)
+            for how in ("flag", "env"):
+                d = (Daemon("--chat-template", tpl) if how == "flag"
+                     else Daemon(env={"YUNMIN_CHAT_TEMPLATE": tpl}))
+                try:
+                    with open(tpl) as f:
+                        prompt = jinja_render(f.read(), msgs)
+                    self.assertEqual(prompt, "USER:\nGood morrow.\n\nJULIET:\n")
+                    obj = self.chat({"messages": msgs, "max_tokens": 10, "temperature": 0}, d)
+                    self.assertEqual(obj["choices"][0]["message"]["content"],
+                                     generate(prompt, 10, "--temperature", "0"))
+                finally:
+                    self.assertEqual(d.stop(), 0)
+            p = subprocess.run([YUNMIND, "--model", MODEL, "--port", "0", "--chat-template",
+                                broken], capture_output=True, timeout=60)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("chat_template", p.stderr.decode())
+            self.assertIn("line 1", p.stderr.decode())
+        finally:
+            import shutil
+            shutil.rmtree(tmp)
+
+    def test_template_raise_is_400(self):
+        r = self.d.post("/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "hi"},
+                                      {"role": "assistant", "content": "x"}],
+                         "max_tokens": 2})
+        self.assertEqual(r.status_code, 200, r.text)  # any order of the four roles renders
+        with tempfile.NamedTemporaryFile("w", suffix=".jinja", delete=False) as f:
+            f.write("{% if messages[0].role != 'user' %}{{ raise_exception('Conversation "
+                    "roles must start with user') }}{% endif %}{{ messages[0].content }}")
+        d = Daemon("--chat-template", f.name)
+        try:
+            r = d.post("/v1/chat/completions", {"messages": [{"role": "system", "content": "s"}]})
+            self.assertEqual(r.status_code, 400, r.text)
+            err = r.json()["error"]
+            self.assertEqual(err["param"], "messages")
+            self.assertIn("Conversation roles must start with user", err["message"])
+        finally:
+            self.assertEqual(d.stop(), 0)
+            os.unlink(f.name)
 
 
 class Limits(unittest.TestCase):

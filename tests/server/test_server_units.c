@@ -162,6 +162,21 @@ START_TEST(test_creq_full_request)
     ck_assert_int_eq(q.sampling.n_logprobs, 2);
     ck_assert_str_eq(q.session_id, "c-1.a_b~c:d@e+f=g");
     ck_assert_int_eq(q.tokens_as_ids, 1);
+    ck_assert_int_eq(q.sampling.n_logit_bias, 0);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    const char *bias = "{\"prompt\": \"x\", \"logit_bias\": {\"0\": -100, \"42\": 2.5,"
+                       " \"2147483647\": 100}}";
+    ck_assert_int_eq(ym_creq_parse(bias, strlen(bias), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.sampling.n_logit_bias, 3);
+    int seen = 0;
+    for (int i = 0; i < 3; i++) {
+        const ym_logit_bias *b = &q.sampling.logit_bias[i];
+        seen |= (b->id == 0 && b->bias == -100.0f) << 0;
+        seen |= (b->id == 42 && b->bias == 2.5f) << 1;
+        seen |= (b->id == 2147483647 && b->bias == 100.0f) << 2;
+    }
+    ck_assert_int_eq(seen, 7);
     ym_creq_deinit(&q);
     json_decref(root);
 }
@@ -246,7 +261,15 @@ START_TEST(test_creq_rejects_each_bad_field)
          "\"10\",\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]}",
          "stop"},
         {"{\"prompt\": \"x\", \"suffix\": \"s\"}", "suffix"},
-        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": 2}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": 100.5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": -101}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": \"5\"}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"01\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"-1\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1.0\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"4294967296\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"logit_bias\": [1]}", "logit_bias"},
         {"{\"prompt\": \"x\", \"user\": 1}", "user"},
         {"{\"prompt\": \"x\", \"ignore_eos\": 0}", "ignore_eos"},
     };
@@ -261,6 +284,118 @@ START_TEST(test_creq_rejects_each_bad_field)
         ck_assert_msg(d.msg[0] != '\0', "%s: no message", bad[i].json);
         ck_assert_ptr_null(root);
         ck_assert_ptr_null(q.prompt_ids);
+    }
+}
+END_TEST
+
+START_TEST(test_chatreq_messages_and_fields)
+{
+    const char *body =
+        "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": \"s\"},"
+        " {\"role\": \"developer\", \"content\": \"\"},"
+        " {\"role\": \"user\", \"name\": \"n\","
+        " \"content\": [{\"type\": \"text\", \"text\": \"a\"},"
+        " {\"type\": \"text\", \"text\": \"b\\u0000c\"}]},"
+        " {\"role\": \"assistant\", \"content\": \"x\"}],"
+        " \"max_tokens\": 9, \"max_completion_tokens\": 7, \"temperature\": 0, \"seed\": 4,"
+        " \"stop\": \"q\", \"logprobs\": true, \"top_logprobs\": 3, \"stream\": true,"
+        " \"stream_options\": {\"include_usage\": true},"
+        " \"response_format\": {\"type\": \"text\"},"
+        " \"tools\": [], \"tool_choice\": \"none\", \"session_id\": \"s1\"}";
+    ym_creq q;
+    json_t *root;
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_chatreq_parse(body, strlen(body), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_ptr_null(q.prompt);
+    ck_assert_uint_eq(json_array_size(q.messages), 4);
+    json_t *u = json_array_get(q.messages, 2);
+    ck_assert_str_eq(json_string_value(json_object_get(u, "role")), "user");
+    ck_assert_str_eq(json_string_value(json_object_get(u, "name")), "n");
+    json_t *c = json_object_get(u, "content");
+    ck_assert_uint_eq(json_string_length(c), 4); /* "a" + "b\0c": text parts joined */
+    ck_assert_mem_eq(json_string_value(c), "ab\0c", 4);
+    ck_assert_int_eq(q.max_tokens, 7); /* max_completion_tokens wins */
+    ck_assert_int_eq(q.logprobs, 3);
+    ck_assert_int_eq(q.sampling.n_logprobs, 3);
+    ck_assert_int_eq(q.include_usage, 1);
+    ck_assert_str_eq(q.session_id, "s1");
+    ck_assert_int_eq(q.n_stops, 1);
+    ym_creq_deinit(&q);
+    ck_assert_ptr_null(q.messages);
+    json_decref(root);
+    const char *plain = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}],"
+                        " \"logprobs\": true}";
+    ck_assert_int_eq(ym_chatreq_parse(plain, strlen(plain), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.logprobs, 0);
+    ck_assert_int_eq(q.max_tokens, 16);
+    ym_creq_deinit(&q);
+    json_decref(root);
+}
+END_TEST
+
+START_TEST(test_chatreq_rejects_each_bad_field)
+{
+#define U "\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]"
+    static const struct {
+        const char *json, *param;
+    } bad[] = {
+        {"{}", "messages"},
+        {"{\"messages\": []}", "messages"},
+        {"{\"messages\": {}}", "messages"},
+        {"{\"messages\": [1]}", "messages[0]"},
+        {"{\"messages\": [{\"content\": \"x\"}]}", "messages[0].role"},
+        {"{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}", "messages[0].role"},
+        {"{\"messages\": [{\"role\": \"function\", \"content\": \"x\"}]}", "messages[0].role"},
+        {"{\"messages\": [{\"role\": \"user\"}]}", "messages[0].content"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "messages[0].content"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\","
+         " \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": \"u\"}}]}]}",
+         "messages[1].content[0]"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_audio\"}]}]}",
+         "messages[0].content[0]"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"text\": \"a\"}]}]}",
+         "messages[0].content[0]"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}",
+         "messages[0].content[0]"},
+        {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"a\", \"tool_calls\": []}]}",
+         "messages[0].tool_calls"},
+        {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"a\", \"audio\": {}}]}",
+         "messages[0].audio"},
+        {"{" U ", \"tools\": [{\"type\": \"function\"}]}", "tools"},
+        {"{" U ", \"tool_choice\": \"auto\"}", "tool_choice"},
+        {"{" U ", \"functions\": []}", "functions"},
+        {"{" U ", \"function_call\": \"auto\"}", "function_call"},
+        {"{" U ", \"response_format\": {\"type\": \"json_object\"}}", "response_format"},
+        {"{" U ", \"response_format\": \"text\"}", "response_format"},
+        {"{" U ", \"audio\": {\"voice\": \"x\"}}", "audio"},
+        {"{" U ", \"modalities\": [\"text\", \"audio\"]}", "modalities"},
+        {"{" U ", \"prediction\": {}}", "prediction"},
+        {"{" U ", \"session_append\": true}", "session_append"},
+        {"{" U ", \"max_tokens\": 1001}", "max_tokens"},
+        {"{" U ", \"max_completion_tokens\": -1}", "max_completion_tokens"},
+        {"{" U ", \"logprobs\": 2}", "logprobs"},
+        {"{" U ", \"top_logprobs\": 2}", "top_logprobs"},
+        {"{" U ", \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs"},
+        {"{" U ", \"n\": 2}", "n"},
+        {"{" U ", \"logit_bias\": {\"1\": 200}}", "logit_bias"},
+        {"{" U ", \"temperature\": 3}", "temperature"},
+        {"{" U ", \"stop\": [1]}", "stop"},
+        {"{" U ", \"stream_options\": {\"include_usage\": true}}", "stream_options"},
+        {"{" U ", \"session_id\": \"a b\"}", "session_id"},
+        {"{" U ", \"model\": 1}", "model"},
+    };
+#undef U
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ym_creq q;
+        json_t *root = (json_t *)1;
+        ym_diag d = {0};
+        ym_err e = ym_chatreq_parse(bad[i].json, strlen(bad[i].json), &LIM, &q, &root, &d);
+        ck_assert_msg(e == YM_EINVAL, "accepted %s", bad[i].json);
+        ck_assert_msg(strcmp(d.param, bad[i].param) == 0, "%s: param '%s' (%s)", bad[i].json,
+                      d.param, d.msg);
+        ck_assert_msg(d.msg[0] != '\0', "%s: no message", bad[i].json);
+        ck_assert_ptr_null(root);
+        ck_assert_ptr_null(q.messages);
     }
 }
 END_TEST
@@ -1471,6 +1606,8 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_creq_full_request);
     tcase_add_test(tc, test_creq_prompt_forms_and_defaults);
     tcase_add_test(tc, test_creq_rejects_each_bad_field);
+    tcase_add_test(tc, test_chatreq_messages_and_fields);
+    tcase_add_test(tc, test_chatreq_rejects_each_bad_field);
     tcase_add_test(tc, test_tokenize_bodies);
     suite_add_tcase(s, tc);
     tc = tcase_create("metrics");

@@ -588,6 +588,136 @@ START_TEST(test_sampling_presence_penalty_ignores_prompt_tokens)
 }
 END_TEST
 
+/* ---- logit_bias ------------------------------------------------------------------------ */
+
+/* Sampling with a logit_bias equals sampling the same seed without one from logits the test
+ * biased itself (after the penalties of the plain formula), step by step. */
+static void run_bias_case(float temperature, int top_k, float top_p, float freq, uint64_t seed)
+{
+    enum { V = 500, STEPS = 200 };
+    float *base = malloc(sizeof(float) * V), *l = malloc(sizeof(float) * V);
+    float *ref = malloc(sizeof(float) * V);
+    int *count = calloc(V, sizeof(int));
+    fill_random(base, V, 4242 + seed);
+    ym_sampling s = ym_sampling_default(), plain;
+    s.temperature = temperature;
+    s.top_k = top_k;
+    s.top_p = top_p;
+    s.has_seed = 1;
+    s.seed = seed;
+    plain = s;
+    const int32_t ids[] = {0, 17, 123, 250, 499, 77};
+    const float bias[] = {3.5f, -2.25f, 100.0f * (temperature > 0 ? 0.05f : 1.0f), -100.0f,
+                          1.0f, 0.5f};
+    s.n_logit_bias = 6;
+    for (int i = 0; i < 6; i++)
+        s.logit_bias[i] = (ym_logit_bias){ids[i], bias[i]};
+    s.frequency_penalty = freq;
+    ym_sampler_t *a = new_sampler(&s, V);
+    ym_sampler_t *b = new_sampler(&plain, V); /* no penalty either: the test applies both */
+    int differs = 0;
+    for (int step = 0; step < STEPS; step++) {
+        /* The header's formulas, in float as the sampler computes them. */
+        for (int i = 0; i < V; i++)
+            ref[i] = count[i] > 0 ? base[i] - ((float)count[i] * freq + 0.0f) : base[i];
+        for (int i = 0; i < 6; i++)
+            ref[ids[i]] += bias[i];
+        memcpy(l, base, sizeof(float) * V);
+        int32_t got = ym_sampler_sample(a, l, NULL);
+        int32_t want = ym_sampler_sample(b, ref, NULL);
+        ck_assert_msg(got == want, "T %g k %d p %g freq %g step %d: got %d want %d",
+                      (double)temperature, top_k, (double)top_p, (double)freq, step, got, want);
+        ck_assert_int_ne(got, 250); /* -100 */
+        count[got]++;
+        memcpy(l, base, sizeof(float) * V);
+        for (int i = 0; i < V; i++)
+            l[i] = (float)((double)base[i] - count[i] * (double)freq);
+        differs += plain_argmax(l, V) != got;
+    }
+    if (temperature == 0.0f)
+        ck_assert_int_eq(count[123], STEPS); /* +100 at greedy: always */
+    ck_assert_msg(differs > 0, "the bias never mattered: the test proves nothing");
+    ym_sampler_free(a);
+    ym_sampler_free(b);
+    free(base);
+    free(l);
+    free(ref);
+    free(count);
+}
+
+START_TEST(test_sampling_logit_bias_matches_biased_logits)
+{
+    run_bias_case(0.0f, 0, 1.0f, 0.0f, 1);
+    run_bias_case(0.8f, 0, 1.0f, 0.0f, 2);
+    run_bias_case(1.0f, 40, 1.0f, 0.0f, 3);
+    run_bias_case(0.7f, 0, 0.9f, 0.0f, 4);
+    run_bias_case(1.2f, 50, 0.8f, 0.3f, 5);
+}
+END_TEST
+
+START_TEST(test_sampling_logit_bias_bans_and_forces)
+{
+    enum { V = 64, DRAWS = 3000 };
+    float base[V], l[V];
+    fill_random(base, V, 99);
+    base[5] = 6.0f; /* by far the likeliest token */
+    ym_sampling s = ym_sampling_default();
+    s.has_seed = 1;
+    s.seed = 11;
+    s.n_logit_bias = 1;
+    s.logit_bias[0] = (ym_logit_bias){5, -100.0f};
+    ym_sampler_t *sp = new_sampler(&s, V);
+    for (int i = 0; i < DRAWS; i++) {
+        memcpy(l, base, sizeof(l));
+        ck_assert_int_ne(ym_sampler_sample(sp, l, NULL), 5);
+    }
+    ym_sampler_free(sp);
+    s.logit_bias[0] = (ym_logit_bias){40, 100.0f};
+    s.n_logprobs = 2;
+    sp = new_sampler(&s, V);
+    /* The reported logprob is the raw one: log_softmax of the unbiased logits, in double. */
+    double mx = -INFINITY, z = 0.0;
+    for (int i = 0; i < V; i++)
+        mx = base[i] > mx ? base[i] : mx;
+    for (int i = 0; i < V; i++)
+        z += exp((double)base[i] - mx);
+    double want_lp = (double)base[40] - mx - log(z);
+    for (int i = 0; i < 200; i++) {
+        memcpy(l, base, sizeof(l));
+        ym_sample out;
+        ck_assert_int_eq(ym_sampler_sample(sp, l, &out), 40);
+        ck_assert_double_eq_tol(out.logprob, want_lp, 1e-4);
+        ck_assert_int_eq(out.top[0].id, 5); /* the alternatives are raw too */
+    }
+    ym_sampler_free(sp);
+}
+END_TEST
+
+START_TEST(test_sampling_logit_bias_validation)
+{
+    ym_sampling s = ym_sampling_default();
+    s.n_logit_bias = 1;
+    s.logit_bias[0] = (ym_logit_bias){3, 100.5f};
+    expect_invalid(s, "logit_bias");
+    s.logit_bias[0] = (ym_logit_bias){3, NAN};
+    expect_invalid(s, "logit_bias");
+    s.logit_bias[0] = (ym_logit_bias){-1, 1.0f};
+    expect_invalid(s, "logit_bias");
+    s.n_logit_bias = 2;
+    s.logit_bias[0] = (ym_logit_bias){3, 1.0f};
+    s.logit_bias[1] = (ym_logit_bias){3, 2.0f};
+    expect_invalid(s, "logit_bias");
+    s.n_logit_bias = YM_MAX_LOGIT_BIAS + 1;
+    expect_invalid(s, "logit_bias");
+    s.n_logit_bias = 1;
+    s.logit_bias[0] = (ym_logit_bias){10, -100.0f}; /* valid, but not in a vocabulary of 10 */
+    ck_assert_int_eq(ym_sampling_validate(&s, NULL), YM_OK);
+    ym_sampler_t *sp = (ym_sampler_t *)1;
+    ck_assert_int_eq(ym_sampler_new(&s, 10, &sp), YM_EINVAL);
+    ck_assert_ptr_null(sp);
+}
+END_TEST
+
 /* ---- logprobs -------------------------------------------------------------------------- */
 
 START_TEST(test_sampling_logprobs_are_raw_log_softmax)
@@ -695,6 +825,9 @@ Suite *sampling_suite(void)
     tcase_add_test(tc, test_sampling_presence_penalty_ignores_prompt_tokens);
     tcase_add_test(tc, test_sampling_logprobs_are_raw_log_softmax);
     tcase_add_test(tc, test_sampling_greedy_logprob_and_zero_alternatives);
+    tcase_add_test(tc, test_sampling_logit_bias_matches_biased_logits);
+    tcase_add_test(tc, test_sampling_logit_bias_bans_and_forces);
+    tcase_add_test(tc, test_sampling_logit_bias_validation);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -214,6 +214,136 @@ await expectError('temperature: 5 raises BadRequestError naming temperature',
 await expectError('an unknown model raises NotFoundError',
                   {...request, model: 'no-such-model-here'}, OpenAI.NotFoundError, 404);
 
+// --- chat.completions: the model's chat template makes the prompt ---
+
+const CONV = [{role: 'system', content: 'A street in Verona.'},
+              {role: 'user', content: 'Good morrow, fair maid.'}];
+const chatRequest = {model, messages: CONV, max_tokens: MAX_TOKENS, temperature: 0};
+let chatReference = null;
+
+await test('chat.completions.create, non-streaming', async () => {
+    const c = await client.chat.completions.create(chatRequest);
+    check(c.object === 'chat.completion', `object = ${show(c.object)}, want "chat.completion"`);
+    check(typeof c.id === 'string' && c.id.startsWith('chatcmpl-'), `id = ${show(c.id)}`);
+    check(c.model === model, `model = ${show(c.model)}, want ${show(model)}`);
+    check(Array.isArray(c.choices) && c.choices.length === 1,
+          `want exactly one choice, got ${show(c.choices)}`);
+    const ch = c.choices[0];
+    check(ch.index === 0, `choices[0].index = ${show(ch.index)}`);
+    check(ch.message?.role === 'assistant', `message.role = ${show(ch.message?.role)}`);
+    check(typeof ch.message.content === 'string' && ch.message.content.length > 0,
+          `message.content = ${show(ch.message.content)}`);
+    check(ch.finish_reason === 'stop' || ch.finish_reason === 'length',
+          `finish_reason = ${show(ch.finish_reason)}`);
+    checkUsage(c.usage, 'chat non-streaming');
+    chatReference = c;
+});
+
+await test('chat.completions.create, text parts give the same answer as a string', async () => {
+    check(chatReference !== null, 'needs the non-streaming chat result, which failed');
+    const parts = CONV.map((m) => ({role: m.role, content: [{type: 'text', text: m.content}]}));
+    const c = await client.chat.completions.create({...chatRequest, messages: parts});
+    check(c.choices[0].message.content === chatReference.choices[0].message.content,
+          `${show(c.choices[0].message.content)} differs from ${show(
+              chatReference.choices[0].message.content)}`);
+});
+
+await test('chat.completions.create, streaming: role, content, finish_reason, usage', async () => {
+    check(chatReference !== null, 'needs the non-streaming chat result, which failed');
+    const stream = await client.chat.completions.create(
+        {...chatRequest, stream: true, stream_options: {include_usage: true}});
+    let text = '', n = 0, role = null, finish = null, usage = null;
+    for await (const chunk of stream) {
+        check(chunk.object === 'chat.completion.chunk', `chunk object = ${show(chunk.object)}`);
+        if (chunk.choices.length === 0) {
+            check(finish !== null, 'the usage chunk came before finish_reason');
+            usage = chunk.usage;
+            continue;
+        }
+        const ch = chunk.choices[0];
+        if (n++ === 0) {
+            check(ch.delta.role === 'assistant', `first delta ${show(ch.delta)}, want the role`);
+            role = ch.delta.role;
+        } else {
+            check(ch.delta.role === undefined, `delta ${show(ch.delta)} repeats the role`);
+        }
+        check(finish === null, 'a chunk after the one carrying finish_reason');
+        text += ch.delta.content ?? '';
+        finish = ch.finish_reason ?? null;
+    }
+    check(role === 'assistant', 'no role chunk');
+    check(text === chatReference.choices[0].message.content,
+          `streamed ${show(text)} differs from ${show(chatReference.choices[0].message.content)}`);
+    check(finish === chatReference.choices[0].finish_reason, `finish_reason ${show(finish)}`);
+    checkUsage(usage, 'chat streaming');
+});
+
+await test('chat.completions.create with logprobs and top_logprobs: 2', async () => {
+    check(chatReference !== null, 'needs the non-streaming chat result, which failed');
+    const c = await client.chat.completions.create({...chatRequest, logprobs: true,
+                                                    top_logprobs: 2});
+    const content = c.choices[0].logprobs?.content;
+    check(Array.isArray(content) && content.length >= 1, `logprobs = ${show(c.choices[0].logprobs)}`);
+    check(content.map((t) => t.token).join('') === c.choices[0].message.content ||
+              c.choices[0].finish_reason === 'stop',
+          'the tokens do not spell the answer');
+    for (const t of content) {
+        check(Number.isFinite(t.logprob) && t.logprob <= 1e-6, `logprob ${show(t.logprob)}`);
+        check(Array.isArray(t.bytes), `bytes ${show(t.bytes)}`);
+        check(t.top_logprobs.length === 2, `top_logprobs ${show(t.top_logprobs)}`);
+        check(t.logprob >= Math.max(...t.top_logprobs.map((a) => a.logprob)) - 1e-4,
+              `greedy token ${show(t.token)} is not the most likely of ${show(t.top_logprobs)}`);
+    }
+});
+
+await test('logit_bias: +100 forces a token in chat and completions, -100 bans it', async () => {
+    check(chatReference !== null, 'needs the non-streaming chat result, which failed');
+    // " the" is one token of the served vocabulary (asked of the server, not assumed).
+    const tok = await (await fetch(base.replace(/\/+$/, '') + '/v1/tokenize', {
+        method: 'POST', headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({prompt: ' the'})})).json();
+    check(tok.tokens?.length === 1, `" the" is ${show(tok.tokens)}`);
+    const id = String(tok.tokens[0]);
+    const c = await client.chat.completions.create(
+        {...chatRequest, max_tokens: 4, temperature: 0.9, seed: 1, logit_bias: {[id]: 100}});
+    check(c.choices[0].message.content === ' the'.repeat(4),
+          `forced answer ${show(c.choices[0].message.content)}`);
+    const t = await client.completions.create(
+        {...request, max_tokens: 4, logit_bias: {[id]: 100}});
+    check(t.choices[0].text === ' the'.repeat(4), `forced text ${show(t.choices[0].text)}`);
+    const b = await client.chat.completions.create(
+        {...chatRequest, logprobs: true, logit_bias: {[id]: -100}});
+    check(b.choices[0].logprobs.content.every((e) => e.token !== ' the'),
+          `a banned token was generated: ${show(b.choices[0].message.content)}`);
+});
+
+async function expectChatError(name, params, param) {
+    await test(name, async () => {
+        let err = null;
+        try {
+            await client.chat.completions.create({...chatRequest, ...params});
+        } catch (e) {
+            err = e;
+        }
+        check(err !== null, 'the request succeeded');
+        check(err instanceof OpenAI.BadRequestError,
+              `raised ${err?.constructor?.name} (status ${err?.status}), want BadRequestError`);
+        check(err.param === param, `error.param = ${show(err.param)}, want ${show(param)}`);
+    });
+}
+
+await expectChatError('chat with tools raises BadRequestError naming tools',
+                      {tools: [{type: 'function', function: {name: 'f', parameters: {}}}]},
+                      'tools');
+await expectChatError('chat with an image part raises BadRequestError naming it',
+                      {messages: [{role: 'user', content: [
+                          {type: 'image_url', image_url: {url: 'https://example.com/a.png'}}]}]},
+                      'messages[0].content[0]');
+await expectChatError('chat with response_format json_object raises BadRequestError',
+                      {response_format: {type: 'json_object'}}, 'response_format');
+await expectChatError('chat with logit_bias outside the vocabulary raises BadRequestError',
+                      {logit_bias: {'99999999': 5}}, 'logit_bias');
+
 // A permanent refusal must come with a status the SDK does not retry (it retries 408, 409,
 // 429 and 5xx): with its default retries, one call is one request. The server this runs
 // against has no adapter_dir, so an adapter upload is refused (403 uploads_disabled).
