@@ -75,6 +75,13 @@ void ym_matmul_force_portable(int on);
  * weights are widened to f32 and the activations stay f32 (also YUNMIN_INT8_ACTIVATIONS=0 in
  * the environment). Process-wide; set before use. */
 void ym_matmul_int8_activations(int on);
-const char *ym_matmul_isa(void); /* "avx512+vnni-int8", "avx512" or "portable" */
+/* 1 = bf16 weights meet bf16 activations (each input rounded to bf16, nearest even) in
+ * AVX512-BF16 dot products (f32 sums), where the CPU has them and scratch is given; 0 (the
+ * default: it changes results) = the weights are widened to f32 and the activations stay
+ * f32. Also YUNMIN_BF16_ACTIVATIONS=1 in the environment. Process-wide; set before use. */
+void ym_matmul_bf16_activations(int on);
+/* "avx512+vnni-int8", "avx512+bf16-dot", "avx512+vnni-int8+bf16-dot", "avx512" or
+ * "portable" */
+const char *ym_matmul_isa(void);
 
 #endif
