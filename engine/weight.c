@@ -9,7 +9,9 @@
  *   - many rows (prefill): f32 goes straight to OpenBLAS's sgemm; bf16/int8 weights are
  *     widened a tile of TILE_N rows at a time into the caller's scratch, then sgemm;
  *   - int8 weights on a CPU with AVX512-VNNI (by default): every row count quantizes its
- *     input rows into the scratch and multiplies int8 by int8 (mm_vnni, below).
+ *     input rows into the scratch and multiplies int8 by int8 (mm_vnni, below);
+ *   - bf16 weights on a CPU with AVX512-BF16, when asked (off by default): every row count
+ *     rounds its input rows to bf16 into the scratch and multiplies bf16 by bf16 (mm_bfdp).
  * The AVX-512 kernels are chosen at run time; the portable C loops run anywhere (and when
  * forced, for the tests). Runs on any thread; never allocates; never locks.
  * Must not: change what it reads (weights are shared by every thread). */

@@ -9,7 +9,9 @@
  * There is exactly one copy of each matrix: the kernels read this layout directly (a GEMV
  * and a small-M GEMM that widen bf16/int8 to f32 in registers; for many rows, tiles of the
  * weight widened into scratch then OpenBLAS's sgemm). Activations stay f32, except that int8
- * weights on a CPU with AVX512-VNNI meet int8 activations by default (ym_matmul_int8_activations).
+ * weights on a CPU with AVX512-VNNI meet int8 activations by default (ym_matmul_int8_activations)
+ * and bf16 weights on a CPU with AVX512-BF16 meet bf16 activations when asked
+ * (ym_matmul_bf16_activations, off by default).
  * The data is borrowed (from the checkpoint's mapping, or the model's owned memory). */
 #ifndef YM_ENGINE_WEIGHT_H
 #define YM_ENGINE_WEIGHT_H
