@@ -681,6 +681,35 @@ V8(1) V8(2) V8(3) V8(4)
 static const kvnni_fn vtab[MBMAX + 1][9] = {{0}, VT(1), VT(2), VT(3), VT(4)};
 
 
+/* One input row quantized as weight.h defines it: q = round-to-nearest-even(a * (127 / amax))
+ * (vcvtps2dq under the default rounding mode, as lrintf), clamped to +-127, zero from K to Kp;
+ * its scale amax / 127 and the sum of its q. 16 at a time (as a scalar loop it took as long
+ * as the int8 x int8 products at 16 rows on the 130m shape, by perf). */
+T512V static void quant_row(const float *a, int K, int Kp, int8_t *q, float *sa, int32_t *qs)
+{
+    __m512 mx = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(a + k)));
+    if (k < K)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(
+                                   (__mmask16)((1u << (K - k)) - 1u), a + k)));
+    float amax = _mm512_reduce_max_ps(mx);
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
+    __m512i sum = _mm512_setzero_si512();
+    for (k = 0; k < Kp; k += 16) {
+        __mmask16 msk = (__mmask16)(K - k >= 16 ? 0xFFFF : K - k <= 0 ? 0 : (1u << (K - k)) - 1u);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(msk, a + k), vi));
+        v = _mm512_max_epi32(_mm512_min_epi32(v, hi), lo);
+        sum = _mm512_add_epi32(sum, v);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
+    }
+    *sa = amax / 127.0f;
+    *qs = _mm512_reduce_add_epi32(sum);
+}
+
 static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
                           int n0, int n1, float beta, float *scratch);
 
@@ -700,24 +729,8 @@ static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, con
     int8_t *Aq = (int8_t *)scratch;
     float *sa = (float *)(Aq + (size_t)M * Kp);
     int32_t *qs = (int32_t *)(sa + M);
-    for (int m = 0; m < M; m++) {
-        const float *a = A + (size_t)m * lda;
-        float amax = 0.0f;
-        for (int k = 0; k < K; k++)
-            amax = fmaxf(amax, fabsf(a[k]));
-        float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t sum = 0;
-        int8_t *q = Aq + (size_t)m * Kp;
-        for (int k = 0; k < K; k++) {
-            int v = (int)lrintf(a[k] * inv);
-            v = v > 127 ? 127 : v < -127 ? -127 : v;
-            q[k] = (int8_t)v;
-            sum += v;
-        }
-        memset(q + K, 0, (size_t)(Kp - K));
-        sa[m] = s;
-        qs[m] = sum;
-    }
+    for (int m = 0; m < M; m++)
+        quant_row(A + (size_t)m * lda, K, Kp, Aq + (size_t)m * Kp, sa + m, qs + m);
     if (M == 1) {
         gemv_vnni_rows(C, Aq, sa[0], qs[0], (const int8_t *)W->data + (size_t)n0 * K, K,
                        W->scale + n0, n1 - n0, beta);
