@@ -847,18 +847,33 @@ BF8(1) BF8(2) BF8(3) BF8(4)
                  bfd_##mb##_6, bfd_##mb##_7, bfd_##mb##_8}
 static const kbfdp_fn bftab[MBMAX + 1][9] = {{0}, BFT(1), BFT(2), BFT(3), BFT(4)};
 
+/* One input row rounded to bf16 exactly as ym_f32_to_bf16 does (nearest even, NaN kept a
+ * quiet NaN), 16 at a time with integer operations, zero from K to Kp (a multiple of 16). */
+T512B static void bf16_row(const float *a, int K, int Kp, uint16_t *q)
+{
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x40);
+    for (int k = 0; k < Kp; k += 16) {
+        __mmask16 msk = (__mmask16)(K - k >= 16 ? 0xFFFF : K - k <= 0 ? 0 : (1u << (K - k)) - 1u);
+        __m512i u = _mm512_maskz_loadu_epi32(msk, a + k);
+        __m512i top = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_srli_epi32(
+            _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(top, one))), 16);
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(top, quiet));
+        _mm256_storeu_si256((__m256i *)(q + k), _mm512_cvtepi32_epi16(r));
+    }
+}
+
 /* scratch: [M][Kp] bf16 inputs, Kp = K rounded up to 32 (ym_matmul_scratch is enough). */
 static void mm_bfdp_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
                           int n0, int n1, float beta, float *scratch)
 {
     const int K = W->n_cols, Kp = (K + 31) & ~31;
     uint16_t *Ab = (uint16_t *)scratch;
-    for (int m = 0; m < M; m++) {
-        uint16_t *q = Ab + (size_t)m * Kp;
-        for (int k = 0; k < K; k++)
-            q[k] = ym_f32_to_bf16(A[(size_t)m * lda + k]);
-        memset(q + K, 0, sizeof(uint16_t) * (size_t)(Kp - K));
-    }
+    for (int m = 0; m < M; m++)
+        bf16_row(A + (size_t)m * lda, K, Kp, Ab + (size_t)m * Kp);
     const uint16_t *Wd = (const uint16_t *)W->data;
     if (M == 1) {
         gemv_bfdp_rows(C, Ab, Wd + (size_t)n0 * K, K, n1 - n0, beta);
