@@ -6,7 +6,9 @@
  * per second and GFLOP/s (2 M N K per call), each call once per round, REPS rounds (default 5),
  * the types interleaved. A matrix that fits in the caches measures the kernel, a large one
  * (N K 4 bytes well past the L3) the memory stream. int8 is run both ways: f32 activations
- * (weights widened) and int8 activations (VNNI, where the CPU has it). With
+ * (weights widened) and int8 activations (VNNI, where the CPU has it); bf16 too: f32
+ * activations and, as "bf16xbf16", bf16 activations (AVX512-BF16, where the CPU has it;
+ * opt-in in the engine). With
  * YM_MATMUL_PORTABLE=1 in the environment the portable kernels run (ym_matmul_force_portable). */
 #include <cblas.h>
 #include <stdio.h>
@@ -72,16 +74,19 @@ int main(int argc, char **argv)
                         C, N);
         double t = now() - t0;
         printf("openblas f32 %6.2f GB/s %6.1f GF |", (double)n * 4 / t / 1e9, flop / t / 1e9);
-        for (int i = 0; i < 4; i++) {
-            const ym_weight *x = &w[i < 3 ? i : 2];
+        for (int i = 0; i < 5; i++) {
+            const ym_weight *x = &w[i < 3 ? i : i == 3 ? 2 : 1];
             ym_matmul_int8_activations(i == 3);
+            ym_matmul_bf16_activations(i == 4);
             t0 = now();
             ym_matmul(C, N, A, K, M, x, 0, N, 0.0f, scr);
             t = now() - t0;
-            printf(" %s %6.2f GB/s %6.1f GF |", i == 3 ? "int8xint8" : i == 2 ? "int8" :
-                   ym_wtype_name(x->type), (double)ym_weight_bytes(x) / t / 1e9, flop / t / 1e9);
+            printf(" %s %6.2f GB/s %6.1f GF |", i == 4 ? "bf16xbf16" : i == 3 ? "int8xint8" :
+                   i == 2 ? "int8" : ym_wtype_name(x->type), (double)ym_weight_bytes(x) / t / 1e9,
+                   flop / t / 1e9);
         }
         ym_matmul_int8_activations(1);
+        ym_matmul_bf16_activations(0);
         printf("\n");
     }
     return 0;

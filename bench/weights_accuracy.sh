@@ -8,7 +8,8 @@
 #    at a time: the GEMV kernels), compared token by token with f32's: the tokens that agree up
 #    to the first difference, and in all positions. int8 both ways: weights widened to f32
 #    (YUNMIN_INT8_ACTIVATIONS=0) and int8 activations (=1, the VNNI kernel, the default where
-#    the CPU has VNNI). Perplexity: int8 likewise.
+#    the CPU has VNNI). Perplexity: int8 likewise. bf16 also with bf16 activations
+#    (YUNMIN_BF16_ACTIVATIONS=1, the opt-in AVX512-BF16 kernel).
 #
 # usage: bench/weights_accuracy.sh        env: YUNMIN=path/to/yunmin MODEL=dir N=200
 # Prints markdown tables.
@@ -23,13 +24,15 @@ PROMPTS=("ROMEO:" "KING RICHARD II:" "First Citizen:" "To be, or not to be" "JUL
 echo "| weights | scored tokens | mean NLL | perplexity | vs f32 |"
 echo "|---|---|---|---|---|"
 base=""
-for cfg in "f32 X=0" "bf16 X=0" "int8 YUNMIN_INT8_ACTIVATIONS=0" "int8 YUNMIN_INT8_ACTIVATIONS=1"; do
+for cfg in "f32 X=0" "bf16 X=0" "bf16 YUNMIN_BF16_ACTIVATIONS=1" "int8 YUNMIN_INT8_ACTIVATIONS=0" \
+  "int8 YUNMIN_INT8_ACTIVATIONS=1"; do
   set -- $cfg
   w=$1
   out=$(env $2 "$YUNMIN" perplexity --model "$MODEL" --file "$TEXT" --tail-fraction 0.1 \
         --ctx 256 --weights "$w")
   [ "$2" = YUNMIN_INT8_ACTIVATIONS=1 ] && w="int8, int8 activations"
   [ "$2" = YUNMIN_INT8_ACTIVATIONS=0 ] && w="int8, f32 activations"
+  [ "$2" = YUNMIN_BF16_ACTIVATIONS=1 ] && w="bf16, bf16 activations"
   read -r tok nll ppl <<<"$(/usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]);
 print(d["tokens"], d["nll"], d["ppl"])' "$out")"
   [ -z "$base" ] && base=$ppl
@@ -48,12 +51,14 @@ echo "| weights | prompt | tokens equal to f32 before the first difference | equ
 echo "|---|---|---|---|"
 for p in "${PROMPTS[@]}"; do
   ref=$(ids "$p" f32 "X=0")
-  for cfg in "bf16 X=0" "int8 YUNMIN_INT8_ACTIVATIONS=0" "int8 YUNMIN_INT8_ACTIVATIONS=1"; do
+  for cfg in "bf16 X=0" "bf16 YUNMIN_BF16_ACTIVATIONS=1" "int8 YUNMIN_INT8_ACTIVATIONS=0" \
+    "int8 YUNMIN_INT8_ACTIVATIONS=1"; do
     set -- $cfg
     got=$(ids "$p" "$1" "$2")
     lab=$1
     [ "$2" = YUNMIN_INT8_ACTIVATIONS=0 ] && lab="int8, f32 activations"
     [ "$2" = YUNMIN_INT8_ACTIVATIONS=1 ] && lab="int8, int8 activations"
+    [ "$2" = YUNMIN_BF16_ACTIVATIONS=1 ] && lab="bf16, bf16 activations"
     /usr/bin/python3 - "$ref" "$got" "$lab" "$p" <<'EOF'
 import sys
 a, b = sys.argv[1].split(), sys.argv[2].split()

@@ -5,6 +5,7 @@
 # `yunmin bench --json --weights T` on the synthetic mamba-130m shapes, the types interleaved
 # for ROUNDS rounds (best of each kept: drift on a shared machine hits every type alike), plus
 # BASE (another build's yunmin, e.g. the main branch's) in the same rounds for the f32 ratio.
+# bf16b: bf16 with bf16 activations (YUNMIN_BF16_ACTIVATIONS=1, the opt-in AVX512-BF16 kernel).
 # Then one run each with the floors (the bandwidth probe) and the bigger shapes in int8.
 # Max RSS of each process comes from /usr/bin/time.
 #
@@ -29,6 +30,8 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   run "int8w-$r" env YUNMIN_INT8_ACTIVATIONS=0 "$YUNMIN" bench --json --no-floors \
     --batches 1,16 --weights int8
+  run "bf16b-$r" env YUNMIN_BF16_ACTIVATIONS=1 "$YUNMIN" bench --json --no-floors \
+    --batches 1,16 --weights bf16
 done
 for w in f32 bf16 int8; do
   run "floors-$w" "$YUNMIN" bench --json --batches 1 --weights $w

@@ -9,6 +9,9 @@
 # 512 random token ids each (different every time: nothing to resume from the state cache),
 # max_tokens 1, non-streaming: the request's total time is the time to its first token.
 #
+# bf16b: the bf16 model served with bf16 activations (YUNMIN_BF16_ACTIVATIONS=1, the opt-in
+# AVX512-BF16 kernel).
+#
 # With BASE=another build's yunmind (e.g. the main branch's), it serves the f32 model first,
 # for comparison in the same run.
 #
@@ -27,11 +30,13 @@ for t in int8 bf16; do
 done
 echo "| weights | RSS after load | RSS after the requests | TTFT 512 tokens, best / median of $REQS |"
 echo "|---|---|---|---|"
-for t in $([ -n "$BASE" ] && echo base) f32 bf16 int8; do
+for t in $([ -n "$BASE" ] && echo base) f32 bf16 bf16b int8; do
   d=$t
   bin=$YUNMIND
+  act=X=0
   [ "$t" = base ] && { d=f32; bin=$BASE; }
-  "$bin" --model "$W/$d" --port 0 --log-format plain --cache-bytes 0 >"$W/$t.log" 2>&1 &
+  [ "$t" = bf16b ] && { d=bf16; act=YUNMIN_BF16_ACTIVATIONS=1; }
+  env "$act" "$bin" --model "$W/$d" --port 0 --log-format plain --cache-bytes 0 >"$W/$t.log" 2>&1 &
   pid=$!
   port=""
   for i in $(seq 1 600); do

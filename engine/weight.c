@@ -9,7 +9,9 @@
  *   - many rows (prefill): f32 goes straight to OpenBLAS's sgemm; bf16/int8 weights are
  *     widened a tile of TILE_N rows at a time into the caller's scratch, then sgemm;
  *   - int8 weights on a CPU with AVX512-VNNI (by default): every row count quantizes its
- *     input rows into the scratch and multiplies int8 by int8 (mm_vnni, below).
+ *     input rows into the scratch and multiplies int8 by int8 (mm_vnni, below);
+ *   - bf16 weights on a CPU with AVX512-BF16, when asked (off by default): every row count
+ *     rounds its input rows to bf16 into the scratch and multiplies bf16 by bf16 (mm_bfdp).
  * The AVX-512 kernels are chosen at run time; the portable C loops run anywhere (and when
  * forced, for the tests). Runs on any thread; never allocates; never locks.
  * Must not: change what it reads (weights are shared by every thread). */
@@ -679,6 +681,35 @@ V8(1) V8(2) V8(3) V8(4)
 static const kvnni_fn vtab[MBMAX + 1][9] = {{0}, VT(1), VT(2), VT(3), VT(4)};
 
 
+/* One input row quantized as weight.h defines it: q = round-to-nearest-even(a * (127 / amax))
+ * (vcvtps2dq under the default rounding mode, as lrintf), clamped to +-127, zero from K to Kp;
+ * its scale amax / 127 and the sum of its q. 16 at a time (as a scalar loop it took as long
+ * as the int8 x int8 products at 16 rows on the 130m shape, by perf). */
+T512V static void quant_row(const float *a, int K, int Kp, int8_t *q, float *sa, int32_t *qs)
+{
+    __m512 mx = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(a + k)));
+    if (k < K)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(
+                                   (__mmask16)((1u << (K - k)) - 1u), a + k)));
+    float amax = _mm512_reduce_max_ps(mx);
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
+    __m512i sum = _mm512_setzero_si512();
+    for (k = 0; k < Kp; k += 16) {
+        __mmask16 msk = (__mmask16)(K - k >= 16 ? 0xFFFF : K - k <= 0 ? 0 : (1u << (K - k)) - 1u);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(msk, a + k), vi));
+        v = _mm512_max_epi32(_mm512_min_epi32(v, hi), lo);
+        sum = _mm512_add_epi32(sum, v);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
+    }
+    *sa = amax / 127.0f;
+    *qs = _mm512_reduce_add_epi32(sum);
+}
+
 static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
                           int n0, int n1, float beta, float *scratch);
 
@@ -698,24 +729,8 @@ static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, con
     int8_t *Aq = (int8_t *)scratch;
     float *sa = (float *)(Aq + (size_t)M * Kp);
     int32_t *qs = (int32_t *)(sa + M);
-    for (int m = 0; m < M; m++) {
-        const float *a = A + (size_t)m * lda;
-        float amax = 0.0f;
-        for (int k = 0; k < K; k++)
-            amax = fmaxf(amax, fabsf(a[k]));
-        float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t sum = 0;
-        int8_t *q = Aq + (size_t)m * Kp;
-        for (int k = 0; k < K; k++) {
-            int v = (int)lrintf(a[k] * inv);
-            v = v > 127 ? 127 : v < -127 ? -127 : v;
-            q[k] = (int8_t)v;
-            sum += v;
-        }
-        memset(q + K, 0, (size_t)(Kp - K));
-        sa[m] = s;
-        qs[m] = sum;
-    }
+    for (int m = 0; m < M; m++)
+        quant_row(A + (size_t)m * lda, K, Kp, Aq + (size_t)m * Kp, sa + m, qs + m);
     if (M == 1) {
         gemv_vnni_rows(C, Aq, sa[0], qs[0], (const int8_t *)W->data + (size_t)n0 * K, K,
                        W->scale + n0, n1 - n0, beta);
@@ -738,7 +753,163 @@ static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, con
     }
 }
 
-static int isa_checked, isa_avx512, isa_vnni;
+/* ---- bf16 x bf16 (AVX512-BF16), opt-in --------------------------------------------------
+ * The input rows rounded to bf16 (nearest even) into the caller's scratch; then vdpbf16ps
+ * multiplies 32 pairs per instruction, exactly, adding into f32. Row-major bf16 weights pair
+ * elements 2i and 2i + 1 of a row just as vdpbf16ps pairs them, so the kernels read the
+ * stored rows directly: the int8 x int8 kernels' blocking, with f32 sums. Off by default: it
+ * changes results (the inputs lose 16 bits of mantissa); YUNMIN_BF16_ACTIVATIONS=1 or
+ * ym_matmul_bf16_activations(1) turns it on where the CPU has AVX512-BF16. */
+#define T512B __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define INLINE512B __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma"),      \
+                                  always_inline)) static inline
+
+INLINE512B __m512 dpbf(__m512 acc, __m512i a, __m512i b)
+{
+    return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+INLINE512B void kbfdp(float *C, int ldc, const uint16_t *Ab, int Kp, const uint16_t *W, int K,
+                      float beta, int MB, int RN)
+{
+    __m512 acc[4][8];
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++) acc[m][r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512i w[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * K + k), _MM_HINT_T0);
+            w[r] = _mm512_loadu_si512((const void *)(W + (size_t)r * K + k));
+        }
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        {
+            __m512i a = _mm512_loadu_si512((const void *)(Ab + (size_t)m * Kp + k));
+            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++) acc[m][r] = dpbf(acc[m][r], a, w[r]);
+        }
+    }
+    if (k < K) { /* weights masked to 0 past K (the padded input is 0 there too) */
+        __mmask32 msk = (__mmask32)(0xFFFFFFFFu >> (32 - (K - k)));
+        __m512i w[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+            w[r] = _mm512_maskz_loadu_epi16(msk, W + (size_t)r * K + k);
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        {
+            __m512i a = _mm512_loadu_si512((const void *)(Ab + (size_t)m * Kp + k));
+            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++) acc[m][r] = dpbf(acc[m][r], a, w[r]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+        _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+        {
+            float s = _mm512_reduce_add_ps(acc[m][r]);
+            float *c = C + (size_t)m * ldc + r;
+            *c = beta != 0.0f ? *c + s : s;
+        }
+}
+
+/* One input row, one weight row at a time (a sequential stream, as gemv_f32_rows). */
+T512B static void gemv_bfdp_rows(float *C, const uint16_t *Ab, const uint16_t *W, int K,
+                                 int n_rows, float beta)
+{
+    for (int r = 0; r < n_rows; r++) {
+        const uint16_t *w = W + (size_t)r * K;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        int k = 0;
+        for (; k + 64 <= K; k += 64) {
+            a0 = dpbf(a0, _mm512_loadu_si512((const void *)(Ab + k)),
+                      _mm512_loadu_si512((const void *)(w + k)));
+            a1 = dpbf(a1, _mm512_loadu_si512((const void *)(Ab + k + 32)),
+                      _mm512_loadu_si512((const void *)(w + k + 32)));
+        }
+        for (; k < K; k += 32) { /* the padded input is 0 past K */
+            __mmask32 m = (__mmask32)(K - k >= 32 ? 0xFFFFFFFFu : 0xFFFFFFFFu >> (32 - (K - k)));
+            a0 = dpbf(a0, _mm512_loadu_si512((const void *)(Ab + k)),
+                      _mm512_maskz_loadu_epi16(m, w + k));
+        }
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        C[r] = beta != 0.0f ? C[r] + s : s;
+    }
+}
+
+typedef void (*kbfdp_fn)(float *, int, const uint16_t *, int, const uint16_t *, int, float);
+#define BFDEF(mb, rn)                                                                          \
+    T512B static void bfd_##mb##_##rn(float *C, int ldc, const uint16_t *Ab, int Kp,           \
+                                      const uint16_t *W, int K, float beta)                    \
+    {                                                                                          \
+        kbfdp(C, ldc, Ab, Kp, W, K, beta, mb, rn);                                             \
+    }
+#define BF8(mb) BFDEF(mb, 1) BFDEF(mb, 2) BFDEF(mb, 3) BFDEF(mb, 4) BFDEF(mb, 5) BFDEF(mb, 6)  \
+    BFDEF(mb, 7) BFDEF(mb, 8)
+BF8(1) BF8(2) BF8(3) BF8(4)
+#define BFT(mb) {0, bfd_##mb##_1, bfd_##mb##_2, bfd_##mb##_3, bfd_##mb##_4, bfd_##mb##_5,     \
+                 bfd_##mb##_6, bfd_##mb##_7, bfd_##mb##_8}
+static const kbfdp_fn bftab[MBMAX + 1][9] = {{0}, BFT(1), BFT(2), BFT(3), BFT(4)};
+
+/* One input row rounded to bf16 exactly as ym_f32_to_bf16 does (nearest even, NaN kept a
+ * quiet NaN), 16 at a time with integer operations, zero from K to Kp (a multiple of 16). */
+T512B static void bf16_row(const float *a, int K, int Kp, uint16_t *q)
+{
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x40);
+    for (int k = 0; k < Kp; k += 16) {
+        __mmask16 msk = (__mmask16)(K - k >= 16 ? 0xFFFF : K - k <= 0 ? 0 : (1u << (K - k)) - 1u);
+        __m512i u = _mm512_maskz_loadu_epi32(msk, a + k);
+        __m512i top = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_srli_epi32(
+            _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(top, one))), 16);
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(top, quiet));
+        _mm256_storeu_si256((__m256i *)(q + k), _mm512_cvtepi32_epi16(r));
+    }
+}
+
+/* scratch: [M][Kp] bf16 inputs, Kp = K rounded up to 32 (ym_matmul_scratch is enough). */
+static void mm_bfdp_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                          int n0, int n1, float beta, float *scratch)
+{
+    const int K = W->n_cols, Kp = (K + 31) & ~31;
+    uint16_t *Ab = (uint16_t *)scratch;
+    for (int m = 0; m < M; m++)
+        bf16_row(A + (size_t)m * lda, K, Kp, Ab + (size_t)m * Kp);
+    const uint16_t *Wd = (const uint16_t *)W->data;
+    if (M == 1) {
+        gemv_bfdp_rows(C, Ab, Wd + (size_t)n0 * K, K, n1 - n0, beta);
+        return;
+    }
+    const int nb = (M + MBMAX - 1) / MBMAX;
+    int rn_min = 8;
+    for (int b = 0; b < nb; b++) {
+        int mb = (int)((long)M * (b + 1) / nb) - (int)((long)M * b / nb);
+        rn_min = rn_for[mb] < rn_min ? rn_for[mb] : rn_min;
+    }
+    for (int n = n0; n < n1; n += rn_min) {
+        int rn = n1 - n < rn_min ? n1 - n : rn_min;
+        for (int b = 0; b < nb; b++) {
+            int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
+            bftab[mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, Ab + (size_t)m0 * Kp, Kp,
+                          Wd + (size_t)n * K, K, beta);
+        }
+    }
+}
+
+static void mm_bfdp(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
+                    int n1, float beta, float *scratch)
+{
+    for (int m = 0; m < M; m += VNNI_CHUNK)
+        mm_bfdp_chunk(C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda,
+                      M - m < VNNI_CHUNK ? M - m : VNNI_CHUNK, W, n0, n1, beta, scratch);
+}
+
+static int isa_checked, isa_avx512, isa_vnni, isa_bf16;
+static int bf16_act; /* off: it rounds the activations (docs/ENGINE.md) */
+
+void ym_matmul_bf16_activations(int on)
+{
+    bf16_act = on;
+}
 static int int8_act = 1; /* the faster of the two on the EPYC host (docs/BENCHMARKS.md) */
 
 void ym_matmul_int8_activations(int on)
@@ -753,9 +924,13 @@ static int isa_has_avx512(void)
         isa_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl");
         isa_vnni = isa_avx512 && __builtin_cpu_supports("avx512vnni");
+        isa_bf16 = isa_avx512 && __builtin_cpu_supports("avx512bf16");
         const char *e = getenv("YUNMIN_INT8_ACTIVATIONS"); /* docs/ENGINE.md */
         if (e != NULL && strcmp(e, "0") == 0)
             int8_act = 0;
+        e = getenv("YUNMIN_BF16_ACTIVATIONS");
+        if (e != NULL && strcmp(e, "1") == 0)
+            bf16_act = 1;
         isa_checked = 1;
     }
     return isa_avx512;
@@ -766,6 +941,10 @@ static int isa_has_avx512(void)
     return 0;
 }
 void ym_matmul_int8_activations(int on)
+{
+    (void)on;
+}
+void ym_matmul_bf16_activations(int on)
 {
     (void)on;
 }
@@ -788,13 +967,22 @@ static int use_vnni(void)
 {
     return use_avx512() && isa_vnni && int8_act; /* use_avx512 first: it reads the env */
 }
+
+static int use_bfdp(void)
+{
+    return use_avx512() && isa_bf16 && bf16_act;
+}
 #endif
 
 const char *ym_matmul_isa(void)
 {
 #if HAVE_X86
+    if (use_vnni() && use_bfdp())
+        return "avx512+vnni-int8+bf16-dot";
     if (use_vnni())
         return "avx512+vnni-int8";
+    if (use_bfdp())
+        return "avx512+bf16-dot";
 #endif
     return use_avx512() ? "avx512" : "portable";
 }
@@ -805,7 +993,9 @@ size_t ym_matmul_scratch(int K)
      * scales and sums */
     size_t k = (size_t)(K > 0 ? K : 1), kp = (k + 63) & ~(size_t)63;
     size_t tiles = TILE_N * k, vnni = (VNNI_CHUNK * kp + 8 * VNNI_CHUNK + 3) / 4;
-    return (tiles > vnni ? tiles : vnni) + 16;
+    size_t bf = VNNI_CHUNK * ((k + 31) & ~(size_t)31) / 2; /* bf16 inputs, 2 per float */
+    size_t most = tiles > vnni ? tiles : vnni;
+    return (bf > most ? bf : most) + 16;
 }
 
 static void mm_small(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
@@ -829,6 +1019,10 @@ void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weigh
 #if HAVE_X86
     if (W->type == YM_WT_INT8 && scratch != NULL && use_vnni()) {
         mm_vnni(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
+        return;
+    }
+    if (W->type == YM_WT_BF16 && scratch != NULL && use_bfdp()) {
+        mm_bfdp(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
         return;
     }
 #endif

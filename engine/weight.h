@@ -9,7 +9,9 @@
  * There is exactly one copy of each matrix: the kernels read this layout directly (a GEMV
  * and a small-M GEMM that widen bf16/int8 to f32 in registers; for many rows, tiles of the
  * weight widened into scratch then OpenBLAS's sgemm). Activations stay f32, except that int8
- * weights on a CPU with AVX512-VNNI meet int8 activations by default (ym_matmul_int8_activations).
+ * weights on a CPU with AVX512-VNNI meet int8 activations by default (ym_matmul_int8_activations)
+ * and bf16 weights on a CPU with AVX512-BF16 meet bf16 activations when asked
+ * (ym_matmul_bf16_activations, off by default).
  * The data is borrowed (from the checkpoint's mapping, or the model's owned memory). */
 #ifndef YM_ENGINE_WEIGHT_H
 #define YM_ENGINE_WEIGHT_H
@@ -75,6 +77,13 @@ void ym_matmul_force_portable(int on);
  * weights are widened to f32 and the activations stay f32 (also YUNMIN_INT8_ACTIVATIONS=0 in
  * the environment). Process-wide; set before use. */
 void ym_matmul_int8_activations(int on);
-const char *ym_matmul_isa(void); /* "avx512+vnni-int8", "avx512" or "portable" */
+/* 1 = bf16 weights meet bf16 activations (each input rounded to bf16, nearest even) in
+ * AVX512-BF16 dot products (f32 sums), where the CPU has them and scratch is given; 0 (the
+ * default: it changes results) = the weights are widened to f32 and the activations stay
+ * f32. Also YUNMIN_BF16_ACTIVATIONS=1 in the environment. Process-wide; set before use. */
+void ym_matmul_bf16_activations(int on);
+/* "avx512+vnni-int8", "avx512+bf16-dot", "avx512+vnni-int8+bf16-dot", "avx512" or
+ * "portable" */
+const char *ym_matmul_isa(void);
 
 #endif

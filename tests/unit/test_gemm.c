@@ -3,7 +3,9 @@
  * f32 rounded to nearest even in its top 16 bits; int8 = round(w / s), s = max|row| / 127):
  * odd shapes (K not a multiple of 16, N not a multiple of the row block), 1 to 40 rows (the
  * small-M kernels and the sgemm tiles), beta 0 and 1, column ranges that start anywhere, and
- * the AVX-512 and portable kernels alike. */
+ * the AVX-512 and portable kernels alike; int8 x int8 (VNNI) against inputs quantized as
+ * weight.h says, bf16 x bf16 (AVX512-BF16) against inputs rounded to bf16, where the CPU has
+ * them. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@ static float frand(unsigned *s)
 }
 
 static int vnni_here(void);
+static int bf16_here(void);
 
 /* bf16 rounding of v, written from the definition (round to nearest, ties to even). */
 static float bf16_round(float v)
@@ -105,22 +108,37 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
                 acc + (beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0);
         }
     }
+    /* bf16 activations: each input rounded to bf16 (nearest even), the products exact */
+    double *R16 = malloc(sizeof(double) * (size_t)M * ldc);
+    ck_assert(R16);
+    for (int m = 0; m < M; m++)
+        for (int n = n0; n < n1; n++) {
+            double acc = beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0;
+            for (int k = 0; k < K; k++)
+                acc += (double)bf16_round(A[(size_t)m * lda + k]) * Q[(size_t)n * K + k];
+            R16[(size_t)m * ldc + (n - n0)] = acc;
+        }
     double tol = 2e-6 * K * 4 + 1e-5;
-    /* fast, portable, fast without scratch, ref, int8 activations */
-    for (int path = 0; path < 5; path++) {
+    /* fast, portable, fast without scratch, ref, int8 activations, bf16 activations */
+    for (int path = 0; path < 6; path++) {
         memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
         ym_matmul_force_portable(path == 1);
         ym_matmul_int8_activations(path == 4);
+        ym_matmul_bf16_activations(path == 5);
         if (path == 3)
             ym_matmul_ref(C, ldc, A, lda, M, &w, n0, n1, beta);
         else
             ym_matmul(C, ldc, A, lda, M, &w, n0, n1, beta, path == 2 ? NULL : scr);
         ym_matmul_force_portable(0);
         ym_matmul_int8_activations(0);
+        ym_matmul_bf16_activations(0);
         /* the int8 x int8 kernel runs where the CPU has VNNI, for int8 weights and small M */
         int vnni = path == 4 && t == YM_WT_INT8 &&
                    strcmp(ym_matmul_isa(), "avx512") == 0 && vnni_here();
-        const double *Rw = vnni ? R8 : R;
+        /* the bf16 x bf16 kernel where the CPU has AVX512-BF16, for bf16 weights */
+        int bfdp = path == 5 && t == YM_WT_BF16 &&
+                   strcmp(ym_matmul_isa(), "avx512") == 0 && bf16_here();
+        const double *Rw = vnni ? R8 : bfdp ? R16 : R;
         for (int m = 0; m < M; m++)
             for (int j = 0; j < ldc; j++) {
                 size_t i = (size_t)m * ldc + j;
@@ -143,6 +161,7 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     free(scr);
     free(R);
     free(R8);
+    free(R16);
 }
 
 static int vnni_here(void)
@@ -151,14 +170,22 @@ static int vnni_here(void)
     return __builtin_cpu_supports("avx512vnni");
 }
 
+static int bf16_here(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+}
+
 static const ym_wtype types[] = {YM_WT_F32, YM_WT_BF16, YM_WT_INT8};
 
 START_TEST(test_matmul_matches_double_loop)
 {
     /* {3, 16400}: past the bf16 GEMV's on-stack input (GEMV_KMAX), its other path */
     static const int shapes[][2] = {{1, 1}, {16, 16}, {37, 5}, {9, 17}, {50, 48}, {13, 257},
-                                    {3, 16400}, {5, 1000}}; /* K cut in chunks at 9+ rows */
-    static const int rows[] = {1, 2, 3, 4, 5, 7, 9, 16, 33, 40};
+                                    {3, 16400}, {5, 1000}, {11, 33}, {7, 95}};
+    /* K cut in chunks at 9+ rows; K past a multiple of 32 and 64 by 1 (the bf16 x bf16 and
+     * int8 x int8 tails) */
+    static const int rows[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 32, 33, 40};
     unsigned seed = 7;
     for (int ti = 0; ti < 3; ti++)
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
