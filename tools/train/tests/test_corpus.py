@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -115,3 +116,21 @@ def test_shard_model_round_trip(tmp_path):
     with pytest.raises(SystemExit):
         shard_model.main([str(tmp_path / "one"), str(tmp_path / "tiny"), "--max-shard-mib",
                           "0.06"])
+
+
+CORPUS_TOK = os.path.join(CORPUS_DIR, "tokenizer")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(CORPUS_TOK, "cases.json")),
+                    reason="tools/train/corpus/tokenizer/ not generated yet "
+                           "(tools/train/corpus/run_corpus_model.sh on the GPU machine)")
+def test_corpus_tokenizer_cases_match_hf_tokenizers():
+    from yunmin_train.tokenizer import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(CORPUS_TOK, "tokenizer.json"))
+    with open(os.path.join(CORPUS_TOK, "cases.json"), encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    assert len(cases) > 60
+    bad = [c["text"] for c in cases if tok.encode(c["text"]) != c["ids"]]
+    assert not bad, f"{len(bad)} of {len(cases)} mismatch, e.g. {bad[0]!r}"
+    for c in cases:
+        assert tok.decode(c["ids"]) == unicodedata.normalize("NFC", c["text"])
