@@ -18,8 +18,9 @@ PY=${PYTHON:-python3}
 
 if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
+    NPM=; command -v npm >/dev/null || NPM=npm     # keep a node/npm that is already there
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        dict-gcide dict-wn bible-kjv-text bible-kjv python3.11-doc linux-doc-6.1 perl-doc npm
+        dict-gcide dict-wn bible-kjv-text bible-kjv python3.11-doc linux-doc-6.1 perl-doc $NPM
 else
     echo "note: not root; assuming the Debian packages are installed" >&2
 fi
