@@ -11,7 +11,7 @@
 #      token cache train.py / evaluate.py read; in the background, the toolkit's pure-Python
 #      tokenizer compared with HF on the whole of val.txt and test.txt (reported if done by
 #      the end);
-#   2. throughput: TP_S (default 30) s of training for each of two shapes of about the same size
+#   2. throughput (skipped with SKIP_TP=1): TP_S (default 30) s of training for each of two shapes of about the same size
 #      A: d_model 512 x 12 layers (26.6 M parameters), B: d_model 640 x 8 layers (28.9 M),
 #      batch 32 x 256 tokens, bf16 autocast; tokens/s = median of the logged rates after step 20;
 #   3. the shape with more tokens/s (A unless B is more than 10 % faster: the deeper one at a
@@ -19,7 +19,7 @@
 #      cosine to 2e-4 over the time budget, no dropout (the run sees well under one epoch),
 #      held-out loss on 128 windows of val.txt every 200 steps, best model exported in bf16;
 #   4. held-out perplexity (evaluate.py, ctx 256, float32) on test.txt, val.txt and
-#      test-head.txt; samples at temperature 0.8 for prompts of each domain;
+#      test-head.txt ($EVAL_FILES); samples at temperature 0.8 for prompts of each domain;
 #   5. OUT_DIR/model/: the bf16 weights as shards of at most 15.5 MiB (the files that come back
 #      from the GPU machine are limited to 16 MiB); OUT_DIR/results.tar.gz: config.json,
 #      model.safetensors.index.json, tokenizer files, logs, eval JSONs, samples, results.json.
@@ -93,6 +93,9 @@ COMMON=(--text "$CORPUS/train.txt" --val-text "$CORPUS/val.txt" --tokenizer "$TO
 read -r -a SHAPE_A <<< "${SHAPE_A:---d-model 512 --n-layer 12}"
 read -r -a SHAPE_B <<< "${SHAPE_B:---d-model 640 --n-layer 8}"
 
+if [ "${SKIP_TP:-0}" = 1 ]; then      # short runs: shape A, its rate read from its own log
+    CHOICE=A
+else
 say "2. throughput, ${TP_S}s each"
 "$PY" -m yunmin_train.train "${COMMON[@]}" "${SHAPE_A[@]}" --out "$WORK/tp-A" \
     --time-budget "$TP_S" --eval-interval 1000000 --eval-max-windows 2 --log-interval 10 --quiet || exit 1
@@ -119,9 +122,10 @@ print(json.dumps(res), file=sys.stderr)
 print(choice)
 EOF
 ) || exit 1
+fi
 if [ "$CHOICE" = B ]; then SHAPE=("${SHAPE_B[@]}"); else SHAPE=("${SHAPE_A[@]}"); fi
 BUDGET=$(( DEADLINE_S - $(el) - ${POST_S:-100} ))
-[ "$BUDGET" -lt 60 ] && BUDGET=60
+[ "$BUDGET" -lt 30 ] && BUDGET=30
 say "3. training shape $CHOICE (${SHAPE[*]}) for ${BUDGET}s"
 "$PY" -m yunmin_train.train "${COMMON[@]}" "${SHAPE[@]}" --out "$MODEL" \
     --time-budget "$BUDGET" --eval-interval 200 --eval-max-windows 128 --log-interval 20 \
@@ -130,7 +134,7 @@ grep '"type": "train"' "$MODEL/train_log.jsonl" | awk 'NR % 5 == 0' | tail -n 12
 [ -f "$MODEL/model.safetensors" ] || exit 1
 
 say "4. held-out perplexity and samples"
-for f in test val test-head; do
+for f in ${EVAL_FILES:-test val test-head}; do
     "$PY" -m yunmin_train.evaluate --model "$MODEL" --text "$CORPUS/$f.txt" --split all --ctx 256 \
         --batch-size 64 --cache-dir "$WORK/data" --out "$RES/eval_$f.json" | grep -E '"(ppl|n_scored|mean_nll)"'
 done
