@@ -48,6 +48,12 @@ def _sha(b):
     return hashlib.sha256(b).hexdigest()
 
 
+def cache_path(text, tokenizer_bytes, cache_dir, tag="text"):
+    """Where tokenize_cached keeps the ids of `text` (a faster tokenizer may fill it first)."""
+    key = _sha(_sha(text.encode("utf-8")).encode() + _sha(tokenizer_bytes).encode())[:16]
+    return os.path.join(cache_dir, f"tokens-{tag}-{key}.npy")
+
+
 def tokenize_cached(text, tokenizer_path, cache_dir=None, tag="text"):
     """Token ids (int32 numpy) of `text`, cached as <cache_dir>/<tag>-<hash>.npy.
 
@@ -55,11 +61,10 @@ def tokenize_cached(text, tokenizer_path, cache_dir=None, tag="text"):
     """
     with open(tokenizer_path, "rb") as f:
         tok_bytes = f.read()
-    key = _sha(_sha(text.encode("utf-8")).encode() + _sha(tok_bytes).encode())[:16]
     path = None
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
-        path = os.path.join(cache_dir, f"tokens-{tag}-{key}.npy")
+        path = cache_path(text, tok_bytes, cache_dir, tag)
         if os.path.exists(path):
             return np.load(path)
     tok = Tokenizer(json.loads(tok_bytes.decode("utf-8")))
@@ -71,15 +76,21 @@ def tokenize_cached(text, tokenizer_path, cache_dir=None, tag="text"):
     return ids
 
 
-def load_splits(text_path, tokenizer_path, cache_dir=None, val_percent=VAL_PERCENT):
-    """(train_ids, val_ids, info) for a text file, with the split documented above."""
+def load_splits(text_path, tokenizer_path, cache_dir=None, val_percent=VAL_PERCENT,
+                val_path=None):
+    """(train_ids, val_ids, info) for a text file, with the split documented above; with
+    val_path, the whole of text_path is training text and val_path is the held-out text."""
     text = read_text(text_path)
-    train, val = split_text(text, val_percent)
+    if val_path:
+        train, val = text, read_text(val_path)
+    else:
+        train, val = split_text(text, val_percent)
     tr = tokenize_cached(train, tokenizer_path, cache_dir, "train")
     va = tokenize_cached(val, tokenizer_path, cache_dir, "val")
-    info = {"n_chars": len(text), "n_train_chars": len(train), "n_val_chars": len(val),
+    info = {"n_chars": len(train) + len(val), "n_train_chars": len(train),
+            "n_val_chars": len(val),
             "n_train_tokens": int(tr.size), "n_val_tokens": int(va.size),
-            "val_percent": val_percent}
+            "val_percent": None if val_path else val_percent, "val_text": val_path}
     return tr, va, info
 
 

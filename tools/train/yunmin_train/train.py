@@ -3,8 +3,9 @@
     PYTHONPATH=tools/train python3 -m yunmin_train.train --text data.txt \\
         --tokenizer tokenizer.json --out models/my-model --work-dir build/my-run [options]
 
-* Data: the last 10 % of the file's characters are held out (see yunmin_train.data); training
-  batches are random contiguous windows of --seq-len tokens from the first 90 %.
+* Data: the last 10 % of the file's characters are held out (see yunmin_train.data), or, with
+  --val-text, that whole file is; training batches are random contiguous windows of --seq-len
+  tokens from the training text.
 * Optimiser: AdamW (weight decay on matrices and embeddings, not on norms, biases, A_log, D),
   linear warmup over --warmup-steps, then cosine decay to --min-lr-ratio * --lr. The schedule's
   progress is max(step / --max-steps, elapsed / --time-budget): with a time budget the cosine
@@ -47,6 +48,8 @@ def build_parser():
     g.add_argument("--work-dir", default=None,
                    help="checkpoints and token cache (default: <out>/work)")
     g.add_argument("--val-percent", type=int, default=data_mod.VAL_PERCENT)
+    g.add_argument("--val-text", default=None,
+                   help="held-out text file; then all of --text is training text")
     g = ap.add_argument_group("model")
     g.add_argument("--init-from", default=None, help="start from this model directory")
     g.add_argument("--d-model", type=int, default=256)
@@ -174,7 +177,8 @@ def train(a):
     tok = Tokenizer.from_file(a.tokenizer)
     train_ids, val_ids, info = data_mod.load_splits(a.text, a.tokenizer,
                                                     cache_dir=os.path.join(work, "data"),
-                                                    val_percent=a.val_percent)
+                                                    val_percent=a.val_percent,
+                                                    val_path=a.val_text)
     print(f"data: {info['n_train_tokens']} train tokens, {info['n_val_tokens']} held-out tokens "
           f"({info['n_chars']} chars, tokenized in {time.time() - t_setup:.1f} s)", flush=True)
     if int(train_ids.max()) >= tok.vocab_size:
