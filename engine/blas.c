@@ -69,11 +69,17 @@ void ym_blas_reexec(char **argv)
     const char *no = getenv("YUNMIN_NO_REEXEC");
     if (getenv("OPENBLAS_CORETYPE") != NULL || (no != NULL && *no != '\0' && *no != '0'))
         return;
+    /* YUNMIN_FORCE_REEXEC=1 re-executes even when the kernel is already right (keeping the
+     * library's choice), so tests can exercise this path on any CPU. */
+    const char *force = getenv("YUNMIN_FORCE_REEXEC");
+    int forced = force != NULL && *force != '\0' && *force != '0';
     const char *want = wanted_core();
+    const char *have = openblas_get_corename();
+    if (forced && want == NULL)
+        want = have;
     if (want == NULL)
         return;
-    const char *have = openblas_get_corename();
-    if (have != NULL && strcasecmp(have, want) == 0)
+    if (!forced && have != NULL && strcasecmp(have, want) == 0)
         return;
     /* Prefer our own binary over argv[0], which may be a name found through PATH. Exec it by
      * its real path, not as /proc/self/exe: the kernel names a process after the file it

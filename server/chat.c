@@ -117,7 +117,7 @@ ym_err ym_chat_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     }
     if ((err = ym__gen_check_vocab(r, &q, diag)) != YM_OK)
         goto out;
-    if (ym__gen_take_session(r, &q) != 0)
+    if ((err = ym__gen_take_session(r, &q, diag)) != YM_OK)
         goto out;
     if ((err = ym_adapters_resolve(r, q.model, q.adapters, &adapter, diag)) != YM_OK)
         goto out;

@@ -5,8 +5,10 @@
  * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
  * session, tokenize (long prompts on the libuv pool), submit the generation job to the
  * scheduler, then turn the job's new output into SSE events (streaming) or one JSON body.
- * Runs: loop thread only. Must not: touch the connection; it answers through ym_hreq_respond_*
- * and gives the transport its output and ping hooks (r->on_output, r->on_ping). */
+ * Runs: loop thread only. Must not: touch the connection or write an error itself; it answers
+ * through ym_hreq_respond_json / ym_hreq_start_stream, returns a refusal as ym_err + diag (or,
+ * once the handler has returned, hands it to ym_hreq_fail), and gives the transport its output
+ * and ping hooks (r->on_output, r->on_ping). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +169,7 @@ static void stream_output(ym_hreq *r)
 static void collect_output(ym_hreq *r)
 {
     ym_gen_delta *d = &r->delta;
+    ym_diag diag = {0};
     if (ym_buf_put(&r->full_text, d->text ? d->text : "", d->text_len) != 0)
         goto oom;
     if (r->logprobs >= 0 && d->n_toks > 0) {
@@ -196,18 +199,19 @@ static void collect_output(ym_hreq *r)
     if (d->finish == YM_FINISH_NONE)
         return;
     if (d->finish == YM_FINISH_CANCELLED) {
-        ym_hreq_respond_error(r, YM_ECANCELED, NULL,
-                              "the request was cancelled (server stopping or client gone)");
+        ym_diag_set(&diag, YM_ECANCELED,
+                    "the request was cancelled (server stopping or client gone)");
+        ym_hreq_fail(r, YM_ECANCELED, &diag);
         return;
     }
     if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
-        ym_hreq_respond_error(r, YM_EEXIST, "session_append", "%s",
-                              SESSION_CHANGED);
+        ym_diag_param(&diag, YM_EEXIST, "session_append", "%s", SESSION_CHANGED);
+        ym_hreq_fail(r, YM_EEXIST, &diag);
         return;
     }
     if (d->finish == YM_FINISH_ERROR) {
-        ym_hreq_respond_error(r, YM_EIO, NULL,
-                              "the engine failed while generating; see the server log");
+        ym_diag_set(&diag, YM_EIO, "the engine failed while generating; see the server log");
+        ym_hreq_fail(r, YM_EIO, &diag);
         return;
     }
     json_t *text;
@@ -240,7 +244,8 @@ static void collect_output(ym_hreq *r)
     return;
 oom:
     ym_gen_cancel(r->gen);
-    ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
+    ym_diag_set(&diag, YM_ENOMEM, "out of memory");
+    ym_hreq_fail(r, YM_ENOMEM, &diag);
 }
 
 static void on_output(ym_hreq *r)
@@ -275,8 +280,10 @@ typedef struct ym_tok_job {
     ym_err err;
 } ym_tok_job;
 
-/* Second half of a completion: the prompt is ids now. Takes ids->v over. */
-void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter)
+/* Second half of a completion: the prompt is ids now. Takes ids->v and adapter over. YM_OK
+ * when under way, else the error with diag (the caller answers it). */
+ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter,
+                      ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_err err;
@@ -286,13 +293,13 @@ void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *ada
     r->on_output = on_output; /* the transport calls these for the job's output */
     r->on_ping = on_ping;
     if (ids->n == 0) {
-        ym_hreq_respond_error(r, YM_EINVAL, what, "the prompt has no tokens");
+        err = ym_diag_param(diag, YM_EINVAL, what, "the prompt has no tokens");
         goto fail;
     }
     if (ids->n > srv->conf.max_prompt_tokens) {
-        ym_hreq_respond_error(r, YM_EPROMPT, what,
-                              "the prompt has %zu tokens; this server allows at most %llu", ids->n,
-                              (unsigned long long)srv->conf.max_prompt_tokens);
+        err = ym_diag_param(diag, YM_EPROMPT, what,
+                            "the prompt has %zu tokens; this server allows at most %llu", ids->n,
+                            (unsigned long long)srv->conf.max_prompt_tokens);
         goto fail;
     }
     if (q->echo) {
@@ -305,18 +312,18 @@ void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *ada
             ym_tok_decode(srv->tok, ids->v, ids->n, &r->echo_text, &r->echo_len);
         }
         if (r->echo_text == NULL) {
-            ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
+            err = ym_diag_set(diag, YM_ENOMEM, "out of memory");
             goto fail;
         }
     }
     if (r->session_append && (err = ym_sessions_append(r, ids, &p, &sd)) != YM_OK) {
-        ym_hreq_fail(r, err, &sd);
+        *diag = sd;
         goto fail;
     }
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
-        ym_hreq_respond_error(r, YM_ELIMIT, NULL,
-                              "tenant %s already has %llu requests running; retry when one ends",
-                              r->limits.name, (unsigned long long)r->limits.max_concurrent);
+        err = ym_diag_set(diag, YM_ELIMIT,
+                          "tenant %s already has %llu requests running; retry when one ends",
+                          r->limits.name, (unsigned long long)r->limits.max_concurrent);
         goto fail;
     }
     p.prompt = ids->v;
@@ -335,22 +342,18 @@ void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *ada
     ids->v = NULL; /* ym_gen_new takes the array */
     ids->n = ids->cap = 0;
     ym_gen *g = NULL;
-    if ((err = ym_gen_new(&p, &g)) != YM_OK) {
-        ym_hreq_respond_error(r, err, NULL, "out of memory");
-        return;
-    }
+    if ((err = ym_gen_new(&p, &g)) != YM_OK)
+        return ym_diag_set(diag, err, "out of memory");
     ym_gen_set_owner(g, r);
     if (srv->draining || srv->sched == NULL || (err = ym_sched_submit(srv->sched, g)) != YM_OK) {
         ym_gen_unref(g);
         ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
         if (srv->draining || srv->sched == NULL)
-            ym_hreq_respond_error(r, YM_EDRAINING, NULL,
-                                  "the server is shutting down; retry on another replica");
-        else
-            ym_hreq_respond_error(r, YM_EBUSY, NULL,
-                                  "the server is busy (%llu requests waiting); retry shortly",
-                                  (unsigned long long)srv->conf.max_queue);
-        return;
+            return ym_diag_set(diag, YM_EDRAINING,
+                               "the server is shutting down; retry on another replica");
+        return ym_diag_set(diag, YM_EBUSY,
+                           "the server is busy (%llu requests waiting); retry shortly",
+                           (unsigned long long)srv->conf.max_queue);
     }
     ym_metrics_add(srv->metrics, YM_M_PROMPT_TOKENS, n_prompt);
     r->gen = g;
@@ -377,9 +380,10 @@ void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *ada
         /* Wait for the job; on_out_ready queues the response and resumes us. */
         ym_hreq_suspend(r);
     }
-    return;
+    return YM_OK;
 fail:
     ym_adapter_unref(adapter);
+    return err;
 }
 
 static void tok_work(uv_work_t *w) /* libuv pool: the tokenizer is read-only, shared safely */
@@ -394,16 +398,20 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     ym_hreq *r = job->r;
     r->tok_job = NULL;
     if (!ym_hreq_closed(r)) {
-        if (r->client_gone)
-            ym_hreq_respond_error(r, YM_ECANCELED, NULL, "the client went away");
-        else if (status != 0 || job->err != YM_OK)
-            ym_hreq_respond_error(r, job->err ? job->err : YM_EIO,
-                                  r->chat ? "messages" : "prompt",
-                                  "cannot tokenize the prompt: %s",
-                                  ym_strerror(job->err ? job->err : YM_EIO));
-        else
-            ym__gen_submit(r, &job->q, &job->ids, job->adapter);
-        job->adapter = NULL; /* ym__gen_submit took it */
+        ym_diag diag = {0};
+        ym_err err;
+        if (r->client_gone) {
+            err = ym_diag_set(&diag, YM_ECANCELED, "the client went away");
+        } else if (status != 0 || job->err != YM_OK) {
+            err = job->err ? job->err : YM_EIO;
+            ym_diag_param(&diag, err, r->chat ? "messages" : "prompt",
+                          "cannot tokenize the prompt: %s", ym_strerror(err));
+        } else {
+            err = ym__gen_submit(r, &job->q, &job->ids, job->adapter, &diag);
+            job->adapter = NULL; /* ym__gen_submit took it */
+        }
+        if (err != YM_OK) /* the handler has returned: the transport writes it now */
+            ym_hreq_fail(r, err, &diag);
         if (ym_hreq_answered(r))
             ym_hreq_resume(r);
         if (r->gen == NULL)
@@ -452,7 +460,7 @@ ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter
                       ym_strerror(err));
         goto out;
     }
-    ym__gen_submit(r, q, &ids, adapter);
+    err = ym__gen_submit(r, q, &ids, adapter, diag);
     adapter = NULL;
 out:
     ym_adapter_unref(adapter);
@@ -482,47 +490,38 @@ ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag)
 }
 
 /* The session: the body's session_id or the X-Session-Id header (which a load balancer can
- * hash on to pin a conversation to a replica); both present must agree. 0 or -1 (answered). */
-int ym__gen_take_session(ym_hreq *r, const ym_creq *q)
+ * hash on to pin a conversation to a replica); both present must agree. YM_OK, or the error
+ * with diag (the caller answers it). */
+ym_err ym__gen_take_session(ym_hreq *r, const ym_creq *q, ym_diag *diag)
 {
     const char *h = ym_hreq_header(r, "X-Session-Id");
     if (h != NULL) {
         ym_diag d = {0};
         if (ym_session_id_check(h, strlen(h), (size_t)r->srv->conf.max_session_id_bytes, &d) !=
-            YM_OK) {
-            ym_hreq_respond_error(r, YM_EINVAL, "X-Session-Id",
-                                  "X-Session-Id: %s", d.msg);
-            return -1;
-        }
-        if (q->session_id != NULL && strcmp(q->session_id, h) != 0) {
-            ym_hreq_respond_error(r, YM_EINVAL, "session_id",
-                                  "session_id and the X-Session-Id header differ");
-            return -1;
-        }
+            YM_OK)
+            return ym_diag_param(diag, YM_EINVAL, "X-Session-Id", "X-Session-Id: %s", d.msg);
+        if (q->session_id != NULL && strcmp(q->session_id, h) != 0)
+            return ym_diag_param(diag, YM_EINVAL, "session_id",
+                                 "session_id and the X-Session-Id header differ");
     }
     const char *id = q->session_id ? q->session_id : h;
-    if (id != NULL && (r->session_id = strdup(id)) == NULL) {
-        ym_hreq_respond_error(r, YM_ENOMEM, NULL, "out of memory");
-        return -1;
-    }
-    if (q->session_append && id == NULL) {
-        ym_hreq_respond_error(r, YM_EINVAL, "session_append",
-                              "session_append needs a session_id (or an X-Session-Id header)");
-        return -1;
-    }
+    if (id != NULL && (r->session_id = strdup(id)) == NULL)
+        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+    if (q->session_append && id == NULL)
+        return ym_diag_param(diag, YM_EINVAL, "session_append",
+                             "session_append needs a session_id (or an X-Session-Id header)");
     if (q->session_append && q->sampling.repetition_penalty != 1.0f) {
         /* The penalty covers the prompt's tokens, which an appended turn does not carry. */
-        ym_hreq_respond_error(r, YM_EINVAL, "repetition_penalty",
-                              "repetition_penalty is not available with session_append (it "
-                              "needs the whole history): send the whole prompt instead");
-        return -1;
+        return ym_diag_param(diag, YM_EINVAL, "repetition_penalty",
+                             "repetition_penalty is not available with session_append (it "
+                             "needs the whole history): send the whole prompt instead");
     }
     r->session_append = q->session_append;
-    return 0;
+    return YM_OK;
 }
 
-/* POST /v1/completions. Refusals found here are returned; the job, the tokenization and the
- * helpers it hands over to answer themselves (ym_hreq_respond_error), later or now. */
+/* POST /v1/completions. Refusals found here, or by the helpers it calls, are returned; those
+ * of a tokenization or a generation that ends after it returned go to ym_hreq_fail. */
 ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
 {
     r->on_output = on_output; /* the transport calls these for the job's output */
@@ -543,7 +542,7 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
         return err;
-    if (ym__gen_take_session(r, &q) != 0)
+    if ((err = ym__gen_take_session(r, &q, diag)) != YM_OK)
         goto out;
     if ((err = ym_adapters_resolve(r, q.model, q.adapters, &adapter, diag)) != YM_OK)
         goto out;
@@ -560,7 +559,7 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
         ids.v = q.prompt_ids;
         ids.n = ids.cap = q.n_prompt_ids;
         q.prompt_ids = NULL; /* moved */
-        ym__gen_submit(r, &q, &ids, adapter);
+        err = ym__gen_submit(r, &q, &ids, adapter, diag);
         adapter = NULL;
         goto out;
     }

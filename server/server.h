@@ -213,12 +213,13 @@ extern const size_t ym_n_routes;
  * YM_OK when it answered (or its work will), else the error with diag (router.h). */
 /* completions.c */
 ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
-/* What chat.c shares with it: the session of a request (0, or -1: answered), the check of a
- * token-id list against the vocabulary, and the submission of the job with its ids (takes
- * ids->v and adapter over; answers itself on failure). */
-int ym__gen_take_session(ym_hreq *r, const ym_creq *q);
+/* What chat.c shares with it: the session of a request, the check of a token-id list against
+ * the vocabulary, and the submission of the job with its ids (takes ids->v and adapter over).
+ * Each returns YM_OK, or the error with diag (the caller answers it). */
+ym_err ym__gen_take_session(ym_hreq *r, const ym_creq *q, ym_diag *diag);
 ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag);
-void ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter);
+ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter,
+                      ym_diag *diag);
 /* Tokenize q's text prompt (on the libuv pool when long) and submit. Takes over q's contents,
  * *root, adapter and text (the prompt's bytes when not in *root, or NULL). YM_OK when answered
  * or under way, else the error with diag. */

@@ -933,8 +933,19 @@ class NewUserFaults(unittest.TestCase):
     one code for a prompt too long, SIGHUP applying max_running, CORS preflights."""
 
     def test_process_keeps_its_name(self):
-        d = Daemon("--model", M40)
+        # Force the BLAS re-exec (it happens by itself only on CPUs whose kernel OpenBLAS
+        # misjudges): the process it becomes must still be named yunmind.
+        saved = os.environ.pop("OPENBLAS_CORETYPE", None)
         try:
+            d = Daemon("--model", M40, env={"YUNMIN_FORCE_REEXEC": "1"})
+        finally:
+            if saved is not None:
+                os.environ["OPENBLAS_CORETYPE"] = saved
+        try:
+            with open("/proc/%d/environ" % d.proc.pid, "rb") as f:
+                env = f.read().split(b"\0")
+            self.assertTrue(any(e.startswith(b"OPENBLAS_CORETYPE=") for e in env),
+                            "the daemon did not re-execute itself")
             with open("/proc/%d/comm" % d.proc.pid) as f:
                 self.assertEqual(f.read().strip(), "yunmind")
             p = subprocess.run(["pgrep", "-x", "yunmind"], capture_output=True, timeout=T)

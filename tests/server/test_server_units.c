@@ -1435,7 +1435,7 @@ static const char *type_for_status(int status)
  * hands them to ym_hreq_fail). So no other file may name MHD, call ym_hreq_respond_error, or
  * answer ym_hreq_respond_json / _text with a status of 300 or more. Exceptions, each for a
  * reason: probes.c's /readyz answers 503 with its own status body (a probe's answer, not an
- * error); completions.c still answers its generation's refusals itself. */
+ * error). */
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -1494,9 +1494,8 @@ START_TEST(test_only_the_transport_writes_errors)
         n_files++;
         char why[128] = "";
         int probes = strcmp(de->d_name, "probes.c") == 0;
-        int completions = strcmp(de->d_name, "completions.c") == 0;
         ck_assert_msg(strstr(src, "MHD_") == NULL, "server/%s uses MHD", de->d_name);
-        ck_assert_msg(completions || strstr(src, "ym_hreq_respond_error(") == NULL,
+        ck_assert_msg(strstr(src, "ym_hreq_respond_error(") == NULL,
                       "server/%s writes an error itself: return ym_err + diag (or ym_hreq_fail)",
                       de->d_name);
         ck_assert_msg(probes || !bad_status(src, "ym_hreq_respond_json(", why, sizeof(why)),
