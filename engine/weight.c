@@ -177,8 +177,9 @@ void ym_matmul_ref(float *C, int ldc, const float *A, int lda, int M, const ym_w
 
 /* Dot products in 8 independent lanes, so that the compiler vectorizes them: for the base ISA
  * and, chosen at load time on CPUs that have it, AVX2 + FMA (x86-64-v3): the path of CPUs
- * without AVX-512. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * without AVX-512. Not under ThreadSanitizer: the clones' ifunc resolver is instrumented and
+ * runs during relocation, before the sanitizer's runtime exists (the process dies at start). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define CLONES
