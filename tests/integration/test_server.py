@@ -967,6 +967,24 @@ class Choices(unittest.TestCase):
                 self.assertEqual(r.json()["error"]["param"], "n")
                 self.assertIn(want, r.json()["error"]["message"])
 
+    def test_session_keeps_choice_0(self):
+        """With session_id, the session holds choice 0's state: the next turn built on
+        choice 0's answer resumes from it and answers what a cold run answers."""
+        body = {"max_tokens": 12, "temperature": 1.0, "seed": 5, "stop": ["\n\n"],
+                "session_id": "choices-conv"}
+        conv = [{"role": "user", "content": "Good morrow, fair maid."}]
+        r = self.d.post("/v1/chat/completions", dict(body, messages=conv, n=3))
+        self.assertEqual(r.status_code, 200, r.text)
+        answer = r.json()["choices"][0]["message"]["content"]
+        conv = conv + [{"role": "assistant", "content": answer},
+                       {"role": "user", "content": "What art thou?"}]
+        second = self.d.post("/v1/chat/completions", dict(body, messages=conv)).json()
+        cold = self.d.post("/v1/chat/completions",
+                           {"messages": conv, "max_tokens": 12, "temperature": 1.0, "seed": 5,
+                            "stop": ["\n\n"]}).json()
+        self.assertGreater(second["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(second["choices"][0]["message"], cold["choices"][0]["message"])
+
     def test_cancel_frees_every_slot(self):
         body = {"prompt": "ROMEO:", "max_tokens": 5000, "temperature": 1.0, "n": 4,
                 "ignore_eos": True, "stream": True}
