@@ -23,12 +23,13 @@ static json_t *chat_id(const ym_hreq *r)
     return json_sprintf("chatcmpl-%s", id);
 }
 
-json_t *ym__chat_chunk(ym_hreq *r, json_t *delta, json_t *logprobs, const char *finish)
+json_t *ym__chat_chunk(ym_hreq *r, int index, json_t *delta, json_t *logprobs,
+                       const char *finish)
 {
     json_t *choices = json_array();
     if (delta != NULL)
         json_array_append_new(choices,
-                              json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta,
+                              json_pack("{s:i,s:o,s:o,s:o}", "index", index, "delta", delta,
                                         "logprobs", logprobs ? logprobs : json_null(),
                                         "finish_reason",
                                         finish ? json_string(finish) : json_null()));
@@ -40,15 +41,18 @@ json_t *ym__chat_chunk(ym_hreq *r, json_t *delta, json_t *logprobs, const char *
     return obj;
 }
 
-json_t *ym__chat_completion(ym_hreq *r, json_t *text, json_t *logprobs, const char *finish)
+json_t *ym__chat_choice(int index, json_t *text, json_t *logprobs, const char *finish)
 {
-    json_t *choice = json_pack("{s:i,s:{s:s,s:o},s:o,s:o}", "index", 0, "message", "role",
-                               "assistant", "content", text, "logprobs",
-                               logprobs ? logprobs : json_null(), "finish_reason",
-                               finish ? json_string(finish) : json_null());
-    return json_pack("{s:o,s:s,s:I,s:s,s:[o]}", "id", chat_id(r), "object", "chat.completion",
+    return json_pack("{s:i,s:{s:s,s:o},s:o,s:o}", "index", index, "message", "role",
+                     "assistant", "content", text, "logprobs", logprobs ? logprobs : json_null(),
+                     "finish_reason", finish ? json_string(finish) : json_null());
+}
+
+json_t *ym__chat_completion(ym_hreq *r, json_t *choices)
+{
+    return json_pack("{s:o,s:s,s:I,s:s,s:o}", "id", chat_id(r), "object", "chat.completion",
                      "created", (json_int_t)time(NULL), "model",
-                     r->model[0] ? r->model : r->srv->model_name, "choices", choice);
+                     r->model[0] ? r->model : r->srv->model_name, "choices", choices);
 }
 
 /* One {"token", "logprob", "bytes"} entry: the token's own bytes, its text with invalid UTF-8

@@ -74,11 +74,25 @@ static json_t *completion_object(ym_hreq *r, json_t *choices)
                      "choices", choices);
 }
 
-static json_t *choice(json_t *text, json_t *logprobs, const char *finish)
+static json_t *choice(int index, json_t *text, json_t *logprobs, const char *finish)
 {
-    return json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text, "logprobs",
+    return json_pack("{s:i,s:o,s:o,s:o}", "index", index, "text", text, "logprobs",
                      logprobs ? logprobs : json_null(), "finish_reason",
                      finish ? json_string(finish) : json_null());
+}
+
+void ym__gen_choices_free(ym_hreq *r)
+{
+    for (int i = 0; i < r->n_choices; i++) {
+        ym_choice *c = &r->choices[i];
+        ym_gen_delta_deinit(&c->delta);
+        ym_buf_deinit(&c->text);
+        free(c->toks);
+        free(c->tops);
+    }
+    free(r->choices);
+    r->choices = NULL;
+    r->n_choices = 0;
 }
 
 /* An appended turn whose session another request replaced (or the cache evicted) between the
@@ -112,9 +126,10 @@ static const char *public_finish(ym_finish f)
     return f == YM_FINISH_STOP ? "stop" : f == YM_FINISH_LENGTH ? "length" : NULL;
 }
 
-static void stream_output(ym_hreq *r)
+/* The events of choice i's new output (chunks of different choices interleave). */
+static void stream_choice(ym_hreq *r, int i)
 {
-    ym_gen_delta *d = &r->delta;
+    ym_gen_delta *d = &r->choices[i].delta;
     int finished = d->finish != YM_FINISH_NONE;
     const char *fin = finished ? public_finish(d->finish) : NULL;
     if (r->chat) {
@@ -122,41 +137,48 @@ static void stream_output(ym_hreq *r)
             json_t *lp = NULL;
             if (r->logprobs >= 0 && d->n_toks > 0)
                 lp = ym__chat_logprobs(r, d->toks, d->tops, d->n_toks, d->n_top);
-            sse_event(r, ym__chat_chunk(r,
+            sse_event(r, ym__chat_chunk(r, i,
                                         json_pack("{s:o}", "content",
                                                   ym_json_text(d->text, d->text_len)),
                                         lp, NULL));
         }
         if (finished && fin != NULL)
-            sse_event(r, ym__chat_chunk(r, json_object(), NULL, fin));
+            sse_event(r, ym__chat_chunk(r, i, json_object(), NULL, fin));
     } else if (d->text_len > 0 || d->n_toks > 0 || (finished && fin != NULL)) {
         json_t *lp = NULL;
         if (r->logprobs >= 0 && d->n_toks > 0)
             lp = logprobs_json(r, d->toks, d->tops, d->n_toks, d->n_top, r->echo_len);
         json_t *obj = completion_object(
-            r, json_pack("[o]", choice(ym_json_text(d->text, d->text_len), lp, fin)));
+            r, json_pack("[o]", choice(i, ym_json_text(d->text, d->text_len), lp, fin)));
         if (r->include_usage)
             json_object_set_new(obj, "usage", json_null());
         sse_event(r, obj);
     }
-    if (!finished)
+}
+
+static void stream_output(ym_hreq *r, const ym_gen_delta *end)
+{
+    for (int i = 0; i < r->n_choices; i++)
+        if (r->choices[i].took)
+            stream_choice(r, i);
+    if (end == NULL)
         return;
-    if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
+    if (end->finish == YM_FINISH_ERROR && end->error == YM_EEXIST) {
         sse_event(r, json_pack("{s:{s:s,s:s,s:s,s:s}}", "error", "message", SESSION_CHANGED,
                                "type", "invalid_request_error", "param", "session_append", "code",
                                "session_mismatch"));
-    } else if (d->finish == YM_FINISH_ERROR) {
+    } else if (end->finish == YM_FINISH_ERROR) {
         sse_event(r, json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message",
                                "the engine failed while generating; see the server log", "type",
                                "server_error", "param", "code"));
-    } else if (d->finish == YM_FINISH_CANCELLED) {
+    } else if (end->finish == YM_FINISH_CANCELLED) {
         ym_hreq_stream_abort(r); /* the client is gone or the server is stopping: just end */
         return;
     }
     if (r->include_usage) {
-        json_t *obj = r->chat ? ym__chat_chunk(r, NULL, NULL, NULL)
+        json_t *obj = r->chat ? ym__chat_chunk(r, 0, NULL, NULL, NULL)
                               : completion_object(r, json_array());
-        json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen, d->n_cached));
+        json_object_set_new(obj, "usage", usage_json(r->n_prompt, r->n_gen, r->n_cached));
         sse_event(r, obj);
     }
     if (ym_buf_put(&r->sse, "data: [DONE]\n\n", 14) != 0)
@@ -166,80 +188,102 @@ static void stream_output(ym_hreq *r)
 
 /* --- non-streaming output --- */
 
-static void collect_output(ym_hreq *r)
+/* Keep choice c's new output. 0, or -1 out of memory. */
+static int collect_choice(ym_hreq *r, ym_choice *c)
 {
-    ym_gen_delta *d = &r->delta;
-    ym_diag diag = {0};
-    if (ym_buf_put(&r->full_text, d->text ? d->text : "", d->text_len) != 0)
-        goto oom;
+    ym_gen_delta *d = &c->delta;
+    if (ym_buf_put(&c->text, d->text ? d->text : "", d->text_len) != 0)
+        return -1;
     if (r->logprobs >= 0 && d->n_toks > 0) {
-        if (r->n_all + d->n_toks > r->cap_all) {
-            int cap = (r->cap_all ? r->cap_all : 64);
-            while (cap < r->n_all + d->n_toks)
+        if (c->n_all + d->n_toks > c->cap_all) {
+            int cap = (c->cap_all ? c->cap_all : 64);
+            while (cap < c->n_all + d->n_toks)
                 cap *= 2;
-            ym_gen_tok *t = realloc(r->all_toks, (size_t)cap * sizeof(*t));
+            ym_gen_tok *t = realloc(c->toks, (size_t)cap * sizeof(*t));
             if (t == NULL)
-                goto oom;
-            r->all_toks = t;
+                return -1;
+            c->toks = t;
             if (d->n_top > 0) {
-                ym_logprob *p =
-                    realloc(r->all_tops, (size_t)cap * (size_t)d->n_top * sizeof(*p));
+                ym_logprob *p = realloc(c->tops, (size_t)cap * (size_t)d->n_top * sizeof(*p));
                 if (p == NULL)
-                    goto oom;
-                r->all_tops = p;
+                    return -1;
+                c->tops = p;
             }
-            r->cap_all = cap;
+            c->cap_all = cap;
         }
-        memcpy(r->all_toks + r->n_all, d->toks, (size_t)d->n_toks * sizeof(ym_gen_tok));
+        memcpy(c->toks + c->n_all, d->toks, (size_t)d->n_toks * sizeof(ym_gen_tok));
         if (d->n_top > 0)
-            memcpy(r->all_tops + (size_t)r->n_all * (size_t)d->n_top, d->tops,
+            memcpy(c->tops + (size_t)c->n_all * (size_t)d->n_top, d->tops,
                    (size_t)d->n_toks * (size_t)d->n_top * sizeof(ym_logprob));
-        r->n_all += d->n_toks;
+        c->n_all += d->n_toks;
     }
-    if (d->finish == YM_FINISH_NONE)
+    return 0;
+}
+
+/* Choice i of the whole answer (a new reference, or NULL out of memory). */
+static json_t *answer_choice(ym_hreq *r, int i)
+{
+    ym_choice *c = &r->choices[i];
+    const char *fin = public_finish(c->finish);
+    json_t *text;
+    if (r->echo) {
+        ym_buf all = {0};
+        if (ym_buf_put(&all, r->echo_text, r->echo_len) ||
+            ym_buf_put(&all, c->text.p ? c->text.p : "", c->text.len)) {
+            ym_buf_deinit(&all);
+            return NULL;
+        }
+        text = ym_json_text(all.p, all.len);
+        ym_buf_deinit(&all);
+    } else {
+        text = ym_json_text(c->text.p ? c->text.p : "", c->text.len);
+    }
+    if (r->chat) {
+        json_t *lp = r->logprobs >= 0
+                         ? ym__chat_logprobs(r, c->toks, c->tops, c->n_all, c->delta.n_top)
+                         : NULL;
+        return ym__chat_choice(i, text, lp, fin);
+    }
+    json_t *lp = r->logprobs >= 0 ? logprobs_json(r, c->toks, c->tops, c->n_all, c->delta.n_top,
+                                                  r->echo_len)
+                                  : NULL;
+    return choice(i, text, lp, fin);
+}
+
+static void collect_output(ym_hreq *r, const ym_gen_delta *end)
+{
+    ym_diag diag = {0};
+    for (int i = 0; i < r->n_choices; i++)
+        if (r->choices[i].took && collect_choice(r, &r->choices[i]) != 0)
+            goto oom;
+    if (end == NULL)
         return;
-    if (d->finish == YM_FINISH_CANCELLED) {
+    if (end->finish == YM_FINISH_CANCELLED) {
         ym_diag_set(&diag, YM_ECANCELED,
                     "the request was cancelled (server stopping or client gone)");
         ym_hreq_fail(r, YM_ECANCELED, &diag);
         return;
     }
-    if (d->finish == YM_FINISH_ERROR && d->error == YM_EEXIST) {
+    if (end->finish == YM_FINISH_ERROR && end->error == YM_EEXIST) {
         ym_diag_param(&diag, YM_EEXIST, "session_append", "%s", SESSION_CHANGED);
         ym_hreq_fail(r, YM_EEXIST, &diag);
         return;
     }
-    if (d->finish == YM_FINISH_ERROR) {
+    if (end->finish == YM_FINISH_ERROR) {
         ym_diag_set(&diag, YM_EIO, "the engine failed while generating; see the server log");
         ym_hreq_fail(r, YM_EIO, &diag);
         return;
     }
-    json_t *text;
-    if (r->echo) {
-        ym_buf all = {0};
-        if (ym_buf_put(&all, r->echo_text, r->echo_len) ||
-            ym_buf_put(&all, r->full_text.p ? r->full_text.p : "", r->full_text.len)) {
-            ym_buf_deinit(&all);
+    json_t *choices = json_array();
+    for (int i = 0; i < r->n_choices; i++) {
+        json_t *c = answer_choice(r, i);
+        if (c == NULL || json_array_append_new(choices, c) != 0) {
+            json_decref(choices);
             goto oom;
         }
-        text = ym_json_text(all.p, all.len);
-        ym_buf_deinit(&all);
-    } else {
-        text = ym_json_text(r->full_text.p ? r->full_text.p : "", r->full_text.len);
     }
-    json_t *obj;
-    if (r->chat) {
-        json_t *lp = r->logprobs >= 0
-                         ? ym__chat_logprobs(r, r->all_toks, r->all_tops, r->n_all, d->n_top)
-                         : NULL;
-        obj = ym__chat_completion(r, text, lp, public_finish(d->finish));
-    } else {
-        json_t *lp = r->logprobs >= 0 ? logprobs_json(r, r->all_toks, r->all_tops, r->n_all,
-                                                      d->n_top, r->echo_len)
-                                      : NULL;
-        obj = completion_object(r, json_pack("[o]", choice(text, lp, public_finish(d->finish))));
-    }
-    json_object_set_new(obj, "usage", usage_json(d->n_prompt, d->n_gen, d->n_cached));
+    json_t *obj = r->chat ? ym__chat_completion(r, choices) : completion_object(r, choices);
+    json_object_set_new(obj, "usage", usage_json(r->n_prompt, r->n_gen, r->n_cached));
     ym_hreq_respond_json(r, 200, obj);
     return;
 oom:
@@ -248,20 +292,50 @@ oom:
     ym_hreq_fail(r, YM_ENOMEM, &diag);
 }
 
+/* The request's end once every choice has finished: the first error, else the first
+ * cancellation, else the first choice's (its delta: finish and error). */
+static const ym_gen_delta *request_end(ym_hreq *r)
+{
+    const ym_gen_delta *end = &r->choices[0].delta;
+    for (int i = 0; i < r->n_choices; i++) {
+        const ym_gen_delta *d = &r->choices[i].delta;
+        if (d->finish == YM_FINISH_NONE)
+            return NULL;
+        if (d->finish == YM_FINISH_ERROR && end->finish != YM_FINISH_ERROR)
+            end = d;
+        else if (d->finish == YM_FINISH_CANCELLED && end->finish != YM_FINISH_ERROR &&
+                 end->finish != YM_FINISH_CANCELLED)
+            end = d;
+    }
+    return end;
+}
+
 static void on_output(ym_hreq *r)
 {
-    if (r->gen == NULL || r->finish != YM_FINISH_NONE)
+    if (r->gen == NULL || r->finish != YM_FINISH_NONE || r->choices == NULL)
         return;
-    ym_gen_take(r->gen, &r->delta);
-    r->n_prompt = r->delta.n_prompt;
-    r->n_gen = r->delta.n_gen;
-    r->n_cached = r->delta.n_cached;
-    if (r->delta.finish != YM_FINISH_NONE)
-        r->finish = r->delta.finish;
+    int n_gen = 0;
+    for (int i = 0; i < r->n_choices; i++) {
+        ym_choice *c = &r->choices[i];
+        c->took = c->finish == YM_FINISH_NONE;
+        if (c->took) {
+            ym_gen_take(ym_gen_choice(r->gen, i), &c->delta);
+            c->finish = c->delta.finish;
+        }
+        n_gen += c->delta.n_gen;
+        r->started |= c->delta.started;
+    }
+    /* Usage: the prompt once (the first choice's), the completion tokens of every choice. */
+    r->n_prompt = r->choices[0].delta.n_prompt;
+    r->n_cached = r->choices[0].delta.n_cached;
+    r->n_gen = n_gen;
+    const ym_gen_delta *end = request_end(r);
+    if (end != NULL)
+        r->finish = end->finish;
     if (ym_hreq_streaming(r))
-        stream_output(r);
+        stream_output(r, end);
     else
-        collect_output(r);
+        collect_output(r, end);
     if (r->finish != YM_FINISH_NONE)
         ym_hreq_untrack(r);
 }
@@ -300,6 +374,12 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
         err = ym_diag_param(diag, YM_EPROMPT, what,
                             "the prompt has %zu tokens; this server allows at most %llu", ids->n,
                             (unsigned long long)srv->conf.max_prompt_tokens);
+        goto fail;
+    }
+    if ((uint64_t)q->n_choices > srv->conf.max_running) {
+        err = ym_diag_param(diag, YM_EINVAL, "n",
+                            "n is %d; this server runs at most %llu sequences at once (max_running)",
+                            q->n_choices, (unsigned long long)srv->conf.max_running);
         goto fail;
     }
     if (q->echo) {
@@ -344,6 +424,35 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
     ym_gen *g = NULL;
     if ((err = ym_gen_new(&p, &g)) != YM_OK)
         return ym_diag_set(diag, err, "out of memory");
+    /* Choices 1..n-1: their own jobs under g (forked from its state after the prefill);
+     * choice i samples with seed + i when a seed is given. */
+    for (int i = 1; i < q->n_choices; i++) {
+        ym_gen_params pk = p;
+        ym_gen *kid = NULL;
+        pk.prompt = malloc(n_prompt * sizeof(int32_t));
+        pk.adapter = ym_adapter_ref(p.adapter);
+        pk.session_id = NULL;
+        pk.append = 0;
+        pk.sampling.seed = p.sampling.seed + (uint64_t)i;
+        if (pk.prompt != NULL)
+            memcpy(pk.prompt, p.prompt, n_prompt * sizeof(int32_t));
+        if (pk.prompt == NULL || ym_gen_new(&pk, &kid) != YM_OK) {
+            free(pk.prompt);
+            ym_adapter_unref(pk.adapter);
+            ym_gen_unref(g);
+            return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+        }
+        if (ym_gen_add_choice(g, kid) != 0) {
+            ym_gen_unref(kid);
+            ym_gen_unref(g);
+            return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+        }
+    }
+    if ((r->choices = calloc((size_t)q->n_choices, sizeof(ym_choice))) == NULL) {
+        ym_gen_unref(g);
+        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
+    }
+    r->n_choices = q->n_choices;
     ym_gen_set_owner(g, r);
     if (srv->draining || srv->sched == NULL || (err = ym_sched_submit(srv->sched, g)) != YM_OK) {
         ym_gen_unref(g);
@@ -364,16 +473,20 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
     r->tokens_as_ids = q->tokens_as_ids;
     ym_hreq_track(r);
     if (q->stream) {
-        if (r->chat) /* the role comes first, in a chunk of its own (as OpenAI sends it) */
-            sse_event(r, ym__chat_chunk(r, json_pack("{s:s,s:s}", "role", "assistant",
-                                                     "content", ""),
-                                        NULL, NULL));
-        if (r->echo) {
-            json_t *obj = completion_object(
-                r, json_pack("[o]", choice(ym_json_text(r->echo_text, r->echo_len), NULL, NULL)));
-            if (r->include_usage)
-                json_object_set_new(obj, "usage", json_null());
-            sse_event(r, obj);
+        for (int i = 0; i < r->n_choices; i++) {
+            if (r->chat) /* the role comes first, in a chunk of its own (as OpenAI sends it) */
+                sse_event(r, ym__chat_chunk(r, i,
+                                            json_pack("{s:s,s:s}", "role", "assistant",
+                                                      "content", ""),
+                                            NULL, NULL));
+            if (r->echo) {
+                json_t *obj = completion_object(
+                    r, json_pack("[o]", choice(i, ym_json_text(r->echo_text, r->echo_len), NULL,
+                                               NULL)));
+                if (r->include_usage)
+                    json_object_set_new(obj, "usage", json_null());
+                sse_event(r, obj);
+            }
         }
         ym_hreq_start_stream(r);
     } else {

@@ -393,11 +393,8 @@ static void hreq_free(ym_hreq *r)
     if (r->held != NULL)
         MHD_destroy_response(r->held);
     ym_buf_deinit(&r->body);
-    ym_buf_deinit(&r->full_text);
     ym_buf_deinit(&r->sse);
-    ym_gen_delta_deinit(&r->delta);
-    free(r->all_toks);
-    free(r->all_tops);
+    ym__gen_choices_free(r);
     free(r->echo_text);
     free(r->session_id);
     free(r);
@@ -780,7 +777,7 @@ static void on_sweep(uv_timer_t *t)
             ym_log(YM_LOG_INFO, r->id, "client went away; cancelling");
             continue;
         }
-        if (r->phase == YM_PHASE_STREAMING && !r->delta.started && r->finish == YM_FINISH_NONE &&
+        if (r->phase == YM_PHASE_STREAMING && !r->started && r->finish == YM_FINISH_NONE &&
             now - r->t_last_write >= ping) {
             if (r->on_ping != NULL)
                 r->on_ping(r);

@@ -36,6 +36,9 @@ const char *ym_finish_name(ym_finish f)
 
 static void gen_destroy(ym_gen *g)
 {
+    for (int i = 0; i < g->n_kids; i++)
+        ym_gen_unref(g->kids[i]);
+    free(g->kids);
     free(g->prompt);
     for (int i = 0; i < g->n_stops; i++)
         free(g->stops[i]);
@@ -129,6 +132,27 @@ void *ym_gen_owner(const ym_gen *g)
 const char *ym_gen_id(const ym_gen *g)
 {
     return g->id;
+}
+
+int ym_gen_add_choice(ym_gen *g, ym_gen *kid)
+{
+    ym_gen **k = realloc(g->kids, (size_t)(g->n_kids + 1) * sizeof(*k));
+    if (k == NULL)
+        return -1;
+    g->kids = k;
+    g->kids[g->n_kids++] = kid;
+    kid->parent = g;
+    return 0;
+}
+
+int ym_gen_n_choices(const ym_gen *g)
+{
+    return 1 + g->n_kids;
+}
+
+ym_gen *ym_gen_choice(ym_gen *g, int i)
+{
+    return i == 0 ? g : g->kids[i - 1];
 }
 
 void ym_gen_delta_deinit(ym_gen_delta *d)

@@ -30,6 +30,9 @@ struct ym_gen {
     ym_adapter_t *adapter; /* owned reference, or NULL: the version this job started with */
     char *tenant, *identity, *session; /* owned; session NULL when none */
     void *owner; /* loop thread only */
+    ym_gen **kids; /* owned references [n_kids]: the further choices (ym_gen_add_choice) */
+    int n_kids;
+    ym_gen *parent; /* borrowed: the first choice's job, for a further choice; else NULL */
 
     /* Output: engine appends, loop takes; guarded by lock. */
     pthread_mutex_t lock;
@@ -63,6 +66,7 @@ struct ym_gen {
     uint64_t append_serial;
     int64_t base;        /* context tokens before prompt[0]: the history in append mode, or 0 */
     ym_shist run0;       /* the history hash's running state before prompt[0] */
+    int forked;          /* a first choice: its state went to its further choices */
     int32_t pending;     /* the last sampled token (not fed yet), or -1 */
     int32_t next_token;
     atomic_int persisting; /* its session's file is being written: the loop waits to finish */

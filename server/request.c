@@ -3,7 +3,7 @@
  * Field rules follow OpenAI's legacy completions API where it has the field (types, ranges,
  * null meaning "default"), vLLM's where it extends it (top_k, min_p, repetition_penalty,
  * ignore_eos); the chat body follows OpenAI's chat completions API. Unknown fields are ignored,
- * as OpenAI-compatible servers do; fields we know but do not support (n > 1, best_of > 1,
+ * as OpenAI-compatible servers do; fields we know but do not support (best_of > 1,
  * suffix; chat's tools, structured output, non-text parts) are refused so that a client never
  * gets an answer to a different question than it asked. Every error names its field. */
 #include "server/request.h"
@@ -252,15 +252,14 @@ static ym_err parse_shared(json_t *root, const ym_req_limits *lim, ym_creq *r, y
         (err = get_number(root, "frequency_penalty", -2, 2, 0, &s->frequency_penalty, diag)) ||
         (err = get_number(root, "repetition_penalty", 0, 100, 1, &s->repetition_penalty, diag)) ||
         (err = get_int(root, "top_k", -1, INT32_MAX, &top_k, diag)) != YM_OK ||
-        (err = get_int(root, "n", 1, INT32_MAX, &n, diag)) != YM_OK ||
+        (err = get_int(root, "n", 1, YM_MAX_CHOICES, &n, diag)) != YM_OK ||
         (err = get_bool(root, "stream", &r->stream, diag)) != YM_OK ||
         (err = get_bool(root, "ignore_eos", &r->ignore_eos, diag)) != YM_OK ||
         (err = get_string(root, "user", &r->user, diag)) != YM_OK ||
         (err = parse_stop(root, r, diag)) != YM_OK)
         return err;
     s->top_k = (int)top_k;
-    if (n != 1)
-        return ym_diag_param(diag, YM_EINVAL, "n", "n > 1 is not supported; send n requests");
+    r->n_choices = (int)n;
     if ((v = get(root, "seed")) != NULL) {
         if (!json_is_integer(v))
             return ym_diag_param(diag, YM_EINVAL, "seed", "seed must be an integer");

@@ -15,6 +15,7 @@
 #include "engine/sampling.h"
 
 #define YM_MAX_STOPS 16
+#define YM_MAX_CHOICES 16 /* n: choices of one request */
 #define YM_MAX_STOP_BYTES 256
 
 typedef struct ym_req_limits {
@@ -34,6 +35,7 @@ typedef struct ym_creq {
     int64_t max_tokens;
     const char *stops[YM_MAX_STOPS]; /* borrowed */
     int n_stops;
+    int n_choices;              /* n: 1..YM_MAX_CHOICES */
     int stream;
     int include_usage;          /* stream_options.include_usage */
     int echo;

@@ -71,10 +71,13 @@ struct ym_sched {
     const ym_adapt **adapts; /* [max_running] */
     ym_gen **in_batch;
     int *samples;     /* per batch sequence: 1 if it samples after this step */
+    float *row;       /* [n_vocab]: a first choice's logits row, copied for each further one */
 };
 
 static void publish(ym_sched_t *s, ym_gen *g)
 {
+    if (g->parent != NULL)
+        g = g->parent; /* a further choice's output is read through the first choice */
     pthread_mutex_lock(&s->ready_lock);
     if (!g->on_ready) {
         g->on_ready = 1;
@@ -133,7 +136,7 @@ static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
     /* The session first: once the loop can see the job finished, a client's next turn (or
      * GET /v1/sessions) must find the new state, and with a disk tier it is on disk (written
      * by the tier's thread; the loop holds the end of the response until then). */
-    if (why != YM_FINISH_ERROR) {
+    if (why != YM_FINISH_ERROR && g->parent == NULL) {
         persisted *p = g->session != NULL ? malloc(sizeof(*p)) : NULL;
         if (p != NULL) {
             *p = (persisted){s, ym_gen_ref(g)};
@@ -156,6 +159,10 @@ static void finish(ym_sched_t *s, ym_gen *g, ym_finish why)
     g->sampler = NULL;
     ym_textout_free(g->tout);
     g->tout = NULL;
+    /* Further choices not forked yet end with their first choice. */
+    for (int i = 0; !g->forked && i < g->n_kids; i++)
+        if (g->kids[i]->finish == YM_FINISH_NONE)
+            finish(s, g->kids[i], why);
     publish(s, g);
 }
 
@@ -211,6 +218,48 @@ static void sample(ym_sched_t *s, ym_gen *g, float *row, double now)
     publish(s, g);
 }
 
+/* g's state and its logits row (not yet sampled) go to each of its further choices, which
+ * sample their first token from it: the prompt is prefilled once for n choices. */
+static void fork_choices(ym_sched_t *s, ym_gen *g, const float *row, double now)
+{
+    g->forked = 1;
+    for (int i = 0; i < g->n_kids; i++) {
+        ym_gen *c = g->kids[i];
+        if (c->finish != YM_FINISH_NONE)
+            continue;
+        ym_err err;
+        if ((err = ym_state_new_like(g->state, &c->state)) != YM_OK ||
+            (err = ym_state_copy(c->state, g->state)) != YM_OK ||
+            (err = ym_sampler_new(&c->sampling, s->n_vocab, &c->sampler)) != YM_OK ||
+            (err = ym_textout_new(s->tok, (const char *const *)c->stops, c->n_stops,
+                                  &c->tout)) != YM_OK) {
+            ym_log(YM_LOG_ERROR, c->id, "cannot start a further choice: %s", ym_strerror(err));
+            pthread_mutex_lock(&c->lock);
+            c->error = err;
+            pthread_mutex_unlock(&c->lock);
+            finish(s, c, YM_FINISH_ERROR);
+            continue;
+        }
+        ym_textout_set_rules(c->tout, s->eos, c->ignore_eos, c->max_tokens);
+        ym_sampler_add_prompt(c->sampler, c->prompt, (size_t)c->n_prompt);
+        c->n_prefilled = c->n_prompt;
+        c->n_cached = g->n_cached;
+        c->base = g->base;
+        c->no_record = 1; /* a further choice stores nothing in the state cache */
+        memcpy(s->row, row, (size_t)s->n_vocab * sizeof(float));
+        sample(s, c, s->row, now);
+    }
+}
+
+/* A finished first choice stays running (its slot held) until its further choices end. */
+static int choices_running(const ym_gen *g)
+{
+    for (int i = 0; i < g->n_kids; i++)
+        if (g->kids[i]->finish == YM_FINISH_NONE)
+            return 1;
+    return 0;
+}
+
 /* Remove running[i] (order kept: prefill fairness is by arrival). */
 static void drop_running(ym_sched_t *s, int i)
 {
@@ -225,9 +274,12 @@ static void step(ym_sched_t *s, int prefill_chunk)
     /* Cancelled and finished jobs leave first. */
     for (int i = 0; i < s->n_running;) {
         ym_gen *g = s->running[i];
-        if (atomic_load(&g->cancelled) && g->finish == YM_FINISH_NONE)
+        /* A further choice follows its first choice's cancellation (the transport cancels
+         * only that one); the first choice is running while g has not finished. */
+        if (g->finish == YM_FINISH_NONE &&
+            (atomic_load(&g->cancelled) || (g->parent && atomic_load(&g->parent->cancelled))))
             finish(s, g, YM_FINISH_CANCELLED);
-        if (g->finish != YM_FINISH_NONE)
+        if (g->finish != YM_FINISH_NONE && !choices_running(g))
             drop_running(s, i);
         else
             i++;
@@ -240,6 +292,9 @@ static void step(ym_sched_t *s, int prefill_chunk)
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < s->n_running; i++) {
             ym_gen *g = s->running[i];
+            /* Skip a first choice waiting for its further ones, and those not forked yet. */
+            if (g->finish != YM_FINISH_NONE || (g->parent != NULL && !g->parent->forked))
+                continue;
             int prefilling = g->n_prefilled < g->n_prompt;
             if (pass == 0 && !prefilling) {
                 s->tokens[rows] = g->next_token;
@@ -319,8 +374,12 @@ static void step(ym_sched_t *s, int prefill_chunk)
                 g->session = NULL;
             }
         }
-        if (s->samples[k])
-            sample(s, g, s->logits + (size_t)k * (size_t)s->n_vocab, now);
+        if (s->samples[k]) {
+            float *row = s->logits + (size_t)k * (size_t)s->n_vocab;
+            if (g->n_kids > 0 && !g->forked)
+                fork_choices(s, g, row, now);
+            sample(s, g, row, now);
+        }
     }
     if (prefilled > 0)
         ym_metrics_add(s->metrics, YM_M_PREFILL_TOKENS, (uint64_t)prefilled);
@@ -345,14 +404,22 @@ static void *engine_main(void *arg)
             ym_log(YM_LOG_WARN, NULL, "max_running %d: out of memory, running at most %d",
                    s->o.max_running, s->cap_running);
         int max_running = s->o.max_running < s->cap_running ? s->o.max_running : s->cap_running;
-        while (!stopping && s->q_head != NULL && s->n_running < max_running) {
+        while (!stopping && s->q_head != NULL) {
+            /* A request of n choices takes n slots at once (its further choices start after
+             * its prefill); one larger than max_running (lowered by a reload) runs alone. */
             ym_gen *g = s->q_head;
+            int need = 1 + g->n_kids;
+            if (s->n_running + need > max_running &&
+                !(s->n_running == 0 && need <= s->cap_running))
+                break;
             s->q_head = g->queue_next;
             if (s->q_head == NULL)
                 s->q_tail = NULL;
             s->n_queued--;
             g->queue_next = NULL;
             s->running[s->n_running++] = g;
+            for (int i = 0; i < g->n_kids; i++)
+                s->running[s->n_running++] = ym_gen_ref(g->kids[i]);
             *tail = g;
             tail = &g->queue_next;
         }
@@ -442,6 +509,7 @@ static void sched_destroy(ym_sched_t *s)
     free(s->adapts);
     free(s->in_batch);
     free(s->samples);
+    free(s->row);
     ym_model_unref(s->model);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
@@ -480,7 +548,8 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
         goto fail;
     }
     s->tokens = malloc((size_t)o->max_batch_tokens * sizeof(int32_t));
-    if (s->tokens == NULL || grow_running(s, o->max_running) != 0) {
+    s->row = malloc((size_t)s->n_vocab * sizeof(float));
+    if (s->tokens == NULL || s->row == NULL || grow_running(s, o->max_running) != 0) {
         err = ym_diag_set(diag, YM_ENOMEM, "out of memory for the scheduler");
         goto fail;
     }

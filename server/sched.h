@@ -94,6 +94,16 @@ void ym_gen_take(ym_gen *g, ym_gen_delta *d);
 void ym_gen_set_owner(ym_gen *g, void *owner);
 void *ym_gen_owner(const ym_gen *g);
 const char *ym_gen_id(const ym_gen *g);
+/* Several choices of one request (n): g, the first choice's job, takes kid (one reference) as
+ * its next choice, before submit. The scheduler admits the group when a running slot is free
+ * for each choice, prefills the prompt once (g's), then copies g's state and last logits row
+ * into each further choice, which decodes in the same batch. A further choice follows g's
+ * cancellation; it resumes nothing from the state cache and stores nothing there (a session
+ * keeps the first choice's state); g stays running until every choice has finished. Its
+ * output is published through g. 0, or -1 out of memory (kid not taken). Loop thread. */
+int ym_gen_add_choice(ym_gen *g, ym_gen *kid);
+int ym_gen_n_choices(const ym_gen *g);        /* 1 + the further choices */
+ym_gen *ym_gen_choice(ym_gen *g, int i);      /* borrowed: choice i (0: g itself) */
 
 typedef struct ym_sched_opts {
     int max_running;

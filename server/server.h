@@ -75,11 +75,9 @@ typedef struct ym_hreq {
     int include_usage, echo, logprobs, tokens_as_ids;
     char *echo_text;              /* owned: the prompt text for echo */
     size_t echo_len;
-    ym_gen_delta delta;
-    ym_buf full_text;             /* non-streaming: all text so far */
-    ym_gen_tok *all_toks;         /* non-streaming with logprobs: all tokens */
-    ym_logprob *all_tops;
-    int n_all, cap_all;
+    struct ym_choice *choices;    /* owned [n_choices] (completions.c): each choice's output */
+    int n_choices;
+    int started;                  /* a choice has produced output */
     ym_buf sse;                   /* streaming: bytes formatted, not yet taken by MHD */
     size_t sse_pos;
     /* Facts beside the phase, each true in several phases: */
@@ -225,12 +223,26 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
  * or under way, else the error with diag. */
 ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter_t *adapter,
                                char *text, ym_diag *diag);
+/* The output of one choice, as the loop gathers it. */
+typedef struct ym_choice {
+    ym_gen_delta delta;
+    ym_buf text;                  /* non-streaming: all text so far */
+    ym_gen_tok *toks;             /* non-streaming with logprobs: all tokens */
+    ym_logprob *tops;
+    int n_all, cap_all;
+    ym_finish finish;             /* YM_FINISH_NONE while it runs */
+    int took;                     /* on_output took new output of it this time */
+} ym_choice;
+void ym__gen_choices_free(ym_hreq *r);
 /* chat.c */
 ym_err ym_chat_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
 /* The chat forms of the output, for completions.c's output paths (new references). delta:
  * a delta object for a chunk (NULL: a choice-less chunk); message text for a whole answer. */
-json_t *ym__chat_chunk(ym_hreq *r, json_t *delta, json_t *logprobs, const char *finish);
-json_t *ym__chat_completion(ym_hreq *r, json_t *text, json_t *logprobs, const char *finish);
+json_t *ym__chat_chunk(ym_hreq *r, int index, json_t *delta, json_t *logprobs,
+                       const char *finish);
+/* A chat.completion without choices; ym__chat_choice makes each of them. */
+json_t *ym__chat_completion(ym_hreq *r, json_t *choices);
+json_t *ym__chat_choice(int index, json_t *text, json_t *logprobs, const char *finish);
 json_t *ym__chat_logprobs(ym_hreq *r, const ym_gen_tok *toks, const ym_logprob *tops, int n,
                           int n_top);
 /* models.c */

@@ -333,7 +333,7 @@ class Completions(unittest.TestCase):
             (json.dumps({"prompt": "x", "max_tokens": -1}), 400, "max_tokens"),
             (json.dumps({"prompt": "x", "max_tokens": 10 ** 9}), 400, "max_tokens"),
             (json.dumps({"prompt": "x", "max_tokens": 1.5}), 400, "max_tokens"),
-            (json.dumps({"prompt": "x", "n": 2}), 400, "n"),
+            (json.dumps({"prompt": "x", "n": 17}), 400, "n"),
             (json.dumps({"prompt": "x", "best_of": 3}), 400, "best_of"),
             (json.dumps({"prompt": "x", "stream": "yes"}), 400, "stream"),
             (json.dumps({"prompt": "x", "stream_options": {"include_usage": True}}), 400,
@@ -396,7 +396,7 @@ class Completions(unittest.TestCase):
         for t in ths:
             t.start()
         junk = [b"{", b"\x00\xff", b'{"prompt": "x", "temperature": 9}', b"[]" * 1000,
-                b'{"prompt": [1, 2, "x"]}', b'{"prompt": "x", "n": 5}']
+                b'{"prompt": [1, 2, "x"]}', b'{"prompt": "x", "n": 17}']
         for k in range(30):
             r = requests.post(self.d.url + "/v1/completions", data=junk[k % len(junk)], timeout=T)
             self.assertIn(r.status_code, (400, 413))
@@ -766,7 +766,7 @@ class Chat(unittest.TestCase):
              "messages[0].role"),
             ({"messages": []}, "messages"),
             ({"prompt": "hi"}, "messages"),
-            ({"messages": msgs, "n": 2}, "n"),
+            ({"messages": msgs, "n": 17}, "n"),
             ({"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
             ({"messages": msgs, "max_completion_tokens": 10 ** 9}, "max_completion_tokens"),
             ({"messages": msgs, "temperature": 3}, "temperature"),
@@ -854,6 +854,153 @@ class Chat(unittest.TestCase):
         finally:
             self.assertEqual(d.stop(), 0)
             os.unlink(f.name)
+
+
+class Choices(unittest.TestCase):
+    """n: several choices of one request, the prompt prefilled once and its state copied per
+    choice. The reference for each choice is a plain request of n = 1 (with seed + i for
+    choice i), itself checked against `yunmin generate` by the classes above."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon("--max-running", "8")
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        if rc != 0:
+            print(cls.d.log(), file=sys.stderr)
+        assert rc == 0, "yunmind exit status %r after SIGTERM" % rc
+
+    def complete(self, body):
+        r = self.d.post("/v1/completions", body)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_n1_is_a_plain_request(self):
+        body = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0}
+        a, b = self.complete(body), self.complete(dict(body, n=1))
+        self.assertEqual(a["choices"], b["choices"])
+        self.assertEqual(a["usage"], b["usage"])
+
+    def test_greedy_choices_are_equal(self):
+        body = {"prompt": "JULIET:\nO Romeo", "max_tokens": 12, "temperature": 0}
+        plain = self.complete(body)
+        one = plain["choices"][0]["text"]
+        self.assertEqual(one, generate("JULIET:\nO Romeo", 12, "--temperature", "0"))
+        r = self.complete(dict(body, n=4))
+        self.assertEqual([c["index"] for c in r["choices"]], [0, 1, 2, 3])
+        self.assertEqual([c["text"] for c in r["choices"]], [one] * 4)
+        self.assertEqual([c["finish_reason"] for c in r["choices"]],
+                         [plain["choices"][0]["finish_reason"]] * 4)
+        u = plain["usage"]
+        self.assertEqual(r["usage"]["prompt_tokens"], u["prompt_tokens"])
+        self.assertEqual(r["usage"]["completion_tokens"], 4 * u["completion_tokens"])
+        self.assertEqual(r["usage"]["total_tokens"],
+                         u["prompt_tokens"] + 4 * u["completion_tokens"])
+
+    def test_seeded_choices(self):
+        body = {"prompt": "To be, or not", "max_tokens": 16, "temperature": 1.0, "seed": 42,
+                "ignore_eos": True}
+        r1, r2 = self.complete(dict(body, n=4)), self.complete(dict(body, n=4))
+        texts = [c["text"] for c in r1["choices"]]
+        self.assertEqual(texts, [c["text"] for c in r2["choices"]])
+        for i in range(4):
+            self.assertEqual(texts[i], self.complete(dict(body, seed=42 + i))["choices"][0]["text"])
+        self.assertGreater(len(set(texts)), 1)
+
+    def test_chat_choices(self):
+        body = {"messages": [{"role": "user", "content": "Speak."}], "max_tokens": 8,
+                "temperature": 1.0, "seed": 7}
+        r = self.d.post("/v1/chat/completions", dict(body, n=3))
+        self.assertEqual(r.status_code, 200, r.text)
+        got = [c["message"]["content"] for c in r.json()["choices"]]
+        for i in range(3):
+            one = self.d.post("/v1/chat/completions", dict(body, seed=7 + i)).json()
+            self.assertEqual(got[i], one["choices"][0]["message"]["content"])
+            self.assertEqual(r.json()["choices"][i]["index"], i)
+
+    def test_stream(self):
+        body = {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 1.0, "seed": 3}
+        _, chunks, usage = stream(self.d, dict(body, n=3,
+                                               stream_options={"include_usage": True}))
+        texts, fins = ["", "", ""], [None, None, None]
+        for c in chunks:
+            for ch in c["choices"]:
+                self.assertIsNone(fins[ch["index"]], "output after finish_reason")
+                texts[ch["index"]] += ch["text"]
+                fins[ch["index"]] = ch["finish_reason"]
+        self.assertTrue(all(f in ("stop", "length") for f in fins), fins)
+        want = [self.complete(dict(body, seed=3 + i)) for i in range(3)]
+        self.assertEqual(texts, [w["choices"][0]["text"] for w in want])
+        self.assertEqual(fins, [w["choices"][0]["finish_reason"] for w in want])
+        self.assertEqual(usage["completion_tokens"],
+                         sum(w["usage"]["completion_tokens"] for w in want))
+        # Chat: each index gets its role chunk, its content and its own finish_reason.
+        r = requests.post(self.d.url + "/v1/chat/completions", stream=True, timeout=T,
+                          json={"messages": [{"role": "user", "content": "Speak."}], "n": 3,
+                                "max_tokens": 6, "stream": True})
+        fins, roles, done = {}, set(), 0
+        for line in r.iter_lines():
+            if not line.startswith(b"data: "):
+                continue
+            if line == b"data: [DONE]":
+                done += 1
+                continue
+            for ch in json.loads(line[6:])["choices"]:
+                if "role" in ch["delta"]:
+                    roles.add(ch["index"])
+                if ch["finish_reason"]:
+                    self.assertNotIn(ch["index"], fins)
+                    fins[ch["index"]] = ch["finish_reason"]
+        self.assertEqual(done, 1)
+        self.assertEqual(roles, {0, 1, 2})
+        self.assertEqual(sorted(fins), [0, 1, 2])
+
+    def test_limits(self):
+        for n, want in ((9, "max_running"), (17, "n"), (0, "n")):
+            for path, body in (("/v1/completions", {"prompt": "x"}),
+                               ("/v1/chat/completions",
+                                {"messages": [{"role": "user", "content": "x"}]})):
+                r = self.d.post(path, dict(body, n=n))
+                self.assertEqual(r.status_code, 400, r.text)
+                self.assertEqual(r.json()["error"]["param"], "n")
+                self.assertIn(want, r.json()["error"]["message"])
+
+    def test_session_keeps_choice_0(self):
+        """With session_id, the session holds choice 0's state: the next turn built on
+        choice 0's answer resumes from it and answers what a cold run answers."""
+        body = {"max_tokens": 12, "temperature": 1.0, "seed": 5, "stop": ["\n\n"],
+                "session_id": "choices-conv"}
+        conv = [{"role": "user", "content": "Good morrow, fair maid."}]
+        r = self.d.post("/v1/chat/completions", dict(body, messages=conv, n=3))
+        self.assertEqual(r.status_code, 200, r.text)
+        answer = r.json()["choices"][0]["message"]["content"]
+        conv = conv + [{"role": "assistant", "content": answer},
+                       {"role": "user", "content": "What art thou?"}]
+        second = self.d.post("/v1/chat/completions", dict(body, messages=conv)).json()
+        cold = self.d.post("/v1/chat/completions",
+                           {"messages": conv, "max_tokens": 12, "temperature": 1.0, "seed": 5,
+                            "stop": ["\n\n"]}).json()
+        self.assertGreater(second["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(second["choices"][0]["message"], cold["choices"][0]["message"])
+
+    def test_cancel_frees_every_slot(self):
+        body = {"prompt": "ROMEO:", "max_tokens": 5000, "temperature": 1.0, "n": 4,
+                "ignore_eos": True, "stream": True}
+        r = requests.post(self.d.url + "/v1/completions", json=body, stream=True, timeout=T)
+        it = r.iter_lines()
+        for _ in range(6):
+            next(it)
+        self.assertEqual(self.d.metric("yunmin_running_sequences"), 4)
+        r.close()
+        deadline = time.time() + 20
+        while time.time() < deadline and self.d.metric("yunmin_running_sequences") != 0:
+            time.sleep(0.1)
+        self.assertEqual(self.d.metric("yunmin_running_sequences"), 0)
+        # The slots are free: a group of max_running choices runs.
+        r = self.complete({"prompt": "ROMEO:", "max_tokens": 3, "n": 8})
+        self.assertEqual(len(r["choices"]), 8)
 
 
 class Limits(unittest.TestCase):

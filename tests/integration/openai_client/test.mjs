@@ -317,6 +317,36 @@ await test('logit_bias: +100 forces a token in chat and completions, -100 bans i
           `a banned token was generated: ${show(b.choices[0].message.content)}`);
 });
 
+await test('n: 3 choices (chat and completions, plain and streaming)', async () => {
+    check(chatReference !== null, 'needs the non-streaming chat result, which failed');
+    // Greedy: every choice is the n = 1 answer.
+    const c = await client.chat.completions.create({...chatRequest, n: 3});
+    check(c.choices.length === 3, `want 3 choices, got ${show(c.choices)}`);
+    c.choices.forEach((ch, i) => {
+        check(ch.index === i, `choices[${i}].index = ${show(ch.index)}`);
+        check(ch.message.content === chatReference.choices[0].message.content,
+              `choice ${i}: ${show(ch.message.content)}, want the n = 1 answer`);
+    });
+    check(c.usage.completion_tokens === 3 * chatReference.usage.completion_tokens,
+          `completion_tokens ${c.usage.completion_tokens}, want 3 x the n = 1 answer's`);
+    const t = await client.completions.create({...request, n: 2});
+    check(t.choices.length === 2 && t.choices[0].text === t.choices[1].text,
+          `greedy completions choices differ: ${show(t.choices)}`);
+    // Streaming: each index gets its text and its own finish_reason.
+    const stream = await client.chat.completions.create({...chatRequest, n: 3, stream: true});
+    const texts = ['', '', ''], fins = [null, null, null];
+    for await (const chunk of stream) {
+        for (const ch of chunk.choices) {
+            texts[ch.index] += ch.delta?.content ?? '';
+            if (ch.finish_reason) fins[ch.index] = ch.finish_reason;
+        }
+    }
+    texts.forEach((x, i) => check(x === chatReference.choices[0].message.content,
+                                  `streamed choice ${i}: ${show(x)}`));
+    check(fins.every((f) => f === chatReference.choices[0].finish_reason),
+          `finish reasons ${show(fins)}`);
+});
+
 async function expectChatError(name, params, param) {
     await test(name, async () => {
         let err = null;
@@ -343,6 +373,7 @@ await expectChatError('chat with response_format json_object raises BadRequestEr
                       {response_format: {type: 'json_object'}}, 'response_format');
 await expectChatError('chat with logit_bias outside the vocabulary raises BadRequestError',
                       {logit_bias: {'99999999': 5}}, 'logit_bias');
+await expectChatError('chat with n over 16 raises BadRequestError naming n', {n: 17}, 'n');
 
 // A permanent refusal must come with a status the SDK does not retry (it retries 408, 409,
 // 429 and 5xx): with its default retries, one call is one request. The server this runs
