@@ -97,6 +97,10 @@ typedef struct conn {
     char *line;
     size_t line_len;
     size_t line_cap;
+    /* The request this client sends: g->request, or its own copy with an X-Session-Id
+     * header (owned then, freed with the client). */
+    char *request;
+    size_t request_len;
     /* The request in flight. */
     double t_send;
     dvec chunk_t; /* times of content chunks */
@@ -194,8 +198,9 @@ static int may_start(loadgen *g, double t)
 /* Write what is left of the request; 0 done, 1 would block, -1 error. */
 static int conn_write(loadgen *g, conn *c)
 {
-    while (c->wr_off < g->request_len) {
-        ssize_t n = send(c->fd, g->request + c->wr_off, g->request_len - c->wr_off,
+    (void)g;
+    while (c->wr_off < c->request_len) {
+        ssize_t n = send(c->fd, c->request + c->wr_off, c->request_len - c->wr_off,
                          MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -598,7 +603,11 @@ static void usage(FILE *f)
             "  --prompt TEXT     the prompt (a short line of verse)\n"
             "  --model ID        the model field (left out by default)\n"
             "  --seed N          sample with temperature 1 and this seed (default: greedy)\n"
-            "  --drain-s S       after the window, wait this long for streams in flight (60)\n");
+            "  --drain-s S       after the window, wait this long for streams in flight (60)\n"
+            "  --session PREFIX  client i sends X-Session-Id: PREFIX-i on every request, so\n"
+            "                    each request stores that session's state (the state tiers'\n"
+            "                    write path); the prompt does not extend the session's\n"
+            "                    history, so every request runs its prompt in full\n");
 }
 
 int main(int argc, char **argv)
@@ -609,9 +618,10 @@ int main(int argc, char **argv)
         {"requests", required_argument, 0, 'r'},  {"max-tokens", required_argument, 0, 'n'},
         {"prompt", required_argument, 0, 'p'},    {"model", required_argument, 0, 'm'},
         {"seed", required_argument, 0, 's'},      {"drain-s", required_argument, 0, 'D'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+        {"session", required_argument, 0, 'S'},   {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *url = NULL, *prompt = "Now is the winter of our discontent made glorious summer",
-               *model = NULL;
+               *model = NULL, *session = NULL;
     double duration = 20, warmup = 3, drain = 60;
     long clients = 1, requests = 0, max_tokens = 64, seed = -1;
     int o;
@@ -627,6 +637,7 @@ int main(int argc, char **argv)
         case 'm': model = optarg; break;
         case 's': seed = strtol(optarg, NULL, 10); break;
         case 'D': drain = strtod(optarg, NULL); break;
+        case 'S': session = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -635,7 +646,10 @@ int main(int argc, char **argv)
     char host[64] = "";
     if (url == NULL || sscanf(url, "http://%63[0-9.]:%d", host, &port) != 2 || port <= 0 ||
         port > 65535 || clients < 1 || clients > 10000 || max_tokens < 1 || duration <= 0 ||
-        warmup < 0 || requests < 0 || drain < 0) {
+        warmup < 0 || requests < 0 || drain < 0 ||
+        (session != NULL && (session[0] == '\0' || strlen(session) > 200 ||
+                             strspn(session, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                             "0123456789-._~:@+=") != strlen(session)))) {
         usage(stderr);
         return 2;
     }
@@ -681,6 +695,28 @@ int main(int argc, char **argv)
                                      "Content-Length: %d\r\n"
                                      "\r\n%s",
                                      host, port, blen, body);
+    for (int i = 0; i < g.n_clients; i++) {
+        conn *c = &g.conns[i];
+        c->request = g.request;
+        c->request_len = g.request_len;
+        if (session == NULL)
+            continue;
+        size_t ccap = g.request_len + strlen(session) + 64;
+        c->request = malloc(ccap);
+        if (c->request == NULL) {
+            fprintf(stderr, "loadgen: out of memory\n");
+            return 1;
+        }
+        c->request_len = (size_t)snprintf(c->request, ccap,
+                                          "POST /v1/completions HTTP/1.1\r\n"
+                                          "Host: %s:%d\r\n"
+                                          "X-Session-Id: %s-%d\r\n"
+                                          "Content-Type: application/json\r\n"
+                                          "Accept: text/event-stream\r\n"
+                                          "Content-Length: %d\r\n"
+                                          "\r\n%s",
+                                          host, port, session, i, blen, body);
+    }
     if ((g.ep = epoll_create1(EPOLL_CLOEXEC)) < 0) {
         perror("loadgen: epoll_create1");
         return 1;
@@ -750,6 +786,8 @@ int main(int argc, char **argv)
             close(g.conns[i].fd);
         free(g.conns[i].line);
         free(g.conns[i].chunk_t.v);
+        if (g.conns[i].request != g.request)
+            free(g.conns[i].request);
     }
     free(g.ttft.v);
     free(g.itl.v);

@@ -11,6 +11,7 @@
 #   compose    dclint: the Compose Specification's JSON schema and its best-practice rules;
 #   k8s        deploy/validate/k8s.mjs: the Kubernetes API schemas (kubernetes-models), unknown
 #              fields (TypeScript with kubernetes-types), consistency with yunmind's settings;
+#              deploy/k8s alone, then with the optional store (deploy/k8s/store);
 #   monitoring `promtool check rules` and `promtool test rules` on deploy/monitoring's alert
 #              rules; every yunmin_* series they and the Grafana dashboard use is exported.
 #
@@ -179,7 +180,8 @@ else
 fi
 
 # ---- Kubernetes ---------------------------------------------------------------------------
-if node deploy/validate/k8s.mjs deploy/k8s --yunmind "$yunmind"; then
+if node deploy/validate/k8s.mjs deploy/k8s --yunmind "$yunmind" &&
+    node deploy/validate/k8s.mjs deploy/k8s deploy/k8s/store --yunmind "$yunmind"; then
     ok "Kubernetes manifests (kubernetes-models $(node -p 'require("./deploy/validate/node_modules/kubernetes-models/package.json").version'), kubernetes-types $(node -p 'require("./deploy/validate/node_modules/kubernetes-types/package.json").version'), typescript $(node -p 'require("./deploy/validate/node_modules/typescript/package.json").version'))"
 else
     bad "Kubernetes manifests"

@@ -390,9 +390,6 @@ static void do_write(ym_disktier_t *d, wjob *j)
     size_t len = 0;
     ym_err err = ym_state_file_format(&j->key, j->kind, &j->meta, j->st, d->fp, d->mac_key, &buf,
                                       &len);
-    if (j->done)
-        j->done(j->arg); /* the state is copied out */
-    j->done = NULL;
     if (err != YM_OK) {
         count_error(d, "cannot format a state", ym_strerror(err));
         return;
@@ -471,6 +468,10 @@ static void *writer_main(void *arg)
             do_remove(d, &j->key);
         else
             do_write(d, j);
+        /* Only now, with the file renamed into place (or the write given up): the caller's
+         * response may end and its entry be unpinned. */
+        if (j->done)
+            j->done(j->arg);
         free(j);
         pthread_mutex_lock(&d->qlock);
         d->busy = 0;

@@ -361,6 +361,8 @@ static ym_sc_entry *promote(ym_scache_t *c, ym_sc_entry *e)
     return e;
 }
 
+static void write_back(ym_scache_t *c, ym_sc_entry *e);
+
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
 {
     ym_sc_entry *e = pin_ram(c, key);
@@ -371,9 +373,12 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
     ym_sc_kind kind;
     ym_sc_meta meta;
     ym_state_t *st = NULL;
-    if ((c->disk == NULL || ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK) &&
-        (c->store == NULL || ym_redistier_load(c->store, key, &kind, &meta, &st) != YM_OK))
-        return NULL;
+    int from_store = 0;
+    if (c->disk == NULL || ym_disktier_load(c->disk, key, &kind, &meta, &st) != YM_OK) {
+        if (c->store == NULL || ym_redistier_load(c->store, key, &kind, &meta, &st) != YM_OK)
+            return NULL;
+        from_store = 1;
+    }
     if ((e = calloc(1, sizeof(*e))) == NULL) {
         ym_state_free(st);
         return NULL;
@@ -384,7 +389,10 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
     e->st = st;
     e->bytes = ym_scache_entry_bytes(st);
     e->pins = 1;
-    return promote(c, e);
+    ym_sc_entry *got = promote(c, e);
+    if (got == e && from_store && c->disk != NULL)
+        write_back(c, e);
+    return got;
 }
 
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e)
@@ -458,6 +466,40 @@ static void on_written(void *arg)
     if (w->done)
         w->done(w->arg);
     free(w);
+}
+
+/* A state the store answered (e, pinned by the caller) is also written to the disk tier, so
+ * the next miss finds it on disk, and a restart of this replica keeps it even when the store
+ * has lost it. Not to the store again: it came from there. Nobody waits for the write; e is
+ * pinned once more until its file is written. The write is queued under the lock and only
+ * while e is still the key's entry (in the table, or lent because RAM had no room and never
+ * linked), so a newer state put or a removal meanwhile is never overwritten by this older
+ * one: the disk tier writes in queue order. (Left open: with no room in RAM, a newer state
+ * put in the instant between the store's answer and this check is not seen here either.) */
+static void write_back(ym_scache_t *c, ym_sc_entry *e)
+{
+    written *w = malloc(sizeof(*w));
+    if (w == NULL)
+        return;
+    w->c = c;
+    w->e = e;
+    w->done = NULL;
+    w->arg = NULL;
+    /* Two counts: the disk tier's callback and ours below, so the unpin never runs under the
+     * lock (the tier calls back at once when it cannot queue). */
+    atomic_init(&w->left, 2);
+    pthread_mutex_lock(&c->lock);
+    ym_sc_entry *cur = find(c, &e->key);
+    int current = cur == e || (cur == NULL && !e->linked && e->serial == 0);
+    if (current) {
+        e->pins++;
+        ym_disktier_write(c->disk, &e->key, e->kind, &e->meta, e->st, on_written, w);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (current)
+        on_written(w);
+    else
+        free(w);
 }
 
 int ym_scache_put(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,

@@ -1,7 +1,9 @@
 // deploy/validate/k8s.mjs - checks the Kubernetes manifests in a directory, offline.
 //
-//   node deploy/validate/k8s.mjs deploy/k8s [--yunmind build/server/yunmind]
+//   node deploy/validate/k8s.mjs deploy/k8s [deploy/k8s/store] [--yunmind build/server/yunmind]
 //
+// The directories' manifests are checked as one set (what `kubectl apply -f` of each would
+// create together).
 // 1. YAML: every document parses, with no duplicate keys.
 // 2. Schema: kubernetes-models validates each object against the JSON schema of its
 //    apiVersion/kind, generated from the Kubernetes API's OpenAPI document (types, required
@@ -12,7 +14,9 @@
 //    declare (what `kubectl apply --validate=strict` would refuse).
 // 4. Consistency with yunmind: the ConfigMap's yunmind.json is accepted by
 //    `yunmind --print-config` (when --yunmind is given); probes, port, grace period, mounts
-//    and names agree with it and with each other.
+//    and names agree with it and with each other. With the optional store (a Deployment
+//    named yunmin-store): its Service, NetworkPolicy and Secret agree with the replicas'
+//    environment, and its maxmemory fits its memory limit.
 // Prints one line per problem and exits 1 if there was any.
 
 import fs from "node:fs";
@@ -26,10 +30,12 @@ const require = createRequire(import.meta.url);
 const ts = require("typescript");
 
 const args = process.argv.slice(2);
-const dir = args[0];
-const yunmind = args.indexOf("--yunmind") >= 0 ? args[args.indexOf("--yunmind") + 1] : null;
-if (!dir) {
-    console.error("usage: node k8s.mjs DIR [--yunmind YUNMIND]");
+const yi = args.indexOf("--yunmind");
+const yunmind = yi >= 0 ? args[yi + 1] : null;
+const dirs = args.filter((a, i) => yi < 0 || (i !== yi && i !== yi + 1));
+const dir = dirs.join(" ");
+if (!dirs.length) {
+    console.error("usage: node k8s.mjs DIR... [--yunmind YUNMIND]");
     process.exit(2);
 }
 
@@ -38,8 +44,8 @@ const problem = (where, msg) => problems.push(`${where}: ${msg}`);
 
 // ---- 1. parse ---------------------------------------------------------------------------
 const objects = []; // {file, index, obj}
-for (const f of fs.readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).sort()) {
-    const file = path.join(dir, f);
+for (const file of dirs.flatMap((d) => fs.readdirSync(d).filter((f) => /\.ya?ml$/.test(f))
+                                   .sort().map((f) => path.join(d, f)))) {
     const docs = parseAllDocuments(fs.readFileSync(file, "utf8"), { uniqueKeys: true });
     docs.forEach((doc, index) => {
         for (const e of [...doc.errors, ...doc.warnings])
@@ -86,6 +92,7 @@ const tsType = {
     "apps/v1/Deployment": ["apps/v1", "Deployment"],
     "autoscaling/v2/HorizontalPodAutoscaler": ["autoscaling/v2", "HorizontalPodAutoscaler"],
     "policy/v1/PodDisruptionBudget": ["policy/v1", "PodDisruptionBudget"],
+    "networking.k8s.io/v1/NetworkPolicy": ["networking/v1", "NetworkPolicy"],
 };
 {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "yunmin-k8s-"));
@@ -140,9 +147,10 @@ const tsType = {
 
 // ---- 4. consistency with yunmind and among the objects -----------------------------------
 const byKind = (kind) => objects.filter((o) => o.obj.kind === kind).map((o) => o.obj);
-const [deploy] = byKind("Deployment");
+const named = (kind, name) => byKind(kind).find((o) => o.metadata?.name === name);
+const deploy = named("Deployment", "yunmind");
 const [cm] = byKind("ConfigMap");
-const [svc] = byKind("Service");
+const svc = named("Service", "yunmind");
 const [hpa] = byKind("HorizontalPodAutoscaler");
 const secrets = byKind("Secret");
 const pvcs = byKind("PersistentVolumeClaim");
@@ -231,6 +239,83 @@ if (deploy && cm) {
              hpa.spec.scaleTargetRef.name === deploy.metadata.name,
              "the HorizontalPodAutoscaler must target the Deployment");
         need(hpa.spec.minReplicas >= 2, "keep at least two replicas");
+    }
+}
+
+// Environment taken from Secrets: a Secret not in this set must be marked optional (the
+// store's Secret is applied only with the store).
+if (deploy) {
+    for (const x of deploy.spec.template.spec.containers)
+        for (const e of x.env || []) {
+            const ref = e.valueFrom?.secretKeyRef;
+            if (!ref)
+                continue;
+            const sec = byKind("Secret").find((s) => s.metadata.name === ref.name);
+            if (sec)
+                need(ref.key in (sec.stringData || sec.data || {}),
+                     `env ${e.name}: Secret ${ref.name} has no key ${ref.key}`);
+            else
+                need(ref.optional === true,
+                     `env ${e.name}: Secret ${ref.name} is not defined here, so it must be optional`);
+        }
+}
+const store = named("Deployment", "yunmin-store");
+if (store && deploy) {
+    const pod = store.spec.template.spec;
+    const labels = store.spec.template.metadata.labels;
+    for (const [k, v] of Object.entries(store.spec.selector.matchLabels))
+        need(labels[k] === v, "the store Deployment's selector must match its pod labels");
+    need(store.spec.replicas === 1 && store.spec.strategy?.type === "Recreate",
+         "the store must be one instance, replaced with Recreate (two would split the writes)");
+    need(pod.securityContext?.runAsNonRoot === true, "the store pod must run as non-root");
+    const [c] = pod.containers;
+    for (const r of ["cpu", "memory"])
+        need(c.resources?.requests?.[r] !== undefined &&
+             String(c.resources.requests[r]) === String(c.resources?.limits?.[r]),
+             `container ${c.name}: ${r} request and limit must be set and equal`);
+    const cmd = c.command || [];
+    const mm = cmd.indexOf("--maxmemory");
+    const bytes = (q) => {
+        const m = /^(\d+)(Ki|Mi|Gi|kb|mb|gb)?$/i.exec(String(q));
+        if (!m) return NaN;
+        const unit = { ki: 1024, mi: 1 << 20, gi: 1 << 30, kb: 1024, mb: 1 << 20, gb: 1 << 30 };
+        return Number(m[1]) * (m[2] ? unit[m[2].toLowerCase()] : 1);
+    };
+    need(mm >= 0 && cmd[cmd.indexOf("--maxmemory-policy") + 1]?.endsWith("-lru"),
+         "the store needs --maxmemory and an LRU --maxmemory-policy (it holds no data of record)");
+    if (mm >= 0)
+        need(bytes(cmd[mm + 1]) < bytes(c.resources?.limits?.memory),
+             `store --maxmemory ${cmd[mm + 1]} must stay below its memory limit`);
+    need(cmd.includes("--save") && cmd.includes("--appendonly"),
+         "the store must not persist (--save \"\" --appendonly no)");
+    const cport = c.ports?.find((p) => p.name === "redis")?.containerPort;
+    const ssvc = byKind("Service").find((s) =>
+        Object.entries(s.spec.selector || {}).every(([k, v]) => labels[k] === v) &&
+        Object.keys(s.spec.selector || {}).length > 0);
+    need(ssvc, "no Service selects the store's pods");
+    const sp = ssvc?.spec.ports.find((p) => p.targetPort === "redis" || p.targetPort === cport);
+    need(sp, "the store Service must target the redis port");
+    // The replicas' YUNMIN_SESSION_STORE and YUNMIN_STATE_SECRET come from one Secret here.
+    const yc = deploy.spec.template.spec.containers.find((x) => x.name === "yunmind");
+    const env = Object.fromEntries((yc?.env || []).map((e) => [e.name, e.valueFrom?.secretKeyRef]));
+    const secOf = (ref) => ref && byKind("Secret").find((s) => s.metadata.name === ref.name);
+    const val = (ref) => { const s = secOf(ref); return s && (s.stringData || {})[ref.key]; };
+    need(secOf(env.YUNMIN_SESSION_STORE) && secOf(env.YUNMIN_STATE_SECRET),
+         "with the store, YUNMIN_SESSION_STORE and YUNMIN_STATE_SECRET must come from a Secret defined here");
+    const url = val(env.YUNMIN_SESSION_STORE);
+    const m = url ? /^redis:\/\/([^:/]+):(\d+)\/(\d+)$/.exec(url) : null;
+    need(m && ssvc && (m[1] === ssvc.metadata.name || m[1].startsWith(ssvc.metadata.name + ".")) &&
+         sp && Number(m[2]) === sp.port,
+         `session_store ${url} must name the store Service and its port`);
+    const np = byKind("NetworkPolicy").find((n) =>
+        Object.entries(n.spec.podSelector.matchLabels || {}).every(([k, v]) => labels[k] === v));
+    need(np, "a NetworkPolicy must guard the store (it has no password)");
+    if (np) {
+        const yl = deploy.spec.template.metadata.labels;
+        need(np.spec.ingress?.length && np.spec.ingress.every((r) => (r.from || []).length &&
+             r.from.every((f) => f.podSelector && Object.entries(f.podSelector.matchLabels || {})
+                 .every(([k, v]) => yl[k] === v))),
+             "the store's NetworkPolicy must admit the yunmind pods only");
     }
 }
 

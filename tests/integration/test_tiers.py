@@ -357,6 +357,41 @@ class StoreTier(unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_store_hit_written_to_disk(self):
+        a = self.replica()
+        complete(a, TURN1, "w1")
+        self.assertEqual(a.stop(), 0)
+        d = tempfile.mkdtemp(prefix="ym-tiers-")
+        try:
+            b = self.replica("--state-dir", d)
+            path = os.path.join(d, session_file("default", "w1"))
+            self.assertFalse(os.path.exists(path))
+            # A read-only look at the session: no turn runs, so nothing but the store's answer
+            # can put the file on b's disk.
+            r = ts.requests.get(b.url + "/v1/sessions/w1", timeout=ts.T)
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+            deadline = time.monotonic() + 10  # the write runs on the disk tier's thread
+            while (b.metric("yunmin_state_disk_writes_total") < 1 and
+                   time.monotonic() < deadline):
+                time.sleep(0.05)
+            self.assertEqual(b.metric("yunmin_state_disk_writes_total"), 1)
+            self.assertEqual(b.metric("yunmin_state_store_writes_total"), 0)  # not sent back
+            self.assertTrue(os.path.exists(path), os.listdir(d))
+            self.assertEqual(b.stop(), 0)
+            # Without the store, a restarted replica resumes from the file written back.
+            self.redis.kill()
+            c = Daemon("--state-dir", d, "--state-secret", self.SECRET,
+                       "--checkpoint-interval", "0")
+            self.daemons.append(c)
+            text, cached = complete(c, TURN1 + self.ref.turn1 + MORE, "w1")
+            self.assertEqual(text, self.ref.turn2)
+            self.assertGreater(cached, 0)
+            self.assertEqual(c.metric("yunmin_state_disk_hits_total"), 1)
+            self.assertEqual(c.stop(), 0)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
     def test_forged_entry_refused(self):
         a = self.replica()
         complete(a, TURN1, "f1")

@@ -258,6 +258,40 @@ static void count_done(void *arg)
     (*(int *)arg)++;
 }
 
+/* The write's callback: the file must already be in place when it runs (a response ends on
+ * it, and a SIGKILL may follow at once). */
+typedef struct {
+    char path[512];
+    int calls, existed;
+} file_seen;
+
+static void check_file(void *arg)
+{
+    file_seen *f = arg;
+    f->calls++;
+    f->existed += access(f->path, F_OK) == 0;
+}
+
+START_TEST(test_done_after_file_in_place)
+{
+    char *dir = temp_dir();
+    ym_disktier_t *t = open_tier(dir, 0, NULL, NULL);
+    ym_state_t *st = filled_state(1, 3);
+    ym_skey k;
+    key_of(&k, 7);
+    file_seen f = {.calls = 0};
+    file_of(dir, &k, f.path, sizeof(f.path));
+    ym_disktier_write(t, &k, YM_SC_SESSION, NULL, st, check_file, &f);
+    ym_disktier_flush(t);
+    ck_assert_int_eq(f.calls, 1);
+    ck_assert_int_eq(f.existed, 1);
+    ym_disktier_close(t);
+    ym_state_free(st);
+    rm_dir(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(test_scache_promotes_from_disk)
 {
     char *dir = temp_dir();
@@ -354,6 +388,7 @@ int main(void)
     TCase *tc = tcase_create("disktier");
     tcase_add_test(tc, test_file_format_round_trip_and_mac);
     tcase_add_test(tc, test_tier_lru_eviction_rescan_and_refusal);
+    tcase_add_test(tc, test_done_after_file_in_place);
     tcase_add_test(tc, test_scache_promotes_from_disk);
     tcase_add_test(tc, test_redis_url);
     suite_add_tcase(s, tc);
