@@ -243,8 +243,11 @@ static void fork_choices(ym_sched_t *s, ym_gen *g, const float *row, double now)
         ym_textout_set_rules(c->tout, s->eos, c->ignore_eos, c->max_tokens);
         ym_sampler_add_prompt(c->sampler, c->prompt, (size_t)c->n_prompt);
         c->n_prefilled = c->n_prompt;
+        /* The loop thread reads these in ym_gen_take, under the job's lock. */
+        pthread_mutex_lock(&c->lock);
         c->n_cached = g->n_cached;
         c->base = g->base;
+        pthread_mutex_unlock(&c->lock);
         c->no_record = 1; /* a further choice stores nothing in the state cache */
         memcpy(s->row, row, (size_t)s->n_vocab * sizeof(float));
         sample(s, c, s->row, now);
