@@ -21,6 +21,7 @@
 
 #include "engine/log.h"
 #include "server/sched.h"
+#include "server/writeq.h"
 
 #define FILE_MAGIC "YMSF"
 #define FILE_VERSION 1u
@@ -34,17 +35,6 @@ typedef struct dent {
     uint64_t bytes;
     struct dent *hnext, *prev, *next;
 } dent;
-
-typedef struct wjob {
-    int remove;
-    ym_skey key;
-    ym_sc_kind kind;
-    ym_sc_meta meta;
-    const ym_state_t *st; /* borrowed until done */
-    void (*done)(void *);
-    void *arg;
-    struct wjob *next;
-} wjob;
 
 struct ym_disktier {
     char *dir; /* owned */
@@ -63,12 +53,8 @@ struct ym_disktier {
     double last_log_refused, last_log_error;
     uint64_t quiet_refused, quiet_errors;
 
-    pthread_mutex_t qlock; /* the queue */
-    pthread_cond_t qcond, qidle;
-    wjob *qhead, *qtail;
-    int busy, stop;
-    uint64_t tmp_serial;
-    pthread_t writer;
+    ym_writeq q;           /* writes and removals, in order, on its thread */
+    uint64_t tmp_serial;   /* the writer thread's */
 };
 
 /* --- the file format --- */
@@ -383,7 +369,7 @@ static void evict(ym_disktier_t *d)
     }
 }
 
-static void do_write(ym_disktier_t *d, wjob *j)
+static void do_write(ym_disktier_t *d, const ym_writeq_job *j)
 {
     double t0 = ym_now();
     unsigned char *buf = NULL;
@@ -449,93 +435,36 @@ static void do_remove(ym_disktier_t *d, const ym_skey *key)
     unlink(path);
 }
 
-static void *writer_main(void *arg)
+/* The writer thread's job: the file written (temp + rename) or removed. */
+static void run_job(void *owner, const ym_writeq_job *j)
 {
-    ym_disktier_t *d = arg;
-    pthread_mutex_lock(&d->qlock);
-    for (;;) {
-        while (d->qhead == NULL && !d->stop)
-            pthread_cond_wait(&d->qcond, &d->qlock);
-        if (d->qhead == NULL)
-            break; /* stopping, and everything is written */
-        wjob *j = d->qhead;
-        d->qhead = j->next;
-        if (d->qhead == NULL)
-            d->qtail = NULL;
-        d->busy = 1;
-        pthread_mutex_unlock(&d->qlock);
-        if (j->remove)
-            do_remove(d, &j->key);
-        else
-            do_write(d, j);
-        /* Only now, with the file renamed into place (or the write given up): the caller's
-         * response may end and its entry be unpinned. */
-        if (j->done)
-            j->done(j->arg);
-        free(j);
-        pthread_mutex_lock(&d->qlock);
-        d->busy = 0;
-        if (d->qhead == NULL)
-            pthread_cond_broadcast(&d->qidle);
-    }
-    pthread_mutex_unlock(&d->qlock);
-    return NULL;
-}
-
-static void enqueue(ym_disktier_t *d, wjob *j)
-{
-    pthread_mutex_lock(&d->qlock);
-    j->next = NULL;
-    if (d->qtail)
-        d->qtail->next = j;
+    ym_disktier_t *d = owner;
+    if (j->remove)
+        do_remove(d, &j->key);
     else
-        d->qhead = j;
-    d->qtail = j;
-    pthread_cond_signal(&d->qcond);
-    pthread_mutex_unlock(&d->qlock);
+        do_write(d, j);
 }
 
 void ym_disktier_write(ym_disktier_t *d, const ym_skey *key, ym_sc_kind kind,
                        const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),
                        void *arg)
 {
-    wjob *j = calloc(1, sizeof(*j));
-    if (j == NULL) {
+    if (ym_writeq_write(&d->q, key, kind, meta, st, done, arg) != YM_OK) {
         count_error(d, "cannot queue a state write", "out of memory");
         if (done)
             done(arg);
-        return;
     }
-    j->key = *key;
-    j->kind = kind;
-    if (meta != NULL)
-        j->meta = *meta;
-    else
-        j->meta.pending = -1;
-    j->st = st;
-    j->done = done;
-    j->arg = arg;
-    enqueue(d, j);
 }
 
 void ym_disktier_remove(ym_disktier_t *d, const ym_skey *key)
 {
-    wjob *j = calloc(1, sizeof(*j));
-    if (j == NULL) {
+    if (ym_writeq_remove(&d->q, key) != YM_OK)
         do_remove(d, key); /* in this thread, rather than leave a deleted session on disk */
-        return;
-    }
-    j->remove = 1;
-    j->key = *key;
-    enqueue(d, j);
 }
 
 void ym_disktier_flush(ym_disktier_t *d)
 {
-    pthread_mutex_lock(&d->qlock);
-    while (d->qhead != NULL || d->busy)
-        pthread_cond_wait(&d->qidle, &d->qlock);
-    pthread_mutex_unlock(&d->qlock);
+    ym_writeq_flush(&d->q);
 }
 
 int ym_disktier_has(ym_disktier_t *d, const ym_skey *key)
@@ -749,9 +678,6 @@ ym_err ym_disktier_open(const ym_disktier_opts *o, const ym_state_t *like,
     if (d == NULL)
         return YM_ENOMEM;
     pthread_mutex_init(&d->lock, NULL);
-    pthread_mutex_init(&d->qlock, NULL);
-    pthread_cond_init(&d->qcond, NULL);
-    pthread_cond_init(&d->qidle, NULL);
     d->fsync = o->fsync;
     d->budget = o->budget;
     d->metrics = metrics;
@@ -770,10 +696,8 @@ ym_err ym_disktier_open(const ym_disktier_opts *o, const ym_state_t *like,
     }
     if ((err = load_key(d, o->secret, diag)) != YM_OK || (err = scan(d, diag)) != YM_OK)
         goto fail;
-    if (pthread_create(&d->writer, NULL, writer_main, d) != 0) {
-        err = YM_ENOMEM;
+    if ((err = ym_writeq_start(&d->q, run_job, d)) != YM_OK)
         goto fail;
-    }
     publish(d);
     *out = d;
     return YM_OK;
@@ -792,11 +716,7 @@ void ym_disktier_close(ym_disktier_t *d)
 {
     if (d == NULL)
         return;
-    pthread_mutex_lock(&d->qlock);
-    d->stop = 1;
-    pthread_cond_signal(&d->qcond);
-    pthread_mutex_unlock(&d->qlock);
-    pthread_join(d->writer, NULL);
+    ym_writeq_stop(&d->q); /* what is queued is written first */
     while (d->head != NULL)
         index_drop(d, d->head);
     free(d->buckets);
@@ -804,9 +724,6 @@ void ym_disktier_close(ym_disktier_t *d)
     free(d->dir);
     sodium_memzero(d->mac_key, sizeof(d->mac_key));
     pthread_mutex_destroy(&d->lock);
-    pthread_mutex_destroy(&d->qlock);
-    pthread_cond_destroy(&d->qcond);
-    pthread_cond_destroy(&d->qidle);
     free(d);
 }
 

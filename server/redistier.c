@@ -17,6 +17,7 @@
 #include "engine/log.h"
 #include "server/disktier.h"
 #include "server/sched.h"
+#include "server/writeq.h"
 
 #define LOG_INTERVAL_S 60.0
 #define BACKOFF_MIN_S 0.1
@@ -28,17 +29,6 @@ typedef struct conn {
     double retry_at; /* no attempt before this (ym_now) */
     double backoff;
 } conn;
-
-typedef struct rjob {
-    int remove;
-    ym_skey key;
-    ym_sc_kind kind;
-    ym_sc_meta meta;
-    const ym_state_t *st;
-    void (*done)(void *);
-    void *arg;
-    struct rjob *next;
-} rjob;
 
 struct ym_redistier {
     char host[256];
@@ -54,11 +44,7 @@ struct ym_redistier {
     double last_log;
     uint64_t quiet;
 
-    pthread_mutex_t qlock;
-    pthread_cond_t qcond, qidle;
-    rjob *qhead, *qtail;
-    int busy, stop;
-    pthread_t writer;
+    ym_writeq q; /* SET and DEL, in order, on its thread */
 };
 
 int ym_redis_url_parse(const char *url, char *host, size_t host_cap, int *port, int *db,
@@ -244,8 +230,9 @@ ym_err ym_redistier_load(ym_redistier_t *r, const ym_skey *key, ym_sc_kind *kind
     return YM_OK;
 }
 
-static void do_job(ym_redistier_t *r, rjob *j)
+static void do_job(void *owner, const ym_writeq_job *j)
 {
+    ym_redistier_t *r = owner;
     char name[80];
     store_key(&j->key, name);
     unsigned char *buf = NULL;
@@ -282,86 +269,25 @@ static void do_job(ym_redistier_t *r, rjob *j)
         freeReplyObject(rep);
 }
 
-static void *writer_main(void *arg)
-{
-    ym_redistier_t *r = arg;
-    pthread_mutex_lock(&r->qlock);
-    for (;;) {
-        while (r->qhead == NULL && !r->stop)
-            pthread_cond_wait(&r->qcond, &r->qlock);
-        if (r->qhead == NULL)
-            break;
-        rjob *j = r->qhead;
-        r->qhead = j->next;
-        if (r->qhead == NULL)
-            r->qtail = NULL;
-        r->busy = 1;
-        pthread_mutex_unlock(&r->qlock);
-        do_job(r, j);
-        if (j->done)
-            j->done(j->arg);
-        free(j);
-        pthread_mutex_lock(&r->qlock);
-        r->busy = 0;
-        if (r->qhead == NULL)
-            pthread_cond_broadcast(&r->qidle);
-    }
-    pthread_mutex_unlock(&r->qlock);
-    return NULL;
-}
-
-static void enqueue(ym_redistier_t *r, rjob *j)
-{
-    pthread_mutex_lock(&r->qlock);
-    j->next = NULL;
-    if (r->qtail)
-        r->qtail->next = j;
-    else
-        r->qhead = j;
-    r->qtail = j;
-    pthread_cond_signal(&r->qcond);
-    pthread_mutex_unlock(&r->qlock);
-}
-
 void ym_redistier_write(ym_redistier_t *r, const ym_skey *key, ym_sc_kind kind,
                         const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),
                         void *arg)
 {
-    rjob *j = calloc(1, sizeof(*j));
-    if (j == NULL) {
+    if (ym_writeq_write(&r->q, key, kind, meta, st, done, arg) != YM_OK) {
         fail(r, "cannot queue a write", "out of memory");
         if (done)
             done(arg);
-        return;
     }
-    j->key = *key;
-    j->kind = kind;
-    if (meta != NULL)
-        j->meta = *meta;
-    else
-        j->meta.pending = -1;
-    j->st = st;
-    j->done = done;
-    j->arg = arg;
-    enqueue(r, j);
 }
 
 void ym_redistier_remove(ym_redistier_t *r, const ym_skey *key)
 {
-    rjob *j = calloc(1, sizeof(*j));
-    if (j == NULL)
-        return;
-    j->remove = 1;
-    j->key = *key;
-    enqueue(r, j);
+    ym_writeq_remove(&r->q, key); /* out of memory: the entry stays until its TTL, if any */
 }
 
 void ym_redistier_flush(ym_redistier_t *r)
 {
-    pthread_mutex_lock(&r->qlock);
-    while (r->qhead != NULL || r->busy)
-        pthread_cond_wait(&r->qidle, &r->qlock);
-    pthread_mutex_unlock(&r->qlock);
+    ym_writeq_flush(&r->q);
 }
 
 ym_err ym_redistier_open(const ym_redistier_opts *o, const ym_state_t *like,
@@ -389,10 +315,7 @@ ym_err ym_redistier_open(const ym_redistier_opts *o, const ym_state_t *like,
     pthread_mutex_init(&r->rd.lock, NULL);
     pthread_mutex_init(&r->wr.lock, NULL);
     pthread_mutex_init(&r->llock, NULL);
-    pthread_mutex_init(&r->qlock, NULL);
-    pthread_cond_init(&r->qcond, NULL);
-    pthread_cond_init(&r->qidle, NULL);
-    if (pthread_create(&r->writer, NULL, writer_main, r) != 0) {
+    if (ym_writeq_start(&r->q, do_job, r) != YM_OK) {
         ym_state_free(r->like);
         free(r);
         return YM_ENOMEM;
@@ -405,11 +328,7 @@ void ym_redistier_close(ym_redistier_t *r)
 {
     if (r == NULL)
         return;
-    pthread_mutex_lock(&r->qlock);
-    r->stop = 1;
-    pthread_cond_signal(&r->qcond);
-    pthread_mutex_unlock(&r->qlock);
-    pthread_join(r->writer, NULL);
+    ym_writeq_stop(&r->q); /* what is queued is sent first */
     if (r->rd.c)
         redisFree(r->rd.c);
     if (r->wr.c)
@@ -418,8 +337,5 @@ void ym_redistier_close(ym_redistier_t *r)
     pthread_mutex_destroy(&r->rd.lock);
     pthread_mutex_destroy(&r->wr.lock);
     pthread_mutex_destroy(&r->llock);
-    pthread_mutex_destroy(&r->qlock);
-    pthread_cond_destroy(&r->qcond);
-    pthread_cond_destroy(&r->qidle);
     free(r);
 }

@@ -1,0 +1,50 @@
+/* server/writeq.h - the ordered writer thread of a state tier (server/disktier.c,
+ * server/redistier.c).
+ *
+ * A FIFO of state writes and removals run one at a time, in the order they were pushed, by one
+ * thread the queue owns. After a job has run, its `done` callback (if any) is called on that
+ * thread: the caller's response may end only then. Threads: push, flush and stop from any
+ * thread; `run` is called on the writer thread only. Must not: run a job on the pushing thread. */
+#ifndef YM_SERVER_WRITEQ_H
+#define YM_SERVER_WRITEQ_H
+#include <pthread.h>
+
+#include "engine/err.h"
+#include "engine/state.h"
+#include "server/statecache.h"
+
+typedef struct ym_writeq_job {
+    int remove;           /* 1: remove key; 0: write st under key */
+    ym_skey key;
+    ym_sc_kind kind;
+    ym_sc_meta meta;      /* meta.pending -1 when the writer gave none */
+    const ym_state_t *st; /* borrowed until done is called */
+    void (*done)(void *); /* or NULL */
+    void *arg;
+    struct ym_writeq_job *next;
+} ym_writeq_job;
+
+typedef struct ym_writeq {
+    pthread_mutex_t lock;
+    pthread_cond_t cond, idle;
+    ym_writeq_job *head, *tail;
+    int busy, stop;
+    pthread_t thread;
+    void (*run)(void *owner, const ym_writeq_job *j); /* does the write or removal */
+    void *owner;                                      /* borrowed: outlives the queue */
+} ym_writeq;
+
+/* Starts the writer thread. YM_OK, or YM_ENOMEM with nothing left to undo. */
+ym_err ym_writeq_start(ym_writeq *q, void (*run)(void *owner, const ym_writeq_job *j),
+                       void *owner);
+/* Queue a write (meta may be NULL). YM_ENOMEM: nothing queued and done NOT called. */
+ym_err ym_writeq_write(ym_writeq *q, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,
+                       const ym_state_t *st, void (*done)(void *), void *arg);
+/* Queue a removal. YM_ENOMEM: nothing queued. */
+ym_err ym_writeq_remove(ym_writeq *q, const ym_skey *key);
+/* Blocks until every job pushed before the call has run. */
+void ym_writeq_flush(ym_writeq *q);
+/* Runs what is queued, joins the thread, frees the queue's resources. */
+void ym_writeq_stop(ym_writeq *q);
+
+#endif
