@@ -508,8 +508,10 @@ static ym_err parse_chat(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_
     return ym_sampling_validate(&r->sampling, diag);
 }
 
-ym_err ym_chatreq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
-                        json_t **root, ym_diag *diag)
+/* The body as a JSON object, read by one of the request parsers above into *out. */
+static ym_err parse_body(const char *body, size_t len, const ym_req_limits *lim,
+                         ym_err (*parse)(json_t *, const ym_req_limits *, ym_creq *, ym_diag *),
+                         ym_creq *out, json_t **root, ym_diag *diag)
 {
     memset(out, 0, sizeof(*out));
     out->sampling = ym_sampling_default();
@@ -520,13 +522,19 @@ ym_err ym_chatreq_parse(const char *body, size_t len, const ym_req_limits *lim, 
     json_t *doc = load_object(body, len, diag, &err);
     if (doc == NULL)
         return err;
-    if ((err = parse_chat(doc, lim, out, diag)) != YM_OK) {
+    if ((err = parse(doc, lim, out, diag)) != YM_OK) {
         ym_creq_deinit(out);
         json_decref(doc);
         return err;
     }
     *root = doc;
     return YM_OK;
+}
+
+ym_err ym_chatreq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
+                        json_t **root, ym_diag *diag)
+{
+    return parse_body(body, len, lim, parse_chat, out, root, diag);
 }
 
 ym_err ym_session_id_check(const char *id, size_t len, size_t max, ym_diag *diag)
@@ -548,22 +556,7 @@ ym_err ym_session_id_check(const char *id, size_t len, size_t max, ym_diag *diag
 ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
                      json_t **root, ym_diag *diag)
 {
-    memset(out, 0, sizeof(*out));
-    out->sampling = ym_sampling_default();
-    out->max_tokens = lim->default_max_tokens;
-    out->logprobs = -1;
-    *root = NULL;
-    ym_err err = YM_OK;
-    json_t *doc = load_object(body, len, diag, &err);
-    if (doc == NULL)
-        return err;
-    if ((err = parse_completion(doc, lim, out, diag)) != YM_OK) {
-        ym_creq_deinit(out);
-        json_decref(doc);
-        return err;
-    }
-    *root = doc;
-    return YM_OK;
+    return parse_body(body, len, lim, parse_completion, out, root, diag);
 }
 
 void ym_creq_deinit(ym_creq *r)
