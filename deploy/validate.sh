@@ -187,7 +187,6 @@ else
     bad "Kubernetes manifests"
 fi
 
-[ $failed -eq 0 ] && echo "deploy-validate: all checks passed"
 # ---- monitoring ---------------------------------------------------------------------------
 if promtool check rules deploy/monitoring/alerts.yaml >"$tmp/promtool.out" 2>&1 &&
    (cd deploy/monitoring && promtool test rules alerts.test.yaml) >>"$tmp/promtool.out" 2>&1; then
@@ -203,4 +202,5 @@ else
     bad "deploy/monitoring: series not exported by yunmind"
 fi
 
+[ $failed -eq 0 ] && echo "deploy-validate: all checks passed"
 exit $failed
