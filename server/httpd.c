@@ -186,6 +186,22 @@ void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, 
     queue(r, status, resp);
 }
 
+void ym_hreq_respond_static(ym_hreq *r, int status, const char *type, const void *data,
+                            size_t len, const char *const *headers)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        ym_log(YM_LOG_ERROR, r->id, "out of memory for a response");
+        return;
+    }
+    if (type != NULL)
+        MHD_add_response_header(resp, "Content-Type", type);
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2)
+        MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    queue(r, status, resp);
+}
+
 void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body)
 {
     char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
