@@ -178,7 +178,8 @@
       path = "/v1/completions";
     }
     $("prompt").value = "";
-    const msg = addMessage(chat ? "assistant" : "completion", "", "bot streaming");
+    const msg = addMessage((chat ? "assistant" : "completion") + " · " + ($("model").value || "model"),
+                           "", "bot streaming");
     msg.setAttribute("aria-busy", "true");
     const out = msg.querySelector(".text");
     if (!chat) {
@@ -248,6 +249,7 @@
       } else {
         if (chat) state.messages.pop(); /* the turn did not happen */
         msg.className = "msg error";
+        msg.querySelector(".who").textContent = "error";
         gen.appendData((answer ? "\n" : "") + e.message);
         if (e.status === 401) needKey(e);
       }
