@@ -692,9 +692,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
     double ms = (ym_now() - r->t_start) * 1e3;
     int status = r->status;
+    /* nginx's "client closed request"; also when the sweep saw the client leave and the
+     * engine finished the cancelled request before this callback ran. */
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->gen != NULL &&
-        r->finish == YM_FINISH_NONE)
-        status = 499; /* nginx's "client closed request" */
+        (r->finish == YM_FINISH_NONE || r->client_gone))
+        status = 499;
     if (r->route != NULL)
         ym_metrics_request(srv->metrics, r->route, status);
     if (r->gen != NULL) {

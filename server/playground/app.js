@@ -298,9 +298,9 @@
                                { method: "PUT", headers: headers(false), body: form });
       if (!resp.ok) throw await apiError(resp);
       const a = await resp.json();
+      await loadModels(a.id); /* and select it */
       st.textContent = "Uploaded " + a.id + (a.type ? " (" + a.type + ")" : "") +
                        "; it is now in the model list.";
-      await loadModels(a.id);
     } catch (e) {
       st.textContent = "Upload failed: " + e.message;
       if (e.status === 401) needKey(e);

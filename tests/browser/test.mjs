@@ -308,13 +308,17 @@ async function main() {
     (e) => !e[e.length - 1].classList.contains("streaming")), 15000);
   const stopped = await lastBot(page);
   check(stopEnabled && /finish stopped/.test(stopped.stats), "Escape stops the answer", stopped.stats);
-  const m1 = await until("the cancellation in /metrics", async () => {
-    const t = await metrics(url);
-    return (metric(t, /^yunmin_requests_cancelled_total (\S+)$/m) || 0) > cancelled0 ? t : null;
-  }, 10000).catch((e) => null);
-  check(m1 !== null, "the server cancelled the stopped request (yunmin_requests_cancelled_total)");
-  check(m1 !== null && /yunmin_http_requests_total\{route="\/v1\/chat\/completions",status="499"\} [1-9]/.test(m1),
-        "the stopped request counts as 499 (client closed)");
+  // The engine counts the cancellation and the transport the 499 in either order: wait for both.
+  const is499 = (t) => /yunmin_http_requests_total\{route="\/v1\/chat\/completions",status="499"\} [1-9]/.test(t);
+  let m1 = "";
+  await until("the cancellation in /metrics", async () => {
+    m1 = await metrics(url);
+    return (metric(m1, /^yunmin_requests_cancelled_total (\S+)$/m) || 0) > cancelled0 && is499(m1);
+  }, 10000).catch(() => null);
+  check((metric(m1, /^yunmin_requests_cancelled_total (\S+)$/m) || 0) > cancelled0,
+        "the server cancelled the stopped request (yunmin_requests_cancelled_total)");
+  check(is499(m1), "the stopped request counts as 499 (client closed)",
+        m1.split("\n").filter((l) => l.startsWith("yunmin_http_requests_total{route=\"/v1/chat")).join("; "));
   await setField(page, "seed", "");
 
   // An API error: max_tokens over the cap; the API's message is shown.
