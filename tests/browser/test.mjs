@@ -4,9 +4,10 @@
 //   node tests/browser/test.mjs BUILD_DIR [--screenshots DIR]
 //
 // One daemon has a tenants file (the page must ask for the key) and adapter uploads on; a
-// second runs with playground = 0. Checked:
+// second starts with playground = 0 in its settings file, then reloads it as 1. Checked:
 //   - the files' headers: Content-Type, ETag + Cache-Control: no-cache (304 on If-None-Match),
-//     CSP, nosniff; HEAD; 405 for other methods; 404 when the playground is off;
+//     CSP, nosniff; HEAD; 405 for other methods; 404 when the playground is off, 200 after a
+//     SIGHUP turned it on;
 //   - without a key the page shows the API's 401 message and asks for one; the key is sent as
 //     a header only: never in a URL, never in localStorage or sessionStorage;
 //   - every control has a label; the message box is reached and used by keyboard only;
@@ -180,11 +181,20 @@ async function main() {
   check(nf.status === 404 && (await nf.json()).error.code === "not_found",
         "GET /playground/nope.js: 404 JSON error");
 
-  const off = await startDaemon("off", ["--playground", "0"]);
+  // Off by the settings file; a reload (SIGHUP) turns it on.
+  const conf = path.join(tmp, "yunmind.json");
+  writeFileSync(conf, JSON.stringify({ playground: 0 }));
+  const off = await startDaemon("off", ["--config", conf]);
   const offr = await fetch(off.url + "/");
   check(offr.status === 404 && /playground/.test((await offr.json()).error.message),
         "playground = 0: GET / is 404 naming the setting");
+  check((await fetch(off.url + "/playground/app.js")).status === 404, "playground = 0: its files 404");
   check((await fetch(off.url + "/v1/models")).status === 200, "playground = 0: the API still serves");
+  writeFileSync(conf, JSON.stringify({ playground: 1 }));
+  off.p.kill("SIGHUP");
+  const on = await until("the reload", async () => (await fetch(off.url + "/")).status === 200, 10000)
+    .catch(() => false);
+  check(on, "playground 0 -> 1 by SIGHUP: GET / is 200");
   off.p.kill("SIGTERM");
 
   // ---- the browser ---------------------------------------------------------------------------
@@ -398,9 +408,9 @@ async function main() {
 }
 
 const watchdog = setTimeout(() => {
-  log("FAIL the test took longer than 150 s");
+  log("FAIL the test took longer than 110 s");
   cleanup().then(() => process.exit(1));
-}, 150000);
+}, 110000);
 
 async function cleanup() {
   if (browser) await browser.close().catch(() => {});
