@@ -195,7 +195,6 @@ async function main() {
   const on = await until("the reload", async () => (await fetch(off.url + "/")).status === 200, 10000)
     .catch(() => false);
   check(on, "playground 0 -> 1 by SIGHUP: GET / is 200");
-  off.p.kill("SIGTERM");
 
   // ---- the browser ---------------------------------------------------------------------------
   browser = await puppeteer.launch({
@@ -221,6 +220,17 @@ async function main() {
       problems.push(`${r.status()} for ${r.request().method()} ${p}`);
   });
   page.on("request", (r) => requests.push(r.url()));
+
+  // Open mode (the second daemon, no tenants file): no key asked, the model list is there.
+  await page.goto(off.url + "/", { waitUntil: "domcontentloaded" });
+  await until("the open-mode model list", () => page.$$eval("#model option", (o) => o.length > 0))
+    .catch(() => null);
+  check(await page.$eval("#keyform", (f) => getComputedStyle(f).display === "none") &&
+        await page.$eval("#notice", (n) => n.hidden) &&
+        (await page.$$eval("#model option", (o) => o.map((x) => x.value))).includes("shakespeare-mamba"),
+        "open mode: no key asked, the model list is filled");
+  off.p.kill("SIGTERM");
+  requests.length = 0;
 
   // Without a key: the API's 401 message, and the key form.
   await page.goto(url + "/", { waitUntil: "domcontentloaded" });
