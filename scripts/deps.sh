@@ -17,6 +17,8 @@ if [ "${1:-build}" = test ]; then
   # The OpenAI client test runs on Node.js; any node + npm on PATH will do (a NodeSource
   # install included), else Debian's.
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then need="$need nodejs npm"; fi
+  # tests/browser: the web playground in Debian's chromium, headless (puppeteer-core drives it).
+  need="$need chromium"
 fi
 missing=""
 for p in $need; do

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs every test of yunmin: unit and conformance tests (Check), CLI tests, the daemon over
-# real HTTP (Python requests, and the official openai npm client), the same suites under
+# real HTTP (Python requests, and the official openai npm client), the web playground in
+# headless chromium (tests/browser), the same suites under
 # AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), the server's tests under
 # ThreadSanitizer (loop thread, engine thread, worker pool), the Python toolkit's tests, and a
 # short run of every fuzz target, a short soak (mixed traffic; memory, descriptors and errors
@@ -41,6 +42,8 @@ unit_asan() {
     meson test -C build-asan --print-errorlogs --num-processes 1 --timeout-multiplier 4
 }
 openai_client() { tests/integration/openai_client/run.sh build-test; }
+# The web playground in headless chromium (puppeteer-core from npm, no browser download).
+browser() { tests/browser/run.sh build-test; }
 build_tsan() {
   setup build-tsan --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false &&
     ninja -C build-tsan server/yunmind tools/yunmin tests/server/server_unit_tests >/dev/null
@@ -89,6 +92,7 @@ built=0
 stage build build_release && built=1
 if [ $built = 1 ]; then
   stage unit unit_release && stage openai-client openai_client
+  stage browser browser
   stage deploy-validate deploy_validate
   stage deploy-replicas deploy_replicas
   stage soak soak_short

@@ -128,6 +128,8 @@ static const ym_conf_def defs[] = {
     S("allowed_origins", "YUNMIN_ALLOWED_ORIGINS", allowed_origins, "", NULL, 1,
       "browser origins allowed by CORS, comma-separated (e.g. https://app.example.com); "
       "\"*\" = any; \"\" = none"),
+    U("playground", "YUNMIN_PLAYGROUND", playground, 1, 0, 1, 1,
+      "1: serve the web playground (a chat page using the /v1 routes) at /; 0: / answers 404"),
 };
 #define N_DEFS ((int)(sizeof(defs) / sizeof(defs[0])))
 

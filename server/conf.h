@@ -52,6 +52,7 @@ typedef struct ym_conf {
                                * state_dir/state.key */
     char *allowed_origins;    /* owned; browser origins CORS lets in, "," separated; "*" = any;
                                * "" = none */
+    uint64_t playground;      /* 1: serve the web playground at / */
 } ym_conf;
 
 /* Fill *conf from defaults, file, environment (envp-style array, NULL = environ) and argv.

@@ -186,6 +186,22 @@ void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, 
     queue(r, status, resp);
 }
 
+void ym_hreq_respond_static(ym_hreq *r, int status, const char *type, const void *data,
+                            size_t len, const char *const *headers)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        ym_log(YM_LOG_ERROR, r->id, "out of memory for a response");
+        return;
+    }
+    if (type != NULL)
+        MHD_add_response_header(resp, "Content-Type", type);
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2)
+        MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    queue(r, status, resp);
+}
+
 void ym_hreq_respond_json(ym_hreq *r, int status, json_t *body)
 {
     char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -676,9 +692,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
     double ms = (ym_now() - r->t_start) * 1e3;
     int status = r->status;
+    /* nginx's "client closed request"; also when the sweep saw the client leave and the
+     * engine finished the cancelled request before this callback ran. */
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->gen != NULL &&
-        r->finish == YM_FINISH_NONE)
-        status = 499; /* nginx's "client closed request" */
+        (r->finish == YM_FINISH_NONE || r->client_gone))
+        status = 499;
     if (r->route != NULL)
         ym_metrics_request(srv->metrics, r->route, status);
     if (r->gen != NULL) {

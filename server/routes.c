@@ -3,7 +3,7 @@
  *
  * Owns: the table (static, read-only). Runs: read by the loop thread. Must not: hold logic; a
  * route's behaviour lives in the file named for its resource (completions.c, chat.c, models.c,
- * tokens.c, adapters.c, sessions.c, probes.c). main.c hands the table to the transport. */
+ * tokens.c, adapters.c, sessions.c, probes.c, www.c). main.c hands the table to the transport. */
 #include "server/server.h"
 
 const ym_route ym_routes[] = {
@@ -42,5 +42,10 @@ const ym_route ym_routes[] = {
      ym_probes_readyz, NULL, NULL, NULL},
     {"GET", "/metrics", YM_AUTH_NONE, YM_BODY_REQUEST,
      ym_probes_metrics, NULL, NULL, NULL},
+    /* The web playground: static files, no key (the page asks for one when it needs it). */
+    {"GET", "/", YM_AUTH_NONE, YM_BODY_REQUEST,
+     ym_www_get, NULL, NULL, NULL},
+    {"GET", "/playground/{file}", YM_AUTH_NONE, YM_BODY_REQUEST,
+     ym_www_get, NULL, NULL, NULL},
 };
 const size_t ym_n_routes = sizeof(ym_routes) / sizeof(ym_routes[0]);

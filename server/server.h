@@ -169,6 +169,11 @@ void ym_hreq_respond_error(ym_hreq *r, ym_err err, const char *param, const char
  * For work that ends after its handler returned; a handler returns the error instead. */
 void ym_hreq_fail(ym_hreq *r, ym_err err, const ym_diag *diag);
 void ym_hreq_respond_text(ym_hreq *r, int status, const char *type, char *text, size_t len);
+/* Answer with static bytes (not copied, never freed: they must outlive the response) and
+ * extra headers, name/value pairs ending in NULL (may be NULL). type NULL: no Content-Type
+ * (a 304). */
+void ym_hreq_respond_static(ym_hreq *r, int status, const char *type, const void *data,
+                            size_t len, const char *const *headers);
 /* Start streaming: queue the SSE response (reader pulls from r->sse). */
 void ym_hreq_start_stream(ym_hreq *r);
 void ym_hreq_stream_end(ym_hreq *r);   /* "[DONE]" is in r->sse: end the stream after it */
@@ -253,6 +258,8 @@ ym_err ym_models_check(const ym_server_t *srv, const char *model, ym_diag *diag)
 ym_err ym_tokens_encode(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_tokens_decode(ym_hreq *r, const ym_match *m, ym_diag *diag);
 /* probes.c */
+/* www.c: the web playground's files (GET / and /playground/{file}; 404 when turned off). */
+ym_err ym_www_get(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_probes_healthz(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_probes_readyz(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_probes_metrics(ym_hreq *r, const ym_match *m, ym_diag *diag);

@@ -1053,6 +1053,46 @@ class NewUserFaults(unittest.TestCase):
             self.assertEqual(d.stop(), 0)
 
 
+class ClientGone(unittest.TestCase):
+    def test_streams_closed_by_their_clients_count_as_499(self):
+        """One stream running, one queued behind it (max_running 1); both clients hang up.
+        While a stream waits, the sweep sees the peer leave and cancels it, and the engine may
+        finish it before the connection's end: it must still count as 499, not 200."""
+        d = Daemon("--max-running", "1")
+        body = json.dumps({"prompt": "ROMEO:", "max_tokens": 8192, "stream": True,
+                           "ignore_eos": True}).encode()
+
+        def open_stream():
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=T)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+            return s
+
+        try:
+            running = open_stream()
+            time.sleep(0.3)
+            queued = open_stream()
+            time.sleep(0.3)
+            queued.close()
+            time.sleep(1.0)
+            running.close()
+            deadline = time.monotonic() + 20
+            text = ""
+            while time.monotonic() < deadline:
+                text = requests.get(d.url + "/metrics", timeout=T).text
+                if "yunmin_http_requests_in_flight 1\n" in text and \
+                        d.metric("yunmin_requests_cancelled_total") == 2:
+                    break
+                time.sleep(0.05)
+            counts = dict(re.findall(
+                r'^yunmin_http_requests_total\{route="/v1/completions",status="(\d+)"\} (\d+)$',
+                text, re.M))
+            self.assertEqual(counts, {"499": "2"}, text)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+
 if __name__ == "__main__":
     ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
     ts.MODEL = os.path.join(ts.ROOT, "models", "shakespeare-mamba")
