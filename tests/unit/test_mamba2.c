@@ -31,12 +31,9 @@ typedef struct ref {
     double scale;  /* max(1, max |logit|) */
 } ref;
 
-static void ref_load(const char *name, ref *r)
+static void ref_load_path(const char *path, ref *r)
 {
-    char path[4096];
     ym_diag d = { { 0 }, { 0 } };
-    const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name; /* shares its source's */
-    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
     ck_assert_msg(ym_st_set_open_file(path, &r->set, &d) == YM_OK, "%s: %s", path, d.msg);
     const ym_st_tensor *ids = ym_st_set_find(r->set, "ids"), *lg = ym_st_set_find(r->set, "logits");
     ck_assert(ids && lg && ids->dtype == YM_DT_I32);
@@ -49,6 +46,14 @@ static void ref_load(const char *name, ref *r)
     r->scale = 1.0;
     for (size_t i = 0; i < (size_t)r->T * r->V; i++)
         r->scale = fmax(r->scale, fabs(r->logits[i]));
+}
+
+static void ref_load(const char *name, ref *r)
+{
+    char path[4096];
+    const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name; /* shares its source's */
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
+    ref_load_path(path, r);
 }
 
 static void ref_free(ref *r)
@@ -338,6 +343,84 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
 }
 END_TEST
 
+/* PEFT adapters on Falcon-Mamba's four projections (tests/fixtures/falcon_peft, made by
+ * make_falcon_peft_fixtures.py: the float64 reference with the adapter applied unmerged as
+ * PEFT's layers do, x_proj's before the dt/B/C norms and dt_proj's after them): prefill,
+ * decode and a ragged batch of the adapted sequence beside a base one, on 1 and 3 threads
+ * (3 splits dt's columns unevenly). */
+START_TEST(test_falcon_mamba_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "lora-fm", "ia3-fm-dt-out-ff", "ia3-fm-in-x-ff",
+                                       "lora-fm-r72-bf16" };
+    static const char *const bases[] = { "fm-bias-k3-f32", "fm-bias-k3-f32", "fm-bias-k3-f32",
+                                         "fm-untied-k4-bf16" };
+    char dir[4096], path[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", YM_FIXTURE("falcon_peft"), ads[_i]);
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", YM_FIXTURE("falcon_peft"), ads[_i]);
+    ref ra, rb;
+    ref_load_path(path, &ra);
+    ref_load(bases[_i], &rb);
+    ck_assert_int_eq(ra.T, rb.T);
+    ck_assert_int_eq(memcmp(ra.ids, rb.ids, sizeof(int32_t) * ra.T), 0);
+    const int T = ra.T, V = ra.V;
+    ym_model_t *m = load_arch(bases[_i], YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
+    ym_adapter_t *ad = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_adapter_load(dir, m, NULL, &ad, &d) == YM_OK, "%s: %s", dir, d.msg);
+    const ym_adapt *one[2] = { ym_adapter_applied(ad), NULL };
+    float *got = malloc(sizeof(float) * 2 * (size_t)T * V);
+    int32_t *tok = malloc(sizeof(int32_t) * 2 * (size_t)T);
+    memcpy(tok, ra.ids, sizeof(int32_t) * T);
+    memcpy(tok + T, ra.ids, sizeof(int32_t) * T);
+    const double atol = 1e-3 * ra.scale;
+    for (int nt = 1; nt <= 3; nt += 2) {
+        ym_ctx_t *ctx = NULL;
+        ck_assert_int_eq(ym_ctx_new(m, 2 * T, nt, &ctx), YM_OK);
+        ym_state_t *s0 = NULL, *s1 = NULL;
+        ck_assert_int_eq(ym_state_new(&m->cfg, &s0), YM_OK);
+        ck_assert_int_eq(ym_state_new(&m->cfg, &s1), YM_OK);
+        ym_state_t *st[2] = { s0, s1 };
+        double e[3] = { 0, 0, 0 };
+        int ss[3] = { 0, T, 0 };
+        ym_batch b = { .n_seq = 1, .tokens = ra.ids, .seq_start = ss, .states = st,
+                       .logits = YM_LOGITS_ALL, .adapters = one };
+        ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+        e[0] = maxdiff(got, ra.logits, (size_t)T * V);
+        ym_state_reset(s0);
+        b.logits = YM_LOGITS_LAST;
+        ss[1] = 1;
+        for (int t = 0; t < T; t++) {
+            b.tokens = ra.ids + t;
+            ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+            e[1] = fmax(e[1], maxdiff(got, ra.logits + (size_t)t * V, V));
+        }
+        ym_state_reset(s0);
+        int s2[3] = { 0, T, 2 * T };
+        ym_batch rb2 = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
+                         .logits = YM_LOGITS_ALL, .adapters = one };
+        ck_assert_msg(ym_forward(ctx, &rb2, got, &d) == YM_OK, "%s", d.msg);
+        e[2] = fmax(maxdiff(got, ra.logits, (size_t)T * V),
+                    maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
+        for (int k = 0; k < 3; k++) {
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "falcon_mamba adapter %s mode %d, %d threads: max |diff| %.3g "
+                        "(atol %.3g)\n", ads[_i], k, nt, e[k], atol);
+            ck_assert_msg(e[k] < atol, "adapter %s mode %d, %d threads: max |diff| %g, atol %g",
+                          ads[_i], k, nt, e[k], atol);
+        }
+        ym_state_free(s0);
+        ym_state_free(s1);
+        ym_ctx_free(ctx);
+    }
+    free(tok);
+    free(got);
+    ym_adapter_unref(ad);
+    ym_model_unref(m);
+    ref_free(&ra);
+    ref_free(&rb);
+}
+END_TEST
+
 /* What does not run on Mamba-2 yet is refused by name: a sparsity profile, an adapter module
  * the layer does not have. */
 START_TEST(test_mamba2_refuses_sparsity_and_missing_modules)
@@ -368,6 +451,7 @@ Suite *mamba2_suite(void)
     tcase_add_test(tc, test_mamba2_state_is_sized_per_family);
     tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
     tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
+    tcase_add_loop_test(tc, test_falcon_mamba_adapters_match_peft_reference, 0, 4);
     tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
     suite_add_tcase(s, tc);
     return s;
