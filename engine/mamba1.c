@@ -479,6 +479,7 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
 
 const ym_layer_ops ym_mamba1_layer_ops = {
     .name = "mamba1",
+    .mamba1_scratch = true,
     .layer = mamba1_layer,
     .ref_token = ref_token,
     .adapters = true,
@@ -489,6 +490,7 @@ const ym_layer_ops ym_mamba1_layer_ops = {
  * the norm. The Mamba-1 reference has no norms: its tests use the float64 fixtures. */
 const ym_layer_ops ym_falcon_mamba_layer_ops = {
     .name = "falcon_mamba",
+    .mamba1_scratch = true,
     .layer = mamba1_layer,
     .ref_token = NULL,
     .adapters = true,

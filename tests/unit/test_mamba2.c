@@ -14,6 +14,7 @@
 #include "adapters/adapter.h"
 #include "engine/config.h"
 #include "engine/forward.h"
+#include "engine/layer.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "engine/sparse.h"
@@ -421,6 +422,28 @@ START_TEST(test_falcon_mamba_adapters_match_peft_reference)
 }
 END_TEST
 
+/* A context has its family's scratch only (engine/layer.h): a Mamba-2 context none of the
+ * Mamba-1 layer's per-row buffers, a Falcon-Mamba context all of them. */
+START_TEST(test_context_allocates_only_its_family_scratch)
+{
+    ym_model_t *m2 = load("m2-g1-k4-f32", YM_WT_AUTO);
+    ym_model_t *fm = load_arch("fm-bias-k3-f32", YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
+    ym_ctx_t *c2 = NULL, *cf = NULL;
+    ck_assert_int_eq(ym_ctx_new(m2, 64, 2, &c2), YM_OK);
+    ck_assert_int_eq(ym_ctx_new(fm, 64, 2, &cf), YM_OK);
+    ck_assert(!c2->ops->mamba1_scratch && cf->ops->mamba1_scratch);
+    ck_assert(c2->x == NULL && c2->z == NULL && c2->dbc == NULL && c2->dt == NULL &&
+              c2->y == NULL && c2->xs == NULL && c2->up == NULL);
+    ck_assert(c2->h != NULL && c2->hn != NULL && c2->ob != NULL && c2->fam != NULL);
+    ck_assert(cf->x != NULL && cf->z != NULL && cf->dbc != NULL && cf->dt != NULL &&
+              cf->y != NULL && cf->xs != NULL && cf->up != NULL && cf->fam == NULL);
+    ym_ctx_free(c2);
+    ym_ctx_free(cf);
+    ym_model_unref(m2);
+    ym_model_unref(fm);
+}
+END_TEST
+
 /* What does not run on Mamba-2 yet is refused by name: a sparsity profile, an adapter module
  * the layer does not have. */
 START_TEST(test_mamba2_refuses_sparsity_and_missing_modules)
@@ -452,6 +475,7 @@ Suite *mamba2_suite(void)
     tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
     tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
     tcase_add_loop_test(tc, test_falcon_mamba_adapters_match_peft_reference, 0, 4);
+    tcase_add_test(tc, test_context_allocates_only_its_family_scratch);
     tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
     suite_add_tcase(s, tc);
     return s;
