@@ -19,6 +19,7 @@
 #include "engine/safetensors.h"
 #include "engine/sparse.h"
 #include "engine/sparsity.h"
+#include "engine/ssd.h"
 #include "engine/state.h"
 #include "testutil.h"
 
@@ -422,6 +423,44 @@ START_TEST(test_falcon_mamba_adapters_match_peft_reference)
 }
 END_TEST
 
+/* The gated norm in two halves (the layer's split by heads): ranges of channels that cut
+ * groups, each with its own partial sums, then the scale of all channels, equal the float64
+ * reference of the whole norm (1 and 3 groups; 2 and 4 ranges, one of them empty). */
+START_TEST(test_gated_norm_split_by_channel_ranges_matches_reference)
+{
+    const int T = 5, Di = 48, groups[2] = { 1, 3 };
+    float y[5 * 48], z[5 * 48], w[48], out[5 * 48], want[5 * 48], ss[4][5 * 3];
+    unsigned r = 12345u;
+    for (int i = 0; i < T * Di; i++) {
+        r = r * 1103515245u + 12345u;
+        y[i] = (float)((r >> 9) % 2001) / 500.0f - 2.0f;
+        r = r * 1103515245u + 12345u;
+        z[i] = (float)((r >> 9) % 2001) / 400.0f - 2.5f;
+    }
+    for (int c = 0; c < Di; c++)
+        w[c] = 0.5f + (float)c / Di;
+    for (int gi = 0; gi < 2; gi++) {
+        const int G = groups[gi];
+        ym_gated_rmsnorm_ref(want, Di, y, Di, z, Di, T, w, Di, G, 1e-5f);
+        static const int cuts[2][5] = { { 0, 21, 48, 48, 48 }, { 0, 7, 7, 30, 48 } };
+        for (int k = 0; k < 2; k++) {
+            const int n_parts = k == 0 ? 2 : 4;
+            float v[5 * 48];
+            memcpy(v, y, sizeof(v));
+            for (int p = 0; p < n_parts; p++)
+                ym_gate_sumsq_f32(v, Di, z, Di, T, Di, G, cuts[k][p], cuts[k][p + 1], ss[p]);
+            ym_group_scale_f32(out, Di, v, Di, T, &ss[0][0], n_parts, 5 * 3, w, Di, G, 1e-5f);
+            double e = 0.0, sc = 1.0;
+            for (int i = 0; i < T * Di; i++) {
+                e = fmax(e, fabs((double)out[i] - want[i]));
+                sc = fmax(sc, fabs((double)want[i]));
+            }
+            ck_assert_msg(e < 2e-6 * sc, "groups %d, %d ranges: max |diff| %g", G, n_parts, e);
+        }
+    }
+}
+END_TEST
+
 /* A context has its family's scratch only (engine/layer.h): a Mamba-2 context none of the
  * Mamba-1 layer's per-row buffers, a Falcon-Mamba context all of them. */
 START_TEST(test_context_allocates_only_its_family_scratch)
@@ -475,6 +514,7 @@ Suite *mamba2_suite(void)
     tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
     tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
     tcase_add_loop_test(tc, test_falcon_mamba_adapters_match_peft_reference, 0, 4);
+    tcase_add_test(tc, test_gated_norm_split_by_channel_ranges_matches_reference);
     tcase_add_test(tc, test_context_allocates_only_its_family_scratch);
     tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
     suite_add_tcase(s, tc);
