@@ -345,27 +345,23 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
 }
 END_TEST
 
-/* PEFT adapters on Falcon-Mamba's four projections (tests/fixtures/falcon_peft, made by
- * make_falcon_peft_fixtures.py: the float64 reference with the adapter applied unmerged as
- * PEFT's layers do, x_proj's before the dt/B/C norms and dt_proj's after them): prefill,
- * decode and a ragged batch of the adapted sequence beside a base one, on 1 and 3 threads
- * (3 splits dt's columns unevenly). */
-START_TEST(test_falcon_mamba_adapters_match_peft_reference)
+/* An adapter directory under fixtures/<root>/<name> on base model mamba2/<base> of family
+ * arch, against its logits.safetensors: prefill, decode and a ragged batch of the adapted
+ * sequence beside a base one, on 1 and 3 threads (3 splits the columns, heads and rows
+ * unevenly). */
+static void check_adapter_case(const char *root, const char *name, const char *base,
+                               ym_arch arch)
 {
-    static const char *const ads[] = { "lora-fm", "ia3-fm-dt-out-ff", "ia3-fm-in-x-ff",
-                                       "lora-fm-r72-bf16" };
-    static const char *const bases[] = { "fm-bias-k3-f32", "fm-bias-k3-f32", "fm-bias-k3-f32",
-                                         "fm-untied-k4-bf16" };
     char dir[4096], path[4096];
-    snprintf(dir, sizeof(dir), "%s/%s", YM_FIXTURE("falcon_peft"), ads[_i]);
-    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", YM_FIXTURE("falcon_peft"), ads[_i]);
+    snprintf(dir, sizeof(dir), "%s/%s/%s", YM_FIXTURE_DIR, root, name);
+    snprintf(path, sizeof(path), "%s/%s/%s/logits.safetensors", YM_FIXTURE_DIR, root, name);
     ref ra, rb;
     ref_load_path(path, &ra);
-    ref_load(bases[_i], &rb);
+    ref_load(base, &rb);
     ck_assert_int_eq(ra.T, rb.T);
     ck_assert_int_eq(memcmp(ra.ids, rb.ids, sizeof(int32_t) * ra.T), 0);
     const int T = ra.T, V = ra.V;
-    ym_model_t *m = load_arch(bases[_i], YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
+    ym_model_t *m = load_arch(base, YM_WT_AUTO, arch);
     ym_adapter_t *ad = NULL;
     ym_diag d = { { 0 }, { 0 } };
     ck_assert_msg(ym_adapter_load(dir, m, NULL, &ad, &d) == YM_OK, "%s: %s", dir, d.msg);
@@ -405,10 +401,10 @@ START_TEST(test_falcon_mamba_adapters_match_peft_reference)
                     maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
         for (int k = 0; k < 3; k++) {
             if (getenv("YM_TEST_VERBOSE") != NULL)
-                fprintf(stderr, "falcon_mamba adapter %s mode %d, %d threads: max |diff| %.3g "
-                        "(atol %.3g)\n", ads[_i], k, nt, e[k], atol);
+                fprintf(stderr, "%s adapter %s mode %d, %d threads: max |diff| %.3g "
+                        "(atol %.3g)\n", ym_arch_name(arch), name, k, nt, e[k], atol);
             ck_assert_msg(e[k] < atol, "adapter %s mode %d, %d threads: max |diff| %g, atol %g",
-                          ads[_i], k, nt, e[k], atol);
+                          name, k, nt, e[k], atol);
         }
         ym_state_free(s0);
         ym_state_free(s1);
@@ -420,6 +416,29 @@ START_TEST(test_falcon_mamba_adapters_match_peft_reference)
     ym_model_unref(m);
     ref_free(&ra);
     ref_free(&rb);
+}
+
+/* PEFT adapters on Falcon-Mamba's four projections (tests/fixtures/falcon_peft, made by
+ * make_falcon_peft_fixtures.py: the float64 reference with the adapter applied unmerged as
+ * PEFT's layers do, x_proj's before the dt/B/C norms and dt_proj's after them). */
+START_TEST(test_falcon_mamba_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "lora-fm", "ia3-fm-dt-out-ff", "ia3-fm-in-x-ff",
+                                       "lora-fm-r72-bf16" };
+    static const char *const bases[] = { "fm-bias-k3-f32", "fm-bias-k3-f32", "fm-bias-k3-f32",
+                                         "fm-untied-k4-bf16" };
+    check_adapter_case("falcon_peft", ads[_i], bases[_i], YM_ARCH_FALCON_MAMBA);
+}
+END_TEST
+
+/* The Mamba-2 adapter cases the PEFT-made fixtures leave out (tests/fixtures/mamba2_peft, made
+ * by make_mamba2_peft_numpy.py): IA³ input scaling on in_proj with output scaling on out_proj
+ * (its bias scaled, kept apart from the residual), and LoRA rank 72 on a 3-group model. */
+START_TEST(test_mamba2_more_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "ia3-m2-in-ff", "lora-m2-g3-r72" };
+    static const char *const bases[] = { "m2-g2-bias-untied-k3-bf16", "m2-g3-odd-k2-f32" };
+    check_adapter_case("mamba2_peft", ads[_i], bases[_i], YM_ARCH_MAMBA2);
 }
 END_TEST
 
@@ -514,6 +533,7 @@ Suite *mamba2_suite(void)
     tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
     tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
     tcase_add_loop_test(tc, test_falcon_mamba_adapters_match_peft_reference, 0, 4);
+    tcase_add_loop_test(tc, test_mamba2_more_adapters_match_peft_reference, 0, 2);
     tcase_add_test(tc, test_gated_norm_split_by_channel_ranges_matches_reference);
     tcase_add_test(tc, test_context_allocates_only_its_family_scratch);
     tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
