@@ -523,11 +523,6 @@ static ym_err load_tensors(ym_adapter_t *a, const char *path, const ym_peft_conf
                               "adapts in_proj, x_proj, dt_proj, out_proj)", t->name, module);
             goto done;
         }
-        if (cfg->arch == YM_ARCH_FALCON_MAMBA) { /* its dt norm sits between the hooks */
-            err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: adapters on falcon_mamba models are "
-                              "not supported yet", t->name);
-            goto done;
-        }
         if (ym_proj_n_out(cfg, (ym_proj)pj) == 0) { /* e.g. x_proj on a Mamba-2 model */
             err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: module %s does not exist in a %s "
                               "model", t->name, module, ym_arch_name(cfg->arch));

@@ -67,19 +67,23 @@ ym_err ym_ctx_new(ym_model_t *model, int n_rows_max, int n_threads, ym_ctx_t **o
     err = YM_ENOMEM;
     c->h = falloc(R * cfg->d_model);
     c->hn = falloc(R * cfg->d_model * (size_t)n_threads);
-    c->x = falloc(R * cfg->d_inner);
-    c->z = falloc(R * cfg->d_inner);
-    c->dbc = falloc(R * P);
-    c->dt = falloc(R * cfg->d_inner);
-    c->y = falloc(R * cfg->d_inner);
-    c->xs = falloc(R * cfg->d_inner);
+    const bool m1 = c->ops->mamba1_scratch; /* engine/layer.h: only the family's scratch */
+    if (m1) {
+        c->x = falloc(R * cfg->d_inner);
+        c->z = falloc(R * cfg->d_inner);
+        c->dbc = falloc(R * P);
+        c->dt = falloc(R * cfg->d_inner);
+        c->y = falloc(R * cfg->d_inner);
+        c->xs = falloc(R * cfg->d_inner);
+        c->up = falloc(R * (size_t)n_threads * 3 * UP_MAX);
+    }
     c->ob = falloc(R * cfg->d_model);
-    c->up = falloc(R * (size_t)n_threads * 3 * UP_MAX);
     c->out_rows = calloc(R, sizeof(int));
     int *slices = calloc((size_t)n_threads * 6, sizeof(int));
     int *ch = calloc((size_t)n_threads * 2 * (size_t)cfg->n_layer, sizeof(int));
-    if (!c->h || !c->hn || !c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->ob ||
-        !c->up || !c->out_rows || !slices || !ch) {
+    if (!c->h || !c->hn ||
+        (m1 && (!c->x || !c->z || !c->dbc || !c->dt || !c->y || !c->xs || !c->up)) || !c->ob ||
+        !c->out_rows || !slices || !ch) {
         free(slices);
         free(ch);
         goto fail;

@@ -34,7 +34,8 @@ struct ym_ctx {
     float *wscratch; /* per-thread [n_threads][ym_matmul_scratch(K max)]: weight tiles widened
                         for sgemm (many-row products of bf16/int8 weights), or NULL */
     size_t wscratch_n;
-    /* scratch, [n_rows_max, ...] row-major */
+    /* scratch, [n_rows_max, ...] row-major; every family has h, hn, ob and out_rows, the
+     * Mamba-1 layer's buffers (x .. up) exist only when ops->mamba1_scratch, else NULL */
     float *h;   /* residual stream [R, d_model] */
     float *hn;  /* per-thread normed input [n_threads][R, d_model] */
     float *x;   /* conv input/output [R, d_inner] */
@@ -63,7 +64,11 @@ struct ym_ctx {
 
 struct ym_layer_ops {
     const char *name;
-    /* Family scratch into c->fam / c->fam_slices (once, in ym_ctx_new), or NULL: none. */
+    /* The scratch a family needs, as ym_ctx_new allocates it: the shared per-row buffers of
+     * the Mamba-1 layer (x, z, dbc, dt, y, xs, up) when mamba1_scratch, and the family's own
+     * block from ctx_init (into c->fam / c->fam_slices, once), or NULL: none. A family pays
+     * for no other family's buffers. */
+    bool mamba1_scratch;
     ym_err (*ctx_init)(ym_ctx_t *c);
     /* Layer l for all rows of c->batch: h += mixer(norm(h)). Every thread of the pool runs it;
      * hn is the thread's own [R, d_model] buffer, wscr its matmul scratch (or NULL). */

@@ -145,27 +145,42 @@ static void hook_x_input(ym_ctx_t *c, int l, int c0, int c1)
     }
 }
 
-/* x_proj output columns [p0, p1) (input xin, all channels), then dt_proj's IA³ input
- * scaling of the dt_lo columns among them (dt_lo is read by dt_proj only). */
-static void hook_x_output(ym_ctx_t *c, int ith, int l, const float *xin, int p0, int p1)
+/* dt_proj's input: the IA³ input scaling of the dt_lo columns among [p0, p1) (dt_lo is read
+ * by dt_proj only), then this thread's part of its LoRA down-product. Runs once dt_lo is
+ * final: right after x_proj, or after Falcon-Mamba's norm of it. */
+static void hook_dt_input(ym_ctx_t *c, int ith, int l, int p0, int p1)
 {
     const ym_batch *b = c->batch;
     const ym_config *cfg = &c->model->cfg;
-    const int di = cfg->d_inner, dtr = cfg->dt_rank, P = dtr + 2 * cfg->d_state;
+    const int dtr = cfg->dt_rank, P = dtr + 2 * cfg->d_state;
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        const ym_adapt_proj *d = aproj(b, sq, l, YM_PROJ_DT);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (d != NULL && d->g_in != NULL && p0 < dtr)
+            ym_scale_rows_f32(c->dbc + (size_t)r0 * P, P, T, d->g_in, p0, p1 < dtr ? p1 : dtr);
+    }
+    lora_partial(c, ith, l, YM_PROJ_DT, 1, c->dbc, P, p0 < dtr ? p0 : dtr, p1 < dtr ? p1 : dtr);
+}
+
+/* x_proj output columns [p0, p1) (input xin, all channels): LoRA and IA³ output scaling;
+ * then, when dt_in (no norm between x_proj and dt_proj), hook_dt_input on the same columns. */
+static void hook_x_output(ym_ctx_t *c, int ith, int l, const float *xin, int p0, int p1,
+                          int dt_in)
+{
+    const ym_batch *b = c->batch;
+    const ym_config *cfg = &c->model->cfg;
+    const int di = cfg->d_inner, P = cfg->dt_rank + 2 * cfg->d_state;
     for (int sq = 0; sq < b->n_seq; sq++) {
         const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_X);
-        const ym_adapt_proj *d = aproj(b, sq, l, YM_PROJ_DT);
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         float *o = c->dbc + (size_t)r0 * P;
         lora_finish(c, l, YM_PROJ_X, 0, c->dbc, P, P, xin, di, c->model->layers[l].d_inner, sq,
                     p0, p1);
         if (a != NULL && a->g_out != NULL)
             ym_scale_rows_f32(o, P, T, a->g_out, p0, p1);
-        if (d != NULL && d->g_in != NULL && p0 < dtr)
-            ym_scale_rows_f32(o, P, T, d->g_in, p0, p1 < dtr ? p1 : dtr);
     }
-    /* dt_proj's input dt_lo: this thread's columns of it are final now */
-    lora_partial(c, ith, l, YM_PROJ_DT, 1, c->dbc, P, p0 < dtr ? p0 : dtr, p1 < dtr ? p1 : dtr);
+    if (dt_in)
+        hook_dt_input(c, ith, l, p0, p1);
 }
 
 /* dt = softplus(dt_proj(dt_lo) + LoRA) with IA³ output scaling, channels [c0, c1): the bias
@@ -290,11 +305,14 @@ static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     ym_pool_barrier(c->pool);
     /* [dt_lo, B, C] = x_proj(x), split by output rows */
     MATMUL(c->dbc + p0, P, xin, di, R, &L->x_proj, p0, p1, 0.0f);
+    const int fm = cfg->mixer_rms_eps > 0.0f; /* Falcon-Mamba */
     if (ad)
-        hook_x_output(c, ith, l, xin, p0, p1);
+        hook_x_output(c, ith, l, xin, p0, p1, !fm);
     ym_pool_barrier(c->pool);
-    if (cfg->mixer_rms_eps > 0.0f) {
-        /* Falcon-Mamba: weightless RMS norms on dt_lo, B and C of each row, rows split */
+    if (fm) {
+        /* Falcon-Mamba: weightless RMS norms on dt_lo, B and C of each row, rows split. The
+         * adapters of x_proj apply before them (to its output), dt_proj's after them (to its
+         * input, the normed dt_lo), as in transformers' FalconMambaMixer under PEFT. */
         for (int r = ith; r < R; r += nth) {
             float *o = c->dbc + (size_t)r * P;
             rms_plain(o, dtr, cfg->mixer_rms_eps);
@@ -302,6 +320,10 @@ static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
             rms_plain(o + dtr + N, N, cfg->mixer_rms_eps);
         }
         ym_pool_barrier(c->pool);
+        if (ad) {
+            hook_dt_input(c, ith, l, p0, p1);
+            ym_pool_barrier(c->pool);
+        }
     }
     /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
     const ym_weight dtw = {YM_WT_F32, nk, dtr, L->dt_proj_w, NULL}; /* stays f32 */
@@ -457,17 +479,19 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
 
 const ym_layer_ops ym_mamba1_layer_ops = {
     .name = "mamba1",
+    .mamba1_scratch = true,
     .layer = mamba1_layer,
     .ref_token = ref_token,
     .adapters = true,
 };
 
 /* Falcon-Mamba: the same layer, with weightless RMS norms on dt_lo, B and C (its config's
- * mixer_rms_eps > 0 turns them on). Its adapters would have to apply around those norms (the
- * hooks above do not), and the Mamba-1 reference has no norms: neither is offered yet. */
+ * mixer_rms_eps > 0 turns them on) and the same adapter targets, dt_proj's hooks placed after
+ * the norm. The Mamba-1 reference has no norms: its tests use the float64 fixtures. */
 const ym_layer_ops ym_falcon_mamba_layer_ops = {
     .name = "falcon_mamba",
+    .mamba1_scratch = true,
     .layer = mamba1_layer,
     .ref_token = NULL,
-    .adapters = false,
+    .adapters = true,
 };

@@ -2,19 +2,30 @@
  *
  * Per layer, for every row of the ragged batch (shapes: H heads of P channels, d_inner = H*P,
  * G groups of N state entries, conv over conv_ch = d_inner + 2*G*N channels x|B|C):
- *   [z | x B C | dt] = in_proj(rmsnorm(h))        one ym_matmul, split by output columns
- *   x B C := silu(causal_conv(x B C))               split by conv channels, per sequence
- *   dt := clamp(softplus(dt + dt_bias), time_step_limit)          split by rows
- *   y := SSD(x, dt, A, B, C) + D x                  split by heads, per sequence: a sequence
- *        of one row takes the decode step (ym_ssd_step_f32), a longer one the chunked SSD
- *        prefill (ym_ssd_prefill_f32, chunks of M2_CHUNK tokens)
- *   y := gated RMSNorm per group (y * silu(z))      split by rows
- *   h += out_proj(y)                                split by output rows (d_model)
- * with a barrier between the steps, so 5 per layer. Adapters (PEFT LoRA and IA³ on in_proj
- * and out_proj) are applied unmerged on the columns or rows each thread owns, as in Mamba-1.
+ *   [z | x B C | dt] = in_proj(rmsnorm(h))
+ *   x B C := silu(causal_conv(x B C))
+ *   dt := clamp(softplus(dt + dt_bias), time_step_limit)
+ *   y := SSD(x, dt, A, B, C) + D x          a sequence of one row takes the decode step
+ *        (ym_ssd_step_f32), a longer one the chunked SSD prefill (ym_ssd_prefill_f32, chunks
+ *        of M2_CHUNK tokens)
+ *   y := gated RMSNorm per group (y * silu(z))
+ *   h += out_proj(y)
+ * Work split, three barriers per layer (each costs a wait for the slowest thread, which on a
+ * loaded machine is a descheduled one): each thread owns a range of heads, and computes for
+ * it the in_proj columns of those heads' x and dt, the conv of those x channels and the dt
+ * softplus, with no barrier between them (one thread produces and consumes them); it also
+ * computes a slice of z's columns and of B|C's (with their conv). Barrier 1. Then the SSD of
+ * its heads, the gate y * silu(z) of their channels and their partial sums of squares per
+ * row and group. Barrier 2. Then every thread scales all rows of y by the groups' norms into
+ * its own buffer (a multiply per element, repeated by each thread: cheaper than another
+ * barrier) and computes its rows of out_proj from it into the residual. Barrier 3, before the
+ * next layer's norm reads h. Adapters (PEFT LoRA and IA³ on in_proj and out_proj) are applied
+ * unmerged on the columns or rows each thread owns, as in Mamba-1.
  *
- * Owns: its scratch in c->fam (ctx_init): [z|xBC|dt] [R, n_in], y [R, d_inner] and each
- * thread's prefill work; its slices and the chunk length in c->fam_slices.
+ * Owns: its scratch in c->fam (ctx_init): [z|xBC|dt] [R, n_in], y [R, d_inner], the partial
+ * sums [n_threads][R, G], and per thread a block that is the SSD prefill's work during the
+ * SSD and the normed y [R, d_inner] after it; its slices and the chunk length in
+ * c->fam_slices.
  * Runs: on every thread of the context's pool, inside ym_forward (engine/forward.c).
  * Must not: allocate in the layer, or touch a head's state from another thread than its own. */
 #include <stdlib.h>
@@ -39,7 +50,8 @@ static int chunk_len(void)
 
 typedef struct m2dims {
     int R, dm, Di, H, P, G, N, K, GN, cd, n_in;
-    size_t work_n; /* prefill scratch per thread, for chunks up to M2_CHUNK_MAX */
+    size_t work_n; /* per thread: the SSD prefill's work (chunks up to M2_CHUNK_MAX), then
+                      the normed y [R, Di] */
 } m2dims;
 
 static m2dims dims_of(const ym_ctx_t *c)
@@ -58,24 +70,35 @@ static m2dims dims_of(const ym_ctx_t *c)
     d.cd = d.Di + 2 * d.GN;
     d.n_in = d.Di + d.cd + d.H;
     ym_ssd_dims sd = {d.H, d.P, d.G, d.N};
-    d.work_n = (ym_ssd_prefill_work(&sd, M2_CHUNK_MAX) + 15) / 16 * 16;
+    size_t w = ym_ssd_prefill_work(&sd, M2_CHUNK_MAX), yn = (size_t)d.R * d.Di;
+    d.work_n = ((w > yn ? w : yn) + 15) / 16 * 16;
     return d;
 }
+
+/* c->fam_slices, per thread ith of nth: */
+#define S_Z0 0 /* [z0, z1): its z columns                 */
+#define S_Z1 1
+#define S_B0 2 /* [b0, b1): its B|C channels, of 2*G*N      */
+#define S_B1 3
+#define S_H0 4 /* [h0, h1): its heads                       */
+#define S_H1 5
+#define S_N 6 /* slices; then one int: the chunk length    */
 
 static ym_err mamba2_ctx_init(ym_ctx_t *c)
 {
     m2dims d = dims_of(c);
     int nth = c->n_threads;
-    size_t n = (size_t)d.R * d.n_in + (size_t)d.R * d.Di + d.work_n * (size_t)nth;
+    size_t n = (size_t)d.R * d.n_in + (size_t)d.R * d.Di + (size_t)nth * d.R * d.G +
+               d.work_n * (size_t)nth;
     size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
     if ((c->fam = aligned_alloc(64, bytes)) == NULL ||
-        (c->fam_slices = calloc((size_t)nth * 6 + 1, sizeof(int))) == NULL)
+        (c->fam_slices = calloc((size_t)nth * S_N + 1, sizeof(int))) == NULL)
         return YM_ENOMEM;
     int *s = c->fam_slices;
-    s[6 * nth] = chunk_len();
-    ym__split(d.n_in, nth, ALIGN_CH, s, s + nth);            /* in_proj columns */
-    ym__split(d.cd, nth, ALIGN_CH, s + 2 * nth, s + 3 * nth); /* conv channels */
-    ym__split(d.H, nth, 1, s + 4 * nth, s + 5 * nth);        /* heads */
+    s[S_N * nth] = chunk_len();
+    ym__split(d.Di, nth, ALIGN_CH, s + S_Z0 * nth, s + S_Z1 * nth);
+    ym__split(2 * d.GN, nth, ALIGN_CH, s + S_B0 * nth, s + S_B1 * nth);
+    ym__split(d.H, nth, 1, s + S_H0 * nth, s + S_H1 * nth);
     return YM_OK;
 }
 
@@ -143,6 +166,33 @@ static int any_out_scale(const ym_batch *b, int l)
     return 0;
 }
 
+/* in_proj output columns [n0, n1) for every row (bias, adapters): a no-op when empty. */
+static void in_cols(ym_ctx_t *c, int l, float *zx, int n_in, const float *hn, int n0, int n1,
+                    float *wscr)
+{
+    const ym_layer *L = &c->model->layers[l];
+    const int R = c->n_rows, dm = c->model->cfg.d_model;
+    if (n1 <= n0)
+        return;
+    MATMUL(zx + n0, n_in, hn, dm, R, &L->in_proj, n0, n1, 0.0f);
+    if (L->in_proj_b != NULL)
+        add_bias(zx, n_in, R, L->in_proj_b, n0, n1);
+    if (c->batch->adapters != NULL)
+        hook_in_output(c->batch, l, zx, n_in, hn, dm, n0, n1);
+}
+
+/* silu(causal_conv) of the x|B|C channels [k0, k1) (0 = x's first), every sequence. */
+static void conv_cols(ym_ctx_t *c, int l, float *zx, int n_in, int Di, int K, int k0, int k1)
+{
+    const ym_batch *b = c->batch;
+    const ym_layer *L = &c->model->layers[l];
+    for (int sq = 0; sq < b->n_seq && k0 < k1; sq++) {
+        int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+        ym_conv_silu_f32(zx + (size_t)r0 * n_in + Di, n_in, r1 - r0,
+                         ym_state_conv(b->states[sq], l), L->conv_w, L->conv_b, K, k0, k1);
+    }
+}
+
 static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float *wscr)
 {
     const ym_model_t *m = c->model;
@@ -151,36 +201,36 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     const ym_layer *L = &m->layers[l];
     const m2dims d = dims_of(c);
     const int R = c->n_rows, Di = d.Di, n_in = d.n_in, cd = d.cd, GN = d.GN, dm = d.dm;
-    const ym_ssd_dims sd = {d.H, d.P, d.G, d.N};
+    const int P = d.P, G = d.G;
+    const ym_ssd_dims sd = {d.H, P, G, d.N};
     const int *s = c->fam_slices;
-    const int n0 = s[ith], n1 = s[nth + ith], k0 = s[2 * nth + ith], k1 = s[3 * nth + ith];
-    const int h0 = s[4 * nth + ith], h1 = s[5 * nth + ith];
+    const int z0 = s[S_Z0 * nth + ith], z1 = s[S_Z1 * nth + ith];
+    const int b0 = s[S_B0 * nth + ith], b1 = s[S_B1 * nth + ith];
+    const int h0 = s[S_H0 * nth + ith], h1 = s[S_H1 * nth + ith];
     const int m0 = c->md0[ith], m1 = c->md1[ith];
     float *zx = c->fam, *y = zx + (size_t)d.R * n_in;
-    float *work = y + (size_t)d.R * Di + d.work_n * (size_t)ith;
+    float *ss = y + (size_t)d.R * Di; /* [nth][R, G] */
+    float *work = ss + (size_t)nth * d.R * G + d.work_n * (size_t)ith;
     const int ad = b->adapters != NULL; /* adapters: take the hooks */
 
-    /* hn = rmsnorm(h) * norm.weight (every thread, all rows); [z|xBC|dt] = in_proj(hn) */
+    /* hn = rmsnorm(h) * norm.weight (every thread, all rows) */
     norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
     if (ad)
         hook_in_input(b, l, hn, dm);
-    MATMUL(zx + n0, n_in, hn, dm, R, &L->in_proj, n0, n1, 0.0f);
-    if (L->in_proj_b != NULL)
-        add_bias(zx, n_in, R, L->in_proj_b, n0, n1);
-    if (ad)
-        hook_in_output(b, l, zx, n_in, hn, dm, n0, n1);
-    ym_pool_barrier(c->pool);
-    /* xBC = silu(causal_conv(xBC)), this thread's conv channels, per sequence */
-    for (int sq = 0; sq < b->n_seq; sq++) {
-        int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
-        ym_conv_silu_f32(zx + (size_t)r0 * n_in + Di, n_in, r1 - r0,
-                         ym_state_conv(b->states[sq], l), L->conv_w, L->conv_b, d.K, k0, k1);
-    }
-    for (int r = ith; r < R; r += nth)
-        ym_ssd_dt_f32(zx + (size_t)r * n_in + Di + cd, n_in, 1, L->dt_bias, d.H, cfg->dt_min,
+    /* [z | x B C | dt] = in_proj(hn): this thread's z slice, its heads' x and dt, its B|C
+     * slice; then the conv of the x|B|C channels it made, and its heads' dt */
+    in_cols(c, l, zx, n_in, hn, z0, z1, wscr);
+    in_cols(c, l, zx, n_in, hn, Di + h0 * P, Di + h1 * P, wscr);
+    in_cols(c, l, zx, n_in, hn, 2 * Di + b0, 2 * Di + b1, wscr);
+    in_cols(c, l, zx, n_in, hn, Di + cd + h0, Di + cd + h1, wscr);
+    conv_cols(c, l, zx, n_in, Di, d.K, h0 * P, h1 * P);
+    conv_cols(c, l, zx, n_in, Di, d.K, Di + b0, Di + b1);
+    if (h0 < h1)
+        ym_ssd_dt_f32(zx + Di + cd + h0, n_in, R, L->dt_bias + h0, h1 - h0, cfg->dt_min,
                       cfg->dt_max);
     ym_pool_barrier(c->pool);
-    /* y = SSD(x, dt, A, B, C) + D x, this thread's heads */
+    /* y = SSD(x, dt, A, B, C) + D x, this thread's heads; then v = y * silu(z) on their
+     * channels and the partial sums of v^2 per row and group */
     for (int sq = 0; sq < b->n_seq && h0 < h1; sq++) {
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         float *st = ym_state_ssm(b->states[sq], l);
@@ -190,40 +240,38 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
                             xr + Di + GN, &sd, h0, h1);
         else
             ym_ssd_prefill_f32(y + (size_t)r0 * Di, Di, st, xr, n_in, xr + cd, n_in, xr + Di,
-                               xr + Di + GN, n_in, L->A, L->D, T, &sd, s[6 * nth], h0, h1, work);
+                               xr + Di + GN, n_in, L->A, L->D, T, &sd, s[S_N * nth], h0, h1,
+                               work);
     }
+    ym_gate_sumsq_f32(y, Di, zx, n_in, R, Di, G, h0 * P, h1 * P, ss + (size_t)ith * d.R * G);
     ym_pool_barrier(c->pool);
-    /* y = gated RMSNorm per group of y * silu(z), rows split (adapters: then out_proj's IA³
-     * input scale, g_in ⊙ y) */
-    for (int sq = 0; sq < b->n_seq; sq++) {
-        const ym_adapt_proj *a = ad ? aproj(b, sq, l, YM_PROJ_OUT) : NULL;
-        for (int r = b->seq_start[sq]; r < b->seq_start[sq + 1]; r++) {
-            if (r % nth != ith)
-                continue;
-            ym_gated_rmsnorm_f32(y + (size_t)r * Di, Di, y + (size_t)r * Di, Di,
-                                 zx + (size_t)r * n_in, n_in, 1, L->gnorm, Di, d.G,
-                                 cfg->gated_norm_eps);
-            if (a != NULL && a->g_in != NULL)
-                ym_scale_rows_f32(y + (size_t)r * Di, Di, 1, a->g_in, 0, Di);
-        }
+    /* yn = v / rms per group * norm.weight, all rows, into this thread's own buffer (the
+     * prefill work is done); adapters: then out_proj's IA³ input scale, g_in ⊙ yn */
+    float *yn = work;
+    ym_group_scale_f32(yn, Di, y, Di, R, ss, nth, (size_t)d.R * G, L->gnorm, Di, G,
+                       cfg->gated_norm_eps);
+    for (int sq = 0; ad && sq < b->n_seq; sq++) {
+        const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_OUT);
+        int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
+        if (a != NULL && a->g_in != NULL)
+            ym_scale_rows_f32(yn + (size_t)r0 * Di, Di, T, a->g_in, 0, Di);
     }
-    ym_pool_barrier(c->pool);
-    /* h = h + out_proj(y), split by output rows; with an IA³ output scale in the batch,
+    /* h = h + out_proj(yn), split by output rows; with an IA³ output scale in the batch,
      * out_proj's output goes through c->ob so that the scale does not touch h */
     if (ad && any_out_scale(b, l)) {
-        MATMUL(c->ob + m0, dm, y, Di, R, &L->out_proj, m0, m1, 0.0f);
+        MATMUL(c->ob + m0, dm, yn, Di, R, &L->out_proj, m0, m1, 0.0f);
         if (L->out_proj_b != NULL)
             add_bias(c->ob, dm, R, L->out_proj_b, m0, m1);
-        hook_out_output(b, l, c->ob, dm, y, Di, 1, m0, m1);
+        hook_out_output(b, l, c->ob, dm, yn, Di, 1, m0, m1);
         for (int r = 0; r < R; r++)
             for (int j = m0; j < m1; j++)
                 c->h[(size_t)r * dm + j] += c->ob[(size_t)r * dm + j];
     } else {
-        MATMUL(c->h + m0, dm, y, Di, R, &L->out_proj, m0, m1, 1.0f);
+        MATMUL(c->h + m0, dm, yn, Di, R, &L->out_proj, m0, m1, 1.0f);
         if (L->out_proj_b != NULL)
             add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
         if (ad)
-            hook_out_output(b, l, c->h, dm, y, Di, 0, m0, m1);
+            hook_out_output(b, l, c->h, dm, yn, Di, 0, m0, m1);
     }
     ym_pool_barrier(c->pool);
 }

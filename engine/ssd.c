@@ -291,6 +291,46 @@ void ym_gated_rmsnorm_f32(float *out, int ldo, const float *y, int ldy, const fl
     }
 }
 
+void ym_gate_sumsq_f32(float *y, int ldy, const float *z, int ldz, int T, int d_inner,
+                       int n_group, int c0, int c1, float *ss)
+{
+    const int gs = d_inner / n_group;
+    for (int t = 0; t < T; t++) {
+        float *yt = y + (size_t)t * ldy;
+        const float *zt = z + (size_t)t * ldz;
+        float *st = ss + (size_t)t * n_group;
+        for (int g = 0; g < n_group; g++) {
+            const int a = c0 > g * gs ? c0 : g * gs, b = c1 < (g + 1) * gs ? c1 : (g + 1) * gs;
+            float acc = 0.0f;
+            for (int c = a; c < b; c++) {
+                const float v = yt[c] * silu(zt[c]);
+                yt[c] = v;
+                acc += v * v;
+            }
+            st[g] = acc;
+        }
+    }
+}
+
+void ym_group_scale_f32(float *out, int ldo, const float *v, int ldv, int T, const float *ss,
+                        int n_parts, size_t part_stride, const float *w, int d_inner,
+                        int n_group, float eps)
+{
+    const int gs = d_inner / n_group;
+    for (int t = 0; t < T; t++) {
+        const float *vt = v + (size_t)t * ldv;
+        float *ot = out + (size_t)t * ldo;
+        for (int g = 0; g < n_group; g++) {
+            float tot = 0.0f; /* the parts in their order: every caller gets the same bits */
+            for (int i = 0; i < n_parts; i++)
+                tot += ss[(size_t)i * part_stride + (size_t)t * n_group + g];
+            const float r = 1.0f / sqrtf(tot / (float)gs + eps);
+            for (int c = g * gs; c < (g + 1) * gs; c++)
+                ot[c] = vt[c] * r * w[c];
+        }
+    }
+}
+
 size_t ym_ssd_state_bytes(const ym_ssd_dims *d, int d_conv)
 {
     size_t di = (size_t)d->n_head * (size_t)d->head_dim;

@@ -60,6 +60,20 @@ void ym_gated_rmsnorm_f32(float *out, int ldo, const float *y, int ldy, const fl
 void ym_gated_rmsnorm_ref(float *out, int ldo, const float *y, int ldy, const float *z, int ldz,
                           int T, const float *w, int d_inner, int n_group, float eps);
 
+/* The same gated norm in two halves, for a layer whose threads own channel ranges (heads):
+ * 1. ym_gate_sumsq_f32, on channels [c0, c1) of rows t < T (y [T, ldy], z [T, ldz]):
+ *      y[t, c] := y[t, c] * silu(z[t, c]);   ss[t*n_group + g] = sum of y[t, c]^2 over those
+ *      channels of group g (0 for a group the range does not touch);   ss [T, n_group]
+ * 2. ym_group_scale_f32, once every range's sums exist (n_parts arrays [T, n_group], part_stride
+ *    floats apart, added in that order), on all channels:
+ *      out[t, c] = v[t, c] / sqrt(sum of the parts' ss[t, g(c)] / (d_inner/n_group) + eps) * w[c]
+ *    out [T, ldo] must not alias v [T, ldv]. */
+void ym_gate_sumsq_f32(float *y, int ldy, const float *z, int ldz, int T, int d_inner,
+                       int n_group, int c0, int c1, float *ss);
+void ym_group_scale_f32(float *out, int ldo, const float *v, int ldv, int T, const float *ss,
+                        int n_parts, size_t part_stride, const float *w, int d_inner,
+                        int n_group, float eps);
+
 /* Bytes of one sequence's Mamba-2 state for one layer: conv state over x|B|C
  * ((d_inner + 2*G*N) * (d_conv - 1)) plus the SSM state (H*P*N), in f32. */
 size_t ym_ssd_state_bytes(const ym_ssd_dims *d, int d_conv);

@@ -952,6 +952,173 @@ class TestWeights(CliTestBase):
         self.assertGreater(j["rss_bytes"], 0)
 
 
+def safetensors_header(path):
+    """The JSON header of a safetensors file (name -> dtype, shape, offsets) and its data size."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data_bytes = os.path.getsize(path) - 8 - n
+    header.pop("__metadata__", None)
+    return header, data_bytes
+
+
+def family_dims(cfg):
+    """The engine's dimensions of a Mamba-2 or Falcon-Mamba config.json, read here from the
+    Hugging Face keys (or mamba_ssm's raw ones) with the writing classes' defaults."""
+    if "ssm_cfg" in cfg:                                   # mamba_ssm MambaConfig, Mamba2 layer
+        ssm = cfg["ssm_cfg"]
+        d = cfg["d_model"]
+        di = ssm.get("expand", 2) * d
+        pad = cfg.get("pad_vocab_size_multiple", 8)
+        return {"arch": "mamba2", "d_model": d, "n_layer": cfg["n_layer"], "d_inner": di,
+                "d_state": ssm.get("d_state", 128), "d_conv": ssm.get("d_conv", 4),
+                "head_dim": ssm.get("headdim", 64), "n_head": di // ssm.get("headdim", 64),
+                "n_group": ssm.get("ngroups", 1),
+                "n_vocab": (cfg["vocab_size"] + pad - 1) // pad * pad}
+    d = cfg["hidden_size"]
+    out = {"d_model": d, "n_layer": cfg["num_hidden_layers"], "d_state": cfg["state_size"],
+           "d_conv": cfg["conv_kernel"], "n_vocab": cfg["vocab_size"]}
+    if cfg["model_type"] == "mamba2":
+        out.update(arch="mamba2", d_inner=cfg["expand"] * d, n_head=cfg["num_heads"],
+                   head_dim=cfg["head_dim"], n_group=cfg["n_groups"])
+    else:
+        out.update(arch="falcon_mamba", d_inner=cfg.get("intermediate_size") or cfg["expand"] * d,
+                   dt_rank=cfg["time_step_rank"])
+    return out
+
+
+def family_state_bytes(dims):
+    """A sequence's f32 state: per layer the conv window over the conv channels (d_inner, or
+    x|B|C for Mamba-2) of d_conv - 1 inputs, and the SSM state ([d_inner, d_state], or
+    [heads, head_dim, d_state] for Mamba-2)."""
+    if dims["arch"] == "mamba2":
+        conv_ch = dims["d_inner"] + 2 * dims["n_group"] * dims["d_state"]
+        ssm = dims["n_head"] * dims["head_dim"] * dims["d_state"]
+    else:
+        conv_ch, ssm = dims["d_inner"], dims["d_inner"] * dims["d_state"]
+    return 4 * dims["n_layer"] * (conv_ch * (dims["d_conv"] - 1) + ssm)
+
+
+class TestMamba2AndFalconMamba(CliTestBase):
+    """`bench --arch`, `inspect` and `perplexity` on Mamba-2 and Falcon-Mamba: the synthetic
+    130m shapes' JSON fields and state and weight sizes computed here from the shapes, and the
+    fixture checkpoints of tests/fixtures/mamba2/ (made with transformers by
+    make_mamba2_fixtures.py): inspect's dimensions and counts against their config.json and
+    safetensors header, perplexity against the value computed here from the fixtures' float64
+    reference logits on the same tokens."""
+
+    M2 = os.path.join("mamba2", "%s")
+    FIXTURE_MODELS = ("m2-g1-k4-f32", "m2-g2-bias-untied-k3-bf16", "m2-g3-odd-k2-f32",
+                      "ss-m2-g1-k4-f32", "fm-bias-k3-f32", "fm-untied-k4-bf16")
+
+    def fixture(self, name):
+        return os.path.join(FIXTURES, "mamba2", name)
+
+    def test_bench_arch_json_fields_and_state_bytes(self):
+        # mamba2-130m (state-spaces/mamba2-130m) and mamba-130m's shapes, as the help says
+        shapes = {
+            "mamba2": {"arch": "mamba2", "d_model": 768, "n_layer": 24, "d_inner": 1536,
+                       "d_state": 128, "d_conv": 4, "n_head": 24, "head_dim": 64, "n_group": 1,
+                       "n_vocab": 50288},
+            "falcon_mamba": {"arch": "falcon_mamba", "d_model": 768, "n_layer": 24,
+                             "d_inner": 1536, "d_state": 16, "d_conv": 4, "dt_rank": 48,
+                             "n_vocab": 50280},
+        }
+        for arch, dims in shapes.items():
+            j = self.json_out(["bench", "--arch", arch, "--json", "--no-floors", "--batches",
+                               "1,2", "--prompt", "4", "--steps", "1", "--threads", "1"])
+            for key in ("model", "threads", "weights", "weight_bytes", "rss_bytes",
+                        "prefill_tokens", "prefill_tok_s", "decode_tok_s", "arch",
+                        "state_bytes", "decode_floor_with_state_tok_s",
+                        "decode_floor_with_state_fraction", "prefill_vs_token_by_token",
+                        "scan_us_per_token"):
+                self.assertIn(key, j, (arch, key))
+            self.assertEqual(j["arch"], arch)
+            self.assertEqual(j["weights"], "f32")
+            self.assertEqual(sorted(j["decode_tok_s"]), ["1", "2"])
+            self.assertTrue(all(v > 0 for v in j["decode_tok_s"].values()), j["decode_tok_s"])
+            self.assertGreater(j["prefill_tok_s"], 0)
+            self.assertEqual(j["state_bytes"], family_state_bytes(dims), arch)
+            # every parameter in f32, the head tied: counted here from the shapes
+            d, di, n, L, V = (dims["d_model"], dims["d_inner"], dims["d_state"], dims["n_layer"],
+                              dims["n_vocab"])
+            if arch == "mamba2":
+                h, g, k = dims["n_head"], dims["n_group"], dims["d_conv"]
+                conv = di + 2 * g * n
+                per_layer = (d + (di + conv + h) * d + conv * k + conv + 3 * h + di + d * di)
+            else:
+                r, k = dims["dt_rank"], dims["d_conv"]
+                per_layer = (d + 2 * di * d + di * k + di + (r + 2 * n) * di + di * r + di
+                             + di * n + di + d * di)
+            self.assertEqual(j["weight_bytes"], 4 * (V * d + L * per_layer + d), arch)
+        self.assertEqual(family_state_bytes(shapes["mamba2"]), 19390464)   # 18.49 MiB
+        self.assert_one_line_error(2, ["bench", "--arch", "mamba3", "--json"], mention="mamba3")
+        self.assert_one_line_error(2, ["bench", "--arch", "mamba2", "--model",
+                                       self.fixture("m2-g1-k4-f32")])
+
+    def test_inspect_fixture_checkpoints(self):
+        for name in self.FIXTURE_MODELS:
+            d = self.fixture(name)
+            with open(os.path.join(d, "config.json")) as f:
+                dims = family_dims(json.load(f))
+            header, data_bytes = safetensors_header(os.path.join(d, "model.safetensors"))
+            info = self.json_out(["inspect", "--json", d])
+            cfg = info["config"]
+            for key, want in dims.items():
+                self.assertEqual(cfg[key], want, (name, key))
+            self.assertEqual(info["state_bytes"], family_state_bytes(dims), name)
+            self.assertEqual(info["file_bytes"], data_bytes, name)
+            n_params = 0
+            for e in header.values():
+                n_params += math.prod(e["shape"])
+            self.assertEqual(info["n_params"], n_params, name)
+            self.assertEqual(info["weights"], "bf16" if "bf16" in name else "f32", name)
+            rc, out, err = run(["inspect", d])
+            self.assertEqual((rc, err), (0, ""), name)
+            self.assertIn(("arch             %s" % dims["arch"]).encode(), out)
+            self.assertIn(str(info["n_params"]).encode(), out)
+
+    def test_perplexity_equals_the_float64_reference(self):
+        scratch = tempfile.mkdtemp(prefix="yunmin-cli-m2ppl-")
+        try:
+            for name in self.FIXTURE_MODELS:
+                d = self.fixture(name)
+                src = name[3:] if name.startswith("ss-") else name    # shares its logits
+                ref = read_safetensors(os.path.join(FIXTURES, "mamba2", src,
+                                                    "logits.safetensors"))
+                ids = ref["ids"][2]
+                T, V = ref["logits"][1]
+                logits = ref["logits"][2]
+                # the text of exactly these ids (checked to tokenize back to them)
+                text = self.json_out(["detokenize", "--model", d, "--ids",
+                                      ",".join(str(i) for i in ids)])["text"]
+                path = os.path.join(scratch, name + ".txt")
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+                self.assertEqual(self.json_out(["tokenize", "--model", d, "--file", path])["ids"],
+                                 ids, name)
+                nll = -sum(log_softmax_at(logits[(t - 1) * V:t * V], ids[t]) for t in range(1, T))
+                want = nll / (T - 1)
+                got = self.json_out(["perplexity", "--model", d, "--file", path, "--ctx",
+                                     "1000", "--threads", "2"])
+                self.assertEqual((got["tokens"], got["windows"]), (T - 1, 1), name)
+                # the engine's logits are within 1e-5 of the reference's (test_mamba2.c)
+                self.assertAlmostEqual(got["nll"], want, delta=1e-4, msg=name)
+                self.assertAlmostEqual(got["ppl"], math.exp(want), delta=1e-4 * math.exp(want),
+                                       msg=name)
+                # two windows: each from a fresh state, the second's first token not scored
+                got2 = self.json_out(["perplexity", "--model", d, "--file", path, "--ctx", "9"])
+                w = [ids[i:i + 9] for i in range(0, T, 9)]
+                w = [x for x in w if len(x) >= 2]
+                self.assertEqual((got2["windows"], got2["tokens"]),
+                                 (len(w), sum(len(x) - 1 for x in w)), name)
+                if os.environ.get("YM_TEST_VERBOSE"):
+                    print("%s: nll %.8f, reference %.8f, |diff| %.2g" %
+                          (name, got["nll"], want, abs(got["nll"] - want)), file=sys.stderr)
+        finally:
+            shutil.rmtree(scratch)
+
+
 def conformance_dirs():
     root = os.path.join(FIXTURES, "conformance") if FIXTURES else None
     if not root or not os.path.isdir(root):
@@ -972,6 +1139,8 @@ def load_tests(loader, standard_tests, pattern):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     if FIXTURES and os.path.exists(os.path.join(FIXTURES, "peft", "manifest.json")):
         suite.addTests(loader.loadTestsFromTestCase(TestAdapters))
+    if FIXTURES and os.path.exists(os.path.join(FIXTURES, "mamba2", "manifest.json")):
+        suite.addTests(loader.loadTestsFromTestCase(TestMamba2AndFalconMamba))
     dirs = conformance_dirs()
     if not dirs:
         print("cli: no model under tests/fixtures/conformance/: real-checkpoint checks skipped",

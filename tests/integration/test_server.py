@@ -2173,6 +2173,74 @@ class Mamba2Serving(unittest.TestCase):
             self.assertEqual(m1.stop(), 0)
 
 
+class FalconMambaAdapters(unittest.TestCase):
+    """PEFT adapters uploaded to a Falcon-Mamba daemon (tests/fixtures/mamba2/fm-bias-k3-f32,
+    adapters of tests/fixtures/falcon_peft, whose logits the unit tests check against the
+    float64 PEFT reference): a completion equals `yunmin generate --adapter` on the same
+    directory, and a target that cannot apply is refused by name with the daemon unchanged."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = os.path.join(ROOT, "tests", "fixtures", "mamba2", "fm-bias-k3-f32")
+        cls.peft = os.path.join(ROOT, "tests", "fixtures", "falcon_peft")
+        cls.dir = tempfile.mkdtemp(prefix="yunmin-fm-adapters-")
+        cls.d = Daemon("--model", cls.model, "--adapter-dir", cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.d.stop() == 0
+        finally:
+            subprocess.run(["rm", "-rf", cls.dir])
+
+    def cli_text(self, adapter, prompt="First Citizen:\n", n=12):
+        cmd = [YUNMIN, "generate", "--model", self.model, "-p", prompt, "-n", str(n),
+               "--temperature", "0", "--threads", "1"]
+        if adapter is not None:
+            cmd += ["--adapter", os.path.join(self.peft, adapter)]
+        p = subprocess.run(cmd, capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return cli_text(p.stdout)
+
+    def complete(self, model, prompt="First Citizen:\n", n=12):
+        return self.d.post("/v1/completions", {"model": model, "prompt": prompt, "max_tokens": n,
+                                               "temperature": 0, "ignore_eos": True})
+
+    def test_lora_and_ia3_uploads_serve_as_the_cli(self):
+        base = self.complete(None)
+        self.assertEqual(base.status_code, 200, base.text)
+        self.assertEqual(base.json()["choices"][0]["text"], self.cli_text(None))
+        for name, kind in (("lora-fm", "lora"), ("ia3-fm-in-x-ff", "ia3")):
+            r = upload(self.d, name, os.path.join(self.peft, name), drop={"logits.safetensors"})
+            self.assertEqual(r.status_code, 201, (name, r.text))
+            self.assertEqual(r.json()["type"], kind)
+            self.assertEqual(r.json()["targets"], ["in_proj", "x_proj", "dt_proj", "out_proj"])
+            r = self.complete(name)
+            self.assertEqual(r.status_code, 200, r.text)
+            text = r.json()["choices"][0]["text"]
+            self.assertEqual(text, self.cli_text(name), name)
+            self.assertNotEqual(text, base.json()["choices"][0]["text"], name)
+
+    def test_targets_that_cannot_apply_are_refused_by_name(self):
+        src = os.path.join(self.peft, "lora-fm")
+        with open(os.path.join(src, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        cfg["target_modules"] = ["in_proj", "conv1d"]
+        r = upload(self.d, "conv", src, extra={"adapter_config.json": json.dumps(cfg).encode()},
+                   drop={"adapter_config.json", "logits.safetensors"})
+        self.assertEqual(r.status_code, 422, r.text)
+        self.assertIn("conv1d", r.json()["error"]["message"])
+        # a Mamba-2 adapter: its in_proj is [z|xBC|dt], not Falcon-Mamba's [x|z]
+        r = upload(self.d, "m2", os.path.join(ROOT, "tests", "fixtures", "mamba2", "lora-m2-g2"),
+                   drop={"logits.safetensors"})
+        self.assertEqual(r.status_code, 422, r.text)
+        self.assertIn("in_proj", r.json()["error"]["message"])
+        for name in ("conv", "m2"):
+            self.assertEqual(requests.get(self.d.url + "/v1/adapters/" + name,
+                                          timeout=T).status_code, 404)
+        self.assertEqual(self.complete(None).status_code, 200)
+
+
 if __name__ == "__main__":
     YUNMIND, YUNMIN, ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
     MODEL = os.path.join(ROOT, "models", "shakespeare-mamba")

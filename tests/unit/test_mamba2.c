@@ -14,10 +14,12 @@
 #include "adapters/adapter.h"
 #include "engine/config.h"
 #include "engine/forward.h"
+#include "engine/layer.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "engine/sparse.h"
 #include "engine/sparsity.h"
+#include "engine/ssd.h"
 #include "engine/state.h"
 #include "testutil.h"
 
@@ -31,12 +33,9 @@ typedef struct ref {
     double scale;  /* max(1, max |logit|) */
 } ref;
 
-static void ref_load(const char *name, ref *r)
+static void ref_load_path(const char *path, ref *r)
 {
-    char path[4096];
     ym_diag d = { { 0 }, { 0 } };
-    const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name; /* shares its source's */
-    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
     ck_assert_msg(ym_st_set_open_file(path, &r->set, &d) == YM_OK, "%s: %s", path, d.msg);
     const ym_st_tensor *ids = ym_st_set_find(r->set, "ids"), *lg = ym_st_set_find(r->set, "logits");
     ck_assert(ids && lg && ids->dtype == YM_DT_I32);
@@ -49,6 +48,14 @@ static void ref_load(const char *name, ref *r)
     r->scale = 1.0;
     for (size_t i = 0; i < (size_t)r->T * r->V; i++)
         r->scale = fmax(r->scale, fabs(r->logits[i]));
+}
+
+static void ref_load(const char *name, ref *r)
+{
+    char path[4096];
+    const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name; /* shares its source's */
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
+    ref_load_path(path, r);
 }
 
 static void ref_free(ref *r)
@@ -338,6 +345,163 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
 }
 END_TEST
 
+/* An adapter directory under fixtures/<root>/<name> on base model mamba2/<base> of family
+ * arch, against its logits.safetensors: prefill, decode and a ragged batch of the adapted
+ * sequence beside a base one, on 1 and 3 threads (3 splits the columns, heads and rows
+ * unevenly). */
+static void check_adapter_case(const char *root, const char *name, const char *base,
+                               ym_arch arch)
+{
+    char dir[4096], path[4096];
+    snprintf(dir, sizeof(dir), "%s/%s/%s", YM_FIXTURE_DIR, root, name);
+    snprintf(path, sizeof(path), "%s/%s/%s/logits.safetensors", YM_FIXTURE_DIR, root, name);
+    ref ra, rb;
+    ref_load_path(path, &ra);
+    ref_load(base, &rb);
+    ck_assert_int_eq(ra.T, rb.T);
+    ck_assert_int_eq(memcmp(ra.ids, rb.ids, sizeof(int32_t) * ra.T), 0);
+    const int T = ra.T, V = ra.V;
+    ym_model_t *m = load_arch(base, YM_WT_AUTO, arch);
+    ym_adapter_t *ad = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_adapter_load(dir, m, NULL, &ad, &d) == YM_OK, "%s: %s", dir, d.msg);
+    const ym_adapt *one[2] = { ym_adapter_applied(ad), NULL };
+    float *got = malloc(sizeof(float) * 2 * (size_t)T * V);
+    int32_t *tok = malloc(sizeof(int32_t) * 2 * (size_t)T);
+    memcpy(tok, ra.ids, sizeof(int32_t) * T);
+    memcpy(tok + T, ra.ids, sizeof(int32_t) * T);
+    const double atol = 1e-3 * ra.scale;
+    for (int nt = 1; nt <= 3; nt += 2) {
+        ym_ctx_t *ctx = NULL;
+        ck_assert_int_eq(ym_ctx_new(m, 2 * T, nt, &ctx), YM_OK);
+        ym_state_t *s0 = NULL, *s1 = NULL;
+        ck_assert_int_eq(ym_state_new(&m->cfg, &s0), YM_OK);
+        ck_assert_int_eq(ym_state_new(&m->cfg, &s1), YM_OK);
+        ym_state_t *st[2] = { s0, s1 };
+        double e[3] = { 0, 0, 0 };
+        int ss[3] = { 0, T, 0 };
+        ym_batch b = { .n_seq = 1, .tokens = ra.ids, .seq_start = ss, .states = st,
+                       .logits = YM_LOGITS_ALL, .adapters = one };
+        ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+        e[0] = maxdiff(got, ra.logits, (size_t)T * V);
+        ym_state_reset(s0);
+        b.logits = YM_LOGITS_LAST;
+        ss[1] = 1;
+        for (int t = 0; t < T; t++) {
+            b.tokens = ra.ids + t;
+            ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+            e[1] = fmax(e[1], maxdiff(got, ra.logits + (size_t)t * V, V));
+        }
+        ym_state_reset(s0);
+        int s2[3] = { 0, T, 2 * T };
+        ym_batch rb2 = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
+                         .logits = YM_LOGITS_ALL, .adapters = one };
+        ck_assert_msg(ym_forward(ctx, &rb2, got, &d) == YM_OK, "%s", d.msg);
+        e[2] = fmax(maxdiff(got, ra.logits, (size_t)T * V),
+                    maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
+        for (int k = 0; k < 3; k++) {
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "%s adapter %s mode %d, %d threads: max |diff| %.3g "
+                        "(atol %.3g)\n", ym_arch_name(arch), name, k, nt, e[k], atol);
+            ck_assert_msg(e[k] < atol, "adapter %s mode %d, %d threads: max |diff| %g, atol %g",
+                          name, k, nt, e[k], atol);
+        }
+        ym_state_free(s0);
+        ym_state_free(s1);
+        ym_ctx_free(ctx);
+    }
+    free(tok);
+    free(got);
+    ym_adapter_unref(ad);
+    ym_model_unref(m);
+    ref_free(&ra);
+    ref_free(&rb);
+}
+
+/* PEFT adapters on Falcon-Mamba's four projections (tests/fixtures/falcon_peft, made by
+ * make_falcon_peft_fixtures.py: the float64 reference with the adapter applied unmerged as
+ * PEFT's layers do, x_proj's before the dt/B/C norms and dt_proj's after them). */
+START_TEST(test_falcon_mamba_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "lora-fm", "ia3-fm-dt-out-ff", "ia3-fm-in-x-ff",
+                                       "lora-fm-r72-bf16" };
+    static const char *const bases[] = { "fm-bias-k3-f32", "fm-bias-k3-f32", "fm-bias-k3-f32",
+                                         "fm-untied-k4-bf16" };
+    check_adapter_case("falcon_peft", ads[_i], bases[_i], YM_ARCH_FALCON_MAMBA);
+}
+END_TEST
+
+/* The Mamba-2 adapter cases the PEFT-made fixtures leave out (tests/fixtures/mamba2_peft, made
+ * by make_mamba2_peft_numpy.py): IA³ input scaling on in_proj with output scaling on out_proj
+ * (its bias scaled, kept apart from the residual), and LoRA rank 72 on a 3-group model. */
+START_TEST(test_mamba2_more_adapters_match_peft_reference)
+{
+    static const char *const ads[] = { "ia3-m2-in-ff", "lora-m2-g3-r72" };
+    static const char *const bases[] = { "m2-g2-bias-untied-k3-bf16", "m2-g3-odd-k2-f32" };
+    check_adapter_case("mamba2_peft", ads[_i], bases[_i], YM_ARCH_MAMBA2);
+}
+END_TEST
+
+/* The gated norm in two halves (the layer's split by heads): ranges of channels that cut
+ * groups, each with its own partial sums, then the scale of all channels, equal the float64
+ * reference of the whole norm (1 and 3 groups; 2 and 4 ranges, one of them empty). */
+START_TEST(test_gated_norm_split_by_channel_ranges_matches_reference)
+{
+    const int T = 5, Di = 48, groups[2] = { 1, 3 };
+    float y[5 * 48], z[5 * 48], w[48], out[5 * 48], want[5 * 48], ss[4][5 * 3];
+    unsigned r = 12345u;
+    for (int i = 0; i < T * Di; i++) {
+        r = r * 1103515245u + 12345u;
+        y[i] = (float)((r >> 9) % 2001) / 500.0f - 2.0f;
+        r = r * 1103515245u + 12345u;
+        z[i] = (float)((r >> 9) % 2001) / 400.0f - 2.5f;
+    }
+    for (int c = 0; c < Di; c++)
+        w[c] = 0.5f + (float)c / Di;
+    for (int gi = 0; gi < 2; gi++) {
+        const int G = groups[gi];
+        ym_gated_rmsnorm_ref(want, Di, y, Di, z, Di, T, w, Di, G, 1e-5f);
+        static const int cuts[2][5] = { { 0, 21, 48, 48, 48 }, { 0, 7, 7, 30, 48 } };
+        for (int k = 0; k < 2; k++) {
+            const int n_parts = k == 0 ? 2 : 4;
+            float v[5 * 48];
+            memcpy(v, y, sizeof(v));
+            for (int p = 0; p < n_parts; p++)
+                ym_gate_sumsq_f32(v, Di, z, Di, T, Di, G, cuts[k][p], cuts[k][p + 1], ss[p]);
+            ym_group_scale_f32(out, Di, v, Di, T, &ss[0][0], n_parts, 5 * 3, w, Di, G, 1e-5f);
+            double e = 0.0, sc = 1.0;
+            for (int i = 0; i < T * Di; i++) {
+                e = fmax(e, fabs((double)out[i] - want[i]));
+                sc = fmax(sc, fabs((double)want[i]));
+            }
+            ck_assert_msg(e < 2e-6 * sc, "groups %d, %d ranges: max |diff| %g", G, n_parts, e);
+        }
+    }
+}
+END_TEST
+
+/* A context has its family's scratch only (engine/layer.h): a Mamba-2 context none of the
+ * Mamba-1 layer's per-row buffers, a Falcon-Mamba context all of them. */
+START_TEST(test_context_allocates_only_its_family_scratch)
+{
+    ym_model_t *m2 = load("m2-g1-k4-f32", YM_WT_AUTO);
+    ym_model_t *fm = load_arch("fm-bias-k3-f32", YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
+    ym_ctx_t *c2 = NULL, *cf = NULL;
+    ck_assert_int_eq(ym_ctx_new(m2, 64, 2, &c2), YM_OK);
+    ck_assert_int_eq(ym_ctx_new(fm, 64, 2, &cf), YM_OK);
+    ck_assert(!c2->ops->mamba1_scratch && cf->ops->mamba1_scratch);
+    ck_assert(c2->x == NULL && c2->z == NULL && c2->dbc == NULL && c2->dt == NULL &&
+              c2->y == NULL && c2->xs == NULL && c2->up == NULL);
+    ck_assert(c2->h != NULL && c2->hn != NULL && c2->ob != NULL && c2->fam != NULL);
+    ck_assert(cf->x != NULL && cf->z != NULL && cf->dbc != NULL && cf->dt != NULL &&
+              cf->y != NULL && cf->xs != NULL && cf->up != NULL && cf->fam == NULL);
+    ym_ctx_free(c2);
+    ym_ctx_free(cf);
+    ym_model_unref(m2);
+    ym_model_unref(fm);
+}
+END_TEST
+
 /* What does not run on Mamba-2 yet is refused by name: a sparsity profile, an adapter module
  * the layer does not have. */
 START_TEST(test_mamba2_refuses_sparsity_and_missing_modules)
@@ -368,6 +532,10 @@ Suite *mamba2_suite(void)
     tcase_add_test(tc, test_mamba2_state_is_sized_per_family);
     tcase_add_loop_test(tc, test_falcon_mamba_forward_matches_reference, 0, 2);
     tcase_add_loop_test(tc, test_mamba2_adapters_match_peft_reference, 0, 2);
+    tcase_add_loop_test(tc, test_falcon_mamba_adapters_match_peft_reference, 0, 4);
+    tcase_add_loop_test(tc, test_mamba2_more_adapters_match_peft_reference, 0, 2);
+    tcase_add_test(tc, test_gated_norm_split_by_channel_ranges_matches_reference);
+    tcase_add_test(tc, test_context_allocates_only_its_family_scratch);
     tcase_add_test(tc, test_mamba2_refuses_sparsity_and_missing_modules);
     suite_add_tcase(s, tc);
     return s;
