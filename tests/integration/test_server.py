@@ -573,10 +573,14 @@ class Chat(unittest.TestCase):
                         if isinstance(m["content"], list) else m for m in conv]
             prompt = jinja_render(self.template, ref_msgs)
             want = generate(prompt, 24, "--temperature", "0")
-            obj = self.chat({"model": "shakespeare-mamba", "messages": conv, "max_tokens": 24,
+            r = self.d.post("/v1/chat/completions",
+                            {"model": "shakespeare-mamba", "messages": conv, "max_tokens": 24,
                              "temperature": 0})
+            self.assertEqual(r.status_code, 200, r.text)
+            obj = r.json()
             self.assertEqual(obj["object"], "chat.completion")
             self.assertTrue(obj["id"].startswith("chatcmpl-"), obj["id"])
+            self.assertEqual(r.headers["X-Request-Id"], obj["id"])
             self.assertEqual(obj["model"], "shakespeare-mamba")
             self.assertEqual(len(obj["choices"]), 1)
             ch = obj["choices"][0]
@@ -588,6 +592,28 @@ class Chat(unittest.TestCase):
             u = obj["usage"]
             self.assertEqual(u["prompt_tokens"], tokens)
             self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+
+    def test_ids_agree_with_the_header(self):
+        """The body's id (and every chunk's) is the X-Request-Id header: "chatcmpl-" for a
+        chat, "cmpl-" for a completion (OpenAI's prefixes), "req-" for other routes; a
+        client's own X-Request-Id names the answer whole."""
+        for path, body, prefix in (
+                ("/v1/chat/completions", {"messages": self.CONV, "max_tokens": 3}, "chatcmpl-"),
+                ("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3}, "cmpl-")):
+            r = self.d.post(path, body)
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertTrue(r.json()["id"].startswith(prefix), r.json()["id"])
+            self.assertEqual(r.json()["id"], r.headers["X-Request-Id"])
+            r = requests.post(self.d.url + path, json=dict(body, stream=True), stream=True,
+                              timeout=T)
+            ids = {json.loads(line[6:])["id"] for line in r.iter_lines()
+                   if line.startswith(b"data: {")}
+            self.assertEqual(ids, {r.headers["X-Request-Id"]})
+            self.assertTrue(ids.pop().startswith(prefix))
+            r = self.d.post(path, body, headers={"X-Request-Id": "client-7"})
+            self.assertEqual((r.json()["id"], r.headers["X-Request-Id"]), ("client-7", "client-7"))
+        r = self.d.post("/v1/tokenize", {"prompt": "ROMEO:"})
+        self.assertTrue(r.headers["X-Request-Id"].startswith("req-"), r.headers["X-Request-Id"])
 
     def test_fields_as_completions(self):
         """Sampling fields, stop, max_completion_tokens and seed: the same answer as
@@ -692,7 +718,7 @@ class Chat(unittest.TestCase):
                         headers={"X-Request-Id": "my-chat.1"})
         self.assertEqual(r.status_code, 200, r.text)
         obj = r.json()
-        self.assertEqual(obj["id"], "chatcmpl-my-chat.1")
+        self.assertEqual(obj["id"], "my-chat.1")  # the client's own id, as the header says
         self.assertEqual(r.headers["X-Request-Id"], "my-chat.1")
         self.assertEqual(obj["choices"][0]["message"]["content"], want["choices"][0]["text"])
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
