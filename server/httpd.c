@@ -395,7 +395,6 @@ static void hreq_free(ym_hreq *r)
     ym_buf_deinit(&r->body);
     ym_buf_deinit(&r->sse);
     ym__gen_choices_free(r);
-    free(r->echo_text);
     free(r->session_id);
     free(r);
 }

@@ -73,8 +73,6 @@ typedef struct ym_hreq {
     ym_gen *gen;                  /* ref, or NULL */
     int chat;                     /* answer in the chat.completion forms (chat.c) */
     int include_usage, echo, logprobs, tokens_as_ids;
-    char *echo_text;              /* unused (each prompt's echo is in prompts[]); NULL */
-    size_t echo_len;
     struct ym_choice *choices;    /* owned [n_choices] (completions.c): each choice's output,
                                    * prompt p's n choices at p * n .. p * n + n - 1 */
     int n_choices;
