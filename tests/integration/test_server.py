@@ -1289,6 +1289,25 @@ class Prompts(unittest.TestCase):
         self.assertLessEqual(steps, 30)
         self.assertGreater(seqs / steps, 3.0)
 
+    def test_a_full_queue_refuses_the_whole_request(self):
+        """Each prompt takes a place in the queue: when one does not fit, the request is
+        refused (503) and its prompts already queued are dropped, leaving nothing behind."""
+        d = Daemon("--max-running", "1", "--max-queue", "1")
+        try:
+            r = d.post("/v1/completions", {"prompt": PROMPTS[:4], "max_tokens": 50})
+            self.assertEqual(r.status_code, 503, r.text)
+            self.assertEqual(r.json()["error"]["code"], "queue_full")
+            deadline = time.time() + 20
+            while time.time() < deadline and (d.metric("yunmin_running_sequences") or
+                                              d.metric("yunmin_queue_depth")):
+                time.sleep(0.05)
+            self.assertEqual(d.metric("yunmin_running_sequences"), 0)
+            self.assertEqual(d.metric("yunmin_queue_depth"), 0)
+            r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3})
+            self.assertEqual(r.status_code, 200, r.text)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
     def test_cancel_reaches_every_prompt(self):
         body = {"prompt": PROMPTS[:3], "n": 2, "max_tokens": 5000, "ignore_eos": True,
                 "stream": True}
