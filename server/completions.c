@@ -69,16 +69,17 @@ static void logprobs_add(ym_hreq *r, json_t *lp, const ym_gen_tok *toks, const y
     }
 }
 
-/* OpenAI's legacy logprobs object: with echo (po: the choice's prompt), the prompt's scored
- * tokens first when it has them, and offsets after its text; then n generated tokens. */
-static json_t *logprobs_json(ym_hreq *r, const ym_prompt_out *po, const ym_gen_tok *toks,
-                             const ym_logprob *tops, int n, int n_top)
+/* OpenAI's legacy logprobs object of n generated tokens. With echo (po: the choice's prompt)
+ * their offsets follow the prompt's text, and with_prompt puts the prompt's scored tokens
+ * first (when it has them). */
+static json_t *logprobs_json(ym_hreq *r, const ym_prompt_out *po, int with_prompt,
+                             const ym_gen_tok *toks, const ym_logprob *tops, int n, int n_top)
 {
     json_t *lp = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
                            "text_offset");
     if (lp == NULL)
         return NULL;
-    if (po != NULL && po->toks != NULL)
+    if (with_prompt && po != NULL && po->toks != NULL)
         logprobs_add(r, lp, po->toks, po->tops, po->n_toks, po->n_top, 0, po->offsets);
     logprobs_add(r, lp, toks, tops, n, n_top, po != NULL ? po->echo_len : 0, NULL);
     return lp;
@@ -220,12 +221,8 @@ static void stream_choice(ym_hreq *r, int i)
     } else if (d->text_len > 0 || d->n_toks > 0 || (finished && fin != NULL)) {
         json_t *lp = NULL;
         ym_prompt_out *po = r->echo ? &r->prompts[i / per_prompt(r)] : NULL;
-        if (r->logprobs >= 0 && d->n_toks > 0) {
-            /* The prompt's scores went out with its echo chunk. */
-            ym_prompt_out gen_only = po ? (ym_prompt_out){.echo_len = po->echo_len}
-                                        : (ym_prompt_out){0};
-            lp = logprobs_json(r, po ? &gen_only : NULL, d->toks, d->tops, d->n_toks, d->n_top);
-        }
+        if (r->logprobs >= 0 && d->n_toks > 0) /* the prompt's went with its echo chunk */
+            lp = logprobs_json(r, po, 0, d->toks, d->tops, d->n_toks, d->n_top);
         json_t *obj = completion_object(
             r, json_pack("[o]", choice(i, ym_json_text(d->text, d->text_len), lp, fin)));
         if (r->include_usage)
@@ -245,7 +242,7 @@ static void stream_echo(ym_hreq *r, int p)
     po->sent = 1;
     for (int j = 0; j < per_prompt(r); j++) {
         int i = p * per_prompt(r) + j;
-        json_t *lp = score ? logprobs_json(r, po, NULL, NULL, 0, 0) : NULL;
+        json_t *lp = score ? logprobs_json(r, po, 1, NULL, NULL, 0, 0) : NULL;
         json_t *obj = completion_object(
             r, json_pack("[o]", choice(i, ym_json_text(po->echo, po->echo_len), lp, NULL)));
         if (r->include_usage)
@@ -348,7 +345,7 @@ static json_t *answer_choice(ym_hreq *r, int i)
         return ym__chat_choice(i, text, lp, fin);
     }
     json_t *lp = r->logprobs >= 0
-                     ? logprobs_json(r, po, c->toks, c->tops, c->n_all, c->delta.n_top)
+                     ? logprobs_json(r, po, 1, c->toks, c->tops, c->n_all, c->delta.n_top)
                      : NULL;
     return choice(i, text, lp, fin);
 }
