@@ -12,7 +12,9 @@
  * first, so streams keep their pace; then prefilling sequences in arrival order share at most
  * prefill_chunk prompt rows per step (and the rows left under max_batch_tokens). A long prompt thus
  * takes several steps, interleaved with everyone else's decoding. Logits are computed for every
- * sequence of the step (YM_LOGITS_LAST) and used only by those that sample.
+ * sequence of the step (YM_LOGITS_LAST) and used only by those that sample; a prompt being
+ * scored (echo with logprobs) gets them for every row of its chunk (at most SCORE_ROWS more
+ * per step), each giving the next prompt token's score.
  *
  * The job object and its output are job.c's; what a job takes from and gives to the state
  * cache (resume at admission, prefix checkpoints, its session at the end) is jobcache.c's. The
