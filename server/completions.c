@@ -615,13 +615,15 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
     }
     r->n_choices = n_prompts * q->n_choices;
     ym_gen_set_owner(g, r);
-    /* Each prompt is its own job in the queue; they are admitted together when the running
-     * slots allow, and their prefills and decodes share the batch's steps. */
-    err = srv->draining || srv->sched == NULL ? YM_EDRAINING : YM_OK;
-    for (int k = 0; err == YM_OK && k < n_prompts; k++)
-        err = ym_sched_submit(srv->sched, ym_gen_prompt(g, k));
+    /* Each prompt is its own job; they go into the queue at once (all or none), so they are
+     * admitted together when the running slots allow, and their prefills and decodes share
+     * the batch's steps. */
+    ym_gen *gs[YM_MAX_CHOICES];
+    for (int k = 0; k < n_prompts; k++)
+        gs[k] = ym_gen_prompt(g, k);
+    err = srv->draining || srv->sched == NULL ? YM_EDRAINING
+                                              : ym_sched_submit_n(srv->sched, gs, n_prompts);
     if (err != YM_OK) {
-        ym_gen_cancel(g); /* the prompts already queued end at once, unseen */
         ym_gen_set_owner(g, NULL);
         ym_gen_unref(g);
         ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);

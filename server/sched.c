@@ -638,21 +638,29 @@ void ym_sched_free(ym_sched_t *s)
 
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g)
 {
+    return ym_sched_submit_n(s, &g, 1);
+}
+
+ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n)
+{
     pthread_mutex_lock(&s->lock);
-    /* A job waits in the queue only when every running slot is taken. */
-    int waiting = s->n_queued + s->n_running_pub - s->o.max_running;
-    if (s->stop || (waiting >= 0 && s->n_queued >= s->o.max_queue)) {
+    /* A job waits in the queue only when every running slot is taken; the last of the n
+     * decides (the queue only grows while they go in). */
+    int waiting = s->n_queued + n - 1 + s->n_running_pub - s->o.max_running;
+    if (s->stop || (waiting >= 0 && s->n_queued + n - 1 >= s->o.max_queue)) {
         pthread_mutex_unlock(&s->lock);
         return YM_EBUSY;
     }
-    ym_gen_ref(g);
-    g->queue_next = NULL;
-    if (s->q_tail)
-        s->q_tail->queue_next = g;
-    else
-        s->q_head = g;
-    s->q_tail = g;
-    s->n_queued++;
+    for (int i = 0; i < n; i++) {
+        ym_gen *g = ym_gen_ref(gs[i]);
+        g->queue_next = NULL;
+        if (s->q_tail)
+            s->q_tail->queue_next = g;
+        else
+            s->q_head = g;
+        s->q_tail = g;
+        s->n_queued++;
+    }
     ym_metrics_set(s->metrics, YM_G_QUEUE, s->n_queued);
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);

@@ -148,6 +148,9 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
 void ym_sched_free(ym_sched_t *s); /* NULL-safe */
 /* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait. */
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g);
+/* Queue n jobs at once (a request's prompts), so that they are admitted in the same pass when
+ * the running slots allow; all or none: YM_EBUSY when they do not all fit in the queue. */
+ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n);
 /* New limits for max_running (at most max_batch_tokens), prefill_chunk and max_queue (a
  * reload); values out of range are ignored; the others are fixed at start. */
 void ym_sched_set_limits(ym_sched_t *s, int max_running, int prefill_chunk, int max_queue);

@@ -1282,8 +1282,9 @@ class Prompts(unittest.TestCase):
         self.assertEqual(usage, plain["usage"])
 
     def test_prompts_run_together_in_the_batch(self):
-        """4 prompts of 24 tokens each: run together they take about 24 engine steps, each
-        with the 4 sequences; one after another they would take about 96."""
+        """4 prompts of 24 tokens each: run together they take 24 engine steps, each with the
+        4 sequences (they enter the queue at once, so one admission takes them all); one
+        after another they would take about 96."""
         steps0 = self.d.metric("yunmin_engine_steps_total")
         seqs0 = self.d.metric("yunmin_batch_sequences_sum")
         r = self.complete({"prompt": PROMPTS[:4], "max_tokens": 24, "ignore_eos": True,
@@ -1293,12 +1294,12 @@ class Prompts(unittest.TestCase):
         seqs = self.d.metric("yunmin_batch_sequences_sum") - seqs0
         print("4 prompts x 24 tokens: %d engine steps, %.2f sequences per step"
               % (steps, seqs / steps), file=sys.stderr)
-        self.assertLessEqual(steps, 30)
-        self.assertGreater(seqs / steps, 3.0)
+        self.assertLessEqual(steps, 25)
+        self.assertGreaterEqual(seqs / steps, 3.8)
 
     def test_a_full_queue_refuses_the_whole_request(self):
-        """Each prompt takes a place in the queue: when one does not fit, the request is
-        refused (503) and its prompts already queued are dropped, leaving nothing behind."""
+        """Each prompt takes a place in the queue: when they do not all fit, the request is
+        refused (503) and none of its prompts is queued or run."""
         d = Daemon("--max-running", "1", "--max-queue", "1")
         try:
             r = d.post("/v1/completions", {"prompt": PROMPTS[:4], "max_tokens": 50})
