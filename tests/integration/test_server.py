@@ -1266,6 +1266,17 @@ class Prompts(unittest.TestCase):
         r = self.complete({"prompt": PROMPTS[:4], "n": 4, "max_tokens": 1})
         self.assertEqual(len(r["choices"]), 16)
 
+    def test_long_prompts_tokenized_off_the_loop(self):
+        """Prompts over 32 KiB together are tokenized on the libuv pool, all of them."""
+        t = read_text("data/tinyshakespeare.txt")
+        texts = [t[:20000], t[20000:40000]]
+        r = self.complete({"prompt": texts, "max_tokens": 3, "temperature": 0})
+        alone = [self.complete({"prompt": x, "max_tokens": 3, "temperature": 0}) for x in texts]
+        self.assertEqual([c["text"] for c in r["choices"]],
+                         [a["choices"][0]["text"] for a in alone])
+        self.assertEqual(r["usage"]["prompt_tokens"], sum(a["usage"]["prompt_tokens"]
+                                                          for a in alone))
+
     def test_stream_chunks_carry_their_index(self):
         prompts = ["ROMEO:", "JULIET:"]
         body = {"prompt": prompts, "n": 2, "max_tokens": 8, "temperature": 1.0, "seed": 4}
