@@ -246,8 +246,12 @@ ym_err ym_forward(ym_ctx_t *c, const ym_batch *b, float *logits, ym_diag *diag)
         for (int r = 0; r < R; r++)
             c->out_rows[c->n_out++] = r;
     } else if (b->logits == YM_LOGITS_LAST) {
-        for (int i = 0; i < b->n_seq; i++)
-            c->out_rows[c->n_out++] = b->seq_start[i + 1] - 1;
+        for (int i = 0; i < b->n_seq; i++) {
+            int r0 = b->all_logits != NULL && b->all_logits[i] ? b->seq_start[i]
+                                                               : b->seq_start[i + 1] - 1;
+            for (int r = r0; r < b->seq_start[i + 1]; r++)
+                c->out_rows[c->n_out++] = r;
+        }
     }
     ym_pool_run(c->pool, forward_task, c);
     for (int i = 0; i < b->n_seq; i++)
@@ -287,7 +291,8 @@ ym_err ym_forward_ref_masked(const ym_model_t *m, const ym_sparsity *sp, const y
     for (int i = 0; i < b->n_seq; i++) {
         for (int r = b->seq_start[i]; r < b->seq_start[i + 1]; r++) {
             int want = b->logits == YM_LOGITS_ALL ||
-                       (b->logits == YM_LOGITS_LAST && r == b->seq_start[i + 1] - 1);
+                       (b->logits == YM_LOGITS_LAST &&
+                        (r == b->seq_start[i + 1] - 1 || (b->all_logits && b->all_logits[i])));
             ops->ref_token(m, sp, b->states[i], b->tokens[r],
                            want ? logits + (size_t)(out++) * m->cfg.n_vocab : NULL);
         }

@@ -29,6 +29,9 @@ typedef struct ym_batch {
     /* Optional: the adapter each sequence runs with, applied unmerged (engine/adapt.h); NULL,
      * or a NULL entry, is the base model. [n_seq], borrowed for the duration of the call. */
     const ym_adapt *const *adapters;
+    /* Optional, with YM_LOGITS_LAST: [n_seq] or NULL; a sequence marked non-zero gets a row of
+     * logits for every one of its tokens (scoring a prompt), the others their last token's. */
+    const unsigned char *all_logits;
 } ym_batch;
 
 typedef struct ym_ctx ym_ctx_t;
@@ -40,7 +43,8 @@ void ym_ctx_free(ym_ctx_t *ctx); /* NULL-safe */
 int ym_ctx_n_rows_max(const ym_ctx_t *ctx);
 int ym_ctx_n_threads(const ym_ctx_t *ctx);
 
-/* Run the batch. logits: [n_out, n_vocab] where n_out = n_seq (LAST), n_rows (ALL) or 0 (NONE).
+/* Run the batch. logits: [n_out, n_vocab] where n_out = n_seq (LAST; plus each all_logits
+ * sequence's rows but one), n_rows (ALL) or 0 (NONE), in batch row order.
  * Token ids outside [0, n_vocab), more rows than n_rows_max, empty segments, an adapter compiled
  * for another model shape -> YM_EINVAL with nothing changed. Blocking; runs on the calling thread plus the context's workers. */
 ym_err ym_forward(ym_ctx_t *ctx, const ym_batch *batch, float *logits, ym_diag *diag);

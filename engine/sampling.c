@@ -569,6 +569,14 @@ static int32_t argmax(const float *l, int n)
     return 0;
 }
 
+void ym_sampler_score(ym_sampler_t *sp, const float *logits, int32_t id, ym_sample *out)
+{
+    out->n_top = sp->s.n_logprobs;
+    double lse = raw_stats(sp, logits, out->top, sp->s.n_logprobs);
+    out->id = id;
+    out->logprob = (float)((double)logits[id] - lse);
+}
+
 /* Hot path: one call per generated token. */
 int32_t ym_sampler_sample(ym_sampler_t *sp, float *logits, ym_sample *out)
 {

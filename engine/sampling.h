@@ -71,5 +71,9 @@ void ym_sampler_add_prompt(ym_sampler_t *sp, const int32_t *ids, size_t n);
 /* Choose the next token from logits [n_vocab] (scratch: modified in place), record it as
  * generated, and describe it in *out (may be NULL). Returns the id. */
 int32_t ym_sampler_sample(ym_sampler_t *sp, float *logits, ym_sample *out);
+/* Describe token id under logits [n_vocab] (unchanged) as ym_sampler_sample describes a chosen
+ * token: its raw log-probability and the n_logprobs most likely tokens, without choosing or
+ * recording anything (scoring a prompt's tokens). */
+void ym_sampler_score(ym_sampler_t *sp, const float *logits, int32_t id, ym_sample *out);
 
 #endif

@@ -15,12 +15,11 @@
 
 #include "server/server.h"
 
-/* OpenAI's "chatcmpl-" id: the request id (X-Request-Id) with that prefix in place of the
- * generated "req-" (a client's own X-Request-Id is kept whole after it). */
+/* The request id, as X-Request-Id carries it: "chatcmpl-" and hex when the server made it
+ * (OpenAI's form), or a client's own X-Request-Id whole. */
 static json_t *chat_id(const ym_hreq *r)
 {
-    const char *id = strncmp(r->id, "req-", 4) == 0 ? r->id + 4 : r->id;
-    return json_sprintf("chatcmpl-%s", id);
+    return json_string(r->id);
 }
 
 json_t *ym__chat_chunk(ym_hreq *r, int index, json_t *delta, json_t *logprobs,

@@ -3,8 +3,10 @@
  * forms of the output).
  *
  * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
- * session, tokenize (long prompts on the libuv pool), submit the generation job to the
- * scheduler, then turn the job's new output into SSE events (streaming) or one JSON body.
+ * session, tokenize (long prompts on the libuv pool), submit the generation jobs to the
+ * scheduler (one per prompt of the request, with its n choices under it), then turn the jobs'
+ * new output into SSE events (streaming) or one JSON body, the echoed prompts and their
+ * scores (echo with logprobs) first.
  * Runs: loop thread only. Must not: touch the connection or write an error itself; it answers
  * through ym_hreq_respond_json / ym_hreq_start_stream, returns a refusal as ym_err + diag (or,
  * once the handler has returned, hands it to ym_hreq_fail), and gives the transport its output
@@ -16,6 +18,7 @@
 #include <time.h>
 
 #include "engine/log.h"
+#include "engine/textout.h"
 #include "server/server.h"
 
 static json_t *logprob_value(float lp)
@@ -32,16 +35,26 @@ static json_t *token_string(const ym_tok_t *tok, int32_t id, int as_id)
     return b ? ym_json_text(b, n) : json_string("");
 }
 
-/* OpenAI's legacy logprobs object for n tokens starting at toks. */
-static json_t *logprobs_json(ym_hreq *r, const ym_gen_tok *toks, const ym_logprob *tops, int n,
-                             int n_top, size_t offset_base)
+/* Append n tokens to OpenAI's legacy logprobs object lp; text_offset is offset_base plus each
+ * token's text_start, or offsets[i] when offsets is given (a prompt's tokens). A token whose
+ * logprob is NaN (a prompt's first: nothing precedes it) has null for its logprob and its
+ * alternatives, as OpenAI's echo gives it. */
+static void logprobs_add(ym_hreq *r, json_t *lp, const ym_gen_tok *toks, const ym_logprob *tops,
+                         int n, int n_top, size_t offset_base, const size_t *offsets)
 {
     const ym_tok_t *tok = r->srv->tok;
-    json_t *tokens = json_array(), *lps = json_array(), *top = json_array(), *off = json_array();
+    json_t *tokens = json_object_get(lp, "tokens"), *lps = json_object_get(lp, "token_logprobs");
+    json_t *top = json_object_get(lp, "top_logprobs"), *off = json_object_get(lp, "text_offset");
     for (int i = 0; i < n; i++) {
         json_array_append_new(tokens, token_string(tok, toks[i].id, r->tokens_as_ids));
+        json_array_append_new(off, json_integer((json_int_t)(
+                                       offsets ? offsets[i] : offset_base + toks[i].text_start)));
+        if (isnan(toks[i].logprob)) {
+            json_array_append_new(lps, json_null());
+            json_array_append_new(top, json_null());
+            continue;
+        }
         json_array_append_new(lps, logprob_value(toks[i].logprob));
-        json_array_append_new(off, json_integer((json_int_t)(offset_base + toks[i].text_start)));
         json_t *alt = json_object();
         /* The sampled token is always listed (OpenAI: up to logprobs + 1 entries). */
         for (int k = 0; k < n_top && k < r->logprobs; k++) {
@@ -56,8 +69,64 @@ static json_t *logprobs_json(ym_hreq *r, const ym_gen_tok *toks, const ym_logpro
         json_decref(key);
         json_array_append_new(top, alt);
     }
-    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs",
-                     top, "text_offset", off);
+}
+
+/* OpenAI's legacy logprobs object of n generated tokens. With echo (po: the choice's prompt)
+ * their offsets follow the prompt's text, and with_prompt puts the prompt's scored tokens
+ * first (when it has them). */
+static json_t *logprobs_json(ym_hreq *r, const ym_prompt_out *po, int with_prompt,
+                             const ym_gen_tok *toks, const ym_logprob *tops, int n, int n_top)
+{
+    json_t *lp = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
+                           "text_offset");
+    if (lp == NULL)
+        return NULL;
+    if (with_prompt && po != NULL && po->toks != NULL)
+        logprobs_add(r, lp, po->toks, po->tops, po->n_toks, po->n_top, 0, po->offsets);
+    logprobs_add(r, lp, toks, tops, n, n_top, po != NULL ? po->echo_len : 0, NULL);
+    return lp;
+}
+
+/* Choices per prompt (n). */
+static int per_prompt(const ym_hreq *r)
+{
+    return r->n_choices / (r->n_prompts > 0 ? r->n_prompts : 1);
+}
+
+/* Prompt p's scores, once its job has them: fill po (toks, tops, and the text offsets of its
+ * tokens in the echoed text). 1 when po has them, 0 not yet (or out of memory: none shown). */
+static int prompt_scores(ym_hreq *r, int p)
+{
+    ym_prompt_out *po = &r->prompts[p];
+    if (po->toks != NULL)
+        return 1;
+    const ym_gen_tok *toks;
+    const ym_logprob *tops;
+    int n_top, n = ym_gen_prompt_scores(ym_gen_prompt(r->gen, p), &toks, &tops, &n_top);
+    if (n == 0 || (po->offsets = malloc((size_t)n * sizeof(size_t))) == NULL)
+        return 0;
+    /* Each token's text starts where the text the detokenizer released before it ends (the
+     * same rule as generated tokens' offsets). */
+    ym_textout_t *to = NULL;
+    size_t at = 0;
+    if (ym_textout_new(r->srv->tok, NULL, 0, &to) != YM_OK) {
+        free(po->offsets);
+        po->offsets = NULL;
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *piece;
+        size_t len;
+        po->offsets[i] = at;
+        ym_textout_push(to, toks[i].id, &piece, &len);
+        at += len;
+    }
+    ym_textout_free(to);
+    po->toks = toks;
+    po->tops = tops;
+    po->n_toks = n;
+    po->n_top = n_top;
+    return 1;
 }
 
 static json_t *usage_json(int n_prompt, int n_gen, int n_cached)
@@ -83,6 +152,13 @@ static json_t *choice(int index, json_t *text, json_t *logprobs, const char *fin
 
 void ym__gen_choices_free(ym_hreq *r)
 {
+    for (int p = 0; p < r->n_prompts; p++) {
+        free(r->prompts[p].echo);
+        free(r->prompts[p].offsets);
+    }
+    free(r->prompts);
+    r->prompts = NULL;
+    r->n_prompts = 0;
     for (int i = 0; i < r->n_choices; i++) {
         ym_choice *c = &r->choices[i];
         ym_gen_delta_deinit(&c->delta);
@@ -146,8 +222,9 @@ static void stream_choice(ym_hreq *r, int i)
             sse_event(r, ym__chat_chunk(r, i, json_object(), NULL, fin));
     } else if (d->text_len > 0 || d->n_toks > 0 || (finished && fin != NULL)) {
         json_t *lp = NULL;
-        if (r->logprobs >= 0 && d->n_toks > 0)
-            lp = logprobs_json(r, d->toks, d->tops, d->n_toks, d->n_top, r->echo_len);
+        ym_prompt_out *po = r->echo ? &r->prompts[i / per_prompt(r)] : NULL;
+        if (r->logprobs >= 0 && d->n_toks > 0) /* the prompt's went with its echo chunk */
+            lp = logprobs_json(r, po, 0, d->toks, d->tops, d->n_toks, d->n_top);
         json_t *obj = completion_object(
             r, json_pack("[o]", choice(i, ym_json_text(d->text, d->text_len), lp, fin)));
         if (r->include_usage)
@@ -156,8 +233,30 @@ static void stream_choice(ym_hreq *r, int i)
     }
 }
 
+/* Prompt p's echo: one chunk per choice of it with the prompt's text (and, when echo scores
+ * the prompt, its logprobs: then only once they exist, before the choice's first text). */
+static void stream_echo(ym_hreq *r, int p)
+{
+    ym_prompt_out *po = &r->prompts[p];
+    int score = r->logprobs >= 0;
+    if (po->sent || (score && !prompt_scores(r, p)))
+        return;
+    po->sent = 1;
+    for (int j = 0; j < per_prompt(r); j++) {
+        int i = p * per_prompt(r) + j;
+        json_t *lp = score ? logprobs_json(r, po, 1, NULL, NULL, 0, 0) : NULL;
+        json_t *obj = completion_object(
+            r, json_pack("[o]", choice(i, ym_json_text(po->echo, po->echo_len), lp, NULL)));
+        if (r->include_usage)
+            json_object_set_new(obj, "usage", json_null());
+        sse_event(r, obj);
+    }
+}
+
 static void stream_output(ym_hreq *r, const ym_gen_delta *end)
 {
+    for (int p = 0; r->echo && p < r->n_prompts; p++)
+        stream_echo(r, p);
     for (int i = 0; i < r->n_choices; i++)
         if (r->choices[i].took)
             stream_choice(r, i);
@@ -226,9 +325,12 @@ static json_t *answer_choice(ym_hreq *r, int i)
     ym_choice *c = &r->choices[i];
     const char *fin = public_finish(c->finish);
     json_t *text;
-    if (r->echo) {
+    ym_prompt_out *po = r->echo ? &r->prompts[i / per_prompt(r)] : NULL;
+    if (po != NULL) {
         ym_buf all = {0};
-        if (ym_buf_put(&all, r->echo_text, r->echo_len) ||
+        if (r->logprobs >= 0)
+            prompt_scores(r, i / per_prompt(r));
+        if (ym_buf_put(&all, po->echo, po->echo_len) ||
             ym_buf_put(&all, c->text.p ? c->text.p : "", c->text.len)) {
             ym_buf_deinit(&all);
             return NULL;
@@ -244,9 +346,9 @@ static json_t *answer_choice(ym_hreq *r, int i)
                          : NULL;
         return ym__chat_choice(i, text, lp, fin);
     }
-    json_t *lp = r->logprobs >= 0 ? logprobs_json(r, c->toks, c->tops, c->n_all, c->delta.n_top,
-                                                  r->echo_len)
-                                  : NULL;
+    json_t *lp = r->logprobs >= 0
+                     ? logprobs_json(r, po, 1, c->toks, c->tops, c->n_all, c->delta.n_top)
+                     : NULL;
     return choice(i, text, lp, fin);
 }
 
@@ -314,20 +416,24 @@ static void on_output(ym_hreq *r)
 {
     if (r->gen == NULL || r->finish != YM_FINISH_NONE || r->choices == NULL)
         return;
-    int n_gen = 0;
+    int n_gen = 0, n_prompt = 0, n_cached = 0, per = per_prompt(r);
     for (int i = 0; i < r->n_choices; i++) {
         ym_choice *c = &r->choices[i];
         c->took = c->finish == YM_FINISH_NONE;
         if (c->took) {
-            ym_gen_take(ym_gen_choice(r->gen, i), &c->delta);
+            ym_gen_take(ym_gen_choice(ym_gen_prompt(r->gen, i / per), i % per), &c->delta);
             c->finish = c->delta.finish;
         }
         n_gen += c->delta.n_gen;
         r->started |= c->delta.started;
+        if (i % per == 0) {
+            n_prompt += c->delta.n_prompt;
+            n_cached += c->delta.n_cached;
+        }
     }
-    /* Usage: the prompt once (the first choice's), the completion tokens of every choice. */
-    r->n_prompt = r->choices[0].delta.n_prompt;
-    r->n_cached = r->choices[0].delta.n_cached;
+    /* Usage: each prompt once (its first choice's), the completion tokens of every choice. */
+    r->n_prompt = n_prompt;
+    r->n_cached = n_cached;
     r->n_gen = n_gen;
     const ym_gen_delta *end = request_end(r);
     if (end != NULL)
@@ -350,31 +456,93 @@ typedef struct ym_tok_job {
     json_t *root;  /* owned */
     char *text;    /* owned: the prompt bytes when not in root (a rendered chat), or NULL */
     ym_adapter_t *adapter; /* owned reference or NULL */
-    ym_ids ids;    /* owned, the result */
+    ym_ids ids[YM_MAX_CHOICES]; /* owned, the result: one per prompt */
     ym_err err;
 } ym_tok_job;
 
-/* Second half of a completion: the prompt is ids now. Takes ids->v and adapter over. YM_OK
- * when under way, else the error with diag (the caller answers it). */
+/* Prompt p's text as echo shows it: the request's text, or the ids decoded. 0, or -1 out of
+ * memory. */
+static int echo_text(ym_hreq *r, const ym_creq *q, int p, const ym_ids *ids)
+{
+    ym_prompt_out *po = &r->prompts[p];
+    const char *text = p == 0 ? q->prompt : q->more[p - 1].text;
+    size_t len = p == 0 ? q->prompt_len : q->more[p - 1].len;
+    if (text != NULL) {
+        if ((po->echo = malloc(len + 1)) == NULL)
+            return -1;
+        memcpy(po->echo, text, len);
+        po->echo_len = len;
+        return 0;
+    }
+    ym_tok_decode(r->srv->tok, ids->v, ids->n, &po->echo, &po->echo_len);
+    return po->echo != NULL ? 0 : -1;
+}
+
+/* Prompt p's jobs: its first choice's, with the further choices under it (forked from its
+ * state after the prefill; choice j samples with seed + j when a seed is given). Takes
+ * base->prompt (the ids) and base->adapter (one reference) over, also on failure. */
+static ym_err prompt_job(const ym_gen_params *base, int n_choices, ym_gen **out)
+{
+    ym_gen *g = NULL;
+    ym_gen_params p = *base;
+    *out = NULL;
+    if (ym_gen_new(&p, &g) != YM_OK)
+        return YM_ENOMEM;
+    for (int i = 1; i < n_choices; i++) {
+        ym_gen_params pk = p;
+        ym_gen *kid = NULL;
+        pk.prompt = malloc(p.n_prompt * sizeof(int32_t));
+        pk.adapter = ym_adapter_ref(p.adapter);
+        pk.session_id = NULL;
+        pk.append = 0;
+        pk.score_prompt = 0; /* the first choice scores the prompt they share */
+        pk.sampling.seed = p.sampling.seed + (uint64_t)i;
+        if (pk.prompt != NULL)
+            memcpy(pk.prompt, p.prompt, p.n_prompt * sizeof(int32_t));
+        if (pk.prompt == NULL || ym_gen_new(&pk, &kid) != YM_OK) {
+            free(pk.prompt);
+            ym_adapter_unref(pk.adapter);
+            ym_gen_unref(g);
+            return YM_ENOMEM;
+        }
+        if (ym_gen_add_choice(g, kid) != 0) {
+            ym_gen_unref(kid);
+            ym_gen_unref(g);
+            return YM_ENOMEM;
+        }
+    }
+    *out = g;
+    return YM_OK;
+}
+
+/* Second half of a completion: the prompts are ids now (ids[q->n_prompts]). Takes each
+ * ids[p].v and adapter over. YM_OK when under way, else the error with diag (the caller
+ * answers it). */
 ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter,
                       ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_err err;
     ym_diag sd = {0};
-    ym_gen_params p = {.adapter = adapter}; /* the reference goes to the job (or away) */
+    ym_gen_params p = {.adapter = adapter}; /* the reference goes to the jobs (or away) */
     const char *what = r->chat ? "messages" : "prompt";
+    int n_prompts = q->n_prompts > 0 ? q->n_prompts : 1;
     r->on_output = on_output; /* the transport calls these for the job's output */
     r->on_ping = on_ping;
-    if (ids->n == 0) {
-        err = ym_diag_param(diag, YM_EINVAL, what, "the prompt has no tokens");
-        goto fail;
-    }
-    if (ids->n > srv->conf.max_prompt_tokens) {
-        err = ym_diag_param(diag, YM_EPROMPT, what,
-                            "the prompt has %zu tokens; this server allows at most %llu", ids->n,
-                            (unsigned long long)srv->conf.max_prompt_tokens);
-        goto fail;
+    for (int k = 0; k < n_prompts; k++) {
+        char name[32] = "the prompt";
+        if (n_prompts > 1)
+            snprintf(name, sizeof(name), "prompt[%d]", k);
+        if (ids[k].n == 0) {
+            err = ym_diag_param(diag, YM_EINVAL, what, "%s has no tokens", name);
+            goto fail;
+        }
+        if (ids[k].n > srv->conf.max_prompt_tokens) {
+            err = ym_diag_param(diag, YM_EPROMPT, what,
+                                "%s has %zu tokens; this server allows at most %llu", name,
+                                ids[k].n, (unsigned long long)srv->conf.max_prompt_tokens);
+            goto fail;
+        }
     }
     if ((uint64_t)q->n_choices > srv->conf.max_running) {
         err = ym_diag_param(diag, YM_EINVAL, "n",
@@ -382,21 +550,18 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
                             q->n_choices, (unsigned long long)srv->conf.max_running);
         goto fail;
     }
-    if (q->echo) {
-        if (q->prompt != NULL) {
-            r->echo_text = malloc(q->prompt_len + 1);
-            if (r->echo_text)
-                memcpy(r->echo_text, q->prompt, q->prompt_len);
-            r->echo_len = q->prompt_len;
-        } else {
-            ym_tok_decode(srv->tok, ids->v, ids->n, &r->echo_text, &r->echo_len);
-        }
-        if (r->echo_text == NULL) {
+    if ((r->prompts = calloc((size_t)n_prompts, sizeof(ym_prompt_out))) == NULL) {
+        err = ym_diag_set(diag, YM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    r->n_prompts = n_prompts;
+    for (int k = 0; q->echo && k < n_prompts; k++) {
+        if (echo_text(r, q, k, &ids[k]) != 0) {
             err = ym_diag_set(diag, YM_ENOMEM, "out of memory");
             goto fail;
         }
     }
-    if (r->session_append && (err = ym_sessions_append(r, ids, &p, &sd)) != YM_OK) {
+    if (r->session_append && (err = ym_sessions_append(r, &ids[0], &p, &sd)) != YM_OK) {
         *diag = sd;
         goto fail;
     }
@@ -406,8 +571,6 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
                           r->limits.name, (unsigned long long)r->limits.max_concurrent);
         goto fail;
     }
-    p.prompt = ids->v;
-    p.n_prompt = ids->n;
     p.sampling = q->sampling;
     p.max_tokens = q->max_tokens;
     p.stops = q->stops;
@@ -418,46 +581,53 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
     p.tenant = r->limits.name;
     p.identity = r->identity;
     p.session_id = r->session_id;
-    size_t n_prompt = ids->n;
-    ids->v = NULL; /* ym_gen_new takes the array */
-    ids->n = ids->cap = 0;
-    ym_gen *g = NULL;
-    if ((err = ym_gen_new(&p, &g)) != YM_OK)
-        return ym_diag_set(diag, err, "out of memory");
-    /* Choices 1..n-1: their own jobs under g (forked from its state after the prefill);
-     * choice i samples with seed + i when a seed is given. */
-    for (int i = 1; i < q->n_choices; i++) {
-        ym_gen_params pk = p;
-        ym_gen *kid = NULL;
-        pk.prompt = malloc(n_prompt * sizeof(int32_t));
-        pk.adapter = ym_adapter_ref(p.adapter);
-        pk.session_id = NULL;
-        pk.append = 0;
-        pk.sampling.seed = p.sampling.seed + (uint64_t)i;
-        if (pk.prompt != NULL)
-            memcpy(pk.prompt, p.prompt, n_prompt * sizeof(int32_t));
-        if (pk.prompt == NULL || ym_gen_new(&pk, &kid) != YM_OK) {
-            free(pk.prompt);
-            ym_adapter_unref(pk.adapter);
+    /* echo with logprobs scores each prompt's tokens (a prompt's first token has none). */
+    p.score_prompt = q->echo && q->logprobs >= 0;
+    size_t n_prompt = 0;
+    ym_gen *g = NULL; /* prompt 0's job; it holds the other prompts' */
+    for (int k = 0; k < n_prompts; k++) {
+        ym_gen_params pp = p;
+        ym_gen *gk = NULL;
+        pp.prompt = ids[k].v; /* taken over by prompt_job */
+        pp.n_prompt = ids[k].n;
+        n_prompt += ids[k].n;
+        if (k > 0) {
+            pp.adapter = ym_adapter_ref(p.adapter);
+            pp.session_id = NULL;
+        }
+        ids[k].v = NULL;
+        ids[k].n = ids[k].cap = 0;
+        if (prompt_job(&pp, q->n_choices, &gk) != YM_OK ||
+            (k > 0 && ym_gen_add_prompt(g, gk) != 0)) {
+            ym_gen_unref(gk);
             ym_gen_unref(g);
+            for (int j = k + 1; j < n_prompts; j++) /* (the jobs took the adapter) */
+                ym_ids_deinit(&ids[j]);
             return ym_diag_set(diag, YM_ENOMEM, "out of memory");
         }
-        if (ym_gen_add_choice(g, kid) != 0) {
-            ym_gen_unref(kid);
-            ym_gen_unref(g);
-            return ym_diag_set(diag, YM_ENOMEM, "out of memory");
-        }
+        if (k == 0)
+            g = gk;
     }
-    if ((r->choices = calloc((size_t)q->n_choices, sizeof(ym_choice))) == NULL) {
+    p.adapter = NULL; /* the jobs hold it */
+    if ((r->choices = calloc((size_t)(n_prompts * q->n_choices), sizeof(ym_choice))) == NULL) {
         ym_gen_unref(g);
         return ym_diag_set(diag, YM_ENOMEM, "out of memory");
     }
-    r->n_choices = q->n_choices;
+    r->n_choices = n_prompts * q->n_choices;
     ym_gen_set_owner(g, r);
-    if (srv->draining || srv->sched == NULL || (err = ym_sched_submit(srv->sched, g)) != YM_OK) {
+    /* Each prompt is its own job; they go into the queue at once (all or none), so they are
+     * admitted together when the running slots allow, and their prefills and decodes share
+     * the batch's steps. */
+    ym_gen *gs[YM_MAX_CHOICES];
+    for (int k = 0; k < n_prompts; k++)
+        gs[k] = ym_gen_prompt(g, k);
+    err = srv->draining || srv->sched == NULL ? YM_EDRAINING
+                                              : ym_sched_submit_n(srv->sched, gs, n_prompts);
+    if (err != YM_OK) {
+        ym_gen_set_owner(g, NULL);
         ym_gen_unref(g);
         ym_metrics_add(srv->metrics, YM_M_REJECTED_BUSY, 1);
-        if (srv->draining || srv->sched == NULL)
+        if (err == YM_EDRAINING)
             return ym_diag_set(diag, YM_EDRAINING,
                                "the server is shutting down; retry on another replica");
         return ym_diag_set(diag, YM_EBUSY,
@@ -473,21 +643,15 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
     r->tokens_as_ids = q->tokens_as_ids;
     ym_hreq_track(r);
     if (q->stream) {
-        for (int i = 0; i < r->n_choices; i++) {
-            if (r->chat) /* the role comes first, in a chunk of its own (as OpenAI sends it) */
-                sse_event(r, ym__chat_chunk(r, i,
-                                            json_pack("{s:s,s:s}", "role", "assistant",
-                                                      "content", ""),
-                                            NULL, NULL));
-            if (r->echo) {
-                json_t *obj = completion_object(
-                    r, json_pack("[o]", choice(i, ym_json_text(r->echo_text, r->echo_len), NULL,
-                                               NULL)));
-                if (r->include_usage)
-                    json_object_set_new(obj, "usage", json_null());
-                sse_event(r, obj);
-            }
+        for (int i = 0; r->chat && i < r->n_choices; i++) {
+            /* The role comes first, in a chunk of its own (as OpenAI sends it). */
+            sse_event(r, ym__chat_chunk(r, i,
+                                        json_pack("{s:s,s:s}", "role", "assistant", "content", ""),
+                                        NULL, NULL));
         }
+        /* The prompts' echo at once, unless it waits for the prompts' scores. */
+        for (int k = 0; r->echo && r->logprobs < 0 && k < n_prompts; k++)
+            stream_echo(r, k);
         ym_hreq_start_stream(r);
     } else {
         /* Wait for the job; on_out_ready queues the response and resumes us. */
@@ -499,10 +663,19 @@ fail:
     return err;
 }
 
+/* Each text prompt of q into ids[] (one per prompt). */
+static ym_err tokenize_all(const ym_tok_t *tok, const ym_creq *q, ym_ids *ids)
+{
+    ym_err err = ym_tok_encode(tok, q->prompt, q->prompt_len, &ids[0]);
+    for (int k = 1; err == YM_OK && k < q->n_prompts; k++)
+        err = ym_tok_encode(tok, q->more[k - 1].text, q->more[k - 1].len, &ids[k]);
+    return err;
+}
+
 static void tok_work(uv_work_t *w) /* libuv pool: the tokenizer is read-only, shared safely */
 {
     ym_tok_job *job = w->data;
-    job->err = ym_tok_encode(job->r->srv->tok, job->q.prompt, job->q.prompt_len, &job->ids);
+    job->err = tokenize_all(job->r->srv->tok, &job->q, job->ids);
 }
 
 static void tok_after(uv_work_t *w, int status) /* loop thread */
@@ -520,7 +693,7 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
             ym_diag_param(&diag, err, r->chat ? "messages" : "prompt",
                           "cannot tokenize the prompt: %s", ym_strerror(err));
         } else {
-            err = ym__gen_submit(r, &job->q, &job->ids, job->adapter, &diag);
+            err = ym__gen_submit(r, &job->q, job->ids, job->adapter, &diag);
             job->adapter = NULL; /* ym__gen_submit took it */
         }
         if (err != YM_OK) /* the handler has returned: the transport writes it now */
@@ -532,7 +705,8 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
         ym_httpd_kick(r->srv);
     }
     ym_adapter_unref(job->adapter);
-    ym_ids_deinit(&job->ids);
+    for (int k = 0; k < YM_MAX_CHOICES; k++)
+        ym_ids_deinit(&job->ids[k]);
     ym_creq_deinit(&job->q);
     json_decref(job->root);
     free(job->text);
@@ -544,8 +718,11 @@ ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter
                                char *text, ym_diag *diag)
 {
     ym_err err = YM_OK;
-    ym_ids ids = {0};
-    if (q->prompt_len > TOKENIZE_INLINE_BYTES) {
+    ym_ids ids[YM_MAX_CHOICES] = {{0}};
+    size_t bytes = q->prompt_len;
+    for (int k = 1; k < q->n_prompts; k++)
+        bytes += q->more[k - 1].len;
+    if (bytes > TOKENIZE_INLINE_BYTES) {
         ym_tok_job *job = calloc(1, sizeof(*job));
         if (job == NULL) {
             err = ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
@@ -568,16 +745,17 @@ ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter
         uv_queue_work(r->srv->loop, &job->work, tok_work, tok_after);
         goto out;
     }
-    if ((err = ym_tok_encode(r->srv->tok, q->prompt, q->prompt_len, &ids)) != YM_OK) {
+    if ((err = tokenize_all(r->srv->tok, q, ids)) != YM_OK) {
         ym_diag_param(diag, err, r->chat ? "messages" : "prompt", "cannot tokenize the prompt: %s",
                       ym_strerror(err));
         goto out;
     }
-    err = ym__gen_submit(r, q, &ids, adapter, diag);
+    err = ym__gen_submit(r, q, ids, adapter, diag);
     adapter = NULL;
 out:
     ym_adapter_unref(adapter);
-    ym_ids_deinit(&ids);
+    for (int k = 0; k < YM_MAX_CHOICES; k++)
+        ym_ids_deinit(&ids[k]);
     free(text);
     return err;
 }
@@ -589,11 +767,18 @@ ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag)
     ym_server_t *srv = r->srv;
     int n_vocab = ym_tok_n_vocab(srv->tok) < srv->model->cfg.n_vocab ? ym_tok_n_vocab(srv->tok)
                                                                        : srv->model->cfg.n_vocab;
-    for (size_t i = 0; i < q->n_prompt_ids; i++)
-        if (q->prompt_ids[i] >= n_vocab)
-            return ym_diag_param(diag, YM_EINVAL, "prompt",
-                                 "prompt[%zu] = %d is not a token id (vocabulary size %d)", i,
-                                 q->prompt_ids[i], n_vocab);
+    for (int k = 0; k < q->n_prompts; k++) {
+        const int32_t *v = k == 0 ? q->prompt_ids : q->more[k - 1].ids;
+        size_t n = k == 0 ? q->n_prompt_ids : q->more[k - 1].n_ids;
+        char at[24] = "";
+        if (q->n_prompts > 1)
+            snprintf(at, sizeof(at), "[%d]", k);
+        for (size_t i = 0; i < n; i++)
+            if (v[i] >= n_vocab)
+                return ym_diag_param(diag, YM_EINVAL, "prompt",
+                                     "prompt%s[%zu] = %d is not a token id (vocabulary size %d)",
+                                     at, i, v[i], n_vocab);
+    }
     for (int i = 0; i < q->sampling.n_logit_bias; i++)
         if (q->sampling.logit_bias[i].id >= n_vocab)
             return ym_diag_param(diag, YM_EINVAL, "logit_bias",
@@ -651,7 +836,7 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     };
     ym_creq q;
     json_t *root = NULL;
-    ym_ids ids = {0};
+    ym_ids ids[YM_MAX_CHOICES] = {{0}};
     ym_adapter_t *adapter = NULL; /* a reference while this function holds it */
     if ((err = ym_creq_parse(r->body.p, r->body.len, &lim, &q, &root, diag)) != YM_OK)
         return err;
@@ -661,18 +846,32 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
         goto out;
     if (q.model != NULL)
         snprintf(r->model, sizeof(r->model), "%s", q.model);
-    if (q.echo && q.logprobs >= 0) {
-        err = ym_diag_param(diag, YM_EINVAL, "echo",
-                            "echo together with logprobs is not supported");
+    if (r->session_id != NULL && q.n_prompts > 1) {
+        err = ym_diag_param(diag, YM_EINVAL, "session_id",
+                            "a session continues one conversation: send one prompt with "
+                            "session_id (this request has %d)", q.n_prompts);
+        goto out;
+    }
+    if (r->session_id != NULL && q.echo && q.logprobs >= 0) {
+        /* A resumed state has no logits for the tokens it holds, and the score of every
+         * prompt token is what echo with logprobs asks for. */
+        err = ym_diag_param(diag, YM_EINVAL, "session_id",
+                            "echo with logprobs scores the whole prompt and cannot resume a "
+                            "session: leave out session_id (and X-Session-Id)");
         goto out;
     }
     if ((err = ym__gen_check_vocab(r, &q, diag)) != YM_OK)
         goto out;
     if (q.prompt_ids != NULL) {
-        ids.v = q.prompt_ids;
-        ids.n = ids.cap = q.n_prompt_ids;
+        ids[0].v = q.prompt_ids;
+        ids[0].n = ids[0].cap = q.n_prompt_ids;
         q.prompt_ids = NULL; /* moved */
-        err = ym__gen_submit(r, &q, &ids, adapter, diag);
+        for (int k = 1; k < q.n_prompts; k++) {
+            ids[k].v = q.more[k - 1].ids;
+            ids[k].n = ids[k].cap = q.more[k - 1].n_ids;
+            q.more[k - 1].ids = NULL;
+        }
+        err = ym__gen_submit(r, &q, ids, adapter, diag);
         adapter = NULL;
         goto out;
     }
@@ -680,7 +879,8 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
     adapter = NULL;
 out:
     ym_adapter_unref(adapter);
-    ym_ids_deinit(&ids);
+    for (int k = 0; k < YM_MAX_CHOICES; k++)
+        ym_ids_deinit(&ids[k]);
     ym_creq_deinit(&q);
     json_decref(root);
     return err;

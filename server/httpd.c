@@ -411,7 +411,6 @@ static void hreq_free(ym_hreq *r)
     ym_buf_deinit(&r->body);
     ym_buf_deinit(&r->sse);
     ym__gen_choices_free(r);
-    free(r->echo_text);
     free(r->session_id);
     free(r);
 }
@@ -486,6 +485,18 @@ static void new_id(char *dst, size_t cap, const char *prefix)
     uint64_t x = (counter * 0x9E3779B97F4A7C15ull) ^ salt;
     snprintf(dst, cap, "%s%016llx%08llx", prefix, (unsigned long long)x,
              (unsigned long long)(counter & 0xffffffffu));
+}
+
+/* A generated request id names the resource as OpenAI's ids do: "cmpl-" for a completion,
+ * "chatcmpl-" for a chat completion, "req-" otherwise. The id is both the X-Request-Id header
+ * and the body's "id", so the two always agree. */
+static const char *id_prefix(const char *route)
+{
+    if (strcmp(route, "/v1/completions") == 0)
+        return "cmpl-";
+    if (strcmp(route, "/v1/chat/completions") == 0)
+        return "chatcmpl-";
+    return "req-";
 }
 
 /* A CORS preflight (Fetch standard, "CORS-preflight fetch"): 204 with Allow; for an allowed
@@ -585,8 +596,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (given != NULL && valid_request_id(given))
             snprintf(r->id, sizeof(r->id), "%s", given);
         else
-            new_id(r->id, sizeof(r->id),
-                   strcmp(r->route, "/v1/completions") == 0 ? "cmpl-" : "req-");
+            new_id(r->id, sizeof(r->id), id_prefix(r->route));
         *req_cls = r;
         srv->n_http++;
         ym_metrics_set(srv->metrics, YM_G_CONNECTIONS, srv->n_http);

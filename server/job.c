@@ -39,6 +39,11 @@ static void gen_destroy(ym_gen *g)
     for (int i = 0; i < g->n_kids; i++)
         ym_gen_unref(g->kids[i]);
     free(g->kids);
+    for (int i = 0; i < g->n_groups; i++)
+        ym_gen_unref(g->groups[i]);
+    free(g->groups);
+    free(g->ptoks);
+    free(g->ptops);
     free(g->prompt);
     for (int i = 0; i < g->n_stops; i++)
         free(g->stops[i]);
@@ -80,6 +85,7 @@ ym_err ym_gen_new(const ym_gen_params *p, ym_gen **out)
     g->append = p->append;
     g->append_serial = p->append_serial;
     g->base = p->append ? p->append_base : 0;
+    g->score_prompt = p->score_prompt;
     g->pending = -1;
     snprintf(g->id, sizeof(g->id), "%s", p->id ? p->id : "");
     if ((g->tenant = strdup(p->tenant ? p->tenant : "")) == NULL ||
@@ -117,11 +123,15 @@ void ym_gen_unref(ym_gen *g)
 void ym_gen_cancel(ym_gen *g)
 {
     atomic_store(&g->cancelled, 1);
+    for (int i = 0; i < g->n_groups; i++)
+        atomic_store(&g->groups[i]->cancelled, 1);
 }
 
 void ym_gen_set_owner(ym_gen *g, void *owner)
 {
     g->owner = owner;
+    for (int i = 0; i < g->n_groups; i++)
+        g->groups[i]->owner = owner;
 }
 
 void *ym_gen_owner(const ym_gen *g)
@@ -143,6 +153,66 @@ int ym_gen_add_choice(ym_gen *g, ym_gen *kid)
     g->kids[g->n_kids++] = kid;
     kid->parent = g;
     return 0;
+}
+
+int ym_gen_add_prompt(ym_gen *g, ym_gen *other)
+{
+    ym_gen **k = realloc(g->groups, (size_t)(g->n_groups + 1) * sizeof(*k));
+    if (k == NULL)
+        return -1;
+    g->groups = k;
+    g->groups[g->n_groups++] = other;
+    return 0;
+}
+
+int ym_gen_n_prompts(const ym_gen *g)
+{
+    return 1 + g->n_groups;
+}
+
+ym_gen *ym_gen_prompt(ym_gen *g, int p)
+{
+    return p == 0 ? g : g->groups[p - 1];
+}
+
+int ym_gen_prompt_scores(ym_gen *g, const ym_gen_tok **toks, const ym_logprob **tops,
+                         int *n_top)
+{
+    pthread_mutex_lock(&g->lock);
+    int scored = g->scored;
+    pthread_mutex_unlock(&g->lock);
+    if (!scored)
+        return 0;
+    *toks = g->ptoks;
+    *tops = g->ptops;
+    *n_top = g->sampling.n_logprobs;
+    return g->n_prompt;
+}
+
+ym_err ym__job_score_init(ym_gen *g)
+{
+    size_t n = (size_t)g->n_prompt, k = (size_t)g->sampling.n_logprobs;
+    if ((g->ptoks = calloc(n, sizeof(*g->ptoks))) == NULL ||
+        (k > 0 && (g->ptops = calloc(n * k, sizeof(*g->ptops))) == NULL))
+        return YM_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        g->ptoks[i] = (ym_gen_tok){g->prompt[i], NAN, 0};
+    return YM_OK;
+}
+
+void ym__job_score(ym_gen *g, int pos, const ym_sample *smp)
+{
+    size_t k = (size_t)g->sampling.n_logprobs;
+    g->ptoks[pos].logprob = smp->logprob;
+    if (k > 0)
+        memcpy(g->ptops + (size_t)pos * k, smp->top, k * sizeof(ym_logprob));
+}
+
+void ym__job_scored(ym_gen *g)
+{
+    pthread_mutex_lock(&g->lock); /* publishes ptoks and ptops to the loop thread */
+    g->scored = 1;
+    pthread_mutex_unlock(&g->lock);
 }
 
 int ym_gen_n_choices(const ym_gen *g)

@@ -33,6 +33,9 @@ struct ym_gen {
     ym_gen **kids; /* owned references [n_kids]: the further choices (ym_gen_add_choice) */
     int n_kids;
     ym_gen *parent; /* borrowed: the first choice's job, for a further choice; else NULL */
+    ym_gen **groups; /* owned references [n_groups]: the request's further prompts' jobs */
+    int n_groups;
+    int score_prompt; /* score the prompt's tokens (ym_gen_params.score_prompt) */
 
     /* Output: engine appends, loop takes; guarded by lock. */
     pthread_mutex_t lock;
@@ -46,6 +49,9 @@ struct ym_gen {
     int started;
     ym_finish finish;
     ym_err error;
+    int scored;        /* score_prompt: ptoks and ptops are complete (read-only from then on) */
+    ym_gen_tok *ptoks; /* score_prompt: [n_prompt], written by the engine while prefilling */
+    ym_logprob *ptops; /* [n_prompt * sampling.n_logprobs] */
 
     /* Ready list: guarded by the scheduler's ready lock. */
     ym_gen *ready_next;
@@ -78,6 +84,11 @@ struct ym_gen {
  * and its text / text alone. 0, or -1 out of memory. */
 int ym__job_append(ym_gen *g, const ym_sample *smp, const char *text, size_t len);
 void ym__job_append_text(ym_gen *g, const char *text, size_t len);
+/* Prompt scores, engine thread: room for them (at admission; YM_ENOMEM), the score of prompt
+ * token pos (>= 1) from the logits before it, and the end of the prompt (they are complete). */
+ym_err ym__job_score_init(ym_gen *g);
+void ym__job_score(ym_gen *g, int pos, const ym_sample *smp);
+void ym__job_scored(ym_gen *g);
 
 /* The state cache as jobs use it (engine thread); cache NULL: none. */
 typedef struct ym_jobcache {

@@ -167,7 +167,7 @@ ym_err ym__jobcache_resume(const ym_jobcache *jc, ym_gen *g)
             ym_skey_chain(&g->chain[k - 1], k == 1 ? &g->root : &g->chain[k - 2],
                           g->prompt + (size_t)(k - 1) * (size_t)B, (size_t)B, NULL, 0);
         /* Resuming must leave a prompt token to run: k * B < n_prompt. */
-        for (int k = (g->n_prompt - 1) / B; k >= 1 && k * B > best; k--) {
+        for (int k = (g->n_prompt - 1) / B; k >= 1 && k * B > best && !g->score_prompt; k--) {
             ym_sc_entry *e = ym_scache_pin(jc->cache, &g->chain[k - 1]);
             if (e != NULL) {
                 ym_scache_unpin(jc->cache, src);

@@ -120,33 +120,70 @@ static ym_err parse_ids(json_t *arr, const char *param, int64_t max_n, int32_t *
     return YM_OK;
 }
 
-static ym_err parse_prompt(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
+/* One prompt: a non-empty string, or a non-empty array of token ids. param names it in
+ * errors ("prompt", or "prompt[i]" for one of a list; the error's param is "prompt"). */
+static ym_err parse_one_prompt(json_t *p, const char *param, const char **text, size_t *len,
+                               int32_t **ids, size_t *n_ids, ym_diag *diag)
 {
-    json_t *p = get(root, "prompt");
-    if (p == NULL)
-        return ym_diag_param(diag, YM_EINVAL, "prompt", "prompt is required");
-    if (json_is_array(p) && json_array_size(p) == 1 &&
-        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
-        p = json_array_get(p, 0); /* a batch of one prompt */
     if (json_is_string(p)) {
         if (json_string_length(p) == 0)
-            return ym_diag_param(diag, YM_EINVAL, "prompt", "prompt must not be empty");
-        r->prompt = json_string_value(p);
-        r->prompt_len = json_string_length(p);
+            return ym_diag_param(diag, YM_EINVAL, "prompt", "%s must not be empty", param);
+        *text = json_string_value(p);
+        *len = json_string_length(p);
         return YM_OK;
     }
     if (json_is_array(p)) {
-        json_t *first = json_array_get(p, 0);
-        if (json_is_string(first) || json_is_array(first))
-            return ym_diag_param(diag, YM_EINVAL, "prompt",
-                                 "a list of several prompts is not supported: send one request "
-                                 "per prompt");
         /* No length limit here: a prompt too long is refused after tokenization, with the
          * same code whether it came as text or ids (the body limit bounds the array). */
-        return parse_ids(p, "prompt", INT64_MAX, &r->prompt_ids, &r->n_prompt_ids, diag);
+        ym_diag d = {0};
+        ym_err err = parse_ids(p, param, INT64_MAX, ids, n_ids, &d);
+        if (err != YM_OK)
+            return ym_diag_param(diag, err, "prompt", "%s", d.msg);
+        return YM_OK;
     }
     return ym_diag_param(diag, YM_EINVAL, "prompt",
-                         "prompt must be a string or an array of token ids");
+                         "%s must be a string or an array of token ids", param);
+}
+
+/* OpenAI's forms: a string; an array of token ids (one prompt); an array of strings or an
+ * array of id arrays (several prompts, all of one kind). */
+static ym_err parse_prompt(json_t *root, ym_creq *r, ym_diag *diag)
+{
+    json_t *p = get(root, "prompt");
+    r->n_prompts = 1;
+    if (p == NULL)
+        return ym_diag_param(diag, YM_EINVAL, "prompt", "prompt is required");
+    json_t *first = json_array_get(p, 0); /* NULL unless p is a non-empty array */
+    int is_list = json_is_string(first) || json_is_array(first);
+    if (!is_list)
+        return parse_one_prompt(p, "prompt", &r->prompt, &r->prompt_len, &r->prompt_ids,
+                                &r->n_prompt_ids, diag);
+    size_t n = json_array_size(p);
+    if (n > YM_MAX_CHOICES)
+        return ym_diag_param(diag, YM_EINVAL, "prompt",
+                             "prompt lists %zu prompts; at most %d choices (prompts times n) "
+                             "per request", n, YM_MAX_CHOICES);
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(p, i);
+        char param[32];
+        snprintf(param, sizeof(param), "prompt[%zu]", i);
+        if (json_is_string(e) != json_is_string(first) || !(json_is_string(e) || json_is_array(e)))
+            return ym_diag_param(diag, YM_EINVAL, "prompt",
+                                 "%s must be %s, as prompt[0] is (a list of prompts holds "
+                                 "only strings or only token-id arrays)", param,
+                                 json_is_string(first) ? "a string" : "an array of token ids");
+        ym_err err;
+        if (i == 0)
+            err = parse_one_prompt(e, param, &r->prompt, &r->prompt_len, &r->prompt_ids,
+                                   &r->n_prompt_ids, diag);
+        else
+            err = parse_one_prompt(e, param, &r->more[i - 1].text, &r->more[i - 1].len,
+                                   &r->more[i - 1].ids, &r->more[i - 1].n_ids, diag);
+        if (err != YM_OK)
+            return err;
+        r->n_prompts = (int)i + 1;
+    }
+    return YM_OK;
 }
 
 static ym_err parse_stop(json_t *root, ym_creq *r, ym_diag *diag)
@@ -305,7 +342,7 @@ static ym_err parse_shared(json_t *root, const ym_req_limits *lim, ym_creq *r, y
 static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *r, ym_diag *diag)
 {
     ym_err err;
-    if ((err = parse_prompt(root, lim, r, diag)) != YM_OK ||
+    if ((err = parse_prompt(root, r, diag)) != YM_OK ||
         (err = get_max_tokens(root, "max_tokens", lim, &r->max_tokens, diag)) != YM_OK ||
         (err = parse_shared(root, lim, r, diag)) != YM_OK)
         return err;
@@ -323,6 +360,11 @@ static ym_err parse_completion(json_t *root, const ym_req_limits *lim, ym_creq *
     s->n_logprobs = logprobs > 0 ? (int)logprobs : 0;
     if (best_of != 1)
         return ym_diag_param(diag, YM_EINVAL, "best_of", "best_of > 1 is not supported");
+    if (r->n_prompts * r->n_choices > YM_MAX_CHOICES)
+        return ym_diag_param(diag, YM_EINVAL, "prompt",
+                             "%d prompts times n = %d is %d choices; at most %d per request",
+                             r->n_prompts, r->n_choices, r->n_prompts * r->n_choices,
+                             YM_MAX_CHOICES);
     if ((v = get(root, "suffix")) != NULL && !(json_is_string(v) && json_string_length(v) == 0))
         return ym_diag_param(diag, YM_EINVAL, "suffix", "suffix is not supported");
     return ym_sampling_validate(s, diag);
@@ -517,6 +559,7 @@ static ym_err parse_body(const char *body, size_t len, const ym_req_limits *lim,
     out->sampling = ym_sampling_default();
     out->max_tokens = lim->default_max_tokens;
     out->logprobs = -1;
+    out->n_prompts = 1;
     *root = NULL;
     ym_err err = YM_OK;
     json_t *doc = load_object(body, len, diag, &err);
@@ -565,6 +608,11 @@ void ym_creq_deinit(ym_creq *r)
         return;
     free(r->prompt_ids);
     r->prompt_ids = NULL;
+    for (int i = 0; i < YM_MAX_CHOICES - 1; i++) {
+        free(r->more[i].ids);
+        r->more[i].ids = NULL;
+        r->more[i].n_ids = 0;
+    }
     json_decref(r->messages);
     r->messages = NULL;
     r->n_prompt_ids = 0;

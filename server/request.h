@@ -15,7 +15,7 @@
 #include "engine/sampling.h"
 
 #define YM_MAX_STOPS 16
-#define YM_MAX_CHOICES 16 /* n: choices of one request */
+#define YM_MAX_CHOICES 16 /* choices of one request: n times the prompts */
 #define YM_MAX_STOP_BYTES 256
 
 typedef struct ym_req_limits {
@@ -25,12 +25,26 @@ typedef struct ym_req_limits {
     int64_t max_session_id_bytes; /* longer session_id -> 400 (0: 256) */
 } ym_req_limits;
 
+/* A further prompt of a completions request whose prompt is a list (prompts 1.. of it). */
+typedef struct ym_creq_prompt {
+    const char *text;           /* borrowed; text prompt, or NULL when ids is used */
+    size_t len;                 /* bytes of text (it may hold NUL bytes) */
+    int32_t *ids;               /* owned (free()), token-id prompt, range-checked later */
+    size_t n_ids;
+} ym_creq_prompt;
+
 typedef struct ym_creq {
     const char *model;          /* borrowed; NULL = the base model */
+    /* The first (or only) prompt: */
     const char *prompt;         /* borrowed; text prompt, or NULL when prompt_ids is used */
     size_t prompt_len;          /* bytes of prompt (it may hold NUL bytes) */
     int32_t *prompt_ids;        /* owned (free()), token-id prompt, range-checked later */
     size_t n_prompt_ids;
+    /* Completions' list of prompts (OpenAI's batch form: several strings, or several id
+     * lists): n_prompts in all, prompts 1..n_prompts-1 in more[]; each gets n_choices
+     * choices, n_prompts * n_choices <= YM_MAX_CHOICES. 1 for a single prompt and for chat. */
+    int n_prompts;
+    ym_creq_prompt more[YM_MAX_CHOICES - 1];
     ym_sampling sampling;
     int64_t max_tokens;
     const char *stops[YM_MAX_STOPS]; /* borrowed */
@@ -62,7 +76,7 @@ ym_err ym_creq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_
  * prompt_ids NULL); logprobs is top_logprobs (0 without it) when logprobs is true, else -1. */
 ym_err ym_chatreq_parse(const char *body, size_t len, const ym_req_limits *lim, ym_creq *out,
                         json_t **root, ym_diag *diag);
-void ym_creq_deinit(ym_creq *r); /* frees prompt_ids and messages; NULL-safe */
+void ym_creq_deinit(ym_creq *r); /* frees the id prompts and messages; NULL-safe */
 
 /* POST /v1/tokenize: {"prompt": "text", "model"?} -> borrowed text in *text, its length in *text_len. */
 ym_err ym_tokreq_parse(const char *body, size_t len, const char **text, size_t *text_len,

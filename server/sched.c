@@ -12,7 +12,9 @@
  * first, so streams keep their pace; then prefilling sequences in arrival order share at most
  * prefill_chunk prompt rows per step (and the rows left under max_batch_tokens). A long prompt thus
  * takes several steps, interleaved with everyone else's decoding. Logits are computed for every
- * sequence of the step (YM_LOGITS_LAST) and used only by those that sample.
+ * sequence of the step (YM_LOGITS_LAST) and used only by those that sample; a prompt being
+ * scored (echo with logprobs) gets them for every row of its chunk (at most SCORE_ROWS more
+ * per step), each giving the next prompt token's score.
  *
  * The job object and its output are job.c's; what a job takes from and gives to the state
  * cache (resume at admission, prefix checkpoints, its session at the end) is jobcache.c's. The
@@ -36,6 +38,10 @@
 #include "server/job_int.h"
 
 /* --- the scheduler --- */
+
+/* Rows of logits beyond one per sequence that a step may produce for prompts being scored
+ * (echo with logprobs): a scored prompt's prefill chunk is cut to fit them. */
+#define SCORE_ROWS 64
 
 struct ym_sched {
     ym_model_t *model; /* ref */
@@ -64,13 +70,15 @@ struct ym_sched {
     ym_gen **running; /* [cap_running] */
     int n_running;
     int cap_running;  /* the per-running arrays' size: max_running may grow on a reload */
-    float *logits;    /* [max_running, n_vocab] */
+    float *logits;    /* [max_running + SCORE_ROWS, n_vocab] */
     int32_t *tokens;  /* [max_batch_tokens] */
     int *seq_start;   /* [max_running + 1] */
     ym_state_t **states;
     const ym_adapt **adapts; /* [max_running] */
     ym_gen **in_batch;
     int *samples;     /* per batch sequence: 1 if it samples after this step */
+    unsigned char *all_logits; /* per batch sequence: 1 if it scores its prompt rows */
+    int *out_start;   /* per batch sequence: its first row of logits */
     float *row;       /* [n_vocab]: a first choice's logits row, copied for each further one */
 };
 
@@ -178,6 +186,8 @@ static ym_err admit(ym_sched_t *s, ym_gen *g)
     ym_textout_set_rules(g->tout, s->eos, g->ignore_eos, g->max_tokens);
     ym_sampler_add_prompt(g->sampler, g->prompt, (size_t)g->n_prompt);
     g->n_prefilled = 0;
+    if (g->score_prompt && (err = ym__job_score_init(g)) != YM_OK)
+        return err;
     if (s->cache != NULL)
         return ym__jobcache_resume(&s->jc, g);
     return g->append ? YM_EEXIST : YM_OK;
@@ -272,6 +282,25 @@ static void drop_running(ym_sched_t *s, int i)
     ym_gen_unref(g);
 }
 
+/* A scored prompt's chunk of n rows ran from position g->n_prefilled: row j's logits give the
+ * score of prompt token n_prefilled + j + 1 (the last prompt row's are the first sample's). */
+static void score_rows(ym_sched_t *s, ym_gen *g, float *rows, int n)
+{
+    ym_sample smp;
+    for (int j = 0; j < n; j++) {
+        int pos = g->n_prefilled + j + 1;
+        if (pos >= g->n_prompt)
+            break;
+        float *row = rows + (size_t)j * (size_t)s->n_vocab;
+        for (int i = s->n_real; i < s->n_vocab; i++)
+            row[i] = -INFINITY;
+        ym_sampler_score(g->sampler, row, g->prompt[pos], &smp);
+        ym__job_score(g, pos, &smp);
+    }
+    if (g->n_prefilled + n == g->n_prompt)
+        ym__job_scored(g);
+}
+
 static void step(ym_sched_t *s, int prefill_chunk)
 {
     /* Cancelled and finished jobs leave first. */
@@ -292,6 +321,7 @@ static void step(ym_sched_t *s, int prefill_chunk)
 
     /* Decode rows first, then prefill chunks in arrival order. */
     int n_seq = 0, rows = 0, budget = s->o.max_batch_tokens, any_adapter = 0, prefill_rows = 0;
+    int score_left = SCORE_ROWS, any_score = 0, out = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < s->n_running; i++) {
             ym_gen *g = s->running[i];
@@ -318,6 +348,8 @@ static void step(ym_sched_t *s, int prefill_chunk)
                     if (next <= g->n_chain_prompt * B && n > next - g->n_prefilled)
                         n = next - g->n_prefilled;
                 }
+                if (g->score_prompt && n - 1 > score_left)
+                    n = score_left + 1; /* each row of the chunk has logits */
                 prefill_rows += n;
                 memcpy(s->tokens + rows, g->prompt + g->n_prefilled, (size_t)n * sizeof(int32_t));
                 s->seq_start[n_seq] = rows;
@@ -326,6 +358,12 @@ static void step(ym_sched_t *s, int prefill_chunk)
             } else {
                 continue;
             }
+            int score = pass == 1 && g->score_prompt;
+            s->all_logits[n_seq] = (unsigned char)score;
+            s->out_start[n_seq] = out;
+            out += score ? rows - s->seq_start[n_seq] : 1;
+            score_left -= score ? rows - s->seq_start[n_seq] - 1 : 0;
+            any_score |= score;
             s->states[n_seq] = g->state;
             s->adapts[n_seq] = g->adapter ? ym_adapter_applied(g->adapter) : NULL;
             any_adapter |= g->adapter != NULL;
@@ -341,6 +379,7 @@ static void step(ym_sched_t *s, int prefill_chunk)
         .states = s->states,
         .logits = YM_LOGITS_LAST,
         .adapters = any_adapter ? s->adapts : NULL,
+        .all_logits = any_score ? s->all_logits : NULL,
     };
     double t0 = ym_now();
     ym_diag diag = {0};
@@ -361,6 +400,9 @@ static void step(ym_sched_t *s, int prefill_chunk)
     for (int k = 0; k < n_seq; k++) {
         ym_gen *g = s->in_batch[k];
         int n = s->seq_start[k + 1] - s->seq_start[k];
+        float *rows0 = s->logits + (size_t)s->out_start[k] * (size_t)s->n_vocab;
+        if (s->all_logits[k])
+            score_rows(s, g, rows0, n);
         if (g->n_prefilled < g->n_prompt) {
             g->n_prefilled += n;
             prefilled += n;
@@ -378,7 +420,11 @@ static void step(ym_sched_t *s, int prefill_chunk)
             }
         }
         if (s->samples[k]) {
-            float *row = s->logits + (size_t)k * (size_t)s->n_vocab;
+            float *row = rows0 + (s->all_logits[k] ? (size_t)(n - 1) * (size_t)s->n_vocab : 0);
+            if (g->score_prompt && g->max_tokens == 0) {
+                finish(s, g, YM_FINISH_LENGTH); /* scored: nothing to generate */
+                continue;
+            }
             if (g->n_kids > 0 && !g->forked)
                 fork_choices(s, g, row, now);
             sample(s, g, row, now);
@@ -439,7 +485,7 @@ static void *engine_main(void *arg)
 
         for (ym_gen *g = admitted; g != NULL; g = g->queue_next) {
             ym_err err = admit(s, g);
-            if (g->max_tokens == 0 && err == YM_OK) {
+            if (g->max_tokens == 0 && !g->score_prompt && err == YM_OK) {
                 finish(s, g, YM_FINISH_LENGTH);
             } else if (err != YM_OK) {
                 if (err != YM_EEXIST)
@@ -490,12 +536,14 @@ static int grow_running(ym_sched_t *s, int n)
         s->field = p_;                                                                             \
     } while (0)
     GROW(running, mr);
-    GROW(logits, mr * (size_t)s->n_vocab);
+    GROW(logits, (mr + SCORE_ROWS) * (size_t)s->n_vocab);
     GROW(seq_start, mr + 1);
     GROW(states, mr);
     GROW(adapts, mr);
     GROW(in_batch, mr);
     GROW(samples, mr);
+    GROW(all_logits, mr);
+    GROW(out_start, mr);
 #undef GROW
     s->cap_running = n;
     return 0;
@@ -512,6 +560,8 @@ static void sched_destroy(ym_sched_t *s)
     free(s->adapts);
     free(s->in_batch);
     free(s->samples);
+    free(s->all_logits);
+    free(s->out_start);
     free(s->row);
     ym_model_unref(s->model);
     pthread_mutex_destroy(&s->lock);
@@ -588,21 +638,29 @@ void ym_sched_free(ym_sched_t *s)
 
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g)
 {
+    return ym_sched_submit_n(s, &g, 1);
+}
+
+ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n)
+{
     pthread_mutex_lock(&s->lock);
-    /* A job waits in the queue only when every running slot is taken. */
-    int waiting = s->n_queued + s->n_running_pub - s->o.max_running;
-    if (s->stop || (waiting >= 0 && s->n_queued >= s->o.max_queue)) {
+    /* A job waits in the queue only when every running slot is taken; the last of the n
+     * decides (the queue only grows while they go in). */
+    int waiting = s->n_queued + n - 1 + s->n_running_pub - s->o.max_running;
+    if (s->stop || (waiting >= 0 && s->n_queued + n - 1 >= s->o.max_queue)) {
         pthread_mutex_unlock(&s->lock);
         return YM_EBUSY;
     }
-    ym_gen_ref(g);
-    g->queue_next = NULL;
-    if (s->q_tail)
-        s->q_tail->queue_next = g;
-    else
-        s->q_head = g;
-    s->q_tail = g;
-    s->n_queued++;
+    for (int i = 0; i < n; i++) {
+        ym_gen *g = ym_gen_ref(gs[i]);
+        g->queue_next = NULL;
+        if (s->q_tail)
+            s->q_tail->queue_next = g;
+        else
+            s->q_head = g;
+        s->q_tail = g;
+        s->n_queued++;
+    }
     ym_metrics_set(s->metrics, YM_G_QUEUE, s->n_queued);
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);

@@ -54,6 +54,11 @@ typedef struct ym_gen_params {
     int append;
     uint64_t append_serial;
     int64_t append_base;
+    /* Score the prompt (echo with logprobs): every prompt token's raw log-probability given
+     * the tokens before it, from a prefill that runs the whole prompt (nothing is resumed
+     * from the state cache; checkpoints are still stored). With max_tokens 0 the job ends
+     * after the prefill, having sampled nothing. */
+    int score_prompt;
 } ym_gen_params;
 
 /* One generated token, as the loop sees it. */
@@ -104,6 +109,20 @@ const char *ym_gen_id(const ym_gen *g);
 int ym_gen_add_choice(ym_gen *g, ym_gen *kid);
 int ym_gen_n_choices(const ym_gen *g);        /* 1 + the further choices */
 ym_gen *ym_gen_choice(ym_gen *g, int i);      /* borrowed: choice i (0: g itself) */
+/* Several prompts of one request: g, the first prompt's job, takes other (one reference), the
+ * first choice's job of its next prompt. Each is submitted on its own and runs in the batch
+ * beside the others; g only ties them to the request: ym_gen_cancel(g) and
+ * ym_gen_set_owner(g, ...) reach every prompt's jobs. 0, or -1 out of memory (other not
+ * taken). Loop thread, before submit. */
+int ym_gen_add_prompt(ym_gen *g, ym_gen *other);
+int ym_gen_n_prompts(const ym_gen *g);        /* 1 + the further prompts */
+ym_gen *ym_gen_prompt(ym_gen *g, int p);      /* borrowed: prompt p's job (0: g itself) */
+/* A score_prompt job's prompt scores, once its prefill has run them all: *toks [n] (id and
+ * logprob of each prompt token; the first has no logprob: NaN) and *tops [n * *n_top] (the
+ * most likely tokens at each position), borrowed while g lives. Returns n (the prompt's
+ * tokens), or 0 while not scored (or without score_prompt). Loop thread. */
+int ym_gen_prompt_scores(ym_gen *g, const ym_gen_tok **toks, const ym_logprob **tops,
+                         int *n_top);
 
 typedef struct ym_sched_opts {
     int max_running;
@@ -129,6 +148,9 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
 void ym_sched_free(ym_sched_t *s); /* NULL-safe */
 /* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait. */
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g);
+/* Queue n jobs at once (a request's prompts), so that they are admitted in the same pass when
+ * the running slots allow; all or none: YM_EBUSY when they do not all fit in the queue. */
+ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n);
 /* New limits for max_running (at most max_batch_tokens), prefill_chunk and max_queue (a
  * reload); values out of range are ignored; the others are fixed at start. */
 void ym_sched_set_limits(ym_sched_t *s, int max_running, int prefill_chunk, int max_queue);

@@ -73,10 +73,11 @@ typedef struct ym_hreq {
     ym_gen *gen;                  /* ref, or NULL */
     int chat;                     /* answer in the chat.completion forms (chat.c) */
     int include_usage, echo, logprobs, tokens_as_ids;
-    char *echo_text;              /* owned: the prompt text for echo */
-    size_t echo_len;
-    struct ym_choice *choices;    /* owned [n_choices] (completions.c): each choice's output */
+    struct ym_choice *choices;    /* owned [n_choices] (completions.c): each choice's output,
+                                   * prompt p's n choices at p * n .. p * n + n - 1 */
     int n_choices;
+    struct ym_prompt_out *prompts; /* owned [n_prompts] (completions.c): each prompt's echo */
+    int n_prompts;
     int started;                  /* a choice has produced output */
     ym_buf sse;                   /* streaming: bytes formatted, not yet taken by MHD */
     size_t sse_pos;
@@ -222,7 +223,7 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym__gen_take_session(ym_hreq *r, const ym_creq *q, ym_diag *diag);
 ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag);
 ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter,
-                      ym_diag *diag);
+                      ym_diag *diag); /* ids: [q->n_prompts], one per prompt */
 /* Tokenize q's text prompt (on the libuv pool when long) and submit. Takes over q's contents,
  * *root, adapter and text (the prompt's bytes when not in *root, or NULL). YM_OK when answered
  * or under way, else the error with diag. */
@@ -238,6 +239,16 @@ typedef struct ym_choice {
     ym_finish finish;             /* YM_FINISH_NONE while it runs */
     int took;                     /* on_output took new output of it this time */
 } ym_choice;
+/* What a completion echoes of one of its prompts (echo), and with logprobs its scores. */
+typedef struct ym_prompt_out {
+    char *echo;                   /* owned: the prompt's text */
+    size_t echo_len;
+    const ym_gen_tok *toks;       /* borrowed from the prompt's job once scored, else NULL */
+    const ym_logprob *tops;       /* [n_toks * n_top], borrowed likewise */
+    int n_toks, n_top;
+    size_t *offsets;              /* owned [n_toks]: where each token's text starts in echo */
+    int sent;                     /* streaming: its echo chunks went out */
+} ym_prompt_out;
 void ym__gen_choices_free(ym_hreq *r);
 /* chat.c */
 ym_err ym_chat_create(ym_hreq *r, const ym_match *m, ym_diag *diag);

@@ -1,8 +1,8 @@
 /* tests/fuzz/fuzz_completion_request.c - arbitrary bytes as a /v1/completions body (and as
  * /v1/chat/completions, /v1/tokenize and /v1/detokenize bodies).
  *
- * Must never crash or leak; an accepted request satisfies every bound the server relies on,
- * and a refused one carries a message. */
+ * Must never crash or leak; an accepted request satisfies every bound the server relies on
+ * (a prompt list's kinds and its 16-choice limit too), and a refused one carries a message. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +19,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ym_diag diag = {{0}, {0}};
     if (ym_creq_parse((const char *)data, size, &lim, &q, &root, &diag) == YM_OK) {
         YM_ASSERT(root != NULL);
+        /* No count limit on ids here: the server refuses a long prompt after tokenization,
+         * whatever its form (max_prompt_tokens). */
         YM_ASSERT((q.prompt != NULL && q.prompt_len > 0) ||
-                  (q.prompt_ids != NULL && q.n_prompt_ids > 0 && q.n_prompt_ids <= 1024));
+                  (q.prompt_ids != NULL && q.n_prompt_ids > 0));
         YM_ASSERT(q.max_tokens >= 0 && q.max_tokens <= 4096);
         YM_ASSERT(q.n_stops >= 0 && q.n_stops <= YM_MAX_STOPS);
         for (int i = 0; i < q.n_stops; i++)
@@ -29,6 +31,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         YM_ASSERT(ym_sampling_validate(&q.sampling, NULL) == YM_OK);
         for (size_t i = 0; i < q.n_prompt_ids; i++)
             YM_ASSERT(q.prompt_ids[i] >= 0);
+        /* A list of prompts: all of one kind, none empty, at most 16 choices in all. */
+        YM_ASSERT(q.n_prompts >= 1 && q.n_choices >= 1 &&
+                  q.n_prompts * q.n_choices <= YM_MAX_CHOICES);
+        for (int k = 1; k < q.n_prompts; k++) {
+            const ym_creq_prompt *p = &q.more[k - 1];
+            if (q.prompt != NULL)
+                YM_ASSERT(p->text != NULL && p->len > 0 && p->ids == NULL);
+            else
+                YM_ASSERT(p->text == NULL && p->ids != NULL && p->n_ids > 0);
+            for (size_t i = 0; i < p->n_ids; i++)
+                YM_ASSERT(p->ids[i] >= 0);
+        }
+        for (int k = q.n_prompts; k < YM_MAX_CHOICES; k++)
+            YM_ASSERT(q.more[k - 1].text == NULL && q.more[k - 1].ids == NULL);
         ym_creq_deinit(&q);
         json_decref(root);
     } else {
@@ -36,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     if (ym_chatreq_parse((const char *)data, size, &lim, &q, &root, &diag) == YM_OK) {
-        YM_ASSERT(root != NULL && q.prompt == NULL && q.prompt_ids == NULL);
+        YM_ASSERT(root != NULL && q.prompt == NULL && q.prompt_ids == NULL && q.n_prompts == 1);
         YM_ASSERT(json_is_array(q.messages) && json_array_size(q.messages) > 0);
         for (size_t i = 0; i < json_array_size(q.messages); i++) {
             json_t *m = json_array_get(q.messages, i);

@@ -319,7 +319,17 @@ class Completions(unittest.TestCase):
             (json.dumps({"max_tokens": 5}), 400, "prompt"),
             (json.dumps({"prompt": ""}), 400, "prompt"),
             (json.dumps({"prompt": 5}), 400, "prompt"),
-            (json.dumps({"prompt": ["a", "b"]}), 400, "prompt"),
+            (json.dumps({"prompt": []}), 400, "prompt"),
+            (json.dumps({"prompt": ["a", [1]]}), 400, "prompt"),
+            (json.dumps({"prompt": [[1], "a"]}), 400, "prompt"),
+            (json.dumps({"prompt": ["a", 5]}), 400, "prompt"),
+            (json.dumps({"prompt": ["a", ""]}), 400, "prompt"),
+            (json.dumps({"prompt": [[1], []]}), 400, "prompt"),
+            (json.dumps({"prompt": [[1], [2, "x"]]}), 400, "prompt"),
+            (json.dumps({"prompt": [[1], [10 ** 7]]}), 400, "prompt"),
+            (json.dumps({"prompt": ["a"] * 17}), 400, "prompt"),
+            (json.dumps({"prompt": ["a", "b", "c"], "n": 6}), 400, "prompt"),
+            (json.dumps({"prompt": ["a", "b"], "session_id": "two"}), 400, "session_id"),
             (json.dumps({"prompt": [1, -2]}), 400, "prompt"),
             (json.dumps({"prompt": [10 ** 7]}), 400, "prompt"),
             (json.dumps({"prompt": "x", "temperature": 5}), 400, "temperature"),
@@ -344,7 +354,8 @@ class Completions(unittest.TestCase):
             (json.dumps({"prompt": "x", "seed": "s"}), 400, "seed"),
             (json.dumps({"prompt": "x", "logit_bias": {"5": 101}}), 400, "logit_bias"),
             (json.dumps({"prompt": "x", "suffix": "y"}), 400, "suffix"),
-            (json.dumps({"prompt": "x", "echo": True, "logprobs": 1}), 400, "echo"),
+            (json.dumps({"prompt": "x", "echo": True, "logprobs": 1, "session_id": "s"}), 400,
+             "session_id"),
             (json.dumps({"prompt": "x", "model": "gpt-4"}), 404, "model"),
         ]
         for body, status, param in cases:
@@ -355,6 +366,10 @@ class Completions(unittest.TestCase):
             self.assertEqual(set(err), {"message", "type", "param", "code"})
             self.assertTrue(err["message"])
             self.assertEqual(err["param"], param, (body, err))
+        r = self.d.post("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 0},
+                        headers={"X-Session-Id": "s"})
+        self.assertEqual(r.status_code, 400, r.text)
+        self.assertEqual(r.json()["error"]["param"], "session_id")
         r = requests.get(self.d.url + "/v1/completions", timeout=T)
         self.assertEqual(r.status_code, 405)
         self.assertIn("POST", r.json()["error"]["message"])
@@ -573,10 +588,14 @@ class Chat(unittest.TestCase):
                         if isinstance(m["content"], list) else m for m in conv]
             prompt = jinja_render(self.template, ref_msgs)
             want = generate(prompt, 24, "--temperature", "0")
-            obj = self.chat({"model": "shakespeare-mamba", "messages": conv, "max_tokens": 24,
+            r = self.d.post("/v1/chat/completions",
+                            {"model": "shakespeare-mamba", "messages": conv, "max_tokens": 24,
                              "temperature": 0})
+            self.assertEqual(r.status_code, 200, r.text)
+            obj = r.json()
             self.assertEqual(obj["object"], "chat.completion")
             self.assertTrue(obj["id"].startswith("chatcmpl-"), obj["id"])
+            self.assertEqual(r.headers["X-Request-Id"], obj["id"])
             self.assertEqual(obj["model"], "shakespeare-mamba")
             self.assertEqual(len(obj["choices"]), 1)
             ch = obj["choices"][0]
@@ -588,6 +607,28 @@ class Chat(unittest.TestCase):
             u = obj["usage"]
             self.assertEqual(u["prompt_tokens"], tokens)
             self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+
+    def test_ids_agree_with_the_header(self):
+        """The body's id (and every chunk's) is the X-Request-Id header: "chatcmpl-" for a
+        chat, "cmpl-" for a completion (OpenAI's prefixes), "req-" for other routes; a
+        client's own X-Request-Id names the answer whole."""
+        for path, body, prefix in (
+                ("/v1/chat/completions", {"messages": self.CONV, "max_tokens": 3}, "chatcmpl-"),
+                ("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3}, "cmpl-")):
+            r = self.d.post(path, body)
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertTrue(r.json()["id"].startswith(prefix), r.json()["id"])
+            self.assertEqual(r.json()["id"], r.headers["X-Request-Id"])
+            r = requests.post(self.d.url + path, json=dict(body, stream=True), stream=True,
+                              timeout=T)
+            ids = {json.loads(line[6:])["id"] for line in r.iter_lines()
+                   if line.startswith(b"data: {")}
+            self.assertEqual(ids, {r.headers["X-Request-Id"]})
+            self.assertTrue(ids.pop().startswith(prefix))
+            r = self.d.post(path, body, headers={"X-Request-Id": "client-7"})
+            self.assertEqual((r.json()["id"], r.headers["X-Request-Id"]), ("client-7", "client-7"))
+        r = self.d.post("/v1/tokenize", {"prompt": "ROMEO:"})
+        self.assertTrue(r.headers["X-Request-Id"].startswith("req-"), r.headers["X-Request-Id"])
 
     def test_fields_as_completions(self):
         """Sampling fields, stop, max_completion_tokens and seed: the same answer as
@@ -692,7 +733,7 @@ class Chat(unittest.TestCase):
                         headers={"X-Request-Id": "my-chat.1"})
         self.assertEqual(r.status_code, 200, r.text)
         obj = r.json()
-        self.assertEqual(obj["id"], "chatcmpl-my-chat.1")
+        self.assertEqual(obj["id"], "my-chat.1")  # the client's own id, as the header says
         self.assertEqual(r.headers["X-Request-Id"], "my-chat.1")
         self.assertEqual(obj["choices"][0]["message"]["content"], want["choices"][0]["text"])
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
@@ -1001,6 +1042,304 @@ class Choices(unittest.TestCase):
         # The slots are free: a group of max_running choices runs.
         r = self.complete({"prompt": "ROMEO:", "max_tokens": 3, "n": 8})
         self.assertEqual(len(r["choices"]), 8)
+
+
+_REF_MODEL = None
+
+
+def reference_logprobs(ids):
+    """Each position's log-softmax over the tokenizer's vocabulary, [len(ids), V]: the Python
+    toolkit's own Mamba (tools/train/yunmin_train, PyTorch, float64) on the served model's
+    weights, written from the published equations independently of the C engine. The
+    embedding's padding rows beyond the tokenizer's ids (4104 rows, 4100 ids here) are no
+    tokens: the server's distribution leaves them out, and so does this one."""
+    global _REF_MODEL
+    import torch
+    if _REF_MODEL is None:
+        sys.path.insert(0, os.path.join(ROOT, "tools", "train"))
+        from yunmin_train.model import load_model
+        _REF_MODEL = load_model(MODEL, dtype=torch.float64).eval()
+    with open(os.path.join(MODEL, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    n_real = 1 + max(list(tj["model"]["vocab"].values()) +
+                     [t["id"] for t in tj.get("added_tokens", [])])
+    with torch.no_grad():
+        logits = _REF_MODEL(torch.tensor([ids]))[0]
+        return torch.log_softmax(logits[:, :n_real], dim=-1)
+
+
+LOGPROB_TOL = 1e-4  # float32 engine against the float64 reference: measured <= 1e-5
+
+
+class EchoLogprobs(unittest.TestCase):
+    """echo with logprobs on /v1/completions: the prompt's tokens are scored too (OpenAI's
+    "score a prompt" use with max_tokens 0). The reference for every prompt token's logprob
+    and alternatives is reference_logprobs(); the generated part is the plain request's."""
+
+    @classmethod
+    def setUpClass(cls):
+        # A short checkpoint interval: long prompts cross checkpoints that a second request
+        # could resume from (echo with logprobs must not).
+        cls.d = Daemon("--checkpoint-interval", "32")
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        if rc != 0:
+            print(cls.d.log(), file=sys.stderr)
+        assert rc == 0, "yunmind exit status %r after SIGTERM" % rc
+
+    def ids(self, text):
+        return self.d.post("/v1/tokenize", {"prompt": text}).json()["tokens"]
+
+    def check_prompt_part(self, lp, ids, text, k):
+        """The first len(ids) entries of lp score ids against the reference."""
+        ref = reference_logprobs(ids)
+        n = len(ids)
+        self.assertIsNone(lp["token_logprobs"][0])
+        self.assertIsNone(lp["top_logprobs"][0])
+        self.assertEqual(lp["text_offset"][0], 0)
+        worst = 0.0
+        for i in range(1, n):
+            want = ref[i - 1, ids[i]].item()
+            worst = max(worst, abs(lp["token_logprobs"][i] - want))
+            top = lp["top_logprobs"][i]
+            self.assertLessEqual(len(top), k + 1)
+            best = sorted(ref[i - 1].tolist(), reverse=True)[:k]
+            got = sorted(top.values(), reverse=True)
+            for a, b in zip(got, best):  # the k best, plus the prompt's token if not among them
+                worst = max(worst, abs(a - b))
+        print("echo logprobs: %d prompt tokens, max |server - reference| = %.2g" % (n, worst),
+              file=sys.stderr)
+        self.assertLess(worst, LOGPROB_TOL)
+        # Offsets: where each token's text starts in the echoed prompt.
+        toks = lp["tokens"][:n]
+        self.assertEqual("".join(toks), text)
+        self.assertEqual(lp["text_offset"][:n],
+                         [len("".join(toks[:i]).encode()) for i in range(n)])
+
+    def test_score_a_prompt_with_max_tokens_0(self):
+        text = "KING RICHARD III:\nNow is the winter of our discontent"
+        ids = self.ids(text)
+        r = self.d.post("/v1/completions", {"prompt": text, "max_tokens": 0, "echo": True,
+                                            "logprobs": 5})
+        self.assertEqual(r.status_code, 200, r.text)
+        ch = r.json()["choices"][0]
+        self.assertEqual(ch["text"], text)
+        self.assertEqual(ch["finish_reason"], "length")
+        self.assertEqual(len(ch["logprobs"]["tokens"]), len(ids))
+        self.check_prompt_part(ch["logprobs"], ids, text, 5)
+        self.assertEqual(r.json()["usage"]["completion_tokens"], 0)
+        self.assertEqual(r.json()["usage"]["prompt_tokens"], len(ids))
+
+    def test_prompt_then_generated_tokens(self):
+        text = "JULIET:\nO Romeo, Romeo"
+        ids = self.ids(text)
+        plain = self.d.post("/v1/completions", {"prompt": text, "max_tokens": 8,
+                                                "temperature": 0, "logprobs": 2}).json()
+        r = self.d.post("/v1/completions", {"prompt": text, "max_tokens": 8, "temperature": 0,
+                                            "logprobs": 2, "echo": True}).json()
+        ch, pch = r["choices"][0], plain["choices"][0]
+        self.assertEqual(ch["text"], text + pch["text"])
+        lp, plp = ch["logprobs"], pch["logprobs"]
+        self.check_prompt_part(lp, ids, text, 2)
+        n = len(ids)
+        self.assertEqual(lp["tokens"][n:], plp["tokens"])
+        self.assertEqual(lp["token_logprobs"][n:], plp["token_logprobs"])
+        self.assertEqual(lp["top_logprobs"][n:], plp["top_logprobs"])
+        self.assertEqual(lp["text_offset"][n:], [len(text) + o for o in plp["text_offset"]])
+        self.assertEqual(r["usage"], plain["usage"])
+        # Token-id prompts echo their decoded text; ids name the tokens when asked.
+        r = self.d.post("/v1/completions", {"prompt": ids, "max_tokens": 0, "echo": True,
+                                            "logprobs": 0, "return_tokens_as_token_ids": True})
+        lp = r.json()["choices"][0]["logprobs"]
+        self.assertEqual(r.json()["choices"][0]["text"], text)
+        self.assertEqual(lp["tokens"], ["token_id:%d" % i for i in ids])
+
+    def test_long_prompt_scored_over_many_chunks_and_never_resumed(self):
+        """A prompt of several hundred tokens: scored in many steps (a step holds a bounded
+        number of scored rows), equal to the reference; sent twice, the second run may not
+        start from the first one's prefix checkpoints (they hold no logits)."""
+        text = read_text("data/tinyshakespeare.txt")[:1500]
+        ids = self.ids(text)
+        self.assertGreater(len(ids), 200)
+        for _ in range(2):
+            r = self.d.post("/v1/completions", {"prompt": text, "max_tokens": 2, "echo": True,
+                                                "logprobs": 1, "temperature": 0}).json()
+            self.assertEqual(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+            self.check_prompt_part(r["choices"][0]["logprobs"], ids, text, 1)
+        # The checkpoints exist: the same prompt without logprobs resumes from them.
+        r = self.d.post("/v1/completions", {"prompt": text, "max_tokens": 2, "echo": True,
+                                            "temperature": 0}).json()
+        self.assertGreater(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+
+    def test_stream_first_chunk_carries_the_prompt(self):
+        text = "ROMEO:\nWhat light"
+        ids = self.ids(text)
+        body = {"prompt": text, "max_tokens": 6, "temperature": 0, "logprobs": 3, "echo": True}
+        plain = self.d.post("/v1/completions", body).json()["choices"][0]
+        _, chunks, _ = stream(self.d, body)
+        first = chunks[0]["choices"][0]
+        self.assertEqual(first["text"], text)
+        self.assertEqual(first["logprobs"]["tokens"], plain["logprobs"]["tokens"][:len(ids)])
+        self.assertEqual(first["logprobs"]["token_logprobs"],
+                         plain["logprobs"]["token_logprobs"][:len(ids)])
+        self.assertIsNone(first["finish_reason"])
+        merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        text_all = ""
+        for c in chunks:
+            ch = c["choices"][0]
+            text_all += ch["text"]
+            for k in merged:
+                merged[k] += (ch["logprobs"] or {}).get(k, [])
+        self.assertEqual(text_all, plain["text"])
+        self.assertEqual(merged, plain["logprobs"])
+        # max_tokens 0: the prompt's chunk, then the finish.
+        _, chunks, _ = stream(self.d, dict(body, max_tokens=0))
+        self.assertEqual(chunks[0]["choices"][0]["text"], text)
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "length")
+
+    def test_n_and_several_prompts(self):
+        texts = ["ROMEO:", "First Citizen:\nBefore we proceed"]
+        r = self.d.post("/v1/completions", {"prompt": texts, "n": 2, "max_tokens": 4,
+                                            "temperature": 0, "echo": True,
+                                            "logprobs": 1}).json()
+        self.assertEqual([c["index"] for c in r["choices"]], [0, 1, 2, 3])
+        for p, text in enumerate(texts):
+            one = self.d.post("/v1/completions", {"prompt": text, "max_tokens": 4,
+                                                  "temperature": 0, "echo": True,
+                                                  "logprobs": 1}).json()["choices"][0]
+            for j in range(2):
+                # The same tokens; logprobs equal up to float rounding (a batch of other
+                # rows may take other matrix kernels than a request alone).
+                ch = r["choices"][p * 2 + j]
+                self.assertEqual(ch["text"], one["text"])
+                got, want = ch["logprobs"], one["logprobs"]
+                for k in ("tokens", "text_offset"):
+                    self.assertEqual(got[k], want[k])
+                for a, b in zip(got["token_logprobs"], want["token_logprobs"]):
+                    self.assertTrue(a == b or abs(a - b) < 1e-4, (a, b))
+
+
+class Prompts(unittest.TestCase):
+    """Several prompts in one /v1/completions request (OpenAI's list forms). Each prompt's
+    choices equal a request of that prompt alone (itself checked against `yunmin generate`
+    above); choice index = prompt index * n + j."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon()
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        if rc != 0:
+            print(cls.d.log(), file=sys.stderr)
+        assert rc == 0, "yunmind exit status %r after SIGTERM" % rc
+
+    def complete(self, body):
+        r = self.d.post("/v1/completions", body)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_list_of_strings_and_of_id_lists(self):
+        prompts = PROMPTS[:3]
+        body = {"max_tokens": 10, "temperature": 1.0, "seed": 11, "n": 2}
+        alone = [self.complete(dict(body, prompt=p)) for p in prompts]
+        ids = [self.d.post("/v1/tokenize", {"prompt": p}).json()["tokens"] for p in prompts]
+        for form in (prompts, ids):
+            r = self.complete(dict(body, prompt=form))
+            self.assertEqual([c["index"] for c in r["choices"]], list(range(6)))
+            for p in range(3):
+                for j in range(2):
+                    got, want = r["choices"][p * 2 + j], alone[p]["choices"][j]
+                    self.assertEqual((got["text"], got["finish_reason"]),
+                                     (want["text"], want["finish_reason"]))
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                self.assertEqual(r["usage"][k], sum(a["usage"][k] for a in alone), k)
+        # echo gives each choice its own prompt's text
+        r = self.complete({"prompt": prompts, "max_tokens": 3, "temperature": 0, "echo": True})
+        for p in range(3):
+            self.assertTrue(r["choices"][p]["text"].startswith(prompts[p]))
+        # A one-element list is one prompt; 16 choices in all is the limit.
+        self.assertEqual(len(self.complete({"prompt": ["ROMEO:"], "max_tokens": 1})["choices"]), 1)
+        r = self.complete({"prompt": PROMPTS[:4], "n": 4, "max_tokens": 1})
+        self.assertEqual(len(r["choices"]), 16)
+
+    def test_long_prompts_tokenized_off_the_loop(self):
+        """Prompts over 32 KiB together are tokenized on the libuv pool, all of them."""
+        t = read_text("data/tinyshakespeare.txt")
+        texts = [t[:16500], t[16500:33000]]  # 33000 bytes together
+        r = self.complete({"prompt": texts, "max_tokens": 3, "temperature": 0})
+        alone = [self.complete({"prompt": x, "max_tokens": 3, "temperature": 0}) for x in texts]
+        self.assertEqual([c["text"] for c in r["choices"]],
+                         [a["choices"][0]["text"] for a in alone])
+        self.assertEqual(r["usage"]["prompt_tokens"], sum(a["usage"]["prompt_tokens"]
+                                                          for a in alone))
+
+    def test_stream_chunks_carry_their_index(self):
+        prompts = ["ROMEO:", "JULIET:"]
+        body = {"prompt": prompts, "n": 2, "max_tokens": 8, "temperature": 1.0, "seed": 4}
+        plain = self.complete(body)
+        _, chunks, usage = stream(self.d, dict(body, stream_options={"include_usage": True}))
+        texts, fins = [""] * 4, [None] * 4
+        for c in chunks:
+            for ch in c["choices"]:
+                self.assertIsNone(fins[ch["index"]], "output after finish_reason")
+                texts[ch["index"]] += ch["text"]
+                fins[ch["index"]] = ch["finish_reason"]
+        self.assertEqual(texts, [c["text"] for c in plain["choices"]])
+        self.assertEqual(fins, [c["finish_reason"] for c in plain["choices"]])
+        self.assertEqual(usage, plain["usage"])
+
+    def test_prompts_run_together_in_the_batch(self):
+        """4 prompts of 24 tokens each: run together they take 24 engine steps, each with the
+        4 sequences (they enter the queue at once, so one admission takes them all); one
+        after another they would take about 96."""
+        steps0 = self.d.metric("yunmin_engine_steps_total")
+        seqs0 = self.d.metric("yunmin_batch_sequences_sum")
+        r = self.complete({"prompt": PROMPTS[:4], "max_tokens": 24, "ignore_eos": True,
+                           "temperature": 0})
+        self.assertEqual(r["usage"]["completion_tokens"], 96)
+        steps = self.d.metric("yunmin_engine_steps_total") - steps0
+        seqs = self.d.metric("yunmin_batch_sequences_sum") - seqs0
+        print("4 prompts x 24 tokens: %d engine steps, %.2f sequences per step"
+              % (steps, seqs / steps), file=sys.stderr)
+        self.assertLessEqual(steps, 25)
+        self.assertGreaterEqual(seqs / steps, 3.8)
+
+    def test_a_full_queue_refuses_the_whole_request(self):
+        """Each prompt takes a place in the queue: when they do not all fit, the request is
+        refused (503) and none of its prompts is queued or run."""
+        d = Daemon("--max-running", "1", "--max-queue", "1")
+        try:
+            r = d.post("/v1/completions", {"prompt": PROMPTS[:4], "max_tokens": 50})
+            self.assertEqual(r.status_code, 503, r.text)
+            self.assertEqual(r.json()["error"]["code"], "queue_full")
+            deadline = time.time() + 20
+            while time.time() < deadline and (d.metric("yunmin_running_sequences") or
+                                              d.metric("yunmin_queue_depth")):
+                time.sleep(0.05)
+            self.assertEqual(d.metric("yunmin_running_sequences"), 0)
+            self.assertEqual(d.metric("yunmin_queue_depth"), 0)
+            r = d.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3})
+            self.assertEqual(r.status_code, 200, r.text)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_cancel_reaches_every_prompt(self):
+        body = {"prompt": PROMPTS[:3], "n": 2, "max_tokens": 5000, "ignore_eos": True,
+                "stream": True}
+        r = requests.post(self.d.url + "/v1/completions", json=body, stream=True, timeout=T)
+        it = r.iter_lines()
+        for _ in range(8):
+            next(it)
+        self.assertEqual(self.d.metric("yunmin_running_sequences"), 6)
+        r.close()
+        deadline = time.time() + 20
+        while time.time() < deadline and self.d.metric("yunmin_running_sequences") != 0:
+            time.sleep(0.1)
+        self.assertEqual(self.d.metric("yunmin_running_sequences"), 0)
 
 
 class Limits(unittest.TestCase):

@@ -205,6 +205,55 @@ START_TEST(test_creq_prompt_forms_and_defaults)
 }
 END_TEST
 
+START_TEST(test_creq_prompt_lists)
+{
+    ym_creq q;
+    json_t *root;
+    ym_diag d = {0};
+    const char *texts = "{\"prompt\": [\"ab\", \"c\\u0000d\", \"e\"], \"n\": 5}";
+    ck_assert_int_eq(ym_creq_parse(texts, strlen(texts), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.n_prompts, 3);
+    ck_assert_int_eq(q.n_choices, 5);
+    ck_assert_uint_eq(q.prompt_len, 2);
+    ck_assert_uint_eq(q.more[0].len, 3);
+    ck_assert_int_eq(memcmp(q.more[0].text, "c\0d", 3), 0);
+    ck_assert_str_eq(q.more[1].text, "e");
+    ck_assert_ptr_null(q.prompt_ids);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    const char *ids = "{\"prompt\": [[1, 2], [3], [4, 5, 6]]}";
+    ck_assert_int_eq(ym_creq_parse(ids, strlen(ids), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.n_prompts, 3);
+    ck_assert_uint_eq(q.n_prompt_ids, 2);
+    ck_assert_uint_eq(q.more[0].n_ids, 1);
+    ck_assert_int_eq(q.more[0].ids[0], 3);
+    ck_assert_uint_eq(q.more[1].n_ids, 3);
+    ck_assert_int_eq(q.more[1].ids[2], 6);
+    ck_assert_ptr_null(q.prompt);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    /* One id list is one prompt, as OpenAI reads it; a string is one prompt. */
+    const char *one = "{\"prompt\": [7, 8]}";
+    ck_assert_int_eq(ym_creq_parse(one, strlen(one), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.n_prompts, 1);
+    ck_assert_uint_eq(q.n_prompt_ids, 2);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    /* 16 choices in all is the limit: 4 prompts times n = 4 pass, 17 prompts do not. */
+    const char *sixteen = "{\"prompt\": [\"a\", \"b\", \"c\", \"d\"], \"n\": 4}";
+    ck_assert_int_eq(ym_creq_parse(sixteen, strlen(sixteen), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.n_prompts * q.n_choices, YM_MAX_CHOICES);
+    ym_creq_deinit(&q);
+    json_decref(root);
+    /* The chat body has one prompt. */
+    const char *chat = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}";
+    ck_assert_int_eq(ym_chatreq_parse(chat, strlen(chat), &LIM, &q, &root, &d), YM_OK);
+    ck_assert_int_eq(q.n_prompts, 1);
+    ym_creq_deinit(&q);
+    json_decref(root);
+}
+END_TEST
+
 START_TEST(test_creq_rejects_each_bad_field)
 {
     static const struct {
@@ -220,7 +269,18 @@ START_TEST(test_creq_rejects_each_bad_field)
         {"{\"prompt\": [1.5]}", "prompt"},
         {"{\"prompt\": [-1]}", "prompt"},
         {"{\"prompt\": [4294967296]}", "prompt"},
-        {"{\"prompt\": [\"a\", \"b\"]}", "prompt"},
+        {"{\"prompt\": [\"a\", [1]]}", "prompt"},
+        {"{\"prompt\": [[1], \"a\"]}", "prompt"},
+        {"{\"prompt\": [\"a\", 5]}", "prompt"},
+        {"{\"prompt\": [\"a\", null]}", "prompt"},
+        {"{\"prompt\": [\"a\", \"\"]}", "prompt"},
+        {"{\"prompt\": [[1], []]}", "prompt"},
+        {"{\"prompt\": [[1], [2, \"x\"]]}", "prompt"},
+        {"{\"prompt\": [[1], [-2]]}", "prompt"},
+        {"{\"prompt\": [[]]}", "prompt"},
+        {"{\"prompt\": [\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+         "\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}", "prompt"},
+        {"{\"prompt\": [\"a\", \"b\", \"c\"], \"n\": 6}", "prompt"},
         {"{\"prompt\": {}}", "prompt"},
         {"{\"prompt\": \"x\", \"model\": 5}", "model"},
         {"{\"prompt\": \"x\", \"session_id\": 5}", "session_id"},
@@ -1604,6 +1664,7 @@ static Suite *server_suite(void)
     tc = tcase_create("request");
     tcase_add_test(tc, test_creq_full_request);
     tcase_add_test(tc, test_creq_prompt_forms_and_defaults);
+    tcase_add_test(tc, test_creq_prompt_lists);
     tcase_add_test(tc, test_creq_rejects_each_bad_field);
     tcase_add_test(tc, test_chatreq_messages_and_fields);
     tcase_add_test(tc, test_chatreq_rejects_each_bad_field);

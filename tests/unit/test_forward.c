@@ -252,6 +252,49 @@ START_TEST(test_forward_batched_equals_alone_and_decode_equals_prefill)
 }
 END_TEST
 
+/* all_logits: a marked sequence gets a row of logits per token, the same rows YM_LOGITS_ALL
+ * gives it, while the others keep their last row (a prompt scored beside decoding rows), in
+ * the fast forward and in the reference. */
+START_TEST(test_forward_all_logits_marks_give_every_row_of_their_sequence)
+{
+    ym_config cfg = tiny_config(48, 2, 16, 4, 3, 60, 0);
+    ym_model_t *m = tiny_model(&cfg, 11);
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, 32, 2, &ctx), YM_OK);
+    size_t V = (size_t)cfg.n_vocab;
+    /* Sequences 0 (7 rows) and 2 (12 rows) marked, 1 (1 row) not: 7 + 1 + 12 rows out. */
+    const unsigned char marks[3] = {1, 0, 1};
+    for (int ref = 0; ref < 2; ref++) {
+        ym_state_t **sm = states_new(&cfg, 3), **sa = states_new(&cfg, 3);
+        float *lm = calloc(20 * V, sizeof(float)), *la = calloc(20 * V, sizeof(float));
+        ym_batch b = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = sm,
+                      .logits = YM_LOGITS_LAST, .all_logits = marks};
+        ym_batch all = {.n_seq = 3, .tokens = TOKS, .seq_start = STARTS, .states = sa,
+                        .logits = YM_LOGITS_ALL};
+        if (ref) {
+            ck_assert_int_eq(ym_forward_ref(m, &b, lm), YM_OK);
+            ck_assert_int_eq(ym_forward_ref(m, &all, la), YM_OK);
+        } else {
+            ck_assert_int_eq(ym_forward(ctx, &b, lm, NULL), YM_OK);
+            ck_assert_int_eq(ym_forward(ctx, &all, la, NULL), YM_OK);
+        }
+        /* every row equals YM_LOGITS_ALL's row of the same token, bit for bit or nearly */
+        float d = max_abs_diff(lm, la, 7 * V);                      /* sequence 0, all rows */
+        float d1 = max_abs_diff(lm + 7 * V, la + 7 * V, V);          /* sequence 1, its row */
+        float d2 = max_abs_diff(lm + 8 * V, la + 8 * V, 12 * V);     /* sequence 2, all rows */
+        printf("all_logits (%s): max |marked - all| = %.3g %.3g %.3g\n", ref ? "ref" : "fast",
+               d, d1, d2);
+        ck_assert_msg(d < 1e-5f && d1 < 1e-5f && d2 < 1e-5f, "diff %g %g %g", d, d1, d2);
+        free(lm);
+        free(la);
+        states_free(sm, 3);
+        states_free(sa, 3);
+    }
+    ym_ctx_free(ctx);
+    ym_model_unref(m);
+}
+END_TEST
+
 START_TEST(test_forward_rejects_bad_batches_without_touching_state)
 {
     ym_config cfg = tiny_config(16, 1, 4, 4, 1, 20, 0);
@@ -392,6 +435,7 @@ Suite *forward_suite(void)
     tcase_add_test(tc, test_forward_low_bit_types_match_reference);
     tcase_add_test(tc, test_forward_portable_kernels_match_reference);
     tcase_add_test(tc, test_forward_batched_equals_alone_and_decode_equals_prefill);
+    tcase_add_test(tc, test_forward_all_logits_marks_give_every_row_of_their_sequence);
     tcase_add_test(tc, test_forward_rejects_bad_batches_without_touching_state);
     tcase_add_test(tc, test_softplus_kernel_accurate_over_the_range);
     tcase_add_test(tc, test_conv_kernel_matches_portable_on_every_slice);

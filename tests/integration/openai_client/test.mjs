@@ -190,6 +190,101 @@ await test('completions.create with logprobs: 2', async () => {
     }
 });
 
+await test('completions.create: the response id is the x-request-id header', async () => {
+    const c = await client.completions.create({...request, max_tokens: 2});
+    check(typeof c.id === 'string' && c.id.startsWith('cmpl-'), `id = ${show(c.id)}`);
+    check(c._request_id === c.id, `x-request-id ${show(c._request_id)}, id ${show(c.id)}`);
+});
+
+const PROMPTS = [PROMPT, 'JULIET:'];
+
+await test('completions.create with a list of prompts and n: 2', async () => {
+    const c = await client.completions.create({...request, prompt: PROMPTS, n: 2});
+    check(c.choices.length === 4, `${c.choices.length} choices, want 2 prompts x n 2 = 4`);
+    check(c.choices.every((ch, i) => ch.index === i),
+          `indexes ${show(c.choices.map(ch => ch.index))}, want [0, 1, 2, 3]`);
+    let prompt = 0, completion = 0;
+    for (let p = 0; p < PROMPTS.length; p++) {
+        const one = await client.completions.create({...request, prompt: PROMPTS[p]});
+        for (let j = 0; j < 2; j++)
+            check(c.choices[p * 2 + j].text === one.choices[0].text,
+                  `choice ${p * 2 + j}: ${show(c.choices[p * 2 + j].text)}, prompt ${p} ` +
+                      `alone: ${show(one.choices[0].text)}`);
+        prompt += one.usage.prompt_tokens;
+        completion += 2 * one.usage.completion_tokens;
+    }
+    check(c.usage.prompt_tokens === prompt && c.usage.completion_tokens === completion,
+          `usage ${show(c.usage)}, want prompt_tokens ${prompt}, completion_tokens ${completion}`);
+});
+
+await test('completions.create with a list of token-id lists, streaming', async () => {
+    const ids = [[510, 1110, 27], [27]];
+    const stream = await client.completions.create(
+        {...request, prompt: ids, stream: true, max_tokens: 4});
+    const texts = ['', ''], fins = [null, null];
+    for await (const chunk of stream) {
+        for (const ch of chunk.choices) {
+            check(ch.index === 0 || ch.index === 1, `chunk index ${show(ch.index)}`);
+            check(fins[ch.index] === null, `output for ${ch.index} after its finish_reason`);
+            texts[ch.index] += ch.text;
+            fins[ch.index] = ch.finish_reason ?? null;
+        }
+    }
+    for (let p = 0; p < 2; p++) {
+        const one = await client.completions.create({...request, prompt: ids[p], max_tokens: 4});
+        check(texts[p] === one.choices[0].text,
+              `streamed choice ${p}: ${show(texts[p])}, alone: ${show(one.choices[0].text)}`);
+        check(fins[p] === one.choices[0].finish_reason, `finish_reason ${show(fins[p])}`);
+    }
+});
+
+await test('completions.create with echo and logprobs, max_tokens 0: a scored prompt',
+           async () => {
+    const c = await client.completions.create(
+        {...request, prompt: 'ROMEO:\nWhat light', max_tokens: 0, echo: true, logprobs: 1});
+    const ch = c.choices[0], lp = ch.logprobs;
+    check(ch.text === 'ROMEO:\nWhat light', `text = ${show(ch.text)}`);
+    check(c.usage.completion_tokens === 0, `completion_tokens ${c.usage.completion_tokens}`);
+    check(lp.tokens.length === c.usage.prompt_tokens,
+          `${lp.tokens.length} tokens, prompt_tokens ${c.usage.prompt_tokens}`);
+    check(lp.tokens.join('') === ch.text, `tokens ${show(lp.tokens)} do not spell the prompt`);
+    check(lp.token_logprobs[0] === null && lp.top_logprobs[0] === null,
+          `the first prompt token has ${show(lp.token_logprobs[0])} / ${show(lp.top_logprobs[0])}`);
+    for (let i = 1; i < lp.tokens.length; i++) {
+        const p = lp.token_logprobs[i];
+        check(typeof p === 'number' && Number.isFinite(p) && p <= 1e-6,
+              `token_logprobs[${i}] = ${show(p)}`);
+        check(lp.tokens[i] in lp.top_logprobs[i],
+              `top_logprobs[${i}] lacks the prompt's token ${show(lp.tokens[i])}`);
+        check(lp.text_offset[i] > lp.text_offset[i - 1], `text_offset ${show(lp.text_offset)}`);
+    }
+});
+
+await test('completions.create with echo and logprobs: prompt, then the answer', async () => {
+    check(reference !== null, 'needs the non-streaming result, which failed');
+    const c = await client.completions.create({...request, echo: true, logprobs: 2});
+    const plain = await client.completions.create({...request, logprobs: 2});
+    const ch = c.choices[0];
+    check(ch.text === PROMPT + reference.choices[0].text, `text = ${show(ch.text)}`);
+    const n = c.usage.prompt_tokens;
+    check(show(ch.logprobs.tokens.slice(n)) === show(plain.choices[0].logprobs.tokens),
+          `generated tokens ${show(ch.logprobs.tokens.slice(n))}, without echo ${show(
+              plain.choices[0].logprobs.tokens)}`);
+    check(ch.logprobs.token_logprobs[0] === null, 'the first prompt token has a logprob');
+    const stream = await client.completions.create(
+        {...request, echo: true, logprobs: 2, stream: true});
+    let first = null, text = '';
+    for await (const chunk of stream) {
+        if (first === null)
+            first = chunk.choices[0];
+        text += chunk.choices[0]?.text ?? '';
+    }
+    check(first.text === PROMPT, `the first chunk's text ${show(first.text)}, want the prompt`);
+    check(show(first.logprobs?.tokens) === show(ch.logprobs.tokens.slice(0, n)),
+          `the first chunk's tokens ${show(first.logprobs?.tokens)}`);
+    check(text === ch.text, `streamed ${show(text)}, non-streaming ${show(ch.text)}`);
+});
+
 async function expectError(name, params, Cls, status, param) {
     await test(name, async () => {
         let err = null;
@@ -211,6 +306,18 @@ async function expectError(name, params, Cls, status, param) {
 
 await expectError('temperature: 5 raises BadRequestError naming temperature',
                   {...request, temperature: 5}, OpenAI.BadRequestError, 400, 'temperature');
+await expectError('a list mixing strings and token ids raises BadRequestError naming prompt',
+                  {...request, prompt: ['ROMEO:', [27]]}, OpenAI.BadRequestError, 400, 'prompt');
+await expectError('a list of bad elements raises BadRequestError naming prompt',
+                  {...request, prompt: [[27], [1.5]]}, OpenAI.BadRequestError, 400, 'prompt');
+await expectError('3 prompts x n 6 (18 choices) raises BadRequestError naming prompt',
+                  {...request, prompt: ['a', 'b', 'c'], n: 6}, OpenAI.BadRequestError, 400,
+                  'prompt');
+await expectError('an empty prompt list raises BadRequestError naming prompt',
+                  {...request, prompt: []}, OpenAI.BadRequestError, 400, 'prompt');
+await expectError('echo + logprobs with a session raises BadRequestError naming session_id',
+                  {...request, echo: true, logprobs: 1, session_id: 'conv-1'},
+                  OpenAI.BadRequestError, 400, 'session_id');
 await expectError('an unknown model raises NotFoundError',
                   {...request, model: 'no-such-model-here'}, OpenAI.NotFoundError, 404);
 
@@ -225,6 +332,7 @@ await test('chat.completions.create, non-streaming', async () => {
     const c = await client.chat.completions.create(chatRequest);
     check(c.object === 'chat.completion', `object = ${show(c.object)}, want "chat.completion"`);
     check(typeof c.id === 'string' && c.id.startsWith('chatcmpl-'), `id = ${show(c.id)}`);
+    check(c._request_id === c.id, `x-request-id ${show(c._request_id)}, id ${show(c.id)}`);
     check(c.model === model, `model = ${show(c.model)}, want ${show(model)}`);
     check(Array.isArray(c.choices) && c.choices.length === 1,
           `want exactly one choice, got ${show(c.choices)}`);
