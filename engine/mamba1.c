@@ -235,27 +235,26 @@ static void rms_plain(float *v, int n, float eps)
         v[i] *= r;
 }
 
-/* ---- the layer without adapters: two barriers ------------------------------------------
- * x_proj and out_proj are split by their inputs, the channels a thread owns, instead of by
- * their outputs: after conv, a thread multiplies its own channels of x into its share of every
- * x_proj output (ym_matmul_cols), and after the scan its own channels of y into its share of
- * every out_proj output. One barrier after each makes every share visible; then every thread
- * adds all the shares, in thread order (so every thread gets the same bits), into its own copy
- * of dbc and of the residual stream h. That drops the barrier before x_proj (which needed all
- * channels of x) and the one before out_proj (all of y): 2 barriers a layer instead of 4, and
- * the norm of the next layer reads the thread's own h. A thread reads the same weight bytes
- * as before (its columns of x_proj and out_proj instead of its rows); the sums cost R *
- * (P + d_model) additions per thread. Batches with adapters keep the output split below (their
- * hooks add LoRA products to output columns a thread owns).
+/* ---- the layer without adapters: three barriers ----------------------------------------
+ * x_proj is split by its inputs, the channels a thread owns, instead of by its outputs: after
+ * conv, a thread multiplies its own channels of x into its share of every x_proj output
+ * (ym_matmul_cols); one barrier makes every share visible, and every thread adds them all, in
+ * thread order (so every thread gets the same bits), into its own copy of dbc. That drops the
+ * barrier before x_proj, which needed all channels of x: 3 barriers a layer instead of 4. The
+ * sums cost R * P additions per thread; x_proj is small (P = 80 rows on the 130m shape), so
+ * reading half of each of its rows costs nothing measurable. out_proj stays split by output
+ * rows: a thread's rows are one contiguous block of the matrix, read as one sequential
+ * stream. Split by inputs as well (each thread half of every row, then a sum into per-thread
+ * copies of h: 2 barriers a layer), batch-1 decode ran 0.65-0.86x the 4-barrier layer
+ * (docs/BENCHMARKS.md, "What is left outside the products"). Batches with adapters keep the
+ * output split below (their hooks add LoRA products to output columns a thread owns).
  *
- * c->fam, per thread: [hp | op | xp | dbc], hp [R, d_model] the thread's copy of h, op [R,
- * d_model] its share of out_proj, xp [R, P] its share of x_proj, dbc [R, P] the sum. */
+ * c->fam, per thread: [xp | dbc], xp [R, P] its share of x_proj, dbc [R, P] the sum. */
 static size_t fam_stride(const ym_ctx_t *c)
 {
     const ym_config *cfg = &c->model->cfg;
     size_t R = (size_t)c->n_rows_max, P = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
-    size_t h = (R * (size_t)cfg->d_model + 15) & ~(size_t)15, p = (R * P + 15) & ~(size_t)15;
-    return 2 * h + 2 * p;
+    return 2 * ((R * P + 15) & ~(size_t)15);
 }
 
 static ym_err mamba1_ctx_init(ym_ctx_t *c)
@@ -276,19 +275,20 @@ static void mamba1_layer_split(ym_ctx_t *c, int ith, int nth, int l, float *hn, 
     const ym_layer *L = &m->layers[l];
     const int nk = L->d_inner;
     const int c0 = c->ch0[(size_t)l * nth + ith], c1 = c->ch1[(size_t)l * nth + ith];
-    const size_t fs = fam_stride(c), hs = ((size_t)c->n_rows_max * dm + 15) & ~(size_t)15;
-    float *hp = c->fam + (size_t)ith * fs, *op = hp + hs, *xp = op + hs;
-    float *dbc = xp + (fs - 2 * hs) / 2;
-    if (l == 0) /* the embedding's barrier has made c->h whole */
-        memcpy(hp, c->h, sizeof(float) * (size_t)R * dm);
+    const size_t fs = fam_stride(c);
+    float *xp = c->fam + (size_t)ith * fs, *dbc = xp + fs / 2;
+    const int m0 = c->md0[ith], m1 = c->md1[ith];
     if (nk == 0) {
-        /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only. */
-        if (L->out_proj_b != NULL)
-            add_bias(hp, dm, R, L->out_proj_b, 0, dm);
-        goto out;
+        /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
+         * thread its rows; the barrier makes h whole before the next layer's norm). */
+        if (L->out_proj_b != NULL) {
+            add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+            ym_pool_barrier(c->pool);
+        }
+        return;
     }
-    /* hn = rmsnorm(h) * norm.weight, from this thread's copy of h */
-    norm_rows(hn, hp, L->norm, dm, cfg->norm_eps, NULL, R);
+    /* hn = rmsnorm(h) * norm.weight */
+    norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
     /* [x, z] = in_proj(hn), this thread's channels */
     MATMUL(c->x + c0, di, hn, dm, R, &L->in_proj, c0, c1, 0.0f);
     MATMUL(c->z + c0, di, hn, dm, R, &L->in_proj, nk + c0, nk + c1, 0.0f);
@@ -305,7 +305,7 @@ static void mamba1_layer_split(ym_ctx_t *c, int ith, int nth, int l, float *hn, 
     /* this thread's share of [dt_lo, B, C] = x_proj(x): its channels' columns */
     ym_matmul_cols(xp, P, c->x + c0, di, R, &L->x_proj, 0, P, c0, c1, 0.0f, wscr);
     ym_pool_barrier(c->pool);
-    const float *xp0 = c->fam + 2 * hs; /* thread 0's share */
+    const float *xp0 = c->fam; /* thread 0's share */
     for (size_t i = 0; i < (size_t)R * P; i++) {
         float v = xp0[i];
         for (int th = 1; th < nth; th++)
@@ -339,34 +339,12 @@ static void mamba1_layer_split(ym_ctx_t *c, int ith, int nth, int l, float *hn, 
                         c->dt + o, c->z + o, dbc + (size_t)r0 * P + dtr, P, r1 - r0, di,
                         N, c0, c1);
     }
-    /* this thread's share of out_proj(y): its channels' columns */
-    ym_matmul_cols(op, dm, c->y + c0, di, R, &L->out_proj, 0, dm, c0, c1, 0.0f, wscr);
+    ym_pool_barrier(c->pool); /* y whole */
+    /* h = h + out_proj(y), split by output rows (a contiguous block of the matrix) */
+    MATMUL(c->h + m0, dm, c->y, di, R, &L->out_proj, m0, m1, 1.0f);
+    if (L->out_proj_b != NULL)
+        add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
     ym_pool_barrier(c->pool);
-    /* h += out_proj(y) (+ bias): every share, in thread order, into this thread's copy */
-    {
-        const float *op0 = c->fam + hs; /* thread 0's share */
-        for (int r = 0; r < R; r++) {
-            float *h = hp + (size_t)r * dm;
-            for (int j = 0; j < dm; j++) {
-                size_t i = (size_t)r * dm + (size_t)j;
-                float v = op0[i];
-                for (int th = 1; th < nth; th++)
-                    v += op0[i + (size_t)th * fs];
-                if (L->out_proj_b != NULL)
-                    v += L->out_proj_b[j];
-                h[j] += v;
-            }
-        }
-    }
-out:
-    if (l == cfg->n_layer - 1) {
-        /* the head reads c->h: each thread hands over its slice of the (equal) copies */
-        const int m0 = c->md0[ith], m1 = c->md1[ith];
-        for (int r = 0; r < R; r++)
-            memcpy(c->h + (size_t)r * dm + m0, hp + (size_t)r * dm + m0,
-                   sizeof(float) * (size_t)(m1 - m0));
-        ym_pool_barrier(c->pool);
-    }
 }
 
 /* Layer l (norm, mixer, residual) for every row of the batch; run by every thread of the pool,
