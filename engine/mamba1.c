@@ -250,10 +250,129 @@ static void rms_plain(float *v, int n, float eps)
         v[i] *= r;
 }
 
+/* ---- the layer without adapters: three barriers ----------------------------------------
+ * x_proj is split by its inputs, the channels a thread owns, instead of by its outputs: after
+ * conv, a thread multiplies its own channels of x into its share of every x_proj output
+ * (ym_matmul_cols); one barrier makes every share visible, and every thread adds them all, in
+ * thread order (so every thread gets the same bits), into its own copy of dbc. That drops the
+ * barrier before x_proj, which needed all channels of x: 3 barriers a layer instead of 4. The
+ * sums cost R * P additions per thread; x_proj is small (P = 80 rows on the 130m shape), so
+ * reading half of each of its rows costs nothing measurable. out_proj stays split by output
+ * rows: a thread's rows are one contiguous block of the matrix, read as one sequential
+ * stream. Split by inputs as well (each thread half of every row, then a sum into per-thread
+ * copies of h: 2 barriers a layer), batch-1 decode ran 0.65-0.86x the 4-barrier layer
+ * (docs/BENCHMARKS.md, "What is left outside the products"). Batches with adapters keep the
+ * output split below (their hooks add LoRA products to output columns a thread owns).
+ *
+ * c->fam, per thread: [xp | dbc], xp [R, P] its share of x_proj, dbc [R, P] the sum. */
+static size_t fam_stride(const ym_ctx_t *c)
+{
+    const ym_config *cfg = &c->model->cfg;
+    size_t R = (size_t)c->n_rows_max, P = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
+    return 2 * ((R * P + 15) & ~(size_t)15);
+}
+
+static ym_err mamba1_ctx_init(ym_ctx_t *c)
+{
+    size_t n = fam_stride(c) * (size_t)c->n_threads;
+    if ((c->fam = aligned_alloc(64, n * sizeof(float))) == NULL)
+        return YM_ENOMEM;
+    return YM_OK;
+}
+
+static void mamba1_layer_split(ym_ctx_t *c, int ith, int nth, int l, float *hn, float *wscr)
+{
+    const ym_model_t *m = c->model;
+    const ym_config *cfg = &m->cfg;
+    const ym_batch *b = c->batch;
+    const int R = c->n_rows, dm = cfg->d_model, di = cfg->d_inner, N = cfg->d_state;
+    const int K = cfg->d_conv, dtr = cfg->dt_rank, P = dtr + 2 * N;
+    const ym_layer *L = &m->layers[l];
+    const int nk = L->d_inner;
+    const int c0 = c->ch0[(size_t)l * nth + ith], c1 = c->ch1[(size_t)l * nth + ith];
+    const size_t fs = fam_stride(c);
+    float *xp = c->fam + (size_t)ith * fs, *dbc = xp + fs / 2;
+    const int m0 = c->md0[ith], m1 = c->md1[ith];
+    if (nk == 0) {
+        /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
+         * thread its rows; the barrier makes h whole before the next layer's norm). */
+        if (L->out_proj_b != NULL) {
+            add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+            ym_pool_barrier(c->pool);
+        }
+        return;
+    }
+    /* hn = rmsnorm(h) * norm.weight */
+    norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
+    /* [x, z] = in_proj(hn), this thread's channels */
+    MATMUL(c->x + c0, di, hn, dm, R, &L->in_proj, c0, c1, 0.0f);
+    MATMUL(c->z + c0, di, hn, dm, R, &L->in_proj, nk + c0, nk + c1, 0.0f);
+    if (L->in_proj_b != NULL) {
+        add_bias(c->x, di, R, L->in_proj_b, c0, c1);
+        add_bias(c->z, di, R, L->in_proj_b + nk, c0, c1);
+    }
+    /* x = silu(causal_conv(x)), per sequence segment, state of this thread's channels */
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+        ym_conv_silu_f32(c->x + (size_t)r0 * di, di, r1 - r0,
+                         ym_state_conv(b->states[sq], l), L->conv_w, L->conv_b, K, c0, c1);
+    }
+    /* this thread's share of [dt_lo, B, C] = x_proj(x): its channels' columns */
+    ym_matmul_cols(xp, P, c->x + c0, di, R, &L->x_proj, 0, P, c0, c1, 0.0f, wscr);
+    ym_pool_barrier(c->pool);
+    const float *xp0 = c->fam; /* thread 0's share */
+    for (size_t i = 0; i < (size_t)R * P; i++) {
+        float v = xp0[i];
+        for (int th = 1; th < nth; th++)
+            v += xp0[i + (size_t)th * fs];
+        dbc[i] = v;
+    }
+    if (cfg->mixer_rms_eps > 0.0f) {
+        /* Falcon-Mamba: weightless RMS norms on dt_lo, B and C of each row */
+        for (int r = 0; r < R; r++) {
+            float *o = dbc + (size_t)r * P;
+            rms_plain(o, dtr, cfg->mixer_rms_eps);
+            rms_plain(o + dtr, N, cfg->mixer_rms_eps);
+            rms_plain(o + dtr + N, N, cfg->mixer_rms_eps);
+        }
+    }
+    /* dt = softplus(dt_proj(dt_lo)), this thread's channels */
+    const ym_weight dtw = {YM_WT_F32, nk, dtr, L->dt_proj_w, NULL}; /* stays f32 */
+    MATMUL(c->dt + c0, di, dbc, P, R, &dtw, c0, c1, 0.0f);
+    ym_softplus_bias_f32(c->dt, di, R, L->dt_proj_b, c0, c1);
+    /* the selective scan and y = (C.s + D x) * silu(z), per segment */
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+        size_t o = (size_t)r0 * di;
+        if (L->scan != NULL) /* sparse: live entries only, blocks of this slice */
+            ym_scan_masked_f32(c->y + o, ym_state_ssm(b->states[sq], l), L->scan, L->D,
+                               c->x + o, c->dt + o, c->z + o, dbc + (size_t)r0 * P + dtr,
+                               P, r1 - r0, di, N, c0 / YM_SCAN_BLOCK,
+                               (c1 + YM_SCAN_BLOCK - 1) / YM_SCAN_BLOCK);
+        else
+            ym_scan_f32(c->y + o, ym_state_ssm(b->states[sq], l), L->A, L->D, c->x + o,
+                        c->dt + o, c->z + o, dbc + (size_t)r0 * P + dtr, P, r1 - r0, di,
+                        N, c0, c1);
+    }
+    ym_pool_barrier(c->pool); /* y whole */
+    /* h = h + out_proj(y), split by output rows (a contiguous block of the matrix) */
+    MATMUL(c->h + m0, dm, c->y, di, R, &L->out_proj, m0, m1, 1.0f);
+    if (L->out_proj_b != NULL)
+        add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+    ym_pool_barrier(c->pool);
+}
+
 /* Layer l (norm, mixer, residual) for every row of the batch; run by every thread of the pool,
  * which meet at its barriers. hn: this thread's normed-input buffer; wscr: its matmul scratch. */
 static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float *wscr)
 {
+    int any_adapter = 0;
+    for (int sq = 0; c->batch->adapters != NULL && sq < c->batch->n_seq; sq++)
+        any_adapter |= c->batch->adapters[sq] != NULL;
+    if (!any_adapter) {
+        mamba1_layer_split(c, ith, nth, l, hn, wscr);
+        return;
+    }
     const ym_model_t *m = c->model;
     const ym_config *cfg = &m->cfg;
     const ym_batch *b = c->batch;
@@ -262,7 +381,7 @@ static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     const int K = cfg->d_conv, dtr = cfg->dt_rank, P = dtr + 2 * N;
     const int m0 = c->md0[ith], m1 = c->md1[ith];
     const int p0 = c->p0[ith], p1 = c->p1[ith];
-    const int ad = b->adapters != NULL; /* adapters: take the hooks */
+    const int ad = 1; /* adapters: take the hooks (a batch without any runs the split above) */
     const ym_layer *L = &m->layers[l];
     const int nk = L->d_inner; /* channels this layer serves (all of them when dense) */
     const int c0 = c->ch0[(size_t)l * nth + ith], c1 = c->ch1[(size_t)l * nth + ith];
@@ -480,6 +599,7 @@ static void ref_token(const ym_model_t *m, const ym_sparsity *sp, ym_state_t *st
 const ym_layer_ops ym_mamba1_layer_ops = {
     .name = "mamba1",
     .mamba1_scratch = true,
+    .ctx_init = mamba1_ctx_init,
     .layer = mamba1_layer,
     .ref_token = ref_token,
     .adapters = true,
@@ -491,6 +611,7 @@ const ym_layer_ops ym_mamba1_layer_ops = {
 const ym_layer_ops ym_falcon_mamba_layer_ops = {
     .name = "falcon_mamba",
     .mamba1_scratch = true,
+    .ctx_init = mamba1_ctx_init,
     .layer = mamba1_layer,
     .ref_token = NULL,
     .adapters = true,

@@ -204,11 +204,11 @@ DOT8(dot_bf16, uint16_t, bf16f)
 DOT8(dot_i8, int8_t, WIDEN_I8)
 
 static void mm_portable(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                        int n0, int n1, float beta)
+                        size_t ld, int n0, int n1, float beta)
 {
     const int K = W->n_cols;
     for (int n = n0; n < n1; n++) {
-        size_t o = (size_t)n * (size_t)K;
+        size_t o = (size_t)n * ld;
         for (int m = 0; m < M; m++) {
             const float *a = A + (size_t)m * lda;
             float s;
@@ -371,7 +371,7 @@ static const kblk_fn ktab[3][MBMAX + 1][9] = {KTAB(f32), KTAB(bf16), KTAB(i8)};
 /* bf16, one input row: 32 weights per 64-byte load, widened without crossing lanes (the
  * even elements by a shift, the odd ones by a mask), the input's even and odd elements
  * gathered once per 32 and shared by the RN rows. */
-INLINE512 void kgemv_bf16(float *C, const float *A, const uint16_t *W, int K, float beta,
+INLINE512 void kgemv_bf16(float *C, const float *A, const uint16_t *W, int ldw, int K, float beta,
                           int RN)
 {
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -385,8 +385,8 @@ INLINE512 void kgemv_bf16(float *C, const float *A, const uint16_t *W, int K, fl
         __m512 ae = _mm512_permutex2var_ps(a0, ie, a1), ao = _mm512_permutex2var_ps(a0, io, a1);
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
         {
-            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * K + k), _MM_HINT_T0);
-            __m512i x = _mm512_loadu_si512((const void *)(W + (size_t)r * K + k));
+            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * ldw + k), _MM_HINT_T0);
+            __m512i x = _mm512_loadu_si512((const void *)(W + (size_t)r * ldw + k));
             acc[r] = _mm512_fmadd_ps(ae, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc[r]);
             acc2[r] = _mm512_fmadd_ps(ao, _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc2[r]);
         }
@@ -400,7 +400,7 @@ INLINE512 void kgemv_bf16(float *C, const float *A, const uint16_t *W, int K, fl
         __m512 ae = _mm512_permutex2var_ps(a0, ie, a1), ao = _mm512_permutex2var_ps(a0, io, a1);
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
         {
-            __m512i x = _mm512_maskz_loadu_epi16(m32, W + (size_t)r * K + k);
+            __m512i x = _mm512_maskz_loadu_epi16(m32, W + (size_t)r * ldw + k);
             acc[r] = _mm512_fmadd_ps(ae, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc[r]);
             acc2[r] = _mm512_fmadd_ps(ao, _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc2[r]);
         }
@@ -414,11 +414,11 @@ INLINE512 void kgemv_bf16(float *C, const float *A, const uint16_t *W, int K, fl
 
 /* One input row, one weight row at a time: a single sequential stream (rows of a few KB read
  * 8 at a time, interleaved, streamed 35 % slower on the EPYC host: 20 against 31 GB/s). */
-T512 static void gemv_f32_rows(float *C, const float *A, const float *W, int K, int n_rows,
+T512 static void gemv_f32_rows(float *C, const float *A, const float *W, int ldw, int K, int n_rows,
                                float beta)
 {
     for (int r = 0; r < n_rows; r++) {
-        const float *w = W + (size_t)r * K;
+        const float *w = W + (size_t)r * ldw;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int k = 0;
         for (; k + 64 <= K; k += 64) {
@@ -441,12 +441,13 @@ T512 static void gemv_f32_rows(float *C, const float *A, const float *W, int K, 
  * shift, odd ones by a mask) against the input's even and odd elements, which ap holds
  * de-interleaved per 32 (ap[32j + i] = A[32j + 2i], ap[32j + 16 + i] = A[32j + 2i + 1]),
  * zero past K. */
-T512 static void gemv_bf16_rows(float *C, const float *ap, const uint16_t *W, int K, int n_rows,
+T512 static void gemv_bf16_rows(float *C, const float *ap, const uint16_t *W, int ldw, int K,
+                                int n_rows,
                                 float beta)
 {
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
     for (int r = 0; r < n_rows; r++) {
-        const uint16_t *w = W + (size_t)r * K;
+        const uint16_t *w = W + (size_t)r * ldw;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int k = 0;
         for (; k + 64 <= K; k += 64) {
@@ -476,11 +477,12 @@ T512 static void gemv_bf16_rows(float *C, const float *ap, const uint16_t *W, in
 }
 
 /* int8 widened to f32, one row at a time. */
-T512 static void gemv_i8_rows(float *C, const float *A, const int8_t *W, int K, const float *sw,
+T512 static void gemv_i8_rows(float *C, const float *A, const int8_t *W, int ldw, int K,
+                              const float *sw,
                               int n_rows, float beta)
 {
     for (int r = 0; r < n_rows; r++) {
-        const int8_t *w = W + (size_t)r * K;
+        const int8_t *w = W + (size_t)r * ldw;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int k = 0;
         for (; k + 64 <= K; k += 64) {
@@ -508,30 +510,28 @@ T512 static void gemv_i8_rows(float *C, const float *A, const int8_t *W, int K, 
 
 #define GEMV_KMAX 16384 /* de-interleaved bf16 input on the stack up to this K (64 KB) */
 
-typedef void (*gemv16_fn)(float *, const float *, const uint16_t *, int, float);
+typedef void (*gemv16_fn)(float *, const float *, const uint16_t *, int, int, float);
 #define GDEF(rn)                                                                               \
-    T512 static void g_bf16_##rn(float *C, const float *A, const uint16_t *W, int K, float b)  \
+    T512 static void g_bf16_##rn(float *C, const float *A, const uint16_t *W, int ldw, int K, \
+                                 float b)                                                      \
     {                                                                                          \
-        kgemv_bf16(C, A, W, K, b, rn);                                                         \
+        kgemv_bf16(C, A, W, ldw, K, b, rn);                                                    \
     }
 GDEF(1) GDEF(2) GDEF(3) GDEF(4) GDEF(5) GDEF(6) GDEF(7) GDEF(8)
 static const gemv16_fn gtab_bf16[9] = {0, g_bf16_1, g_bf16_2, g_bf16_3, g_bf16_4,
                                        g_bf16_5, g_bf16_6, g_bf16_7, g_bf16_8};
 
-static void mm_vnni(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
-                    int n1, float beta, float *scratch);
-
 static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                      int n0, int n1, float beta)
+                      size_t ld, int n0, int n1, float beta)
 {
     const int K = W->n_cols, T = W->type;
     const size_t es = ym_wtype_size(W->type);
     if (M == 1 && T == YM_WT_F32) {
-        gemv_f32_rows(C, A, (const float *)W->data + (size_t)n0 * K, K, n1 - n0, beta);
+        gemv_f32_rows(C, A, (const float *)W->data + (size_t)n0 * ld, ld, K, n1 - n0, beta);
         return;
     }
     if (M == 1 && T == YM_WT_INT8) {
-        gemv_i8_rows(C, A, (const int8_t *)W->data + (size_t)n0 * K, K, W->scale + n0, n1 - n0,
+        gemv_i8_rows(C, A, (const int8_t *)W->data + (size_t)n0 * ld, ld, K, W->scale + n0, n1 - n0,
                      beta);
         return;
     }
@@ -543,13 +543,14 @@ static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const y
                 ap[j + i] = j + 2 * i < K ? A[j + 2 * i] : 0.0f;
                 ap[j + 16 + i] = j + 2 * i + 1 < K ? A[j + 2 * i + 1] : 0.0f;
             }
-        gemv_bf16_rows(C, ap, (const uint16_t *)W->data + (size_t)n0 * K, K, n1 - n0, beta);
+        gemv_bf16_rows(C, ap, (const uint16_t *)W->data + (size_t)n0 * ld, ld, K, n1 - n0, beta);
         return;
     }
     if (M == 1 && T == YM_WT_BF16) {
         for (int n = n0; n < n1; n += 8) {
             int rn = n1 - n < 8 ? n1 - n : 8;
-            gtab_bf16[rn](C + (n - n0), A, (const uint16_t *)W->data + (size_t)n * K, K, beta);
+            gtab_bf16[rn](C + (n - n0), A, (const uint16_t *)W->data + (size_t)n * ld, ld, K,
+                          beta);
         }
         return;
     }
@@ -570,12 +571,12 @@ static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const y
         float bk = k0 == 0 ? beta : 1.0f;
         for (int n = n0; n < n1; n += rn_min) {
             int rn = n1 - n < rn_min ? n1 - n : rn_min;
-            const void *w = (const char *)W->data + ((size_t)n * K + k0) * es;
+            const void *w = (const char *)W->data + ((size_t)n * ld + k0) * es;
             const float *s = W->scale != NULL ? W->scale + n : NULL;
             for (int b = 0; b < nb; b++) {
                 int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
                 ktab[T][mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, A + (size_t)m0 * lda + k0,
-                                lda, w, K, kn, s, bk);
+                                lda, w, ld, kn, s, bk);
             }
         }
     }
@@ -593,9 +594,34 @@ static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const y
 #define INLINE512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"),      \
                                   always_inline)) static inline
 
+/* sum16 (above) for int32 lanes: lane j = the sum of v[j]'s 16 elements. Integer sums are
+ * exact, so the result equals 16 _mm512_reduce_add_epi32 at a quarter of the instructions
+ * (at K = 768, the 16 separate reductions of a 4 x 4 block cost about as many instructions as
+ * its 192 vpdpbusd). v is clobbered. */
+INLINE512V __m512i sum16i(__m512i v[16])
+{
+#define PS_(x) _mm512_castsi512_ps(x)
+#define SI_(x) _mm512_castps_si512(x)
+    for (int k = 0; k < 8; k++)
+        v[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0x44),
+                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; k++)
+        v[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0x88),
+                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; k++)
+        v[k] = _mm512_add_epi32(SI_(_mm512_shuffle_ps(PS_(v[2 * k]), PS_(v[2 * k + 1]), 0x44)),
+                                SI_(_mm512_shuffle_ps(PS_(v[2 * k]), PS_(v[2 * k + 1]), 0xEE)));
+    __m512i t = _mm512_add_epi32(SI_(_mm512_shuffle_ps(PS_(v[0]), PS_(v[1]), 0x88)),
+                                 SI_(_mm512_shuffle_ps(PS_(v[0]), PS_(v[1]), 0xDD)));
+#undef PS_
+#undef SI_
+    const __m512i back = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_epi32(back, t);
+}
+
 INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *sa,
-                      const int32_t *qs, const int8_t *W, int K, const float *sw, float beta,
-                      int MB, int RN)
+                      const int32_t *qs, const int8_t *W, int ldw, int K, const float *sw,
+                      float beta, int MB, int RN)
 {
     __m512i acc[4][8];
     const __m512i flip = _mm512_set1_epi8((char)0x80);
@@ -606,8 +632,8 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
         __m512i w[8];
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
         {
-            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * K + k), _MM_HINT_T0);
-            w[r] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(W + (size_t)r * K + k)),
+            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * ldw + k), _MM_HINT_T0);
+            w[r] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(W + (size_t)r * ldw + k)),
                                     flip);
         }
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
@@ -621,13 +647,29 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
         __mmask64 msk = (__mmask64)(~0ull >> (64 - (K - k)));
         __m512i w[8];
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-            w[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(msk, W + (size_t)r * K + k), flip);
+            w[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(msk, W + (size_t)r * ldw + k), flip);
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         {
             __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
             _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
                 acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
         }
+    }
+    if (MB * RN >= 5 && MB * RN <= 16) { /* one transposing reduction for all outputs */
+        __m512i v[16];
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] =
+            i < MB * RN ? acc[i / RN][i % RN] : _mm512_setzero_si512();
+        int32_t out[16];
+        _mm512_storeu_si512((void *)out, sum16i(v));
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
+            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
+            {
+                int32_t d = out[m * RN + r] - 128 * qs[m];
+                float s = (float)d * sa[m] * sw[r];
+                float *c = C + (size_t)m * ldc + r;
+                *c = beta != 0.0f ? *c + s : s;
+            }
+        return;
     }
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
@@ -641,11 +683,12 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
 
 /* One input row, one weight row at a time (a sequential stream, as gemv_f32_rows). */
 T512V static void gemv_vnni_rows(float *C, const int8_t *Aq, float sa, int32_t qs,
-                                 const int8_t *W, int K, const float *sw, int n_rows, float beta)
+                                 const int8_t *W, int ldw, int K, const float *sw, int n_rows,
+                                 float beta)
 {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     for (int r = 0; r < n_rows; r++) {
-        const int8_t *w = W + (size_t)r * K;
+        const int8_t *w = W + (size_t)r * ldw;
         __m512i a0 = _mm512_setzero_si512(), a1 = a0;
         int k = 0;
         for (; k + 128 <= K; k += 128) {
@@ -666,13 +709,13 @@ T512V static void gemv_vnni_rows(float *C, const int8_t *Aq, float sa, int32_t q
 }
 
 typedef void (*kvnni_fn)(float *, int, const int8_t *, int, const float *, const int32_t *,
-                         const int8_t *, int, const float *, float);
+                         const int8_t *, int, int, const float *, float);
 #define VDEF(mb, rn)                                                                           \
     T512V static void v_##mb##_##rn(float *C, int ldc, const int8_t *Aq, int Kp,               \
                                     const float *sa, const int32_t *qs, const int8_t *W,       \
-                                    int K, const float *sw, float beta)                        \
+                                    int ldw, int K, const float *sw, float beta)               \
     {                                                                                          \
-        kvnni(C, ldc, Aq, Kp, sa, qs, W, K, sw, beta, mb, rn);                                 \
+        kvnni(C, ldc, Aq, Kp, sa, qs, W, ldw, K, sw, beta, mb, rn);                            \
     }
 #define V8(mb) VDEF(mb, 1) VDEF(mb, 2) VDEF(mb, 3) VDEF(mb, 4) VDEF(mb, 5) VDEF(mb, 6)        \
     VDEF(mb, 7) VDEF(mb, 8)
@@ -712,18 +755,18 @@ T512V static void quant_row(const float *a, int K, int Kp, int8_t *q, float *sa,
 }
 
 static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                          int n0, int n1, float beta, float *scratch);
+                          size_t ld, int n0, int n1, float beta, float *scratch);
 
-static void mm_vnni(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
-                    int n1, float beta, float *scratch)
+static void mm_vnni(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                    size_t ld, int n0, int n1, float beta, float *scratch)
 {
     for (int m = 0; m < M; m += VNNI_CHUNK)
-        mm_vnni_chunk(C + (size_t)m * ldc, ldc, A + (size_t)m * lda,
-                      lda, M - m < VNNI_CHUNK ? M - m : VNNI_CHUNK, W, n0, n1, beta, scratch);
+        mm_vnni_chunk(C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda,
+                      M - m < VNNI_CHUNK ? M - m : VNNI_CHUNK, W, ld, n0, n1, beta, scratch);
 }
 
 static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                          int n0, int n1, float beta, float *scratch)
+                          size_t ld, int n0, int n1, float beta, float *scratch)
 {
     const int K = W->n_cols, Kp = (K + 63) & ~63;
     /* scratch: [M][Kp] int8, then [M] scales and [M] sums (ym_matmul_scratch is enough) */
@@ -733,7 +776,7 @@ static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, con
     for (int m = 0; m < M; m++)
         quant_row(A + (size_t)m * lda, K, Kp, Aq + (size_t)m * Kp, sa + m, qs + m);
     if (M == 1) {
-        gemv_vnni_rows(C, Aq, sa[0], qs[0], (const int8_t *)W->data + (size_t)n0 * K, K,
+        gemv_vnni_rows(C, Aq, sa[0], qs[0], (const int8_t *)W->data + (size_t)n0 * ld, (int)ld, K,
                        W->scale + n0, n1 - n0, beta);
         return;
     }
@@ -745,11 +788,11 @@ static void mm_vnni_chunk(float *C, int ldc, const float *A, int lda, int M, con
     }
     for (int n = n0; n < n1; n += rn_min) {
         int rn = n1 - n < rn_min ? n1 - n : rn_min;
-        const int8_t *w = (const int8_t *)W->data + (size_t)n * K;
+        const int8_t *w = (const int8_t *)W->data + (size_t)n * ld;
         for (int b = 0; b < nb; b++) {
             int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
             vtab[mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, Aq + (size_t)m0 * Kp, Kp,
-                         sa + m0, qs + m0, w, K, W->scale + n, beta);
+                         sa + m0, qs + m0, w, (int)ld, K, W->scale + n, beta);
         }
     }
 }
@@ -770,8 +813,8 @@ INLINE512B __m512 dpbf(__m512 acc, __m512i a, __m512i b)
     return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
 
-INLINE512B void kbfdp(float *C, int ldc, const uint16_t *Ab, int Kp, const uint16_t *W, int K,
-                      float beta, int MB, int RN)
+INLINE512B void kbfdp(float *C, int ldc, const uint16_t *Ab, int Kp, const uint16_t *W, int ldw,
+                      int K, float beta, int MB, int RN)
 {
     __m512 acc[4][8];
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
@@ -781,8 +824,8 @@ INLINE512B void kbfdp(float *C, int ldc, const uint16_t *Ab, int Kp, const uint1
         __m512i w[8];
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
         {
-            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * K + k), _MM_HINT_T0);
-            w[r] = _mm512_loadu_si512((const void *)(W + (size_t)r * K + k));
+            _mm_prefetch((const char *)(W + (size_t)(PFB * RN + r) * ldw + k), _MM_HINT_T0);
+            w[r] = _mm512_loadu_si512((const void *)(W + (size_t)r * ldw + k));
         }
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         {
@@ -794,7 +837,7 @@ INLINE512B void kbfdp(float *C, int ldc, const uint16_t *Ab, int Kp, const uint1
         __mmask32 msk = (__mmask32)(0xFFFFFFFFu >> (32 - (K - k)));
         __m512i w[8];
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-            w[r] = _mm512_maskz_loadu_epi16(msk, W + (size_t)r * K + k);
+            w[r] = _mm512_maskz_loadu_epi16(msk, W + (size_t)r * ldw + k);
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         {
             __m512i a = _mm512_loadu_si512((const void *)(Ab + (size_t)m * Kp + k));
@@ -811,11 +854,11 @@ INLINE512B void kbfdp(float *C, int ldc, const uint16_t *Ab, int Kp, const uint1
 }
 
 /* One input row, one weight row at a time (a sequential stream, as gemv_f32_rows). */
-T512B static void gemv_bfdp_rows(float *C, const uint16_t *Ab, const uint16_t *W, int K,
+T512B static void gemv_bfdp_rows(float *C, const uint16_t *Ab, const uint16_t *W, int ldw, int K,
                                  int n_rows, float beta)
 {
     for (int r = 0; r < n_rows; r++) {
-        const uint16_t *w = W + (size_t)r * K;
+        const uint16_t *w = W + (size_t)r * ldw;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0;
         int k = 0;
         for (; k + 64 <= K; k += 64) {
@@ -834,12 +877,12 @@ T512B static void gemv_bfdp_rows(float *C, const uint16_t *Ab, const uint16_t *W
     }
 }
 
-typedef void (*kbfdp_fn)(float *, int, const uint16_t *, int, const uint16_t *, int, float);
+typedef void (*kbfdp_fn)(float *, int, const uint16_t *, int, const uint16_t *, int, int, float);
 #define BFDEF(mb, rn)                                                                          \
     T512B static void bfd_##mb##_##rn(float *C, int ldc, const uint16_t *Ab, int Kp,           \
-                                      const uint16_t *W, int K, float beta)                    \
+                                      const uint16_t *W, int ldw, int K, float beta)           \
     {                                                                                          \
-        kbfdp(C, ldc, Ab, Kp, W, K, beta, mb, rn);                                             \
+        kbfdp(C, ldc, Ab, Kp, W, ldw, K, beta, mb, rn);                                        \
     }
 #define BF8(mb) BFDEF(mb, 1) BFDEF(mb, 2) BFDEF(mb, 3) BFDEF(mb, 4) BFDEF(mb, 5) BFDEF(mb, 6)  \
     BFDEF(mb, 7) BFDEF(mb, 8)
@@ -869,7 +912,7 @@ T512B static void bf16_row(const float *a, int K, int Kp, uint16_t *q)
 
 /* scratch: [M][Kp] bf16 inputs, Kp = K rounded up to 32 (ym_matmul_scratch is enough). */
 static void mm_bfdp_chunk(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                          int n0, int n1, float beta, float *scratch)
+                          size_t ld, int n0, int n1, float beta, float *scratch)
 {
     const int K = W->n_cols, Kp = (K + 31) & ~31;
     uint16_t *Ab = (uint16_t *)scratch;
@@ -877,7 +920,7 @@ static void mm_bfdp_chunk(float *C, int ldc, const float *A, int lda, int M, con
         bf16_row(A + (size_t)m * lda, K, Kp, Ab + (size_t)m * Kp);
     const uint16_t *Wd = (const uint16_t *)W->data;
     if (M == 1) {
-        gemv_bfdp_rows(C, Ab, Wd + (size_t)n0 * K, K, n1 - n0, beta);
+        gemv_bfdp_rows(C, Ab, Wd + (size_t)n0 * ld, (int)ld, K, n1 - n0, beta);
         return;
     }
     const int nb = (M + MBMAX - 1) / MBMAX;
@@ -891,17 +934,17 @@ static void mm_bfdp_chunk(float *C, int ldc, const float *A, int lda, int M, con
         for (int b = 0; b < nb; b++) {
             int m0 = (int)((long)M * b / nb), mb = (int)((long)M * (b + 1) / nb) - m0;
             bftab[mb][rn](C + (size_t)m0 * ldc + (n - n0), ldc, Ab + (size_t)m0 * Kp, Kp,
-                          Wd + (size_t)n * K, K, beta);
+                          Wd + (size_t)n * ld, (int)ld, K, beta);
         }
     }
 }
 
-static void mm_bfdp(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
-                    int n1, float beta, float *scratch)
+static void mm_bfdp(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                    size_t ld, int n0, int n1, float beta, float *scratch)
 {
     for (int m = 0; m < M; m += VNNI_CHUNK)
         mm_bfdp_chunk(C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda,
-                      M - m < VNNI_CHUNK ? M - m : VNNI_CHUNK, W, n0, n1, beta, scratch);
+                      M - m < VNNI_CHUNK ? M - m : VNNI_CHUNK, W, ld, n0, n1, beta, scratch);
 }
 
 static int isa_checked, isa_avx512, isa_vnni, isa_bf16;
@@ -1000,15 +1043,55 @@ size_t ym_matmul_scratch(int K)
 }
 
 static void mm_small(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
-                     int n0, int n1, float beta)
+                     size_t ld, int n0, int n1, float beta)
 {
 #if HAVE_X86
     if (use_avx512()) {
-        mm_avx512(C, ldc, A, lda, M, W, n0, n1, beta);
+        mm_avx512(C, ldc, A, lda, M, W, ld, n0, n1, beta);
         return;
     }
 #endif
-    mm_portable(C, ldc, A, lda, M, W, n0, n1, beta);
+    mm_portable(C, ldc, A, lda, M, W, ld, n0, n1, beta);
+}
+
+/* W: the weight, or a view of some of its columns (ym_matmul_cols) whose rows are ld elements
+ * apart in memory. */
+static void matmul_ld(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                      size_t ld, int n0, int n1, float beta, float *scratch)
+{
+    const int K = W->n_cols;
+#if HAVE_X86
+    if (W->type == YM_WT_INT8 && scratch != NULL && use_vnni()) {
+        mm_vnni(C, ldc, A, lda, M, W, ld, n0, n1, beta, scratch);
+        return;
+    }
+    if (W->type == YM_WT_BF16 && scratch != NULL && use_bfdp()) {
+        mm_bfdp(C, ldc, A, lda, M, W, ld, n0, n1, beta, scratch);
+        return;
+    }
+#endif
+    if (M <= YM_MATMUL_SMALL_M) {
+        mm_small(C, ldc, A, lda, M, W, ld, n0, n1, beta);
+        return;
+    }
+    if (W->type == YM_WT_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n1 - n0, K, 1.0f, A, lda,
+                    (const float *)W->data + (size_t)n0 * ld, (int)ld, beta, C, ldc);
+        return;
+    }
+    if (scratch == NULL) {
+        mm_small(C, ldc, A, lda, M, W, ld, n0, n1, beta);
+        return;
+    }
+    /* the tiles widen the view's columns: row n + r of a weight of ld columns */
+    const ym_weight whole = {W->type, W->n_rows, (int)ld, W->data, W->scale};
+    for (int n = n0; n < n1; n += TILE_N) {
+        int tn = n1 - n < TILE_N ? n1 - n : TILE_N;
+        for (int r = 0; r < tn; r++)
+            ym_weight_row_f32(&whole, n + r, 0, K, scratch + (size_t)r * K);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, tn, K, 1.0f, A, lda, scratch, K,
+                    beta, C + (n - n0), ldc);
+    }
 }
 
 void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
@@ -1016,35 +1099,21 @@ void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weigh
 {
     if (M <= 0 || n1 <= n0)
         return;
-    const int K = W->n_cols;
-#if HAVE_X86
-    if (W->type == YM_WT_INT8 && scratch != NULL && use_vnni()) {
-        mm_vnni(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
+    matmul_ld(C, ldc, A, lda, M, W, (size_t)W->n_cols, n0, n1, beta, scratch);
+}
+
+void ym_matmul_cols(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                    int n0, int n1, int k0, int k1, float beta, float *scratch)
+{
+    if (M <= 0 || n1 <= n0)
+        return;
+    if (k1 <= k0) { /* an empty sum */
+        for (int m = 0; m < M && beta == 0.0f; m++)
+            memset(C + (size_t)m * ldc, 0, sizeof(float) * (size_t)(n1 - n0));
         return;
     }
-    if (W->type == YM_WT_BF16 && scratch != NULL && use_bfdp()) {
-        mm_bfdp(C, ldc, A, lda, M, W, n0, n1, beta, scratch);
-        return;
-    }
-#endif
-    if (M <= YM_MATMUL_SMALL_M) {
-        mm_small(C, ldc, A, lda, M, W, n0, n1, beta);
-        return;
-    }
-    if (W->type == YM_WT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n1 - n0, K, 1.0f, A, lda,
-                    (const float *)W->data + (size_t)n0 * K, K, beta, C, ldc);
-        return;
-    }
-    if (scratch == NULL) {
-        mm_small(C, ldc, A, lda, M, W, n0, n1, beta);
-        return;
-    }
-    for (int n = n0; n < n1; n += TILE_N) {
-        int tn = n1 - n < TILE_N ? n1 - n : TILE_N;
-        for (int r = 0; r < tn; r++)
-            ym_weight_row_f32(W, n + r, 0, K, scratch + (size_t)r * K);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, tn, K, 1.0f, A, lda, scratch, K,
-                    beta, C + (n - n0), ldc);
-    }
+    ym_weight v = *W;
+    v.data = (const char *)W->data + (size_t)k0 * ym_wtype_size(W->type);
+    v.n_cols = k1 - k0;
+    matmul_ld(C, ldc, A, lda, M, &v, (size_t)W->n_cols, n0, n1, beta, scratch);
 }

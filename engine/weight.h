@@ -64,6 +64,15 @@ ym_err ym_weight_convert(ym_wtype t, const float *src, size_t lds, int N, int K,
 void ym_matmul(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W, int n0,
                int n1, float beta, float *scratch);
 size_t ym_matmul_scratch(int K);
+/* The same product over the inputs [k0, k1) only: C[m, n - n0] = sum_{k0 <= k < k1}
+ * A[m, k - k0] * W[n, k] + beta * C[m, n - n0], with A [M, lda] pointing at input column k0
+ * and W read in place (an int8 row keeps its one scale; int8 activations are quantized over
+ * these k1 - k0 inputs). Partial products over disjoint column ranges add up to ym_matmul's
+ * (up to rounding): a thread that owns some inputs computes their share of every output.
+ * k1 <= k0 writes zeros (beta 0) or leaves C as it is (beta 1). scratch as ym_matmul's, for
+ * W->n_cols. Hot path. */
+void ym_matmul_cols(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,
+                    int n0, int n1, int k0, int k1, float beta, float *scratch);
 
 /* Plain loop version (double accumulation): the tests' reference. */
 void ym_matmul_ref(float *C, int ldc, const float *A, int lda, int M, const ym_weight *W,

@@ -53,10 +53,15 @@ static void quantized_values(ym_wtype t, const float *W, int N, int K, float *Q)
     }
 }
 
-static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float beta,
-                       unsigned seed)
+/* koff < 0: ym_matmul over W [N, K]; koff >= 0: ym_matmul_cols over the columns [koff,
+ * koff + K) of a wider W [N, Kf] (Kf = koff + K + 3), the int8 scales those of the whole rows. */
+static void check_case_cols(ym_wtype t, int N, int K, int M, int n0, int n1, float beta,
+                            unsigned seed, int koff)
 {
     int lda = K + 5, ldc = (n1 - n0) + 7;
+    const int Kw = K; /* the product's inputs */
+    const int k0 = koff < 0 ? 0 : koff;
+    K = koff < 0 ? Kw : koff + Kw + 3; /* the stored matrix's columns */
     float *W = malloc(sizeof(float) * (size_t)N * K), *Q = malloc(sizeof(float) * (size_t)N * K);
     void *data = malloc(4 * (size_t)N * K);
     float *scale = malloc(sizeof(float) * (size_t)N);
@@ -64,6 +69,8 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     float *C0 = malloc(sizeof(float) * (size_t)M * ldc);
     float *C = malloc(sizeof(float) * (size_t)M * ldc);
     float *scr = malloc(sizeof(float) * ym_matmul_scratch(K));
+    /* the reference loops below run over the product's inputs: A[m, k] meets Q[n, k0 + k] */
+#define QW(n, k) Q[(size_t)(n) * K + k0 + (k)]
     double *R = malloc(sizeof(double) * (size_t)M * ldc);
     ck_assert(W && Q && data && scale && A && C0 && C && scr && R);
     for (size_t i = 0; i < (size_t)N * K; i++)
@@ -84,8 +91,8 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     for (int m = 0; m < M; m++)
         for (int n = n0; n < n1; n++) {
             double acc = beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0;
-            for (int k = 0; k < K; k++)
-                acc += (double)A[(size_t)m * lda + k] * Q[(size_t)n * K + k];
+            for (int k = 0; k < Kw; k++)
+                acc += (double)A[(size_t)m * lda + k] * QW(n, k);
             R[(size_t)m * ldc + (n - n0)] = acc;
         }
     /* int8 activations: each input row quantized as engine/weight.h defines it, in f32:
@@ -95,14 +102,14 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     for (int m = 0; m < M; m++) {
         const float *a = A + (size_t)m * lda;
         float amax = 0;
-        for (int k = 0; k < K; k++)
+        for (int k = 0; k < Kw; k++)
             amax = fmaxf(amax, fabsf(a[k]));
         float inv = amax > 0 ? 127.0f / amax : 0.0f, sa = amax / 127.0f;
         for (int n = n0; n < n1; n++) {
             double acc = 0;
-            for (int k = 0; k < K; k++) {
+            for (int k = 0; k < Kw; k++) {
                 double qa = (double)nearbyintf(a[k] * inv) * sa;
-                acc += qa * Q[(size_t)n * K + k];
+                acc += qa * QW(n, k);
             }
             R8[(size_t)m * ldc + (n - n0)] =
                 acc + (beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0);
@@ -114,19 +121,24 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     for (int m = 0; m < M; m++)
         for (int n = n0; n < n1; n++) {
             double acc = beta != 0.0f ? C0[(size_t)m * ldc + (n - n0)] : 0.0;
-            for (int k = 0; k < K; k++)
-                acc += (double)bf16_round(A[(size_t)m * lda + k]) * Q[(size_t)n * K + k];
+            for (int k = 0; k < Kw; k++)
+                acc += (double)bf16_round(A[(size_t)m * lda + k]) * QW(n, k);
             R16[(size_t)m * ldc + (n - n0)] = acc;
         }
-    double tol = 2e-6 * K * 4 + 1e-5;
+    double tol = 2e-6 * Kw * 4 + 1e-5;
     /* fast, portable, fast without scratch, ref, int8 activations, bf16 activations */
     for (int path = 0; path < 6; path++) {
+        if (path == 3 && koff >= 0)
+            continue; /* ym_matmul_ref has no column range */
         memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
         ym_matmul_force_portable(path == 1);
         ym_matmul_int8_activations(path == 4);
         ym_matmul_bf16_activations(path == 5);
         if (path == 3)
             ym_matmul_ref(C, ldc, A, lda, M, &w, n0, n1, beta);
+        else if (koff >= 0)
+            ym_matmul_cols(C, ldc, A, lda, M, &w, n0, n1, k0, k0 + Kw, beta,
+                           path == 2 ? NULL : scr);
         else
             ym_matmul(C, ldc, A, lda, M, &w, n0, n1, beta, path == 2 ? NULL : scr);
         ym_matmul_force_portable(0);
@@ -162,6 +174,13 @@ static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float be
     free(R);
     free(R8);
     free(R16);
+#undef QW
+}
+
+static void check_case(ym_wtype t, int N, int K, int M, int n0, int n1, float beta,
+                       unsigned seed)
+{
+    check_case_cols(t, N, K, M, n0, n1, beta, seed, -1);
 }
 
 static int vnni_here(void)
@@ -209,6 +228,56 @@ START_TEST(test_matmul_column_ranges)
                 check_case(types[ti], N, K, 6, n0, n1, 0.0f, seed++);
                 check_case(types[ti], N, K, 35, n0, n1, 1.0f, seed++);
             }
+}
+END_TEST
+
+START_TEST(test_matmul_input_column_ranges)
+{
+    /* ym_matmul_cols: a thread's share of the inputs (x_proj and out_proj split by the
+     * channels a thread owns), at any column offset (odd ones: unaligned rows), K not a
+     * multiple of 16, 32 or 64, 1 to 17 rows and past the sgemm threshold, output slices. */
+    static const int shapes[][3] = {{5, 1, 0}, {9, 17, 3}, {37, 63, 1}, {16, 64, 64},
+                                    {13, 129, 7}, {80, 95, 33}, {3, 257, 2}};
+    unsigned seed = 321;
+    for (int ti = 0; ti < 3; ti++)
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+            int N = shapes[s][0], K = shapes[s][1], koff = shapes[s][2];
+            for (int M = 1; M <= 17; M++)
+                check_case_cols(types[ti], N, K, M, 0, N, (float)(M & 1), seed++, koff);
+            check_case_cols(types[ti], N, K, 40, 0, N, 0.0f, seed++, koff);
+            check_case_cols(types[ti], N, K, 3, N / 3, N - N / 4, 1.0f, seed++, koff);
+        }
+}
+END_TEST
+
+START_TEST(test_matmul_input_column_halves_add_up)
+{
+    /* Two threads' shares of the inputs, summed, equal the whole product (f32 weights, so
+     * only rounding separates them). */
+    const int N = 21, K = 77, M = 5, h = 40;
+    unsigned seed = 5;
+    float W[21 * 77], A[5 * 77], C[5 * 21], P0[5 * 21], P1[5 * 21];
+    for (int i = 0; i < N * K; i++)
+        W[i] = frand(&seed);
+    for (int i = 0; i < M * K; i++)
+        A[i] = frand(&seed);
+    ym_weight w = {YM_WT_F32, N, K, W, NULL};
+    float *scr = malloc(sizeof(float) * ym_matmul_scratch(K));
+    ck_assert(scr);
+    ym_matmul(C, N, A, K, M, &w, 0, N, 0.0f, scr);
+    ym_matmul_cols(P0, N, A, K, M, &w, 0, N, 0, h, 0.0f, scr);
+    ym_matmul_cols(P1, N, A + h, K, M, &w, 0, N, h, K, 0.0f, scr);
+    for (int i = 0; i < M * N; i++)
+        ck_assert_msg(fabsf(P0[i] + P1[i] - C[i]) <= 1e-5f * (1.0f + fabsf(C[i])),
+                      "C[%d] = %g, halves %g + %g", i, C[i], P0[i], P1[i]);
+    /* an empty range: zeros with beta 0, C untouched with beta 1 */
+    ym_matmul_cols(P0, N, A, K, M, &w, 0, N, 9, 9, 0.0f, scr);
+    for (int i = 0; i < M * N; i++)
+        ck_assert(P0[i] == 0.0f);
+    memcpy(P1, C, sizeof(C));
+    ym_matmul_cols(P1, N, A, K, M, &w, 0, N, 9, 9, 1.0f, scr);
+    ck_assert_int_eq(memcmp(P1, C, sizeof(C)), 0);
+    free(scr);
 }
 END_TEST
 
@@ -261,6 +330,8 @@ Suite *gemm_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_matmul_matches_double_loop);
     tcase_add_test(tc, test_matmul_column_ranges);
+    tcase_add_test(tc, test_matmul_input_column_ranges);
+    tcase_add_test(tc, test_matmul_input_column_halves_add_up);
     tcase_add_test(tc, test_weight_int8_requantizes_exactly_with_its_scale);
     tcase_add_test(tc, test_wtype_parse_names);
     suite_add_tcase(s, tc);

@@ -481,7 +481,8 @@ START_TEST(test_gated_norm_split_by_channel_ranges_matches_reference)
 END_TEST
 
 /* A context has its family's scratch only (engine/layer.h): a Mamba-2 context none of the
- * Mamba-1 layer's per-row buffers, a Falcon-Mamba context all of them. */
+ * Mamba-1 layer's per-row buffers, a Falcon-Mamba context all of them and the split layer's
+ * per-thread block (x_proj's partial sums). */
 START_TEST(test_context_allocates_only_its_family_scratch)
 {
     ym_model_t *m2 = load("m2-g1-k4-f32", YM_WT_AUTO);
@@ -494,7 +495,7 @@ START_TEST(test_context_allocates_only_its_family_scratch)
               c2->y == NULL && c2->xs == NULL && c2->up == NULL);
     ck_assert(c2->h != NULL && c2->hn != NULL && c2->ob != NULL && c2->fam != NULL);
     ck_assert(cf->x != NULL && cf->z != NULL && cf->dbc != NULL && cf->dt != NULL &&
-              cf->y != NULL && cf->xs != NULL && cf->up != NULL && cf->fam == NULL);
+              cf->y != NULL && cf->xs != NULL && cf->up != NULL && cf->fam != NULL);
     ym_ctx_free(c2);
     ym_ctx_free(cf);
     ym_model_unref(m2);
