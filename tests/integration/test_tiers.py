@@ -6,7 +6,7 @@ evicts the least recently written file first. Shared store (session_store, a rea
 redis-server started here on a free loopback port): two replicas without affinity resume each
 other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
 refused. A slow store (replies delayed by a proxy here) delays only the request whose state it
-holds: another session's stream keeps its pace, the slow request still resumes, and one past
+holds: another stream keeps its pace, the slow request still resumes, and one past
 the store's timeout runs cold and succeeds.
 
 Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
@@ -529,11 +529,13 @@ class StoreTier(unittest.TestCase):
         self.assertGreater(chunks[-1][0], t1, "the stream ended before the turn")
         times = [c[0] for c in chunks if t0 <= c[0] <= t1]
         self.assertGreater(len(times), 10, "too few chunks while the turn waited")
-        gaps = [y - x for x, y in zip(times, times[1:])]
-        return text, cached, t1 - t0, max(gaps)
+        gaps = sorted(((y - x, x - t0) for x, y in zip(times, times[1:])), reverse=True)
+        print("longest gaps (s, at s after the turn was sent): %s" %
+              ", ".join("%.3f @ %.2f" % g for g in gaps[:4]), file=sys.stderr)
+        return text, cached, t1 - t0, gaps[0][0]
 
     def test_slow_store_does_not_stall_other_streams(self):
-        delay = 1.5
+        delay = 2.0
         proxy, b = self.slow_store_replica(timeout_ms=10000)
         text, cached, took, gap = self.stalls_during(proxy, b, delay)
         # The store answered (late): the turn resumed from it.
@@ -541,24 +543,25 @@ class StoreTier(unittest.TestCase):
         self.assertEqual(text, self.ref.turn2)
         self.assertGreater(cached, 0)
         self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
-        # Before lookups moved off the engine thread, every stream stopped for the whole delay.
+        # Before lookups moved off the engine thread, every stream stopped for the whole delay
+        # (twice: SELECT, then GET). The bound leaves room for a loaded machine and TSan.
         print("slow store %.1f s: turn took %.2f s, longest gap of the other stream %.3f s" %
               (delay, took, gap), file=sys.stderr)
-        self.assertLess(gap, delay / 3)
+        self.assertLess(gap, delay / 2)
         self.assertEqual(b.stop(), 0)
 
     def test_slow_store_past_timeout_runs_cold(self):
-        delay = 1.5
-        # Past the 1 s timeout: the lookup gives up (an engine thread waiting for it would
-        # stall every stream for that second).
-        proxy, b = self.slow_store_replica(timeout_ms=1000)
+        delay = 2.0
+        # Past the 1.5 s timeout: the lookup gives up (an engine thread waiting for it would
+        # stall every stream for that long).
+        proxy, b = self.slow_store_replica(timeout_ms=1500)
         text, cached, took, gap = self.stalls_during(proxy, b, delay)
         self.assertEqual(text, self.ref.cold2)
         self.assertEqual(cached, 0)
-        self.assertLess(took, 10)
+        self.assertLess(took, 15)
         self.assertGreater(b.metric("yunmin_state_store_errors_total"), 0)
         self.assertEqual(b.metric("yunmin_state_store_hits_total"), 0)
-        self.assertLess(gap, delay / 3)
+        self.assertLess(gap, delay / 2)
         self.assertEqual(b.stop(), 0)
 
 
