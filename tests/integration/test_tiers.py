@@ -564,6 +564,45 @@ class StoreTier(unittest.TestCase):
         self.assertLess(gap, delay / 2)
         self.assertEqual(b.stop(), 0)
 
+    def test_sigterm_while_a_turn_waits_for_the_store(self):
+        # SIGTERM comes while a turn's lookup waits for the store: the drain waits for that
+        # turn too, it resumes, its new state is on disk before its response ends, and the
+        # daemon exits 0 (everything written).
+        a = self.replica()
+        complete(a, TURN1, "term1")
+        self.assertEqual(a.stop(), 0)
+        proxy = SlowProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        d = tempfile.mkdtemp(prefix="ym-tiers-")
+        self.addCleanup(shutil.rmtree, d, True)
+        b = Daemon("--session-store", proxy.url(), "--state-secret", self.SECRET,
+                   "--checkpoint-interval", "0", "--session-store-timeout-ms", "10000",
+                   "--state-dir", d)
+        self.daemons.append(b)
+        proxy.delay = 1.0
+        proxy.slow.set()
+        got = {}
+        prompt2 = TURN1 + self.ref.turn1 + MORE
+        t = threading.Thread(target=lambda: got.update(r=complete(b, prompt2, "term1")))
+        t.start()
+        time.sleep(0.5)  # the lookup waits for SELECT's reply, then GET's
+        b.proc.send_signal(signal.SIGTERM)
+        t.join()
+        self.assertEqual(b.stop(), 0)
+        text, cached = got["r"]
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)
+        self.assertTrue(os.path.exists(os.path.join(d, session_file("default", "term1"))))
+        # The file holds the second turn's state: a daemon with that disk alone resumes the
+        # third turn from it, past the second turn's history.
+        proxy.slow.clear()
+        c = Daemon("--state-dir", d, "--state-secret", self.SECRET, "--checkpoint-interval", "0")
+        self.daemons.append(c)
+        _, cached3 = complete(c, prompt2 + self.ref.turn2 + MORE, "term1")
+        self.assertGreater(cached3, len(ts.requests.post(c.url + "/v1/tokenize", json={
+            "prompt": prompt2}, timeout=ts.T).json()["tokens"]))
+        self.assertEqual(c.stop(), 0)
+
 
 if __name__ == "__main__":
     ts.YUNMIND, ts.YUNMIN, ts.ROOT = sys.argv[1], sys.argv[2], sys.argv[3]
