@@ -1,12 +1,13 @@
 /* server/sched.c - the engine thread and its continuous-batching scheduler.
  *
- * Owns: the submit queue (mutex + condvar), the running set, one ym_ctx (model scratch and the
- * engine's worker pool), the logits buffer, and each running job's state, sampler and
- * detokenizer. Runs: admit -> build a ragged batch -> ym_forward -> sample -> publish, one step
- * after another while anything is queued or running; sleeps on the condvar otherwise.
- * Must not: touch libuv or libmicrohttpd (only the wake callback, which is uv_async_send), or
- * allocate per token (per-job objects are made once at admission; output buffers grow
- * geometrically).
+ * Owns: the submit queue (mutex + condvar), the lookup threads and their queue, the running
+ * set, one ym_ctx (model scratch and the engine's worker pool), the logits buffer, and each
+ * running job's state, sampler and detokenizer. Runs: admit -> build a ragged batch ->
+ * ym_forward -> sample -> publish, one step after another while anything is queued or running;
+ * sleeps on the condvar otherwise. Must not: touch libuv or libmicrohttpd (only the wake
+ * callback, which is uv_async_send), allocate per token (per-job objects are made once at
+ * admission; output buffers grow geometrically), or read the disk or the store on the engine
+ * thread (the lookup threads do, below).
  *
  * Step policy (vLLM's chunked prefill, simplified): every decoding sequence gets its one row
  * first, so streams keep their pace; then prefilling sequences in arrival order share at most
