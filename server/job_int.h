@@ -76,6 +76,11 @@ struct ym_gen {
     int32_t pending;     /* the last sampled token (not fed yet), or -1 */
     int32_t next_token;
     atomic_int persisting; /* its session's file is being written: the loop waits to finish */
+    /* Found before admission by the lookup thread (ym__jobcache_prefetch), pinned: its session
+     * entry and the longest prefix checkpoint, or NULL; written before the job joins the
+     * submit queue, then the engine thread's (ym__jobcache_resume takes, release unpins). */
+    ym_sc_entry *pre[2];
+    ym_skey pre_key[2];
     double t_last;
     ym_gen *queue_next;
 };
@@ -97,10 +102,17 @@ typedef struct ym_jobcache {
     int checkpoint_interval; /* tokens per prefix checkpoint, 0 = none */
 } ym_jobcache;
 
+/* Before admission, on the scheduler's lookup thread (never the engine thread): look up what
+ * ym__jobcache_resume will want in every tier (RAM, disk, store: this blocks on their I/O) and
+ * keep it pinned in g->pre, promoted into RAM, so admission reads memory only. */
+void ym__jobcache_prefetch(const ym_jobcache *jc, ym_gen *g);
 /* At admission: start g from the longest cached state its prompt extends (its session's, or
- * a prefix checkpoint; in append mode, its session's). YM_EEXIST: the appended-to session is
- * gone. */
+ * a prefix checkpoint; in append mode, its session's), from RAM or what ym__jobcache_prefetch
+ * pinned; no I/O. YM_EEXIST: the appended-to session is gone. */
 ym_err ym__jobcache_resume(const ym_jobcache *jc, ym_gen *g);
+/* Unpin what ym__jobcache_prefetch kept and resume did not take (any thread that owns g;
+ * idempotent). */
+void ym__jobcache_release(const ym_jobcache *jc, ym_gen *g);
 /* A decode row fed id: record it; at a checkpoint boundary store the state. 0, or -1 out of
  * memory (the job then stops recording). */
 int ym__jobcache_record_fed(const ym_jobcache *jc, ym_gen *g, int32_t id);

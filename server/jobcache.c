@@ -12,7 +12,12 @@
  * fed, it is kept as the session's pending token) become the session. An append job
  * (session_append) carries only the tokens after its session's history: it starts from the
  * session's state and running history hash, and makes no checkpoints (it does not have the
- * tokens their keys are made of). Must not: run the model or schedule. */
+ * tokens their keys are made of). Must not: run the model or schedule.
+ *
+ * Lookups that may need I/O (a RAM miss answered by the disk tier or the shared store) run
+ * before admission on the scheduler's lookup thread (ym__jobcache_prefetch), which pins what
+ * it finds in the job; the engine thread's resume then reads RAM and those pins only, so a
+ * slow disk or store delays only the request that needs it, never the running sequences. */
 #include <stdlib.h>
 
 #include "engine/log.h"
@@ -105,12 +110,88 @@ int ym__jobcache_record_fed(const ym_jobcache *jc, ym_gen *g, int32_t id)
     return 0;
 }
 
+/* Keep e (pinned) in slot i of g's prefetched entries, under key. */
+static void keep(ym_gen *g, int i, const ym_skey *key, ym_sc_entry *e)
+{
+    g->pre[i] = e;
+    g->pre_key[i] = *key;
+}
+
+void ym__jobcache_prefetch(const ym_jobcache *jc, ym_gen *g)
+{
+    ym_skey root;
+    ym_skey_root(&root, g->tenant, g->identity);
+    int best = 0;
+    if (g->session != NULL) {
+        ym_skey key;
+        ym_skey_session(&key, g->tenant, g->session);
+        ym_sc_entry *e = ym_scache_pin(jc->cache, &key);
+        int64_t m = e ? ym_sc_entry_state(e)->n_tokens : 0;
+        if (e != NULL && g->append) {
+            keep(g, 0, &key, e); /* resume_append checks it */
+            return;
+        }
+        if (m > 0 && m < g->n_prompt) {
+            ym_skey h;
+            ym_skey_history(&h, &root, g->prompt, (size_t)m, NULL, 0);
+            if (ym_skey_equal(&h, &ym_sc_entry_meta(e)->hist)) {
+                keep(g, 0, &key, e);
+                best = (int)m;
+                e = NULL;
+            }
+        }
+        ym_scache_unpin(jc->cache, e);
+    }
+    int B = jc->checkpoint_interval;
+    if (g->append || B <= 0 || (g->n_prompt - 1) / B * B <= best)
+        return;
+    /* The same walk as resume: the longest boundary that leaves a prompt token to run. */
+    int k_max = (g->n_prompt - 1) / B;
+    ym_skey *chain = malloc((size_t)k_max * sizeof(ym_skey));
+    if (chain == NULL)
+        return; /* resume finds what RAM has */
+    for (int k = 1; k <= k_max; k++)
+        ym_skey_chain(&chain[k - 1], k == 1 ? &root : &chain[k - 2],
+                      g->prompt + (size_t)(k - 1) * (size_t)B, (size_t)B, NULL, 0);
+    for (int k = k_max; k >= 1 && k * B > best; k--) {
+        ym_sc_entry *e = ym_scache_pin(jc->cache, &chain[k - 1]);
+        if (e != NULL) {
+            keep(g, 1, &chain[k - 1], e);
+            break;
+        }
+    }
+    free(chain);
+}
+
+void ym__jobcache_release(const ym_jobcache *jc, ym_gen *g)
+{
+    for (int i = 0; i < 2; i++) {
+        if (g->pre[i] != NULL)
+            ym_scache_unpin(jc->cache, g->pre[i]);
+        g->pre[i] = NULL;
+    }
+}
+
+/* The entry under key, pinned: from RAM (the newest), else the one the lookup thread found
+ * (its pin passes to the caller). Never reads the disk or the store. */
+static ym_sc_entry *pin(const ym_jobcache *jc, ym_gen *g, const ym_skey *key)
+{
+    ym_sc_entry *e = ym_scache_pin_ram(jc->cache, key);
+    for (int i = 0; e == NULL && i < 2; i++) {
+        if (g->pre[i] != NULL && ym_skey_equal(&g->pre_key[i], key)) {
+            e = g->pre[i];
+            g->pre[i] = NULL;
+        }
+    }
+    return e;
+}
+
 /* Append mode: start from the session the loop checked, if it is still that one. */
 static ym_err resume_append(const ym_jobcache *jc, ym_gen *g)
 {
     ym_skey key;
     ym_skey_session(&key, g->tenant, g->session);
-    ym_sc_entry *e = ym_scache_pin(jc->cache, &key);
+    ym_sc_entry *e = pin(jc, g, &key);
     ym_err err = YM_EEXIST;
     if (e != NULL && ym_sc_entry_serial(e) == g->append_serial &&
         ym_sc_entry_meta(e)->appendable && ym_skey_equal(&ym_sc_entry_meta(e)->root, &g->root) &&
@@ -146,7 +227,7 @@ ym_err ym__jobcache_resume(const ym_jobcache *jc, ym_gen *g)
     if (g->session != NULL) {
         ym_skey key;
         ym_skey_session(&key, g->tenant, g->session);
-        ym_sc_entry *e = ym_scache_pin(jc->cache, &key);
+        ym_sc_entry *e = pin(jc, g, &key);
         int64_t m = e ? ym_sc_entry_state(e)->n_tokens : 0;
         if (m > 0 && m < g->n_prompt) {
             ym_skey h;
@@ -168,7 +249,7 @@ ym_err ym__jobcache_resume(const ym_jobcache *jc, ym_gen *g)
                           g->prompt + (size_t)(k - 1) * (size_t)B, (size_t)B, NULL, 0);
         /* Resuming must leave a prompt token to run: k * B < n_prompt. */
         for (int k = (g->n_prompt - 1) / B; k >= 1 && k * B > best && !g->score_prompt; k--) {
-            ym_sc_entry *e = ym_scache_pin(jc->cache, &g->chain[k - 1]);
+            ym_sc_entry *e = pin(jc, g, &g->chain[k - 1]);
             if (e != NULL) {
                 ym_scache_unpin(jc->cache, src);
                 src = e;

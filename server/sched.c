@@ -1,12 +1,13 @@
 /* server/sched.c - the engine thread and its continuous-batching scheduler.
  *
- * Owns: the submit queue (mutex + condvar), the running set, one ym_ctx (model scratch and the
- * engine's worker pool), the logits buffer, and each running job's state, sampler and
- * detokenizer. Runs: admit -> build a ragged batch -> ym_forward -> sample -> publish, one step
- * after another while anything is queued or running; sleeps on the condvar otherwise.
- * Must not: touch libuv or libmicrohttpd (only the wake callback, which is uv_async_send), or
- * allocate per token (per-job objects are made once at admission; output buffers grow
- * geometrically).
+ * Owns: the submit queue (mutex + condvar), the lookup threads and their queue, the running
+ * set, one ym_ctx (model scratch and the engine's worker pool), the logits buffer, and each
+ * running job's state, sampler and detokenizer. Runs: admit -> build a ragged batch ->
+ * ym_forward -> sample -> publish, one step after another while anything is queued or running;
+ * sleeps on the condvar otherwise. Must not: touch libuv or libmicrohttpd (only the wake
+ * callback, which is uv_async_send), allocate per token (per-job objects are made once at
+ * admission; output buffers grow geometrically), or read the disk or the store on the engine
+ * thread (the lookup threads do, below).
  *
  * Step policy (vLLM's chunked prefill, simplified): every decoding sequence gets its one row
  * first, so streams keep their pace; then prefilling sequences in arrival order share at most
@@ -20,7 +21,16 @@
  * cache (resume at admission, prefix checkpoints, its session at the end) is jobcache.c's. The
  * scheduler calls them at admission, at checkpoint boundaries of prefill chunks, for each fed
  * token and when a job ends. A job's end rules (end-of-text, stop strings, max_tokens) and text
- * are the sequence unit's (engine/textout.h), shared with `yunmin generate`. */
+ * are the sequence unit's (engine/textout.h), shared with `yunmin generate`.
+ *
+ * Lookups before admission: with a disk tier or a shared store below the state cache, a RAM
+ * miss is answered by file or network I/O, which must never stall the running sequences. A
+ * job that may resume (it has a session, or a prompt long enough for a prefix checkpoint)
+ * therefore goes from ym_sched_submit to the lookup threads (LOOKUP_THREADS, owned here; the
+ * scheduler may not use libuv's pool), which look in every tier and pin what they find in the
+ * job (jobcache.c), and joins the submit queue only then: hit, miss, refused entry or store
+ * timeout alike. Admission then copies a state from memory. Meanwhile the job counts as
+ * queued (max_queue, ym_sched_n_active, draining). */
 #include "server/sched.h"
 
 #include <math.h>
@@ -42,6 +52,10 @@
 /* Rows of logits beyond one per sequence that a step may produce for prompts being scored
  * (echo with logprobs): a scored prompt's prefill chunk is cut to fit them. */
 #define SCORE_ROWS 64
+/* Two lookup threads: one request waiting for a slow store does not hold up another whose
+ * state is in RAM or on disk (the store's reads share one connection, so two waiting for the
+ * store still take turns). */
+#define LOOKUP_THREADS 2
 
 struct ym_sched {
     ym_model_t *model; /* ref */
@@ -61,6 +75,14 @@ struct ym_sched {
     int n_queued;
     int n_running_pub; /* n_running as seen by other threads */
     int stop;
+
+    /* The lookup threads' queue (under lock; linked through queue_next like the submit
+     * queue): jobs whose cached state may need disk or store I/O before admission. */
+    pthread_t lookup[LOOKUP_THREADS];
+    int n_lookup;      /* threads started (set before any submit, then constant) */
+    pthread_cond_t lookup_cond;
+    ym_gen *lk_head, *lk_tail;
+    int lk_stop;       /* ym_sched_free: drain the lookup queue, accept no more jobs */
 
     pthread_mutex_t ready_lock;
     ym_gen *ready_head, *ready_tail;
@@ -191,6 +213,65 @@ static ym_err admit(ym_sched_t *s, ym_gen *g)
     if (s->cache != NULL)
         return ym__jobcache_resume(&s->jc, g);
     return g->append ? YM_EEXIST : YM_OK;
+}
+
+/* Append g to the submit queue and wake the engine (lock held). */
+static void enqueue(ym_sched_t *s, ym_gen *g)
+{
+    g->queue_next = NULL;
+    if (s->q_tail)
+        s->q_tail->queue_next = g;
+    else
+        s->q_head = g;
+    s->q_tail = g;
+    pthread_cond_signal(&s->cond);
+}
+
+/* A lookup thread: look up each job's cached states in every tier, then queue it for
+ * admission. While stopping, jobs are queued without a lookup (the engine cancels them). */
+static void *lookup_main(void *arg)
+{
+    ym_sched_t *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (s->lk_head == NULL && !s->lk_stop)
+            pthread_cond_wait(&s->lookup_cond, &s->lock);
+        ym_gen *g = s->lk_head;
+        if (g == NULL)
+            break; /* stopping, and the queue is empty */
+        s->lk_head = g->queue_next;
+        if (s->lk_head == NULL)
+            s->lk_tail = NULL;
+        int skip = s->lk_stop;
+        pthread_mutex_unlock(&s->lock);
+        if (!skip && !atomic_load(&g->cancelled))
+            ym__jobcache_prefetch(&s->jc, g);
+        pthread_mutex_lock(&s->lock);
+        enqueue(s, g); /* it still counts in n_queued, from ym_sched_submit */
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Does g need the lookup threads: may its resume read the disk or the store? Not when its
+ * session is in RAM and no checkpoint boundary lies beyond the session's history (the common
+ * next turn): then it skips the lookup queue and whatever waits there. Its resume still falls
+ * back to checkpoints in RAM if the history does not match. Any thread, s->lock not held. */
+static int needs_lookup(ym_sched_t *s, const ym_gen *g)
+{
+    int B = s->o.checkpoint_interval;
+    if (s->n_lookup == 0 || !ym_scache_has_tiers(s->cache) || g->score_prompt)
+        return 0; /* a scored prompt resumes nothing */
+    if (g->session == NULL)
+        return B > 0 && g->n_prompt > B;
+    ym_skey key;
+    ym_skey_session(&key, g->tenant, g->session);
+    ym_sc_entry *e = ym_scache_pin_ram(s->cache, &key);
+    int64_t m = e != NULL ? ym_sc_entry_state(e)->n_tokens : -1;
+    ym_scache_unpin(s->cache, e);
+    if (m < 0)
+        return 1;
+    return !g->append && B > 0 && (int64_t)((g->n_prompt - 1) / B) * B > m;
 }
 
 /* Sample the next token of g from its logits row and decide whether it goes on. */
@@ -485,6 +566,7 @@ static void *engine_main(void *arg)
 
         for (ym_gen *g = admitted; g != NULL; g = g->queue_next) {
             ym_err err = admit(s, g);
+            ym__jobcache_release(&s->jc, g); /* what the lookup found and resume left */
             if (g->max_tokens == 0 && !g->score_prompt && err == YM_OK) {
                 finish(s, g, YM_FINISH_LENGTH);
             } else if (err != YM_OK) {
@@ -501,6 +583,7 @@ static void *engine_main(void *arg)
             while (cancel_q != NULL) {
                 ym_gen *g = cancel_q;
                 cancel_q = g->queue_next;
+                ym__jobcache_release(&s->jc, g);
                 finish(s, g, YM_FINISH_CANCELLED);
                 ym_gen_unref(g);
             }
@@ -566,8 +649,21 @@ static void sched_destroy(ym_sched_t *s)
     ym_model_unref(s->model);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->lookup_cond);
     pthread_mutex_destroy(&s->ready_lock);
     free(s);
+}
+
+/* Drain the lookup queue into the submit queue and join the lookup threads; afterwards
+ * ym_sched_submit refuses jobs. */
+static void stop_lookups(ym_sched_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->lk_stop = 1;
+    pthread_cond_broadcast(&s->lookup_cond);
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < s->n_lookup; i++)
+        pthread_join(s->lookup[i], NULL); /* called once: by ym_sched_free or a failed new */
 }
 
 ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts *o,
@@ -594,6 +690,7 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
     s->eos = ym_tok_eos_id(tok);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->lookup_cond, NULL);
     pthread_mutex_init(&s->ready_lock, NULL);
     ym_err err;
     if ((err = ym_ctx_new(model, o->max_batch_tokens, o->n_threads, &s->ctx)) != YM_OK) {
@@ -606,6 +703,13 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
         err = ym_diag_set(diag, YM_ENOMEM, "out of memory for the scheduler");
         goto fail;
     }
+    for (int i = 0; cache != NULL && i < LOOKUP_THREADS; i++) {
+        if (pthread_create(&s->lookup[i], NULL, lookup_main, s) != 0) {
+            err = ym_diag_set(diag, YM_ENOMEM, "cannot start the state lookup threads");
+            goto fail;
+        }
+        s->n_lookup++;
+    }
     if (pthread_create(&s->thread, NULL, engine_main, s) != 0) {
         err = ym_diag_set(diag, YM_ENOMEM, "cannot start the engine thread");
         goto fail;
@@ -613,6 +717,7 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
     *out = s;
     return YM_OK;
 fail:
+    stop_lookups(s); /* nothing was submitted */
     sched_destroy(s);
     return err;
 }
@@ -621,6 +726,8 @@ void ym_sched_free(ym_sched_t *s)
 {
     if (s == NULL)
         return;
+    /* Jobs still being looked up join the submit queue first; the engine cancels them. */
+    stop_lookups(s);
     pthread_mutex_lock(&s->lock);
     s->stop = 1;
     pthread_cond_signal(&s->cond);
@@ -643,26 +750,39 @@ ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g)
 
 ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n)
 {
+    /* Which of them may find their state on disk or in the store: decided before the lock
+     * (it takes the cache's). */
+    int lookup[YM_SCHED_SUBMIT_MAX];
+    if (n < 1 || n > YM_SCHED_SUBMIT_MAX)
+        return YM_EINVAL;
+    for (int i = 0; i < n; i++)
+        lookup[i] = needs_lookup(s, gs[i]);
     pthread_mutex_lock(&s->lock);
     /* A job waits in the queue only when every running slot is taken; the last of the n
      * decides (the queue only grows while they go in). */
     int waiting = s->n_queued + n - 1 + s->n_running_pub - s->o.max_running;
-    if (s->stop || (waiting >= 0 && s->n_queued + n - 1 >= s->o.max_queue)) {
+    if (s->stop || s->lk_stop || (waiting >= 0 && s->n_queued + n - 1 >= s->o.max_queue)) {
         pthread_mutex_unlock(&s->lock);
         return YM_EBUSY;
     }
     for (int i = 0; i < n; i++) {
         ym_gen *g = ym_gen_ref(gs[i]);
-        g->queue_next = NULL;
-        if (s->q_tail)
-            s->q_tail->queue_next = g;
-        else
-            s->q_head = g;
-        s->q_tail = g;
+        if (lookup[i]) {
+            /* Its cached state may be on disk or in the store: a lookup thread reads it,
+             * then queues the job (lookup_main). */
+            g->queue_next = NULL;
+            if (s->lk_tail)
+                s->lk_tail->queue_next = g;
+            else
+                s->lk_head = g;
+            s->lk_tail = g;
+            pthread_cond_signal(&s->lookup_cond);
+        } else {
+            enqueue(s, g);
+        }
         s->n_queued++;
     }
     ym_metrics_set(s->metrics, YM_G_QUEUE, s->n_queued);
-    pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
     return YM_OK;
 }

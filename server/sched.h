@@ -5,7 +5,10 @@
  * builds one ragged batch per step (one row per decoding sequence, then prefill chunks of at
  * most prefill_chunk tokens while the step has rows left), runs the model, samples, appends
  * text to each job's output and puts the job on the ready list; the wake callback (uv_async_send
- * in the server) tells the loop. Finished and cancelled jobs leave the batch at once.
+ * in the server) tells the loop. Finished and cancelled jobs leave the batch at once. With a
+ * disk tier or a store below the state cache, a job whose cached state may need I/O waits for
+ * a lookup thread (it reads the tiers) before it joins the queue; the engine thread never does
+ * file or network I/O.
  *
  * Threads: ym_sched_* and ym_gen_* may be called from any thread unless noted; the engine
  * thread alone runs the model. Ownership: a ym_gen is refcounted (loop, engine, ready list). */
@@ -146,10 +149,13 @@ ym_err ym_sched_new(ym_model_t *model, const ym_tok_t *tok, const ym_sched_opts 
                     void *wake_arg, ym_sched_t **out, ym_diag *diag);
 /* Stop: cancel every job (each appears on the ready list finished), join the thread, free. */
 void ym_sched_free(ym_sched_t *s); /* NULL-safe */
-/* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait. */
+/* Queue a job (takes a reference of its own). YM_EBUSY when max_queue jobs already wait
+ * (counting those at the lookup threads). Does no I/O: the lookups run on their threads. */
 ym_err ym_sched_submit(ym_sched_t *s, ym_gen *g);
 /* Queue n jobs at once (a request's prompts), so that they are admitted in the same pass when
- * the running slots allow; all or none: YM_EBUSY when they do not all fit in the queue. */
+ * the running slots allow; all or none: YM_EBUSY when they do not all fit in the queue,
+ * YM_EINVAL unless 1 <= n <= YM_SCHED_SUBMIT_MAX (a request has at most 16 choices). */
+#define YM_SCHED_SUBMIT_MAX 64
 ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n);
 /* New limits for max_running (at most max_batch_tokens), prefill_chunk and max_queue (a
  * reload); values out of range are ignored; the others are fixed at start. */

@@ -311,7 +311,7 @@ size_t ym_scache_budget(ym_scache_t *c)
     return b;
 }
 
-static ym_sc_entry *pin_ram(ym_scache_t *c, const ym_skey *key)
+ym_sc_entry *ym_scache_pin_ram(ym_scache_t *c, const ym_skey *key)
 {
     pthread_mutex_lock(&c->lock);
     ym_sc_entry *e = find(c, key);
@@ -365,8 +365,8 @@ static void write_back(ym_scache_t *c, ym_sc_entry *e);
 
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
 {
-    ym_sc_entry *e = pin_ram(c, key);
-    if (e != NULL || (c->disk == NULL && c->store == NULL))
+    ym_sc_entry *e = ym_scache_pin_ram(c, key);
+    if (e != NULL || !ym_scache_has_tiers(c))
         return e;
     /* A RAM miss: the disk tier, then the store, without the lock; a state found there is
      * promoted into RAM. */
@@ -616,6 +616,11 @@ int ym_scache_remove(ym_scache_t *c, const ym_skey *key)
     if (c->store != NULL)
         ym_redistier_remove(c->store, key);
     return e != NULL || on_disk;
+}
+
+int ym_scache_has_tiers(const ym_scache_t *c)
+{
+    return c != NULL && (c->disk != NULL || c->store != NULL);
 }
 
 void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d)

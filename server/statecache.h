@@ -12,10 +12,12 @@
  * Keys are BLAKE2b-256 (libsodium): a tenant cannot forge another's key or history, and two
  * histories that hash alike do not happen by accident.
  *
- * Threads: every call may come from any thread (one mutex). The engine thread pins an entry,
- * copies its state and unpins it; the loop thread deletes, describes, exports and imports.
- * A pinned entry is never evicted or freed: replacing or deleting it only unlinks it, and the
- * last unpin frees it. Ownership: ym_scache_put takes the state it is given. */
+ * Threads: every call may come from any thread (one mutex). The engine thread pins an entry
+ * from RAM (ym_scache_pin_ram), copies its state and unpins it; lookups that may read the disk
+ * or the store run before admission, off the engine thread; the loop thread deletes,
+ * describes, exports and imports. A pinned entry is never evicted or freed: replacing or
+ * deleting it only unlinks it, and the last unpin frees it. Ownership: ym_scache_put takes the
+ * state it is given. */
 #ifndef YM_SERVER_STATECACHE_H
 #define YM_SERVER_STATECACHE_H
 #include <sodium.h>
@@ -80,8 +82,13 @@ void ym_scache_free(ym_scache_t *c);
 void ym_scache_set_budget(ym_scache_t *c, size_t budget);
 size_t ym_scache_budget(ym_scache_t *c);
 
-/* The entry under key, pinned and made most recent, or NULL. Unpin it when done. */
+/* The entry under key, pinned and made most recent, or NULL. Unpin it when done. On a RAM
+ * miss this reads the disk tier, then the store (a network round trip, bounded by the store's
+ * timeout) and promotes what it finds: it blocks, so the engine thread never calls it (the
+ * scheduler's lookup thread does, before admission; server/sched.h). */
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key);
+/* As ym_scache_pin, RAM only: never blocks on I/O (one mutex). The engine thread's lookup. */
+ym_sc_entry *ym_scache_pin_ram(ym_scache_t *c, const ym_skey *key);
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e); /* NULL-safe */
 /* A pinned entry's contents (stable while pinned). */
 const ym_state_t *ym_sc_entry_state(const ym_sc_entry *e);
@@ -112,6 +119,8 @@ void ym_scache_set_disk(ym_scache_t *c, ym_disktier_t *d);
 /* The shared store tier (server/redistier.h), taken over likewise: below disk. */
 typedef struct ym_redistier ym_redistier_t;
 void ym_scache_set_store(ym_scache_t *c, ym_redistier_t *r);
+/* 1 if a disk tier or a store is set (a RAM miss may then be answered by I/O); c may be NULL. */
+int ym_scache_has_tiers(const ym_scache_t *c);
 /* Wait until every state put so far is on disk and in the store (no-op without them). */
 void ym_scache_flush(ym_scache_t *c);
 

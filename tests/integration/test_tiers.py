@@ -5,7 +5,9 @@ forged state files are refused (the request runs cold and succeeds), and the byt
 evicts the least recently written file first. Shared store (session_store, a real
 redis-server started here on a free loopback port): two replicas without affinity resume each
 other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
-refused.
+refused. A slow store (replies delayed by a proxy here) delays only the request whose state it
+holds: another stream keeps its pace, the slow request still resumes, and one past
+the store's timeout runs cold and succeeds.
 
 Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
 
@@ -24,6 +26,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -293,6 +296,74 @@ class Redis:
             self.proc.wait()
 
 
+class SlowProxy:
+    """A TCP proxy to redis that holds every reply for `delay` seconds while slow is set:
+    a store that answers late (a loaded or distant Redis)."""
+
+    def __init__(self, port):
+        self.target = port
+        self.slow = threading.Event()
+        self.delay = 0.0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def url(self, db=1):
+        return "redis://127.0.0.1:%d/%d" % (self.port, db)
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            r = socket.create_connection(("127.0.0.1", self.target))
+            asked = threading.Event()  # a command went out: its reply's first bytes wait
+            threading.Thread(target=self.pipe, args=(c, r, asked, False), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(r, c, asked, True), daemon=True).start()
+
+    def pipe(self, src, dst, asked, replies):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not replies:
+                    asked.set()
+                elif asked.is_set():
+                    asked.clear()
+                    if self.slow.is_set():
+                        time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def stream_times(d, body, out, stop):
+    """Stream a completion; append (arrival time, text) per SSE chunk to out until the stream
+    ends or stop is set (then hang up: the daemon cancels it)."""
+    r = ts.requests.post(d.url + "/v1/completions", json=dict(body, stream=True), stream=True,
+                         timeout=ts.T)
+    assert r.status_code == 200, r.text
+    for line in r.iter_lines(decode_unicode=False):
+        if line.startswith(b"data: ") and line != b"data: [DONE]":
+            out.append((time.monotonic(), line))
+        if stop.is_set():
+            break
+    r.close()
+
+
 @unittest.skipIf(shutil.which("redis-server") is None, "redis-server not installed "
                  "(scripts/deps.sh test)")
 class StoreTier(unittest.TestCase):
@@ -418,6 +489,119 @@ class StoreTier(unittest.TestCase):
         self.assertEqual(cached, 0)
         self.assertEqual(b.metric("yunmin_state_store_refused_total"), 1)
         self.assertEqual(b.stop(), 0)
+
+
+    def slow_store_replica(self, timeout_ms):
+        """A session stored by replica a; replica b reads the store through a slow proxy."""
+        a = self.replica()
+        complete(a, TURN1, "slow1")
+        self.assertEqual(a.stop(), 0)
+        proxy = SlowProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        b = Daemon("--session-store", proxy.url(), "--state-secret", self.SECRET,
+                   "--checkpoint-interval", "0", "--session-store-timeout-ms", str(timeout_ms),
+                   env={"YUNMIN_MAX_TOKENS_CAP": "100000"})
+        self.daemons.append(b)
+        return proxy, b
+
+    def stalls_during(self, proxy, b, delay):
+        """Start a long stream on b, make the store slow, run the second turn of slow1 on b.
+        The turn's (text, cached, seconds) and the stream's longest gap between chunks while
+        the turn waited."""
+        chunks, stop = [], threading.Event()
+        t = threading.Thread(target=stream_times, args=(b, {
+            "prompt": "KING:", "max_tokens": 100000, "ignore_eos": True, "temperature": 0},
+            chunks, stop))
+        t.start()
+        deadline = time.monotonic() + 30
+        while len(chunks) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertGreaterEqual(len(chunks), 20)
+        proxy.delay = delay
+        proxy.slow.set()
+        t0 = time.monotonic()
+        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "slow1")
+        t1 = time.monotonic()
+        proxy.slow.clear()
+        stop.set()
+        t.join()
+        # The stream outlasted the turn, so its gaps over [t0, t1] say whether it waited.
+        self.assertGreater(chunks[-1][0], t1, "the stream ended before the turn")
+        times = [c[0] for c in chunks if t0 <= c[0] <= t1]
+        self.assertGreater(len(times), 10, "too few chunks while the turn waited")
+        gaps = sorted(((y - x, x - t0) for x, y in zip(times, times[1:])), reverse=True)
+        print("longest gaps (s, at s after the turn was sent): %s" %
+              ", ".join("%.3f @ %.2f" % g for g in gaps[:4]), file=sys.stderr)
+        return text, cached, t1 - t0, gaps[0][0]
+
+    def test_slow_store_does_not_stall_other_streams(self):
+        delay = 2.0
+        proxy, b = self.slow_store_replica(timeout_ms=10000)
+        text, cached, took, gap = self.stalls_during(proxy, b, delay)
+        # The store answered (late): the turn resumed from it.
+        self.assertGreaterEqual(took, delay)
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+        # Before lookups moved off the engine thread, every stream stopped for the whole delay
+        # (twice: SELECT, then GET). The bound leaves room for a loaded machine and TSan.
+        print("slow store %.1f s: turn took %.2f s, longest gap of the other stream %.3f s" %
+              (delay, took, gap), file=sys.stderr)
+        self.assertLess(gap, delay / 2)
+        self.assertEqual(b.stop(), 0)
+
+    def test_slow_store_past_timeout_runs_cold(self):
+        delay = 2.0
+        # Past the 1.5 s timeout: the lookup gives up (an engine thread waiting for it would
+        # stall every stream for that long).
+        proxy, b = self.slow_store_replica(timeout_ms=1500)
+        text, cached, took, gap = self.stalls_during(proxy, b, delay)
+        self.assertEqual(text, self.ref.cold2)
+        self.assertEqual(cached, 0)
+        self.assertLess(took, 15)
+        self.assertGreater(b.metric("yunmin_state_store_errors_total"), 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 0)
+        self.assertLess(gap, delay / 2)
+        self.assertEqual(b.stop(), 0)
+
+    def test_sigterm_while_a_turn_waits_for_the_store(self):
+        # SIGTERM comes while a turn's lookup waits for the store: the drain waits for that
+        # turn too, it resumes, its new state is on disk before its response ends, and the
+        # daemon exits 0 (everything written).
+        a = self.replica()
+        complete(a, TURN1, "term1")
+        self.assertEqual(a.stop(), 0)
+        proxy = SlowProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        d = tempfile.mkdtemp(prefix="ym-tiers-")
+        self.addCleanup(shutil.rmtree, d, True)
+        b = Daemon("--session-store", proxy.url(), "--state-secret", self.SECRET,
+                   "--checkpoint-interval", "0", "--session-store-timeout-ms", "10000",
+                   "--state-dir", d)
+        self.daemons.append(b)
+        proxy.delay = 1.0
+        proxy.slow.set()
+        got = {}
+        prompt2 = TURN1 + self.ref.turn1 + MORE
+        t = threading.Thread(target=lambda: got.update(r=complete(b, prompt2, "term1")))
+        t.start()
+        time.sleep(0.5)  # the lookup waits for SELECT's reply, then GET's
+        b.proc.send_signal(signal.SIGTERM)
+        t.join()
+        self.assertEqual(b.stop(), 0)
+        text, cached = got["r"]
+        self.assertEqual(text, self.ref.turn2)
+        self.assertGreater(cached, 0)
+        self.assertTrue(os.path.exists(os.path.join(d, session_file("default", "term1"))))
+        # The file holds the second turn's state: a daemon with that disk alone resumes the
+        # third turn from it, past the second turn's history.
+        proxy.slow.clear()
+        c = Daemon("--state-dir", d, "--state-secret", self.SECRET, "--checkpoint-interval", "0")
+        self.daemons.append(c)
+        _, cached3 = complete(c, prompt2 + self.ref.turn2 + MORE, "term1")
+        self.assertGreater(cached3, len(ts.requests.post(c.url + "/v1/tokenize", json={
+            "prompt": prompt2}, timeout=ts.T).json()["tokens"]))
+        self.assertEqual(c.stop(), 0)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 #include "engine/forward.h"
 #include "engine/state.h"
 #include "server/conf.h"
+#include "server/disktier.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
 #include "server/request.h"
@@ -1192,12 +1193,18 @@ static ym_gen *make_gen_ids(const int32_t *ids, int n, int max_tokens, const cha
 
 /* Run one job to its end: its ids in out, the prompt tokens it resumed in *cached, the tokens
  * it fed to the model after its prompt (all but the last sampled one) in *fed. */
+/* With a disk tier: run_job waits for the tier's writes after each job, as the server's
+ * response waits for its session's file (and the checkpoints are on disk for the next job). */
+static ym_scache_t *tier_cache;
+
 static int run_job(fixture *f, ym_sched_t *s, ym_gen *g, int32_t *out, int max, int *cached,
                    int *fed)
 {
     int n;
     ck_assert_int_eq(ym_sched_submit(s, g), YM_OK);
     ym_finish fin = wait_job(f, s, g, out, &n, max);
+    if (tier_cache != NULL)
+        ym_scache_flush(tier_cache);
     *fed = fin == YM_FINISH_STOP ? n : n - 1; /* an end-of-text token is sampled, not fed */
     ym_gen_delta d = {0};
     ym_gen_take(g, &d);
@@ -1207,12 +1214,30 @@ static int run_job(fixture *f, ym_sched_t *s, ym_gen *g, int32_t *out, int max, 
     return n;
 }
 
+/* Loop 0: the RAM cache. Loop 1: a RAM budget of one byte over a disk tier, so every session
+ * and checkpoint is resumed from its file, read by the scheduler's lookup threads before
+ * admission (the engine thread reads RAM only). */
 START_TEST(test_sched_resumed_sessions_and_prefixes_equal_cold_runs)
 {
     fixture f = {0};
     fixture_init(&f);
     ym_scache_t *cache;
-    ck_assert_int_eq(ym_scache_new(64u << 20, f.metrics, &cache), YM_OK);
+    ck_assert_int_eq(ym_scache_new(_i == 0 ? 64u << 20 : 1, f.metrics, &cache), YM_OK);
+    char dir[] = "/tmp/ym-sched-tier-XXXXXX";
+    ym_disktier_t *disk = NULL; /* the cache's once set */
+    tier_cache = NULL;
+    if (_i == 1) {
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        ym_state_t *like;
+        unsigned char fp[32];
+        ck_assert_int_eq(ym_state_new_for_model(f.model, &like), YM_OK);
+        ym_model_fingerprint(f.model, fp);
+        ym_disktier_opts dopts = {.dir = dir, .secret = "test"};
+        ck_assert_int_eq(ym_disktier_open(&dopts, like, fp, f.metrics, &disk, NULL), YM_OK);
+        ym_state_free(like);
+        ym_scache_set_disk(cache, disk);
+        tier_cache = cache;
+    }
     /* Small chunks and interval so a 100-token history crosses many of both. */
     ym_sched_opts o = {.max_running = 4, .max_batch_tokens = 16, .prefill_chunk = 7,
                        .max_queue = 16, .n_threads = 1, .checkpoint_interval = 16};
@@ -1314,7 +1339,29 @@ START_TEST(test_sched_resumed_sessions_and_prefixes_equal_cold_runs)
     ck_assert_int_eq(cached, held);
     ym_ids_deinit(&ids);
     ym_sched_free(s);
+    if (_i == 1) {
+        /* Every resume came from a file: RAM never held a state. */
+        ym_disktier_stats ds;
+        ym_disktier_get_stats(disk, &ds);
+        ck_assert_uint_gt(ds.hits, 5);
+        ym_scache_stats st;
+        ym_scache_get_stats(cache, &st);
+        ck_assert_int_eq(st.n_sessions + st.n_prefixes, 0);
+    }
     ym_scache_free(cache);
+    tier_cache = NULL;
+    if (_i == 1) {
+        DIR *dp = opendir(dir);
+        for (struct dirent *de; dp != NULL && (de = readdir(dp)) != NULL;) {
+            char path[512];
+            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+            if (de->d_name[0] != '.' || strlen(de->d_name) > 2)
+                unlink(path);
+        }
+        if (dp != NULL)
+            closedir(dp);
+        rmdir(dir);
+    }
     fixture_deinit(&f);
 }
 END_TEST
@@ -1695,7 +1742,7 @@ static Suite *server_suite(void)
     tc = tcase_create("sched");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_sched_batched_greedy_equals_engine_alone);
-    tcase_add_test(tc, test_sched_resumed_sessions_and_prefixes_equal_cold_runs);
+    tcase_add_loop_test(tc, test_sched_resumed_sessions_and_prefixes_equal_cold_runs, 0, 2);
     tcase_add_test(tc, test_sched_queue_limit_and_cancel);
     tcase_add_test(tc, test_sched_stop_cancels_running_and_queued);
     suite_add_tcase(s, tc);

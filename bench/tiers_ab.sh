@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Two yunmind binaries with the same disk tier settings under the same session load: the
+# throughput of B against A, in interleaved rounds (order alternating), one ratio per round.
+#
+#   A=/path/to/yunmind-a B=/path/to/yunmind-b bench/tiers_ab.sh
+#
+# Each daemon gets a state_dir of its own; bench/loadgen sends CLIENTS closed-loop streaming
+# clients with --session (every request stores its session's state) to one daemon at a time.
+# Prints a markdown table and the median of B / A; writes it to $OUT/table.md.
+#
+# Environment: A, B (required); BUILD (for the loadgen binary made by tiers_load.sh, or made
+# here) [build-test]; OUT [$BUILD/tiers-ab-<UTC time>]; THREADS [1]; CLIENTS [8]; ROUNDS [9];
+# DURATION [8]; WARMUP [2]; TOKENS [32].
+set -eu
+cd "$(dirname "$0")/.."
+root=$(pwd)
+: "${A:?A=yunmind binary}" "${B:?B=yunmind binary}"
+BUILD=${BUILD:-build-test}
+OUT=${OUT:-$BUILD/tiers-ab-$(date -u +%Y%m%dT%H%M%SZ)}
+THREADS=${THREADS:-1}
+CLIENTS=${CLIENTS:-8}
+ROUNDS=${ROUNDS:-9}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+TOKENS=${TOKENS:-32}
+loadgen=$BUILD/loadgen-tiers
+if [ ! -x "$loadgen" ]; then
+    cc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$loadgen" bench/loadgen.c
+fi
+mkdir -p "$OUT/a" "$OUT/b"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" > "$OUT/conditions.txt"
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+declare -A port
+start() { # start NAME BINARY
+    "$2" --model "$root/models/shakespeare-mamba" --port 0 --threads "$THREADS" \
+        --max-running 64 --max-batch-tokens 256 --log-level warn --state-dir "$OUT/$1" \
+        > "$OUT/$1-yunmind.out" 2> "$OUT/$1-yunmind.log" &
+    pids+=($!)
+    local p=
+    for _ in $(seq 1 300); do
+        p=$(sed -n 's|^yunmind: listening on http://[^ ]*:\([0-9][0-9]*\)$|\1|p' \
+            "$OUT/$1-yunmind.out")
+        [ -n "$p" ] && break
+        sleep 0.1
+    done
+    [ -n "$p" ] || { echo "tiers_ab: $1 did not start" >&2; exit 1; }
+    sleep 1
+    port[$1]=$p
+}
+start a "$A"
+start b "$B"
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) -eq 1 ]; then order="a b"; else order="b a"; fi
+    for n in $order; do
+        echo "tiers_ab: round $r/$ROUNDS: $n (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+        "$loadgen" --url "http://127.0.0.1:${port[$n]}" --clients "$CLIENTS" \
+            --duration "$DURATION" --warmup "$WARMUP" --max-tokens "$TOKENS" \
+            --session "r$r-$n" > "$OUT/r$r-$n.json"
+    done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/conditions.txt"
+/usr/bin/python3 - "$OUT" "$ROUNDS" <<'PY' | tee "$OUT/table.md"
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+print(open(os.path.join(out, "conditions.txt")).read())
+print("| round | A tok/s | B tok/s | B / A | errors |")
+print("|---|---|---|---|---|")
+q = []
+for r in range(1, rounds + 1):
+    a, b = (json.load(open(os.path.join(out, f"r{r}-{n}.json"))) for n in "ab")
+    q.append(b["tok_s"] / a["tok_s"])
+    print(f"| {r} | {a['tok_s']:.1f} | {b['tok_s']:.1f} | {q[-1]:.3f} | {a['errors'] + b['errors']} |")
+print(f"\nB / A: median {statistics.median(q):.3f} [{min(q):.3f}-{max(q):.3f}] ({rounds} rounds)")
+PY
