@@ -60,6 +60,8 @@ server_tsan() {
     setarch "$(uname -m)" -R build-tsan/tests/server/server_unit_tests || rc=1
   TSAN_OPTIONS=halt_on_error=0:exitcode=66 \
     /usr/bin/python3 tests/integration/test_server.py "$bin/yunmind" "$bin/yunmin" "$PWD" || rc=1
+  TSAN_OPTIONS=halt_on_error=0:exitcode=66 \
+    /usr/bin/python3 tests/integration/test_tiers.py "$bin/yunmind" "$bin/yunmin" "$PWD" || rc=1
   rm -rf "$bin"
   return $rc
 }
