@@ -44,7 +44,7 @@ for s in $SEEDS; do
     timeout "$LEFT" "$PY" -m yunmin_train.scale_study --model "$WORK/model" \
         --tokenizer "$WORK/tokenizer/tokenizer.json" --text "$CORPUS/train.txt" \
         --val-text "$CORPUS/val.txt" --cache-dir "$WORK/data" --bf16 --seed "$s" \
-        --levels "$LEVELS" --time-budget $(( LEFT - 12 )) ${STUDY_ARGS:-} \
+        --levels "$LEVELS" ${TASK:+--task "$TASK"} --time-budget $(( LEFT - 12 )) ${STUDY_ARGS:-} \
         --out "$OUT/scale_seed$s.json" > "$WORK/scale_seed$s.log" 2>&1 &
     pids+=($!)
 done

@@ -65,6 +65,47 @@ def flops_per_token(cfg, ch_kept, st_kept=None):
     return mix, mix + 2 * D * V
 
 
+def load_task(path, tokenizer_path):
+    """def2word items (tools/train/corpus/make_tasks.py) as token ids: per item 4 (prefix ids,
+    continuation ids) and the answer."""
+    from .tokenizer import Tokenizer
+    tok = Tokenizer.from_file(tokenizer_path)
+    items = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
+    out = []
+    for it in items:
+        cont = tok.encode(it["continuation"])
+        out.append({"source": it["source"], "answer": it["answer"],
+                    "seqs": [(tok.encode(c + "\n"), cont) for c in it["choices"]]})
+    return out
+
+
+@torch.no_grad()
+def task_accuracy(model, task, masks=None, batch_items=64):
+    """Accuracy (overall and per source) of argmax_c sum log P(continuation | choice c)."""
+    dev = model.backbone.norm_f.weight.device
+    right = {}
+    for i in range(0, len(task), batch_items):
+        chunk = task[i:i + batch_items]
+        seqs = [p + c for it in chunk for p, c in it["seqs"]]
+        T = max(len(x) for x in seqs)
+        x = torch.zeros(len(seqs), T, dtype=torch.long)
+        for j, q in enumerate(seqs):
+            x[j, :len(q)] = torch.as_tensor(q)
+        x = x.to(dev)
+        lp = torch.log_softmax(model(x, masks=masks).float(), -1)
+        tgt = lp[:, :-1].gather(-1, x[:, 1:, None]).squeeze(-1).double().cpu()
+        k = 0
+        for it in chunk:
+            scores = []
+            for p, c in it["seqs"]:
+                scores.append(float(tgt[k, len(p) - 1:len(p) + len(c) - 1].sum()))
+                k += 1
+            ok = int(max(range(len(scores)), key=scores.__getitem__) == it["answer"])
+            right.setdefault(it["source"], []).append(ok)
+            right.setdefault("all", []).append(ok)
+    return {k: sum(v) / len(v) for k, v in right.items()}
+
+
 def counts_from(ch):
     return [int(x) for x in np.asarray(ch).sum(axis=1)]
 
@@ -99,6 +140,16 @@ def run(a):
     t0 = time.time()
     out["dense"] = M.information_loss(base, va, None, ctx=a.ctx)
     out["dense"]["eval_s"] = round(time.time() - t0, 2)
+    task = None
+    if a.task:
+        try:                      # the downstream task must never cost the mask study
+            task = load_task(a.task, tok)
+            t1 = time.time()
+            out["dense"]["task"] = task_accuracy(base, task)
+            out["dense"]["task_s"] = round(time.time() - t1, 2)
+        except Exception as e:    # noqa: BLE001
+            out["task_error"] = repr(e)
+            task = None
     save()
     print(json.dumps({"seed": a.seed, "dense": out["dense"]}), flush=True)
     cal0 = (a.seed * 7919 * a.tokens) % max(1, tr.size - a.tokens)
@@ -121,7 +172,8 @@ def run(a):
         n_runs = len(levels) + sum(1 for x in levels if any(abs(x - y) < 1e-9
                                                             for y in layer_levels))
         n_evals = 5 * len(levels) + n_runs - len(levels)
-        left = a.time_budget - (time.time() - t_start) - 1.5 * n_evals * out["dense"]["eval_s"]
+        left = a.time_budget - (time.time() - t_start) - 1.5 * n_evals * out["dense"]["eval_s"] \
+            - 1.5 * 3 * len(levels) * out["dense"].get("task_s", 0.0)
         steps = int(max(a.min_steps, min(a.mask_steps, left / (n_runs * s_step))))
         out["sizing"] = {"probe_steps": a.probe_steps, "s_per_step": round(s_step, 4),
                          "n_runs": n_runs, "n_evals": n_evals, "steps": steps}
@@ -139,6 +191,11 @@ def run(a):
         row.update({"flops_mixers": mix, "flops_model": whole,
                     "flops_cut_mixers": 1 - mix / full_mix, "flops_cut_model": 1 - whole / full_all})
         row.update(M.information_loss(base, va, mk, ctx=a.ctx))
+        if task and method in ("learned", "magnitude", "random"):
+            try:
+                row["task"] = task_accuracy(base, task, mk)
+            except Exception as e:    # noqa: BLE001
+                row["task_error"] = repr(e)
         row["eval_s"] = round(time.time() - t1, 2)
         if extra:
             row.update(extra)
@@ -213,6 +270,8 @@ def merge(paths, out_dir):
         e = {"level": level, "method": method, "seeds": sorted(r["seed"] for r in rs)}
         for k in ("cos_loss", "kl", "ppl", "flops_cut_mixers", "flops_cut_model"):
             e[k] = summarize([r[k] for r in rs])
+        if any("task" in r for r in rs):
+            e["task"] = summarize([r["task"]["all"] for r in rs if "task" in r])
         table.append(e)
     dense = parts[0]["dense"]
     res = {"from": [os.path.basename(p) for p in paths], "n_params": parts[0]["n_params"],
@@ -224,13 +283,15 @@ def merge(paths, out_dir):
     fmt = lambda s, d=4: "-" if s is None else (  # noqa: E731
         f"{s['mean']:.{d}f} ± {s['sd']:.{d}f}" if s["n"] > 1 else f"{s['mean']:.{d}f}")
     lines = ["# Channel masks on the corpus model: mean ± sd over seeds", "",
-             f"Dense: held-out perplexity {dense['ppl']:.3f} on {dense['n_scored']} scored tokens.",
+             f"Dense: held-out perplexity {dense['ppl']:.3f} on {dense['n_scored']} scored tokens; "
+             f"def2word accuracy {dense.get('task', {}).get('all', float('nan')):.3f}.",
              "", "| channels dropped | method | seeds | cos loss | KL | ppl | mixer FLOPs cut | "
-             "model FLOPs cut |", "|---|---|---|---|---|---|---|---|"]
+             "model FLOPs cut | def2word acc |", "|---|---|---|---|---|---|---|---|---|"]
     for e in table:
         lines.append(f"| {e['level']:.0%} | {e['method']} | {len(e['seeds'])} | "
                      f"{fmt(e['cos_loss'])} | {fmt(e['kl'])} | {fmt(e['ppl'], 2)} | "
-                     f"{e['flops_cut_mixers']['mean']:.1%} | {e['flops_cut_model']['mean']:.1%} |")
+                     f"{e['flops_cut_mixers']['mean']:.1%} | {e['flops_cut_model']['mean']:.1%} | "
+                     f"{fmt(e.get('task'), 3)} |")
     with open(os.path.join(out_dir, "scale_results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return 0
@@ -264,6 +325,7 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--task", default=None, help="def2word.jsonl: the downstream task")
     ap.add_argument("--save-profiles", default=None, help="directory for the learned profiles")
     a = ap.parse_args(argv)
     if a.merge:
