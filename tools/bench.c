@@ -4,7 +4,10 @@
  *   - memory read bandwidth, read the way decode reads its weights: every thread runs the
  *     engine's own GEMV (ym_matmul, one row) over its slice of the rows of a 1 GiB f32 matrix
  *     (far past the caches), so the floor weight_bytes / bandwidth is one decode can at best
- *     reach, not a figure a weaker probe loop underestimates;
+ *     reach, not a figure a weaker probe loop underestimates. The probe and batch-1 decode
+ *     alternate in --rounds rounds (probe, decode, probe, decode, ...): the floor fraction is
+ *     the best decode over the best probe, so neither side's bad moment counts, and each
+ *     round's own pair (taken seconds apart) is reported with the median of the pairs;
  *   - the OpenBLAS sgemm rate at a prefill-like shape, run the way the engine runs it (each
  *     core its own slice, single-threaded BLAS) and with OpenBLAS's own threads; the better
  *     of the two is the peak;
@@ -14,7 +17,7 @@
  * (--batches' first value) with every row on the base model, against the same batch with
  * the rows spread over N random LoRA adapters (rank --rank, all four projections), measured
  * alternately in one run. With --sparsity the served sparse model is measured too, in the same process,
- * alternating with the dense one (best of two rounds each), so the speed-up is a ratio of two
+ * alternating with the dense one (best of the rounds each), so the speed-up is a ratio of two
  * figures taken under the same conditions. Runs on the CLI's thread; nothing else is running. */
 #include <cblas.h>
 #include <getopt.h>
@@ -64,35 +67,50 @@ static void bw_task(void *arg, int ith, int nth)
     ym_matmul(j->y + lo, n, j->x, BW_COLS, 1, &j->w, lo, hi, 0.0f, NULL);
 }
 
-static double measure_bandwidth(ym_pool_t *pool)
+/* The probe's matrix, made once and read again in every round: 1 GiB of f32 on huge pages,
+ * like the engine's weights (the floor must not include TLB misses that the engine does not
+ * pay). Returns 0, or -1 when out of memory (j left empty). */
+static int bw_init(bw_job *j)
 {
     const int rows = 1 << 16; /* x 4096 f32 = 1 GiB */
     size_t n = (size_t)rows * BW_COLS;
-    /* On huge pages, like the engine's weights: the floor must not include TLB misses that
-     * the engine does not pay. */
     float *a = aligned_alloc((size_t)2 << 20, n * sizeof(float));
     float *x = malloc(sizeof(float) * BW_COLS), *y = malloc(sizeof(float) * (size_t)rows);
+    memset(j, 0, sizeof(*j));
     if (a == NULL || x == NULL || y == NULL) {
         free(a), free(x), free(y);
-        return 0;
+        return -1;
     }
     madvise(a, n * sizeof(float), MADV_HUGEPAGE);
     for (size_t i = 0; i < n; i++)
         a[i] = (float)(i & 7);
     for (int k = 0; k < BW_COLS; k++)
         x[k] = 1.0f / (float)(k + 1);
-    bw_job j = {.w = {YM_WT_F32, rows, BW_COLS, a, NULL}, .x = x, .y = y};
-    double best = 0;
+    *j = (bw_job){.w = {YM_WT_F32, rows, BW_COLS, a, NULL}, .x = x, .y = y};
+    return 0;
+}
+
+static void bw_deinit(bw_job *j)
+{
+    free((void *)j->w.data);
+    free((void *)j->x);
+    free(j->y);
+    memset(j, 0, sizeof(*j));
+}
+
+/* One probe: the best of 5 passes over the matrix, GB/s (0 when bw_init failed). */
+static double bw_measure(ym_pool_t *pool, bw_job *j)
+{
+    if (j->w.data == NULL)
+        return 0;
+    double bytes = (double)j->w.n_rows * BW_COLS * sizeof(float), best = 0;
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now();
-        ym_pool_run(pool, bw_task, &j);
-        double gbs = (double)n * sizeof(float) / (now() - t0) / 1e9;
+        ym_pool_run(pool, bw_task, j);
+        double gbs = bytes / (now() - t0) / 1e9;
         if (gbs > best)
             best = gbs;
     }
-    free(a);
-    free(x);
-    free(y);
     return best;
 }
 
@@ -465,6 +483,45 @@ static int synthetic_arch(const char *arch, ym_wtype wt, int have_wt, ym_model_t
     return 0;
 }
 
+/* Median of n values (sorted in place; the mean of the middle two when n is even), 0 if none. */
+static double median(double *v, int n)
+{
+    for (int i = 1; i < n; i++) /* insertion sort: a few values */
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Batch-1 decode over the floor bandwidth / bytes, for each round's own probe and decode: a
+ * JSON array of n_rounds values (empty without a probe or batch 1), and their median. */
+static json_t *round_fractions(const double *bw_r, const double *dec1_r, int n_rounds,
+                               double bytes, double *median_out)
+{
+    json_t *a = json_array();
+    double *f = calloc((size_t)n_rounds, sizeof(double));
+    int n = 0;
+    for (int r = 0; f != NULL && r < n_rounds; r++)
+        if (bw_r[r] > 0 && dec1_r[r] > 0) {
+            f[n] = dec1_r[r] / (bw_r[r] * 1e9 / bytes);
+            json_array_append_new(a, json_real(f[n]));
+            n++;
+        }
+    *median_out = f != NULL ? median(f, n) : 0;
+    free(f);
+    return a;
+}
+
+static json_t *json_reals(const double *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
@@ -477,10 +534,14 @@ static void usage(FILE *f)
                "f32 for synthetic models).\n"
                "--arch: a synthetic model of that family (random weights): mamba-130m's shapes\n"
                "for mamba1 and falcon_mamba, mamba2-130m's for mamba2.\n"
+               "--rounds N (default 2): rounds of a bandwidth probe followed by batch-1 decode;\n"
+               "the floor fraction is the best decode over the best probe, and each round's\n"
+               "own pair and their median are in --json.\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
-               "with the dense one in this process (best of --rounds rounds each, default 2),\n"
-               "and report the speed-ups.\n"
-               "--no-floors: skip the bandwidth and sgemm measurements.\n"
+               "with the dense one in this process (best of the rounds each), and report the\n"
+               "speed-ups.\n"
+               "--no-floors: skip the bandwidth and sgemm measurements (one round, unless\n"
+               "--sparsity).\n"
                "--adapters N: only decode of a batch of --batches' first value (default 16)\n"
                "rows, base model vs rows spread over N random LoRA adapters of rank R (8).\n");
 }
@@ -627,22 +688,61 @@ int ym_cmd_bench(int argc, char **argv)
                 ym_wtype_name(m->wtype), n_threads, ym_blas_core(), ym_kernels_isa(),
                 ym_matmul_isa());
     double bw = 0, gemm_engine = 0, gemm_blas = 0, sgemm = 0;
+    bw_job probe = {0};
     if (floors) {
-        bw = measure_bandwidth(pool);
+        if (bw_init(&probe) != 0)
+            fprintf(stderr, "yunmin: bench: no memory for the bandwidth probe; floors are 0\n");
         sgemm = measure_sgemm(pool, n_threads, &gemm_engine, &gemm_blas);
     }
-    ym_pool_free(pool);
+    /* Each round: a bandwidth probe, then batch-1 decode right after it, so that each round's
+     * floor and decode see the same neighbours. Prefill and the other batch sizes run in the
+     * first round only, or in every round under --sparsity (sparse and dense alternate, best
+     * of the rounds each: drift on a shared machine hits both alike). Without floors or
+     * sparsity there is nothing to pair: one round. */
+    int n_rounds = floors || ctx_dense != NULL ? rounds : 1;
+    double *bw_r = calloc((size_t)n_rounds, sizeof(double));
+    double *dec1_r = calloc((size_t)n_rounds, sizeof(double));
+    if (bw_r == NULL || dec1_r == NULL) {
+        fprintf(stderr, "yunmin: bench: out of memory\n");
+        free(bw_r), free(dec1_r);
+        bw_deinit(&probe);
+        ym_pool_free(pool);
+        ym_ctx_free(ctx);
+        ym_ctx_free(ctx_dense);
+        ym_model_unref(m);
+        ym_model_unref(dm_dense);
+        return 1;
+    }
     double prefill = 0, dec[16] = {0}, prefill_d = 0, dec_d[16] = {0};
-    /* Sparse and dense alternate, best of the rounds each: drift on a shared machine hits
-     * both alike. */
-    for (int round = 0; round < (ctx_dense != NULL ? rounds : 1); round++) {
+    int i1 = -1; /* index of batch 1 in bs, if measured */
+    for (int i = 0; i < n_bs; i++)
+        if (bs[i] == 1)
+            i1 = i;
+    for (int round = 0; round < n_rounds; round++) {
+        double v;
+        if (floors) {
+            bw_r[round] = bw_measure(pool, &probe);
+            bw = bw_r[round] > bw ? bw_r[round] : bw;
+        }
+        if (i1 >= 0) {
+            dec1_r[round] = bench_decode(ctx, m, 1, steps);
+            dec[i1] = dec1_r[round] > dec[i1] ? dec1_r[round] : dec[i1];
+            if (ctx_dense != NULL) {
+                v = bench_decode(ctx_dense, dm_dense, 1, steps);
+                dec_d[i1] = v > dec_d[i1] ? v : dec_d[i1];
+            }
+        }
+        if (round > 0 && ctx_dense == NULL)
+            continue;
         if (ctx_dense != NULL) {
-            double v = bench_prefill(ctx_dense, dm_dense, n_prompt, 3);
+            v = bench_prefill(ctx_dense, dm_dense, n_prompt, 3);
             prefill_d = v > prefill_d ? v : prefill_d;
         }
-        double v = bench_prefill(ctx, m, n_prompt, 3);
+        v = bench_prefill(ctx, m, n_prompt, 3);
         prefill = v > prefill ? v : prefill;
         for (int i = 0; i < n_bs; i++) {
+            if (i == i1)
+                continue;
             int st = bs[i] >= 16 ? steps / 2 + 1 : steps;
             if (ctx_dense != NULL) {
                 v = bench_decode(ctx_dense, dm_dense, bs[i], st);
@@ -652,6 +752,8 @@ int ym_cmd_bench(int argc, char **argv)
             dec[i] = v > dec[i] ? v : dec[i];
         }
     }
+    bw_deinit(&probe);
+    ym_pool_free(pool);
 
     double scan_us = bench_scan(m), scan_us_d = dm_dense != NULL ? bench_scan(dm_dense) : 0;
     double floor_tok_s = floors ? bw * 1e9 / (double)m->weight_bytes : 0;
@@ -691,6 +793,19 @@ int ym_cmd_bench(int argc, char **argv)
     json_object_set_new(o_json, "decode_floor_tok_s", json_real(floor_tok_s));
     json_object_set_new(o_json, "decode_floor_fraction",
                         json_real(dec1 > 0 && floor_tok_s > 0 ? dec1 / floor_tok_s : 0));
+    /* Each round's own probe and batch-1 decode, and the fractions paired within a round. */
+    double frac_med = 0, frac_state_med = 0;
+    double state_bytes = (double)ym_config_state_bytes(&m->cfg);
+    json_t *frac_r = round_fractions(bw_r, dec1_r, floors ? n_rounds : 0,
+                                     (double)m->weight_bytes, &frac_med);
+    json_t *frac_state_r = round_fractions(bw_r, dec1_r, floors ? n_rounds : 0,
+                                           (double)m->weight_bytes + 2.0 * state_bytes,
+                                           &frac_state_med);
+    json_object_set_new(o_json, "rounds", json_integer(n_rounds));
+    json_object_set_new(o_json, "bandwidth_gb_s_rounds", json_reals(bw_r, floors ? n_rounds : 0));
+    json_object_set_new(o_json, "decode1_tok_s_rounds", json_reals(dec1_r, i1 >= 0 ? n_rounds : 0));
+    json_object_set_new(o_json, "decode_floor_fraction_rounds", frac_r);
+    json_object_set_new(o_json, "decode_floor_fraction_median", json_real(frac_med));
     json_object_set_new(o_json, "prefill_peak_fraction",
                         json_real(sgemm > 0 ? prefill_gflops / sgemm : 0));
     /* The model as measured: projection and scan FLOPs per token, live fractions. */
@@ -740,13 +855,15 @@ int ym_cmd_bench(int argc, char **argv)
         json_object_set_new(o_json, "decode1_ratio_of_ideal", json_real(sp1 / ideal));
     }
     /* The state too is read and written once per token: the floor counting it. */
-    double state_bytes = (double)ym_config_state_bytes(&m->cfg);
     double floor_state = floors ? bw * 1e9 / ((double)m->weight_bytes + 2.0 * state_bytes) : 0;
     json_object_set_new(o_json, "arch", json_string(ym_arch_name(m->cfg.arch)));
     json_object_set_new(o_json, "state_bytes", json_integer((json_int_t)state_bytes));
     json_object_set_new(o_json, "decode_floor_with_state_tok_s", json_real(floor_state));
     json_object_set_new(o_json, "decode_floor_with_state_fraction",
                         json_real(dec1 > 0 && floor_state > 0 ? dec1 / floor_state : 0));
+    json_object_set_new(o_json, "decode_floor_with_state_fraction_rounds", frac_state_r);
+    json_object_set_new(o_json, "decode_floor_with_state_fraction_median",
+                        json_real(frac_state_med));
     json_object_set_new(o_json, "prefill_vs_token_by_token", json_real(dec1 > 0 ? prefill / dec1 : 0));
     json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
     if (json) {
@@ -774,9 +891,9 @@ int ym_cmd_bench(int argc, char **argv)
                    (double)m->n_scan_lanes / all_st, (double)m->n_states_live / all_st);
         }
         if (floors) {
-            printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (%.1f MB %s "
-                   "weights; RSS %.1f MB)\n", bw, floor_tok_s, (double)m->weight_bytes / 1e6,
-                   ym_wtype_name(m->wtype), (double)rss / 1e6);
+            printf("memory read bandwidth   %8.2f GB/s  -> decode floor %.1f tok/s (best of %d "
+                   "rounds; %.1f MB %s weights; RSS %.1f MB)\n", bw, floor_tok_s, n_rounds,
+                   (double)m->weight_bytes / 1e6, ym_wtype_name(m->wtype), (double)rss / 1e6);
             printf("sgemm 512x3072x768      %8.1f GFLOP/s (engine split %.1f, OpenBLAS threads %.1f)\n",
                    sgemm, gemm_engine, gemm_blas);
             printf("prefill %d tokens      %8.1f tok/s = %.1f GFLOP/s = %.0f%% of sgemm\n", n_prompt,
@@ -788,11 +905,21 @@ int ym_cmd_bench(int argc, char **argv)
         for (int i = 0; i < n_bs; i++)
             printf("decode batch %-3d        %8.1f tok/s%s\n", bs[i], dec[i],
                    bs[i] == 1 ? "" : "");
-        if (dec1 > 0 && floor_tok_s > 0)
-            printf("decode batch 1 = %.0f%% of the bandwidth floor; batch 16 = %.1fx batch 1\n",
-                   100.0 * dec1 / floor_tok_s, dec16 / dec1);
+        if (dec1 > 0 && floor_tok_s > 0) {
+            printf("decode batch 1 = %.0f%% of the bandwidth floor (best decode / best probe)",
+                   100.0 * dec1 / floor_tok_s);
+            if (dec16 > 0)
+                printf("; batch 16 = %.1fx batch 1", dec16 / dec1);
+            printf("\n");
+            printf("each round's probe and decode:");
+            for (size_t r = 0; r < json_array_size(frac_r); r++)
+                printf(" %.0f%%", 100.0 * json_real_value(json_array_get(frac_r, r)));
+            printf(" (median %.0f%%)\n", 100.0 * frac_med);
+        }
     }
     json_decref(o_json);
+    free(bw_r);
+    free(dec1_r);
     ym_ctx_free(ctx);
     ym_ctx_free(ctx_dense);
     ym_model_unref(m);

@@ -14,6 +14,8 @@ Standard library only. What it checks:
     perplexity protocol recomputed here from `logits` (log_softmax in double);
   - with tests/fixtures/conformance/<model>/ present (a real checkpoint), the same shape and
     consistency checks on it; skipped when absent;
+  - bench --json --rounds N: the per-round bandwidth probes and batch-1 decodes, and the floor
+    fractions (best over best, per round, median) recomputed here from them;
   - --adapter on logits / generate with the PEFT fixtures (tests/fixtures/peft/): one adapter, a
     composition of several and an adapter set against the float64 references there, greedy
     generate against argmax over `logits --adapter`, and the errors for bad adapters.
@@ -952,6 +954,74 @@ class TestWeights(CliTestBase):
         self.assertGreater(j["rss_bytes"], 0)
 
 
+
+class TestBenchFloor(CliTestBase):
+    """`bench --json --rounds N`: the bandwidth probe and batch-1 decode alternate in N rounds.
+    The figures `bench` derives (best of the rounds, floor fractions best over best, each
+    round's own fraction and their median, with and without the state bytes) are recomputed
+    here from the per-round measurements and the byte counts it reports; every fraction must
+    lie in (0, 1.2): the probe is the engine's own kernel, so decode cannot beat it by more
+    than noise."""
+
+    ROUNDS = 3
+
+    def check_floor_fields(self, j, n_rounds):
+        rel = 1e-4  # the JSON carries 6 significant digits
+        self.assertEqual(j["rounds"], n_rounds)
+        bw_r, dec_r = j["bandwidth_gb_s_rounds"], j["decode1_tok_s_rounds"]
+        self.assertEqual(len(bw_r), n_rounds)
+        self.assertEqual(len(dec_r), n_rounds)
+        self.assertTrue(all(v > 0 for v in bw_r + dec_r), (bw_r, dec_r))
+        self.assertAlmostEqual(j["bandwidth_gb_s"], max(bw_r), delta=rel * max(bw_r))
+        self.assertAlmostEqual(j["decode_tok_s"]["1"], max(dec_r), delta=rel * max(dec_r))
+        for suffix, nbytes in (("", j["weight_bytes"]),
+                               ("_with_state", j["weight_bytes"] + 2 * j["state_bytes"])):
+            key = "decode_floor%s_fraction" % suffix
+            want = max(dec_r) / (max(bw_r) * 1e9 / nbytes)
+            self.assertAlmostEqual(j[key], want, delta=2 * rel * want, msg=key)
+            per_round = [d / (b * 1e9 / nbytes) for b, d in zip(bw_r, dec_r)]
+            got = j[key + "_rounds"]
+            self.assertEqual(len(got), n_rounds, key)
+            for g, w in zip(got, per_round):
+                self.assertAlmostEqual(g, w, delta=2 * rel * w, msg=key)
+            med = sorted(per_round)[n_rounds // 2] if n_rounds % 2 else \
+                0.5 * (sorted(per_round)[n_rounds // 2 - 1] + sorted(per_round)[n_rounds // 2])
+            self.assertAlmostEqual(j[key + "_median"], med, delta=2 * rel * med, msg=key)
+            for f in got + [j[key], j[key + "_median"]]:
+                self.assertGreater(f, 0.0, key)
+                self.assertLess(f, 1.2, key)
+
+    def test_rounds_pair_the_probe_with_decode(self):
+        for extra in ([], ["--arch", "mamba2"]):
+            j = self.json_out(["bench", "--json", "--rounds", str(self.ROUNDS), "--batches",
+                               "1,2", "--prompt", "4", "--steps", "4", "--threads", "1"] + extra)
+            self.check_floor_fields(j, self.ROUNDS)
+            self.assertEqual(sorted(j["decode_tok_s"]), ["1", "2"])
+        j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1", "--prompt", "4",
+                           "--steps", "4", "--threads", "1"])
+        self.check_floor_fields(j, 2)
+
+    def test_without_floors_or_batch_1(self):
+        j = self.json_out(["bench", "--json", "--no-floors", "--rounds", "4", "--batches", "1",
+                           "--prompt", "4", "--steps", "1", "--threads", "1"])
+        self.assertEqual(j["rounds"], 1)  # nothing to pair a decode with
+        self.assertEqual(len(j["decode1_tok_s_rounds"]), 1)
+        for key in ("bandwidth_gb_s_rounds", "decode_floor_fraction_rounds",
+                    "decode_floor_with_state_fraction_rounds"):
+            self.assertEqual(j[key], [], key)
+        self.assertEqual(j["decode_floor_fraction"], 0)
+        self.assertEqual(j["decode_floor_fraction_median"], 0)
+        j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "2", "--prompt", "4",
+                           "--steps", "1", "--threads", "1"])
+        self.assertEqual(len(j["bandwidth_gb_s_rounds"]), 2)
+        self.assertEqual(j["decode1_tok_s_rounds"], [])
+        self.assertEqual(j["decode_floor_fraction_rounds"], [])
+        self.assertEqual(j["decode_floor_fraction"], 0)
+
+    def test_bad_rounds(self):
+        for v in ("0", "-1", "x", "2x"):
+            self.assert_one_line_error(2, ["bench", "--rounds", v], mention="rounds")
+
 def safetensors_header(path):
     """The JSON header of a safetensors file (name -> dtype, shape, offsets) and its data size."""
     with open(path, "rb") as f:
@@ -1135,7 +1205,7 @@ def conformance_dirs():
 def load_tests(loader, standard_tests, pattern):
     suite = unittest.TestSuite()
     for cls in (TestUsage, TestTokenizerOnly, TestTinyModel, TestSparsity,
-                TestCalibrate, TestWeights):
+                TestCalibrate, TestWeights, TestBenchFloor):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     if FIXTURES and os.path.exists(os.path.join(FIXTURES, "peft", "manifest.json")):
         suite.addTests(loader.loadTestsFromTestCase(TestAdapters))
