@@ -63,6 +63,7 @@ static void usage(FILE *f)
             "  --max-evals N          stop the search after N evaluations (2000)\n"
             "  --compare PROFILE      a (learned) profile: its perplexity and speed beside the\n"
             "                         search's at its sparsity, and re-thresholded at the found one\n"
+            "  --compare-out FILE     write the searched profile at the compared sparsity there\n"
             "  --speed-steps N        decode steps per timing (200; 0 = no timing)\n"
             "  --speed-rounds N       dense/pruned timings alternated N times (30); the\n"
             "                         speed-up is best / best and the median of the rounds'\n"
@@ -85,6 +86,7 @@ enum {
     OPT_SEARCH,
     OPT_MAX_EVALS,
     OPT_COMPARE,
+    OPT_COMPARE_OUT,
     OPT_SPEED_STEPS,
     OPT_SPEED_ROUNDS,
     OPT_STARTS,
@@ -328,6 +330,7 @@ int ym_cmd_prune(int argc, char **argv)
         {"search", required_argument, NULL, OPT_SEARCH},
         {"max-evals", required_argument, NULL, OPT_MAX_EVALS},
         {"compare", required_argument, NULL, OPT_COMPARE},
+        {"compare-out", required_argument, NULL, OPT_COMPARE_OUT},
         {"speed-steps", required_argument, NULL, OPT_SPEED_STEPS},
         {"speed-rounds", required_argument, NULL, OPT_SPEED_ROUNDS},
         {"starts", required_argument, NULL, OPT_STARTS},
@@ -338,7 +341,7 @@ int ym_cmd_prune(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *model_arg = NULL, *text_path = NULL, *out_path = NULL, *cmp_path = NULL;
-    const char *tok_dir = NULL, *search = "greedy";
+    const char *tok_dir = NULL, *search = "greedy", *cmp_out = NULL;
     double budget = 0.05, heldout = 0.1;
     long n_tok_want = 2048, n_eval_max = 8192, ctx_len = 256, block = YM_SCAN_BLOCK;
     long max_evals = 2000, speed_steps = 200, speed_rounds = 30, n_starts = 8, n_threads = 0;
@@ -392,6 +395,7 @@ int ym_cmd_prune(int argc, char **argv)
             bad = cli_parse_long("--max-evals", optarg, 1, 1L << 30, &max_evals);
             break;
         case OPT_COMPARE: cmp_path = optarg; break;
+        case OPT_COMPARE_OUT: cmp_out = optarg; break;
         case OPT_SPEED_STEPS:
             bad = cli_parse_long("--speed-steps", optarg, 0, 1L << 24, &speed_steps);
             break;
@@ -414,6 +418,8 @@ int ym_cmd_prune(int argc, char **argv)
         return cli_error(CLI_USAGE, "prune: --text is required");
     if (out_path == NULL)
         return cli_error(CLI_USAGE, "prune: --out is required");
+    if (cmp_out != NULL && cmp_path == NULL)
+        return cli_error(CLI_USAGE, "prune: --compare-out needs --compare");
     int lazy = strcmp(search, "lazy") == 0;
     if (!lazy && strcmp(search, "greedy") != 0)
         return cli_error(CLI_USAGE, "prune: --search must be greedy or lazy, not '%s'", search);
@@ -822,8 +828,12 @@ int ym_cmd_prune(int argc, char **argv)
         ym_sparsity_free(tmp);
         tmp = NULL;
         if (!isnan(nll_cmp_search)) {
+            extra[0].value = (char *)"identity"; /* this one is not reordered */
+            extra[2].value = (char *)"prune-search-past-budget";
             if ((err = make_profile(cfg, rank, n_keep_cmp, "prune", &cmp_search, &diag)) != YM_OK ||
-                (err = ym_model_new_sparse(base, cmp_search, &cmp_search_m, &diag)) != YM_OK) {
+                (err = ym_model_new_sparse(base, cmp_search, &cmp_search_m, &diag)) != YM_OK ||
+                (cmp_out != NULL &&
+                 (err = ym_sparsity_save(cmp_search, cmp_out, extra, 6, &diag)) != YM_OK)) {
                 rc = cli_error(CLI_FAIL, "prune: %s", diag.msg);
                 goto done;
             }
@@ -967,7 +977,7 @@ int ym_cmd_prune(int argc, char **argv)
     json_object_set_new(o, "search_steps", steps_j);
     steps_j = NULL;
     if (as_json) {
-        char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(8));
+        char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
         if (s != NULL)
             puts(s);
         free(s);
