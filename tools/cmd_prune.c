@@ -66,8 +66,9 @@ static void usage(FILE *f)
             "  --compare-out FILE     write the searched profile at the compared sparsity there\n"
             "  --speed-steps N        decode steps per timing (200; 0 = no timing)\n"
             "  --speed-rounds N       dense/pruned timings alternated N times (30); the\n"
-            "                         speed-up is best / best and the median of the rounds'\n"
-            "                         ratios (short alternating timings: drift hits both alike)\n"
+            "                         speed-up is the median of the rounds' ratios (and their\n"
+            "                         quartiles; best / best too): short alternating timings,\n"
+            "                         so drift hits both alike\n"
             "  --starts K             start channels tried for the scan order path (8; 0 = all)\n"
             "  --tokenizer DIR        tokenizer.json from DIR (default: the model's)\n"
             "  --threads N            engine threads\n"
@@ -276,6 +277,14 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* The q-quantile of v[0..n) sorted ascending, linear between neighbours. */
+static double quantile(const double *v, int n, double q)
+{
+    double pos = q * (n - 1);
+    int i = (int)pos;
+    return i + 1 < n ? v[i] + (pos - i) * (v[i + 1] - v[i]) : v[n - 1];
 }
 
 /* One speed entry: a served model timed against the dense one. */
@@ -915,13 +924,14 @@ int ym_cmd_prune(int argc, char **argv)
     json_object_set_new(ju, "sparsity", json_real(1.0 - (double)found_total / all));
     json_object_set_new(o, "uniform", ju);
     json_t *js = json_object();
-    double med[4] = {0};
+    double med[4] = {0}, q1[4] = {0}, q3[4] = {0};
     for (int i = 1; i < n_sp && speed_steps > 0; i++) {
         double tmpd[256];
         memcpy(tmpd, sp[i].ratio, sizeof(double) * (size_t)speed_rounds);
         qsort(tmpd, (size_t)speed_rounds, sizeof(double), cmp_double);
-        med[i] = speed_rounds % 2 ? tmpd[speed_rounds / 2]
-                                  : 0.5 * (tmpd[speed_rounds / 2 - 1] + tmpd[speed_rounds / 2]);
+        med[i] = quantile(tmpd, (int)speed_rounds, 0.5);
+        q1[i] = quantile(tmpd, (int)speed_rounds, 0.25);
+        q3[i] = quantile(tmpd, (int)speed_rounds, 0.75);
     }
     if (speed_steps > 0) {
         json_object_set_new(js, "steps", json_integer(speed_steps));
@@ -932,6 +942,8 @@ int ym_cmd_prune(int argc, char **argv)
             if (i > 0) {
                 json_object_set_new(e, "speedup_best", json_real(sp[i].best / sp[0].best));
                 json_object_set_new(e, "speedup_median", json_real(med[i]));
+                json_object_set_new(e, "speedup_q1", json_real(q1[i]));
+                json_object_set_new(e, "speedup_q3", json_real(q3[i]));
             }
             json_object_set_new(js, sp[i].name, e);
         }
@@ -1003,10 +1015,10 @@ int ym_cmd_prune(int argc, char **argv)
         }
         if (speed_steps > 0)
             for (int i = 1; i < n_sp; i++)
-                printf("decode batch 1, %s: %.1f tok/s against dense %.1f (x%.3f best, x%.3f "
-                       "median of %ld rounds)\n",
-                       sp[i].name, sp[i].best, sp[0].best, sp[i].best / sp[0].best, med[i],
-                       speed_rounds);
+                printf("decode batch 1, %s: x%.3f median of %ld rounds (quartiles %.3f-%.3f); "
+                       "best %.1f tok/s against dense %.1f (x%.3f)\n",
+                       sp[i].name, med[i], speed_rounds, q1[i], q3[i], sp[i].best, sp[0].best,
+                       sp[i].best / sp[0].best);
     }
     json_decref(o);
     if (fflush(stdout) != 0)
