@@ -20,14 +20,15 @@
  *      same shapes), so the least damage per step is the least damage per unit of speed. Stop
  *      when the best candidate would exceed the budget, when no channel is left, or after
  *      --max-evals evaluations; keep the last accepted profile. --search lazy re-evaluates only
- *      the layer whose stale cost is lowest until that one stays lowest (CELF, a heuristic:
- *      it assumes a layer's cost does not fall when other layers lose channels).
+ *      the layer whose last measured cost is lowest, until that one is fresh (CELF, a
+ *      heuristic: it assumes a layer's cost does not fall when other layers lose channels);
+ *      every layer is measured once before the first choice.
  *   4. Write it with the correlation scan order of its kept channels (as `yunmin calibrate`),
  *      load it back and evaluate it; compare with the uniform allocation of the same scores
  *      at the same sparsity, and with --compare PROFILE (a learned profile) at its own
  *      sparsity and re-thresholded to the found one.
  *   5. Batch-1 decode tokens/s of every profile against the dense model, interleaved in
- *      rounds in this process (best of the rounds each, and the median of per-round ratios). */
+ *      rounds in this process (the median and quartiles of the per-round ratios; best / best). */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -59,7 +60,7 @@ static void usage(FILE *f)
             "  --ctx N                tokens per held-out window, fresh state each (256)\n"
             "  --block N              channels dropped per step, a multiple of 16 (16)\n"
             "  --search greedy|lazy   greedy: every layer evaluated each step; lazy: only the\n"
-            "                         layer with the lowest stale cost, until it stays lowest\n"
+            "                         layer with the lowest cost cost, until it stays lowest\n"
             "  --max-evals N          stop the search after N evaluations (2000)\n"
             "  --compare PROFILE      a (learned) profile: its perplexity and speed beside the\n"
             "                         search's at its sparsity, and re-thresholded at the found one\n"
@@ -449,7 +450,7 @@ int ym_cmd_prune(int argc, char **argv)
     ym_ids score_ids = {0}, eval_ids = {0};
     evalset ev = {0};
     float *E = NULL, *ent = NULL;
-    double *score = NULL, *X = NULL, *R = NULL, *stale = NULL, *lkey = NULL;
+    double *score = NULL, *X = NULL, *R = NULL, *cost = NULL, *lkey = NULL;
     int32_t *rank = NULL, *perm = NULL, *gidx = NULL;
     int *n_keep = NULL, *n_try = NULL, *n_keep_cmp = NULL, *fresh = NULL, *n_keep_budget = NULL;
     json_t *steps_j = json_array();
@@ -531,9 +532,9 @@ int ym_cmd_prune(int argc, char **argv)
     n_keep = malloc(sizeof(int) * (size_t)nl);
     n_try = malloc(sizeof(int) * (size_t)nl);
     n_keep_cmp = malloc(sizeof(int) * (size_t)nl);
-    stale = malloc(sizeof(double) * (size_t)nl);
+    cost = malloc(sizeof(double) * (size_t)nl);
     fresh = malloc(sizeof(int) * (size_t)nl);
-    if (!E || !ent || !score || !rank || !n_keep || !n_try || !n_keep_cmp || !stale || !fresh ||
+    if (!E || !ent || !score || !rank || !n_keep || !n_try || !n_keep_cmp || !cost || !fresh ||
         !steps_j || ym_ctx_new(base, 1, (int)n_threads, &ctx) != YM_OK ||
         ym_state_new(cfg, &state) != YM_OK) {
         rc = cli_error(CLI_FAIL, "prune: out of memory");
@@ -583,7 +584,10 @@ int ym_cmd_prune(int argc, char **argv)
     for (int l = 0; l < nl; l++) {
         n_keep[l] = di;
         fresh[l] = 0;
-        stale[l] = 0; /* every layer evaluated before the first choice */
+        /* -inf: every layer is measured before the first choice (lazy rule); a cost is the
+         * increase of the held-out NLL that dropping the layer's next block caused when last
+         * measured. */
+        cost[l] = -INFINITY;
     }
     double nll_cur = nll_dense;
     int n_steps = 0, target_total = -1, cmp_total = -1;
@@ -623,7 +627,7 @@ int ym_cmd_prune(int argc, char **argv)
             int out_of_evals = 0;
             for (;;) {
                 /* The layer to evaluate next: greedy = every layer not yet fresh this step;
-                 * lazy = the one of lowest stale cost, if it is not fresh yet. */
+                 * lazy = the one of lowest last-measured cost, if it is not fresh yet. */
                 int l_eval = -1;
                 if (!lazy) {
                     for (int l = 0; l < nl && l_eval < 0; l++)
@@ -632,7 +636,7 @@ int ym_cmd_prune(int argc, char **argv)
                 } else {
                     int l_min = -1;
                     for (int l = 0; l < nl; l++)
-                        if (n_keep[l] > 0 && (l_min < 0 || stale[l] < stale[l_min]))
+                        if (n_keep[l] > 0 && (l_min < 0 || cost[l] < cost[l_min]))
                             l_min = l;
                     if (l_min >= 0 && !fresh[l_min])
                         l_eval = l_min;
@@ -653,7 +657,7 @@ int ym_cmd_prune(int argc, char **argv)
                 }
                 ym_sparsity_free(cand);
                 cand = NULL;
-                stale[l_eval] = nll - nll_cur;
+                cost[l_eval] = nll - nll_cur;
                 fresh[l_eval] = 1;
             }
             if (out_of_evals) {
@@ -664,14 +668,14 @@ int ym_cmd_prune(int argc, char **argv)
                 break;
             }
             for (int l = 0; l < nl; l++)
-                if (n_keep[l] > 0 && fresh[l] && stale[l] < (l_best < 0 ? INFINITY : stale[l_best]))
+                if (n_keep[l] > 0 && fresh[l] && cost[l] < (l_best < 0 ? INFINITY : cost[l_best]))
                     l_best = l;
             if (l_best < 0) {
                 if (phase == 1)
                     stop = "all-dropped";
                 break;
             }
-            nll_best = nll_cur + stale[l_best];
+            nll_best = nll_cur + cost[l_best];
             if (phase == 1 && nll_best > nll_limit) {
                 stop = "budget";
                 break;
@@ -1031,7 +1035,7 @@ done:
     free(score);
     free(X);
     free(R);
-    free(stale);
+    free(cost);
     free(lkey);
     free(rank);
     free(perm);
