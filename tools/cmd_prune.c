@@ -19,8 +19,8 @@
  *      a fresh state). Every layer's block costs the same bytes and FLOPs (all layers have the
  *      same shapes), so the least damage per step is the least damage per unit of speed. Stop
  *      when the best candidate would exceed the budget, when no channel is left, or after
- *      --max-evals evaluations; keep the last accepted profile. --search lazy re-evaluates only
- *      the layer whose last measured cost is lowest, until that one is fresh (CELF, a
+ *      --max-evals evaluations; keep the last accepted profile. --search lazy (the default) re-evaluates
+ *      only the layer whose last measured cost is lowest, until that one is fresh (CELF, a
  *      heuristic: it assumes a layer's cost does not fall when other layers lose channels);
  *      every layer is measured once before the first choice.
  *   4. Write it with the correlation scan order of its kept channels (as `yunmin calibrate`),
@@ -59,8 +59,9 @@ static void usage(FILE *f)
             "  --eval-tokens N        at most N held-out tokens evaluated (8192)\n"
             "  --ctx N                tokens per held-out window, fresh state each (256)\n"
             "  --block N              channels dropped per step, a multiple of 16 (16)\n"
-            "  --search greedy|lazy   greedy: every layer evaluated each step; lazy: only the\n"
-            "                         layer with the lowest cost cost, until it stays lowest\n"
+            "  --search lazy|greedy   lazy (default): re-measure only the layer whose last\n"
+            "                         measured cost is lowest, until it is fresh; greedy: every\n"
+            "                         layer measured at every step (about 5x the evaluations)\n"
             "  --max-evals N          stop the search after N evaluations (2000)\n"
             "  --compare PROFILE      a (learned) profile: its perplexity and speed beside the\n"
             "                         search's at its sparsity, and re-thresholded at the found one\n"
@@ -351,7 +352,7 @@ int ym_cmd_prune(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *model_arg = NULL, *text_path = NULL, *out_path = NULL, *cmp_path = NULL;
-    const char *tok_dir = NULL, *search = "greedy", *cmp_out = NULL;
+    const char *tok_dir = NULL, *search = "lazy", *cmp_out = NULL;
     double budget = 0.05, heldout = 0.1;
     long n_tok_want = 2048, n_eval_max = 8192, ctx_len = 256, block = YM_SCAN_BLOCK;
     long max_evals = 2000, speed_steps = 200, speed_rounds = 30, n_starts = 8, n_threads = 0;
