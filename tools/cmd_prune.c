@@ -1013,10 +1013,13 @@ int ym_cmd_prune(int argc, char **argv)
         if (cmp != NULL) {
             printf("learned %s re-thresholded to that sparsity: ppl %.4f (%+.2f%%)\n", cmp_path,
                    exp(nll_cmp_re), 100.0 * (exp(nll_cmp_re - nll_dense) - 1.0));
-            printf("at the learned profile's sparsity %.2f%%: learned ppl %.4f, uniform %.4f, "
-                   "searched %.4f\n",
-                   100.0 * (1.0 - (double)cmp_total / all), exp(nll_cmp), exp(nll_uniform_cmp),
-                   isnan(nll_cmp_search) ? NAN : exp(nll_cmp_search));
+            printf("at the learned profile's sparsity %.2f%%: learned ppl %.4f, uniform %.4f, ",
+                   100.0 * (1.0 - (double)cmp_total / all), exp(nll_cmp), exp(nll_uniform_cmp));
+            if (isnan(nll_cmp_search))
+                printf("searched: not reached (%s)\n",
+                       stop_compare != NULL ? "--max-evals" : "the search stopped first");
+            else
+                printf("searched %.4f\n", exp(nll_cmp_search));
         }
         if (speed_steps > 0)
             for (int i = 1; i < n_sp; i++)
