@@ -6,7 +6,8 @@ Usage: test_prune_cli.py YUNMIN_EXE SOURCE_ROOT      (meson runs it as the `cli-
 
 Standard library only. What it checks:
   - bad arguments: exactly one line "yunmin: ..." on stderr, nothing on stdout, exit 2 (usage)
-    or 1 (a missing or malformed file, a text too short);
+    or 1 (a missing or malformed file, a text too short); `yunmin perplexity --sparsity` with
+    a missing or malformed profile, the same;
   - a run with a 2 % budget on the first 12,000 characters of data/tinyshakespeare.txt: the
     written file is parsed here (safetensors header and tensors read with struct, not by
     yunmin): a valid profile keeping fewer channels than the dense model, every layer a
@@ -119,6 +120,18 @@ class TestPruneErrors(unittest.TestCase):
             (["prune"] + t + o + ["--compare", bad], "bad.safetensors"),
         ]:
             self.assert_one_line_error(1, args, mention)
+
+    def test_perplexity_sparsity_errors(self):
+        """`yunmin perplexity --sparsity`, the flag the checks below rely on, refuses a missing
+        or malformed profile with one line and exit 1."""
+        bad = os.path.join(self.tmp, "bad.safetensors")
+        with open(bad, "wb") as f:
+            f.write(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+        for prof in (os.path.join(self.tmp, "none.safetensors"), bad):
+            rc, out, err = run(["perplexity", "--file", self.text, "--sparsity", prof])
+            self.assertEqual(rc, 1, err)
+            self.assertEqual((out, err.count("\n")), (b"", 1), err)
+            self.assertTrue(err.startswith("yunmin: "), err)
 
 
 class TestPruneDefaultModel(unittest.TestCase):
