@@ -25,6 +25,7 @@ int ym_cmd_inspect(int argc, char **argv);
 int ym_cmd_perplexity(int argc, char **argv);
 int ym_cmd_bench(int argc, char **argv); /* tools/bench.c */
 int ym_cmd_calibrate(int argc, char **argv);
+int ym_cmd_prune(int argc, char **argv); /* tools/cmd_prune.c */
 int ym_cmd_chat_template(int argc, char **argv);
 int ym_cmd_quantize(int argc, char **argv); /* tools/cmd_quantize.c */
 

@@ -29,14 +29,15 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: yunmin perplexity [--model DIR] --file PATH [--ctx N] [--tail-fraction F]\n"
-               "               [--threads N] [--weights f32|bf16|int8|auto]\n"
+               "               [--threads N] [--weights f32|bf16|int8|auto] [--sparsity FILE]\n"
                "  --ctx N             tokens per window, each from a fresh state (default 256)\n"
                "  --tail-fraction F   evaluate only the last F of the file's bytes, (0, 1]\n"
                "  --weights T         the matrices' type (default auto: the checkpoint's own)\n"
+               "  --sparsity FILE     serve the model under this sparsity profile\n"
                "Prints {\"tokens\": scored, \"nll\": mean, \"ppl\": exp(nll), \"windows\": W}.\n");
 }
 
-enum { OPT_CTX = 256, OPT_TAIL, OPT_THREADS, OPT_WEIGHTS };
+enum { OPT_CTX = 256, OPT_TAIL, OPT_THREADS, OPT_WEIGHTS, OPT_SPARSITY };
 
 /* -log_softmax(row)[target] in double. */
 static double nll_of(const float *row, int nv, int32_t target)
@@ -60,10 +61,11 @@ int ym_cmd_perplexity(int argc, char **argv)
         {"tail-fraction", required_argument, NULL, OPT_TAIL},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"weights", required_argument, NULL, OPT_WEIGHTS},
+        {"sparsity", required_argument, NULL, OPT_SPARSITY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model_arg = NULL, *file = NULL, *weights = NULL;
+    const char *model_arg = NULL, *file = NULL, *weights = NULL, *sparsity = NULL;
     ym_wtype wt;
     long ctx_len = 256, n_threads = 0;
     double tail = 0.0;
@@ -99,6 +101,9 @@ int ym_cmd_perplexity(int argc, char **argv)
                 return CLI_USAGE;
             weights = optarg;
             break;
+        case OPT_SPARSITY:
+            sparsity = optarg;
+            break;
         case 'h':
             usage(stdout);
             return CLI_OK;
@@ -125,7 +130,8 @@ int ym_cmd_perplexity(int argc, char **argv)
     ym_err err;
     if ((rc = cli_read_file(file, &data, &len)) != 0)
         goto out;
-    if ((rc = cli_load_tokenizer(dir, &tok)) != 0 || (rc = cli_load_model_as(dir, weights, &model)) != 0)
+    if ((rc = cli_load_tokenizer(dir, &tok)) != 0 || (rc = cli_load_model_as(dir, weights, &model)) != 0 ||
+        (rc = cli_apply_sparsity(sparsity, &model)) != 0)
         goto out;
 
     /* 1. The held-out tail, counted in characters as the toolkit counts them. */

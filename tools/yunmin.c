@@ -25,6 +25,7 @@ static const subcommand subcommands[] = {
     {"perplexity", ym_cmd_perplexity, "perplexity of a text file (JSON)"},
     {"bench", ym_cmd_bench, "engine speed against this machine's floors"},
     {"calibrate", ym_cmd_calibrate, "derive a sparsity profile's scan order from text"},
+    {"prune", ym_cmd_prune, "search the fastest channel profile within a perplexity budget"},
     {"chat-template", ym_cmd_chat_template, "render a conversation with a chat template (JSON)"},
     {"quantize", ym_cmd_quantize, "rewrite a model with int8 (or bf16/f32) matrices"},
 };
