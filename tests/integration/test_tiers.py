@@ -7,7 +7,11 @@ redis-server started here on a free loopback port): two replicas without affinit
 other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
 refused. A slow store (replies delayed by a proxy here) delays only the request whose state it
 holds: another stream keeps its pace, the slow request still resumes, and one past
-the store's timeout runs cold and succeeds.
+the store's timeout runs cold and succeeds. The same holds for the three requests that read
+a session before they answer (GET /v1/sessions/{id}, a session_append turn, the admin
+export): the stream keeps its pace while each waits, each answers as a replica that held the
+session in RAM would (the export byte for byte), past the timeout each answers 404, and a
+client that hangs up while its read waits gets nothing and costs nothing.
 
 Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
 
