@@ -496,6 +496,28 @@ class StoreTier(unittest.TestCase):
         self.assertEqual(b.stop(), 0)
 
 
+    def test_append_from_the_store_with_token_ids(self):
+        # A session_append turn whose prompt is token ids and whose session only the store
+        # holds: the session is read off the loop, the ids travel with the read, and the turn
+        # continues the history as on the replica that ran the first turn.
+        a, b = self.replica(), self.replica()
+        complete(a, TURN1, "ids1")
+        ids = ts.requests.post(b.url + "/v1/tokenize", json={"prompt": MORE},
+                               timeout=ts.T).json()["tokens"]
+        r = b.post("/v1/completions", {"prompt": ids, "max_tokens": 12, "temperature": 0,
+                                       "session_id": "ids1", "session_append": True})
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["choices"][0]["text"], self.ref.append2)
+        self.assertGreater(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+        # A session no tier holds: 404, as without tiers.
+        r = b.post("/v1/completions", {"prompt": ids, "max_tokens": 4, "session_id": "none1",
+                                       "session_append": True})
+        self.assertEqual(r.status_code, 404, r.text)
+        self.assertEqual(r.json()["error"]["code"], "session_not_found")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def slow_store_replica(self, timeout_ms):
         """A session stored by replica a; replica b reads the store through a slow proxy."""
         a = self.replica()
