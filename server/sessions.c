@@ -131,9 +131,10 @@ static void sess_after(uv_work_t *w, int status) /* loop thread */
     if (!ym_hreq_answered(r)) {
         if (r->client_gone)
             ym_hreq_fail(r, YM_ECANCELED, NULL);
-        else if (status != 0)
-            ym_hreq_respond_error(r, YM_EIO, NULL, "the session read was cancelled");
-        else if (job->err != YM_OK)
+        else if (status != 0) {
+            ym_diag d = {0};
+            ym_hreq_fail(r, ym_diag_set(&d, YM_EIO, "the session read was cancelled"), &d);
+        } else if (job->err != YM_OK)
             ym_hreq_fail(r, job->err, &job->diag);
         else if (job->export) {
             ym_hreq_respond_text(r, 200, "application/octet-stream", job->blob, job->n_blob);
