@@ -3,7 +3,9 @@
  * forms of the output).
  *
  * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
- * session, tokenize (long prompts on the libuv pool), submit the generation jobs to the
+ * session, tokenize (long prompts on the libuv pool; there too a session_append's read of
+ * its session when RAM lacks it and disk or the store may hold it: that read blocks), submit
+ * the generation jobs to the
  * scheduler (one per prompt of the request, with its n choices under it), then turn the jobs'
  * new output into SSE events (streaming) or one JSON body, the echoed prompts and their
  * scores (echo with logprobs) first.
