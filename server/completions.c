@@ -5,10 +5,9 @@
  * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
  * session, tokenize (long prompts on the libuv pool; there too a session_append's read of
  * its session when RAM lacks it and disk or the store may hold it: that read blocks), submit
- * the generation jobs to the
- * scheduler (one per prompt of the request, with its n choices under it), then turn the jobs'
- * new output into SSE events (streaming) or one JSON body, the echoed prompts and their
- * scores (echo with logprobs) first.
+ * the generation jobs to the scheduler (one per prompt of the request, with its n choices
+ * under it), then turn the jobs' new output into SSE events (streaming) or one JSON body, the
+ * echoed prompts and their scores (echo with logprobs) first.
  * Runs: loop thread only. Must not: touch the connection or write an error itself; it answers
  * through ym_hreq_respond_json / ym_hreq_start_stream, returns a refusal as ym_err + diag (or,
  * once the handler has returned, hands it to ym_hreq_fail), and gives the transport its output
