@@ -3,10 +3,11 @@
  * forms of the output).
  *
  * Owns: a completion's life on the loop thread: validate (request.c), resolve adapters and
- * session, tokenize (long prompts on the libuv pool), submit the generation jobs to the
- * scheduler (one per prompt of the request, with its n choices under it), then turn the jobs'
- * new output into SSE events (streaming) or one JSON body, the echoed prompts and their
- * scores (echo with logprobs) first.
+ * session, tokenize (long prompts on the libuv pool; there too a session_append's read of
+ * its session when RAM lacks it and disk or the store may hold it: that read blocks), submit
+ * the generation jobs to the scheduler (one per prompt of the request, with its n choices
+ * under it), then turn the jobs' new output into SSE events (streaming) or one JSON body, the
+ * echoed prompts and their scores (echo with logprobs) first.
  * Runs: loop thread only. Must not: touch the connection or write an error itself; it answers
  * through ym_hreq_respond_json / ym_hreq_start_stream, returns a refusal as ym_err + diag (or,
  * once the handler has returned, hands it to ym_hreq_fail), and gives the transport its output
@@ -449,6 +450,9 @@ static void on_output(ym_hreq *r)
 /* Prompts longer than this are tokenized on the libuv pool so the loop keeps serving. */
 #define TOKENIZE_INLINE_BYTES (32 * 1024)
 
+/* Work before submission that must not run on the loop: tokenizing a long prompt, and
+ * session_append's look for its session when RAM lacks it (the disk and the store block,
+ * up to session_store_timeout_ms). */
 typedef struct ym_tok_job {
     uv_work_t work;
     ym_hreq *r;    /* holds a reference */
@@ -456,7 +460,11 @@ typedef struct ym_tok_job {
     json_t *root;  /* owned */
     char *text;    /* owned: the prompt bytes when not in root (a rendered chat), or NULL */
     ym_adapter_t *adapter; /* owned reference or NULL */
-    ym_ids ids[YM_MAX_CHOICES]; /* owned, the result: one per prompt */
+    int tokenize;  /* ids are the result; else they came with the request */
+    ym_ids ids[YM_MAX_CHOICES]; /* owned: one per prompt */
+    int lookup;    /* read session from the tiers (ym_scache_pin) */
+    ym_skey key;   /* the session's key, when lookup */
+    ym_sc_entry *session; /* pinned or NULL: session_append's entry */
     ym_err err;
 } ym_tok_job;
 
@@ -519,7 +527,7 @@ static ym_err prompt_job(const ym_gen_params *base, int n_choices, ym_gen **out)
  * ids[p].v and adapter over. YM_OK when under way, else the error with diag (the caller
  * answers it). */
 ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter,
-                      ym_diag *diag)
+                      ym_sc_entry *session, ym_diag *diag)
 {
     ym_server_t *srv = r->srv;
     ym_err err;
@@ -561,9 +569,13 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
             goto fail;
         }
     }
-    if (r->session_append && (err = ym_sessions_append(r, &ids[0], &p, &sd)) != YM_OK) {
-        *diag = sd;
-        goto fail;
+    if (r->session_append) {
+        err = ym_sessions_append(r, session, &ids[0], &p, &sd);
+        session = NULL; /* unpinned */
+        if (err != YM_OK) {
+            *diag = sd;
+            goto fail;
+        }
     }
     if (ym_tenant_acquire(srv, r, r->limits.max_concurrent) != 0) {
         err = ym_diag_set(diag, YM_ELIMIT,
@@ -659,6 +671,8 @@ ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *a
     }
     return YM_OK;
 fail:
+    if (session != NULL)
+        ym_scache_unpin(srv->cache, session);
     ym_adapter_unref(adapter);
     return err;
 }
@@ -675,7 +689,10 @@ static ym_err tokenize_all(const ym_tok_t *tok, const ym_creq *q, ym_ids *ids)
 static void tok_work(uv_work_t *w) /* libuv pool: the tokenizer is read-only, shared safely */
 {
     ym_tok_job *job = w->data;
-    job->err = tokenize_all(job->r->srv->tok, &job->q, job->ids);
+    if (job->lookup) /* may block on the disk or the store; the cache has its own lock */
+        job->session = ym_scache_pin(job->r->srv->cache, &job->key);
+    if (job->tokenize)
+        job->err = tokenize_all(job->r->srv->tok, &job->q, job->ids);
 }
 
 static void tok_after(uv_work_t *w, int status) /* loop thread */
@@ -693,8 +710,9 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
             ym_diag_param(&diag, err, r->chat ? "messages" : "prompt",
                           "cannot tokenize the prompt: %s", ym_strerror(err));
         } else {
-            err = ym__gen_submit(r, &job->q, job->ids, job->adapter, &diag);
-            job->adapter = NULL; /* ym__gen_submit took it */
+            err = ym__gen_submit(r, &job->q, job->ids, job->adapter, job->session, &diag);
+            job->adapter = NULL; /* ym__gen_submit took them */
+            job->session = NULL;
         }
         if (err != YM_OK) /* the handler has returned: the transport writes it now */
             ym_hreq_fail(r, err, &diag);
@@ -704,6 +722,8 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
             ym_hreq_untrack(r);
         ym_httpd_kick(r->srv);
     }
+    if (job->session != NULL)
+        ym_scache_unpin(r->srv->cache, job->session);
     ym_adapter_unref(job->adapter);
     for (int k = 0; k < YM_MAX_CHOICES; k++)
         ym_ids_deinit(&job->ids[k]);
@@ -714,45 +734,83 @@ static void tok_after(uv_work_t *w, int status) /* loop thread */
     ym_hreq_unref(r);
 }
 
+/* session_append's entry: pinned from RAM (*e), or NULL with *key filled and 1 returned when
+ * it may be on disk or in the store (a read that blocks: the pool's). Loop thread. */
+static int session_entry(ym_hreq *r, ym_skey *key, ym_sc_entry **e)
+{
+    ym_scache_t *cache = r->srv->cache;
+    *e = NULL;
+    if (!r->session_append || cache == NULL)
+        return 0;
+    ym_skey_session(key, r->limits.name, r->session_id);
+    *e = ym_scache_pin_ram(cache, key);
+    return *e == NULL && ym_scache_has_tiers(cache);
+}
+
+/* Move the request's parts into a pool job (tokenize it when ids is NULL, look its session up
+ * when lookup), suspend the request and queue the job; tok_after submits it. Takes q's
+ * contents, *root, adapter, text, ids' arrays and session over. YM_OK, or YM_ENOMEM. */
+static ym_err offload(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter_t *adapter, char *text,
+                      ym_ids *ids, int lookup, const ym_skey *key, ym_sc_entry *session,
+                      ym_diag *diag)
+{
+    ym_tok_job *job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        if (session != NULL)
+            ym_scache_unpin(r->srv->cache, session);
+        ym_adapter_unref(adapter);
+        free(text);
+        return ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
+    }
+    job->r = r;
+    job->adapter = adapter;
+    job->q = *q; /* the strings stay valid: root and text move along */
+    job->root = *root;
+    job->text = text;
+    job->tokenize = ids == NULL;
+    for (int k = 0; ids != NULL && k < YM_MAX_CHOICES; k++) {
+        job->ids[k] = ids[k];
+        memset(&ids[k], 0, sizeof(ids[k]));
+    }
+    job->lookup = lookup;
+    if (lookup)
+        job->key = *key;
+    job->session = session;
+    job->work.data = job;
+    memset(q, 0, sizeof(*q));
+    *root = NULL;
+    r->refs++;
+    r->tok_job = job;
+    ym_hreq_track(r); /* drain waits for it; a stop resumes it */
+    ym_hreq_suspend(r);
+    uv_queue_work(r->srv->loop, &job->work, tok_work, tok_after);
+    return YM_OK;
+}
+
 ym_err ym__gen_tokenize_submit(ym_hreq *r, ym_creq *q, json_t **root, ym_adapter_t *adapter,
                                char *text, ym_diag *diag)
 {
     ym_err err = YM_OK;
     ym_ids ids[YM_MAX_CHOICES] = {{0}};
+    ym_skey key;
+    ym_sc_entry *session = NULL;
+    int lookup = session_entry(r, &key, &session);
     size_t bytes = q->prompt_len;
     for (int k = 1; k < q->n_prompts; k++)
         bytes += q->more[k - 1].len;
-    if (bytes > TOKENIZE_INLINE_BYTES) {
-        ym_tok_job *job = calloc(1, sizeof(*job));
-        if (job == NULL) {
-            err = ym_diag_param(diag, YM_ENOMEM, NULL, "out of memory");
-            goto out;
-        }
-        job->r = r;
-        job->adapter = adapter;
-        adapter = NULL;
-        job->q = *q; /* the strings stay valid: root and text move along */
-        job->root = *root;
-        job->text = text;
-        job->work.data = job;
-        memset(q, 0, sizeof(*q));
-        *root = NULL;
-        text = NULL;
-        r->refs++;
-        r->tok_job = job;
-        ym_hreq_track(r); /* drain waits for it; a stop resumes it */
-        ym_hreq_suspend(r);
-        uv_queue_work(r->srv->loop, &job->work, tok_work, tok_after);
-        goto out;
-    }
+    if (bytes > TOKENIZE_INLINE_BYTES || lookup)
+        return offload(r, q, root, adapter, text, NULL, lookup, &key, session, diag);
     if ((err = tokenize_all(r->srv->tok, q, ids)) != YM_OK) {
         ym_diag_param(diag, err, r->chat ? "messages" : "prompt", "cannot tokenize the prompt: %s",
                       ym_strerror(err));
         goto out;
     }
-    err = ym__gen_submit(r, q, ids, adapter, diag);
+    err = ym__gen_submit(r, q, ids, adapter, session, diag);
     adapter = NULL;
+    session = NULL;
 out:
+    if (session != NULL)
+        ym_scache_unpin(r->srv->cache, session);
     ym_adapter_unref(adapter);
     for (int k = 0; k < YM_MAX_CHOICES; k++)
         ym_ids_deinit(&ids[k]);
@@ -871,7 +929,12 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag)
             ids[k].n = ids[k].cap = q.more[k - 1].n_ids;
             q.more[k - 1].ids = NULL;
         }
-        err = ym__gen_submit(r, &q, ids, adapter, diag);
+        ym_skey key;
+        ym_sc_entry *session = NULL;
+        if (session_entry(r, &key, &session))
+            err = offload(r, &q, &root, adapter, NULL, ids, 1, &key, NULL, diag);
+        else
+            err = ym__gen_submit(r, &q, ids, adapter, session, diag);
         adapter = NULL;
         goto out;
     }

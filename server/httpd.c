@@ -677,7 +677,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         handled(r, r->match.route->handler(r, &r->match, &diag), &diag);
         return r->close_now ? MHD_NO : MHD_YES;
     }
-    if (r->gen != NULL || r->tok_job != NULL || r->upload != NULL) {
+    if (r->gen != NULL || r->tok_job != NULL || r->sess_job != NULL || r->upload != NULL) {
         /* Resumed before its answer was ready: wait again, unless the server is stopping. */
         if (srv->stopping)
             ym_hreq_respond_error(r, YM_EDRAINING, NULL, "the server is stopping");

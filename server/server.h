@@ -100,6 +100,8 @@ typedef struct ym_hreq {
     ym_tenant limits;             /* who asked ("" before authentication) and its limits as
                                    * they were then (0 = none) */
     struct ym_tok_job *tok_job;   /* tokenization running on the libuv pool, or NULL */
+    struct ym_sess_job *sess_job; /* a session read running on the libuv pool (sessions.c),
+                                   * or NULL */
     struct ym_upload *upload;     /* PUT /v1/adapters/{name} in progress, or NULL */
 } ym_hreq;
 
@@ -222,7 +224,10 @@ ym_err ym_completions_create(ym_hreq *r, const ym_match *m, ym_diag *diag);
  * Each returns YM_OK, or the error with diag (the caller answers it). */
 ym_err ym__gen_take_session(ym_hreq *r, const ym_creq *q, ym_diag *diag);
 ym_err ym__gen_check_vocab(ym_hreq *r, const ym_creq *q, ym_diag *diag);
+struct ym_sc_entry;
+/* session: session_append's entry, pinned (taken over), or NULL (ym__gen_session_entry). */
 ym_err ym__gen_submit(ym_hreq *r, const ym_creq *q, ym_ids *ids, ym_adapter_t *adapter,
+                      struct ym_sc_entry *session,
                       ym_diag *diag); /* ids: [q->n_prompts], one per prompt */
 /* Tokenize q's text prompt (on the libuv pool when long) and submit. Takes over q's contents,
  * *root, adapter and text (the prompt's bytes when not in *root, or NULL). YM_OK when answered
@@ -303,8 +308,11 @@ ym_err ym_sessions_export(ym_hreq *r, const ym_match *m, ym_diag *diag);
 ym_err ym_sessions_import(ym_hreq *r, const ym_match *m, ym_diag *diag);
 size_t ym_server_state_bytes(const ym_server_t *srv); /* one cached state of this model */
 /* session_append: check r's session (exists, same tenant and adapters), put its pending
- * token before ids and fill p's append fields. YM_OK, or the error with diag (the caller
- * answers it). */
-ym_err ym_sessions_append(ym_hreq *r, ym_ids *ids, ym_gen_params *p, ym_diag *diag);
+ * token before ids and fill p's append fields. e: the session's entry, pinned by the caller
+ * (taken over), or NULL when it has none. YM_OK, or the error with diag (the caller answers
+ * it). */
+typedef struct ym_sc_entry ym_sc_entry;
+ym_err ym_sessions_append(ym_hreq *r, ym_sc_entry *e, ym_ids *ids, ym_gen_params *p,
+                          ym_diag *diag);
 
 #endif

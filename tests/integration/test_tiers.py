@@ -7,7 +7,11 @@ redis-server started here on a free loopback port): two replicas without affinit
 other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
 refused. A slow store (replies delayed by a proxy here) delays only the request whose state it
 holds: another stream keeps its pace, the slow request still resumes, and one past
-the store's timeout runs cold and succeeds.
+the store's timeout runs cold and succeeds. The same holds for the three requests that read
+a session before they answer (GET /v1/sessions/{id}, a session_append turn, the admin
+export): the stream keeps its pace while each waits, each answers as a replica that held the
+session in RAM would (the export byte for byte), past the timeout each answers 404, and a
+client that hangs up while its read waits gets nothing and costs nothing.
 
 Usage: test_tiers.py YUNMIND_EXE YUNMIN_EXE SOURCE_ROOT   (meson runs it as the `tiers` test)
 
@@ -18,6 +22,7 @@ from docs/FORMATS.md, independently of the server's code.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -350,11 +355,11 @@ class SlowProxy:
         self.sock.close()
 
 
-def stream_times(d, body, out, stop):
+def stream_times(d, body, out, stop, headers=None):
     """Stream a completion; append (arrival time, text) per SSE chunk to out until the stream
     ends or stop is set (then hang up: the daemon cancels it)."""
     r = ts.requests.post(d.url + "/v1/completions", json=dict(body, stream=True), stream=True,
-                         timeout=ts.T)
+                         timeout=ts.T, headers=headers)
     assert r.status_code == 200, r.text
     for line in r.iter_lines(decode_unicode=False):
         if line.startswith(b"data: ") and line != b"data: [DONE]":
@@ -491,6 +496,28 @@ class StoreTier(unittest.TestCase):
         self.assertEqual(b.stop(), 0)
 
 
+    def test_append_from_the_store_with_token_ids(self):
+        # A session_append turn whose prompt is token ids and whose session only the store
+        # holds: the session is read off the loop, the ids travel with the read, and the turn
+        # continues the history as on the replica that ran the first turn.
+        a, b = self.replica(), self.replica()
+        complete(a, TURN1, "ids1")
+        ids = ts.requests.post(b.url + "/v1/tokenize", json={"prompt": MORE},
+                               timeout=ts.T).json()["tokens"]
+        r = b.post("/v1/completions", {"prompt": ids, "max_tokens": 12, "temperature": 0,
+                                       "session_id": "ids1", "session_append": True})
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["choices"][0]["text"], self.ref.append2)
+        self.assertGreater(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+        # A session no tier holds: 404, as without tiers.
+        r = b.post("/v1/completions", {"prompt": ids, "max_tokens": 4, "session_id": "none1",
+                                       "session_append": True})
+        self.assertEqual(r.status_code, 404, r.text)
+        self.assertEqual(r.json()["error"]["code"], "session_not_found")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def slow_store_replica(self, timeout_ms):
         """A session stored by replica a; replica b reads the store through a slow proxy."""
         a = self.replica()
@@ -508,10 +535,17 @@ class StoreTier(unittest.TestCase):
         """Start a long stream on b, make the store slow, run the second turn of slow1 on b.
         The turn's (text, cached, seconds) and the stream's longest gap between chunks while
         the turn waited."""
+        (text, cached), took, gap = self.stalls_while(
+            proxy, b, delay, lambda: complete(b, TURN1 + self.ref.turn1 + MORE, "slow1"))
+        return text, cached, took, gap
+
+    def stalls_while(self, proxy, b, delay, call, headers=None):
+        """Start a long stream on b, make the store slow, run call(). Its result, its seconds
+        and the stream's longest gap between chunks while it waited."""
         chunks, stop = [], threading.Event()
         t = threading.Thread(target=stream_times, args=(b, {
             "prompt": "KING:", "max_tokens": 100000, "ignore_eos": True, "temperature": 0},
-            chunks, stop))
+            chunks, stop, headers))
         t.start()
         deadline = time.monotonic() + 30
         while len(chunks) < 20 and time.monotonic() < deadline:
@@ -520,7 +554,13 @@ class StoreTier(unittest.TestCase):
         proxy.delay = delay
         proxy.slow.set()
         t0 = time.monotonic()
-        text, cached = complete(b, TURN1 + self.ref.turn1 + MORE, "slow1")
+        try:
+            got = call()
+        except BaseException:
+            proxy.slow.clear()
+            stop.set()  # the stream hangs up at its next chunk
+            t.join()
+            raise
         t1 = time.monotonic()
         proxy.slow.clear()
         stop.set()
@@ -532,7 +572,7 @@ class StoreTier(unittest.TestCase):
         gaps = sorted(((y - x, x - t0) for x, y in zip(times, times[1:])), reverse=True)
         print("longest gaps (s, at s after the turn was sent): %s" %
               ", ".join("%.3f @ %.2f" % g for g in gaps[:4]), file=sys.stderr)
-        return text, cached, t1 - t0, gaps[0][0]
+        return got, t1 - t0, gaps[0][0]
 
     def test_slow_store_does_not_stall_other_streams(self):
         delay = 2.0
@@ -562,6 +602,114 @@ class StoreTier(unittest.TestCase):
         self.assertGreater(b.metric("yunmin_state_store_errors_total"), 0)
         self.assertEqual(b.metric("yunmin_state_store_hits_total"), 0)
         self.assertLess(gap, delay / 2)
+        self.assertEqual(b.stop(), 0)
+
+    def slow_store_tenants(self, timeout_ms):
+        """Sessions of tenant alpha stored by replica a (g1: described, ap1: appended to, x1:
+        exported; x1's blob as a exported it from RAM); replica b, with the same tenants file,
+        reads the store through a slow proxy. (proxy, b, alpha's and ops' headers, x1's blob)"""
+        alpha, ops = ts.new_key(), ts.new_key()
+        f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        self.addCleanup(os.unlink, f.name)
+        json.dump({"tenants": [{"name": "alpha", "keys": [alpha["hash"]]},
+                               {"name": "ops", "keys": [ops["hash"]], "admin": True}]}, f)
+        f.close()
+        ha = {"Authorization": "Bearer " + alpha["key"]}
+        ho = {"Authorization": "Bearer " + ops["key"]}
+        a = self.replica("--tenants-file", f.name)
+        for sid in ("g1", "ap1", "x1"):
+            r = a.post("/v1/completions", {"prompt": TURN1, "max_tokens": 12, "temperature": 0,
+                                           "session_id": sid}, headers=ha)
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertEqual(r.json()["choices"][0]["text"], self.ref.turn1)
+        self.g1 = ts.requests.get(a.url + "/v1/sessions/g1", headers=ha, timeout=ts.T).json()
+        blob = ts.requests.get(a.url + "/admin/sessions/alpha/x1", headers=ho, timeout=ts.T)
+        self.assertEqual(blob.status_code, 200, blob.text)
+        self.assertEqual(a.stop(), 0)
+        proxy = SlowProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        b = Daemon("--session-store", proxy.url(), "--state-secret", self.SECRET,
+                   "--checkpoint-interval", "0", "--session-store-timeout-ms", str(timeout_ms),
+                   "--tenants-file", f.name, env={"YUNMIN_MAX_TOKENS_CAP": "100000"})
+        self.daemons.append(b)
+        return proxy, b, ha, ho, blob.content
+
+    def session_reads(self, b, ha, ho):
+        """The three requests that read a session from the tiers before they answer: GET
+        /v1/sessions/g1, a session_append turn on ap1, the admin export of x1."""
+        return [
+            ("GET /v1/sessions", lambda: ts.requests.get(b.url + "/v1/sessions/g1", headers=ha,
+                                                         timeout=ts.T)),
+            ("session_append", lambda: b.post("/v1/completions", {
+                "prompt": MORE, "max_tokens": 12, "temperature": 0, "session_id": "ap1",
+                "session_append": True}, headers=ha)),
+            ("admin export", lambda: ts.requests.get(b.url + "/admin/sessions/alpha/x1",
+                                                     headers=ho, timeout=ts.T)),
+        ]
+
+    def test_slow_store_session_reads_do_not_stall_streams(self):
+        # Each of the three waits on the store (two replies held 2 s each: SELECT, GET) while
+        # another stream runs; when they read on the loop thread, the stream's chunks waited
+        # as long as they did.
+        delay = 2.0
+        proxy, b, ha, ho, blob = self.slow_store_tenants(timeout_ms=10000)
+        reads = self.session_reads(b, ha, ho)
+        for name, call in reads:
+            with self.subTest(name):
+                r, took, gap = self.stalls_while(proxy, b, delay, call, ha)
+                print("slow store %.1f s, %s: took %.2f s, longest gap of the other stream "
+                      "%.3f s" % (delay, name, took, gap), file=sys.stderr)
+                self.assertEqual(r.status_code, 200, r.text)
+                self.assertGreaterEqual(took, delay)
+                self.assertLess(gap, delay / 2)
+                if name == "GET /v1/sessions":
+                    self.assertEqual(r.json(), self.g1)
+                elif name == "session_append":
+                    self.assertEqual(r.json()["choices"][0]["text"], self.ref.append2)
+                    self.assertGreater(
+                        r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+                else:
+                    self.assertEqual(r.headers["Content-Type"], "application/octet-stream")
+                    self.assertEqual(r.content, blob)  # the same state, byte for byte
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 3)
+        self.assertEqual(b.stop(), 0)
+
+    def test_slow_store_session_reads_past_timeout(self):
+        # Past the 1.5 s timeout the read gives up: the session is not there for this replica
+        # (404, as for any missing session), and the other stream never waited.
+        delay = 2.0
+        proxy, b, ha, ho, _ = self.slow_store_tenants(timeout_ms=1500)
+        for i, (name, call) in enumerate(self.session_reads(b, ha, ho)):
+            with self.subTest(name):
+                if i > 0:
+                    # After a timeout the store backs off (at most 5 s), missing at once
+                    # meanwhile; past it, the next read waits for the store again.
+                    time.sleep(5.5)
+                r, took, gap = self.stalls_while(proxy, b, delay, call, ha)
+                print("slow store %.1f s past the timeout, %s: took %.2f s, longest gap %.3f s"
+                      % (delay, name, took, gap), file=sys.stderr)
+                self.assertEqual(r.status_code, 404, r.text)
+                self.assertEqual(r.json()["error"]["code"], "session_not_found", r.text)
+                self.assertLess(took, 15)
+                self.assertLess(gap, delay / 2)
+        self.assertGreater(b.metric("yunmin_state_store_errors_total"), 0)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_client_gone_while_a_session_read_waits(self):
+        # The client hangs up while its read waits for the store: the daemon answers nothing,
+        # frees the request when the read ends, and keeps serving (and stops cleanly).
+        proxy, b, ha, ho, blob = self.slow_store_tenants(timeout_ms=10000)
+        proxy.delay = 1.5
+        proxy.slow.set()
+        for path, h in (("/v1/sessions/g1", ha), ("/admin/sessions/alpha/x1", ho)):
+            with self.assertRaises(ts.requests.exceptions.ReadTimeout):
+                ts.requests.get(b.url + path, headers=h, timeout=0.5)
+        time.sleep(4)  # both reads end (two held replies each) with their clients gone
+        proxy.slow.clear()
+        r = ts.requests.get(b.url + "/admin/sessions/alpha/x1", headers=ho, timeout=ts.T)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.content, blob)
         self.assertEqual(b.stop(), 0)
 
     def test_sigterm_while_a_turn_waits_for_the_store(self):
