@@ -1,6 +1,7 @@
 /* server/writeq.c - the ordered writer thread of a state tier.
  *
- * Owns: the queue, its lock and conditions, the writer thread, the jobs until they have run.
+ * Owns: the queue, its lock and conditions, the writer thread, the jobs until they have run;
+ * a shared blob and its bytes until its last job has run (refcount).
  * Runs: push/flush/stop on any thread; jobs on the writer thread. Must not: call `run` or `done`
  * with the queue's lock held (a job does I/O). */
 #include "server/writeq.h"
