@@ -8,7 +8,11 @@
 # clients with --session (every request stores its session's state) to one daemon at a time.
 # Prints a markdown table and the median of B / A; writes it to $OUT/table.md.
 #
-# Environment: A, B (required); BUILD (for the loadgen binary made by tiers_load.sh, or made
+# With STORE=1 each daemon also gets the shared store (session_store, state_secret) on a
+# redis-server started here on a free loopback port (one database per daemon), so every request
+# writes a state file and a SET.
+#
+# Environment: A, B (required); STORE [0]; BUILD (for the loadgen binary made by tiers_load.sh, or made
 # here) [build-test]; OUT [$BUILD/tiers-ab-<UTC time>]; THREADS [1]; CLIENTS [8]; ROUNDS [9];
 # DURATION [8]; WARMUP [2]; TOKENS [32].
 set -eu
@@ -23,12 +27,13 @@ ROUNDS=${ROUNDS:-9}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 TOKENS=${TOKENS:-32}
+STORE=${STORE:-0}
 loadgen=$BUILD/loadgen-tiers
 if [ ! -x "$loadgen" ]; then
     cc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$loadgen" bench/loadgen.c
 fi
 mkdir -p "$OUT/a" "$OUT/b"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" > "$OUT/conditions.txt"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) (STORE=$STORE)" > "$OUT/conditions.txt"
 
 pids=()
 cleanup() {
@@ -36,9 +41,25 @@ cleanup() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+store_a=() store_b=()
+if [ "$STORE" = 1 ]; then
+    command -v redis-server >/dev/null || { echo "tiers_ab: redis-server is not installed" >&2; exit 2; }
+    rport=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+        > "$OUT/redis.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.1
+    done
+    store_a=(--state-secret bench-secret --session-store "redis://127.0.0.1:$rport/1")
+    store_b=(--state-secret bench-secret --session-store "redis://127.0.0.1:$rport/2")
+fi
 declare -A port
-start() { # start NAME BINARY
-    "$2" --model "$root/models/shakespeare-mamba" --port 0 --threads "$THREADS" \
+start() { # start NAME BINARY [ARGS...]
+    local name=$1 bin=$2; shift 2
+    set -- "$name" "$bin" "$@"
+    "$bin" "${@:3}" --model "$root/models/shakespeare-mamba" --port 0 --threads "$THREADS" \
         --max-running 64 --max-batch-tokens 256 --log-level warn --state-dir "$OUT/$1" \
         > "$OUT/$1-yunmind.out" 2> "$OUT/$1-yunmind.log" &
     pids+=($!)
@@ -53,8 +74,8 @@ start() { # start NAME BINARY
     sleep 1
     port[$1]=$p
 }
-start a "$A"
-start b "$B"
+start a "$A" ${store_a[@]+"${store_a[@]}"}
+start b "$B" ${store_b[@]+"${store_b[@]}"}
 for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) -eq 1 ]; then order="a b"; else order="b a"; fi
     for n in $order; do

@@ -84,9 +84,12 @@ ym_err ym_state_file_format(const ym_skey *key, ym_sc_kind kind, const ym_sc_met
     *len = 0;
     size_t blob = ym_session_blob_size(st);
     size_t n = YM_STATE_FILE_HEADER + META_BYTES + blob + MAC_BYTES;
-    unsigned char *p = calloc(1, n);
+    /* Not calloc: every byte is written below (the unset meta fields zeroed here), and a
+     * state file is some hundreds of KB, written once per request. */
+    unsigned char *p = malloc(n);
     if (p == NULL)
         return YM_ENOMEM;
+    memset(p, 0, YM_STATE_FILE_HEADER + META_BYTES);
     memcpy(p, FILE_MAGIC, 4);
     put_u32(p + 4, FILE_VERSION);
     put_u32(p + 8, (uint32_t)kind);
@@ -372,16 +375,17 @@ static void evict(ym_disktier_t *d)
 static void do_write(ym_disktier_t *d, const ym_writeq_job *j)
 {
     double t0 = ym_now();
-    unsigned char *buf = NULL;
+    const unsigned char *buf = NULL;
+    unsigned char *own = NULL;
     size_t len = 0;
-    ym_err err = ym_state_file_format(&j->key, j->kind, &j->meta, j->st, d->fp, d->mac_key, &buf,
-                                      &len);
+    ym_err err = ym_writeq_job_bytes(j, d->fp, d->mac_key, &buf, &len, &own);
     if (err != YM_OK) {
+        free(own);
         count_error(d, "cannot format a state", ym_strerror(err));
         return;
     }
     if (d->budget != 0 && len > d->budget) {
-        free(buf);
+        free(own);
         return; /* never fits */
     }
     char path[4096], tmp[4200], h[65];
@@ -394,7 +398,7 @@ static void do_write(ym_disktier_t *d, const ym_writeq_job *j)
     int e = errno;
     if (fd >= 0 && close(fd) != 0)
         ok = 0;
-    free(buf);
+    free(own);
     if (ok && rename(tmp, path) != 0) {
         ok = 0;
         e = errno;
@@ -449,7 +453,14 @@ void ym_disktier_write(ym_disktier_t *d, const ym_skey *key, ym_sc_kind kind,
                        const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),
                        void *arg)
 {
-    if (ym_writeq_write(&d->q, key, kind, meta, st, done, arg) != YM_OK) {
+    ym_disktier_write_blob(d, key, kind, meta, st, NULL, done, arg);
+}
+
+void ym_disktier_write_blob(ym_disktier_t *d, const ym_skey *key, ym_sc_kind kind,
+                            const ym_sc_meta *meta, const ym_state_t *st, ym_wblob *blob,
+                            void (*done)(void *), void *arg)
+{
+    if (ym_writeq_write(&d->q, key, kind, meta, st, blob, done, arg) != YM_OK) {
         count_error(d, "cannot queue a state write", "out of memory");
         if (done)
             done(arg);

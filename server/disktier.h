@@ -58,6 +58,12 @@ ym_err ym_disktier_load(ym_disktier_t *d, const ym_skey *key, ym_sc_kind *kind,
 void ym_disktier_write(ym_disktier_t *d, const ym_skey *key, ym_sc_kind kind,
                        const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),
                        void *arg);
+/* As ym_disktier_write, with the file's bytes taken from (or formatted into) blob, which other
+ * tiers writing the same state share (server/writeq.h). Takes over one reference of blob. */
+typedef struct ym_wblob ym_wblob;
+void ym_disktier_write_blob(ym_disktier_t *d, const ym_skey *key, ym_sc_kind kind,
+                            const ym_sc_meta *meta, const ym_state_t *st, ym_wblob *blob,
+                            void (*done)(void *), void *arg);
 /* Queue the removal of key's file (after the writes queued before it). */
 void ym_disktier_remove(ym_disktier_t *d, const ym_skey *key);
 

@@ -235,13 +235,14 @@ static void do_job(void *owner, const ym_writeq_job *j)
     ym_redistier_t *r = owner;
     char name[80];
     store_key(&j->key, name);
-    unsigned char *buf = NULL;
+    const unsigned char *buf = NULL;
+    unsigned char *own = NULL;
     size_t len = 0;
     double t0 = ym_now();
     if (!j->remove) {
-        ym_err err = ym_state_file_format(&j->key, j->kind, &j->meta, j->st, r->fp, r->mac_key,
-                                          &buf, &len);
+        ym_err err = ym_writeq_job_bytes(j, r->fp, r->mac_key, &buf, &len, &own);
         if (err != YM_OK) {
+            free(own);
             fail(r, "cannot format a state", ym_strerror(err));
             return;
         }
@@ -258,7 +259,7 @@ static void do_job(void *owner, const ym_writeq_job *j)
     if (c != NULL && rep == NULL)
         drop(r, &r->wr, j->remove ? "DEL failed" : "SET failed");
     pthread_mutex_unlock(&r->wr.lock);
-    free(buf);
+    free(own);
     if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
         fail(r, "the store refused a write", rep->str);
     else if (rep != NULL && !j->remove && r->metrics) {
@@ -273,7 +274,14 @@ void ym_redistier_write(ym_redistier_t *r, const ym_skey *key, ym_sc_kind kind,
                         const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),
                         void *arg)
 {
-    if (ym_writeq_write(&r->q, key, kind, meta, st, done, arg) != YM_OK) {
+    ym_redistier_write_blob(r, key, kind, meta, st, NULL, done, arg);
+}
+
+void ym_redistier_write_blob(ym_redistier_t *r, const ym_skey *key, ym_sc_kind kind,
+                             const ym_sc_meta *meta, const ym_state_t *st, ym_wblob *blob,
+                             void (*done)(void *), void *arg)
+{
+    if (ym_writeq_write(&r->q, key, kind, meta, st, blob, done, arg) != YM_OK) {
         fail(r, "cannot queue a write", "out of memory");
         if (done)
             done(arg);

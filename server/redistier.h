@@ -42,6 +42,11 @@ ym_err ym_redistier_load(ym_redistier_t *r, const ym_skey *key, ym_sc_kind *kind
 void ym_redistier_write(ym_redistier_t *r, const ym_skey *key, ym_sc_kind kind,
                         const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),
                         void *arg);
+/* As ym_disktier_write_blob: the entry's bytes shared with the disk tier's file. */
+typedef struct ym_wblob ym_wblob;
+void ym_redistier_write_blob(ym_redistier_t *r, const ym_skey *key, ym_sc_kind kind,
+                             const ym_sc_meta *meta, const ym_state_t *st, ym_wblob *blob,
+                             void (*done)(void *), void *arg);
 void ym_redistier_remove(ym_redistier_t *r, const ym_skey *key);
 /* Parse redis://host:port/db: 0, or -1 with a message in diag. */
 int ym_redis_url_parse(const char *url, char *host, size_t host_cap, int *port, int *db,

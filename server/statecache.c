@@ -13,6 +13,7 @@
 
 #include "server/disktier.h"
 #include "server/redistier.h"
+#include "server/writeq.h"
 #include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -524,10 +525,12 @@ static void write_tiers(ym_scache_t *c, written *w, ym_sc_entry *e, int n_tiers,
     w->done = done;
     w->arg = arg;
     atomic_init(&w->left, n_tiers);
+    /* With both tiers, one blob: the state is formatted (checksum, MAC) once for the two. */
+    ym_wblob *b = n_tiers > 1 ? ym_wblob_new(n_tiers) : NULL;
     if (c->disk != NULL)
-        ym_disktier_write(c->disk, &e->key, e->kind, &e->meta, e->st, on_written, w);
+        ym_disktier_write_blob(c->disk, &e->key, e->kind, &e->meta, e->st, b, on_written, w);
     if (c->store != NULL)
-        ym_redistier_write(c->store, &e->key, e->kind, &e->meta, e->st, on_written, w);
+        ym_redistier_write_blob(c->store, &e->key, e->kind, &e->meta, e->st, b, on_written, w);
 }
 
 /* Put st in RAM (pinned into *pinned if asked) and, with to_disk, queue its file; done(arg) is

@@ -15,6 +15,7 @@
 #include "server/metrics.h"
 #include "server/redistier.h"
 #include "server/statecache.h"
+#include "server/writeq.h"
 
 static const ym_config small_cfg = {.n_layer = 2, .d_inner = 8, .d_conv = 4, .d_state = 4,
                                     .d_model = 4, .n_vocab = 16, .dt_rank = 1};
@@ -354,6 +355,64 @@ START_TEST(test_scache_promotes_from_disk)
 }
 END_TEST
 
+/* One blob shared by two tier writes of a state: formatted once, the same bytes a tier would
+ * format on its own; a tier with another key gets its own bytes, under its key. */
+START_TEST(test_shared_blob_formats_once)
+{
+    unsigned char key[32], other[32];
+    memset(key, 5, sizeof(key));
+    memset(other, 6, sizeof(other));
+    ym_state_t *st = filled_state(0.5f, 9);
+    ym_writeq_job j = {.kind = YM_SC_SESSION, .st = st};
+    key_of(&j.key, 3);
+    j.meta.pending = 11;
+    j.meta.appendable = 1;
+    memset(j.meta.hist.b, 7, 32);
+    unsigned char *want = NULL;
+    size_t want_len = 0;
+    ck_assert_int_eq(ym_state_file_format(&j.key, j.kind, &j.meta, st, fp, key, &want,
+                                          &want_len), YM_OK);
+    j.blob = ym_wblob_new(3);
+    ck_assert_ptr_nonnull(j.blob);
+    const unsigned char *a = NULL, *b = NULL, *c = NULL;
+    unsigned char *own_a = NULL, *own_b = NULL, *own_c = NULL;
+    size_t la = 0, lb = 0, lc = 0;
+    ck_assert_int_eq(ym_writeq_job_bytes(&j, fp, key, &a, &la, &own_a), YM_OK);
+    ck_assert_int_eq(ym_writeq_job_bytes(&j, fp, key, &b, &lb, &own_b), YM_OK);
+    ck_assert_ptr_null(own_a);
+    ck_assert_ptr_null(own_b);
+    ck_assert_ptr_eq(a, b); /* formatted once */
+    ck_assert_uint_eq(la, want_len);
+    ck_assert_int_eq(memcmp(a, want, want_len), 0);
+    ck_assert_int_eq(ym_writeq_job_bytes(&j, fp, other, &c, &lc, &own_c), YM_OK);
+    ck_assert_ptr_nonnull(own_c);
+    ck_assert_ptr_eq(c, own_c);
+    ck_assert_uint_eq(lc, want_len);
+    ck_assert_int_ne(memcmp(c, want, want_len), 0);
+    ym_sc_kind kind;
+    ym_sc_meta meta;
+    ym_state_t *back = NULL;
+    ck_assert_int_eq(ym_state_file_parse(c, lc, &j.key, st, fp, other, &kind, &meta, &back,
+                                         NULL), YM_OK);
+    ck_assert(same_state(st, back));
+    ck_assert_int_eq(meta.pending, 11);
+    ym_state_free(back);
+    ck_assert_int_eq(ym_state_file_parse(a, la, &j.key, st, fp, other, &kind, &meta, &back,
+                                         NULL), YM_EFORMAT);
+    free(own_c);
+    for (int i = 0; i < 3; i++)
+        ym_wblob_unref(j.blob);
+    /* No blob: formatted here, owned by the caller. */
+    j.blob = NULL;
+    ck_assert_int_eq(ym_writeq_job_bytes(&j, fp, key, &a, &la, &own_a), YM_OK);
+    ck_assert_ptr_nonnull(own_a);
+    ck_assert_int_eq(memcmp(a, want, want_len), 0);
+    free(own_a);
+    free(want);
+    ym_state_free(st);
+}
+END_TEST
+
 START_TEST(test_redis_url)
 {
     char host[64];
@@ -390,6 +449,7 @@ int main(void)
     tcase_add_test(tc, test_tier_lru_eviction_rescan_and_refusal);
     tcase_add_test(tc, test_done_after_file_in_place);
     tcase_add_test(tc, test_scache_promotes_from_disk);
+    tcase_add_test(tc, test_shared_blob_formats_once);
     tcase_add_test(tc, test_redis_url);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
