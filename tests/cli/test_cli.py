@@ -960,8 +960,9 @@ class TestBenchFloor(CliTestBase):
     The figures `bench` derives (best of the rounds, floor fractions best over best, each
     round's own fraction and their median, with and without the state bytes) are recomputed
     here from the per-round measurements and the byte counts it reports; every fraction must
-    lie in (0, 1.2): the probe is the engine's own kernel, so decode cannot beat it by more
-    than noise."""
+    be positive. How close decode comes to the floor is a benchmark's question, not this
+    test's (docs/BENCHMARKS.md): on a loaded machine or under a sanitizer a single round's
+    pair, and even best over best, can land above 1."""
 
     ROUNDS = 3
 
@@ -989,7 +990,6 @@ class TestBenchFloor(CliTestBase):
             self.assertAlmostEqual(j[key + "_median"], med, delta=2 * rel * med, msg=key)
             for f in got + [j[key], j[key + "_median"]]:
                 self.assertGreater(f, 0.0, key)
-                self.assertLess(f, 1.2, key)
 
     def test_rounds_pair_the_probe_with_decode(self):
         for extra in ([], ["--arch", "mamba2"]):
