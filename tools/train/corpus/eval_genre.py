@@ -9,7 +9,10 @@ a free port and every item is one /v1/completions request with the 15 prompts
 window + "\\nGenre: <label>" (echo, logprobs 0, max_tokens 0): the score of a label is the sum
 of the token logprobs from the label's text offset on. Reported: accuracy (items, and
 documents by summed label scores over their windows), chance 1/15, the majority-class
-baseline. --check-torch K recomputes the dense label scores of the first K items with the
+baseline. Two scores per label: raw (the sum above) and calibrated, raw minus the label's
+score after the content-free prompt "\\nGenre:" alone (its prior; Holtzman et al. 2021,
+"domain-conditional PMI"), which removes the preference for a label regardless of the text.
+--check-torch K recomputes the dense label scores of the first K items with the
 toolkit's PyTorch model (CPU, float32) and records the largest difference.
 """
 
@@ -22,6 +25,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+
+
+PRIOR_PROMPT = "\nGenre:"
 
 
 def post(port, body):
@@ -54,9 +60,13 @@ def start(yunmind, model, sparsity):
 
 
 def score_item(port, it):
-    prompts = [it["prompt"] + " " + lab for lab in it["labels"]]
+    return score_prompt(port, it["prompt"], it["labels"])
+
+
+def score_prompt(port, prompt, labels):
+    prompts = [prompt + " " + lab for lab in labels]
     r = post(port, {"prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0})
-    cut = len(it["prompt"])
+    cut = len(prompt)
     out = [None] * len(prompts)
     for ch in r["choices"]:
         lp = ch["logprobs"]
@@ -129,12 +139,15 @@ def main(argv=None):
             t0 = time.time()
             sc = [score_item(port, it) for it in items]
             dt = time.time() - t0
+            prior = score_prompt(port, PRIOR_PROMPT, items[0]["labels"])
         finally:
             p.terminate()
             p.wait()
         all_scores[name] = sc
+        cal = [[x - q for x, q in zip(row, prior)] for row in sc]
         res["models"][name] = dict(evaluate(sc, items), sparsity=os.path.basename(path) or None,
-                                   seconds=round(dt, 1))
+                                   seconds=round(dt, 1), prior=prior,
+                                   calibrated=evaluate(cal, items))
         print(name, json.dumps(res["models"][name]), flush=True)
     if a.check_torch:
         ref = torch_scores(a.model, items[:a.check_torch])
