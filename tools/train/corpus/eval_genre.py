@@ -1,0 +1,169 @@
+"""Score the Brown genre task (make_genre_task.py) in yunmind, dense and under sparsity profiles.
+
+    python3 tools/train/corpus/eval_genre.py --yunmind build/server/yunmind --model DIR \\
+        --task tools/train/results/scale/genre.jsonl [--profile NAME=FILE]... \\
+        [--check-torch 5] --out tools/train/results/scale/genre_results.json
+
+For each model (dense, then each profile, served with YUNMIN_SPARSITY) the daemon is started on
+a free port and every item is one /v1/completions request with the 15 prompts
+window + "\\nGenre: <label>" (echo, logprobs 0, max_tokens 0): the score of a label is the sum
+of the token logprobs from the label's text offset on. Reported: accuracy (items, and
+documents by summed label scores over their windows), chance 1/15, the majority-class
+baseline. Two scores per label: raw (the sum above) and calibrated, raw minus the label's
+score after the content-free prompt "\\nGenre:" alone (its prior; Holtzman et al. 2021,
+"domain-conditional PMI"), which removes the preference for a label regardless of the text.
+--check-torch K recomputes the dense label scores of the first K items with the
+toolkit's PyTorch model (CPU, float32) and records the largest difference.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+PRIOR_PROMPT = "\nGenre:"
+
+
+def post(port, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503:                   # 503 while the model loads
+                raise SystemExit(f"HTTP {e.code}: {e.read()[:300]!r}")
+            time.sleep(0.5)
+    raise SystemExit("yunmind stayed unavailable")
+
+
+def start(yunmind, model, sparsity):
+    env = dict(os.environ, YUNMIN_MODEL=model, YUNMIN_PORT="0", YUNMIN_SPARSITY=sparsity or "")
+    p = subprocess.Popen(["nice", yunmind], env=env, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    for line in p.stderr:
+        m = re.search(r"listening.*?:(\d+)", line)
+        if m and "listening" in line:
+            return p, int(m.group(1))
+        if time.time() - t0 > 120:
+            break
+    p.kill()
+    raise SystemExit(f"yunmind did not start ({sparsity or 'dense'})")
+
+
+def score_item(port, it):
+    return score_prompt(port, it["prompt"], it["labels"])
+
+
+def score_prompt(port, prompt, labels):
+    prompts = [prompt + " " + lab for lab in labels]
+    r = post(port, {"prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0})
+    cut = len(prompt)
+    out = [None] * len(prompts)
+    for ch in r["choices"]:
+        lp = ch["logprobs"]
+        out[ch["index"]] = sum(v for v, o in zip(lp["token_logprobs"], lp["text_offset"])
+                               if o >= cut)
+    return out
+
+
+def evaluate(scores, items):
+    n = len(items)
+    right = [int(max(range(len(s)), key=s.__getitem__) == it["answer"])
+             for s, it in zip(scores, items)]
+    docs = {}
+    for s, it in zip(scores, items):
+        d = docs.setdefault(it["doc"], [it["answer"], [0.0] * len(s)])
+        d[1] = [a + b for a, b in zip(d[1], s)]
+    doc_right = [int(max(range(len(s)), key=s.__getitem__) == a) for a, s in docs.values()]
+    pred = [max(range(len(s)), key=s.__getitem__) for s in scores]
+    return {"accuracy": sum(right) / n, "n_items": n, "n_right": sum(right),
+            "doc_accuracy": sum(doc_right) / len(doc_right), "n_docs": len(doc_right),
+            "predicted_counts": {items[0]["labels"][k]: pred.count(k) for k in sorted(set(pred))}}
+
+
+def torch_scores(model_dir, items):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import torch
+    from yunmin_train.model import load_model
+    from yunmin_train.tokenizer import Tokenizer
+    torch.set_num_threads(1)
+    m = load_model(model_dir, device="cpu").float().eval()
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    out = []
+    with torch.no_grad():
+        for it in items:
+            row = []
+            for lab in it["labels"]:
+                p = tok.encode(it["prompt"])
+                ids = tok.encode(it["prompt"] + " " + lab)
+                if ids[:len(p)] != p:
+                    raise SystemExit("label tokens do not start at the prompt's end")
+                x = torch.tensor([ids])
+                lp = torch.log_softmax(m(x).float(), -1)[0]
+                row.append(float(sum(lp[i - 1, ids[i]] for i in range(len(p), len(ids)))))
+            out.append(row)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--yunmind", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--profile", action="append", default=[], help="NAME=FILE")
+    ap.add_argument("--check-torch", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    items = [json.loads(l) for l in open(a.task, encoding="utf-8") if l.strip()]
+    counts = {}
+    for it in items:
+        counts[it["answer"]] = counts.get(it["answer"], 0) + 1
+    res = {"task": os.path.basename(a.task), "n_items": len(items),
+           "n_docs": len({it["doc"] for it in items}), "n_labels": len(items[0]["labels"]),
+           "chance": 1 / len(items[0]["labels"]),
+           "majority_baseline": max(counts.values()) / len(items),
+           "majority_label": items[0]["labels"][max(counts, key=counts.get)], "models": {}}
+    all_scores = {}
+    for name, path in [("dense", "")] + [p.split("=", 1) for p in a.profile]:
+        p, port = start(a.yunmind, a.model, path)
+        try:
+            t0 = time.time()
+            sc = [score_item(port, it) for it in items]
+            dt = time.time() - t0
+            prior = score_prompt(port, PRIOR_PROMPT, items[0]["labels"])
+        finally:
+            p.terminate()
+            p.wait()
+        all_scores[name] = sc
+        cal = [[x - q for x, q in zip(row, prior)] for row in sc]
+        res["models"][name] = dict(evaluate(sc, items), sparsity=os.path.basename(path) or None,
+                                   seconds=round(dt, 1), prior=prior,
+                                   calibrated=evaluate(cal, items))
+        print(name, json.dumps(res["models"][name]), flush=True)
+    if a.check_torch:
+        ref = torch_scores(a.model, items[:a.check_torch])
+        diff = max(abs(x - y) for r, s in zip(ref, all_scores["dense"]) for x, y in zip(r, s))
+        same = all(max(range(len(r)), key=r.__getitem__) == max(range(len(s)), key=s.__getitem__)
+                   for r, s in zip(ref, all_scores["dense"]))
+        res["torch_check"] = {"n_items": a.check_torch, "max_abs_diff_label_score": diff,
+                              "same_argmax": same, "torch_scores": ref,
+                              "yunmin_scores": all_scores["dense"][:a.check_torch]}
+        print("torch check", diff, same, flush=True)
+    res["scores"] = all_scores
+    with open(a.out, "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=1)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
