@@ -293,15 +293,6 @@ static void mamba1_layer_split(ym_ctx_t *c, int ith, int nth, int l, float *hn, 
     const size_t fs = fam_stride(c);
     float *xp = c->fam + (size_t)ith * fs, *dbc = xp + fs / 2;
     const int m0 = c->md0[ith], m1 = c->md1[ith];
-    if (nk == 0) {
-        /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
-         * thread its rows; the barrier makes h whole before the next layer's norm). */
-        if (L->out_proj_b != NULL) {
-            add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
-            ym_pool_barrier(c->pool);
-        }
-        return;
-    }
     /* hn = rmsnorm(h) * norm.weight */
     norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
     /* [x, z] = in_proj(hn), this thread's channels */
@@ -366,6 +357,18 @@ static void mamba1_layer_split(ym_ctx_t *c, int ith, int nth, int l, float *hn, 
  * which meet at its barriers. hn: this thread's normed-input buffer; wscr: its matmul scratch. */
 static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float *wscr)
 {
+    const ym_layer *Ld = &c->model->layers[l];
+    if (Ld->d_inner == 0) {
+        /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
+         * thread its rows; the barrier makes h whole before the next layer's norm). Every
+         * thread takes this branch for the layer, so the barriers stay paired. */
+        if (Ld->out_proj_b != NULL) {
+            add_bias(c->h, c->model->cfg.d_model, c->n_rows, Ld->out_proj_b, c->md0[ith],
+                     c->md1[ith]);
+            ym_pool_barrier(c->pool);
+        }
+        return;
+    }
     int any_adapter = 0;
     for (int sq = 0; c->batch->adapters != NULL && sq < c->batch->n_seq; sq++)
         any_adapter |= c->batch->adapters[sq] != NULL;
@@ -385,16 +388,6 @@ static void mamba1_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     const ym_layer *L = &m->layers[l];
     const int nk = L->d_inner; /* channels this layer serves (all of them when dense) */
     const int c0 = c->ch0[(size_t)l * nth + ith], c1 = c->ch1[(size_t)l * nth + ith];
-    if (nk == 0) {
-        /* Every channel dropped: y = 0, so the mixer adds out_proj's bias only (each
-         * thread its rows; the barrier makes h whole before the next layer's norm). Every
-         * thread takes this branch for the layer, so the barriers stay paired. */
-        if (L->out_proj_b != NULL) {
-            add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
-            ym_pool_barrier(c->pool);
-        }
-        return;
-    }
     /* hn = rmsnorm(h) * norm.weight  (every thread, all rows: no barrier needed) */
     norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
     if (ad)

@@ -215,15 +215,21 @@ static ym_err admit(ym_sched_t *s, ym_gen *g)
     return g->append ? YM_EEXIST : YM_OK;
 }
 
+/* Append g to the singly linked queue *head .. *tail (through queue_next; lock held). */
+static void queue_push(ym_gen **head, ym_gen **tail, ym_gen *g)
+{
+    g->queue_next = NULL;
+    if (*tail)
+        (*tail)->queue_next = g;
+    else
+        *head = g;
+    *tail = g;
+}
+
 /* Append g to the submit queue and wake the engine (lock held). */
 static void enqueue(ym_sched_t *s, ym_gen *g)
 {
-    g->queue_next = NULL;
-    if (s->q_tail)
-        s->q_tail->queue_next = g;
-    else
-        s->q_head = g;
-    s->q_tail = g;
+    queue_push(&s->q_head, &s->q_tail, g);
     pthread_cond_signal(&s->cond);
 }
 
@@ -770,12 +776,7 @@ ym_err ym_sched_submit_n(ym_sched_t *s, ym_gen *const *gs, int n)
         if (lookup[i]) {
             /* Its cached state may be on disk or in the store: a lookup thread reads it,
              * then queues the job (lookup_main). */
-            g->queue_next = NULL;
-            if (s->lk_tail)
-                s->lk_tail->queue_next = g;
-            else
-                s->lk_head = g;
-            s->lk_tail = g;
+            queue_push(&s->lk_head, &s->lk_tail, g);
             pthread_cond_signal(&s->lookup_cond);
         } else {
             enqueue(s, g);

@@ -170,6 +170,18 @@ int cli_parse_ids(const char *opt, const char *s, int n_vocab, ym_ids *ids)
     return 0;
 }
 
+double cli_nll(const float *row, int nv, int32_t target)
+{
+    double m = -INFINITY;
+    for (int v = 0; v < nv; v++)
+        if (row[v] > m)
+            m = row[v];
+    double z = 0.0;
+    for (int v = 0; v < nv; v++)
+        z += exp((double)row[v] - m);
+    return -((double)row[target] - m - log(z));
+}
+
 int cli_read_file(const char *path, char **data, size_t *len)
 {
     *data = NULL;

@@ -52,6 +52,10 @@ int cli_parse_double(const char *opt, const char *s, double *out);
  * *ids (ym_ids_deinit) and returns 0. */
 int cli_parse_ids(const char *opt, const char *s, int n_vocab, ym_ids *ids);
 
+/* -log_softmax(row)[target] over nv logits, in double (the perplexity protocol's NLL,
+ * shared by `perplexity` and `prune`). */
+double cli_nll(const float *row, int nv, int32_t target);
+
 /* Whole file into a new NUL-terminated buffer (free). Prints the error and returns CLI_FAIL
  * on failure, else 0. */
 int cli_read_file(const char *path, char **data, size_t *len);

@@ -39,19 +39,6 @@ static void usage(FILE *f)
 
 enum { OPT_CTX = 256, OPT_TAIL, OPT_THREADS, OPT_WEIGHTS, OPT_SPARSITY };
 
-/* -log_softmax(row)[target] in double. */
-static double nll_of(const float *row, int nv, int32_t target)
-{
-    double m = -INFINITY;
-    for (int v = 0; v < nv; v++)
-        if (row[v] > m)
-            m = row[v];
-    double z = 0.0;
-    for (int v = 0; v < nv; v++)
-        z += exp((double)row[v] - m);
-    return -((double)row[target] - m - log(z));
-}
-
 int ym_cmd_perplexity(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -223,7 +210,7 @@ int ym_cmd_perplexity(int argc, char **argv)
         /* 4. Every token but each window's first, scored by the row before it. */
         for (size_t k = 0; k < nb; k++) {
             for (int r = seq_start[k] + 1; r < seq_start[k + 1]; r++) {
-                nll_sum += nll_of(logits + (size_t)(r - 1) * (size_t)nv, nv, batch.tokens[r]);
+                nll_sum += cli_nll(logits + (size_t)(r - 1) * (size_t)nv, nv, batch.tokens[r]);
                 n_scored++;
             }
         }

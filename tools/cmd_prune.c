@@ -114,19 +114,6 @@ typedef struct evalset {
     int n_evals;
 } evalset;
 
-/* -log_softmax(row)[target] in double (as `yunmin perplexity`). */
-static double nll_of(const float *row, int nv, int32_t target)
-{
-    double m = -INFINITY;
-    for (int v = 0; v < nv; v++)
-        if (row[v] > m)
-            m = row[v];
-    double z = 0.0;
-    for (int v = 0; v < nv; v++)
-        z += exp((double)row[v] - m);
-    return -((double)row[target] - m - log(z));
-}
-
 static ym_err evalset_init(evalset *ev, const ym_config *cfg, const int32_t *ids, size_t n,
                            int W, int n_threads)
 {
@@ -201,7 +188,7 @@ static ym_err eval_nll(evalset *ev, ym_model_t *m, double *nll, ym_diag *diag)
             break;
         for (size_t k = 0; k < nb; k++)
             for (int r = ev->seq_start[k] + 1; r < ev->seq_start[k + 1]; r++)
-                sum += nll_of(ev->logits + (size_t)(r - 1) * (size_t)ev->nv, ev->nv, b.tokens[r]);
+                sum += cli_nll(ev->logits + (size_t)(r - 1) * (size_t)ev->nv, ev->nv, b.tokens[r]);
     }
     ym_ctx_free(ctx);
     ev->n_evals++;
