@@ -19,11 +19,23 @@ scripts/deps.sh test || { echo "could not install the build dependencies" >&2; e
 passed=0
 failed=0
 failures=""
+# Each stage's output goes to the terminal and to $logs/NAME.log; the end of the run repeats
+# the last lines of every failed stage's log, so a CI system that keeps only the tail of the
+# output still shows why a stage failed.
+logs=$(mktemp -d "${TMPDIR:-/tmp}/yunmin-test-logs.XXXXXX")
+trap 'rm -rf "$logs"' EXIT
 stage() { # name command...
   local name=$1; shift
   echo "=== $name"
-  if "$@"; then passed=$((passed + 1)); echo "=== $name: ok"
-  else failed=$((failed + 1)); failures="$failures $name"; echo "=== $name: FAILED"; fi
+  # tee in a process substitution, waited for at most 5 s: a daemon a stage leaves behind can
+  # hold the pipe without holding up the run.
+  local rc=0 tee_pid i
+  : >"$logs/$name.log"
+  "$@" > >(tee "$logs/$name.log") 2>&1 || rc=$?
+  tee_pid=$!
+  for i in $(seq 50); do kill -0 "$tee_pid" 2>/dev/null || break; sleep 0.1; done
+  if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); echo "=== $name: ok"
+  else failed=$((failed + 1)); failures="$failures $name"; echo "=== $name: FAILED (exit $rc)"; fi
 }
 
 setup() { # dir options...
@@ -105,6 +117,11 @@ stage build-tsan build_tsan && stage server-tsan server_tsan
 stage python-toolkit python_toolkit
 stage fuzz-smoke fuzz_smoke
 
+for name in $failures; do
+  echo
+  echo "=== $name: the last 60 lines of its output, again"
+  tail -n 60 "$logs/$name.log"
+done
 echo
 [ -n "$failures" ] && echo "failed stages:$failures"
 echo "stages: $passed passed, $failed failed"
