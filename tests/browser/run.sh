@@ -41,11 +41,20 @@ if [ ! -d "$here/node_modules/puppeteer-core" ]; then
         echo "browser: puppeteer-core not installed (run tests/browser/run.sh once, or npm ci there)" >&2
         exit 77
     fi
-    echo "browser: npm ci" >&2
     # puppeteer-core never downloads a browser; the variable keeps any puppeteer from trying.
-    (cd "$here" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund >&2) || {
-        echo "browser: npm ci failed" >&2
+    # Three tries: a registry that drops a connection once should not fail the suite.
+    ok=0
+    for try in 1 2 3; do
+        echo "browser: npm ci (try $try)" >&2
+        if (cd "$here" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund >&2); then
+            ok=1
+            break
+        fi
+        sleep 5
+    done
+    if [ "$ok" != 1 ]; then
+        echo "browser: npm ci failed 3 times" >&2
         exit 1
-    }
+    fi
 fi
 CHROMIUM=$chromium exec node "$here/test.mjs" "$build" "$@"

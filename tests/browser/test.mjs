@@ -202,6 +202,7 @@ async function main() {
     args: ["--no-sandbox", "--headless=new", "--disable-gpu", "--no-first-run",
            "--disable-dev-shm-usage", "--no-default-browser-check"],
   });
+  log("node " + process.version + ", " + (await browser.version()) + ", " + chromium);
   const page = await browser.newPage();
   await page.setViewport({ width: 1280, height: 860 });
   const problems = [];
