@@ -16,6 +16,7 @@ Standard library only. What it checks:
     of them held out, distinct, spread evenly with windows from the first, middle and last
     third of the text; held-out and score part are a partition of the text's tokens (no token
     in both, none lost);
+  - with --eval-tokens below F x the text, fewer held-out windows, still spread over it;
   - the held-out perplexity recomputed here from `yunmin logits --ids` of each held-out window
     (log-softmax in double in this file), dense and under the written profile: equal to
     prune's figures within 1e-5 relative, and within the budget.
@@ -285,6 +286,35 @@ class TestPruneDefaultModel(unittest.TestCase):
         for k in ("dense", "pruned"):
             self.assertGreater(s["decode_batch1"][k]["best_tok_s"], 0)
         self.assertGreater(s["uniform"]["ppl"], 0)
+
+
+class TestPruneHeldoutCap(unittest.TestCase):
+    """--eval-tokens caps the held-out windows at N / ctx, and the fewer windows are still spread
+    over the whole text (not the first ones)."""
+
+    def test_cap_keeps_the_spread(self):
+        tmp = tempfile.mkdtemp(prefix="yunmin-prune-")
+        with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+            text = f.read()[:12000]
+        cal = os.path.join(tmp, "cal.txt")
+        with open(cal, "w", encoding="utf-8") as f:
+            f.write(text)
+        rc, out, err = run(["prune", "--text", cal, "--out", os.path.join(tmp, "p.safetensors"),
+                            "--ctx", "64", "--heldout", "0.2", "--eval-tokens", "192",
+                            "--tokens", "64", "--max-evals", "1", "--speed-steps", "0",
+                            "--threads", "1", "--json"])
+        self.assertEqual(rc, 0, err)
+        s = json.loads(out)
+        n_win, held = s["windows"], s["heldout_windows"]
+        self.assertTrue(s["heldout_cut"])
+        self.assertEqual(len(held), 3)  # 192 / 64, fewer than 0.2 x windows
+        self.assertGreater(round(0.2 * n_win), 3)
+        self.assertEqual(held, sorted(set(held)))
+        self.assertLess(held[0], n_win / 3)
+        self.assertTrue(n_win / 3 <= held[1] < 2 * n_win / 3, held)
+        self.assertGreaterEqual(held[2], 2 * n_win / 3)
+        self.assertEqual(s["heldout_tokens_scored"], 3 * 63)
+        self.assertIn("fewer windows: --eval-tokens", err)
 
 
 if __name__ == "__main__":
