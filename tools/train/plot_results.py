@@ -15,7 +15,8 @@ writes
       perplexity (mean +- sd over the 5 seeds) against the batch-1 decode speed-up;
   docs/img/prune_tradeoff.png  `yunmin prune` on the default model and the corpus model
       (bench/results/prune/): held-out perplexity along the search, perplexity on unseen text of
-      the searched, uniform and learned allocations, the batch-1 decode speed-up (median of the
+      the searched (held-out part at the text's end, and spread over it: spread/), uniform and
+      learned allocations, the batch-1 decode speed-up (median of the
       alternated rounds, error bars from the first to the third quartile) against the
       weight-byte ratio, and the corpus model's test-perplexity increase with a one-document
       and a mixed held-out part;
@@ -180,7 +181,7 @@ def plot_prune(out_dir):
         ax[0].plot(100 * sp, 100 * (ppl[name][0] / d_h - 1), marker=mk, color=col, ls="none")
     ax[0].axhline(5, color="gray", ls="--", lw=0.8)
     ax[0].axhline(10, color="gray", ls="--", lw=0.8)
-    ax[0].set_title("default model: search's held-out part (1,841 tokens)", fontsize=9)
+    ax[0].set_title("default model: search's held-out part (the last 10 % of cal.txt, 1,841 tokens)", fontsize=9)
     ax[0].set_ylabel("perplexity increase over dense (%)")
 
     # (b) unseen text.
@@ -190,6 +191,13 @@ def plot_prune(out_dir):
                                      ("uniform-compare", 0.5)], "#ff7f0e", "s"),
               ("learned masks", [("learned", 0.5)], "#9467bd", "^"),
               ("searched (greedy, 5 %)", [("greedy-5", greedy["sparsity"])], "#8c564b", "v")]
+    spread = load(os.path.join(PRUNE, "spread", "spread-5.json"))
+    with open(os.path.join(PRUNE, "spread", "test-ppl.txt"), encoding="utf-8") as f:
+        sp_t = [json.loads(ln)["ppl"] for ln in f if ln.startswith("{")]
+    assert abs(sp_t[0] - d_t) < 1e-9 * d_t, sp_t  # the same dense figure on the same test text
+    ppl["spread-5"] = (spread["ppl_pruned"], sp_t[1])
+    series.append(("searched, held-out windows spread (5 %)", [("spread-5", spread["sparsity"])],
+                   "#e377c2", "D"))
     for label, pts, col, mk in series:
         xs = [100 * sp for _, sp in pts]
         ys = [100 * (ppl[n][1] / d_t - 1) for n, _ in pts]
