@@ -7,11 +7,16 @@
  * search figures for the written file (the written profile is loaded back and evaluated).
  *
  * Steps (docs/ENGINE.md, "Pruning"):
- *   1. Split the calibration text by characters exactly as `yunmin perplexity --tail-fraction`
- *      does: the last --heldout F of it is the held-out part, the rest the score part.
+ *   1. Split the calibration text: tokenize it whole and cut it into windows of --ctx tokens;
+ *      round(F x windows) of them (at least 1, at most --eval-tokens / --ctx), spread evenly
+ *      (the centres of equal stretches of the text), are the held-out part, the rest, in
+ *      order, the score part. A corpus of many documents thus gets a held-out sample from its
+ *      start, middle and end, not its last document.
  *   2. Scores: run the first --tokens tokens of the score part through the dense model token
  *      by token; after each token read every channel's state energy e[d, t] = sum_n s[d, n]^2.
  *      A channel's score is its mean energy (the magnitude baseline of `yunmin calibrate`).
+ *      The score part is read as one stream: the state carries over the gap where a held-out
+ *      window was cut out, as it does over a document boundary.
  *   3. Search: start dense. A step drops one block (--block channels, a multiple of the scan's
  *      SIMD block, 16) from one layer: the lowest-scored block that layer still keeps. The
  *      layer is the one whose candidate has the lowest held-out perplexity (the engine's own
@@ -53,10 +58,12 @@ static void usage(FILE *f)
             "usage: yunmin prune [--model DIR] --text FILE --out FILE [options]\n"
             "  --max-ppl-increase P   quality budget: held-out perplexity at most dense x (1+P);\n"
             "                         '5%%' or 0.05 (default 5%%)\n"
-            "  --heldout F            the last F of the text's characters are held out (0.1);\n"
-            "                         `yunmin perplexity --tail-fraction F` scores the same part\n"
-            "  --tokens N             score tokens from the start of the text (2048)\n"
-            "  --eval-tokens N        at most N held-out tokens evaluated (8192)\n"
+            "  --heldout F            the fraction of the text's --ctx windows held out (0.1):\n"
+            "                         every (1/F)-th window, spread evenly from the start to the\n"
+            "                         end of the text; the others are the score part (the\n"
+            "                         summary's heldout_windows lists the held-out ones)\n"
+            "  --tokens N             score tokens from the start of the score part (2048)\n"
+            "  --eval-tokens N        at most N / ctx held-out windows, still spread (8192)\n"
             "  --ctx N                tokens per held-out window, fresh state each (256)\n"
             "  --block N              channels dropped per step, a multiple of 16 (16)\n"
             "  --search lazy|greedy   lazy (default): re-measure only the layer whose last\n"
@@ -154,8 +161,9 @@ static void evalset_deinit(evalset *ev)
     free(ev->logits);
 }
 
-/* Mean NLL of the held-out windows under model m, `yunmin perplexity`'s protocol and batching
- * (so a profile's figure here equals `yunmin perplexity --sparsity` on the same tail). */
+/* Mean NLL of the held-out windows under model m, `yunmin perplexity`'s protocol and batching:
+ * each window from a fresh state, every token but its first scored (so a window's figure here
+ * equals `yunmin logits --ids` of its tokens, scored the same way). */
 static ym_err eval_nll(evalset *ev, ym_model_t *m, double *nll, ym_diag *diag)
 {
     ym_ctx_t *ctx = NULL;
@@ -435,7 +443,8 @@ int ym_cmd_prune(int argc, char **argv)
     ym_state_t *state = NULL;
     char *text = NULL;
     size_t text_len = 0;
-    ym_ids score_ids = {0}, eval_ids = {0};
+    ym_ids all_ids = {0}, score_ids = {0}, eval_ids = {0};
+    size_t *held_win = NULL; /* owned [n_held]: the held-out window indices, ascending */
     evalset ev = {0};
     float *E = NULL, *ent = NULL;
     double *score = NULL, *X = NULL, *R = NULL, *cost = NULL, *lkey = NULL;
@@ -464,31 +473,58 @@ int ym_cmd_prune(int argc, char **argv)
         goto done;
     }
 
-    /* ---- 1. the split, exactly as `yunmin perplexity --tail-fraction` counts it ---- */
-    size_t n_chars = ym_utf8_count((const unsigned char *)text, text_len);
-    unsigned long long keep_ppm = 1000000ull - (unsigned long long)llround(heldout * 1e6);
-    size_t skip = (size_t)((unsigned long long)n_chars * keep_ppm / 1000000ull);
-    size_t off = ym_utf8_offset((const unsigned char *)text, text_len, skip);
-    if ((err = ym_tok_encode(tok, text, off, &score_ids)) != YM_OK ||
-        (err = ym_tok_encode(tok, text + off, text_len - off, &eval_ids)) != YM_OK) {
+    /* ---- 1. the split: held-out windows spread evenly over the whole text ---- */
+    if ((err = ym_tok_encode(tok, text, text_len, &all_ids)) != YM_OK) {
         rc = cli_error(CLI_FAIL, "prune: tokenizing %s: %s", text_path, ym_strerror(err));
         goto done;
     }
+    const size_t W = (size_t)ctx_len;
+    /* Windows of W tokens; a last partial one is a window if it has >= 2 tokens (one token
+     * alone cannot be scored and stays in the score part). */
+    const size_t n_win = all_ids.n / W + (all_ids.n % W >= 2 ? 1 : 0);
+    size_t n_held = (size_t)llround(heldout * (double)n_win);
+    if (n_held < 1)
+        n_held = 1;
+    const size_t n_held_max = (size_t)n_eval_max / W > 0 ? (size_t)n_eval_max / W : 1;
+    int eval_cut = n_held > n_held_max;
+    if (eval_cut)
+        n_held = n_held_max;
+    if (n_win < 2 || n_held >= n_win) {
+        rc = cli_error(CLI_FAIL, "prune: %s gives %zu tokens: too few for a held-out window and "
+                                 "a score part (%zu windows of --ctx %ld tokens)",
+                       text_path, all_ids.n, n_win, ctx_len);
+        goto done;
+    }
+    held_win = malloc(sizeof(size_t) * n_held);
+    if (held_win == NULL) {
+        rc = cli_error(CLI_FAIL, "prune: out of memory");
+        goto done;
+    }
+    /* Window i of the held-out sample is floor((2i + 1) n_win / (2 n_held)): the centres of
+     * n_held equal stretches of the text, so the sample spans its start, middle and end. */
+    for (size_t i = 0; i < n_held; i++)
+        held_win[i] = (size_t)(((unsigned long long)(2 * i + 1) * n_win) / (2ull * n_held));
+    for (size_t w = 0, i = 0; w * W < all_ids.n; w++) {
+        size_t lo = w * W, hi = lo + W < all_ids.n ? lo + W : all_ids.n;
+        int held = i < n_held && held_win[i] == w;
+        i += held;
+        for (size_t j = lo; j < hi; j++)
+            if ((err = ym_ids_push(held ? &eval_ids : &score_ids, all_ids.v[j])) != YM_OK) {
+                rc = cli_error(CLI_FAIL, "prune: out of memory");
+                goto done;
+            }
+    }
     const int T = score_ids.n < (size_t)n_tok_want ? (int)score_ids.n : (int)n_tok_want;
-    size_t n_eval = eval_ids.n < (size_t)n_eval_max ? eval_ids.n : (size_t)n_eval_max;
-    int eval_cut = n_eval < eval_ids.n;
+    /* The held-out windows, concatenated: each W tokens but possibly the last, so the evalset
+     * cuts the concatenation into exactly these windows. */
+    const size_t n_eval = eval_ids.n;
     if (T < 3) {
         rc = cli_error(CLI_FAIL, "prune: the score part of %s gives %d tokens, need at least 3",
                        text_path, T);
         goto done;
     }
-    if (n_eval / (size_t)ctx_len + (n_eval % (size_t)ctx_len >= 2 ? 1 : 0) == 0) {
-        rc = cli_error(CLI_FAIL, "prune: the held-out part of %s gives %zu tokens, too few to "
-                                 "score", text_path, n_eval);
-        goto done;
-    }
-    for (size_t i = 0; i < score_ids.n + eval_ids.n; i++) {
-        int32_t id = i < score_ids.n ? score_ids.v[i] : eval_ids.v[i - score_ids.n];
+    for (size_t i = 0; i < all_ids.n; i++) {
+        int32_t id = all_ids.v[i];
         if (id < 0 || id >= cfg->n_vocab) {
             rc = cli_error(CLI_FAIL, "prune: token id %d outside the model's vocabulary", id);
             goto done;
@@ -507,9 +543,9 @@ int ym_cmd_prune(int argc, char **argv)
         goto done;
     }
     fprintf(stderr, "prune: %s: %d layers x %d channels; score part %d tokens, held-out %zu "
-                    "tokens in %zu windows%s\n",
-            dir, nl, di, T, ev.n_scored, ev.n_windows,
-            eval_cut ? " (the tail cut at --eval-tokens)" : "");
+                    "tokens in %zu of the text's %zu windows%s\n",
+            dir, nl, di, T, ev.n_scored, ev.n_windows, n_win,
+            eval_cut ? " (fewer windows: --eval-tokens)" : "");
 
     /* ---- 2. scores from the dense run over the score part ---- */
     double t0 = cli_now();
@@ -896,6 +932,13 @@ int ym_cmd_prune(int argc, char **argv)
     json_object_set_new(o, "heldout_fraction", json_real(heldout));
     json_object_set_new(o, "heldout_tokens_scored", json_integer((json_int_t)ev.n_scored));
     json_object_set_new(o, "heldout_cut", json_boolean(eval_cut));
+    json_object_set_new(o, "text_tokens", json_integer((json_int_t)all_ids.n));
+    json_object_set_new(o, "score_part_tokens", json_integer((json_int_t)score_ids.n));
+    json_object_set_new(o, "windows", json_integer((json_int_t)n_win));
+    json_t *hw = json_array();
+    for (size_t i = 0; hw != NULL && i < n_held; i++)
+        json_array_append_new(hw, json_integer((json_int_t)held_win[i]));
+    json_object_set_new(o, "heldout_windows", hw);
     json_object_set_new(o, "ctx", json_integer(ctx_len));
     json_object_set_new(o, "evals", json_integer(ev.n_evals));
     json_object_set_new(o, "steps", json_integer(n_steps));
@@ -1037,8 +1080,10 @@ done:
     free(fresh);
     free(text);
     evalset_deinit(&ev);
+    ym_ids_deinit(&all_ids);
     ym_ids_deinit(&score_ids);
     ym_ids_deinit(&eval_ids);
+    free(held_win);
     ym_state_free(state);
     ym_ctx_free(ctx);
     ym_sparsity_free(best);

@@ -8,16 +8,22 @@ Standard library only. What it checks:
   - bad arguments: exactly one line "yunmin: ..." on stderr, nothing on stdout, exit 2 (usage)
     or 1 (a missing or malformed file, a text too short); `yunmin perplexity --sparsity` with
     a missing or malformed profile, the same;
-  - a run with a 2 % budget on the first 12,000 characters of data/tinyshakespeare.txt: the
-    written file is parsed here (safetensors header and tensors read with struct, not by
-    yunmin): a valid profile keeping fewer channels than the dense model, every layer a
-    multiple of 16, scan_order a permutation listing the kept channels first; `yunmin
-    perplexity --sparsity` loads it, and the held-out perplexity that command computes
-    (--tail-fraction 0.1, the part prune held out) is within the budget of the dense model's
-    perplexity computed by the same command; prune's own JSON agrees with both.
+  - a run with a 2 % budget on the first 12,000 characters of data/tinyshakespeare.txt,
+    windows of 64 tokens: the written file is parsed here (safetensors header and tensors read
+    with struct, not by yunmin): a valid profile keeping fewer channels than the dense model,
+    every layer a multiple of 16, scan_order a permutation listing the kept channels first;
+  - the held-out sample: the text's windows (counted here from `yunmin tokenize`'s ids), 10 %
+    of them held out, distinct, spread evenly with windows from the first, middle and last
+    third of the text; held-out and score part are a partition of the text's tokens (no token
+    in both, none lost);
+  - with --eval-tokens below F x the text, fewer held-out windows, still spread over it;
+  - the held-out perplexity recomputed here from `yunmin logits --ids` of each held-out window
+    (log-softmax in double in this file), dense and under the written profile: equal to
+    prune's figures within 1e-5 relative, and within the budget.
 """
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -136,6 +142,8 @@ class TestPruneErrors(unittest.TestCase):
 
 class TestPruneDefaultModel(unittest.TestCase):
     BUDGET = 0.02
+    CTX = 64
+    HELDOUT = 0.1
 
     @classmethod
     def setUpClass(cls):
@@ -148,20 +156,87 @@ class TestPruneDefaultModel(unittest.TestCase):
         cls.out = os.path.join(cls.tmp, "pruned.safetensors")
         rc, out, err = run(["prune", "--text", cls.text, "--out", cls.out,
                             "--max-ppl-increase", "2%", "--tokens", "256", "--search", "lazy",
+                            "--ctx", str(cls.CTX), "--heldout", str(cls.HELDOUT),
                             "--max-evals", "60", "--speed-steps", "20", "--speed-rounds", "2",
                             "--threads", "1", "--json"])
         assert rc == 0, "prune: exit %d, stderr %s" % (rc, err)
         cls.summary = json.loads(out)
         cls.stderr = err
+        rc, out, err = run(["tokenize", "--file", cls.text])
+        assert rc == 0, "tokenize: exit %d, stderr %s" % (rc, err)
+        cls.ids = json.loads(out)["ids"]
 
-    def perplexity(self, *extra):
-        rc, out, err = run(["perplexity", "--file", self.text, "--tail-fraction", "0.1",
-                            "--threads", "1"] + list(extra))
-        self.assertEqual(rc, 0, err)
-        return json.loads(out)
+    def windows(self):
+        """[(lo, hi)] token ranges of the text's windows, counted here as prune documents them:
+        windows of CTX tokens, a last partial one only if it has at least 2 tokens."""
+        n, w = len(self.ids), self.CTX
+        n_win = n // w + (1 if n % w >= 2 else 0)
+        return [(k * w, min(n, (k + 1) * w)) for k in range(n_win)]
+
+    def heldout_nll(self, *extra):
+        """Mean NLL over the held-out windows, each from a fresh state, every token but the
+        window's first scored: logits from `yunmin logits`, log-softmax here in double."""
+        total, count = 0.0, 0
+        wins = self.windows()
+        for k in self.summary["heldout_windows"]:
+            lo, hi = wins[k]
+            toks = self.ids[lo:hi]
+            rc, out, err = run(["logits", "--ids", ",".join(map(str, toks)), "--threads", "1"]
+                               + list(extra))
+            self.assertEqual(rc, 0, err)
+            rows = json.loads(out)["logits"]
+            self.assertEqual(len(rows), len(toks))
+            for r in range(1, len(toks)):
+                row = rows[r - 1]
+                m = max(row)
+                lse = m + math.log(sum(math.exp(v - m) for v in row))
+                total += lse - row[toks[r]]
+                count += 1
+        return total / count, count
 
     def test_progress_on_stderr(self):
         self.assertIn("prune: step 1:", self.stderr)
+
+    def test_heldout_windows_spread_over_the_text(self):
+        s, wins = self.summary, self.windows()
+        n_win = len(wins)
+        self.assertEqual(s["text_tokens"], len(self.ids))
+        self.assertEqual(s["windows"], n_win)
+        self.assertEqual(s["ctx"], self.CTX)
+        held = s["heldout_windows"]
+        self.assertGreaterEqual(n_win, 30)  # the test text must give a real sample
+        self.assertEqual(len(held), int(math.floor(self.HELDOUT * n_win + 0.5)))
+        self.assertEqual(held, sorted(set(held)))  # distinct, ascending
+        self.assertTrue(all(0 <= k < n_win for k in held))
+        thirds = [0, 0, 0]
+        for k in held:
+            thirds[min(2, 3 * k // n_win)] += 1
+        self.assertTrue(all(thirds), "held-out windows by third of the text: %s" % thirds)
+        # Evenly spread: the first within the first stretch of n_win / len(held) windows, the
+        # last within the last stretch, and no gap wider than a stretch plus one window.
+        stretch = n_win / len(held)
+        self.assertLess(held[0], stretch)
+        self.assertGreaterEqual(held[-1], n_win - stretch)
+        for a, b in zip(held, held[1:]):
+            self.assertLessEqual(b - a, math.ceil(stretch) + 1, held)
+            self.assertGreaterEqual(b - a, math.floor(stretch) - 1, held)
+
+    def test_heldout_and_score_part_partition_the_text(self):
+        s, wins = self.summary, self.windows()
+        held_tokens = set()
+        for k in s["heldout_windows"]:
+            lo, hi = wins[k]
+            self.assertTrue(held_tokens.isdisjoint(range(lo, hi)))
+            held_tokens.update(range(lo, hi))
+        score_tokens = [i for i in range(len(self.ids)) if i not in held_tokens]
+        # prune's two parts: its score part holds exactly the tokens outside the held-out
+        # windows (no token in both, none dropped), and it scored the held-out windows' tokens.
+        self.assertEqual(s["score_part_tokens"], len(score_tokens))
+        self.assertEqual(s["score_part_tokens"] + len(held_tokens), s["text_tokens"])
+        self.assertEqual(s["score_tokens"], min(256, len(score_tokens)))
+        self.assertEqual(s["heldout_tokens_scored"],
+                         sum(wins[k][1] - wins[k][0] - 1 for k in s["heldout_windows"]))
+        self.assertFalse(s["heldout_cut"])
 
     def test_profile_file_keeps_fewer_channels(self):
         meta, tensors = read_safetensors(self.out)
@@ -188,17 +263,18 @@ class TestPruneDefaultModel(unittest.TestCase):
         self.assertEqual(self.summary["channels_kept"], kept_total)
 
     def test_heldout_perplexity_within_budget(self):
-        dense = self.perplexity()
-        pruned = self.perplexity("--sparsity", self.out)
-        self.assertEqual(dense["tokens"], pruned["tokens"])
-        self.assertEqual(dense["tokens"], self.summary["heldout_tokens_scored"])
-        # The budget is on perplexity; 1e-12 relative for the last bit of exp().
-        self.assertLessEqual(pruned["ppl"], dense["ppl"] * (1 + self.BUDGET) * (1 + 1e-12),
-                             "pruned %r dense %r" % (pruned, dense))
-        self.assertGreater(pruned["ppl"], dense["ppl"] * 0.9)  # it did prune something real
-        # prune's figures are the ones `yunmin perplexity` computes.
-        self.assertAlmostEqual(self.summary["ppl_dense"] / dense["ppl"], 1.0, delta=1e-9)
-        self.assertAlmostEqual(self.summary["ppl_pruned"] / pruned["ppl"], 1.0, delta=1e-9)
+        nll_dense, n_dense = self.heldout_nll()
+        nll_pruned, n_pruned = self.heldout_nll("--sparsity", self.out)
+        self.assertEqual(n_dense, self.summary["heldout_tokens_scored"])
+        self.assertEqual(n_pruned, n_dense)
+        ppl_dense, ppl_pruned = math.exp(nll_dense), math.exp(nll_pruned)
+        # prune's figures are the ones recomputed here (batched float32 forward there, one
+        # window at a time here: 1e-5 relative).
+        self.assertAlmostEqual(self.summary["ppl_dense"] / ppl_dense, 1.0, delta=1e-5)
+        self.assertAlmostEqual(self.summary["ppl_pruned"] / ppl_pruned, 1.0, delta=1e-5)
+        self.assertLessEqual(ppl_pruned, ppl_dense * (1 + self.BUDGET) * (1 + 1e-5),
+                             "pruned %r dense %r" % (ppl_pruned, ppl_dense))
+        self.assertGreater(ppl_pruned, ppl_dense * 0.9)  # it did prune something real
         self.assertTrue(self.summary["within_budget"])
 
     def test_summary_fields(self):
@@ -210,6 +286,35 @@ class TestPruneDefaultModel(unittest.TestCase):
         for k in ("dense", "pruned"):
             self.assertGreater(s["decode_batch1"][k]["best_tok_s"], 0)
         self.assertGreater(s["uniform"]["ppl"], 0)
+
+
+class TestPruneHeldoutCap(unittest.TestCase):
+    """--eval-tokens caps the held-out windows at N / ctx, and the fewer windows are still spread
+    over the whole text (not the first ones)."""
+
+    def test_cap_keeps_the_spread(self):
+        tmp = tempfile.mkdtemp(prefix="yunmin-prune-")
+        with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+            text = f.read()[:12000]
+        cal = os.path.join(tmp, "cal.txt")
+        with open(cal, "w", encoding="utf-8") as f:
+            f.write(text)
+        rc, out, err = run(["prune", "--text", cal, "--out", os.path.join(tmp, "p.safetensors"),
+                            "--ctx", "64", "--heldout", "0.2", "--eval-tokens", "192",
+                            "--tokens", "64", "--max-evals", "1", "--speed-steps", "0",
+                            "--threads", "1", "--json"])
+        self.assertEqual(rc, 0, err)
+        s = json.loads(out)
+        n_win, held = s["windows"], s["heldout_windows"]
+        self.assertTrue(s["heldout_cut"])
+        self.assertEqual(len(held), 3)  # 192 / 64, fewer than 0.2 x windows
+        self.assertGreater(round(0.2 * n_win), 3)
+        self.assertEqual(held, sorted(set(held)))
+        self.assertLess(held[0], n_win / 3)
+        self.assertTrue(n_win / 3 <= held[1] < 2 * n_win / 3, held)
+        self.assertGreaterEqual(held[2], 2 * n_win / 3)
+        self.assertEqual(s["heldout_tokens_scored"], 3 * 63)
+        self.assertIn("fewer windows: --eval-tokens", err)
 
 
 if __name__ == "__main__":
