@@ -1,7 +1,7 @@
 /* bench/peak.c - the core's arithmetic peak in registers, against ym_matmul's rates in the same
  * run: build-test/bench/peak [REPS] [N K].
  *
- * Owns: four loops written in assembly, each with no memory operand in its body:
+ * Owns: six loops written in assembly, all but the last with no memory operand in their body:
  *   clock   a dependent chain of 64-bit adds, one cycle each: the core's clock as the thread
  *           sees it (perf's cycle counter is not available in this VM, and the TSC ticks at a
  *           fixed rate whatever the core's clock), so the others can be given per cycle;
@@ -10,6 +10,15 @@
  *           lanes, counted as 32 multiply-adds (64 FLOP);
  *   vnni    vpdpbusd zmm (AVX512-VNNI): 64 u8 x s8 products summed in fours into 16 int32
  *           lanes, counted as 64 multiply-adds (128 integer ops).
+ *   vnni_copy  vpdpbusd zmm with a register copy of its accumulator before and after it
+ *           (vmovdqa32 acc -> t; vpdpbusd into t; vmovdqa64 t -> acc), the pattern GCC 12
+ *           compiles _mm512_dpbusd_epi32 into in the engine's int8 x int8 row blocks, so their
+ *           rate can be compared with that instruction mix's own ceiling.
+ *   vnni_mix   the int8 x int8 row block's inner loop as engine/weight.c writes it, with its
+ *           operands in L1: per 64 columns, 4 weight rows loaded and sign-flipped (vpxord from
+ *           memory), 4 prefetches, 4 input rows loaded, 16 vpdpbusd into a 4 x 4 block of sums
+ *           (4 rows of 1 KiB each, cycled): that mix's own ceiling, without the compiler's
+ *           extra copies, spills and reloads and without the reduction after the loop.
  * Each vector loop updates 16 independent accumulators (zmm0-15) from two fixed sources (zmm16,
  * zmm17): 16 chains hide a latency of up to 16 cycles at one instruction a cycle, or 8 at two.
  * Every loop runs on one thread and on two threads at once (one per core of this machine);
@@ -38,13 +47,14 @@
 #include "engine/kernels.h"
 #include "engine/weight.h"
 
-enum { K_CLOCK, K_FMA, K_DPBF16, K_VNNI, K_COUNT };
+enum { K_CLOCK, K_FMA, K_DPBF16, K_VNNI, K_VNNI_COPY, K_VNNI_MIX, K_COUNT };
 
 static const char *const k_name[K_COUNT] = {"clock (add chain)", "vfmadd231ps zmm",
-                                            "vdpbf16ps zmm", "vpdpbusd zmm"};
-/* Instructions per loop iteration, and what one instruction counts: adds (one a cycle) for
- * the clock, multiply-adds for the others. */
-static const double k_insns = 16, k_per_insn[K_COUNT] = {1, 16, 32, 64};
+                                            "vdpbf16ps zmm", "vpdpbusd zmm",
+                                            "vpdpbusd+2 vmovdqa", "vpdpbusd 4x4 from L1"};
+/* Instructions per loop iteration (counting the multiply-adds only), and what one instruction
+ * counts: adds (one a cycle) for the clock, multiply-adds for the others. */
+static const double k_insns = 16, k_per_insn[K_COUNT] = {1, 16, 32, 64, 64, 64};
 
 #if defined(__x86_64__)
 /* The loops, as plain functions of the System V ABI (every zmm register is caller-saved):
@@ -73,6 +83,21 @@ static const double k_insns = 16, k_per_insn[K_COUNT] = {1, 16, 32, 64};
     "1:\n\t" YM_PEAK_16(op, "%zmm17") "decq %rdi\n\tjnz 1b\n\t"                                  \
     "vzeroupper\n\tret\n\t.size " name ", .-" name "\n"
 
+/* One accumulator through a temporary: acc -> t, vpdpbusd into t, t -> acc. */
+#define YM_PEAK_COPY(i, t)                                                                       \
+    "vmovdqa32 %zmm" #i ", %zmm" #t "\n\tvpdpbusd %zmm17, %zmm16, %zmm" #t                         \
+    "\n\tvmovdqa64 %zmm" #t ", %zmm" #i "\n\t"
+
+/* 4 weight rows then 4 input rows of 1 KiB, in L1 (vnni_mix). */
+extern unsigned char peak_l1_buf[8192];
+unsigned char peak_l1_buf[8192] __attribute__((aligned(64)));
+
+/* One input row (at byte offset off of the buffer) against the 4 weight rows in zmm18-21. */
+#define YM_PEAK_MIX_ROW(off, a0, a1, a2, a3)                                                     \
+    "vmovdqu64 " #off "(%rsi,%rax), %zmm22\n\t"                                                 \
+    "vpdpbusd %zmm22, %zmm18, %zmm" #a0 "\n\tvpdpbusd %zmm22, %zmm19, %zmm" #a1 "\n\t"          \
+    "vpdpbusd %zmm22, %zmm20, %zmm" #a2 "\n\tvpdpbusd %zmm22, %zmm21, %zmm" #a3 "\n\t"
+
 __asm__(".text\n\t.p2align 6\n"
         /* 16 adds, each waiting for the one before: 16 cycles an iteration. */
         ".globl peak_clock\n\t.type peak_clock, @function\npeak_clock:\n\t"
@@ -85,14 +110,49 @@ __asm__(".text\n\t.p2align 6\n"
         "decq %rdi\n\tjnz 1b\n\tret\n\t.size peak_clock, .-peak_clock\n\t.p2align 6\n"
         YM_PEAK_LOOP("peak_fma", "vfmadd231ps") "\t.p2align 6\n"
         YM_PEAK_LOOP("peak_dpbf16", "vdpbf16ps") "\t.p2align 6\n"
-        YM_PEAK_LOOP("peak_vnni", "vpdpbusd"));
+        YM_PEAK_LOOP("peak_vnni", "vpdpbusd") "\t.p2align 6\n"
+        ".globl peak_vnni_copy\n\t.type peak_vnni_copy, @function\npeak_vnni_copy:\n\t"
+        "movl $0x3f800000, %eax\n\tvpbroadcastd %eax, %zmm16\n\tvmovdqa64 %zmm16, %zmm17\n\t"
+        "vpxord %zmm0, %zmm0, %zmm0\n\tvmovdqa64 %zmm0, %zmm1\n\tvmovdqa64 %zmm0, %zmm2\n\t"
+        "vmovdqa64 %zmm0, %zmm3\n\tvmovdqa64 %zmm0, %zmm4\n\tvmovdqa64 %zmm0, %zmm5\n\t"
+        "vmovdqa64 %zmm0, %zmm6\n\tvmovdqa64 %zmm0, %zmm7\n\tvmovdqa64 %zmm0, %zmm8\n\t"
+        "vmovdqa64 %zmm0, %zmm9\n\tvmovdqa64 %zmm0, %zmm10\n\tvmovdqa64 %zmm0, %zmm11\n\t"
+        "vmovdqa64 %zmm0, %zmm12\n\tvmovdqa64 %zmm0, %zmm13\n\tvmovdqa64 %zmm0, %zmm14\n\t"
+        "vmovdqa64 %zmm0, %zmm15\n"
+        "1:\n\t" YM_PEAK_COPY(0, 18) YM_PEAK_COPY(1, 19) YM_PEAK_COPY(2, 20) YM_PEAK_COPY(3, 21)
+        YM_PEAK_COPY(4, 22) YM_PEAK_COPY(5, 23) YM_PEAK_COPY(6, 24) YM_PEAK_COPY(7, 25)
+        YM_PEAK_COPY(8, 18) YM_PEAK_COPY(9, 19) YM_PEAK_COPY(10, 20) YM_PEAK_COPY(11, 21)
+        YM_PEAK_COPY(12, 22) YM_PEAK_COPY(13, 23) YM_PEAK_COPY(14, 24) YM_PEAK_COPY(15, 25)
+        "decq %rdi\n\tjnz 1b\n\tvzeroupper\n\tret\n\t.size peak_vnni_copy, .-peak_vnni_copy\n"
+        "\t.p2align 6\n"
+        ".globl peak_vnni_mix\n\t.type peak_vnni_mix, @function\npeak_vnni_mix:\n\t"
+        "leaq peak_l1_buf(%rip), %rsi\n\txorl %eax, %eax\n\t"
+        "movl $0x80808080, %edx\n\tvpbroadcastd %edx, %zmm24\n\t"
+        "vpxord %zmm0, %zmm0, %zmm0\n\tvmovdqa64 %zmm0, %zmm1\n\tvmovdqa64 %zmm0, %zmm2\n\t"
+        "vmovdqa64 %zmm0, %zmm3\n\tvmovdqa64 %zmm0, %zmm4\n\tvmovdqa64 %zmm0, %zmm5\n\t"
+        "vmovdqa64 %zmm0, %zmm6\n\tvmovdqa64 %zmm0, %zmm7\n\tvmovdqa64 %zmm0, %zmm8\n\t"
+        "vmovdqa64 %zmm0, %zmm9\n\tvmovdqa64 %zmm0, %zmm10\n\tvmovdqa64 %zmm0, %zmm11\n\t"
+        "vmovdqa64 %zmm0, %zmm12\n\tvmovdqa64 %zmm0, %zmm13\n\tvmovdqa64 %zmm0, %zmm14\n\t"
+        "vmovdqa64 %zmm0, %zmm15\n"
+        "1:\n\t"
+        "prefetcht0 256(%rsi,%rax)\n\tvpxord (%rsi,%rax), %zmm24, %zmm18\n\t"
+        "prefetcht0 1280(%rsi,%rax)\n\tvpxord 1024(%rsi,%rax), %zmm24, %zmm19\n\t"
+        "prefetcht0 2304(%rsi,%rax)\n\tvpxord 2048(%rsi,%rax), %zmm24, %zmm20\n\t"
+        "prefetcht0 3328(%rsi,%rax)\n\tvpxord 3072(%rsi,%rax), %zmm24, %zmm21\n\t"
+        YM_PEAK_MIX_ROW(4096, 0, 1, 2, 3) YM_PEAK_MIX_ROW(5120, 4, 5, 6, 7)
+        YM_PEAK_MIX_ROW(6144, 8, 9, 10, 11) YM_PEAK_MIX_ROW(7168, 12, 13, 14, 15)
+        "addq $64, %rax\n\tandq $1023, %rax\n\t"
+        "decq %rdi\n\tjnz 1b\n\tvzeroupper\n\tret\n\t.size peak_vnni_mix, .-peak_vnni_mix\n");
 
 void peak_clock(uint64_t iters);
 void peak_fma(uint64_t iters);
 void peak_dpbf16(uint64_t iters);
 void peak_vnni(uint64_t iters);
+void peak_vnni_copy(uint64_t iters);
+void peak_vnni_mix(uint64_t iters);
 
-static void (*const k_fn[K_COUNT])(uint64_t) = {peak_clock, peak_fma, peak_dpbf16, peak_vnni};
+static void (*const k_fn[K_COUNT])(uint64_t) = {peak_clock,     peak_fma,     peak_dpbf16,
+                                                peak_vnni,      peak_vnni_copy, peak_vnni_mix};
 
 static int k_supported(int k)
 {
@@ -109,7 +169,7 @@ static int k_supported(int k)
     }
 }
 #else
-static void (*const k_fn[K_COUNT])(uint64_t) = {NULL, NULL, NULL, NULL};
+static void (*const k_fn[K_COUNT])(uint64_t) = {NULL, NULL, NULL, NULL, NULL, NULL};
 static int k_supported(int k)
 {
     (void)k;
