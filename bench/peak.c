@@ -17,24 +17,25 @@
  *   vnni_mix   the int8 x int8 row block's inner loop as engine/weight.c writes it, with its
  *           operands in L1: per 64 columns, 4 weight rows loaded and sign-flipped (vpxord from
  *           memory), 4 prefetches, 4 input rows loaded, 16 vpdpbusd into a 4 x 4 block of sums
- *           (4 rows of 1 KiB each, cycled): that mix's own ceiling, without the compiler's
+ *           (8 rows of 1 KiB, cycled): that mix's own ceiling, without the compiler's
  *           extra copies, spills and reloads and without the reduction after the loop.
- * Each vector loop updates 16 independent accumulators (zmm0-15) from two fixed sources (zmm16,
- * zmm17): 16 chains hide a latency of up to 16 cycles at one instruction a cycle, or 8 at two.
+ * Each vector loop updates 16 independent accumulators (zmm0-15) from fixed sources (no
+ * dependence between iterations but through the sums): 16 chains hide a latency of up to 16
+ * cycles at one instruction a cycle, or 8 at two.
  * Every loop runs on one thread and on two threads at once (one per core of this machine);
  * then ym_matmul (the engine's kernels) runs an N x K weight (default 3072 x 768, the 130m
  * shape's in_proj) at 16 rows (batch-16 decode) and 512 rows (a 512-token prefill) for f32,
  * bf16 (widened to f32), bf16 x bf16 and int8 x int8, one thread, and prints each as a
  * fraction of the one-thread peak of the instruction it runs on, measured in the same round.
  * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), as bench/matmul's; two-thread
- * rates are also given over wall time. Last, the scan (ym_scan_f32) of the 130m shape's 24 layers
- * of 1536 channels x 16 states, one thread, per token: as batch-16 decode runs it (16
+ * rates are also given over wall time. Last, the scan (ym_scan_f32) of the 130m shape's 24
+ * layers of 1536 channels x 16 states, one thread, per token: as batch-16 decode runs it (16
  * sequences with their own states, one row each: 37.7 MB of state read and written a step) and
  * as a prefill chunk runs it (128 rows of one sequence). Each figure is the best of REPS rounds
  * (default 5), the loops interleaved within a round.
  * Runs: main thread, plus two short-lived pthreads per two-thread measurement.
- * Must not: run on a CPU without the instruction (each loop is skipped, with a line saying so,
- * where the CPU lacks it; on anything but x86-64 only the ym_matmul part runs). */
+ * Must not: execute an instruction the CPU lacks (each loop is skipped, with a line saying so,
+ * where the CPU lacks it; on anything but x86-64 only the ym_matmul part and the scan run). */
 #include <cblas.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -308,8 +309,9 @@ static double scan_us_per_token(scan_buf *b, int rows)
     if (rows == 1) {
         for (int l = 0; l < SC_LAYERS; l++)
             for (int q = 0; q < SC_SEQS; q++)
-                ym_scan_f32(b->y + (size_t)q * SC_CH, b->s + ((size_t)q * SC_LAYERS + l) * SC_CH * SC_N,
-                            b->A, b->D, b->x + (size_t)q * SC_CH, b->dt + (size_t)q * SC_CH,
+                ym_scan_f32(b->y + (size_t)q * SC_CH,
+                            b->s + ((size_t)q * SC_LAYERS + l) * SC_CH * SC_N, b->A, b->D,
+                            b->x + (size_t)q * SC_CH, b->dt + (size_t)q * SC_CH,
                             b->z + (size_t)q * SC_CH, b->bc + q * 2 * SC_N, 2 * SC_N, 1, SC_CH,
                             SC_N, 0, SC_CH);
         return (cpu_now() - t0) * 1e6 / SC_SEQS;
