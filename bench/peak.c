@@ -1,7 +1,7 @@
 /* bench/peak.c - the core's arithmetic peak in registers, against ym_matmul's rates in the same
  * run: build-test/bench/peak [REPS] [N K].
  *
- * Owns: six loops written in assembly, all but the last with no memory operand in their body:
+ * Owns: seven loops written in assembly, the first five with no memory operand in their body:
  *   clock   a dependent chain of 64-bit adds, one cycle each: the core's clock as the thread
  *           sees it (perf's cycle counter is not available in this VM, and the TSC ticks at a
  *           fixed rate whatever the core's clock), so the others can be given per cycle;
@@ -18,7 +18,9 @@
  *           operands in L1: per 64 columns, 4 weight rows loaded and sign-flipped (vpxord from
  *           memory), 4 prefetches, 4 input rows loaded, 16 vpdpbusd into a 4 x 4 block of sums
  *           (8 rows of 1 KiB, cycled): that mix's own ceiling, without the compiler's
- *           extra copies, spills and reloads and without the reduction after the loop.
+ *           extra copies, spills and reloads and without the reduction after the loop;
+ *   vnni_compiled  that loop as GCC 12 compiled it (v_4_4 in build-test's objdump), operands
+ *           in L1 as vnni_mix's: the compiled loop's own ceiling.
  * Each vector loop updates 16 independent accumulators (zmm0-15) from fixed sources (no
  * dependence between iterations but through the sums): 16 chains hide a latency of up to 16
  * cycles at one instruction a cycle, or 8 at two.
@@ -48,14 +50,15 @@
 #include "engine/kernels.h"
 #include "engine/weight.h"
 
-enum { K_CLOCK, K_FMA, K_DPBF16, K_VNNI, K_VNNI_COPY, K_VNNI_MIX, K_COUNT };
+enum { K_CLOCK, K_FMA, K_DPBF16, K_VNNI, K_VNNI_COPY, K_VNNI_MIX, K_VNNI_COMPILED, K_COUNT };
 
 static const char *const k_name[K_COUNT] = {"clock (add chain)", "vfmadd231ps zmm",
                                             "vdpbf16ps zmm", "vpdpbusd zmm",
-                                            "vpdpbusd+2 vmovdqa", "vpdpbusd 4x4 from L1"};
+                                            "vpdpbusd+2 vmovdqa", "vpdpbusd 4x4 from L1",
+                                            "v_4_4 loop from L1"};
 /* Instructions per loop iteration (counting the multiply-adds only), and what one instruction
  * counts: adds (one a cycle) for the clock, multiply-adds for the others. */
-static const double k_insns = 16, k_per_insn[K_COUNT] = {1, 16, 32, 64, 64, 64};
+static const double k_insns = 16, k_per_insn[K_COUNT] = {1, 16, 32, 64, 64, 64, 64};
 
 #if defined(__x86_64__)
 /* The loops, as plain functions of the System V ABI (every zmm register is caller-saved):
@@ -89,9 +92,10 @@ static const double k_insns = 16, k_per_insn[K_COUNT] = {1, 16, 32, 64, 64, 64};
     "vmovdqa32 %zmm" #i ", %zmm" #t "\n\tvpdpbusd %zmm17, %zmm16, %zmm" #t                         \
     "\n\tvmovdqa64 %zmm" #t ", %zmm" #i "\n\t"
 
-/* 4 weight rows then 4 input rows of 1 KiB, in L1 (vnni_mix). */
-extern unsigned char peak_l1_buf[8192];
-unsigned char peak_l1_buf[8192] __attribute__((aligned(64)));
+/* 4 weight rows then 4 input rows of 1 KiB, in L1 (vnni_mix, vnni_compiled), and 128 bytes
+ * for vnni_compiled's two spills. */
+extern unsigned char peak_l1_buf[8192 + 128];
+unsigned char peak_l1_buf[8192 + 128] __attribute__((aligned(64)));
 
 /* One input row (at byte offset off of the buffer) against the 4 weight rows in zmm18-21. */
 #define YM_PEAK_MIX_ROW(off, a0, a1, a2, a3)                                                     \
@@ -143,7 +147,97 @@ __asm__(".text\n\t.p2align 6\n"
         YM_PEAK_MIX_ROW(4096, 0, 1, 2, 3) YM_PEAK_MIX_ROW(5120, 4, 5, 6, 7)
         YM_PEAK_MIX_ROW(6144, 8, 9, 10, 11) YM_PEAK_MIX_ROW(7168, 12, 13, 14, 15)
         "addq $64, %rax\n\tandq $1023, %rax\n\t"
-        "decq %rdi\n\tjnz 1b\n\tvzeroupper\n\tret\n\t.size peak_vnni_mix, .-peak_vnni_mix\n");
+        "decq %rdi\n\tjnz 1b\n\tvzeroupper\n\tret\n\t.size peak_vnni_mix, .-peak_vnni_mix\n"
+        "\t.p2align 6\n"
+        /* The compiled inner loop of engine/weight.c's v_4_4 (GCC 12, -O2), instruction for
+         * instruction, its pointers turned into offsets into peak_l1_buf and its two stack
+         * spills into stores to the buffer's tail. */
+        ".globl peak_vnni_compiled\n\t.type peak_vnni_compiled, @function\n"
+        "peak_vnni_compiled:\n\t"
+        "leaq peak_l1_buf(%rip), %rsi\n\txorl %eax, %eax\n\t"
+        "movl $0x80808080, %edx\n\tvpbroadcastd %edx, %zmm5\n\t"
+        "vpxord %zmm0, %zmm0, %zmm0\n\t"
+        "vmovdqa64 %zmm0, %zmm21\n\t"
+        "vmovdqa64 %zmm0, %zmm6\n\t"
+        "vmovdqa64 %zmm0, %zmm20\n\t"
+        "vmovdqa64 %zmm0, %zmm13\n\t"
+        "vmovdqa64 %zmm0, %zmm19\n\t"
+        "vmovdqa64 %zmm0, %zmm11\n\t"
+        "vmovdqa64 %zmm0, %zmm18\n\t"
+        "vmovdqa64 %zmm0, %zmm12\n\t"
+        "vmovdqa64 %zmm0, %zmm10\n\t"
+        "vmovdqa64 %zmm0, %zmm17\n\t"
+        "vmovdqa64 %zmm0, %zmm9\n\t"
+        "vmovdqa64 %zmm0, %zmm16\n\t"
+        "vmovdqa64 %zmm0, %zmm15\n\t"
+        "vmovdqa64 %zmm0, %zmm8\n\t"
+        "vmovdqa64 %zmm0, %zmm14\n\t"
+        "vmovdqa64 %zmm0, %zmm7\n\t"
+        "1:\n\t"
+        "vpxord (%rsi,%rax),%zmm5,%zmm4\n\t"
+        "vpxord 1024(%rsi,%rax),%zmm5,%zmm3\n\t"
+        "prefetcht0 256(%rsi,%rax)\n\t"
+        "vmovdqa32 %zmm21,%zmm31\n\t"
+        "vpxord 2048(%rsi,%rax),%zmm5,%zmm2\n\t"
+        "vmovdqu64 4096(%rsi,%rax),%zmm1\n\t"
+        "vmovdqa32 %zmm6,%zmm30\n\t"
+        "vmovdqa32 %zmm20,%zmm29\n\t"
+        "vpxord 3072(%rsi,%rax),%zmm5,%zmm0\n\t"
+        "vmovdqa32 %zmm13,%zmm28\n\t"
+        "vmovdqu64 5120(%rsi,%rax),%zmm22\n\t"
+        "vmovdqa32 %zmm19,%zmm27\n\t"
+        "vpdpbusd %zmm1,%zmm4,%zmm31\n\t"
+        "prefetcht0 1280(%rsi,%rax)\n\t"
+        "prefetcht0 2304(%rsi,%rax)\n\t"
+        "vmovdqa32 %zmm11,%zmm26\n\t"
+        "vpdpbusd %zmm1,%zmm3,%zmm30\n\t"
+        "vmovdqa32 %zmm18,%zmm25\n\t"
+        "vmovdqa32 %zmm12,%zmm24\n\t"
+        "prefetcht0 3328(%rsi,%rax)\n\t"
+        "vpdpbusd %zmm1,%zmm2,%zmm29\n\t"
+        "vmovdqa32 %zmm10,%zmm23\n\t"
+        "vpdpbusd %zmm1,%zmm0,%zmm28\n\t"
+        "vmovdqu64 6144(%rsi,%rax),%zmm1\n\t"
+        "vpdpbusd %zmm22,%zmm0,%zmm23\n\t"
+        "vpdpbusd %zmm1,%zmm4,%zmm27\n\t"
+        "vpdpbusd %zmm1,%zmm3,%zmm26\n\t"
+        "vmovdqa64 %zmm31,%zmm21\n\t"
+        "vpdpbusd %zmm1,%zmm2,%zmm25\n\t"
+        "vmovdqa64 %zmm30,%zmm6\n\t"
+        "vpdpbusd %zmm1,%zmm0,%zmm24\n\t"
+        "vmovdqa32 %zmm17,%zmm1\n\t"
+        "vmovdqa64 %zmm29,%zmm20\n\t"
+        "vpdpbusd %zmm22,%zmm4,%zmm1\n\t"
+        "vmovdqa64 %zmm28,%zmm13\n\t"
+        "vmovdqa64 %zmm23,%zmm10\n\t"
+        "vmovdqa64 %zmm27,%zmm19\n\t"
+        "vmovdqa64 %zmm26,%zmm11\n\t"
+        "vmovdqa64 %zmm25,%zmm18\n\t"
+        "vmovdqa64 %zmm24,%zmm12\n\t"
+        "vmovdqa32 %zmm1,8192(%rsi)\n\t"
+        "vmovdqa64 %zmm1,%zmm17\n\t"
+        "vmovdqa32 %zmm9,%zmm1\n\t"
+        "vpdpbusd %zmm22,%zmm3,%zmm1\n\t"
+        "vmovdqa32 %zmm1,8256(%rsi)\n\t"
+        "vmovdqa64 %zmm1,%zmm9\n\t"
+        "vmovdqa32 %zmm16,%zmm1\n\t"
+        "vpdpbusd %zmm22,%zmm2,%zmm1\n\t"
+        "vmovdqa32 %zmm15,%zmm22\n\t"
+        "vpdpbusd 7168(%rsi,%rax),%zmm4,%zmm22\n\t"
+        "vmovdqa32 %zmm8,%zmm4\n\t"
+        "vpdpbusd 7168(%rsi,%rax),%zmm3,%zmm4\n\t"
+        "vmovdqa32 %zmm14,%zmm3\n\t"
+        "vpdpbusd 7168(%rsi,%rax),%zmm2,%zmm3\n\t"
+        "vmovdqa32 %zmm7,%zmm2\n\t"
+        "vpdpbusd 7168(%rsi,%rax),%zmm0,%zmm2\n\t"
+        "add $0x40,%rax\n\t"
+        "vmovdqa64 %zmm1,%zmm16\n\t"
+        "vmovdqa64 %zmm22,%zmm15\n\t"
+        "vmovdqa64 %zmm4,%zmm8\n\t"
+        "vmovdqa64 %zmm3,%zmm14\n\t"
+        "vmovdqa64 %zmm2,%zmm7\n\t"
+        "andq $1023, %rax\n\tdecq %rdi\n\tjnz 1b\n\tvzeroupper\n\tret\n\t"
+        ".size peak_vnni_compiled, .-peak_vnni_compiled\n");
 
 void peak_clock(uint64_t iters);
 void peak_fma(uint64_t iters);
@@ -151,9 +245,11 @@ void peak_dpbf16(uint64_t iters);
 void peak_vnni(uint64_t iters);
 void peak_vnni_copy(uint64_t iters);
 void peak_vnni_mix(uint64_t iters);
+void peak_vnni_compiled(uint64_t iters);
 
-static void (*const k_fn[K_COUNT])(uint64_t) = {peak_clock,     peak_fma,     peak_dpbf16,
-                                                peak_vnni,      peak_vnni_copy, peak_vnni_mix};
+static void (*const k_fn[K_COUNT])(uint64_t) = {peak_clock,     peak_fma,       peak_dpbf16,
+                                                peak_vnni,      peak_vnni_copy, peak_vnni_mix,
+                                                peak_vnni_compiled};
 
 static int k_supported(int k)
 {
@@ -170,7 +266,7 @@ static int k_supported(int k)
     }
 }
 #else
-static void (*const k_fn[K_COUNT])(uint64_t) = {NULL, NULL, NULL, NULL, NULL, NULL};
+static void (*const k_fn[K_COUNT])(uint64_t) = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 static int k_supported(int k)
 {
     (void)k;
