@@ -19,11 +19,11 @@
  *           memory), 4 prefetches, 4 input rows loaded, 16 vpdpbusd into a 4 x 4 block of sums
  *           (8 rows of 1 KiB, cycled): that mix's own ceiling, without the compiler's
  *           extra copies, spills and reloads and without the reduction after the loop;
- *   vnni_compiled  that loop as GCC 12 compiled it (v_4_4 in build-test's objdump), operands
- *           in L1 as vnni_mix's: the compiled loop's own ceiling.
- * Each vector loop updates 16 independent accumulators (zmm0-15) from fixed sources (no
- * dependence between iterations but through the sums): 16 chains hide a latency of up to 16
- * cycles at one instruction a cycle, or 8 at two.
+ *   vnni_compiled  that loop as GCC 12 compiled it (v_4_4 in objdump -d of a release
+ *           build), operands in L1 as vnni_mix's: the compiled loop's own ceiling.
+ * Each vector loop updates 16 independent accumulators (zmm0-15; vnni_compiled: the registers
+ * the compiler chose) from fixed sources (no dependence between iterations but through the
+ * sums): 16 chains hide a latency of up to 16 cycles at one instruction a cycle, or 8 at two.
  * Every loop runs on one thread and on two threads at once (one per core of this machine);
  * then ym_matmul (the engine's kernels) runs an N x K weight (default 3072 x 768, the 130m
  * shape's in_proj) at 16 rows (batch-16 decode) and 512 rows (a 512-token prefill) for f32,
@@ -149,9 +149,9 @@ __asm__(".text\n\t.p2align 6\n"
         "addq $64, %rax\n\tandq $1023, %rax\n\t"
         "decq %rdi\n\tjnz 1b\n\tvzeroupper\n\tret\n\t.size peak_vnni_mix, .-peak_vnni_mix\n"
         "\t.p2align 6\n"
-        /* The compiled inner loop of engine/weight.c's v_4_4 (GCC 12, -O2), instruction for
-         * instruction, its pointers turned into offsets into peak_l1_buf and its two stack
-         * spills into stores to the buffer's tail. */
+        /* The compiled inner loop of engine/weight.c's v_4_4 (GCC 12.2, release build: -O3),
+         * instruction for instruction, its pointers turned into offsets into peak_l1_buf and
+         * its two stack spills into stores to the buffer's tail. */
         ".globl peak_vnni_compiled\n\t.type peak_vnni_compiled, @function\n"
         "peak_vnni_compiled:\n\t"
         "leaq peak_l1_buf(%rip), %rsi\n\txorl %eax, %eax\n\t"
