@@ -7,6 +7,8 @@ if [ "${1:-build}" = test ]; then
   need="$need clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-pytest python3-requests redis-server"
   # tests/fixtures/make_chat_template_fixtures.py renders the chat-template fixtures with Jinja2
   need="$need python3-jinja2"
+  # test_tiers.py checks the state checksum (XXH3-64) of the files yunmind writes.
+  need="$need python3-xxhash"
   # deploy/: nginx runs the multi-replica test and checks its config; systemd-analyze checks
   # the unit file; mmdebstrap builds the image's Debian roots (deploy/image_check.py).
   need="$need nginx systemd mmdebstrap"
