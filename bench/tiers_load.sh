@@ -117,7 +117,7 @@ start() { # start NAME ARGS...: a daemon, its port in port[NAME], its pid in pid
     local p=
     for _ in $(seq 1 300); do
         p=$(sed -n 's|^yunmind: listening on http://[^ ]*:\([0-9][0-9]*\)$|\1|p' \
-            "$OUT/$name-yunmind.out")
+            "$OUT/$name-yunmind.out" 2>/dev/null || true)
         [ -n "$p" ] && break
         sleep 0.1
     done
