@@ -20,7 +20,11 @@
 #   yunmin_generation_tokens_total), in microseconds; for disk + store also redis-server's CPU
 #   over the same run. On a saturated machine a CPU-bound daemon's throughput cost is its CPU
 #   cost per token, and CPU time is far less disturbed by other processes than wall time, so
-#   this ratio resolves what the throughput ratio cannot on a shared machine.
+#   this ratio resolves what the throughput ratio cannot on a shared machine;
+# - the state writer threads' own CPU (threads named ym-disk-writer and ym-store-writer in
+#   /proc/PID/task): their share of the daemon's CPU, per state written and per token. This
+#   part of the cost does not depend on how the engine batched its rows, which moves the CPU
+#   per token of every configuration (tiers off included) by ±10 % from round to round here.
 # Each value of TOKENS is one load (max_tokens per request: 32 is the worst case, a 390 KB
 # state written per 32 tokens; 256 is what a chat user's turn produces); each gets its own
 # rounds and table. Results: $OUT/table.md, with the daemons' tier counters.
@@ -137,10 +141,22 @@ start store --state-dir "$OUT/state-store" --state-secret bench-secret \
 cpu_ticks() { # cpu_ticks PID -> utime + stime in clock ticks (fields 14 and 15 of stat)
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
-gen_tokens() { # gen_tokens NAME -> the daemon's yunmin_generation_tokens_total
-    http_get "${port[$1]}" /metrics 2>/dev/null |
-        awk '$1 == "yunmin_generation_tokens_total" {print $2; f = 1} END {if (!f) print 0}'
+writer_ticks() { # writer_ticks PID -> CPU ticks of its state writer threads (named ym-*-writer)
+    local t sum=0
+    for t in /proc/"$1"/task/*; do
+        case $(cat "$t/comm" 2>/dev/null) in
+        ym-disk-writer | ym-store-writer)
+            sum=$((sum + $(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}'))) ;;
+        esac
+    done
+    echo "$sum"
 }
+metric() { # metric NAME SERIES -> the daemon's value of SERIES (0 when absent)
+    http_get "${port[$1]}" /metrics 2>/dev/null |
+        awk -v s="$2" '$1 == s {printf "%d\n", $2; f = 1} END {if (!f) print 0}'
+}
+gen_tokens() { metric "$1" yunmin_generation_tokens_total; }
+states() { metric "$1" yunmin_state_disk_writes_total; }
 echo "clk_tck: $(getconf CLK_TCK)" >> "$OUT/conditions.txt"
 
 configs=(off disk store)
@@ -150,13 +166,15 @@ for tok in $TOKENS; do
             name=${configs[$(((r - 1 + k) % 3))]}
             log "load $tok tokens, round $r/$ROUNDS: $name (load $(cut -d' ' -f1 /proc/loadavg))"
             c0=$(cpu_ticks "${pid[$name]}"); rc0=$(cpu_ticks "$redis_pid"); g0=$(gen_tokens "$name")
+            w0=$(writer_ticks "${pid[$name]}"); s0=$(states "$name")
             "$loadgen" --url "http://127.0.0.1:${port[$name]}" --clients "$CLIENTS" \
                 --duration "$DURATION" --warmup "$WARMUP" --max-tokens "$tok" \
                 --session "t$tok-r$r-$name" > "$OUT/t$tok-r$r-$name.json" ||
                 log "load $tok round $r $name: loadgen reported errors"
             sleep 0.5 # requests cut at the window's end finish (cancelled) before the reading
             c1=$(cpu_ticks "${pid[$name]}"); rc1=$(cpu_ticks "$redis_pid"); g1=$(gen_tokens "$name")
-            echo "{\"cpu_ticks\": $((c1 - c0)), \"redis_cpu_ticks\": $((rc1 - rc0)), \"gen_tokens\": $((g1 - g0))}" \
+            w1=$(writer_ticks "${pid[$name]}"); s1=$(states "$name")
+            echo "{\"cpu_ticks\": $((c1 - c0)), \"redis_cpu_ticks\": $((rc1 - rc0)), \"gen_tokens\": $((g1 - g0)), \"writer_ticks\": $((w1 - w0)), \"states\": $((s1 - s0))}" \
                 > "$OUT/t$tok-r$r-$name.cpu.json"
         done
     done
@@ -202,6 +220,24 @@ for tok in loads:
     print(f"- throughput ({tok} tokens): disk / off {rng(td)}; disk + store / off {rng(ts)}")
     print(f"- CPU per token ({tok} tokens): disk / off {rng(cd)}; disk + store / off {rng(cs)}; "
           f"with redis-server's CPU {rng(csr)}")
+    print()
+    print("| round | writers' share of the daemon's CPU, disk / store | writers' CPU us per state, "
+          "disk / store | states written, disk / store | writers' CPU us per token, disk / store |")
+    print("|---|---|---|---|---|")
+    sh = {"disk": [], "store": []}
+    for r in range(1, rounds + 1):
+        c = {n: load(f"t{tok}-r{r}-{n}.cpu.json") for n in ("disk", "store")}
+        for n in c:
+            sh[n].append(c[n]["writer_ticks"] / max(c[n]["cpu_ticks"], 1))
+        f = lambda n, k: 1e6 * c[n]["writer_ticks"] / tck / max(c[n][k], 1)
+        print(f"| {r} | {100 * sh['disk'][-1]:.1f} % / {100 * sh['store'][-1]:.1f} % | "
+              f"{f('disk', 'states'):.0f} / {f('store', 'states'):.0f} | "
+              f"{c['disk']['states']} / {c['store']['states']} | "
+              f"{f('disk', 'gen_tokens'):.2f} / {f('store', 'gen_tokens'):.2f} |")
+    print()
+    print(f"- writers' share of the daemon's CPU ({tok} tokens): disk {rng(sh['disk'])}; "
+          f"disk + store {rng(sh['store'])} (on a saturated machine, about the throughput "
+          f"the writes cost)")
 print()
 for n in ("disk", "store"):
     m = {}

@@ -382,7 +382,7 @@ ym_err ym_redistier_open(const ym_redistier_opts *o, const ym_state_t *like,
     pthread_mutex_init(&r->rd.lock, NULL);
     pthread_mutex_init(&r->wr.lock, NULL);
     pthread_mutex_init(&r->llock, NULL);
-    if (ym_writeq_start(&r->q, do_job, r) != YM_OK) {
+    if (ym_writeq_start(&r->q, do_job, r, "ym-store-writer") != YM_OK) {
         ym_state_free(r->like);
         free(r);
         return YM_ENOMEM;
