@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Throughput cost of the state tiers: yunmind with tiers off, with the disk tier (state_dir),
-# and with disk + the shared store (session_store, a redis-server started here on a free
-# loopback port), all three under bench/loadgen with session traffic.
+# Throughput and CPU cost of the state tiers: yunmind with tiers off, with the disk tier
+# (state_dir), and with disk + the shared store (session_store, a redis-server started here on
+# a free loopback port), all three under bench/loadgen with session traffic.
 #
 #   bench/tiers_load.sh            (from the repository root; settings via the environment)
+#   BUILD=build-test ROUNDS=5 TOKENS="32 256" bench/tiers_load.sh
 #
 # The three daemons run side by side (an idle one takes no CPU) and the load goes to one at a
 # time, in ROUNDS interleaved rounds whose order rotates, so the machine's drift hits all
 # three alike. Client i sends X-Session-Id: <round>-<config>-i on every request, so every
 # request stores its session's state: with tiers on, a state file write (and a SET) per
-# request, and the response ends only once the state is written. The ratios tok/s (disk) /
-# tok/s (off) and (disk + store) / (off) are taken per round; the median and range are
-# printed and written to $OUT/table.md with the daemons' tier counters.
+# request, and the response ends only once the state is written.
+#
+# Two measures per run, both printed per round and as a median over the rounds:
+# - throughput, tok/s (loadgen's measured window), as ratios (disk) / (off) and (disk + store)
+#   / (off) taken within each round;
+# - CPU per generated token: the daemon's utime + stime (/proc/PID/stat) from just before to
+#   just after the run, divided by the tokens it generated meanwhile (its
+#   yunmin_generation_tokens_total), in microseconds; for disk + store also redis-server's CPU
+#   over the same run. On a saturated machine a CPU-bound daemon's throughput cost is its CPU
+#   cost per token, and CPU time is far less disturbed by other processes than wall time, so
+#   this ratio resolves what the throughput ratio cannot on a shared machine;
+# - the state writer threads' own CPU (threads named ym-disk-writer and ym-store-writer in
+#   /proc/PID/task): their share of the daemon's CPU, per state written and per token. This
+#   part of the cost does not depend on how the engine batched its rows, which moves the CPU
+#   per token of every configuration (tiers off included) by ±10 % from round to round here.
+# Each value of TOKENS is one load (max_tokens per request: 32 is the worst case, a 390 KB
+# state written per 32 tokens; 256 is what a chat user's turn produces); each gets its own
+# rounds and table. Results: $OUT/table.md, with the daemons' tier counters.
 #
 # Environment (defaults in brackets):
 #   BUILD     release build directory, made when missing [build-bench]
@@ -19,10 +35,10 @@
 #   MODEL     default (models/shakespeare-mamba) or synth (mamba-130m shapes) [default]
 #   THREADS   engine threads of each daemon [1]
 #   CLIENTS   concurrent clients [8]
-#   ROUNDS    interleaved rounds [3]
+#   ROUNDS    interleaved rounds per load [3]
 #   DURATION  measured seconds per run [8]
 #   WARMUP    seconds before the window [2]
-#   TOKENS    max_tokens per request [32]
+#   TOKENS    max_tokens per request, one load per value ["32 256"]
 set -eu
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,7 +51,7 @@ CLIENTS=${CLIENTS:-8}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
-TOKENS=${TOKENS:-32}
+TOKENS=${TOKENS:-32 256}
 
 log() { echo "tiers_load: $*" >&2; }
 command -v redis-server >/dev/null || { log "redis-server is not installed"; exit 2; }
@@ -81,6 +97,7 @@ rport=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
     > "$OUT/redis.log" 2>&1 &
 pids+=($!)
+redis_pid=$!
 for _ in $(seq 1 100); do
     redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break
     sleep 0.1
@@ -93,17 +110,18 @@ http_get() { # http_get PORT PATH -> body on stdout
     exec 3<&-
 }
 
-declare -A port
-start() { # start NAME ARGS...: a daemon, its port in port[NAME]
+declare -A port pid
+start() { # start NAME ARGS...: a daemon, its port in port[NAME], its pid in pid[NAME]
     local name=$1; shift
     "$root/$BUILD/server/yunmind" --model "$dir" --port 0 --threads "$THREADS" \
         --max-running 64 --max-batch-tokens 256 --log-level warn "$@" \
         > "$OUT/$name-yunmind.out" 2> "$OUT/$name-yunmind.log" &
     pids+=($!)
+    pid[$name]=$!
     local p=
     for _ in $(seq 1 300); do
         p=$(sed -n 's|^yunmind: listening on http://[^ ]*:\([0-9][0-9]*\)$|\1|p' \
-            "$OUT/$name-yunmind.out")
+            "$OUT/$name-yunmind.out" 2>/dev/null || true)
         [ -n "$p" ] && break
         sleep 0.1
     done
@@ -120,14 +138,45 @@ start disk --state-dir "$OUT/state-disk"
 start store --state-dir "$OUT/state-store" --state-secret bench-secret \
     --session-store "redis://127.0.0.1:$rport/0"
 
+cpu_ticks() { # cpu_ticks PID -> utime + stime in clock ticks (fields 14 and 15 of stat)
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+writer_ticks() { # writer_ticks PID -> CPU ticks of its state writer threads (named ym-*-writer)
+    local t sum=0
+    for t in /proc/"$1"/task/*; do
+        case $(cat "$t/comm" 2>/dev/null) in
+        ym-disk-writer | ym-store-writer)
+            sum=$((sum + $(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}'))) ;;
+        esac
+    done
+    echo "$sum"
+}
+metric() { # metric NAME SERIES -> the daemon's value of SERIES (0 when absent)
+    http_get "${port[$1]}" /metrics 2>/dev/null |
+        awk -v s="$2" '$1 == s {printf "%d\n", $2; f = 1} END {if (!f) print 0}'
+}
+gen_tokens() { metric "$1" yunmin_generation_tokens_total; }
+states() { metric "$1" yunmin_state_disk_writes_total; }
+echo "clk_tck: $(getconf CLK_TCK)" >> "$OUT/conditions.txt"
+
 configs=(off disk store)
-for r in $(seq 1 "$ROUNDS"); do
-    for k in 0 1 2; do
-        name=${configs[$(((r - 1 + k) % 3))]}
-        log "round $r/$ROUNDS: $name (load $(cut -d' ' -f1 /proc/loadavg))"
-        "$loadgen" --url "http://127.0.0.1:${port[$name]}" --clients "$CLIENTS" \
-            --duration "$DURATION" --warmup "$WARMUP" --max-tokens "$TOKENS" \
-            --session "r$r-$name" > "$OUT/r$r-$name.json" || log "round $r $name: loadgen reported errors"
+for tok in $TOKENS; do
+    for r in $(seq 1 "$ROUNDS"); do
+        for k in 0 1 2; do
+            name=${configs[$(((r - 1 + k) % 3))]}
+            log "load $tok tokens, round $r/$ROUNDS: $name (load $(cut -d' ' -f1 /proc/loadavg))"
+            c0=$(cpu_ticks "${pid[$name]}"); rc0=$(cpu_ticks "$redis_pid"); g0=$(gen_tokens "$name")
+            w0=$(writer_ticks "${pid[$name]}"); s0=$(states "$name")
+            "$loadgen" --url "http://127.0.0.1:${port[$name]}" --clients "$CLIENTS" \
+                --duration "$DURATION" --warmup "$WARMUP" --max-tokens "$tok" \
+                --session "t$tok-r$r-$name" > "$OUT/t$tok-r$r-$name.json" ||
+                log "load $tok round $r $name: loadgen reported errors"
+            sleep 0.5 # requests cut at the window's end finish (cancelled) before the reading
+            c1=$(cpu_ticks "${pid[$name]}"); rc1=$(cpu_ticks "$redis_pid"); g1=$(gen_tokens "$name")
+            w1=$(writer_ticks "${pid[$name]}"); s1=$(states "$name")
+            echo "{\"cpu_ticks\": $((c1 - c0)), \"redis_cpu_ticks\": $((rc1 - rc0)), \"gen_tokens\": $((g1 - g0)), \"writer_ticks\": $((w1 - w0)), \"states\": $((s1 - s0))}" \
+                > "$OUT/t$tok-r$r-$name.cpu.json"
+        done
     done
 done
 for name in "${configs[@]}"; do
@@ -135,26 +184,60 @@ for name in "${configs[@]}"; do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/conditions.txt"
 
-/usr/bin/python3 - "$OUT" "$ROUNDS" <<'PY' | tee "$OUT/table.md"
+/usr/bin/python3 - "$OUT" "$ROUNDS" "$TOKENS" "$(getconf CLK_TCK)" <<'PY' | tee "$OUT/table.md"
 import json, os, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, loads, tck = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
 load = lambda n: json.load(open(os.path.join(out, n)))
-print(open(os.path.join(out, "conditions.txt")).read())
-print("| round | off tok/s | disk tok/s | disk + store tok/s | disk / off | disk + store / off "
-      "| TTFT p50 ms off / disk / store | errors |")
-print("|---|---|---|---|---|---|---|---|")
-rd, rs = [], []
-for r in range(1, rounds + 1):
-    v = {n: load(f"r{r}-{n}.json") for n in ("off", "disk", "store")}
-    a, b, c = (v[n]["tok_s"] for n in ("off", "disk", "store"))
-    rd.append(b / a); rs.append(c / a)
-    print(f"| {r} | {a:.1f} | {b:.1f} | {c:.1f} | {b / a:.3f} | {c / a:.3f} | "
-          + " / ".join(f"{v[n]['ttft_ms']['p50']:.1f}" for n in ("off", "disk", "store"))
-          + f" | {sum(v[n]['errors'] for n in v)} |")
 med = lambda x: sorted(x)[len(x) // 2] if len(x) % 2 else sum(sorted(x)[len(x) // 2 - 1:len(x) // 2 + 1]) / 2
-print()
-print(f"disk / off: median {med(rd):.3f} [{min(rd):.3f}-{max(rd):.3f}]; "
-      f"disk + store / off: median {med(rs):.3f} [{min(rs):.3f}-{max(rs):.3f}] ({rounds} rounds)")
+rng = lambda x: f"median {med(x):.3f} [{min(x):.3f}-{max(x):.3f}]"
+names = ("off", "disk", "store")
+print(open(os.path.join(out, "conditions.txt")).read())
+print("Columns: tok/s in loadgen's window; CPU us/token = the daemon's utime + stime over the")
+print("whole run (warm-up included) / the tokens it generated in that time; store+redis adds")
+print("redis-server's CPU over the same run. Ratios are against tiers off in the same round.")
+for tok in loads:
+    print(f"\n## {tok} tokens per request\n")
+    print("| round | tok/s off / disk / store | disk / off | store / off "
+          "| CPU us/token off / disk / store (store+redis) | CPU disk / off | CPU store / off "
+          "| CPU store+redis / off | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    td, ts, cd, cs, csr = [], [], [], [], []
+    for r in range(1, rounds + 1):
+        v = {n: load(f"t{tok}-r{r}-{n}.json") for n in names}
+        c = {n: load(f"t{tok}-r{r}-{n}.cpu.json") for n in names}
+        us = {n: 1e6 * c[n]["cpu_ticks"] / tck / max(c[n]["gen_tokens"], 1) for n in names}
+        usr = 1e6 * (c["store"]["cpu_ticks"] + c["store"]["redis_cpu_ticks"]) / tck / max(
+            c["store"]["gen_tokens"], 1)
+        a, b, s_ = (v[n]["tok_s"] for n in names)
+        td.append(b / a); ts.append(s_ / a)
+        cd.append(us["disk"] / us["off"]); cs.append(us["store"] / us["off"])
+        csr.append(usr / us["off"])
+        print(f"| {r} | {a:.1f} / {b:.1f} / {s_:.1f} | {b / a:.3f} | {s_ / a:.3f} | "
+              f"{us['off']:.1f} / {us['disk']:.1f} / {us['store']:.1f} ({usr:.1f}) | "
+              f"{cd[-1]:.3f} | {cs[-1]:.3f} | {csr[-1]:.3f} | "
+              f"{sum(v[n]['errors'] for n in v)} |")
+    print()
+    print(f"- throughput ({tok} tokens): disk / off {rng(td)}; disk + store / off {rng(ts)}")
+    print(f"- CPU per token ({tok} tokens): disk / off {rng(cd)}; disk + store / off {rng(cs)}; "
+          f"with redis-server's CPU {rng(csr)}")
+    print()
+    print("| round | writers' share of the daemon's CPU, disk / store | writers' CPU us per state, "
+          "disk / store | states written, disk / store | writers' CPU us per token, disk / store |")
+    print("|---|---|---|---|---|")
+    sh = {"disk": [], "store": []}
+    for r in range(1, rounds + 1):
+        c = {n: load(f"t{tok}-r{r}-{n}.cpu.json") for n in ("disk", "store")}
+        for n in c:
+            sh[n].append(c[n]["writer_ticks"] / max(c[n]["cpu_ticks"], 1))
+        f = lambda n, k: 1e6 * c[n]["writer_ticks"] / tck / max(c[n][k], 1)
+        print(f"| {r} | {100 * sh['disk'][-1]:.1f} % / {100 * sh['store'][-1]:.1f} % | "
+              f"{f('disk', 'states'):.0f} / {f('store', 'states'):.0f} | "
+              f"{c['disk']['states']} / {c['store']['states']} | "
+              f"{f('disk', 'gen_tokens'):.2f} / {f('store', 'gen_tokens'):.2f} |")
+    print()
+    print(f"- writers' share of the daemon's CPU ({tok} tokens): disk {rng(sh['disk'])}; "
+          f"disk + store {rng(sh['store'])} (on a saturated machine, about the throughput "
+          f"the writes cost)")
 print()
 for n in ("disk", "store"):
     m = {}

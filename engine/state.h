@@ -45,12 +45,13 @@ float *ym_state_conv(ym_state_t *s, int layer); /* [conv_ch, d_conv-1] of that l
 float *ym_state_ssm(ym_state_t *s, int layer);  /* [d_inner, d_state]  of that layer */
 
 /* Serialized form: a 48-byte header (magic "YMST", version, dims, n_tokens, payload checksum)
- * then conv and ssm as little-endian f32. */
+ * then conv and ssm as little-endian f32. Written as version 2 (XXH3-64 checksum); version 1
+ * (FNV-1a-64) is read too. */
 size_t ym_state_serialized_size(const ym_state_t *s);
 /* Write into buf[0..cap). *n_written = ym_state_serialized_size(s). cap too small -> YM_EINVAL. */
 ym_err ym_state_serialize(const ym_state_t *s, void *buf, size_t cap, size_t *n_written);
-/* Read into s (dims must match s's): bad magic, version, dims, size or checksum -> YM_EFORMAT,
- * and s is left unchanged. */
+/* Read into s (dims must match s's), version 1 or 2: bad magic, version, dims, size or checksum
+ * -> YM_EFORMAT, and s is left unchanged. */
 ym_err ym_state_deserialize(ym_state_t *s, const void *buf, size_t len, ym_diag *diag);
 
 #endif

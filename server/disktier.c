@@ -707,7 +707,7 @@ ym_err ym_disktier_open(const ym_disktier_opts *o, const ym_state_t *like,
     }
     if ((err = load_key(d, o->secret, diag)) != YM_OK || (err = scan(d, diag)) != YM_OK)
         goto fail;
-    if ((err = ym_writeq_start(&d->q, run_job, d)) != YM_OK)
+    if ((err = ym_writeq_start(&d->q, run_job, d, "ym-disk-writer")) != YM_OK)
         goto fail;
     publish(d);
     *out = d;

@@ -153,13 +153,18 @@ void ym__jobcache_prefetch(const ym_jobcache *jc, ym_gen *g)
     for (int k = 1; k <= k_max; k++)
         ym_skey_chain(&chain[k - 1], k == 1 ? &root : &chain[k - 2],
                       g->prompt + (size_t)(k - 1) * (size_t)B, (size_t)B, NULL, 0);
-    for (int k = k_max; k >= 1 && k * B > best; k--) {
-        ym_sc_entry *e = ym_scache_pin(jc->cache, &chain[k - 1]);
-        if (e != NULL) {
-            keep(g, 1, &chain[k - 1], e);
-            break;
-        }
+    /* Longest first, as resume walks them: boundaries k_max down to the first past best. The
+     * store is asked about all of them in one round trip (ym_scache_pin_first). */
+    int n = k_max - best / B;
+    for (int i = 0; i < n / 2; i++) {
+        ym_skey t = chain[best / B + i];
+        chain[best / B + i] = chain[k_max - 1 - i];
+        chain[k_max - 1 - i] = t;
     }
+    int which;
+    ym_sc_entry *e = ym_scache_pin_first(jc->cache, chain + best / B, n, &which);
+    if (e != NULL)
+        keep(g, 1, &chain[best / B + which], e);
     free(chain);
 }
 

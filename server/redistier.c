@@ -230,6 +230,65 @@ ym_err ym_redistier_load(ym_redistier_t *r, const ym_skey *key, ym_sc_kind *kind
     return YM_OK;
 }
 
+ym_err ym_redistier_load_first(ym_redistier_t *r, const ym_skey *keys, int n, int *which,
+                               ym_sc_kind *kind, ym_sc_meta *meta, ym_state_t **st)
+{
+    *st = NULL;
+    *which = -1;
+    if (n <= 0)
+        return YM_ENOENT;
+    /* One round trip for the whole walk: n EXISTS pipelined (replies of a few bytes), then a
+     * GET for the first key held; a GET per key would cost n round trips, an MGET would move
+     * every state held (up to n × 2.8 MB for a 130m model) to use one. */
+    char(*names)[80] = malloc((size_t)n * sizeof(*names));
+    unsigned char *held = calloc((size_t)n, 1);
+    if (names == NULL || held == NULL) {
+        free(names);
+        free(held);
+        return YM_ENOMEM;
+    }
+    for (int i = 0; i < n; i++)
+        store_key(&keys[i], names[i]);
+    pthread_mutex_lock(&r->rd.lock);
+    redisContext *c = use(r, &r->rd);
+    int ok = c != NULL;
+    for (int i = 0; ok && i < n; i++)
+        ok = redisAppendCommand(c, "EXISTS %s", names[i]) == REDIS_OK;
+    for (int i = 0; ok && i < n; i++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep == NULL) {
+            ok = 0;
+            break;
+        }
+        if (rep->type == REDIS_REPLY_INTEGER)
+            held[i] = rep->integer > 0;
+        else if (rep->type == REDIS_REPLY_ERROR)
+            fail(r, "EXISTS refused", rep->str);
+        freeReplyObject(rep);
+    }
+    if (c != NULL && !ok)
+        drop(r, &r->rd, "EXISTS failed"); /* its replies may be half read: never reused */
+    pthread_mutex_unlock(&r->rd.lock);
+    free(names);
+    ym_err err = YM_ENOENT;
+    int n_missed = 0;
+    for (int i = 0; i < n; i++) {
+        if (!held[i]) {
+            n_missed++;
+            continue;
+        }
+        /* Gone since (expired, evicted) or refused: the next key held. */
+        if ((err = ym_redistier_load(r, &keys[i], kind, meta, st)) == YM_OK) {
+            *which = i;
+            break;
+        }
+    }
+    if (n_missed > 0 && r->metrics)
+        ym_metrics_add(r->metrics, YM_M_STORE_MISSES, (uint64_t)n_missed);
+    free(held);
+    return *which >= 0 ? YM_OK : (err == YM_EFORMAT ? YM_EFORMAT : YM_ENOENT);
+}
+
 static void do_job(void *owner, const ym_writeq_job *j)
 {
     ym_redistier_t *r = owner;
@@ -323,7 +382,7 @@ ym_err ym_redistier_open(const ym_redistier_opts *o, const ym_state_t *like,
     pthread_mutex_init(&r->rd.lock, NULL);
     pthread_mutex_init(&r->wr.lock, NULL);
     pthread_mutex_init(&r->llock, NULL);
-    if (ym_writeq_start(&r->q, do_job, r) != YM_OK) {
+    if (ym_writeq_start(&r->q, do_job, r, "ym-store-writer") != YM_OK) {
         ym_state_free(r->like);
         free(r);
         return YM_ENOMEM;

@@ -38,6 +38,13 @@ void ym_redistier_flush(ym_redistier_t *r);
 /* As ym_disktier_load: YM_OK, YM_ENOENT (none, or the store is down), YM_EFORMAT (refused). */
 ym_err ym_redistier_load(ym_redistier_t *r, const ym_skey *key, ym_sc_kind *kind,
                          ym_sc_meta *meta, ym_state_t **st);
+/* The first of keys[0..n) (the caller's order of preference) the store holds, loaded as
+ * ym_redistier_load does; its index in *which (else -1). One pipelined round trip of EXISTS for
+ * all n keys, then a GET of the first one held (the next one held if that one is gone or
+ * refused). YM_OK, YM_ENOENT (none, or the store is down), YM_EFORMAT (every one held refused),
+ * YM_ENOMEM. Blocks up to timeout_ms per reply; any thread. */
+ym_err ym_redistier_load_first(ym_redistier_t *r, const ym_skey *keys, int n, int *which,
+                               ym_sc_kind *kind, ym_sc_meta *meta, ym_state_t **st);
 /* As ym_disktier_write: st borrowed until done(arg), which is always called once. */
 void ym_redistier_write(ym_redistier_t *r, const ym_skey *key, ym_sc_kind kind,
                         const ym_sc_meta *meta, const ym_state_t *st, void (*done)(void *),

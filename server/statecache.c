@@ -364,6 +364,28 @@ static ym_sc_entry *promote(ym_scache_t *c, ym_sc_entry *e)
 
 static void write_back(ym_scache_t *c, ym_sc_entry *e);
 
+/* A state read from a lower tier (taken over) as a pinned entry under key, promoted into RAM;
+ * one from the store is written back to the disk tier. NULL on no memory. */
+static ym_sc_entry *adopt(ym_scache_t *c, const ym_skey *key, ym_sc_kind kind,
+                          const ym_sc_meta *meta, ym_state_t *st, int from_store)
+{
+    ym_sc_entry *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        ym_state_free(st);
+        return NULL;
+    }
+    e->key = *key;
+    e->meta = *meta;
+    e->kind = kind;
+    e->st = st;
+    e->bytes = ym_scache_entry_bytes(st);
+    e->pins = 1;
+    ym_sc_entry *got = promote(c, e);
+    if (got == e && from_store && c->disk != NULL)
+        write_back(c, e);
+    return got;
+}
+
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
 {
     ym_sc_entry *e = ym_scache_pin_ram(c, key);
@@ -380,20 +402,51 @@ ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key)
             return NULL;
         from_store = 1;
     }
-    if ((e = calloc(1, sizeof(*e))) == NULL) {
-        ym_state_free(st);
-        return NULL;
+    return adopt(c, key, kind, &meta, st, from_store);
+}
+
+/* In RAM or in the disk tier's index: learning it takes no I/O. */
+static int held_near(ym_scache_t *c, const ym_skey *key)
+{
+    pthread_mutex_lock(&c->lock);
+    int r = find(c, key) != NULL;
+    pthread_mutex_unlock(&c->lock);
+    return r || (c->disk != NULL && ym_disktier_has(c->disk, key));
+}
+
+ym_sc_entry *ym_scache_pin_first(ym_scache_t *c, const ym_skey *keys, int n, int *which)
+{
+    *which = -1;
+    for (int base = 0; base < n;) {
+        /* keys[base..i0) are in neither RAM nor on disk: the store answers for all of them in
+         * one round trip (ym_redistier_load_first), where pinning each would cost one. */
+        int i0 = base;
+        while (i0 < n && !held_near(c, &keys[i0]))
+            i0++;
+        if (c->store != NULL && i0 > base) {
+            ym_sc_kind kind;
+            ym_sc_meta meta;
+            ym_state_t *st = NULL;
+            int j;
+            if (ym_redistier_load_first(c->store, keys + base, i0 - base, &j, &kind, &meta,
+                                        &st) == YM_OK) {
+                ym_sc_entry *e = adopt(c, &keys[base + j], kind, &meta, st, 1);
+                if (e != NULL) {
+                    *which = base + j;
+                    return e;
+                }
+            }
+        }
+        if (i0 == n)
+            return NULL;
+        ym_sc_entry *e = ym_scache_pin(c, &keys[i0]);
+        if (e != NULL) {
+            *which = i0;
+            return e;
+        }
+        base = i0 + 1; /* evicted or refused since: go on with the shorter ones */
     }
-    e->key = *key;
-    e->meta = meta;
-    e->kind = kind;
-    e->st = st;
-    e->bytes = ym_scache_entry_bytes(st);
-    e->pins = 1;
-    ym_sc_entry *got = promote(c, e);
-    if (got == e && from_store && c->disk != NULL)
-        write_back(c, e);
-    return got;
+    return NULL;
 }
 
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e)

@@ -87,6 +87,11 @@ size_t ym_scache_budget(ym_scache_t *c);
  * timeout) and promotes what it finds: it blocks, so the engine thread never calls it (the
  * scheduler's lookup thread does, before admission; server/sched.h). */
 ym_sc_entry *ym_scache_pin(ym_scache_t *c, const ym_skey *key);
+/* The first of keys[0..n) (the caller's order of preference, e.g. the longest prefix first)
+ * cached in any tier, pinned as ym_scache_pin pins it; its index in *which (else -1). The same
+ * answer as ym_scache_pin on each key in turn, but the keys that neither RAM nor the disk tier
+ * holds cost one store round trip together, not one each. Blocks as ym_scache_pin does. */
+ym_sc_entry *ym_scache_pin_first(ym_scache_t *c, const ym_skey *keys, int n, int *which);
 /* As ym_scache_pin, RAM only: never blocks on I/O (one mutex). The engine thread's lookup. */
 ym_sc_entry *ym_scache_pin_ram(ym_scache_t *c, const ym_skey *key);
 void ym_scache_unpin(ym_scache_t *c, ym_sc_entry *e); /* NULL-safe */

@@ -104,7 +104,7 @@ static void *writer_main(void *arg)
 }
 
 ym_err ym_writeq_start(ym_writeq *q, void (*run)(void *owner, const ym_writeq_job *j),
-                       void *owner)
+                       void *owner, const char *name)
 {
     q->head = q->tail = NULL;
     q->busy = q->stop = 0;
@@ -119,6 +119,8 @@ ym_err ym_writeq_start(ym_writeq *q, void (*run)(void *owner, const ym_writeq_jo
         pthread_cond_destroy(&q->idle);
         return YM_ENOMEM;
     }
+    pthread_setname_np(q->thread, name); /* a longer name is refused and the thread keeps its
+                                            process's: only a label */
     return YM_OK;
 }
 

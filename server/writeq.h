@@ -41,9 +41,11 @@ typedef struct ym_writeq {
     void *owner;                                      /* borrowed: outlives the queue */
 } ym_writeq;
 
-/* Starts the writer thread. YM_OK, or YM_ENOMEM with nothing left to undo. */
+/* Starts the writer thread, named name (at most 15 characters: what top -H and
+ * /proc/PID/task/TID/comm show, so its CPU can be told from the engine's). YM_OK, or
+ * YM_ENOMEM with nothing left to undo. */
 ym_err ym_writeq_start(ym_writeq *q, void (*run)(void *owner, const ym_writeq_job *j),
-                       void *owner);
+                       void *owner, const char *name);
 /* Queue a write (meta may be NULL). Takes over one reference of blob (may be NULL), also on
  * failure. YM_ENOMEM: nothing queued and done NOT called. */
 ym_err ym_writeq_write(ym_writeq *q, const ym_skey *key, ym_sc_kind kind, const ym_sc_meta *meta,

@@ -1,11 +1,14 @@
 #!/usr/bin/python3
 """tests/integration/test_tiers.py - the state cache's tiers over real HTTP. Disk
 (state_dir): sessions resume after SIGTERM and after SIGKILL of their daemon, corrupted and
-forged state files are refused (the request runs cold and succeeds), and the byte budget
+forged state files are refused (the request runs cold and succeeds), files keep being read
+after the state format's version 2 (XXH3-64 checksum, python3-xxhash here) replaced version 1
+(FNV-1a), a bad state checksum behind a valid MAC is refused, and the byte budget
 evicts the least recently written file first. Shared store (session_store, a real
 redis-server started here on a free loopback port): two replicas without affinity resume each
 other's turns, requests keep succeeding when redis is killed mid-run, a forged entry is
-refused. A slow store (replies delayed by a proxy here) delays only the request whose state it
+refused, the prefix-checkpoint walk asks the store about all its boundaries in one round
+trip (counted with redis' INFO commandstats). A slow store (replies delayed by a proxy here) delays only the request whose state it
 holds: another stream keeps its pace, the slow request still resumes, and one past
 the store's timeout runs cold and succeeds. The same holds for the three requests that read
 a session before they answer (GET /v1/sessions/{id}, a session_append turn, the admin
@@ -216,6 +219,73 @@ class DiskTier(unittest.TestCase):
         self.assertEqual(hashlib.blake2b(data[:-32], digest_size=32, key=key).digest(),
                          data[-32:])
 
+    def rewrite_state(self, mutate):
+        """First turn on a daemon, then mutate(file, state offset) on its file and re-MAC it
+        with state.key, as a daemon holding the key would have written it."""
+        d = self.daemon()
+        try:
+            path = self.first_turn(d)
+        finally:
+            self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.dir, "state.key"), "rb") as f:
+            key = f.read()
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        # docs/FORMATS.md: header (120 bytes), R bytes of running hash, the session blob's
+        # 72-byte head, then the serialized state; the MAC last.
+        (r,) = struct.unpack_from("<I", data, 20)
+        so = 120 + r + 72
+        self.assertEqual(data[so:so + 4], b"YMST")
+        mutate(data, so)
+        body = bytes(data[:-32])
+        with open(path, "wb") as f:
+            f.write(body + hashlib.blake2b(body, digest_size=32, key=key).digest())
+
+    def test_state_checksum_is_xxh3_and_version_1_still_read(self):
+        # The daemon writes state version 2, XXH3-64 of the payload (python3-xxhash computes
+        # it here); a file whose state is rewritten as version 1 (FNV-1a-64, computed here),
+        # as a daemon before version 2 wrote it, still resumes the session.
+        import xxhash
+
+        def to_v1(data, so):
+            version, = struct.unpack_from("<I", data, so + 4)
+            nbytes, sum2 = struct.unpack_from("<QQ", data, so + 32)
+            payload = bytes(data[so + 48:so + 48 + nbytes])
+            self.assertEqual(so + 48 + nbytes, len(data) - 32)
+            self.assertEqual(version, 2)
+            self.assertEqual(sum2, xxhash.xxh3_64_intdigest(payload))
+            h = 0xcbf29ce484222325
+            for x in payload:
+                h = ((h ^ x) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+            struct.pack_into("<I", data, so + 4, 1)
+            struct.pack_into("<Q", data, so + 40, h)
+        self.rewrite_state(to_v1)
+        d = self.daemon()
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.turn2)
+            self.assertGreater(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_hits_total"), 1)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def test_bad_state_checksum_refused_behind_a_good_mac(self):
+        # A payload bit flipped and the file re-MACed with the right key: the MAC passes, the
+        # state's checksum does not; the file is refused and the turn runs cold.
+        def flip(data, so):
+            data[so + 48 + 100] ^= 0x08
+        self.rewrite_state(flip)
+        d = self.daemon()
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.cold2)
+            self.assertEqual(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 1)
+            self.assertIn("checksum", d.log())
+        finally:
+            self.assertEqual(d.stop(), 0)
+
     def test_budget_evicts_least_recently_written(self):
         d = self.daemon()
         try:
@@ -406,6 +476,54 @@ class StoreTier(unittest.TestCase):
         cold = Daemon("--checkpoint-interval", "0")
         try:
             self.assertEqual(text3, complete(cold, prompt3)[0])
+        finally:
+            self.assertEqual(cold.stop(), 0)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_checkpoint_walk_asks_the_store_once(self):
+        # Replica a stores prefix checkpoints every 8 tokens of a prompt; replica b, fresh,
+        # gets a longer prompt that extends it. b's walk looks for the longest boundary of
+        # its prompt in the store: one pipelined round trip of EXISTS for every boundary,
+        # then one GET, where a GET per boundary would need one for each boundary past the
+        # stored ones as well.
+        B = 8
+        a = self.replica("--checkpoint-interval", str(B))
+        b = self.replica("--checkpoint-interval", str(B))
+        short = TURN1 * 3
+        long_ = short + MORE * 3
+        r = a.post("/v1/completions", {"prompt": short, "max_tokens": 1, "temperature": 0})
+        self.assertEqual(r.status_code, 200, r.text)
+        n_short = r.json()["usage"]["prompt_tokens"]
+        deadline = time.monotonic() + 10  # the store writer's queue empties
+        while a.metric("yunmin_state_store_writes_total") < n_short // B:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+
+        def calls(cmd):
+            stats = resp(self.redis.port, "INFO", "commandstats")[1].decode()
+            for line in stats.splitlines():
+                if line.startswith("cmdstat_%s:" % cmd):
+                    return int(line.split("calls=")[1].split(",")[0])
+            return 0
+        gets, exists = calls("get"), calls("exists")
+        body = {"prompt": long_, "max_tokens": 8, "temperature": 0}
+        r = b.post("/v1/completions", body)
+        self.assertEqual(r.status_code, 200, r.text)
+        usage = r.json()["usage"]
+        k_max = (usage["prompt_tokens"] - 1) // B
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        self.assertEqual(cached % B, 0)
+        self.assertGreater(cached, 0)
+        self.assertLessEqual(cached, n_short)
+        self.assertGreaterEqual(k_max - cached // B, 2)  # boundaries not in the store
+        self.assertEqual(calls("get") - gets, 1)
+        self.assertEqual(calls("exists") - exists, k_max)
+        self.assertEqual(b.metric("yunmin_state_store_hits_total"), 1)
+        cold = Daemon("--checkpoint-interval", "0")
+        try:
+            self.assertEqual(r.json()["choices"][0]["text"],
+                             cold.post("/v1/completions", body).json()["choices"][0]["text"])
         finally:
             self.assertEqual(cold.stop(), 0)
         self.assertEqual(a.stop(), 0)

@@ -1,5 +1,7 @@
-/* tests/unit/test_state.c - state objects: reset, copy, serialize round trip, and refusal of
- * damaged or foreign serialized states. */
+/* tests/unit/test_state.c - state objects: reset, copy, serialize round trip, the serialized
+ * bytes against tests/fixtures/make_state_fixtures.py's (version 2 written, version 1 still
+ * read), and refusal of damaged or foreign serialized states. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,12 +97,114 @@ START_TEST(test_state_deserialize_refuses_damage_and_leaves_state_alone)
 }
 END_TEST
 
+/* The fixtures' state: n_layer 2, d_inner 4, d_conv 3, d_state 2, float i = 0.5 * i - 3 over
+ * conv then ssm, n_tokens 77 (tests/fixtures/make_state_fixtures.py). */
+static ym_state_t *fixture_state(void)
+{
+    ym_config c = cfg_of(2, 2, 2, 3);
+    ym_state_t *s = NULL;
+    ck_assert_int_eq(ym_state_new(&c, &s), YM_OK);
+    size_t nc = 2 * 4 * 2, ns = 2 * 4 * 2;
+    for (size_t i = 0; i < nc; i++)
+        s->conv[i] = 0.5f * (float)i - 3.0f;
+    for (size_t i = 0; i < ns; i++)
+        s->ssm[i] = 0.5f * (float)(nc + i) - 3.0f;
+    s->n_tokens = 77;
+    return s;
+}
+
+static unsigned char *read_fixture(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s: run tests/fixtures/make_state_fixtures.py", path);
+    static unsigned char buf[4096];
+    *n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    unsigned char *p = malloc(*n);
+    memcpy(p, buf, *n);
+    return p;
+}
+
+START_TEST(test_state_serialize_writes_version_2_as_the_reference_does)
+{
+    ym_state_t *s = fixture_state();
+    size_t n_ref, w = 0;
+    unsigned char *ref = read_fixture(YM_FIXTURE("state/v2.bin"), &n_ref);
+    ck_assert_uint_eq(ym_state_serialized_size(s), n_ref);
+    unsigned char *buf = malloc(n_ref);
+    ck_assert_int_eq(ym_state_serialize(s, buf, n_ref, &w), YM_OK);
+    ck_assert_uint_eq(buf[4], 2);
+    ck_assert_mem_eq(buf, ref, n_ref); /* XXH3-64 checksum included */
+    free(buf);
+    free(ref);
+    ym_state_free(s);
+}
+END_TEST
+
+START_TEST(test_state_deserialize_reads_version_1_and_2)
+{
+    ym_state_t *want = fixture_state(), *got = NULL;
+    ck_assert_int_eq(ym_state_new_like(want, &got), YM_OK);
+    const char *files[2] = {YM_FIXTURE("state/v1.bin"), YM_FIXTURE("state/v2.bin")};
+    for (int v = 0; v < 2; v++) {
+        size_t n;
+        unsigned char *buf = read_fixture(files[v], &n);
+        ym_state_reset(got);
+        ym_diag d = {0};
+        ck_assert_msg(ym_state_deserialize(got, buf, n, &d) == YM_OK, "%s: %s", files[v], d.msg);
+        ck_assert_int_eq(got->n_tokens, 77);
+        ck_assert_mem_eq(got->conv, want->conv, sizeof(float) * 16);
+        ck_assert_mem_eq(got->ssm, want->ssm, sizeof(float) * 16);
+        free(buf);
+    }
+    ym_state_free(want);
+    ym_state_free(got);
+}
+END_TEST
+
+START_TEST(test_state_deserialize_refuses_a_bad_checksum_in_either_version)
+{
+    ym_state_t *s = fixture_state();
+    const char *files[2] = {YM_FIXTURE("state/v1.bin"), YM_FIXTURE("state/v2.bin")};
+    for (int v = 0; v < 2; v++) {
+        size_t n;
+        unsigned char *buf = read_fixture(files[v], &n);
+        ym_diag d = {0};
+        /* A flipped payload bit, then a flipped checksum bit (high and low word). */
+        size_t at[3] = {n - 7, 40 + 7, 40};
+        for (int k = 0; k < 3; k++) {
+            buf[at[k]] ^= 0x04;
+            ym_state_reset(s);
+            ck_assert_int_eq(ym_state_deserialize(s, buf, n, &d), YM_EFORMAT);
+            ck_assert_ptr_nonnull(strstr(d.msg, "checksum"));
+            ck_assert_int_eq(s->n_tokens, 0); /* left unchanged */
+            buf[at[k]] ^= 0x04;
+        }
+        /* A version-1 file relabelled 2 (or the reverse) fails the other checksum. */
+        buf[4] = (unsigned char)(v == 0 ? 2 : 1);
+        ck_assert_int_eq(ym_state_deserialize(s, buf, n, &d), YM_EFORMAT);
+        ck_assert_ptr_nonnull(strstr(d.msg, "checksum"));
+        /* Versions other than 1 and 2 are refused by name. */
+        buf[4] = 3;
+        ck_assert_int_eq(ym_state_deserialize(s, buf, n, &d), YM_EFORMAT);
+        ck_assert_ptr_nonnull(strstr(d.msg, "version 3"));
+        buf[4] = 0;
+        ck_assert_int_eq(ym_state_deserialize(s, buf, n, &d), YM_EFORMAT);
+        free(buf);
+    }
+    ym_state_free(s);
+}
+END_TEST
+
 Suite *state_suite(void)
 {
     Suite *s = suite_create("state");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_state_serialize_round_trip_and_copy);
     tcase_add_test(tc, test_state_deserialize_refuses_damage_and_leaves_state_alone);
+    tcase_add_test(tc, test_state_serialize_writes_version_2_as_the_reference_does);
+    tcase_add_test(tc, test_state_deserialize_reads_version_1_and_2);
+    tcase_add_test(tc, test_state_deserialize_refuses_a_bad_checksum_in_either_version);
     suite_add_tcase(s, tc);
     return s;
 }
