@@ -114,6 +114,149 @@ static double bw_measure(ym_pool_t *pool, bw_job *j)
     return best;
 }
 
+/* ---- the floor window by window ---- */
+
+/* The decode step's own bytes, and nothing else: every matrix of the model read in the
+ * forward's order (each layer's in_proj, x_proj, out_proj, then lm_head) with the engine's
+ * one-row product, each thread its slice of every matrix's rows, and a state of the model's
+ * size read and written once, each thread its slice; no barrier, no other work. */
+typedef struct {
+    const ym_model_t *m;
+    const float *x; /* [max n_cols] */
+    float *y;       /* [max n_rows] */
+    float *state;   /* [n_state] */
+    size_t n_state;
+    float k; /* 1: the state is multiplied by a value the compiler cannot see */
+} walk_job;
+
+static void walk_rows(const walk_job *j, const ym_weight *w, int ith, int nth)
+{
+    int lo = (int)((long)w->n_rows * ith / nth), hi = (int)((long)w->n_rows * (ith + 1) / nth);
+    if (lo < hi)
+        ym_matmul(j->y + lo, w->n_rows, j->x, w->n_cols, 1, w, lo, hi, 0.0f, NULL);
+}
+
+static void walk_task(void *arg, int ith, int nth)
+{
+    const walk_job *j = arg;
+    const ym_model_t *m = j->m;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        walk_rows(j, &L->in_proj, ith, nth);
+        walk_rows(j, &L->x_proj, ith, nth);
+        walk_rows(j, &L->out_proj, ith, nth);
+    }
+    size_t lo = j->n_state * (size_t)ith / (size_t)nth;
+    size_t hi = j->n_state * (size_t)(ith + 1) / (size_t)nth;
+    for (size_t i = lo; i < hi; i++)
+        j->state[i] *= j->k;
+    walk_rows(j, &m->lm_head, ith, nth);
+}
+
+static int walk_init(walk_job *j, const ym_model_t *m)
+{
+    int rows = m->lm_head.n_rows, cols = m->lm_head.n_cols;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const ym_weight *w[] = {&m->layers[l].in_proj, &m->layers[l].x_proj,
+                                &m->layers[l].out_proj};
+        for (int i = 0; i < 3; i++) {
+            rows = w[i]->n_rows > rows ? w[i]->n_rows : rows;
+            cols = w[i]->n_cols > cols ? w[i]->n_cols : cols;
+        }
+    }
+    memset(j, 0, sizeof(*j));
+    j->m = m;
+    j->k = 1.0f;
+    j->n_state = ym_config_state_bytes(&m->cfg) / sizeof(float);
+    float *x = calloc((size_t)cols, sizeof(float));
+    j->y = calloc((size_t)rows, sizeof(float));
+    j->state = calloc(j->n_state + 1, sizeof(float));
+    if (x == NULL || j->y == NULL || j->state == NULL) {
+        free(x), free(j->y), free(j->state);
+        return -1;
+    }
+    for (int i = 0; i < cols; i++)
+        x[i] = 1.0f / (float)(i + 1);
+    for (size_t i = 0; i < j->n_state; i++)
+        j->state[i] = (float)(i & 7);
+    j->x = x;
+    return 0;
+}
+
+static void walk_deinit(walk_job *j)
+{
+    free((void *)j->x);
+    free(j->y);
+    free(j->state);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The value at quantile q (0..1) of n sorted values, linear between neighbours; 0 if none. */
+static double quantile(const double *v, int n, double q)
+{
+    if (n == 0)
+        return 0;
+    double k = q * (n - 1);
+    int i = (int)k;
+    return i + 1 < n ? v[i] + (k - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+static int32_t rand_token(int n_vocab);
+
+/* The floor window by window. A batch-1 decode that goes on from step to step (its state
+ * carried over) alternates with passes of walk_task over the same model:
+ *     P_0 D_0 P_1 D_1 ... P_{n-1} D_{n-1} P_n
+ * A pass is the decode step less everything that is not moving its bytes, so no step can
+ * be faster than a pass under the same conditions. Writes the seconds of each decode step
+ * td[n] and of each pass tp[n + 1]; returns 0, or -1 when out of memory. */
+static int floor_windows(ym_ctx_t *ctx, const ym_model_t *m, ym_pool_t *pool, int n,
+                         double *td, double *tp)
+{
+    ym_state_t *s = NULL;
+    walk_job wj;
+    int32_t tok = 0;
+    int st[2] = {0, 1};
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+    if (logits == NULL || walk_init(&wj, m) != 0) {
+        free(logits);
+        return -1;
+    }
+    if (ym_state_new(&m->cfg, &s) != YM_OK) {
+        free(logits);
+        walk_deinit(&wj);
+        return -1;
+    }
+    ym_state_t *ss[1] = {s};
+    ym_batch b = {.n_seq = 1, .tokens = &tok, .seq_start = st, .states = ss,
+                  .logits = YM_LOGITS_LAST};
+    for (int k = 0; k < 2; k++) { /* warm-up: a step and a pass, as in the windows */
+        tok = rand_token(m->cfg.n_vocab);
+        ym_forward(ctx, &b, logits, NULL);
+        ym_pool_run(pool, walk_task, &wj);
+    }
+    double t0 = now();
+    ym_pool_run(pool, walk_task, &wj);
+    tp[0] = now() - t0;
+    for (int i = 0; i < n; i++) {
+        tok = rand_token(m->cfg.n_vocab);
+        t0 = now();
+        ym_forward(ctx, &b, logits, NULL);
+        td[i] = now() - t0;
+        t0 = now();
+        ym_pool_run(pool, walk_task, &wj);
+        tp[i + 1] = now() - t0;
+    }
+    ym_state_free(s);
+    walk_deinit(&wj);
+    free(logits);
+    return 0;
+}
+
 /* Resident set size of this process, bytes (VmRSS), or 0. */
 static long long rss_bytes(void)
 {
@@ -527,7 +670,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
                "                    [--batches 1,4,16,64] [--sparsity FILE] [--rounds N] [--no-floors]\n"
                "                    [--adapters N [--rank R]] [--weights f32|bf16|int8|auto]\n"
-               "                    [--arch mamba1|mamba2|falcon_mamba]\n"
+               "                    [--arch mamba1|mamba2|falcon_mamba] [--windows N]\n"
                "Without --model: a synthetic model with mamba-130m's shapes (random weights);\n"
                "--model synthetic:mamba-1.4b or synthetic:falcon-mamba-7b for the bigger ones.\n"
                "--weights: the type the matrices are served in (default: the checkpoint's own,\n"
@@ -537,6 +680,11 @@ static void usage(FILE *f)
                "--rounds N (default 2): rounds of a bandwidth probe followed by batch-1 decode;\n"
                "the floor fraction is the best decode over the best probe, and each round's\n"
                "own pair and their median are in --json.\n"
+               "--windows N (default 48; 0: off): after the rounds, N batch-1 decode steps,\n"
+               "each between two probe passes over as many bytes as a step moves (weights +\n"
+               "state read and written); each window's step over its passes, and the median\n"
+               "and quartiles of the windows, are the floor fraction measured under the same\n"
+               "neighbours (decode_floor_with_state_window_* in --json).\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
                "with the dense one in this process (best of the rounds each), and report the\n"
                "speed-ups.\n"
@@ -555,13 +703,13 @@ int ym_cmd_bench(int argc, char **argv)
         {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'k'},
         {"sparsity", required_argument, 0, 'S'}, {"no-floors", no_argument, 0, 'F'},
         {"rounds", required_argument, 0, 'r'}, {"weights", required_argument, 0, 'W'},
-        {"arch", required_argument, 0, 'A'},
+        {"arch", required_argument, 0, 'A'}, {"windows", required_argument, 0, 'w'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *arch = NULL;
     const char *model_dir = NULL, *batches = NULL, *sparsity = NULL, *weights = NULL;
     ym_wtype wt;
     int json = 0, n_threads = 0, n_prompt = 512, steps = 32, n_adapters = 0, rank = 8;
-    int floors = 1, rounds = 2;
+    int floors = 1, rounds = 2, n_win = 48;
     optind = 1;
     opterr = 0;
     int o;
@@ -580,21 +728,25 @@ int ym_cmd_bench(int argc, char **argv)
             weights = optarg;
             break;
         case 'r':
+        case 'w':
         case 't':
         case 'p':
         case 'a':
         case 'k':
         case 's': {
             long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) ||
+            if (end == optarg || *end != '\0' || v < (o == 't' || o == 'w' ? 0 : 1) ||
                 v > (o == 'a' || o == 'k' ? 4096 : 1000000)) {
                 fprintf(stderr, "yunmin: bench: bad value '%s' for --%s\n", optarg,
                         o == 't' ? "threads" : o == 'p' ? "prompt" : o == 'a' ? "adapters"
-                        : o == 'k' ? "rank" : o == 'r' ? "rounds" : "steps");
+                        : o == 'k' ? "rank" : o == 'r' ? "rounds" : o == 'w' ? "windows"
+                        : "steps");
                 return 2;
             }
             if (o == 'r')
                 rounds = (int)v;
+            else if (o == 'w')
+                n_win = (int)v;
             else if (o == 't')
                 n_threads = (int)v;
             else if (o == 'p')
@@ -752,6 +904,42 @@ int ym_cmd_bench(int argc, char **argv)
             dec[i] = v > dec[i] ? v : dec[i];
         }
     }
+    /* The floor window by window (floor_windows): after the rounds, batch 1 only. Window i's
+     * fraction is the faster of the two passes on either side of decode step i (each pass
+     * the step's own bytes moved the step's way, started within milliseconds of it) over
+     * the step's time. Also the quietest pass over the quietest step of the run (the same
+     * length, sampled alternately). */
+    const double state_bytes = (double)ym_config_state_bytes(&m->cfg);
+    const double step_bytes = (double)m->weight_bytes + 2.0 * state_bytes;
+    int n_w = floors && i1 >= 0 ? n_win : 0;
+    double *win = calloc((size_t)n_w + 1, sizeof(double));
+    double *win_sorted = calloc((size_t)n_w + 1, sizeof(double));
+    double *w_td = calloc((size_t)n_w + 1, sizeof(double));
+    double *w_tp = calloc((size_t)n_w + 1, sizeof(double));
+    double win_best = 0, win_bw_med = 0;
+    if (n_w > 0 && (win == NULL || win_sorted == NULL || w_td == NULL || w_tp == NULL ||
+                    floor_windows(ctx, m, pool, n_w, w_td, w_tp) != 0)) {
+        fprintf(stderr, "yunmin: bench: out of memory for the floor windows\n");
+        n_w = 0;
+    }
+    if (n_w > 0) {
+        double td_min = w_td[0], tp_min = w_tp[0];
+        for (int i = 0; i < n_w; i++) {
+            double tp = w_tp[i] < w_tp[i + 1] ? w_tp[i] : w_tp[i + 1];
+            win[i] = tp / w_td[i];
+            td_min = w_td[i] < td_min ? w_td[i] : td_min;
+            tp_min = w_tp[i + 1] < tp_min ? w_tp[i + 1] : tp_min;
+        }
+        win_best = tp_min / td_min;
+        for (int i = 0; i <= n_w; i++) /* the passes' rates, GB/s, for their median */
+            w_tp[i] = step_bytes / w_tp[i] / 1e9;
+        qsort(w_tp, (size_t)n_w + 1, sizeof(double), cmp_double);
+        win_bw_med = quantile(w_tp, n_w + 1, 0.5);
+        memcpy(win_sorted, win, sizeof(double) * (size_t)n_w);
+        qsort(win_sorted, (size_t)n_w, sizeof(double), cmp_double);
+    }
+    free(w_td);
+    free(w_tp);
     bw_deinit(&probe);
     ym_pool_free(pool);
 
@@ -795,7 +983,6 @@ int ym_cmd_bench(int argc, char **argv)
                         json_real(dec1 > 0 && floor_tok_s > 0 ? dec1 / floor_tok_s : 0));
     /* Each round's own probe and batch-1 decode, and the fractions paired within a round. */
     double frac_med = 0, frac_state_med = 0;
-    double state_bytes = (double)ym_config_state_bytes(&m->cfg);
     json_t *frac_r = round_fractions(bw_r, dec1_r, floors ? n_rounds : 0,
                                      (double)m->weight_bytes, &frac_med);
     json_t *frac_state_r = round_fractions(bw_r, dec1_r, floors ? n_rounds : 0,
@@ -864,6 +1051,28 @@ int ym_cmd_bench(int argc, char **argv)
     json_object_set_new(o_json, "decode_floor_with_state_fraction_rounds", frac_state_r);
     json_object_set_new(o_json, "decode_floor_with_state_fraction_median",
                         json_real(frac_state_med));
+    /* The floor window by window: per window, the faster pass beside it over the decode
+     * step's time; the median, quartiles and extremes of the windows; the quietest pass over
+     * the quietest step; the passes' median rate counted as step_bytes. The weights-only
+     * median is the same ratio times the weight bytes' share of a step. */
+    json_object_set_new(o_json, "floor_windows", json_integer(n_w));
+    json_object_set_new(o_json, "decode_floor_with_state_windows", json_reals(win, n_w));
+    json_object_set_new(o_json, "decode_floor_with_state_window_median",
+                        json_real(quantile(win_sorted, n_w, 0.5)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_q25",
+                        json_real(quantile(win_sorted, n_w, 0.25)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_q75",
+                        json_real(quantile(win_sorted, n_w, 0.75)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_min",
+                        json_real(quantile(win_sorted, n_w, 0.0)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_max",
+                        json_real(quantile(win_sorted, n_w, 1.0)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_best_over_best",
+                        json_real(win_best));
+    json_object_set_new(o_json, "bandwidth_gb_s_window_median", json_real(win_bw_med));
+    json_object_set_new(o_json, "decode_floor_window_median",
+                        json_real(quantile(win_sorted, n_w, 0.5) * (double)m->weight_bytes /
+                                  step_bytes));
     json_object_set_new(o_json, "prefill_vs_token_by_token", json_real(dec1 > 0 ? prefill / dec1 : 0));
     json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
     if (json) {
@@ -916,10 +1125,20 @@ int ym_cmd_bench(int argc, char **argv)
                 printf(" %.0f%%", 100.0 * json_real_value(json_array_get(frac_r, r)));
             printf(" (median %.0f%%)\n", 100.0 * frac_med);
         }
+        if (n_w > 0)
+            printf("decode batch 1 step by step against probe passes of its %.1f MB (weights "
+                   "+ state read and written), %d windows: median %.0f%% of the floor "
+                   "(quartiles %.0f%%-%.0f%%, range %.0f%%-%.0f%%)\n", step_bytes / 1e6, n_w,
+                   100.0 * quantile(win_sorted, n_w, 0.5),
+                   100.0 * quantile(win_sorted, n_w, 0.25),
+                   100.0 * quantile(win_sorted, n_w, 0.75),
+                   100.0 * quantile(win_sorted, n_w, 0.0), 100.0 * quantile(win_sorted, n_w, 1.0));
     }
     json_decref(o_json);
     free(bw_r);
     free(dec1_r);
+    free(win);
+    free(win_sorted);
     ym_ctx_free(ctx);
     ym_ctx_free(ctx_dense);
     ym_model_unref(m);

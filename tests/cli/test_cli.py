@@ -994,12 +994,42 @@ class TestBenchFloor(CliTestBase):
     def test_rounds_pair_the_probe_with_decode(self):
         for extra in ([], ["--arch", "mamba2"]):
             j = self.json_out(["bench", "--json", "--rounds", str(self.ROUNDS), "--batches",
-                               "1,2", "--prompt", "4", "--steps", "4", "--threads", "1"] + extra)
+                               "1,2", "--prompt", "4", "--steps", "4", "--threads", "1",
+                               "--windows", "2"] + extra)
             self.check_floor_fields(j, self.ROUNDS)
             self.assertEqual(sorted(j["decode_tok_s"]), ["1", "2"])
         j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1", "--prompt", "4",
-                           "--steps", "4", "--threads", "1"])
+                           "--steps", "4", "--threads", "1", "--windows", "2"])
         self.check_floor_fields(j, 2)
+
+    def test_windows_pair_each_step_with_the_passes_beside_it(self):
+        # --windows N: N batch-1 steps, each against the faster of the two passes of the
+        # model's own bytes beside it. The summary figures are recomputed from the windows.
+        for extra in ([], ["--arch", "mamba2"]):
+            j = self.json_out(["bench", "--json", "--rounds", "1", "--batches", "1", "--prompt",
+                               "4", "--steps", "2", "--threads", "1", "--windows", "5"] + extra)
+            w = j["decode_floor_with_state_windows"]
+            self.assertEqual(j["floor_windows"], 5)
+            self.assertEqual(len(w), 5)
+            self.assertTrue(all(v > 0 for v in w), w)
+            sw = sorted(w)
+            rel = 2e-4
+            for key, want in (("median", sw[2]), ("min", sw[0]), ("max", sw[4]),
+                              ("q25", sw[1]), ("q75", sw[3])):
+                got = j["decode_floor_with_state_window_" + key]
+                self.assertAlmostEqual(got, want, delta=rel * want, msg=key)
+            share = j["weight_bytes"] / (j["weight_bytes"] + 2 * j["state_bytes"])
+            self.assertAlmostEqual(j["decode_floor_window_median"], sw[2] * share,
+                                   delta=rel * sw[2])
+            self.assertGreater(j["decode_floor_with_state_window_best_over_best"], 0)
+            self.assertGreater(j["bandwidth_gb_s_window_median"], 0)
+        for extra in (["--windows", "0"], ["--no-floors"]):
+            j = self.json_out(["bench", "--json", "--batches", "1", "--prompt", "4", "--steps",
+                               "1", "--threads", "1", "--rounds", "1"] + extra)
+            self.assertEqual(j["floor_windows"], 0)
+            self.assertEqual(j["decode_floor_with_state_windows"], [])
+            self.assertEqual(j["decode_floor_with_state_window_median"], 0)
+        self.assert_one_line_error(2, ["bench", "--windows", "-1", "--json"], mention="windows")
 
     def test_without_floors_or_batch_1(self):
         j = self.json_out(["bench", "--json", "--no-floors", "--rounds", "4", "--batches", "1",
