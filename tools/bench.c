@@ -23,6 +23,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,69 +119,106 @@ static double bw_measure(ym_pool_t *pool, bw_job *j)
 
 /* The decode step's own bytes, and nothing else: every matrix of the model read in the
  * forward's order (each layer's in_proj, x_proj, out_proj, then lm_head) with the engine's
- * one-row product, each thread its slice of every matrix's rows, and a state of the model's
- * size read and written once, each thread its slice; no barrier, no other work. */
+ * one-row product, and a state of the model's size read and written once; no barrier, no
+ * other work. The bytes are cut into units of about WALK_UNIT bytes (a block of a matrix's
+ * rows, or of the state) that the threads take in order from a shared counter: a thread
+ * that is descheduled leaves its units to the others, which a step split by a fixed plan
+ * cannot do, so that a pass is the fastest these threads could move these bytes. */
+#define WALK_UNIT (1 << 20)
+
 typedef struct {
-    const ym_model_t *m;
+    const ym_weight *w; /* NULL: the state's floats [r0, r1) */
+    size_t r0, r1;
+} walk_unit;
+
+typedef struct {
+    walk_unit *units; /* [n_units] */
+    int n_units;
+    atomic_int next;
     const float *x; /* [max n_cols] */
     float *y;       /* [max n_rows] */
     float *state;   /* [n_state] */
-    size_t n_state;
-    float k; /* 1: the state is multiplied by a value the compiler cannot see */
+    float k;        /* 1: the state is multiplied by a value the compiler cannot see */
 } walk_job;
-
-static void walk_rows(const walk_job *j, const ym_weight *w, int ith, int nth)
-{
-    int lo = (int)((long)w->n_rows * ith / nth), hi = (int)((long)w->n_rows * (ith + 1) / nth);
-    if (lo < hi)
-        ym_matmul(j->y + lo, w->n_rows, j->x, w->n_cols, 1, w, lo, hi, 0.0f, NULL);
-}
 
 static void walk_task(void *arg, int ith, int nth)
 {
-    const walk_job *j = arg;
-    const ym_model_t *m = j->m;
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        const ym_layer *L = &m->layers[l];
-        walk_rows(j, &L->in_proj, ith, nth);
-        walk_rows(j, &L->x_proj, ith, nth);
-        walk_rows(j, &L->out_proj, ith, nth);
+    walk_job *j = arg;
+    (void)ith, (void)nth;
+    for (;;) {
+        int i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (i >= j->n_units)
+            return;
+        const walk_unit *u = &j->units[i];
+        if (u->w != NULL) {
+            ym_matmul(j->y + u->r0, u->w->n_rows, j->x, u->w->n_cols, 1, u->w, (int)u->r0,
+                      (int)u->r1, 0.0f, NULL);
+        } else {
+            for (size_t e = u->r0; e < u->r1; e++)
+                j->state[e] *= j->k;
+        }
     }
-    size_t lo = j->n_state * (size_t)ith / (size_t)nth;
-    size_t hi = j->n_state * (size_t)(ith + 1) / (size_t)nth;
-    for (size_t i = lo; i < hi; i++)
-        j->state[i] *= j->k;
-    walk_rows(j, &m->lm_head, ith, nth);
+}
+
+/* Appends the units of w (a block of rows each), or of the state when w is NULL (n floats);
+ * with units NULL, only counts them. */
+static int walk_units(walk_unit *units, int n, const ym_weight *w, size_t n_state)
+{
+    size_t rows = w != NULL ? (size_t)w->n_rows : n_state;
+    size_t row_bytes = w != NULL ? (rows > 0 ? ym_weight_bytes(w) / rows : 1) : sizeof(float);
+    size_t per = WALK_UNIT / (row_bytes > 0 ? row_bytes : 1);
+    per = per > 0 ? per : 1;
+    for (size_t r = 0; r < rows; r += per, n++)
+        if (units != NULL)
+            units[n] = (walk_unit){w, r, r + per < rows ? r + per : rows};
+    return n;
 }
 
 static int walk_init(walk_job *j, const ym_model_t *m)
 {
     int rows = m->lm_head.n_rows, cols = m->lm_head.n_cols;
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        const ym_weight *w[] = {&m->layers[l].in_proj, &m->layers[l].x_proj,
-                                &m->layers[l].out_proj};
-        for (int i = 0; i < 3; i++) {
-            rows = w[i]->n_rows > rows ? w[i]->n_rows : rows;
-            cols = w[i]->n_cols > cols ? w[i]->n_cols : cols;
-        }
-    }
+    size_t n_state = ym_config_state_bytes(&m->cfg) / sizeof(float);
     memset(j, 0, sizeof(*j));
-    j->m = m;
+    for (int pass = 0; pass < 2; pass++) { /* count, then fill */
+        int n = 0;
+        for (int l = 0; l < m->cfg.n_layer; l++) {
+            const ym_weight *w[] = {&m->layers[l].in_proj, &m->layers[l].x_proj,
+                                    &m->layers[l].out_proj};
+            for (int i = 0; i < 3; i++) {
+                rows = w[i]->n_rows > rows ? w[i]->n_rows : rows;
+                cols = w[i]->n_cols > cols ? w[i]->n_cols : cols;
+                n = walk_units(j->units, n, w[i], 0);
+            }
+        }
+        n = walk_units(j->units, n, NULL, n_state);
+        n = walk_units(j->units, n, &m->lm_head, 0);
+        if (pass == 0 && (j->units = calloc((size_t)n, sizeof(walk_unit))) == NULL)
+            return -1;
+        j->n_units = n;
+    }
     j->k = 1.0f;
-    j->n_state = ym_config_state_bytes(&m->cfg) / sizeof(float);
     float *x = calloc((size_t)cols, sizeof(float));
     j->y = calloc((size_t)rows, sizeof(float));
-    j->state = calloc(j->n_state + 1, sizeof(float));
+    j->state = calloc(n_state + 1, sizeof(float));
     if (x == NULL || j->y == NULL || j->state == NULL) {
-        free(x), free(j->y), free(j->state);
+        free(x), free(j->y), free(j->state), free(j->units);
         return -1;
     }
     for (int i = 0; i < cols; i++)
         x[i] = 1.0f / (float)(i + 1);
-    for (size_t i = 0; i < j->n_state; i++)
+    for (size_t i = 0; i < n_state; i++)
         j->state[i] = (float)(i & 7);
     j->x = x;
     return 0;
+}
+
+/* One pass over all the units; seconds. */
+static double walk_pass(ym_pool_t *pool, walk_job *j)
+{
+    atomic_store(&j->next, 0);
+    double t0 = now();
+    ym_pool_run(pool, walk_task, j);
+    return now() - t0;
 }
 
 static void walk_deinit(walk_job *j)
@@ -188,6 +226,7 @@ static void walk_deinit(walk_job *j)
     free((void *)j->x);
     free(j->y);
     free(j->state);
+    free(j->units);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -237,19 +276,15 @@ static int floor_windows(ym_ctx_t *ctx, const ym_model_t *m, ym_pool_t *pool, in
     for (int k = 0; k < 2; k++) { /* warm-up: a step and a pass, as in the windows */
         tok = rand_token(m->cfg.n_vocab);
         ym_forward(ctx, &b, logits, NULL);
-        ym_pool_run(pool, walk_task, &wj);
+        (void)walk_pass(pool, &wj);
     }
-    double t0 = now();
-    ym_pool_run(pool, walk_task, &wj);
-    tp[0] = now() - t0;
+    tp[0] = walk_pass(pool, &wj);
     for (int i = 0; i < n; i++) {
         tok = rand_token(m->cfg.n_vocab);
-        t0 = now();
+        double t0 = now();
         ym_forward(ctx, &b, logits, NULL);
         td[i] = now() - t0;
-        t0 = now();
-        ym_pool_run(pool, walk_task, &wj);
-        tp[i + 1] = now() - t0;
+        tp[i + 1] = walk_pass(pool, &wj);
     }
     ym_state_free(s);
     walk_deinit(&wj);
