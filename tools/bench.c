@@ -714,12 +714,15 @@ static void usage(FILE *f)
                "for mamba1 and falcon_mamba, mamba2-130m's for mamba2.\n"
                "--rounds N (default 2): rounds of a bandwidth probe followed by batch-1 decode;\n"
                "the floor fraction is the best decode over the best probe, and each round's\n"
-               "own pair and their median are in --json.\n"
+               "own pair and their median are in --json. With batches 1 and 16 both asked\n"
+               "for, batch 16 runs in every round after batch 1 (best of the rounds each;\n"
+               "each round's ratio and their median in --json).\n"
                "--windows N (default 48; 0: off): after the rounds, N batch-1 decode steps,\n"
-               "each between two probe passes over as many bytes as a step moves (weights +\n"
-               "state read and written); each window's step over its passes, and the median\n"
-               "and quartiles of the windows, are the floor fraction measured under the same\n"
-               "neighbours (decode_floor_with_state_window_* in --json).\n"
+               "each between two passes that move the step's own bytes the step's way (every\n"
+               "matrix through the same kernel, the state read and written) with nothing\n"
+               "else to do; the faster pass over the step, per window, and the median and\n"
+               "quartiles of the windows are the floor fraction under the same neighbours\n"
+               "(decode_floor_with_state_window_* in --json).\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
                "with the dense one in this process (best of the rounds each), and report the\n"
                "speed-ups.\n"
@@ -889,9 +892,10 @@ int ym_cmd_bench(int argc, char **argv)
     int n_rounds = floors || ctx_dense != NULL ? rounds : 1;
     double *bw_r = calloc((size_t)n_rounds, sizeof(double));
     double *dec1_r = calloc((size_t)n_rounds, sizeof(double));
-    if (bw_r == NULL || dec1_r == NULL) {
+    double *dec16_r = calloc((size_t)n_rounds, sizeof(double));
+    if (bw_r == NULL || dec1_r == NULL || dec16_r == NULL) {
         fprintf(stderr, "yunmin: bench: out of memory\n");
-        free(bw_r), free(dec1_r);
+        free(bw_r), free(dec1_r), free(dec16_r);
         bw_deinit(&probe);
         ym_pool_free(pool);
         ym_ctx_free(ctx);
@@ -901,10 +905,17 @@ int ym_cmd_bench(int argc, char **argv)
         return 1;
     }
     double prefill = 0, dec[16] = {0}, prefill_d = 0, dec_d[16] = {0};
-    int i1 = -1; /* index of batch 1 in bs, if measured */
-    for (int i = 0; i < n_bs; i++)
+    int i1 = -1, i16 = -1; /* indices of batch 1 and 16 in bs, if measured */
+    for (int i = 0; i < n_bs; i++) {
         if (bs[i] == 1)
             i1 = i;
+        if (bs[i] == 16)
+            i16 = i;
+    }
+    /* Batch 16 against batch 1 (a target of its own): with both measured, batch 16 runs in
+     * every round right after batch 1, so that each round gives a pair taken under the same
+     * load and both figures are the best of as many runs. */
+    const int pair16 = i1 >= 0 && i16 >= 0 && ctx_dense == NULL;
     for (int round = 0; round < n_rounds; round++) {
         double v;
         if (floors) {
@@ -919,6 +930,10 @@ int ym_cmd_bench(int argc, char **argv)
                 dec_d[i1] = v > dec_d[i1] ? v : dec_d[i1];
             }
         }
+        if (pair16) {
+            dec16_r[round] = bench_decode(ctx, m, 16, steps / 2 + 1);
+            dec[i16] = dec16_r[round] > dec[i16] ? dec16_r[round] : dec[i16];
+        }
         if (round > 0 && ctx_dense == NULL)
             continue;
         if (ctx_dense != NULL) {
@@ -928,7 +943,7 @@ int ym_cmd_bench(int argc, char **argv)
         v = bench_prefill(ctx, m, n_prompt, 3);
         prefill = v > prefill ? v : prefill;
         for (int i = 0; i < n_bs; i++) {
-            if (i == i1)
+            if (i == i1 || (pair16 && i == i16))
                 continue;
             int st = bs[i] >= 16 ? steps / 2 + 1 : steps;
             if (ctx_dense != NULL) {
@@ -1110,6 +1125,14 @@ int ym_cmd_bench(int argc, char **argv)
                                   step_bytes));
     json_object_set_new(o_json, "prefill_vs_token_by_token", json_real(dec1 > 0 ? prefill / dec1 : 0));
     json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
+    /* Each round's batch-16 decode and its ratio to the same round's batch 1, and the median
+     * of those ratios (empty and 0 unless both batch sizes were asked for; round_fractions
+     * with 1e9 bytes divides the second array by the first). */
+    double sp16_med = 0;
+    json_t *sp16_r = round_fractions(dec1_r, dec16_r, pair16 ? n_rounds : 0, 1e9, &sp16_med);
+    json_object_set_new(o_json, "decode16_tok_s_rounds", json_reals(dec16_r, pair16 ? n_rounds : 0));
+    json_object_set_new(o_json, "decode_batch16_speedup_rounds", sp16_r);
+    json_object_set_new(o_json, "decode_batch16_speedup_median", json_real(sp16_med));
     if (json) {
         char *s = json_dumps(o_json, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
         printf("%s\n", s);
@@ -1172,6 +1195,7 @@ int ym_cmd_bench(int argc, char **argv)
     json_decref(o_json);
     free(bw_r);
     free(dec1_r);
+    free(dec16_r);
     free(win);
     free(win_sorted);
     ym_ctx_free(ctx);

@@ -1031,6 +1031,26 @@ class TestBenchFloor(CliTestBase):
             self.assertEqual(j["decode_floor_with_state_window_median"], 0)
         self.assert_one_line_error(2, ["bench", "--windows", "-1", "--json"], mention="windows")
 
+    def test_batch_16_pairs_with_batch_1_in_every_round(self):
+        j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1,16", "--prompt",
+                           "4", "--steps", "2", "--threads", "1", "--windows", "0", "--arch",
+                           "mamba2"])
+        d1, d16 = j["decode1_tok_s_rounds"], j["decode16_tok_s_rounds"]
+        self.assertEqual((len(d1), len(d16)), (2, 2))
+        rel = 2e-4
+        self.assertAlmostEqual(j["decode_tok_s"]["16"], max(d16), delta=rel * max(d16))
+        ratios = [b / a for a, b in zip(d1, d16)]
+        for g, w in zip(j["decode_batch16_speedup_rounds"], ratios):
+            self.assertAlmostEqual(g, w, delta=rel * w)
+        med = 0.5 * (ratios[0] + ratios[1])
+        self.assertAlmostEqual(j["decode_batch16_speedup_median"], med, delta=rel * med)
+        self.assertAlmostEqual(j["decode_batch16_speedup"], max(d16) / max(d1),
+                               delta=rel * max(d16) / max(d1))
+        j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1,4", "--prompt",
+                           "4", "--steps", "1", "--threads", "1", "--windows", "0"])
+        self.assertEqual(j["decode16_tok_s_rounds"], [])
+        self.assertEqual(j["decode_batch16_speedup_median"], 0)
+
     def test_without_floors_or_batch_1(self):
         j = self.json_out(["bench", "--json", "--no-floors", "--rounds", "4", "--batches", "1",
                            "--prompt", "4", "--steps", "1", "--threads", "1"])
