@@ -1022,6 +1022,8 @@ class TestBenchFloor(CliTestBase):
             self.assertAlmostEqual(j["decode_floor_window_median"], sw[2] * share,
                                    delta=rel * sw[2])
             self.assertGreater(j["decode_floor_with_state_window_best_over_best"], 0)
+            cpu = [j["decode_floor_with_state_window_cpu_" + k] for k in ("q25", "median", "q75")]
+            self.assertTrue(0 < cpu[0] <= cpu[1] <= cpu[2], cpu)
             self.assertGreater(j["bandwidth_gb_s_window_median"], 0)
         for extra in (["--windows", "0"], ["--no-floors"]):
             j = self.json_out(["bench", "--json", "--batches", "1", "--prompt", "4", "--steps",
@@ -1029,6 +1031,7 @@ class TestBenchFloor(CliTestBase):
             self.assertEqual(j["floor_windows"], 0)
             self.assertEqual(j["decode_floor_with_state_windows"], [])
             self.assertEqual(j["decode_floor_with_state_window_median"], 0)
+            self.assertEqual(j["decode_floor_with_state_window_cpu_median"], 0)
         self.assert_one_line_error(2, ["bench", "--windows", "-1", "--json"], mention="windows")
 
     def test_batch_16_pairs_with_batch_1_in_every_round(self):
