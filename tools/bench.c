@@ -8,10 +8,14 @@
  *     alternate in --rounds rounds (probe, decode, probe, decode, ...): the floor fraction is
  *     the best decode over the best probe, so neither side's bad moment counts, and each
  *     round's own pair (taken seconds apart) is reported with the median of the pairs;
+ *   - the floor window by window (--windows): batch-1 decode steps, each between two passes
+ *     that move the step's own bytes the step's way and do nothing else (walk_task), so that
+ *     each step has beside it what the machine delivered to a pure stream of its bytes;
  *   - the OpenBLAS sgemm rate at a prefill-like shape, run the way the engine runs it (each
  *     core its own slice, single-threaded BLAS) and with OpenBLAS's own threads; the better
  *     of the two is the peak;
- *   - prefill of a 512-token prompt, and decode at batch 1, 4, 16, 64.
+ *   - prefill of a 512-token prompt, and decode at batch 1, 4, 16, 64 (batch 16 in every
+ *     round right after batch 1 when both are asked for: their ratio is a target).
  * Without --model the model is synthetic with mamba-130m's shapes (random weights made in
  * process). With --adapters N, only the adapter comparison runs: decode of a 16-row batch
  * (--batches' first value) with every row on the base model, against the same batch with
