@@ -15,7 +15,9 @@ Standard library only. What it checks:
   - with tests/fixtures/conformance/<model>/ present (a real checkpoint), the same shape and
     consistency checks on it; skipped when absent;
   - bench --json --rounds N: the per-round bandwidth probes and batch-1 decodes, and the floor
-    fractions (best over best, per round, median) recomputed here from them;
+    fractions (best over best, per round, median) recomputed here from them; --windows N: the
+    windows' summary figures recomputed from the windows; batch 16 paired with batch 1 in
+    every round, its ratios and their median recomputed;
   - --adapter on logits / generate with the PEFT fixtures (tests/fixtures/peft/): one adapter, a
     composition of several and an adapter set against the float64 references there, greedy
     generate against argmax over `logits --adapter`, and the errors for bad adapters.
