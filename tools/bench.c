@@ -8,10 +8,14 @@
  *     alternate in --rounds rounds (probe, decode, probe, decode, ...): the floor fraction is
  *     the best decode over the best probe, so neither side's bad moment counts, and each
  *     round's own pair (taken seconds apart) is reported with the median of the pairs;
+ *   - the floor window by window (--windows): batch-1 decode steps, each between two passes
+ *     that move the step's own bytes the step's way and do nothing else (walk_task), so that
+ *     each step has beside it what the machine delivered to a pure stream of its bytes;
  *   - the OpenBLAS sgemm rate at a prefill-like shape, run the way the engine runs it (each
  *     core its own slice, single-threaded BLAS) and with OpenBLAS's own threads; the better
  *     of the two is the peak;
- *   - prefill of a 512-token prompt, and decode at batch 1, 4, 16, 64.
+ *   - prefill of a 512-token prompt, and decode at batch 1, 4, 16, 64 (batch 16 in every
+ *     round right after batch 1 when both are asked for: their ratio is a target).
  * Without --model the model is synthetic with mamba-130m's shapes (random weights made in
  * process). With --adapters N, only the adapter comparison runs: decode of a 16-row batch
  * (--batches' first value) with every row on the base model, against the same batch with
@@ -23,6 +27,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +47,15 @@
 #include "tools/cli.h"
 
 
+
+/* CPU seconds of all this process's threads (time on a core, including stalls on memory
+ * and spinning, not time spent descheduled). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static double now(void)
 {
@@ -112,6 +126,202 @@ static double bw_measure(ym_pool_t *pool, bw_job *j)
             best = gbs;
     }
     return best;
+}
+
+/* ---- the floor window by window ---- */
+
+/* The decode step's own bytes, and nothing else: every matrix of the model read in the
+ * forward's order (each layer's in_proj, x_proj, out_proj, then lm_head) with the engine's
+ * one-row product, and a state of the model's size read and written once; no barrier, no
+ * other work. The bytes are cut into units of about WALK_UNIT bytes (a block of a matrix's
+ * rows, or of the state) that the threads take in order from a shared counter: a thread
+ * that is descheduled leaves its units to the others, which a step split by a fixed plan
+ * cannot do, so that a pass is the fastest these threads could move these bytes. */
+#define WALK_UNIT (1 << 20)
+
+typedef struct {
+    const ym_weight *w; /* NULL: the state's floats [r0, r1) */
+    size_t r0, r1;
+} walk_unit;
+
+typedef struct {
+    walk_unit *units; /* [n_units] */
+    int n_units;
+    atomic_int next;
+    const float *x; /* [max n_cols] */
+    float *y;       /* [max n_rows] */
+    float *state;   /* [n_state] */
+    float *scratch; /* per thread ym_matmul_scratch(max n_cols) floats, as the forward's */
+    size_t scratch_n;
+    float k; /* 1: the state is multiplied by a value the compiler cannot see */
+} walk_job;
+
+static void walk_task(void *arg, int ith, int nth)
+{
+    walk_job *j = arg;
+    float *scr = j->scratch + (size_t)ith * j->scratch_n;
+    (void)nth;
+    for (;;) {
+        int i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (i >= j->n_units)
+            return;
+        const walk_unit *u = &j->units[i];
+        if (u->w != NULL) {
+            /* with the scratch, as the forward calls it: int8 and bf16 weights take the same
+             * kernels as in a decode step (without it int8 would widen, at 0.4 of the speed) */
+            ym_matmul(j->y + u->r0, u->w->n_rows, j->x, u->w->n_cols, 1, u->w, (int)u->r0,
+                      (int)u->r1, 0.0f, scr);
+        } else {
+            /* locals: through j, each store could change j->k, and the loop would stay
+             * scalar with a reload per element (a third of the engine's own state rate) */
+            float *st = j->state;
+            const float k = j->k;
+            for (size_t e = u->r0; e < u->r1; e++)
+                st[e] *= k;
+        }
+    }
+}
+
+/* Appends the units of w (a block of rows each), or of the state when w is NULL (n floats);
+ * with units NULL, only counts them. */
+static int walk_units(walk_unit *units, int n, const ym_weight *w, size_t n_state)
+{
+    size_t rows = w != NULL ? (size_t)w->n_rows : n_state;
+    size_t row_bytes = w != NULL ? (rows > 0 ? ym_weight_bytes(w) / rows : 1) : sizeof(float);
+    size_t per = WALK_UNIT / (row_bytes > 0 ? row_bytes : 1);
+    per = per > 0 ? per : 1;
+    for (size_t r = 0; r < rows; r += per, n++)
+        if (units != NULL)
+            units[n] = (walk_unit){w, r, r + per < rows ? r + per : rows};
+    return n;
+}
+
+static int walk_init(walk_job *j, const ym_model_t *m, int n_threads)
+{
+    int rows = m->lm_head.n_rows, cols = m->lm_head.n_cols;
+    size_t n_state = ym_config_state_bytes(&m->cfg) / sizeof(float);
+    memset(j, 0, sizeof(*j));
+    for (int pass = 0; pass < 2; pass++) { /* count, then fill */
+        int n = 0;
+        for (int l = 0; l < m->cfg.n_layer; l++) {
+            const ym_weight *w[] = {&m->layers[l].in_proj, &m->layers[l].x_proj,
+                                    &m->layers[l].out_proj};
+            for (int i = 0; i < 3; i++) {
+                rows = w[i]->n_rows > rows ? w[i]->n_rows : rows;
+                cols = w[i]->n_cols > cols ? w[i]->n_cols : cols;
+                n = walk_units(j->units, n, w[i], 0);
+            }
+        }
+        n = walk_units(j->units, n, NULL, n_state);
+        n = walk_units(j->units, n, &m->lm_head, 0);
+        if (pass == 0 && (j->units = calloc((size_t)n, sizeof(walk_unit))) == NULL)
+            return -1;
+        j->n_units = n;
+    }
+    j->k = 1.0f;
+    float *x = calloc((size_t)cols, sizeof(float));
+    j->y = calloc((size_t)rows, sizeof(float));
+    j->state = calloc(n_state + 1, sizeof(float));
+    j->scratch_n = (ym_matmul_scratch(cols) + 15) / 16 * 16;
+    j->scratch = aligned_alloc(64, sizeof(float) * j->scratch_n * (size_t)n_threads);
+    if (x == NULL || j->y == NULL || j->state == NULL || j->scratch == NULL) {
+        free(x), free(j->y), free(j->state), free(j->units), free(j->scratch);
+        return -1;
+    }
+    for (int i = 0; i < cols; i++)
+        x[i] = 1.0f / (float)(i + 1);
+    for (size_t i = 0; i < n_state; i++)
+        j->state[i] = (float)(i & 7);
+    j->x = x;
+    return 0;
+}
+
+/* One pass over all the units; seconds. */
+static double walk_pass(ym_pool_t *pool, walk_job *j)
+{
+    atomic_store(&j->next, 0);
+    double t0 = now();
+    ym_pool_run(pool, walk_task, j);
+    return now() - t0;
+}
+
+static void walk_deinit(walk_job *j)
+{
+    free((void *)j->x);
+    free(j->y);
+    free(j->state);
+    free(j->units);
+    free(j->scratch);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The value at quantile q (0..1) of n sorted values, linear between neighbours; 0 if none. */
+static double quantile(const double *v, int n, double q)
+{
+    if (n == 0)
+        return 0;
+    double k = q * (n - 1);
+    int i = (int)k;
+    return i + 1 < n ? v[i] + (k - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+static int32_t rand_token(int n_vocab);
+
+/* The floor window by window. A batch-1 decode that goes on from step to step (its state
+ * carried over) alternates with passes of walk_task over the same model:
+ *     P_0 D_0 P_1 D_1 ... P_{n-1} D_{n-1} P_n
+ * A pass is the decode step less everything that is not moving its bytes, so no step can
+ * be faster than a pass under the same conditions. Writes the seconds of each decode step
+ * td[n] and of each pass tp[n + 1], and the CPU seconds of the process during each, cd[n]
+ * and cp[n + 1]; returns 0, or -1 when out of memory. */
+static int floor_windows(ym_ctx_t *ctx, const ym_model_t *m, ym_pool_t *pool, int n_threads,
+                         int n, double *td, double *tp, double *cd, double *cp)
+{
+    ym_state_t *s = NULL;
+    walk_job wj;
+    int32_t tok = 0;
+    int st[2] = {0, 1};
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+    if (logits == NULL || walk_init(&wj, m, n_threads) != 0) {
+        free(logits);
+        return -1;
+    }
+    if (ym_state_new(&m->cfg, &s) != YM_OK) {
+        free(logits);
+        walk_deinit(&wj);
+        return -1;
+    }
+    ym_state_t *ss[1] = {s};
+    ym_batch b = {.n_seq = 1, .tokens = &tok, .seq_start = st, .states = ss,
+                  .logits = YM_LOGITS_LAST};
+    for (int k = 0; k < 2; k++) { /* warm-up: a step and a pass, as in the windows */
+        tok = rand_token(m->cfg.n_vocab);
+        ym_forward(ctx, &b, logits, NULL);
+        (void)walk_pass(pool, &wj);
+    }
+    double c0 = cpu_now();
+    tp[0] = walk_pass(pool, &wj);
+    cp[0] = cpu_now() - c0;
+    for (int i = 0; i < n; i++) {
+        tok = rand_token(m->cfg.n_vocab);
+        c0 = cpu_now();
+        double t0 = now();
+        ym_forward(ctx, &b, logits, NULL);
+        td[i] = now() - t0;
+        cd[i] = cpu_now() - c0;
+        c0 = cpu_now();
+        tp[i + 1] = walk_pass(pool, &wj);
+        cp[i + 1] = cpu_now() - c0;
+    }
+    ym_state_free(s);
+    walk_deinit(&wj);
+    free(logits);
+    return 0;
 }
 
 /* Resident set size of this process, bytes (VmRSS), or 0. */
@@ -527,7 +737,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: yunmin bench [--model DIR] [--json] [--threads N] [--prompt N] [--steps N]\n"
                "                    [--batches 1,4,16,64] [--sparsity FILE] [--rounds N] [--no-floors]\n"
                "                    [--adapters N [--rank R]] [--weights f32|bf16|int8|auto]\n"
-               "                    [--arch mamba1|mamba2|falcon_mamba]\n"
+               "                    [--arch mamba1|mamba2|falcon_mamba] [--windows N]\n"
                "Without --model: a synthetic model with mamba-130m's shapes (random weights);\n"
                "--model synthetic:mamba-1.4b or synthetic:falcon-mamba-7b for the bigger ones.\n"
                "--weights: the type the matrices are served in (default: the checkpoint's own,\n"
@@ -536,7 +746,15 @@ static void usage(FILE *f)
                "for mamba1 and falcon_mamba, mamba2-130m's for mamba2.\n"
                "--rounds N (default 2): rounds of a bandwidth probe followed by batch-1 decode;\n"
                "the floor fraction is the best decode over the best probe, and each round's\n"
-               "own pair and their median are in --json.\n"
+               "own pair and their median are in --json. With batches 1 and 16 both asked\n"
+               "for, batch 16 runs in every round after batch 1 (best of the rounds each;\n"
+               "each round's ratio and their median in --json).\n"
+               "--windows N (default 48; 0: off): after the rounds, N batch-1 decode steps,\n"
+               "each between two passes that move the step's own bytes the step's way (every\n"
+               "matrix through the same kernel, the state read and written) with nothing\n"
+               "else to do; the faster pass over the step, per window, and the median and\n"
+               "quartiles of the windows are the floor fraction under the same neighbours\n"
+               "(decode_floor_with_state_window_* in --json).\n"
                "--sparsity: also measure the model served under that profile, alternating\n"
                "with the dense one in this process (best of the rounds each), and report the\n"
                "speed-ups.\n"
@@ -555,13 +773,13 @@ int ym_cmd_bench(int argc, char **argv)
         {"adapters", required_argument, 0, 'a'}, {"rank", required_argument, 0, 'k'},
         {"sparsity", required_argument, 0, 'S'}, {"no-floors", no_argument, 0, 'F'},
         {"rounds", required_argument, 0, 'r'}, {"weights", required_argument, 0, 'W'},
-        {"arch", required_argument, 0, 'A'},
+        {"arch", required_argument, 0, 'A'}, {"windows", required_argument, 0, 'w'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *arch = NULL;
     const char *model_dir = NULL, *batches = NULL, *sparsity = NULL, *weights = NULL;
     ym_wtype wt;
     int json = 0, n_threads = 0, n_prompt = 512, steps = 32, n_adapters = 0, rank = 8;
-    int floors = 1, rounds = 2;
+    int floors = 1, rounds = 2, n_win = 48;
     optind = 1;
     opterr = 0;
     int o;
@@ -580,21 +798,25 @@ int ym_cmd_bench(int argc, char **argv)
             weights = optarg;
             break;
         case 'r':
+        case 'w':
         case 't':
         case 'p':
         case 'a':
         case 'k':
         case 's': {
             long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || v < (o == 't' ? 0 : 1) ||
+            if (end == optarg || *end != '\0' || v < (o == 't' || o == 'w' ? 0 : 1) ||
                 v > (o == 'a' || o == 'k' ? 4096 : 1000000)) {
                 fprintf(stderr, "yunmin: bench: bad value '%s' for --%s\n", optarg,
                         o == 't' ? "threads" : o == 'p' ? "prompt" : o == 'a' ? "adapters"
-                        : o == 'k' ? "rank" : o == 'r' ? "rounds" : "steps");
+                        : o == 'k' ? "rank" : o == 'r' ? "rounds" : o == 'w' ? "windows"
+                        : "steps");
                 return 2;
             }
             if (o == 'r')
                 rounds = (int)v;
+            else if (o == 'w')
+                n_win = (int)v;
             else if (o == 't')
                 n_threads = (int)v;
             else if (o == 'p')
@@ -702,9 +924,10 @@ int ym_cmd_bench(int argc, char **argv)
     int n_rounds = floors || ctx_dense != NULL ? rounds : 1;
     double *bw_r = calloc((size_t)n_rounds, sizeof(double));
     double *dec1_r = calloc((size_t)n_rounds, sizeof(double));
-    if (bw_r == NULL || dec1_r == NULL) {
+    double *dec16_r = calloc((size_t)n_rounds, sizeof(double));
+    if (bw_r == NULL || dec1_r == NULL || dec16_r == NULL) {
         fprintf(stderr, "yunmin: bench: out of memory\n");
-        free(bw_r), free(dec1_r);
+        free(bw_r), free(dec1_r), free(dec16_r);
         bw_deinit(&probe);
         ym_pool_free(pool);
         ym_ctx_free(ctx);
@@ -714,10 +937,17 @@ int ym_cmd_bench(int argc, char **argv)
         return 1;
     }
     double prefill = 0, dec[16] = {0}, prefill_d = 0, dec_d[16] = {0};
-    int i1 = -1; /* index of batch 1 in bs, if measured */
-    for (int i = 0; i < n_bs; i++)
+    int i1 = -1, i16 = -1; /* indices of batch 1 and 16 in bs, if measured */
+    for (int i = 0; i < n_bs; i++) {
         if (bs[i] == 1)
             i1 = i;
+        if (bs[i] == 16)
+            i16 = i;
+    }
+    /* Batch 16 against batch 1 (a target of its own): with both measured, batch 16 runs in
+     * every round right after batch 1, so that each round gives a pair taken under the same
+     * load and both figures are the best of as many runs. */
+    const int pair16 = i1 >= 0 && i16 >= 0 && ctx_dense == NULL;
     for (int round = 0; round < n_rounds; round++) {
         double v;
         if (floors) {
@@ -732,6 +962,10 @@ int ym_cmd_bench(int argc, char **argv)
                 dec_d[i1] = v > dec_d[i1] ? v : dec_d[i1];
             }
         }
+        if (pair16) {
+            dec16_r[round] = bench_decode(ctx, m, 16, steps / 2 + 1);
+            dec[i16] = dec16_r[round] > dec[i16] ? dec16_r[round] : dec[i16];
+        }
         if (round > 0 && ctx_dense == NULL)
             continue;
         if (ctx_dense != NULL) {
@@ -741,7 +975,7 @@ int ym_cmd_bench(int argc, char **argv)
         v = bench_prefill(ctx, m, n_prompt, 3);
         prefill = v > prefill ? v : prefill;
         for (int i = 0; i < n_bs; i++) {
-            if (i == i1)
+            if (i == i1 || (pair16 && i == i16))
                 continue;
             int st = bs[i] >= 16 ? steps / 2 + 1 : steps;
             if (ctx_dense != NULL) {
@@ -752,6 +986,51 @@ int ym_cmd_bench(int argc, char **argv)
             dec[i] = v > dec[i] ? v : dec[i];
         }
     }
+    /* The floor window by window (floor_windows): after the rounds, batch 1 only. Window i's
+     * fraction is the faster of the two passes on either side of decode step i (each pass
+     * the step's own bytes moved the step's way, started within milliseconds of it) over
+     * the step's time. Also the quietest pass over the quietest step of the run (the same
+     * length, sampled alternately). */
+    const double state_bytes = (double)ym_config_state_bytes(&m->cfg);
+    const double step_bytes = (double)m->weight_bytes + 2.0 * state_bytes;
+    int n_w = floors && i1 >= 0 ? n_win : 0;
+    double *win = calloc((size_t)n_w + 1, sizeof(double));
+    double *win_sorted = calloc((size_t)n_w + 1, sizeof(double));
+    double *w_td = calloc((size_t)n_w + 1, sizeof(double));
+    double *w_tp = calloc((size_t)n_w + 1, sizeof(double));
+    double *w_cd = calloc((size_t)n_w + 1, sizeof(double));
+    double *w_cp = calloc((size_t)n_w + 1, sizeof(double));
+    double *win_cpu = calloc((size_t)n_w + 1, sizeof(double));
+    double win_best = 0, win_bw_med = 0;
+    if (n_w > 0 && (win == NULL || win_sorted == NULL || w_td == NULL || w_tp == NULL ||
+                    w_cd == NULL || w_cp == NULL || win_cpu == NULL ||
+                    floor_windows(ctx, m, pool, n_threads, n_w, w_td, w_tp, w_cd, w_cp) != 0)) {
+        fprintf(stderr, "yunmin: bench: out of memory for the floor windows\n");
+        n_w = 0;
+    }
+    if (n_w > 0) {
+        double td_min = w_td[0], tp_min = w_tp[0];
+        for (int i = 0; i < n_w; i++) {
+            double tp = w_tp[i] < w_tp[i + 1] ? w_tp[i] : w_tp[i + 1];
+            win[i] = tp / w_td[i];
+            double cp = w_cp[i] < w_cp[i + 1] ? w_cp[i] : w_cp[i + 1];
+            win_cpu[i] = w_cd[i] > 0 ? cp / w_cd[i] : 0;
+            td_min = w_td[i] < td_min ? w_td[i] : td_min;
+            tp_min = w_tp[i + 1] < tp_min ? w_tp[i + 1] : tp_min;
+        }
+        win_best = tp_min / td_min;
+        for (int i = 0; i <= n_w; i++) /* the passes' rates, GB/s, for their median */
+            w_tp[i] = step_bytes / w_tp[i] / 1e9;
+        qsort(w_tp, (size_t)n_w + 1, sizeof(double), cmp_double);
+        win_bw_med = quantile(w_tp, n_w + 1, 0.5);
+        memcpy(win_sorted, win, sizeof(double) * (size_t)n_w);
+        qsort(win_sorted, (size_t)n_w, sizeof(double), cmp_double);
+        qsort(win_cpu, (size_t)n_w, sizeof(double), cmp_double);
+    }
+    free(w_td);
+    free(w_tp);
+    free(w_cd);
+    free(w_cp);
     bw_deinit(&probe);
     ym_pool_free(pool);
 
@@ -795,7 +1074,6 @@ int ym_cmd_bench(int argc, char **argv)
                         json_real(dec1 > 0 && floor_tok_s > 0 ? dec1 / floor_tok_s : 0));
     /* Each round's own probe and batch-1 decode, and the fractions paired within a round. */
     double frac_med = 0, frac_state_med = 0;
-    double state_bytes = (double)ym_config_state_bytes(&m->cfg);
     json_t *frac_r = round_fractions(bw_r, dec1_r, floors ? n_rounds : 0,
                                      (double)m->weight_bytes, &frac_med);
     json_t *frac_state_r = round_fractions(bw_r, dec1_r, floors ? n_rounds : 0,
@@ -864,8 +1142,46 @@ int ym_cmd_bench(int argc, char **argv)
     json_object_set_new(o_json, "decode_floor_with_state_fraction_rounds", frac_state_r);
     json_object_set_new(o_json, "decode_floor_with_state_fraction_median",
                         json_real(frac_state_med));
+    /* The floor window by window: per window, the faster pass beside it over the decode
+     * step's time; the median, quartiles and extremes of the windows; the quietest pass over
+     * the quietest step; the passes' median rate counted as step_bytes. The weights-only
+     * median is the same ratio times the weight bytes' share of a step. */
+    json_object_set_new(o_json, "floor_windows", json_integer(n_w));
+    json_object_set_new(o_json, "decode_floor_with_state_windows", json_reals(win, n_w));
+    json_object_set_new(o_json, "decode_floor_with_state_window_median",
+                        json_real(quantile(win_sorted, n_w, 0.5)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_q25",
+                        json_real(quantile(win_sorted, n_w, 0.25)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_q75",
+                        json_real(quantile(win_sorted, n_w, 0.75)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_min",
+                        json_real(quantile(win_sorted, n_w, 0.0)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_max",
+                        json_real(quantile(win_sorted, n_w, 1.0)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_best_over_best",
+                        json_real(win_best));
+    json_object_set_new(o_json, "bandwidth_gb_s_window_median", json_real(win_bw_med));
+    /* The same windows in CPU seconds of the process: time descheduled counts on neither
+     * side, so on a loaded machine this is the closer to what a quiet one gives. */
+    json_object_set_new(o_json, "decode_floor_with_state_window_cpu_median",
+                        json_real(quantile(win_cpu, n_w, 0.5)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_cpu_q25",
+                        json_real(quantile(win_cpu, n_w, 0.25)));
+    json_object_set_new(o_json, "decode_floor_with_state_window_cpu_q75",
+                        json_real(quantile(win_cpu, n_w, 0.75)));
+    json_object_set_new(o_json, "decode_floor_window_median",
+                        json_real(quantile(win_sorted, n_w, 0.5) * (double)m->weight_bytes /
+                                  step_bytes));
     json_object_set_new(o_json, "prefill_vs_token_by_token", json_real(dec1 > 0 ? prefill / dec1 : 0));
     json_object_set_new(o_json, "decode_batch16_speedup", json_real(dec1 > 0 ? dec16 / dec1 : 0));
+    /* Each round's batch-16 decode and its ratio to the same round's batch 1, and the median
+     * of those ratios (empty and 0 unless both batch sizes were asked for; round_fractions
+     * with 1e9 bytes divides the second array by the first). */
+    double sp16_med = 0;
+    json_t *sp16_r = round_fractions(dec1_r, dec16_r, pair16 ? n_rounds : 0, 1e9, &sp16_med);
+    json_object_set_new(o_json, "decode16_tok_s_rounds", json_reals(dec16_r, pair16 ? n_rounds : 0));
+    json_object_set_new(o_json, "decode_batch16_speedup_rounds", sp16_r);
+    json_object_set_new(o_json, "decode_batch16_speedup_median", json_real(sp16_med));
     if (json) {
         char *s = json_dumps(o_json, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
         printf("%s\n", s);
@@ -916,10 +1232,23 @@ int ym_cmd_bench(int argc, char **argv)
                 printf(" %.0f%%", 100.0 * json_real_value(json_array_get(frac_r, r)));
             printf(" (median %.0f%%)\n", 100.0 * frac_med);
         }
+        if (n_w > 0)
+            printf("decode batch 1 step by step beside passes that move its %.1f MB (weights "
+                   "+ state read and written) and nothing else, %d windows: median %.0f%% of the "
+                   "floor (quartiles %.0f%%-%.0f%%, range %.0f%%-%.0f%%; in CPU time median "
+                   "%.0f%%)\n", step_bytes / 1e6, n_w, 100.0 * quantile(win_sorted, n_w, 0.5),
+                   100.0 * quantile(win_sorted, n_w, 0.25),
+                   100.0 * quantile(win_sorted, n_w, 0.75),
+                   100.0 * quantile(win_sorted, n_w, 0.0), 100.0 * quantile(win_sorted, n_w, 1.0),
+                   100.0 * quantile(win_cpu, n_w, 0.5));
     }
     json_decref(o_json);
     free(bw_r);
     free(dec1_r);
+    free(dec16_r);
+    free(win);
+    free(win_sorted);
+    free(win_cpu);
     ym_ctx_free(ctx);
     ym_ctx_free(ctx_dense);
     ym_model_unref(m);

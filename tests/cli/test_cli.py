@@ -15,7 +15,9 @@ Standard library only. What it checks:
   - with tests/fixtures/conformance/<model>/ present (a real checkpoint), the same shape and
     consistency checks on it; skipped when absent;
   - bench --json --rounds N: the per-round bandwidth probes and batch-1 decodes, and the floor
-    fractions (best over best, per round, median) recomputed here from them;
+    fractions (best over best, per round, median) recomputed here from them; --windows N: the
+    windows' summary figures recomputed from the windows; batch 16 paired with batch 1 in
+    every round, its ratios and their median recomputed;
   - --adapter on logits / generate with the PEFT fixtures (tests/fixtures/peft/): one adapter, a
     composition of several and an adapter set against the float64 references there, greedy
     generate against argmax over `logits --adapter`, and the errors for bad adapters.
@@ -994,12 +996,65 @@ class TestBenchFloor(CliTestBase):
     def test_rounds_pair_the_probe_with_decode(self):
         for extra in ([], ["--arch", "mamba2"]):
             j = self.json_out(["bench", "--json", "--rounds", str(self.ROUNDS), "--batches",
-                               "1,2", "--prompt", "4", "--steps", "4", "--threads", "1"] + extra)
+                               "1,2", "--prompt", "4", "--steps", "4", "--threads", "1",
+                               "--windows", "2"] + extra)
             self.check_floor_fields(j, self.ROUNDS)
             self.assertEqual(sorted(j["decode_tok_s"]), ["1", "2"])
         j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1", "--prompt", "4",
-                           "--steps", "4", "--threads", "1"])
+                           "--steps", "4", "--threads", "1", "--windows", "2"])
         self.check_floor_fields(j, 2)
+
+    def test_windows_pair_each_step_with_the_passes_beside_it(self):
+        # --windows N: N batch-1 steps, each against the faster of the two passes of the
+        # model's own bytes beside it. The summary figures are recomputed from the windows.
+        for extra in ([], ["--arch", "mamba2"]):
+            j = self.json_out(["bench", "--json", "--rounds", "1", "--batches", "1", "--prompt",
+                               "4", "--steps", "2", "--threads", "1", "--windows", "5"] + extra)
+            w = j["decode_floor_with_state_windows"]
+            self.assertEqual(j["floor_windows"], 5)
+            self.assertEqual(len(w), 5)
+            self.assertTrue(all(v > 0 for v in w), w)
+            sw = sorted(w)
+            rel = 2e-4
+            for key, want in (("median", sw[2]), ("min", sw[0]), ("max", sw[4]),
+                              ("q25", sw[1]), ("q75", sw[3])):
+                got = j["decode_floor_with_state_window_" + key]
+                self.assertAlmostEqual(got, want, delta=rel * want, msg=key)
+            share = j["weight_bytes"] / (j["weight_bytes"] + 2 * j["state_bytes"])
+            self.assertAlmostEqual(j["decode_floor_window_median"], sw[2] * share,
+                                   delta=rel * sw[2])
+            self.assertGreater(j["decode_floor_with_state_window_best_over_best"], 0)
+            cpu = [j["decode_floor_with_state_window_cpu_" + k] for k in ("q25", "median", "q75")]
+            self.assertTrue(0 < cpu[0] <= cpu[1] <= cpu[2], cpu)
+            self.assertGreater(j["bandwidth_gb_s_window_median"], 0)
+        for extra in (["--windows", "0"], ["--no-floors"]):
+            j = self.json_out(["bench", "--json", "--batches", "1", "--prompt", "4", "--steps",
+                               "1", "--threads", "1", "--rounds", "1"] + extra)
+            self.assertEqual(j["floor_windows"], 0)
+            self.assertEqual(j["decode_floor_with_state_windows"], [])
+            self.assertEqual(j["decode_floor_with_state_window_median"], 0)
+            self.assertEqual(j["decode_floor_with_state_window_cpu_median"], 0)
+        self.assert_one_line_error(2, ["bench", "--windows", "-1", "--json"], mention="windows")
+
+    def test_batch_16_pairs_with_batch_1_in_every_round(self):
+        j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1,16", "--prompt",
+                           "4", "--steps", "2", "--threads", "1", "--windows", "0", "--arch",
+                           "mamba2"])
+        d1, d16 = j["decode1_tok_s_rounds"], j["decode16_tok_s_rounds"]
+        self.assertEqual((len(d1), len(d16)), (2, 2))
+        rel = 2e-4
+        self.assertAlmostEqual(j["decode_tok_s"]["16"], max(d16), delta=rel * max(d16))
+        ratios = [b / a for a, b in zip(d1, d16)]
+        for g, w in zip(j["decode_batch16_speedup_rounds"], ratios):
+            self.assertAlmostEqual(g, w, delta=rel * w)
+        med = 0.5 * (ratios[0] + ratios[1])
+        self.assertAlmostEqual(j["decode_batch16_speedup_median"], med, delta=rel * med)
+        self.assertAlmostEqual(j["decode_batch16_speedup"], max(d16) / max(d1),
+                               delta=rel * max(d16) / max(d1))
+        j = self.json_out(["bench", "--json", "--rounds", "2", "--batches", "1,4", "--prompt",
+                           "4", "--steps", "1", "--threads", "1", "--windows", "0"])
+        self.assertEqual(j["decode16_tok_s_rounds"], [])
+        self.assertEqual(j["decode_batch16_speedup_median"], 0)
 
     def test_without_floors_or_batch_1(self):
         j = self.json_out(["bench", "--json", "--no-floors", "--rounds", "4", "--batches", "1",
