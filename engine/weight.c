@@ -631,6 +631,10 @@ INLINE512V __m512i sum16i(__m512i v[16])
     return _mm512_permutexvar_epi32(back, t);
 }
 
+/* acc += u (unsigned bytes) . s (signed bytes), in place: GCC 12 compiles the intrinsic
+ * through a copy of the accumulator and back, which at 16 sums spills some to the stack */
+#define DPBUSD_(acc, u, s) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
+
 INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *sa,
                       const int32_t *qs, const int8_t *W, int ldw, int K, const float *sw,
                       float beta, int MB, int RN)
@@ -652,7 +656,7 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
         {
             __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
             _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-                acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
+                DPBUSD_(acc[m][r], w[r], a);
         }
     }
     if (k < K) { /* the padded input is 0 past K, so the weights' masked lanes do not count */
@@ -664,7 +668,7 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
         {
             __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
             _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-                acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
+                DPBUSD_(acc[m][r], w[r], a);
         }
     }
     if (MB * RN >= 5 && MB * RN <= 16) { /* one transposing reduction for all outputs */
