@@ -12,23 +12,25 @@
  *           lanes, counted as 64 multiply-adds (128 integer ops).
  *   vnni_copy  vpdpbusd zmm with a register copy of its accumulator before and after it
  *           (vmovdqa32 acc -> t; vpdpbusd into t; vmovdqa64 t -> acc), the pattern GCC 12
- *           compiles _mm512_dpbusd_epi32 into in the engine's int8 x int8 row blocks, so their
- *           rate can be compared with that instruction mix's own ceiling.
+ *           compiled _mm512_dpbusd_epi32 into in the engine's int8 x int8 row blocks (they
+ *           now use inline asm that accumulates in place), so their rate can be compared with
+ *           that instruction mix's own ceiling.
  *   vnni_mix   the int8 x int8 row block's inner loop as engine/weight.c writes it, with its
  *           operands in L1: per 64 columns, 4 weight rows loaded and sign-flipped (vpxord from
  *           memory), 4 prefetches, 4 input rows loaded, 16 vpdpbusd into a 4 x 4 block of sums
  *           (8 rows of 1 KiB, cycled): that mix's own ceiling, without the compiler's
  *           extra copies, spills and reloads and without the reduction after the loop;
- *   vnni_compiled  that loop as GCC 12 compiled it (v_4_4 in objdump -d of a release
- *           build), operands in L1 as vnni_mix's: the compiled loop's own ceiling.
+ *   vnni_compiled  that loop as GCC 12 compiled it from the intrinsic (v_4_4 in objdump -d
+ *           of a release build before the inline asm), operands in L1 as vnni_mix's: that
+ *           compiled loop's own ceiling.
  * Each vector loop updates 16 independent accumulators (zmm0-15; vnni_compiled: the registers
  * the compiler chose) from fixed sources (no dependence between iterations but through the
  * sums): 16 chains hide a latency of up to 16 cycles at one instruction a cycle, or 8 at two.
  * Every loop runs on one thread and on two threads at once (one per core of this machine);
  * then ym_matmul (the engine's kernels) runs an N x K weight (default 3072 x 768, the 130m
- * shape's in_proj) at 1 row (decode; with the weight as warm as the other cases left it), 16 rows
- * (batch-16 decode) and 512 rows (a 512-token prefill) for f32,
- * bf16 (widened to f32), bf16 x bf16 and int8 x int8, one thread, and prints each as a
+ * shape's in_proj) at 1 row (decode; the weight as warm as the other cases left it), 16
+ * rows (batch-16 decode) and 512 rows (a 512-token prefill) for f32, bf16 (widened to f32),
+ * bf16 x bf16 and int8 x int8, one thread, and prints each as a
  * fraction of the one-thread peak of the instruction it runs on, measured in the same round.
  * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), as bench/matmul's; two-thread
  * rates are also given over wall time. Last, the scan (ym_scan_f32) of the 130m shape's 24
