@@ -12,22 +12,25 @@
  *           lanes, counted as 64 multiply-adds (128 integer ops).
  *   vnni_copy  vpdpbusd zmm with a register copy of its accumulator before and after it
  *           (vmovdqa32 acc -> t; vpdpbusd into t; vmovdqa64 t -> acc), the pattern GCC 12
- *           compiles _mm512_dpbusd_epi32 into in the engine's int8 x int8 row blocks, so their
- *           rate can be compared with that instruction mix's own ceiling.
+ *           compiled _mm512_dpbusd_epi32 into in the engine's int8 x int8 row blocks (they
+ *           now use inline asm that accumulates in place), so their rate can be compared with
+ *           that instruction mix's own ceiling.
  *   vnni_mix   the int8 x int8 row block's inner loop as engine/weight.c writes it, with its
  *           operands in L1: per 64 columns, 4 weight rows loaded and sign-flipped (vpxord from
  *           memory), 4 prefetches, 4 input rows loaded, 16 vpdpbusd into a 4 x 4 block of sums
  *           (8 rows of 1 KiB, cycled): that mix's own ceiling, without the compiler's
  *           extra copies, spills and reloads and without the reduction after the loop;
- *   vnni_compiled  that loop as GCC 12 compiled it (v_4_4 in objdump -d of a release
- *           build), operands in L1 as vnni_mix's: the compiled loop's own ceiling.
+ *   vnni_compiled  that loop as GCC 12 compiled it from the intrinsic (v_4_4 in objdump -d
+ *           of a release build before the inline asm), operands in L1 as vnni_mix's: that
+ *           compiled loop's own ceiling.
  * Each vector loop updates 16 independent accumulators (zmm0-15; vnni_compiled: the registers
  * the compiler chose) from fixed sources (no dependence between iterations but through the
  * sums): 16 chains hide a latency of up to 16 cycles at one instruction a cycle, or 8 at two.
  * Every loop runs on one thread and on two threads at once (one per core of this machine);
  * then ym_matmul (the engine's kernels) runs an N x K weight (default 3072 x 768, the 130m
- * shape's in_proj) at 16 rows (batch-16 decode) and 512 rows (a 512-token prefill) for f32,
- * bf16 (widened to f32), bf16 x bf16 and int8 x int8, one thread, and prints each as a
+ * shape's in_proj) at 1 row (decode; the weight as warm as the other cases left it), 16
+ * rows (batch-16 decode) and 512 rows (a 512-token prefill) for f32, bf16 (widened to f32),
+ * bf16 x bf16 and int8 x int8, one thread, and prints each as a
  * fraction of the one-thread peak of the instruction it runs on, measured in the same round.
  * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), as bench/matmul's; two-thread
  * rates are also given over wall time. Last, the scan (ym_scan_f32) of the 130m shape's 24
@@ -357,7 +360,8 @@ enum { MM_F32, MM_BF16, MM_BF16XBF16, MM_INT8XINT8, MM_COUNT };
 static const char *const mm_name[MM_COUNT] = {"f32", "bf16 (widened)", "bf16xbf16",
                                               "int8xint8"};
 static const int mm_bound[MM_COUNT] = {K_FMA, K_FMA, K_DPBF16, K_VNNI};
-static const int mm_rows[2] = {16, 512};
+enum { MM_NROWS = 3 };
+static const int mm_rows[MM_NROWS] = {1, 16, 512};
 
 /* The scan's shape: the 130m model's layers, channels and states; a step's sequences (decode)
  * and a prefill chunk's rows. */
@@ -429,7 +433,7 @@ int main(int argc, char **argv)
     openblas_set_num_threads(1);
 
     /* The weights in each type, and inputs for the larger row count. */
-    size_t n = (size_t)N * K, Mmax = (size_t)mm_rows[1];
+    size_t n = (size_t)N * K, Mmax = (size_t)mm_rows[MM_NROWS - 1];
     float *W = huge(n * 4), *sc = malloc(sizeof(float) * (size_t)N);
     void *b16 = huge(n * 2), *i8 = huge(n);
     float *A = malloc(sizeof(float) * Mmax * K), *C = malloc(sizeof(float) * Mmax * N);
@@ -458,8 +462,9 @@ int main(int argc, char **argv)
     double scan_dec = 1e30, scan_pre = 1e30;
 
     /* best[k][threads - 1]: CPU-time rate; bestw: wall-time rate (2 threads). */
-    double best[K_COUNT][2] = {{0}}, bestw[K_COUNT] = {0}, mm[MM_COUNT][2] = {{0}};
-    double peak1[K_COUNT][2] = {{0}}; /* the one-thread peak of the round each mm best came from */
+    double best[K_COUNT][2] = {{0}}, bestw[K_COUNT] = {0}, mm[MM_COUNT][MM_NROWS] = {{0}};
+    /* the one-thread peak of the round each mm best came from */
+    double peak1[MM_COUNT][MM_NROWS] = {{0}};
     for (int r = 0; r < reps; r++) {
         double round1[K_COUNT] = {0};
         for (int k = 0; k < K_COUNT; k++) {
@@ -480,7 +485,7 @@ int main(int argc, char **argv)
             const ym_weight *x = &w[i == MM_F32 ? 0 : i == MM_INT8XINT8 ? 2 : 1];
             ym_matmul_int8_activations(i == MM_INT8XINT8);
             ym_matmul_bf16_activations(i == MM_BF16XBF16);
-            for (int j = 0; j < 2; j++) {
+            for (int j = 0; j < MM_NROWS; j++) {
                 int M = mm_rows[j];
                 double t0 = cpu_now();
                 ym_matmul(C, N, A, K, M, x, 0, N, 0.0f, scr);
@@ -521,7 +526,7 @@ int main(int argc, char **argv)
            "instruction in the same round):\n");
     for (int i = 0; i < MM_COUNT; i++) {
         printf("  %-16s", mm_name[i]);
-        for (int j = 0; j < 2; j++)
+        for (int j = 0; j < MM_NROWS; j++)
             printf("  %3d rows %7.1f (%.2f of %s)", mm_rows[j], mm[i][j] / 1e9,
                    peak1[i][j] > 0 ? mm[i][j] / peak1[i][j] : 0, k_name[mm_bound[i]]);
         printf("\n");

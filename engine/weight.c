@@ -589,7 +589,10 @@ static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const y
  * sum_k (w + 128) q = sum_k w q + 128 sum_k q, the last term known per input row. Exact in
  * int32 for K < 2^31 / (255 * 127) = 66 000. The default for int8 weights where the CPU has
  * VNNI (2.5x the widening kernel's decode speed on the EPYC host, +0.09 % held-out
- * perplexity on the default model); YUNMIN_INT8_ACTIVATIONS=0 keeps activations in f32. */
+ * perplexity on the default model); YUNMIN_INT8_ACTIVATIONS=0 keeps activations in f32.
+ * Every path scales the same way, so any row count gives the same bits: x = (float)d * sa[m]
+ * for the exact int32 dot product d, then C = x * sw[n], or with beta C = fmaf(x, sw[n], C)
+ * (written out: left to -ffp-contract, some outputs were fused and some not). */
 #define T512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 #define INLINE512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"),      \
                                   always_inline)) static inline
@@ -597,27 +600,40 @@ static void mm_avx512(float *C, int ldc, const float *A, int lda, int M, const y
 /* sum16 (above) for int32 lanes: lane j = the sum of v[j]'s 16 elements. Integer sums are
  * exact, so the result equals 16 _mm512_reduce_add_epi32 at a quarter of the instructions
  * (at K = 768, the 16 separate reductions of a 4 x 4 block cost about as many instructions as
- * its 192 vpdpbusd). v is clobbered. */
+ * its 192 vpdpbusd). Where sum16 takes two shuffles per add, the first three levels here take
+ * one shuffle and one or two blends (vpblendmd runs on any vector pipe, the lane-crossing
+ * shuffles on fewer): 16 shuffles instead of 30. The second level leaves its 128-bit lanes 1
+ * and 2 swapped, which the final permutation undoes. v is clobbered. */
 INLINE512V __m512i sum16i(__m512i v[16])
 {
 #define PS_(x) _mm512_castsi512_ps(x)
 #define SI_(x) _mm512_castps_si512(x)
+    /* [a.0 a.1 b.2 b.3] + [a.2 a.3 b.0 b.1] (128-bit lanes) = [a.0+a.2 a.1+a.3 b.0+b.2 b.1+b.3] */
     for (int k = 0; k < 8; k++)
-        v[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0x44),
-                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0xEE));
+        v[k] = _mm512_add_epi32(_mm512_mask_blend_epi32(0xFF00, v[2 * k], v[2 * k + 1]),
+                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0x4E));
+    /* [a.0 b.1 a.2 b.3] + swap([b.0 a.1 b.2 a.3]) = [a.0+a.1 b.0+b.1 a.2+a.3 b.2+b.3] */
     for (int k = 0; k < 4; k++)
-        v[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0x88),
-                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], 0xDD));
+        v[k] = _mm512_add_epi32(_mm512_mask_blend_epi32(0xF0F0, v[2 * k], v[2 * k + 1]),
+                                _mm512_shuffle_i32x4(
+                                    _mm512_mask_blend_epi32(0x0F0F, v[2 * k], v[2 * k + 1]),
+                                    _mm512_mask_blend_epi32(0x0F0F, v[2 * k], v[2 * k + 1]),
+                                    0xB1));
+    /* within each 128-bit lane: [a0 a1 b2 b3] + [a2 a3 b0 b1] */
     for (int k = 0; k < 2; k++)
-        v[k] = _mm512_add_epi32(SI_(_mm512_shuffle_ps(PS_(v[2 * k]), PS_(v[2 * k + 1]), 0x44)),
-                                SI_(_mm512_shuffle_ps(PS_(v[2 * k]), PS_(v[2 * k + 1]), 0xEE)));
+        v[k] = _mm512_add_epi32(_mm512_mask_blend_epi32(0xCCCC, v[2 * k], v[2 * k + 1]),
+                                SI_(_mm512_shuffle_ps(PS_(v[2 * k]), PS_(v[2 * k + 1]), 0x4E)));
     __m512i t = _mm512_add_epi32(SI_(_mm512_shuffle_ps(PS_(v[0]), PS_(v[1]), 0x88)),
                                  SI_(_mm512_shuffle_ps(PS_(v[0]), PS_(v[1]), 0xDD)));
 #undef PS_
 #undef SI_
-    const __m512i back = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __m512i back = _mm512_set_epi32(15, 7, 11, 3, 14, 6, 10, 2, 13, 5, 9, 1, 12, 4, 8, 0);
     return _mm512_permutexvar_epi32(back, t);
 }
+
+/* acc += u (unsigned bytes) . s (signed bytes), in place: GCC 12 compiles the intrinsic
+ * through a copy of the accumulator and back, which at 16 sums spills some to the stack */
+#define DPBUSD_(acc, u, s) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
 
 INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *sa,
                       const int32_t *qs, const int8_t *W, int ldw, int K, const float *sw,
@@ -640,7 +656,7 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
         {
             __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
             _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-                acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
+                DPBUSD_(acc[m][r], w[r], a);
         }
     }
     if (k < K) { /* the padded input is 0 past K, so the weights' masked lanes do not count */
@@ -652,32 +668,50 @@ INLINE512V void kvnni(float *C, int ldc, const int8_t *Aq, int Kp, const float *
         {
             __m512i a = _mm512_loadu_si512((const void *)(Aq + (size_t)m * Kp + k));
             _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-                acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], w[r], a);
+                DPBUSD_(acc[m][r], w[r], a);
         }
     }
     if (MB * RN >= 5 && MB * RN <= 16) { /* one transposing reduction for all outputs */
         __m512i v[16];
         _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] =
             i < MB * RN ? acc[i / RN][i % RN] : _mm512_setzero_si512();
-        int32_t out[16];
-        _mm512_storeu_si512((void *)out, sum16i(v));
+        /* lane i = m RN + r: the scaling in vector registers, in the scalar code's order
+         * ((float)(sum - 128 qs[m]) * sa[m]) * sw[r], so the results are the same bits */
+#define IM_(i) ((i) < MB * RN ? (i) / RN : 0)
+#define IR_(i) ((i) < MB * RN ? (i) % RN : 0)
+        const __m512i im = _mm512_set_epi32(IM_(15), IM_(14), IM_(13), IM_(12), IM_(11), IM_(10),
+                                            IM_(9), IM_(8), IM_(7), IM_(6), IM_(5), IM_(4),
+                                            IM_(3), IM_(2), IM_(1), IM_(0));
+        const __m512i ir = _mm512_set_epi32(IR_(15), IR_(14), IR_(13), IR_(12), IR_(11), IR_(10),
+                                            IR_(9), IR_(8), IR_(7), IR_(6), IR_(5), IR_(4),
+                                            IR_(3), IR_(2), IR_(1), IR_(0));
+#undef IM_
+#undef IR_
+        const __mmask16 mm = (__mmask16)((1u << MB) - 1u), mr = (__mmask16)((1u << RN) - 1u);
+        __m512i q = _mm512_permutexvar_epi32(im, _mm512_maskz_loadu_epi32(mm, qs));
+        __m512 a = _mm512_permutexvar_ps(im, _mm512_maskz_loadu_ps(mm, sa));
+        __m512 w = _mm512_permutexvar_ps(ir, _mm512_maskz_loadu_ps(mr, sw));
+        __m512i d = _mm512_sub_epi32(sum16i(v), _mm512_slli_epi32(q, 7));
+        __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(d), a);
+        /* row m's RN outputs are lanes [m RN, m RN + RN): a masked store at C + m (ldc - RN)
+         * puts lane m RN + r at C[m ldc + r] (ldc >= RN, so the address is inside C) */
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
-            _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
-            {
-                int32_t d = out[m * RN + r] - 128 * qs[m];
-                float s = (float)d * sa[m] * sw[r];
-                float *c = C + (size_t)m * ldc + r;
-                *c = beta != 0.0f ? *c + s : s;
-            }
+        {
+            float *c = C + (size_t)m * (ldc - RN);
+            __mmask16 km = (__mmask16)(mr << (m * RN));
+            if (beta != 0.0f) /* C + x sw in one rounding, as every int8 x int8 path */
+                _mm512_mask_storeu_ps(c, km, _mm512_fmadd_ps(x, w, _mm512_maskz_loadu_ps(km, c)));
+            else
+                _mm512_mask_storeu_ps(c, km, _mm512_mul_ps(x, w));
+        }
         return;
     }
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; m++)
         _Pragma("GCC unroll 8") for (int r = 0; r < RN; r++)
         {
             int32_t d = _mm512_reduce_add_epi32(acc[m][r]) - 128 * qs[m];
-            float s = (float)d * sa[m] * sw[r];
-            float *c = C + (size_t)m * ldc + r;
-            *c = beta != 0.0f ? *c + s : s;
+            float x = (float)d * sa[m], *c = C + (size_t)m * ldc + r;
+            *c = beta != 0.0f ? fmaf(x, sw[r], *c) : x * sw[r];
         }
 }
 
@@ -703,8 +737,8 @@ T512V static void gemv_vnni_rows(float *C, const int8_t *Aq, float sa, int32_t q
             a0 = _mm512_dpbusd_epi32(a0, x, _mm512_loadu_si512((const void *)(Aq + k)));
         }
         int32_t d = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)) - 128 * qs;
-        float s = (float)d * sa * sw[r];
-        C[r] = beta != 0.0f ? C[r] + s : s;
+        float x = (float)d * sa;
+        C[r] = beta != 0.0f ? fmaf(x, sw[r], C[r]) : x * sw[r];
     }
 }
 
