@@ -5,6 +5,7 @@
     python -m yunmin_train.block_masks learn --model DIR --text FILE --out PROFILE \\
         --state-sparsity 0.5 [--steps 200] [--max-seconds S] [--batch-size 16] [--seq-len 256]
     python -m yunmin_train.block_masks lanes PROFILE...
+    python -m yunmin_train.block_masks summarize NAME-perf.jsonl [NAME-bench.jsonl] [--root DIR]
 
 The engine's masked scan (engine/sparse.c, engine/kernels.c) cuts a layer's served channels
 (the kept ones, in the profile's scan order) into blocks of 16 consecutive ones. For each block
@@ -36,6 +37,11 @@ learn      Gumbel-Sigmoid logits per (layer, block, n), the method of masks.py's
            follows --steps (the log says where it stopped), so set --steps to what fits.
 lanes      For each profile: live entries, lanes the engine's masked scan computes (its plan's
            count), block fill = live / lanes, lane fraction = lanes / (layers x d_inner x d_state).
+summarize  A markdown table from the raw outputs of tools/train/results/blocks/perf_scan.py
+           (perplexity, scan CPU time per token in prefill and decode; ratios to the all-kept
+           profile, i.e. the masked kernel with every lane live, and to the dense model) and
+           run_engine.sh (the median over bench processes of ratios measured inside one
+           process: scan alone, decode batch 1 and 16, sparse / dense).
 """
 
 import argparse
@@ -85,6 +91,53 @@ def lanes(ch, st, order, width=BLOCK):
             live += int(s.sum())
             lanes_n += int(sel.sum()) * int(s.any(axis=0).sum())
     return live, lanes_n
+
+
+def summarize(perf_path, bench_path=None, root="."):
+    """Markdown table (module docstring, summarize) from perf_scan.py's and run_engine.sh's JSON
+    lines. Profile paths are read relative to root (for the lane counts)."""
+    med = lambda xs: float(np.median(xs)) if xs else float("nan")      # noqa: E731
+    perf = {}
+    for line in open(perf_path, encoding="utf-8"):
+        r = json.loads(line)
+        perf.setdefault(r["profile"], {}).setdefault(r["workload"], []).append(r)
+    bench = {}
+    if bench_path:
+        for line in open(bench_path, encoding="utf-8"):
+            r = json.loads(line)
+            bench.setdefault(r["profile"], []).append(r["bench"])
+
+    def scan(prof, w):
+        return med([r["scan_cpu_us_per_token"] for r in perf.get(prof, {}).get(w, [])])
+
+    allk = next((p for p in perf if "all-kept" in p), None)
+    rows = ["| profile | live | lanes | block fill | ppl | prefill scan CPU us/token | "
+            "/ all-kept | / dense | decode scan CPU us/token | / all-kept | bench: scan alone "
+            "/ dense | bench: decode b1 / dense | bench: decode b16 / dense |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for prof, w in perf.items():
+        name = "dense" if prof == "none" else \
+            os.path.basename(prof).replace(".sparsity.safetensors", "")
+        if prof == "none":
+            live = ln = fill = "1"
+        else:
+            ch, st, order, _ = M.load_profile(os.path.join(root, prof))
+            rep = lane_report(ch > 0, (st > 0) & (ch > 0)[:, :, None], order)
+            live, ln, fill = (f"{rep['live_fraction']:.3f}", f"{rep['lane_fraction']:.3f}",
+                              f"{rep['block_fill']:.3f}")
+        ppl = w["perplexity"][0]["ppl"] if "perplexity" in w else float("nan")
+        pf, dc = scan(prof, "perplexity"), scan(prof, "decode")
+        bs = bench.get(prof, [])
+        b_scan = med([b["scan_us_per_token"] / b["dense"]["scan_us_per_token"] for b in bs])
+        b1 = med([b["decode_speedup"]["1"] for b in bs])
+        b16 = med([b["decode_speedup"]["16"] for b in bs])
+        cell = lambda x, f: "" if x != x else f.format(x)               # noqa: E731
+        rows.append(f"| {name} | {live} | {ln} | {fill} | {ppl:.2f} | {pf:.1f} "
+                    f"| {cell(pf / scan(allk, 'perplexity') if allk else float('nan'), '{:.2f}')} "
+                    f"| {cell(pf / scan('none', 'perplexity'), '{:.2f}')} | {dc:.1f} "
+                    f"| {cell(dc / scan(allk, 'decode') if allk else float('nan'), '{:.2f}')} "
+                    f"| {cell(b_scan, '{:.2f}')} | {cell(b1, '{:.2f}x')} | {cell(b16, '{:.2f}x')} |")
+    return "\n".join(rows)
 
 
 def lane_report(ch, st, order, width=BLOCK):
@@ -258,7 +311,15 @@ def main(argv=None):
     p.add_argument("--log", default=None)
     p = sub.add_parser("lanes")
     p.add_argument("profiles", nargs="+")
+    p = sub.add_parser("summarize")
+    p.add_argument("perf", help="NAME-perf.jsonl of perf_scan.py")
+    p.add_argument("bench", nargs="?", help="NAME-bench.jsonl of run_engine.sh")
+    p.add_argument("--root", default=".", help="profile paths are relative to this")
     a = ap.parse_args(argv)
+
+    if a.cmd == "summarize":
+        print(summarize(a.perf, a.bench, a.root))
+        return 0
 
     if a.cmd == "lanes":
         for path in a.profiles:
@@ -270,7 +331,7 @@ def main(argv=None):
     dev = pick_device(a.device)
     model = load_model(a.model, device=dev).eval()
     cfg = model.config
-    L, Di, N = cfg.num_hidden_layers, cfg.d_inner, cfg.state_size
+    L, Di = cfg.num_hidden_layers, cfg.d_inner
     order = _order(a, L, Di)
     ids = _train_ids(a, a.model)
     meta = {"state_sparsity_unit": f"(block of {BLOCK} served channels, state entry)",
