@@ -5,7 +5,7 @@
     python -m yunmin_train.block_masks learn --model DIR --text FILE --out PROFILE \\
         --state-sparsity 0.5 [--steps 200] [--max-seconds S] [--batch-size 16] [--seq-len 256]
     python -m yunmin_train.block_masks lanes PROFILE...
-    python -m yunmin_train.block_masks summarize NAME-perf.jsonl [NAME-bench.jsonl] [--root DIR]
+    python -m yunmin_train.block_masks summarize NAME-perf.jsonl... [--bench NAME-bench.jsonl] [--root DIR]
 
 The engine's masked scan (engine/sparse.c, engine/kernels.c) cuts a layer's served channels
 (the kept ones, in the profile's scan order) into blocks of 16 consecutive ones. For each block
@@ -93,12 +93,13 @@ def lanes(ch, st, order, width=BLOCK):
     return live, lanes_n
 
 
-def summarize(perf_path, bench_path=None, root="."):
-    """Markdown table (module docstring, summarize) from perf_scan.py's and run_engine.sh's JSON
-    lines. Profile paths are read relative to root (for the lane counts)."""
+def summarize(perf_paths, bench_path=None, root="."):
+    """Markdown table (module docstring, summarize) from perf_scan.py's (one or more files) and
+    run_engine.sh's JSON lines. Profile paths are read relative to root (for the lane counts)."""
     med = lambda xs: float(np.median(xs)) if xs else float("nan")      # noqa: E731
+    cell = lambda x, f: "" if x != x else f.format(x)                  # noqa: E731
     perf = {}
-    for line in open(perf_path, encoding="utf-8"):
+    for line in (ln for p in perf_paths for ln in open(p, encoding="utf-8")):
         r = json.loads(line)
         perf.setdefault(r["profile"], {}).setdefault(r["workload"], []).append(r)
     bench = {}
@@ -110,14 +111,19 @@ def summarize(perf_path, bench_path=None, root="."):
     def scan(prof, w):
         return med([r["scan_cpu_us_per_token"] for r in perf.get(prof, {}).get(w, [])])
 
+
+
     allk = next((p for p in perf if "all-kept" in p), None)
     rows = ["| profile | live | lanes | block fill | ppl | prefill scan CPU us/token | "
-            "/ all-kept | / dense | decode scan CPU us/token | / all-kept | bench: scan alone "
-            "/ dense | bench: decode b1 / dense | bench: decode b16 / dense |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "/ all-kept | / dense | decode scan CPU us/token | / all-kept | decode CPU us/token, "
+            "whole process | / dense | bench: scan alone / dense | bench: decode b1 / dense | "
+            "bench: decode b16 / dense |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for prof, w in perf.items():
+        if not w:
+            continue
         name = "dense" if prof == "none" else \
-            os.path.basename(prof).replace(".sparsity.safetensors", "")
+            "/".join(prof.split("/")[-2:]).replace(".sparsity.safetensors", "")
         if prof == "none":
             live = ln = fill = "1"
         else:
@@ -127,15 +133,18 @@ def summarize(perf_path, bench_path=None, root="."):
                               f"{rep['block_fill']:.3f}")
         ppl = w["perplexity"][0]["ppl"] if "perplexity" in w else float("nan")
         pf, dc = scan(prof, "perplexity"), scan(prof, "decode")
+        tot = med([r["cpu_us_per_token"] for r in w.get("decode", [])])
+        tot_d = med([r["cpu_us_per_token"] for r in perf.get("none", {}).get("decode", [])])
         bs = bench.get(prof, [])
         b_scan = med([b["scan_us_per_token"] / b["dense"]["scan_us_per_token"] for b in bs])
         b1 = med([b["decode_speedup"]["1"] for b in bs])
         b16 = med([b["decode_speedup"]["16"] for b in bs])
-        cell = lambda x, f: "" if x != x else f.format(x)               # noqa: E731
-        rows.append(f"| {name} | {live} | {ln} | {fill} | {ppl:.2f} | {pf:.1f} "
+        rows.append(f"| {name} | {live} | {ln} | {fill} | {cell(ppl, '{:.2f}')} "
+                    f"| {cell(pf, '{:.1f}')} "
                     f"| {cell(pf / scan(allk, 'perplexity') if allk else float('nan'), '{:.2f}')} "
                     f"| {cell(pf / scan('none', 'perplexity'), '{:.2f}')} | {dc:.1f} "
                     f"| {cell(dc / scan(allk, 'decode') if allk else float('nan'), '{:.2f}')} "
+                    f"| {cell(tot, '{:.0f}')} | {cell(tot / tot_d, '{:.3f}')} "
                     f"| {cell(b_scan, '{:.2f}')} | {cell(b1, '{:.2f}x')} | {cell(b16, '{:.2f}x')} |")
     return "\n".join(rows)
 
@@ -312,8 +321,8 @@ def main(argv=None):
     p = sub.add_parser("lanes")
     p.add_argument("profiles", nargs="+")
     p = sub.add_parser("summarize")
-    p.add_argument("perf", help="NAME-perf.jsonl of perf_scan.py")
-    p.add_argument("bench", nargs="?", help="NAME-bench.jsonl of run_engine.sh")
+    p.add_argument("perf", nargs="+", help="NAME-perf.jsonl files of perf_scan.py")
+    p.add_argument("--bench", default=None, help="NAME-bench.jsonl of run_engine.sh")
     p.add_argument("--root", default=".", help="profile paths are relative to this")
     a = ap.parse_args(argv)
 
