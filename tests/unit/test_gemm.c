@@ -55,6 +55,17 @@ static void quantized_values(ym_wtype t, const float *W, int N, int K, float *Q)
 
 /* koff < 0: ym_matmul over W [N, K]; koff >= 0: ym_matmul_cols over the columns [koff,
  * koff + K) of a wider W [N, Kf] (Kf = koff + K + 3), the int8 scales those of the whole rows. */
+/* An input row's int8 quantization factors as engine/weight.h defines them: q = round(a * inv),
+ * value q * sa, with inv = 127 / max|a| and sa = max|a| / 127 (both 0 for a zero row). */
+static void act_scales(const float *a, int K, float *inv, float *sa)
+{
+    float amax = 0;
+    for (int k = 0; k < K; k++)
+        amax = fmaxf(amax, fabsf(a[k]));
+    *inv = amax > 0 ? 127.0f / amax : 0.0f;
+    *sa = amax / 127.0f;
+}
+
 static void check_case_cols(ym_wtype t, int N, int K, int M, int n0, int n1, float beta,
                             unsigned seed, int koff)
 {
@@ -101,10 +112,8 @@ static void check_case_cols(ym_wtype t, int N, int K, int M, int n0, int n1, flo
     ck_assert(R8);
     for (int m = 0; m < M; m++) {
         const float *a = A + (size_t)m * lda;
-        float amax = 0;
-        for (int k = 0; k < Kw; k++)
-            amax = fmaxf(amax, fabsf(a[k]));
-        float inv = amax > 0 ? 127.0f / amax : 0.0f, sa = amax / 127.0f;
+        float inv, sa;
+        act_scales(a, Kw, &inv, &sa);
         for (int n = n0; n < n1; n++) {
             double acc = 0;
             for (int k = 0; k < Kw; k++) {
@@ -123,10 +132,8 @@ static void check_case_cols(ym_wtype t, int N, int K, int M, int n0, int n1, flo
     ck_assert(E8);
     for (int m = 0; m < M; m++) {
         const float *a = A + (size_t)m * lda;
-        float amax = 0;
-        for (int k = 0; k < Kw; k++)
-            amax = fmaxf(amax, fabsf(a[k]));
-        float inv = amax > 0 ? 127.0f / amax : 0.0f, sa = amax / 127.0f;
+        float inv, sa;
+        act_scales(a, Kw, &inv, &sa);
         for (int n = n0; n < n1; n++) {
             const int8_t *q = (const int8_t *)data + (size_t)n * K + k0;
             long long d = 0;
