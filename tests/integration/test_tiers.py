@@ -113,6 +113,28 @@ class DiskTier(unittest.TestCase):
     def second_turn(self, d, sid="s1"):
         return complete(d, TURN1 + self.ref.turn1 + MORE, sid)
 
+    def resumes_from_disk(self):
+        """A fresh daemon answers the second turn from the state file, as a daemon that never
+        stopped would."""
+        d = self.daemon()
+        try:
+            text, cached = self.second_turn(d)
+            self.assertEqual(text, self.ref.turn2)
+            self.assertGreater(cached, 0)
+            self.assertEqual(d.metric("yunmin_state_disk_hits_total"), 1)
+            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 0)
+        finally:
+            self.assertEqual(d.stop(), 0)
+
+    def second_turn_runs_cold(self, d, logged):
+        """The second turn on d finds its state file refused (the log says `logged`) and runs
+        cold."""
+        text, cached = self.second_turn(d)
+        self.assertEqual(text, self.ref.cold2)
+        self.assertEqual(cached, 0)
+        self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 1)
+        self.assertIn(logged, d.log())
+
     def resume_after(self, sig):
         d = self.daemon()
         try:
@@ -125,15 +147,7 @@ class DiskTier(unittest.TestCase):
                 self.assertEqual(d.stop(sig), 0)
         finally:
             d.kill()
-        d = self.daemon()
-        try:
-            text, cached = self.second_turn(d)
-            self.assertEqual(text, self.ref.turn2)
-            self.assertGreater(cached, 0)
-            self.assertEqual(d.metric("yunmin_state_disk_hits_total"), 1)
-            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 0)
-        finally:
-            self.assertEqual(d.stop(), 0)
+        self.resumes_from_disk()
 
     def test_resume_after_sigterm(self):
         self.resume_after(signal.SIGTERM)
@@ -170,11 +184,7 @@ class DiskTier(unittest.TestCase):
             f.write(mutate(data))
         d = self.daemon(*flags)
         try:
-            text, cached = self.second_turn(d)
-            self.assertEqual(text, self.ref.cold2)
-            self.assertEqual(cached, 0)
-            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 1)
-            self.assertIn("refused and deleted a state file", d.log())
+            self.second_turn_runs_cold(d, "refused and deleted a state file")
             # The next turn resumes from the state the cold run stored.
             text, cached = complete(d, TURN1 + self.ref.turn1 + MORE + self.ref.turn2 + MORE,
                                     "s1")
@@ -260,15 +270,7 @@ class DiskTier(unittest.TestCase):
             struct.pack_into("<I", data, so + 4, 1)
             struct.pack_into("<Q", data, so + 40, h)
         self.rewrite_state(to_v1)
-        d = self.daemon()
-        try:
-            text, cached = self.second_turn(d)
-            self.assertEqual(text, self.ref.turn2)
-            self.assertGreater(cached, 0)
-            self.assertEqual(d.metric("yunmin_state_disk_hits_total"), 1)
-            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 0)
-        finally:
-            self.assertEqual(d.stop(), 0)
+        self.resumes_from_disk()
 
     def test_bad_state_checksum_refused_behind_a_good_mac(self):
         # A payload bit flipped and the file re-MACed with the right key: the MAC passes, the
@@ -278,11 +280,7 @@ class DiskTier(unittest.TestCase):
         self.rewrite_state(flip)
         d = self.daemon()
         try:
-            text, cached = self.second_turn(d)
-            self.assertEqual(text, self.ref.cold2)
-            self.assertEqual(cached, 0)
-            self.assertEqual(d.metric("yunmin_state_disk_refused_total"), 1)
-            self.assertIn("checksum", d.log())
+            self.second_turn_runs_cold(d, "checksum")
         finally:
             self.assertEqual(d.stop(), 0)
 
