@@ -144,6 +144,7 @@ else
 fi
 
 LEFT=$(( TOTAL_S - $(el) - 15 ))
+[ "$LEFT" -lt 30 ] && LEFT=30
 say "4. study: seeds $SEEDS, levels $LEVELS, ${LEFT}s left"
 pids=()
 for s in $SEEDS; do

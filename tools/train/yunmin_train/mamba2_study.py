@@ -344,15 +344,18 @@ def run(a):
         learn_gates(model, tr, runs[0][0], runs[0][1], steps=a.probe_steps,
                     batch_size=a.learn_batch, seq_len=a.ctx, seed=a.seed, bf16=a.bf16)
         s_step = (time.time() - t1) / a.probe_steps
-        budget = left() - len(runs) * 1.5 * eval_s - 5.0
+        # a masked evaluation runs the dense and the masked model: 2 x the dense eval's time
+        budget = left() - len(runs) * 2.5 * eval_s - 5.0
         steps = int(max(a.min_steps, min(a.learn_steps, budget / (len(runs) * s_step))))
         out["sizing"] = {"probe_steps": a.probe_steps, "s_per_step": round(s_step, 4),
                          "n_runs": len(runs), "steps": steps}
         save()
         print(json.dumps({"seed": a.seed, "sizing": out["sizing"]}), flush=True)
     for kind, level, alloc in runs:
-        if left() < 2.0 * eval_s + 1.0:
-            out["skipped_for_time"] = out.get("skipped_for_time", 0) + 1
+        if left() < steps * out.get("sizing", {}).get("s_per_step", 0.0) + 3.0 * eval_s + 1.0:
+            out.setdefault("skipped_for_time", []).append(
+                {"kind": kind, "level": level, "allocation": alloc})
+            save()
             continue
         t1 = time.time()
         lg, hist = learn_gates(model, tr, kind, level, allocation=alloc, steps=steps,
