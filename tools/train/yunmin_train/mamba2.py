@@ -244,7 +244,7 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        H, N, G, K = cfg.num_heads, cfg.state_size, cfg.n_groups, cfg.conv_kernel
+        H, G, K = cfg.num_heads, cfg.n_groups, cfg.conv_kernel
         Di = cfg.d_inner
         self.in_proj = nn.Linear(cfg.hidden_size, Di + cfg.conv_dim + H, bias=cfg.use_bias)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, K, groups=cfg.conv_dim, padding=0,

@@ -139,13 +139,11 @@ def counted(cfg, kind, keep):
         dropped_heads = 0
     dense_pairs = L * H * N
     proj_head = 2 * D * (2 * P + 1) + 2 * D * P + 2 * K * P
-    G = cfg.n_groups
     proj_dense = L * (2 * D * (cfg.d_inner + cfg.conv_dim + H) + 2 * D * cfg.d_inner
                       + 2 * K * cfg.conv_dim)
     ssm_dense = 5 * P * dense_pairs
     mix_dense = proj_dense + ssm_dense
     mix = mix_dense - dropped_heads * proj_head - 5 * P * (dense_pairs - pairs)
-    del G
     return {"state_bytes": 4 * P * pairs, "state_bytes_dense": 4 * P * dense_pairs,
             "state_kept": pairs / dense_pairs,
             "ssm_flops": 5 * P * pairs, "ssm_flops_dense": ssm_dense,
