@@ -36,12 +36,14 @@ M2 = os.path.join(FIXTURES, "mamba2")
 def fixture_models():
     with open(os.path.join(M2, "manifest.json"), encoding="utf-8") as f:
         man = json.load(f)
-    return [e for e in man["models"] if e["kind"] == "mamba2-hf" and e.get("logits")]
+    return [e for e in man["models"] if e["kind"] in ("mamba2-hf", "mamba2-mamba_ssm")
+            and e.get("logits")]
 
 
 def test_the_fixture_set_is_there():
     names = {e["name"] for e in fixture_models()}
-    assert {"m2-g1-k4-f32", "m2-g2-bias-untied-k3-bf16", "m2-g3-odd-k2-f32"} <= names
+    assert {"m2-g1-k4-f32", "m2-g2-bias-untied-k3-bf16", "m2-g3-odd-k2-f32",
+            "ss-m2-g1-k4-f32"} <= names
 
 
 @pytest.mark.parametrize("entry", fixture_models(), ids=lambda e: e["name"])
@@ -53,7 +55,7 @@ def test_fixture_logits(entry, form):
     scale = max(1.0, float(np.abs(want).max()))
     for dtype, tol in ((torch.float64, 1e-5 * scale), (torch.float32, entry["atol"])):
         m = load_model(os.path.join(M2, entry["dir"]), dtype=dtype).eval()
-        m.set_scan(form, chunk=entry["chunk_size"])
+        m.set_scan(form, chunk=m.config.chunk_size)
         with torch.no_grad():
             got = m(torch.tensor([ids]))[0].double().numpy()
         assert got.shape == want.shape

@@ -111,7 +111,30 @@ class Mamba2Config:
 
     @classmethod
     def from_dict(cls, d):
+        """transformers' Mamba2Config keys, or mamba_ssm's raw form (d_model, n_layer,
+        ssm_cfg with layer "Mamba2", pad_vocab_size_multiple; its defaults)."""
         d = dict(d)
+        if "d_model" in d and "hidden_size" not in d:
+            ssm = d.get("ssm_cfg") or {}
+            if ssm.get("layer") not in ("Mamba2", "mamba2"):
+                raise ValueError(f"ssm_cfg.layer {ssm.get('layer')!r} is not Mamba2")
+            if int(d.get("d_intermediate", 0) or 0) or d.get("attn_layer_idx"):
+                raise ValueError("MLP or attention layers are not supported")
+            mult = int(d.get("pad_vocab_size_multiple", 1) or 1)
+            D, expand = int(d["d_model"]), int(ssm.get("expand", 2))
+            P = int(ssm.get("headdim", 64))
+            lim = ssm.get("dt_limit", (0.0, float("inf")))
+            return cls(vocab_size=(int(d["vocab_size"]) + mult - 1) // mult * mult,
+                       hidden_size=D, state_size=int(ssm.get("d_state", 128)),
+                       num_hidden_layers=int(d["n_layer"]), expand=expand,
+                       conv_kernel=int(ssm.get("d_conv", 4)),
+                       n_groups=int(ssm.get("ngroups", 1)), head_dim=P,
+                       num_heads=expand * D // P, chunk_size=int(ssm.get("chunk_size", 256)),
+                       use_bias=bool(ssm.get("bias", False)),
+                       use_conv_bias=bool(ssm.get("conv_bias", True)),
+                       layer_norm_epsilon=float(d.get("norm_epsilon", 1e-5)),
+                       tie_word_embeddings=bool(d.get("tie_embeddings", True)),
+                       time_step_limit=(_limit(lim[0]), _limit(lim[1]))).check()
         if d.get("model_type", "mamba2") != "mamba2":
             raise ValueError(f"model_type {d.get('model_type')!r} is not mamba2")
         names = {f for f in cls.__dataclass_fields__ if f != "extra"}
@@ -469,9 +492,11 @@ class Mamba2LM(nn.Module):
 def is_mamba2_dir(model_dir):
     try:
         with open(os.path.join(model_dir, "config.json"), "r", encoding="utf-8") as f:
-            return json.load(f).get("model_type") == "mamba2"
+            d = json.load(f)
     except (OSError, ValueError):
         return False
+    return d.get("model_type") == "mamba2" or \
+        (d.get("ssm_cfg") or {}).get("layer") in ("Mamba2", "mamba2")
 
 
 def load_config(model_dir):
