@@ -337,6 +337,17 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(v), (conv_state, s_last)
 
 
+def allow_tf32():
+    """TF32 for the float32 SSD matmuls on CUDA (newer torch's setting first, then the old)."""
+    try:                       # torch 1.13 raises AssertionError("Unknown attribute ...")
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    except Exception:          # noqa: BLE001
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = True
+        except Exception:      # noqa: BLE001
+            pass
+
+
 class _no_autocast:
     """Disable CUDA autocast inside (the SSD part runs in float32)."""
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from .evaluate import pick_device, window_batches, windows
-from .mamba2 import load_model
+from .mamba2 import allow_tf32, load_model
 
 KINDS = ("head", "state")
 METHODS = ("magnitude", "random", "learned", "learned-free")
@@ -266,7 +266,7 @@ def run(a):
     for p in model.parameters():
         p.requires_grad_(False)
     if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+        allow_tf32()
     cfg = model.config
     tok = a.tokenizer or os.path.join(a.model, "tokenizer.json")
     tr, va, info = data_mod.load_splits(a.text, tok, cache_dir=a.cache_dir, val_path=a.val_text)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import data as data_mod
 from .evaluate import nll_windows, pick_device
 from .model import MambaConfig, MambaLM, load_model, save_model, config_asdict
-from .mamba2 import Mamba2Config, Mamba2LM
+from .mamba2 import Mamba2Config, Mamba2LM, allow_tf32
 from .tokenizer import Tokenizer
 
 
@@ -213,7 +213,7 @@ def train(a):
     if isinstance(model, Mamba2LM):
         model.set_scan(a.scan, chunk=a.ssd_chunk)
         if dev.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True    # the float32 SSD matmuls
+            allow_tf32()                   # the float32 SSD matmuls
     else:
         model.set_scan(a.scan)
     cfg = model.config
