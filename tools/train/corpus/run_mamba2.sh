@@ -138,6 +138,27 @@ if [ -f "$MODEL/model.safetensors" ]; then
         --ctx 256 --batch-size 64 --cache-dir "$WORK/data" --out "$RES/eval_test-head.json" \
         > "$RES/eval_test-head.log" 2>&1
     grep -E '"(ppl|n_scored|mean_nll)"' "$RES/eval_test-head.json"
+    # the trained model's two SSD forms on the first test-head window (float32, no autocast)
+    timeout 60 "$PY" - "$MODEL" "$CORPUS/test-head.txt" "$WORK/data" "$RES/check_forms.json" <<'EOF2'
+import json, sys, torch
+from yunmin_train import data as D
+from yunmin_train.mamba2 import load_model
+from yunmin_train.mamba2_study import _autocast
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+m = load_model(sys.argv[1], device=dev).eval()
+ids = D.tokenize_cached(D.read_text(sys.argv[2]), sys.argv[1] + "/tokenizer.json", sys.argv[3], "all")
+x = torch.tensor(ids[None, :256].astype("int64"), device=dev)
+with torch.no_grad():
+    a = m.set_scan("chunked")(x).double()
+    b = m.set_scan("sequential")(x).double()
+    with _autocast(dev == "cuda"):
+        c = m.set_scan("chunked")(x).double()
+r = {"device": dev, "tokens": int(x.shape[1]), "max_abs_logit": float(b.abs().max()),
+     "chunked_vs_sequential_f32": float((a - b).abs().max()),
+     "bf16_autocast_vs_f32": float((c - a).abs().max())}
+json.dump(r, open(sys.argv[4], "w"), indent=1)
+print("forms:", r)
+EOF2
 else
     echo "no model: nothing to evaluate or study"
     exit 1
