@@ -518,7 +518,11 @@ def load_sparsity_masks(path, dtype=torch.float64):
 
 
 def load_model(model_dir, dtype=torch.float32, device="cpu", dropout=0.0):
-    """Load a HF-layout (or state-spaces-layout) Mamba directory into MambaLM."""
+    """Load a HF-layout (or state-spaces-layout) Mamba directory into MambaLM (a Mamba-2
+    directory, config model_type "mamba2", into yunmin_train.mamba2.Mamba2LM)."""
+    from . import mamba2
+    if mamba2.is_mamba2_dir(model_dir):
+        return mamba2.load_model(model_dir, dtype=dtype, device=device, dropout=dropout)
     cfg = load_config(model_dir)
     raw = {_canonical_name(k): v for k, v in _read_weights(model_dir).items()}
     emb = raw.get("backbone.embeddings.weight")

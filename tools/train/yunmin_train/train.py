@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import data as data_mod
 from .evaluate import nll_windows, pick_device
 from .model import MambaConfig, MambaLM, load_model, save_model, config_asdict
+from .mamba2 import Mamba2Config, Mamba2LM, allow_tf32
 from .tokenizer import Tokenizer
 
 
@@ -52,6 +53,12 @@ def build_parser():
                    help="held-out text file; then all of --text is training text")
     g = ap.add_argument_group("model")
     g.add_argument("--init-from", default=None, help="start from this model directory")
+    g.add_argument("--arch", default="mamba", choices=["mamba", "mamba2"],
+                   help="mamba (Mamba-1, model.py) or mamba2 (mamba2.py)")
+    g.add_argument("--head-dim", type=int, default=64, help="mamba2: channels per head")
+    g.add_argument("--n-groups", type=int, default=1, help="mamba2: B/C groups")
+    g.add_argument("--ssd-chunk", type=int, default=64,
+                   help="mamba2: tokens per chunk of the chunked SSD form in training")
     g.add_argument("--d-model", type=int, default=256)
     g.add_argument("--n-layer", type=int, default=8)
     g.add_argument("--d-state", type=int, default=16)
@@ -151,6 +158,13 @@ def _write_json(path, obj):
 def make_config(a, vocab):
     mult = max(1, a.pad_vocab_multiple)
     v = ((vocab + mult - 1) // mult) * mult
+    if a.arch == "mamba2":
+        return Mamba2Config(vocab_size=v, hidden_size=a.d_model, state_size=a.d_state,
+                            num_hidden_layers=a.n_layer, expand=a.expand, conv_kernel=a.d_conv,
+                            n_groups=a.n_groups, head_dim=a.head_dim,
+                            num_heads=a.expand * a.d_model // a.head_dim, use_bias=a.use_bias,
+                            use_conv_bias=not a.no_conv_bias,
+                            tie_word_embeddings=not a.untied).check()
     rank = a.dt_rank if a.dt_rank == "auto" else int(a.dt_rank)
     return MambaConfig(vocab_size=v, hidden_size=a.d_model, state_size=a.d_state,
                        num_hidden_layers=a.n_layer, expand=a.expand, conv_kernel=a.d_conv,
@@ -194,8 +208,14 @@ def train(a):
         model = load_model(a.init_from, device=dev, dropout=a.dropout)
     else:
         cfg = make_config(a, tok.vocab_size)
-        model = MambaLM(cfg, dropout=a.dropout).reset_parameters(seed=a.seed).to(dev)
-    model.set_scan(a.scan)
+        cls = Mamba2LM if a.arch == "mamba2" else MambaLM
+        model = cls(cfg, dropout=a.dropout).reset_parameters(seed=a.seed).to(dev)
+    if isinstance(model, Mamba2LM):
+        model.set_scan(a.scan, chunk=a.ssd_chunk)
+        if dev.type == "cuda":
+            allow_tf32()                   # the float32 SSD matmuls
+    else:
+        model.set_scan(a.scan)
     cfg = model.config
     if cfg.vocab_size < tok.vocab_size:
         raise SystemExit(f"model vocab {cfg.vocab_size} < tokenizer vocab {tok.vocab_size}")
