@@ -47,7 +47,7 @@ say() { printf '\n[%4ss] %s\n' "$(el)" "$*"; }
 pack() {
     say "packing $OUT/results.tar.gz"
     [ -d "$WORK/results" ] && cp -r "$WORK/results" "$RES/corpus_model"
-    rm -f "$RES/corpus_model/model.safetensors" 2>/dev/null
+    rm -f "$RES/corpus_model/model.safetensors" "$RES/corpus_model/tokenizer.json" 2>/dev/null
     cp "$WORK"/*.log "$RES/" 2>/dev/null
     sleep 1
     cp "$RES/run.log" "$OUT/run.log" 2>/dev/null
@@ -90,11 +90,12 @@ LEFT=$(( TOTAL_S - $(el) - 15 ))
 say "3. PEFT seeds $SEEDS and recovery seeds ${REC_SEEDS:-1,2} in parallel, ${LEFT}s"
 pids=()
 lead=--leader
+rm -f "$RES/peft_sizing.json"
 if [ -f "$RES/importance.json" ]; then
     for s in $SEEDS; do
         timeout "$LEFT" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
             --importance "$RES/importance.json" --seed "$s" --ranks "${RANKS:-8,2,16,4}" \
-            --seq-len 128 --test-windows 256 --time-budget $(( LEFT - 8 )) $lead \
+            --seq-len 128 --test-windows 256 --min-steps 40 --time-budget $(( LEFT - 8 )) $lead \
             ${PEFT_ARGS:-} --out "$RES/peft_seed$s.json" > "$RES/peft_seed$s.log" 2>&1 &
         pids+=($!)
         lead=

@@ -186,6 +186,12 @@ def test_merge_gives_mean_sd_and_the_front(tmp_path):
         (100 * (o[1] + 1) <= 100 * (k[1] + 1) and means[o] < means[k]) or
         (100 * (o[1] + 1) < 100 * (k[1] + 1) and means[o] <= means[k]) for o in keys)]
     assert sorted((p["rule"], p["rank"]) for p in res["peft"]["pareto"]) == sorted(want)
+    pd = {(e["rule"], e["rank"]): e for e in res["peft"]["paired"]}
+    d = vals[("least", 2)] - vals[("top", 2)]
+    assert pd[("least", 2)]["diff"]["mean"] == pytest.approx(float(d.mean()), abs=1e-12)
+    assert pd[("least", 2)]["diff"]["sd"] == pytest.approx(float(d.std(ddof=1)), abs=1e-12)
+    assert pd[("least", 2)]["n_better"] == int((d < 0).sum())
+    assert set(pd) == {("least", 2)}          # no other rule has a run at a rank with top
     rt = {e["profile"]: e for e in res["recovery"]["table"]}
     assert rt["learned-50"]["ppl_after"]["mean"] == pytest.approx(41.0)
     assert rt["learned-50"]["after_over_dense_after"]["mean"] == pytest.approx(

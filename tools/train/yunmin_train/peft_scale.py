@@ -318,10 +318,10 @@ def cmd_importance(a):
                      "tokens": int(min(ids.size, a.max_windows * a.seq_len))}
     out["domain_val_loss"] = dl
     cands = [d for d in CANDIDATES if d in dl]
-    out["domain"] = max(cands, key=lambda d: dl[d]["loss"]) if cands else None
-    out["domain_rule"] = "of bible and perl, the highest base held-out loss"
+    out["auto_domain"] = max(cands, key=lambda d: dl[d]["loss"]) if cands else None
+    out["auto_domain_rule"] = "of bible and perl, the highest base held-out loss"
     print(json.dumps({"mixed_val_loss": out["mixed_val_loss"], "domain_val_loss": dl,
-                      "domain": out["domain"]}), flush=True)
+                      "auto_domain": out["auto_domain"]}), flush=True)
     t1 = time.time()
     logits, _ = M.learn_masks(base, tr, a.level, 0.0, steps=a.mask_steps,
                               batch_size=a.mask_batch_size, seq_len=a.seq_len, lr=a.mask_lr,
@@ -353,7 +353,7 @@ def cmd_peft(a):
     dev = pick_device(a.device)
     t_start = time.time()
     imp = json.load(open(a.importance, encoding="utf-8"))
-    domain = imp["domain"] if a.domain == "auto" else a.domain
+    domain = imp["auto_domain"] if a.domain == "auto" else a.domain
     base = _load_base(a, dev)
     cfg = base.config
     tok_path = _tok(a)
@@ -369,7 +369,8 @@ def cmd_peft(a):
     rules = [x for x in a.rules.split(",") if x]
     n_layer = cfg.num_hidden_layers
     out = {"config": vars(a), "device": str(dev), "torch": torch.__version__, "seed": a.seed,
-           "domain": domain, "n_params": sum(p.numel() for p in base.parameters()),
+           "domain": domain, "domain_val_loss": imp.get("domain_val_loss"),
+           "mixed_val_loss": imp.get("mixed_val_loss"), "n_params": sum(p.numel() for p in base.parameters()),
            "task": {"train_tokens": int(tr.size), "es_tokens": int(es.size),
                     "test_tokens": int(te.size)},
            "importance": imp["importance"], "ranked": ranked_layers(imp["importance"]),
@@ -567,12 +568,26 @@ def merge_peft(parts):
                       "steps": sorted({r["steps"] for r in rs})})
     front = pareto([{"rule": e["rule"], "rank": e["rank"], "params": e["trainable_params"],
                      "loss": e["test_loss"]["mean"]} for e in table])
+    # the rules against the seed's hybrid at the same rank, paired by seed (same batches)
+    paired = []
+    by = {(r["rule"], r["rank"], r["seed"]): r["test_loss"] for r in rows}
+    for rank in sorted({r["rank"] for r in rows if r["rank"] > 0}):
+        for rule in ("least", "last", "learned", "lora-all"):
+            d = [by[(rule, rank, s)] - by[("top", rank, s)] for (ru, rk, s) in by
+                 if ru == rule and rk == rank and ("top", rank, s) in by]
+            if d:
+                paired.append({"rank": rank, "rule": rule, "minus": "top",
+                               "diff": summarize(d),
+                               "n_better": sum(1 for x in d if x < 0)})
     base = summarize([p["base_test_loss"] for p in parts])
     return {"domain": parts[0]["domain"], "task": parts[0]["task"],
+            "domain_val_loss": parts[0].get("domain_val_loss"),
+            "mixed_val_loss": parts[0].get("mixed_val_loss"),
             "base_test_loss": base, "importance": parts[0]["importance"],
             "ranked": parts[0]["ranked"], "n_params": parts[0]["n_params"],
             "device": parts[0]["device"], "config": parts[0]["config"],
             "sizing": [p.get("sizing") for p in parts], "table": table, "pareto": front,
+            "paired": paired,
             "rows": rows}
 
 
@@ -621,8 +636,12 @@ def merge(peft_paths, rec_path, out_dir):
                   f"early-stopping / {pf['task']['test_tokens']:,} test tokens; base test loss "
                   f"{b['mean']:.4f} (ppl {math.exp(b['mean']):.2f}). Layers by importance "
                   f"(most first): {pf['ranked']}. Steps per run: "
-                  f"{sorted({s for e in pf['table'] for s in e['steps']})}.", "",
-                  "| rank | rule | LoRA layers | trainable params | fraction | seeds | "
+                  f"{sorted({s for e in pf['table'] for s in e['steps']})}.", ""]
+        if pf.get("domain_val_loss"):
+            lines += ["Base model's held-out loss by domain (val.txt, first windows of each): " +
+                      ", ".join(f"{d} {v['loss']:.3f}" for d, v in pf["domain_val_loss"].items())
+                      + f"; mixed (val.txt's first windows) {pf['mixed_val_loss']:.3f}.", ""]
+        lines += ["| rank | rule | LoRA layers | trainable params | fraction | seeds | "
                   "test loss | test ppl | best step |", "|---|---|---|---|---|---|---|---|---|"]
         for e in pf["table"]:
             lay = e["lora_layers"] if not e.get("layer_r") else \
@@ -634,7 +653,14 @@ def merge(peft_paths, rec_path, out_dir):
                          f"{_fmt(e['best_step'], 0)} |")
         lines += ["", "Pareto front (trainable parameters, mean test loss): " + "; ".join(
             f"{p['rule']} r{p['rank']} ({p['params']:,}, {p['loss']:.4f})"
-            for p in pf["pareto"]), ""]
+            for p in pf["pareto"]), "",
+            "Test loss of each rule minus the seed's hybrid (top) at the same rank, paired by "
+            "seed (negative: better than top):", "",
+            "| rank | rule | minus top | seeds better than top |", "|---|---|---|---|"]
+        for e in pf["paired"]:
+            lines.append(f"| {e['rank']} | {e['rule']} | {_fmt(e['diff'])} | "
+                         f"{e['n_better']} of {e['diff']['n']} |")
+        lines += [""]
     if rec_path and os.path.exists(rec_path):
         try:
             rec = json.load(open(rec_path, encoding="utf-8"))
