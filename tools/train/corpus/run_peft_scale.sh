@@ -21,7 +21,7 @@
 # Everything goes into OUT_DIR/results.tar.gz (results/: logs of every step, JSON, tables),
 # with OUT_DIR/run.log and OUT_DIR/peft_scale.md beside it. set -u, not -e: a failed step
 # is logged and the next ones still run.
-# Settings (environment): TOTAL_S (560), MODEL_S (280), POST_S (35), SEEDS ("1 2 3"),
+# Settings (environment): TOTAL_S (560), MODEL_S (290), POST_S (40), SEEDS ("1 2 3"),
 # REC_SEEDS (1,2), RANKS (8,2,16,4: priority order), PEFT_ARGS, REC_ARGS, IMP_ARGS (extra
 # arguments), SHAPE_A ("--d-model 640 --n-layer 8"), BATCH, WORK (/tmp/peft-scale), PYTHON.
 set -uo pipefail
@@ -29,7 +29,7 @@ CORPUS_IN=${1:?corpus dir}
 OUT=${2:?out dir}
 T0=$(date +%s)
 TOTAL_S=${TOTAL_S:-560}
-MODEL_S=${MODEL_S:-280}
+MODEL_S=${MODEL_S:-290}
 SEEDS=${SEEDS:-1 2 3}
 export WORK=${WORK:-/tmp/peft-scale}
 export PYTHONPATH="tools/train${PYTHONPATH:+:$PYTHONPATH}"
@@ -70,7 +70,7 @@ say "0. token cache ($TOKJ)"
     2>&1 | tee "$RES/tokenize.log"
 
 say "1. the corpus model (run_corpus_model.sh)"
-DEADLINE_S=$(( MODEL_S - $(el) )) POST_S=${POST_S:-35} SKIP_TP=1 EVAL_FILES=test-head \
+DEADLINE_S=$(( MODEL_S - $(el) )) POST_S=${POST_S:-40} SKIP_TP=1 EVAL_FILES=test-head \
     SHAPE_A=${SHAPE_A:---d-model 640 --n-layer 8} TOKENIZER_JSON="$TOKJ" \
     bash tools/train/corpus/run_corpus_model.sh "$CORPUS" "$WORK/model-out" \
     > "$RES/corpus_model.log" 2>&1
