@@ -111,6 +111,11 @@ def test_parameter_counts_equal_the_attached_parameters(tmp_path, tiny_tokenizer
     plan = P.rule_plan(rule, imp, 3, 1, r)
     n_before = sum(p.numel() for p in model.parameters())
     groups = A.attach(model, plan, seed=0)
+    if rule == "full":
+        assert plan == {"full": True} and P.plan_params(plan, cfg) is None
+        assert A.count_trainable(groups) == n_before == sum(
+            p.numel() for p in model.parameters() if p.requires_grad)
+        return
     attached = sum(p.numel() for p in model.parameters()) - n_before
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert attached == trainable == A.count_trainable(groups) == P.plan_params(plan, cfg)
@@ -131,8 +136,8 @@ def test_parameter_counts_equal_the_attached_parameters(tmp_path, tiny_tokenizer
 
 
 def test_run_list_puts_ia3_first_once_and_ranks_in_order():
-    assert P.run_list(["ia3", "top", "lora-all"], [8, 2]) == [
-        ("ia3", 0), ("top", 8), ("lora-all", 8), ("top", 2), ("lora-all", 2)]
+    assert P.run_list(["full", "ia3", "top", "lora-all"], [8, 2]) == [
+        ("ia3", 0), ("top", 8), ("lora-all", 8), ("top", 2), ("lora-all", 2), ("full", 0)]
 
 
 def test_pareto_front_keeps_the_undominated_points():
@@ -263,5 +268,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_tokenizer_path):
                    "--out-dir", str(tmp_path / "m")]) == 0
     res = json.load(open(tmp_path / "m" / "peft_scale.json"))
     assert all(e["test_loss"]["n"] == 2 for e in res["peft"]["table"])
-    assert len(res["peft"]["table"]) == 1 + 5 * 2
+    assert len(res["peft"]["table"]) == 2 + 5 * 2
+    full = next(r for r in part["rows"] if r["rule"] == "full")
+    assert full["trainable_fraction"] == 1.0 and full["params_counted"] == part["n_params"]
     torch.manual_seed(0)

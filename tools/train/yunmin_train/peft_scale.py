@@ -40,6 +40,8 @@ so alpha / r = 2 at every rank; IA3 on in_proj input, x_proj output and out_proj
   learned    LoRA on every layer with ranks proportional to the importance, summing to k r
              (largest remainders; a layer given rank 0 gets IA3): the top rule's LoRA budget
   lora-all   LoRA on every layer at rank r, no IA3
+  full       every weight of the model, lr --lr-full (the reference; one run per seed, rank 0,
+             run last so that a short budget drops it first)
 Every run: the same --steps of --batch-size x --seq-len tokens (sized by a probe when
 --time-budget is given: the leader's probe decides for every seed, see --leader), AdamW,
 LoRA lr --lr-lora, IA3 lr --lr-ia3 at every rank, 10 % warmup then cosine, the parameters of
@@ -80,7 +82,7 @@ from .model import load_model
 SEP = "\n<|endoftext|>\n"
 DOMAINS = ("gcide", "wordnet", "bible", "perl", "other")
 CANDIDATES = ("bible", "perl")
-RULES = ("ia3", "top", "least", "last", "learned", "lora-all")
+RULES = ("ia3", "full", "top", "least", "last", "learned", "lora-all")
 LORA_MODULES = ["in_proj", "out_proj"]
 _GCIDE = re.compile(r"[^\n\\]+\\[^\n\\]*\\")
 _WORDNET = re.compile(r"[^\n]+\n(?:n|v|adj|adv)(?: \d+)?: ")
@@ -199,6 +201,8 @@ def rule_plan(rule, importance, n_layer, k, r):
         return A.ia3_part(sorted(layers)) if layers else None
 
     every = list(range(n_layer))
+    if rule == "full":
+        return {"full": True}
     if rule == "ia3":
         return {"lora": None, "ia3": ia3(every)}
     if rule == "lora-all":
@@ -219,6 +223,8 @@ def rule_plan(rule, importance, n_layer, k, r):
 
 def plan_params(plan, cfg):
     """Trainable parameters of a plan counted from the shapes (independent of attach)."""
+    if plan.get("full"):
+        return None           # every parameter: the caller counts the model
     D, Di, N, R = cfg.hidden_size, cfg.d_inner, cfg.state_size, cfg.dt_rank
     shapes = {"in_proj": (D, 2 * Di), "x_proj": (Di, R + 2 * N), "out_proj": (Di, D),
               "dt_proj": (R, Di)}
@@ -237,11 +243,12 @@ def plan_params(plan, cfg):
 
 
 def run_list(rules, ranks):
-    """(rule, rank) in the order they run: rank by rank (priority order), ia3 once first."""
+    """(rule, rank) in the order they run: ia3 once first, then rank by rank (priority
+    order), full once last."""
     out = [("ia3", 0)] if "ia3" in rules else []
     for r in ranks:
-        out += [(rule, r) for rule in rules if rule != "ia3"]
-    return out
+        out += [(rule, r) for rule in rules if rule not in ("ia3", "full")]
+    return out + ([("full", 0)] if "full" in rules else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,14 +435,14 @@ def cmd_peft(a):
         plan = rule_plan(rule, imp["importance"], n_layer, a.k, max(r, 1))
         m = copy.deepcopy(base)
         res = A.finetune(m, plan, tr, es, steps, a.batch_size, a.seq_len, a.lr_lora, a.lr_ia3,
-                         0.0, a.eval_every, a.seed, a.bf16)
+                         a.lr_full, a.eval_every, a.seed, a.bf16)
         res["test_loss"] = loss_of(m, te, a.seq_len)
         del m
         row = {"seed": a.seed, "rule": rule, "rank": r, "k": a.k,
                "lora_layers": plan["lora"]["layers"] if plan.get("lora") else [],
                "layer_r": (plan.get("lora") or {}).get("layer_r"),
                "ia3_layers": plan["ia3"]["layers"] if plan.get("ia3") else [],
-               "params_counted": plan_params(plan, cfg)}
+               "params_counted": plan_params(plan, cfg) or out["n_params"]}
         row.update({k: v for k, v in res.items() if k != "history"})
         row["history"] = [(h["step"], h["val_loss"]) for h in res["history"]]
         out["rows"].append(row)
@@ -741,6 +748,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr-lora", type=float, default=2e-3)
     p.add_argument("--lr-ia3", type=float, default=1e-2)
+    p.add_argument("--lr-full", type=float, default=3e-4)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--es-windows", type=int, default=32)
     p.add_argument("--test-windows", type=int, default=160)
