@@ -243,19 +243,24 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_tokenizer_path):
     imp = json.load(open(imp_path))
     assert sorted(imp["ranked"]) == [0, 1, 2] and sum(imp["per_layer_kept"]) == 3 * 48 // 2
     assert set(imp["domain_val_loss"]) == {"bible", "gcide", "wordnet", "perl", "other"}
-    for seed in (1, 2):
+    for seed in (1, 2):           # sized by a probe: seed 1 leads, seed 2 takes its sizing
         assert P.main(["peft", *common, "--importance", imp_path, "--seed", str(seed),
-                       "--ranks", "2,1", "--k", "1", "--steps", "3", "--eval-every", "2",
+                       "--ranks", "2,1", "--k", "1", "--time-budget", "120", "--min-steps", "3",
+                       "--max-steps", "3", "--probe-steps", "2", "--eval-every", "2",
                        "--batch-size", "2", "--es-windows", "2", "--test-windows", "3",
-                       "--out", str(tmp_path / f"peft_seed{seed}.json")]) == 0
+                       "--out", str(tmp_path / f"peft_seed{seed}.json")]
+                      + (["--leader"] if seed == 1 else [])) == 0
+    assert json.load(open(tmp_path / "peft_seed2.json"))["sizing"]["from_leader"]
     part = json.load(open(tmp_path / "peft_seed1.json"))
+    assert part["sizing"]["steps"] == 3 and part["sizing"]["ranks"] == [2, 1]
     assert part["done"] and part["domain"] == "bible"
     assert [(r["rule"], r["rank"]) for r in part["rows"]] == P.run_list(P.RULES, [2, 1])
     for r in part["rows"]:
         assert r["trainable_params"] == r["params_counted"] and r["steps"] == 3
         assert math.isfinite(r["test_loss"]) and r["val_loss"] <= r["val_loss_before"]
     assert P.main(["recover", *common, "--importance", imp_path, "--seeds", "1",
-                   "--levels", "0.5,0.7", "--steps", "2", "--rec-batch-size", "2",
+                   "--levels", "0.5,0.7", "--time-budget", "60", "--min-steps", "2",
+                   "--max-steps", "2", "--probe-steps", "2", "--rec-batch-size", "2",
                    "--mask-steps", "2", "--mask-batch-size", "2",
                    "--out", str(tmp_path / "recovery.json")]) == 0
     rec = json.load(open(tmp_path / "recovery.json"))
