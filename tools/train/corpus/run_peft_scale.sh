@@ -115,5 +115,6 @@ tail -n 3 "$RES"/peft_seed*.log "$RES/recovery.log"
 
 say "4. merge"
 "$PY" -m yunmin_train.peft_scale merge --peft "$RES"/peft_seed*.json \
-    --recovery "$RES/recovery.json" --out-dir "$RES/merged"
+    --recovery "$RES/recovery.json" --model-eval "$WORK/results/eval_test-head.json" \
+    --out-dir "$RES/merged"
 say "done"

@@ -177,7 +177,10 @@ def test_merge_gives_mean_sd_and_the_front(tmp_path):
                     for s, n, b, a in ((1, "dense", 30.0, 28.0), (1, "learned-50", 60.0, 40.0),
                                        (2, "dense", 30.0, 27.0), (2, "learned-50", 60.0, 42.0))]}
     (tmp_path / "recovery.json").write_text(json.dumps(rec))
-    assert P.merge(paths, str(tmp_path / "recovery.json"), str(tmp_path / "m")) == 0
+    (tmp_path / "eval.json").write_text(json.dumps({"ppl": 31.25, "n_scored": 36837, "ctx": 256,
+                                                     "text": "/x/test-head.txt"}))
+    assert P.merge(paths, str(tmp_path / "recovery.json"), str(tmp_path / "m"),
+                   str(tmp_path / "eval.json")) == 0
     res = json.load(open(tmp_path / "m" / "peft_scale.json"))
     table = {(e["rule"], e["rank"]): e for e in res["peft"]["table"]}
     for k in keys:
@@ -206,6 +209,7 @@ def test_merge_gives_mean_sd_and_the_front(tmp_path):
         statistics.stdev([28 / 30, 27 / 30]))
     md = open(tmp_path / "m" / "peft_scale.md").read()
     assert "Pareto front" in md and "learned-50" in md
+    assert md.startswith("The model studied: held-out perplexity 31.25 on test-head.txt (36837")
 
 
 def test_merge_skips_a_truncated_file(tmp_path):

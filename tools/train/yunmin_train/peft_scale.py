@@ -626,9 +626,18 @@ def _fmt(s, d=4):
     return f"{s['mean']:.{d}f} ± {s['sd']:.{d}f}" if s["n"] > 1 else f"{s['mean']:.{d}f}"
 
 
-def merge(peft_paths, rec_path, out_dir):
+def merge(peft_paths, rec_path, out_dir, model_eval=None):
     res = {}
     lines = []
+    if model_eval and os.path.exists(model_eval):
+        try:
+            ev = json.load(open(model_eval, encoding="utf-8"))
+            res["model_eval"] = ev
+            lines += [f"The model studied: held-out perplexity {ev['ppl']:.2f} on "
+                      f"{os.path.basename(ev.get('text', model_eval))} ({ev.get('n_scored')} "
+                      f"scored tokens, ctx {ev.get('ctx')}).", ""]
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"{model_eval}: skipped ({e})", file=sys.stderr)
     parts = []
     for p in peft_paths or []:
         try:
@@ -770,10 +779,11 @@ def main(argv=None):
     p = sub.add_parser("merge", help="tables from the JSON files")
     p.add_argument("--peft", nargs="*", default=[])
     p.add_argument("--recovery", default=None)
+    p.add_argument("--model-eval", default=None, help="evaluate.py's JSON for the model")
     p.add_argument("--out-dir", required=True)
     a = ap.parse_args(argv)
     if a.cmd == "merge":
-        return merge(a.peft, a.recovery, a.out_dir)
+        return merge(a.peft, a.recovery, a.out_dir, a.model_eval)
     return {"tokenize": cmd_tokenize, "importance": cmd_importance, "peft": cmd_peft,
             "recover": cmd_recover}[a.cmd](a)
 
