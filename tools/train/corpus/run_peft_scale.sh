@@ -61,7 +61,8 @@ for f in train val test-head; do
     if [ -f "$CORPUS_IN/$f.txt" ]; then cp "$CORPUS_IN/$f.txt" "$CORPUS/$f.txt"
     elif [ -f "$CORPUS_IN/$f.txt.xz" ]; then
         xz -dc -T0 "$CORPUS_IN/$f.txt.xz" > "$CORPUS/$f.txt" || "$PY" -c 'import lzma, shutil, sys
-shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$CORPUS_IN/$f.txt.xz" "$CORPUS/$f.txt"
+shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$CORPUS_IN/$f.txt.xz" "$CORPUS/$f.txt"
     else echo "missing $CORPUS_IN/$f.txt(.xz)"; fi
 done
 ls -l "$CORPUS"

@@ -1,7 +1,7 @@
 """PEFT placement rules with a rank sweep, and a recovery fine-tune, on the corpus model.
 
     python -m yunmin_train.peft_scale tokenize --tokenizer T --train-text train.txt \\
-        --val-text val.txt --cache-dir C                      # fills the token cache (HF if importable)
+        --val-text val.txt --cache-dir C          # the token cache (HF tokenizers if importable)
     python -m yunmin_train.peft_scale importance --model M --tokenizer T --train-text train.txt \\
         --val-text val.txt --cache-dir C --out importance.json [--bf16]
     python -m yunmin_train.peft_scale peft --model M ... --importance importance.json --seed 1 \\
@@ -56,8 +56,10 @@ the same N steps (an undertrained model also gains from more training). Held-out
 first --max-windows windows; perplexity, and cos loss / KL against the original dense model,
 before and after.
 
-merge: mean, sample sd and n over seeds per (rule, rank) and per recovery profile, the Pareto
-front of trainable parameters against mean test loss, into RESULTS/peft_scale.json and .md.
+merge: mean, sample sd and n over seeds per (rule, rank) and per recovery profile, each rule's
+test loss minus the top rule's at the same rank paired by seed (a seed fixes the batches and
+the adapters' initialisation), the Pareto front of trainable parameters against mean test loss,
+into RESULTS/peft_scale.json and .md.
 """
 
 import argparse
@@ -377,7 +379,8 @@ def cmd_peft(a):
     n_layer = cfg.num_hidden_layers
     out = {"config": vars(a), "device": str(dev), "torch": torch.__version__, "seed": a.seed,
            "domain": domain, "domain_val_loss": imp.get("domain_val_loss"),
-           "mixed_val_loss": imp.get("mixed_val_loss"), "n_params": sum(p.numel() for p in base.parameters()),
+           "mixed_val_loss": imp.get("mixed_val_loss"),
+           "n_params": sum(p.numel() for p in base.parameters()),
            "task": {"train_tokens": int(tr.size), "es_tokens": int(es.size),
                     "test_tokens": int(te.size)},
            "importance": imp["importance"], "ranked": ranked_layers(imp["importance"]),
