@@ -85,11 +85,12 @@ grep -h '"ppl"' "$WORK/results/eval_test-head.json" 2>/dev/null | head -n 1
 STUDY=(--model "$MODEL" --tokenizer "$TOKJ" --train-text "$CORPUS/train.txt"
        --val-text "$CORPUS/val.txt" --cache-dir "$WORK/data" --bf16)
 say "2. layer importance"
-timeout $(( TOTAL_S - $(el) - 60 )) "$PY" -m yunmin_train.peft_scale importance "${STUDY[@]}" \
+IMP_S=$(( TOTAL_S - $(el) - 60 )); [ "$IMP_S" -lt 30 ] && IMP_S=30
+timeout "$IMP_S" "$PY" -m yunmin_train.peft_scale importance "${STUDY[@]}" \
     --out "$RES/importance.json" ${IMP_ARGS:-} > "$RES/importance.log" 2>&1
 cat "$RES/importance.log"
 
-LEFT=$(( TOTAL_S - $(el) - 15 ))
+LEFT=$(( TOTAL_S - $(el) - 15 )); [ "$LEFT" -lt 30 ] && LEFT=30
 say "3. PEFT seeds $SEEDS and recovery seeds ${REC_SEEDS:-1,2} in parallel, ${LEFT}s"
 pids=()
 lead=--leader
