@@ -150,10 +150,16 @@ def attach(model, plan, seed=0):
     g = torch.Generator().manual_seed(seed)
     lo = plan.get("lora")
     if lo:
+        # "layer_r" {str(layer): rank} (a per-layer allocation, fine-tuning only: save_adapter
+        # writes one r) overrides r, with alpha scaled alike (the same alpha / r in every layer)
+        layer_r = lo.get("layer_r") or {}
         for l in lo["layers"]:
+            r = int(layer_r.get(str(l), lo["r"]))
+            if r <= 0:
+                continue
             for m in lo["modules"]:
                 mod = _wrap(model, l, m)
-                mod.add_lora(lo["r"], lo["alpha"], lo.get("rslora", False), generator=g)
+                mod.add_lora(r, lo["alpha"] * r / lo["r"], lo.get("rslora", False), generator=g)
                 groups["lora"] += [mod.lora_A, mod.lora_B]
     ia = plan.get("ia3")
     if ia:
