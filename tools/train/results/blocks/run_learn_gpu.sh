@@ -17,7 +17,10 @@ SEEDS=${SEEDS:-1 2 3}
 STEPS=${STEPS:-200}
 DEVICE=${DEVICE:-cuda}
 MAXS=${MAXS:-420}
-# PYTHON: the interpreter (python3)
+# PYTHON: the interpreter (python3); JOBS: runs at a time (4; each takes ~12 GB of GPU memory:
+# 12 at once ran out on an 80 GB card); ONLY: run only these names (space-separated).
+JOBS=${JOBS:-4}
+ONLY=${ONLY:-}
 export PYTHONPATH="tools/train${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 W=$(mktemp -d)
 R=tools/train/results/blocks/shakespeare-maskorder
@@ -27,6 +30,8 @@ pids=()
 run() {  # NAME LEVEL SEED EXTRA...
     local name=$1 p=$2 s=$3
     shift 3
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
     "${PYTHON:-python3}" -m yunmin_train.block_masks learn --model models/shakespeare-mamba \
         --text data/tinyshakespeare.txt --order-from "$R/block-magnitude-$(pct "$p").sparsity.safetensors" \
         --state-sparsity "$p" --steps "$STEPS" --batch-size 16 --seq-len 256 --device "$DEVICE" \
