@@ -12,6 +12,9 @@ documents by summed label scores over their windows), chance 1/15, the majority-
 baseline. Two scores per label: raw (the sum above) and calibrated, raw minus the label's
 score after the content-free prompt "\\nGenre:" alone (its prior; Holtzman et al. 2021,
 "domain-conditional PMI"), which removes the preference for a label regardless of the text.
+An item with a "prior_prompt" (make_genre_fewshot.py: the same in-context examples before a
+content-free window) is calibrated by that prompt's label scores instead; the task's
+"shots" and "answer_in_shots" fields are reported when present.
 --check-torch K recomputes the dense label scores of the first K items with the
 toolkit's PyTorch model (CPU, float32) and records the largest difference.
 """
@@ -85,9 +88,18 @@ def evaluate(scores, items):
         d[1] = [a + b for a, b in zip(d[1], s)]
     doc_right = [int(max(range(len(s)), key=s.__getitem__) == a) for a, s in docs.values()]
     pred = [max(range(len(s)), key=s.__getitem__) for s in scores]
-    return {"accuracy": sum(right) / n, "n_items": n, "n_right": sum(right),
-            "doc_accuracy": sum(doc_right) / len(doc_right), "n_docs": len(doc_right),
-            "predicted_counts": {items[0]["labels"][k]: pred.count(k) for k in sorted(set(pred))}}
+    out = {"accuracy": sum(right) / n, "n_items": n, "n_right": sum(right),
+           "doc_accuracy": sum(doc_right) / len(doc_right), "n_docs": len(doc_right),
+           "predicted_counts": {items[0]["labels"][k]: pred.count(k) for k in sorted(set(pred))}}
+    if "shots" in items[0]:
+        inside = [r for r, it in zip(right, items) if it["answer_in_shots"]]
+        outside = [r for r, it in zip(right, items) if not it["answer_in_shots"]]
+        shown = [int(items[0]["labels"][k].replace(" ", "_") in {s["genre"] for s in it["shots"]})
+                 for k, it in zip(pred, items)]
+        out.update(right_answer_in_shots=[sum(inside), len(inside)],
+                   right_answer_not_in_shots=[sum(outside), len(outside)],
+                   predicted_a_shot_genre=sum(shown))
+    return out
 
 
 def torch_scores(model_dir, items):
@@ -139,12 +151,16 @@ def main(argv=None):
             t0 = time.time()
             sc = [score_item(port, it) for it in items]
             dt = time.time() - t0
-            prior = score_prompt(port, PRIOR_PROMPT, items[0]["labels"])
+            priors = {q: score_prompt(port, q, items[0]["labels"])
+                      for q in dict.fromkeys(it.get("prior_prompt", PRIOR_PROMPT) for it in items)}
         finally:
             p.terminate()
             p.wait()
         all_scores[name] = sc
-        cal = [[x - q for x, q in zip(row, prior)] for row in sc]
+        cal = [[x - q for x, q in zip(row, priors[it.get("prior_prompt", PRIOR_PROMPT)])]
+               for row, it in zip(sc, items)]
+        prior = priors[PRIOR_PROMPT] if len(priors) == 1 and PRIOR_PROMPT in priors else \
+            list(priors.values())
         res["models"][name] = dict(evaluate(sc, items), sparsity=os.path.basename(path) or None,
                                    seconds=round(dt, 1), prior=prior,
                                    calibrated=evaluate(cal, items))
