@@ -78,6 +78,35 @@ def score_prompt(port, prompt, labels):
     return out
 
 
+def load_task(path, need=("prompt", "labels", "answer")):
+    """The task file's items (one JSON object a line); a malformed file stops with a one-line
+    message naming the file and the line."""
+    items = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    it = json.loads(line)
+                except ValueError as e:
+                    raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
+                if not isinstance(it, dict) or any(k not in it for k in need):
+                    raise SystemExit(f"{path}:{n}: an item needs the keys {', '.join(need)}")
+                labs, ans = it["labels"], it["answer"]
+                if (not isinstance(it["prompt"], str) or not isinstance(labs, list) or len(labs) < 2
+                        or not all(isinstance(x, str) and x for x in labs)
+                        or not isinstance(ans, int) or isinstance(ans, bool)
+                        or not 0 <= ans < len(labs)):
+                    raise SystemExit(f"{path}:{n}: bad prompt, labels or answer")
+                items.append(it)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read the task ({e.__class__.__name__})")
+    if not items:
+        raise SystemExit(f"{path}: no items")
+    return items
+
+
 def evaluate(scores, items):
     n = len(items)
     right = [int(max(range(len(s)), key=s.__getitem__) == it["answer"])
@@ -135,7 +164,9 @@ def main(argv=None):
     ap.add_argument("--check-torch", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    items = [json.loads(l) for l in open(a.task, encoding="utf-8") if l.strip()]
+    items = load_task(a.task, ("prompt", "labels", "answer", "doc"))
+    if any(it["labels"] != items[0]["labels"] for it in items):
+        raise SystemExit(f"{a.task}: the items do not share one label list")
     counts = {}
     for it in items:
         counts[it["answer"]] = counts.get(it["answer"], 0) + 1

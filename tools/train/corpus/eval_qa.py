@@ -41,7 +41,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="score only the first N items")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    items = mq.load_items(a.task, ("prompt", "no_passage_prompt", "labels", "answer", "frequent"))
+    items = eg.load_task(a.task, ("prompt", "no_passage_prompt", "labels", "answer", "frequent"))
     if a.limit:
         items = items[:a.limit]
     n_lab = len(items[0]["labels"])

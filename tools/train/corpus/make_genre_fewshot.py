@@ -33,8 +33,8 @@ import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eval_genre as eg  # noqa: E402
 import make_genre_task as mg  # noqa: E402
-import make_qa_task as mq  # noqa: E402
 
 SEED = 22
 N_SETS = 6
@@ -101,7 +101,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not 0 <= a.shots <= MAX_SHOTS:
         raise SystemExit(f"--shots: 0 to {MAX_SHOTS}")
-    items = mq.load_items(a.task, ("prompt", "labels", "answer", "genre", "doc"))
+    items = eg.load_task(a.task, ("prompt", "labels", "answer", "genre", "doc"))
     train_text = open(a.train, encoding="utf-8", newline="").read()
     docs_tsv = open(a.train_docs, encoding="utf-8").read()
     test_text = open(a.test, encoding="utf-8", newline="").read()

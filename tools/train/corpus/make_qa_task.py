@@ -158,34 +158,6 @@ def build(test_text, seed=SEED, per_chapter=PER_CHAPTER):
     return items
 
 
-def load_items(path, need=("prompt", "labels", "answer")):
-    """The task's lines; a malformed file stops with a one-line message."""
-    items = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    it = json.loads(line)
-                except ValueError as e:
-                    raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
-                if not isinstance(it, dict) or any(k not in it for k in need):
-                    raise SystemExit(f"{path}:{n}: an item needs the keys {', '.join(need)}")
-                labs, ans = it["labels"], it["answer"]
-                if (not isinstance(it["prompt"], str) or not isinstance(labs, list) or len(labs) < 2
-                        or not all(isinstance(x, str) and x for x in labs)
-                        or not isinstance(ans, int) or isinstance(ans, bool)
-                        or not 0 <= ans < len(labs)):
-                    raise SystemExit(f"{path}:{n}: bad prompt, labels or answer")
-                items.append(it)
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"{path}: cannot read the task ({e.__class__.__name__})")
-    if not items:
-        raise SystemExit(f"{path}: no items")
-    return items
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--test", required=True, help="the corpus's test.txt")
