@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +56,8 @@ def start(yunmind, model, sparsity):
     for line in p.stderr:
         m = re.search(r"listening.*?:(\d+)", line)
         if m and "listening" in line:
+            # keep reading its log: a full pipe would block the daemon's next write
+            threading.Thread(target=p.stderr.read, daemon=True).start()
             return p, int(m.group(1))
         if time.time() - t0 > 120:
             break
