@@ -12,6 +12,10 @@ without reading), and calibrated (raw minus the choice's score after the content
 "\\nAnswer:", its prior). Reported per model: accuracy of each, beside chance (1/4) and the
 frequent-choice baseline (the choice occurring most often in the passage). --check-torch K
 recomputes the dense raw scores of the first K items with the toolkit's PyTorch model.
+--verse scores instead, without the Question/Answer format, the quoted verse itself after the
+passage: argmax_c log P(c + rest of the verse | passage + "\n\n" + verse up to the blank), the
+usual language-model cloze score (verse_items); it tells whether the model can copy the name
+from the passage when no question format is in the way.
 """
 
 import argparse
@@ -23,6 +27,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eval_genre as eg  # noqa: E402
 import make_qa_task as mq  # noqa: E402
+
+
+def verse_items(items):
+    """The verse score as items eval_genre scores: prompt = the passage, a blank line and the
+    quoted verse up to the blank (its space dropped), labels = each choice and the rest of the
+    verse, so a choice is scored with the text that follows it (the passage's verse, or not)."""
+    out = []
+    for it in items:
+        pre, post = it["question"].split("___")
+        if not pre.endswith(" "):
+            raise SystemExit(f"item {it['id']}: no space before the blank")
+        out.append(dict(it, prompt=it["passage"] + "\n\n" + pre[:-1],
+                        labels=[c + post for c in it["labels"]]))
+    return out
 
 
 def accuracy(scores, items):
@@ -39,11 +57,15 @@ def main(argv=None):
     ap.add_argument("--profile", action="append", default=[], help="NAME=FILE")
     ap.add_argument("--check-torch", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="score only the first N items")
+    ap.add_argument("--verse", action="store_true",
+                    help="the verse score only (verse_items) in place of the three scores")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     items = eg.load_task(a.task, ("prompt", "no_passage_prompt", "labels", "answer", "frequent"))
     if a.limit:
         items = items[:a.limit]
+    if a.verse:
+        items = verse_items(items)
     n_lab = len(items[0]["labels"])
     res = {"task": os.path.basename(a.task), "n_items": len(items),
            "n_docs": len({it.get("doc") for it in items}), "n_choices": n_lab,
@@ -57,11 +79,22 @@ def main(argv=None):
             t0 = time.time()
             raw = [eg.score_prompt(port, it["prompt"], it["labels"]) for it in items]
             dt = time.time() - t0
-            nop = [eg.score_prompt(port, it["no_passage_prompt"], it["labels"]) for it in items]
-            prior = [eg.score_prompt(port, mq.ANSWER, it["labels"]) for it in items]
+            if a.verse:
+                nop = prior = [[0.0] * n_lab for _ in items]
+            else:
+                nop = [eg.score_prompt(port, it["no_passage_prompt"], it["labels"])
+                       for it in items]
+                prior = [eg.score_prompt(port, mq.ANSWER, it["labels"]) for it in items]
         finally:
             p.terminate()
             p.wait()
+        if a.verse:
+            all_scores[name] = {"verse": raw}
+            res["models"][name] = dict(accuracy(raw, items), score="verse",
+                                       sparsity=os.path.basename(path) or None,
+                                       seconds=round(dt, 1))
+            print(name, json.dumps(res["models"][name]), flush=True)
+            continue
         cal = [[x - q for x, q in zip(r, pr)] for r, pr in zip(raw, prior)]
         all_scores[name] = {"raw": raw, "no_passage": nop, "prior": prior}
         res["models"][name] = dict(accuracy(raw, items), sparsity=os.path.basename(path) or None,
@@ -70,7 +103,7 @@ def main(argv=None):
         print(name, json.dumps(res["models"][name]), flush=True)
     if a.check_torch:
         ref = eg.torch_scores(a.model, items[:a.check_torch])
-        got = all_scores["dense"]["raw"]
+        got = all_scores["dense"]["verse" if a.verse else "raw"]
         diff = max(abs(x - y) for r, s in zip(ref, got) for x, y in zip(r, s))
         same = all(max(range(len(r)), key=r.__getitem__) == max(range(len(s)), key=s.__getitem__)
                    for r, s in zip(ref, got))
