@@ -12,6 +12,9 @@ documents by summed label scores over their windows), chance 1/15, the majority-
 baseline. Two scores per label: raw (the sum above) and calibrated, raw minus the label's
 score after the content-free prompt "\\nGenre:" alone (its prior; Holtzman et al. 2021,
 "domain-conditional PMI"), which removes the preference for a label regardless of the text.
+An item with a "prior_prompt" (make_genre_fewshot.py: the same in-context examples before a
+content-free window) is calibrated by that prompt's label scores instead; the task's
+"shots" and "answer_in_shots" fields are reported when present.
 --check-torch K recomputes the dense label scores of the first K items with the
 toolkit's PyTorch model (CPU, float32) and records the largest difference.
 """
@@ -22,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +56,8 @@ def start(yunmind, model, sparsity):
     for line in p.stderr:
         m = re.search(r"listening.*?:(\d+)", line)
         if m and "listening" in line:
+            # keep reading its log: a full pipe would block the daemon's next write
+            threading.Thread(target=p.stderr.read, daemon=True).start()
             return p, int(m.group(1))
         if time.time() - t0 > 120:
             break
@@ -75,6 +81,35 @@ def score_prompt(port, prompt, labels):
     return out
 
 
+def load_task(path, need=("prompt", "labels", "answer")):
+    """The task file's items (one JSON object a line); a malformed file stops with a one-line
+    message naming the file and the line."""
+    items = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    it = json.loads(line)
+                except ValueError as e:
+                    raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
+                if not isinstance(it, dict) or any(k not in it for k in need):
+                    raise SystemExit(f"{path}:{n}: an item needs the keys {', '.join(need)}")
+                labs, ans = it["labels"], it["answer"]
+                if (not isinstance(it["prompt"], str) or not isinstance(labs, list) or len(labs) < 2
+                        or not all(isinstance(x, str) and x for x in labs)
+                        or not isinstance(ans, int) or isinstance(ans, bool)
+                        or not 0 <= ans < len(labs)):
+                    raise SystemExit(f"{path}:{n}: bad prompt, labels or answer")
+                items.append(it)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read the task ({e.__class__.__name__})")
+    if not items:
+        raise SystemExit(f"{path}: no items")
+    return items
+
+
 def evaluate(scores, items):
     n = len(items)
     right = [int(max(range(len(s)), key=s.__getitem__) == it["answer"])
@@ -85,9 +120,18 @@ def evaluate(scores, items):
         d[1] = [a + b for a, b in zip(d[1], s)]
     doc_right = [int(max(range(len(s)), key=s.__getitem__) == a) for a, s in docs.values()]
     pred = [max(range(len(s)), key=s.__getitem__) for s in scores]
-    return {"accuracy": sum(right) / n, "n_items": n, "n_right": sum(right),
-            "doc_accuracy": sum(doc_right) / len(doc_right), "n_docs": len(doc_right),
-            "predicted_counts": {items[0]["labels"][k]: pred.count(k) for k in sorted(set(pred))}}
+    out = {"accuracy": sum(right) / n, "n_items": n, "n_right": sum(right),
+           "doc_accuracy": sum(doc_right) / len(doc_right), "n_docs": len(doc_right),
+           "predicted_counts": {items[0]["labels"][k]: pred.count(k) for k in sorted(set(pred))}}
+    if "shots" in items[0]:
+        inside = [r for r, it in zip(right, items) if it["answer_in_shots"]]
+        outside = [r for r, it in zip(right, items) if not it["answer_in_shots"]]
+        shown = [int(items[0]["labels"][k].replace(" ", "_") in {s["genre"] for s in it["shots"]})
+                 for k, it in zip(pred, items)]
+        out.update(right_answer_in_shots=[sum(inside), len(inside)],
+                   right_answer_not_in_shots=[sum(outside), len(outside)],
+                   predicted_a_shot_genre=sum(shown))
+    return out
 
 
 def torch_scores(model_dir, items):
@@ -123,7 +167,9 @@ def main(argv=None):
     ap.add_argument("--check-torch", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    items = [json.loads(l) for l in open(a.task, encoding="utf-8") if l.strip()]
+    items = load_task(a.task, ("prompt", "labels", "answer", "doc"))
+    if any(it["labels"] != items[0]["labels"] for it in items):
+        raise SystemExit(f"{a.task}: the items do not share one label list")
     counts = {}
     for it in items:
         counts[it["answer"]] = counts.get(it["answer"], 0) + 1
@@ -139,12 +185,16 @@ def main(argv=None):
             t0 = time.time()
             sc = [score_item(port, it) for it in items]
             dt = time.time() - t0
-            prior = score_prompt(port, PRIOR_PROMPT, items[0]["labels"])
+            priors = {q: score_prompt(port, q, items[0]["labels"])
+                      for q in dict.fromkeys(it.get("prior_prompt", PRIOR_PROMPT) for it in items)}
         finally:
             p.terminate()
             p.wait()
         all_scores[name] = sc
-        cal = [[x - q for x, q in zip(row, prior)] for row in sc]
+        cal = [[x - q for x, q in zip(row, priors[it.get("prior_prompt", PRIOR_PROMPT)])]
+               for row, it in zip(sc, items)]
+        prior = priors[PRIOR_PROMPT] if len(priors) == 1 and PRIOR_PROMPT in priors else \
+            list(priors.values())
         res["models"][name] = dict(evaluate(sc, items), sparsity=os.path.basename(path) or None,
                                    seconds=round(dt, 1), prior=prior,
                                    calibrated=evaluate(cal, items))
