@@ -423,32 +423,9 @@ class Mamba2LM(nn.Module):
     def forward(self, ids, state=None, return_state=False, return_hidden=False,
                 head_masks=None, state_masks=None):
         """head_masks: None or [L, H]; state_masks: None or [L, H, N] (0/1 or soft gates)."""
-        h = self.backbone.embeddings(ids)
-        if self.dropout is not None:
-            h = self.dropout(h)
-        new_state, hidden = [], []
-        for i, layer in enumerate(self.backbone.layers):
-            r = h.to(m1._compute_dtype(h))
-            out, st = layer.mixer(layer.norm(h), None if state is None else state[i],
-                                  None if head_masks is None else head_masks[i],
-                                  None if state_masks is None else state_masks[i])
-            if self.dropout is not None:
-                out = self.dropout(out)
-            h = r + out.to(r.dtype)
-            new_state.append(st)
-            if return_hidden:
-                hidden.append(h)
-        h = self.backbone.norm_f(h)
-        if return_hidden:
-            hidden.append(h)
-        w = self.head_weight()
-        logits = F.linear(h.to(w.dtype) if not torch.is_autocast_enabled() else h, w)
-        extras = []
-        if return_state:
-            extras.append(new_state)
-        if return_hidden:
-            extras.append(hidden)
-        return (logits, *extras) if extras else logits
+        return m1.run_stack(self, ids, state, return_state, return_hidden,
+                            lambda i: (None if head_masks is None else head_masks[i],
+                                       None if state_masks is None else state_masks[i]))
 
     @torch.no_grad()
     def reset_parameters(self, seed=None):

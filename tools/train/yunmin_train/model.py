@@ -294,6 +294,41 @@ class MambaMixer(nn.Module):
         return self.out_proj(y), (conv_state, s_last)
 
 
+def run_stack(lm, ids, state, return_state, return_hidden, mixer_args):
+    """The language model around the mixers, shared by Mamba-1 (MambaLM) and Mamba-2
+    (mamba2.Mamba2LM): embeddings, per layer the pre-norm mixer with a residual kept in the
+    compute dtype, the final norm and the (tied or separate) head. lm has backbone (embeddings,
+    layers with norm + mixer, norm_f), dropout (None or a module) and head_weight();
+    mixer_args(i) gives layer i's mixer arguments after (x, state) (its masks).
+    Returns logits, then the new per-layer states if return_state, then the hidden states
+    after every layer and after norm_f if return_hidden."""
+    h = lm.backbone.embeddings(ids)
+    if lm.dropout is not None:
+        h = lm.dropout(h)
+    new_state, hidden = [], []
+    for i, layer in enumerate(lm.backbone.layers):
+        r = h.to(_compute_dtype(h))
+        out, st = layer.mixer(layer.norm(h), None if state is None else state[i],
+                              *mixer_args(i))
+        if lm.dropout is not None:
+            out = lm.dropout(out)
+        h = r + out.to(r.dtype)
+        new_state.append(st)
+        if return_hidden:
+            hidden.append(h)
+    h = lm.backbone.norm_f(h)
+    if return_hidden:
+        hidden.append(h)
+    w = lm.head_weight()
+    logits = F.linear(h.to(w.dtype) if not torch.is_autocast_enabled() else h, w)
+    extras = []
+    if return_state:
+        extras.append(new_state)
+    if return_hidden:
+        extras.append(hidden)
+    return (logits, *extras) if extras else logits
+
+
 class MambaBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -347,32 +382,8 @@ class MambaLM(nn.Module):
     def forward(self, ids, state=None, return_state=False, return_hidden=False, masks=None):
         """masks: None, or per layer (channel [Di], state [Di, N]) 0/1 tensors
         (load_sparsity_masks): the reference semantics of a sparsity profile."""
-        h = self.backbone.embeddings(ids)
-        if self.dropout is not None:
-            h = self.dropout(h)
-        new_state = []
-        hidden = []
-        for i, layer in enumerate(self.backbone.layers):
-            r = h.to(_compute_dtype(h))
-            out, st = layer.mixer(layer.norm(h), None if state is None else state[i],
-                                  None if masks is None else masks[i])
-            if self.dropout is not None:
-                out = self.dropout(out)
-            h = r + out.to(r.dtype)
-            new_state.append(st)
-            if return_hidden:
-                hidden.append(h)
-        h = self.backbone.norm_f(h)
-        if return_hidden:
-            hidden.append(h)
-        w = self.head_weight()
-        logits = F.linear(h.to(w.dtype) if not torch.is_autocast_enabled() else h, w)
-        extras = []
-        if return_state:
-            extras.append(new_state)
-        if return_hidden:
-            extras.append(hidden)
-        return (logits, *extras) if extras else logits
+        return run_stack(self, ids, state, return_state, return_hidden,
+                         lambda i: (None if masks is None else masks[i],))
 
     # -- init ---------------------------------------------------------------------------
     @torch.no_grad()
