@@ -158,6 +158,19 @@ def torch_scores(model_dir, items):
     return out
 
 
+def torch_check(model_dir, items, n, got, diff_key):
+    """The first n items' scores recomputed by the toolkit's PyTorch model (torch_scores)
+    against the engine's (got): the largest difference under diff_key, whether every item's
+    best choice agrees, both score lists. Printed too."""
+    ref = torch_scores(model_dir, items[:n])
+    diff = max(abs(x - y) for r, s in zip(ref, got) for x, y in zip(r, s))
+    same = all(max(range(len(r)), key=r.__getitem__) == max(range(len(s)), key=s.__getitem__)
+               for r, s in zip(ref, got))
+    print("torch check", diff, same, flush=True)
+    return {"n_items": n, diff_key: diff, "same_argmax": same, "torch_scores": ref,
+            "yunmin_scores": got[:n]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--yunmind", required=True)
@@ -200,14 +213,8 @@ def main(argv=None):
                                    calibrated=evaluate(cal, items))
         print(name, json.dumps(res["models"][name]), flush=True)
     if a.check_torch:
-        ref = torch_scores(a.model, items[:a.check_torch])
-        diff = max(abs(x - y) for r, s in zip(ref, all_scores["dense"]) for x, y in zip(r, s))
-        same = all(max(range(len(r)), key=r.__getitem__) == max(range(len(s)), key=s.__getitem__)
-                   for r, s in zip(ref, all_scores["dense"]))
-        res["torch_check"] = {"n_items": a.check_torch, "max_abs_diff_label_score": diff,
-                              "same_argmax": same, "torch_scores": ref,
-                              "yunmin_scores": all_scores["dense"][:a.check_torch]}
-        print("torch check", diff, same, flush=True)
+        res["torch_check"] = torch_check(a.model, items, a.check_torch, all_scores["dense"],
+                                         "max_abs_diff_label_score")
     res["scores"] = all_scores
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)

@@ -102,15 +102,9 @@ def main(argv=None):
                                    calibrated=accuracy(cal, items))
         print(name, json.dumps(res["models"][name]), flush=True)
     if a.check_torch:
-        ref = eg.torch_scores(a.model, items[:a.check_torch])
-        got = all_scores["dense"]["verse" if a.verse else "raw"]
-        diff = max(abs(x - y) for r, s in zip(ref, got) for x, y in zip(r, s))
-        same = all(max(range(len(r)), key=r.__getitem__) == max(range(len(s)), key=s.__getitem__)
-                   for r, s in zip(ref, got))
-        res["torch_check"] = {"n_items": a.check_torch, "max_abs_diff_choice_score": diff,
-                              "same_argmax": same, "torch_scores": ref,
-                              "yunmin_scores": got[:a.check_torch]}
-        print("torch check", diff, same, flush=True)
+        res["torch_check"] = eg.torch_check(a.model, items, a.check_torch,
+                                            all_scores["dense"]["verse" if a.verse else "raw"],
+                                            "max_abs_diff_choice_score")
     res["scores"] = all_scores
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
