@@ -337,6 +337,24 @@ def test_study_runs_and_merges(tmp_path, tiny_tokenizer_path, sample_text_path):
     assert len(res["table"]) == 16 and all(e["ppl"]["n"] == 2 for e in res["table"])
     md = open(tmp_path / "merged" / "mamba2_study.md").read()
     assert "| head | 50% | magnitude | 2 |" in md
+    o = str(tmp_path / "mag.json")
+    assert S.main(["--model", d, "--text", sample_text_path, "--val-text", sample_text_path,
+                   "--levels", "0.5", "--kinds", "state", "--methods", "magnitude,learned-mag",
+                   "--ctx", "16", "--eval-windows", "4", "--calib-tokens", "64",
+                   "--learn-steps", "3", "--learn-batch", "2", "--out", o]) == 0
+    assert [r["method"] for r in json.load(open(o))["rows"]] == ["magnitude", "learned-mag"]
+
+
+def test_magnitude_start_keeps_the_magnitude_masks():
+    rng = np.random.default_rng(5)
+    for shape in ((3, 4), (3, 4, 8)):
+        score = rng.random(shape) * rng.random((shape[0],) + (1,) * (len(shape) - 1)) * 10
+        init = S.magnitude_init(score)
+        for level in (0.25, 0.5, 0.75):
+            assert (S.keep_top(init, level) == S.keep_top(score, level)).all()
+        # per layer: zero mean, 2 x unit spread of log(score)
+        flat = init.reshape(shape[0], -1)
+        assert np.allclose(flat.mean(1), 0) and np.allclose(flat.std(1), 2)
 
 
 def test_train_arch_mamba2_lowers_the_loss_and_exports(tmp_path, tiny_tokenizer_path,

@@ -28,7 +28,9 @@ Methods:
                 at the ramped target quantile (cubic ramp over the first half, temperature
                 annealed 1 -> 0.1), so the hard mask always meets the target and the logits
                 learn an order; at the end the top logits are kept. learned-free: the same with
-                one quantile over all layers.
+                one quantile over all layers. learned-mag: learned (per layer) starting from
+                the magnitude scores instead of constant logits: per layer 2 x the z-score of
+                log(score), the start masks.py and block_masks.py use for Mamba-1.
 Each row: held-out perplexity and KL(dense || masked) per token on the first --eval-windows
 windows of --ctx tokens of the held-out text (evaluate.py's protocol), the state bytes and SSM
 FLOPs per token kept (below). Rows are appended to --out (rewritten atomically) as they finish.
@@ -59,7 +61,8 @@ from .evaluate import pick_device, window_batches, windows
 from .mamba2 import allow_tf32, load_model
 
 KINDS = ("head", "state")
-METHODS = ("magnitude", "random", "learned", "learned-free")
+METHODS = ("magnitude", "random", "learned", "learned-free", "learned-mag")
+LEARNED = {"learned": "layer", "learned-free": "free", "learned-mag": "layer"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +213,14 @@ def quantile_threshold(logits, level, allocation):
     return thr.reshape(shape) if allocation != "free" else thr.reshape(())
 
 
+def magnitude_init(score, scale=2.0):
+    """Start logits from magnitude scores ([L, H] or [L, H, N]): per layer, scale x the z-score
+    of log(score), so the first hard masks are close to the magnitude masks."""
+    x = np.log(np.asarray(score, dtype=np.float64) + 1e-30)
+    axes = tuple(range(1, x.ndim))
+    return scale * (x - x.mean(axis=axes, keepdims=True)) / (x.std(axis=axes, keepdims=True) + 1e-12)
+
+
 def learn_gates(model, train_ids, kind, level, allocation="layer", steps=100, batch_size=8,
                 seq_len=256, lr=0.05, seed=1, bf16=False, tau_start=1.0, tau_end=0.1,
                 ramp=0.5, init=None):
@@ -329,9 +340,8 @@ def run(a):
             if "random" in methods:
                 measure(kind, "random", level, keep_top(rand[kind], level))
     # learned: steps sized from a probe so that every run fits the time left
-    runs = [(kind, level, alloc) for alloc in ("layer", "free")
-            if ("learned" if alloc == "layer" else "learned-free") in methods
-            for kind in kinds for level in levels]
+    runs = [(kind, level, m) for m in ("learned", "learned-free", "learned-mag")
+            if m in methods for kind in kinds for level in levels]
     if not runs:
         out["done"] = True
         save()
@@ -354,18 +364,20 @@ def run(a):
                          "n_runs": len(runs), "steps": steps}
         save()
         print(json.dumps({"seed": a.seed, "sizing": out["sizing"]}), flush=True)
-    for kind, level, alloc in runs:
+    for kind, level, method in runs:
+        alloc = LEARNED[method]
         if left() < steps * out.get("sizing", {}).get("s_per_step", 0.0) + 3.0 * eval_s + 1.0:
             out.setdefault("skipped_for_time", []).append(
                 {"kind": kind, "level": level, "allocation": alloc})
             save()
             continue
         t1 = time.time()
+        init = magnitude_init(scores[kind]) if method == "learned-mag" else None
         lg, hist = learn_gates(model, tr, kind, level, allocation=alloc, steps=steps,
                                batch_size=a.learn_batch, seq_len=a.ctx, lr=a.learn_lr,
-                               seed=a.seed, bf16=a.bf16)
+                               seed=a.seed, bf16=a.bf16, init=init)
         learn_s = round(time.time() - t1, 2)
-        measure(kind, "learned" if alloc == "layer" else "learned-free", level,
+        measure(kind, method, level,
                 keep_top(lg, level, alloc),
                 {"steps": steps, "learn_s": learn_s, "history": hist[-2:]})
     out["done"] = True
