@@ -50,7 +50,7 @@ Masks (the sparsity study, yunmin_train.mamba2_study), per layer, 0/1:
 import json
 import math
 import os
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -503,26 +503,9 @@ def load_model(model_dir, dtype=torch.float32, device="cpu", dropout=0.0):
     cfg.vocab_size = int(emb.shape[0])
     if cfg.tie_word_embeddings:
         raw.pop("lm_head.weight", None)
-    model = Mamba2LM(cfg, dropout=dropout)
-    want = model.state_dict()
-    missing = sorted(set(want) - set(raw))
-    unexpected = sorted(set(raw) - set(want))
-    if missing or unexpected:
-        raise ValueError(f"{model_dir}: missing tensors {missing[:8]}, unexpected {unexpected[:8]}")
-    for k, t in raw.items():
-        if tuple(t.shape) != tuple(want[k].shape):
-            raise ValueError(f"{k}: shape {tuple(t.shape)} in file, model needs {tuple(want[k].shape)}")
-    model.load_state_dict({k: v.to(torch.float64 if dtype == torch.float64 else torch.float32)
-                           for k, v in raw.items()})
-    return model.to(device=device, dtype=dtype)
+    return m1.load_weights_into(Mamba2LM(cfg, dropout=dropout), raw, model_dir, dtype, device)
 
 
 def save_model(model, model_dir, dtype="float32", tokenizer_path=None, extra_config=None):
     return m1.save_model(model, model_dir, dtype=dtype, tokenizer_path=tokenizer_path,
                          extra_config=extra_config)
-
-
-def config_asdict(cfg):
-    d = asdict(cfg)
-    d.pop("extra", None)
-    return d

@@ -543,7 +543,13 @@ def load_model(model_dir, dtype=torch.float32, device="cpu", dropout=0.0):
         raise ValueError(f"embedding has {emb.shape[0]} rows, config vocab_size {cfg.vocab_size}")
     if cfg.tie_word_embeddings:
         raw.pop("lm_head.weight", None)   # a tied checkpoint may still carry the copy
-    model = MambaLM(cfg, dropout=dropout)
+    return load_weights_into(MambaLM(cfg, dropout=dropout), raw, model_dir, dtype, device)
+
+
+def load_weights_into(model, raw, model_dir, dtype, device):
+    """Copy the checkpoint's tensors (raw: canonical name -> tensor) into a freshly built model
+    (Mamba-1 or Mamba-2): every tensor the model has must be there, with its shape, and no
+    other; returns the model in dtype on device. model_dir only names the checkpoint in errors."""
     want = model.state_dict()
     missing = sorted(set(want) - set(raw))
     unexpected = sorted(set(raw) - set(want))
