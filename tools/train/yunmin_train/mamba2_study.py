@@ -47,7 +47,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -58,7 +57,9 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from .evaluate import pick_device, window_batches, windows
+from . import masks as M
 from .mamba2 import allow_tf32, load_model
+from .scale_study import fmt_summary, summarize
 
 KINDS = ("head", "state")
 METHODS = ("magnitude", "random", "learned", "learned-free", "learned-mag")
@@ -184,16 +185,6 @@ def _autocast(enabled):
 # ---------------------------------------------------------------------------------------------
 # learned gates
 
-class _StraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, soft):
-        return (soft > 0.5).to(soft.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
 def quantile_threshold(logits, level, allocation):
     """Thresholds so that round(level * count) of the logits are <= them, per layer [L, 1...]
     or one for all ("free"): the midpoint between the last dropped and the first kept."""
@@ -246,7 +237,7 @@ def learn_gates(model, train_ids, kind, level, allocation="layer", steps=100, ba
         thr = quantile_threshold(logits, tgt, allocation)
         u = torch.rand(shape, device=dev).clamp_(1e-6, 1 - 1e-6)
         soft = torch.sigmoid((logits - thr + torch.log(u) - torch.log1p(-u)) / tau)
-        gate = _StraightThrough.apply(soft)
+        gate = M._StraightThrough.apply(soft)
         x, _ = sampler.next()
         with _autocast(amp):
             with torch.no_grad():
@@ -385,14 +376,6 @@ def run(a):
     return 0
 
 
-def summarize(vals):
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None
-    sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-    return {"mean": statistics.fmean(vals), "sd": sd, "n": len(vals)}
-
-
 def merge(paths, out_dir):
     parts = []
     for p in paths:
@@ -424,8 +407,7 @@ def merge(paths, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "mamba2_study.json"), "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
-    fmt = lambda s, d=3: "-" if s is None else (  # noqa: E731
-        f"{s['mean']:.{d}f} ± {s['sd']:.{d}f}" if s["n"] > 1 else f"{s['mean']:.{d}f}")
+    fmt = fmt_summary
     m = res["model"]
     lines = ["# Mamba-2 head and state-entry masks: mean ± sd over seeds", "",
              f"Model: d_model {m['hidden_size']}, {m['num_hidden_layers']} layers, "

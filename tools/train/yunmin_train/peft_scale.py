@@ -68,7 +68,6 @@ import json
 import math
 import os
 import re
-import statistics
 import sys
 import time
 
@@ -80,6 +79,7 @@ from . import data as data_mod
 from . import masks as M
 from .evaluate import nll_windows, pick_device
 from .model import load_model
+from .scale_study import fmt_summary as _fmt, summarize
 
 SEP = "\n<|endoftext|>\n"
 DOMAINS = ("gcide", "wordnet", "bible", "perl", "other")
@@ -544,14 +544,6 @@ def cmd_recover(a):
 # ---------------------------------------------------------------------------------------------
 # merge
 
-def summarize(vals):
-    vals = [float(v) for v in vals if v is not None and not math.isnan(float(v))]
-    if not vals:
-        return None
-    return {"mean": statistics.fmean(vals),
-            "sd": statistics.stdev(vals) if len(vals) > 1 else float("nan"), "n": len(vals)}
-
-
 def pareto(points):
     """The points (dicts with "params" and "loss") that no other point beats: none has
     params <= and loss <, or params < and loss <=. Sorted by params."""
@@ -621,12 +613,6 @@ def merge_recovery(rec):
         table.append(e)
     return {"steps": rec.get("steps"), "sizing": rec.get("sizing"), "table": table,
             "rows": rec["rows"], "profiles": rec["profiles"], "config": rec["config"]}
-
-
-def _fmt(s, d=4):
-    if s is None:
-        return "-"
-    return f"{s['mean']:.{d}f} ± {s['sd']:.{d}f}" if s["n"] > 1 else f"{s['mean']:.{d}f}"
 
 
 def merge(peft_paths, rec_path, out_dir, model_eval=None):

@@ -251,11 +251,20 @@ METHODS = ("learned", "learned-uniform", "learned-layer", "magnitude", "magnitud
 
 
 def summarize(vals):
+    """Mean, sample sd and count of the values that are there (None and NaN left out); None when
+    none is. The merges of scale_study, mamba2_study and peft_scale share it."""
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return None
     sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
     return {"mean": statistics.fmean(vals), "sd": sd, "n": len(vals)}
+
+
+def fmt_summary(s, d=4):
+    """A summarize() result as "mean ± sd" with d decimals ("mean" for one value, "-" for none)."""
+    if s is None:
+        return "-"
+    return f"{s['mean']:.{d}f} ± {s['sd']:.{d}f}" if s["n"] > 1 else f"{s['mean']:.{d}f}"
 
 
 def merge(paths, out_dir):
@@ -280,8 +289,7 @@ def merge(paths, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "scale_results.json"), "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
-    fmt = lambda s, d=4: "-" if s is None else (  # noqa: E731
-        f"{s['mean']:.{d}f} ± {s['sd']:.{d}f}" if s["n"] > 1 else f"{s['mean']:.{d}f}")
+    fmt = fmt_summary
     lines = ["# Channel masks on the corpus model: mean ± sd over seeds", "",
              f"Dense: held-out perplexity {dense['ppl']:.3f} on {dense['n_scored']} scored tokens; "
              f"def2word accuracy {dense.get('task', {}).get('all', float('nan')):.3f}.",
