@@ -125,6 +125,36 @@ def test_prefill_then_decode_equals_one_forward():
     assert float(full.std()) > 0.5       # a model whose logits tell positions apart
 
 
+def test_malformed_checkpoints_are_refused(tmp_path):
+    d = str(tmp_path / "m")
+    save_model(Mamba2LM(tiny_config()).reset_parameters(seed=1), d)
+    path = os.path.join(d, "model.safetensors")
+    good, _ = st.load(path)
+
+    def rewrite(tensors, cfg=None):
+        st.save(tensors, path)
+        if cfg is not None:
+            json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    k = next(n for n in good if n.endswith("mixer.D"))
+    rewrite({n: t for n, t in good.items() if n != k})
+    with pytest.raises(ValueError, match="missing tensors"):
+        load_model(d)
+    rewrite(dict(good, **{"backbone.extra.weight": good[k]}))
+    with pytest.raises(ValueError, match="unexpected"):
+        load_model(d)
+    rewrite(dict(good, **{k: torch.zeros(good[k].numel() + 1)}))
+    with pytest.raises(ValueError, match="shape"):
+        load_model(d)
+    rewrite({n: t for n, t in good.items() if "embeddings" not in n})
+    with pytest.raises(ValueError, match="embeddings"):
+        load_model(d)
+    rewrite(good, dict(cfg, num_heads=5))          # heads x head_dim != expand x hidden
+    with pytest.raises(ValueError):
+        load_model(d)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_save_load_round_trip(tmp_path, dtype):
     m = Mamba2LM(tiny_config(use_bias=True, tie_word_embeddings=False,
