@@ -23,7 +23,11 @@
 # is logged and the next ones still run.
 # Settings (environment): TOTAL_S (560), MODEL_S (290), POST_S (40), SEEDS ("1 2 3"),
 # REC_SEEDS (1,2), RANKS (8,2,16,4: priority order), PEFT_ARGS, REC_ARGS, IMP_ARGS (extra
-# arguments), SHAPE_A ("--d-model 640 --n-layer 8"), BATCH, WORK (/tmp/peft-scale), PYTHON.
+# arguments), SHAPE_A ("--d-model 640 --n-layer 8"), BATCH, WORK (/tmp/peft-scale), PYTHON;
+# REUSE_MODEL=1: use the model already in $WORK/model (e.g. left by run_corpus_masks.sh in an
+# earlier call on the same machine) instead of retraining it; SPLIT=1: each seed's ranks run
+# as two processes (the first two ranks with every rule, the others without ia3 and full),
+# so that four ranks and full fine-tuning fit in one call.
 set -uo pipefail
 CORPUS_IN=${1:?corpus dir}
 OUT=${2:?out dir}
@@ -72,13 +76,17 @@ say "0. token cache ($TOKJ)"
     --val-text "$CORPUS/val.txt" --cache-dir "$WORK/data" --extra "$CORPUS/test-head.txt" \
     2>&1 | tee "$RES/tokenize.log"
 
-say "1. the corpus model (run_corpus_model.sh)"
-DEADLINE_S=$(( MODEL_S - $(el) )) POST_S=${POST_S:-40} SKIP_TP=1 EVAL_FILES=test-head \
-    SHAPE_A=${SHAPE_A:---d-model 640 --n-layer 8} TOKENIZER_JSON="$TOKJ" \
-    bash tools/train/corpus/run_corpus_model.sh "$CORPUS" "$WORK/model-out" \
-    > "$RES/corpus_model.log" 2>&1
-tail -n 25 "$RES/corpus_model.log"
 MODEL=$WORK/model
+if [ "${REUSE_MODEL:-0}" = 1 ] && [ -f "$MODEL/model.safetensors" ]; then
+    say "1. the corpus model already in $MODEL (REUSE_MODEL=1: not retrained)"
+else
+    say "1. the corpus model (run_corpus_model.sh)"
+    DEADLINE_S=$(( MODEL_S - $(el) )) POST_S=${POST_S:-40} SKIP_TP=1 EVAL_FILES=test-head \
+        SHAPE_A=${SHAPE_A:---d-model 640 --n-layer 8} TOKENIZER_JSON="$TOKJ" \
+        bash tools/train/corpus/run_corpus_model.sh "$CORPUS" "$WORK/model-out" \
+        > "$RES/corpus_model.log" 2>&1
+    tail -n 25 "$RES/corpus_model.log"
+fi
 [ -f "$MODEL/model.safetensors" ] || { echo "no model: studies skipped"; exit 1; }
 grep -h '"ppl"' "$WORK/results/eval_test-head.json" 2>/dev/null | head -n 1
 
@@ -95,7 +103,34 @@ say "3. PEFT seeds $SEEDS and recovery seeds ${REC_SEEDS:-1,2} in parallel, ${LE
 pids=()
 lead=--leader
 rm -f "$RES/peft_sizing.json"
-if [ -f "$RES/importance.json" ]; then
+if [ -f "$RES/importance.json" ] && [ "${SPLIT:-0}" = 1 ]; then
+    # fixed --steps (100 unless PEFT_ARGS says otherwise: the sizing the unsplit run chose)
+    # instead of a probe; per seed three processes: ranks 8,2 with every rule but full;
+    # ranks 16,4 without ia3 and full; full alone (it is the slowest run)
+    IFS=, read -r -a RK <<< "${RANKS:-8,2,16,4}"
+    R1=$(IFS=,; echo "${RK[*]:0:2}")
+    R2=$(IFS=,; echo "${RK[*]:2}")
+    peft() {  # TAG ARGS...
+        local tag=$1
+        shift
+        timeout "$LEFT" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
+            --importance "$RES/importance.json" --seq-len 128 --test-windows 256 --steps 100 \
+            ${PEFT_ARGS:-} "$@" --out "$RES/peft_$tag.json" > "$RES/peft_$tag.log" 2>&1 &
+        pids+=($!)
+    }
+    for s in $SEEDS; do
+        peft "seed${s}a" --seed "$s" --ranks "$R1" --rules ia3,top,least,last,learned,lora-all
+        [ -n "$R2" ] && peft "seed${s}b" --seed "$s" --ranks "$R2" \
+            --rules top,least,last,learned,lora-all
+        peft "seed${s}full" --seed "$s" --ranks "${RK[0]}" --rules full
+    done
+    timeout "$LEFT" "$PY" -m yunmin_train.peft_scale recover "${STUDY[@]}" \
+        --importance "$RES/importance.json" --seeds "${REC_SEEDS:-1,2}" \
+        --time-budget $(( LEFT - 8 )) ${REC_ARGS:-} --out "$RES/recovery.json" \
+        > "$RES/recovery.log" 2>&1 &
+    pids+=($!)
+    for p in "${pids[@]}"; do wait "$p"; echo "process $p: exit $?"; done
+elif [ -f "$RES/importance.json" ]; then
     for s in $SEEDS; do
         timeout "$LEFT" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
             --importance "$RES/importance.json" --seed "$s" --ranks "${RANKS:-8,2,16,4}" \

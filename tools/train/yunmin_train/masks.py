@@ -425,9 +425,11 @@ def learn_masks(model, train_ids, channel_sparsity=0.0, state_sparsity=0.0, step
                 batch_size=16, seq_len=256, lr=0.05, init=None, tau_start=1.0, tau_end=0.1,
                 ramp=0.5, w_kl=1.0, w_cos=1.0, lambda2=10.0, lambda_lr=0.5, seed=0,
                 device=None, bf16=False, log=None, log_every=25, mode="constraint",
-                allocation="global", init_channel=None, init_state=None):
+                allocation="global", init_channel=None, init_state=None, max_seconds=None):
     """Train mask logits by distillation from the dense model (module docstring). Returns
-    (MaskLogits, history). The model is frozen (requires_grad off) and left in eval mode."""
+    (MaskLogits, history). The model is frozen (requires_grad off) and left in eval mode.
+    max_seconds: stop after the step that passes it (the schedule still follows `steps`; the
+    last log record says where it stopped)."""
     dev = torch.device(device) if device is not None else model.backbone.norm_f.weight.device
     cfg = model.config
     torch.manual_seed(seed)
@@ -493,7 +495,9 @@ def learn_masks(model, train_ids, channel_sparsity=0.0, state_sparsity=0.0, step
         opt.step()
         for k, g in gaps.items():                     # dual ascent on the inequality kept <= target
             lam1[k] = max(0.0, lam1[k] + lambda_lr * g)
-        if log is not None and (step % log_every == 0 or step == steps - 1):
+        last = step == steps - 1 or (max_seconds is not None
+                                     and time.time() - t0 >= max_seconds)
+        if log is not None and (step % log_every == 0 or last):
             if mode == "constraint":
                 thr = logits.thresholds(1 - tgt_ch, 1 - tgt_st, allocation)
                 with torch.no_grad():
@@ -517,6 +521,8 @@ def learn_masks(model, train_ids, channel_sparsity=0.0, state_sparsity=0.0, step
                             "lambda1": {k: round(v, 4) for k, v in lam1.items()}})
             hist.append(rec)
             log(rec)
+        if last:
+            break
     return logits, hist
 
 
@@ -636,6 +642,8 @@ def main(argv=None):
     p.add_argument("--order-from", default=None, help="copy scan_order from this profile")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--log", default=None, help="JSON-lines log file")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after the step that passes this (the schedule follows --steps)")
     p = sub.add_parser("baseline", help="magnitude or random masks (calibrate's definitions)")
     _common(p)
     p.add_argument("--out", required=True)
@@ -705,7 +713,8 @@ def main(argv=None):
                             tau_start=a.tau_start, tau_end=a.tau_end, ramp=a.ramp, w_kl=a.w_kl,
                             w_cos=a.w_cos, lambda2=a.lambda2, lambda_lr=a.lambda_lr,
                             seed=a.seed, device=dev, bf16=a.bf16, log=log, mode=a.mode,
-                            allocation=a.allocation, init_channel=init_c, init_state=init_s)
+                            allocation=a.allocation, init_channel=init_c, init_state=init_s,
+                            max_seconds=a.max_seconds)
     cl, sl = export_learned(logits, a.channel_sparsity, a.state_sparsity, a.allocation)
     meta.update({"allocation": a.allocation, "steps": str(a.steps),
                  "tau": f"{a.tau_start:g}->{a.tau_end:g}", "loss": "kl+cos",
