@@ -21,6 +21,11 @@
  * barrier) and computes its rows of out_proj from it into the residual. Barrier 3, before the
  * next layer's norm reads h. Adapters (PEFT LoRA and IA³ on in_proj and out_proj) are applied
  * unmerged on the columns or rows each thread owns, as in Mamba-1.
+ * A model served under a head profile (engine/sparse.h) runs the same steps with each layer's
+ * own widths: its kept heads (L->ssd_plan) set d_inner, in_proj's row layout and the head and z
+ * slices (split per layer), the SSD follows the plan's live entries (ym_ssd_step_sparse_f32,
+ * ym_ssd_prefill_sparse_f32) and the gated norm its groups; a layer with no head left adds
+ * only out_proj's bias. The scratch is laid out for the dense widths, which bound every layer's.
  *
  * Owns: its scratch in c->fam (ctx_init): [z|xBC|dt] [R, n_in], y [R, d_inner], the partial
  * sums [n_threads][R, G], and per thread a block that is the SSD prefill's work during the
@@ -56,7 +61,7 @@ typedef struct m2dims {
 
 /* 1 when the context's model is served under a head profile (its scratch then holds the
  * sparse prefill's gathered B and C too). */
-static int ym_is_sparse_m2(const ym_ctx_t *c)
+static int is_sparse(const ym_ctx_t *c)
 {
     return ym_model_is_sparse(c->model);
 }
@@ -86,7 +91,7 @@ static m2dims dims_of(const ym_ctx_t *c)
     d.cd = d.Di + 2 * d.GN;
     d.n_in = d.Di + d.cd + d.H;
     ym_ssd_dims sd = {d.H, d.P, d.G, d.N};
-    size_t w = ym_is_sparse_m2(c) ? ym_ssd_prefill_sparse_work(&sd, M2_CHUNK_MAX)
+    size_t w = is_sparse(c) ? ym_ssd_prefill_sparse_work(&sd, M2_CHUNK_MAX)
                                   : ym_ssd_prefill_work(&sd, M2_CHUNK_MAX);
     size_t yn = (size_t)d.R * d.Di;
     d.work_n = ((w > yn ? w : yn) + 15) / 16 * 16;

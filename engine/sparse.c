@@ -166,6 +166,14 @@ static ym_model_t *sparse_shell(ym_model_t *base)
     return m;
 }
 
+/* Slots of a head with k live entries of N: k rounded up to 16 (whole SIMD widths, aligned
+ * rows), unless that would pass N (small states: the padding would outgrow the saving). */
+static int pad_slots(int k, int N)
+{
+    int kp = (k + 15) / 16 * 16;
+    return kp <= N ? kp : k;
+}
+
 /* Layer L of m from the dense layer D under S (kept heads in their order; docs/ARCHITECTURE.md
  * §4): the kept heads' rows of in_proj's z, x and dt parts, B and C's rows whole; their conv
  * channels (and B, C's); dt_bias, A, D of the kept heads; the gated norm's weights and
@@ -239,12 +247,20 @@ static ym_err m2_layer(ym_model_t *m, const ym_layer *D, const ym_sparsity_layer
     L->gnorm = t;
     if (gather_w(m, &D->out_proj, dm, idx, dk, tmp, &L->out_proj) != YM_OK)
         return YM_ENOMEM;
-    /* the plan: int32 arrays head, group [hk], gofs [G+1], i0 [hk+1], then idx [live] */
-    int64_t live = 0;
-    for (int i = 0; i < hk; i++)
+    /* the plan: int32 arrays head, group [hk], gofs [G+1], i0 [hk+1], then idx [slots]: each
+     * head's live entries padded with -1 to a multiple of 16 where that stays within N
+     * (engine/ssd.h); when every entry of every kept head is live, no idx and the dense state
+     * layout */
+    int64_t live = 0, slots = 0;
+    for (int i = 0; i < hk; i++) {
+        int k = 0;
         for (int n = 0; n < N; n++)
-            live += S->state_logits[(size_t)kh[i] * N + n] > 0.0f;
-    size_t n_int = 2 * (size_t)hk + (size_t)G + 1 + (size_t)hk + 1 + (size_t)live;
+            k += S->state_logits[(size_t)kh[i] * N + n] > 0.0f;
+        live += k;
+        slots += pad_slots(k, N);
+    }
+    const int all_live = live == (int64_t)hk * N;
+    size_t n_int = 2 * (size_t)hk + (size_t)G + 1 + (size_t)hk + 1 + (all_live ? 0 : (size_t)slots);
     size_t bytes = sizeof(ym_ssd_plan) + n_int * sizeof(int32_t);
     ym_ssd_plan *pl = (ym_ssd_plan *)take(m, (bytes + sizeof(float) - 1) / sizeof(float));
     if (pl == NULL)
@@ -258,10 +274,16 @@ static ym_err m2_layer(ym_model_t *m, const ym_layer *D, const ym_sparsity_layer
         head[i] = kh[i];
         group[i] = kh[i] / per;
         gofs[group[i] + 1]++;
+        if (all_live) {
+            i0[i + 1] = (i + 1) * N;
+            continue;
+        }
         int k = 0;
         for (int n = 0; n < N; n++)
             if (S->state_logits[(size_t)kh[i] * N + n] > 0.0f)
                 ix[i0[i] + k++] = n;
+        for (const int kp = pad_slots(k, N); k < kp; k++)
+            ix[i0[i] + k] = -1;
         i0[i + 1] = i0[i] + k;
     }
     for (int g = 0; g < G; g++)
@@ -272,12 +294,12 @@ static ym_err m2_layer(ym_model_t *m, const ym_layer *D, const ym_sparsity_layer
                         .gofs = gofs,
                         .group_width = Di / G,
                         .i0 = i0,
-                        .idx = live < (int64_t)hk * N ? ix : NULL, /* all live: dense layout */
-                        .n_state = live * P};
+                        .idx = all_live ? NULL : ix,
+                        .n_state = (int64_t)i0[hk] * P};
     L->ssd_plan = pl;
     m->n_channels_kept += dk;
     m->n_states_live += live * P; /* state floats, as a Mamba-1 layer's (channel, n) pairs */
-    m->n_scan_lanes += live * P;
+    m->n_scan_lanes += (int64_t)i0[hk] * P; /* slots computed, padding included */
     size_t lf = (size_t)dm + (D->in_proj_b ? (size_t)nin : 0) + (size_t)cdk * K +
                 (D->conv_b ? (size_t)cdk : 0) + 3 * (size_t)hk + (size_t)dk +
                 (D->out_proj_b ? (size_t)dm : 0);

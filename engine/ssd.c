@@ -351,24 +351,59 @@ static void head_step_ref(float *y, float *s, const float *x, float dt, float A,
     }
 }
 
-#if HAVE_X86
-/* Hot path of sparse decode: as step_avx512, over the head's live entries only. */
-T512 static void head_step_avx512(float *y, float *s, const float *x, float dt, float A, float D,
-                                  const float *Bk, const float *Ck, int P, int k)
+/* The most slots a head has: N rounded up to 16. */
+static inline int slots_max(int N)
 {
-    const __m512 dA = _mm512_set1_ps(expf(dt * A));
-    for (int p = 0; p < P; p++) {
-        float *sp = s + (size_t)p * k;
-        const __m512 u = _mm512_set1_ps(dt * x[p]);
-        __m512 acc = _mm512_setzero_ps();
-        for (int j = 0; j < k; j += 16) {
-            __mmask16 m = tail_mask(k - j);
-            __m512 sv = _mm512_maskz_loadu_ps(m, sp + j);
-            sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bk + j)));
-            _mm512_mask_storeu_ps(sp + j, m, sv);
-            acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Ck + j), acc);
+    return (N + 15) / 16 * 16;
+}
+
+/* Head h's B and C slots: its live entries of B_g, C_g gathered, 0 in the padding. */
+static inline void gather_slots(float *Bk, float *Ck, const float *Bg, const float *Cg,
+                                const int32_t *ix, int k)
+{
+    for (int j = 0; j < k; j++) {
+        Bk[j] = ix[j] >= 0 ? Bg[ix[j]] : 0.0f;
+        Ck[j] = ix[j] >= 0 ? Cg[ix[j]] : 0.0f;
+    }
+}
+
+#if HAVE_X86
+/* Hot path of sparse decode: as step_avx512, over each head's slots only (a multiple of 16
+ * when padded, so every load is whole and rows start 64-byte aligned). */
+T512 static void step_sparse_avx512(float *y, float *s, const float *x, const float *dt,
+                                    const float *A, const float *D, const float *B,
+                                    const float *C, const ym_ssd_dims *d, const ym_ssd_plan *pl,
+                                    int h0, int h1, float *work)
+{
+    const int P = d->head_dim, N = d->d_state;
+    float *Bk = work, *Ck = work + slots_max(N);
+    for (int h = h0; h < h1; h++) {
+        const float *Bu = B + (size_t)pl->group[h] * N, *Cu = C + (size_t)pl->group[h] * N;
+        float *sh = s + (size_t)h * P * N;
+        int k = N;
+        if (pl->idx != NULL) {
+            k = pl->i0[h + 1] - pl->i0[h];
+            gather_slots(Bk, Ck, Bu, Cu, pl->idx + pl->i0[h], k);
+            Bu = Bk;
+            Cu = Ck;
+            sh = s + (size_t)pl->i0[h] * P;
         }
-        y[p] = _mm512_reduce_add_ps(acc) + D * x[p];
+        const __m512 dA = _mm512_set1_ps(expf(dt[h] * A[h]));
+        const float *xh = x + (size_t)h * P;
+        float *yh = y + (size_t)h * P;
+        for (int p = 0; p < P; p++) {
+            float *sp = sh + (size_t)p * k;
+            const __m512 u = _mm512_set1_ps(dt[h] * xh[p]);
+            __m512 acc = _mm512_setzero_ps();
+            for (int j = 0; j < k; j += 16) {
+                __mmask16 m = tail_mask(k - j);
+                __m512 sv = _mm512_maskz_loadu_ps(m, sp + j);
+                sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bu + j)));
+                _mm512_mask_storeu_ps(sp + j, m, sv);
+                acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Cu + j), acc);
+            }
+            yh[p] = _mm512_reduce_add_ps(acc) + D[h] * xh[p];
+        }
     }
 }
 #endif
@@ -377,42 +412,47 @@ void ym_ssd_step_sparse_f32(float *y, float *s, const float *x, const float *dt,
                             const float *D, const float *B, const float *C, const ym_ssd_dims *d,
                             const ym_ssd_plan *pl, int h0, int h1, float *work)
 {
-    const int P = d->head_dim, N = d->d_state;
-    float *Bk = work, *Ck = work + N;
+    if (pl->idx == NULL) { /* every entry live: the dense step, one group's heads at a time */
+        const ym_ssd_dims one = {pl->n_head, d->head_dim, 1, d->d_state};
+        for (int g = 0; g < d->n_group; g++) {
+            const int a = pl->gofs[g] > h0 ? pl->gofs[g] : h0;
+            const int b = pl->gofs[g + 1] < h1 ? pl->gofs[g + 1] : h1;
+            if (a < b)
+                ym_ssd_step_f32(y, s, x, dt, A, D, B + (size_t)g * d->d_state,
+                                C + (size_t)g * d->d_state, &one, a, b);
+        }
+        return;
+    }
 #if HAVE_X86
-    const int wide = have_avx512();
+    if (have_avx512()) {
+        step_sparse_avx512(y, s, x, dt, A, D, B, C, d, pl, h0, h1, work);
+        return;
+    }
 #endif
+    const int P = d->head_dim, N = d->d_state;
+    float *Bk = work, *Ck = work + slots_max(N);
     for (int h = h0; h < h1; h++) {
         const float *Bu = B + (size_t)pl->group[h] * N, *Cu = C + (size_t)pl->group[h] * N;
         float *sh = s + (size_t)h * P * N;
         int k = N;
         if (pl->idx != NULL) {
-            /* gather the head's live entries of B and C: k loads each, against P*k of work */
-            const int32_t *ix = pl->idx + pl->i0[h];
             k = pl->i0[h + 1] - pl->i0[h];
-            for (int j = 0; j < k; j++) {
-                Bk[j] = Bu[ix[j]];
-                Ck[j] = Cu[ix[j]];
-            }
+            gather_slots(Bk, Ck, Bu, Cu, pl->idx + pl->i0[h], k);
             Bu = Bk;
             Cu = Ck;
             sh = s + (size_t)pl->i0[h] * P;
         }
-#if HAVE_X86
-        if (wide) {
-            head_step_avx512(y + (size_t)h * P, sh, x + (size_t)h * P, dt[h], A[h], D[h], Bu, Cu,
-                             P, k);
-            continue;
-        }
-#endif
         head_step_ref(y + (size_t)h * P, sh, x + (size_t)h * P, dt[h], A[h], D[h], Bu, Cu, P, k);
     }
 }
 
+/* The chunk's own work for a head of up to slots_max(N) slots, then its gathered B and C. */
 size_t ym_ssd_prefill_sparse_work(const ym_ssd_dims *d, int chunk)
 {
-    size_t Q = (size_t)(chunk > 0 ? chunk : 1);
-    return ym_ssd_prefill_work(d, chunk) + 2 * Q * (size_t)d->d_state; /* + gathered B, C */
+    size_t Q = (size_t)(chunk > 0 ? chunk : 1), K = (size_t)slots_max(d->d_state);
+    ym_ssd_dims pd = *d;
+    pd.d_state = (int)K;
+    return ym_ssd_prefill_work(&pd, chunk) + 2 * Q * K;
 }
 
 void ym_ssd_prefill_sparse_f32(float *y, int ldy, float *s, const float *x, int ldx,
@@ -424,7 +464,9 @@ void ym_ssd_prefill_sparse_f32(float *y, int ldy, float *s, const float *x, int 
     const int P = d->head_dim, N = d->d_state;
     if (chunk < 1)
         chunk = 1;
-    float *Bk = work + ym_ssd_prefill_work(d, chunk), *Ck = Bk + (size_t)chunk * N;
+    ym_ssd_dims pd = *d;
+    pd.d_state = slots_max(N);
+    float *Bk = work + ym_ssd_prefill_work(&pd, chunk), *Ck = Bk + (size_t)chunk * pd.d_state;
     for (int c0 = 0; c0 < T; c0 += chunk) {
         const int Q = T - c0 < chunk ? T - c0 : chunk;
         const size_t r = (size_t)c0;
@@ -439,8 +481,9 @@ void ym_ssd_prefill_sparse_f32(float *y, int ldy, float *s, const float *x, int 
                             ldbc, A, D, Q, d, a, b, work);
                 continue;
             }
-            /* Each head has its own live entries, so its own C B^T over them: gather them into
-             * [Q, k] and run the chunk as a one-head, one-group layer of k entries. */
+            /* Each head has its own live entries, so its own C B^T over them: gather its k
+             * slots into [Q, k] (padding 0) and run the chunk as a one-head, one-group layer
+             * of k entries. */
             for (int h = a; h < b; h++) {
                 const int k = pl->i0[h + 1] - pl->i0[h];
                 const int32_t *ix = pl->idx + pl->i0[h];
@@ -453,10 +496,8 @@ void ym_ssd_prefill_sparse_f32(float *y, int ldy, float *s, const float *x, int 
                     continue;
                 }
                 for (int i = 0; i < Q; i++)
-                    for (int j = 0; j < k; j++) {
-                        Bk[(size_t)i * k + j] = Bg[(size_t)i * ldbc + ix[j]];
-                        Ck[(size_t)i * k + j] = Cg[(size_t)i * ldbc + ix[j]];
-                    }
+                    gather_slots(Bk + (size_t)i * k, Ck + (size_t)i * k, Bg + (size_t)i * ldbc,
+                                 Cg + (size_t)i * ldbc, ix, k);
                 const ym_ssd_dims one = {1, P, 1, k};
                 chunk_group(Yh, ldy, s + (size_t)pl->i0[h] * P, Xh, ldx, dt + r * lddt + h, lddt,
                             Bk, Ck, k, A + h, D + h, Q, &one, 0, 1, work);

@@ -78,11 +78,14 @@ void ym_group_scale_f32(float *out, int ldo, const float *v, int ldv, int T, con
 /* ---- a served sparse layer (engine/sparse.h, a Mamba-2 head profile) ------------------------
  * Its kept heads are served in their original order: served head h is original head head[h] of
  * group group[h], its channels are h*P .. h*P+P-1 of the layer's served d_inner = n_head*P, and
- * the served heads of group g are [gofs[g], gofs[g+1]) (maybe empty). Each served head keeps
- * the state entries idx[i0[h] .. i0[h+1]) (ascending), and its state is stored compactly:
- * s[i0[h]*P + p*k + j] is S[h, p, idx[i0[h]+j]] for the k = i0[h+1] - i0[h] live entries; the
- * dropped entries are held at 0, so they are simply not stored. idx NULL: every entry is live
- * and the state is [n_head, P, N] as in a dense layer.
+ * the served heads of group g are [gofs[g], gofs[g+1]) (maybe empty). Each served head has the
+ * k = i0[h+1] - i0[h] slots idx[i0[h] .. i0[h+1]): its live state entries (ascending), then
+ * -1 up to a multiple of 16 where that stays within N (padding: a slot that reads B = C = 0,
+ * so its state stays 0; full SIMD widths and 64-byte aligned rows cost less than the few lanes
+ * saved). Its state is stored
+ * compactly: s[i0[h]*P + p*k + j] is S[h, p, idx[i0[h]+j]]; the dropped entries are held at 0,
+ * so they are simply not stored. idx NULL: every entry is live and the state is [n_head, P, N]
+ * as in a dense layer.
  * Semantics (the masks of the toolkit's Mamba-2): a dropped head computes nothing (its y, the D
  * skip included, is 0: it leaves the served layout); a dropped entry n of head h has S[h,:,n]
  * at 0 (B[n] and C[n] do not reach that head); the gated norm still divides each group's sum of
@@ -94,13 +97,14 @@ typedef struct ym_ssd_plan {
     const int32_t *group;  /* [n_head] its group                                     */
     const int32_t *gofs;   /* [n_group + 1] served heads of group g: [gofs[g], gofs[g+1]) */
     int group_width;       /* channels per group of the dense layer (d_inner / G)    */
-    const int32_t *i0;     /* [n_head + 1] live entries of served head h: [i0[h], i0[h+1]) */
-    const int32_t *idx;    /* [i0[n_head]] state entry n of each, or NULL: all live  */
+    const int32_t *i0;     /* [n_head + 1] slots of served head h: [i0[h], i0[h+1])  */
+    const int32_t *idx;    /* [i0[n_head]] state entry n of each slot (-1: padding),
+                              or NULL: all live                                      */
     int64_t n_state;       /* floats of the layer's SSM state (n_head*P*N when idx is NULL) */
 } ym_ssd_plan;
 
 /* The decode step (ym_ssd_step_f32's formulas) for served heads [h0, h1) under the plan; work:
- * 2*N floats of the caller's scratch (the live entries of B and C gathered). */
+ * 2 * (N rounded up to 16) floats of the caller's scratch (a head's slots of B and C). */
 void ym_ssd_step_sparse_f32(float *y, float *s, const float *x, const float *dt, const float *A,
                             const float *D, const float *B, const float *C, const ym_ssd_dims *d,
                             const ym_ssd_plan *pl, int h0, int h1, float *work);
