@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapters/adapter.h"
 #include "engine/config.h"
+#include "engine/kernels.h"
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
@@ -363,6 +365,75 @@ START_TEST(test_mamba2_sparse_refuses_mismatched_profiles)
 }
 END_TEST
 
+/* A profile that drops every head of every layer leaves each mixer adding nothing (no bias
+ * in this model): the logits are the head of norm_f of the token's embedding, computed here. */
+START_TEST(test_mamba2_sparse_no_head_left_is_the_bare_head)
+{
+    ym_model_t *dense = load_model(CASES[0][1]); /* f32, no bias, tied */
+    const ym_config *c = &dense->cfg;
+    ck_assert(!c->use_bias);
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_new_heads(c->n_layer, c->n_head, c->d_state, "none", &sp),
+                     YM_OK);
+    for (int l = 0; l < c->n_layer; l++)
+        for (int h = 0; h < c->n_head; h++)
+            sp->layers[l].head_logits[h] = -1.0f;
+    ck_assert_int_eq(ym_sparsity_finish(sp, NULL), YM_OK);
+    ym_model_t *m = make_sparse(dense, sp);
+    ck_assert_int_eq(m->layers[0].d_inner, 0);
+    ref r = { 0 };
+    int32_t ids[3] = { 5, 77, 5 };
+    r.T = 3;
+    r.V = c->n_vocab;
+    r.ids = ids;
+    float *got = malloc(sizeof(float) * 3 * (size_t)r.V), *x = malloc(sizeof(float) * c->d_model);
+    float *e = malloc(sizeof(float) * c->d_model);
+    prefill(m, &r, 2, got);
+    double err = 0.0, scale = 1.0;
+    for (int t = 0; t < 3; t++) {
+        for (int j = 0; j < c->d_model; j++)
+            e[j] = ym_weight_at(&dense->embed, ids[t], j);
+        ym_rmsnorm_f32(x, e, dense->norm_f, c->d_model, c->norm_eps);
+        for (int v = 0; v < r.V; v++) {
+            double acc = 0.0;
+            for (int j = 0; j < c->d_model; j++)
+                acc += (double)ym_weight_at(&dense->lm_head, v, j) * x[j];
+            err = fmax(err, fabs(acc - got[(size_t)t * r.V + v]));
+            scale = fmax(scale, fabs(acc));
+        }
+    }
+    ck_assert_msg(err <= 1e-5 * scale, "no head left: max |diff| %g", err);
+    free(got);
+    free(x);
+    free(e);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+}
+END_TEST
+
+/* Adapters are not mapped onto a head profile's layout yet: loading one against the served
+ * model is refused by name, the dense model still takes it. */
+START_TEST(test_mamba2_sparse_refuses_adapters)
+{
+    ym_model_t *dense = load_model(CASES[1][1]);
+    ym_sparsity *sp = load_profile(1);
+    ym_model_t *m = make_sparse(dense, sp);
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/lora-m2-g2", M2DIR);
+    ym_adapter_t *ad = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_adapter_load(dir, m, NULL, &ad, &d), YM_EINVAL);
+    ck_assert_msg(strstr(d.msg, "Mamba-2") && strstr(d.msg, "sparsity profile"), "%s", d.msg);
+    ck_assert_ptr_null(ad);
+    ck_assert_msg(ym_adapter_load(dir, dense, NULL, &ad, &d) == YM_OK, "%s", d.msg);
+    ym_adapter_unref(ad);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+}
+END_TEST
+
 Suite *mamba2_sparse_suite(void)
 {
     Suite *s = suite_create("mamba2_sparse");
@@ -373,6 +444,8 @@ Suite *mamba2_sparse_suite(void)
     tcase_add_loop_test(tc, test_mamba2_sparse_all_kept_equals_dense, 0, N_CASES);
     tcase_add_test(tc, test_mamba2_sparse_model_and_state_shrink);
     tcase_add_test(tc, test_mamba2_sparse_refuses_mismatched_profiles);
+    tcase_add_test(tc, test_mamba2_sparse_no_head_left_is_the_bare_head);
+    tcase_add_test(tc, test_mamba2_sparse_refuses_adapters);
     suite_add_tcase(s, tc);
     return s;
 }
