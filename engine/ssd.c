@@ -1,7 +1,9 @@
 /* engine/ssd.c - Mamba-2's SSD layer: dt, decode step, chunked prefill, gated RMSNorm per group.
  *
  * Owns: the per-head state update of one token, the chunked SSD algorithm (Dao & Gu 2024,
- * "Transformers are SSMs", section 6) as sgemm calls per chunk, and the grouped gated norm.
+ * "Transformers are SSMs", section 6) as sgemm calls per chunk, and the grouped gated norm;
+ * and the same for a served sparse layer (ym_ssd_plan: kept heads, each with its own live state
+ * entries gathered into whole 16-lane slots).
  * Runs: on the engine thread or a pool worker, each on its own head range and scratch; calls
  * OpenBLAS sgemm, which the engine keeps single-threaded.
  * Must not: allocate, keep state between calls, or read outside the given head range of y/s.
