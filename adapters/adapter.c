@@ -203,6 +203,11 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
 {
     const ym_config *cfg = &a->model->cfg;
     const int n_mod = cfg->n_layer * YM_PROJ_N;
+    /* A head profile (Mamba-2) serves another in_proj row layout; mapping adapters onto it is
+     * not done yet. */
+    if (ym_model_is_sparse(a->model) && cfg->arch == YM_ARCH_MAMBA2)
+        return ym_diag_set(diag, YM_EINVAL, "adapters do not run on a Mamba-2 model served "
+                           "under a sparsity profile yet");
     int *rank = calloc((size_t)n_mod, sizeof(int)), *fill = calloc((size_t)n_mod, sizeof(int));
     unsigned char *gin = calloc((size_t)n_mod, 1), *gout = calloc((size_t)n_mod, 1);
     ym_err err = YM_ENOMEM;

@@ -21,6 +21,11 @@
  * barrier) and computes its rows of out_proj from it into the residual. Barrier 3, before the
  * next layer's norm reads h. Adapters (PEFT LoRA and IA³ on in_proj and out_proj) are applied
  * unmerged on the columns or rows each thread owns, as in Mamba-1.
+ * A model served under a head profile (engine/sparse.h) runs the same steps with each layer's
+ * own widths: its kept heads (L->ssd_plan) set d_inner, in_proj's row layout and the head and z
+ * slices (split per layer), the SSD follows the plan's live entries (ym_ssd_step_sparse_f32,
+ * ym_ssd_prefill_sparse_f32) and the gated norm its groups; a layer with no head left adds
+ * only out_proj's bias. The scratch is laid out for the dense widths, which bound every layer's.
  *
  * Owns: its scratch in c->fam (ctx_init): [z|xBC|dt] [R, n_in], y [R, d_inner], the partial
  * sums [n_threads][R, G], and per thread a block that is the SSD prefill's work during the
@@ -54,6 +59,22 @@ typedef struct m2dims {
                       the normed y [R, Di] */
 } m2dims;
 
+/* 1 when the context's model is served under a head profile (its scratch then holds the
+ * sparse prefill's gathered B and C too). */
+static int is_sparse(const ym_ctx_t *c)
+{
+    return ym_model_is_sparse(c->model);
+}
+
+/* Slice ith of nth of [0, n), as ym__split gives it. */
+static void split1(int n, int nth, int align, int ith, int *lo, int *hi)
+{
+    int units = (n + align - 1) / align;
+    int u0 = (int)((long)units * ith / nth), u1 = (int)((long)units * (ith + 1) / nth);
+    *lo = u0 * align < n ? u0 * align : n;
+    *hi = u1 * align < n ? u1 * align : n;
+}
+
 static m2dims dims_of(const ym_ctx_t *c)
 {
     const ym_config *cfg = &c->model->cfg;
@@ -70,7 +91,9 @@ static m2dims dims_of(const ym_ctx_t *c)
     d.cd = d.Di + 2 * d.GN;
     d.n_in = d.Di + d.cd + d.H;
     ym_ssd_dims sd = {d.H, d.P, d.G, d.N};
-    size_t w = ym_ssd_prefill_work(&sd, M2_CHUNK_MAX), yn = (size_t)d.R * d.Di;
+    size_t w = is_sparse(c) ? ym_ssd_prefill_sparse_work(&sd, M2_CHUNK_MAX)
+                                  : ym_ssd_prefill_work(&sd, M2_CHUNK_MAX);
+    size_t yn = (size_t)d.R * d.Di;
     d.work_n = ((w > yn ? w : yn) + 15) / 16 * 16;
     return d;
 }
@@ -199,20 +222,34 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     const ym_config *cfg = &m->cfg;
     const ym_batch *b = c->batch;
     const ym_layer *L = &m->layers[l];
+    const ym_ssd_plan *pl = L->ssd_plan; /* served sparse: kept heads, live entries */
     const m2dims d = dims_of(c);
-    const int R = c->n_rows, Di = d.Di, n_in = d.n_in, cd = d.cd, GN = d.GN, dm = d.dm;
-    const int P = d.P, G = d.G;
+    const int P = d.P, G = d.G, GN = d.GN, dm = d.dm;
+    /* this layer's served widths: the dense ones, or the kept heads' (the buffers below are
+     * laid out for the dense widths, which bound them) */
+    const int H = pl != NULL ? pl->n_head : d.H, Di = H * P, cd = Di + 2 * GN;
+    const int n_in = Di + cd + H, R = c->n_rows;
     const ym_ssd_dims sd = {d.H, P, G, d.N};
     const int *s = c->fam_slices;
-    const int z0 = s[S_Z0 * nth + ith], z1 = s[S_Z1 * nth + ith];
+    int z0 = s[S_Z0 * nth + ith], z1 = s[S_Z1 * nth + ith];
     const int b0 = s[S_B0 * nth + ith], b1 = s[S_B1 * nth + ith];
-    const int h0 = s[S_H0 * nth + ith], h1 = s[S_H1 * nth + ith];
+    int h0 = s[S_H0 * nth + ith], h1 = s[S_H1 * nth + ith];
     const int m0 = c->md0[ith], m1 = c->md1[ith];
-    float *zx = c->fam, *y = zx + (size_t)d.R * n_in;
-    float *ss = y + (size_t)d.R * Di; /* [nth][R, G] */
+    float *zx = c->fam, *y = zx + (size_t)d.R * d.n_in;
+    float *ss = y + (size_t)d.R * d.Di; /* [nth][R, G] */
     float *work = ss + (size_t)nth * d.R * G + d.work_n * (size_t)ith;
     const int ad = b->adapters != NULL; /* adapters: take the hooks */
 
+    if (pl != NULL) {
+        split1(Di, nth, ALIGN_CH, ith, &z0, &z1);
+        split1(H, nth, 1, ith, &h0, &h1);
+        if (H == 0) { /* every head dropped: the mixer's output is out_proj's bias */
+            if (L->out_proj_b != NULL)
+                add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+            ym_pool_barrier(c->pool);
+            return;
+        }
+    }
     /* hn = rmsnorm(h) * norm.weight (every thread, all rows) */
     norm_rows(hn, c->h, L->norm, dm, cfg->norm_eps, NULL, R);
     if (ad)
@@ -235,7 +272,14 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;
         float *st = ym_state_ssm(b->states[sq], l);
         const float *xr = zx + (size_t)r0 * n_in + Di;
-        if (T == 1)
+        if (pl != NULL && T == 1)
+            ym_ssd_step_sparse_f32(y + (size_t)r0 * Di, st, xr, xr + cd, L->A, L->D, xr + Di,
+                                   xr + Di + GN, &sd, pl, h0, h1, work);
+        else if (pl != NULL)
+            ym_ssd_prefill_sparse_f32(y + (size_t)r0 * Di, Di, st, xr, n_in, xr + cd, n_in,
+                                      xr + Di, xr + Di + GN, n_in, L->A, L->D, T, &sd, pl,
+                                      s[S_N * nth], h0, h1, work);
+        else if (T == 1)
             ym_ssd_step_f32(y + (size_t)r0 * Di, st, xr, xr + cd, L->A, L->D, xr + Di,
                             xr + Di + GN, &sd, h0, h1);
         else
@@ -243,13 +287,21 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
                                xr + Di + GN, n_in, L->A, L->D, T, &sd, s[S_N * nth], h0, h1,
                                work);
     }
-    ym_gate_sumsq_f32(y, Di, zx, n_in, R, Di, G, h0 * P, h1 * P, ss + (size_t)ith * d.R * G);
+    if (pl != NULL)
+        ym_gate_sumsq_sparse_f32(y, Di, zx, n_in, R, pl, P, G, h0 * P, h1 * P,
+                                 ss + (size_t)ith * d.R * G);
+    else
+        ym_gate_sumsq_f32(y, Di, zx, n_in, R, Di, G, h0 * P, h1 * P, ss + (size_t)ith * d.R * G);
     ym_pool_barrier(c->pool);
     /* yn = v / rms per group * norm.weight, all rows, into this thread's own buffer (the
      * prefill work is done); adapters: then out_proj's IA³ input scale, g_in ⊙ yn */
     float *yn = work;
-    ym_group_scale_f32(yn, Di, y, Di, R, ss, nth, (size_t)d.R * G, L->gnorm, Di, G,
-                       cfg->gated_norm_eps);
+    if (pl != NULL)
+        ym_group_scale_sparse_f32(yn, Di, y, Di, R, ss, nth, (size_t)d.R * G, L->gnorm, pl, P, G,
+                                  cfg->gated_norm_eps);
+    else
+        ym_group_scale_f32(yn, Di, y, Di, R, ss, nth, (size_t)d.R * G, L->gnorm, Di, G,
+                           cfg->gated_norm_eps);
     for (int sq = 0; ad && sq < b->n_seq; sq++) {
         const ym_adapt_proj *a = aproj(b, sq, l, YM_PROJ_OUT);
         int r0 = b->seq_start[sq], T = b->seq_start[sq + 1] - r0;

@@ -68,6 +68,11 @@ typedef struct ym_layer {      /* names relative to backbone.layers.%d. Shapes i
      * x_proj and dt_proj_* unused (empty / NULL). */
     const float *dt_bias;     /* mixer.dt_bias               [n_head]                       */
     const float *gnorm;       /* mixer.norm.weight (gated)   [d_inner]                      */
+    /* Mamba-2 served sparse (engine/sparse.h): the kept heads, their groups and live state
+     * entries (engine/ssd.h), or NULL: dense. d_inner is then kept heads * head_dim, and
+     * in_proj [2*d_inner + 2*n_group*d_state + kept heads, d_model], conv over
+     * d_inner + 2*n_group*d_state channels, dt_bias, A, D over the kept heads. */
+    const struct ym_ssd_plan *ssd_plan;
 } ym_layer;
 
 typedef struct ym_model {

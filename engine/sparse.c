@@ -1,9 +1,10 @@
 /* engine/sparse.c - builds the served layout of a sparse model from a dense model and a
- * sparsity profile (docs/ARCHITECTURE.md §4), and reads per-channel state energies in either
- * layout.
+ * sparsity profile (docs/ARCHITECTURE.md §4): a Mamba-1 model's kept channels in scan order with
+ * masked scan plans, or a Mamba-2 model's kept heads with their SSD plans; and reads
+ * per-channel state energies in either Mamba-1 layout.
  *
- * Owns: the pruned copies of every channel-indexed tensor and the masked scan plans (both on
- * the new model's owned list), and a reference to the dense model for what stays shared.
+ * Owns: the pruned copies of every channel- (or head-) indexed tensor and the masked scan or
+ * SSD plans (all on the new model's owned list), and a reference to the dense model for what stays shared.
  * Thread: runs where models load (CLI thread, libuv pool); the result is immutable.
  * Must not: change the dense model, or keep a pointer into the profile (it may be freed right
  * after). The forward pass (engine/forward.c) needs no other change than reading each layer's
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "engine/model_int.h"
+#include "engine/ssd.h"
 
 int ym_model_is_sparse(const ym_model_t *m)
 {
@@ -142,6 +144,202 @@ static ym_err gather_w(ym_model_t *m, const ym_weight *W, int n_out, const int32
     return gather_into(W, NULL, n_out, 0, cols, n_in, tmp, data, sc);
 }
 
+/* ---- Mamba-2: a head profile -------------------------------------------------------------- */
+
+/* A new, empty sparse model over base (the shared tensors borrowed), or NULL. */
+static ym_model_t *sparse_shell(ym_model_t *base)
+{
+    ym_model_t *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    m->cfg = base->cfg;
+    m->base = ym_model_ref(base);
+    m->embed = base->embed;
+    m->norm_f = base->norm_f;
+    m->lm_head = base->lm_head;
+    m->wtype = base->wtype;
+    atomic_init(&m->refcount, 1);
+    if ((m->layers = calloc((size_t)m->cfg.n_layer, sizeof(*m->layers))) == NULL) {
+        ym_model_unref(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* Slots of a head with k live entries of N: k rounded up to 16 (whole SIMD widths, aligned
+ * rows), unless that would pass N (small states: the padding would outgrow the saving). */
+static int pad_slots(int k, int N)
+{
+    int kp = (k + 15) / 16 * 16;
+    return kp <= N ? kp : k;
+}
+
+/* Layer L of m from the dense layer D under S (kept heads in their order; docs/ARCHITECTURE.md
+ * §4): the kept heads' rows of in_proj's z, x and dt parts, B and C's rows whole; their conv
+ * channels (and B, C's); dt_bias, A, D of the kept heads; the gated norm's weights and
+ * out_proj's columns of their channels; the plan (ssd.h) of their groups and live entries.
+ * idx: scratch of max(n_in, n_head * d_state) int32; tmp: of d_inner floats. */
+static ym_err m2_layer(ym_model_t *m, const ym_layer *D, const ym_sparsity_layer *S,
+                       ym_layer *L, int32_t *idx, float *tmp, size_t *params, size_t *floats,
+                       size_t *wbytes)
+{
+    const ym_config *c = &m->cfg;
+    const int dm = c->d_model, H = c->n_head, P = c->head_dim, G = c->n_group, N = c->d_state;
+    const int K = c->d_conv, Di = c->d_inner, GN = G * N, per = H / G;
+    const int hk = S->n_kept, dk = hk * P, cdk = dk + 2 * GN, nin = dk + cdk + hk;
+    const int32_t *kh = S->kept; /* served head -> original head */
+    float *t;
+    L->d_inner = dk;
+    L->norm = D->norm;
+    L->out_proj_b = D->out_proj_b;
+    L->x_proj = D->x_proj; /* empty for Mamba-2 */
+    /* in_proj rows, dense index of each served row: [z | x | B C | dt] */
+    for (int i = 0; i < hk; i++)
+        for (int p = 0; p < P; p++) {
+            idx[i * P + p] = kh[i] * P + p;           /* z */
+            idx[dk + i * P + p] = Di + kh[i] * P + p; /* x */
+        }
+    for (int j = 0; j < 2 * GN; j++)
+        idx[2 * dk + j] = 2 * Di + j; /* B, C */
+    for (int i = 0; i < hk; i++)
+        idx[2 * dk + 2 * GN + i] = 2 * Di + 2 * GN + kh[i]; /* dt */
+    {
+        const size_t es = ym_wtype_size(D->in_proj.type);
+        char *d = (char *)take(m, ((size_t)nin * dm * es + 3) / 4);
+        float *sc = D->in_proj.type == YM_WT_INT8 ? take(m, (size_t)nin) : NULL;
+        if (d == NULL || (D->in_proj.type == YM_WT_INT8 && sc == NULL) ||
+            gather_into(&D->in_proj, idx, nin, 0, NULL, dm, tmp, d, sc) != YM_OK)
+            return YM_ENOMEM;
+        L->in_proj = (ym_weight){D->in_proj.type, nin, dm, d, sc};
+    }
+    if (D->in_proj_b != NULL) {
+        if ((t = take(m, (size_t)nin)) == NULL)
+            return YM_ENOMEM;
+        gather_rows(t, D->in_proj_b, idx, nin, 1);
+        L->in_proj_b = t;
+    }
+    /* conv channels: the kept heads' x channels, then B and C's (dense conv index) */
+    for (int i = 0; i < dk + 2 * GN; i++)
+        idx[i] = i < dk ? kh[i / P] * P + i % P : Di + (i - dk);
+    if ((t = take(m, (size_t)cdk * K)) == NULL)
+        return YM_ENOMEM;
+    gather_rows(t, D->conv_w, idx, cdk, (size_t)K);
+    L->conv_w = t;
+    if (D->conv_b != NULL) {
+        if ((t = take(m, (size_t)cdk)) == NULL)
+            return YM_ENOMEM;
+        gather_rows(t, D->conv_b, idx, cdk, 1);
+        L->conv_b = t;
+    }
+    const float *ph[3] = {D->dt_bias, D->A, D->D};
+    const float **dst[3] = {&L->dt_bias, &L->A, &L->D};
+    for (int j = 0; j < 3; j++) {
+        if ((t = take(m, (size_t)hk)) == NULL)
+            return YM_ENOMEM;
+        gather_rows(t, ph[j], kh, hk, 1);
+        *dst[j] = t;
+    }
+    /* the kept heads' channels: gated norm weights and out_proj's columns (idx[0, dk) still
+     * holds them, from the conv step) */
+    if ((t = take(m, (size_t)dk)) == NULL)
+        return YM_ENOMEM;
+    gather_rows(t, D->gnorm, idx, dk, 1);
+    L->gnorm = t;
+    if (gather_w(m, &D->out_proj, dm, idx, dk, tmp, &L->out_proj) != YM_OK)
+        return YM_ENOMEM;
+    /* the plan: int32 arrays head, group [hk], gofs [G+1], i0 [hk+1], then idx [slots]: each
+     * head's live entries padded with -1 to a multiple of 16 where that stays within N
+     * (engine/ssd.h); when every entry of every kept head is live, no idx and the dense state
+     * layout */
+    int64_t live = 0, slots = 0;
+    for (int i = 0; i < hk; i++) {
+        int k = 0;
+        for (int n = 0; n < N; n++)
+            k += S->state_logits[(size_t)kh[i] * N + n] > 0.0f;
+        live += k;
+        slots += pad_slots(k, N);
+    }
+    const int all_live = live == (int64_t)hk * N;
+    size_t n_int = 2 * (size_t)hk + (size_t)G + 1 + (size_t)hk + 1 + (all_live ? 0 : (size_t)slots);
+    size_t bytes = sizeof(ym_ssd_plan) + n_int * sizeof(int32_t);
+    ym_ssd_plan *pl = (ym_ssd_plan *)take(m, (bytes + sizeof(float) - 1) / sizeof(float));
+    if (pl == NULL)
+        return YM_ENOMEM;
+    int32_t *head = (int32_t *)(pl + 1), *group = head + hk, *gofs = group + hk;
+    int32_t *i0 = gofs + G + 1, *ix = i0 + hk + 1;
+    for (int g = 0; g <= G; g++)
+        gofs[g] = 0;
+    i0[0] = 0;
+    for (int i = 0; i < hk; i++) {
+        head[i] = kh[i];
+        group[i] = kh[i] / per;
+        gofs[group[i] + 1]++;
+        if (all_live) {
+            i0[i + 1] = (i + 1) * N;
+            continue;
+        }
+        int k = 0;
+        for (int n = 0; n < N; n++)
+            if (S->state_logits[(size_t)kh[i] * N + n] > 0.0f)
+                ix[i0[i] + k++] = n;
+        for (const int kp = pad_slots(k, N); k < kp; k++)
+            ix[i0[i] + k] = -1;
+        i0[i + 1] = i0[i] + k;
+    }
+    for (int g = 0; g < G; g++)
+        gofs[g + 1] += gofs[g];
+    *pl = (ym_ssd_plan){.n_head = hk,
+                        .head = head,
+                        .group = group,
+                        .gofs = gofs,
+                        .group_width = Di / G,
+                        .i0 = i0,
+                        .idx = all_live ? NULL : ix,
+                        .n_state = (int64_t)i0[hk] * P};
+    L->ssd_plan = pl;
+    m->n_channels_kept += dk;
+    m->n_states_live += live * P; /* state floats, as a Mamba-1 layer's (channel, n) pairs */
+    m->n_scan_lanes += (int64_t)i0[hk] * P; /* slots computed, padding included */
+    size_t lf = (size_t)dm + (D->in_proj_b ? (size_t)nin : 0) + (size_t)cdk * K +
+                (D->conv_b ? (size_t)cdk : 0) + 3 * (size_t)hk + (size_t)dk +
+                (D->out_proj_b ? (size_t)dm : 0);
+    *params += lf + (size_t)nin * dm + (size_t)dm * dk;
+    *floats += lf;
+    *wbytes += ym_weight_bytes(&L->in_proj) + ym_weight_bytes(&L->out_proj);
+    return YM_OK;
+}
+
+static ym_err new_sparse_mamba2(ym_model_t *base, const ym_sparsity *sp, ym_model_t **out,
+                                ym_diag *diag)
+{
+    const ym_config *c = &base->cfg;
+    const int dm = c->d_model, Di = c->d_inner, GN = c->n_group * c->d_state;
+    const size_t n_idx = (size_t)(2 * Di + 2 * GN + c->n_head);
+    ym_model_t *m = sparse_shell(base);
+    int32_t *idx = malloc(sizeof(int32_t) * n_idx);
+    float *tmp = malloc(sizeof(float) * (size_t)(dm > Di ? dm : Di));
+    if (m == NULL || idx == NULL || tmp == NULL)
+        goto oom;
+    size_t floats = (size_t)dm, wbytes = ym_weight_bytes(&base->lm_head); /* norm_f, lm_head */
+    size_t params = (size_t)c->n_vocab * dm * (c->tie_embeddings ? 1 : 2) + (size_t)dm;
+    for (int l = 0; l < c->n_layer; l++)
+        if (m2_layer(m, &base->layers[l], &sp->layers[l], &m->layers[l], idx, tmp, &params,
+                     &floats, &wbytes) != YM_OK)
+            goto oom;
+    free(idx);
+    free(tmp);
+    m->n_params = params;
+    m->weight_bytes = floats * sizeof(float) + wbytes;
+    m->resident_bytes = m->weight_bytes + (c->tie_embeddings ? 0 : ym_weight_bytes(&m->embed));
+    *out = m;
+    return YM_OK;
+oom:
+    free(idx);
+    free(tmp);
+    ym_model_unref(m);
+    return ym_diag_set(diag, YM_ENOMEM, "out of memory building the sparse model");
+}
+
 ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t **out,
                            ym_diag *diag)
 {
@@ -150,12 +348,14 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
         return ym_diag_set(diag, YM_EINVAL, "no model or no profile");
     if (ym_model_is_sparse(base))
         return ym_diag_set(diag, YM_EINVAL, "the model is already sparse");
-    if (base->cfg.arch != YM_ARCH_MAMBA1)
-        return ym_diag_set(diag, YM_EINVAL, "sparsity profiles run on Mamba-1 models only, not "
-                           "yet on %s", ym_arch_name(base->cfg.arch));
+    if (base->cfg.arch == YM_ARCH_FALCON_MAMBA)
+        return ym_diag_set(diag, YM_EINVAL, "sparsity profiles run on Mamba-1 and Mamba-2 "
+                           "models, not yet on %s", ym_arch_name(base->cfg.arch));
     ym_err err = ym_sparsity_check(sp, &base->cfg, diag);
     if (err != YM_OK)
         return err;
+    if (base->cfg.arch == YM_ARCH_MAMBA2)
+        return new_sparse_mamba2(base, sp, out, diag);
     ym_model_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
         return ym_diag_set(diag, YM_ENOMEM, "out of memory");

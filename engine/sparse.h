@@ -7,6 +7,12 @@
  * that computes live state entries only. Embedding, norms, lm_head and out_proj's bias are
  * borrowed from the dense model, of which the new model holds a reference.
  *
+ * A Mamba-2 model takes a head profile instead (engine/sparsity.h): each layer holds only its
+ * kept heads, in their original order (their rows of in_proj's z, x and dt parts, their conv
+ * channels, dt_bias, A, D, gated-norm weights and out_proj columns; B and C whole), and a plan
+ * (ym_layer.ssd_plan, engine/ssd.h) of their groups and live state entries, which the SSD
+ * decode step and chunked prefill follow. Adapters do not run on it yet.
+ *
  * The served model runs through the ordinary ym_forward. Its states have the dense model's
  * dimensions (same ym_state_new), but each layer's SSM state is stored in the scan plan's
  * blocked layout and its conv state by served channel: a state belongs to the model it was
@@ -20,7 +26,8 @@
 #include "engine/sparsity.h"
 
 /* New reference in *out (ym_model_unref). The profile must fit base's config (checked:
- * YM_EFORMAT naming the dimension); base must be a dense model (YM_EINVAL otherwise). The
+ * YM_EFORMAT naming the kind or dimension: a channel profile for Mamba-1, a head profile for
+ * Mamba-2); base must be a dense Mamba-1 or Mamba-2 model (YM_EINVAL otherwise). The
  * profile is not kept. Allocates about the pruned weights' size. Any thread; blocking. */
 ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t **out,
                            ym_diag *diag);

@@ -1,5 +1,6 @@
-/* engine/sparsity.c - the sparsity profile file: strict parsing, the derived served layout
- * (which original channel sits at which served position), and writing.
+/* engine/sparsity.c - the sparsity profile file, both kinds (channels for Mamba-1, heads for
+ * Mamba-2): strict parsing, the derived served layout (which original channel or head sits at
+ * which served position), and writing.
  *
  * Owns: the profile and its per-layer arrays (copied out of the file's bytes, so nothing here
  * borrows from the caller's buffer after a parse returns). Thread: any; parsing runs where the
@@ -29,6 +30,7 @@ void ym_sparsity_free(ym_sparsity *sp)
         for (int l = 0; l < sp->n_layer; l++) {
             ym_sparsity_layer *L = &sp->layers[l];
             free(L->channel_logits);
+            free(L->head_logits);
             free(L->state_logits);
             free(L->scan_order);
             free(L->served);
@@ -39,27 +41,35 @@ void ym_sparsity_free(ym_sparsity *sp)
     free(sp);
 }
 
-/* A profile with n_layer layers whose arrays are allocated (zeroed) or YM_ENOMEM. */
-static ym_err alloc_profile(int n_layer, int d_inner, int d_state, ym_sparsity **out)
+/* A profile of this kind with n_layer layers of n_unit units (channels or heads) whose arrays
+ * are allocated (zeroed; a head profile's scan_order the identity) or YM_ENOMEM. */
+static ym_err alloc_profile(ym_sparsity_kind kind, int n_layer, int n_unit, int d_state,
+                            ym_sparsity **out)
 {
     *out = NULL;
     ym_sparsity *sp = calloc(1, sizeof(*sp));
     if (sp == NULL)
         return YM_ENOMEM;
+    sp->kind = kind;
     sp->n_layer = n_layer;
-    sp->d_inner = d_inner;
+    sp->d_inner = kind == YM_SPARSITY_HEADS ? 0 : n_unit;
+    sp->n_head = kind == YM_SPARSITY_HEADS ? n_unit : 0;
     sp->d_state = d_state;
     if ((sp->layers = calloc((size_t)n_layer, sizeof(*sp->layers))) == NULL)
         goto oom;
     for (int l = 0; l < n_layer; l++) {
         ym_sparsity_layer *L = &sp->layers[l];
-        L->channel_logits = calloc((size_t)d_inner, sizeof(float));
-        L->state_logits = calloc((size_t)d_inner * (size_t)d_state, sizeof(float));
-        L->scan_order = calloc((size_t)d_inner, sizeof(int32_t));
-        L->served = calloc((size_t)d_inner, sizeof(int32_t));
-        L->kept = calloc((size_t)d_inner, sizeof(int32_t));
-        if (!L->channel_logits || !L->state_logits || !L->scan_order || !L->served || !L->kept)
+        float **ul = kind == YM_SPARSITY_HEADS ? &L->head_logits : &L->channel_logits;
+        *ul = calloc((size_t)n_unit, sizeof(float));
+        L->state_logits = calloc((size_t)n_unit * (size_t)d_state, sizeof(float));
+        L->scan_order = calloc((size_t)n_unit, sizeof(int32_t));
+        L->served = calloc((size_t)n_unit, sizeof(int32_t));
+        L->kept = calloc((size_t)n_unit, sizeof(int32_t));
+        if (!*ul || !L->state_logits || !L->scan_order || !L->served || !L->kept)
             goto oom;
+        if (kind == YM_SPARSITY_HEADS)
+            for (int h = 0; h < n_unit; h++)
+                L->scan_order[h] = h;
     }
     *out = sp;
     return YM_OK;
@@ -70,9 +80,11 @@ oom:
 
 ym_err ym_sparsity_finish(ym_sparsity *sp, ym_diag *diag)
 {
-    const int di = sp->d_inner, N = sp->d_state;
+    const int di = ym_sparsity_n_unit(sp), N = sp->d_state;
+    const int heads = sp->kind == YM_SPARSITY_HEADS;
     for (int l = 0; l < sp->n_layer; l++) {
         ym_sparsity_layer *L = &sp->layers[l];
+        const float *ul = heads ? L->head_logits : L->channel_logits;
         for (int d = 0; d < di; d++)
             L->served[d] = -1;
         /* served[] doubles as the "seen" mark while the permutation is checked. */
@@ -97,10 +109,10 @@ ym_err ym_sparsity_finish(ym_sparsity *sp, ym_diag *diag)
         int64_t n_live = 0;
         for (int k = 0; k < di; k++) {
             int32_t d = L->scan_order[k];
-            float cl = L->channel_logits[d];
+            float cl = ul[d];
             if (isnan(cl))
-                return ym_diag_set(diag, YM_EINVAL, "layers.%d.channel_logits: NaN at [%d]", l,
-                                   (int)d);
+                return ym_diag_set(diag, YM_EINVAL, "layers.%d.%s: NaN at [%d]", l,
+                                   heads ? "head_logits" : "channel_logits", (int)d);
             if (cl > 0.0f) {
                 L->served[d] = n_kept;
                 L->kept[n_kept++] = d;
@@ -116,6 +128,30 @@ ym_err ym_sparsity_finish(ym_sparsity *sp, ym_diag *diag)
     return YM_OK;
 }
 
+/* Everything kept, identity order (arguments checked by the callers). */
+static ym_err new_profile(ym_sparsity_kind kind, int n_layer, int n_unit, int d_state,
+                          const char *method, ym_sparsity **out)
+{
+    ym_sparsity *sp;
+    ym_err err = alloc_profile(kind, n_layer, n_unit, d_state, &sp);
+    if (err != YM_OK)
+        return err;
+    snprintf(sp->method, sizeof(sp->method), "%s", method);
+    for (int l = 0; l < n_layer; l++) {
+        ym_sparsity_layer *L = &sp->layers[l];
+        float *ul = kind == YM_SPARSITY_HEADS ? L->head_logits : L->channel_logits;
+        for (int d = 0; d < n_unit; d++) {
+            ul[d] = 1.0f;
+            L->scan_order[d] = d;
+        }
+        for (size_t i = 0; i < (size_t)n_unit * d_state; i++)
+            L->state_logits[i] = 1.0f;
+    }
+    ym_sparsity_finish(sp, NULL); /* cannot fail: identity order, finite logits */
+    *out = sp;
+    return YM_OK;
+}
+
 ym_err ym_sparsity_new(int n_layer, int d_inner, int d_state, const char *method,
                        ym_sparsity **out)
 {
@@ -124,23 +160,18 @@ ym_err ym_sparsity_new(int n_layer, int d_inner, int d_state, const char *method
         d_state < 1 || d_state > MAX_D_STATE || method == NULL || method[0] == '\0' ||
         strlen(method) >= sizeof(((ym_sparsity *)0)->method))
         return YM_EINVAL;
-    ym_sparsity *sp;
-    ym_err err = alloc_profile(n_layer, d_inner, d_state, &sp);
-    if (err != YM_OK)
-        return err;
-    snprintf(sp->method, sizeof(sp->method), "%s", method);
-    for (int l = 0; l < n_layer; l++) {
-        ym_sparsity_layer *L = &sp->layers[l];
-        for (int d = 0; d < d_inner; d++) {
-            L->channel_logits[d] = 1.0f;
-            L->scan_order[d] = d;
-        }
-        for (size_t i = 0; i < (size_t)d_inner * d_state; i++)
-            L->state_logits[i] = 1.0f;
-    }
-    ym_sparsity_finish(sp, NULL); /* cannot fail: identity order, finite logits */
-    *out = sp;
-    return YM_OK;
+    return new_profile(YM_SPARSITY_CHANNELS, n_layer, d_inner, d_state, method, out);
+}
+
+ym_err ym_sparsity_new_heads(int n_layer, int n_head, int d_state, const char *method,
+                             ym_sparsity **out)
+{
+    *out = NULL;
+    if (n_layer < 1 || n_layer > MAX_LAYERS || n_head < 1 || n_head > MAX_D_INNER ||
+        d_state < 1 || d_state > MAX_D_STATE || method == NULL || method[0] == '\0' ||
+        strlen(method) >= sizeof(((ym_sparsity *)0)->method))
+        return YM_EINVAL;
+    return new_profile(YM_SPARSITY_HEADS, n_layer, n_head, d_state, method, out);
 }
 
 /* ---- parsing --------------------------------------------------------------------------- */
@@ -222,11 +253,16 @@ ym_err ym_sparsity_parse(const uint8_t *buf, size_t size, ym_sparsity **out, ym_
     if ((err = check_meta(&h, method, sizeof(method), diag)) != YM_OK)
         goto fail;
 
-    /* Layers 0, 1, ... while layers.{l}.channel_logits exists; dims from layer 0. */
+    /* The kind from layer 0's unit tensor; then layers 0, 1, ... while layers.{l}.<unit>
+     * exists; dims from layer 0. */
+    const int heads = ym_st_header_find(&h, "layers.0.channel_logits") == NULL &&
+                      ym_st_header_find(&h, "layers.0.head_logits") != NULL;
+    const char *unit = heads ? "head_logits" : "channel_logits";
+    const int per_layer = heads ? 2 : 3; /* tensors per layer */
     int n_layer = 0;
     for (;;) {
         char name[64];
-        snprintf(name, sizeof(name), "layers.%d.channel_logits", n_layer);
+        snprintf(name, sizeof(name), "layers.%d.%s", n_layer, unit);
         if (ym_st_header_find(&h, name) == NULL)
             break;
         if (++n_layer > MAX_LAYERS) {
@@ -235,11 +271,12 @@ ym_err ym_sparsity_parse(const uint8_t *buf, size_t size, ym_sparsity **out, ym_
         }
     }
     if (n_layer == 0) {
-        err = ym_diag_set(diag, YM_EFORMAT, "tensor layers.0.channel_logits: missing");
+        err = ym_diag_set(diag, YM_EFORMAT,
+                          "tensor layers.0.channel_logits (or layers.0.head_logits): missing");
         goto fail;
     }
-    if (h.n_tensors != 3 * n_layer) {
-        /* Name the first tensor that is not one of ours. */
+    if (h.n_tensors != per_layer * n_layer) {
+        /* Name the first tensor that is not one of this kind's. */
         for (int i = 0; i < h.n_tensors; i++) {
             int l = -1, pos = 0;
             const char *nm = h.tensors[i].name;
@@ -250,46 +287,50 @@ ym_err ym_sparsity_parse(const uint8_t *buf, size_t size, ym_sparsity **out, ym_
                 char canon[96];
                 snprintf(canon, sizeof(canon), "layers.%d.%s", l, rest);
                 if (strcmp(canon, nm) == 0 &&
-                    (!strcmp(rest, "channel_logits") || !strcmp(rest, "state_logits") ||
-                     !strcmp(rest, "scan_order")))
+                    (!strcmp(rest, unit) || !strcmp(rest, "state_logits") ||
+                     (!heads && !strcmp(rest, "scan_order"))))
                     continue;
             }
             err = ym_diag_set(diag, YM_EFORMAT, "tensor %s: unexpected in a sparsity profile of "
-                                                "%d layers",
-                              nm, n_layer);
+                                                "%d layers of %s",
+                              nm, n_layer, heads ? "heads" : "channels");
             goto fail;
         }
         /* All names are ours, so some layer lacks a tensor: the loop below names it. */
     }
-    const ym_st_tensor *cl, *sl, *so;
-    if ((err = find_tensor(&h, 0, "channel_logits", YM_DT_F32, 1, &cl, diag)) != YM_OK ||
+    const ym_st_tensor *cl, *sl, *so = NULL;
+    if ((err = find_tensor(&h, 0, unit, YM_DT_F32, 1, &cl, diag)) != YM_OK ||
         (err = find_tensor(&h, 0, "state_logits", YM_DT_F32, 2, &sl, diag)) != YM_OK)
         goto fail;
     int64_t di = cl->shape[0], N = sl->shape[1];
     if (di < 1 || di > MAX_D_INNER || N < 1 || N > MAX_D_STATE) {
         err = ym_diag_set(diag, YM_EFORMAT,
-                          "layer 0: d_inner %lld, d_state %lld: want [1, %d] and [1, %d]",
-                          (long long)di, (long long)N, MAX_D_INNER, MAX_D_STATE);
+                          "layer 0: %s %lld, d_state %lld: want [1, %d] and [1, %d]",
+                          heads ? "n_head" : "d_inner", (long long)di, (long long)N, MAX_D_INNER,
+                          MAX_D_STATE);
         goto fail;
     }
-    if ((err = alloc_profile(n_layer, (int)di, (int)N, &sp)) != YM_OK) {
+    if ((err = alloc_profile(heads ? YM_SPARSITY_HEADS : YM_SPARSITY_CHANNELS, n_layer, (int)di,
+                             (int)N, &sp)) != YM_OK) {
         ym_diag_set(diag, err, "out of memory");
         goto fail;
     }
     snprintf(sp->method, sizeof(sp->method), "%s", method);
     for (int l = 0; l < n_layer; l++) {
         ym_sparsity_layer *L = &sp->layers[l];
-        if ((err = find_tensor(&h, l, "channel_logits", YM_DT_F32, 1, &cl, diag)) != YM_OK ||
+        if ((err = find_tensor(&h, l, unit, YM_DT_F32, 1, &cl, diag)) != YM_OK ||
             (err = check_shape(cl, di, 0, diag)) != YM_OK ||
             (err = find_tensor(&h, l, "state_logits", YM_DT_F32, 2, &sl, diag)) != YM_OK ||
             (err = check_shape(sl, di, N, diag)) != YM_OK ||
-            (err = find_tensor(&h, l, "scan_order", YM_DT_I32, 1, &so, diag)) != YM_OK ||
-            (err = check_shape(so, di, 0, diag)) != YM_OK)
+            (!heads &&
+             ((err = find_tensor(&h, l, "scan_order", YM_DT_I32, 1, &so, diag)) != YM_OK ||
+              (err = check_shape(so, di, 0, diag)) != YM_OK)))
             goto fail;
         /* The data may sit at any byte offset: copy, never cast. */
-        memcpy(L->channel_logits, cl->data, (size_t)di * sizeof(float));
+        memcpy(heads ? L->head_logits : L->channel_logits, cl->data, (size_t)di * sizeof(float));
         memcpy(L->state_logits, sl->data, (size_t)(di * N) * sizeof(float));
-        memcpy(L->scan_order, so->data, (size_t)di * sizeof(int32_t));
+        if (!heads)
+            memcpy(L->scan_order, so->data, (size_t)di * sizeof(int32_t));
     }
     ym_diag fd = {0};
     if ((err = ym_sparsity_finish(sp, &fd)) != YM_OK) {
@@ -329,10 +370,19 @@ ym_err ym_sparsity_load(const char *path, ym_sparsity **out, ym_diag *diag)
 
 ym_err ym_sparsity_check(const ym_sparsity *sp, const ym_config *cfg, ym_diag *diag)
 {
+    const int heads = cfg->arch == YM_ARCH_MAMBA2;
+    if (heads != (sp->kind == YM_SPARSITY_HEADS))
+        return ym_diag_set(diag, YM_EFORMAT, "sparsity profile of %s (%s), the model is %s",
+                           sp->kind == YM_SPARSITY_HEADS ? "heads" : "channels",
+                           sp->kind == YM_SPARSITY_HEADS ? "Mamba-2" : "Mamba-1",
+                           ym_arch_name(cfg->arch));
     if (sp->n_layer != cfg->n_layer)
         return ym_diag_set(diag, YM_EFORMAT, "sparsity profile has %d layers, the model %d",
                            sp->n_layer, cfg->n_layer);
-    if (sp->d_inner != cfg->d_inner)
+    if (heads && sp->n_head != cfg->n_head)
+        return ym_diag_set(diag, YM_EFORMAT, "sparsity profile has %d heads, the model %d",
+                           sp->n_head, cfg->n_head);
+    if (!heads && sp->d_inner != cfg->d_inner)
         return ym_diag_set(diag, YM_EFORMAT, "sparsity profile has d_inner %d, the model %d",
                            sp->d_inner, cfg->d_inner);
     if (sp->d_state != cfg->d_state)
@@ -346,7 +396,8 @@ ym_err ym_sparsity_check(const ym_sparsity *sp, const ym_config *cfg, ym_diag *d
 ym_err ym_sparsity_save(const ym_sparsity *sp, const char *path, const ym_st_meta *extra,
                         int n_extra, ym_diag *diag)
 {
-    int nt = 3 * sp->n_layer;
+    const int heads = sp->kind == YM_SPARSITY_HEADS, per = heads ? 2 : 3;
+    const int nu = ym_sparsity_n_unit(sp), nt = per * sp->n_layer;
     ym_st_wtensor *t = calloc((size_t)nt, sizeof(*t));
     char *names = calloc((size_t)nt, 64);
     ym_st_meta *meta = calloc((size_t)n_extra + 3, sizeof(*meta));
@@ -357,22 +408,25 @@ ym_err ym_sparsity_save(const ym_sparsity *sp, const char *path, const ym_st_met
     }
     for (int l = 0; l < sp->n_layer; l++) {
         const ym_sparsity_layer *L = &sp->layers[l];
-        static const char *const suffix[3] = {"channel_logits", "state_logits", "scan_order"};
-        for (int j = 0; j < 3; j++) {
-            ym_st_wtensor *w = &t[3 * l + j];
-            char *nm = names + (size_t)(3 * l + j) * 64;
+        const char *suffix[3] = {heads ? "head_logits" : "channel_logits", "state_logits",
+                                 "scan_order"};
+        for (int j = 0; j < per; j++) {
+            ym_st_wtensor *w = &t[per * l + j];
+            char *nm = names + (size_t)(per * l + j) * 64;
             snprintf(nm, 64, "layers.%d.%s", l, suffix[j]);
             w->name = nm;
-            w->shape[0] = sp->d_inner;
+            w->shape[0] = nu;
             w->n_dim = 1;
             w->dtype = YM_DT_F32;
         }
-        t[3 * l].data = L->channel_logits;
-        t[3 * l + 1].n_dim = 2;
-        t[3 * l + 1].shape[1] = sp->d_state;
-        t[3 * l + 1].data = L->state_logits;
-        t[3 * l + 2].dtype = YM_DT_I32;
-        t[3 * l + 2].data = L->scan_order;
+        t[per * l].data = heads ? L->head_logits : L->channel_logits;
+        t[per * l + 1].n_dim = 2;
+        t[per * l + 1].shape[1] = sp->d_state;
+        t[per * l + 1].data = L->state_logits;
+        if (!heads) {
+            t[per * l + 2].dtype = YM_DT_I32;
+            t[per * l + 2].data = L->scan_order;
+        }
     }
     meta[0] = (ym_st_meta){(char *)"format", (char *)YM_SPARSITY_FORMAT};
     meta[1] = (ym_st_meta){(char *)"version", (char *)YM_SPARSITY_VERSION};

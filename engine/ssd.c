@@ -1,7 +1,9 @@
 /* engine/ssd.c - Mamba-2's SSD layer: dt, decode step, chunked prefill, gated RMSNorm per group.
  *
  * Owns: the per-head state update of one token, the chunked SSD algorithm (Dao & Gu 2024,
- * "Transformers are SSMs", section 6) as sgemm calls per chunk, and the grouped gated norm.
+ * "Transformers are SSMs", section 6) as sgemm calls per chunk, and the grouped gated norm;
+ * and the same for a served sparse layer (ym_ssd_plan: kept heads, each with its own live state
+ * entries gathered into whole 16-lane slots).
  * Runs: on the engine thread or a pool worker, each on its own head range and scratch; calls
  * OpenBLAS sgemm, which the engine keeps single-threaded.
  * Must not: allocate, keep state between calls, or read outside the given head range of y/s.
@@ -326,6 +328,222 @@ void ym_group_scale_f32(float *out, int ldo, const float *v, int ldv, int T, con
                 tot += ss[(size_t)i * part_stride + (size_t)t * n_group + g];
             const float r = 1.0f / sqrtf(tot / (float)gs + eps);
             for (int c = g * gs; c < (g + 1) * gs; c++)
+                ot[c] = vt[c] * r * w[c];
+        }
+    }
+}
+
+/* ---- a served sparse layer (ym_ssd_plan) ------------------------------------------------ */
+
+/* One head, one token, its k live entries (Bk, Ck and s [P, k] compact):
+ *   s[p,j] = exp(dt*A) * s[p,j] + dt * x[p] * Bk[j];   y[p] = sum_j s[p,j] * Ck[j] + D * x[p] */
+static void head_step_ref(float *y, float *s, const float *x, float dt, float A, float D,
+                          const float *Bk, const float *Ck, int P, int k)
+{
+    const float dA = expf(dt * A);
+    for (int p = 0; p < P; p++) {
+        float *sp = s + (size_t)p * k;
+        const float u = dt * x[p];
+        float acc = 0.0f;
+        for (int j = 0; j < k; j++) {
+            sp[j] = dA * sp[j] + u * Bk[j];
+            acc += sp[j] * Ck[j];
+        }
+        y[p] = acc + D * x[p];
+    }
+}
+
+/* The most slots a head has: N rounded up to 16. */
+static inline int slots_max(int N)
+{
+    return (N + 15) / 16 * 16;
+}
+
+/* Head h's B and C slots: its live entries of B_g, C_g gathered, 0 in the padding. */
+static inline void gather_slots(float *Bk, float *Ck, const float *Bg, const float *Cg,
+                                const int32_t *ix, int k)
+{
+    for (int j = 0; j < k; j++) {
+        Bk[j] = ix[j] >= 0 ? Bg[ix[j]] : 0.0f;
+        Ck[j] = ix[j] >= 0 ? Cg[ix[j]] : 0.0f;
+    }
+}
+
+#if HAVE_X86
+/* Hot path of sparse decode: as step_avx512, over each head's slots only (a multiple of 16
+ * when padded, so every load is whole and rows start 64-byte aligned). */
+T512 static void step_sparse_avx512(float *y, float *s, const float *x, const float *dt,
+                                    const float *A, const float *D, const float *B,
+                                    const float *C, const ym_ssd_dims *d, const ym_ssd_plan *pl,
+                                    int h0, int h1, float *work)
+{
+    const int P = d->head_dim, N = d->d_state;
+    float *Bk = work, *Ck = work + slots_max(N);
+    for (int h = h0; h < h1; h++) {
+        const float *Bu = B + (size_t)pl->group[h] * N, *Cu = C + (size_t)pl->group[h] * N;
+        float *sh = s + (size_t)h * P * N;
+        int k = N;
+        if (pl->idx != NULL) {
+            k = pl->i0[h + 1] - pl->i0[h];
+            gather_slots(Bk, Ck, Bu, Cu, pl->idx + pl->i0[h], k);
+            Bu = Bk;
+            Cu = Ck;
+            sh = s + (size_t)pl->i0[h] * P;
+        }
+        const __m512 dA = _mm512_set1_ps(expf(dt[h] * A[h]));
+        const float *xh = x + (size_t)h * P;
+        float *yh = y + (size_t)h * P;
+        for (int p = 0; p < P; p++) {
+            float *sp = sh + (size_t)p * k;
+            const __m512 u = _mm512_set1_ps(dt[h] * xh[p]);
+            __m512 acc = _mm512_setzero_ps();
+            for (int j = 0; j < k; j += 16) {
+                __mmask16 m = tail_mask(k - j);
+                __m512 sv = _mm512_maskz_loadu_ps(m, sp + j);
+                sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bu + j)));
+                _mm512_mask_storeu_ps(sp + j, m, sv);
+                acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Cu + j), acc);
+            }
+            yh[p] = _mm512_reduce_add_ps(acc) + D[h] * xh[p];
+        }
+    }
+}
+#endif
+
+void ym_ssd_step_sparse_f32(float *y, float *s, const float *x, const float *dt, const float *A,
+                            const float *D, const float *B, const float *C, const ym_ssd_dims *d,
+                            const ym_ssd_plan *pl, int h0, int h1, float *work)
+{
+    if (pl->idx == NULL) { /* every entry live: the dense step, one group's heads at a time */
+        const ym_ssd_dims one = {pl->n_head, d->head_dim, 1, d->d_state};
+        for (int g = 0; g < d->n_group; g++) {
+            const int a = pl->gofs[g] > h0 ? pl->gofs[g] : h0;
+            const int b = pl->gofs[g + 1] < h1 ? pl->gofs[g + 1] : h1;
+            if (a < b)
+                ym_ssd_step_f32(y, s, x, dt, A, D, B + (size_t)g * d->d_state,
+                                C + (size_t)g * d->d_state, &one, a, b);
+        }
+        return;
+    }
+#if HAVE_X86
+    if (have_avx512()) {
+        step_sparse_avx512(y, s, x, dt, A, D, B, C, d, pl, h0, h1, work);
+        return;
+    }
+#endif
+    const int P = d->head_dim, N = d->d_state;
+    float *Bk = work, *Ck = work + slots_max(N);
+    for (int h = h0; h < h1; h++) {
+        const float *Bu = B + (size_t)pl->group[h] * N, *Cu = C + (size_t)pl->group[h] * N;
+        float *sh = s + (size_t)h * P * N;
+        int k = N;
+        if (pl->idx != NULL) {
+            k = pl->i0[h + 1] - pl->i0[h];
+            gather_slots(Bk, Ck, Bu, Cu, pl->idx + pl->i0[h], k);
+            Bu = Bk;
+            Cu = Ck;
+            sh = s + (size_t)pl->i0[h] * P;
+        }
+        head_step_ref(y + (size_t)h * P, sh, x + (size_t)h * P, dt[h], A[h], D[h], Bu, Cu, P, k);
+    }
+}
+
+/* The chunk's own work for a head of up to slots_max(N) slots, then its gathered B and C. */
+size_t ym_ssd_prefill_sparse_work(const ym_ssd_dims *d, int chunk)
+{
+    size_t Q = (size_t)(chunk > 0 ? chunk : 1), K = (size_t)slots_max(d->d_state);
+    ym_ssd_dims pd = *d;
+    pd.d_state = (int)K;
+    return ym_ssd_prefill_work(&pd, chunk) + 2 * Q * K;
+}
+
+void ym_ssd_prefill_sparse_f32(float *y, int ldy, float *s, const float *x, int ldx,
+                               const float *dt, int lddt, const float *B, const float *C,
+                               int ldbc, const float *A, const float *D, int T,
+                               const ym_ssd_dims *d, const ym_ssd_plan *pl, int chunk, int h0,
+                               int h1, float *work)
+{
+    const int P = d->head_dim, N = d->d_state;
+    if (chunk < 1)
+        chunk = 1;
+    ym_ssd_dims pd = *d;
+    pd.d_state = slots_max(N);
+    float *Bk = work + ym_ssd_prefill_work(&pd, chunk), *Ck = Bk + (size_t)chunk * pd.d_state;
+    for (int c0 = 0; c0 < T; c0 += chunk) {
+        const int Q = T - c0 < chunk ? T - c0 : chunk;
+        const size_t r = (size_t)c0;
+        for (int g = 0; g < d->n_group; g++) {
+            const int a = pl->gofs[g] > h0 ? pl->gofs[g] : h0;
+            const int b = pl->gofs[g + 1] < h1 ? pl->gofs[g + 1] : h1;
+            const float *Bg = B + r * ldbc + (size_t)g * N, *Cg = C + r * ldbc + (size_t)g * N;
+            if (a >= b)
+                continue;
+            if (pl->idx == NULL) { /* every entry live: the heads of a group share C_g B_g^T */
+                chunk_group(y + r * ldy, ldy, s, x + r * ldx, ldx, dt + r * lddt, lddt, Bg, Cg,
+                            ldbc, A, D, Q, d, a, b, work);
+                continue;
+            }
+            /* Each head has its own live entries, so its own C B^T over them: gather its k
+             * slots into [Q, k] (padding 0) and run the chunk as a one-head, one-group layer
+             * of k entries. */
+            for (int h = a; h < b; h++) {
+                const int k = pl->i0[h + 1] - pl->i0[h];
+                const int32_t *ix = pl->idx + pl->i0[h];
+                float *Yh = y + r * ldy + (size_t)h * P;
+                const float *Xh = x + r * ldx + (size_t)h * P;
+                if (k == 0) { /* no state: y = D x */
+                    for (int i = 0; i < Q; i++)
+                        for (int p = 0; p < P; p++)
+                            Yh[(size_t)i * ldy + p] = D[h] * Xh[(size_t)i * ldx + p];
+                    continue;
+                }
+                for (int i = 0; i < Q; i++)
+                    gather_slots(Bk + (size_t)i * k, Ck + (size_t)i * k, Bg + (size_t)i * ldbc,
+                                 Cg + (size_t)i * ldbc, ix, k);
+                const ym_ssd_dims one = {1, P, 1, k};
+                chunk_group(Yh, ldy, s + (size_t)pl->i0[h] * P, Xh, ldx, dt + r * lddt + h, lddt,
+                            Bk, Ck, k, A + h, D + h, Q, &one, 0, 1, work);
+            }
+        }
+    }
+}
+
+void ym_gate_sumsq_sparse_f32(float *y, int ldy, const float *z, int ldz, int T,
+                              const ym_ssd_plan *pl, int P, int n_group, int c0, int c1,
+                              float *ss)
+{
+    for (int t = 0; t < T; t++) {
+        float *yt = y + (size_t)t * ldy;
+        const float *zt = z + (size_t)t * ldz;
+        float *st = ss + (size_t)t * n_group;
+        for (int g = 0; g < n_group; g++) {
+            const int g0 = pl->gofs[g] * P, g1 = pl->gofs[g + 1] * P;
+            const int a = c0 > g0 ? c0 : g0, b = c1 < g1 ? c1 : g1;
+            float acc = 0.0f;
+            for (int c = a; c < b; c++) {
+                const float v = yt[c] * silu(zt[c]);
+                yt[c] = v;
+                acc += v * v;
+            }
+            st[g] = acc;
+        }
+    }
+}
+
+void ym_group_scale_sparse_f32(float *out, int ldo, const float *v, int ldv, int T,
+                               const float *ss, int n_parts, size_t part_stride, const float *w,
+                               const ym_ssd_plan *pl, int P, int n_group, float eps)
+{
+    for (int t = 0; t < T; t++) {
+        const float *vt = v + (size_t)t * ldv;
+        float *ot = out + (size_t)t * ldo;
+        for (int g = 0; g < n_group; g++) {
+            float tot = 0.0f; /* the parts in their order: every caller gets the same bits */
+            for (int i = 0; i < n_parts; i++)
+                tot += ss[(size_t)i * part_stride + (size_t)t * n_group + g];
+            /* the dropped heads' zeros still count in the mean: divide by the dense width */
+            const float r = 1.0f / sqrtf(tot / (float)pl->group_width + eps);
+            for (int c = pl->gofs[g] * P; c < pl->gofs[g + 1] * P; c++)
                 ot[c] = vt[c] * r * w[c];
         }
     }

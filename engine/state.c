@@ -17,6 +17,7 @@
 #endif
 
 #include "engine/sparse.h"
+#include "engine/ssd.h"
 
 #define STATE_MAGIC 0x54534d59u /* "YMST" little-endian */
 #define STATE_VERSION 2u        /* written; version 1 is still read */
@@ -103,8 +104,13 @@ ym_err ym_state_new_for_model(const ym_model_t *m, ym_state_t **out)
             }
             if (L->scan == NULL)
                 nssm = (int64_t)L->d_inner * cfg->d_state;
+            int64_t conv_ch = L->d_inner;
+            if (L->ssd_plan != NULL) { /* Mamba-2: kept heads' live entries; conv over x|B|C */
+                nssm = L->ssd_plan->n_state;
+                conv_ch += 2 * (int64_t)cfg->n_group * cfg->d_state;
+            }
             /* 16-float multiples keep every layer's arrays 64-byte aligned */
-            co[l + 1] = co[l] + ((int64_t)L->d_inner * (cfg->d_conv - 1) + 15) / 16 * 16;
+            co[l + 1] = co[l] + (conv_ch * (cfg->d_conv - 1) + 15) / 16 * 16;
             so[l + 1] = so[l] + (nssm + 15) / 16 * 16;
         }
     if (co != NULL && so != NULL)

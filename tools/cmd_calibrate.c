@@ -221,6 +221,11 @@ int ym_cmd_calibrate(int argc, char **argv)
             rc = cli_error(CLI_FAIL, "calibrate: sparsity profile %s: %s", in_path, diag.msg);
             goto done;
         }
+        if (in->kind != YM_SPARSITY_CHANNELS) {
+            rc = cli_error(CLI_FAIL, "calibrate: %s is a head profile (Mamba-2); calibrate "
+                           "orders Mamba-1 channels", in_path);
+            goto done;
+        }
         if ((err = ym_model_new_sparse(base, in, &run_m, &diag)) != YM_OK) {
             rc = cli_error(CLI_FAIL, "calibrate: %s", diag.msg);
             goto done;

@@ -25,6 +25,7 @@ int main(void)
     srunner_add_suite(sr, jinja_suite());
     srunner_add_suite(sr, ssd_suite());
     srunner_add_suite(sr, mamba2_suite());
+    srunner_add_suite(sr, mamba2_sparse_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -318,6 +318,230 @@ START_TEST(test_sparsity_new_keeps_everything_in_identity_order)
 }
 END_TEST
 
+/* ---- head profiles (Mamba-2): layers.{l}.head_logits [H], layers.{l}.state_logits [H, N] ---- */
+
+enum { HH = 4 };
+
+typedef struct hspec {
+    float hl[L_][HH];
+    float sl[L_][HH * NS];
+    int drop_tensor;        /* index into the 2*L_ tensors to leave out, or -1 */
+    const char *extra_name; /* add an F32 [HH] tensor of this name, or NULL */
+    int wrong_dtype;        /* tensor index written as I32, or -1 */
+    int wrong_shape;        /* tensor index written with one row less, or -1 */
+} hspec;
+
+static void hspec_default(hspec *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (int l = 0; l < L_; l++)
+        for (int h = 0; h < HH; h++) {
+            s->hl[l][h] = h == l + 1 ? 0.0f : 0.25f * (float)(h + 1); /* head l+1 dropped */
+            for (int n = 0; n < NS; n++)
+                s->sl[l][h * NS + n] = (h + n) % 3 == 0 ? -1.0f : 2.0f;
+        }
+    s->drop_tensor = s->wrong_dtype = s->wrong_shape = -1;
+}
+
+static uint8_t *hspec_bytes(const hspec *s, size_t *len)
+{
+    char path[] = "/tmp/ym-sparsity-test-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ym_st_wtensor t[2 * L_ + 1];
+    char names[2 * L_ + 1][48];
+    int nt = 0;
+    for (int i = 0; i < 2 * L_; i++) {
+        if (i == s->drop_tensor)
+            continue;
+        int l = i / 2, j = i % 2;
+        ym_st_wtensor *w = &t[nt];
+        memset(w, 0, sizeof(*w));
+        snprintf(names[nt], sizeof(names[nt]), "layers.%d.%s", l,
+                 j == 0 ? "head_logits" : "state_logits");
+        w->name = names[nt];
+        w->n_dim = j == 0 ? 1 : 2;
+        w->shape[0] = HH;
+        w->shape[1] = NS;
+        w->dtype = i == s->wrong_dtype ? YM_DT_I32 : YM_DT_F32;
+        w->data = j == 0 ? (const void *)s->hl[l] : (const void *)s->sl[l];
+        if (i == s->wrong_shape)
+            w->shape[0] = HH - 1;
+        nt++;
+    }
+    if (s->extra_name != NULL) {
+        ym_st_wtensor *w = &t[nt];
+        memset(w, 0, sizeof(*w));
+        snprintf(names[nt], sizeof(names[nt]), "%s", s->extra_name);
+        w->name = names[nt];
+        w->n_dim = 1;
+        w->shape[0] = HH;
+        w->dtype = YM_DT_F32;
+        w->data = s->hl[0];
+        nt++;
+    }
+    ym_st_meta meta[3] = {{(char *)"format", (char *)"yunmin-sparsity"},
+                          {(char *)"version", (char *)"1"},
+                          {(char *)"method", (char *)"magnitude"}};
+    ym_diag d = {0};
+    ck_assert_msg(ym_st_write(path, t, nt, meta, 3, &d) == YM_OK, "%s", d.msg);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    unlink(path);
+    *len = (size_t)n;
+    return buf;
+}
+
+/* Parse s; expect failure whose message contains want (or success when want is NULL: the
+ * parsed profile in *out, or freed when out is NULL). */
+static void hexpect(const hspec *s, const char *want, ym_sparsity **out)
+{
+    size_t n;
+    uint8_t *buf = hspec_bytes(s, &n);
+    ym_sparsity *sp = NULL;
+    ym_diag d = {0};
+    ym_err err = ym_sparsity_parse(buf, n, &sp, &d);
+    free(buf);
+    if (want == NULL) {
+        ck_assert_msg(err == YM_OK, "%s", d.msg);
+        ck_assert_ptr_nonnull(sp);
+    } else {
+        ck_assert_int_eq(err, YM_EFORMAT);
+        ck_assert_ptr_null(sp);
+        ck_assert_msg(strstr(d.msg, want) != NULL, "message '%s' lacks '%s'", d.msg, want);
+    }
+    if (out != NULL)
+        *out = sp;
+    else
+        ym_sparsity_free(sp);
+}
+
+START_TEST(test_sparsity_head_profile_parses_and_round_trips)
+{
+    hspec s;
+    hspec_default(&s);
+    ym_sparsity *sp = NULL;
+    hexpect(&s, NULL, &sp);
+    ck_assert_int_eq(sp->kind, YM_SPARSITY_HEADS);
+    ck_assert_int_eq(sp->n_layer, L_);
+    ck_assert_int_eq(sp->n_head, HH);
+    ck_assert_int_eq(sp->d_inner, 0);
+    ck_assert_int_eq(sp->d_state, NS);
+    ck_assert_int_eq(ym_sparsity_n_unit(sp), HH);
+    for (int l = 0; l < L_; l++) {
+        const ym_sparsity_layer *L = &sp->layers[l];
+        ck_assert_ptr_null(L->channel_logits);
+        ck_assert_int_eq(L->n_kept, HH - 1);
+        int64_t live = 0;
+        for (int h = 0, p = 0; h < HH; h++) {
+            /* kept heads in their original order; a logit of exactly 0 drops */
+            ck_assert_int_eq(ym_sparsity_served_channel(sp, l, h), h == l + 1 ? -1 : p);
+            if (h != l + 1)
+                ck_assert_int_eq(L->kept[p++], h);
+            for (int n = 0; n < NS; n++) {
+                int want = h != l + 1 && (h + n) % 3 != 0;
+                ck_assert_int_eq(ym_sparsity_state_kept(sp, l, h, n), want);
+                live += want;
+            }
+        }
+        ck_assert_int_eq(L->n_live, live);
+    }
+    /* written by ym_sparsity_save and read back: the same masks, no scan_order tensor */
+    char path[] = "/tmp/ym-sparsity-heads-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ym_diag d = {0};
+    ck_assert_msg(ym_sparsity_save(sp, path, NULL, 0, &d) == YM_OK, "%s", d.msg);
+    ym_sparsity *back = NULL;
+    ck_assert_msg(ym_sparsity_load(path, &back, &d) == YM_OK, "%s", d.msg);
+    unlink(path);
+    ck_assert_int_eq(back->kind, YM_SPARSITY_HEADS);
+    ck_assert_str_eq(back->method, "magnitude");
+    for (int l = 0; l < L_; l++) {
+        ck_assert_mem_eq(back->layers[l].head_logits, s.hl[l], sizeof(s.hl[l]));
+        ck_assert_mem_eq(back->layers[l].state_logits, s.sl[l], sizeof(s.sl[l]));
+        ck_assert_int_eq(back->layers[l].n_live, sp->layers[l].n_live);
+    }
+    ym_sparsity_free(back);
+    ym_sparsity_free(sp);
+}
+END_TEST
+
+START_TEST(test_sparsity_head_profile_refuses_malformations)
+{
+    hspec s;
+    hspec_default(&s);
+    s.drop_tensor = 3; /* layers.1.state_logits */
+    hexpect(&s, "layers.1.state_logits: missing", NULL);
+    hspec_default(&s);
+    s.drop_tensor = 0; /* no layer 0: neither kind */
+    hexpect(&s, "layers.0.head_logits", NULL);
+    hspec_default(&s);
+    s.extra_name = "layers.0.scan_order"; /* the channel kind's tensor */
+    hexpect(&s, "layers.0.scan_order: unexpected", NULL);
+    hspec_default(&s);
+    s.extra_name = "layers.0.channel_logits"; /* both kinds: read as channels, heads extra */
+    hexpect(&s, "layers.0.head_logits: unexpected", NULL);
+    hspec_default(&s);
+    s.extra_name = "layers.2.state_logits"; /* a layer past the last */
+    hexpect(&s, "layers.2.state_logits: unexpected", NULL);
+    hspec_default(&s);
+    s.wrong_dtype = 2;
+    hexpect(&s, "layers.1.head_logits: dtype I32, want F32", NULL);
+    hspec_default(&s);
+    s.wrong_shape = 3;
+    hexpect(&s, "layers.1.state_logits: shape [3, 3], want [4, 3]", NULL);
+    hspec_default(&s);
+    s.wrong_shape = 2;
+    hexpect(&s, "layers.1.head_logits: shape [3], want [4]", NULL);
+    hspec_default(&s);
+    s.hl[1][3] = NAN;
+    hexpect(&s, "layers.1.head_logits: NaN at [3]", NULL);
+    hspec_default(&s);
+    s.sl[0][5] = NAN;
+    hexpect(&s, "layers.0.state_logits: NaN at [1, 2]", NULL);
+}
+END_TEST
+
+START_TEST(test_sparsity_head_profile_checks_the_model)
+{
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_new_heads(2, 4, 8, "none", &sp), YM_OK);
+    ck_assert_int_eq(sp->layers[1].n_kept, 4);
+    ck_assert_int_eq(sp->layers[1].n_live, 32);
+    ym_config c = {.arch = YM_ARCH_MAMBA2, .n_layer = 2, .n_head = 4, .d_state = 8,
+                   .d_inner = 256, .head_dim = 64};
+    ym_diag d = {0};
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_OK);
+    c.n_head = 5;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "4 heads, the model 5") != NULL, "%s", d.msg);
+    c.n_head = 4;
+    c.d_state = 16;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "d_state 8, the model 16") != NULL, "%s", d.msg);
+    c.d_state = 8;
+    c.n_layer = 3;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "2 layers, the model 3") != NULL, "%s", d.msg);
+    c.n_layer = 2;
+    c.arch = YM_ARCH_MAMBA1;
+    ck_assert_int_eq(ym_sparsity_check(sp, &c, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "heads") != NULL, "%s", d.msg);
+    ym_sparsity_free(sp);
+    ck_assert_int_eq(ym_sparsity_new_heads(1, 0, 8, "x", &sp), YM_EINVAL);
+    ck_assert_int_eq(ym_sparsity_new_heads(1, 4, 8, "", &sp), YM_EINVAL);
+}
+END_TEST
+
 Suite *sparsity_suite(void)
 {
     Suite *s = suite_create("sparsity");
@@ -329,6 +553,9 @@ Suite *sparsity_suite(void)
     tcase_add_test(tc, test_sparsity_refuses_wrong_metadata);
     tcase_add_test(tc, test_sparsity_refuses_truncated_and_garbage_bytes);
     tcase_add_test(tc, test_sparsity_new_keeps_everything_in_identity_order);
+    tcase_add_test(tc, test_sparsity_head_profile_parses_and_round_trips);
+    tcase_add_test(tc, test_sparsity_head_profile_refuses_malformations);
+    tcase_add_test(tc, test_sparsity_head_profile_checks_the_model);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -26,5 +26,6 @@ Suite *order_suite(void);
 Suite *jinja_suite(void);
 Suite *ssd_suite(void);
 Suite *mamba2_suite(void);
+Suite *mamba2_sparse_suite(void);
 
 #endif

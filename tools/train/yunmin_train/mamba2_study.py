@@ -3,6 +3,8 @@
     python -m yunmin_train.mamba2_study --model DIR --text TRAIN.txt --val-text VAL.txt \\
         --seed 1 --out seed1.json [--levels 0.5,0.75,0.9] [--time-budget S] [--bf16]
     python -m yunmin_train.mamba2_study --merge seed*.json --out-dir DIR
+    python -m yunmin_train.mamba2_study export --model DIR --text TRAIN.txt --kind state \\
+        --method magnitude --level 0.75 --out yunmin.sparsity.safetensors [--seed 1]
 
 Owns: the Mamba-2 mask study (scores, masks, learned gates, rows, merge). Runs: one process per
 seed (they can share a GPU). Must not: change the model's weights (only mask gates learn).
@@ -34,6 +36,12 @@ Methods:
 Each row: held-out perplexity and KL(dense || masked) per token on the first --eval-windows
 windows of --ctx tokens of the held-out text (evaluate.py's protocol), the state bytes and SSM
 FLOPs per token kept (below). Rows are appended to --out (rewritten atomically) as they finish.
+
+export: one mask of the study (magnitude or random scores, the same calibration tokens and
+"same share per layer" selection as the study's rows for that seed) written as the engine's head
+profile (docs/FORMATS.md): per layer head_logits [H] and state_logits [H, N], +1 kept, -1
+dropped, with metadata format, version, method, kind, level, seed and the calibration window;
+`yunmin perplexity/bench/generate/serve --sparsity FILE` then serve the masked model.
 
 Counted per token (recurrent form, float32 state): state bytes = 4 P * (kept (h, n) pairs);
 SSM FLOPs = 5 P * (kept (h, n) pairs) (decay, input outer product and add: 3; readout: 2).
@@ -122,6 +130,68 @@ def state_magnitude(model, ids, ctx=256, batch_size=8):
         for layer in layers:
             layer.mixer.ssd_hook = None
     return np.stack([(a / max(1, count[0])).cpu().numpy() for a in acc])
+
+
+def profile_tensors(kind, keep, cfg):
+    """The engine's head profile (docs/FORMATS.md) of a keep mask of `kind` ([L, H] heads or
+    [L, H, N] state entries): {name: float32 array}, logits +1 kept and -1 dropped."""
+    L, H, N = cfg.num_hidden_layers, cfg.num_heads, cfg.state_size
+    keep = np.asarray(keep, dtype=bool)
+    heads = keep.reshape(L, H) if kind == "head" else np.ones((L, H), dtype=bool)
+    state = keep.reshape(L, H, N) if kind == "state" else np.ones((L, H, N), dtype=bool)
+    out = {}
+    for l in range(L):
+        out[f"layers.{l}.head_logits"] = np.where(heads[l], 1.0, -1.0).astype(np.float32)
+        out[f"layers.{l}.state_logits"] = np.where(state[l], 1.0, -1.0).astype(np.float32)
+    return out
+
+
+def export(argv):
+    """`export`: write one magnitude or random mask as an engine head profile."""
+    ap = argparse.ArgumentParser(prog="python -m yunmin_train.mamba2_study export",
+                                 description="write one mask of the study as the engine's "
+                                             "sparsity profile (yunmin.sparsity.safetensors)")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tokenizer", default=None, help="default: the model's tokenizer.json")
+    ap.add_argument("--text", required=True, help="training text: the calibration tokens")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--kind", choices=KINDS, required=True)
+    ap.add_argument("--method", choices=("magnitude", "random"), default="magnitude")
+    ap.add_argument("--level", type=float, required=True, help="fraction dropped, [0, 1)")
+    ap.add_argument("--seed", type=int, default=1, help="the calibration start (and random)")
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--calib-tokens", type=int, default=4096)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    if not 0.0 <= a.level < 1.0:
+        ap.error("--level must be in [0, 1)")
+    from . import safetensors_io
+    dev = pick_device(a.device)
+    model = load_model(a.model, device=dev).eval()
+    cfg = model.config
+    tok = a.tokenizer or os.path.join(a.model, "tokenizer.json")
+    # the whole text is the training split, as in the study with --val-text
+    tr = data_mod.tokenize_cached(data_mod.read_text(a.text), tok, a.cache_dir, "train")
+    n_cal = min(a.calib_tokens, max(a.ctx, tr.size - 1))
+    cal0 = (a.seed * 7919 * n_cal) % max(1, tr.size - n_cal)   # run()'s window for this seed
+    if a.method == "magnitude":
+        absS = state_magnitude(model, tr[cal0:cal0 + n_cal], ctx=a.ctx)     # [L, H, P, N]
+        score = absS.mean(axis=(2, 3)) if a.kind == "head" else absS.mean(axis=2)
+    else:
+        rng = np.random.default_rng(a.seed)
+        shapes = {"head": (cfg.num_hidden_layers, cfg.num_heads),
+                  "state": (cfg.num_hidden_layers, cfg.num_heads, cfg.state_size)}
+        r = {k: rng.random(shapes[k]) for k in KINDS}                        # run()'s draws
+        score = r[a.kind]
+    keep = keep_top(score, a.level)
+    meta = {"format": "yunmin-sparsity", "version": "1", "method": a.method, "kind": a.kind,
+            "level": repr(a.level), "seed": str(a.seed), "calibration_tokens": str(int(n_cal)),
+            "calibration_start": str(int(cal0)), "source": "yunmin_train.mamba2_study export"}
+    safetensors_io.save(profile_tensors(a.kind, keep, cfg), a.out, metadata=meta)
+    print(json.dumps({"out": a.out, "kind": a.kind, "method": a.method, "level": a.level,
+                      "kept": float(np.mean(keep)), "calibration_start": int(cal0)}))
+    return 0
 
 
 def masks_to_tensors(kind, keep, cfg, device):
@@ -428,6 +498,9 @@ def merge(paths, out_dir):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        return export(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m yunmin_train.mamba2_study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--merge", nargs="+", default=None, help="merge these JSON files")

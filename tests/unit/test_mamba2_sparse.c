@@ -1,0 +1,451 @@
+/* tests/unit/test_mamba2_sparse.c - Mamba-2 models served under a head profile (engine/sparse.c
+ * building the served layout, engine/mamba2.c and engine/ssd.c running it) against the
+ * toolkit's float64 PyTorch Mamba-2 with the same head and state masks
+ * (tests/fixtures/mamba2_sparse, made by tests/fixtures/make_mamba2_sparse_fixtures.py):
+ * whole-prompt prefill (the chunked SSD, at the default chunk and at chunk 5), token-by-token
+ * decode, and a ragged batch of a prefill and a decode row, on 1 and 3 threads. The tolerance is
+ * the manifest's (atol = 1e-3 * max |logit|). A profile with one mask changed must miss the
+ * reference, and a profile that keeps everything must give the dense model's logits. Set
+ * YM_TEST_VERBOSE to print every max |diff|. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapters/adapter.h"
+#include "engine/config.h"
+#include "engine/kernels.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "engine/safetensors.h"
+#include "engine/sparse.h"
+#include "engine/sparsity.h"
+#include "engine/ssd.h"
+#include "engine/state.h"
+#include "testutil.h"
+
+#define SPDIR YM_FIXTURE("mamba2_sparse")
+#define M2DIR YM_FIXTURE("mamba2")
+
+/* case directory, its model under tests/fixtures/mamba2 */
+static const char *const CASES[][2] = {
+    { "state-g1-k4-f32", "m2-g1-k4-f32" },
+    { "head-g2-bias-k3-bf16", "m2-g2-bias-untied-k3-bf16" },
+    { "both-g3-odd-k2-f32", "m2-g3-odd-k2-f32" },
+};
+#define N_CASES 3
+
+typedef struct ref {
+    ym_st_set_t *set;
+    int T, V;
+    int32_t *ids;
+    float *logits; /* [T, V] */
+    double scale;  /* max(1, max |logit|) */
+} ref;
+
+static void ref_load(const char *path, ref *r)
+{
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_st_set_open_file(path, &r->set, &d) == YM_OK, "%s: %s", path, d.msg);
+    const ym_st_tensor *ids = ym_st_set_find(r->set, "ids"), *lg = ym_st_set_find(r->set, "logits");
+    ck_assert(ids && lg && ids->dtype == YM_DT_I32);
+    r->T = (int)ids->shape[0];
+    r->V = (int)lg->shape[1];
+    r->ids = malloc(sizeof(int32_t) * r->T);
+    memcpy(r->ids, ids->data, sizeof(int32_t) * r->T);
+    r->logits = malloc(sizeof(float) * (size_t)r->T * r->V);
+    ck_assert_int_eq(ym_st_tensor_to_f32(lg, r->logits, NULL), YM_OK);
+    r->scale = 1.0;
+    for (size_t i = 0; i < (size_t)r->T * r->V; i++)
+        r->scale = fmax(r->scale, fabs(r->logits[i]));
+}
+
+static void ref_free(ref *r)
+{
+    free(r->ids);
+    free(r->logits);
+    ym_st_set_free(r->set);
+}
+
+static double maxdiff(const float *a, const float *b, size_t n)
+{
+    double e = 0.0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static ym_model_t *load_model(const char *name)
+{
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", M2DIR, name);
+    ym_model_t *m = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_model_load(dir, &m, &d) == YM_OK, "%s: %s", dir, d.msg);
+    ck_assert_int_eq(m->cfg.arch, YM_ARCH_MAMBA2);
+    return m;
+}
+
+static ym_sparsity *load_profile(int i)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s/" YM_SPARSITY_FILE, SPDIR, CASES[i][0]);
+    ym_sparsity *sp = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_sparsity_load(path, &sp, &d) == YM_OK, "%s", d.msg);
+    ck_assert_int_eq(sp->kind, YM_SPARSITY_HEADS);
+    return sp;
+}
+
+static void load_ref(int i, ref *r)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", SPDIR, CASES[i][0]);
+    ref_load(path, r);
+}
+
+static ym_model_t *make_sparse(ym_model_t *dense, const ym_sparsity *sp)
+{
+    ym_model_t *m = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_model_new_sparse(dense, sp, &m, &d) == YM_OK, "%s", d.msg);
+    ck_assert(ym_model_is_sparse(m));
+    return m;
+}
+
+/* All logits of a whole-prompt prefill into got [T, V]. */
+static void prefill(ym_model_t *m, const ref *r, int n_threads, float *got)
+{
+    ym_ctx_t *ctx = NULL;
+    ym_state_t *s = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_ctx_new(m, r->T, n_threads, &ctx), YM_OK);
+    ck_assert_int_eq(ym_state_new_for_model(m, &s), YM_OK);
+    int ss[2] = { 0, r->T };
+    ym_state_t *st[1] = { s };
+    ym_batch b = { .n_seq = 1, .tokens = r->ids, .seq_start = ss, .states = st,
+                   .logits = YM_LOGITS_ALL };
+    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+    ym_state_free(s);
+    ym_ctx_free(ctx);
+}
+
+/* max |diff| against the reference of: prefill, token by token, a ragged batch (sequence 0
+ * prefills the prompt's second half after its first; sequence 1 decodes one row beside it). */
+static void run_modes(ym_model_t *m, const ref *r, int n_threads, double err[3])
+{
+    const int T = r->T, V = r->V, H = T / 2;
+    ym_ctx_t *ctx = NULL;
+    ck_assert_int_eq(ym_ctx_new(m, T + 1, n_threads, &ctx), YM_OK);
+    ym_state_t *s0 = NULL, *s1 = NULL;
+    ck_assert_int_eq(ym_state_new_for_model(m, &s0), YM_OK);
+    ck_assert_int_eq(ym_state_new_for_model(m, &s1), YM_OK);
+    float *got = malloc(sizeof(float) * (size_t)(T + 1) * V);
+    ym_diag d = { { 0 }, { 0 } };
+    ym_state_t *st[2] = { s0, s1 };
+
+    int ss[3] = { 0, T, 0 };
+    ym_batch b = { .n_seq = 1, .tokens = r->ids, .seq_start = ss, .states = st,
+                   .logits = YM_LOGITS_ALL };
+    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
+    err[0] = maxdiff(got, r->logits, (size_t)T * V);
+
+    ym_state_reset(s0);
+    err[1] = 0.0;
+    b.logits = YM_LOGITS_LAST;
+    for (int t = 0; t < T; t++) {
+        ss[1] = 1;
+        b.tokens = r->ids + t;
+        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
+        err[1] = fmax(err[1], maxdiff(got, r->logits + (size_t)t * V, V));
+    }
+
+    ym_state_reset(s0);
+    ym_state_reset(s1);
+    ss[1] = H;
+    b.tokens = r->ids;
+    b.logits = YM_LOGITS_NONE;
+    ck_assert_int_eq(ym_forward(ctx, &b, NULL, &d), YM_OK);
+    ym_state_t *only1[1] = { s1 };
+    for (int t = 0; t < H; t++) { /* sequence 1 alone up to H */
+        int s1s[2] = { 0, 1 };
+        ym_batch ob = { .n_seq = 1, .tokens = r->ids + t, .seq_start = s1s, .states = only1,
+                        .logits = YM_LOGITS_NONE };
+        ck_assert_int_eq(ym_forward(ctx, &ob, NULL, &d), YM_OK);
+    }
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(T + 1));
+    memcpy(tok, r->ids + H, sizeof(int32_t) * (size_t)(T - H));
+    tok[T - H] = r->ids[H];
+    int s2[3] = { 0, T - H, T - H + 1 };
+    ym_batch rb = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
+                    .logits = YM_LOGITS_ALL };
+    ck_assert_msg(ym_forward(ctx, &rb, got, &d) == YM_OK, "%s", d.msg);
+    err[2] = maxdiff(got, r->logits + (size_t)H * V, (size_t)(T - H) * V);
+    err[2] = fmax(err[2], maxdiff(got + (size_t)(T - H) * V, r->logits + (size_t)H * V, V));
+    free(tok);
+    free(got);
+    ym_state_free(s0);
+    ym_state_free(s1);
+    ym_ctx_free(ctx);
+}
+
+START_TEST(test_mamba2_sparse_matches_toolkit_reference)
+{
+    const int i = _i % N_CASES, chunk5 = _i / N_CASES; /* second pass: prefill chunks of 5 */
+    ref r;
+    load_ref(i, &r);
+    ym_model_t *dense = load_model(CASES[i][1]);
+    ym_sparsity *sp = load_profile(i);
+    if (chunk5)
+        setenv("YUNMIN_SSD_CHUNK", "5", 1); /* read when a context is made */
+    ym_model_t *m = make_sparse(dense, sp);
+    const double atol = 1e-3 * r.scale;
+    static const int threads[2] = { 1, 3 };
+    for (int k = 0; k < 2; k++) {
+        double err[3];
+        run_modes(m, &r, threads[k], err);
+        if (getenv("YM_TEST_VERBOSE") != NULL)
+            fprintf(stderr, "%s chunk %s, %d threads: prefill %.3g decode %.3g ragged %.3g "
+                    "(atol %.3g)\n", CASES[i][0], chunk5 ? "5" : "default", threads[k], err[0],
+                    err[1], err[2], atol);
+        ck_assert_msg(err[0] <= atol, "%s prefill: max |diff| %g > %g", CASES[i][0], err[0], atol);
+        ck_assert_msg(err[1] <= atol, "%s decode: max |diff| %g > %g", CASES[i][0], err[1], atol);
+        ck_assert_msg(err[2] <= atol, "%s ragged: max |diff| %g > %g", CASES[i][0], err[2], atol);
+    }
+    unsetenv("YUNMIN_SSD_CHUNK");
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+    ref_free(&r);
+}
+END_TEST
+
+/* The test can fail: one live state entry dropped (case 0), one kept head dropped (case 1), or
+ * one dropped head kept (case 2) moves the logits past the tolerance. */
+START_TEST(test_mamba2_sparse_wrong_mask_misses_reference)
+{
+    const int i = _i;
+    ref r;
+    load_ref(i, &r);
+    ym_model_t *dense = load_model(CASES[i][1]);
+    ym_sparsity *sp = load_profile(i);
+    ym_sparsity_layer *L = &sp->layers[0];
+    if (i == 0) {
+        for (int n = 0; n < sp->d_state; n++) /* head 0's first live entry */
+            if (L->state_logits[n] > 0.0f) {
+                L->state_logits[n] = -1.0f;
+                break;
+            }
+    } else {
+        for (int h = 0; h < sp->n_head; h++)
+            if ((L->head_logits[h] > 0.0f) == (i == 1)) {
+                L->head_logits[h] = i == 1 ? -1.0f : 1.0f;
+                break;
+            }
+    }
+    ck_assert_int_eq(ym_sparsity_finish(sp, NULL), YM_OK);
+    ym_model_t *m = make_sparse(dense, sp);
+    float *got = malloc(sizeof(float) * (size_t)r.T * r.V);
+    prefill(m, &r, 1, got);
+    double e = maxdiff(got, r.logits, (size_t)r.T * r.V), atol = 1e-3 * r.scale;
+    if (getenv("YM_TEST_VERBOSE") != NULL)
+        fprintf(stderr, "%s with one mask changed: max |diff| %.3g (atol %.3g)\n", CASES[i][0],
+                e, atol);
+    ck_assert_msg(e > 10 * atol, "%s: a changed mask still within tolerance (%g)", CASES[i][0], e);
+    free(got);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+    ref_free(&r);
+}
+END_TEST
+
+/* A head profile that keeps everything serves the dense model's logits (the sparse code path
+ * with every head and entry live), and the dense fixture's reference with them. */
+START_TEST(test_mamba2_sparse_all_kept_equals_dense)
+{
+    const int i = _i;
+    ref r;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, CASES[i][1]);
+    ref_load(path, &r);
+    ym_model_t *dense = load_model(CASES[i][1]);
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_new_heads(dense->cfg.n_layer, dense->cfg.n_head,
+                                           dense->cfg.d_state, "none", &sp), YM_OK);
+    ym_model_t *m = make_sparse(dense, sp);
+    float *a = malloc(sizeof(float) * (size_t)r.T * r.V);
+    float *b = malloc(sizeof(float) * (size_t)r.T * r.V);
+    prefill(m, &r, 2, a);
+    prefill(dense, &r, 2, b);
+    double e = maxdiff(a, b, (size_t)r.T * r.V), eref = maxdiff(a, r.logits, (size_t)r.T * r.V);
+    ck_assert_msg(e <= 1e-5 * r.scale, "%s all kept vs dense: %g", CASES[i][1], e);
+    ck_assert_msg(eref <= 1e-3 * r.scale, "%s all kept vs reference: %g", CASES[i][1], eref);
+    free(a);
+    free(b);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+    ref_free(&r);
+}
+END_TEST
+
+/* The served model holds only the kept heads' weights and its state only the live entries. */
+START_TEST(test_mamba2_sparse_model_and_state_shrink)
+{
+    ym_model_t *dense = load_model(CASES[2][1]);
+    ym_sparsity *sp = load_profile(2);
+    ym_model_t *m = make_sparse(dense, sp);
+    const ym_config *c = &dense->cfg;
+    int64_t live = 0, kept = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        const ym_layer *L = &m->layers[l];
+        ck_assert_ptr_nonnull(L->ssd_plan);
+        ck_assert_int_eq(L->d_inner, sp->layers[l].n_kept * c->head_dim);
+        ck_assert_int_eq(L->in_proj.n_rows, 2 * L->d_inner + 2 * c->n_group * c->d_state +
+                                                sp->layers[l].n_kept);
+        ck_assert_int_eq(L->out_proj.n_cols, L->d_inner);
+        live += sp->layers[l].n_live;
+        kept += L->d_inner;
+    }
+    ck_assert_int_eq(m->n_states_live, live * c->head_dim);
+    ck_assert_int_eq(m->n_channels_kept, kept);
+    ym_state_t *sd = NULL, *ss = NULL;
+    ck_assert_int_eq(ym_state_new(c, &sd), YM_OK);
+    ck_assert_int_eq(ym_state_new_for_model(m, &ss), YM_OK);
+    ck_assert_uint_lt(ym_state_floats(ss), ym_state_floats(sd));
+    ck_assert(m->weight_bytes < dense->weight_bytes);
+    ym_state_free(sd);
+    ym_state_free(ss);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+}
+END_TEST
+
+/* A profile of the other kind, or of other dimensions, is refused naming what differs. */
+START_TEST(test_mamba2_sparse_refuses_mismatched_profiles)
+{
+    ym_model_t *m2 = load_model(CASES[0][1]);
+    const ym_config *c = &m2->cfg;
+    ym_sparsity *sp = NULL;
+    ym_model_t *out = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    /* a channel (Mamba-1) profile on Mamba-2 */
+    ck_assert_int_eq(ym_sparsity_new(c->n_layer, c->d_inner, c->d_state, "x", &sp), YM_OK);
+    ck_assert_int_eq(ym_model_new_sparse(m2, sp, &out, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "channels") && strstr(d.msg, "mamba2"), "%s", d.msg);
+    ck_assert_ptr_null(out);
+    ym_sparsity_free(sp);
+    /* heads, layers, d_state that differ */
+    const int dims[3][3] = { { c->n_layer, c->n_head + 1, c->d_state },
+                             { c->n_layer + 1, c->n_head, c->d_state },
+                             { c->n_layer, c->n_head, c->d_state - 1 } };
+    static const char *const what[3] = { "heads", "layers", "d_state" };
+    for (int k = 0; k < 3; k++) {
+        ck_assert_int_eq(ym_sparsity_new_heads(dims[k][0], dims[k][1], dims[k][2], "x", &sp),
+                         YM_OK);
+        ck_assert_int_eq(ym_model_new_sparse(m2, sp, &out, &d), YM_EFORMAT);
+        ck_assert_msg(strstr(d.msg, what[k]) != NULL, "%s", d.msg);
+        ck_assert_ptr_null(out);
+        ym_sparsity_free(sp);
+    }
+    /* a head profile on Mamba-1 */
+    ym_config c1 = { .arch = YM_ARCH_MAMBA1, .d_model = 16, .n_layer = 1, .d_inner = 32,
+                     .d_state = 4, .d_conv = 4, .dt_rank = 2, .n_vocab = 64, .norm_eps = 1e-5f,
+                     .tie_embeddings = true, .bos_id = -1, .eos_id = -1, .pad_id = -1 };
+    ym_model_t *m1 = NULL;
+    ck_assert_int_eq(ym_model_new_random(&c1, 1, &m1, &d), YM_OK);
+    ck_assert_int_eq(ym_sparsity_new_heads(1, 4, 4, "x", &sp), YM_OK);
+    ck_assert_int_eq(ym_model_new_sparse(m1, sp, &out, &d), YM_EFORMAT);
+    ck_assert_msg(strstr(d.msg, "heads") && strstr(d.msg, "mamba"), "%s", d.msg);
+    ym_sparsity_free(sp);
+    ym_model_unref(m1);
+    ym_model_unref(m2);
+}
+END_TEST
+
+/* A profile that drops every head of every layer leaves each mixer adding nothing (no bias
+ * in this model): the logits are the head of norm_f of the token's embedding, computed here. */
+START_TEST(test_mamba2_sparse_no_head_left_is_the_bare_head)
+{
+    ym_model_t *dense = load_model(CASES[0][1]); /* f32, no bias, tied */
+    const ym_config *c = &dense->cfg;
+    ck_assert(!c->use_bias);
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_new_heads(c->n_layer, c->n_head, c->d_state, "none", &sp),
+                     YM_OK);
+    for (int l = 0; l < c->n_layer; l++)
+        for (int h = 0; h < c->n_head; h++)
+            sp->layers[l].head_logits[h] = -1.0f;
+    ck_assert_int_eq(ym_sparsity_finish(sp, NULL), YM_OK);
+    ym_model_t *m = make_sparse(dense, sp);
+    ck_assert_int_eq(m->layers[0].d_inner, 0);
+    ref r = { 0 };
+    int32_t ids[3] = { 5, 77, 5 };
+    r.T = 3;
+    r.V = c->n_vocab;
+    r.ids = ids;
+    float *got = malloc(sizeof(float) * 3 * (size_t)r.V), *x = malloc(sizeof(float) * c->d_model);
+    float *e = malloc(sizeof(float) * c->d_model);
+    prefill(m, &r, 2, got);
+    double err = 0.0, scale = 1.0;
+    for (int t = 0; t < 3; t++) {
+        for (int j = 0; j < c->d_model; j++)
+            e[j] = ym_weight_at(&dense->embed, ids[t], j);
+        ym_rmsnorm_f32(x, e, dense->norm_f, c->d_model, c->norm_eps);
+        for (int v = 0; v < r.V; v++) {
+            double acc = 0.0;
+            for (int j = 0; j < c->d_model; j++)
+                acc += (double)ym_weight_at(&dense->lm_head, v, j) * x[j];
+            err = fmax(err, fabs(acc - got[(size_t)t * r.V + v]));
+            scale = fmax(scale, fabs(acc));
+        }
+    }
+    ck_assert_msg(err <= 1e-5 * scale, "no head left: max |diff| %g", err);
+    free(got);
+    free(x);
+    free(e);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+}
+END_TEST
+
+/* Adapters are not mapped onto a head profile's layout yet: loading one against the served
+ * model is refused by name, the dense model still takes it. */
+START_TEST(test_mamba2_sparse_refuses_adapters)
+{
+    ym_model_t *dense = load_model(CASES[1][1]);
+    ym_sparsity *sp = load_profile(1);
+    ym_model_t *m = make_sparse(dense, sp);
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/lora-m2-g2", M2DIR);
+    ym_adapter_t *ad = NULL;
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_adapter_load(dir, m, NULL, &ad, &d), YM_EINVAL);
+    ck_assert_msg(strstr(d.msg, "Mamba-2") && strstr(d.msg, "sparsity profile"), "%s", d.msg);
+    ck_assert_ptr_null(ad);
+    ck_assert_msg(ym_adapter_load(dir, dense, NULL, &ad, &d) == YM_OK, "%s", d.msg);
+    ym_adapter_unref(ad);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+}
+END_TEST
+
+Suite *mamba2_sparse_suite(void)
+{
+    Suite *s = suite_create("mamba2_sparse");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_mamba2_sparse_matches_toolkit_reference, 0, 2 * N_CASES);
+    tcase_add_loop_test(tc, test_mamba2_sparse_wrong_mask_misses_reference, 0, N_CASES);
+    tcase_add_loop_test(tc, test_mamba2_sparse_all_kept_equals_dense, 0, N_CASES);
+    tcase_add_test(tc, test_mamba2_sparse_model_and_state_shrink);
+    tcase_add_test(tc, test_mamba2_sparse_refuses_mismatched_profiles);
+    tcase_add_test(tc, test_mamba2_sparse_no_head_left_is_the_bare_head);
+    tcase_add_test(tc, test_mamba2_sparse_refuses_adapters);
+    suite_add_tcase(s, tc);
+    return s;
+}

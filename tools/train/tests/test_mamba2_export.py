@@ -1,0 +1,129 @@
+"""`python -m yunmin_train.mamba2_study export`: a study mask written as the engine's head
+profile (docs/FORMATS.md).
+
+* the file holds exactly the study's mask for that seed (same calibration window, same
+  magnitude scores recomputed here, same per-layer share), in the head-profile layout with its
+  metadata; random masks are the study's draws;
+* served by the engine (`yunmin logits --sparsity`, skipped without the binary), the masked
+  model's logits equal the toolkit's float64 forward with the same masks;
+* bad arguments are refused.
+"""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from yunmin_train import data as data_mod
+from yunmin_train import mamba2_study as S
+from yunmin_train import safetensors_io as st
+from yunmin_train.mamba2 import Mamba2LM, load_model, save_model
+
+from test_mamba2 import spread, tiny_config, yunmin_or_skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizer_path):
+    from yunmin_train.tokenizer import Tokenizer
+    v = Tokenizer.from_file(tiny_tokenizer_path).vocab_size
+    cfg = tiny_config(vocab_size=(v + 7) // 8 * 8, n_groups=2)
+    d = str(tmp_path_factory.mktemp("m2export") / "m")
+    save_model(spread(Mamba2LM(cfg).reset_parameters(seed=3), 4), d,
+               tokenizer_path=tiny_tokenizer_path)
+    return d
+
+
+def export(tmp_path, model, text, *extra):
+    out = str(tmp_path / "p.safetensors")
+    assert S.main(["export", "--model", model, "--text", text, "--ctx", "16",
+                   "--calib-tokens", "64", "--out", out, *extra]) == 0
+    return st.load_numpy(out)
+
+
+@pytest.mark.parametrize("kind,level", [("state", 0.75), ("head", 0.5)])
+def test_export_writes_the_study_mask(tmp_path, tiny, sample_text_path, kind, level):
+    tensors, meta = export(tmp_path, tiny, sample_text_path, "--kind", kind, "--level",
+                           str(level), "--seed", "2")
+    model = load_model(tiny).eval()
+    c = model.config
+    L, H, N = c.num_hidden_layers, c.num_heads, c.state_size
+    assert sorted(tensors) == sorted([f"layers.{l}.{t}" for l in range(L)
+                                      for t in ("head_logits", "state_logits")])
+    assert meta["format"] == "yunmin-sparsity" and meta["version"] == "1"
+    assert meta["method"] == "magnitude" and meta["kind"] == kind and meta["seed"] == "2"
+    # the study's calibration window for seed 2 and its magnitude scores, recomputed
+    tok = os.path.join(tiny, "tokenizer.json")
+    tr = data_mod.tokenize_cached(data_mod.read_text(sample_text_path), tok, None, "train")
+    n_cal = min(64, max(16, tr.size - 1))
+    cal0 = (2 * 7919 * n_cal) % max(1, tr.size - n_cal)
+    assert meta["calibration_start"] == str(cal0)
+    absS = S.state_magnitude(model, tr[cal0:cal0 + n_cal], ctx=16)
+    score = absS.mean(axis=(2, 3)) if kind == "head" else absS.mean(axis=2)
+    want = S.keep_top(score, level)
+    for l in range(L):
+        hl, sl = tensors[f"layers.{l}.head_logits"], tensors[f"layers.{l}.state_logits"]
+        assert hl.dtype == np.float32 and hl.shape == (H,)
+        assert sl.dtype == np.float32 and sl.shape == (H, N)
+        assert set(np.unique(hl)) <= {-1.0, 1.0} and set(np.unique(sl)) <= {-1.0, 1.0}
+        if kind == "head":
+            assert np.array_equal(hl > 0, want[l]) and (sl > 0).all()
+            assert int((hl <= 0).sum()) == round(level * H)
+        else:
+            assert np.array_equal(sl > 0, want[l]) and (hl > 0).all()
+            assert int((sl <= 0).sum()) == round(level * H * N)
+
+
+def test_export_random_is_the_study_draw(tmp_path, tiny, sample_text_path):
+    tensors, meta = export(tmp_path, tiny, sample_text_path, "--kind", "state", "--method",
+                           "random", "--level", "0.5", "--seed", "5")
+    c = load_model(tiny).config
+    rng = np.random.default_rng(5)
+    rng.random((c.num_hidden_layers, c.num_heads))                 # the study draws heads first
+    want = S.keep_top(rng.random((c.num_hidden_layers, c.num_heads, c.state_size)), 0.5)
+    assert meta["method"] == "random"
+    for l in range(c.num_hidden_layers):
+        assert np.array_equal(tensors[f"layers.{l}.state_logits"] > 0, want[l])
+
+
+@pytest.mark.parametrize("kind,level", [("state", 0.75), ("head", 0.5)])
+def test_engine_serves_the_exported_profile_as_the_toolkit_masks(tmp_path, tiny,
+                                                                 sample_text_path, kind, level):
+    yb = yunmin_or_skip()
+    out = str(tmp_path / "p.safetensors")
+    assert S.main(["export", "--model", tiny, "--text", sample_text_path, "--ctx", "16",
+                   "--calib-tokens", "64", "--kind", kind, "--level", str(level),
+                   "--out", out]) == 0
+    tensors, _ = st.load_numpy(out)
+    ref = load_model(tiny, dtype=torch.float64).eval()
+    L = ref.config.num_hidden_layers
+    hm = torch.tensor(np.stack([tensors[f"layers.{l}.head_logits"] > 0 for l in range(L)]),
+                      dtype=torch.float64)
+    sm = torch.tensor(np.stack([tensors[f"layers.{l}.state_logits"] > 0 for l in range(L)]),
+                      dtype=torch.float64)
+    ids = [1, 5, 9, 33, 2, 40, 7, 7, 12, 30, 3, 0, 18, 21, 4, 8, 11, 2]
+    c = subprocess.run([yb, "logits", "--model", tiny, "--sparsity", out,
+                        "--ids", ",".join(map(str, ids))],
+                       capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stderr
+    got = np.array(json.loads(c.stdout)["logits"], dtype=np.float64)
+    with torch.no_grad():
+        want = ref(torch.tensor([ids]), head_masks=hm, state_masks=sm)[0].numpy()
+        dense = ref(torch.tensor([ids]))[0].numpy()
+    scale = max(1.0, float(np.abs(want).max()))
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * scale, np.abs(got - want).max()
+    assert np.abs(dense - want).max() > 100 * 1e-4 * scale      # the masks matter here
+
+
+def test_export_refuses_bad_arguments(tmp_path, tiny, sample_text_path):
+    base = ["export", "--model", tiny, "--text", sample_text_path, "--out",
+            str(tmp_path / "p.safetensors")]
+    for bad in (["--kind", "channel", "--level", "0.5"], ["--kind", "state", "--level", "1.0"],
+                ["--kind", "state", "--level", "0.5", "--method", "learned"], ["--kind", "head"]):
+        with pytest.raises(SystemExit) as e:
+            S.main(base + bad)
+        assert e.value.code == 2
+    assert not os.path.exists(tmp_path / "p.safetensors")
