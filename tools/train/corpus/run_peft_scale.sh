@@ -27,7 +27,8 @@
 # REUSE_MODEL=1: use the model already in $WORK/model (e.g. left by run_corpus_masks.sh in an
 # earlier call on the same machine) instead of retraining it; SPLIT=1: each seed's ranks run
 # as two processes (the first two ranks with every rule, the others without ia3 and full),
-# so that four ranks and full fine-tuning fit in one call.
+# so that four ranks and full fine-tuning fit in one call; at most PEFT_JOBS (6) of them at a
+# time, the recovery process included.
 set -uo pipefail
 CORPUS_IN=${1:?corpus dir}
 OUT=${2:?out dir}
@@ -110,25 +111,26 @@ if [ -f "$RES/importance.json" ] && [ "${SPLIT:-0}" = 1 ]; then
     IFS=, read -r -a RK <<< "${RANKS:-8,2,16,4}"
     R1=$(IFS=,; echo "${RK[*]:0:2}")
     R2=$(IFS=,; echo "${RK[*]:2}")
-    peft() {  # TAG ARGS...
-        local tag=$1
+    peft() {  # TAG ARGS...: at most PEFT_JOBS processes at a time (each holds ~12 GB of
+        local tag=$1  # GPU memory: 10 at once ran out on an 80 GB card)
         shift
+        while [ "$(jobs -rp | wc -l)" -ge "${PEFT_JOBS:-6}" ]; do sleep 1; done
         timeout "$LEFT" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
             --importance "$RES/importance.json" --seq-len 128 --test-windows 256 --steps 100 \
             ${PEFT_ARGS:-} "$@" --out "$RES/peft_$tag.json" > "$RES/peft_$tag.log" 2>&1 &
         pids+=($!)
     }
+    timeout "$LEFT" "$PY" -m yunmin_train.peft_scale recover "${STUDY[@]}" \
+        --importance "$RES/importance.json" --seeds "${REC_SEEDS:-1,2}" \
+        --time-budget $(( LEFT - 8 )) ${REC_ARGS:-} --out "$RES/recovery.json" \
+        > "$RES/recovery.log" 2>&1 &
+    pids+=($!)
     for s in $SEEDS; do
         peft "seed${s}a" --seed "$s" --ranks "$R1" --rules ia3,top,least,last,learned,lora-all
         [ -n "$R2" ] && peft "seed${s}b" --seed "$s" --ranks "$R2" \
             --rules top,least,last,learned,lora-all
         peft "seed${s}full" --seed "$s" --ranks "${RK[0]}" --rules full
     done
-    timeout "$LEFT" "$PY" -m yunmin_train.peft_scale recover "${STUDY[@]}" \
-        --importance "$RES/importance.json" --seeds "${REC_SEEDS:-1,2}" \
-        --time-budget $(( LEFT - 8 )) ${REC_ARGS:-} --out "$RES/recovery.json" \
-        > "$RES/recovery.log" 2>&1 &
-    pids+=($!)
     for p in "${pids[@]}"; do wait "$p"; echo "process $p: exit $?"; done
 elif [ -f "$RES/importance.json" ]; then
     for s in $SEEDS; do
