@@ -30,11 +30,11 @@ the Brown genre task (make_genre_task.py, --genre), which gives their file ids):
 - wordnet: an entry (headword line, then senses) whose headword recurs in its body; the blank
   is the last recurrence (in an example or a [syn: {...}] list), the context the entry up to
   it; the other choices are other {braced} terms of the entry before the blank, none of them
-  in the rest of the line.
+  in the rest of the line (in any case).
 - gcide: an entry ("Head \\pron\\, pos." then senses and quotations) whose headword recurs in
   its body (any case; the answer is written as it stands there); the blank is the last
   recurrence; the other choices are content words of the context (STOP words and words under 4
-  letters left out) in the answer's case form, not in the rest of the line.
+  letters left out) in the answer's case form, not in the rest of the line (in any case).
 A dictionary entry is used only when its headword's split is "test" (a dictd entry indexed under
 another head, whose split the text cannot show, is left out).
 
@@ -234,7 +234,7 @@ def wordnet_item(doc, rng):
     end = len(doc) if end < 0 else end
     rest = doc[start + len(head):end]
     terms = {t for t in re.findall(r"\{([^{}]+)\}", context) if t.lower() != head.lower()}
-    others = {t for t in terms if not re.search(wb(t), rest) and re.search(wb(t), context)}
+    others = {t for t in terms if not re.search(wb(t), rest, re.I) and re.search(wb(t), context)}
     return make_item("wordnet", head, context, context[line_start:], head, others, rest, rng)
 
 
@@ -263,7 +263,7 @@ def gcide_item(doc, rng):
     form = str.istitle if ans[0].isupper() else str.islower
     words = {w for w in WORD_RE.findall(context[first:]) if len(w) >= 4 and form(w)
              and w.lower() not in STOP and w.lower() != ans.lower() and "'" not in w}
-    others = {w for w in words if not re.search(wb(w), rest)}
+    others = {w for w in words if not re.search(wb(w), rest, re.I)}
     words_ok = {w for w in others if re.search(wb(w), context)}
     return make_item("gcide", head, context, context[line_start:], ans, words_ok, rest, rng)
 
