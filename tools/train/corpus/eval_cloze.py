@@ -111,7 +111,6 @@ def main(argv=None):
     if any(it["source"] not in mc.SOURCES for it in items):
         raise SystemExit(f"{a.task}: an item's source is not one of {', '.join(mc.SOURCES)}")
     if a.limit:
-        items = [it for s in mc.SOURCES for it in items if it["source"] == s][:]
         kept, n = [], {}
         for it in items:
             n[it["source"]] = n.get(it["source"], 0) + 1

@@ -178,3 +178,15 @@ def test_rebuild_matches_the_committed_task():
         assert [json.loads(line) for line in f] == items
     for it in items:
         check_item(it, text)
+
+
+def test_eval_cloze_refuses_a_malformed_task_file_with_one_line(tmp_path):
+    import subprocess
+    path = tmp_path / "task.jsonl"
+    path.write_text("{\"prompt\": \"p\", \"labels\": [\"a\", \"b\"], \"answer\": 0}\n")
+    r = subprocess.run([sys.executable, os.path.join(CORPUS_DIR, "eval_cloze.py"), "--yunmind",
+                        "/nonexistent", "--model", "/nonexistent", "--task", str(path),
+                        "--out", str(tmp_path / "out.json")], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and "task.jsonl:1: an item needs the keys" in r.stderr
+    assert not (tmp_path / "out.json").exists()
