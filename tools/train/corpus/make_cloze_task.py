@@ -1,6 +1,7 @@
 """Continuation cloze from held-out documents of four sources: Bible, Brown, GCIDE, WordNet.
 
     python3 tools/train/corpus/make_cloze_task.py --test CORPUS/test.txt \\
+        --exclude CORPUS/train.txt --exclude CORPUS/val.txt \\
         --genre tools/train/results/scale/genre.jsonl --out tools/train/results/scale/cloze.jsonl
 
 Reading as language modelling: the model reads a passage and continues it; at one point of the
@@ -35,6 +36,10 @@ the Brown genre task (make_genre_task.py, --genre), which gives their file ids):
   its body (any case; the answer is written as it stands there); the blank is the last
   recurrence; the other choices are content words of the context (STOP words and words under 4
   letters left out) in the answer's case form, not in the rest of the line (in any case).
+With --exclude (train.txt and val.txt), an item is also left out when its blank with the 80
+characters before it (EXCLUDE_CHARS) stands in one of those texts: WordNet gives every member
+of a synset an entry with the same senses, so a held-out headword's senses and [syn: ...]
+list are often trained on under a synonym's entry (of the other sources, none such was found).
 A dictionary entry is used only when its headword's split is "test" (a dictd entry indexed under
 another head, whose split the text cannot show, is left out).
 
@@ -60,6 +65,7 @@ is one), so a score is the sum of the label tokens' logprobs after "prompt".
 
 import argparse
 import json
+import lzma
 import os
 import random
 import re
@@ -76,6 +82,7 @@ SEP = "\n<|endoftext|>\n"
 SEED = 22
 N_CHOICES = 4
 MAX_CONTEXT_WORDS = 120
+EXCLUDE_CHARS = 80
 SOURCES = ("bible", "brown", "gcide", "wordnet")
 PER_DOC = {"bible": 8, "brown": 12, "gcide": 1, "wordnet": 1}
 MAX_ITEMS = {"bible": 250, "brown": 250, "gcide": 200, "wordnet": 200}
@@ -283,9 +290,17 @@ def group_of(source, doc):
     return doc if source in ("bible", "brown") else doc.lower()
 
 
-def build(test_text, genre_items, seed=SEED, max_items=None):
+def seen_in(it, exclude):
+    """Whether the item's blank, with the EXCLUDE_CHARS characters before it, stands in one of
+    the texts of exclude (the answer's text was trained on under another document)."""
+    s = it["prompt"][-EXCLUDE_CHARS:] + it["labels"][it["answer"]]
+    return any(s in t for t in exclude)
+
+
+def build(test_text, genre_items, seed=SEED, max_items=None, exclude=()):
     """The items (module docstring) from test_text; genre_items: the genre task's items (for
-    the Brown file ids). Stops (SystemExit) if an item's document is not in the test split."""
+    the Brown file ids); exclude: texts (train.txt, val.txt) whose passages an item must not
+    repeat (seen_in). Stops (SystemExit) if an item's document is not in the test split."""
     max_items = dict(MAX_ITEMS, **(max_items or {}))
     rng = random.Random(seed)
     docs = [d for d in test_text.rstrip("\n").split(SEP) if d.strip()]
@@ -325,6 +340,7 @@ def build(test_text, genre_items, seed=SEED, max_items=None):
                 # only those whose headword's split can be checked (below)
                 new = [it] if it is not None and bc.split_of(
                     source, group_of(source, it["doc"])) == "test" else []
+            new = [it for it in new if not seen_in(it, exclude)]
             got.extend(new[:max_items[source] - len(got)])
         items.extend(got)
     for k, it in enumerate(items):
@@ -357,13 +373,17 @@ def main(argv=None):
     ap.add_argument("--genre", required=True, help="the Brown genre task (its Brown file ids)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--exclude", action="append", default=[],
+                    help="train.txt / val.txt (or .xz): drop an item whose passage they repeat")
     a = ap.parse_args(argv)
     try:
         test_text = open(a.test, encoding="utf-8", newline="").read()
         genre = [json.loads(line) for line in open(a.genre, encoding="utf-8") if line.strip()]
+        exclude = [(lzma.open if x.endswith(".xz") else open)(x, "rt", encoding="utf-8").read()
+                   for x in a.exclude]
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SystemExit(f"cannot read the inputs ({e.__class__.__name__}: {e})")
-    items = build(test_text, genre, a.seed)
+    items = build(test_text, genre, a.seed, exclude=exclude)
     if not items:
         raise SystemExit(f"{a.test}: no held-out document gives an item")
     with open(a.out, "w", encoding="utf-8") as f:
