@@ -2,8 +2,10 @@
 held-out documents of the four sources (a document outside the test split stops the build, a
 dictionary entry whose headword is not in the test split is left out), deterministic for a
 seed, every choice in the text before the blank, exactly the answer restoring the text, and
-the trivial rules computed as documented. Runs in about a second, without the model; with
-CLOZE_TEST_TXT set to the corpus's test.txt it also rebuilds the committed task and compares."""
+the trivial rules computed as documented, and an item whose passage stands in the training
+text left out. Runs in about a second, without the model; with CLOZE_TEST_TXT set to the
+corpus's test.txt and CLOZE_EXCLUDE to its train.txt and val.txt (separated by ":"; .xz is
+read) it also rebuilds the committed task and compares."""
 
 import hashlib
 import json
@@ -139,6 +141,20 @@ def test_a_document_outside_the_test_split_stops_the_build():
         mc.build(text, genre)
 
 
+def test_an_item_whose_passage_was_trained_on_is_left_out():
+    text, genre = fake()
+    items = mc.build(text, genre)
+    wn = [it for it in items if it["source"] == "wordnet"]
+    assert len(wn) == 1
+    # the same senses under a synonym's headword, as WordNet writes them, in the training text
+    train = "finocchio\n" + WORDNET.split("\n", 1)[1]
+    kept = mc.build(text, genre, exclude=[train])
+    assert [it for it in kept if it["source"] == "wordnet"] == []
+    assert [it for it in kept if it["source"] != "wordnet"] == \
+        [dict(it, id=k) for k, it in enumerate(i for i in items if i["source"] != "wordnet")]
+    assert mc.build(text, genre, exclude=["unrelated training text"]) == items
+
+
 def test_baselines():
     ctx = "Abner saw Caleb. Then Dathan and Caleb came to Eliab, and Abner went unto Dathan."
     b = mc.baselines(["Abner", "Caleb", "Dathan", "Eliab"], ctx + " Later he went unto",
@@ -173,7 +189,10 @@ def test_committed_cloze_items():
 def test_rebuild_matches_the_committed_task():
     text = open(os.environ["CLOZE_TEST_TXT"], encoding="utf-8", newline="").read()
     genre = [json.loads(line) for line in open(os.path.join(SCALE, "genre.jsonl"))]
-    items = mc.build(text, genre)
+    exclude = [mc.lzma.open(x, "rt", encoding="utf-8").read() if x.endswith(".xz")
+               else open(x, encoding="utf-8").read()
+               for x in os.environ.get("CLOZE_EXCLUDE", "").split(":") if x]
+    items = mc.build(text, genre, exclude=exclude)
     with open(os.path.join(SCALE, "cloze.jsonl"), encoding="utf-8") as f:
         assert [json.loads(line) for line in f] == items
     for it in items:
