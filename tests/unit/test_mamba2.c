@@ -21,56 +21,17 @@
 #include "engine/sparsity.h"
 #include "engine/ssd.h"
 #include "engine/state.h"
+#include "m2ref.h"
 #include "testutil.h"
 
 #define M2DIR YM_FIXTURE("mamba2")
 
-typedef struct ref {
-    ym_st_set_t *set;
-    int T, V;
-    int32_t *ids;
-    float *logits; /* [T, V] */
-    double scale;  /* max(1, max |logit|) */
-} ref;
-
-static void ref_load_path(const char *path, ref *r)
-{
-    ym_diag d = { { 0 }, { 0 } };
-    ck_assert_msg(ym_st_set_open_file(path, &r->set, &d) == YM_OK, "%s: %s", path, d.msg);
-    const ym_st_tensor *ids = ym_st_set_find(r->set, "ids"), *lg = ym_st_set_find(r->set, "logits");
-    ck_assert(ids && lg && ids->dtype == YM_DT_I32);
-    r->T = (int)ids->shape[0];
-    r->V = (int)lg->shape[1];
-    r->ids = malloc(sizeof(int32_t) * r->T);
-    memcpy(r->ids, ids->data, sizeof(int32_t) * r->T);
-    r->logits = malloc(sizeof(float) * (size_t)r->T * r->V);
-    ck_assert_int_eq(ym_st_tensor_to_f32(lg, r->logits, NULL), YM_OK);
-    r->scale = 1.0;
-    for (size_t i = 0; i < (size_t)r->T * r->V; i++)
-        r->scale = fmax(r->scale, fabs(r->logits[i]));
-}
-
-static void ref_load(const char *name, ref *r)
+static void ref_load(const char *name, m2_ref *r)
 {
     char path[4096];
     const char *lsrc = strncmp(name, "ss-", 3) == 0 ? name + 3 : name; /* shares its source's */
     snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, lsrc);
-    ref_load_path(path, r);
-}
-
-static void ref_free(ref *r)
-{
-    free(r->ids);
-    free(r->logits);
-    ym_st_set_free(r->set);
-}
-
-static double maxdiff(const float *a, const float *b, size_t n)
-{
-    double e = 0.0;
-    for (size_t i = 0; i < n; i++)
-        e = fmax(e, fabs((double)a[i] - b[i]));
-    return e;
+    m2_ref_load(path, r);
 }
 
 static ym_model_t *load_arch(const char *name, ym_wtype wt, ym_arch arch)
@@ -92,86 +53,20 @@ static ym_model_t *load(const char *name, ym_wtype wt)
 /* max |diff| of the three modes against the reference: prefill of the whole prompt (all rows'
  * logits), token by token, and a ragged batch (sequence 0: the prompt's second half as one
  * prefill chunk after its first half; sequence 1: one decode row at every position). */
-static void run_modes(ym_model_t *m, const ref *r, int n_threads, double err[3])
-{
-    const int T = r->T, V = r->V, H = T / 2;
-    ck_assert_int_eq(V, m->cfg.n_vocab);
-    ym_ctx_t *ctx = NULL;
-    ck_assert_int_eq(ym_ctx_new(m, T + 1, n_threads, &ctx), YM_OK);
-    ym_state_t *s0 = NULL, *s1 = NULL;
-    ck_assert_int_eq(ym_state_new(&m->cfg, &s0), YM_OK);
-    ck_assert_int_eq(ym_state_new(&m->cfg, &s1), YM_OK);
-    float *got = malloc(sizeof(float) * (size_t)(T + 1) * V);
-    ym_diag d = { { 0 }, { 0 } };
-
-    /* 1. prefill */
-    int ss[3] = { 0, T, 0 };
-    ym_state_t *st[2] = { s0, s1 };
-    ym_batch b = { .n_seq = 1, .tokens = r->ids, .seq_start = ss, .states = st,
-                   .logits = YM_LOGITS_ALL };
-    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
-    err[0] = maxdiff(got, r->logits, (size_t)T * V);
-
-    /* 2. token by token */
-    ym_state_reset(s0);
-    err[1] = 0.0;
-    for (int t = 0; t < T; t++) {
-        ss[1] = 1;
-        b.tokens = r->ids + t;
-        b.logits = YM_LOGITS_LAST;
-        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
-        err[1] = fmax(err[1], maxdiff(got, r->logits + (size_t)t * V, V));
-    }
-
-    /* 3. ragged: seq 0 prefills [0, H) then [H, T) in one batch with seq 1's decode rows */
-    ym_state_reset(s0);
-    ym_state_reset(s1);
-    ss[1] = H;
-    b.tokens = r->ids;
-    b.logits = YM_LOGITS_NONE;
-    ck_assert_int_eq(ym_forward(ctx, &b, NULL, &d), YM_OK);
-    err[2] = 0.0;
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(T + 1));
-    for (int t = 0; t < H; t++) { /* seq 1 alone up to H */
-        ss[1] = 1;
-        b.n_seq = 1;
-        b.states = (ym_state_t *const[]){ s1 };
-        b.tokens = r->ids + t;
-        b.logits = YM_LOGITS_LAST;
-        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
-    }
-    {
-        /* rows: seq 0 = ids[H..T), seq 1 = ids[H] */
-        memcpy(tok, r->ids + H, sizeof(int32_t) * (size_t)(T - H));
-        tok[T - H] = r->ids[H];
-        int s2[3] = { 0, T - H, T - H + 1 };
-        ym_batch rb = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
-                        .logits = YM_LOGITS_ALL };
-        ck_assert_msg(ym_forward(ctx, &rb, got, &d) == YM_OK, "%s", d.msg);
-        err[2] = fmax(err[2], maxdiff(got, r->logits + (size_t)H * V, (size_t)(T - H) * V));
-        err[2] = fmax(err[2], maxdiff(got + (size_t)(T - H) * V, r->logits + (size_t)H * V, V));
-    }
-    free(tok);
-    free(got);
-    ym_state_free(s0);
-    ym_state_free(s1);
-    ym_ctx_free(ctx);
-}
-
 static const char *const MODELS[] = { "m2-g1-k4-f32", "m2-g2-bias-untied-k3-bf16",
                                       "m2-g3-odd-k2-f32", "ss-m2-g1-k4-f32" };
 
 START_TEST(test_mamba2_forward_matches_reference)
 {
     const char *name = MODELS[_i];
-    ref r;
+    m2_ref r;
     ref_load(name, &r);
     const double atol = 1e-3 * r.scale; /* the manifest's rule */
     ym_model_t *m = load(name, YM_WT_AUTO);
     static const char *const mode[3] = { "prefill", "decode", "ragged" };
     for (int nt = 1; nt <= 3; nt += 2) {
         double e[3];
-        run_modes(m, &r, nt, e);
+        m2_run_modes(m, &r, nt, e);
         for (int k = 0; k < 3; k++) {
             if (getenv("YM_TEST_VERBOSE") != NULL)
                 fprintf(stderr, "mamba2 %s %s, %d threads: max |diff| %.3g (atol %.3g)\n", name,
@@ -181,7 +76,7 @@ START_TEST(test_mamba2_forward_matches_reference)
         }
     }
     ym_model_unref(m);
-    ref_free(&r);
+    m2_ref_free(&r);
 }
 END_TEST
 
@@ -193,12 +88,12 @@ START_TEST(test_mamba2_lowbit_weights_within_measured_error)
      * m2-g1 0.054, 0.256; m2-g3 (d_model 24, heads of 8, 3 layers) 0.325, 0.959 */
     static const double tol[2][2] = { { 0.081, 0.384 }, { 0.49, 1.44 } };
     const ym_wtype wts[2] = { YM_WT_BF16, YM_WT_INT8 };
-    ref r;
+    m2_ref r;
     ref_load(f32_models[_i], &r);
     for (int w = 0; w < 2; w++) {
         ym_model_t *m = load(f32_models[_i], wts[w]);
         double e[3];
-        run_modes(m, &r, 2, e);
+        m2_run_modes(m, &r, 2, e);
         for (int k = 0; k < 3; k++) {
             if (getenv("YM_TEST_VERBOSE") != NULL)
                 fprintf(stderr, "mamba2 %s as %s mode %d: max |diff| %.3g (scale %.3g)\n",
@@ -208,7 +103,7 @@ START_TEST(test_mamba2_lowbit_weights_within_measured_error)
         }
         ym_model_unref(m);
     }
-    ref_free(&r);
+    m2_ref_free(&r);
 }
 END_TEST
 
@@ -252,14 +147,14 @@ END_TEST
 START_TEST(test_falcon_mamba_forward_matches_reference)
 {
     static const char *const fm[] = { "fm-bias-k3-f32", "fm-untied-k4-bf16" };
-    ref r;
+    m2_ref r;
     ref_load(fm[_i], &r);
     const double atol = 1e-3 * r.scale; /* the manifest's rule */
     ym_model_t *m = load_arch(fm[_i], YM_WT_AUTO, YM_ARCH_FALCON_MAMBA);
     static const char *const mode[3] = { "prefill", "decode", "ragged" };
     for (int nt = 1; nt <= 3; nt += 2) {
         double e[3];
-        run_modes(m, &r, nt, e);
+        m2_run_modes(m, &r, nt, e);
         for (int k = 0; k < 3; k++) {
             if (getenv("YM_TEST_VERBOSE") != NULL)
                 fprintf(stderr, "falcon_mamba %s %s, %d threads: max |diff| %.3g (atol %.3g)\n",
@@ -269,7 +164,7 @@ START_TEST(test_falcon_mamba_forward_matches_reference)
         }
     }
     ym_model_unref(m);
-    ref_free(&r);
+    m2_ref_free(&r);
 }
 END_TEST
 
@@ -280,7 +175,7 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
 {
     static const char *const ads[] = { "lora-m2-g2", "ia3-m2-g2" };
     const char *base = "m2-g2-bias-untied-k3-bf16";
-    ref ra, rb;
+    m2_ref ra, rb;
     ref_load(ads[_i], &ra);
     ref_load(base, &rb);
     ck_assert_int_eq(ra.T, rb.T);
@@ -306,14 +201,14 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
     ym_batch b = { .n_seq = 1, .tokens = ra.ids, .seq_start = ss, .states = st,
                    .logits = YM_LOGITS_ALL, .adapters = one };
     ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
-    e[0] = maxdiff(got, ra.logits, (size_t)T * V);
+    e[0] = m2_maxdiff(got, ra.logits, (size_t)T * V);
     ym_state_reset(s0);
     b.logits = YM_LOGITS_LAST;
     ss[1] = 1;
     for (int t = 0; t < T; t++) {
         b.tokens = ra.ids + t;
         ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
-        e[1] = fmax(e[1], maxdiff(got, ra.logits + (size_t)t * V, V));
+        e[1] = fmax(e[1], m2_maxdiff(got, ra.logits + (size_t)t * V, V));
     }
     /* ragged: the adapted sequence and a base one, each the whole prompt */
     ym_state_reset(s0);
@@ -324,8 +219,8 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
     ym_batch rb2 = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
                      .logits = YM_LOGITS_ALL, .adapters = one };
     ck_assert_msg(ym_forward(ctx, &rb2, got, &d) == YM_OK, "%s", d.msg);
-    e[2] = fmax(maxdiff(got, ra.logits, (size_t)T * V),
-                maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
+    e[2] = fmax(m2_maxdiff(got, ra.logits, (size_t)T * V),
+                m2_maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
     for (int k = 0; k < 3; k++) {
         if (getenv("YM_TEST_VERBOSE") != NULL)
             fprintf(stderr, "mamba2 adapter %s mode %d: max |diff| %.3g (atol %.3g)\n", ads[_i],
@@ -340,8 +235,8 @@ START_TEST(test_mamba2_adapters_match_peft_reference)
     ym_ctx_free(ctx);
     ym_adapter_unref(ad);
     ym_model_unref(m);
-    ref_free(&ra);
-    ref_free(&rb);
+    m2_ref_free(&ra);
+    m2_ref_free(&rb);
 }
 END_TEST
 
@@ -355,8 +250,8 @@ static void check_adapter_case(const char *root, const char *name, const char *b
     char dir[4096], path[4096];
     snprintf(dir, sizeof(dir), "%s/%s/%s", YM_FIXTURE_DIR, root, name);
     snprintf(path, sizeof(path), "%s/%s/%s/logits.safetensors", YM_FIXTURE_DIR, root, name);
-    ref ra, rb;
-    ref_load_path(path, &ra);
+    m2_ref ra, rb;
+    m2_ref_load(path, &ra);
     ref_load(base, &rb);
     ck_assert_int_eq(ra.T, rb.T);
     ck_assert_int_eq(memcmp(ra.ids, rb.ids, sizeof(int32_t) * ra.T), 0);
@@ -383,22 +278,22 @@ static void check_adapter_case(const char *root, const char *name, const char *b
         ym_batch b = { .n_seq = 1, .tokens = ra.ids, .seq_start = ss, .states = st,
                        .logits = YM_LOGITS_ALL, .adapters = one };
         ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
-        e[0] = maxdiff(got, ra.logits, (size_t)T * V);
+        e[0] = m2_maxdiff(got, ra.logits, (size_t)T * V);
         ym_state_reset(s0);
         b.logits = YM_LOGITS_LAST;
         ss[1] = 1;
         for (int t = 0; t < T; t++) {
             b.tokens = ra.ids + t;
             ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
-            e[1] = fmax(e[1], maxdiff(got, ra.logits + (size_t)t * V, V));
+            e[1] = fmax(e[1], m2_maxdiff(got, ra.logits + (size_t)t * V, V));
         }
         ym_state_reset(s0);
         int s2[3] = { 0, T, 2 * T };
         ym_batch rb2 = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
                          .logits = YM_LOGITS_ALL, .adapters = one };
         ck_assert_msg(ym_forward(ctx, &rb2, got, &d) == YM_OK, "%s", d.msg);
-        e[2] = fmax(maxdiff(got, ra.logits, (size_t)T * V),
-                    maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
+        e[2] = fmax(m2_maxdiff(got, ra.logits, (size_t)T * V),
+                    m2_maxdiff(got + (size_t)T * V, rb.logits, (size_t)T * V));
         for (int k = 0; k < 3; k++) {
             if (getenv("YM_TEST_VERBOSE") != NULL)
                 fprintf(stderr, "%s adapter %s mode %d, %d threads: max |diff| %.3g "
@@ -414,8 +309,8 @@ static void check_adapter_case(const char *root, const char *name, const char *b
     free(got);
     ym_adapter_unref(ad);
     ym_model_unref(m);
-    ref_free(&ra);
-    ref_free(&rb);
+    m2_ref_free(&ra);
+    m2_ref_free(&rb);
 }
 
 /* PEFT adapters on Falcon-Mamba's four projections (tests/fixtures/falcon_peft, made by

@@ -22,6 +22,7 @@
 #include "engine/sparsity.h"
 #include "engine/ssd.h"
 #include "engine/state.h"
+#include "m2ref.h"
 #include "testutil.h"
 
 #define SPDIR YM_FIXTURE("mamba2_sparse")
@@ -34,46 +35,6 @@ static const char *const CASES[][2] = {
     { "both-g3-odd-k2-f32", "m2-g3-odd-k2-f32" },
 };
 #define N_CASES 3
-
-typedef struct ref {
-    ym_st_set_t *set;
-    int T, V;
-    int32_t *ids;
-    float *logits; /* [T, V] */
-    double scale;  /* max(1, max |logit|) */
-} ref;
-
-static void ref_load(const char *path, ref *r)
-{
-    ym_diag d = { { 0 }, { 0 } };
-    ck_assert_msg(ym_st_set_open_file(path, &r->set, &d) == YM_OK, "%s: %s", path, d.msg);
-    const ym_st_tensor *ids = ym_st_set_find(r->set, "ids"), *lg = ym_st_set_find(r->set, "logits");
-    ck_assert(ids && lg && ids->dtype == YM_DT_I32);
-    r->T = (int)ids->shape[0];
-    r->V = (int)lg->shape[1];
-    r->ids = malloc(sizeof(int32_t) * r->T);
-    memcpy(r->ids, ids->data, sizeof(int32_t) * r->T);
-    r->logits = malloc(sizeof(float) * (size_t)r->T * r->V);
-    ck_assert_int_eq(ym_st_tensor_to_f32(lg, r->logits, NULL), YM_OK);
-    r->scale = 1.0;
-    for (size_t i = 0; i < (size_t)r->T * r->V; i++)
-        r->scale = fmax(r->scale, fabs(r->logits[i]));
-}
-
-static void ref_free(ref *r)
-{
-    free(r->ids);
-    free(r->logits);
-    ym_st_set_free(r->set);
-}
-
-static double maxdiff(const float *a, const float *b, size_t n)
-{
-    double e = 0.0;
-    for (size_t i = 0; i < n; i++)
-        e = fmax(e, fabs((double)a[i] - b[i]));
-    return e;
-}
 
 static ym_model_t *load_model(const char *name)
 {
@@ -97,11 +58,11 @@ static ym_sparsity *load_profile(int i)
     return sp;
 }
 
-static void load_ref(int i, ref *r)
+static void load_ref(int i, m2_ref *r)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s/logits.safetensors", SPDIR, CASES[i][0]);
-    ref_load(path, r);
+    m2_ref_load(path, r);
 }
 
 static ym_model_t *make_sparse(ym_model_t *dense, const ym_sparsity *sp)
@@ -114,7 +75,7 @@ static ym_model_t *make_sparse(ym_model_t *dense, const ym_sparsity *sp)
 }
 
 /* All logits of a whole-prompt prefill into got [T, V]. */
-static void prefill(ym_model_t *m, const ref *r, int n_threads, float *got)
+static void prefill(ym_model_t *m, const m2_ref *r, int n_threads, float *got)
 {
     ym_ctx_t *ctx = NULL;
     ym_state_t *s = NULL;
@@ -132,67 +93,10 @@ static void prefill(ym_model_t *m, const ref *r, int n_threads, float *got)
 
 /* max |diff| against the reference of: prefill, token by token, a ragged batch (sequence 0
  * prefills the prompt's second half after its first; sequence 1 decodes one row beside it). */
-static void run_modes(ym_model_t *m, const ref *r, int n_threads, double err[3])
-{
-    const int T = r->T, V = r->V, H = T / 2;
-    ym_ctx_t *ctx = NULL;
-    ck_assert_int_eq(ym_ctx_new(m, T + 1, n_threads, &ctx), YM_OK);
-    ym_state_t *s0 = NULL, *s1 = NULL;
-    ck_assert_int_eq(ym_state_new_for_model(m, &s0), YM_OK);
-    ck_assert_int_eq(ym_state_new_for_model(m, &s1), YM_OK);
-    float *got = malloc(sizeof(float) * (size_t)(T + 1) * V);
-    ym_diag d = { { 0 }, { 0 } };
-    ym_state_t *st[2] = { s0, s1 };
-
-    int ss[3] = { 0, T, 0 };
-    ym_batch b = { .n_seq = 1, .tokens = r->ids, .seq_start = ss, .states = st,
-                   .logits = YM_LOGITS_ALL };
-    ck_assert_msg(ym_forward(ctx, &b, got, &d) == YM_OK, "%s", d.msg);
-    err[0] = maxdiff(got, r->logits, (size_t)T * V);
-
-    ym_state_reset(s0);
-    err[1] = 0.0;
-    b.logits = YM_LOGITS_LAST;
-    for (int t = 0; t < T; t++) {
-        ss[1] = 1;
-        b.tokens = r->ids + t;
-        ck_assert_int_eq(ym_forward(ctx, &b, got, &d), YM_OK);
-        err[1] = fmax(err[1], maxdiff(got, r->logits + (size_t)t * V, V));
-    }
-
-    ym_state_reset(s0);
-    ym_state_reset(s1);
-    ss[1] = H;
-    b.tokens = r->ids;
-    b.logits = YM_LOGITS_NONE;
-    ck_assert_int_eq(ym_forward(ctx, &b, NULL, &d), YM_OK);
-    ym_state_t *only1[1] = { s1 };
-    for (int t = 0; t < H; t++) { /* sequence 1 alone up to H */
-        int s1s[2] = { 0, 1 };
-        ym_batch ob = { .n_seq = 1, .tokens = r->ids + t, .seq_start = s1s, .states = only1,
-                        .logits = YM_LOGITS_NONE };
-        ck_assert_int_eq(ym_forward(ctx, &ob, NULL, &d), YM_OK);
-    }
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(T + 1));
-    memcpy(tok, r->ids + H, sizeof(int32_t) * (size_t)(T - H));
-    tok[T - H] = r->ids[H];
-    int s2[3] = { 0, T - H, T - H + 1 };
-    ym_batch rb = { .n_seq = 2, .tokens = tok, .seq_start = s2, .states = st,
-                    .logits = YM_LOGITS_ALL };
-    ck_assert_msg(ym_forward(ctx, &rb, got, &d) == YM_OK, "%s", d.msg);
-    err[2] = maxdiff(got, r->logits + (size_t)H * V, (size_t)(T - H) * V);
-    err[2] = fmax(err[2], maxdiff(got + (size_t)(T - H) * V, r->logits + (size_t)H * V, V));
-    free(tok);
-    free(got);
-    ym_state_free(s0);
-    ym_state_free(s1);
-    ym_ctx_free(ctx);
-}
-
 START_TEST(test_mamba2_sparse_matches_toolkit_reference)
 {
     const int i = _i % N_CASES, chunk5 = _i / N_CASES; /* second pass: prefill chunks of 5 */
-    ref r;
+    m2_ref r;
     load_ref(i, &r);
     ym_model_t *dense = load_model(CASES[i][1]);
     ym_sparsity *sp = load_profile(i);
@@ -203,7 +107,7 @@ START_TEST(test_mamba2_sparse_matches_toolkit_reference)
     static const int threads[2] = { 1, 3 };
     for (int k = 0; k < 2; k++) {
         double err[3];
-        run_modes(m, &r, threads[k], err);
+        m2_run_modes(m, &r, threads[k], err);
         if (getenv("YM_TEST_VERBOSE") != NULL)
             fprintf(stderr, "%s chunk %s, %d threads: prefill %.3g decode %.3g ragged %.3g "
                     "(atol %.3g)\n", CASES[i][0], chunk5 ? "5" : "default", threads[k], err[0],
@@ -216,7 +120,7 @@ START_TEST(test_mamba2_sparse_matches_toolkit_reference)
     ym_model_unref(m);
     ym_sparsity_free(sp);
     ym_model_unref(dense);
-    ref_free(&r);
+    m2_ref_free(&r);
 }
 END_TEST
 
@@ -225,7 +129,7 @@ END_TEST
 START_TEST(test_mamba2_sparse_wrong_mask_misses_reference)
 {
     const int i = _i;
-    ref r;
+    m2_ref r;
     load_ref(i, &r);
     ym_model_t *dense = load_model(CASES[i][1]);
     ym_sparsity *sp = load_profile(i);
@@ -247,7 +151,7 @@ START_TEST(test_mamba2_sparse_wrong_mask_misses_reference)
     ym_model_t *m = make_sparse(dense, sp);
     float *got = malloc(sizeof(float) * (size_t)r.T * r.V);
     prefill(m, &r, 1, got);
-    double e = maxdiff(got, r.logits, (size_t)r.T * r.V), atol = 1e-3 * r.scale;
+    double e = m2_maxdiff(got, r.logits, (size_t)r.T * r.V), atol = 1e-3 * r.scale;
     if (getenv("YM_TEST_VERBOSE") != NULL)
         fprintf(stderr, "%s with one mask changed: max |diff| %.3g (atol %.3g)\n", CASES[i][0],
                 e, atol);
@@ -256,7 +160,7 @@ START_TEST(test_mamba2_sparse_wrong_mask_misses_reference)
     ym_model_unref(m);
     ym_sparsity_free(sp);
     ym_model_unref(dense);
-    ref_free(&r);
+    m2_ref_free(&r);
 }
 END_TEST
 
@@ -265,10 +169,10 @@ END_TEST
 START_TEST(test_mamba2_sparse_all_kept_equals_dense)
 {
     const int i = _i;
-    ref r;
+    m2_ref r;
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s/logits.safetensors", M2DIR, CASES[i][1]);
-    ref_load(path, &r);
+    m2_ref_load(path, &r);
     ym_model_t *dense = load_model(CASES[i][1]);
     ym_sparsity *sp = NULL;
     ck_assert_int_eq(ym_sparsity_new_heads(dense->cfg.n_layer, dense->cfg.n_head,
@@ -278,7 +182,7 @@ START_TEST(test_mamba2_sparse_all_kept_equals_dense)
     float *b = malloc(sizeof(float) * (size_t)r.T * r.V);
     prefill(m, &r, 2, a);
     prefill(dense, &r, 2, b);
-    double e = maxdiff(a, b, (size_t)r.T * r.V), eref = maxdiff(a, r.logits, (size_t)r.T * r.V);
+    double e = m2_maxdiff(a, b, (size_t)r.T * r.V), eref = m2_maxdiff(a, r.logits, (size_t)r.T * r.V);
     ck_assert_msg(e <= 1e-5 * r.scale, "%s all kept vs dense: %g", CASES[i][1], e);
     ck_assert_msg(eref <= 1e-3 * r.scale, "%s all kept vs reference: %g", CASES[i][1], eref);
     free(a);
@@ -286,7 +190,7 @@ START_TEST(test_mamba2_sparse_all_kept_equals_dense)
     ym_model_unref(m);
     ym_sparsity_free(sp);
     ym_model_unref(dense);
-    ref_free(&r);
+    m2_ref_free(&r);
 }
 END_TEST
 
@@ -381,7 +285,7 @@ START_TEST(test_mamba2_sparse_no_head_left_is_the_bare_head)
     ck_assert_int_eq(ym_sparsity_finish(sp, NULL), YM_OK);
     ym_model_t *m = make_sparse(dense, sp);
     ck_assert_int_eq(m->layers[0].d_inner, 0);
-    ref r = { 0 };
+    m2_ref r = { 0 };
     int32_t ids[3] = { 5, 77, 5 };
     r.T = 3;
     r.V = c->n_vocab;
