@@ -369,6 +369,25 @@ static inline void gather_slots(float *Bk, float *Ck, const float *Bg, const flo
     }
 }
 
+/* Head h's operands for a sparse step: its slot count (returned), its B and C (the group's,
+ * or its live entries gathered into Bk / Ck) and where its state rows start in s. */
+static inline int head_operands(const ym_ssd_plan *pl, int h, const float *B, const float *C,
+                                float *s, int P, int N, float *Bk, float *Ck,
+                                const float **Bu, const float **Cu, float **sh)
+{
+    *Bu = B + (size_t)pl->group[h] * N;
+    *Cu = C + (size_t)pl->group[h] * N;
+    *sh = s + (size_t)h * P * N;
+    if (pl->idx == NULL)
+        return N;
+    const int k = pl->i0[h + 1] - pl->i0[h];
+    gather_slots(Bk, Ck, *Bu, *Cu, pl->idx + pl->i0[h], k);
+    *Bu = Bk;
+    *Cu = Ck;
+    *sh = s + (size_t)pl->i0[h] * P;
+    return k;
+}
+
 #if HAVE_X86
 /* Hot path of sparse decode: as step_avx512, over each head's slots only (a multiple of 16
  * when padded, so every load is whole and rows start 64-byte aligned). */
@@ -380,16 +399,9 @@ T512 static void step_sparse_avx512(float *y, float *s, const float *x, const fl
     const int P = d->head_dim, N = d->d_state;
     float *Bk = work, *Ck = work + slots_max(N);
     for (int h = h0; h < h1; h++) {
-        const float *Bu = B + (size_t)pl->group[h] * N, *Cu = C + (size_t)pl->group[h] * N;
-        float *sh = s + (size_t)h * P * N;
-        int k = N;
-        if (pl->idx != NULL) {
-            k = pl->i0[h + 1] - pl->i0[h];
-            gather_slots(Bk, Ck, Bu, Cu, pl->idx + pl->i0[h], k);
-            Bu = Bk;
-            Cu = Ck;
-            sh = s + (size_t)pl->i0[h] * P;
-        }
+        const float *Bu, *Cu;
+        float *sh;
+        const int k = head_operands(pl, h, B, C, s, P, N, Bk, Ck, &Bu, &Cu, &sh);
         const __m512 dA = _mm512_set1_ps(expf(dt[h] * A[h]));
         const float *xh = x + (size_t)h * P;
         float *yh = y + (size_t)h * P;
@@ -434,16 +446,9 @@ void ym_ssd_step_sparse_f32(float *y, float *s, const float *x, const float *dt,
     const int P = d->head_dim, N = d->d_state;
     float *Bk = work, *Ck = work + slots_max(N);
     for (int h = h0; h < h1; h++) {
-        const float *Bu = B + (size_t)pl->group[h] * N, *Cu = C + (size_t)pl->group[h] * N;
-        float *sh = s + (size_t)h * P * N;
-        int k = N;
-        if (pl->idx != NULL) {
-            k = pl->i0[h + 1] - pl->i0[h];
-            gather_slots(Bk, Ck, Bu, Cu, pl->idx + pl->i0[h], k);
-            Bu = Bk;
-            Cu = Ck;
-            sh = s + (size_t)pl->i0[h] * P;
-        }
+        const float *Bu, *Cu;
+        float *sh;
+        const int k = head_operands(pl, h, B, C, s, P, N, Bk, Ck, &Bu, &Cu, &sh);
         head_step_ref(y + (size_t)h * P, sh, x + (size_t)h * P, dt[h], A[h], D[h], Bu, Cu, P, k);
     }
 }
