@@ -106,6 +106,16 @@ static void gather_rows(float *dst, const float *src, const int32_t *kept, int n
         memcpy(dst + (size_t)p * w, src + (size_t)kept[p] * w, w * sizeof(float));
 }
 
+/* A new block of m holding src's rows kept[0..nk) of width w (gather_rows), or NULL when m
+ * cannot grow. */
+static float *take_rows(ym_model_t *m, const float *src, const int32_t *kept, int nk, size_t w)
+{
+    float *t = take(m, (size_t)nk * w);
+    if (t != NULL)
+        gather_rows(t, src, kept, nk, w);
+    return t;
+}
+
 /* Into data [n_out, n_in] (and sc [n_out] for int8), in W's type: rows row_off + keep[p]
  * (keep NULL: row_off + p) of W, and of those the columns cols[0..n_in) (NULL: all). int8
  * rows keep their scale, so the pruned values are the very same. */
@@ -188,7 +198,6 @@ static ym_err m2_layer(ym_model_t *m, const ym_layer *D, const ym_sparsity_layer
     const int K = c->d_conv, Di = c->d_inner, GN = G * N, per = H / G;
     const int hk = S->n_kept, dk = hk * P, cdk = dk + 2 * GN, nin = dk + cdk + hk;
     const int32_t *kh = S->kept; /* served head -> original head */
-    float *t;
     L->d_inner = dk;
     L->norm = D->norm;
     L->out_proj_b = D->out_proj_b;
@@ -213,38 +222,28 @@ static ym_err m2_layer(ym_model_t *m, const ym_layer *D, const ym_sparsity_layer
         L->in_proj = (ym_weight){D->in_proj.type, nin, dm, d, sc};
     }
     if (D->in_proj_b != NULL) {
-        if ((t = take(m, (size_t)nin)) == NULL)
+        if ((L->in_proj_b = take_rows(m, D->in_proj_b, idx, nin, 1)) == NULL)
             return YM_ENOMEM;
-        gather_rows(t, D->in_proj_b, idx, nin, 1);
-        L->in_proj_b = t;
     }
     /* conv channels: the kept heads' x channels, then B and C's (dense conv index) */
     for (int i = 0; i < dk + 2 * GN; i++)
         idx[i] = i < dk ? kh[i / P] * P + i % P : Di + (i - dk);
-    if ((t = take(m, (size_t)cdk * K)) == NULL)
+    if ((L->conv_w = take_rows(m, D->conv_w, idx, cdk, (size_t)K)) == NULL)
         return YM_ENOMEM;
-    gather_rows(t, D->conv_w, idx, cdk, (size_t)K);
-    L->conv_w = t;
     if (D->conv_b != NULL) {
-        if ((t = take(m, (size_t)cdk)) == NULL)
+        if ((L->conv_b = take_rows(m, D->conv_b, idx, cdk, 1)) == NULL)
             return YM_ENOMEM;
-        gather_rows(t, D->conv_b, idx, cdk, 1);
-        L->conv_b = t;
     }
     const float *ph[3] = {D->dt_bias, D->A, D->D};
     const float **dst[3] = {&L->dt_bias, &L->A, &L->D};
     for (int j = 0; j < 3; j++) {
-        if ((t = take(m, (size_t)hk)) == NULL)
+        if ((*dst[j] = take_rows(m, ph[j], kh, hk, 1)) == NULL)
             return YM_ENOMEM;
-        gather_rows(t, ph[j], kh, hk, 1);
-        *dst[j] = t;
     }
     /* the kept heads' channels: gated norm weights and out_proj's columns (idx[0, dk) still
      * holds them, from the conv step) */
-    if ((t = take(m, (size_t)dk)) == NULL)
+    if ((L->gnorm = take_rows(m, D->gnorm, idx, dk, 1)) == NULL)
         return YM_ENOMEM;
-    gather_rows(t, D->gnorm, idx, dk, 1);
-    L->gnorm = t;
     if (gather_w(m, &D->out_proj, dm, idx, dk, tmp, &L->out_proj) != YM_OK)
         return YM_ENOMEM;
     /* the plan: int32 arrays head, group [hk], gofs [G+1], i0 [hk+1], then idx [slots]: each
@@ -413,34 +412,22 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
             gather_rows(t + nk, D->in_proj_b + di, kept, nk, 1);
             L->in_proj_b = t;
         }
-        if ((t = take(m, (size_t)nk * K)) == NULL)
+        if ((L->conv_w = take_rows(m, D->conv_w, kept, nk, (size_t)K)) == NULL)
             goto oom;
-        gather_rows(t, D->conv_w, kept, nk, (size_t)K);
-        L->conv_w = t;
         if (D->conv_b != NULL) {
-            if ((t = take(m, (size_t)nk)) == NULL)
+            if ((L->conv_b = take_rows(m, D->conv_b, kept, nk, 1)) == NULL)
                 goto oom;
-            gather_rows(t, D->conv_b, kept, nk, 1);
-            L->conv_b = t;
         }
         if (gather_w(m, &D->x_proj, P, kept, nk, tmp, &L->x_proj) != YM_OK)
             goto oom;
-        if ((t = take(m, (size_t)nk * dtr)) == NULL)
+        if ((L->dt_proj_w = take_rows(m, D->dt_proj_w, kept, nk, (size_t)dtr)) == NULL)
             goto oom;
-        gather_rows(t, D->dt_proj_w, kept, nk, (size_t)dtr);
-        L->dt_proj_w = t;
-        if ((t = take(m, (size_t)nk)) == NULL)
+        if ((L->dt_proj_b = take_rows(m, D->dt_proj_b, kept, nk, 1)) == NULL)
             goto oom;
-        gather_rows(t, D->dt_proj_b, kept, nk, 1);
-        L->dt_proj_b = t;
-        if ((t = take(m, (size_t)nk * N)) == NULL)
+        if ((L->A = take_rows(m, D->A, kept, nk, (size_t)N)) == NULL)
             goto oom;
-        gather_rows(t, D->A, kept, nk, (size_t)N);
-        L->A = t;
-        if ((t = take(m, (size_t)nk)) == NULL)
+        if ((L->D = take_rows(m, D->D, kept, nk, 1)) == NULL)
             goto oom;
-        gather_rows(t, D->D, kept, nk, 1);
-        L->D = t;
         if (gather_w(m, &D->out_proj, dm, kept, nk, tmp, &L->out_proj) != YM_OK)
             goto oom;
         ym_scan_plan *pl;
