@@ -43,7 +43,8 @@ for p in dense $profs; do
   sp=(); [ "$p" = dense ] || sp=(--sparsity "$p")
   r=$(nice "$yunmin" perplexity --model "$MODEL" --file "$out/data/val64w.txt" --ctx 256 \
       --threads 2 "${sp[@]}")
-  echo "{\"profile\": \"$(basename "$p")\", \"result\": $r}" | tee -a "$out/engine_ppl_learned.jsonl"
+  echo "{\"profile\": \"$(basename "$p")\", \"result\": $r}" \
+      | tee -a "$out/engine_ppl_learned.jsonl"
 done
 for pass in 1 2; do
   for p in $profs; do
