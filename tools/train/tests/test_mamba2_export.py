@@ -6,6 +6,9 @@ profile (docs/FORMATS.md).
   metadata; random masks are the study's draws;
 * served by the engine (`yunmin logits --sparsity`, skipped without the binary), the masked
   model's logits equal the toolkit's float64 forward with the same masks;
+* learned masks (learned-mag, learned, learned-free) are the study's learn_gates run with the
+  study's start, seed and final selection, recomputed here; the profile meets the level exactly
+  (per layer, or over the model for learned-free), also when --max-seconds stops the learning;
 * bad arguments are refused.
 """
 
@@ -88,14 +91,80 @@ def test_export_random_is_the_study_draw(tmp_path, tiny, sample_text_path):
         assert np.array_equal(tensors[f"layers.{l}.state_logits"] > 0, want[l])
 
 
-@pytest.mark.parametrize("kind,level", [("state", 0.75), ("head", 0.5)])
+LEARN = ["--steps", "6", "--batch", "2", "--lr", "0.2"]
+
+
+@pytest.mark.parametrize("method,kind,level", [("learned-mag", "state", 0.75),
+                                               ("learned-mag", "head", 0.5),
+                                               ("learned", "state", 0.5),
+                                               ("learned-free", "state", 0.75)])
+def test_export_learned_is_the_study_mask(tmp_path, tiny, sample_text_path, method, kind,
+                                          level):
+    tensors, meta = export(tmp_path, tiny, sample_text_path, "--kind", kind, "--method", method,
+                           "--level", str(level), "--seed", "3", *LEARN)
+    model = load_model(tiny).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    c = model.config
+    L, H, N = c.num_hidden_layers, c.num_heads, c.state_size
+    assert meta["method"] == method and meta["kind"] == kind and meta["seed"] == "3"
+    assert meta["steps"] == "6" and meta["steps_run"] == "6" and meta["batch"] == "2"
+    alloc = S.LEARNED[method]
+    assert meta["allocation"] == alloc
+    # the study's run() for this seed: magnitude start on its calibration window, then
+    # learn_gates with the same seed and keep_top of the final logits
+    tok = os.path.join(tiny, "tokenizer.json")
+    tr = data_mod.tokenize_cached(data_mod.read_text(sample_text_path), tok, None, "train")
+    init = None
+    if method == "learned-mag":
+        n_cal = min(64, max(16, tr.size - 1))
+        cal0 = (3 * 7919 * n_cal) % max(1, tr.size - n_cal)
+        absS = S.state_magnitude(model, tr[cal0:cal0 + n_cal], ctx=16)
+        init = S.magnitude_init(absS.mean(axis=(2, 3)) if kind == "head" else absS.mean(axis=2))
+    lg, _ = S.learn_gates(model, tr, kind, level, allocation=alloc, steps=6, batch_size=2,
+                          seq_len=16, lr=0.2, seed=3, init=init)
+    want = S.keep_top(lg, level, alloc)
+    key = "head_logits" if kind == "head" else "state_logits"
+    other = "state_logits" if kind == "head" else "head_logits"
+    got = np.stack([tensors[f"layers.{l}.{key}"] > 0 for l in range(L)])
+    assert all((tensors[f"layers.{l}.{other}"] > 0).all() for l in range(L))
+    assert np.array_equal(got, want)
+    per_layer = H if kind == "head" else H * N
+    dropped = (~got).reshape(L, -1).sum(1)
+    if alloc == "free":
+        assert int(dropped.sum()) == round(level * L * per_layer)
+    else:
+        assert (dropped == round(level * per_layer)).all()
+    if method == "learned-mag" and kind == "state":
+        # learning moved the mask away from its magnitude start (else this test shows nothing;
+        # the tiny model's 6 heads per layer are too few and too far apart to move in 6 steps)
+        assert not np.array_equal(got, S.keep_top(init, level))
+
+
+def test_export_learned_stops_at_max_seconds(tmp_path, tiny, sample_text_path):
+    tensors, meta = export(tmp_path, tiny, sample_text_path, "--kind", "state", "--method",
+                           "learned-mag", "--level", "0.75", "--steps", "500", "--batch", "2",
+                           "--max-seconds", "1e-6")
+    assert meta["steps"] == "500" and meta["steps_run"] == "1"
+    assert json.loads(meta["history"])[-1] == {"stopped_after_steps": 1}
+    c = load_model(tiny).config
+    for l in range(c.num_hidden_layers):
+        assert int((tensors[f"layers.{l}.state_logits"] <= 0).sum()) == \
+            round(0.75 * c.num_heads * c.state_size)
+
+
+@pytest.mark.parametrize("kind,level,method", [("state", 0.75, "magnitude"),
+                                               ("head", 0.5, "magnitude"),
+                                               ("state", 0.75, "learned-mag"),
+                                               ("state", 0.75, "learned-free")])
 def test_engine_serves_the_exported_profile_as_the_toolkit_masks(tmp_path, tiny,
-                                                                 sample_text_path, kind, level):
+                                                                 sample_text_path, kind, level,
+                                                                 method):
     yb = yunmin_or_skip()
     out = str(tmp_path / "p.safetensors")
     assert S.main(["export", "--model", tiny, "--text", sample_text_path, "--ctx", "16",
                    "--calib-tokens", "64", "--kind", kind, "--level", str(level),
-                   "--out", out]) == 0
+                   "--method", method, *LEARN, "--out", out]) == 0
     tensors, _ = st.load_numpy(out)
     ref = load_model(tiny, dtype=torch.float64).eval()
     L = ref.config.num_hidden_layers
@@ -122,7 +191,13 @@ def test_export_refuses_bad_arguments(tmp_path, tiny, sample_text_path):
     base = ["export", "--model", tiny, "--text", sample_text_path, "--out",
             str(tmp_path / "p.safetensors")]
     for bad in (["--kind", "channel", "--level", "0.5"], ["--kind", "state", "--level", "1.0"],
-                ["--kind", "state", "--level", "0.5", "--method", "learned"], ["--kind", "head"]):
+                ["--kind", "state", "--level", "0.5", "--method", "learned-bogus"],
+                ["--kind", "head"],
+                ["--kind", "state", "--level", "0.5", "--method", "learned-mag", "--steps", "0"],
+                ["--kind", "state", "--level", "0.5", "--method", "learned", "--batch", "0"],
+                ["--kind", "state", "--level", "0.5", "--method", "learned", "--lr", "0"],
+                ["--kind", "state", "--level", "0.5", "--method", "learned-mag",
+                 "--max-seconds", "0"]):
         with pytest.raises(SystemExit) as e:
             S.main(base + bad)
         assert e.value.code == 2

@@ -5,6 +5,8 @@
     python -m yunmin_train.mamba2_study --merge seed*.json --out-dir DIR
     python -m yunmin_train.mamba2_study export --model DIR --text TRAIN.txt --kind state \\
         --method magnitude --level 0.75 --out yunmin.sparsity.safetensors [--seed 1]
+    python -m yunmin_train.mamba2_study export ... --method learned-mag --steps 120 --batch 4 \\
+        [--lr 0.05] [--max-seconds S] [--device cpu]
 
 Owns: the Mamba-2 mask study (scores, masks, learned gates, rows, merge). Runs: one process per
 seed (they can share a GPU). Must not: change the model's weights (only mask gates learn).
@@ -42,6 +44,12 @@ export: one mask of the study (magnitude or random scores, the same calibration 
 profile (docs/FORMATS.md): per layer head_logits [H] and state_logits [H, N], +1 kept, -1
 dropped, with metadata format, version, method, kind, level, seed and the calibration window;
 `yunmin perplexity/bench/generate/serve --sparsity FILE` then serve the masked model.
+The learned methods run the study's own learn_gates with the study's start (learned-mag: the
+same magnitude scores; learned, learned-free: constant logits), seed, and final selection
+(keep_top of the logits, per layer or "free"), for --steps steps of --batch x --ctx tokens of
+the training text at --lr. --max-seconds stops the learning early (after at least one step);
+the schedule stays the one for --steps, so a stopped run is not the study's mask, and the
+metadata's steps_run says how many steps ran. The profile meets the level exactly either way.
 
 Counted per token (recurrent form, float32 state): state bytes = 4 P * (kept (h, n) pairs);
 SSM FLOPs = 5 P * (kept (h, n) pairs) (decay, input outer product and add: 3; readout: 2).
@@ -147,7 +155,7 @@ def profile_tensors(kind, keep, cfg):
 
 
 def export(argv):
-    """`export`: write one magnitude or random mask as an engine head profile."""
+    """`export`: write one magnitude, random or learned mask as an engine head profile."""
     ap = argparse.ArgumentParser(prog="python -m yunmin_train.mamba2_study export",
                                  description="write one mask of the study as the engine's "
                                              "sparsity profile (yunmin.sparsity.safetensors)")
@@ -156,41 +164,70 @@ def export(argv):
     ap.add_argument("--text", required=True, help="training text: the calibration tokens")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--kind", choices=KINDS, required=True)
-    ap.add_argument("--method", choices=("magnitude", "random"), default="magnitude")
+    ap.add_argument("--method", choices=METHODS, default="magnitude")
     ap.add_argument("--level", type=float, required=True, help="fraction dropped, [0, 1)")
     ap.add_argument("--seed", type=int, default=1, help="the calibration start (and random)")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--calib-tokens", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=120, help="learned: steps of learning")
+    ap.add_argument("--batch", type=int, default=8, help="learned: windows per step")
+    ap.add_argument("--lr", type=float, default=0.05, help="learned: Adam's learning rate")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="learned: stop learning after this many seconds (at least one step)")
+    ap.add_argument("--bf16", action="store_true", help="learned, on CUDA: bf16 autocast")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if not 0.0 <= a.level < 1.0:
         ap.error("--level must be in [0, 1)")
+    if a.steps < 1 or a.batch < 1 or not a.lr > 0.0:
+        ap.error("--steps and --batch must be >= 1 and --lr > 0")
+    if a.max_seconds is not None and not a.max_seconds > 0.0:
+        ap.error("--max-seconds must be > 0")
     from . import safetensors_io
     dev = pick_device(a.device)
     model = load_model(a.model, device=dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if dev.type == "cuda":
+        allow_tf32()
     cfg = model.config
     tok = a.tokenizer or os.path.join(a.model, "tokenizer.json")
     # the whole text is the training split, as in the study with --val-text
     tr = data_mod.tokenize_cached(data_mod.read_text(a.text), tok, a.cache_dir, "train")
     n_cal = min(a.calib_tokens, max(a.ctx, tr.size - 1))
     cal0 = (a.seed * 7919 * n_cal) % max(1, tr.size - n_cal)   # run()'s window for this seed
-    if a.method == "magnitude":
+    extra = {}
+    if a.method in ("magnitude", "learned-mag"):
         absS = state_magnitude(model, tr[cal0:cal0 + n_cal], ctx=a.ctx)     # [L, H, P, N]
         score = absS.mean(axis=(2, 3)) if a.kind == "head" else absS.mean(axis=2)
-    else:
+    if a.method in LEARNED:                                                  # run()'s call
+        init = magnitude_init(score) if a.method == "learned-mag" else None
+        t0 = time.time()
+        score, hist = learn_gates(model, tr, a.kind, a.level, allocation=LEARNED[a.method],
+                                  steps=a.steps, batch_size=a.batch, seq_len=a.ctx, lr=a.lr,
+                                  seed=a.seed, bf16=a.bf16, init=init,
+                                  max_seconds=a.max_seconds)
+        stopped = hist[-1].get("stopped_after_steps") if hist else None
+        extra = {"steps": str(a.steps), "steps_run": str(stopped or a.steps),
+                 "batch": str(a.batch), "ctx": str(a.ctx), "lr": repr(a.lr),
+                 "allocation": LEARNED[a.method], "learn_seconds": f"{time.time() - t0:.1f}",
+                 "history": json.dumps(hist[-3:])}
+    elif a.method == "random":
         rng = np.random.default_rng(a.seed)
         shapes = {"head": (cfg.num_hidden_layers, cfg.num_heads),
                   "state": (cfg.num_hidden_layers, cfg.num_heads, cfg.state_size)}
         r = {k: rng.random(shapes[k]) for k in KINDS}                        # run()'s draws
         score = r[a.kind]
-    keep = keep_top(score, a.level)
+    keep = keep_top(score, a.level, LEARNED.get(a.method, "layer"))
     meta = {"format": "yunmin-sparsity", "version": "1", "method": a.method, "kind": a.kind,
             "level": repr(a.level), "seed": str(a.seed), "calibration_tokens": str(int(n_cal)),
-            "calibration_start": str(int(cal0)), "source": "yunmin_train.mamba2_study export"}
+            "calibration_start": str(int(cal0)), "source": "yunmin_train.mamba2_study export",
+            **extra}
     safetensors_io.save(profile_tensors(a.kind, keep, cfg), a.out, metadata=meta)
     print(json.dumps({"out": a.out, "kind": a.kind, "method": a.method, "level": a.level,
-                      "kept": float(np.mean(keep)), "calibration_start": int(cal0)}))
+                      "kept": float(np.mean(keep)), "calibration_start": int(cal0),
+                      **{k: v for k, v in extra.items() if k != "history"}}))
     return 0
 
 
@@ -284,9 +321,11 @@ def magnitude_init(score, scale=2.0):
 
 def learn_gates(model, train_ids, kind, level, allocation="layer", steps=100, batch_size=8,
                 seq_len=256, lr=0.05, seed=1, bf16=False, tau_start=1.0, tau_end=0.1,
-                ramp=0.5, init=None):
+                ramp=0.5, init=None, max_seconds=None):
     """Learned head or state-entry gates (module docstring). Returns the final logits (numpy,
-    [L, H] or [L, H, N]) and a short history."""
+    [L, H] or [L, H, N]) and a short history. max_seconds: stop after the first step that ends
+    past it (the schedule stays the one for `steps`); the history's last entry then says
+    {"stopped_after_steps": n}."""
     c = model.config
     dev = model.backbone.norm_f.weight.device
     shape = (c.num_hidden_layers, c.num_heads) if kind == "head" else \
@@ -300,6 +339,7 @@ def learn_gates(model, train_ids, kind, level, allocation="layer", steps=100, ba
     amp = bool(bf16 and dev.type == "cuda")
     torch.manual_seed(seed)
     hist = []
+    t_begin = time.time()
     for step in range(steps):
         prog = step / max(1, steps)
         tau = tau_start * (tau_end / tau_start) ** prog
@@ -325,6 +365,12 @@ def learn_gates(model, train_ids, kind, level, allocation="layer", steps=100, ba
         if step % 25 == 0 or step == steps - 1:
             hist.append({"step": step, "tau": round(tau, 4), "target": round(tgt, 4),
                          "kl": round(float(kl), 5), "cos_loss": round(float(cos), 5)})
+        if max_seconds is not None and step < steps - 1 and time.time() - t_begin > max_seconds:
+            if hist[-1]["step"] != step:
+                hist.append({"step": step, "tau": round(tau, 4), "target": round(tgt, 4),
+                             "kl": round(float(kl), 5), "cos_loss": round(float(cos), 5)})
+            hist.append({"stopped_after_steps": step + 1})
+            break
     return logits.detach().double().cpu().numpy(), hist
 
 
