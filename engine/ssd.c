@@ -70,6 +70,27 @@ static inline __mmask16 tail_mask(int n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
 }
 
+/* One head's step over k state entries per channel (rows of k floats from s; Bk, Ck [k]):
+ * the AVX-512 form of head_step_ref, for the dense step (k = N) and the sparse one. */
+T512 static inline void head_step_avx512(float *y, float *s, const float *x, float dt, float A,
+                                         float D, const float *Bk, const float *Ck, int P, int k)
+{
+    const __m512 dA = _mm512_set1_ps(expf(dt * A));
+    for (int p = 0; p < P; p++) {
+        float *sp = s + (size_t)p * k;
+        const __m512 u = _mm512_set1_ps(dt * x[p]);
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < k; j += 16) {
+            __mmask16 m = tail_mask(k - j);
+            __m512 sv = _mm512_maskz_loadu_ps(m, sp + j);
+            sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bk + j)));
+            _mm512_mask_storeu_ps(sp + j, m, sv);
+            acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Ck + j), acc);
+        }
+        y[p] = _mm512_reduce_add_ps(acc) + D * x[p];
+    }
+}
+
 /* Hot path of decode: the state is read and written once (N floats per channel), so this is
  * bound by memory; 16 lanes over n keep the loads wide. */
 T512 static void step_avx512(float *y, float *s, const float *x, const float *dt, const float *A,
@@ -77,24 +98,9 @@ T512 static void step_avx512(float *y, float *s, const float *x, const float *dt
                              int h0, int h1)
 {
     const int P = d->head_dim, N = d->d_state, per = d->n_head / d->n_group;
-    for (int h = h0; h < h1; h++) {
-        const float *Bg = B + (size_t)(h / per) * N, *Cg = C + (size_t)(h / per) * N;
-        const __m512 dA = _mm512_set1_ps(expf(dt[h] * A[h]));
-        for (int p = 0; p < P; p++) {
-            float *sp = s + ((size_t)h * P + p) * N;
-            const float xp = x[(size_t)h * P + p];
-            const __m512 u = _mm512_set1_ps(dt[h] * xp);
-            __m512 acc = _mm512_setzero_ps();
-            for (int n = 0; n < N; n += 16) {
-                __mmask16 m = tail_mask(N - n);
-                __m512 sv = _mm512_maskz_loadu_ps(m, sp + n);
-                sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bg + n)));
-                _mm512_mask_storeu_ps(sp + n, m, sv);
-                acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Cg + n), acc);
-            }
-            y[(size_t)h * P + p] = _mm512_reduce_add_ps(acc) + D[h] * xp;
-        }
-    }
+    for (int h = h0; h < h1; h++)
+        head_step_avx512(y + (size_t)h * P, s + (size_t)h * P * N, x + (size_t)h * P, dt[h],
+                         A[h], D[h], B + (size_t)(h / per) * N, C + (size_t)(h / per) * N, P, N);
 }
 
 static int have_avx512(void)
@@ -402,22 +408,8 @@ T512 static void step_sparse_avx512(float *y, float *s, const float *x, const fl
         const float *Bu, *Cu;
         float *sh;
         const int k = head_operands(pl, h, B, C, s, P, N, Bk, Ck, &Bu, &Cu, &sh);
-        const __m512 dA = _mm512_set1_ps(expf(dt[h] * A[h]));
-        const float *xh = x + (size_t)h * P;
-        float *yh = y + (size_t)h * P;
-        for (int p = 0; p < P; p++) {
-            float *sp = sh + (size_t)p * k;
-            const __m512 u = _mm512_set1_ps(dt[h] * xh[p]);
-            __m512 acc = _mm512_setzero_ps();
-            for (int j = 0; j < k; j += 16) {
-                __mmask16 m = tail_mask(k - j);
-                __m512 sv = _mm512_maskz_loadu_ps(m, sp + j);
-                sv = _mm512_fmadd_ps(dA, sv, _mm512_mul_ps(u, _mm512_maskz_loadu_ps(m, Bu + j)));
-                _mm512_mask_storeu_ps(sp + j, m, sv);
-                acc = _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, Cu + j), acc);
-            }
-            yh[p] = _mm512_reduce_add_ps(acc) + D[h] * xh[p];
-        }
+        head_step_avx512(y + (size_t)h * P, sh, x + (size_t)h * P, dt[h], A[h], D[h], Bu, Cu,
+                         P, k);
     }
 }
 #endif
