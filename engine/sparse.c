@@ -116,6 +116,16 @@ static float *take_rows(ym_model_t *m, const float *src, const int32_t *kept, in
     return t;
 }
 
+/* The served model's counts: its parameters, and the bytes a token reads (floats plus the
+ * matrices' own bytes) and holds (an untied embedding besides). */
+static void set_sizes(ym_model_t *m, size_t params, size_t floats, size_t wbytes)
+{
+    m->n_params = params;
+    m->weight_bytes = floats * sizeof(float) + wbytes;
+    m->resident_bytes =
+        m->weight_bytes + (m->cfg.tie_embeddings ? 0 : ym_weight_bytes(&m->embed));
+}
+
 /* Into data [n_out, n_in] (and sc [n_out] for int8), in W's type: rows row_off + keep[p]
  * (keep NULL: row_off + p) of W, and of those the columns cols[0..n_in) (NULL: all). int8
  * rows keep their scale, so the pruned values are the very same. */
@@ -327,9 +337,7 @@ static ym_err new_sparse_mamba2(ym_model_t *base, const ym_sparsity *sp, ym_mode
             goto oom;
     free(idx);
     free(tmp);
-    m->n_params = params;
-    m->weight_bytes = floats * sizeof(float) + wbytes;
-    m->resident_bytes = m->weight_bytes + (c->tie_embeddings ? 0 : ym_weight_bytes(&m->embed));
+    set_sizes(m, params, floats, wbytes);
     *out = m;
     return YM_OK;
 oom:
@@ -448,9 +456,7 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
     }
     free(tmp);
     tmp = NULL;
-    m->n_params = params;
-    m->weight_bytes = floats * sizeof(float) + wbytes;
-    m->resident_bytes = m->weight_bytes + (c->tie_embeddings ? 0 : ym_weight_bytes(&m->embed));
+    set_sizes(m, params, floats, wbytes);
     *out = m;
     return YM_OK;
 oom:
