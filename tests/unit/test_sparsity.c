@@ -43,12 +43,32 @@ static void spec_default(spec *s)
     s->drop_tensor = s->wrong_dtype = s->wrong_shape = -1;
 }
 
-static uint8_t *spec_bytes(const spec *s, size_t *len)
+/* The bytes of a safetensors file holding t[0..nt) and meta (ym_st_write into a temporary
+ * file, read back, removed); the caller frees them. */
+static uint8_t *written_bytes(const ym_st_wtensor *t, int nt, const ym_st_meta *meta, int nm,
+                              size_t *len)
 {
     char path[] = "/tmp/ym-sparsity-test-XXXXXX";
     int fd = mkstemp(path);
     ck_assert_int_ge(fd, 0);
     close(fd);
+    ym_diag d = {0};
+    ck_assert_msg(ym_st_write(path, t, nt, meta, nm, &d) == YM_OK, "%s", d.msg);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    unlink(path);
+    *len = (size_t)n;
+    return buf;
+}
+
+static uint8_t *spec_bytes(const spec *s, size_t *len)
+{
     ym_st_wtensor t[3 * L_ + 1];
     char names[3 * L_ + 1][48];
     static const float pad[64];
@@ -93,19 +113,7 @@ static uint8_t *spec_bytes(const spec *s, size_t *len)
         meta[nm++] = (ym_st_meta){(char *)"version", (char *)s->version};
     if (s->method)
         meta[nm++] = (ym_st_meta){(char *)"method", (char *)s->method};
-    ym_diag d = {0};
-    ck_assert_msg(ym_st_write(path, t, nt, meta, nm, &d) == YM_OK, "%s", d.msg);
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    unlink(path);
-    *len = (size_t)n;
-    return buf;
+    return written_bytes(t, nt, meta, nm, len);
 }
 
 /* Parse s; expect failure whose message contains want (or success when want is NULL). */
@@ -345,10 +353,6 @@ static void hspec_default(hspec *s)
 
 static uint8_t *hspec_bytes(const hspec *s, size_t *len)
 {
-    char path[] = "/tmp/ym-sparsity-test-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
     ym_st_wtensor t[2 * L_ + 1];
     char names[2 * L_ + 1][48];
     int nt = 0;
@@ -384,19 +388,7 @@ static uint8_t *hspec_bytes(const hspec *s, size_t *len)
     ym_st_meta meta[3] = {{(char *)"format", (char *)"yunmin-sparsity"},
                           {(char *)"version", (char *)"1"},
                           {(char *)"method", (char *)"magnitude"}};
-    ym_diag d = {0};
-    ck_assert_msg(ym_st_write(path, t, nt, meta, 3, &d) == YM_OK, "%s", d.msg);
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    unlink(path);
-    *len = (size_t)n;
-    return buf;
+    return written_bytes(t, nt, meta, 3, len);
 }
 
 /* Parse s; expect failure whose message contains want (or success when want is NULL: the
