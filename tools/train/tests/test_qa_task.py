@@ -4,7 +4,6 @@ items only from held-out documents, shots only from training documents, determin
 one correct choice per item, and a malformed task file refused with one line. Runs in about a
 second, without the model or the corpus."""
 
-import hashlib
 import json
 import os
 import re
@@ -13,33 +12,10 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS_DIR = os.path.join(os.path.dirname(HERE), "corpus")
-sys.path.insert(0, CORPUS_DIR)
-
+from corpus_docs import CORPUS_DIR, SCALE, SEP, chapter, split
 import eval_genre as eg  # noqa: E402
 import make_genre_fewshot as mf  # noqa: E402
 import make_qa_task as mq  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-SCALE = os.path.join(REPO, "tools", "train", "results", "scale")
-SEP = "\n<|endoftext|>\n"
-NAMES = ["Abner", "Bezaleel", "Caleb", "Dathan", "Eliab", "Gilead", "Hebron", "Ithamar",
-         "Jabesh", "Kadesh", "Laban", "Mizpah"]
-
-
-def split(source, group):
-    """The corpus's split rule, written out again from its manifest's words."""
-    b = int(hashlib.sha256(f"{source}\0{group}".encode()).hexdigest()[:8], 16) % 100
-    return "train" if b < 90 else ("val" if b < 95 else "test")
-
-
-def chapter(title, n_verses, shift):
-    verses = []
-    for v in range(1, n_verses + 1):
-        a, b = NAMES[(v + shift) % len(NAMES)], NAMES[(3 * v + shift + 1) % len(NAMES)]
-        verses.append(f"{v} And {a} went up unto {b} in the day {v}, and he spake unto the men.")
-    return title + "\n\n" + "\n".join(verses)
 
 
 def fake_test_text():
