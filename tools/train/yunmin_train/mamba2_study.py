@@ -154,6 +154,18 @@ def profile_tensors(kind, keep, cfg):
     return out
 
 
+def frozen_model(path, device):
+    """(device, the model at path on it in eval mode with every weight frozen): only mask
+    gates learn here."""
+    dev = pick_device(device)
+    model = load_model(path, device=dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if dev.type == "cuda":
+        allow_tf32()
+    return dev, model
+
+
 def export(argv):
     """`export`: write one magnitude, random or learned mask as an engine head profile."""
     ap = argparse.ArgumentParser(prog="python -m yunmin_train.mamba2_study export",
@@ -185,12 +197,7 @@ def export(argv):
     if a.max_seconds is not None and not a.max_seconds > 0.0:
         ap.error("--max-seconds must be > 0")
     from . import safetensors_io
-    dev = pick_device(a.device)
-    model = load_model(a.model, device=dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if dev.type == "cuda":
-        allow_tf32()
+    dev, model = frozen_model(a.model, a.device)
     cfg = model.config
     tok = a.tokenizer or os.path.join(a.model, "tokenizer.json")
     # the whole text is the training split, as in the study with --val-text
@@ -378,13 +385,8 @@ def learn_gates(model, train_ids, kind, level, allocation="layer", steps=100, ba
 # the study
 
 def run(a):
-    dev = pick_device(a.device)
     t_start = time.time()
-    model = load_model(a.model, device=dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if dev.type == "cuda":
-        allow_tf32()
+    dev, model = frozen_model(a.model, a.device)
     cfg = model.config
     tok = a.tokenizer or os.path.join(a.model, "tokenizer.json")
     tr, va, info = data_mod.load_splits(a.text, tok, cache_dir=a.cache_dir, val_path=a.val_text)
