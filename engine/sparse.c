@@ -164,9 +164,8 @@ static ym_err gather_w(ym_model_t *m, const ym_weight *W, int n_out, const int32
     return gather_into(W, NULL, n_out, 0, cols, n_in, tmp, data, sc);
 }
 
-/* ---- Mamba-2: a head profile -------------------------------------------------------------- */
-
-/* A new, empty sparse model over base (the shared tensors borrowed), or NULL. */
+/* A new, empty sparse model over base (the shared tensors borrowed), or NULL
+ * (Mamba-1 and Mamba-2 alike). */
 static ym_model_t *sparse_shell(ym_model_t *base)
 {
     ym_model_t *m = calloc(1, sizeof(*m));
@@ -185,6 +184,8 @@ static ym_model_t *sparse_shell(ym_model_t *base)
     }
     return m;
 }
+
+/* ---- Mamba-2: a head profile -------------------------------------------------------------- */
 
 /* Slots of a head with k live entries of N: k rounded up to 16 (whole SIMD widths, aligned
  * rows), unless that would pass N (small states: the padding would outgrow the saving). */
@@ -363,22 +364,14 @@ ym_err ym_model_new_sparse(ym_model_t *base, const ym_sparsity *sp, ym_model_t *
         return err;
     if (base->cfg.arch == YM_ARCH_MAMBA2)
         return new_sparse_mamba2(base, sp, out, diag);
-    ym_model_t *m = calloc(1, sizeof(*m));
+    ym_model_t *m = sparse_shell(base);
     if (m == NULL)
-        return ym_diag_set(diag, YM_ENOMEM, "out of memory");
-    m->cfg = base->cfg;
-    m->base = ym_model_ref(base);
-    m->embed = base->embed;
-    m->norm_f = base->norm_f;
-    m->lm_head = base->lm_head;
-    m->wtype = base->wtype;
-    atomic_init(&m->refcount, 1);
+        return ym_diag_set(diag, YM_ENOMEM, "out of memory building the sparse model");
     float *tmp = NULL;
     const ym_config *c = &m->cfg;
     const int dm = c->d_model, di = c->d_inner, N = c->d_state, K = c->d_conv;
     const int dtr = c->dt_rank, P = dtr + 2 * N;
-    if ((m->layers = calloc((size_t)c->n_layer, sizeof(*m->layers))) == NULL ||
-        (tmp = malloc(sizeof(float) * (size_t)(dm > di ? dm : di))) == NULL)
+    if ((tmp = malloc(sizeof(float) * (size_t)(dm > di ? dm : di))) == NULL)
         goto oom;
     /* Bytes the forward reads per token: the shared tensors, then each layer's pruned ones
      * (floats: f32 tensors; wbytes: the matrices in their type). */
