@@ -299,6 +299,18 @@ void ym_gated_rmsnorm_f32(float *out, int ldo, const float *y, int ldy, const fl
     }
 }
 
+/* y[c] := y[c] * silu(z[c]) for c in [a, b), and the sum of the squares of the results. */
+static inline float gate_sumsq(float *y, const float *z, int a, int b)
+{
+    float acc = 0.0f;
+    for (int c = a; c < b; c++) {
+        const float v = y[c] * silu(z[c]);
+        y[c] = v;
+        acc += v * v;
+    }
+    return acc;
+}
+
 void ym_gate_sumsq_f32(float *y, int ldy, const float *z, int ldz, int T, int d_inner,
                        int n_group, int c0, int c1, float *ss)
 {
@@ -309,13 +321,7 @@ void ym_gate_sumsq_f32(float *y, int ldy, const float *z, int ldz, int T, int d_
         float *st = ss + (size_t)t * n_group;
         for (int g = 0; g < n_group; g++) {
             const int a = c0 > g * gs ? c0 : g * gs, b = c1 < (g + 1) * gs ? c1 : (g + 1) * gs;
-            float acc = 0.0f;
-            for (int c = a; c < b; c++) {
-                const float v = yt[c] * silu(zt[c]);
-                yt[c] = v;
-                acc += v * v;
-            }
-            st[g] = acc;
+            st[g] = gate_sumsq(yt, zt, a, b);
         }
     }
 }
@@ -516,13 +522,7 @@ void ym_gate_sumsq_sparse_f32(float *y, int ldy, const float *z, int ldz, int T,
         for (int g = 0; g < n_group; g++) {
             const int g0 = pl->gofs[g] * P, g1 = pl->gofs[g + 1] * P;
             const int a = c0 > g0 ? c0 : g0, b = c1 < g1 ? c1 : g1;
-            float acc = 0.0f;
-            for (int c = a; c < b; c++) {
-                const float v = yt[c] * silu(zt[c]);
-                yt[c] = v;
-                acc += v * v;
-            }
-            st[g] = acc;
+            st[g] = gate_sumsq(yt, zt, a, b);
         }
     }
 }
