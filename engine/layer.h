@@ -88,15 +88,21 @@ extern const ym_layer_ops ym_falcon_mamba_layer_ops;
 #define MATMUL(C, ldc, A, lda, M, W, n0, n1, beta)                                             \
     ym_matmul((C), (ldc), (A), (lda), (M), (W), (n0), (n1), (beta), wscr)
 
-/* Contiguous slices of near-equal size, each starting on a multiple of align. */
-static inline void ym__split(int n, int nth, int align, int *lo, int *hi)
+/* Slice i of nth contiguous slices of [0, n) of near-equal size, each starting on a multiple
+ * of align: [*lo, *hi). */
+static inline void ym__slice(int n, int nth, int align, int i, int *lo, int *hi)
 {
     int units = (n + align - 1) / align;
-    for (int i = 0; i < nth; i++) {
-        int u0 = (int)((long)units * i / nth), u1 = (int)((long)units * (i + 1) / nth);
-        lo[i] = u0 * align < n ? u0 * align : n;
-        hi[i] = u1 * align < n ? u1 * align : n;
-    }
+    int u0 = (int)((long)units * i / nth), u1 = (int)((long)units * (i + 1) / nth);
+    *lo = u0 * align < n ? u0 * align : n;
+    *hi = u1 * align < n ? u1 * align : n;
+}
+
+/* Every slice of ym__slice: [lo[i], hi[i]) for i in [0, nth). */
+static inline void ym__split(int n, int nth, int align, int *lo, int *hi)
+{
+    for (int i = 0; i < nth; i++)
+        ym__slice(n, nth, align, i, lo + i, hi + i);
 }
 
 static inline void add_bias(float *C, int ldc, int M, const float *b, int n0, int n1)

@@ -66,15 +66,6 @@ static int is_sparse(const ym_ctx_t *c)
     return ym_model_is_sparse(c->model);
 }
 
-/* Slice ith of nth of [0, n), as ym__split gives it. */
-static void split1(int n, int nth, int align, int ith, int *lo, int *hi)
-{
-    int units = (n + align - 1) / align;
-    int u0 = (int)((long)units * ith / nth), u1 = (int)((long)units * (ith + 1) / nth);
-    *lo = u0 * align < n ? u0 * align : n;
-    *hi = u1 * align < n ? u1 * align : n;
-}
-
 static m2dims dims_of(const ym_ctx_t *c)
 {
     const ym_config *cfg = &c->model->cfg;
@@ -98,14 +89,13 @@ static m2dims dims_of(const ym_ctx_t *c)
     return d;
 }
 
-/* c->fam_slices, per thread ith of nth: */
-#define S_Z0 0 /* [z0, z1): its z columns                 */
-#define S_Z1 1
-#define S_B0 2 /* [b0, b1): its B|C channels, of 2*G*N      */
-#define S_B1 3
-#define S_H0 4 /* [h0, h1): its heads                       */
-#define S_H1 5
-#define S_N 6 /* slices; then one int: the chunk length    */
+/* c->fam_slices, per thread ith of nth (its z columns are the context's channel slices of
+ * the layer, c->ch0 / c->ch1, since z has a layer's d_inner columns): */
+#define S_B0 0 /* [b0, b1): its B|C channels, of 2*G*N      */
+#define S_B1 1
+#define S_H0 2 /* [h0, h1): its heads                       */
+#define S_H1 3
+#define S_N 4 /* slices; then one int: the chunk length    */
 
 static ym_err mamba2_ctx_init(ym_ctx_t *c)
 {
@@ -119,7 +109,6 @@ static ym_err mamba2_ctx_init(ym_ctx_t *c)
         return YM_ENOMEM;
     int *s = c->fam_slices;
     s[S_N * nth] = chunk_len();
-    ym__split(d.Di, nth, ALIGN_CH, s + S_Z0 * nth, s + S_Z1 * nth);
     ym__split(2 * d.GN, nth, ALIGN_CH, s + S_B0 * nth, s + S_B1 * nth);
     ym__split(d.H, nth, 1, s + S_H0 * nth, s + S_H1 * nth);
     return YM_OK;
@@ -231,7 +220,7 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     const int n_in = Di + cd + H, R = c->n_rows;
     const ym_ssd_dims sd = {d.H, P, G, d.N};
     const int *s = c->fam_slices;
-    int z0 = s[S_Z0 * nth + ith], z1 = s[S_Z1 * nth + ith];
+    const int z0 = c->ch0[(size_t)l * nth + ith], z1 = c->ch1[(size_t)l * nth + ith];
     const int b0 = s[S_B0 * nth + ith], b1 = s[S_B1 * nth + ith];
     int h0 = s[S_H0 * nth + ith], h1 = s[S_H1 * nth + ith];
     const int m0 = c->md0[ith], m1 = c->md1[ith];
@@ -241,8 +230,7 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
     const int ad = b->adapters != NULL; /* adapters: take the hooks */
 
     if (pl != NULL) {
-        split1(Di, nth, ALIGN_CH, ith, &z0, &z1);
-        split1(H, nth, 1, ith, &h0, &h1);
+        ym__slice(H, nth, 1, ith, &h0, &h1);
         if (H == 0) { /* every head dropped: the mixer's output is out_proj's bias */
             if (L->out_proj_b != NULL)
                 add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
