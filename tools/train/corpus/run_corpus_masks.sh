@@ -18,13 +18,17 @@
 #        chan-50/70/90    masks learn --channel-sparsity P (one threshold for the whole model:
 #                         the learned allocation), seed 1
 #        block-30-s1, block-70-s1
-#      each STEPS steps of BATCH x 256 tokens of train.txt;
+#        chan-50-sS, chan-70-sS, chan-90-sS  for S in CHAN_SEEDS beyond 1 (seed 1 is chan-P)
+#      each STEPS steps of BATCH x 256 tokens of train.txt; BLOCK_ARGS go to every block job
+#      (e.g. --order-from PROFILE: blocks in that profile's scan order);
 #   3. OUT_DIR: the model's shards (model-0000k-of-0000n.safetensors), model.tar.gz (config,
 #      index, the corpus model's logs and evaluations), masks.tar.gz (profiles, logs), run.log.
 # The model stays in $WORK/model (WORK=/tmp/peft-scale by default, the directory
 # run_peft_scale.sh reads with REUSE_MODEL=1), so a next call on the same machine can use it.
 # Settings (environment): TOTAL_S (570), MODEL_S (300), POST_S (40), JOBS (5), STEPS (200),
-# BATCH (8), ONLY (job names to run, space-separated), DEVICE (cuda), PYTHON.
+# BATCH (8), ONLY (job names to run, space-separated, in the order above), CHAN_SEEDS ("1"),
+# BLOCK_ARGS, DEVICE (cuda), PYTHON; REUSE_MODEL=1: the model already in $WORK/model (left by
+# an earlier call on the same machine) is used, not retrained, and its shards are not sent back.
 set -uo pipefail
 CORPUS_IN=${1:?corpus dir}
 OUT=${2:?out dir}
@@ -51,7 +55,7 @@ say() { printf '\n[%4ss] %s\n' "$(el)" "$*"; }
 
 pack() {
     say "packing $OUT"
-    if [ -d "$WORK/model-out/model" ]; then
+    if [ -d "$WORK/model-out/model" ] && [ "${REUSE_MODEL:-0}" != 1 ]; then
         cp "$WORK"/model-out/model/model-*.safetensors "$OUT/" 2>/dev/null
         mkdir -p "$WORK/pack/corpus_model"
         cp "$WORK"/model-out/model/*.json "$WORK/pack/corpus_model/" 2>/dev/null
@@ -78,13 +82,17 @@ say "0. token cache ($TOKJ)"
     --val-text "$CORPUS/val.txt" --cache-dir "$WORK/data" --extra "$CORPUS/test-head.txt" \
     2>&1 | tee "$MASKS/tokenize.log"
 
-say "1. the corpus model (run_corpus_model.sh)"
-DEADLINE_S=$(( MODEL_S - $(el) )) POST_S=${POST_S:-40} SKIP_TP=1 EVAL_FILES=test-head \
-    SHAPE_A=${SHAPE_A:---d-model 640 --n-layer 8} TOKENIZER_JSON="$TOKJ" \
-    bash tools/train/corpus/run_corpus_model.sh "$CORPUS" "$WORK/model-out" \
-    > "$MASKS/corpus_model.log" 2>&1
-tail -n 25 "$MASKS/corpus_model.log"
 MODEL=$WORK/model
+if [ "${REUSE_MODEL:-0}" = 1 ] && [ -f "$MODEL/model.safetensors" ]; then
+    say "1. the corpus model already in $MODEL (REUSE_MODEL=1: not retrained)"
+else
+    say "1. the corpus model (run_corpus_model.sh)"
+    DEADLINE_S=$(( MODEL_S - $(el) )) POST_S=${POST_S:-40} SKIP_TP=1 EVAL_FILES=test-head \
+        SHAPE_A=${SHAPE_A:---d-model 640 --n-layer 8} TOKENIZER_JSON="$TOKJ" \
+        bash tools/train/corpus/run_corpus_model.sh "$CORPUS" "$WORK/model-out" \
+        > "$MASKS/corpus_model.log" 2>&1
+    tail -n 25 "$MASKS/corpus_model.log"
+fi
 [ -f "$MODEL/model.safetensors" ] || { echo "no model: masks skipped"; exit 1; }
 grep -h '"ppl"' "$WORK/results/eval_test-head.json" 2>/dev/null | head -n 1
 
@@ -106,16 +114,22 @@ job() {  # NAME MODULE ARGS...: start when fewer than JOBS run, bounded by the d
 }
 pids=()
 say "2. masks: $JOBS at a time, deadline ${DEADLINE}s"
-for s in 1 2 3; do
-    job "block-50-s$s" block_masks --train-text "$CORPUS/train.txt" --state-sparsity 0.5 \
-        --init-from-magnitude --seed "$s"
-done
-for p in 50 70 90; do
-    job "chan-$p" masks --text "$CORPUS/train.txt" --channel-sparsity "0.$p" --seed 1 --bf16
-done
-for p in 30 70; do
-    job "block-$p-s1" block_masks --train-text "$CORPUS/train.txt" --state-sparsity "0.$p" \
-        --init-from-magnitude --seed 1
+# shellcheck disable=SC2086  # BLOCK_ARGS: words
+block() {  # LEVEL SEED
+    job "block-$1-s$2" block_masks --train-text "$CORPUS/train.txt" --state-sparsity "0.$1" \
+        --init-from-magnitude --seed "$2" ${BLOCK_ARGS:-}
+}
+chan() {  # LEVEL SEED
+    local name=chan-$1
+    [ "$2" = 1 ] || name=chan-$1-s$2
+    job "$name" masks --text "$CORPUS/train.txt" --channel-sparsity "0.$1" --seed "$2" --bf16
+}
+for s in 1 2 3; do block 50 "$s"; done
+for p in 50 70 90; do chan "$p" 1; done
+for p in 30 70; do block "$p" 1; done
+for s in ${CHAN_SEEDS:-1}; do
+    [ "$s" = 1 ] && continue
+    for p in 50 70 90; do chan "$p" "$s"; done
 done
 for p in "${pids[@]}"; do wait "$p"; done   # (a bare wait would also wait for tee)
 say "masks done"
