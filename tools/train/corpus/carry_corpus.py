@@ -37,6 +37,9 @@ def read_split(corpus, name):
 
 
 def docs_of(text):
+    """The documents of a split; the split's final newline is not part of its last one."""
+    if text.endswith("\n"):
+        text = text[:-1]
     return [d for d in text.split(SEP) if d.strip()]
 
 
