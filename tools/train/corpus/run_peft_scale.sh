@@ -27,8 +27,9 @@
 # REUSE_MODEL=1: use the model already in $WORK/model (e.g. left by run_corpus_masks.sh in an
 # earlier call on the same machine) instead of retraining it; SPLIT=1: each seed's ranks run
 # as two processes (the first two ranks with every rule, the others without ia3 and full),
-# so that four ranks and full fine-tuning fit in one call; at most PEFT_JOBS (6) of them at a
-# time, the recovery process included.
+# so that four ranks and full fine-tuning fit in one call; at most PEFT_JOBS (5) of them at a
+# time, the recovery process included (on an 80 GB card a PEFT process holds ~12 GB and the
+# recovery ~19 GB: six at once left the recovery out of memory).
 set -uo pipefail
 CORPUS_IN=${1:?corpus dir}
 OUT=${2:?out dir}
@@ -112,9 +113,9 @@ if [ -f "$RES/importance.json" ] && [ "${SPLIT:-0}" = 1 ]; then
     R1=$(IFS=,; echo "${RK[*]:0:2}")
     R2=$(IFS=,; echo "${RK[*]:2}")
     peft() {  # TAG ARGS...: at most PEFT_JOBS processes at a time (each holds ~12 GB of
-        local tag=$1  # GPU memory: 10 at once ran out on an 80 GB card)
+        local tag=$1  # GPU memory: 10 at once ran out on an 80 GB card, 6 with the recovery)
         shift
-        while [ "$(jobs -rp | wc -l)" -ge "${PEFT_JOBS:-6}" ]; do sleep 1; done
+        while [ "$(jobs -rp | wc -l)" -ge "${PEFT_JOBS:-5}" ]; do sleep 1; done
         timeout "$LEFT" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
             --importance "$RES/importance.json" --seq-len 128 --test-windows 256 --steps 100 \
             ${PEFT_ARGS:-} "$@" --out "$RES/peft_$tag.json" > "$RES/peft_$tag.log" 2>&1 &
