@@ -196,10 +196,22 @@ static int walk_units(walk_unit *units, int n, const ym_weight *w, size_t n_stat
     return n;
 }
 
+/* Bytes of one sequence's state as m runs it (ym_state_new_for_model: compact for a sparse
+ * model, as the server allocates it); 0 when it cannot be made. */
+static size_t model_state_bytes(const ym_model_t *m)
+{
+    ym_state_t *s = NULL;
+    if (ym_state_new_for_model(m, &s) != YM_OK)
+        return 0;
+    size_t n = ym_state_floats(s) * sizeof(float);
+    ym_state_free(s);
+    return n;
+}
+
 static int walk_init(walk_job *j, const ym_model_t *m, int n_threads)
 {
     int rows = m->lm_head.n_rows, cols = m->lm_head.n_cols;
-    size_t n_state = ym_config_state_bytes(&m->cfg) / sizeof(float);
+    size_t n_state = model_state_bytes(m) / sizeof(float);
     memset(j, 0, sizeof(*j));
     for (int pass = 0; pass < 2; pass++) { /* count, then fill */
         int n = 0;
@@ -291,7 +303,7 @@ static int floor_windows(ym_ctx_t *ctx, const ym_model_t *m, ym_pool_t *pool, in
         free(logits);
         return -1;
     }
-    if (ym_state_new(&m->cfg, &s) != YM_OK) {
+    if (ym_state_new_for_model(m, &s) != YM_OK) {
         free(logits);
         walk_deinit(&wj);
         return -1;
@@ -433,7 +445,7 @@ static int32_t rand_token(int n_vocab)
 static double bench_prefill(ym_ctx_t *ctx, const ym_model_t *m, int n_prompt, int reps)
 {
     ym_state_t *s = NULL;
-    if (ym_state_new(&m->cfg, &s) != YM_OK)
+    if (ym_state_new_for_model(m, &s) != YM_OK)
         return 0;
     int32_t *toks = malloc(sizeof(int32_t) * (size_t)n_prompt);
     float *logits = malloc(sizeof(float) * (size_t)m->cfg.n_vocab);
@@ -466,7 +478,7 @@ static double bench_decode_adapted(ym_ctx_t *ctx, const ym_model_t *m, int batch
     int *st = malloc(sizeof(int) * (size_t)(batch + 1));
     float *logits = malloc(sizeof(float) * (size_t)batch * m->cfg.n_vocab);
     for (int i = 0; i < batch; i++)
-        ym_state_new(&m->cfg, &s[i]);
+        ym_state_new_for_model(m, &s[i]);
     for (int i = 0; i <= batch; i++)
         st[i] = i;
     ym_batch b = {.n_seq = batch, .tokens = toks, .seq_start = st, .states = s,
@@ -991,7 +1003,7 @@ int ym_cmd_bench(int argc, char **argv)
      * the step's own bytes moved the step's way, started within milliseconds of it) over
      * the step's time. Also the quietest pass over the quietest step of the run (the same
      * length, sampled alternately). */
-    const double state_bytes = (double)ym_config_state_bytes(&m->cfg);
+    const double state_bytes = (double)model_state_bytes(m);
     const double step_bytes = (double)m->weight_bytes + 2.0 * state_bytes;
     int n_w = floors && i1 >= 0 ? n_win : 0;
     double *win = calloc((size_t)n_w + 1, sizeof(double));

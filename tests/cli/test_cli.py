@@ -726,6 +726,15 @@ class TestSparsity(CliTestBase):
             self.assertIn(k, b)
         self.assertLess(b["weight_bytes"], b["dense"]["weight_bytes"])
         self.assertEqual(set(b["decode_speedup"]), {"1", "2"})
+        # state_bytes is the compact state the server allocates for this profile: per layer
+        # the kept channels' conv windows and the scan plan's lanes, each padded to 16 floats
+        info = self.json_out(["inspect", self.dir, "--json", "--sparsity", self.p_mask])
+        k = info["config"]["d_conv"] - 1
+        pad = lambda n: (n + 15) // 16 * 16
+        compact = 4 * sum(pad(e["channels"] * k) + pad(e["scan_lanes"])
+                          for e in info["sparsity"]["layers"])
+        self.assertEqual(b["state_bytes"], compact)
+        self.assertLess(b["state_bytes"], info["state_bytes"])
         b = self.json_out(["bench", "--model", self.dir, "--json", "--no-floors", "--prompt",
                            "8", "--steps", "2", "--batches", "1"])
         self.assertIsNone(b["sparsity"])
