@@ -2511,6 +2511,30 @@ class Mamba2Serving(unittest.TestCase):
         finally:
             self.assertEqual(m1.stop(), 0)
 
+    def test_a_profile_serves_and_refuses_adapters_by_name(self):
+        """A Mamba-2 model under a head profile: completions run, the startup line says
+        adapters are refused, and an upload gets 422 naming why; the daemon keeps serving."""
+        model = os.path.join(ROOT, "tests", "fixtures", "mamba2", "m2-g2-bias-untied-k3-bf16")
+        prof = os.path.join(ROOT, "tests", "fixtures", "mamba2_sparse", "head-g2-bias-k3-bf16",
+                            "yunmin.sparsity.safetensors")
+        tmp = tempfile.mkdtemp(prefix="yunmin-m2-sparse-")
+        d = Daemon("--model", model, "--sparsity", prof, "--adapter-dir", tmp)
+        try:
+            body = {"prompt": "First Citizen:\n", "max_tokens": 8, "temperature": 0}
+            r = d.post("/v1/completions", body)
+            self.assertEqual(r.status_code, 200, r.text)
+            r = upload(d, "m2", os.path.join(ROOT, "tests", "fixtures", "mamba2", "lora-m2-g2"),
+                       drop={"logits.safetensors"})
+            self.assertEqual(r.status_code, 422, r.text)
+            self.assertIn("sparsity profile", r.json()["error"]["message"])
+            self.assertEqual(requests.get(d.url + "/v1/adapters/m2", timeout=T).status_code, 404)
+            self.assertEqual(d.post("/v1/completions", body).status_code, 200)
+        finally:
+            self.assertEqual(d.stop(), 0)
+            subprocess.run(["rm", "-rf", tmp])
+        self.assertIn("adapters are refused under a Mamba-2 profile", d.log())
+
+
 
 class FalconMambaAdapters(unittest.TestCase):
     """PEFT adapters uploaded to a Falcon-Mamba daemon (tests/fixtures/mamba2/fm-bias-k3-f32,
