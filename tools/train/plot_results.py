@@ -13,6 +13,12 @@ writes
       decode; one `yunmin bench` run per profile, engine_bench_magnitude-alloc-*.txt) at the
       learned allocation against the counted weight-byte and multiply-add ratios, and held-out
       perplexity (mean +- sd over the 5 seeds) against the batch-1 decode speed-up;
+  docs/img/peft_pareto_corpus.png  PEFT placement on two trainings of the corpus model
+      (tools/train/results/peft_scale/trained/ and retrain3/, peft_seed*.json): test loss of
+      the Bible adaptation against the trainable parameters (log scale) for each placement rule
+      over the rank sweep 2-16, IA³ alone and full fine-tuning, mean +- sd over the seeds of
+      each cell, the Pareto front of the means dotted (full fine-tuning, 0.1 nats lower, is
+      written in the corner, not plotted);
   docs/img/prune_tradeoff.png  `yunmin prune` on the default model and the corpus model
       (bench/results/prune/): held-out perplexity along the search, perplexity on unseen text of
       the searched (held-out part at the text's end, and spread over it: spread/), uniform and
@@ -39,6 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCALE = os.path.join(ROOT, "tools", "train", "results", "scale")
 PRUNE = os.path.join(ROOT, "bench", "results", "prune")
+PEFT = os.path.join(ROOT, "tools", "train", "results", "peft_scale")
 
 METHODS = [  # (name in the raw files, label, colour)
     ("learned", "learned (one threshold: own allocation)", "#1f77b4"),
@@ -128,6 +135,82 @@ def plot_masks(out_dir):
                  fontsize=10)
     fig.tight_layout()
     dst = os.path.join(out_dir, "channel_masks_corpus.png")
+    fig.savefig(dst, dpi=90)
+    print("wrote", dst)
+
+
+PEFT_RULES = [  # (rule in the raw files, label, colour)
+    ("top", "hybrid: LoRA on the 2 most important layers (the seed's rule)", "#1f77b4"),
+    ("least", "hybrid: LoRA on the 2 least important layers", "#ff7f0e"),
+    ("last", "hybrid: LoRA on the last 2 layers", "#2ca02c"),
+    ("learned", "hybrid: learned rank allocation", "#9467bd"),
+    ("lora-all", "LoRA on every layer", "#d62728"),
+    ("ia3", "IA3 alone", "#8c564b"),
+    ("full", "full fine-tuning", "black"),
+]
+
+
+def peft_cells(folder):
+    """{(rule, rank): ([test loss per seed], trainable params)} from a sweep's peft_seed*.json
+    (a file whose processes failed may be missing; rows are written as they finish)."""
+    cells = {}
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("peft_seed") and name.endswith(".json"):
+            for r in load(os.path.join(folder, name))["rows"]:
+                c = cells.setdefault((r["rule"], r["rank"]), ([], r["trainable_params"]))
+                c[0].append(r["test_loss"])
+    return cells
+
+
+def plot_peft(out_dir):
+    runs = [("trained", "first training (test-head ppl 32.60)"),
+            ("retrain3", "second training (test-head ppl 33.38)")]
+    fig, ax = plt.subplots(1, 2, figsize=(15, 5.6), sharey=False)
+    print("PEFT placement on the corpus model: test loss mean / sd / n seeds")
+    for i, (folder, title) in enumerate(runs):
+        cells = peft_cells(os.path.join(PEFT, folder))
+        pts = []
+        for rule, label, col in PEFT_RULES:
+            keys = sorted(k for k in cells if k[0] == rule)
+            if not keys:
+                continue
+            xs, ms, sds, ns = [], [], [], []
+            for k in keys:
+                mu, sd, n = mean_sd(cells[k][0])
+                xs.append(cells[k][1])
+                ms.append(mu)
+                sds.append(sd)
+                ns.append(n)
+                pts.append((cells[k][1], mu))
+                print("  %-9s %-9s r%-2d %9d params: %.4f +- %.4f (n=%d)"
+                      % (folder, rule, k[1], cells[k][1], mu, sd, n))
+            if rule == "full":  # 0.1 nats below the rest: a note, not a point on the scale
+                ax[i].annotate("full fine-tuning (%s params): %.3f +- %.3f, n=%d, below"
+                               % (format(xs[0], ","), ms[0], sds[0], ns[0]),
+                               xy=(0.98, 0.02), xycoords="axes fraction", ha="right",
+                               fontsize=8)
+                continue
+            ax[i].errorbar(xs, ms, yerr=sds, color=col, marker="o", ms=4, capsize=3,
+                           ls="-" if len(xs) > 1 else "none",
+                           label=label + ("" if len(set(ns)) == 1 and ns[0] > 1 else
+                                          " (seeds: %s)" % "/".join(map(str, ns))))
+        front = [p for p in pts if not any((q[0] <= p[0] and q[1] < p[1]) or
+                                           (q[0] < p[0] and q[1] <= p[1]) for q in pts)]
+        front.sort()
+        lora = [p[1] for p in pts if p[0] < 1e7]
+        ax[i].set_ylim(min(lora) - 0.01, max(lora) + 0.006)
+        ax[i].plot([p[0] for p in front], [p[1] for p in front], color="gray", ls=":", lw=1,
+                   label="Pareto front of the means")
+        ax[i].set_xscale("log")
+        ax[i].set_xlabel("trainable parameters (log scale); LoRA ranks 2, 4, 8, 16")
+        ax[i].set_ylabel("Bible test loss (nats / token)")
+        ax[i].set_title(title, fontsize=10)
+        ax[i].grid(alpha=0.3)
+        ax[i].legend(fontsize=7)
+    fig.suptitle("PEFT placement on the corpus model (Mamba-1, 28.9 M parameters): mean +- sd "
+                 "over seeds, 100 steps each", fontsize=10)
+    fig.tight_layout()
+    dst = os.path.join(out_dir, "peft_pareto_corpus.png")
     fig.savefig(dst, dpi=90)
     print("wrote", dst)
 
@@ -343,6 +426,7 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     plot_masks(args.out_dir)
     plot_speed(args.out_dir)
+    plot_peft(args.out_dir)
     plot_prune(args.out_dir)
     return 0
 
