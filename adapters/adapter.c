@@ -27,6 +27,7 @@
 #include "engine/fileio.h"
 #include "engine/safetensors.h"
 #include "engine/sparse.h"
+#include "engine/ssd.h"
 
 #define MAX_CONFIG_BYTES ((size_t)1 << 20)
 #define DEFAULT_R_MAX 256
@@ -185,6 +186,81 @@ static int pieces_to_served(ym_adapter_t *a)
     return 0;
 }
 
+/* Module widths as the compiled form lays them out for layer l of m: the config's, except on a
+ * Mamba-2 layer served under a head profile (engine/sparse.c), whose in_proj has only its
+ * served rows [z | x | B C | dt] (kept heads) and out_proj only its kept heads' channels, packed
+ * in that order; the forward strides its buffers by these widths (engine/mamba2.c). */
+static void module_dims(const ym_model_t *m, int l, ym_proj pj, size_t *ni, size_t *no)
+{
+    const ym_layer *L = &m->layers[l];
+    *ni = (size_t)ym_proj_n_in(&m->cfg, pj);
+    *no = (size_t)ym_proj_n_out(&m->cfg, pj);
+    if (L->ssd_plan != NULL && pj == YM_PROJ_IN)
+        *no = (size_t)L->in_proj.n_rows;
+    else if (L->ssd_plan != NULL && pj == YM_PROJ_OUT)
+        *ni = (size_t)L->d_inner;
+}
+
+/* The dense index of served in_proj row i (kind 0) or served channel i (kind 1) of a Mamba-2
+ * layer under a head profile: the layout engine/sparse.c gives it. */
+static size_t m2_dense_index(const ym_model_t *m, int l, int kind, size_t i)
+{
+    const ym_config *c = &m->cfg;
+    const ym_ssd_plan *pl = m->layers[l].ssd_plan;
+    const size_t P = (size_t)c->head_dim, Di = (size_t)c->d_inner;
+    const size_t GN = (size_t)c->n_group * (size_t)c->d_state, dk = (size_t)pl->n_head * P;
+    if (kind == 1 || i < dk) /* a channel, or z */
+        return (size_t)pl->head[i / P] * P + i % P;
+    if (i < 2 * dk) /* x */
+        return Di + (size_t)pl->head[(i - dk) / P] * P + (i - dk) % P;
+    if (i < 2 * dk + 2 * GN) /* B, C */
+        return 2 * Di + (i - 2 * dk);
+    return 2 * Di + 2 * GN + (size_t)pl->head[i - 2 * dk - 2 * GN]; /* dt */
+}
+
+/* A Mamba-2 model served under a head profile: every piece's in_proj output rows and out_proj
+ * input channels gathered to the served layout, packed (module_dims). What PEFT trained on a
+ * dropped head's rows and channels has no effect on the pruned model (its outputs go unused,
+ * its y is 0), so this is exact. 0, or -1 on no memory. */
+static int pieces_to_served_m2(ym_adapter_t *a)
+{
+    for (int k = 0; k < a->n_pieces; k++) {
+        piece *p = &a->pieces[k];
+        size_t ni, no, dni = (size_t)ym_proj_n_in(&a->model->cfg, p->proj);
+        module_dims(a->model, p->layer, p->proj, &ni, &no);
+        int out_rows = p->proj == YM_PROJ_IN, in_ch = p->proj == YM_PROJ_OUT;
+        float *t = NULL;
+        if (p->type == YM_PEFT_LORA && out_rows) { /* B [no, r]: the served rows */
+            if ((t = malloc(sizeof(float) * no * (size_t)p->r)) == NULL)
+                return -1;
+            for (size_t o = 0; o < no; o++)
+                memcpy(t + o * (size_t)p->r,
+                       p->B + m2_dense_index(a->model, p->layer, 0, o) * (size_t)p->r,
+                       sizeof(float) * (size_t)p->r);
+            free(p->B);
+            p->B = t;
+        } else if (p->type == YM_PEFT_LORA && in_ch) { /* A [r, ni]: the served channels */
+            if ((t = malloc(sizeof(float) * ni * (size_t)p->r)) == NULL)
+                return -1;
+            for (int j = 0; j < p->r; j++)
+                for (size_t q = 0; q < ni; q++)
+                    t[(size_t)j * ni + q] =
+                        p->A[(size_t)j * dni + m2_dense_index(a->model, p->layer, 1, q)];
+            free(p->A);
+            p->A = t;
+        } else if (p->type == YM_PEFT_IA3 && ((p->ff && in_ch) || (!p->ff && out_rows))) {
+            size_t n = p->ff ? ni : no;
+            if ((t = malloc(sizeof(float) * n)) == NULL)
+                return -1;
+            for (size_t x = 0; x < n; x++)
+                t[x] = p->g[m2_dense_index(a->model, p->layer, p->ff ? 1 : 0, x)];
+            free(p->g);
+            p->g = t;
+        }
+    }
+    return 0;
+}
+
 /* The module's bias at output o of the compiled (dense-strided) layout, or 0: a sparse layer
  * stores in_proj's bias as [x half of n_kept, z half of n_kept] and dt_proj's as [n_kept]. */
 static float bias_at(const ym_model_t *m, int l, ym_proj pj, const float *bias, size_t o)
@@ -203,17 +279,13 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
 {
     const ym_config *cfg = &a->model->cfg;
     const int n_mod = cfg->n_layer * YM_PROJ_N;
-    /* A head profile (Mamba-2) serves another in_proj row layout; mapping adapters onto it is
-     * not done yet. */
-    if (ym_model_is_sparse(a->model) && cfg->arch == YM_ARCH_MAMBA2)
-        return ym_diag_set(diag, YM_EINVAL, "adapters do not run on a Mamba-2 model served "
-                           "under a sparsity profile yet");
     int *rank = calloc((size_t)n_mod, sizeof(int)), *fill = calloc((size_t)n_mod, sizeof(int));
     unsigned char *gin = calloc((size_t)n_mod, 1), *gout = calloc((size_t)n_mod, 1);
     ym_err err = YM_ENOMEM;
     if (rank == NULL || fill == NULL || gin == NULL || gout == NULL)
         goto done;
-    if (ym_model_is_sparse(a->model) && pieces_to_served(a) != 0)
+    if (ym_model_is_sparse(a->model) &&
+        (cfg->arch == YM_ARCH_MAMBA2 ? pieces_to_served_m2(a) : pieces_to_served(a)) != 0)
         goto done;
     /* sizes: per module, total rank and which scales exist */
     for (int k = 0; k < a->n_pieces; k++) {
@@ -235,8 +307,8 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
         }
     size_t total = 0;
     for (int m = 0; m < n_mod; m++) {
-        ym_proj pj = (ym_proj)(m % YM_PROJ_N);
-        size_t ni = (size_t)ym_proj_n_in(cfg, pj), no = (size_t)ym_proj_n_out(cfg, pj);
+        size_t ni, no;
+        module_dims(a->model, m / YM_PROJ_N, (ym_proj)(m % YM_PROJ_N), &ni, &no);
         total += PAD16((size_t)rank[m] * ni) + PAD16((size_t)rank[m] * no);
         total += gin[m] ? PAD16(ni) : 0;
         total += gout[m] ? 2 * PAD16(no) : 0; /* g_out and b_out */
@@ -249,7 +321,8 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
     float *next = a->arena;
     for (int m = 0; m < n_mod; m++) {
         ym_proj pj = (ym_proj)(m % YM_PROJ_N);
-        size_t ni = (size_t)ym_proj_n_in(cfg, pj), no = (size_t)ym_proj_n_out(cfg, pj);
+        size_t ni, no;
+        module_dims(a->model, m / YM_PROJ_N, pj, &ni, &no);
         ym_adapt_proj *P = &a->proj[m];
         P->r = rank[m];
         if (rank[m] > 0) {
@@ -282,7 +355,8 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
     for (int k = 0; k < a->n_pieces; k++) {
         const piece *p = &a->pieces[k];
         int m = p->layer * YM_PROJ_N + p->proj;
-        size_t ni = (size_t)ym_proj_n_in(cfg, p->proj), no = (size_t)ym_proj_n_out(cfg, p->proj);
+        size_t ni, no;
+        module_dims(a->model, p->layer, p->proj, &ni, &no);
         ym_adapt_proj *P = &a->proj[m];
         if (p->type == YM_PEFT_LORA) {
             int R = rank[m], j0 = fill[m];
@@ -305,8 +379,8 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
     for (int i = 0; i < a->n_parts; i++)
         for (int m = 0; m < n_mod; m++) {
             const ym_adapt_proj *q = &a->parts[i]->proj[m];
-            ym_proj pj = (ym_proj)(m % YM_PROJ_N);
-            size_t ni = (size_t)ym_proj_n_in(cfg, pj), no = (size_t)ym_proj_n_out(cfg, pj);
+            size_t ni, no;
+            module_dims(a->model, m / YM_PROJ_N, (ym_proj)(m % YM_PROJ_N), &ni, &no);
             ym_adapt_proj *P = &a->proj[m];
             if (q->r > 0) {
                 int R = rank[m], j0 = fill[m];
@@ -327,7 +401,8 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
         const float *bias = module_bias(a->model, m / YM_PROJ_N, pj);
         ym_adapt_proj *P = &a->proj[m];
         if (P->g_out != NULL && bias != NULL) {
-            size_t no = (size_t)ym_proj_n_out(cfg, pj);
+            size_t ni, no;
+            module_dims(a->model, m / YM_PROJ_N, pj, &ni, &no);
             float *b = next;
             next += PAD16(no);
             for (size_t o = 0; o < no; o++)

@@ -231,9 +231,15 @@ static void mamba2_layer(ym_ctx_t *c, int ith, int nth, int l, float *hn, float 
 
     if (pl != NULL) {
         ym__slice(H, nth, 1, ith, &h0, &h1);
-        if (H == 0) { /* every head dropped: the mixer's output is out_proj's bias */
-            if (L->out_proj_b != NULL)
-                add_bias(c->h, dm, R, L->out_proj_b, m0, m1);
+        if (H == 0) { /* every head dropped: the mixer's output is out_proj's bias (an IA³
+                       * output scale's g_out ⊙ bias for a sequence whose adapter has one;
+                       * LoRA adds nothing to a zero input) */
+            for (int sq = 0; sq < b->n_seq && L->out_proj_b != NULL; sq++) {
+                const ym_adapt_proj *a = ad ? aproj(b, sq, l, YM_PROJ_OUT) : NULL;
+                int r0 = b->seq_start[sq], r1 = b->seq_start[sq + 1];
+                add_bias(c->h + (size_t)r0 * dm, dm, r1 - r0,
+                         a != NULL && a->b_out != NULL ? a->b_out : L->out_proj_b, m0, m1);
+            }
             ym_pool_barrier(c->pool);
             return;
         }

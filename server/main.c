@@ -183,11 +183,9 @@ static void after_load(uv_work_t *w, int status)
     if (srv->sparsity_path[0] != '\0')
         ym_log(YM_LOG_INFO, NULL,
                "serving the sparsity profile %s: %lld of %lld channels kept, %lld live state "
-               "entries (%s)",
+               "entries (adapters are compiled against this layout)",
                srv->sparsity_path, (long long)srv->model->n_channels_kept,
-               (long long)c->n_layer * c->d_inner, (long long)srv->model->n_states_live,
-               c->arch == YM_ARCH_MAMBA2 ? "adapters are refused under a Mamba-2 profile"
-                                         : "adapters are compiled against this layout");
+               (long long)c->n_layer * c->d_inner, (long long)srv->model->n_states_live);
 }
 
 /* The state cache's disk tier (docs/SERVER.md "State tiers"). */

@@ -2221,7 +2221,8 @@ class SessionAdapters(unittest.TestCase):
 
 class SparseServing(unittest.TestCase):
     """yunmind serving a sparsity profile: the texts of `yunmin generate --sparsity` with the
-    same profile, sessions resume on it exactly, and adapters are refused with a message."""
+    same profile, sessions resume on it exactly, adapters compiled against its layout serve
+    as the CLI does, and a bad profile stops the start with a message."""
 
     def test_profile_served_like_the_cli_with_sessions(self):
         tmp = tempfile.mkdtemp(prefix="yunmin-sparse-")
@@ -2511,28 +2512,46 @@ class Mamba2Serving(unittest.TestCase):
         finally:
             self.assertEqual(m1.stop(), 0)
 
-    def test_a_profile_serves_and_refuses_adapters_by_name(self):
-        """A Mamba-2 model under a head profile: completions run, the startup line says
-        adapters are refused, and an upload gets 422 naming why; the daemon keeps serving."""
+    def test_adapters_on_a_head_profile_give_the_cli_texts(self):
+        """A Mamba-2 model under a head profile with an uploaded LoRA and IA³: each completion
+        equals `yunmin generate` with the same profile and adapter, differs from the bare
+        pruned model's, and the bare model still serves beside them."""
         model = os.path.join(ROOT, "tests", "fixtures", "mamba2", "m2-g2-bias-untied-k3-bf16")
         prof = os.path.join(ROOT, "tests", "fixtures", "mamba2_sparse", "head-g2-bias-k3-bf16",
                             "yunmin.sparsity.safetensors")
         tmp = tempfile.mkdtemp(prefix="yunmin-m2-sparse-")
         d = Daemon("--model", model, "--sparsity", prof, "--adapter-dir", tmp)
         try:
-            body = {"prompt": "First Citizen:\n", "max_tokens": 8, "temperature": 0}
-            r = d.post("/v1/completions", body)
-            self.assertEqual(r.status_code, 200, r.text)
-            r = upload(d, "m2", os.path.join(ROOT, "tests", "fixtures", "mamba2", "lora-m2-g2"),
-                       drop={"logits.safetensors"})
-            self.assertEqual(r.status_code, 422, r.text)
-            self.assertIn("sparsity profile", r.json()["error"]["message"])
-            self.assertEqual(requests.get(d.url + "/v1/adapters/m2", timeout=T).status_code, 404)
-            self.assertEqual(d.post("/v1/completions", body).status_code, 200)
+            body = {"prompt": "First Citizen:\n", "max_tokens": 12, "temperature": 0,
+                    "ignore_eos": True}
+
+            def cli(adapter):
+                extra = ["--adapter", adapter] if adapter else []
+                p = subprocess.run([YUNMIN, "generate", "--model", model, "--sparsity", prof,
+                                    "-p", body["prompt"], "-n", "12", "--temperature", "0",
+                                    "--threads", "1"] + extra,
+                                   capture_output=True, timeout=120)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                return cli_text(p.stdout)
+
+            bare = d.post("/v1/completions", body)
+            self.assertEqual(bare.status_code, 200, bare.text)
+            self.assertEqual(bare.json()["choices"][0]["text"], cli(None))
+            for name in ("lora-m2-g2", "ia3-m2-g2"):
+                src = os.path.join(ROOT, "tests", "fixtures", "mamba2", name)
+                r = upload(d, name, src, drop={"logits.safetensors"})
+                self.assertEqual(r.status_code, 201, (name, r.text))
+                r = d.post("/v1/completions", dict(body, model=name))
+                self.assertEqual(r.status_code, 200, r.text)
+                text = r.json()["choices"][0]["text"]
+                self.assertEqual(text, cli(src), name)
+                self.assertNotEqual(text, bare.json()["choices"][0]["text"], name)
+            self.assertEqual(d.post("/v1/completions", body).json()["choices"][0]["text"],
+                             bare.json()["choices"][0]["text"])
         finally:
             self.assertEqual(d.stop(), 0)
             subprocess.run(["rm", "-rf", tmp])
-        self.assertIn("adapters are refused under a Mamba-2 profile", d.log())
+        self.assertIn("adapters are compiled against this layout", d.log())
 
 
 

@@ -318,20 +318,91 @@ END_TEST
 
 /* Adapters are not mapped onto a head profile's layout yet: loading one against the served
  * model is refused by name, the dense model still takes it. */
-START_TEST(test_mamba2_sparse_refuses_adapters)
+/* Logits of the prompt r->ids on m: a batch of two whole-prompt sequences, the first with
+ * adapter a, the second with none, into both [2T, V]; then the first again token by token
+ * (decode steps, adapter a) into dec [T, V]. Returns ym_forward's first error. */
+static ym_err run_adapted(ym_model_t *m, const m2_ref *r, const ym_adapt *a, int n_threads,
+                          float *both, float *dec)
 {
+    ym_ctx_t *ctx = NULL;
+    ym_state_t *s[2] = { NULL, NULL };
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_int_eq(ym_ctx_new(m, 2 * r->T, n_threads, &ctx), YM_OK);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(ym_state_new_for_model(m, &s[i]), YM_OK);
+    int32_t *toks = malloc(sizeof(int32_t) * 2 * (size_t)r->T);
+    memcpy(toks, r->ids, sizeof(int32_t) * (size_t)r->T);
+    memcpy(toks + r->T, r->ids, sizeof(int32_t) * (size_t)r->T);
+    int ss[3] = { 0, r->T, 2 * r->T };
+    const ym_adapt *ads[2] = { a, NULL };
+    ym_batch b = { .n_seq = 2, .tokens = toks, .seq_start = ss, .states = s,
+                   .logits = YM_LOGITS_ALL, .adapters = ads };
+    ym_err err = ym_forward(ctx, &b, both, &d);
+    ym_state_reset(s[0]);
+    for (int t = 0; t < r->T && err == YM_OK; t++) {
+        int s1[2] = { 0, 1 };
+        ym_batch b1 = { .n_seq = 1, .tokens = r->ids + t, .seq_start = s1, .states = s,
+                        .logits = YM_LOGITS_ALL, .adapters = ads };
+        err = ym_forward(ctx, &b1, dec + (size_t)t * r->V, &d);
+    }
+    free(toks);
+    for (int i = 0; i < 2; i++)
+        ym_state_free(s[i]);
+    ym_ctx_free(ctx);
+    return err;
+}
+
+/* PEFT adapters (a LoRA and an IA³ with in_proj's bias scaled, tests/fixtures/mamba2) compiled
+ * against the model served under a head profile, against the toolkit's masked forward of the
+ * model with the adapter merged into its float64 weights (logits_ADAPTER.safetensors): in a
+ * batch beside a sequence without it (which must stay the plain masked reference), and token by
+ * token, on 1 and 3 threads. The adapter compiled for the dense model is refused there. */
+START_TEST(test_mamba2_sparse_adapters_match_toolkit)
+{
+    static const char *const ADS[2] = { "lora-m2-g2", "ia3-m2-g2" };
     ym_model_t *dense = load_model(CASES[1][1]);
     ym_sparsity *sp = load_profile(1);
     ym_model_t *m = make_sparse(dense, sp);
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s/lora-m2-g2", M2DIR);
-    ym_adapter_t *ad = NULL;
-    ym_diag d = { { 0 }, { 0 } };
-    ck_assert_int_eq(ym_adapter_load(dir, m, NULL, &ad, &d), YM_EINVAL);
-    ck_assert_msg(strstr(d.msg, "Mamba-2") && strstr(d.msg, "sparsity profile"), "%s", d.msg);
-    ck_assert_ptr_null(ad);
-    ck_assert_msg(ym_adapter_load(dir, dense, NULL, &ad, &d) == YM_OK, "%s", d.msg);
-    ym_adapter_unref(ad);
+    m2_ref base;
+    load_ref(1, &base);
+    for (int k = 0; k < 2; k++) {
+        char dir[4096], path[4096];
+        snprintf(dir, sizeof(dir), "%s/%s", M2DIR, ADS[k]);
+        snprintf(path, sizeof(path), "%s/%s/logits_%s.safetensors", SPDIR, CASES[1][0], ADS[k]);
+        m2_ref r;
+        m2_ref_load(path, &r);
+        ym_adapter_t *ad = NULL, *adense = NULL;
+        ym_diag d = { { 0 }, { 0 } };
+        ck_assert_msg(ym_adapter_load(dir, m, NULL, &ad, &d) == YM_OK, "%s", d.msg);
+        ck_assert_msg(ym_adapter_load(dir, dense, NULL, &adense, &d) == YM_OK, "%s", d.msg);
+        const size_t n = (size_t)r.T * r.V;
+        float *both = malloc(sizeof(float) * 2 * n), *dec = malloc(sizeof(float) * n);
+        const double atol = 1e-3 * r.scale;
+        ck_assert_msg(m2_maxdiff(r.logits, base.logits, n) > 10 * atol,
+                      "%s moves the logits too little to test", ADS[k]);
+        static const int threads[2] = { 1, 3 };
+        for (int t = 0; t < 2; t++) {
+            ck_assert_int_eq(run_adapted(m, &r, ym_adapter_applied(ad), threads[t], both, dec),
+                             YM_OK);
+            double e0 = m2_maxdiff(both, r.logits, n), e1 = m2_maxdiff(both + n, base.logits, n);
+            double e2 = m2_maxdiff(dec, r.logits, n);
+            if (getenv("YM_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "%s on the pruned model, %d threads: batch %.3g (beside it, "
+                        "none: %.3g) decode %.3g (atol %.3g)\n", ADS[k], threads[t], e0, e1, e2,
+                        atol);
+            ck_assert_msg(e0 <= atol, "%s: max |diff| %g > %g", ADS[k], e0, atol);
+            ck_assert_msg(e1 <= 1e-3 * base.scale, "no adapter beside it: %g", e1);
+            ck_assert_msg(e2 <= atol, "%s decode: max |diff| %g > %g", ADS[k], e2, atol);
+        }
+        ck_assert_int_eq(run_adapted(m, &r, ym_adapter_applied(adense), 1, both, dec),
+                         YM_EINVAL);
+        free(both);
+        free(dec);
+        ym_adapter_unref(ad);
+        ym_adapter_unref(adense);
+        m2_ref_free(&r);
+    }
+    m2_ref_free(&base);
     ym_model_unref(m);
     ym_sparsity_free(sp);
     ym_model_unref(dense);
@@ -349,7 +420,7 @@ Suite *mamba2_sparse_suite(void)
     tcase_add_test(tc, test_mamba2_sparse_model_and_state_shrink);
     tcase_add_test(tc, test_mamba2_sparse_refuses_mismatched_profiles);
     tcase_add_test(tc, test_mamba2_sparse_no_head_left_is_the_bare_head);
-    tcase_add_test(tc, test_mamba2_sparse_refuses_adapters);
+    tcase_add_test(tc, test_mamba2_sparse_adapters_match_toolkit);
     suite_add_tcase(s, tc);
     return s;
 }
