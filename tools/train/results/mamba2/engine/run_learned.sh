@@ -3,9 +3,10 @@
 # on the 29 M-parameter corpus model (RESULTS.md Study 8, "Learned masks in the engine";
 # docs/BENCHMARKS.md, "Mamba-2 head profiles served by the engine").
 #   MODEL=DIR TRAIN=train.txt VAL=val.txt [YUNMIN=build-test/tools/yunmin] [LEVELS="0.75 0.9"] \
-#   bash tools/train/results/mamba2/engine/run_learned.sh OUT_DIR
+#   [SEED=1] [BENCH=1] bash tools/train/results/mamba2/engine/run_learned.sh OUT_DIR
+# SEED other than 1: the profiles are named state-LEVEL-METHOD-sSEED; BENCH=0 skips step 4.
 # Steps: 1. per level, the magnitude profile and the learned-mag profile (Study 8's CPU protocol:
-# the first 2 MB of TRAIN, seed 1, 120 steps of 4 x 256 tokens, float32, 2 threads); the
+# the first 2 MB of TRAIN, seed SEED, 120 steps of 4 x 256 tokens, float32, 2 threads); the
 # learning takes minutes, so a profile already in OUT_DIR/prof is kept, not relearned;
 # 2. toolkit perplexity under the same masks on the first 64 windows of 256 tokens of the first
 # 300 kB of VAL, writing those windows as text; 3. the engine's perplexity on that text, dense
@@ -17,6 +18,8 @@ out=$1
 repo=$(cd "$(dirname "$0")/../../../../.." && pwd)
 yunmin=${YUNMIN:-$repo/build-test/tools/yunmin}
 levels=${LEVELS:-0.75 0.9}
+seed=${SEED:-1}
+sfx=""; [ "$seed" = 1 ] || sfx="-s$seed"
 mkdir -p "$out/data" "$out/prof"
 [ -e "$out/data/train2m.txt" ] || head -c 2000000 "$TRAIN" > "$out/data/train2m.txt"
 [ -e "$out/data/val300k.txt" ] || head -c 300000 "$VAL" > "$out/data/val300k.txt"
@@ -24,12 +27,12 @@ export PYTHONPATH=$repo/tools/train OMP_NUM_THREADS=2
 profs=""
 for l in $levels; do
   for m in magnitude learned-mag; do
-    f=$out/prof/state-$l-$m.safetensors
+    f=$out/prof/state-$l-$m$sfx.safetensors
     if [ ! -e "$f" ]; then
       learn=(); [ "$m" = learned-mag ] && learn=(--steps 120 --batch 4)
       nice /usr/bin/python3 -m yunmin_train.mamba2_study export --model "$MODEL" \
           --text "$out/data/train2m.txt" --cache-dir "$out/data/cache" --kind state \
-          --method "$m" --level "$l" --seed 1 "${learn[@]}" --device cpu --out "$f" \
+          --method "$m" --level "$l" --seed "$seed" "${learn[@]}" --device cpu --out "$f" \
           | tee -a "$out/export.jsonl"
     fi
     profs="$profs $f"
@@ -37,15 +40,16 @@ for l in $levels; do
 done
 nice /usr/bin/python3 "$repo/tools/train/results/mamba2/engine/toolkit_ppl.py" --model "$MODEL" \
     --val-text "$out/data/val300k.txt" --write-text "$out/data/val64w.txt" $profs \
-    | tee "$out/toolkit_ppl_learned.jsonl"
-: > "$out/engine_ppl_learned.jsonl"
+    | tee "$out/toolkit_ppl_learned$sfx.jsonl"
+: > "$out/engine_ppl_learned$sfx.jsonl"
 for p in dense $profs; do
   sp=(); [ "$p" = dense ] || sp=(--sparsity "$p")
   r=$(nice "$yunmin" perplexity --model "$MODEL" --file "$out/data/val64w.txt" --ctx 256 \
       --threads 2 "${sp[@]}")
   echo "{\"profile\": \"$(basename "$p")\", \"result\": $r}" \
-      | tee -a "$out/engine_ppl_learned.jsonl"
+      | tee -a "$out/engine_ppl_learned$sfx.jsonl"
 done
+[ "${BENCH:-1}" = 1 ] || exit 0
 for pass in 1 2; do
   for p in $profs; do
     n=$(basename "$p" .safetensors)
