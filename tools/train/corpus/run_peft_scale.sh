@@ -116,7 +116,9 @@ if [ -f "$RES/importance.json" ] && [ "${SPLIT:-0}" = 1 ]; then
         local tag=$1  # GPU memory: 10 at once ran out on an 80 GB card, 6 with the recovery)
         shift
         while [ "$(jobs -rp | wc -l)" -ge "${PEFT_JOBS:-5}" ]; do sleep 1; done
-        timeout "$LEFT" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
+        local left=$(( TOTAL_S - $(el) - 15 ))  # what is left when it starts, not at step 3
+        if [ "$left" -lt 30 ]; then echo "peft_$tag: not started (${left}s left)"; return; fi
+        timeout "$left" "$PY" -m yunmin_train.peft_scale peft "${STUDY[@]}" \
             --importance "$RES/importance.json" --seq-len 128 --test-windows 256 --steps 100 \
             ${PEFT_ARGS:-} "$@" --out "$RES/peft_$tag.json" > "$RES/peft_$tag.log" 2>&1 &
         pids+=($!)
