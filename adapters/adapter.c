@@ -129,63 +129,6 @@ static const float *module_bias(const ym_model_t *m, int l, ym_proj p)
 
 #define PAD16(n) (((size_t)(n) + 15) / 16 * 16) /* every array starts 64-byte aligned */
 
-/* Rows [base, base + n) of dst [.., w]: row base + p is row base + ch[p] of v for p < nk, and
- * fill from there on. */
-static void gather_rows_into(float *dst, const float *v, size_t w, const int32_t *ch, int nk,
-                             size_t base, size_t n, float fill)
-{
-    for (size_t p = 0; p < n; p++)
-        for (size_t k = 0; k < w; k++)
-            dst[(base + p) * w + k] = (int)p < nk ? v[(base + (size_t)ch[p]) * w + k] : fill;
-}
-
-/* A sparse model serves layer l's channels in scan order, only the kept ones (ym_layer.channel
- * maps them to the original ones): move every piece's channel-indexed dimension to that layout
- * (served channel p at index p, the strides staying the dense d_inner; positions from n_kept on
- * are 0 in LoRA factors and 1 in IA³ scales, and never read). What PEFT trained on the dropped
- * channels has no effect on the masked model (their x is 0, their outputs unused), so this is
- * exact. 0, or -1 on no memory. */
-static int pieces_to_served(ym_adapter_t *a)
-{
-    const ym_config *cfg = &a->model->cfg;
-    const size_t di = (size_t)cfg->d_inner;
-    for (int k = 0; k < a->n_pieces; k++) {
-        piece *p = &a->pieces[k];
-        const ym_layer *L = &a->model->layers[p->layer];
-        const int32_t *ch = L->channel;
-        const int nk = L->d_inner;
-        size_t ni = (size_t)ym_proj_n_in(cfg, p->proj), no = (size_t)ym_proj_n_out(cfg, p->proj);
-        int out_ch = p->proj == YM_PROJ_IN || p->proj == YM_PROJ_DT; /* n_out over channels */
-        int in_ch = p->proj == YM_PROJ_X || p->proj == YM_PROJ_OUT;  /* n_in over channels */
-        float *t = NULL;
-        if (p->type == YM_PEFT_LORA && out_ch) { /* B [no, r]: gather rows (each half of in_proj) */
-            if ((t = malloc(sizeof(float) * no * (size_t)p->r)) == NULL)
-                return -1;
-            for (size_t h = 0; h < no / di; h++)
-                gather_rows_into(t, p->B, (size_t)p->r, ch, nk, h * di, di, 0.0f);
-            free(p->B);
-            p->B = t;
-        } else if (p->type == YM_PEFT_LORA && in_ch) { /* A [r, ni]: gather columns */
-            if ((t = malloc(sizeof(float) * ni * (size_t)p->r)) == NULL)
-                return -1;
-            for (int j = 0; j < p->r; j++)
-                for (size_t q = 0; q < ni; q++)
-                    t[(size_t)j * ni + q] = (int)q < nk ? p->A[(size_t)j * ni + (size_t)ch[q]] : 0.0f;
-            free(p->A);
-            p->A = t;
-        } else if (p->type == YM_PEFT_IA3 && ((p->ff && in_ch) || (!p->ff && out_ch))) {
-            size_t n = p->ff ? ni : no;
-            if ((t = malloc(sizeof(float) * n)) == NULL)
-                return -1;
-            for (size_t h = 0; h < n / di; h++)
-                gather_rows_into(t, p->g, 1, ch, nk, h * di, di, 1.0f);
-            free(p->g);
-            p->g = t;
-        }
-    }
-    return 0;
-}
-
 /* Module widths as the compiled form lays them out for layer l of m: the config's, except on a
  * Mamba-2 layer served under a head profile (engine/sparse.c), whose in_proj has only its
  * served rows [z | x | B C | dt] (kept heads) and out_proj only its kept heads' channels, packed
@@ -218,42 +161,67 @@ static size_t m2_dense_index(const ym_model_t *m, int l, int kind, size_t i)
     return 2 * Di + 2 * GN + (size_t)pl->head[i - 2 * dk - 2 * GN]; /* dt */
 }
 
-/* A Mamba-2 model served under a head profile: every piece's in_proj output rows and out_proj
- * input channels gathered to the served layout, packed (module_dims). What PEFT trained on a
- * dropped head's rows and channels has no effect on the pruned model (its outputs go unused,
- * its y is 0), so this is exact. 0, or -1 on no memory. */
-static int pieces_to_served_m2(ym_adapter_t *a)
+/* The dense index of what layer l of a served sparse model holds at served position i of a
+ * module: kind 0 an output row of in_proj / dt_proj, kind 1 an input channel of x_proj /
+ * out_proj; -1 past a Mamba-1 layer's kept channels. A Mamba-1 layer serves its channels in
+ * scan order, only the kept ones (ym_layer.channel maps them to the original ones), at the
+ * dense strides (positions from its n_kept on are never read); a Mamba-2 layer its kept heads'
+ * rows and channels, packed (m2_dense_index). */
+static long served_src(const ym_model_t *m, int l, int kind, size_t i)
+{
+    const ym_layer *L = &m->layers[l];
+    if (L->ssd_plan != NULL)
+        return (long)m2_dense_index(m, l, kind, i);
+    const size_t di = (size_t)m->cfg.d_inner, h = kind == 0 ? i / di : 0;
+    const size_t p = kind == 0 ? i % di : i;
+    return p < (size_t)L->d_inner ? (long)(h * di + (size_t)L->channel[p]) : -1;
+}
+
+/* Every piece moved to the served sparse layout (served_src, module_dims): LoRA's rows of an
+ * output and columns of an input over channels, IA³'s scales over them; a position with no
+ * source is 0 in LoRA factors and 1 in IA³ scales. What PEFT trained on dropped channels or
+ * heads has no effect on the pruned model (their x is 0, their outputs unused), so this is
+ * exact. 0, or -1 on no memory. */
+static int pieces_to_served(ym_adapter_t *a)
 {
     for (int k = 0; k < a->n_pieces; k++) {
         piece *p = &a->pieces[k];
-        size_t ni, no, dni = (size_t)ym_proj_n_in(&a->model->cfg, p->proj);
-        module_dims(a->model, p->layer, p->proj, &ni, &no);
-        int out_rows = p->proj == YM_PROJ_IN, in_ch = p->proj == YM_PROJ_OUT;
+        const ym_model_t *m = a->model;
+        const int l = p->layer;
+        size_t ni, no, dni = (size_t)ym_proj_n_in(&m->cfg, p->proj);
+        module_dims(m, l, p->proj, &ni, &no);
+        int out_ch = p->proj == YM_PROJ_IN || p->proj == YM_PROJ_DT; /* n_out over channels */
+        int in_ch = p->proj == YM_PROJ_X || p->proj == YM_PROJ_OUT;  /* n_in over channels */
+        const size_t r = (size_t)p->r;
         float *t = NULL;
-        if (p->type == YM_PEFT_LORA && out_rows) { /* B [no, r]: the served rows */
-            if ((t = malloc(sizeof(float) * no * (size_t)p->r)) == NULL)
+        if (p->type == YM_PEFT_LORA && out_ch) { /* B [no, r]: its rows */
+            if ((t = malloc(sizeof(float) * no * r)) == NULL)
                 return -1;
-            for (size_t o = 0; o < no; o++)
-                memcpy(t + o * (size_t)p->r,
-                       p->B + m2_dense_index(a->model, p->layer, 0, o) * (size_t)p->r,
-                       sizeof(float) * (size_t)p->r);
+            for (size_t o = 0; o < no; o++) {
+                long src = served_src(m, l, 0, o);
+                for (size_t j = 0; j < r; j++)
+                    t[o * r + j] = src < 0 ? 0.0f : p->B[(size_t)src * r + j];
+            }
             free(p->B);
             p->B = t;
-        } else if (p->type == YM_PEFT_LORA && in_ch) { /* A [r, ni]: the served channels */
-            if ((t = malloc(sizeof(float) * ni * (size_t)p->r)) == NULL)
+        } else if (p->type == YM_PEFT_LORA && in_ch) { /* A [r, ni]: its columns */
+            if ((t = malloc(sizeof(float) * ni * r)) == NULL)
                 return -1;
-            for (int j = 0; j < p->r; j++)
-                for (size_t q = 0; q < ni; q++)
-                    t[(size_t)j * ni + q] =
-                        p->A[(size_t)j * dni + m2_dense_index(a->model, p->layer, 1, q)];
+            for (size_t q = 0; q < ni; q++) {
+                long src = served_src(m, l, 1, q);
+                for (size_t j = 0; j < r; j++)
+                    t[j * ni + q] = src < 0 ? 0.0f : p->A[j * dni + (size_t)src];
+            }
             free(p->A);
             p->A = t;
-        } else if (p->type == YM_PEFT_IA3 && ((p->ff && in_ch) || (!p->ff && out_rows))) {
+        } else if (p->type == YM_PEFT_IA3 && ((p->ff && in_ch) || (!p->ff && out_ch))) {
             size_t n = p->ff ? ni : no;
             if ((t = malloc(sizeof(float) * n)) == NULL)
                 return -1;
-            for (size_t x = 0; x < n; x++)
-                t[x] = p->g[m2_dense_index(a->model, p->layer, p->ff ? 1 : 0, x)];
+            for (size_t x = 0; x < n; x++) {
+                long src = served_src(m, l, p->ff ? 1 : 0, x);
+                t[x] = src < 0 ? 1.0f : p->g[src];
+            }
             free(p->g);
             p->g = t;
         }
@@ -284,8 +252,7 @@ static ym_err compile(ym_adapter_t *a, ym_diag *diag)
     ym_err err = YM_ENOMEM;
     if (rank == NULL || fill == NULL || gin == NULL || gout == NULL)
         goto done;
-    if (ym_model_is_sparse(a->model) &&
-        (cfg->arch == YM_ARCH_MAMBA2 ? pieces_to_served_m2(a) : pieces_to_served(a)) != 0)
+    if (ym_model_is_sparse(a->model) && pieces_to_served(a) != 0)
         goto done;
     /* sizes: per module, total rank and which scales exist */
     for (int k = 0; k < a->n_pieces; k++) {
