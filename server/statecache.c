@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdatomic.h>
 
+#include "engine/ssd.h"
 #include "server/disktier.h"
 #include "server/redistier.h"
 #include "server/writeq.h"
@@ -750,12 +751,14 @@ void ym_model_fingerprint(const ym_model_t *m, unsigned char out[32])
         int64_t more[] = {c->arch, c->n_head, c->head_dim, c->n_group};
         crypto_generichash_update(&h, (const unsigned char *)more, sizeof(more));
     }
-    if (c->arch == YM_ARCH_MAMBA2) { /* its layer's own tensors (engine/model.h) */
+    if (c->arch == YM_ARCH_MAMBA2) { /* its layer's own tensors (engine/model.h) at the widths
+                                       * the layer serves: a head profile keeps fewer heads */
         hash_weight(&h, &m->embed);
         hash_floats(&h, m->norm_f, (size_t)c->d_model);
         for (int l = 0; l < c->n_layer; l++) {
             const ym_layer *L = &m->layers[l];
-            size_t cc = (size_t)ym_config_conv_channels(c), nh = (size_t)c->n_head;
+            size_t nh = L->ssd_plan != NULL ? (size_t)L->ssd_plan->n_head : (size_t)c->n_head;
+            size_t di = (size_t)L->d_inner, cc = di + 2 * (size_t)c->n_group * (size_t)c->d_state;
             hash_floats(&h, L->norm, (size_t)c->d_model);
             hash_weight(&h, &L->in_proj);
             hash_floats(&h, L->conv_w, cc * (size_t)c->d_conv);
@@ -763,7 +766,7 @@ void ym_model_fingerprint(const ym_model_t *m, unsigned char out[32])
             hash_floats(&h, L->dt_bias, nh);
             hash_floats(&h, L->A, nh);
             hash_floats(&h, L->D, nh);
-            hash_floats(&h, L->gnorm, (size_t)c->d_inner);
+            hash_floats(&h, L->gnorm, di);
             hash_weight(&h, &L->out_proj);
         }
         crypto_generichash_final(&h, out, 32);
