@@ -2548,6 +2548,24 @@ class Mamba2Serving(unittest.TestCase):
                 self.assertNotEqual(text, bare.json()["choices"][0]["text"], name)
             self.assertEqual(d.post("/v1/completions", body).json()["choices"][0]["text"],
                              bare.json()["choices"][0]["text"])
+            # a session on the pruned model (compact states) resumes as a cold run computes
+            cold = Daemon("--model", model, "--sparsity", prof, "--cache-bytes", "0")
+            try:
+                turn = {"max_tokens": 8, "temperature": 0, "ignore_eos": True, "logprobs": 0,
+                        "return_tokens_as_token_ids": True}
+                hist = list(range(5, 45))
+                for k in range(2):
+                    r = d.post("/v1/completions", dict(turn, prompt=hist, session_id="sp"))
+                    c = cold.post("/v1/completions", dict(turn, prompt=hist))
+                    self.assertEqual(r.status_code, 200, r.text)
+                    self.assertEqual(c.status_code, 200, c.text)
+                    self.assertEqual(gen_ids(r.json()), gen_ids(c.json()))
+                    if k:
+                        self.assertGreater(
+                            r.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0)
+                    hist += gen_ids(r.json()) + [7]
+            finally:
+                self.assertEqual(cold.stop(), 0)
         finally:
             self.assertEqual(d.stop(), 0)
             subprocess.run(["rm", "-rf", tmp])
