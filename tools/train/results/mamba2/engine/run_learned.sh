@@ -50,19 +50,15 @@ for p in dense $profs; do
       | tee -a "$out/engine_ppl_learned$sfx.jsonl"
 done
 [ "${BENCH:-1}" = 1 ] || exit 0
-for pass in 1 2; do
-  for p in $profs; do
-    n=$(basename "$p" .safetensors)
-    uptime > "$out/bench_${n}_$pass.json.uptime"
-    nice "$yunmin" bench --model "$MODEL" --sparsity "$p" --json --no-floors --batches 1 \
-        --steps 128 --rounds 5 --threads 2 > "$out/bench_${n}_$pass.json"
+bench_passes() {  # PREFIX BATCH STEPS ROUNDS: two passes over the profiles, OUT/PREFIX_NAME_PASS.json
+  for pass in 1 2; do
+    for p in $profs; do
+      n=$(basename "$p" .safetensors)
+      uptime > "$out/$1_${n}_$pass.json.uptime"
+      nice "$yunmin" bench --model "$MODEL" --sparsity "$p" --json --no-floors --batches "$2" \
+          --steps "$3" --rounds "$4" --threads 2 > "$out/$1_${n}_$pass.json"
+    done
   done
-done
-for pass in 1 2; do
-  for p in $profs; do
-    n=$(basename "$p" .safetensors)
-    uptime > "$out/bench16_${n}_$pass.json.uptime"
-    nice "$yunmin" bench --model "$MODEL" --sparsity "$p" --json --no-floors --batches 16 \
-        --steps 32 --rounds 3 --threads 2 > "$out/bench16_${n}_$pass.json"
-  done
-done
+}
+bench_passes bench 1 128 5
+bench_passes bench16 16 32 3
