@@ -200,6 +200,21 @@
     const t0 = performance.now();
     let tFirst = null, tLast = null, chunks = 0, answer = "";
     const s = {};
+    /* The page shows the stream once per frame, not once per token: a forced layout per token
+       (scrolling the log) kept the main thread busy at a few hundred tokens/s, and everything
+       else on the page waited behind it. */
+    let pending = "", frame = 0;
+    const flush = () => {
+      if (frame) cancelAnimationFrame(frame);
+      frame = 0;
+      if (pending) {
+        gen.appendData(pending);
+        pending = "";
+        $("log").scrollTop = $("log").scrollHeight;
+      }
+      stats.textContent = fmtStats(s);
+    };
+    const show = () => { if (!frame) frame = requestAnimationFrame(flush); };
     try {
       const resp = await fetch(path, { method: "POST", headers: headers(true),
                                        body: JSON.stringify(body), signal: ctl.signal });
@@ -221,8 +236,7 @@
             tLast = now;
             chunks++;
             answer += piece;
-            gen.appendData(piece);
-            $("log").scrollTop = $("log").scrollHeight;
+            pending += piece;
           }
           if (c.finish_reason) s.finish = c.finish_reason;
         }
@@ -232,14 +246,16 @@
           const d = ev.usage.prompt_tokens_details;
           s.cached = d && d.cached_tokens != null ? d.cached_tokens : 0;
         }
-        stats.textContent = fmtStats(s);
+        show();
       });
+      flush();
       const n = s.tokens != null ? s.tokens : chunks;
       const end = performance.now();
       if (tFirst !== null && n > 1 && end > tFirst)
         s.tps = (n - 1) / ((end - tFirst) / 1000); /* tokens after the first, per second */
       if (chat) state.messages.push({ role: "assistant", content: answer });
     } catch (e) {
+      flush();
       if (e.name === "AbortError") {
         s.finish = "stopped";
         if (tFirst !== null && tLast > tFirst && chunks > 1)
@@ -254,9 +270,9 @@
         if (e.status === 401) needKey(e);
       }
     } finally {
+      flush();
       msg.classList.remove("streaming");
       msg.removeAttribute("aria-busy");
-      stats.textContent = fmtStats(s);
       state.ctl = null;
       setBusy(false);
       $("prompt").focus();
