@@ -79,6 +79,59 @@ def test_export_writes_the_study_mask(tmp_path, tiny, sample_text_path, kind, le
             assert int((sl <= 0).sum()) == round(level * H * N)
 
 
+def test_group_keep_by_hand():
+    # 1 layer, 4 heads in 2 groups, 3 entries; level 0.5 drops round(0.5 * 2 * 3) = 3 pairs
+    score = np.array([[[1.0, 9.0, 5.0], [3.0, 1.0, 5.0],        # group 0: means 2, 5, 5
+                       [8.0, 2.0, 0.5], [8.0, 4.0, 0.5]]])      # group 1: means 8, 3, 0.5
+    keep = S.group_keep(score, 0.5, 2, "mean")
+    # lowest pairs: (1, 2) 0.5, (0, 0) 2, (1, 1) 3
+    want_g = np.array([[False, True, True], [True, False, False]])
+    assert np.array_equal(keep[0], np.repeat(want_g, 2, axis=0))
+    # "norm": each head's scores over its mean first; head 1 = [3, 1, 5] / 3, head 0 / 5
+    keep = S.group_keep(score, 0.5, 2, "norm")
+    g0 = (np.array([1.0, 9.0, 5.0]) / 5 + np.array([3.0, 1.0, 5.0]) / 3) / 2
+    g1 = (np.array([8.0, 2.0, 0.5]) / 3.5 + np.array([8.0, 4.0, 0.5]) / 12.5 * 3) / 2
+    flat = np.concatenate([g0, g1])
+    drop = np.argsort(flat, kind="stable")[:3]
+    want = np.ones(6, dtype=bool)
+    want[drop] = False
+    assert np.array_equal(keep[0], np.repeat(want.reshape(2, 3), 2, axis=0))
+
+
+@pytest.mark.parametrize("how", ["mean", "norm"])
+def test_export_group_shared_state_mask(tmp_path, tiny, sample_text_path, how):
+    tensors, meta = export(tmp_path, tiny, sample_text_path, "--kind", "state", "--level",
+                           "0.75", "--seed", "2", "--share", "group", "--group-score", how)
+    model = load_model(tiny).eval()
+    c = model.config
+    L, H, N, G = c.num_hidden_layers, c.num_heads, c.state_size, c.n_groups
+    assert G == 2 and meta["share"] == "group" and meta["group_score"] == how
+    tok = os.path.join(tiny, "tokenizer.json")
+    tr = data_mod.tokenize_cached(data_mod.read_text(sample_text_path), tok, None, "train")
+    n_cal = min(64, max(16, tr.size - 1))
+    cal0 = (2 * 7919 * n_cal) % max(1, tr.size - n_cal)
+    score = S.state_magnitude(model, tr[cal0:cal0 + n_cal], ctx=16).mean(axis=2)
+    if how == "norm":
+        score = score / score.mean(axis=2, keepdims=True)
+    per = H // G
+    for l in range(L):
+        got = tensors[f"layers.{l}.state_logits"] > 0
+        assert (tensors[f"layers.{l}.head_logits"] > 0).all()
+        for g in range(G):
+            rows = got[g * per:(g + 1) * per]
+            assert (rows == rows[0]).all()                      # one row per group
+        # the group's pairs dropped are the lowest of the heads' averaged scores
+        gs = np.stack([score[l, g * per:(g + 1) * per].mean(0) for g in range(G)])
+        kept = np.stack([got[g * per] for g in range(G)])
+        assert int((~kept).sum()) == round(0.75 * G * N)
+        assert gs[~kept].max() <= gs[kept].min()
+    # not the per-head mask (else the option does nothing on this model)
+    per_head = S.keep_top(S.state_magnitude(model, tr[cal0:cal0 + n_cal], ctx=16).mean(axis=2),
+                          0.75)
+    assert not np.array_equal(np.stack([tensors[f"layers.{l}.state_logits"] > 0
+                                        for l in range(L)]), per_head)
+
+
 def test_export_random_is_the_study_draw(tmp_path, tiny, sample_text_path):
     tensors, meta = export(tmp_path, tiny, sample_text_path, "--kind", "state", "--method",
                            "random", "--level", "0.5", "--seed", "5")
@@ -154,6 +207,7 @@ def test_export_learned_stops_at_max_seconds(tmp_path, tiny, sample_text_path):
 
 
 @pytest.mark.parametrize("kind,level,method", [("state", 0.75, "magnitude"),
+                                               ("state", 0.75, "group"),
                                                ("head", 0.5, "magnitude"),
                                                ("state", 0.75, "learned-mag"),
                                                ("state", 0.75, "learned-free")])
@@ -162,9 +216,10 @@ def test_engine_serves_the_exported_profile_as_the_toolkit_masks(tmp_path, tiny,
                                                                  method):
     yb = yunmin_or_skip()
     out = str(tmp_path / "p.safetensors")
+    how = ["--method", method] if method != "group" else ["--share", "group"]
     assert S.main(["export", "--model", tiny, "--text", sample_text_path, "--ctx", "16",
                    "--calib-tokens", "64", "--kind", kind, "--level", str(level),
-                   "--method", method, *LEARN, "--out", out]) == 0
+                   *how, *LEARN, "--out", out]) == 0
     tensors, _ = st.load_numpy(out)
     ref = load_model(tiny, dtype=torch.float64).eval()
     L = ref.config.num_hidden_layers
@@ -197,7 +252,11 @@ def test_export_refuses_bad_arguments(tmp_path, tiny, sample_text_path):
                 ["--kind", "state", "--level", "0.5", "--method", "learned", "--batch", "0"],
                 ["--kind", "state", "--level", "0.5", "--method", "learned", "--lr", "0"],
                 ["--kind", "state", "--level", "0.5", "--method", "learned-mag",
-                 "--max-seconds", "0"]):
+                 "--max-seconds", "0"],
+                ["--kind", "head", "--level", "0.5", "--share", "group"],
+                ["--kind", "state", "--level", "0.5", "--method", "random", "--share", "group"],
+                ["--kind", "state", "--level", "0.5", "--share", "group",
+                 "--group-score", "max"]):
         with pytest.raises(SystemExit) as e:
             S.main(base + bad)
         assert e.value.code == 2

@@ -50,6 +50,9 @@ same magnitude scores; learned, learned-free: constant logits), seed, and final 
 the training text at --lr. --max-seconds stops the learning early (after at least one step);
 the schedule stays the one for --steps, so a stopped run is not the study's mask, and the
 metadata's steps_run says how many steps ran. The profile meets the level exactly either way.
+--share group (state, magnitude): one keep row per group of heads instead of per head
+(group_keep), so an entry is dropped for every head that reads the same B and C; with n_groups
+1 that is one mask per layer.
 
 Counted per token (recurrent form, float32 state): state bytes = 4 P * (kept (h, n) pairs);
 SSM FLOPs = 5 P * (kept (h, n) pairs) (decay, input outer product and add: 3; readout: 2).
@@ -80,6 +83,8 @@ from .scale_study import fmt_summary, summarize
 KINDS = ("head", "state")
 METHODS = ("magnitude", "random", "learned", "learned-free", "learned-mag")
 LEARNED = {"learned": "layer", "learned-free": "free", "learned-mag": "layer"}
+SHARES = ("head", "group")
+GROUP_SCORES = ("mean", "norm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +106,22 @@ def keep_top(scores, level, allocation="layer"):
         for l in range(L):
             keep[l, np.argsort(flat[l], kind="stable")[:n_drop]] = False
     return keep.reshape(s.shape)
+
+
+def group_keep(score, level, n_groups, how="mean"):
+    """Keep mask [L, H, N] of state-entry scores [L, H, N] shared by the heads of each group
+    (heads g*H/G .. (g+1)*H/G - 1 read group g's B and C): per group and entry the mean over
+    its heads of the score ("mean"), or of each head's scores divided by that head's mean
+    ("norm"); then per layer the round(level * G * N) lowest (group, entry) pairs dropped
+    (keep_top), the same row for every head of the group. An entry a whole group drops leaves
+    B[n] and C[n] of that group unread."""
+    s = np.asarray(score, dtype=np.float64)
+    L, H, N = s.shape
+    if how == "norm":
+        s = s / np.maximum(s.mean(axis=2, keepdims=True), 1e-30)
+    g = s.reshape(L, n_groups, H // n_groups, N).mean(axis=2)
+    keep = keep_top(g, level)
+    return np.repeat(keep, H // n_groups, axis=1)
 
 
 @torch.no_grad()
@@ -188,10 +209,18 @@ def export(argv):
                     help="learned: stop learning after this many seconds (at least one step)")
     ap.add_argument("--bf16", action="store_true", help="learned, on CUDA: bf16 autocast")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--share", choices=SHARES, default="head",
+                    help="state, magnitude: one mask per head (the study's) or one per group "
+                         "of heads (score: --group-score over the group's heads)")
+    ap.add_argument("--group-score", choices=GROUP_SCORES, default="mean",
+                    help="--share group: the heads' mean |S| averaged (mean) or each head's "
+                         "scores divided by their mean first (norm: every head votes equally)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if not 0.0 <= a.level < 1.0:
         ap.error("--level must be in [0, 1)")
+    if a.share == "group" and (a.kind != "state" or a.method != "magnitude"):
+        ap.error("--share group needs --kind state --method magnitude")
     if a.steps < 1 or a.batch < 1 or not a.lr > 0.0:
         ap.error("--steps and --batch must be >= 1 and --lr > 0")
     if a.max_seconds is not None and not a.max_seconds > 0.0:
@@ -226,7 +255,11 @@ def export(argv):
                   "state": (cfg.num_hidden_layers, cfg.num_heads, cfg.state_size)}
         r = {k: rng.random(shapes[k]) for k in KINDS}                        # run()'s draws
         score = r[a.kind]
-    keep = keep_top(score, a.level, LEARNED.get(a.method, "layer"))
+    if a.share == "group":
+        keep = group_keep(score, a.level, cfg.n_groups, a.group_score)
+        extra = {"share": "group", "group_score": a.group_score}
+    else:
+        keep = keep_top(score, a.level, LEARNED.get(a.method, "layer"))
     meta = {"format": "yunmin-sparsity", "version": "1", "method": a.method, "kind": a.kind,
             "level": repr(a.level), "seed": str(a.seed), "calibration_tokens": str(int(n_cal)),
             "calibration_start": str(int(cal0)), "source": "yunmin_train.mamba2_study export",
