@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adapters/adapter.h"
 #include "engine/config.h"
@@ -316,8 +317,6 @@ START_TEST(test_mamba2_sparse_no_head_left_is_the_bare_head)
 }
 END_TEST
 
-/* Adapters are not mapped onto a head profile's layout yet: loading one against the served
- * model is refused by name, the dense model still takes it. */
 /* Logits of the prompt r->ids on m: a batch of two whole-prompt sequences, the first with
  * adapter a, the second with none, into both [2T, V]; then the first again token by token
  * (decode steps, adapter a) into dec [T, V]. Returns ym_forward's first error. */
@@ -409,6 +408,127 @@ START_TEST(test_mamba2_sparse_adapters_match_toolkit)
 }
 END_TEST
 
+/* A layer with no head left has a mixer output of out_proj's bias alone (its input is 0). An
+ * IA³ adapter that scales out_proj's output (out_proj not a feedforward module) scales that
+ * bias, as PEFT scales W x + b; a LoRA adds nothing (B A 0 = 0, and in_proj is not run). On the
+ * bias model with every head dropped the logits are therefore lm_head(norm_f(e + Σ_l s_l ⊙ b_l))
+ * for each token's embedding e, s_l the sequence's scale of layer l (1 without the IA³
+ * adapter), computed here: for a sequence with each adapter, one beside it without, and token
+ * by token. The IA³ adapter is written here (its values by a formula), in PEFT's layout. */
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+static float out_scale(int l, int j)
+{
+    return 0.4f + 0.15f * (float)((j * 7 + l * 3) % 11);
+}
+
+START_TEST(test_mamba2_sparse_no_head_left_scales_the_bias)
+{
+    ym_model_t *dense = load_model(CASES[1][1]); /* out_proj bias, untied, BF16 */
+    const ym_config *c = &dense->cfg;
+    const int dm = c->d_model, L = c->n_layer, V = c->n_vocab;
+    ck_assert(c->use_bias && L <= 4);
+    ym_sparsity *sp = NULL;
+    ck_assert_int_eq(ym_sparsity_new_heads(L, c->n_head, c->d_state, "none", &sp), YM_OK);
+    for (int l = 0; l < L; l++)
+        for (int h = 0; h < c->n_head; h++)
+            sp->layers[l].head_logits[h] = -1.0f;
+    ck_assert_int_eq(ym_sparsity_finish(sp, NULL), YM_OK);
+    ym_model_t *m = make_sparse(dense, sp);
+
+    char tmpl[] = "/tmp/ym-m2-ia3out-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    ck_assert_ptr_nonnull(dir);
+    write_file(dir, "adapter_config.json",
+               "{\"peft_type\": \"IA3\", \"task_type\": \"CAUSAL_LM\", \"target_modules\": "
+               "[\"out_proj\"], \"feedforward_modules\": [], \"fan_in_fan_out\": false}");
+    float *g = malloc(sizeof(float) * (size_t)L * dm);
+    static char names[4][96];
+    ym_st_wtensor t[4];
+    for (int l = 0; l < L; l++) {
+        for (int j = 0; j < dm; j++)
+            g[(size_t)l * dm + j] = out_scale(l, j);
+        snprintf(names[l], sizeof(names[l]),
+                 "base_model.model.backbone.layers.%d.mixer.out_proj.ia3_l", l);
+        t[l] = (ym_st_wtensor){ names[l], YM_DT_F32, 2, { dm, 1 }, g + (size_t)l * dm };
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    ym_diag d = { { 0 }, { 0 } };
+    ck_assert_msg(ym_st_write(path, t, L, NULL, 0, &d) == YM_OK, "%s", d.msg);
+    ym_adapter_t *ads[2] = { NULL, NULL };
+    ck_assert_msg(ym_adapter_load(dir, m, NULL, &ads[0], &d) == YM_OK, "%s", d.msg);
+    snprintf(path, sizeof(path), "%s/lora-m2-g2", M2DIR);
+    ck_assert_msg(ym_adapter_load(path, m, NULL, &ads[1], &d) == YM_OK, "%s", d.msg);
+
+    int32_t ids[4] = { 5, 77, 5, 1000 };
+    m2_ref r = { 0 };
+    r.T = 4;
+    r.V = V;
+    r.ids = ids;
+    const size_t n = (size_t)r.T * V;
+    /* want[k]: the logits with scales (k = 0: the IA³ adapter's, k = 1: none) */
+    float *want[2] = { malloc(sizeof(float) * n), malloc(sizeof(float) * n) };
+    float *h = malloc(sizeof(float) * dm), *x = malloc(sizeof(float) * dm);
+    double scale = 1.0;
+    for (int k = 0; k < 2; k++)
+        for (int tk = 0; tk < r.T; tk++) {
+            for (int j = 0; j < dm; j++) {
+                double acc = ym_weight_at(&dense->embed, ids[tk], j);
+                for (int l = 0; l < L; l++)
+                    acc += (double)(k == 0 ? out_scale(l, j) : 1.0f) *
+                           dense->layers[l].out_proj_b[j];
+                h[j] = (float)acc;
+            }
+            ym_rmsnorm_f32(x, h, dense->norm_f, dm, c->norm_eps);
+            for (int v = 0; v < V; v++) {
+                double acc = 0.0;
+                for (int j = 0; j < dm; j++)
+                    acc += (double)ym_weight_at(&dense->lm_head, v, j) * x[j];
+                want[k][(size_t)tk * V + v] = (float)acc;
+                scale = fmax(scale, fabs(acc));
+            }
+        }
+    const double tol = 1e-5 * scale;
+    ck_assert_msg(m2_maxdiff(want[0], want[1], n) > 100 * tol, "the scale moves too little");
+    float *both = malloc(sizeof(float) * 2 * n), *dec = malloc(sizeof(float) * n);
+    for (int a = 0; a < 2; a++) {
+        const float *wa = a == 0 ? want[0] : want[1]; /* the LoRA: as without an adapter */
+        ck_assert_int_eq(run_adapted(m, &r, ym_adapter_applied(ads[a]), 2, both, dec), YM_OK);
+        double e0 = m2_maxdiff(both, wa, n), e1 = m2_maxdiff(both + n, want[1], n);
+        double e2 = m2_maxdiff(dec, wa, n);
+        ck_assert_msg(e0 <= tol && e1 <= tol && e2 <= tol,
+                      "%s, no head left: batch %g, beside it %g, decode %g (tol %g)",
+                      a == 0 ? "IA³ out_proj output scale" : "LoRA", e0, e1, e2, tol);
+    }
+    free(both);
+    free(dec);
+    free(h);
+    free(x);
+    free(want[0]);
+    free(want[1]);
+    free(g);
+    ym_adapter_unref(ads[0]);
+    ym_adapter_unref(ads[1]);
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    remove(path);
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    remove(path);
+    rmdir(dir);
+    ym_model_unref(m);
+    ym_sparsity_free(sp);
+    ym_model_unref(dense);
+}
+END_TEST
+
 Suite *mamba2_sparse_suite(void)
 {
     Suite *s = suite_create("mamba2_sparse");
@@ -421,6 +541,7 @@ Suite *mamba2_sparse_suite(void)
     tcase_add_test(tc, test_mamba2_sparse_refuses_mismatched_profiles);
     tcase_add_test(tc, test_mamba2_sparse_no_head_left_is_the_bare_head);
     tcase_add_test(tc, test_mamba2_sparse_adapters_match_toolkit);
+    tcase_add_test(tc, test_mamba2_sparse_no_head_left_scales_the_bias);
     suite_add_tcase(s, tc);
     return s;
 }
