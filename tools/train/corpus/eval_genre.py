@@ -70,9 +70,11 @@ def score_item(port, it):
 
 
 def score_prompt(port, prompt, labels):
+    """[sum of the logprobs of the tokens of " " + label after prompt] for each label; yunmind's
+    text_offset counts bytes of the UTF-8 text (docs/API.md), so the prompt is cut there."""
     prompts = [prompt + " " + lab for lab in labels]
     r = post(port, {"prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0})
-    cut = len(prompt)
+    cut = len(prompt.encode("utf-8"))
     out = [None] * len(prompts)
     for ch in r["choices"]:
         lp = ch["logprobs"]

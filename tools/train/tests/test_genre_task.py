@@ -105,3 +105,35 @@ def test_committed_items_are_held_out():
         assert it["labels"] == [g.replace("_", " ") for g in sorted(LETTER.values())]
         assert it["labels"][it["answer"]] == it["genre"].replace("_", " ")
     assert len({(it["doc"], it["prompt"]) for it in items}) == len(items)
+
+
+def test_score_prompt_cuts_at_the_prompts_bytes():
+    """eval_genre.score_prompt against a real yunmind on the default model, with a prompt of
+    non-ASCII text (text_offset counts UTF-8 bytes, docs/API.md): a label's score must be the
+    log-probability of the whole prompt + label minus that of the prompt alone (the prompt's
+    tokens being a prefix of both), so no prompt token is counted with the label."""
+    import glob
+    import eval_genre as eg
+    found = sorted(glob.glob(os.path.join(REPO, "build*", "server", "yunmind")),
+                   key=os.path.getmtime)
+    if not found:
+        pytest.skip("no yunmind binary (build it)")
+    p, port = eg.start(found[-1], os.path.join(REPO, "models", "shakespeare-mamba"), None)
+    try:
+        prompt = "Été à Noël, où ça? Là-bas, près du château"
+        labels = ["news", "romance"]
+        got = eg.score_prompt(port, prompt, labels)
+
+        def total(text):
+            r = eg.post(port, {"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 0})
+            lp = r["choices"][0]["logprobs"]
+            return lp["tokens"], sum(v for v in lp["token_logprobs"] if v is not None)
+
+        ptoks, pscore = total(prompt)
+        for lab, g in zip(labels, got):
+            ftoks, fscore = total(prompt + " " + lab)
+            assert ftoks[:len(ptoks)] == ptoks
+            assert abs(g - (fscore - pscore)) < 1e-4, (lab, g, fscore - pscore)
+    finally:
+        p.kill()
+        p.wait()
