@@ -6,8 +6,10 @@
 #
 # Texts: the model was trained on the first 90 % of data/tinyshakespeare.txt; its held-out 10 %
 # (the last n - (n*9)//10 characters, as the toolkit splits it) is cut in two halves:
-#   cal.txt  - the calibration text: prune's scores (the first $TOKENS tokens) and, in its last
-#              $HELDOUT of characters, the held-out part the search is judged on;
+#   cal.txt  - the calibration text: prune's scores (the first $TOKENS tokens of its score
+#              part) and the held-out part the search is judged on ($HELDOUT of its windows of
+#              256 tokens, spread over the text; `yunmin perplexity --heldout` scores the same
+#              windows);
 #   test.txt - never seen by the model nor by the search: the honest figure.
 #
 # usage: bench/prune.sh OUT_DIR
@@ -43,7 +45,7 @@ half = len(held) // 2
 open(sys.argv[2] + "/cal.txt", "w", encoding="utf-8").write(held[:half])
 open(sys.argv[2] + "/test.txt", "w", encoding="utf-8").write(held[half:])
 EOF
-  echo "dense $(ppl --file "$OUT/cal.txt" --tail-fraction "$HELDOUT") $(ppl --file "$OUT/test.txt")" \
+  echo "dense $(ppl --file "$OUT/cal.txt" --heldout "$HELDOUT") $(ppl --file "$OUT/test.txt")" \
     > "$OUT/dense.ppl"
   first=1
   for b in $BUDGETS; do
@@ -61,13 +63,13 @@ EOF
     run calibrate --model "$MODEL" --text "$OUT/cal.txt" --tokens "$TOKENS" --baseline magnitude \
       --channel-sparsity "$sp" --out "$OUT/uniform-$b.safetensors" --json > "$OUT/uniform-$b.json"
     for p in prune uniform; do
-      echo "$p-$b $(ppl --file "$OUT/cal.txt" --tail-fraction "$HELDOUT" \
+      echo "$p-$b $(ppl --file "$OUT/cal.txt" --heldout "$HELDOUT" \
                       --sparsity "$OUT/$p-$b.safetensors") \
             $(ppl --file "$OUT/test.txt" --sparsity "$OUT/$p-$b.safetensors")" > "$OUT/$p-$b.ppl"
     done
   done
   if [ -n "$COMPARE" ]; then
-    echo "learned $(ppl --file "$OUT/cal.txt" --tail-fraction "$HELDOUT" --sparsity "$COMPARE") \
+    echo "learned $(ppl --file "$OUT/cal.txt" --heldout "$HELDOUT" --sparsity "$COMPARE") \
           $(ppl --file "$OUT/test.txt" --sparsity "$COMPARE")" > "$OUT/learned.ppl"
     sp=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["compare_at_its_sparsity"]["sparsity"])' \
            "$OUT/prune-${BUDGETS%% *}.json")
@@ -75,7 +77,7 @@ EOF
       --channel-sparsity "$sp" --out "$OUT/uniform-compare.safetensors" --json > /dev/null
     for p in searched-at-compare uniform-compare; do
       [ -f "$OUT/$p.safetensors" ] || continue
-      echo "$p $(ppl --file "$OUT/cal.txt" --tail-fraction "$HELDOUT" --sparsity "$OUT/$p.safetensors") \
+      echo "$p $(ppl --file "$OUT/cal.txt" --heldout "$HELDOUT" --sparsity "$OUT/$p.safetensors") \
             $(ppl --file "$OUT/test.txt" --sparsity "$OUT/$p.safetensors")" > "$OUT/$p.ppl"
     done
   fi

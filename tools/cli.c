@@ -356,6 +356,18 @@ double cli_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+size_t cli_heldout_count(size_t n_win, double frac)
+{
+    size_t n = (size_t)llround(frac * (double)n_win);
+    return n < 1 ? 1 : n;
+}
+
+void cli_heldout_windows(size_t n_win, size_t n_held, size_t *out)
+{
+    for (size_t i = 0; i < n_held; i++)
+        out[i] = (size_t)(((unsigned long long)(2 * i + 1) * n_win) / (2ull * n_held));
+}
+
 void cli_print_double(FILE *f, double v)
 {
     if (isfinite(v))

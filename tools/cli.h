@@ -91,6 +91,13 @@ int cli_apply_sparsity(const char *path, ym_model_t **model);
 #define CLI_SYNTHETIC_FALCON_7B "synthetic:falcon-mamba-7b"
 int cli_is_synthetic(const char *dir);
 
+/* The held-out part of a text cut into n_win windows of --ctx tokens (`yunmin prune`'s, and
+ * `yunmin perplexity --heldout`'s): max(1, round(frac * n_win)) windows, window i of them
+ * floor((2i + 1) n_win / (2 n_held)), the centres of n_held equal stretches of the text, so the
+ * sample spans its start, middle and end (ascending). */
+size_t cli_heldout_count(size_t n_win, double frac);
+void cli_heldout_windows(size_t n_win, size_t n_held, size_t *out);
+
 double cli_now(void); /* monotonic seconds */
 /* Write a JSON double as %.17g, or null when it is not finite (JSON has no NaN). */
 void cli_print_double(FILE *f, double v);

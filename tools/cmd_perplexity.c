@@ -6,7 +6,8 @@
  *      millionths) are skipped; for F = 0.1 that is the toolkit's held-out split, the last
  *      n - (n * 9) // 10 characters (tools/train/yunmin_train/data.py);
  *   2. tokenize it; cut the ids into consecutive non-overlapping windows of --ctx tokens
- *      (a last partial window counts if it has >= 2 tokens);
+ *      (a last partial window counts if it has >= 2 tokens); with --heldout F keep only the
+ *      windows `yunmin prune --heldout F` holds out (cli_heldout_windows);
  *   3. run each window from a fresh state; score every token but the first of its window:
  *      NLL = -log_softmax(logits of the previous position)[token], in double;
  *   4. ppl = exp(mean NLL over the scored tokens).
@@ -28,16 +29,20 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: yunmin perplexity [--model DIR] --file PATH [--ctx N] [--tail-fraction F]\n"
-               "               [--threads N] [--weights f32|bf16|int8|auto] [--sparsity FILE]\n"
+    fprintf(f, "usage: yunmin perplexity [--model DIR] --file PATH [--ctx N]\n"
+               "               [--tail-fraction F | --heldout F] [--threads N]\n"
+               "               [--weights f32|bf16|int8|auto] [--sparsity FILE]\n"
                "  --ctx N             tokens per window, each from a fresh state (default 256)\n"
-               "  --tail-fraction F   evaluate only the last F of the file's bytes, (0, 1]\n"
+               "  --tail-fraction F   evaluate only the last F of the file's characters, (0, 1]\n"
+               "  --heldout F         evaluate only the windows `yunmin prune --heldout F` holds\n"
+               "                      out: round(F x windows), spread over the text, (0, 1)\n"
                "  --weights T         the matrices' type (default auto: the checkpoint's own)\n"
                "  --sparsity FILE     serve the model under this sparsity profile\n"
-               "Prints {\"tokens\": scored, \"nll\": mean, \"ppl\": exp(nll), \"windows\": W}.\n");
+               "Prints {\"tokens\": scored, \"nll\": mean, \"ppl\": exp(nll), \"windows\": W}\n"
+               "(with --heldout also \"heldout_windows\": the indices of the windows scored).\n");
 }
 
-enum { OPT_CTX = 256, OPT_TAIL, OPT_THREADS, OPT_WEIGHTS, OPT_SPARSITY };
+enum { OPT_CTX = 256, OPT_TAIL, OPT_HELDOUT, OPT_THREADS, OPT_WEIGHTS, OPT_SPARSITY };
 
 int ym_cmd_perplexity(int argc, char **argv)
 {
@@ -46,6 +51,7 @@ int ym_cmd_perplexity(int argc, char **argv)
         {"file", required_argument, NULL, 'f'},
         {"ctx", required_argument, NULL, OPT_CTX},
         {"tail-fraction", required_argument, NULL, OPT_TAIL},
+        {"heldout", required_argument, NULL, OPT_HELDOUT},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"weights", required_argument, NULL, OPT_WEIGHTS},
         {"sparsity", required_argument, NULL, OPT_SPARSITY},
@@ -55,7 +61,7 @@ int ym_cmd_perplexity(int argc, char **argv)
     const char *model_arg = NULL, *file = NULL, *weights = NULL, *sparsity = NULL;
     ym_wtype wt;
     long ctx_len = 256, n_threads = 0;
-    double tail = 0.0;
+    double tail = 0.0, heldout = 0.0;
     int has_tail = 0, c;
     optind = 1;
     opterr = 0;
@@ -78,6 +84,13 @@ int ym_cmd_perplexity(int argc, char **argv)
                 return cli_error(CLI_USAGE, "invalid value '%s' for --tail-fraction: must be "
                                             "in (0, 1]", optarg);
             has_tail = 1;
+            break;
+        case OPT_HELDOUT:
+            if (cli_parse_double("--heldout", optarg, &heldout) != 0)
+                return CLI_USAGE;
+            if (!(heldout > 0.0 && heldout < 1.0))
+                return cli_error(CLI_USAGE, "invalid value '%s' for --heldout: must be in "
+                                            "(0, 1)", optarg);
             break;
         case OPT_THREADS:
             if (cli_parse_long("--threads", optarg, 0, 1024, &n_threads) != 0)
@@ -102,6 +115,9 @@ int ym_cmd_perplexity(int argc, char **argv)
         return cli_extra_arg("perplexity", argv[optind]);
     if (file == NULL)
         return cli_error(CLI_USAGE, "perplexity: --file is required");
+    if (has_tail && heldout > 0.0)
+        return cli_error(CLI_USAGE, "perplexity: --tail-fraction and --heldout exclude each "
+                                    "other");
 
     const char *dir = cli_model_dir(model_arg);
     char *data = NULL;
@@ -112,7 +128,8 @@ int ym_cmd_perplexity(int argc, char **argv)
     ym_state_t **states = NULL;
     int *seq_start = NULL;
     float *logits = NULL;
-    ym_ids ids = {0};
+    ym_ids ids = {0}, held_ids = {0};
+    size_t *held_win = NULL, n_held = 0;
     int rc, n_states = 0;
     ym_err err;
     if ((rc = cli_read_file(file, &data, &len)) != 0)
@@ -148,6 +165,31 @@ int ym_cmd_perplexity(int argc, char **argv)
         rc = cli_error(CLI_FAIL, "perplexity: %s has %zu tokens%s, too few to score", file, ids.n,
                        has_tail ? " in its tail" : "");
         goto out;
+    }
+
+    /* 2b. --heldout: only the windows prune holds out, concatenated (each W tokens but possibly
+     * the last, so the cut below gives back exactly these windows). */
+    if (heldout > 0.0) {
+        n_held = cli_heldout_count(n_windows, heldout);
+        if (n_held > n_windows)
+            n_held = n_windows;
+        if ((held_win = malloc(sizeof(size_t) * n_held)) == NULL) {
+            rc = cli_error(CLI_FAIL, "out of memory");
+            goto out;
+        }
+        cli_heldout_windows(n_windows, n_held, held_win);
+        for (size_t i = 0; i < n_held; i++) {
+            size_t lo = held_win[i] * W, hi = lo + W < ids.n ? lo + W : ids.n;
+            for (size_t j = lo; j < hi; j++)
+                if (ym_ids_push(&held_ids, ids.v[j]) != YM_OK) {
+                    rc = cli_error(CLI_FAIL, "out of memory");
+                    goto out;
+                }
+        }
+        ym_ids t = ids;
+        ids = held_ids;
+        held_ids = t;
+        n_windows = n_held;
     }
 
     /* 3. Batches of whole windows within the logits budget (at least one window). */
@@ -220,7 +262,14 @@ int ym_cmd_perplexity(int argc, char **argv)
     cli_print_double(stdout, nll);
     fputs(", \"ppl\": ", stdout);
     cli_print_double(stdout, exp(nll));
-    printf(", \"windows\": %zu}\n", n_windows);
+    printf(", \"windows\": %zu", n_windows);
+    if (held_win != NULL) {
+        fputs(", \"heldout_windows\": [", stdout);
+        for (size_t i = 0; i < n_held; i++)
+            printf("%s%zu", i ? ", " : "", held_win[i]);
+        fputc(']', stdout);
+    }
+    fputs("}\n", stdout);
     if (fflush(stdout) != 0)
         rc = cli_error(CLI_FAIL, "perplexity: cannot write the output");
 out:
@@ -231,6 +280,8 @@ out:
     free(logits);
     ym_ctx_free(ctx);
     ym_ids_deinit(&ids);
+    ym_ids_deinit(&held_ids);
+    free(held_win);
     ym_model_unref(model);
     ym_tok_free(tok);
     free(data);

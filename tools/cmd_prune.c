@@ -482,9 +482,7 @@ int ym_cmd_prune(int argc, char **argv)
     /* Windows of W tokens; a last partial one is a window if it has >= 2 tokens (one token
      * alone cannot be scored and stays in the score part). */
     const size_t n_win = all_ids.n / W + (all_ids.n % W >= 2 ? 1 : 0);
-    size_t n_held = (size_t)llround(heldout * (double)n_win);
-    if (n_held < 1)
-        n_held = 1;
+    size_t n_held = cli_heldout_count(n_win, heldout);
     const size_t n_held_max = (size_t)n_eval_max / W > 0 ? (size_t)n_eval_max / W : 1;
     int eval_cut = n_held > n_held_max;
     if (eval_cut)
@@ -500,10 +498,7 @@ int ym_cmd_prune(int argc, char **argv)
         rc = cli_error(CLI_FAIL, "prune: out of memory");
         goto done;
     }
-    /* Window i of the held-out sample is floor((2i + 1) n_win / (2 n_held)): the centres of
-     * n_held equal stretches of the text, so the sample spans its start, middle and end. */
-    for (size_t i = 0; i < n_held; i++)
-        held_win[i] = (size_t)(((unsigned long long)(2 * i + 1) * n_win) / (2ull * n_held));
+    cli_heldout_windows(n_win, n_held, held_win); /* spread from the start to the end */
     for (size_t w = 0, i = 0; w * W < all_ids.n; w++) {
         size_t lo = w * W, hi = lo + W < all_ids.n ? lo + W : all_ids.n;
         int held = i < n_held && held_win[i] == w;

@@ -127,6 +127,16 @@ class TestPruneErrors(unittest.TestCase):
         ]:
             self.assert_one_line_error(1, args, mention)
 
+    def test_perplexity_heldout_errors(self):
+        """--heldout outside (0, 1), or beside --tail-fraction: one line, exit 2."""
+        for extra, mention in ((["--heldout", "0"], "--heldout"), (["--heldout", "1"], "--heldout"),
+                               (["--heldout", "x"], "--heldout"),
+                               (["--heldout", "0.1", "--tail-fraction", "0.1"], "exclude")):
+            rc, out, err = run(["perplexity", "--file", self.text] + extra)
+            self.assertEqual(rc, 2, err)
+            self.assertEqual((out, err.count("\n")), (b"", 1), err)
+            self.assertIn(mention, err)
+
     def test_perplexity_sparsity_errors(self):
         """`yunmin perplexity --sparsity`, the flag the checks below rely on, refuses a missing
         or malformed profile with one line and exit 1."""
@@ -276,6 +286,20 @@ class TestPruneDefaultModel(unittest.TestCase):
                              "pruned %r dense %r" % (ppl_pruned, ppl_dense))
         self.assertGreater(ppl_pruned, ppl_dense * 0.9)  # it did prune something real
         self.assertTrue(self.summary["within_budget"])
+
+    def test_perplexity_heldout_scores_prunes_heldout_part(self):
+        """`yunmin perplexity --heldout F` (bench/prune.sh's held-out column) scores exactly the
+        windows prune held out: the same window indices and token count, and prune's dense and
+        pruned perplexities (the same batched forward: 1e-9 relative)."""
+        for extra, key in (([], "ppl_dense"), (["--sparsity", self.out], "ppl_pruned")):
+            rc, out, err = run(["perplexity", "--file", self.text, "--ctx", str(self.CTX),
+                                "--heldout", str(self.HELDOUT), "--threads", "1"] + extra)
+            self.assertEqual(rc, 0, err)
+            r = json.loads(out)
+            self.assertEqual(r["heldout_windows"], self.summary["heldout_windows"])
+            self.assertEqual(r["windows"], len(self.summary["heldout_windows"]))
+            self.assertEqual(r["tokens"], self.summary["heldout_tokens_scored"])
+            self.assertAlmostEqual(r["ppl"] / self.summary[key], 1.0, delta=1e-9)
 
     def test_summary_fields(self):
         s = self.summary
