@@ -1,6 +1,7 @@
 """Downstream task from the corpus's test split: dictionary definition -> headword (4 choices).
 
     python3 tools/train/corpus/make_tasks.py CORPUS/test.txt tools/train/results/scale/def2word.jsonl
+    python3 tools/train/corpus/make_tasks.py CORPUS/test.txt big.jsonl --per-source 1000
 
 Every item is one dictionary entry of test.txt (documents joined by "\\n<|endoftext|>\\n"; no
 test document was trained on): its first line is the headword line (WordNet: the headword;
@@ -11,7 +12,8 @@ other test entries of the same source and the same part of speech (WordNet: the 
 of the sense, "n" / "v" / "adj" / "adv"; GCIDE: the exact text after the last "\\, " of the
 headword line, e.g. "n. (Bot.)"), so the part of speech gives nothing away. A model answers by
 the choice under which the continuation is most likely: argmax_c sum log P(continuation | c + "\\n")
-(the prefix's own tokens are not scored). Chance: 25 %. Deterministic (random.Random(SEED)).
+(the prefix's own tokens are not scored). Chance: 25 %. Deterministic (random.Random(SEED));
+--per-source N (default 150, the committed task's) draws N entries of each source.
 Lines: {"id", "source", "choices": [4 headword lines], "continuation", "answer"}.
 """
 
@@ -55,7 +57,7 @@ def parse(doc):
     return {"source": src, "pos": pos, "head": head, "cont": cont}
 
 
-def main(src, dst):
+def main(src, dst, per_source=N_PER_SOURCE):
     text = open(src, encoding="utf-8", newline="").read()
     entries = [e for e in (parse(d) for d in text.split(SEP)) if e]
     rnd = random.Random(SEED)
@@ -66,7 +68,9 @@ def main(src, dst):
         for e in pool:
             by_pos.setdefault(e["pos"], []).append(e)
         cands = [e for e in pool if len(by_pos[e["pos"]]) >= 20]
-        for e in rnd.sample(cands, N_PER_SOURCE):
+        if per_source > len(cands):
+            raise SystemExit(f"{src}: {len(cands)} {source} entries, fewer than {per_source}")
+        for e in rnd.sample(cands, per_source):
             others = [o for o in by_pos[e["pos"]] if o["head"] != e["head"]]
             dis = rnd.sample(others, 3)
             choices = [e["head"]] + [o["head"] for o in dis]
@@ -81,4 +85,12 @@ def main(src, dst):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--per-source", type=int, default=N_PER_SOURCE)
+    a = ap.parse_args()
+    if a.per_source < 1:
+        ap.error("--per-source must be >= 1")
+    sys.exit(main(a.src, a.dst, a.per_source))
