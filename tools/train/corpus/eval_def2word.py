@@ -33,30 +33,17 @@ import eval_genre as eg  # noqa: E402
 
 
 def load_items(path, limit=None):
-    """The task's items; a malformed file stops with a one-line message naming the line."""
-    items = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    it = json.loads(line)
-                except ValueError as e:
-                    raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
-                ch = it.get("choices") if isinstance(it, dict) else None
-                if (not isinstance(ch, list) or len(ch) < 2
-                        or not all(isinstance(c, str) and c for c in ch)
-                        or not isinstance(it.get("continuation"), str) or not it["continuation"]
-                        or not isinstance(it.get("answer"), int) or isinstance(it["answer"], bool)
-                        or not 0 <= it["answer"] < len(ch)):
-                    raise SystemExit(f"{path}:{n}: an item needs choices (2 or more strings), "
-                                     "a continuation and an answer index")
-                items.append(it)
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"{path}: cannot read the task ({e.__class__.__name__})")
-    if not items:
-        raise SystemExit(f"{path}: no items")
+    """The task's items (the first `limit`); a malformed file stops with one line naming it."""
+    def check(it):
+        ch = it.get("choices") if isinstance(it, dict) else None
+        if (not isinstance(ch, list) or len(ch) < 2
+                or not all(isinstance(c, str) and c for c in ch)
+                or not isinstance(it.get("continuation"), str) or not it["continuation"]
+                or not isinstance(it.get("answer"), int) or isinstance(it["answer"], bool)
+                or not 0 <= it["answer"] < len(ch)):
+            return "an item needs choices (2 or more strings), a continuation and an answer index"
+        return None
+    items = eg.read_items(path, check)
     return items[:limit] if limit else items
 
 

@@ -83,9 +83,10 @@ def score_prompt(port, prompt, labels):
     return out
 
 
-def load_task(path, need=("prompt", "labels", "answer")):
-    """The task file's items (one JSON object a line); a malformed file stops with a one-line
-    message naming the file and the line."""
+def read_items(path, check):
+    """A task file's items (one JSON object a line, blank lines skipped); check(item) returns
+    what is wrong with an item, or None. A malformed file stops with a one-line message naming
+    the file and the line."""
     items = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -96,20 +97,31 @@ def load_task(path, need=("prompt", "labels", "answer")):
                     it = json.loads(line)
                 except ValueError as e:
                     raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
-                if not isinstance(it, dict) or any(k not in it for k in need):
-                    raise SystemExit(f"{path}:{n}: an item needs the keys {', '.join(need)}")
-                labs, ans = it["labels"], it["answer"]
-                if (not isinstance(it["prompt"], str) or not isinstance(labs, list) or len(labs) < 2
-                        or not all(isinstance(x, str) and x for x in labs)
-                        or not isinstance(ans, int) or isinstance(ans, bool)
-                        or not 0 <= ans < len(labs)):
-                    raise SystemExit(f"{path}:{n}: bad prompt, labels or answer")
+                why = check(it)
+                if why:
+                    raise SystemExit(f"{path}:{n}: {why}")
                 items.append(it)
     except (OSError, UnicodeDecodeError) as e:
         raise SystemExit(f"{path}: cannot read the task ({e.__class__.__name__})")
     if not items:
         raise SystemExit(f"{path}: no items")
     return items
+
+
+def load_task(path, need=("prompt", "labels", "answer")):
+    """The task file's items: each needs the keys `need`, a prompt string, 2 or more non-empty
+    label strings and an answer index into them."""
+    def check(it):
+        if not isinstance(it, dict) or any(k not in it for k in need):
+            return f"an item needs the keys {', '.join(need)}"
+        labs, ans = it["labels"], it["answer"]
+        if (not isinstance(it["prompt"], str) or not isinstance(labs, list) or len(labs) < 2
+                or not all(isinstance(x, str) and x for x in labs)
+                or not isinstance(ans, int) or isinstance(ans, bool)
+                or not 0 <= ans < len(labs)):
+            return "bad prompt, labels or answer"
+        return None
+    return read_items(path, check)
 
 
 def evaluate(scores, items):
