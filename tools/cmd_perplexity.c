@@ -170,9 +170,7 @@ int ym_cmd_perplexity(int argc, char **argv)
     /* 2b. --heldout: only the windows prune holds out, concatenated (each W tokens but possibly
      * the last, so the cut below gives back exactly these windows). */
     if (heldout > 0.0) {
-        n_held = cli_heldout_count(n_windows, heldout);
-        if (n_held > n_windows)
-            n_held = n_windows;
+        n_held = cli_heldout_count(n_windows, heldout); /* <= n_windows: heldout < 1 */
         if ((held_win = malloc(sizeof(size_t) * n_held)) == NULL) {
             rc = cli_error(CLI_FAIL, "out of memory");
             goto out;

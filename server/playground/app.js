@@ -248,7 +248,6 @@
         }
         show();
       });
-      flush();
       const n = s.tokens != null ? s.tokens : chunks;
       const end = performance.now();
       if (tFirst !== null && n > 1 && end > tFirst)

@@ -121,16 +121,12 @@ def main(argv=None):
            "baselines": mc.summary(items), "models": {}}
     all_scores = {}
     for name, path in [("dense", "")] + [p.split("=", 1) for p in a.profile]:
-        p, port = eg.start(a.yunmind, a.model, path)
-        try:
+        with eg.serving(a.yunmind, a.model, path) as port:
             t0 = time.time()
             ctx = [score_prompt(port, it["prompt"], it["labels"]) for it in items]
             dt = time.time() - t0
             noc = None if a.no_no_context else \
                 [score_prompt(port, it["no_context_prompt"], it["labels"]) for it in items]
-        finally:
-            p.terminate()
-            p.wait()
         all_scores[name] = {"context": ctx, "no_context": noc}
         res["models"][name] = {"sparsity": os.path.basename(path) or None,
                                "seconds": round(dt, 1), "context": evaluate(ctx, items)}

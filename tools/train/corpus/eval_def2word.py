@@ -7,8 +7,8 @@ profiles, item by item, with paired comparisons between profiles.
 
 The protocol is the toolkit's (yunmin_train.scale_study.task_accuracy): an item's score for
 choice c is sum log P(continuation | c + "\\n"), the prefix and the continuation tokenized
-apart (the model's tokenizer.json, by the toolkit's tokenizer) and joined as ids; the answer is
-the argmax. Each item is one /v1/completions request with its 4 id prompts (echo, logprobs 0,
+apart and joined as ids by the toolkit's own scale_study.load_task (the model's
+tokenizer.json); the answer is the argmax. Each item is one /v1/completions request with its 4 id prompts (echo, logprobs 0,
 max_tokens 0): the score sums the token_logprobs after the prefix's tokens. For each model (the
 daemon started per profile, as eval_genre.py does): accuracy overall and per source, and the
 items it got right ("correct": a string of 0/1 in task order). --pair A,B adds the paired
@@ -36,26 +36,16 @@ def load_items(path, limit=None):
     """The task's items (the first `limit`); a malformed file stops with one line naming it."""
     def check(it):
         ch = it.get("choices") if isinstance(it, dict) else None
-        if (not isinstance(ch, list) or len(ch) < 2
+        if (not isinstance(ch, list) or len(ch) < 2 or not isinstance(it.get("source"), str)
                 or not all(isinstance(c, str) and c for c in ch)
                 or not isinstance(it.get("continuation"), str) or not it["continuation"]
                 or not isinstance(it.get("answer"), int) or isinstance(it["answer"], bool)
                 or not 0 <= it["answer"] < len(ch)):
-            return "an item needs choices (2 or more strings), a continuation and an answer index"
+            return ("an item needs choices (2 or more strings), a continuation, an answer index "
+                    "and a source")
         return None
     items = eg.read_items(path, check)
     return items[:limit] if limit else items
-
-
-def encode_items(items, tokenizer_path):
-    """Per item, per choice: (prefix ids of choice + "\\n", continuation ids)."""
-    from yunmin_train.tokenizer import Tokenizer
-    tok = Tokenizer.from_file(tokenizer_path)
-    out = []
-    for it in items:
-        cont = tok.encode(it["continuation"])
-        out.append([(tok.encode(c + "\n"), cont) for c in it["choices"]])
-    return out
 
 
 def score_item(port, seqs):
@@ -119,12 +109,14 @@ def main(argv=None):
     if any(len(p) != 2 or p[0] not in names or p[1] not in names for p in pairs):
         ap.error("--pair takes A,B, two model names (dense or a --profile NAME)")
     items = load_items(a.task, a.limit)
-    seqs = encode_items(items, os.path.join(a.model, "tokenizer.json"))
+    # the toolkit's own encoding of the task: per choice (ids of choice + newline, continuation)
+    from yunmin_train.scale_study import load_task as encode_task
+    seqs = [it["seqs"] for it in encode_task(a.task, os.path.join(a.model, "tokenizer.json"))]
+    seqs = seqs[:len(items)]
     res = {"task": os.path.basename(a.task), "n_items": len(items),
            "n_choices": len(items[0]["choices"]), "models": {}, "pairs": []}
     for name, path in models:
-        proc, port = eg.start(a.yunmind, a.model, path)
-        try:
+        with eg.serving(a.yunmind, a.model, path) as port:
             t0 = time.time()
             right, by_src, kept = [], {}, []
             for it, s in zip(items, seqs):
@@ -133,10 +125,7 @@ def main(argv=None):
                     kept.append(sc)
                 ok = int(max(range(len(sc)), key=sc.__getitem__) == it["answer"])
                 right.append(ok)
-                by_src.setdefault(it.get("source", "all"), []).append(ok)
-        finally:
-            proc.kill()
-            proc.wait()
+                by_src.setdefault(it["source"], []).append(ok)
         res["models"][name] = {
             "profile": os.path.basename(path), "accuracy": sum(right) / len(right),
             "n_right": sum(right), "seconds": round(time.time() - t0, 1),

@@ -20,6 +20,7 @@ toolkit's PyTorch model (CPU, float32) and records the largest difference.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -63,6 +64,18 @@ def start(yunmind, model, sparsity):
             break
     p.kill()
     raise SystemExit(f"yunmind did not start ({sparsity or 'dense'})")
+
+
+@contextlib.contextmanager
+def serving(yunmind, model, sparsity):
+    """The port of a yunmind on model (under the sparsity profile, "" for dense), stopped
+    (SIGTERM, then waited for) when the block ends, however it ends."""
+    p, port = start(yunmind, model, sparsity)
+    try:
+        yield port
+    finally:
+        p.terminate()
+        p.wait()
 
 
 def score_item(port, it):
@@ -207,16 +220,12 @@ def main(argv=None):
            "majority_label": items[0]["labels"][max(counts, key=counts.get)], "models": {}}
     all_scores = {}
     for name, path in [("dense", "")] + [p.split("=", 1) for p in a.profile]:
-        p, port = start(a.yunmind, a.model, path)
-        try:
+        with serving(a.yunmind, a.model, path) as port:
             t0 = time.time()
             sc = [score_item(port, it) for it in items]
             dt = time.time() - t0
             priors = {q: score_prompt(port, q, items[0]["labels"])
                       for q in dict.fromkeys(it.get("prior_prompt", PRIOR_PROMPT) for it in items)}
-        finally:
-            p.terminate()
-            p.wait()
         all_scores[name] = sc
         cal = [[x - q for x, q in zip(row, priors[it.get("prior_prompt", PRIOR_PROMPT)])]
                for row, it in zip(sc, items)]

@@ -74,8 +74,7 @@ def main(argv=None):
            "models": {}}
     all_scores = {}
     for name, path in [("dense", "")] + [p.split("=", 1) for p in a.profile]:
-        p, port = eg.start(a.yunmind, a.model, path)
-        try:
+        with eg.serving(a.yunmind, a.model, path) as port:
             t0 = time.time()
             raw = [eg.score_prompt(port, it["prompt"], it["labels"]) for it in items]
             dt = time.time() - t0
@@ -85,9 +84,6 @@ def main(argv=None):
                 nop = [eg.score_prompt(port, it["no_passage_prompt"], it["labels"])
                        for it in items]
                 prior = [eg.score_prompt(port, mq.ANSWER, it["labels"]) for it in items]
-        finally:
-            p.terminate()
-            p.wait()
         if a.verse:
             all_scores[name] = {"verse": raw}
             res["models"][name] = dict(accuracy(raw, items), score="verse",

@@ -67,6 +67,11 @@ def test_items_are_entries_with_distractors_of_the_same_part_of_speech(tmp_path)
         assert all(pos(c) == pos(head) for c in it["choices"])
     with pytest.raises(SystemExit):
         mt.main(src, str(tmp_path / "c.jsonl"), per_source=26)
+    r = subprocess.run([sys.executable, os.path.join(CORPUS_DIR, "make_tasks.py"), src,
+                        str(tmp_path / "d.jsonl"), "--per-source", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--per-source" in r.stderr
+    assert not (tmp_path / "d.jsonl").exists()
 
 
 def test_mcnemar_by_hand():
@@ -90,6 +95,8 @@ def run_script(*args):
     ("{\"choices\": [\"a\"], \"continuation\": \"x\", \"answer\": 0}\n", "an item needs choices"),
     ("{\"choices\": [\"a\", \"b\"], \"continuation\": \"x\", \"answer\": 2}\n",
      "an item needs choices"),
+    ("{\"choices\": [\"a\", \"b\"], \"continuation\": \"x\", \"answer\": 1}\n",
+     "and a source"),
     ("not json\n", "not JSON"),
     ("", "no items"),
 ])
